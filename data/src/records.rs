@@ -1,0 +1,68 @@
+//! Reading record files: JSONL (one object per line) or a JSON array, every error naming the
+//! file, the line and the field.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}: {msg}")]
+    Line { path: PathBuf, line: usize, msg: String },
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Tokenizer(String),
+}
+
+/// One `loglik` request: lm-evaluation-harness's `loglikelihood(context, continuation)`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoglikRequest {
+    pub context: String,
+    pub continuation: String,
+}
+
+/// Reads records from a JSONL file (blank lines skipped) or, when the file starts with `[`, a
+/// JSON array. An empty file is an error: a run on nothing is almost always a wrong path.
+pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let trimmed = text.trim_start();
+    let records = if trimmed.starts_with('[') {
+        let values: Vec<serde_json::Value> = serde_json::from_str(trimmed).map_err(|e| DataError::Line {
+            path: path.to_path_buf(),
+            line: e.line() + (text.len() - trimmed.len() > 0) as usize * text[..text.len() - trimmed.len()].matches('\n').count(),
+            msg: format!("invalid JSON array: {e}"),
+        })?;
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| serde_json::from_value(v).map_err(|e| DataError::File { path: path.to_path_buf(), msg: format!("record {}: {e}", i + 1) }))
+            .collect::<Result<Vec<T>, _>>()?
+    } else {
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec = serde_json::from_str(line).map_err(|e| DataError::Line { path: path.to_path_buf(), line: i + 1, msg: describe(&e) })?;
+            out.push(rec);
+        }
+        out
+    };
+    if records.is_empty() {
+        return Err(DataError::File { path: path.to_path_buf(), msg: "no records (the file is empty)".into() });
+    }
+    Ok(records)
+}
+
+fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("malformed JSON: {e}"),
+        Category::Data => format!("unexpected record: {e}"),
+        Category::Io => e.to_string(),
+    }
+}

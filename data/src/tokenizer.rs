@@ -1,0 +1,43 @@
+//! The model's `tokenizer.json`, loaded with the `tokenizers` crate.
+
+use crate::records::DataError;
+use std::path::{Path, PathBuf};
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub path: PathBuf,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` from a model directory (or a direct path to the file).
+    pub fn load(path: &Path) -> Result<Tokenizer, DataError> {
+        let file = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
+        if !file.exists() {
+            return Err(DataError::File { path: file, msg: "tokenizer.json not found (every okapi model directory carries one)".into() });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| DataError::File { path: file.clone(), msg: format!("cannot load tokenizer: {e}") })?;
+        Ok(Tokenizer { inner, path: file })
+    }
+
+    /// Token ids of `text`; `special` adds what the post-processor adds (BOS for LLaMA-style).
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, DataError> {
+        let enc = self.inner.encode(text, special).map_err(|e| DataError::Tokenizer(format!("{}: encoding failed: {e}", self.path.display())))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, DataError> {
+        self.inner.decode(ids, skip_special).map_err(|e| DataError::Tokenizer(format!("{}: decoding failed: {e}", self.path.display())))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}

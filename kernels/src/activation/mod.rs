@@ -1,0 +1,56 @@
+//! SwiGLU (LLaMA's MLP) and the tanh form of GELU (BLOOM's MLP), forward and backward.
+
+use rayon::prelude::*;
+
+const PAR_CHUNK: usize = 4096;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// out = silu(gate) · up. All (N,F).
+pub fn swiglu_fwd(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(g) * u;
+        }
+    });
+}
+
+/// dgate = dout·up·silu'(gate), dup = dout·silu(gate)  (both `=`). All (N,F).
+pub fn swiglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    dgate
+        .par_chunks_mut(PAR_CHUNK)
+        .zip(dup.par_chunks_mut(PAR_CHUNK))
+        .zip(dout.par_chunks(PAR_CHUNK))
+        .zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK)))
+        .for_each(|(((dg, du), d), (g, u))| {
+            for i in 0..dg.len() {
+                let s = sigmoid(g[i]);
+                du[i] = d[i] * g[i] * s;
+                dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            }
+        });
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_56;
+
+/// out = x·½·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))), BLOOM's `bloom_gelu_forward`.
+pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
+    out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = x * 0.5 * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh());
+        }
+    });
+}
+
+/// dx = dout·gelu'(x) (`=`), BLOOM's `bloom_gelu_back`.
+pub fn gelu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
+    dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| {
+        for ((dx, &d), &x) in dx.iter_mut().zip(d).zip(x) {
+            let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh();
+            let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.107_032_24 * x * x)) + 0.5 * (1.0 + t);
+            *dx = ff * d;
+        }
+    });
+}

@@ -1,0 +1,70 @@
+//! Rotary position embedding in HF's rotate-half layout: for each head the pairs are
+//! `(x[i], x[i + D/2])`, rotated by angle `pos · inv_freq[i]`.
+
+use rayon::prelude::*;
+
+/// Rope scaling types that change the inverse frequencies (`rope_scaling` / `rope_parameters`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// positions divided by `factor` (≡ inverse frequencies divided by it)
+    Linear { factor: f32 },
+    /// Llama 3.1: low frequencies divided by `factor`, a smooth ramp between the two wavelengths
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+}
+
+/// Inverse frequencies `(D/2)` as transformers computes them in f32:
+/// `1 / theta^(arange(0, D, 2)/D)`, then the scaling rule.
+pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<f32> {
+    let base = theta as f32;
+    let inv: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect();
+    match *scaling {
+        RopeScaling::None => inv,
+        RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor).collect(),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            let old = original_max_position_embeddings as f32;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            inv.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
+                    if medium {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+fn rotate(x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[u32], inv_freq: &[f32], sign: f32) {
+    let half = head_dim / 2;
+    let width = n_heads * head_dim;
+    x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
+        for i in 0..half {
+            let angle = pos as f32 * inv_freq[i];
+            let (s, c) = (angle.sin() * sign, angle.cos());
+            for h in 0..n_heads {
+                let base = h * head_dim;
+                let (x1, x2) = (row[base + i], row[base + i + half]);
+                row[base + i] = x1 * c - x2 * s;
+                row[base + i + half] = x2 * c + x1 * s;
+            }
+        }
+    });
+}
+
+/// In place: x (N,H,D) rotated by each row's position. positions: (N) inv_freq: (D/2)
+pub fn rope_fwd(x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[u32], inv_freq: &[f32]) {
+    rotate(x, n_heads, head_dim, positions, inv_freq, 1.0);
+}
+
+/// In place: dx = Rᵀ·dy, the rotation by the opposite angle (`=`: the buffer is overwritten).
+pub fn rope_bwd(dx: &mut [f32], n_heads: usize, head_dim: usize, positions: &[u32], inv_freq: &[f32]) {
+    rotate(dx, n_heads, head_dim, positions, inv_freq, -1.0);
+}

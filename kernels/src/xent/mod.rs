@@ -1,0 +1,74 @@
+//! Fused cross-entropy and per-token log-probabilities over the vocabulary.
+//! One pass per row: max, log-sum-exp, the target's log-prob, and (fused) the logits' gradient.
+
+use crate::IGNORE_INDEX;
+use rayon::prelude::*;
+
+/// (max, log Σ exp) of a row, the sum in f64.
+fn row_lse(row: &[f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
+    let sum: f64 = row.iter().map(|&a| ((a - max).exp()) as f64).sum();
+    max + (sum.ln() as f32)
+}
+
+/// Cross-entropy forward and backward in one pass, in place on the logits.
+/// logits: (N,V) in, overwritten with dlogits = coef[n]·(softmax − onehot(target));
+/// losses[n] = −log p(target[n]) (`=`, 0 where the target is `IGNORE_INDEX`, whose rows get a
+/// zero gradient). coef: (N) the weight of each token in the loss (e.g. 1/number of targets).
+pub fn xent_fwd_bwd(logits: &mut [f32], losses: &mut [f32], targets: &[u32], coef: &[f32], v: usize) {
+    logits.par_chunks_mut(v).zip(losses.par_iter_mut()).enumerate().for_each(|(n, (row, loss))| {
+        let t = targets[n];
+        if t == IGNORE_INDEX {
+            *loss = 0.0;
+            row.iter_mut().for_each(|x| *x = 0.0);
+            return;
+        }
+        let lse = row_lse(row);
+        *loss = lse - row[t as usize];
+        let k = coef[n];
+        for x in row.iter_mut() {
+            *x = k * (*x - lse).exp();
+        }
+        row[t as usize] -= k;
+    });
+}
+
+/// logp[n] = log p(target[n]); greedy[n] = 1 when the target is the (first) argmax, else 0.
+/// Ignored targets give 0 and 0. logits: (N,V)
+pub fn token_logprobs(logp: &mut [f32], greedy: &mut [f32], logits: &[f32], targets: &[u32], v: usize) {
+    logp.par_iter_mut().zip(greedy.par_iter_mut()).enumerate().for_each(|(n, (lp, gr))| {
+        let t = targets[n];
+        if t == IGNORE_INDEX {
+            *lp = 0.0;
+            *gr = 0.0;
+            return;
+        }
+        let row = &logits[n * v..][..v];
+        *lp = row[t as usize] - row_lse(row);
+        let mut arg = 0;
+        for (i, &x) in row.iter().enumerate() {
+            if x > row[arg] {
+                arg = i;
+            }
+        }
+        *gr = if arg == t as usize { 1.0 } else { 0.0 };
+    });
+}
+
+/// dlogits = coef[n]·(onehot(target) − softmax) (`=`): the backward of Σ coef·logp.
+pub fn token_logprobs_bwd(dlogits: &mut [f32], logits: &[f32], targets: &[u32], coef: &[f32], v: usize) {
+    dlogits.par_chunks_mut(v).enumerate().for_each(|(n, drow)| {
+        let t = targets[n];
+        if t == IGNORE_INDEX {
+            drow.iter_mut().for_each(|x| *x = 0.0);
+            return;
+        }
+        let row = &logits[n * v..][..v];
+        let lse = row_lse(row);
+        let k = coef[n];
+        for (d, &x) in drow.iter_mut().zip(row) {
+            *d = -k * (x - lse).exp();
+        }
+        drow[t as usize] += k;
+    });
+}

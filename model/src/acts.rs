@@ -1,0 +1,153 @@
+//! Activation arenas: every buffer a forward pass saves for its backward, allocated once for the
+//! largest (B, T) and reused by every step (no allocation inside a training step).
+
+use crate::config::{Arch, ModelConfig};
+use okapi_runtime::Backend;
+
+/// What one block saves. N = B·T rows.
+pub struct LayerActs<B: Backend> {
+    /// input norm: out (N,C), mean and rstd (N) (mean unused by RMSNorm)
+    pub ln1: B::Buf,
+    pub ln1_mean: B::Buf,
+    pub ln1_rstd: B::Buf,
+    /// q (N,Hq·D) and k (N,Hkv·D) after RoPE, v (N,Hkv·D)
+    pub q: B::Buf,
+    pub k: B::Buf,
+    pub v: B::Buf,
+    /// attention output (N,Hq·D) and its log-sum-exp (N,Hq)
+    pub att: B::Buf,
+    pub lse: B::Buf,
+    /// residual after attention (N,C)
+    pub x_mid: B::Buf,
+    pub ln2: B::Buf,
+    pub ln2_mean: B::Buf,
+    pub ln2_rstd: B::Buf,
+    /// MLP: LLaMA gate (N,F) and up (N,F); BLOOM pre-activation in `mlp_a`, `mlp_b` empty
+    pub mlp_a: B::Buf,
+    pub mlp_b: B::Buf,
+    /// MLP hidden after the activation (N,F)
+    pub mlp_h: B::Buf,
+}
+
+impl<B: Backend> LayerActs<B> {
+    pub fn new(be: &B, cfg: &ModelConfig, n: usize) -> Self {
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qw, kw) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+        let llama = cfg.arch == Arch::Llama;
+        LayerActs {
+            ln1: be.zeros(n * c),
+            ln1_mean: be.zeros(n),
+            ln1_rstd: be.zeros(n),
+            q: be.zeros(n * qw),
+            k: be.zeros(n * kw),
+            v: be.zeros(n * kw),
+            att: be.zeros(n * qw),
+            lse: be.zeros(n * cfg.n_heads),
+            x_mid: be.zeros(n * c),
+            ln2: be.zeros(n * c),
+            ln2_mean: be.zeros(n),
+            ln2_rstd: be.zeros(n),
+            mlp_a: be.zeros(n * f),
+            mlp_b: be.zeros(if llama { n * f } else { 0 }),
+            mlp_h: be.zeros(n * f),
+        }
+    }
+}
+
+/// Everything a training forward saves, for batches up to (cap_b, cap_t).
+pub struct Acts<B: Backend> {
+    pub cap_b: usize,
+    pub cap_t: usize,
+    /// current batch shape
+    pub b: usize,
+    pub t: usize,
+    pub ids: B::Ids,
+    pub positions: B::Ids,
+    pub q_pos0: B::Ids,
+    pub kv_len: B::Ids,
+    /// BLOOM: raw embedding before its LayerNorm (N,C) and that norm's statistics
+    pub emb: B::Buf,
+    pub emb_mean: B::Buf,
+    pub emb_rstd: B::Buf,
+    /// residual stream: x[0] embedding output, x[l+1] output of block l; each (N,C)
+    pub x: Vec<B::Buf>,
+    pub layers: Vec<LayerActs<B>>,
+    pub lnf: B::Buf,
+    pub lnf_mean: B::Buf,
+    pub lnf_rstd: B::Buf,
+    /// (N,V) logits; the loss kernels overwrite them with their gradient in place
+    pub logits: B::Buf,
+}
+
+impl<B: Backend> Acts<B> {
+    pub fn new(be: &B, cfg: &ModelConfig, cap_b: usize, cap_t: usize) -> Self {
+        let n = cap_b * cap_t;
+        let c = cfg.hidden_size;
+        let bloom = cfg.arch == Arch::Bloom;
+        Acts {
+            cap_b,
+            cap_t,
+            b: 0,
+            t: 0,
+            ids: be.upload_ids(&vec![0; n]),
+            positions: be.upload_ids(&vec![0; n]),
+            q_pos0: be.upload_ids(&vec![0; cap_b]),
+            kv_len: be.upload_ids(&vec![0; cap_b]),
+            emb: be.zeros(if bloom { n * c } else { 0 }),
+            emb_mean: be.zeros(if bloom { n } else { 0 }),
+            emb_rstd: be.zeros(if bloom { n } else { 0 }),
+            x: (0..=cfg.n_layers).map(|_| be.zeros(n * c)).collect(),
+            layers: (0..cfg.n_layers).map(|_| LayerActs::new(be, cfg, n)).collect(),
+            lnf: be.zeros(n * c),
+            lnf_mean: be.zeros(n),
+            lnf_rstd: be.zeros(n),
+            logits: be.zeros(n * cfg.vocab_size),
+        }
+    }
+}
+
+/// Backward scratch shared by all layers.
+pub struct Scratch<B: Backend> {
+    /// gradient of the residual stream (N,C), updated in place layer by layer
+    pub dres: B::Buf,
+    /// gradient of a norm's output (N,C)
+    pub dln: B::Buf,
+    pub datt: B::Buf,
+    pub dq: B::Buf,
+    pub dk: B::Buf,
+    pub dv: B::Buf,
+    /// MLP gradients (N,F)
+    pub dh: B::Buf,
+    pub da: B::Buf,
+    pub db: B::Buf,
+}
+
+impl<B: Backend> Scratch<B> {
+    pub fn new(be: &B, cfg: &ModelConfig, n: usize) -> Self {
+        let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let (qw, kw) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
+        Scratch {
+            dres: be.zeros(n * c),
+            dln: be.zeros(n * c),
+            datt: be.zeros(n * qw),
+            dq: be.zeros(n * qw),
+            dk: be.zeros(n * kw),
+            dv: be.zeros(n * kw),
+            dh: be.zeros(n * f),
+            da: be.zeros(n * f),
+            db: be.zeros(n * f),
+        }
+    }
+}
+
+/// Parameter gradients, one buffer per parameter; `None` for frozen parameters, which get
+/// neither gradients nor their weight-gradient matmuls.
+pub struct Grads<B: Backend> {
+    pub bufs: Vec<Option<B::Buf>>,
+}
+
+impl<B: Backend> Grads<B> {
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut B::Buf> {
+        self.bufs[i].as_mut()
+    }
+}

@@ -1,0 +1,280 @@
+//! `config.json` of `LlamaForCausalLM` / `BloomForCausalLM`, transformers 4.x and 5.x key styles.
+
+use crate::error::{io_err, ModelError, Result};
+use okapi_kernels::rope::RopeScaling;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Bloom,
+}
+
+/// Storage dtype of a checkpoint (`torch_dtype` / `dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl DType {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DType> {
+        match s {
+            "float32" | "f32" | "fp32" => Some(DType::F32),
+            "bfloat16" | "bf16" => Some(DType::BF16),
+            "float16" | "f16" | "fp16" => Some(DType::F16),
+            _ => None,
+        }
+    }
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            _ => 2,
+        }
+    }
+}
+
+/// What a model directory holds, resolved from its config.json.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    /// `max_position_embeddings` (LLaMA); BLOOM has none (ALiBi).
+    pub max_positions: Option<usize>,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+    pub dtype: DType,
+    /// The file as read, written back (updated) on save so unknown keys survive.
+    pub raw: Value,
+    pub path: PathBuf,
+}
+
+struct Fields<'a> {
+    v: &'a Value,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn err(&self, field: &str, msg: impl Into<String>) -> ModelError {
+        ModelError::Config { path: self.path.to_path_buf(), field: field.into(), msg: msg.into() }
+    }
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.v.get(key).filter(|v| !v.is_null())
+    }
+    fn usize_any(&self, keys: &[&str]) -> Result<usize> {
+        for k in keys {
+            if let Some(v) = self.get(k) {
+                return v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(k, format!("expected a non-negative integer, got {v}")));
+            }
+        }
+        Err(self.err(keys[0], "missing (required for this architecture)"))
+    }
+    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.err(key, format!("expected an integer, got {v}"))),
+        }
+    }
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
+        }
+    }
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
+        }
+    }
+    /// A token id that may be a list (LLaMA 3 lists several EOS ids): the first one.
+    fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) if !a.is_empty() => a[0].as_u64().map(|x| Some(x as u32)).ok_or_else(|| self.err(key, "expected integer ids")),
+            Some(v) => v.as_u64().map(|x| Some(x as u32)).ok_or_else(|| self.err(key, format!("expected an integer id, got {v}"))),
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn load(dir: &Path) -> Result<ModelConfig> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), msg: e.to_string() })?;
+        Self::from_value(raw, path)
+    }
+
+    pub fn from_value(raw: Value, path: PathBuf) -> Result<ModelConfig> {
+        let f = Fields { v: &raw, path: &path };
+        if !raw.is_object() {
+            return Err(f.err("(root)", "expected a JSON object"));
+        }
+        let model_type = f.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let archs: Vec<&str> = f.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let arch = match model_type {
+            "llama" => Arch::Llama,
+            "bloom" => Arch::Bloom,
+            "" => return Err(f.err("model_type", "missing (expected \"llama\" or \"bloom\")")),
+            other => return Err(f.err("model_type", format!("unsupported model type \"{other}\" (okapi supports \"llama\" and \"bloom\")"))),
+        };
+        for a in &archs {
+            let ok = matches!(*a, "LlamaForCausalLM" | "LlamaModel" | "BloomForCausalLM" | "BloomModel");
+            if !ok {
+                return Err(f.err("architectures", format!("unsupported architecture \"{a}\" (expected LlamaForCausalLM or BloomForCausalLM)")));
+            }
+        }
+        let dtype = match f.get("dtype").or_else(|| f.get("torch_dtype")) {
+            None => DType::F32,
+            Some(v) => v.as_str().and_then(DType::parse).ok_or_else(|| f.err("torch_dtype", format!("unsupported dtype {v} (expected float32, bfloat16 or float16)")))?,
+        };
+        let cfg = match arch {
+            Arch::Llama => {
+                let hidden = f.usize_any(&["hidden_size"])?;
+                let n_heads = f.usize_any(&["num_attention_heads"])?;
+                let n_kv = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+                let head_dim = f.opt_usize("head_dim")?.unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 });
+                let act = f.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+                if act != "silu" {
+                    return Err(f.err("hidden_act", format!("unsupported activation \"{act}\" (LLaMA uses \"silu\")")));
+                }
+                let (theta, scaling) = rope_from(&f)?;
+                ModelConfig {
+                    arch,
+                    vocab_size: f.usize_any(&["vocab_size"])?,
+                    hidden_size: hidden,
+                    n_layers: f.usize_any(&["num_hidden_layers"])?,
+                    n_heads,
+                    n_kv_heads: n_kv,
+                    head_dim,
+                    intermediate_size: f.usize_any(&["intermediate_size"])?,
+                    norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
+                    rope_theta: theta,
+                    rope_scaling: scaling,
+                    max_positions: Some(f.opt_usize("max_position_embeddings")?.unwrap_or(2048)),
+                    tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
+                    attention_bias: f.bool_or("attention_bias", false)?,
+                    mlp_bias: f.bool_or("mlp_bias", false)?,
+                    bos_token_id: f.token_id("bos_token_id")?,
+                    eos_token_id: f.token_id("eos_token_id")?,
+                    pad_token_id: f.token_id("pad_token_id")?,
+                    dtype,
+                    raw: Value::Null,
+                    path: path.clone(),
+                }
+            }
+            Arch::Bloom => {
+                if f.bool_or("apply_residual_connection_post_layernorm", false)? {
+                    return Err(f.err("apply_residual_connection_post_layernorm", "true is not supported"));
+                }
+                let hidden = f.usize_any(&["hidden_size", "n_embed"])?;
+                let n_heads = f.usize_any(&["n_head", "num_attention_heads"])?;
+                ModelConfig {
+                    arch,
+                    vocab_size: f.usize_any(&["vocab_size"])?,
+                    hidden_size: hidden,
+                    n_layers: f.usize_any(&["n_layer", "num_hidden_layers"])?,
+                    n_heads,
+                    n_kv_heads: n_heads,
+                    head_dim: if n_heads > 0 { hidden / n_heads } else { 0 },
+                    intermediate_size: 4 * hidden,
+                    norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)? as f32,
+                    rope_theta: 0.0,
+                    rope_scaling: RopeScaling::None,
+                    max_positions: None,
+                    tie_word_embeddings: f.bool_or("tie_word_embeddings", true)?,
+                    attention_bias: true,
+                    mlp_bias: true,
+                    bos_token_id: f.token_id("bos_token_id")?,
+                    eos_token_id: f.token_id("eos_token_id")?,
+                    pad_token_id: f.token_id("pad_token_id")?,
+                    dtype,
+                    raw: Value::Null,
+                    path: path.clone(),
+                }
+            }
+        };
+        let checks: [(&str, bool, &str); 5] = [
+            ("hidden_size", cfg.hidden_size > 0, "must be positive"),
+            ("num_attention_heads", cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0, "heads must be positive and a multiple of num_key_value_heads"),
+            ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim % 2 == 0), "must be positive (and even for RoPE)"),
+            ("vocab_size", cfg.vocab_size > 0, "must be positive"),
+            ("hidden_size", cfg.arch == Arch::Llama || cfg.hidden_size == cfg.n_heads * cfg.head_dim, "BLOOM needs hidden_size divisible by n_head"),
+        ];
+        for (field, ok, msg) in checks {
+            if !ok {
+                return Err(f.err(field, msg));
+            }
+        }
+        Ok(ModelConfig { raw, ..cfg })
+    }
+
+    /// Longest sequence the model accepts: `max_position_embeddings`, or 2048 for BLOOM
+    /// (lm-evaluation-harness's default when a config has none).
+    pub fn max_length(&self) -> usize {
+        self.max_positions.unwrap_or(2048)
+    }
+
+    /// config.json as it should be saved with weights of `dtype`: the file as read, with the
+    /// dtype key of its own style updated.
+    pub fn to_json(&self, dtype: DType) -> Value {
+        let mut v = self.raw.clone();
+        if let Some(o) = v.as_object_mut() {
+            let key = if o.contains_key("dtype") && !o.contains_key("torch_dtype") { "dtype" } else { "torch_dtype" };
+            o.insert(key.into(), Value::String(dtype.hf_name().into()));
+        }
+        v
+    }
+}
+
+/// RoPE base and scaling from 5.x `rope_parameters` or 4.x `rope_theta` + `rope_scaling`.
+fn rope_from(f: &Fields) -> Result<(f64, RopeScaling)> {
+    let (params, field) = match f.get("rope_parameters") {
+        Some(p) => (Some(p), "rope_parameters"),
+        None => (f.get("rope_scaling"), "rope_scaling"),
+    };
+    let theta = match params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64) {
+        Some(t) => t,
+        None => f.f64_or("rope_theta", 10000.0)?,
+    };
+    let Some(p) = params else { return Ok((theta, RopeScaling::None)) };
+    if !p.is_object() {
+        return Err(f.err(field, format!("expected an object, got {p}")));
+    }
+    let kind = p.get("rope_type").or_else(|| p.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str| -> Result<f64> { p.get(k).and_then(Value::as_f64).ok_or_else(|| f.err(&format!("{field}.{k}"), "missing or not a number")) };
+    let scaling = match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: num("factor")? as f32 },
+        "llama3" => RopeScaling::Llama3 {
+            factor: num("factor")? as f32,
+            low_freq_factor: num("low_freq_factor")? as f32,
+            high_freq_factor: num("high_freq_factor")? as f32,
+            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+        },
+        other => return Err(f.err(&format!("{field}.rope_type"), format!("unsupported rope type \"{other}\" (supported: default, linear, llama3)"))),
+    };
+    Ok((theta, scaling))
+}

@@ -1,0 +1,117 @@
+//! Incremental decoding with a KV cache: batched, each sequence with its own length, for
+//! generation, PPO rollouts and shared-context scoring.
+
+use crate::acts::LayerActs;
+use crate::error::{ModelError, Result};
+use crate::forward::{AttnCtx, KvSlot};
+use crate::model::Model;
+use okapi_runtime::{Backend, Gemm};
+
+/// Keys and values of every layer for `batch` sequences of up to `cap` tokens, plus the
+/// scratch of one forward over at most `t_max` new tokens per sequence.
+pub struct KvCache<B: Backend> {
+    pub batch: usize,
+    pub cap: usize,
+    pub t_max: usize,
+    /// tokens held per sequence
+    pub lens: Vec<usize>,
+    k: Vec<B::Buf>,
+    v: Vec<B::Buf>,
+    la: LayerActs<B>,
+    x: [B::Buf; 2],
+    lnf: B::Buf,
+    lnf_mean: B::Buf,
+    lnf_rstd: B::Buf,
+    emb: B::Buf,
+    ids: B::Ids,
+    positions: B::Ids,
+    q_pos0: B::Ids,
+    kv_len: B::Ids,
+    /// (batch·t, V) logits of the last `forward_cached` call
+    pub logits: B::Buf,
+    /// `t` of the last call (logits row of sequence b, new token i: b·t + i)
+    pub last_t: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn reset(&mut self) {
+        self.lens.iter_mut().for_each(|l| *l = 0);
+    }
+}
+
+impl<B: Backend> Model<B> {
+    pub fn new_cache(&self, batch: usize, cap: usize, t_max: usize) -> KvCache<B> {
+        let be = &self.be;
+        let cfg = &self.cfg;
+        let (c, kw, n) = (cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, batch * t_max);
+        KvCache {
+            batch,
+            cap,
+            t_max,
+            lens: vec![0; batch],
+            k: (0..cfg.n_layers).map(|_| be.zeros(batch * cap * kw)).collect(),
+            v: (0..cfg.n_layers).map(|_| be.zeros(batch * cap * kw)).collect(),
+            la: LayerActs::new(be, cfg, n),
+            x: [be.zeros(n * c), be.zeros(n * c)],
+            lnf: be.zeros(n * c),
+            lnf_mean: be.zeros(n),
+            lnf_rstd: be.zeros(n),
+            emb: be.zeros(n * c),
+            ids: be.upload_ids(&vec![0; n]),
+            positions: be.upload_ids(&vec![0; n]),
+            q_pos0: be.upload_ids(&vec![0; batch]),
+            kv_len: be.upload_ids(&vec![0; batch]),
+            logits: be.zeros(n * cfg.vocab_size),
+            last_t: 0,
+        }
+    }
+
+    /// Appends `n_new[b]` tokens to each sequence b. `tokens` is (batch, t) row-major, each row's
+    /// first `n_new[b]` entries real (the rest padding, ignored). Fills `cache.logits` with the
+    /// logits of all (batch, t) positions; those of real tokens equal a full forward's.
+    pub fn forward_cached(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize]) -> Result<()> {
+        let be = &self.be;
+        let cfg = &self.cfg;
+        let b = cache.batch;
+        if t > cache.t_max || tokens.len() != b * t || n_new.len() != b {
+            return Err(ModelError::Other(format!("forward_cached: {} tokens as ({b},{t}) do not fit the cache's ({b},{})", tokens.len(), cache.t_max)));
+        }
+        for (s, (&len, &nn)) in cache.lens.iter().zip(n_new).enumerate() {
+            if nn > t || len + nn > cache.cap {
+                return Err(ModelError::Other(format!("sequence {s}: {len} cached + {nn} new tokens exceed the cache capacity {}", cache.cap)));
+            }
+        }
+        self.check_tokens(tokens)?;
+        let n = b * t;
+        let c = cfg.hidden_size;
+        be.write_ids(&mut cache.ids, tokens);
+        let positions: Vec<u32> = (0..n).map(|i| (cache.lens[i / t] + i % t) as u32).collect();
+        be.write_ids(&mut cache.positions, &positions);
+        be.write_ids(&mut cache.q_pos0, &cache.lens.iter().map(|&l| l as u32).collect::<Vec<_>>());
+        be.write_ids(&mut cache.kv_len, &cache.lens.iter().zip(n_new).map(|(&l, &nn)| (l + nn) as u32).collect::<Vec<_>>());
+        let KvCache { k, v, la, x, lnf, lnf_mean, lnf_rstd, emb, ids, positions, q_pos0, kv_len, logits, cap, .. } = cache;
+        let [x0, x1] = x;
+        match &self.emb_ln {
+            None => be.embedding_fwd(x0, &self.values[self.embed], ids, n, c),
+            Some(ln) => {
+                be.embedding_fwd(emb, &self.values[self.embed], ids, n, c);
+                // the LayerNorm's statistics land in the final norm's (free until the end)
+                self.norm_fwd(ln, x0, lnf_mean, lnf_rstd, emb, n);
+            }
+        }
+        let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let (x_in, x_out) = if l % 2 == 0 { (&*x0, &mut *x1) } else { (&*x1, &mut *x0) };
+            let slot = KvSlot { k: &mut k[l], v: &mut v[l], cap: *cap };
+            self.block_fwd(blk, la, x_in, x_out, &ctx, Some(slot));
+        }
+        let x_last = if cfg.n_layers % 2 == 0 { &*x0 } else { &*x1 };
+        self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);
+        be.matmul(logits, lnf, &self.values[self.lm_head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
+        for (len, &nn) in cache.lens.iter_mut().zip(n_new) {
+            *len += nn;
+        }
+        cache.last_t = t;
+        Ok(())
+    }
+}

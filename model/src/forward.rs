@@ -1,0 +1,289 @@
+//! Forward and backward passes, explicit per layer (llm.c style): the forward saves what the
+//! backward needs in `Acts`; the backward walks the layers in reverse, overwriting (`=`) its
+//! scratch gradients and accumulating (`+=`) parameter gradients and the residual stream's.
+
+use crate::acts::{Acts, Grads, LayerActs, Scratch};
+use crate::config::Arch;
+use crate::error::{ModelError, Result};
+use crate::model::{Block, Linear, Model, Norm};
+use okapi_runtime::{AttnShape, Backend, Gemm};
+
+/// Where a block's attention reads its positions and keys.
+pub(crate) struct AttnCtx<'a, B: Backend> {
+    pub positions: &'a B::Ids,
+    pub q_pos0: &'a B::Ids,
+    pub kv_len: &'a B::Ids,
+    pub b: usize,
+    pub t: usize,
+}
+
+/// A layer's KV cache slot: keys and values (B,cap,Hkv·D) written at each sequence's length.
+pub(crate) struct KvSlot<'a, B: Backend> {
+    pub k: &'a mut B::Buf,
+    pub v: &'a mut B::Buf,
+    pub cap: usize,
+}
+
+impl<B: Backend> Model<B> {
+    pub fn new_acts(&self, cap_b: usize, cap_t: usize) -> Acts<B> {
+        Acts::new(&self.be, &self.cfg, cap_b, cap_t)
+    }
+
+    pub fn new_scratch(&self, cap_b: usize, cap_t: usize) -> Scratch<B> {
+        Scratch::new(&self.be, &self.cfg, cap_b * cap_t)
+    }
+
+    /// Zeroed gradients for every parameter (`trainable(i)` false → frozen, no buffer).
+    pub fn new_grads(&self, trainable: impl Fn(usize) -> bool) -> Grads<B> {
+        Grads { bufs: self.info.iter().enumerate().map(|(i, p)| trainable(i).then(|| self.be.zeros(p.numel()))).collect() }
+    }
+
+    pub fn zero_grads(&self, g: &mut Grads<B>) {
+        for (i, buf) in g.bufs.iter_mut().enumerate() {
+            if let Some(buf) = buf {
+                self.be.fill(buf, 0.0, self.info[i].numel());
+            }
+        }
+    }
+
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::Other(format!("token id {bad} is outside the model's vocabulary of {} (tokenizer and model do not match)", self.cfg.vocab_size)));
+        }
+        Ok(())
+    }
+
+    // ---- layer primitives -----------------------------------------------------------------
+
+    /// out (N,d_out) = x (N,d_in) · Wᵀ + b
+    pub(crate) fn linear_fwd(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize) {
+        self.be.matmul(out, x, &self.values[lin.w], &Gemm::new(n, lin.d_out, lin.d_in).trans_b());
+        if let Some(b) = lin.b {
+            self.be.bias_add(out, &self.values[b], n, lin.d_out);
+        }
+    }
+
+    /// dx (=, or += when `acc_dx`) = dy·W;  dW += dyᵀ·x;  db += Σ dy.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear_bwd(&self, dx: &mut B::Buf, dy: &B::Buf, x: &B::Buf, lin: &Linear, n: usize, acc_dx: bool, grads: &mut Grads<B>) {
+        let g = Gemm::new(n, lin.d_in, lin.d_out);
+        self.be.matmul(dx, dy, &self.values[lin.w], &if acc_dx { g.accumulate() } else { g });
+        if let Some(gw) = grads.get_mut(lin.w) {
+            self.be.matmul(gw, dy, x, &Gemm::new(lin.d_out, lin.d_in, n).trans_a().accumulate());
+        }
+        if let Some(gb) = lin.b.and_then(|b| grads.get_mut(b)) {
+            self.be.bias_bwd(gb, dy, n, lin.d_out);
+        }
+    }
+
+    pub(crate) fn norm_fwd(&self, nm: &Norm, out: &mut B::Buf, mean: &mut B::Buf, rstd: &mut B::Buf, x: &B::Buf, n: usize) {
+        let (c, eps) = (self.cfg.hidden_size, self.cfg.norm_eps);
+        match nm.b {
+            None => self.be.rmsnorm_fwd(out, rstd, x, &self.values[nm.w], n, c, eps),
+            Some(b) => self.be.layernorm_fwd(out, mean, rstd, x, &self.values[nm.w], &self.values[b], n, c, eps),
+        }
+    }
+
+    /// dx += ∂L/∂x; parameter gradients += (into a throw-away buffer when frozen).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn norm_bwd(&self, nm: &Norm, dx: &mut B::Buf, dy: &B::Buf, x: &B::Buf, mean: &B::Buf, rstd: &B::Buf, n: usize, grads: &mut Grads<B>) {
+        let c = self.cfg.hidden_size;
+        let (mut spare_w, mut spare_b) = (None, None);
+        match nm.b {
+            None => {
+                let gw = match grads.bufs[nm.w].as_mut() {
+                    Some(g) => g,
+                    None => spare_w.insert(self.be.zeros(c)),
+                };
+                self.be.rmsnorm_bwd(dx, gw, dy, x, &self.values[nm.w], rstd, n, c);
+            }
+            Some(bi) => {
+                // the bias is registered right after the weight: split the table between them
+                let (lo, hi) = grads.bufs.split_at_mut(bi);
+                let gw = match lo[nm.w].as_mut() {
+                    Some(g) => g,
+                    None => spare_w.insert(self.be.zeros(c)),
+                };
+                let gb = match hi[0].as_mut() {
+                    Some(g) => g,
+                    None => spare_b.insert(self.be.zeros(c)),
+                };
+                self.be.layernorm_bwd(dx, gw, gb, dy, x, &self.values[nm.w], mean, rstd, n, c);
+            }
+        }
+    }
+
+    fn attn_shape(&self, b: usize, t: usize, tk: usize) -> AttnShape {
+        let c = &self.cfg;
+        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true }
+    }
+
+    // ---- block ----------------------------------------------------------------------------
+
+    pub(crate) fn block_fwd(&self, blk: &Block, la: &mut LayerActs<B>, x_in: &B::Buf, x_out: &mut B::Buf, ctx: &AttnCtx<B>, kv: Option<KvSlot<B>>) {
+        let be = &self.be;
+        let cfg = &self.cfg;
+        let n = ctx.b * ctx.t;
+        let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        self.norm_fwd(&blk.ln1, &mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, x_in, n);
+        self.linear_fwd(&mut la.q, &la.ln1, &blk.q, n);
+        self.linear_fwd(&mut la.k, &la.ln1, &blk.k, n);
+        self.linear_fwd(&mut la.v, &la.ln1, &blk.v, n);
+        if let Some(inv_freq) = &self.rope_inv_freq {
+            be.rope_fwd(&mut la.q, ctx.positions, inv_freq, n, hq, d);
+            be.rope_fwd(&mut la.k, ctx.positions, inv_freq, n, hkv, d);
+        }
+        match kv {
+            None => {
+                let sh = self.attn_shape(ctx.b, ctx.t, ctx.t);
+                be.attention_fwd(&mut la.att, &mut la.lse, &la.q, &la.k, &la.v, ctx.q_pos0, ctx.kv_len, self.alibi.as_ref(), &sh);
+            }
+            Some(slot) => {
+                be.kv_write(slot.k, &la.k, ctx.q_pos0, ctx.b, ctx.t, slot.cap, hkv * d);
+                be.kv_write(slot.v, &la.v, ctx.q_pos0, ctx.b, ctx.t, slot.cap, hkv * d);
+                let sh = self.attn_shape(ctx.b, ctx.t, slot.cap);
+                be.attention_fwd(&mut la.att, &mut la.lse, &la.q, slot.k, slot.v, ctx.q_pos0, ctx.kv_len, self.alibi.as_ref(), &sh);
+            }
+        }
+        // x_mid = x_in + o(att)
+        self.linear_fwd(&mut la.x_mid, &la.att, &blk.o, n);
+        be.axpy(&mut la.x_mid, 1.0, x_in, n * cfg.hidden_size);
+        self.norm_fwd(&blk.ln2, &mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.x_mid, n);
+        let nf = n * cfg.intermediate_size;
+        match &blk.gate {
+            Some(gate) => {
+                self.linear_fwd(&mut la.mlp_a, &la.ln2, gate, n);
+                self.linear_fwd(&mut la.mlp_b, &la.ln2, &blk.up, n);
+                be.swiglu_fwd(&mut la.mlp_h, &la.mlp_a, &la.mlp_b, nf);
+            }
+            None => {
+                self.linear_fwd(&mut la.mlp_a, &la.ln2, &blk.up, n);
+                be.gelu_fwd(&mut la.mlp_h, &la.mlp_a, nf);
+            }
+        }
+        // x_out = x_mid + down(h)
+        self.linear_fwd(x_out, &la.mlp_h, &blk.down, n);
+        be.axpy(x_out, 1.0, &la.x_mid, n * cfg.hidden_size);
+    }
+
+    /// On entry `s.dres` = ∂L/∂x_out; on exit ∂L/∂x_in. Parameter gradients accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn block_bwd(&self, blk: &Block, la: &LayerActs<B>, x_in: &B::Buf, s: &mut Scratch<B>, ctx: &AttnCtx<B>, grads: &mut Grads<B>) {
+        let be = &self.be;
+        let cfg = &self.cfg;
+        let n = ctx.b * ctx.t;
+        let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let nf = n * cfg.intermediate_size;
+        // MLP branch
+        self.linear_bwd(&mut s.dh, &s.dres, &la.mlp_h, &blk.down, n, false, grads);
+        match &blk.gate {
+            Some(gate) => {
+                be.swiglu_bwd(&mut s.da, &mut s.db, &s.dh, &la.mlp_a, &la.mlp_b, nf);
+                self.linear_bwd(&mut s.dln, &s.da, &la.ln2, gate, n, false, grads);
+                self.linear_bwd(&mut s.dln, &s.db, &la.ln2, &blk.up, n, true, grads);
+            }
+            None => {
+                be.gelu_bwd(&mut s.da, &s.dh, &la.mlp_a, nf);
+                self.linear_bwd(&mut s.dln, &s.da, &la.ln2, &blk.up, n, false, grads);
+            }
+        }
+        self.norm_bwd(&blk.ln2, &mut s.dres, &s.dln, &la.x_mid, &la.ln2_mean, &la.ln2_rstd, n, grads);
+        // attention branch
+        self.linear_bwd(&mut s.datt, &s.dres, &la.att, &blk.o, n, false, grads);
+        let sh = self.attn_shape(ctx.b, ctx.t, ctx.t);
+        be.attention_bwd(&mut s.dq, &mut s.dk, &mut s.dv, &s.datt, &la.q, &la.k, &la.v, &la.att, &la.lse, ctx.q_pos0, ctx.kv_len, self.alibi.as_ref(), &sh);
+        if let Some(inv_freq) = &self.rope_inv_freq {
+            be.rope_bwd(&mut s.dq, ctx.positions, inv_freq, n, hq, d);
+            be.rope_bwd(&mut s.dk, ctx.positions, inv_freq, n, hkv, d);
+        }
+        self.linear_bwd(&mut s.dln, &s.dq, &la.ln1, &blk.q, n, false, grads);
+        self.linear_bwd(&mut s.dln, &s.dk, &la.ln1, &blk.k, n, true, grads);
+        self.linear_bwd(&mut s.dln, &s.dv, &la.ln1, &blk.v, n, true, grads);
+        self.norm_bwd(&blk.ln1, &mut s.dres, &s.dln, x_in, &la.ln1_mean, &la.ln1_rstd, n, grads);
+    }
+
+    // ---- whole model ----------------------------------------------------------------------
+
+    /// Embedding (+ BLOOM's embedding LayerNorm) of `acts.ids` into x[0].
+    fn embed_fwd(&self, acts: &mut Acts<B>, n: usize) {
+        let c = self.cfg.hidden_size;
+        match &self.emb_ln {
+            None => self.be.embedding_fwd(&mut acts.x[0], &self.values[self.embed], &acts.ids, n, c),
+            Some(ln) => {
+                self.be.embedding_fwd(&mut acts.emb, &self.values[self.embed], &acts.ids, n, c);
+                self.norm_fwd(ln, &mut acts.x[0], &mut acts.emb_mean, &mut acts.emb_rstd, &acts.emb, n);
+            }
+        }
+    }
+
+    /// Full forward of a (B,T) batch of token ids (row-major) into `acts.logits` (B·T, V).
+    /// Sequences may be right-padded: with the causal mask, padding never changes the logits of
+    /// the positions before it.
+    pub fn forward(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+        if b > acts.cap_b || t > acts.cap_t || tokens.len() != b * t {
+            return Err(ModelError::Other(format!("batch ({b},{t}) with {} tokens does not fit activations sized ({},{})", tokens.len(), acts.cap_b, acts.cap_t)));
+        }
+        self.check_tokens(tokens)?;
+        let be = &self.be;
+        let n = b * t;
+        acts.b = b;
+        acts.t = t;
+        be.write_ids(&mut acts.ids, tokens);
+        let positions: Vec<u32> = (0..n).map(|i| (i % t) as u32).collect();
+        be.write_ids(&mut acts.positions, &positions);
+        be.write_ids(&mut acts.q_pos0, &vec![0; b]);
+        be.write_ids(&mut acts.kv_len, &vec![t as u32; b]);
+        self.embed_fwd(acts, n);
+        let Acts { x, layers, positions, q_pos0, kv_len, .. } = acts;
+        let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let (lo, hi) = x.split_at_mut(l + 1);
+            self.block_fwd(blk, &mut layers[l], &lo[l], &mut hi[0], &ctx, None);
+        }
+        let last = self.cfg.n_layers;
+        self.norm_fwd(&self.ln_f, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.x[last], n);
+        self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[self.lm_head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
+        Ok(())
+    }
+
+    /// Backward of the last `forward`, from `acts.logits` holding ∂L/∂logits (as the loss
+    /// kernels leave it). Parameter gradients accumulate into `grads`.
+    pub fn backward(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+        let be = &self.be;
+        let (b, t) = (acts.b, acts.t);
+        let n = b * t;
+        let c = self.cfg.hidden_size;
+        let head = Linear { w: self.lm_head, b: None, d_in: c, d_out: self.cfg.vocab_size };
+        self.linear_bwd(&mut s.dln, &acts.logits, &acts.lnf, &head, n, false, grads);
+        be.fill(&mut s.dres, 0.0, n * c);
+        let last = self.cfg.n_layers;
+        self.norm_bwd(&self.ln_f, &mut s.dres, &s.dln, &acts.x[last], &acts.lnf_mean, &acts.lnf_rstd, n, grads);
+        let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t };
+        for (l, blk) in self.blocks.iter().enumerate().rev() {
+            self.block_bwd(blk, &acts.layers[l], &acts.x[l], s, &ctx, grads);
+        }
+        match &self.emb_ln {
+            None => {
+                if let Some(ge) = grads.get_mut(self.embed) {
+                    be.embedding_bwd(ge, &s.dres, &acts.ids, n, c);
+                }
+            }
+            Some(ln) => {
+                be.fill(&mut s.dln, 0.0, n * c);
+                self.norm_bwd(ln, &mut s.dln, &s.dres, &acts.emb, &acts.emb_mean, &acts.emb_rstd, n, grads);
+                if let Some(ge) = grads.get_mut(self.embed) {
+                    be.embedding_bwd(ge, &s.dln, &acts.ids, n, c);
+                }
+            }
+        }
+    }
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Bloom => "bloom",
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The transformer shared by LLaMA and BLOOM: parameters in one table (values here, gradients in
+//! `Grads`), the per-layer structure, and the mapping to Hugging Face tensor names both ways.
+
+use crate::config::{Arch, DType, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::weights::{self, Checkpoint};
+use okapi_kernels::attention::alibi_slopes;
+use okapi_kernels::rope::rope_inv_freq;
+use okapi_runtime::Backend;
+use std::path::Path;
+
+/// Name and shape of one parameter (internal layout; BLOOM's fused qkv is held as q, k, v).
+#[derive(Clone, Debug)]
+pub struct ParamInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl ParamInfo {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Weight decay applies to tensors with ≥ 2 dims only (matrices and embeddings).
+    pub fn decays(&self) -> bool {
+        self.shape.len() >= 2
+    }
+}
+
+/// A linear layer `y = x·Wᵀ + b`, W: (out, in). Indices into the parameter table.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear {
+    pub w: usize,
+    pub b: Option<usize>,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+/// RMSNorm (w) or LayerNorm (w, b).
+#[derive(Clone, Copy, Debug)]
+pub struct Norm {
+    pub w: usize,
+    pub b: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Block {
+    pub ln1: Norm,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub ln2: Norm,
+    /// LLaMA's gate_proj; BLOOM has none.
+    pub gate: Option<Linear>,
+    /// LLaMA's up_proj, BLOOM's dense_h_to_4h.
+    pub up: Linear,
+    /// LLaMA's down_proj, BLOOM's dense_4h_to_h.
+    pub down: Linear,
+}
+
+/// How a Hugging Face tensor maps onto the parameter table.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Param(usize),
+    /// BLOOM `query_key_value`: rows laid out per head as [q, k, v], each `head_dim` rows.
+    FusedQkv { q: usize, k: usize, v: usize, heads: usize, head_dim: usize },
+}
+
+#[derive(Clone, Debug)]
+pub struct HfEntry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub source: Source,
+}
+
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub be: B,
+    pub info: Vec<ParamInfo>,
+    pub values: Vec<B::Buf>,
+    pub embed: usize,
+    pub emb_ln: Option<Norm>,
+    pub blocks: Vec<Block>,
+    pub ln_f: Norm,
+    /// The LM head's weight (V, C): the embedding itself when tied.
+    pub lm_head: usize,
+    pub hf: Vec<HfEntry>,
+    pub(crate) rope_inv_freq: Option<B::Buf>,
+    pub(crate) alibi: Option<B::Buf>,
+}
+
+/// Builds the parameter table and the HF name map for a config (no values yet).
+pub struct Layout {
+    pub info: Vec<ParamInfo>,
+    pub embed: usize,
+    pub emb_ln: Option<Norm>,
+    pub blocks: Vec<Block>,
+    pub ln_f: Norm,
+    pub lm_head: usize,
+    pub hf: Vec<HfEntry>,
+}
+
+impl Layout {
+    pub fn new(cfg: &ModelConfig) -> Layout {
+        let mut info: Vec<ParamInfo> = Vec::new();
+        let mut hf: Vec<HfEntry> = Vec::new();
+        let add = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: String, shape: Vec<usize>, direct: bool| -> usize {
+            info.push(ParamInfo { name: name.clone(), shape: shape.clone() });
+            let i = info.len() - 1;
+            if direct {
+                hf.push(HfEntry { name, shape, source: Source::Param(i) });
+            }
+            i
+        };
+        let (c, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let (p, is_llama) = match cfg.arch {
+            Arch::Llama => ("model.", true),
+            Arch::Bloom => ("transformer.", false),
+        };
+        let norm = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: &str| -> Norm {
+            let w = add(info, hf, format!("{name}.weight"), vec![c], true);
+            let b = (!is_llama).then(|| add(info, hf, format!("{name}.bias"), vec![c], true));
+            Norm { w, b }
+        };
+        let linear = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: &str, d_in: usize, d_out: usize, bias: bool, direct: bool| -> Linear {
+            let w = add(info, hf, format!("{name}.weight"), vec![d_out, d_in], direct);
+            let b = bias.then(|| add(info, hf, format!("{name}.bias"), vec![d_out], direct));
+            Linear { w, b, d_in, d_out }
+        };
+        let embed_name = if is_llama { format!("{p}embed_tokens.weight") } else { format!("{p}word_embeddings.weight") };
+        let embed = add(&mut info, &mut hf, embed_name, vec![v, c], true);
+        let emb_ln = (!is_llama).then(|| norm(&mut info, &mut hf, &format!("{p}word_embeddings_layernorm")));
+        let mut blocks = Vec::new();
+        for l in 0..cfg.n_layers {
+            let block = if is_llama {
+                let b = format!("{p}layers.{l}");
+                let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
+                let ln1 = norm(&mut info, &mut hf, &format!("{b}.input_layernorm"));
+                let q = linear(&mut info, &mut hf, &format!("{b}.self_attn.q_proj"), c, hq * d, ab, true);
+                let k = linear(&mut info, &mut hf, &format!("{b}.self_attn.k_proj"), c, hkv * d, ab, true);
+                let vv = linear(&mut info, &mut hf, &format!("{b}.self_attn.v_proj"), c, hkv * d, ab, true);
+                let o = linear(&mut info, &mut hf, &format!("{b}.self_attn.o_proj"), hq * d, c, ab, true);
+                let ln2 = norm(&mut info, &mut hf, &format!("{b}.post_attention_layernorm"));
+                let gate = linear(&mut info, &mut hf, &format!("{b}.mlp.gate_proj"), c, f, mb, true);
+                let up = linear(&mut info, &mut hf, &format!("{b}.mlp.up_proj"), c, f, mb, true);
+                let down = linear(&mut info, &mut hf, &format!("{b}.mlp.down_proj"), f, c, mb, true);
+                Block { ln1, q, k, v: vv, o, ln2, gate: Some(gate), up, down }
+            } else {
+                let b = format!("{p}h.{l}");
+                let ln1 = norm(&mut info, &mut hf, &format!("{b}.input_layernorm"));
+                let qkv = format!("{b}.self_attention.query_key_value");
+                let q = linear(&mut info, &mut hf, &format!("{qkv}[q]"), c, hq * d, true, false);
+                let k = linear(&mut info, &mut hf, &format!("{qkv}[k]"), c, hq * d, true, false);
+                let vv = linear(&mut info, &mut hf, &format!("{qkv}[v]"), c, hq * d, true, false);
+                hf.push(HfEntry { name: format!("{qkv}.weight"), shape: vec![3 * c, c], source: Source::FusedQkv { q: q.w, k: k.w, v: vv.w, heads: hq, head_dim: d } });
+                hf.push(HfEntry {
+                    name: format!("{qkv}.bias"),
+                    shape: vec![3 * c],
+                    source: Source::FusedQkv { q: q.b.unwrap(), k: k.b.unwrap(), v: vv.b.unwrap(), heads: hq, head_dim: d },
+                });
+                let o = linear(&mut info, &mut hf, &format!("{b}.self_attention.dense"), c, c, true, true);
+                let ln2 = norm(&mut info, &mut hf, &format!("{b}.post_attention_layernorm"));
+                let up = linear(&mut info, &mut hf, &format!("{b}.mlp.dense_h_to_4h"), c, f, true, true);
+                let down = linear(&mut info, &mut hf, &format!("{b}.mlp.dense_4h_to_h"), f, c, true, true);
+                Block { ln1, q, k, v: vv, o, ln2, gate: None, up, down }
+            };
+            blocks.push(block);
+        }
+        let ln_f = norm(&mut info, &mut hf, &if is_llama { format!("{p}norm") } else { format!("{p}ln_f") });
+        let lm_head = if cfg.tie_word_embeddings { embed } else { add(&mut info, &mut hf, "lm_head.weight".into(), vec![v, c], true) };
+        Layout { info, embed, emb_ln, blocks, ln_f, lm_head, hf }
+    }
+}
+
+/// Splits BLOOM's fused rows (per head [q,k,v], `head_dim` rows each of `cols` values).
+pub fn split_qkv(fused: &[f32], heads: usize, head_dim: usize, cols: usize) -> [Vec<f32>; 3] {
+    let mut out = [vec![0f32; heads * head_dim * cols], vec![0f32; heads * head_dim * cols], vec![0f32; heads * head_dim * cols]];
+    for h in 0..heads {
+        for (s, part) in out.iter_mut().enumerate() {
+            let src = &fused[(h * 3 + s) * head_dim * cols..][..head_dim * cols];
+            part[h * head_dim * cols..][..head_dim * cols].copy_from_slice(src);
+        }
+    }
+    out
+}
+
+/// Inverse of `split_qkv`.
+pub fn fuse_qkv(parts: [&[f32]; 3], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let mut fused = vec![0f32; 3 * heads * head_dim * cols];
+    for h in 0..heads {
+        for (s, part) in parts.iter().enumerate() {
+            fused[(h * 3 + s) * head_dim * cols..][..head_dim * cols].copy_from_slice(&part[h * head_dim * cols..][..head_dim * cols]);
+        }
+    }
+    fused
+}
+
+/// Gathers HF tensors from per-parameter host data (values or gradients).
+pub fn to_hf(hf: &[HfEntry], host: &dyn Fn(usize) -> Vec<f32>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    hf.iter()
+        .map(|e| {
+            let data = match e.source {
+                Source::Param(i) => host(i),
+                Source::FusedQkv { q, k, v, heads, head_dim } => {
+                    let cols = if e.shape.len() == 2 { e.shape[1] } else { 1 };
+                    let (q, k, v) = (host(q), host(k), host(v));
+                    fuse_qkv([&q, &k, &v], heads, head_dim, cols)
+                }
+            };
+            (e.name.clone(), e.shape.clone(), data)
+        })
+        .collect()
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads `config.json` and the safetensors weights of a Hugging Face model directory.
+    pub fn load(be: B, dir: &Path) -> Result<Model<B>> {
+        let cfg = ModelConfig::load(dir)?;
+        let ckpt = Checkpoint::load(dir)?;
+        Self::from_checkpoint(be, cfg, &ckpt)
+    }
+
+    pub fn from_checkpoint(be: B, cfg: ModelConfig, ckpt: &Checkpoint) -> Result<Model<B>> {
+        let layout = Layout::new(&cfg);
+        let mut host: Vec<Option<Vec<f32>>> = vec![None; layout.info.len()];
+        let prefix = match cfg.arch {
+            Arch::Llama => "model.",
+            Arch::Bloom => "transformer.",
+        };
+        for e in &layout.hf {
+            // Base-model checkpoints (LlamaModel, bigscience/bloom-*) have no prefix.
+            let t = ckpt.tensors.get(&e.name).or_else(|| e.name.strip_prefix(prefix).and_then(|n| ckpt.tensors.get(n)));
+            let Some(t) = t else {
+                return Err(ModelError::MissingTensor { dir: ckpt.dir.clone(), name: e.name.clone(), why: format!("shape {:?}", e.shape) });
+            };
+            if t.shape != e.shape {
+                return Err(ModelError::Tensor {
+                    path: t.file.clone(),
+                    name: e.name.clone(),
+                    msg: format!("shape {:?} does not match config.json, which implies {:?}", t.shape, e.shape),
+                });
+            }
+            match e.source {
+                Source::Param(i) => host[i] = Some(t.data.clone()),
+                Source::FusedQkv { q, k, v, heads, head_dim } => {
+                    let cols = if e.shape.len() == 2 { e.shape[1] } else { 1 };
+                    let [pq, pk, pv] = split_qkv(&t.data, heads, head_dim, cols);
+                    host[q] = Some(pq);
+                    host[k] = Some(pk);
+                    host[v] = Some(pv);
+                }
+            }
+        }
+        let values: Vec<Vec<f32>> = host.into_iter().map(|h| h.expect("every parameter has an HF tensor")).collect();
+        Ok(Self::from_host(be, cfg, layout, values))
+    }
+
+    /// A model from parameter values in the table's order (used by `load` and `init`).
+    pub fn from_host(be: B, cfg: ModelConfig, layout: Layout, values: Vec<Vec<f32>>) -> Model<B> {
+        let values: Vec<B::Buf> = values.iter().map(|v| be.upload(v)).collect();
+        let rope_inv_freq = (cfg.arch == Arch::Llama).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
+        let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
+        let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, hf } = layout;
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, hf, rope_inv_freq, alibi }
+    }
+
+    /// Parameter `i` on the host.
+    pub fn host_value(&self, i: usize) -> Vec<f32> {
+        self.be.read(&self.values[i], self.info[i].numel())
+    }
+
+    /// All weights as HF tensors `(name, shape, data)`, ready to save.
+    pub fn hf_tensors(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        to_hf(&self.hf, &|i| self.host_value(i))
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.info.iter().map(|p| p.numel()).sum()
+    }
+
+    /// Saves config.json, the weights (sharded above `max_shard_bytes`) and, when given,
+    /// tokenizer.json, in the layout `from_pretrained` loads.
+    pub fn save(&self, dir: &Path, dtype: DType, max_shard_bytes: usize, tokenizer_json: Option<&Path>) -> Result<()> {
+        weights::save(dir, &self.hf_tensors(), dtype, max_shard_bytes)?;
+        let cfg = serde_json::to_string_pretty(&self.cfg.to_json(dtype)).unwrap();
+        weights::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
+        if let Some(tok) = tokenizer_json {
+            let dst = dir.join("tokenizer.json");
+            if tok != dst {
+                let bytes = std::fs::read(tok).map_err(crate::error::io_err(tok))?;
+                weights::write_atomic(&dst, &bytes)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! Causal-LM cross-entropy on a model's logits, fused with its gradient: the SFT loss
+//! (token-level mean over every unmasked target of the batch, as transformers computes it).
+
+use okapi_model::{Acts, Model};
+use okapi_runtime::{Backend, IGNORE_INDEX};
+
+/// Device buffers for the loss of batches up to `n` positions.
+pub struct LossBufs<B: Backend> {
+    targets: B::Ids,
+    coef: B::Buf,
+    losses: B::Buf,
+}
+
+impl<B: Backend> LossBufs<B> {
+    pub fn new(be: &B, n: usize) -> Self {
+        LossBufs { targets: be.upload_ids(&vec![IGNORE_INDEX; n]), coef: be.zeros(n), losses: be.zeros(n) }
+    }
+}
+
+/// Next-token targets for a (B,T) batch: `targets[b,t] = labels[b,t+1]`, the last position and
+/// every label < 0 (HF's -100) ignored — exactly the shift inside `LlamaForCausalLM`'s loss.
+pub fn shift_labels(labels: &[i64], b: usize, t: usize) -> Vec<u32> {
+    let mut out = vec![IGNORE_INDEX; b * t];
+    for r in 0..b {
+        for p in 0..t.saturating_sub(1) {
+            let l = labels[r * t + p + 1];
+            if l >= 0 {
+                out[r * t + p] = l as u32;
+            }
+        }
+    }
+    out
+}
+
+/// Mean cross-entropy over the non-ignored `targets` of the last forward (`acts`), weighted by
+/// `scale` in the gradient (1 for a plain step; 1/accumulation steps when accumulating).
+/// Leaves ∂(scale·loss)/∂logits in `acts.logits`, ready for `Model::backward`. Returns the
+/// loss (mean over targets) and the number of targets. A batch with no target gives (0, 0)
+/// and a zero gradient.
+pub fn lm_loss_and_grad<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, bufs: &mut LossBufs<B>, targets: &[u32], scale: f32) -> (f64, usize) {
+    let be = &model.be;
+    let n = acts.b * acts.t;
+    assert_eq!(targets.len(), n, "one target per position");
+    let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    let w = if count > 0 { scale / count as f32 } else { 0.0 };
+    be.write_ids(&mut bufs.targets, targets);
+    be.write(&mut bufs.coef, &vec![w; n]);
+    be.xent_fwd_bwd(&mut acts.logits, &mut bufs.losses, &bufs.targets, &bufs.coef, n, model.cfg.vocab_size);
+    let losses = be.read(&bufs.losses, n);
+    let sum: f64 = losses.iter().map(|&l| l as f64).sum();
+    (if count > 0 { sum / count as f64 } else { 0.0 }, count)
+}

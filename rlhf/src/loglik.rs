@@ -1,0 +1,90 @@
+//! lm-evaluation-harness `loglikelihood` requests (v0.3 semantics, which Okapi's fork uses):
+//! context and continuation are tokenized separately without special tokens (an empty
+//! context becomes the EOS token), concatenated, and the last `max_length + 1` tokens kept;
+//! loglik is the sum of the continuation tokens' log-probabilities, `is_greedy` whether each
+//! continuation token is the argmax.
+
+use okapi_data::{DataError, LoglikRequest, Tokenizer};
+use okapi_model::{Model, ModelError};
+use okapi_runtime::{Backend, IGNORE_INDEX};
+
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct LoglikResult {
+    pub loglik: f64,
+    pub is_greedy: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A request as model inputs: `input` (the window minus its last token) and how many of its
+/// last positions predict continuation tokens.
+struct Encoded {
+    input: Vec<u32>,
+    targets: Vec<u32>,
+    n_cont: usize,
+}
+
+fn encode(tok: &Tokenizer, req: &LoglikRequest, eos: u32, max_length: usize) -> Result<Encoded, DataError> {
+    let ctx = if req.context.is_empty() { vec![eos] } else { tok.encode(&req.context, false)? };
+    let cont = tok.encode(&req.continuation, false)?;
+    let mut whole = ctx;
+    whole.extend_from_slice(&cont);
+    let window = &whole[whole.len().saturating_sub(max_length + 1)..];
+    let input = window[..window.len() - 1].to_vec();
+    let n_cont = cont.len().min(input.len());
+    Ok(Encoded { targets: window[1..].to_vec(), input, n_cont })
+}
+
+/// Scores requests in batches of `batch_size`, longest first (less padding); results come back
+/// in request order. Right padding cannot change a result: positions only see their past.
+pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[LoglikRequest], batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
+    let eos = model.cfg.eos_token_id.ok_or_else(|| ScoreError::Other(format!("{}: `eos_token_id` is needed to score an empty context", model.cfg.path.display())))?;
+    let max_length = model.cfg.max_length();
+    let enc: Vec<Encoded> = reqs.iter().map(|r| encode(tok, r, eos, max_length)).collect::<Result<_, _>>()?;
+    let mut order: Vec<usize> = (0..enc.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(enc[i].input.len()));
+    let batch_size = batch_size.max(1);
+    let cap_t = enc.iter().map(|e| e.input.len()).max().unwrap_or(1).max(1);
+    let cap_b = batch_size.min(enc.len()).max(1);
+    let mut acts = model.new_acts(cap_b, cap_t);
+    let be = &model.be;
+    let v = model.cfg.vocab_size;
+    let mut targets_buf = be.upload_ids(&vec![IGNORE_INDEX; cap_b * cap_t]);
+    let mut logp = be.zeros(cap_b * cap_t);
+    let mut greedy = be.zeros(cap_b * cap_t);
+    let mut results = vec![LoglikResult { loglik: 0.0, is_greedy: true }; enc.len()];
+    for chunk in order.chunks(batch_size) {
+        let t = chunk.iter().map(|&i| enc[i].input.len()).max().unwrap().max(1);
+        let b = chunk.len();
+        let pad = model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1);
+        let mut tokens = vec![pad; b * t];
+        let mut targets = vec![IGNORE_INDEX; b * t];
+        for (row, &i) in chunk.iter().enumerate() {
+            let e = &enc[i];
+            let len = e.input.len();
+            tokens[row * t..row * t + len].copy_from_slice(&e.input);
+            for p in len - e.n_cont..len {
+                targets[row * t + p] = e.targets[p];
+            }
+        }
+        model.forward(&mut acts, &tokens, b, t)?;
+        be.write_ids(&mut targets_buf, &targets);
+        be.token_logprobs(&mut logp, &mut greedy, &acts.logits, &targets_buf, b * t, v);
+        let (lp, gr) = (be.read(&logp, b * t), be.read(&greedy, b * t));
+        for (row, &i) in chunk.iter().enumerate() {
+            let e = &enc[i];
+            let len = e.input.len();
+            let span = row * t + len - e.n_cont..row * t + len;
+            results[i] = LoglikResult { loglik: lp[span.clone()].iter().map(|&x| x as f64).sum(), is_greedy: gr[span].iter().all(|&g| g == 1.0) };
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,166 @@
+//! okapi-runtime: the `Backend` trait every compute device implements, and device selection.
+//!
+//! The trait is llm.c-shaped: every op writes into explicit output buffers, sizes are explicit
+//! (buffers may be arenas sized for the largest batch), and backward ops say whether they
+//! overwrite (`=`) or accumulate (`+=`) — see each kernel in `okapi-kernels`. Models are generic
+//! over `B: Backend` (static dispatch); the CLI picks the backend at run time.
+
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+pub use okapi_kernels::adamw::AdamW;
+pub use okapi_kernels::attention::AttnShape;
+pub use okapi_kernels::matmul::Gemm;
+pub use okapi_kernels::IGNORE_INDEX;
+
+/// A compute device. `Buf` holds f32 values, `Ids` holds u32 token ids / positions / lengths.
+pub trait Backend: Send + Sync + 'static {
+    type Buf: Send + Sync;
+    type Ids: Send + Sync;
+
+    /// Human-readable device name (printed by the CLI).
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------
+    fn zeros(&self, len: usize) -> Self::Buf;
+    fn upload(&self, data: &[f32]) -> Self::Buf;
+    fn upload_ids(&self, data: &[u32]) -> Self::Ids;
+    /// Host → device into the first `data.len()` elements of an existing buffer.
+    fn write(&self, dst: &mut Self::Buf, data: &[f32]);
+    fn write_ids(&self, dst: &mut Self::Ids, data: &[u32]);
+    /// Device → host, the first `len` elements.
+    fn read(&self, src: &Self::Buf, len: usize) -> Vec<f32>;
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    fn fill(&self, x: &mut Self::Buf, value: f32, len: usize);
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf, len: usize);
+    /// x *= a
+    fn scale(&self, x: &mut Self::Buf, a: f32, len: usize);
+    /// y += a·x
+    fn axpy(&self, y: &mut Self::Buf, a: f32, x: &Self::Buf, len: usize);
+
+    // ---- ops (shapes in each kernel's doc comment in okapi-kernels) ----------------------
+    fn matmul(&self, c: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, g: &Gemm);
+    fn embedding_fwd(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &Self::Ids, n: usize, c: usize);
+    fn embedding_bwd(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, n: usize, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, n: usize, c: usize, eps: f32);
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd(&self, dx: &mut Self::Buf, dw: &mut Self::Buf, dy: &Self::Buf, x: &Self::Buf, w: &Self::Buf, rstd: &Self::Buf, n: usize, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        n: usize,
+        c: usize,
+        eps: f32,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        n: usize,
+        c: usize,
+    );
+    fn rope_fwd(&self, x: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, n: usize, n_heads: usize, head_dim: usize);
+    fn rope_bwd(&self, dx: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, n: usize, n_heads: usize, head_dim: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        q_pos0: &Self::Ids,
+        kv_len: &Self::Ids,
+        alibi: Option<&Self::Buf>,
+        sh: &AttnShape,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        q_pos0: &Self::Ids,
+        kv_len: &Self::Ids,
+        alibi: Option<&Self::Buf>,
+        sh: &AttnShape,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn kv_write(&self, cache: &mut Self::Buf, new: &Self::Buf, pos: &Self::Ids, batch: usize, t_new: usize, t_cap: usize, width: usize);
+    fn softmax_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize, v: usize, temperature: f32);
+    fn softmax_bwd(&self, dx: &mut Self::Buf, dy: &Self::Buf, y: &Self::Buf, n: usize, v: usize);
+    fn swiglu_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
+    fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
+    fn gelu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
+    fn gelu_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, len: usize);
+    fn bias_add(&self, x: &mut Self::Buf, bias: &Self::Buf, n: usize, c: usize);
+    fn bias_bwd(&self, dbias: &mut Self::Buf, dy: &Self::Buf, n: usize, c: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn xent_fwd_bwd(&self, logits: &mut Self::Buf, losses: &mut Self::Buf, targets: &Self::Ids, coef: &Self::Buf, n: usize, v: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn token_logprobs(&self, logp: &mut Self::Buf, greedy: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, n: usize, v: usize);
+    #[allow(clippy::too_many_arguments)]
+    fn token_logprobs_bwd(&self, dlogits: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, coef: &Self::Buf, n: usize, v: usize);
+    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamW, len: usize);
+    /// acc[slot] = Σ x² over the first len elements (one slot per tensor; read them all at once).
+    fn sum_squares(&self, acc: &mut Self::Buf, slot: usize, x: &Self::Buf, len: usize);
+}
+
+/// Which backend a command runs on (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Auto,
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            _ => Err(format!("unknown backend `{s}` (expected auto, cpu, wgpu or cuda)")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("backend `{0}` is not available in this build yet (only `cpu` is); see README.md's status table")]
+    Unavailable(&'static str),
+}
+
+impl BackendKind {
+    /// Resolves `auto` to the best backend present; errors for one that is not built.
+    pub fn resolve(self) -> Result<BackendKind, RuntimeError> {
+        match self {
+            BackendKind::Auto | BackendKind::Cpu => Ok(BackendKind::Cpu),
+            BackendKind::Wgpu => Err(RuntimeError::Unavailable("wgpu")),
+            BackendKind::Cuda => Err(RuntimeError::Unavailable("cuda")),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+use okapi_data::{read_records, LoglikRequest, Tokenizer};
+use okapi_model::Model;
+use okapi_rlhf::score_loglik;
+use okapi_runtime::{Backend, BackendKind, CpuBackend};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct LoglikArgs {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL of {"context": str, "continuation": str}
+    #[arg(long)]
+    pub data: PathBuf,
+    /// JSONL written in input order: {"loglik": float, "is_greedy": bool}
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Compute backend: auto, cpu, wgpu or cuda
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Requests per forward pass
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+}
+
+pub fn run(a: LoglikArgs) -> Result<(), String> {
+    match a.backend.resolve().map_err(|e| e.to_string())? {
+        _ => run_on(CpuBackend, &a),
+    }
+}
+
+fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {
+    if a.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let reqs: Vec<LoglikRequest> = read_records(&a.data).map_err(|e| e.to_string())?;
+    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let device = be.name();
+    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    eprintln!("okapi-train loglik: {} requests, {} ({} params) on {device}", reqs.len(), a.model.display(), model.n_params());
+    let results = score_loglik(&model, &tok, &reqs, a.batch_size).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    for r in &results {
+        out.push_str(&serde_json::to_string(r).unwrap());
+        out.push('\n');
+    }
+    let tmp = a.output.with_extension("jsonl.tmp");
+    let write = |p: &PathBuf| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(p)?;
+        f.write_all(out.as_bytes())?;
+        f.sync_all()
+    };
+    write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.output).map_err(|e| format!("{}: {e}", a.output.display()))?;
+    Ok(())
+}
