@@ -1,0 +1,248 @@
+//! Attention (causal, non-causal, GQA/MQA, ALiBi, per-sequence kv_len and q_pos0 as in a
+//! KV-cache decode step): f32 forward vs an f64 reference, dq/dk/dv vs central differences;
+//! ALiBi slopes vs HF's `build_alibi_tensor` formula; kv_write.
+
+mod common;
+
+use common::*;
+use okapi_kernels::attention::{alibi_slopes, attention_bwd, attention_fwd, kv_write, AttnShape};
+
+struct Case {
+    name: &'static str,
+    sh: AttnShape,
+    q_pos0: Vec<u32>,
+    kv_len: Vec<u32>,
+    alibi: Option<Vec<f32>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn case(name: &'static str, batch: usize, tq: usize, tk: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, causal: bool, q_pos0: &[u32], kv_len: &[u32], alibi: bool) -> Case {
+    assert_eq!(q_pos0.len(), batch);
+    assert_eq!(kv_len.len(), batch);
+    let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal };
+    Case { name, sh, q_pos0: q_pos0.to_vec(), kv_len: kv_len.to_vec(), alibi: alibi.then(|| alibi_slopes(n_heads)) }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case("causal", 2, 5, 5, 3, 3, 6, true, &[0, 0], &[5, 5], false),
+        // cross-attention shape; the third sequence has no key at all (zero output and grads)
+        case("non-causal", 3, 5, 7, 3, 3, 6, false, &[0, 0, 0], &[7, 4, 0], false),
+        // GQA 6 heads / 2 kv heads, second sequence right-padded to 5 keys
+        case("gqa causal", 2, 7, 7, 6, 2, 6, true, &[0, 0], &[7, 5], false),
+        // MQA, head_dim 11 (one 8-lane chunk of the dot product plus a remainder)
+        case("mqa causal", 2, 4, 4, 3, 1, 11, true, &[0, 0], &[4, 4], false),
+        case("alibi causal", 2, 6, 6, 6, 6, 6, true, &[0, 0], &[6, 6], true),
+        case("alibi gqa non-causal", 1, 5, 7, 6, 2, 6, false, &[0], &[7], true),
+        // KV-cache steps: queries at positions q_pos0 + i, caches longer than the keys written
+        case("kv-cache prefill chunk", 3, 2, 9, 6, 2, 6, true, &[3, 6, 0], &[5, 8, 2], false),
+        case("kv-cache decode", 2, 1, 9, 6, 2, 6, true, &[8, 2], &[9, 3], false),
+        case("kv-cache decode alibi", 2, 1, 9, 12, 4, 6, true, &[6, 3], &[7, 4], true),
+    ]
+}
+
+/// f64 reference, written from the definition: row i of sequence b is at position
+/// p = q_pos0[b] + i and attends to keys j < kv_len[b] (and j ≤ p when causal) with score
+/// scale·q·k_j + slope·(j − p) (ALiBi's relative form). Returns (out, lse) where lse is that of
+/// the kernel's documented score scale·q·k_j + slope·j, i.e. the relative lse + slope·p.
+fn attention_ref(q: &[f64], k: &[f64], v: &[f64], c: &Case) -> (Vec<f64>, Vec<f64>) {
+    let sh = &c.sh;
+    let (hq, hkv, d) = (sh.n_heads, sh.n_kv_heads, sh.head_dim);
+    let mut out = vec![0.0; sh.batch * sh.tq * hq * d];
+    let mut lse = vec![f64::NEG_INFINITY; sh.batch * sh.tq * hq];
+    for b in 0..sh.batch {
+        for i in 0..sh.tq {
+            let p = c.q_pos0[b] as usize + i;
+            for h in 0..hq {
+                let g = h * hkv / hq;
+                let slope = c.alibi.as_ref().map_or(0.0, |a| a[h] as f64);
+                let qrow = &q[((b * sh.tq + i) * hq + h) * d..][..d];
+                let keys: Vec<usize> = (0..sh.tk).filter(|&j| j < c.kv_len[b] as usize && (!sh.causal || j <= p)).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let scores: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| {
+                        let krow = &k[((b * sh.tk + j) * hkv + g) * d..][..d];
+                        sh.scale as f64 * dot(qrow, krow) + slope * (j as f64 - p as f64)
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                lse[(b * sh.tq + i) * hq + h] = max + z.ln() + slope * p as f64;
+                let o = &mut out[((b * sh.tq + i) * hq + h) * d..][..d];
+                for (&j, s) in keys.iter().zip(&scores) {
+                    let pj = (s - max).exp() / z;
+                    let vrow = &v[((b * sh.tk + j) * hkv + g) * d..][..d];
+                    for x in 0..d {
+                        o[x] += pj * vrow[x];
+                    }
+                }
+            }
+        }
+    }
+    (out, lse)
+}
+
+struct Data {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    dout: Vec<f32>,
+}
+
+fn data(c: &Case, seed: u64) -> Data {
+    let sh = &c.sh;
+    let mut rng = Rng::new(seed);
+    let nq = sh.batch * sh.tq * sh.n_heads * sh.head_dim;
+    let nk = sh.batch * sh.tk * sh.n_kv_heads * sh.head_dim;
+    Data { q: rng.normal_vec(nq, 1.0), k: rng.normal_vec(nk, 1.0), v: rng.normal_vec(nk, 1.0), dout: rng.normal_vec(nq, 1.0) }
+}
+
+fn forward(c: &Case, x: &Data) -> (Vec<f32>, Vec<f32>) {
+    let sh = &c.sh;
+    // `=` outputs: start from NaN
+    let mut out = nan_vec(x.q.len());
+    let mut lse = nan_vec(sh.batch * sh.tq * sh.n_heads);
+    attention_fwd(&mut out, &mut lse, &x.q, &x.k, &x.v, &c.q_pos0, &c.kv_len, c.alibi.as_deref(), sh);
+    (out, lse)
+}
+
+#[test]
+fn attention_fwd_matches_f64() {
+    for (s, c) in cases().iter().enumerate() {
+        let x = data(c, 100 + s as u64);
+        let (out, lse) = forward(c, &x);
+        let (want_out, want_lse) = attention_ref(&to_f64(&x.q), &to_f64(&x.k), &to_f64(&x.v), c);
+        assert_close(&format!("{}: out", c.name), &out, &want_out, 1e-5);
+        let mut finite = (Vec::new(), Vec::new());
+        for (i, (&g, &w)) in lse.iter().zip(&want_lse).enumerate() {
+            if w == f64::NEG_INFINITY {
+                assert_eq!(g, f32::NEG_INFINITY, "{}: lse[{i}] of a row without keys", c.name);
+            } else {
+                finite.0.push(g);
+                finite.1.push(w);
+            }
+        }
+        assert_close(&format!("{}: lse", c.name), &finite.0, &finite.1, 1e-6);
+    }
+}
+
+#[test]
+fn attention_bwd_grad_check() {
+    for (s, c) in cases().iter().enumerate() {
+        let x = data(c, 200 + s as u64);
+        let (out, lse) = forward(c, &x);
+        // `=` outputs: NaN-filled buffers must be fully overwritten
+        let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
+        attention_bwd(&mut dq, &mut dk, &mut dv, &x.dout, &x.q, &x.k, &x.v, &out, &lse, &c.q_pos0, &c.kv_len, c.alibi.as_deref(), &c.sh);
+
+        let (q, k, v, r) = (to_f64(&x.q), to_f64(&x.k), to_f64(&x.v), to_f64(&x.dout));
+        let dq_ref = numeric_grad_proj(&q, &r, |qq| attention_ref(qq, &k, &v, c).0);
+        let dk_ref = numeric_grad_proj(&k, &r, |kk| attention_ref(&q, kk, &v, c).0);
+        let dv_ref = numeric_grad_proj(&v, &r, |vv| attention_ref(&q, &k, vv, c).0);
+        assert_close(&format!("{}: dq", c.name), &dq, &dq_ref, 1e-5);
+        assert_close(&format!("{}: dk", c.name), &dk, &dk_ref, 1e-5);
+        assert_close(&format!("{}: dv", c.name), &dv, &dv_ref, 1e-5);
+        // keys no query may see get exactly zero (not merely small) gradients
+        for (i, (&g, &w)) in dk.iter().zip(&dk_ref).chain(dv.iter().zip(&dv_ref)).enumerate() {
+            if w == 0.0 {
+                assert_eq!(g, 0.0, "{}: gradient of an invisible key/value element {i}", c.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_bwd_deterministic() {
+    let c = case("repeat", 2, 9, 9, 6, 2, 8, true, &[0, 0], &[9, 7], true);
+    let x = data(&c, 300);
+    let (out, lse) = forward(&c, &x);
+    let run = || {
+        let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
+        attention_bwd(&mut dq, &mut dk, &mut dv, &x.dout, &x.q, &x.k, &x.v, &out, &lse, &c.q_pos0, &c.kv_len, c.alibi.as_deref(), &c.sh);
+        (dq, dk, dv)
+    };
+    let (a, b) = (run(), run());
+    assert_bits_eq("attention dq rerun", &b.0, &a.0);
+    assert_bits_eq("attention dk rerun", &b.1, &a.1);
+    assert_bits_eq("attention dv rerun", &b.2, &a.2);
+}
+
+#[test]
+#[should_panic(expected = "attention_bwd: gradient buffers too small")]
+fn attention_bwd_rejects_short_gradient_buffers() {
+    let c = case("short", 1, 3, 3, 2, 1, 4, true, &[0], &[3], false);
+    let x = data(&c, 301);
+    let (out, lse) = forward(&c, &x);
+    let (mut dq, mut dk, mut dv) = (vec![0f32; x.q.len()], vec![0f32; x.k.len() - 1], vec![0f32; x.v.len()]);
+    attention_bwd(&mut dq, &mut dk, &mut dv, &x.dout, &x.q, &x.k, &x.v, &out, &lse, &c.q_pos0, &c.kv_len, None, &c.sh);
+}
+
+// ---------------------------------------------------------------- ALiBi slopes
+
+/// HF transformers `build_alibi_tensor` slopes, in f64.
+fn hf_alibi_slopes(n: usize) -> Vec<f64> {
+    let cp2 = 2f64.powf((n as f64).log2().floor());
+    let base = 2f64.powf(-(2f64.powf(-(cp2.log2() - 3.0))));
+    let mut slopes: Vec<f64> = (1..=cp2 as i32).map(|p| base.powi(p)).collect();
+    if cp2 as usize != n {
+        let extra_base = 2f64.powf(-(2f64.powf(-((2.0 * cp2).log2() - 3.0))));
+        let remaining = (cp2 as usize).min(n - cp2 as usize);
+        slopes.extend((0..remaining as i32).map(|i| extra_base.powi(2 * i + 1)));
+    }
+    slopes
+}
+
+#[test]
+fn alibi_slopes_match_hf() {
+    for n in (1..=12).chain([16]) {
+        let got = alibi_slopes(n);
+        let want = hf_alibi_slopes(n);
+        assert_eq!(got.len(), n, "alibi_slopes({n}) length");
+        assert_eq!(want.len(), n, "reference length for {n} heads");
+        // f32 base raised to powers up to 16: a few f32 ulps
+        assert_elementwise(&format!("alibi_slopes({n})"), &got, &want, 2e-6);
+    }
+}
+
+#[test]
+fn alibi_slopes_known_values() {
+    let pow2 = |e: f64| 2f64.powf(e);
+    let eight: Vec<f64> = (1..=8).map(|p| pow2(-(p as f64))).collect();
+    assert_eq!(alibi_slopes(8), eight.iter().map(|&x| x as f32).collect::<Vec<_>>(), "8 heads: 2^-1 … 2^-8");
+    assert_eq!(alibi_slopes(1), vec![pow2(-8.0) as f32]);
+    assert_eq!(alibi_slopes(4), vec![pow2(-2.0) as f32, pow2(-4.0) as f32, pow2(-6.0) as f32, pow2(-8.0) as f32]);
+    // 12 heads: the 8-head series, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5
+    let mut twelve = eight.clone();
+    twelve.extend([-0.5, -1.5, -2.5, -3.5].map(pow2));
+    assert_elementwise("alibi_slopes(12)", &alibi_slopes(12), &twelve, 2e-7);
+}
+
+// ---------------------------------------------------------------- kv_write
+
+#[test]
+fn kv_write_places_rows_and_drops_overflow() {
+    let (batch, t_new, t_cap, width) = (3, 3, 6, 5);
+    let mut rng = Rng::new(400);
+    let new = rng.normal_vec(batch * t_new * width, 1.0);
+    let cache0 = rng.normal_vec(batch * t_cap * width, 1.0);
+    let pos = [1u32, 4, 6]; // sequence 1 keeps 2 of its 3 rows, sequence 2 none
+    let mut cache = cache0.clone();
+    kv_write(&mut cache, &new, &pos, batch, t_new, t_cap, width);
+    let mut want = cache0.clone();
+    for b in 0..batch {
+        for i in 0..t_new {
+            let t = pos[b] as usize + i;
+            if t < t_cap {
+                want[(b * t_cap + t) * width..][..width].copy_from_slice(&new[(b * t_new + i) * width..][..width]);
+            }
+        }
+    }
+    assert_bits_eq("kv_write", &cache, &want);
+    // non-vacuous: rows were written, others kept
+    assert_ne!(cache, cache0);
+    assert_eq!(cache[(t_cap + 5) * width..][..width], new[(t_new + 1) * width..][..width]);
+    assert_eq!(cache[(2 * t_cap) * width..], cache0[(2 * t_cap) * width..]);
+}
