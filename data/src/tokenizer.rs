@@ -11,6 +11,9 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `tokenizer.json` from a model directory (or a direct path to the file).
     pub fn load(path: &Path) -> Result<Tokenizer, DataError> {
+        if !path.exists() {
+            return Err(DataError::File { path: path.to_path_buf(), msg: "model directory not found (expected a directory with config.json, safetensors weights and tokenizer.json, or a tokenizer.json file)".into() });
+        }
         let file = if path.is_dir() { path.join("tokenizer.json") } else { path.to_path_buf() };
         if !file.exists() {
             return Err(DataError::File { path: file, msg: "tokenizer.json not found (every okapi model directory carries one)".into() });

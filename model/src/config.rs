@@ -146,9 +146,10 @@ impl ModelConfig {
                 return Err(f.err("architectures", format!("unsupported architecture \"{a}\" (expected LlamaForCausalLM or BloomForCausalLM)")));
             }
         }
-        let dtype = match f.get("dtype").or_else(|| f.get("torch_dtype")) {
+        let dtype_key = if f.get("dtype").is_some() { "dtype" } else { "torch_dtype" };
+        let dtype = match f.get(dtype_key) {
             None => DType::F32,
-            Some(v) => v.as_str().and_then(DType::parse).ok_or_else(|| f.err("torch_dtype", format!("unsupported dtype {v} (expected float32, bfloat16 or float16)")))?,
+            Some(v) => v.as_str().and_then(DType::parse).ok_or_else(|| f.err(dtype_key, format!("unsupported dtype {v} (expected float32, bfloat16 or float16)")))?,
         };
         let cfg = match arch {
             Arch::Llama => {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod forward;
+pub mod init;
 pub mod model;
 pub mod weights;
 
@@ -13,7 +14,8 @@ pub use acts::{Acts, Grads, Scratch};
 pub use config::{Arch, DType, ModelConfig};
 pub use decode::KvCache;
 pub use error::{ModelError, Result};
-pub use model::{Layout, Model, ParamInfo};
+pub use init::{preset_config, preset_names, Rng, PRESETS};
+pub use model::{Layout, Model, ParamInfo, ParamKind};
 pub use weights::Checkpoint;
 
 /// transformers' default `max_shard_size` for `save_pretrained` in 4.x ("5GB").

@@ -14,6 +14,16 @@ use std::path::Path;
 pub struct ParamInfo {
     pub name: String,
     pub shape: Vec<usize>,
+    pub kind: ParamKind,
+}
+
+/// What a parameter is, for initialisation and weight decay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// linear weights and embeddings
+    Matrix,
+    NormWeight,
+    Bias,
 }
 
 impl ParamInfo {
@@ -105,7 +115,14 @@ impl Layout {
         let mut info: Vec<ParamInfo> = Vec::new();
         let mut hf: Vec<HfEntry> = Vec::new();
         let add = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: String, shape: Vec<usize>, direct: bool| -> usize {
-            info.push(ParamInfo { name: name.clone(), shape: shape.clone() });
+            let kind = if shape.len() >= 2 {
+                ParamKind::Matrix
+            } else if name.ends_with(".bias") {
+                ParamKind::Bias
+            } else {
+                ParamKind::NormWeight
+            };
+            info.push(ParamInfo { name: name.clone(), shape: shape.clone(), kind });
             let i = info.len() - 1;
             if direct {
                 hf.push(HfEntry { name, shape, source: Source::Param(i) });

@@ -4,7 +4,7 @@
 
 use crate::config::DType;
 use crate::error::{io_err, ModelError, Result};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -80,7 +80,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut HashMap<DType, usize>) -> Result<()> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        let msg = match (&e, expected_size(&bytes)) {
+            (SafeTensorError::MetadataIncompleteBuffer, Some(want)) if want > bytes.len() => {
+                format!("truncated: its header describes {want} bytes, the file has {}", bytes.len())
+            }
+            (SafeTensorError::MetadataIncompleteBuffer, Some(want)) => format!("{} unexpected trailing bytes after the {want} its header describes", bytes.len() - want),
+            _ => e.to_string(),
+        };
+        ModelError::Safetensors { path: path.to_path_buf(), msg }
+    })?;
     for (name, view) in st.tensors() {
         let terr = |msg: String| ModelError::Tensor { path: path.to_path_buf(), name: name.clone(), msg };
         let raw = view.data();
@@ -94,6 +103,15 @@ fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut Ha
         out.insert(name.clone(), HostTensor { shape: view.shape().to_vec(), data, file: path.to_path_buf() });
     }
     Ok(())
+}
+
+/// The size a safetensors file should have by its own header (8-byte length, JSON header, the
+/// end of the last tensor's data), when the header itself is readable.
+fn expected_size(bytes: &[u8]) -> Option<usize> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: Value = serde_json::from_slice(bytes.get(8..n.checked_add(8)?)?).ok()?;
+    let end = header.as_object()?.iter().filter(|(k, _)| *k != "__metadata__").filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
+    (8 + n).checked_add(usize::try_from(end).ok()?)
 }
 
 fn encode(data: &[f32], dtype: DType) -> Vec<u8> {
