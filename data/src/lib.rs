@@ -1,8 +1,16 @@
-//! okapi-data: the tokenizer (tokenizer.json through the `tokenizers` crate), record files
-//! (JSONL / JSON arrays) with errors that name the file and line, and request formats.
+//! okapi-data: the tokenizer (tokenizer.json through the `tokenizers` crate, and BPE training),
+//! Okapi's data formats and prompt template, SFT examples and batches, record files with errors
+//! that name the file and line, and the bundled multilingual data.
 
+pub mod bpe;
+pub mod instruct;
 pub mod records;
+pub mod sft;
+pub mod template;
 pub mod tokenizer;
 
+pub use instruct::{load_instructions, parse_langs, InstructRecord, LoadStats, OKAPI_LANGS};
 pub use records::{read_records, DataError, LoglikRequest};
+pub use sft::{collate, encode_example, Batch, Example, SftEncoding, IGNORE_LABEL};
+pub use template::PromptTemplate;
 pub use tokenizer::Tokenizer;

@@ -1,9 +1,30 @@
-//! okapi-rlhf: what runs on top of a model — the causal-LM loss and the log-likelihood scoring
-//! of lm-evaluation-harness requests today; SFT, the reward model, PPO, DPO and the benchmarks
-//! build here.
+//! okapi-rlhf: what runs on top of a model — the causal-LM loss, AdamW and schedules, SFT with
+//! checkpoints and resume, log-likelihood scoring of lm-evaluation-harness requests. The reward
+//! model, PPO, DPO and the benchmarks build here.
 
+pub mod checkpoint;
+pub mod generate;
 pub mod lm_loss;
 pub mod loglik;
+pub mod optim;
+pub mod progress;
+pub mod schedule;
+pub mod sft;
 
+pub use generate::{generate, Generation, Sampling};
 pub use lm_loss::{lm_loss_and_grad, shift_labels, LossBufs};
 pub use loglik::{score_loglik, LoglikResult};
+pub use optim::{clip_coef, AdamWConfig, Optimizer};
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use sft::{run_sft, split_val, SftSummary, TrainConfig};
+
+/// A training command's failure: one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] okapi_model::ModelError),
+    #[error(transparent)]
+    Data(#[from] okapi_data::DataError),
+    #[error("{0}")]
+    Msg(String),
+}

@@ -32,21 +32,18 @@ pub fn shift_labels(labels: &[i64], b: usize, t: usize) -> Vec<u32> {
     out
 }
 
-/// Mean cross-entropy over the non-ignored `targets` of the last forward (`acts`), weighted by
-/// `scale` in the gradient (1 for a plain step; 1/accumulation steps when accumulating).
-/// Leaves ∂(scale·loss)/∂logits in `acts.logits`, ready for `Model::backward`. Returns the
-/// loss (mean over targets) and the number of targets. A batch with no target gives (0, 0)
-/// and a zero gradient.
-pub fn lm_loss_and_grad<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, bufs: &mut LossBufs<B>, targets: &[u32], scale: f32) -> (f64, usize) {
+/// Cross-entropy of the last forward (`acts`) against `targets`, fused with its gradient: leaves
+/// `weight · ∂(Σ losses)/∂logits` in `acts.logits`, ready for `Model::backward`. With
+/// `weight = 1/(targets in the whole step)` this is the token-level mean of transformers (also
+/// across gradient-accumulation micro-batches). Returns (Σ losses over targets, number of targets).
+pub fn lm_loss_and_grad<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, bufs: &mut LossBufs<B>, targets: &[u32], weight: f32) -> (f64, usize) {
     let be = &model.be;
     let n = acts.b * acts.t;
     assert_eq!(targets.len(), n, "one target per position");
     let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
-    let w = if count > 0 { scale / count as f32 } else { 0.0 };
     be.write_ids(&mut bufs.targets, targets);
-    be.write(&mut bufs.coef, &vec![w; n]);
+    be.write(&mut bufs.coef, &vec![weight; n]);
     be.xent_fwd_bwd(&mut acts.logits, &mut bufs.losses, &bufs.targets, &bufs.coef, n, model.cfg.vocab_size);
     let losses = be.read(&bufs.losses, n);
-    let sum: f64 = losses.iter().map(|&l| l as f64).sum();
-    (if count > 0 { sum / count as f64 } else { 0.0 }, count)
+    (losses.iter().map(|&l| l as f64).sum(), count)
 }

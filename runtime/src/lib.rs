@@ -14,7 +14,7 @@ pub use okapi_kernels::matmul::Gemm;
 pub use okapi_kernels::IGNORE_INDEX;
 
 /// A compute device. `Buf` holds f32 values, `Ids` holds u32 token ids / positions / lengths.
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: Clone + Send + Sync + 'static {
     type Buf: Send + Sync;
     type Ids: Send + Sync;
 

@@ -1,7 +1,7 @@
 use okapi_data::{read_records, LoglikRequest, Tokenizer};
 use okapi_model::Model;
 use okapi_rlhf::score_loglik;
-use okapi_runtime::{Backend, BackendKind, CpuBackend};
+use okapi_runtime::{Backend, BackendKind};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -25,9 +25,7 @@ pub struct LoglikArgs {
 }
 
 pub fn run(a: LoglikArgs) -> Result<(), String> {
-    match a.backend.resolve().map_err(|e| e.to_string())? {
-        _ => run_on(CpuBackend, &a),
-    }
+    run_on(super::cpu_backend(a.backend)?, &a)
 }
 
 fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {

@@ -1,6 +1,11 @@
 //! The `okapi-train` commands: parse → call. Each command returns a one-line error.
 
+pub mod generate;
+pub mod init;
 pub mod loglik;
+pub mod sft;
+pub mod tokenizer;
+pub mod train_flags;
 
 use clap::{Parser, Subcommand};
 
@@ -13,13 +18,32 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Supervised fine-tuning on Okapi instruction files.
+    Sft(sft::SftArgs),
+    /// Train a byte-level BPE tokenizer on Okapi instruction files.
+    Tokenizer(tokenizer::TokenizerArgs),
+    /// A seeded random model of a preset shape, in Hugging Face layout.
+    Init(init::InitArgs),
     /// Log-likelihood of continuations (lm-evaluation-harness `loglikelihood` requests).
     Loglik(loglik::LoglikArgs),
+    /// Generate a response to an instruction (Okapi's prompt template; sampling, no beams).
+    Generate(generate::GenerateArgs),
 }
 
 /// Runs a parsed command; `Err` is the one line printed before exiting with status 1.
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Sft(a) => sft::run(a),
+        Command::Tokenizer(a) => tokenizer::run(a),
+        Command::Init(a) => init::run(a),
         Command::Loglik(a) => loglik::run(a),
+        Command::Generate(a) => generate::run(a),
     }
+}
+
+/// The backend a command runs on. Only the CPU backend is built yet: `resolve` turns a request for
+/// another one into a clear error.
+pub fn cpu_backend(kind: okapi_runtime::BackendKind) -> Result<okapi_runtime::CpuBackend, String> {
+    kind.resolve().map_err(|e| e.to_string())?;
+    Ok(okapi_runtime::CpuBackend)
 }

@@ -1,0 +1,159 @@
+//! Training checkpoints for `--resume`: `OUT/checkpoint/` holds the model (HF layout, f32 master
+//! weights), `optimizer.safetensors` (AdamW moments) and `trainer_state.json` (step, data
+//! position, seed, fingerprints of the model and the data). A checkpoint is written to
+//! `checkpoint.tmp/` and swapped in by renames, so a crash at any moment leaves the previous one
+//! intact (`checkpoint.old/` is picked up if the crash fell between the two renames).
+
+use crate::optim::Optimizer;
+use crate::TrainError;
+use okapi_model::{DType, Model};
+use okapi_runtime::Backend;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// the command that wrote it (`sft`, `reward`, …)
+    pub command: String,
+    /// optimizer steps done
+    pub step: u64,
+    pub total_steps: u64,
+    /// data position: epoch and micro-batches consumed in it
+    pub epoch: u64,
+    pub micro_in_epoch: u64,
+    pub seed: u64,
+    pub model_fingerprint: String,
+    pub data_fingerprint: String,
+    pub tokens_seen: u64,
+    pub elapsed_s: f64,
+    /// command-specific state (e.g. PPO's KL coefficient)
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Msg(format!("{}: {e}", path.display()))
+}
+
+/// Shapes of the architecture, to refuse resuming into another model.
+pub fn model_fingerprint<B: Backend>(model: &Model<B>) -> String {
+    let c = &model.cfg;
+    format!(
+        "{} hidden={} layers={} heads={}/{} head_dim={} ffn={} vocab={} tied={}",
+        c.arch.name(),
+        c.hidden_size,
+        c.n_layers,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+        c.tie_word_embeddings
+    )
+}
+
+/// FNV-1a over token data: a cheap fingerprint of a tokenized data set.
+#[derive(Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn add(&mut self, x: u64) {
+        for b in x.to_le_bytes() {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// The checkpoint directory to resume from: `DIR/checkpoint` of an output directory, or DIR
+/// itself; `checkpoint.old` when a crash fell between the swap's renames.
+pub fn resolve(dir: &Path) -> Result<PathBuf, TrainError> {
+    for cand in [dir.join("checkpoint"), dir.join("checkpoint.old"), dir.to_path_buf()] {
+        if cand.join("trainer_state.json").exists() {
+            return Ok(cand);
+        }
+    }
+    Err(TrainError::Msg(format!("--resume {}: no checkpoint there (expected checkpoint/trainer_state.json; is this an output directory with --save-every?)", dir.display())))
+}
+
+pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
+    let p = ckpt.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Msg(format!("{}: invalid trainer state: {e}", p.display())))
+}
+
+/// Writes a checkpoint of `model`, `opt` and `state` under `out/checkpoint`.
+pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: &Path) -> Result<(), TrainError> {
+    let tmp = out.join("checkpoint.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(tokenizer)).map_err(|e| TrainError::Msg(e.to_string()))?;
+    if std::env::var("OKAPI_TEST_ABORT_DURING_SAVE").ok().and_then(|s| s.parse::<u64>().ok()) == Some(state.step) {
+        // test hook: a kill in the middle of writing a checkpoint
+        std::process::abort();
+    }
+    let mut tensors: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    for (i, p) in model.info.iter().enumerate() {
+        for (prefix, bufs) in [("m", &opt.m), ("v", &opt.v)] {
+            if let Some(b) = &bufs[i] {
+                let data = model.be.read(b, p.numel());
+                tensors.push((format!("{prefix}.{}", p.name), data.iter().flat_map(|x| x.to_le_bytes()).collect(), p.numel()));
+            }
+        }
+    }
+    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, bytes, len)| (n.clone(), TensorView::new(Dtype::F32, vec![*len], bytes).expect("sizes match"))).collect();
+    let meta = std::collections::HashMap::from([("step".to_string(), opt.step.to_string())]);
+    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Msg(format!("optimizer state: {e}")))?;
+    let p = tmp.join("optimizer.safetensors");
+    std::fs::write(&p, bytes).map_err(io(&p))?;
+    let p = tmp.join("trainer_state.json");
+    std::fs::write(&p, serde_json::to_string_pretty(state).unwrap()).map_err(io(&p))?;
+    // swap: checkpoint → checkpoint.old, checkpoint.tmp → checkpoint, drop old
+    let (cur, old) = (out.join("checkpoint"), out.join("checkpoint.old"));
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    if cur.exists() {
+        std::fs::rename(&cur, &old).map_err(io(&cur))?;
+    }
+    std::fs::rename(&tmp, &cur).map_err(io(&tmp))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(())
+}
+
+/// Restores AdamW moments and step count from a checkpoint into `opt` (same model layout).
+pub fn load_optimizer<B: Backend>(ckpt: &Path, model: &Model<B>, opt: &mut Optimizer<B>) -> Result<(), TrainError> {
+    let p = ckpt.join("optimizer.safetensors");
+    let bytes = std::fs::read(&p).map_err(io(&p))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", p.display())))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", p.display())))?;
+    opt.step = meta.metadata().as_ref().and_then(|m| m.get("step")).and_then(|s| s.parse().ok()).ok_or_else(|| TrainError::Msg(format!("{}: no step in metadata", p.display())))?;
+    for (i, info) in model.info.iter().enumerate() {
+        for (prefix, bufs) in [("m", &mut opt.m), ("v", &mut opt.v)] {
+            let Some(buf) = bufs[i].as_mut() else { continue };
+            let name = format!("{prefix}.{}", info.name);
+            let t = st.tensor(&name).map_err(|_| TrainError::Msg(format!("{}: tensor `{name}` missing (checkpoint of another model or other frozen layers?)", p.display())))?;
+            if t.dtype() != Dtype::F32 || t.shape() != [info.numel()] {
+                return Err(TrainError::Msg(format!("{}: tensor `{name}` has shape {:?}, expected [{}]", p.display(), t.shape(), info.numel())));
+            }
+            let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            model.be.write(buf, &data);
+        }
+    }
+    Ok(())
+}

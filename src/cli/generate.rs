@@ -1,0 +1,120 @@
+//! `okapi-train generate`: one response to an instruction (and optional input) in Okapi's prompt
+//! template, sampled with the KV cache. Defaults are Okapi's chat settings (alpaca-lora's
+//! `evaluate`): temperature 0.1, top-p 0.75, top-k 40, 256 new tokens. Those also set
+//! `num_beams=4`; beam search is not implemented here — this command samples (temperature 0 is
+//! greedy decoding).
+//!
+//! A prompt that, with `--max-new-tokens`, would not fit a LLaMA model's
+//! `max_position_embeddings` is left-truncated (BOS kept) to the larger of the room that leaves
+//! and half the window, with a warning on stderr; the response stops at the position limit.
+//! Only the response is printed on stdout (special tokens skipped, EOS stripped).
+
+use okapi_data::{PromptTemplate, Tokenizer};
+use okapi_model::Model;
+use okapi_rlhf::{generate, Sampling};
+use okapi_runtime::{Backend, BackendKind, CpuBackend};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The instruction (Okapi's prompt template)
+    #[arg(long)]
+    pub instruction: String,
+    /// Optional input giving further context (selects the template's with-input variant)
+    #[arg(long, default_value = "")]
+    pub input: String,
+    /// Sampling temperature; 0 = greedy decoding
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f32,
+    /// Nucleus sampling mass in (0, 1]; 1 = off
+    #[arg(long, default_value_t = 0.75)]
+    pub top_p: f32,
+    /// Sample among the k most likely tokens; 0 = off
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// At most this many new tokens (fewer when the model's max_position_embeddings is reached)
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Random seed of the sampler
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Compute backend: auto, cpu, wgpu or cuda
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+}
+
+pub fn run(a: GenerateArgs) -> Result<(), String> {
+    match a.backend.resolve().map_err(|e| e.to_string())? {
+        _ => run_on(CpuBackend, &a),
+    }
+}
+
+fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {
+    let s = Sampling { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, max_new_tokens: a.max_new_tokens, seed: a.seed };
+    s.validate().map_err(|e| format!("--{}", e.replacen("top_p", "top-p", 1)))?;
+    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let device = be.name();
+    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    let prompt = PromptTemplate::okapi().prompt(&a.instruction, &a.input);
+    let mut ids = tok.encode(&prompt, true).map_err(|e| e.to_string())?;
+    eprintln!("okapi-train generate: {} ({} params) on {device}, prompt of {} tokens", a.model.display(), model.n_params(), ids.len());
+    if let Some(mp) = model.cfg.max_positions {
+        let n = ids.len();
+        if let Some(kept) = truncate_prompt(&mut ids, mp, a.max_new_tokens, model.cfg.bos_token_id) {
+            eprintln!("okapi-train generate: warning: the prompt ({n} tokens) and --max-new-tokens {} exceed max_position_embeddings {mp}: kept its last {kept} tokens", a.max_new_tokens);
+        }
+    }
+    let eos = model.cfg.eos_token_id;
+    let mut g = generate(&model, &[ids], &s, eos).map_err(|e| e.to_string())?.remove(0);
+    if g.finished {
+        g.tokens.pop();
+    }
+    let text = tok.decode(&g.tokens, true).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Left-truncates a prompt that, with `max_new` new tokens, would not fit `max_positions`: keeps
+/// its last `max(max_positions − max_new, max_positions / 2)` tokens (the end of the template,
+/// "### Response:", matters most), BOS first if it started with one. Returns the kept count when
+/// it truncated. The response then gets the room left (generation stops at `max_positions`).
+fn truncate_prompt(ids: &mut Vec<u32>, max_positions: usize, max_new: usize, bos: Option<u32>) -> Option<usize> {
+    let n = ids.len();
+    if n + max_new <= max_positions {
+        return None;
+    }
+    let keep = max_positions.saturating_sub(max_new).max(max_positions / 2).max(1);
+    if keep >= n {
+        return None;
+    }
+    let lead = usize::from(bos.is_some() && ids.first().copied() == bos && keep > 1);
+    let tail = ids.split_off(n - (keep - lead));
+    ids.truncate(lead);
+    ids.extend(tail);
+    Some(ids.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate_prompt;
+
+    #[test]
+    fn truncation_keeps_bos_and_the_end() {
+        let mut ids: Vec<u32> = (1..=120).collect();
+        assert_eq!(truncate_prompt(&mut ids, 64, 8, Some(1)), Some(56));
+        assert_eq!(ids[0], 1);
+        assert_eq!(ids[1..], (66..=120).collect::<Vec<u32>>()[..]);
+        // a long response still leaves half the window to the prompt
+        let mut ids: Vec<u32> = (1..=120).collect();
+        assert_eq!(truncate_prompt(&mut ids, 64, 256, Some(7)), Some(32));
+        assert_eq!(ids, (89..=120).collect::<Vec<u32>>());
+        // fits: untouched (even when the response will be cut by the limit)
+        let mut ids: Vec<u32> = (1..=10).collect();
+        assert_eq!(truncate_prompt(&mut ids, 64, 60, Some(1)), None);
+        assert_eq!(truncate_prompt(&mut ids, 64, 20, Some(1)), None);
+        assert_eq!(ids.len(), 10);
+    }
+}
