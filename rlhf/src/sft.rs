@@ -269,7 +269,7 @@ pub fn run_sft<B: Backend>(
         let epoch_f = state.epoch as f64 + state.micro_in_epoch as f64 / micro_per_epoch as f64;
         let mut line = serde_json::json!({
             "step": state.step, "epoch": epoch_f, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens": n_tokens, "tokens_per_s": n_tokens as f64 / dt.max(1e-9), "elapsed_s": state.elapsed_s,
+            "tokens": n_tokens, "targets": n_targets, "tokens_per_s": n_tokens as f64 / dt.max(1e-9), "elapsed_s": state.elapsed_s,
         });
         if cfg.eval_every.is_some_and(|e| state.step % e == 0) && !val.is_empty() {
             let v = eval_loss(&model, &mut bufs.acts, &mut bufs.loss, &val, cfg.batch_size, pad)?;
