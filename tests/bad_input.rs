@@ -386,14 +386,16 @@ fn config_unknown_model_type() {
 }
 
 #[test]
-fn config_unknown_architecture_sequence_classification() {
+fn config_sequence_classification_with_two_labels() {
+    // reward models are *ForSequenceClassification with one label; a 2-label classifier is not one
     let s = Scratch::new("seqcls");
     let model = s.copy_fixture("llama_gqa");
     let cfg = edit_config(&model, |c| {
         c.insert("architectures".into(), serde_json::json!(["LlamaForSequenceClassification"]));
+        c.insert("id2label".into(), serde_json::json!({"0": "NEG", "1": "POS"}));
     });
     let r = loglik(&s, &model, &good_data("llama_gqa"), &[]);
-    assert_clean_error(&r, &[&disp(&cfg), "architectures", "LlamaForSequenceClassification", "LlamaForCausalLM"]);
+    assert_clean_error(&r, &[&disp(&cfg), "id2label", "LlamaForSequenceClassification", "2 labels", "exactly one"]);
 }
 
 #[test]

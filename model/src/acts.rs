@@ -101,7 +101,8 @@ impl<B: Backend> Acts<B> {
             lnf: be.zeros(n * c),
             lnf_mean: be.zeros(n),
             lnf_rstd: be.zeros(n),
-            logits: be.zeros(n * cfg.vocab_size),
+            // a reward model has no LM head, hence no logits
+            logits: be.zeros(if cfg.head == crate::config::Head::CausalLm { n * cfg.vocab_size } else { 0 }),
         }
     }
 }

@@ -43,6 +43,16 @@ impl DType {
     }
 }
 
+/// The head on top of the transformer trunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// `*ForCausalLM`: the LM head (tied to the embedding or `lm_head.weight`)
+    CausalLm,
+    /// `*ForSequenceClassification` with one label: `score.weight` (1, hidden), no bias — a
+    /// reward model, read at the last non-pad token
+    Score,
+}
+
 /// What a model directory holds, resolved from its config.json.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -66,6 +76,7 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
     pub dtype: DType,
+    pub head: Head,
     /// The file as read, written back (updated) on save so unknown keys survive.
     pub raw: Value,
     pub path: PathBuf,
@@ -140,10 +151,23 @@ impl ModelConfig {
             "" => return Err(f.err("model_type", "missing (expected \"llama\" or \"bloom\")")),
             other => return Err(f.err("model_type", format!("unsupported model type \"{other}\" (okapi supports \"llama\" and \"bloom\")"))),
         };
+        let mut head = Head::CausalLm;
         for a in &archs {
-            let ok = matches!(*a, "LlamaForCausalLM" | "LlamaModel" | "BloomForCausalLM" | "BloomModel");
-            if !ok {
-                return Err(f.err("architectures", format!("unsupported architecture \"{a}\" (expected LlamaForCausalLM or BloomForCausalLM)")));
+            match *a {
+                "LlamaForCausalLM" | "LlamaModel" | "BloomForCausalLM" | "BloomModel" => {}
+                "LlamaForSequenceClassification" | "BloomForSequenceClassification" => {
+                    let labels = f.get("id2label").and_then(Value::as_object).map(|m| m.len()).or(f.opt_usize("num_labels")?).unwrap_or(2);
+                    if labels != 1 {
+                        return Err(f.err("id2label", format!("{a} with {labels} labels: okapi's reward models have exactly one (num_labels 1)")));
+                    }
+                    head = Head::Score;
+                }
+                _ => {
+                    return Err(f.err(
+                        "architectures",
+                        format!("unsupported architecture \"{a}\" (expected LlamaForCausalLM, BloomForCausalLM or their ForSequenceClassification with one label)"),
+                    ))
+                }
             }
         }
         let dtype_key = if f.get("dtype").is_some() { "dtype" } else { "torch_dtype" };
@@ -182,6 +206,7 @@ impl ModelConfig {
                     eos_token_id: f.token_id("eos_token_id")?,
                     pad_token_id: f.token_id("pad_token_id")?,
                     dtype,
+                    head,
                     raw: Value::Null,
                     path: path.clone(),
                 }
@@ -212,6 +237,7 @@ impl ModelConfig {
                     eos_token_id: f.token_id("eos_token_id")?,
                     pad_token_id: f.token_id("pad_token_id")?,
                     dtype,
+                    head,
                     raw: Value::Null,
                     path: path.clone(),
                 }
@@ -243,6 +269,21 @@ impl ModelConfig {
     pub fn to_json(&self, dtype: DType) -> Value {
         let mut v = self.raw.clone();
         if let Some(o) = v.as_object_mut() {
+            let family = match self.arch {
+                Arch::Llama => "Llama",
+                Arch::Bloom => "Bloom",
+            };
+            match self.head {
+                Head::CausalLm => {
+                    o.insert("architectures".into(), serde_json::json!([format!("{family}ForCausalLM")]));
+                }
+                Head::Score => {
+                    o.insert("architectures".into(), serde_json::json!([format!("{family}ForSequenceClassification")]));
+                    o.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
+                    o.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
+                    o.remove("num_labels");
+                }
+            }
             let key = if o.contains_key("dtype") && !o.contains_key("torch_dtype") { "dtype" } else { "torch_dtype" };
             o.insert(key.into(), Value::String(dtype.hf_name().into()));
         }

@@ -82,6 +82,7 @@ impl<B: Backend> Model<B> {
             }
         }
         self.check_tokens(tokens)?;
+        let head = self.lm_head()?;
         let n = b * t;
         let c = cfg.hidden_size;
         be.write_ids(&mut cache.ids, tokens);
@@ -107,7 +108,7 @@ impl<B: Backend> Model<B> {
         }
         let x_last = if cfg.n_layers % 2 == 0 { &*x0 } else { &*x1 };
         self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);
-        be.matmul(logits, lnf, &self.values[self.lm_head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
+        be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
         for (len, &nn) in cache.lens.iter_mut().zip(n_new) {
             *len += nn;
         }

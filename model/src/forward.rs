@@ -216,10 +216,10 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// Full forward of a (B,T) batch of token ids (row-major) into `acts.logits` (B·T, V).
-    /// Sequences may be right-padded: with the causal mask, padding never changes the logits of
-    /// the positions before it.
-    pub fn forward(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+    /// The trunk's forward of a (B,T) batch of token ids (row-major) up to the final norm's
+    /// output `acts.lnf` (B·T, C). Sequences may be right-padded: with the causal mask, padding
+    /// never changes the positions before it.
+    pub fn forward_hidden(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         if b > acts.cap_b || t > acts.cap_t || tokens.len() != b * t {
             return Err(ModelError::Other(format!("batch ({b},{t}) with {} tokens does not fit activations sized ({},{})", tokens.len(), acts.cap_b, acts.cap_t)));
         }
@@ -242,24 +242,47 @@ impl<B: Backend> Model<B> {
         }
         let last = self.cfg.n_layers;
         self.norm_fwd(&self.ln_f, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.x[last], n);
-        self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[self.lm_head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
         Ok(())
     }
 
-    /// Backward of the last `forward`, from `acts.logits` holding ∂L/∂logits (as the loss
-    /// kernels leave it). Parameter gradients accumulate into `grads`.
-    pub fn backward(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+    /// The LM head's weight, or an error for a model without one (a reward model).
+    pub fn lm_head(&self) -> Result<usize> {
+        self.lm_head.ok_or_else(|| ModelError::Other(format!("{}: a reward model (ForSequenceClassification) has no LM head; this command needs a causal LM", self.cfg.path.display())))
+    }
+
+    /// Full forward into `acts.logits` (B·T, V).
+    pub fn forward(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+        let head = self.lm_head()?;
+        self.forward_hidden(acts, tokens, b, t)?;
+        let n = b * t;
+        self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
+        Ok(())
+    }
+
+    /// The LM head's backward: `s.dln` = ∂L/∂lnf (=) from `acts.logits` holding ∂L/∂logits,
+    /// and its weight gradient (+=; into the embedding's when tied).
+    pub fn lm_head_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+        let head = Linear { w: self.lm_head.expect("forward checked the LM head"), b: None, d_in: self.cfg.hidden_size, d_out: self.cfg.vocab_size };
+        self.linear_bwd(&mut s.dln, &acts.logits, &acts.lnf, &head, acts.b * acts.t, false, grads);
+    }
+
+    /// Backward of the trunk from `s.dln` = ∂L/∂lnf: every trunk parameter's gradient (+=).
+    pub fn backward_hidden(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
         let be = &self.be;
         let (b, t) = (acts.b, acts.t);
         let n = b * t;
         let c = self.cfg.hidden_size;
-        let head = Linear { w: self.lm_head, b: None, d_in: c, d_out: self.cfg.vocab_size };
-        self.linear_bwd(&mut s.dln, &acts.logits, &acts.lnf, &head, n, false, grads);
         be.fill(&mut s.dres, 0.0, n * c);
         let last = self.cfg.n_layers;
         self.norm_bwd(&self.ln_f, &mut s.dres, &s.dln, &acts.x[last], &acts.lnf_mean, &acts.lnf_rstd, n, grads);
         let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t };
+        // Frozen bottom blocks (--unfrozen-layers) need no backward at all once nothing below
+        // them trains: stop at the lowest block with a trainable parameter.
+        let Some(lowest) = self.lowest_trainable_block(grads) else { return };
         for (l, blk) in self.blocks.iter().enumerate().rev() {
+            if l < lowest {
+                return;
+            }
             self.block_bwd(blk, &acts.layers[l], &acts.x[l], s, &ctx, grads);
         }
         match &self.emb_ln {
@@ -269,6 +292,9 @@ impl<B: Backend> Model<B> {
                 }
             }
             Some(ln) => {
+                if grads.bufs[ln.w].is_none() && grads.bufs[self.embed].is_none() {
+                    return;
+                }
                 be.fill(&mut s.dln, 0.0, n * c);
                 self.norm_bwd(ln, &mut s.dln, &s.dres, &acts.emb, &acts.emb_mean, &acts.emb_rstd, n, grads);
                 if let Some(ge) = grads.get_mut(self.embed) {
@@ -276,6 +302,26 @@ impl<B: Backend> Model<B> {
                 }
             }
         }
+    }
+
+    /// Backward of the last `forward`, from `acts.logits` holding ∂L/∂logits (as the loss
+    /// kernels leave it). Parameter gradients accumulate into `grads`.
+    pub fn backward(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+        self.lm_head_bwd(acts, s, grads);
+        self.backward_hidden(acts, s, grads);
+    }
+
+    /// The lowest block that has a trainable parameter; `Some(0)` also when the embedding trains.
+    fn lowest_trainable_block(&self, grads: &Grads<B>) -> Option<usize> {
+        let below_trains = grads.bufs[self.embed].is_some() || self.emb_ln.is_some_and(|ln| grads.bufs[ln.w].is_some());
+        if below_trains {
+            return Some(0);
+        }
+        let has = |blk: &Block| {
+            let lins = [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)];
+            lins.iter().flatten().any(|l| grads.bufs[l.w].is_some()) || grads.bufs[blk.ln1.w].is_some() || grads.bufs[blk.ln2.w].is_some()
+        };
+        self.blocks.iter().position(has)
     }
 }
 

@@ -11,7 +11,7 @@ pub mod model;
 pub mod weights;
 
 pub use acts::{Acts, Grads, Scratch};
-pub use config::{Arch, DType, ModelConfig};
+pub use config::{Arch, DType, Head, ModelConfig};
 pub use decode::KvCache;
 pub use error::{ModelError, Result};
 pub use init::{preset_config, preset_names, Rng, PRESETS};

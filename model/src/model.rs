@@ -1,7 +1,7 @@
 //! The transformer shared by LLaMA and BLOOM: parameters in one table (values here, gradients in
 //! `Grads`), the per-layer structure, and the mapping to Hugging Face tensor names both ways.
 
-use crate::config::{Arch, DType, ModelConfig};
+use crate::config::{Arch, DType, Head, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::{self, Checkpoint};
 use okapi_kernels::attention::alibi_slopes;
@@ -92,8 +92,12 @@ pub struct Model<B: Backend> {
     pub emb_ln: Option<Norm>,
     pub blocks: Vec<Block>,
     pub ln_f: Norm,
-    /// The LM head's weight (V, C): the embedding itself when tied.
-    pub lm_head: usize,
+    /// The LM head's weight (V, C): the embedding itself when tied; `None` for a reward model.
+    pub lm_head: Option<usize>,
+    /// A reward model's `score.weight` (1, C).
+    pub score: Option<usize>,
+    /// PPO's value head `Linear(C, 1)` on the shared trunk: trained, saved beside the HF weights.
+    pub value_head: Option<Linear>,
     pub hf: Vec<HfEntry>,
     pub(crate) rope_inv_freq: Option<B::Buf>,
     pub(crate) alibi: Option<B::Buf>,
@@ -106,7 +110,8 @@ pub struct Layout {
     pub emb_ln: Option<Norm>,
     pub blocks: Vec<Block>,
     pub ln_f: Norm,
-    pub lm_head: usize,
+    pub lm_head: Option<usize>,
+    pub score: Option<usize>,
     pub hf: Vec<HfEntry>,
 }
 
@@ -185,8 +190,12 @@ impl Layout {
             blocks.push(block);
         }
         let ln_f = norm(&mut info, &mut hf, &if is_llama { format!("{p}norm") } else { format!("{p}ln_f") });
-        let lm_head = if cfg.tie_word_embeddings { embed } else { add(&mut info, &mut hf, "lm_head.weight".into(), vec![v, c], true) };
-        Layout { info, embed, emb_ln, blocks, ln_f, lm_head, hf }
+        let (lm_head, score) = match cfg.head {
+            Head::CausalLm if cfg.tie_word_embeddings => (Some(embed), None),
+            Head::CausalLm => (Some(add(&mut info, &mut hf, "lm_head.weight".into(), vec![v, c], true)), None),
+            Head::Score => (None, Some(add(&mut info, &mut hf, "score.weight".into(), vec![1, c], true))),
+        };
+        Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf }
     }
 }
 
@@ -239,6 +248,32 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn from_checkpoint(be: B, cfg: ModelConfig, ckpt: &Checkpoint) -> Result<Model<B>> {
+        Self::from_checkpoint_with(be, cfg, ckpt, None)
+    }
+
+    /// Loads a checkpoint as a reward model (`*ForSequenceClassification`, one label): a
+    /// checkpoint that is one already keeps its `score.weight`; a causal LM's trunk gets a fresh
+    /// head, N(0, initializer_range) from `seed` as transformers initialises it.
+    pub fn load_reward(be: B, dir: &Path, seed: u64) -> Result<Model<B>> {
+        let mut cfg = ModelConfig::load(dir)?;
+        let ckpt = Checkpoint::load(dir)?;
+        let fresh = (cfg.head == Head::CausalLm).then(|| {
+            let std = cfg.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
+            let mut rng = crate::init::Rng::new(seed ^ 0x5C0E);
+            (0..cfg.hidden_size).map(|_| (rng.normal() * std) as f32).collect::<Vec<f32>>()
+        });
+        cfg.head = Head::Score;
+        if cfg.pad_token_id.is_none() {
+            // transformers' sequence classification needs a pad id to find the last token
+            cfg.pad_token_id = cfg.eos_token_id;
+            if let (Some(o), Some(eos)) = (cfg.raw.as_object_mut(), cfg.eos_token_id) {
+                o.insert("pad_token_id".into(), eos.into());
+            }
+        }
+        Self::from_checkpoint_with(be, cfg, &ckpt, fresh)
+    }
+
+    fn from_checkpoint_with(be: B, cfg: ModelConfig, ckpt: &Checkpoint, fresh_score: Option<Vec<f32>>) -> Result<Model<B>> {
         let layout = Layout::new(&cfg);
         let mut host: Vec<Option<Vec<f32>>> = vec![None; layout.info.len()];
         let prefix = match cfg.arch {
@@ -249,6 +284,12 @@ impl<B: Backend> Model<B> {
             // Base-model checkpoints (LlamaModel, bigscience/bloom-*) have no prefix.
             let t = ckpt.tensors.get(&e.name).or_else(|| e.name.strip_prefix(prefix).and_then(|n| ckpt.tensors.get(n)));
             let Some(t) = t else {
+                if let (Source::Param(i), Some(fresh)) = (&e.source, fresh_score.as_ref()) {
+                    if Some(*i) == layout.score {
+                        host[*i] = Some(fresh.clone());
+                        continue;
+                    }
+                }
                 return Err(ModelError::MissingTensor { dir: ckpt.dir.clone(), name: e.name.clone(), why: format!("shape {:?}", e.shape) });
             };
             if t.shape != e.shape {
@@ -278,8 +319,8 @@ impl<B: Backend> Model<B> {
         let values: Vec<B::Buf> = values.iter().map(|v| be.upload(v)).collect();
         let rope_inv_freq = (cfg.arch == Arch::Llama).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
-        let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, hf } = layout;
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, hf, rope_inv_freq, alibi }
+        let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi }
     }
 
     /// Parameter `i` on the host.

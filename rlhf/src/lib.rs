@@ -10,13 +10,15 @@ pub mod optim;
 pub mod progress;
 pub mod schedule;
 pub mod sft;
+pub mod trainer;
 
 pub use generate::{generate, Generation, Sampling};
 pub use lm_loss::{lm_loss_and_grad, shift_labels, LossBufs};
 pub use loglik::{score_loglik, LoglikResult};
 pub use optim::{clip_coef, AdamWConfig, Optimizer};
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use sft::{run_sft, split_val, SftSummary, TrainConfig};
+pub use sft::run_sft;
+pub use trainer::{split_val, TrainConfig, TrainSummary};
 
 /// A training command's failure: one line for the user.
 #[derive(Debug, thiserror::Error)]

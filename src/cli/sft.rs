@@ -71,7 +71,7 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
         summary.steps,
         summary.first_loss.unwrap_or(f64::NAN),
         summary.last_loss.unwrap_or(f64::NAN),
-        summary.val_loss.map(|v| format!(", val_loss {v:.4}")).unwrap_or_default(),
+        summary.val.as_ref().and_then(|v| v.get("val_loss")).and_then(|v| v.as_f64()).map(|v| format!(", val_loss {v:.4}")).unwrap_or_default(),
         a.out.display()
     );
     Ok(())
