@@ -4,12 +4,14 @@
 
 pub mod bpe;
 pub mod instruct;
+pub mod ranking;
 pub mod records;
 pub mod sft;
 pub mod template;
 pub mod tokenizer;
 
 pub use instruct::{load_instructions, parse_langs, InstructRecord, LoadStats, OKAPI_LANGS};
+pub use ranking::{encode_group, load_rankings, PromptGroup, RankRecord, RankStats};
 pub use records::{read_records, DataError, LoglikRequest};
 pub use sft::{collate, encode_example, Batch, Example, SftEncoding, IGNORE_LABEL};
 pub use template::PromptTemplate;

@@ -37,6 +37,14 @@ impl<B: Backend> KvCache<B> {
     pub fn reset(&mut self) {
         self.lens.iter_mut().for_each(|l| *l = 0);
     }
+
+    /// Forgets sequence `seq`'s tokens from position `len` on (`len` ≤ what it holds): the next
+    /// `forward_cached` appends at `len`, overwriting them. Shared-context scoring rewinds to a
+    /// context's length after each continuation.
+    pub fn rewind(&mut self, seq: usize, len: usize) {
+        assert!(len <= self.lens[seq], "rewind sequence {seq} to {len}: it holds only {} tokens", self.lens[seq]);
+        self.lens[seq] = len;
+    }
 }
 
 impl<B: Backend> Model<B> {

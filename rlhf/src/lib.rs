@@ -3,11 +3,15 @@
 //! model, PPO, DPO and the benchmarks build here.
 
 pub mod checkpoint;
+pub mod eval;
+pub mod dpo;
 pub mod generate;
 pub mod lm_loss;
 pub mod loglik;
 pub mod optim;
+pub mod pairwise;
 pub mod progress;
+pub mod reward;
 pub mod schedule;
 pub mod sft;
 pub mod trainer;
@@ -17,6 +21,8 @@ pub use lm_loss::{lm_loss_and_grad, shift_labels, LossBufs};
 pub use loglik::{score_loglik, LoglikResult};
 pub use optim::{clip_coef, AdamWConfig, Optimizer};
 pub use schedule::{LrSchedule, ScheduleKind};
+pub use dpo::DpoObjective;
+pub use reward::RewardObjective;
 pub use sft::run_sft;
 pub use trainer::{split_val, TrainConfig, TrainSummary};
 

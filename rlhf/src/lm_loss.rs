@@ -17,6 +17,19 @@ impl<B: Backend> LossBufs<B> {
     }
 }
 
+impl<B: Backend> LossBufs<B> {
+    /// The per-token weights of the next `xent_in_place`.
+    pub fn coef_mut(&mut self) -> &mut B::Buf {
+        &mut self.coef
+    }
+
+    /// Cross-entropy with the weights already in `coef_mut()`, in place on `acts.logits`
+    /// (which become `Σ coef·∂(−log p)/∂logits`); `targets` already uploaded.
+    pub fn xent_in_place(&mut self, model: &Model<B>, acts: &mut Acts<B>, targets: &B::Ids, n: usize) {
+        model.be.xent_fwd_bwd(&mut acts.logits, &mut self.losses, targets, &self.coef, n, model.cfg.vocab_size);
+    }
+}
+
 /// Next-token targets for a (B,T) batch: `targets[b,t] = labels[b,t+1]`, the last position and
 /// every label < 0 (HF's -100) ignored — exactly the shift inside `LlamaForCausalLM`'s loss.
 pub fn shift_labels(labels: &[i64], b: usize, t: usize) -> Vec<u32> {

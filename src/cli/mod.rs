@@ -1,8 +1,10 @@
 //! The `okapi-train` commands: parse → call. Each command returns a one-line error.
 
+pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod loglik;
+pub mod pairs;
 pub mod sft;
 pub mod tokenizer;
 pub mod train_flags;
@@ -20,6 +22,12 @@ pub struct Cli {
 pub enum Command {
     /// Supervised fine-tuning on Okapi instruction files.
     Sft(sft::SftArgs),
+    /// Reward model from ranked responses (pairs or ranked lists).
+    Reward(pairs::RewardArgs),
+    /// Rewards of records under a reward model.
+    Score(pairs::ScoreArgs),
+    /// Direct preference optimisation on ranking data.
+    Dpo(pairs::DpoArgs),
     /// Train a byte-level BPE tokenizer on Okapi instruction files.
     Tokenizer(tokenizer::TokenizerArgs),
     /// A seeded random model of a preset shape, in Hugging Face layout.
@@ -28,6 +36,8 @@ pub enum Command {
     Loglik(loglik::LoglikArgs),
     /// Generate a response to an instruction (Okapi's prompt template; sampling, no beams).
     Generate(generate::GenerateArgs),
+    /// Multilingual benchmarks (m_arc, m_hellaswag, m_mmlu, TruthfulQA mc) as lm-evaluation-harness scores them.
+    Eval(eval::EvalArgs),
 }
 
 /// Runs a parsed command; `Err` is the one line printed before exiting with status 1.
@@ -35,9 +45,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Sft(a) => sft::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
+        Command::Reward(a) => pairs::run_reward(a),
+        Command::Score(a) => pairs::run_score(a),
+        Command::Dpo(a) => pairs::run_dpo(a),
         Command::Init(a) => init::run(a),
         Command::Loglik(a) => loglik::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
 

@@ -107,6 +107,32 @@ pub const SFT_RECIPE: Recipe = Recipe {
     max_len: 512,
 };
 
+/// Okapi's reward-model recipe (the HF Trainer's Adam betas).
+pub const RM_RECIPE: Recipe = Recipe {
+    epochs: 1,
+    batch_size: 8,
+    lr: 3e-5,
+    schedule: ScheduleKind::Cosine,
+    warmup_steps: 50,
+    weight_decay: 1e-4,
+    betas: (0.9, 0.999),
+    max_grad_norm: 1.0,
+    max_len: 768,
+};
+
+/// DPO (not in Okapi): TRL's defaults.
+pub const DPO_RECIPE: Recipe = Recipe {
+    epochs: 1,
+    batch_size: 8,
+    lr: 1e-6,
+    schedule: ScheduleKind::Linear,
+    warmup_steps: 0,
+    weight_decay: 0.0,
+    betas: (0.9, 0.999),
+    max_grad_norm: 1.0,
+    max_len: 768,
+};
+
 impl TrainFlags {
     pub fn langs(&self) -> Result<Option<Vec<String>>, String> {
         self.langs.as_deref().map(parse_langs).transpose()

@@ -1,0 +1,127 @@
+//! Scalar heads on the trunk's final hidden states: the reward model's score head
+//! (`score.weight`, read at each sequence's last real token) and PPO's value head (`v_head`,
+//! read at every position).
+
+use crate::acts::{Acts, Grads, Scratch};
+use crate::error::{ModelError, Result};
+use crate::model::{Linear, Model, ParamInfo, ParamKind};
+use okapi_runtime::{Backend, Gemm};
+
+/// Buffers of the score head for up to `cap` sequences.
+pub struct ScoreBufs<B: Backend> {
+    /// flat row (b·T + last) of each sequence's scored token
+    pub rows: B::Ids,
+    /// gathered hidden states (B,C) and their gradient
+    pub h: B::Buf,
+    pub dh: B::Buf,
+    /// rewards (B) and ∂L/∂reward (B)
+    pub rewards: B::Buf,
+    pub drewards: B::Buf,
+}
+
+impl<B: Backend> Model<B> {
+    pub fn new_score_bufs(&self, cap: usize) -> ScoreBufs<B> {
+        let be = &self.be;
+        let c = self.cfg.hidden_size;
+        ScoreBufs { rows: be.upload_ids(&vec![0; cap]), h: be.zeros(cap * c), dh: be.zeros(cap * c), rewards: be.zeros(cap), drewards: be.zeros(cap) }
+    }
+
+    fn score_head(&self) -> Result<usize> {
+        self.score.ok_or_else(|| ModelError::Other(format!("{}: not a reward model (no score head)", self.cfg.path.display())))
+    }
+
+    /// rewards[b] = score · lnf[b, last[b]] after `forward_hidden`; `last[b]` is the index of
+    /// sequence b's last real token (its EOS). Returns the rewards on the host.
+    pub fn score_fwd(&self, acts: &Acts<B>, sb: &mut ScoreBufs<B>, last: &[usize]) -> Result<Vec<f32>> {
+        let w = self.score_head()?;
+        let (b, t, c) = (acts.b, acts.t, self.cfg.hidden_size);
+        assert_eq!(last.len(), b);
+        let rows: Vec<u32> = last.iter().enumerate().map(|(i, &l)| (i * t + l) as u32).collect();
+        self.be.write_ids(&mut sb.rows, &rows);
+        // gather the scored rows with the embedding kernel: the "table" is lnf
+        self.be.embedding_fwd(&mut sb.h, &acts.lnf, &sb.rows, b, c);
+        self.be.matmul(&mut sb.rewards, &sb.h, &self.values[w], &Gemm::new(b, 1, c).trans_b());
+        Ok(self.be.read(&sb.rewards, b))
+    }
+
+    /// From ∂L/∂rewards: `s.dln` (=) gets dr·w at the scored rows (zero elsewhere), the score
+    /// head's gradient accumulates. Follow with `backward_hidden`.
+    pub fn score_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, sb: &mut ScoreBufs<B>, grads: &mut Grads<B>, drewards: &[f32]) -> Result<()> {
+        let w = self.score_head()?;
+        let (b, c) = (acts.b, self.cfg.hidden_size);
+        let n = acts.b * acts.t;
+        self.be.write(&mut sb.drewards, drewards);
+        self.be.matmul(&mut sb.dh, &sb.drewards, &self.values[w], &Gemm::new(b, c, 1));
+        self.be.fill(&mut s.dln, 0.0, n * c);
+        self.be.embedding_bwd(&mut s.dln, &sb.dh, &sb.rows, b, c);
+        if let Some(gw) = grads.get_mut(w) {
+            self.be.matmul(gw, &sb.drewards, &sb.h, &Gemm::new(1, c, b).trans_a().accumulate());
+        }
+        Ok(())
+    }
+
+    /// Adds PPO's value head `v_head` = Linear(C, 1) with bias, with the given values (weight
+    /// (1,C) then bias (1)). It is a parameter like any other (trained, clipped, checkpointed)
+    /// but not part of the HF weights.
+    pub fn add_value_head(&mut self, weight: &[f32], bias: f32) {
+        let c = self.cfg.hidden_size;
+        assert_eq!(weight.len(), c);
+        self.info.push(ParamInfo { name: "v_head.weight".into(), shape: vec![1, c], kind: ParamKind::Matrix });
+        self.values.push(self.be.upload(weight));
+        self.info.push(ParamInfo { name: "v_head.bias".into(), shape: vec![1], kind: ParamKind::Bias });
+        self.values.push(self.be.upload(&[bias]));
+        let n = self.info.len();
+        self.value_head = Some(Linear { w: n - 2, b: Some(n - 1), d_in: c, d_out: 1 });
+    }
+
+    /// values (B·T) = v_head(lnf) at every position, after `forward_hidden`.
+    pub fn value_fwd(&self, acts: &Acts<B>, values: &mut B::Buf) -> Result<()> {
+        let vh = self.value_head.ok_or_else(|| ModelError::Other("the policy has no value head".into()))?;
+        self.linear_fwd(values, &acts.lnf, &vh, acts.b * acts.t);
+        Ok(())
+    }
+
+    /// `s.dln` += dvalues·w_v (call after `lm_head_bwd`, which sets `s.dln`), value head's
+    /// gradient accumulates.
+    pub fn value_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>, dvalues: &B::Buf) -> Result<()> {
+        let vh = self.value_head.ok_or_else(|| ModelError::Other("the policy has no value head".into()))?;
+        self.linear_bwd(&mut s.dln, dvalues, &acts.lnf, &vh, acts.b * acts.t, true, grads);
+        Ok(())
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Which parameters train under `--unfrozen-layers n`: the top `n` blocks, the final norm,
+    /// the heads (score, value, an untied LM head); the embedding (and a head tied to it) and
+    /// every block below stay frozen. `None`: everything trains.
+    pub fn trainable_mask(&self, unfrozen_layers: Option<usize>) -> Result<Vec<bool>> {
+        let Some(n) = unfrozen_layers else { return Ok(vec![true; self.info.len()]) };
+        let l = self.blocks.len();
+        if n > l {
+            return Err(ModelError::Other(format!("--unfrozen-layers {n}: the model has only {l} layers")));
+        }
+        let mut mask = vec![false; self.info.len()];
+        let mut set = |i: usize| mask[i] = true;
+        for blk in &self.blocks[l - n..] {
+            for lin in [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)].into_iter().flatten() {
+                set(lin.w);
+                lin.b.into_iter().for_each(&mut set);
+            }
+            for nm in [blk.ln1, blk.ln2] {
+                set(nm.w);
+                nm.b.into_iter().for_each(&mut set);
+            }
+        }
+        set(self.ln_f.w);
+        self.ln_f.b.into_iter().for_each(&mut set);
+        self.score.into_iter().for_each(&mut set);
+        if let Some(vh) = self.value_head {
+            set(vh.w);
+            vh.b.into_iter().for_each(&mut set);
+        }
+        if let Some(h) = self.lm_head.filter(|&h| h != self.embed) {
+            set(h);
+        }
+        Ok(mask)
+    }
+}

@@ -1,0 +1,272 @@
+//! Scoring the continuations of multiple-choice items with the harness's `loglikelihood`
+//! semantics (those of [`crate::score_loglik`]: context and continuation tokenized separately
+//! without special tokens, an empty context becomes `[eos]`, the window is
+//! `(ctx + cont)[-(max_len+1):][:-1]`, loglik = Σ log p(continuation tokens)) — fast.
+//!
+//! Fast path (`cache: true`): all choices of an item share its context, so the context runs
+//! through the model once and its KV cache serves every choice. B items are scored side by
+//! side in the B sequences of one [`KvCache`]:
+//! 1. every sequence holds the prefix P shared by all items' contexts (token-level longest
+//!    common prefix; e.g. TruthfulQA's QA prompt or a fixed few-shot block), prefilled once;
+//! 2. each sequence appends its item's context minus P and minus its last token (in chunks
+//!    of at most `t_max` tokens per forward);
+//! 3. for choice j = 0, 1, …: each sequence appends `[last context token] + choice_j[:-1]` —
+//!    row i of that block predicts `choice_j[i]`, so its log-prob comes out of
+//!    `token_logprobs` on the device — then rewinds to its context length − 1
+//!    ([`KvCache::rewind`]); items with fewer choices pass `n_new = 0`;
+//! 4. after its last choice a sequence rewinds to |P| and takes the next item.
+//!
+//! Positions are those of the harness's input, so the results equal [`crate::score_loglik`]'s
+//! up to float rounding (tests/eval.rs checks ≤ 1e-4). An item whose context + some choice
+//! exceeds the window is truncated from the left per request, i.e. differently per choice: it
+//! is scored by [`crate::score_loglik`] (counted as truncated). `cache: false` scores every
+//! (context, continuation) pair from scratch with [`crate::score_loglik`] (the baseline).
+
+use crate::loglik::{score_loglik, ScoreError};
+use okapi_data::{LoglikRequest, Tokenizer};
+use okapi_model::{KvCache, Model};
+use okapi_runtime::{Backend, IGNORE_INDEX};
+
+/// One item's requests: a context and its continuations.
+#[derive(Clone, Debug)]
+pub struct ItemRequest {
+    pub context: String,
+    pub continuations: Vec<String>,
+}
+
+/// One item's result: a loglik per continuation, or why it cannot be scored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ItemScore {
+    Scored { logliks: Vec<f64>, truncated: bool },
+    Invalid(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ScoreOptions {
+    /// items scored side by side (KV-cache sequences / requests per forward)
+    pub batch_size: usize,
+    /// share each context's forward across its choices (false: every request from scratch)
+    pub cache: bool,
+    /// fast path: tokens per sequence per forward (0: as many as keep the (B·t, V) logits
+    /// within 2^26 floats, at most 256); longer contexts and choices take several forwards
+    pub chunk: usize,
+}
+
+/// What the scorer did (for the CLI's summary and the bench).
+#[derive(Clone, Debug, Default)]
+pub struct ScoreStats {
+    pub items_cached: usize,
+    pub items_fallback: usize,
+    pub shared_prefix: usize,
+    pub forwards: usize,
+    /// tokens that went through the model (real, without padding)
+    pub tokens: usize,
+}
+
+struct Enc {
+    ctx: Vec<u32>,
+    conts: Vec<Vec<u32>>,
+}
+
+/// Scores every item; results in item order.
+pub fn score_items<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions) -> Result<(Vec<ItemScore>, ScoreStats), ScoreError> {
+    let eos = model.cfg.eos_token_id.ok_or_else(|| ScoreError::Other(format!("{}: `eos_token_id` is needed to score an empty context", model.cfg.path.display())))?;
+    let max_len = model.cfg.max_length();
+    let mut stats = ScoreStats::default();
+    let mut out: Vec<Option<ItemScore>> = vec![None; items.len()];
+    let mut fast = Vec::new();
+    let mut slow = Vec::new();
+    let mut encs: Vec<Option<Enc>> = Vec::with_capacity(items.len());
+    for (i, it) in items.iter().enumerate() {
+        let ctx = if it.context.is_empty() { vec![eos] } else { tok.encode(&it.context, false)? };
+        let conts = it.continuations.iter().map(|c| tok.encode(c, false)).collect::<Result<Vec<_>, _>>()?;
+        if ctx.is_empty() {
+            out[i] = Some(ItemScore::Invalid("the context encodes to no tokens".into()));
+        } else if let Some(j) = conts.iter().position(|c| c.is_empty()) {
+            out[i] = Some(ItemScore::Invalid(format!("continuation {j} ({:?}) encodes to no tokens", it.continuations[j])));
+        } else if let Some(j) = conts.iter().position(|c| c.len() > max_len) {
+            out[i] = Some(ItemScore::Invalid(format!("continuation {j} has {} tokens, more than the model's window of {max_len}", conts[j].len())));
+        } else if opts.cache && conts.iter().all(|c| ctx.len() + c.len() <= max_len + 1) {
+            fast.push(i);
+        } else {
+            slow.push(i);
+        }
+        encs.push(Some(Enc { ctx, conts }));
+    }
+    let batch = opts.batch_size.max(1);
+    // from scratch: the baseline, and the items truncated to the window
+    if !slow.is_empty() {
+        let reqs: Vec<LoglikRequest> = slow.iter().flat_map(|&i| items[i].continuations.iter().map(move |c| LoglikRequest { context: items[i].context.clone(), continuation: c.clone() })).collect();
+        let res = score_loglik(model, tok, &reqs, batch)?;
+        let mut k = 0;
+        for &i in &slow {
+            let enc = encs[i].as_ref().unwrap();
+            let n = enc.conts.len();
+            let truncated = enc.conts.iter().any(|c| enc.ctx.len() + c.len() > max_len + 1);
+            out[i] = Some(ItemScore::Scored { logliks: res[k..k + n].iter().map(|r| r.loglik).collect(), truncated });
+            k += n;
+            stats.tokens += enc.conts.iter().map(|c| (enc.ctx.len() + c.len() - 1).min(max_len)).sum::<usize>();
+        }
+        stats.forwards += reqs.len().div_ceil(batch);
+        stats.items_fallback = slow.len();
+    }
+    if !fast.is_empty() {
+        let fast_encs: Vec<&Enc> = fast.iter().map(|&i| encs[i].as_ref().unwrap()).collect();
+        let logliks = score_cached(model, &fast_encs, batch, opts.chunk, &mut stats)?;
+        for (&i, ll) in fast.iter().zip(logliks) {
+            out[i] = Some(ItemScore::Scored { logliks: ll, truncated: false });
+        }
+        stats.items_cached = fast.len();
+    }
+    Ok((out.into_iter().map(|o| o.expect("every item is scored or invalid")).collect(), stats))
+}
+
+/// Longest common prefix of all contexts, leaving every context at least one token.
+fn shared_prefix(encs: &[&Enc]) -> usize {
+    let first = &encs[0].ctx;
+    let mut p = first.len();
+    for e in &encs[1..] {
+        p = p.min(first.iter().zip(&e.ctx).take_while(|(a, b)| a == b).count());
+    }
+    p.min(encs.iter().map(|e| e.ctx.len() - 1).min().unwrap())
+}
+
+/// Per-forward scratch: tokens, targets and n_new of the B sequences, and the device buffers
+/// `token_logprobs` writes.
+struct Feed<B: Backend> {
+    b: usize,
+    t_max: usize,
+    pad: u32,
+    v: usize,
+    targets: B::Ids,
+    logp: B::Buf,
+    greedy: B::Buf,
+}
+
+impl<B: Backend> Feed<B> {
+    /// One forward of `pieces[s]` (tokens, optional targets) for every sequence s; returns the
+    /// log-prob of each target (row-major (B, t), 0 where there is none).
+    fn run(&mut self, model: &Model<B>, cache: &mut KvCache<B>, pieces: &[(&[u32], Option<&[u32]>)], stats: &mut ScoreStats) -> Result<Option<(Vec<f32>, usize)>, ScoreError> {
+        let t = pieces.iter().map(|p| p.0.len()).max().unwrap_or(0);
+        if t == 0 {
+            return Ok(None);
+        }
+        debug_assert!(t <= self.t_max);
+        let mut tokens = vec![self.pad; self.b * t];
+        let mut targets = vec![IGNORE_INDEX; self.b * t];
+        let mut n_new = vec![0; self.b];
+        let mut any_target = false;
+        for (s, (toks, tg)) in pieces.iter().enumerate() {
+            tokens[s * t..s * t + toks.len()].copy_from_slice(toks);
+            n_new[s] = toks.len();
+            if let Some(tg) = tg {
+                targets[s * t..s * t + tg.len()].copy_from_slice(tg);
+                any_target = true;
+            }
+        }
+        model.forward_cached(cache, &tokens, t, &n_new)?;
+        stats.forwards += 1;
+        stats.tokens += n_new.iter().sum::<usize>();
+        if !any_target {
+            return Ok(None);
+        }
+        let be = &model.be;
+        be.write_ids(&mut self.targets, &targets);
+        be.token_logprobs(&mut self.logp, &mut self.greedy, &cache.logits, &self.targets, self.b * t, self.v);
+        Ok(Some((be.read(&self.logp, self.b * t), t)))
+    }
+}
+
+/// The fast path (module docs): logliks of every choice of every item, in order.
+fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats) -> Result<Vec<Vec<f64>>, ScoreError> {
+    let v = model.cfg.vocab_size;
+    let p = shared_prefix(encs);
+    stats.shared_prefix = p;
+    let b = batch.min(encs.len());
+    // sequence capacity: the longest context − 1 + its longest choice (≤ the window)
+    let cap = encs.iter().map(|e| e.ctx.len() - 1 + e.conts.iter().map(Vec::len).max().unwrap()).max().unwrap();
+    // tokens per sequence per forward: bounded so that the (B·t, V) logits stay ≤ 2^26 floats
+    // (longer pieces, choices included, go through in several forwards)
+    let auto = ((1usize << 26) / (b * v).max(1)).clamp(1, 256);
+    let t_max = if chunk > 0 { chunk } else { auto }.min(cap);
+    let mut cache = model.new_cache(b, cap, t_max);
+    let eos = model.cfg.eos_token_id.unwrap_or(0);
+    let be = &model.be;
+    let mut feed = Feed::<B> { b, t_max, pad: model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1), v, targets: be.upload_ids(&vec![IGNORE_INDEX; b * t_max]), logp: be.zeros(b * t_max), greedy: be.zeros(b * t_max) };
+    let mut results: Vec<Vec<f64>> = encs.iter().map(|e| vec![0.0; e.conts.len()]).collect();
+
+    // 1. the shared prefix, once per sequence
+    let prefix = &encs[0].ctx[..p];
+    for chunk in prefix.chunks(t_max) {
+        let pieces: Vec<(&[u32], Option<&[u32]>)> = vec![(chunk, None); b];
+        feed.run(model, &mut cache, &pieces, stats)?;
+    }
+    // items longest first: rounds of B with little padding
+    let mut order: Vec<usize> = (0..encs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(encs[i].ctx.len()));
+    for round in order.chunks(b) {
+        for s in 0..b {
+            cache.rewind(s, p);
+        }
+        // 2. contexts minus the prefix and their last token
+        let mut off = vec![p; b];
+        loop {
+            let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
+                .map(|s| match round.get(s) {
+                    Some(&i) => {
+                        let ctx = &encs[i].ctx;
+                        let end = (off[s] + t_max).min(ctx.len() - 1);
+                        (&ctx[off[s]..end], None)
+                    }
+                    None => (&[][..], None),
+                })
+                .collect();
+            if pieces.iter().all(|p| p.0.is_empty()) {
+                break;
+            }
+            for (s, pc) in pieces.iter().enumerate() {
+                off[s] += pc.0.len();
+            }
+            feed.run(model, &mut cache, &pieces, stats)?;
+        }
+        // 3. the choices: [last context token] + choice[:-1], predicting choice[..]
+        let n_choices = round.iter().map(|&i| encs[i].conts.len()).max().unwrap();
+        let fed: Vec<Vec<Vec<u32>>> = round
+            .iter()
+            .map(|&i| {
+                let e = encs[i];
+                let last = *e.ctx.last().unwrap();
+                e.conts.iter().map(|c| std::iter::once(last).chain(c[..c.len() - 1].iter().copied()).collect()).collect()
+            })
+            .collect();
+        for j in 0..n_choices {
+            let mut done = vec![0usize; b];
+            loop {
+                let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
+                    .map(|s| match (round.get(s), fed.get(s).and_then(|f| f.get(j))) {
+                        (Some(&i), Some(f)) => {
+                            let end = (done[s] + t_max).min(f.len());
+                            (&f[done[s]..end], Some(&encs[i].conts[j][done[s]..end]))
+                        }
+                        _ => (&[][..], None),
+                    })
+                    .collect();
+                let Some((lp, t)) = feed.run(model, &mut cache, &pieces, stats)? else { break };
+                for (s, pc) in pieces.iter().enumerate() {
+                    if pc.0.is_empty() {
+                        continue;
+                    }
+                    let i = round[s];
+                    results[i][j] += lp[s * t..s * t + pc.0.len()].iter().map(|&x| x as f64).sum::<f64>();
+                    done[s] += pc.0.len();
+                }
+            }
+            for (s, &i) in round.iter().enumerate() {
+                if j < encs[i].conts.len() {
+                    cache.rewind(s, encs[i].ctx.len() - 1);
+                }
+            }
+        }
+    }
+    Ok(results)
+}

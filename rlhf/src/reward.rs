@@ -1,0 +1,141 @@
+//! Reward model from ranked responses: the trunk plus a score head read at each response's last
+//! token (its EOS); loss `−log σ(r_chosen − r_rejected − margin)` averaged over every pair of
+//! the step; pairwise accuracy. Batches count prompts; a prompt's responses are encoded once.
+
+use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad};
+use crate::trainer::{Objective, StepOut};
+use crate::TrainError;
+use okapi_data::PromptGroup;
+use okapi_model::{Acts, Grads, Model, ScoreBufs, Scratch};
+use okapi_runtime::Backend;
+use serde_json::{Map, Value};
+
+pub struct RewardObjective<B: Backend> {
+    train: Vec<PromptGroup>,
+    val: Vec<PromptGroup>,
+    batch_size: usize,
+    bufs: RewardBufs<B>,
+}
+
+/// Device buffers and settings of the scoring passes.
+pub struct RewardBufs<B: Backend> {
+    pad: u32,
+    margin: f64,
+    acts: Acts<B>,
+    scratch: Scratch<B>,
+    sb: ScoreBufs<B>,
+}
+
+/// Pair statistics of one batch.
+#[derive(Default)]
+struct PairStats {
+    loss_sum: f64,
+    correct: usize,
+    pairs: usize,
+    margin_sum: f64,
+}
+
+impl<B: Backend> RewardObjective<B> {
+    pub fn new(model: &Model<B>, train: Vec<PromptGroup>, val: Vec<PromptGroup>, batch_size: usize, pad: u32, margin: f64) -> Self {
+        let all: Vec<PromptGroup> = train.iter().chain(&val).cloned().collect();
+        let bufs = RewardBufs::new(model, &all, batch_size, pad, margin);
+        RewardObjective { train, val, batch_size, bufs }
+    }
+}
+
+impl<B: Backend> RewardBufs<B> {
+    /// Sized for micro-batches of `batch_size` of these groups.
+    pub fn new(model: &Model<B>, groups: &[PromptGroup], batch_size: usize, pad: u32, margin: f64) -> Self {
+        let (cap_b, cap_t) = capacity(groups, batch_size);
+        RewardBufs { acts: model.new_acts(cap_b, cap_t), scratch: model.new_scratch(cap_b, cap_t), sb: model.new_score_bufs(cap_b), pad, margin }
+    }
+
+    /// Rewards of every response of `groups` (no gradient), in order.
+    pub fn rewards(&mut self, model: &Model<B>, groups: &[PromptGroup], batch_size: usize) -> Result<Vec<Vec<f32>>, TrainError> {
+        let mut out = Vec::new();
+        for chunk in groups.chunks(batch_size) {
+            let refs: Vec<&PromptGroup> = chunk.iter().collect();
+            let r = self.run(model, &refs, None, None, &mut PairStats::default())?.1;
+            let gb_offsets = chunk.iter().scan(0, |o, g| {
+                let at = *o;
+                *o += g.responses.len();
+                Some(at)
+            });
+            for (g, off) in chunk.iter().zip(gb_offsets) {
+                out.push(r[off..off + g.responses.len()].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewards of a batch of groups; with `pair_weight` Some, also the backward of the pair
+    /// losses scaled by it.
+    /// Returns (real tokens, rewards).
+    fn run(&mut self, model: &Model<B>, groups: &[&PromptGroup], pair_weight: Option<f64>, grads: Option<&mut Grads<B>>, st: &mut PairStats) -> Result<(usize, Vec<f32>), TrainError> {
+        let gb = collate_groups(groups, self.pad);
+        model.forward_hidden(&mut self.acts, &gb.batch.ids, gb.batch.b, gb.batch.t)?;
+        let r = model.score_fwd(&self.acts, &mut self.sb, &gb.last)?;
+        let mut dr = vec![0f32; r.len()];
+        for (g, &off) in groups.iter().zip(&gb.offsets) {
+            for &(c, j) in &g.pairs {
+                let diff = r[off + c] as f64 - r[off + j] as f64;
+                let z = diff - self.margin;
+                st.loss_sum += neg_log_sigmoid(z);
+                st.correct += (diff > 0.0) as usize;
+                st.margin_sum += diff;
+                st.pairs += 1;
+                if let Some(w) = pair_weight {
+                    let dz = (neg_log_sigmoid_grad(z) * w) as f32;
+                    dr[off + c] += dz;
+                    dr[off + j] -= dz;
+                }
+            }
+        }
+        if let Some(grads) = grads {
+            model.score_bwd(&self.acts, &mut self.scratch, &mut self.sb, grads, &dr)?;
+            model.backward_hidden(&self.acts, &mut self.scratch, grads);
+        }
+        Ok((gb.batch.ids.iter().filter(|&&x| x != self.pad).count(), r))
+    }
+}
+
+impl<B: Backend> Objective<B> for RewardObjective<B> {
+    fn command(&self) -> &'static str {
+        "reward"
+    }
+    fn n_train(&self) -> usize {
+        self.train.len()
+    }
+    fn data_fingerprint(&self) -> String {
+        groups_fingerprint(&self.train, &self.val)
+    }
+    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
+        let total_pairs: usize = micro.iter().flatten().map(|&i| self.train[i].pairs.len()).sum();
+        let w = 1.0 / total_pairs.max(1) as f64;
+        let mut st = PairStats::default();
+        let mut tokens = 0;
+        for idx in micro {
+            let refs: Vec<&PromptGroup> = idx.iter().map(|&i| &self.train[i]).collect();
+            tokens += self.bufs.run(model, &refs, Some(w), Some(&mut *grads), &mut st)?.0;
+        }
+        let n = st.pairs.max(1) as f64;
+        let extra = Map::from_iter([
+            ("accuracy".to_string(), Value::from(st.correct as f64 / n)),
+            ("reward_margin".to_string(), Value::from(st.margin_sum / n)),
+            ("pairs".to_string(), Value::from(st.pairs)),
+        ]);
+        Ok(StepOut { loss: st.loss_sum / n, tokens, extra })
+    }
+    fn validate(&mut self, model: &Model<B>) -> Result<Option<Map<String, Value>>, TrainError> {
+        if self.val.is_empty() {
+            return Ok(None);
+        }
+        let mut st = PairStats::default();
+        for chunk in self.val.chunks(self.batch_size) {
+            let refs: Vec<&PromptGroup> = chunk.iter().collect();
+            self.bufs.run(model, &refs, None, None, &mut st)?;
+        }
+        let n = st.pairs.max(1) as f64;
+        Ok(Some(Map::from_iter([("val_loss".to_string(), Value::from(st.loss_sum / n)), ("val_accuracy".to_string(), Value::from(st.correct as f64 / n))])))
+    }
+}

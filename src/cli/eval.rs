@@ -1,0 +1,181 @@
+//! `okapi-train eval`: Okapi's multilingual benchmarks (m_arc, m_hellaswag, m_mmlu, TruthfulQA
+//! mc) scored as lm-evaluation-harness scores them — see `okapi_rlhf::eval` for the templates,
+//! their sources and the scoring.
+//!
+//! stdout: one table per (model, task) — n, acc, acc_norm (TruthfulQA: mc1, mc2) with standard
+//! errors per language and for all items — and, last, one JSON line: the summary of the run
+//! (with several models or tasks, `{"results": [summary, …]}`). stderr: progress, and one line
+//! per skipped record. `--output`: one JSON line per item, `{"id","lang","logliks","pred",
+//! "pred_norm","gold","task","model","truncated"}` (TruthfulQA adds mc2_logliks, mc1, mc2).
+
+use okapi_data::Tokenizer;
+use okapi_model::Model;
+use okapi_rlhf::eval::{run_eval, EvalConfig, EvalSource, MmluPrompt, Task};
+use okapi_runtime::{Backend, BackendKind};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Hugging Face model directory; several (comma-separated or repeated) run one after another
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub model: Vec<PathBuf>,
+    /// arc, hellaswag, mmlu or truthfulqa; several comma-separated (arc,hellaswag)
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub task: Vec<String>,
+    /// Eval files (JSON array or JSONL). With several tasks, give each file's task as `arc=FILE`
+    /// or name the task in the file name. The language comes from the file name
+    /// (`vi_validation.json`, `arc_vi.json`) unless --lang is given
+    #[arg(long, required = true, num_args = 1..)]
+    pub data: Vec<String>,
+    /// Shots per item [default: ARC 25, HellaSwag 0, MMLU 25, TruthfulQA 0 (zero-shot only)]
+    #[arg(long)]
+    pub num_fewshot: Option<usize>,
+    /// Files the shots are drawn from (matched to the data files by language; one file serves
+    /// all); without it, each file's own items minus the evaluated one
+    #[arg(long, num_args = 1..)]
+    pub fewshot_data: Vec<String>,
+    /// Evaluate only the first N valid items of each file
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of the random.Random that draws the shots (Python's generator, one per file)
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Language code of every data file (instead of the file names')
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// Per-item results, JSONL
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Compute backend: auto, cpu, wgpu or cuda
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+    /// Items scored side by side
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Score every (context, continuation) from scratch instead of sharing each context's
+    /// forward across its choices (same results; the baseline of the speedup)
+    #[arg(long)]
+    pub no_cache: bool,
+    /// MMLU template: v0.3 (harness v0.3 hendrycksTest: "Question: …\nChoices:\nA. …\nAnswer:"
+    /// + " {choice text}") or okapi-v0.4 (harness v0.4's Okapi m_mmlu: letters as continuations)
+    #[arg(long, default_value = "v0.3")]
+    pub mmlu_prompt: String,
+}
+
+pub fn run(a: EvalArgs) -> Result<(), String> {
+    run_on(super::cpu_backend(a.backend)?, &a)
+}
+
+/// `[task=]FILE` → (task, path): the prefix, the only task, or the task named in the file name.
+fn assign(spec: &str, tasks: &[Task], flag: &str) -> Result<(Task, PathBuf), String> {
+    if let Some((pre, rest)) = spec.split_once('=') {
+        if let Ok(t) = Task::parse(pre) {
+            if !tasks.contains(&t) {
+                return Err(format!("{flag} {spec}: task `{t}` is not among --task"));
+            }
+            return Ok((t, PathBuf::from(rest)));
+        }
+    }
+    if tasks.len() == 1 {
+        return Ok((tasks[0], PathBuf::from(spec)));
+    }
+    let name = Path::new(spec).file_name().map(|f| f.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let keys = |t: Task| match t {
+        Task::Arc => "arc",
+        Task::Hellaswag => "hellaswag",
+        Task::Mmlu => "mmlu",
+        Task::TruthfulQa => "truthful",
+    };
+    let found: Vec<Task> = tasks.iter().copied().filter(|&t| name.contains(keys(t))).collect();
+    match found[..] {
+        [t] => Ok((t, PathBuf::from(spec))),
+        _ => Err(format!("{flag} {spec}: with several tasks, say which one the file is for (e.g. arc={spec}) or name the task in the file name")),
+    }
+}
+
+fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
+    if a.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let mut tasks: Vec<Task> = Vec::new();
+    for t in &a.task {
+        let t = Task::parse(t).map_err(|e| format!("--task: {e}"))?;
+        if !tasks.contains(&t) {
+            tasks.push(t);
+        }
+    }
+    let mmlu_prompt = MmluPrompt::parse(&a.mmlu_prompt).map_err(|e| format!("--mmlu-prompt: {e}"))?;
+    let lang = a.lang.as_deref();
+    let mut data: Vec<(Task, EvalSource)> = Vec::new();
+    for spec in &a.data {
+        let (t, p) = assign(spec, &tasks, "--data")?;
+        data.push((t, EvalSource::from_file(&p, lang)?));
+    }
+    let mut fewshot: Vec<(Task, EvalSource)> = Vec::new();
+    for spec in &a.fewshot_data {
+        let (t, p) = assign(spec, &tasks, "--fewshot-data")?;
+        fewshot.push((t, EvalSource::from_file(&p, lang)?));
+    }
+    for &t in &tasks {
+        if !data.iter().any(|(dt, _)| *dt == t) {
+            return Err(format!("--task {t}: no --data file for it"));
+        }
+    }
+    let mut summaries: Vec<Value> = Vec::new();
+    let mut out_lines = String::new();
+    for dir in &a.model {
+        let tok = Tokenizer::load(dir).map_err(|e| e.to_string())?;
+        let device = be.name();
+        let model = Model::load(be.clone(), dir).map_err(|e| e.to_string())?;
+        for &task in &tasks {
+            let srcs: Vec<EvalSource> = data.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect();
+            let shots: Vec<EvalSource> = fewshot.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect();
+            let cfg = EvalConfig { task, num_fewshot: a.num_fewshot, limit: a.limit, seed: a.seed, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt };
+            eprintln!("okapi-train eval: {task}, {}-shot, {} file(s), {} ({} params) on {device}", cfg.shots(), srcs.len(), dir.display(), model.n_params());
+            let report = run_eval(&model, &tok, &cfg, &srcs, &shots).map_err(|e| e.to_string())?;
+            const SHOWN: usize = 20;
+            for m in report.messages.iter().take(SHOWN) {
+                eprintln!("okapi-train eval: {m}");
+            }
+            if report.messages.len() > SHOWN {
+                eprintln!("okapi-train eval: … and {} more messages", report.messages.len() - SHOWN);
+            }
+            let st = &report.stats;
+            eprintln!(
+                "okapi-train eval: {} items in {:.1}s ({:.2} items/s): {} with the shared-context cache ({} prefix tokens shared), {} from scratch; {} forwards, {} tokens",
+                report.items.len(),
+                report.seconds,
+                report.items.len() as f64 / report.seconds.max(1e-9),
+                st.items_cached,
+                st.shared_prefix,
+                st.items_fallback,
+                st.forwards,
+                st.tokens
+            );
+            println!("{}\n", report.table());
+            let model_name = dir.display().to_string();
+            for it in &report.items {
+                out_lines.push_str(&serde_json::to_string(&it.to_json(task, &model_name)).unwrap());
+                out_lines.push('\n');
+            }
+            let mut s = report.summary_json();
+            s["model"] = json!(model_name);
+            summaries.push(s);
+        }
+    }
+    if let Some(out) = &a.output {
+        let tmp = out.with_extension("jsonl.tmp");
+        let write = |p: &PathBuf| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(p)?;
+            f.write_all(out_lines.as_bytes())?;
+            f.sync_all()
+        };
+        write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    let last = if summaries.len() == 1 { summaries.pop().unwrap() } else { json!({ "results": summaries }) };
+    println!("{}", serde_json::to_string(&last).unwrap());
+    Ok(())
+}

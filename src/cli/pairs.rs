@@ -1,0 +1,194 @@
+//! `okapi-train reward`, `okapi-train dpo` and `okapi-train score`: the commands on ranking data.
+
+use super::sft::write_json;
+use super::train_flags::{args_json, Recipe, TrainFlags, DPO_RECIPE, RM_RECIPE};
+use okapi_data::{encode_group, load_rankings, PromptGroup, SftEncoding, Tokenizer};
+use okapi_model::Model;
+use okapi_rlhf::trainer::{split_val, train};
+use okapi_rlhf::reward::RewardBufs;
+use okapi_rlhf::{DpoObjective, RewardObjective};
+use okapi_runtime::Backend;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Debug)]
+pub struct RewardArgs {
+    /// Starting model: an SFT model (a fresh, seeded score head is added) or a reward model
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Ranking files: pairs {"instruction","input","prefered_output","rejected_output"} (also
+    /// preferred_output, chosen/rejected) or ranked lists {"instruction","input","responses":[best…worst]}
+    #[arg(long, num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Train only the top N blocks, the final norm and the head (Okapi's recipe: 12)
+    #[arg(long)]
+    pub unfrozen_layers: Option<usize>,
+    /// Margin m in −log σ(r_chosen − r_rejected − m)
+    #[arg(long, default_value_t = 0.0)]
+    pub margin: f64,
+    #[command(flatten)]
+    pub train: TrainFlags,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DpoArgs {
+    /// Starting policy (an SFT model); the frozen reference is this same model
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Ranking files, as for `reward`
+    #[arg(long, num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// β of the DPO loss
+    #[arg(long, default_value_t = 0.1)]
+    pub beta: f64,
+    /// Train only the top N blocks, the final norm and an untied LM head
+    #[arg(long)]
+    pub unfrozen_layers: Option<usize>,
+    #[command(flatten)]
+    pub train: TrainFlags,
+}
+
+/// Ranking files → tokenized prompt groups, with the skip counts in one line.
+pub fn load_groups(files: &[PathBuf], flags: &TrainFlags, recipe: &Recipe, tok: &Tokenizer, eos: u32) -> Result<(Vec<PromptGroup>, String), String> {
+    let langs = flags.langs()?;
+    let tpl = flags.template()?;
+    let enc = SftEncoding { max_len: flags.max_len(recipe)?, mask_prompt: true, eos };
+    let (records, mut stats) = load_rankings(files, langs.as_deref()).map_err(|e| e.to_string())?;
+    let mut groups = Vec::with_capacity(records.len());
+    for r in &records {
+        match encode_group(tok, &tpl, r, &enc).map_err(|e| format!("{}: {e}", r.origin))? {
+            Some(g) => groups.push(g),
+            None => stats.skipped_too_long += 1,
+        }
+    }
+    stats.kept = groups.len();
+    let pairs: usize = groups.iter().map(|g| g.pairs.len()).sum();
+    let summary = format!("{}; {pairs} pairs", stats.summary());
+    if groups.is_empty() {
+        return Err(format!("no ranking data after filtering ({summary})"));
+    }
+    Ok((groups, summary))
+}
+
+fn eos_pad<B: Backend>(model: &Model<B>) -> Result<(u32, u32), String> {
+    let eos = model.cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed to end responses", model.cfg.path.display()))?;
+    Ok((eos, model.cfg.pad_token_id.unwrap_or(eos)))
+}
+
+pub fn run_reward(a: RewardArgs) -> Result<(), String> {
+    let be = super::cpu_backend(a.train.backend)?;
+    let cfg = a.train.resolve(&RM_RECIPE)?;
+    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let device = be.name();
+    let model = Model::load_reward(be, &a.model, cfg.seed).map_err(|e| e.to_string())?;
+    let (eos, pad) = eos_pad(&model)?;
+    let (groups, summary) = load_groups(&a.data, &a.train, &RM_RECIPE, &tok, eos)?;
+    eprintln!("reward: {summary}");
+    let (tr, val) = split_val(groups, a.train.val_fraction, cfg.seed);
+    let mask = model.trainable_mask(a.unfrozen_layers).map_err(|e| e.to_string())?;
+    let n_train = mask.iter().zip(&model.info).filter(|(m, _)| **m).map(|(_, p)| p.numel()).sum::<usize>();
+    eprintln!("reward: {} on {device}: {} train / {} validation prompts; {n_train} of {} parameters train", a.model.display(), tr.len(), val.len(), model.n_params());
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "max_len": a.train.max_len(&RM_RECIPE)?, "unfrozen_layers": a.unfrozen_layers, "margin": a.margin, "langs": a.train.langs, "val_fraction": a.train.val_fraction });
+    write_json(&a.out.join("args.json"), &args_json("reward", &cfg, extra))?;
+    let mut obj = RewardObjective::new(&model, tr, val, cfg.batch_size, pad, a.margin);
+    let (_, s) = train(model, &|i| mask[i], &mut obj, &cfg, &a.out, &tok.path).map_err(|e| e.to_string())?;
+    eprintln!(
+        "reward: {} steps, loss {:.4} → {:.4}, accuracy {}{}; reward model saved in {}",
+        s.steps,
+        s.first_loss.unwrap_or(f64::NAN),
+        s.last_loss.unwrap_or(f64::NAN),
+        s.last_extra.get("accuracy").map(|v| v.to_string()).unwrap_or_default(),
+        s.val.as_ref().and_then(|v| v.get("val_accuracy")).map(|v| format!(", validation accuracy {v}")).unwrap_or_default(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub fn run_dpo(a: DpoArgs) -> Result<(), String> {
+    let be = super::cpu_backend(a.train.backend)?;
+    let cfg = a.train.resolve(&DPO_RECIPE)?;
+    if !(a.beta.is_finite() && a.beta > 0.0) {
+        return Err(format!("--beta {}: expected a positive number", a.beta));
+    }
+    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let device = be.name();
+    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    model.lm_head().map_err(|e| e.to_string())?;
+    let (eos, pad) = eos_pad(&model)?;
+    let (groups, summary) = load_groups(&a.data, &a.train, &DPO_RECIPE, &tok, eos)?;
+    eprintln!("dpo: {summary}");
+    let (tr, val) = split_val(groups, a.train.val_fraction, cfg.seed);
+    let mask = model.trainable_mask(a.unfrozen_layers).map_err(|e| e.to_string())?;
+    eprintln!("dpo: {} on {device}: {} train / {} validation prompts, β {}", a.model.display(), tr.len(), val.len(), a.beta);
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "max_len": a.train.max_len(&DPO_RECIPE)?, "unfrozen_layers": a.unfrozen_layers, "langs": a.train.langs, "val_fraction": a.train.val_fraction });
+    write_json(&a.out.join("args.json"), &args_json("dpo", &cfg, extra))?;
+    let mut obj = DpoObjective::new(&model, tr, val, cfg.batch_size, pad, a.beta).map_err(|e| e.to_string())?;
+    let (_, s) = train(model, &|i| mask[i], &mut obj, &cfg, &a.out, &tok.path).map_err(|e| e.to_string())?;
+    eprintln!(
+        "dpo: {} steps, loss {:.4} → {:.4}, reward accuracy {}; policy saved in {}",
+        s.steps,
+        s.first_loss.unwrap_or(f64::NAN),
+        s.last_loss.unwrap_or(f64::NAN),
+        s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    /// Reward model directory (ForSequenceClassification, one label)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Records to score: ranking records (every response) or instruction records (the output)
+    #[arg(long)]
+    pub data: PathBuf,
+    /// JSONL, one line per record: {"rewards": [one per response]} (stdout without)
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 768)]
+    pub max_len: usize,
+    #[arg(long, default_value = "auto")]
+    pub backend: okapi_runtime::BackendKind,
+}
+
+pub fn run_score(a: ScoreArgs) -> Result<(), String> {
+    let be = super::cpu_backend(a.backend)?;
+    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    if model.score.is_none() {
+        return Err(format!("{}: not a reward model (expected LlamaForSequenceClassification or BloomForSequenceClassification in config.json)", a.model.display()));
+    }
+    let (eos, pad) = eos_pad(&model)?;
+    let enc = SftEncoding { max_len: a.max_len, mask_prompt: true, eos };
+    let tpl = okapi_data::PromptTemplate::okapi();
+    let records = okapi_data::ranking::load_scoring_records(&a.data).map_err(|e| e.to_string())?;
+    let mut groups = Vec::with_capacity(records.len());
+    for r in &records {
+        let g = encode_group(&tok, &tpl, r, &enc).map_err(|e| format!("{}: {e}", r.origin))?.ok_or_else(|| format!("{}: the prompt does not fit --max-len {}", r.origin, a.max_len))?;
+        groups.push(g);
+    }
+    let batch = a.batch_size.max(1);
+    let rewards = RewardBufs::new(&model, &groups, batch, pad, 0.0).rewards(&model, &groups, batch).map_err(|e| e.to_string())?;
+    let lines: String = rewards.iter().map(|r| format!("{}\n", serde_json::json!({ "rewards": r }))).collect();
+    match &a.output {
+        Some(p) => write_text(p, &lines),
+        None => {
+            print!("{lines}");
+            Ok(())
+        }
+    }
+}
+
+fn write_text(p: &Path, text: &str) -> Result<(), String> {
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, p).map_err(|e| format!("{}: {e}", p.display()))
+}
