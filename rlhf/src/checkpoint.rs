@@ -95,6 +95,11 @@ pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
 
 /// Writes a checkpoint of `model`, `opt` and `state` under `out/checkpoint`.
 pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: &Path) -> Result<(), TrainError> {
+    save_with(out, model, opt, state, tokenizer, &[])
+}
+
+/// `save` plus extra files (name, bytes) written inside the checkpoint before it is swapped in.
+pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: &Path, extra_files: &[(String, Vec<u8>)]) -> Result<(), TrainError> {
     let tmp = out.join("checkpoint.tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -119,6 +124,10 @@ pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state:
     let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Msg(format!("optimizer state: {e}")))?;
     let p = tmp.join("optimizer.safetensors");
     std::fs::write(&p, bytes).map_err(io(&p))?;
+    for (name, bytes) in extra_files {
+        let p = tmp.join(name);
+        std::fs::write(&p, bytes).map_err(io(&p))?;
+    }
     let p = tmp.join("trainer_state.json");
     std::fs::write(&p, serde_json::to_string_pretty(state).unwrap()).map_err(io(&p))?;
     // swap: checkpoint → checkpoint.old, checkpoint.tmp → checkpoint, drop old

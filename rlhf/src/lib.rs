@@ -10,6 +10,7 @@ pub mod lm_loss;
 pub mod loglik;
 pub mod optim;
 pub mod pairwise;
+pub mod ppo;
 pub mod progress;
 pub mod reward;
 pub mod schedule;

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod init;
 pub mod loglik;
 pub mod pairs;
+pub mod ppo;
 pub mod sft;
 pub mod tokenizer;
 pub mod train_flags;
@@ -26,6 +27,8 @@ pub enum Command {
     Reward(pairs::RewardArgs),
     /// Rewards of records under a reward model.
     Score(pairs::ScoreArgs),
+    /// PPO against a reward model with an adaptive KL penalty (Okapi's RLHF).
+    Ppo(ppo::PpoArgs),
     /// Direct preference optimisation on ranking data.
     Dpo(pairs::DpoArgs),
     /// Train a byte-level BPE tokenizer on Okapi instruction files.
@@ -48,6 +51,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Reward(a) => pairs::run_reward(a),
         Command::Score(a) => pairs::run_score(a),
         Command::Dpo(a) => pairs::run_dpo(a),
+        Command::Ppo(a) => ppo::run(a),
         Command::Init(a) => init::run(a),
         Command::Loglik(a) => loglik::run(a),
         Command::Generate(a) => generate::run(a),

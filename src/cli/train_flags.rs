@@ -153,6 +153,18 @@ impl TrainFlags {
         Ok(m)
     }
 
+    /// `--adam-betas B1,B2`, each in [0, 1).
+    pub fn parse_betas(s: &str) -> Result<(f32, f32), String> {
+        let parse = |x: &str| x.trim().parse::<f32>().ok().filter(|b| (0.0..1.0).contains(b));
+        match s.split(',').collect::<Vec<_>>().as_slice() {
+            [a, b] => match (parse(a), parse(b)) {
+                (Some(a), Some(b)) => Ok((a, b)),
+                _ => Err(format!("--adam-betas {s}: expected B1,B2 with each in [0, 1)")),
+            },
+            _ => Err(format!("--adam-betas {s}: expected two numbers B1,B2")),
+        }
+    }
+
     /// Resolves the flags over a recipe, validating each.
     pub fn resolve(&self, r: &Recipe) -> Result<TrainConfig, String> {
         if self.precision != "f32" {
@@ -160,17 +172,7 @@ impl TrainFlags {
         }
         let betas = match &self.adam_betas {
             None => r.betas,
-            Some(s) => {
-                let parts: Vec<&str> = s.split(',').collect();
-                let parse = |x: &str| x.trim().parse::<f32>().ok().filter(|b| (0.0..1.0).contains(b));
-                match parts.as_slice() {
-                    [a, b] => match (parse(a), parse(b)) {
-                        (Some(a), Some(b)) => (a, b),
-                        _ => return Err(format!("--adam-betas {s}: expected B1,B2 with each in [0, 1)")),
-                    },
-                    _ => return Err(format!("--adam-betas {s}: expected two numbers B1,B2")),
-                }
-            }
+            Some(s) => Self::parse_betas(s)?,
         };
         let batch_size = self.batch_size.unwrap_or(r.batch_size);
         if batch_size == 0 || self.grad_accum == 0 {

@@ -1,0 +1,190 @@
+//! One PPO minibatch: the policy's log-probs and values on (prompt + response) sequences, the
+//! clipped policy and value losses (trlx), and their gradient into the model.
+
+use crate::lm_loss::LossBufs;
+use okapi_data::{collate, Example, IGNORE_LABEL};
+use okapi_model::{Acts, Grads, Model, ModelError, Scratch};
+use okapi_runtime::{Backend, IGNORE_INDEX};
+
+/// One rollout and everything PPO derives from it (per response token).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Rollout {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+    /// the reward model's score (before clipping)
+    pub score: f32,
+    pub old_logprobs: Vec<f32>,
+    pub ref_logprobs: Vec<f32>,
+    pub old_values: Vec<f32>,
+    pub rewards: Vec<f64>,
+    /// whitened advantages
+    pub advantages: Vec<f64>,
+    pub returns: Vec<f64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct PpoLossCfg {
+    pub cliprange: f64,
+    pub cliprange_value: f64,
+    pub vf_coef: f64,
+}
+
+/// Means over the minibatch's response tokens.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct PpoStats {
+    pub pg_loss: f64,
+    pub vf_loss: f64,
+    pub loss: f64,
+    pub approx_kl: f64,
+    pub clipfrac: f64,
+    pub entropy: f64,
+    pub tokens: usize,
+}
+
+/// Device buffers of policy evaluation and PPO updates for up to (cap_b, cap_t).
+pub struct PpoBufs<B: Backend> {
+    pub acts: Acts<B>,
+    scratch: Scratch<B>,
+    loss: LossBufs<B>,
+    targets: B::Ids,
+    logp: B::Buf,
+    greedy: B::Buf,
+    values: B::Buf,
+    dvalues: B::Buf,
+    pad: u32,
+}
+
+/// What a forward over rollouts gives, per rollout and response token.
+pub struct PolicyEval {
+    pub logprobs: Vec<Vec<f32>>,
+    pub values: Vec<Vec<f32>>,
+    pub entropy: Vec<Vec<f64>>,
+}
+
+impl<B: Backend> PpoBufs<B> {
+    pub fn new(model: &Model<B>, cap_b: usize, cap_t: usize, pad: u32) -> Self {
+        let be = &model.be;
+        let n = cap_b * cap_t;
+        PpoBufs {
+            acts: model.new_acts(cap_b, cap_t),
+            scratch: model.new_scratch(cap_b, cap_t),
+            loss: LossBufs::new(be, n),
+            targets: be.upload_ids(&vec![IGNORE_INDEX; n]),
+            logp: be.zeros(n),
+            greedy: be.zeros(n),
+            values: be.zeros(n),
+            dvalues: be.zeros(n),
+            pad,
+        }
+    }
+
+    /// Forward over the rollouts' sequences: log-probs (and values when the model has a value
+    /// head, entropies when asked) at each response token a_t, read at the position p−1+t that
+    /// predicts it. Returns the targets used (flat, (B,T)).
+    pub fn eval(&mut self, model: &Model<B>, rollouts: &[&Rollout], entropy: bool) -> Result<(PolicyEval, Vec<u32>, usize), ModelError> {
+        let seqs: Vec<Example> = rollouts
+            .iter()
+            .map(|r| {
+                let ids: Vec<u32> = r.prompt.iter().chain(&r.response).copied().collect();
+                let labels = ids.iter().enumerate().map(|(i, &x)| if i < r.prompt.len() { IGNORE_LABEL } else { x as i64 }).collect();
+                Example { ids, labels, prompt_len: r.prompt.len() }
+            })
+            .collect();
+        let batch = collate(&seqs.iter().collect::<Vec<_>>(), self.pad);
+        let (b, t) = (batch.b, batch.t);
+        model.forward(&mut self.acts, &batch.ids, b, t)?;
+        let be = &model.be;
+        let mut targets = vec![IGNORE_INDEX; b * t];
+        for (i, r) in rollouts.iter().enumerate() {
+            for (k, &a) in r.response.iter().enumerate() {
+                targets[i * t + r.prompt.len() - 1 + k] = a;
+            }
+        }
+        be.write_ids(&mut self.targets, &targets);
+        be.token_logprobs(&mut self.logp, &mut self.greedy, &self.acts.logits, &self.targets, b * t, model.cfg.vocab_size);
+        let lp = be.read(&self.logp, b * t);
+        let vals = if model.value_head.is_some() {
+            model.value_fwd(&self.acts, &mut self.values)?;
+            Some(be.read(&self.values, b * t))
+        } else {
+            None
+        };
+        let logits = if entropy { Some(be.read(&self.acts.logits, b * t * model.cfg.vocab_size)) } else { None };
+        let v = model.cfg.vocab_size;
+        let span = |i: usize, r: &Rollout| i * t + r.prompt.len() - 1..i * t + r.prompt.len() - 1 + r.response.len();
+        let mut out = PolicyEval { logprobs: vec![], values: vec![], entropy: vec![] };
+        for (i, r) in rollouts.iter().enumerate() {
+            out.logprobs.push(lp[span(i, r)].to_vec());
+            if let Some(vals) = &vals {
+                out.values.push(vals[span(i, r)].to_vec());
+            }
+            if let Some(lg) = &logits {
+                out.entropy.push(span(i, r).map(|p| row_entropy(&lg[p * v..(p + 1) * v])).collect());
+            }
+        }
+        Ok((out, targets, t))
+    }
+
+    /// Loss of one minibatch under the current policy, and its gradient accumulated into `grads`.
+    pub fn minibatch(&mut self, model: &Model<B>, rollouts: &[&Rollout], cfg: &PpoLossCfg, grads: &mut Grads<B>) -> Result<PpoStats, ModelError> {
+        let (ev, targets, t) = self.eval(model, rollouts, true)?;
+        let b = rollouts.len();
+        let n_tok: usize = rollouts.iter().map(|r| r.response.len()).sum();
+        let inv = 1.0 / n_tok.max(1) as f64;
+        let mut st = PpoStats { tokens: n_tok, ..Default::default() };
+        let mut coef = vec![0f32; b * t];
+        let mut dvalues = vec![0f32; b * t];
+        for (i, r) in rollouts.iter().enumerate() {
+            for k in 0..r.response.len() {
+                let (lp, old, a) = (ev.logprobs[i][k] as f64, r.old_logprobs[k] as f64, r.advantages[k]);
+                let log_ratio = lp - old;
+                let ratio = log_ratio.exp();
+                let unclipped = -a * ratio;
+                let clipped = -a * ratio.clamp(1.0 - cfg.cliprange, 1.0 + cfg.cliprange);
+                st.pg_loss += unclipped.max(clipped) * inv;
+                // ∂/∂logπ of max(−Aρ, −A·clip(ρ)): the unclipped branch when it is the max
+                // (the clipped one is flat wherever it is strictly larger)
+                let dlp = if unclipped >= clipped { -a * ratio * inv } else { 0.0 };
+                st.approx_kl += ((ratio - 1.0) - log_ratio) * inv;
+                st.clipfrac += ((ratio - 1.0).abs() > cfg.cliprange) as u8 as f64 * inv;
+                st.entropy += ev.entropy[i][k] * inv;
+                let (v, v_old, ret) = (ev.values[i][k] as f64, r.old_values[k] as f64, r.returns[k]);
+                let v_clipped = v_old + (v - v_old).clamp(-cfg.cliprange_value, cfg.cliprange_value);
+                let (l1, l2) = ((v - ret).powi(2), (v_clipped - ret).powi(2));
+                st.vf_loss += 0.5 * l1.max(l2) * inv;
+                let dv = if l1 >= l2 {
+                    v - ret
+                } else if (v - v_old).abs() < cfg.cliprange_value {
+                    v_clipped - ret
+                } else {
+                    0.0
+                };
+                let p = i * t + r.prompt.len() - 1 + k;
+                // the cross-entropy kernel with weight −∂L/∂logπ leaves ∂L/∂logits
+                coef[p] = -dlp as f32;
+                dvalues[p] = (cfg.vf_coef * dv * inv) as f32;
+            }
+        }
+        st.loss = st.pg_loss + cfg.vf_coef * st.vf_loss;
+        let be = &model.be;
+        be.write_ids(&mut self.targets, &targets);
+        be.write(self.loss.coef_mut(), &coef);
+        self.loss.xent_in_place(model, &mut self.acts, &self.targets, b * t);
+        model.lm_head_bwd(&self.acts, &mut self.scratch, grads);
+        be.write(&mut self.dvalues, &dvalues);
+        model.value_bwd(&self.acts, &mut self.scratch, grads, &self.dvalues)?;
+        model.backward_hidden(&self.acts, &mut self.scratch, grads);
+        Ok(st)
+    }
+}
+
+/// −Σ p log p of a logits row.
+fn row_entropy(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+    let lz = z.ln();
+    row.iter().map(|&x| {
+        let lp = x as f64 - max - lz;
+        -lp.exp() * lp
+    }).sum()
+}
