@@ -2,6 +2,7 @@
 //! Okapi's data formats and prompt template, SFT examples and batches, record files with errors
 //! that name the file and line, and the bundled multilingual data.
 
+pub mod assets;
 pub mod bpe;
 pub mod instruct;
 pub mod ranking;

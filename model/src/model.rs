@@ -263,13 +263,6 @@ impl<B: Backend> Model<B> {
             (0..cfg.hidden_size).map(|_| (rng.normal() * std) as f32).collect::<Vec<f32>>()
         });
         cfg.head = Head::Score;
-        if cfg.pad_token_id.is_none() {
-            // transformers' sequence classification needs a pad id to find the last token
-            cfg.pad_token_id = cfg.eos_token_id;
-            if let (Some(o), Some(eos)) = (cfg.raw.as_object_mut(), cfg.eos_token_id) {
-                o.insert("pad_token_id".into(), eos.into());
-            }
-        }
         Self::from_checkpoint_with(be, cfg, &ckpt, fresh)
     }
 
@@ -321,6 +314,16 @@ impl<B: Backend> Model<B> {
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
         Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi }
+    }
+
+    /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification
+    /// scores the last token that is not padding, so a reward model needs a pad id distinct from
+    /// EOS for transformers to read the EOS as okapi does.
+    pub fn set_pad_token(&mut self, pad: u32) {
+        self.cfg.pad_token_id = Some(pad);
+        if let Some(o) = self.cfg.raw.as_object_mut() {
+            o.insert("pad_token_id".into(), pad.into());
+        }
     }
 
     /// Parameter `i` on the host.

@@ -8,6 +8,7 @@ use okapi_data::bpe::{save_tokenizer, train_bpe};
 use okapi_data::template::{OKAPI_PROMPT_INPUT, OKAPI_PROMPT_NO_INPUT};
 use okapi_data::{encode_example, load_instructions, InstructRecord, PromptTemplate, SftEncoding, Tokenizer};
 use okapi_model::{preset_config, Arch, DType, Model};
+use okapi_rlhf::trainer::Objective;
 use okapi_rlhf::{generate, run_sft, AdamWConfig, Sampling, ScheduleKind, TrainConfig};
 use okapi_runtime::{Backend, BackendKind};
 use std::path::{Path, PathBuf};
@@ -22,8 +23,14 @@ pub struct DemoArgs {
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
     /// SFT epochs over the bundled data
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 5)]
     pub epochs: u64,
+    /// RLHF after SFT: ppo (Okapi: reward model + PPO), dpo, or none
+    #[arg(long, default_value = "ppo")]
+    pub method: String,
+    /// PPO iterations
+    #[arg(long, default_value_t = 6)]
+    pub ppo_iterations: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 }
@@ -38,7 +45,22 @@ fn io(p: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
 }
 
 pub fn run(a: DemoArgs) -> Result<(), String> {
+    if !matches!(a.method.as_str(), "ppo" | "dpo" | "none") {
+        return Err(format!("--method {}: expected ppo, dpo or none", a.method));
+    }
     run_on(super::cpu_backend(a.backend)?, &a)
+}
+
+/// Mean of the first and of the last `k` values of a metric in a metrics.jsonl.
+fn first_last_mean(path: &Path, key: &str, k: usize) -> (f64, f64) {
+    let vals: Vec<f64> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get(key)?.as_f64())
+        .collect();
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let k = k.min(vals.len()).max(1);
+    (mean(&vals[..k.min(vals.len())]), mean(&vals[vals.len().saturating_sub(k)..]))
 }
 
 fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
@@ -116,7 +138,9 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     super::sft::write_json(&sft_dir.join("args.json"), &args_json("demo sft", &train_cfg, extra))?;
     println!("sft: {} examples, {} epochs, batch 8, lr 3e-3 cosine; loss starts near ln V = {:.2}", examples.len(), a.epochs, (tok.vocab_size() as f64).ln());
     let summary = run_sft(model, &tok_path, examples, vec![], &train_cfg, &sft_dir, pad).map_err(|e| e.to_string())?;
-    println!("sft: {} steps, loss {:.3} → {:.3}", summary.steps, summary.first_loss.unwrap_or(f64::NAN), summary.last_loss.unwrap_or(f64::NAN));
+    let (l0, l1) = first_last_mean(&sft_dir.join("metrics.jsonl"), "loss", 10);
+    println!("sft: {} steps in {:.0} s; loss {:.3} → {:.3} (mean of the first and last 10 steps: {l0:.3} → {l1:.3})", summary.steps, t0.elapsed().as_secs_f64(), summary.first_loss.unwrap_or(f64::NAN), summary.last_loss.unwrap_or(f64::NAN));
+    let mut report = vec![format!("SFT      loss {l0:.2} → {l1:.2} (ln V = {:.2})", (tok.vocab_size() as f64).ln())];
 
     // 5. held-out instructions in three scripts
     let tuned = Model::load(be, &sft_dir).map_err(|e| e.to_string())?;
@@ -129,6 +153,146 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
         println!("     ### Response: {}", text.trim());
         println!("     (reference: {})", r.output);
     }
-    println!("\ndemo finished in {:.0} s; models in {} (init/, sft/)", t0.elapsed().as_secs_f64(), a.out.display());
+    match a.method.as_str() {
+        "ppo" => report.extend(rlhf_ppo(&be_of(&tuned), a, &sft_dir, &tok_path, &tok, eos, pad)?),
+        "dpo" => report.extend(rlhf_dpo(&be_of(&tuned), a, &sft_dir, &tok_path, &tok, eos, pad)?),
+        _ => {}
+    }
+    println!("\n== okapi demo summary ==");
+    for line in &report {
+        println!("{line}");
+    }
+    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/)", t0.elapsed().as_secs_f64(), a.out.display());
     Ok(())
+}
+
+fn be_of<B: Backend>(m: &Model<B>) -> B {
+    m.be.clone()
+}
+
+/// The bundled ranking data as Okapi files, tokenized into prompt groups.
+fn ranking_groups(a: &DemoArgs, tok: &Tokenizer, eos: u32) -> Result<Vec<okapi_data::PromptGroup>, String> {
+    let dir = a.out.join("data/ranking");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let mut files = Vec::new();
+    for Asset { lang, text, .. } in assets::RANKING {
+        let p = dir.join(format!("{lang}.json"));
+        std::fs::write(&p, text).map_err(io(&p))?;
+        files.push(p);
+    }
+    let (recs, _) = okapi_data::load_rankings(&files, None).map_err(|e| e.to_string())?;
+    let enc = SftEncoding { max_len: MAX_LEN, mask_prompt: true, eos };
+    let tpl = PromptTemplate::okapi();
+    let mut groups = Vec::new();
+    for r in &recs {
+        if let Some(g) = okapi_data::encode_group(tok, &tpl, r, &enc).map_err(|e| e.to_string())? {
+            groups.push(g);
+        }
+    }
+    Ok(groups)
+}
+
+fn demo_train_cfg(a: &DemoArgs, epochs: u64, batch: usize, lr: f64, eval_every: Option<u64>) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        max_steps: None,
+        batch_size: batch,
+        grad_accum: 1,
+        lr,
+        schedule: ScheduleKind::Cosine,
+        warmup_steps: 2,
+        adam: AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 },
+        max_grad_norm: 1.0,
+        seed: a.seed,
+        shuffle: true,
+        eval_every,
+        save_every: None,
+        save_dtype: Some(DType::F32),
+        log_every: 5,
+        resume: None,
+    }
+}
+
+/// Reward model on the bundled rankings, then PPO on the bundled RL prompts.
+#[allow(clippy::too_many_arguments)]
+fn rlhf_ppo<B: Backend>(be: &B, a: &DemoArgs, sft_dir: &Path, tok_path: &Path, tok: &Tokenizer, eos: u32, pad: u32) -> Result<Vec<String>, String> {
+    use okapi_rlhf::ppo::{kl::KlController, run_ppo, PpoConfig, PpoIo, PpoLossCfg};
+    let t = Instant::now();
+    let groups = ranking_groups(a, tok, eos)?;
+    let (train, val) = okapi_rlhf::split_val(groups, 0.15, a.seed);
+    println!("\nreward model: {} training / {} held-out prompts ({} / {} pairs), from the SFT model", train.len(), val.len(), train.iter().map(|g| g.pairs.len()).sum::<usize>(), val.iter().map(|g| g.pairs.len()).sum::<usize>());
+    let rm0 = Model::load_reward(be.clone(), sft_dir, a.seed).map_err(|e| e.to_string())?;
+    let rm_dir = a.out.join("rm");
+    let cfg = demo_train_cfg(a, 3, 8, 1e-3, Some(10));
+    let mut obj = okapi_rlhf::RewardObjective::new(&rm0, train, val, cfg.batch_size, pad, 0.0);
+    let (rm, s) = okapi_rlhf::trainer::train(rm0, &|_| true, &mut obj, &cfg, &rm_dir, tok_path).map_err(|e| e.to_string())?;
+    let val_acc = obj.validate(&rm).map_err(|e| e.to_string())?.and_then(|m| m.get("val_accuracy").and_then(|v| v.as_f64())).unwrap_or(f64::NAN);
+    println!("reward model: {} steps in {:.0} s, train accuracy {}, held-out pairwise accuracy {val_acc:.3} (chance 0.5)", s.steps, t.elapsed().as_secs_f64(), s.last_extra.get("accuracy").map(|v| v.to_string()).unwrap_or_default());
+    let mut report = vec![format!("RM       held-out pairwise accuracy {val_acc:.3} (chance 0.500)")];
+
+    let t = Instant::now();
+    let prompt_dir = a.out.join("data/rl");
+    std::fs::create_dir_all(&prompt_dir).map_err(io(&prompt_dir))?;
+    let mut files = Vec::new();
+    for Asset { lang, text, .. } in assets::RL_PROMPTS {
+        let p = prompt_dir.join(format!("{lang}.json"));
+        std::fs::write(&p, text).map_err(io(&p))?;
+        files.push(p);
+    }
+    let (recs, _) = load_instructions(&files, None, false).map_err(|e| e.to_string())?;
+    let tpl = PromptTemplate::okapi();
+    let prompts: Vec<Vec<u32>> = recs.iter().map(|r| tok.encode(&tpl.prompt(&r.instruction, &r.input), true)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let mut policy = Model::load(be.clone(), sft_dir).map_err(|e| e.to_string())?;
+    let reference = Model::load(be.clone(), sft_dir).map_err(|e| e.to_string())?;
+    let mut rng = okapi_model::Rng::new(a.seed ^ 0x7A1E);
+    let w: Vec<f32> = (0..policy.cfg.hidden_size).map(|_| (rng.normal() * 0.02) as f32).collect();
+    policy.add_value_head(&w, 0.0);
+    let mask = vec![true; policy.info.len()];
+    let cfg = PpoConfig {
+        iterations: a.ppo_iterations,
+        rollouts: 32,
+        chunk_size: 16,
+        ppo_epochs: 4,
+        minibatch: 8,
+        sampling: Sampling { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 32, seed: a.seed },
+        kl: KlController { beta: 0.1, target: Some(6.0), horizon: 10000.0 },
+        gamma: 1.0,
+        lam: 0.95,
+        loss: PpoLossCfg { cliprange: 0.2, cliprange_value: 0.2, vf_coef: 1.0 },
+        reward_clip: 10.0,
+        lr: 2e-4,
+        adam: AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 },
+        max_grad_norm: 1.0,
+        seed: a.seed,
+        save_every: None,
+        samples_every: 2,
+        save_dtype: Some(DType::F32),
+        log_every: 1,
+    };
+    println!("\nppo: {} prompts in 27 languages, {} iterations of {} rollouts (≤ {} new tokens), 4 PPO epochs, adaptive KL (β₀ 0.1, target 6)", prompts.len(), cfg.iterations, cfg.rollouts, cfg.sampling.max_new_tokens);
+    let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
+    let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
+    let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad: pad, tokenizer: tok_path };
+    let (_, s) = run_ppo(policy, &mask, &reference, &rm, &prompts, &cfg, &io_, &a.out.join("ppo")).map_err(|e| e.to_string())?;
+    let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
+    let kmax = s.kls.iter().cloned().fold(0.0, f64::max);
+    println!("ppo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}, KL to the SFT model at most {kmax:.3}", s.iterations, t.elapsed().as_secs_f64());
+    report.push(format!("PPO      mean reward {s0:.3} → {s1:.3} over {} iterations; KL ≤ {kmax:.3} nats", s.iterations));
+    Ok(report)
+}
+
+/// DPO on the bundled rankings instead of RM + PPO.
+#[allow(clippy::too_many_arguments)]
+fn rlhf_dpo<B: Backend>(be: &B, a: &DemoArgs, sft_dir: &Path, tok_path: &Path, tok: &Tokenizer, eos: u32, pad: u32) -> Result<Vec<String>, String> {
+    let t = Instant::now();
+    let groups = ranking_groups(a, tok, eos)?;
+    let (train, val) = okapi_rlhf::split_val(groups, 0.15, a.seed);
+    let policy = Model::load(be.clone(), sft_dir).map_err(|e| e.to_string())?;
+    let cfg = demo_train_cfg(a, 2, 8, 3e-4, Some(5));
+    println!("\ndpo: {} training / {} held-out prompts, β 0.1", train.len(), val.len());
+    let mut obj = okapi_rlhf::DpoObjective::new(&policy, train, val, cfg.batch_size, pad, 0.1).map_err(|e| e.to_string())?;
+    let (_, s) = okapi_rlhf::trainer::train(policy, &|_| true, &mut obj, &cfg, &a.out.join("dpo"), tok_path).map_err(|e| e.to_string())?;
+    let va = s.val.as_ref().and_then(|v| v.get("val_reward_accuracy")).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    println!("dpo: {} steps in {:.0} s, loss {:.3} → {:.3}, held-out reward accuracy {va:.3}", s.steps, t.elapsed().as_secs_f64(), s.first_loss.unwrap_or(f64::NAN), s.last_loss.unwrap_or(f64::NAN));
+    Ok(vec![format!("DPO      loss {:.3} → {:.3}; held-out reward accuracy {va:.3} (chance 0.500)", s.first_loss.unwrap_or(f64::NAN), s.last_loss.unwrap_or(f64::NAN))])
 }

@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod generate;
+pub mod demo;
 pub mod init;
 pub mod loglik;
 pub mod pairs;
@@ -21,6 +22,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The whole pipeline on the bundled multilingual data (the README's main command).
+    Demo(demo::DemoArgs),
     /// Supervised fine-tuning on Okapi instruction files.
     Sft(sft::SftArgs),
     /// Reward model from ranked responses (pairs or ranked lists).
@@ -46,6 +49,7 @@ pub enum Command {
 /// Runs a parsed command; `Err` is the one line printed before exiting with status 1.
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Sft(a) => sft::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
         Command::Reward(a) => pairs::run_reward(a),

@@ -83,7 +83,15 @@ pub fn run_reward(a: RewardArgs) -> Result<(), String> {
     let cfg = a.train.resolve(&RM_RECIPE)?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let device = be.name();
-    let model = Model::load_reward(be, &a.model, cfg.seed).map_err(|e| e.to_string())?;
+    let mut model = Model::load_reward(be, &a.model, cfg.seed).map_err(|e| e.to_string())?;
+    let (eos, _) = eos_pad(&model)?;
+    if model.cfg.pad_token_id.is_none_or(|p| p == eos) {
+        // transformers scores the last non-pad token: with pad == EOS it would skip the EOS
+        match tok.token_to_id("<pad>").filter(|&p| p != eos) {
+            Some(p) => model.set_pad_token(p),
+            None => eprintln!("reward: warning: no pad token distinct from EOS; transformers will score the token before the EOS"),
+        }
+    }
     let (eos, pad) = eos_pad(&model)?;
     let (groups, summary) = load_groups(&a.data, &a.train, &RM_RECIPE, &tok, eos)?;
     eprintln!("reward: {summary}");

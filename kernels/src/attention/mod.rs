@@ -75,9 +75,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Scores of one query row against its visible keys into `s`, returns (max, lse).
+/// Scores of one query row against its visible keys into `s`; returns their maximum.
 #[allow(clippy::too_many_arguments)]
-fn row_scores(s: &mut [f32], qrow: &[f32], k: &[f32], sh: &AttnShape, b: usize, g: usize, slope: f32, n_vis: usize) -> (f32, f32) {
+fn row_scores(s: &mut [f32], qrow: &[f32], k: &[f32], sh: &AttnShape, b: usize, g: usize, slope: f32, n_vis: usize) -> f32 {
     let (d, kw) = (sh.head_dim, sh.n_kv_heads * sh.head_dim);
     let mut max = f32::NEG_INFINITY;
     for (j, sj) in s[..n_vis].iter_mut().enumerate() {
@@ -85,8 +85,7 @@ fn row_scores(s: &mut [f32], qrow: &[f32], k: &[f32], sh: &AttnShape, b: usize, 
         *sj = sh.scale * dot(qrow, krow) + slope * j as f32;
         max = max.max(*sj);
     }
-    let sum: f64 = s[..n_vis].iter().map(|&x| (x - max).exp() as f64).sum();
-    (max, max + sum.ln() as f32)
+    max
 }
 
 /// out = softmax(scores)·v (`=`), lse saved (`=`). Rows with no visible key give 0 and -inf.
@@ -120,10 +119,17 @@ pub fn attention_fwd(
                 }
                 let qrow = &q[row * hq * d + h * d..][..d];
                 let slope = alibi.map_or(0.0, |a| a[h]);
-                let (_, l) = row_scores(s, qrow, k, sh, b, g, slope, n_vis);
-                lrow[h] = l;
-                for (j, &sj) in s[..n_vis].iter().enumerate() {
-                    let p = (sj - l).exp();
+                let max = row_scores(s, qrow, k, sh, b, g, slope, n_vis);
+                // s[j] ← exp(s_j − max), once; p_j = s[j] / Σ
+                let mut sum = 0f64;
+                for x in s[..n_vis].iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x as f64;
+                }
+                lrow[h] = max + sum.ln() as f32;
+                let inv = (1.0 / sum) as f32;
+                for (j, &e) in s[..n_vis].iter().enumerate() {
+                    let p = e * inv;
                     let vrow = &v[(b * sh.tk + j) * kw + g * d..][..d];
                     for (o, &vv) in o.iter_mut().zip(vrow) {
                         *o += p * vv;
@@ -183,10 +189,11 @@ pub fn attention_bwd(
                         let (krow, vrow) = (&k[(b * sh.tk + j) * kw + g * d..][..d], &v[(b * sh.tk + j) * kw + g * d..][..d]);
                         let dp = dot(dorow, vrow);
                         let ds = p * (dp - di) * sh.scale;
-                        for x in 0..d {
-                            dq_row[x] += ds * krow[x];
-                            dk_loc[j * d + x] += ds * qrow[x];
-                            dv_loc[j * d + x] += p * dorow[x];
+                        let (dk_j, dv_j) = (&mut dk_loc[j * d..(j + 1) * d], &mut dv_loc[j * d..(j + 1) * d]);
+                        for ((((dq, dk), dv), (&kx, &qx)), &dox) in dq_row.iter_mut().zip(dk_j.iter_mut()).zip(dv_j.iter_mut()).zip(krow.iter().zip(qrow)).zip(dorow) {
+                            *dq += ds * kx;
+                            *dk += ds * qx;
+                            *dv += p * dox;
                         }
                     }
                 }

@@ -45,6 +45,21 @@ impl EvalSource {
     }
 }
 
+/// The eval sets bundled in the binary (`okapi_data::assets`: m_arc, m_hellaswag, m_mmlu; none
+/// for TruthfulQA), one source per language — what `okapi-train demo` evaluates, e.g.
+/// `run_eval(&model, &tok, &EvalConfig { num_fewshot: Some(0), ..EvalConfig::new(Task::Arc) },
+/// &bundled_sources(Task::Arc), &[])?.table()`.
+pub fn bundled_sources(task: Task) -> Vec<EvalSource> {
+    use okapi_data::assets::{EVAL_ARC, EVAL_HELLASWAG, EVAL_MMLU};
+    let set: &[okapi_data::assets::Asset] = match task {
+        Task::Arc => EVAL_ARC,
+        Task::Hellaswag => EVAL_HELLASWAG,
+        Task::Mmlu => EVAL_MMLU,
+        Task::TruthfulQa => &[],
+    };
+    set.iter().map(|a| EvalSource { name: a.name.to_string(), lang: Some(a.lang.to_string()), text: a.text.to_string() }).collect()
+}
+
 /// How to run a task.
 #[derive(Clone, Debug)]
 pub struct EvalConfig {
