@@ -126,7 +126,8 @@ pub fn run(a: PpoArgs) -> Result<(), String> {
     let save_dtype = a.save_dtype.as_deref().map(|s| DType::parse(s).ok_or_else(|| format!("--save-dtype {s}: expected f32, bf16 or f16"))).transpose()?;
     let tok = Tokenizer::load(&a.policy).map_err(err)?;
     let rm_tok = Tokenizer::load(&a.reward).map_err(err)?;
-    let same_tokenizer = tok.inner().get_vocab(true) == rm_tok.inner().get_vocab(true);
+    // the same tokenizer: same vocabulary, merges, pre- and post-processing
+    let same_tokenizer = tok.inner().to_string(false).ok() == rm_tok.inner().to_string(false).ok();
     if !same_tokenizer && !a.retokenize {
         return Err(format!(
             "{}: the reward model's tokenizer differs from the policy's ({}): pass --retokenize to score responses by their text",

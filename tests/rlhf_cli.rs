@@ -1,0 +1,143 @@
+//! `reward`, `dpo`, `ppo` and `score` through the binary: skipped records counted, bad input as
+//! one clear error, a reward model with another tokenizer, divergence.
+
+mod common;
+
+use common::fixture;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("okapi-rlhfcli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn one_line_error(o: &Output, needles: &[&str]) {
+    let e = err(o);
+    assert!(!o.status.success(), "expected a failure: {e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    for n in needles {
+        assert!(lines[0].contains(n), "`{n}` not in {}", lines[0]);
+    }
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Ranking records that must be skipped, and ones that train.
+fn messy_rankings(dir: &Path) -> PathBuf {
+    let f = dir.join("vi.jsonl");
+    std::fs::write(
+        &f,
+        [
+            r#"{"instruction": "Chào", "input": "", "prefered_output": "Xin chào bạn!", "rejected_output": "Không."}"#,
+            r#"{"instruction": "Same", "input": "", "chosen": "A", "rejected": "A"}"#,
+            r#"{"instruction": "Empty", "input": "", "chosen": "", "rejected": "B"}"#,
+            r#"{"instruction": "One", "input": "", "responses": ["only one"]}"#,
+            r#"{"instruction": "Rank", "input": "", "responses": ["best answer", "ok", "bad", "wrong"]}"#,
+            r#"{"instruction": "Long", "input": "an input makes this prompt longer than the max length", "chosen": "x", "rejected": "y"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    f
+}
+
+#[test]
+fn reward_counts_what_it_skips_and_trains_on_the_rest() {
+    let dir = tmp("rm-skip");
+    let data = messy_rankings(&dir);
+    let out = dir.join("rm");
+    let o = run(&["reward", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&out), "--max-steps", "1", "--max-len", "150", "--lr", "1e-4"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let e = err(&o);
+    let line = e.lines().find(|l| l.starts_with("reward: 6 ranking records read")).unwrap_or_else(|| panic!("{e}"));
+    for want in ["2 kept", "1 with fewer than 2 responses", "1 with an empty response", "1 with identical responses", "1 prompts that do not fit --max-len", "7 pairs"] {
+        assert!(line.contains(want), "`{want}` not in {line}");
+    }
+    let m: serde_json::Value = serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(m["pairs"], 7);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_ranking_input_is_one_clear_error() {
+    let dir = tmp("rm-bad");
+    let only_bad = dir.join("bad.json");
+    std::fs::write(&only_bad, r#"[{"instruction": "Same", "input": "", "chosen": "A", "rejected": "A"}]"#).unwrap();
+    one_line_error(&run(&["reward", "--model", p(&fixture("llama_gqa")), "--data", p(&only_bad), "--out", p(&dir.join("o"))]), &["no ranking data after filtering", "identical"]);
+    let shapeless = dir.join("shape.json");
+    std::fs::write(&shapeless, r#"[{"instruction": "x", "input": "", "output": "y"}]"#).unwrap();
+    one_line_error(&run(&["dpo", "--model", p(&fixture("llama_gqa")), "--data", p(&shapeless), "--out", p(&dir.join("o"))]), &["shape.json", "#1", "prefered_output"]);
+    let data = messy_rankings(&dir);
+    one_line_error(&run(&["dpo", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&dir.join("o")), "--beta", "0"]), &["--beta"]);
+    one_line_error(&run(&["reward", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&dir.join("o")), "--unfrozen-layers", "9"]), &["--unfrozen-layers 9", "2 layers"]);
+    one_line_error(&run(&["score", "--model", p(&fixture("llama_gqa")), "--data", p(&data)]), &["not a reward model"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tiny policy whose positions fit the Okapi prompt, and a reward model with the BLOOM
+/// fixture's tokenizer (no BOS post-processor: another tokenizer).
+fn policy_and_foreign_rm(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let policy = dir.join("policy");
+    let o = run(&["init", "--arch", "llama", "--preset", "tiny", "--tokenizer", p(&fixture("llama_gqa").join("tokenizer.json")), "--out", p(&policy), "--seed", "3"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let rm = dir.join("rm");
+    let o = run(&["reward", "--model", p(&fixture("bloom_6h")), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"instruction\": \"Say hi\", \"input\": \"\"}\n{\"instruction\": \"Đếm đến ba\", \"input\": \"\"}\n").unwrap();
+    (policy, rm, prompts)
+}
+
+#[test]
+fn ppo_refuses_a_reward_model_with_another_tokenizer_unless_retokenize() {
+    let dir = tmp("ppo-tok");
+    let (policy, rm, prompts) = policy_and_foreign_rm(&dir);
+    let out = dir.join("ppo");
+    let base = ["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "6"];
+    one_line_error(&run(&base), &["tokenizer differs", "--retokenize"]);
+    let mut args = base.to_vec();
+    args.push("--retokenize");
+    let o = run(&args);
+    assert!(o.status.success(), "{}", err(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for key in ["score_mean", "score_std", "kl", "beta", "entropy", "pg_loss", "vf_loss", "clipfrac", "approx_kl", "response_len", "rollout_tokens_per_s", "time_generate_s", "time_score_s", "time_update_s"] {
+        assert!(lines[1][key].as_f64().is_some_and(f64::is_finite), "metrics.jsonl lacks {key}: {}", lines[1]);
+    }
+    assert!(out.join("value_head.safetensors").exists() && out.join("model.safetensors").exists() && out.join("samples.jsonl").exists());
+    // the saved policy is a plain HF causal LM: the value head is beside it, not inside
+    let m = okapi::model::Model::load(okapi::runtime::CpuBackend, &out).unwrap();
+    assert!(m.value_head.is_none() && m.lm_head.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ppo_divergence_stops_with_a_clear_message() {
+    let dir = tmp("ppo-nan");
+    let (policy, _, prompts) = policy_and_foreign_rm(&dir);
+    let rm = dir.join("rm-same");
+    let o = run(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let out = dir.join("ppo");
+    let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "3", "--rollouts", "4", "--chunk-size", "4", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--lr", "1e30", "--max-grad-norm", "0"]);
+    one_line_error(&o, &["iteration", "stopping"]);
+    assert!(!out.join("model.safetensors").exists(), "no model from a diverged run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
