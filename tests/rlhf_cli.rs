@@ -141,3 +141,26 @@ fn ppo_divergence_stops_with_a_clear_message() {
     assert!(!out.join("model.safetensors").exists(), "no model from a diverged run");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ppo_with_a_separate_critic_from_the_reward_model() {
+    let dir = tmp("ppo-critic");
+    let (policy, _, prompts) = policy_and_foreign_rm(&dir);
+    let rm = dir.join("rm-same");
+    let o = run(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let out = dir.join("ppo");
+    let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", "separate", "--unfrozen-layers", "2"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let last: serde_json::Value = serde_json::from_str(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().last().unwrap()).unwrap();
+    assert!(last["vf_loss"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{last}");
+    // the critic is saved as a reward-model directory with its value head; the policy has none
+    let critic = okapi::model::Model::load(okapi::runtime::CpuBackend, &out.join("critic")).unwrap();
+    assert!(critic.score.is_some() && out.join("critic/value_head.safetensors").exists());
+    assert!(!out.join("value_head.safetensors").exists());
+    // the critic's trunk moved (it trains), its score head did not
+    let rm0 = okapi::model::Model::load(okapi::runtime::CpuBackend, &rm).unwrap();
+    assert_eq!(critic.host_value(critic.score.unwrap()), rm0.host_value(rm0.score.unwrap()));
+    assert_ne!(critic.host_value(critic.ln_f.w), rm0.host_value(rm0.ln_f.w));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -273,7 +273,7 @@ fn rlhf_ppo<B: Backend>(be: &B, a: &DemoArgs, sft_dir: &Path, tok_path: &Path, t
     let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
     let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
     let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad: pad, tokenizer: tok_path };
-    let (_, s) = run_ppo(policy, &mask, &reference, &rm, &prompts, &cfg, &io_, &a.out.join("ppo")).map_err(|e| e.to_string())?;
+    let (_, s) = run_ppo(policy, &mask, &reference, &rm, &prompts, &cfg, &io_, &a.out.join("ppo"), None).map_err(|e| e.to_string())?;
     let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
     let kmax = s.kls.iter().cloned().fold(0.0, f64::max);
     println!("ppo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}, KL to the SFT model at most {kmax:.3}", s.iterations, t.elapsed().as_secs_f64());

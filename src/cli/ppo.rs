@@ -110,8 +110,8 @@ fn err(e: impl ToString) -> String {
 
 pub fn run(a: PpoArgs) -> Result<(), String> {
     let be = super::cpu_backend(a.backend)?;
-    if a.critic != "shared" {
-        return Err(format!("--critic {}: only `shared` (a value head on the policy's trunk) is implemented yet", a.critic));
+    if !matches!(a.critic.as_str(), "shared" | "separate") {
+        return Err(format!("--critic {}: expected shared (a value head on the policy's trunk) or separate (a critic initialised from the reward model)", a.critic));
     }
     let kl_target = match a.kl_target.as_str() {
         "none" => None,
@@ -147,10 +147,24 @@ pub fn run(a: PpoArgs) -> Result<(), String> {
     let rm_eos = rm.cfg.eos_token_id.unwrap_or(eos);
     let rm_pad = rm.cfg.pad_token_id.unwrap_or(rm_eos);
     // the value head: N(0, initializer_range) weights, zero bias
-    let std = policy.cfg.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
-    let mut rng = Rng::new(a.seed ^ 0x7A1E);
-    let w: Vec<f32> = (0..policy.cfg.hidden_size).map(|_| (rng.normal() * std) as f32).collect();
-    policy.add_value_head(&w, 0.0);
+    let critic = if a.critic == "separate" {
+        // a critic initialised from the reward model: its trunk, its score head as the value head
+        let mut c = Model::load(be, &a.reward).map_err(err)?;
+        let score = c.host_value(c.score.expect("checked above"));
+        c.add_value_head(&score, 0.0);
+        let mut mask = c.trainable_mask(a.unfrozen_layers).map_err(err)?;
+        mask[c.score.unwrap()] = false;
+        Some(okapi_rlhf::ppo::Critic { model: c, mask })
+    } else {
+        let std = policy.cfg.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
+        let mut rng = Rng::new(a.seed ^ 0x7A1E);
+        let w: Vec<f32> = (0..policy.cfg.hidden_size).map(|_| (rng.normal() * std) as f32).collect();
+        policy.add_value_head(&w, 0.0);
+        None
+    };
+    if critic.is_some() && !same_tokenizer {
+        return Err("--critic separate needs the reward model to share the policy's tokenizer (the critic reads the policy's tokens)".into());
+    }
     let mask = policy.trainable_mask(a.unfrozen_layers).map_err(err)?;
     // prompts
     let langs = a.langs.as_deref().map(okapi_data::parse_langs).transpose()?;
@@ -209,7 +223,7 @@ pub fn run(a: PpoArgs) -> Result<(), String> {
         Ok(ids)
     };
     let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: &tok.path };
-    let (_, s) = run_ppo(policy, &mask, &reference, &rm, &prompts, &cfg, &io, &a.out).map_err(err)?;
+    let (_, s) = run_ppo(policy, &mask, &reference, &rm, &prompts, &cfg, &io, &a.out, critic).map_err(err)?;
     eprintln!(
         "ppo: {} iterations, mean score {:.3} → {:.3}, KL {:.3} → {:.3}; policy and value_head.safetensors saved in {}",
         s.iterations,

@@ -92,7 +92,15 @@ fn mean_std(x: &[f64]) -> (f64, f64) {
     (m, (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n).sqrt())
 }
 
-/// Runs PPO. `policy` carries a value head; `mask` says which parameters train.
+/// A critic separate from the policy (`--critic separate`): a reward model's trunk with a value
+/// head, and which of its parameters train.
+pub struct Critic<B: Backend> {
+    pub model: Model<B>,
+    pub mask: Vec<bool>,
+}
+
+/// Runs PPO. `policy` carries a value head unless `critic` is given; `mask` says which of the
+/// policy's parameters train.
 #[allow(clippy::too_many_arguments)]
 pub fn run_ppo<B: Backend>(
     mut policy: Model<B>,
@@ -103,6 +111,7 @@ pub fn run_ppo<B: Backend>(
     cfg: &PpoConfig,
     io: &PpoIo,
     out: &Path,
+    mut critic: Option<Critic<B>>,
 ) -> Result<(Model<B>, PpoSummary), TrainError> {
     if prompts.is_empty() {
         return Err(TrainError::Msg("no prompts left after filtering".into()));
@@ -114,6 +123,11 @@ pub fn run_ppo<B: Backend>(
     let cap_t = max_prompt + cfg.sampling.max_new_tokens;
     let mut pol_bufs = PpoBufs::new(&policy, cfg.chunk_size.max(cfg.minibatch), cap_t, io.pad);
     let mut ref_bufs = PpoBufs::new(reference, cfg.chunk_size, cap_t, io.pad);
+    let mut critic_state = critic.as_ref().map(|c| {
+        let g = c.model.new_grads(|i| c.mask[i]);
+        let o = Optimizer::new(&c.model, &g, cfg.adam);
+        (PpoBufs::new(&c.model, cfg.chunk_size.max(cfg.minibatch), cap_t, io.pad), g, o)
+    });
     let order = EpochOrder { n: prompts.len(), batch_size: 1, shuffle: true, seed: cfg.seed };
     let mut kl = cfg.kl.clone();
     let mut metrics = std::fs::File::create(out.join("metrics.jsonl")).map_err(|e| TrainError::Msg(format!("metrics.jsonl: {e}")))?;
@@ -157,8 +171,11 @@ pub fn run_ppo<B: Backend>(
         }
         for chunk in (0..rollouts.len()).collect::<Vec<_>>().chunks(cfg.chunk_size) {
             let refs: Vec<&Rollout> = chunk.iter().map(|&i| &rollouts[i]).collect();
-            let (pe, _, _) = pol_bufs.eval(&policy, &refs, false)?;
+            let (mut pe, _, _) = pol_bufs.eval(&policy, &refs, false)?;
             let (re, _, _) = ref_bufs.eval(reference, &refs, false)?;
+            if let (Some(c), Some((cb, _, _))) = (critic.as_ref(), critic_state.as_mut()) {
+                pe.values = cb.critic_values(&c.model, &refs)?.0;
+            }
             for (k, &i) in chunk.iter().enumerate() {
                 rollouts[i].old_logprobs = pe.logprobs[k].clone();
                 rollouts[i].old_values = pe.values[k].clone();
@@ -176,7 +193,18 @@ pub fn run_ppo<B: Backend>(
             for mb in mb_order.order(epoch as u64).chunks(cfg.minibatch) {
                 let refs: Vec<&Rollout> = mb.iter().map(|&i| &rollouts[i]).collect();
                 policy.zero_grads(&mut grads);
-                let st = pol_bufs.minibatch(&policy, &refs, &cfg.loss, &mut grads)?;
+                let st = match (critic.as_mut(), critic_state.as_mut()) {
+                    (Some(c), Some((cb, cg, copt))) => {
+                        c.model.zero_grads(cg);
+                        let st = pol_bufs.minibatch_with(&policy, &refs, &cfg.loss, &mut grads, Some((&c.model, &mut *cb, &mut *cg)))?;
+                        let cnorm = copt.grad_norm(&c.model, cg);
+                        if cnorm.is_finite() {
+                            copt.step(&mut c.model, cg, cfg.lr as f32, clip_coef(cnorm, cfg.max_grad_norm));
+                        }
+                        st
+                    }
+                    _ => pol_bufs.minibatch(&policy, &refs, &cfg.loss, &mut grads)?,
+                };
                 let norm = opt.grad_norm(&policy, &grads);
                 if !st.loss.is_finite() || !norm.is_finite() {
                     return Err(TrainError::Msg(format!(
@@ -233,13 +261,25 @@ pub fn run_ppo<B: Backend>(
                 elapsed_s: started.elapsed().as_secs_f64(),
                 extra: json!({ "beta": kl.beta }),
             };
-            checkpoint::save_with(out, &policy, &opt, &state, io.tokenizer, &[("value_head.safetensors".into(), value_head_bytes(&policy)?)])?;
+            let head = match &critic {
+                Some(c) => value_head_bytes(&c.model)?,
+                None => value_head_bytes(&policy)?,
+            };
+            checkpoint::save_with(out, &policy, &opt, &state, io.tokenizer, &[("value_head.safetensors".into(), head)])?;
         }
     }
     ensure_finite(&policy, cfg.iterations)?;
     let dtype = cfg.save_dtype.unwrap_or(policy.cfg.dtype);
     policy.save(out, dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(io.tokenizer)).map_err(|e| TrainError::Msg(e.to_string()))?;
-    okapi_model::weights::write_atomic(&out.join("value_head.safetensors"), &value_head_bytes(&policy)?).map_err(|e| TrainError::Msg(e.to_string()))?;
+    match &critic {
+        // the critic in HF layout (its score head untouched) with its value head beside it
+        Some(c) => {
+            let dir = out.join("critic");
+            c.model.save(&dir, dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(io.tokenizer)).map_err(|e| TrainError::Msg(e.to_string()))?;
+            okapi_model::weights::write_atomic(&dir.join("value_head.safetensors"), &value_head_bytes(&c.model)?).map_err(|e| TrainError::Msg(e.to_string()))?;
+        }
+        None => okapi_model::weights::write_atomic(&out.join("value_head.safetensors"), &value_head_bytes(&policy)?).map_err(|e| TrainError::Msg(e.to_string()))?,
+    }
     Ok((policy, summary))
 }
 

@@ -125,9 +125,41 @@ impl<B: Backend> PpoBufs<B> {
         Ok((out, targets, t))
     }
 
-    /// Loss of one minibatch under the current policy, and its gradient accumulated into `grads`.
+    /// A separate critic's values at each response token (trunk + value head, no LM head).
+    /// Returns them with the padded length T.
+    pub fn critic_values(&mut self, critic: &Model<B>, rollouts: &[&Rollout]) -> Result<(Vec<Vec<f32>>, usize), ModelError> {
+        let ids: Vec<Example> = rollouts.iter().map(|r| Example { ids: r.prompt.iter().chain(&r.response).copied().collect(), labels: vec![], prompt_len: r.prompt.len() }).collect();
+        let batch = collate(&ids.iter().collect::<Vec<_>>(), self.pad);
+        let t = batch.t;
+        critic.forward_hidden(&mut self.acts, &batch.ids, batch.b, t)?;
+        critic.value_fwd(&self.acts, &mut self.values)?;
+        let vals = critic.be.read(&self.values, batch.b * t);
+        Ok((rollouts.iter().enumerate().map(|(i, r)| vals[i * t + r.prompt.len() - 1..i * t + r.prompt.len() - 1 + r.response.len()].to_vec()).collect(), t))
+    }
+
+    /// Backward of the value loss into a separate critic, after `critic_values` on these bufs.
+    fn critic_bwd(&mut self, critic: &Model<B>, dvalues: &[f32], grads: &mut Grads<B>) -> Result<(), ModelError> {
+        let be = &critic.be;
+        let n = self.acts.b * self.acts.t;
+        be.fill(&mut self.scratch.dln, 0.0, n * critic.cfg.hidden_size);
+        be.write(&mut self.dvalues, dvalues);
+        critic.value_bwd(&self.acts, &mut self.scratch, grads, &self.dvalues)?;
+        critic.backward_hidden(&self.acts, &mut self.scratch, grads);
+        Ok(())
+    }
+
+    /// Loss of one minibatch under the current policy, and its gradient accumulated into `grads`
+    /// (the value loss into the policy's value head, or into a separate critic).
     pub fn minibatch(&mut self, model: &Model<B>, rollouts: &[&Rollout], cfg: &PpoLossCfg, grads: &mut Grads<B>) -> Result<PpoStats, ModelError> {
-        let (ev, targets, t) = self.eval(model, rollouts, true)?;
+        self.minibatch_with(model, rollouts, cfg, grads, None)
+    }
+
+    pub fn minibatch_with(&mut self, model: &Model<B>, rollouts: &[&Rollout], cfg: &PpoLossCfg, grads: &mut Grads<B>, critic: Option<(&Model<B>, &mut PpoBufs<B>, &mut Grads<B>)>) -> Result<PpoStats, ModelError> {
+        let (mut ev, targets, t) = self.eval(model, rollouts, true)?;
+        let mut critic = critic;
+        if let Some((cm, cb, _)) = critic.as_mut() {
+            ev.values = cb.critic_values(cm, rollouts)?.0;
+        }
         let b = rollouts.len();
         let n_tok: usize = rollouts.iter().map(|r| r.response.len()).sum();
         let inv = 1.0 / n_tok.max(1) as f64;
@@ -171,8 +203,16 @@ impl<B: Backend> PpoBufs<B> {
         be.write(self.loss.coef_mut(), &coef);
         self.loss.xent_in_place(model, &mut self.acts, &self.targets, b * t);
         model.lm_head_bwd(&self.acts, &mut self.scratch, grads);
-        be.write(&mut self.dvalues, &dvalues);
-        model.value_bwd(&self.acts, &mut self.scratch, grads, &self.dvalues)?;
+        match critic {
+            None => {
+                be.write(&mut self.dvalues, &dvalues);
+                model.value_bwd(&self.acts, &mut self.scratch, grads, &self.dvalues)?;
+            }
+            Some((cm, cb, cgrads)) => {
+                // the critic's batch has the same (B, T) layout: same rollouts, same padding
+                cb.critic_bwd(cm, &dvalues, cgrads)?;
+            }
+        }
         model.backward_hidden(&self.acts, &mut self.scratch, grads);
         Ok(st)
     }
