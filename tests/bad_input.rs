@@ -5,32 +5,18 @@
 //! exactly one non-empty line starting with `error: ` (no panic, no backtrace, no "internal
 //! error"); that line names the culprit (file, tensor, field or line) and what was expected;
 //! and no output file (nor its temporary) was written.
+mod common;
+
+use common::{fixture, Scratch};
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
-}
-
-/// A temporary directory, removed when the test passes (kept for inspection when it fails).
-struct Scratch {
-    root: PathBuf,
-}
 
 impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!("okapi-bad-input-{}-{}-{tag}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        Scratch { root }
-    }
-
     /// A copy of fixture `name` (a flat directory) under this scratch directory.
     fn copy_fixture(&self, name: &str) -> PathBuf {
         let dst = self.root.join(name);
@@ -49,14 +35,6 @@ impl Scratch {
         let p = self.root.join("requests.jsonl");
         std::fs::write(&p, contents).unwrap();
         p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
     }
 }
 

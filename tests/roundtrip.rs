@@ -8,43 +8,20 @@
 //! `tests/fixtures/check_saved.py` (transformers must load what okapi saves):
 //! `DIR/llama_gqa_sharded` (f32, several shards + index) and `DIR/bloom_6h_bf16`.
 
+mod common;
+
+use common::{fixture, Scratch};
+
 use okapi::model::model::{fuse_qkv, split_qkv};
 use okapi::model::{Checkpoint, DType, Model, DEFAULT_MAX_SHARD_BYTES};
 use okapi::runtime::CpuBackend;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 const INDEX: &str = "model.safetensors.index.json";
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
-}
-
-/// A temporary directory, removed when the test passes (kept for inspection when it fails).
-struct Scratch {
-    root: PathBuf,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!("okapi-roundtrip-{}-{}-{tag}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        Scratch { root }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
-}
 
 /// With `OKAPI_KEEP_SAVED=DIR`, copies a saved directory to `DIR/name` (replacing it).
 fn keep(saved: &Path, name: &str) {

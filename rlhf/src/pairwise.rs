@@ -53,6 +53,11 @@ pub fn groups_fingerprint(train: &[PromptGroup], val: &[PromptGroup]) -> String 
     h.hex()
 }
 
+/// The per-pair weight of a step: 1 / (pairs in all its micro-batches).
+pub fn pair_weight(train: &[PromptGroup], micro: &[Vec<usize>]) -> f64 {
+    1.0 / micro.iter().flatten().map(|&i| train[i].pairs.len()).sum::<usize>().max(1) as f64
+}
+
 /// Largest number of sequences and longest sequence over micro-batches of `batch_size` groups.
 pub fn capacity(groups: &[PromptGroup], batch_size: usize) -> (usize, usize) {
     let mut k: Vec<usize> = groups.iter().map(|g| g.responses.len()).collect();

@@ -2,7 +2,7 @@
 //! token (its EOS); loss `−log σ(r_chosen − r_rejected − margin)` averaged over every pair of
 //! the step; pairwise accuracy. Batches count prompts; a prompt's responses are encoded once.
 
-use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad};
+use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_weight};
 use crate::trainer::{Objective, StepOut};
 use crate::TrainError;
 use okapi_data::PromptGroup;
@@ -110,8 +110,7 @@ impl<B: Backend> Objective<B> for RewardObjective<B> {
         groups_fingerprint(&self.train, &self.val)
     }
     fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
-        let total_pairs: usize = micro.iter().flatten().map(|&i| self.train[i].pairs.len()).sum();
-        let w = 1.0 / total_pairs.max(1) as f64;
+        let w = pair_weight(&self.train, micro);
         let mut st = PairStats::default();
         let mut tokens = 0;
         for idx in micro {

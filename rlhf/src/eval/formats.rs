@@ -18,6 +18,7 @@
 //!   an index or a letter.
 //! - TruthfulQA mc: `{"question", "mc1_targets": {"choices", "labels"}, "mc2_targets": {…}}` or
 //!   the flattened `mc1_targets_choices` / `mc1_targets_labels` (same for mc2).
+//!
 //! Ids: `id` (or HellaSwag's `ind`) when present, else the record's 0-based index in the file.
 
 use serde_json::Value;
@@ -334,7 +335,7 @@ fn targets(v: &Value, name: &str) -> Result<(Vec<String>, Vec<bool>), String> {
     let (c, l) = match v.get(name) {
         Some(t) if t.is_object() => (t.get("choices"), t.get("labels")),
         Some(other) => return Err(format!("`{name}` must be an object with `choices` and `labels`, found {}", kind(other))),
-        None => (v.get(&format!("{name}_choices")), v.get(&format!("{name}_labels"))),
+        None => (v.get(format!("{name}_choices")), v.get(format!("{name}_labels"))),
     };
     let choices = strings(c.ok_or_else(|| format!("missing `{name}.choices`"))?, &format!("{name}.choices"))?;
     let labels = l.ok_or_else(|| format!("missing `{name}.labels`"))?.as_array().ok_or_else(|| format!("`{name}.labels` must be an array of 0/1"))?;

@@ -178,6 +178,7 @@ impl<B: Backend> Feed<B> {
 }
 
 /// The fast path (module docs): logliks of every choice of every item, in order.
+#[allow(clippy::needless_range_loop)]
 fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats) -> Result<Vec<Vec<f64>>, ScoreError> {
     let v = model.cfg.vocab_size;
     let p = shared_prefix(encs);
