@@ -23,7 +23,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
     /// SFT epochs over the bundled data
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 8)]
     pub epochs: u64,
     /// RLHF after SFT: ppo (Okapi: reward model + PPO), dpo, or none
     #[arg(long, default_value = "ppo")]
@@ -145,7 +145,9 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     // 5. held-out instructions in three scripts
     let tuned = Model::load(be, &sft_dir).map_err(|e| e.to_string())?;
     let prompts: Vec<Vec<u32>> = held_out.iter().map(|r| tok.encode(&tpl.prompt(&r.instruction, &r.input), true)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
-    let gens = generate(&tuned, &prompts, &Sampling::greedy(48), Some(eos)).map_err(|e| e.to_string())?;
+    // a 1.6M-parameter model that saw 350 examples: greedy decoding loops, light sampling reads better
+    let sampling = Sampling { temperature: 0.7, top_p: 0.9, top_k: 40, max_new_tokens: 40, seed: a.seed };
+    let gens = generate(&tuned, &prompts, &sampling, Some(eos)).map_err(|e| e.to_string())?;
     for (r, g) in held_out.iter().zip(&gens) {
         let ids: Vec<u32> = g.tokens.iter().copied().filter(|&t| t != eos).collect();
         let text = tok.decode(&ids, true).map_err(|e| e.to_string())?;
@@ -223,7 +225,7 @@ fn rlhf_ppo<B: Backend>(be: &B, a: &DemoArgs, sft_dir: &Path, tok_path: &Path, t
     println!("\nreward model: {} training / {} held-out prompts ({} / {} pairs), from the SFT model", train.len(), val.len(), train.iter().map(|g| g.pairs.len()).sum::<usize>(), val.iter().map(|g| g.pairs.len()).sum::<usize>());
     let rm0 = Model::load_reward(be.clone(), sft_dir, a.seed).map_err(|e| e.to_string())?;
     let rm_dir = a.out.join("rm");
-    let cfg = demo_train_cfg(a, 3, 8, 1e-3, Some(10));
+    let cfg = demo_train_cfg(a, 2, 8, 1e-3, Some(8));
     let mut obj = okapi_rlhf::RewardObjective::new(&rm0, train, val, cfg.batch_size, pad, 0.0);
     let (rm, s) = okapi_rlhf::trainer::train(rm0, &|_| true, &mut obj, &cfg, &rm_dir, tok_path).map_err(|e| e.to_string())?;
     let val_acc = obj.validate(&rm).map_err(|e| e.to_string())?.and_then(|m| m.get("val_accuracy").and_then(|v| v.as_f64())).unwrap_or(f64::NAN);
