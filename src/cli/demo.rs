@@ -155,10 +155,23 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
         println!("     ### Response: {}", text.trim());
         println!("     (reference: {})", r.output);
     }
-    match a.method.as_str() {
-        "ppo" => report.extend(rlhf_ppo(&be_of(&tuned), a, &sft_dir, &tok_path, &tok, eos, pad)?),
-        "dpo" => report.extend(rlhf_dpo(&be_of(&tuned), a, &sft_dir, &tok_path, &tok, eos, pad)?),
-        _ => {}
+    let arc_before = eval_arc(&tuned, &tok, "after SFT")?;
+    report.push(format!("ARC      0-shot acc after SFT: {arc_before:.3} (chance ≈ 0.26; a 1.6M-parameter model is not expected to beat it)"));
+    let tuned_dir = match a.method.as_str() {
+        "ppo" => {
+            report.extend(rlhf_ppo(&be_of(&tuned), a, &sft_dir, &tok_path, &tok, eos, pad)?);
+            Some(a.out.join("ppo"))
+        }
+        "dpo" => {
+            report.extend(rlhf_dpo(&be_of(&tuned), a, &sft_dir, &tok_path, &tok, eos, pad)?);
+            Some(a.out.join("dpo"))
+        }
+        _ => None,
+    };
+    if let Some(dir) = tuned_dir {
+        let rl = Model::load(be_of(&tuned), &dir).map_err(|e| e.to_string())?;
+        let after = eval_arc(&rl, &tok, &format!("after {}", a.method.to_uppercase()))?;
+        report.push(format!("ARC      0-shot acc after {}: {after:.3}", a.method.to_uppercase()));
     }
     println!("\n== okapi demo summary ==");
     for line in &report {
@@ -166,6 +179,17 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     }
     println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/)", t0.elapsed().as_secs_f64(), a.out.display());
     Ok(())
+}
+
+/// Zero-shot m_arc on the bundled sets of 8 languages: prints the per-language table, returns
+/// the overall accuracy.
+fn eval_arc<B: Backend>(model: &Model<B>, tok: &Tokenizer, when: &str) -> Result<f64, String> {
+    use okapi_rlhf::eval::{bundled_sources, formats::Task, run_eval, EvalConfig};
+    let cfg = EvalConfig { num_fewshot: Some(0), ..EvalConfig::new(Task::Arc) };
+    let r = run_eval(model, tok, &cfg, &bundled_sources(Task::Arc), &[]).map_err(|e| e.to_string())?;
+    println!("\nm_arc, 0-shot, {when} ({} items in {:.1} s):", r.items.len(), r.seconds);
+    println!("{}", r.table());
+    Ok(r.overall.acc.mean)
 }
 
 fn be_of<B: Backend>(m: &Model<B>) -> B {
