@@ -4,8 +4,12 @@
 //!
 //! tests/fixtures/eval: two m_arc files (vi JSON array, ru JSONL), the (context, continuation)
 //! requests tests/fixtures/check_eval.py builds from them independently (0- and 2-shot, seed
-//! 42), and transformers' logliks of those requests on the llama_gqa and bloom_6h fixtures
-//! (check_loglik.py --write-expected; see tests/fixtures/README.md).
+//! 42), and transformers' logliks of those requests on the llama_gqa and bloom_6h fixtures.
+//! Regenerate (from the repository root, K = 0 and 2, M = llama_gqa and bloom_6h):
+//!   /opt/pyref/bin/python tests/fixtures/check_eval.py --data tests/fixtures/eval/arc_vi.json
+//!       tests/fixtures/eval/arc_ru.jsonl --num-fewshot K --write-requests tests/fixtures/eval/arc_Kshot_requests.jsonl
+//!   /opt/pyref/bin/python tests/fixtures/check_loglik.py --model tests/fixtures/M
+//!       --data tests/fixtures/eval/arc_Kshot_requests.jsonl --write-expected tests/fixtures/eval/M_arc_Kshot_expected.jsonl
 
 mod common;
 
