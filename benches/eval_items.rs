@@ -80,6 +80,11 @@ fn logliks(s: &[ItemScore]) -> Vec<Vec<f64>> {
 }
 
 fn main() {
+    // inside a pool worker, as okapi-train runs (see okapi::runtime::run_in_pool)
+    okapi::runtime::run_in_pool(0, bench_main);
+}
+
+fn bench_main() {
     let a = parse_args();
     std::fs::create_dir_all(&a.out).unwrap();
     // tokenizer on the bundled texts

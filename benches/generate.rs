@@ -19,6 +19,11 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn main() {
+    // inside a pool worker, as okapi-train runs (see okapi::runtime::run_in_pool)
+    okapi::runtime::run_in_pool(0, bench_main);
+}
+
+fn bench_main() {
     let preset = arg("--preset", "bench-5m");
     let batch: usize = arg("--batch", "16").parse().unwrap();
     let prompt_len: usize = arg("--prompt", "64").parse().unwrap();

@@ -373,6 +373,11 @@ fn kernel_breakdown(model: &Model<CpuBackend>, b: usize, t: usize, reps: usize, 
 }
 
 fn main() {
+    // inside a pool worker, as okapi-train runs (see okapi::runtime::run_in_pool)
+    okapi::runtime::run_in_pool(0, bench_main);
+}
+
+fn bench_main() {
     let args = parse_args();
     let threads = rayon::current_num_threads();
     let (ceiling, ceiling_median) = gemm_ceiling(1024);

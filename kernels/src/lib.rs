@@ -21,6 +21,7 @@ pub mod softmax;
 pub mod xent;
 
 mod par;
+pub mod vmath;
 
 /// Target id that marks a position without loss (HF's `-100`).
 pub const IGNORE_INDEX: u32 = u32::MAX;

@@ -48,7 +48,8 @@ fn check(g: Gemm, seed: u64, kernel: fn(&mut [f32], &[f32], &[f32], &Gemm), tol:
 
 fn configs() -> Vec<Gemm> {
     let mut out = Vec::new();
-    for (m, n, k) in [(13usize, 7usize, 5usize), (67, 129, 33), (1, 1, 1), (5, 3, 1), (1, 40, 70)] {
+    // (8, 300, 70) and (16, 260, 48): the skinny x·Wᵀ path with several column tasks
+    for (m, n, k) in [(13usize, 7usize, 5usize), (67, 129, 33), (1, 1, 1), (5, 3, 1), (1, 40, 70), (8, 300, 70), (16, 260, 48)] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             for (alpha, accumulate) in [(1.0f32, false), (0.75, false), (1.0, true), (-1.5, true)] {
                 for batch in [1usize, 3] {

@@ -106,11 +106,11 @@ pub fn argmax(x: &[f32]) -> usize {
     best
 }
 
-/// `log_softmax(x)[i]`, computed in f64.
+/// `log_softmax(x)[i]` (vectorised exp, the sum of the exponentials combined in f64).
 pub fn log_softmax_at(x: &[f32], i: usize) -> f32 {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = x.iter().map(|&v| (v as f64 - m).exp()).sum();
-    (x[i] as f64 - m - sum.ln()) as f32
+    let m = okapi_kernels::vmath::max(x);
+    let sum = okapi_kernels::vmath::sum_exp(x, m);
+    (x[i] as f64 - m as f64 - sum.ln()) as f32
 }
 
 /// Probabilities `softmax(x)` in f64 (entries at −∞ get 0); they sum to 1.

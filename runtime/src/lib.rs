@@ -164,3 +164,20 @@ impl BackendKind {
         }
     }
 }
+
+/// Runs `f` on a worker of a rayon pool of `threads` threads (0: `RAYON_NUM_THREADS`, else all
+/// cores). Parallel kernels called from inside a pool worker push their tasks onto that
+/// worker's own queue and run small ones inline; called from outside, every op (hundreds per
+/// decode step) would hand its work to the pool and block on a wake-up. The CLI and the
+/// benchmarks run their whole job this way.
+pub fn run_in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    let mut builder = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("okapi-{i}"));
+    if threads > 0 {
+        builder = builder.num_threads(threads);
+    }
+    match builder.build() {
+        Ok(pool) => pool.install(f),
+        // no threads could be spawned: run on the caller with rayon's global pool
+        Err(_) => f(),
+    }
+}

@@ -4,8 +4,9 @@ use rayon::prelude::*;
 
 const PAR_CHUNK: usize = 4096;
 
+#[inline(always)]
 fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + crate::vmath::exp(-x))
 }
 
 /// out = silu(gate) · up. All (N,F).

@@ -10,6 +10,7 @@
 //! invariance of softmax that is ALiBi's `slope·(j − i)`.
 
 use crate::par::SharedMut;
+use crate::vmath;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -58,37 +59,51 @@ pub fn alibi_slopes(n_heads: usize) -> Vec<f32> {
     slopes
 }
 
+/// Query rows per tile. A tile's scores (QT × visible keys) stay in cache and are produced and
+/// consumed by GEMMs; with a causal mask, a tile reads keys up to its last row only.
+const QT: usize = 64;
+
+/// One strided single-threaded GEMM: dst(m,n) = alpha·lhs(m,k)·rhs(k,n) (+ dst if accumulate).
+/// Strides are (row, column) in elements. The tasks calling this are already parallel.
+#[allow(clippy::too_many_arguments)]
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+unsafe fn gemm_st(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, alpha: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                std::ptr::write_bytes(dst.add(r * dst_rs), 0, n);
+            }
         }
+        return;
     }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
+    gemm::gemm(m, n, k, dst, 1, dst_rs as isize, accumulate, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize, rhs_rs as isize, 1.0, alpha, false, false, false, gemm::Parallelism::None);
 }
 
-/// Scores of one query row against its visible keys into `s`; returns their maximum.
+/// The score tile of query rows i0..i0+rows of (b, h) against keys 0..nk of kv head g:
+/// s(rows, nk) = scale·Q·Kᵀ (+ slope·j with ALiBi).
 #[allow(clippy::too_many_arguments)]
-fn row_scores(s: &mut [f32], qrow: &[f32], k: &[f32], sh: &AttnShape, b: usize, g: usize, slope: f32, n_vis: usize) -> f32 {
-    let (d, kw) = (sh.head_dim, sh.n_kv_heads * sh.head_dim);
-    let mut max = f32::NEG_INFINITY;
-    for (j, sj) in s[..n_vis].iter_mut().enumerate() {
-        let krow = &k[(b * sh.tk + j) * kw + g * d..][..d];
-        *sj = sh.scale * dot(qrow, krow) + slope * j as f32;
-        max = max.max(*sj);
+fn score_tile(s: &mut [f32], q: &[f32], k: &[f32], sh: &AttnShape, b: usize, h: usize, g: usize, i0: usize, rows: usize, nk: usize, slope: f32) {
+    let (hq, d) = (sh.n_heads, sh.head_dim);
+    let kw = sh.n_kv_heads * d;
+    let q0 = ((b * sh.tq + i0) * hq + h) * d;
+    let k0 = (b * sh.tk * sh.n_kv_heads + g) * d;
+    // SAFETY: q rows i0..i0+rows and k rows 0..nk of this (b, head) lie inside the checked buffers.
+    unsafe { gemm_st(rows, nk, d, s.as_mut_ptr(), nk, false, q[q0..].as_ptr(), hq * d, 1, k[k0..].as_ptr(), 1, kw, sh.scale) };
+    if slope != 0.0 {
+        for row in s[..rows * nk].chunks_exact_mut(nk) {
+            for (j, x) in row.iter_mut().enumerate() {
+                *x += slope * j as f32;
+            }
+        }
     }
-    max
 }
 
 /// out = softmax(scores)·v (`=`), lse saved (`=`). Rows with no visible key give 0 and -inf.
+/// Tasks are (sequence, query head, tile of QT query rows); each computes its score tile with
+/// one GEMM, the softmax in place, and its output rows with a second GEMM.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_fwd(
     out: &mut [f32],
@@ -103,45 +118,63 @@ pub fn attention_fwd(
 ) {
     let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
     let kw = sh.n_kv_heads * d;
-    assert!(q.len() >= sh.batch * sh.tq * hq * d && k.len() >= sh.batch * sh.tk * kw && v.len() >= sh.batch * sh.tk * kw);
-    out.par_chunks_mut(hq * d).zip(lse.par_chunks_mut(hq)).enumerate().for_each_init(
-        || vec![0f32; sh.tk],
-        |s, (row, (orow, lrow))| {
-            let (b, i) = (row / sh.tq, row % sh.tq);
-            let n_vis = sh.visible(q_pos0[b], kv_len[b], i);
-            for h in 0..hq {
-                let g = h / rep;
-                let o = &mut orow[h * d..][..d];
-                o.iter_mut().for_each(|x| *x = 0.0);
-                if n_vis == 0 {
-                    lrow[h] = f32::NEG_INFINITY;
-                    continue;
-                }
-                let qrow = &q[row * hq * d + h * d..][..d];
-                let slope = alibi.map_or(0.0, |a| a[h]);
-                let max = row_scores(s, qrow, k, sh, b, g, slope, n_vis);
-                // s[j] ← exp(s_j − max), once; p_j = s[j] / Σ
-                let mut sum = 0f64;
-                for x in s[..n_vis].iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x as f64;
-                }
-                lrow[h] = max + sum.ln() as f32;
-                let inv = (1.0 / sum) as f32;
-                for (j, &e) in s[..n_vis].iter().enumerate() {
-                    let p = e * inv;
-                    let vrow = &v[(b * sh.tk + j) * kw + g * d..][..d];
-                    for (o, &vv) in o.iter_mut().zip(vrow) {
-                        *o += p * vv;
-                    }
+    assert!(q.len() >= sh.batch * sh.tq * hq * d && k.len() >= sh.batch * sh.tk * kw && v.len() >= sh.batch * sh.tk * kw, "attention_fwd: inputs too small for {sh:?}");
+    assert!(out.len() >= sh.batch * sh.tq * hq * d && lse.len() >= sh.batch * sh.tq * hq, "attention_fwd: outputs too small for {sh:?}");
+    let tiles = sh.tq.div_ceil(QT);
+    let (pout, plse) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
+    (0..sh.batch * hq * tiles).into_par_iter().for_each_init(Vec::new, |s: &mut Vec<f32>, task| {
+        let (pout, plse) = (pout, plse);
+        let (b, h, tile) = (task / (hq * tiles), task / tiles % hq, task % tiles);
+        let g = h / rep;
+        let i0 = tile * QT;
+        let rows = QT.min(sh.tq - i0);
+        let row_out = |r: usize| ((b * sh.tq + i0 + r) * hq + h) * d;
+        let row_lse = |r: usize| (b * sh.tq + i0 + r) * hq + h;
+        // visible keys grow with the row under a causal mask: the tile's last row sees the most
+        let nk = sh.visible(q_pos0[b], kv_len[b], i0 + rows - 1);
+        if nk == 0 {
+            for r in 0..rows {
+                // SAFETY: rows (b, i0+r, h) of out and lse belong to this task alone.
+                unsafe {
+                    std::ptr::write_bytes(pout.0.add(row_out(r)), 0, d);
+                    *plse.0.add(row_lse(r)) = f32::NEG_INFINITY;
                 }
             }
-        },
-    );
+            return;
+        }
+        if s.len() < rows * nk {
+            s.resize(rows * nk, 0.0);
+        }
+        let slope = alibi.map_or(0.0, |a| a[h]);
+        score_tile(s, q, k, sh, b, h, g, i0, rows, nk, slope);
+        for r in 0..rows {
+            let n_vis = sh.visible(q_pos0[b], kv_len[b], i0 + r);
+            let row = &mut s[r * nk..(r + 1) * nk];
+            let (vis, hidden) = row.split_at_mut(n_vis);
+            hidden.iter_mut().for_each(|x| *x = 0.0);
+            // SAFETY: as above.
+            let l = unsafe { &mut *plse.0.add(row_lse(r)) };
+            if n_vis == 0 {
+                *l = f32::NEG_INFINITY;
+                continue;
+            }
+            let max = vmath::max(vis);
+            let sum = vmath::exp_affine_sum(vis, 1.0, max);
+            *l = max + sum.ln() as f32;
+            vmath::scale(vis, (1.0 / sum) as f32);
+        }
+        let v0 = (b * sh.tk * sh.n_kv_heads + g) * d;
+        // out rows (rows, d) = P (rows, nk) · V (nk, d)
+        // SAFETY: the out rows of this task are disjoint from every other task's; v rows 0..nk exist.
+        unsafe { gemm_st(rows, d, nk, pout.0.add(row_out(0)), hq * d, false, s.as_ptr(), nk, 1, v[v0..].as_ptr(), kw, 1, 1.0) };
+    });
 }
 
-/// Backward of `attention_fwd`: dq, dk, dv all `=` (overwritten). Work is split by
-/// (sequence, kv head), so each task owns its dk/dv rows and its query heads' dq rows.
+/// Backward of `attention_fwd`: dq, dk, dv all `=` (overwritten). Tasks are (sequence, kv
+/// head), so each owns its dk/dv rows and the dq rows of its query heads. Per tile of query
+/// rows the probabilities are recomputed from the saved lse (no (T,T) tensor is stored):
+///   P = exp(S − lse)        dP = dO·Vᵀ        dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale
+///   dQ = dS·K (`=`)         dK += dSᵀ·Q       dV += Pᵀ·dO     (over the heads of the group)
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd(
     dq: &mut [f32],
@@ -160,56 +193,79 @@ pub fn attention_bwd(
 ) {
     let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
     let kw = sh.n_kv_heads * d;
+    assert!(q.len() >= sh.batch * sh.tq * hq * d && k.len() >= sh.batch * sh.tk * kw && v.len() >= sh.batch * sh.tk * kw, "attention_bwd: inputs too small for {sh:?}");
+    assert!(dout.len() >= sh.batch * sh.tq * hq * d && out.len() >= sh.batch * sh.tq * hq * d && lse.len() >= sh.batch * sh.tq * hq, "attention_bwd: saved tensors too small for {sh:?}");
     // the gradients are written through raw pointers below: check their extents first
     assert!(dq.len() >= sh.batch * sh.tq * hq * d && dk.len() >= sh.batch * sh.tk * kw && dv.len() >= sh.batch * sh.tk * kw, "attention_bwd: gradient buffers too small for {sh:?}");
     let (pdq, pdk, pdv) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
-    (0..sh.batch * sh.n_kv_heads).into_par_iter().for_each(|task| {
-        let (b, g) = (task / sh.n_kv_heads, task % sh.n_kv_heads);
-        let (pdq, pdk, pdv) = (pdq, pdk, pdv);
-        let mut dk_loc = vec![0f32; sh.tk * d];
-        let mut dv_loc = vec![0f32; sh.tk * d];
-        let mut s = vec![0f32; sh.tk];
-        let mut dq_row = vec![0f32; d];
-        for h in g * rep..(g + 1) * rep {
-            let slope = alibi.map_or(0.0, |a| a[h]);
-            for i in 0..sh.tq {
-                let row = b * sh.tq + i;
-                let n_vis = sh.visible(q_pos0[b], kv_len[b], i);
-                let qrow = &q[row * hq * d + h * d..][..d];
-                let dorow = &dout[row * hq * d + h * d..][..d];
-                let orow = &out[row * hq * d + h * d..][..d];
-                dq_row.iter_mut().for_each(|x| *x = 0.0);
-                if n_vis > 0 {
-                    let l = lse[row * hq + h];
-                    row_scores(s.as_mut_slice(), qrow, k, sh, b, g, slope, n_vis);
-                    // D_i = Σ_j p_j·(dout·v_j) = dout·out_i
-                    let di = dot(dorow, orow);
-                    for j in 0..n_vis {
-                        let p = (s[j] - l).exp();
-                        let (krow, vrow) = (&k[(b * sh.tk + j) * kw + g * d..][..d], &v[(b * sh.tk + j) * kw + g * d..][..d]);
-                        let dp = dot(dorow, vrow);
-                        let ds = p * (dp - di) * sh.scale;
-                        let (dk_j, dv_j) = (&mut dk_loc[j * d..(j + 1) * d], &mut dv_loc[j * d..(j + 1) * d]);
-                        for ((((dq, dk), dv), (&kx, &qx)), &dox) in dq_row.iter_mut().zip(dk_j.iter_mut()).zip(dv_j.iter_mut()).zip(krow.iter().zip(qrow)).zip(dorow) {
-                            *dq += ds * kx;
-                            *dk += ds * qx;
-                            *dv += p * dox;
+    (0..sh.batch * sh.n_kv_heads).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(p, ds): &mut (Vec<f32>, Vec<f32>), task| {
+            let (b, g) = (task / sh.n_kv_heads, task % sh.n_kv_heads);
+            let (pdq, pdk, pdv) = (pdq, pdk, pdv);
+            let kv0 = (b * sh.tk * sh.n_kv_heads + g) * d;
+            for j in 0..sh.tk {
+                // SAFETY: dk/dv rows (b, j, g) belong to this task alone.
+                unsafe {
+                    std::ptr::write_bytes(pdk.0.add(kv0 + j * kw), 0, d);
+                    std::ptr::write_bytes(pdv.0.add(kv0 + j * kw), 0, d);
+                }
+            }
+            for h in g * rep..(g + 1) * rep {
+                let slope = alibi.map_or(0.0, |a| a[h]);
+                for i0 in (0..sh.tq).step_by(QT) {
+                    let rows = QT.min(sh.tq - i0);
+                    let row0 = ((b * sh.tq + i0) * hq + h) * d;
+                    let nk = sh.visible(q_pos0[b], kv_len[b], i0 + rows - 1);
+                    if nk == 0 {
+                        for r in 0..rows {
+                            // SAFETY: dq row (b, i0+r, h) belongs to this task alone.
+                            unsafe { std::ptr::write_bytes(pdq.0.add(row0 + r * hq * d), 0, d) };
                         }
+                        continue;
+                    }
+                    if p.len() < rows * nk {
+                        p.resize(rows * nk, 0.0);
+                        ds.resize(rows * nk, 0.0);
+                    }
+                    score_tile(p, q, k, sh, b, h, g, i0, rows, nk, slope);
+                    // dP (rows, nk) = dO (rows, d) · Vᵀ (d, nk)
+                    // SAFETY: dout rows of this tile and v rows 0..nk exist (checked above).
+                    unsafe { gemm_st(rows, nk, d, ds.as_mut_ptr(), nk, false, dout[row0..].as_ptr(), hq * d, 1, v[kv0..].as_ptr(), 1, kw, 1.0) };
+                    for r in 0..rows {
+                        let i = i0 + r;
+                        let n_vis = sh.visible(q_pos0[b], kv_len[b], i);
+                        let (prow, dsrow) = (&mut p[r * nk..(r + 1) * nk], &mut ds[r * nk..(r + 1) * nk]);
+                        if n_vis == 0 {
+                            prow.iter_mut().for_each(|x| *x = 0.0);
+                            dsrow.iter_mut().for_each(|x| *x = 0.0);
+                            continue;
+                        }
+                        let l = lse[(b * sh.tq + i) * hq + h];
+                        vmath::exp_affine_sum(&mut prow[..n_vis], 1.0, l);
+                        prow[n_vis..].iter_mut().for_each(|x| *x = 0.0);
+                        // D_i = Σ_j p_j·(dout·v_j) = dout_i·out_i
+                        let o = row0 + r * hq * d;
+                        let di = vmath::dot(&dout[o..o + d], &out[o..o + d]);
+                        for (x, &pj) in dsrow[..n_vis].iter_mut().zip(prow.iter()) {
+                            *x = pj * (*x - di) * sh.scale;
+                        }
+                        dsrow[n_vis..].iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    // SAFETY: dq rows of this tile and dk/dv rows 0..nk of (b, g) belong to this
+                    // task alone; every read operand lies inside the checked buffers.
+                    unsafe {
+                        // dQ (rows, d) = dS (rows, nk) · K (nk, d)
+                        gemm_st(rows, d, nk, pdq.0.add(row0), hq * d, false, ds.as_ptr(), nk, 1, k[kv0..].as_ptr(), kw, 1, 1.0);
+                        // dK (nk, d) += dSᵀ (nk, rows) · Q (rows, d)
+                        gemm_st(nk, d, rows, pdk.0.add(kv0), kw, true, ds.as_ptr(), 1, nk, q[row0..].as_ptr(), hq * d, 1, 1.0);
+                        // dV (nk, d) += Pᵀ (nk, rows) · dO (rows, d)
+                        gemm_st(nk, d, rows, pdv.0.add(kv0), kw, true, p.as_ptr(), 1, nk, dout[row0..].as_ptr(), hq * d, 1, 1.0);
                     }
                 }
-                // SAFETY: dq row (b,i,h) belongs to this task alone (h is in group g of sequence b).
-                unsafe { std::ptr::copy_nonoverlapping(dq_row.as_ptr(), pdq.0.add(row * hq * d + h * d), d) };
             }
-        }
-        for j in 0..sh.tk {
-            let at = (b * sh.tk + j) * kw + g * d;
-            // SAFETY: dk/dv rows (b,j,g) belong to this task alone.
-            unsafe {
-                std::ptr::copy_nonoverlapping(dk_loc[j * d..].as_ptr(), pdk.0.add(at), d);
-                std::ptr::copy_nonoverlapping(dv_loc[j * d..].as_ptr(), pdv.0.add(at), d);
-            }
-        }
-    });
+        },
+    );
 }
 
 /// Writes new keys or values into a cache: cache[b, pos[b]+i, :] = new[b, i, :] for i < Tn

@@ -1,5 +1,9 @@
 //! Matrix multiplication: `C = alpha·op(A)·op(B) + beta·C`, row-major, strided batches.
-//! CPU kernel through the `gemm` crate (near machine peak, rayon-parallel).
+//! CPU kernel through the `gemm` crate (near machine peak, rayon-parallel; AVX-512 picked at run
+//! time), except for skinny products `x·Wᵀ` with a few rows (decoding: one row per sequence),
+//! which are memory-bound on W and go through `skinny_nt` below instead of being packed.
+
+use crate::vmath;
 
 /// One (batched) GEMM. `op(A)` is `(m,k)`: stored `(m,k)`, or `(k,m)` when `trans_a`.
 /// `op(B)` is `(k,n)`: stored `(k,n)`, or `(n,k)` when `trans_b`. `C` is `(m,n)`.
@@ -66,6 +70,12 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], g: &Gemm) {
     if g.m == 0 || g.n == 0 {
         return;
     }
+    if g.m <= SKINNY_MAX_M && g.trans_b && !g.trans_a && g.k > 0 {
+        for i in 0..g.batch {
+            skinny_nt(&mut c[i * g.stride_c..][..g.m * g.n], &a[i * g.stride_a..][..g.m * g.k], &b[i * g.stride_b..][..g.n * g.k], g);
+        }
+        return;
+    }
     // (row stride, column stride) of each operand as stored.
     let (a_rs, a_cs) = if g.trans_a { (1, g.m as isize) } else { (g.k as isize, 1) };
     let (b_rs, b_cs) = if g.trans_b { (1, g.k as isize) } else { (g.n as isize, 1) };
@@ -109,6 +119,154 @@ pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], g: &Gemm) {
         }
     }
 }
+
+/// Rows up to which `x·Wᵀ` takes the skinny path.
+const SKINNY_MAX_M: usize = 16;
+/// Output columns per parallel task of the skinny path (a multiple of 4).
+const SKINNY_COLS: usize = 64;
+
+/// c (m,n) = alpha·a (m,k) · bᵀ (b stored (n,k)) + beta·c, for small m. Every output is a dot
+/// product of two contiguous rows; four rows of b are streamed once against each row of a, so
+/// b (the weight) is read exactly once from memory instead of being packed first.
+fn skinny_nt(c: &mut [f32], a: &[f32], b: &[f32], g: &Gemm) {
+    use rayon::prelude::*;
+    let (m, n, k) = (g.m, g.n, g.k);
+    let pc = SharedMut(c.as_mut_ptr());
+    let tasks = n.div_ceil(SKINNY_COLS);
+    // small products stay on the calling thread
+    let min_tasks = (1usize << 16).div_ceil(SKINNY_COLS * k * m.max(1)).max(1);
+    (0..tasks).into_par_iter().with_min_len(min_tasks).for_each(|t| {
+        let n0 = t * SKINNY_COLS;
+        let n1 = (n0 + SKINNY_COLS).min(n);
+        // each task writes only columns n0..n1 of c, which holds m·n elements (private helper:
+        // skinny_cols trusts these bounds)
+        #[cfg(target_arch = "x86_64")]
+        if vmath::has_avx512() {
+            // SAFETY: the CPU has AVX-512F; the bounds are the caller's (see above).
+            unsafe { skinny_cols_avx512(pc, a, b, m, n, k, n0, n1, g.alpha, g.beta) };
+            return;
+        }
+        skinny_cols(pc, a, b, m, n, k, n0, n1, g.alpha, g.beta);
+    });
+}
+
+vmath::multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn skinny_cols(pc: SharedMut, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, n0: usize, n1: usize, alpha: f32, beta: f32) -> () {
+        const L: usize = 16;
+        let store = |r: usize, j: usize, dot: f32| {
+            // SAFETY: (r, j) < (m, n), inside c (the caller's contract).
+            let out = unsafe { &mut *pc.0.add(r * n + j) };
+            *out = if beta == 0.0 { alpha * dot } else { alpha * dot + beta * *out };
+        };
+        let kk = k / L * L;
+        let mut j = n0;
+        while j + 4 <= n1 {
+            let w = [&b[j * k..][..k], &b[(j + 1) * k..][..k], &b[(j + 2) * k..][..k], &b[(j + 3) * k..][..k]];
+            for r in 0..m {
+                let x = &a[r * k..][..k];
+                let (mut a0, mut a1, mut a2, mut a3) = ([0f32; L], [0f32; L], [0f32; L], [0f32; L]);
+                let rows = x[..kk].chunks_exact(L).zip(w[0][..kk].chunks_exact(L)).zip(w[1][..kk].chunks_exact(L)).zip(w[2][..kk].chunks_exact(L)).zip(w[3][..kk].chunks_exact(L));
+                for ((((xc, c0), c1), c2), c3) in rows {
+                    for l in 0..L {
+                        a0[l] = xc[l].mul_add(c0[l], a0[l]);
+                        a1[l] = xc[l].mul_add(c1[l], a1[l]);
+                        a2[l] = xc[l].mul_add(c2[l], a2[l]);
+                        a3[l] = xc[l].mul_add(c3[l], a3[l]);
+                    }
+                }
+                for (q, acc) in [a0, a1, a2, a3].iter().enumerate() {
+                    let mut s = acc.iter().sum::<f32>();
+                    for p in kk..k {
+                        s = x[p].mul_add(w[q][p], s);
+                    }
+                    store(r, j + q, s);
+                }
+            }
+            j += 4;
+        }
+        while j < n1 {
+            let w = &b[j * k..][..k];
+            for r in 0..m {
+                store(r, j, vmath::dot(&a[r * k..][..k], w));
+            }
+            j += 1;
+        }
+    }
+}
+
+/// `skinny_cols` with AVX-512 intrinsics: 4 rows of a × 4 rows of b per step, 16 vector
+/// accumulators, 8 loads per 16 FMAs, the k tail through masked loads.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn skinny_cols_avx512(pc: SharedMut, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, n0: usize, n1: usize, alpha: f32, beta: f32) {
+    use std::arch::x86_64::*;
+    assert!(a.len() >= m * k && b.len() >= n * k && n1 <= n);
+    let store = |r: usize, j: usize, dot: f32| {
+        let out = &mut *pc.0.add(r * n + j);
+        *out = if beta == 0.0 { alpha * dot } else { alpha * dot + beta * *out };
+    };
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let full = k / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (k % 16)) - 1) as __mmask16;
+    // dot products of RA rows of a (from row r) with RB rows of b (from row j)
+    macro_rules! block {
+        ($ra:literal, $rb:literal, $r:expr, $j:expr) => {{
+            let (r, j) = ($r, $j);
+            let mut acc = [[_mm512_setzero_ps(); $rb]; $ra];
+            let mut p = 0;
+            while p < full {
+                let xs: [__m512; $ra] = std::array::from_fn(|i| _mm512_loadu_ps(pa.add((r + i) * k + p)));
+                let ws: [__m512; $rb] = std::array::from_fn(|q| _mm512_loadu_ps(pb.add((j + q) * k + p)));
+                for i in 0..$ra {
+                    for q in 0..$rb {
+                        acc[i][q] = _mm512_fmadd_ps(xs[i], ws[q], acc[i][q]);
+                    }
+                }
+                p += 16;
+            }
+            if tail != 0 {
+                let xs: [__m512; $ra] = std::array::from_fn(|i| _mm512_maskz_loadu_ps(tail, pa.add((r + i) * k + p)));
+                let ws: [__m512; $rb] = std::array::from_fn(|q| _mm512_maskz_loadu_ps(tail, pb.add((j + q) * k + p)));
+                for i in 0..$ra {
+                    for q in 0..$rb {
+                        acc[i][q] = _mm512_fmadd_ps(xs[i], ws[q], acc[i][q]);
+                    }
+                }
+            }
+            for i in 0..$ra {
+                for q in 0..$rb {
+                    store(r + i, j + q, _mm512_reduce_add_ps(acc[i][q]));
+                }
+            }
+        }};
+    }
+    let mut j = n0;
+    while j + 4 <= n1 {
+        let mut r = 0;
+        while r + 4 <= m {
+            block!(4, 4, r, j);
+            r += 4;
+        }
+        while r < m {
+            block!(1, 4, r, j);
+            r += 1;
+        }
+        j += 4;
+    }
+    while j < n1 {
+        for r in 0..m {
+            block!(1, 1, r, j);
+        }
+        j += 1;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
 
 /// Straightforward triple loop in f64, the reference the fast kernels are tested against.
 pub fn matmul_reference(c: &mut [f32], a: &[f32], b: &[f32], g: &Gemm) {

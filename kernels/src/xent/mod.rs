@@ -1,14 +1,13 @@
 //! Fused cross-entropy and per-token log-probabilities over the vocabulary.
 //! One pass per row: max, log-sum-exp, the target's log-prob, and (fused) the logits' gradient.
 
-use crate::IGNORE_INDEX;
+use crate::{vmath, IGNORE_INDEX};
 use rayon::prelude::*;
 
-/// (max, log Σ exp) of a row, the sum in f64.
+/// log Σ exp of a row (vectorised exp; 16 lane sums in f32, combined in f64).
 fn row_lse(row: &[f32]) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-    let sum: f64 = row.iter().map(|&a| ((a - max).exp()) as f64).sum();
-    max + (sum.ln() as f32)
+    let max = vmath::max(row);
+    max + (vmath::sum_exp(row, max).ln() as f32)
 }
 
 /// Cross-entropy forward and backward in one pass, in place on the logits.
@@ -26,9 +25,7 @@ pub fn xent_fwd_bwd(logits: &mut [f32], losses: &mut [f32], targets: &[u32], coe
         let lse = row_lse(row);
         *loss = lse - row[t as usize];
         let k = coef[n];
-        for x in row.iter_mut() {
-            *x = k * (*x - lse).exp();
-        }
+        vmath::scaled_exp_inplace(row, k, lse);
         row[t as usize] -= k;
     });
 }
@@ -66,9 +63,7 @@ pub fn token_logprobs_bwd(dlogits: &mut [f32], logits: &[f32], targets: &[u32], 
         let row = &logits[n * v..][..v];
         let lse = row_lse(row);
         let k = coef[n];
-        for (d, &x) in drow.iter_mut().zip(row) {
-            *d = -k * (x - lse).exp();
-        }
+        vmath::scaled_exp(drow, row, -k, lse);
         drow[t as usize] += k;
     });
 }

@@ -36,10 +36,10 @@ impl Backend for CpuBackend {
         buf.len()
     }
     fn fill(&self, x: &mut Vec<f32>, value: f32, len: usize) {
-        x[..len].iter_mut().for_each(|v| *v = value);
+        k::reduce::fill(&mut x[..len], value);
     }
     fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>, len: usize) {
-        dst[..len].copy_from_slice(&src[..len]);
+        k::reduce::copy(&mut dst[..len], &src[..len]);
     }
     fn scale(&self, x: &mut Vec<f32>, a: f32, len: usize) {
         k::reduce::scale(&mut x[..len], a);
