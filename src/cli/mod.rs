@@ -1,5 +1,6 @@
 //! The `okapi-train` commands: parse → call. Each command returns a one-line error.
 
+pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod demo;
@@ -44,6 +45,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Multilingual benchmarks (m_arc, m_hellaswag, m_mmlu, TruthfulQA mc) as lm-evaluation-harness scores them.
     Eval(eval::EvalArgs),
+    /// Time a training step or generation on a randomly initialised preset model (JSON line on stdout).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command; `Err` is the one line printed before exiting with status 1.
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Loglik(a) => loglik::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
