@@ -69,20 +69,33 @@ macro_rules! multiversion {
 
 pub(crate) use multiversion;
 
+/// 0: not probed yet, 1: no AVX-512 (or disabled), 2: AVX-512 in use.
+static AVX512: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub(crate) fn has_avx512() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static CACHE: AtomicU8 = AtomicU8::new(0);
-    match CACHE.load(Ordering::Relaxed) {
+    use std::sync::atomic::Ordering;
+    match AVX512.load(Ordering::Relaxed) {
         1 => false,
         2 => true,
         _ => {
             let yes = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("avx512dq");
-            CACHE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            AVX512.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
             yes
         }
     }
+}
+
+/// Turns okapi's own AVX-512 paths off (`false`) or back to what the CPU supports (`true`), so
+/// that tests on an AVX-512 machine also exercise the portable code every other CPU runs.
+/// (The `gemm` crate dispatches on its own.) Returns whether AVX-512 is now in use.
+pub fn set_avx512(enabled: bool) -> bool {
+    AVX512.store(if enabled { 0 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(target_arch = "x86_64")]
+    return has_avx512();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Lanes of the partial sums: a fixed count, so results do not depend on the SIMD width.
@@ -186,6 +199,49 @@ multiversion! {
 }
 
 multiversion! {
+    /// Σ x[i]² in f64 (16 fixed f64 lanes: vectorised, and exact enough for a global norm).
+    pub fn sum_squares_f64(x: &[f32]) -> f64 {
+        let mut acc = [0f64; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..LANES {
+                let v = c[l] as f64;
+                acc[l] = v.mul_add(v, acc[l]);
+            }
+        }
+        let mut s: f64 = acc.iter().sum();
+        for &v in rest {
+            s += v as f64 * v as f64;
+        }
+        s
+    }
+}
+
+multiversion! {
+    /// (Σ x[i], Σ (x[i] − mu)²) in f64 lanes — LayerNorm's statistics (call with mu = 0 for
+    /// the plain sum first).
+    pub fn sum_and_sq_dev_f64(x: &[f32], mu: f64) -> (f64, f64) {
+        let (mut s1, mut s2) = ([0f64; LANES], [0f64; LANES]);
+        let chunks = x.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..LANES {
+                let v = c[l] as f64;
+                s1[l] += v;
+                s2[l] = (v - mu).mul_add(v - mu, s2[l]);
+            }
+        }
+        let (mut a, mut b): (f64, f64) = (s1.iter().sum(), s2.iter().sum());
+        for &v in rest {
+            a += v as f64;
+            b += (v as f64 - mu) * (v as f64 - mu);
+        }
+        (a, b)
+    }
+}
+
+multiversion! {
     /// x[i] ← a·x[i]
     pub fn scale(x: &mut [f32], a: f32) -> () {
         for v in x.iter_mut() {
@@ -218,6 +274,14 @@ mod tests {
 
     #[test]
     fn row_primitives_match_scalar_loops() {
+        // the portable build and (where the CPU has it) the AVX-512 one
+        for avx512 in [false, true] {
+            set_avx512(avx512);
+            row_primitives_case();
+        }
+    }
+
+    fn row_primitives_case() {
         let x: Vec<f32> = (0..1037).map(|i| ((i * 7919 % 1000) as f32 / 100.0) - 5.0).collect();
         assert_eq!(max(&x), x.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a)));
         let want: f64 = x.iter().map(|&v| ((v - 3.0) as f64).exp()).sum();

@@ -154,3 +154,15 @@ fn matmul_gradients_grad_check() {
     assert_close("matmul dA", &da, &numeric_grad_proj(&a64, &r, |aa| product(aa, &b64)), 1e-5);
     assert_close("matmul dB", &db, &numeric_grad_proj(&b64, &r, |bb| product(&a64, bb)), 1e-5);
 }
+
+/// The same products through the portable code paths (okapi's skinny kernel without AVX-512),
+/// which every CPU without AVX-512 runs.
+#[test]
+fn matmul_portable_paths_match_naive_f64() {
+    let was = okapi_kernels::vmath::set_avx512(false);
+    for (i, g) in configs().into_iter().enumerate() {
+        check(g, 900 + i as u64, matmul, 1e-5, "matmul (portable)");
+    }
+    okapi_kernels::vmath::set_avx512(true);
+    eprintln!("AVX-512 paths on this CPU: {}", if was { "present (also tested)" } else { "absent" });
+}

@@ -66,6 +66,8 @@ fn cases() -> Vec<Case> {
     vec![
         Case { n_heads: 3, head_dim: 6, positions: vec![0, 1, 7, 13, 40], inv_freq: rope_inv_freq(6, 10_000.0, &RopeScaling::None) },
         Case { n_heads: 2, head_dim: 10, positions: vec![5, 2, 31], inv_freq: rope_inv_freq(10, 500_000.0, &RopeScaling::Linear { factor: 4.0 }) },
+        // a training batch: positions 0..T repeated per sequence (the kernel's table path)
+        Case { n_heads: 2, head_dim: 8, positions: (0..3).flat_map(|_| 0..5u32).collect(), inv_freq: rope_inv_freq(8, 10_000.0, &RopeScaling::None) },
         Case {
             n_heads: 1,
             head_dim: 16,

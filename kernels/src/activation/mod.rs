@@ -36,11 +36,18 @@ pub fn swiglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32]
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_56;
 
+/// tanh through the vectorisable exp: 1 − 2/(e^{2u} + 1) (saturates to ±1 without NaN; the
+/// absolute error stays at f32 rounding, which is what GELU's `0.5·x·(1 + tanh)` needs).
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    1.0 - 2.0 / (crate::vmath::exp(2.0 * u) + 1.0)
+}
+
 /// out = x·½·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))), BLOOM's `bloom_gelu_forward`.
 pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
     out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(o, x)| {
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = x * 0.5 * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh());
+            *o = x * 0.5 * (1.0 + tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)));
         }
     });
 }
@@ -49,7 +56,7 @@ pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
 pub fn gelu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
     dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| {
         for ((dx, &d), &x) in dx.iter_mut().zip(d).zip(x) {
-            let t = (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh();
+            let t = tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
             let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.107_032_24 * x * x)) + 0.5 * (1.0 + t);
             *dx = ff * d;
         }

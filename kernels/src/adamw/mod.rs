@@ -32,19 +32,28 @@ const PAR_CHUNK: usize = 1 << 13;
 
 /// One AdamW step over a parameter tensor (all slices the same length).
 pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamW) {
-    let (decay, step_size, bc2_sqrt) = h.scalars();
-    let (b1w, b2, b2w, eps, gs) = (1.0 - h.beta1, h.beta2, 1.0 - h.beta2, h.eps, h.grad_scale);
+    let n = p.len();
+    assert!(g.len() >= n && m.len() >= n && v.len() >= n, "adamw: state shorter than the parameter");
     p.par_chunks_mut(PAR_CHUNK)
-        .zip(g.par_chunks(PAR_CHUNK))
-        .zip(m.par_chunks_mut(PAR_CHUNK).zip(v.par_chunks_mut(PAR_CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                let gi = if gs == 1.0 { g[i] } else { g[i] * gs };
-                p[i] *= decay;
-                m[i] += b1w * (gi - m[i]);
-                v[i] = v[i] * b2 + b2w * gi * gi;
-                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                p[i] += -step_size * (m[i] / denom);
-            }
-        });
+        .zip(g[..n].par_chunks(PAR_CHUNK))
+        .zip(m[..n].par_chunks_mut(PAR_CHUNK).zip(v[..n].par_chunks_mut(PAR_CHUNK)))
+        .for_each(|((p, g), (m, v))| adamw_chunk(p, g, m, v, h));
+}
+
+crate::vmath::multiversion! {
+    /// The update of one chunk: zipped slices (no bounds checks), so sqrt and the division
+    /// vectorise; IEEE sqrt/div are exact, so the result is the scalar loop's, bit for bit.
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &AdamW) -> () {
+        let (decay, step_size, bc2_sqrt) = h.scalars();
+        let (b1w, b2, b2w, eps, gs) = (1.0 - h.beta1, h.beta2, 1.0 - h.beta2, h.eps, h.grad_scale);
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            // g·1 = g exactly, so scaling unconditionally changes nothing when there is no clip
+            let gi = g * gs;
+            *p *= decay;
+            *m += b1w * (gi - *m);
+            *v = *v * b2 + b2w * gi * gi;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *p += -step_size * (*m / denom);
+        }
+    }
 }

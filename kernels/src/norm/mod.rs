@@ -8,7 +8,7 @@ use rayon::prelude::*;
 /// x, out: (N,C)  w: (C)  rstd: (N) saved for backward.
 pub fn rmsnorm_fwd(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
     out.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((o, r), xr)| {
-        let ms = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / c as f64;
+        let ms = crate::vmath::sum_squares_f64(xr) / c as f64;
         let rs = 1.0 / ((ms as f32) + eps).sqrt();
         *r = rs;
         for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
@@ -47,8 +47,8 @@ pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], x: &[f
         .zip(rstd.par_iter_mut())
         .zip(x.par_chunks(c))
         .for_each(|(((o, m), r), xr)| {
-            let mu = xr.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-            let var = xr.iter().map(|&v| (v as f64 - mu) * (v as f64 - mu)).sum::<f64>() / c as f64;
+            let mu = crate::vmath::sum_and_sq_dev_f64(xr, 0.0).0 / c as f64;
+            let var = crate::vmath::sum_and_sq_dev_f64(xr, mu).1 / c as f64;
             let rs = (1.0 / (var + eps as f64).sqrt()) as f32;
             let mu = mu as f32;
             *m = mu;

@@ -6,9 +6,9 @@ use rayon::prelude::*;
 
 const PAR_CHUNK: usize = 1 << 14;
 
-/// Σ x² accumulated in f64 over fixed chunks (deterministic).
+/// Σ x² in f64 over fixed chunks (deterministic).
 pub fn sum_squares(x: &[f32]) -> f64 {
-    let partials: Vec<f64> = x.par_chunks(PAR_CHUNK).map(|c| c.iter().map(|&v| v as f64 * v as f64).sum::<f64>()).collect();
+    let partials: Vec<f64> = x.par_chunks(PAR_CHUNK).map(crate::vmath::sum_squares_f64).collect();
     partials.iter().sum()
 }
 

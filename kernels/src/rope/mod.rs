@@ -45,10 +45,13 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: &RopeScaling) -> Vec<
 fn rotate(x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[u32], inv_freq: &[f32], sign: f32) {
     let half = head_dim / 2;
     let width = n_heads * head_dim;
-    x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
-        for i in 0..half {
-            let angle = pos as f32 * inv_freq[i];
-            let (s, c) = (angle.sin() * sign, angle.cos());
+    let n = x.len() / width.max(1);
+    let angle = |pos: u32, i: usize| {
+        let a = pos as f32 * inv_freq[i];
+        (a.cos(), a.sin() * sign)
+    };
+    let apply = |row: &mut [f32], cs: &mut dyn Iterator<Item = (f32, f32)>| {
+        for (i, (c, s)) in cs.enumerate() {
             for h in 0..n_heads {
                 let base = h * head_dim;
                 let (x1, x2) = (row[base + i], row[base + i + half]);
@@ -56,7 +59,16 @@ fn rotate(x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[u32], inv
                 row[base + i + half] = x2 * c + x1 * s;
             }
         }
-    });
+    };
+    // A training batch repeats positions 0..T for every sequence: compute each position's
+    // (cos, sin) once (libm's sin/cos dominate this kernel) — the same f32 values, so the same bits.
+    let max_pos = positions[..n].iter().copied().max().unwrap_or(0) as usize;
+    if (max_pos + 1) * 2 <= n {
+        let table: Vec<(f32, f32)> = (0..=max_pos as u32).into_par_iter().flat_map_iter(|p| (0..half).map(move |i| angle(p, i))).collect();
+        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| apply(row, &mut table[pos as usize * half..][..half].iter().copied()));
+    } else {
+        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| apply(row, &mut (0..half).map(|i| angle(pos, i))));
+    }
 }
 
 /// In place: x (N,H,D) rotated by each row's position. positions: (N) inv_freq: (D/2)

@@ -41,13 +41,10 @@ pub fn token_logprobs(logp: &mut [f32], greedy: &mut [f32], logits: &[f32], targ
             return;
         }
         let row = &logits[n * v..][..v];
-        *lp = row[t as usize] - row_lse(row);
-        let mut arg = 0;
-        for (i, &x) in row.iter().enumerate() {
-            if x > row[arg] {
-                arg = i;
-            }
-        }
+        let max = vmath::max(row);
+        *lp = row[t as usize] - (max + vmath::sum_exp(row, max).ln() as f32);
+        // the first argmax: the first element equal to the (NaN-ignoring) maximum
+        let arg = row.iter().position(|&x| x == max).unwrap_or(0);
         *gr = if arg == t as usize { 1.0 } else { 0.0 };
     });
 }
