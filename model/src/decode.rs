@@ -27,8 +27,11 @@ pub struct KvCache<B: Backend> {
     positions: B::Ids,
     q_pos0: B::Ids,
     kv_len: B::Ids,
-    /// (batch·t, V) logits of the last `forward_cached` call
+    /// (batch·t, V) logits of the last `forward_cached` call; (batch, V) after `forward_cached_last`
     pub logits: B::Buf,
+    /// row of each sequence's last new token in `lnf`, and those rows gathered (batch, C)
+    last_rows: B::Ids,
+    lnf_last: B::Buf,
     /// `t` of the last call (logits row of sequence b, new token i: b·t + i)
     pub last_t: usize,
 }
@@ -70,6 +73,8 @@ impl<B: Backend> Model<B> {
             q_pos0: be.upload_ids(&vec![0; batch]),
             kv_len: be.upload_ids(&vec![0; batch]),
             logits: be.zeros(n * cfg.vocab_size),
+            last_rows: be.upload_ids(&vec![0; batch]),
+            lnf_last: be.zeros(batch * c),
             last_t: 0,
         }
     }
@@ -78,6 +83,18 @@ impl<B: Backend> Model<B> {
     /// first `n_new[b]` entries real (the rest padding, ignored). Fills `cache.logits` with the
     /// logits of all (batch, t) positions; those of real tokens equal a full forward's.
     pub fn forward_cached(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize]) -> Result<()> {
+        self.forward_cached_rows(cache, tokens, t, n_new, false)
+    }
+
+    /// As `forward_cached`, but the LM head runs only on each sequence's last new token:
+    /// `cache.logits` row b holds the next-token logits of sequence b (what generation needs; a
+    /// prompt of T tokens then costs one (B,V) head instead of (B·T,V)). A sequence with no new
+    /// token gets the row of its slot 0 (meaningless; callers skip it).
+    pub fn forward_cached_last(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize]) -> Result<()> {
+        self.forward_cached_rows(cache, tokens, t, n_new, true)
+    }
+
+    fn forward_cached_rows(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize], last_only: bool) -> Result<()> {
         let be = &self.be;
         let cfg = &self.cfg;
         let b = cache.batch;
@@ -98,7 +115,7 @@ impl<B: Backend> Model<B> {
         be.write_ids(&mut cache.positions, &positions);
         be.write_ids(&mut cache.q_pos0, &cache.lens.iter().map(|&l| l as u32).collect::<Vec<_>>());
         be.write_ids(&mut cache.kv_len, &cache.lens.iter().zip(n_new).map(|(&l, &nn)| (l + nn) as u32).collect::<Vec<_>>());
-        let KvCache { k, v, la, x, lnf, lnf_mean, lnf_rstd, emb, ids, positions, q_pos0, kv_len, logits, cap, .. } = cache;
+        let KvCache { k, v, la, x, lnf, lnf_mean, lnf_rstd, emb, ids, positions, q_pos0, kv_len, logits, cap, last_rows, lnf_last, .. } = cache;
         let [x0, x1] = x;
         match &self.emb_ln {
             None => be.embedding_fwd(x0, &self.values[self.embed], ids, n, c),
@@ -116,7 +133,15 @@ impl<B: Backend> Model<B> {
         }
         let x_last = if cfg.n_layers % 2 == 0 { &*x0 } else { &*x1 };
         self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);
-        be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
+        if last_only {
+            // gather each sequence's last new row (an embedding lookup with lnf as the table)
+            let rows: Vec<u32> = n_new.iter().enumerate().map(|(s, &nn)| (s * t + nn.max(1) - 1) as u32).collect();
+            be.write_ids(last_rows, &rows);
+            be.embedding_fwd(lnf_last, lnf, last_rows, b, c);
+            be.matmul(logits, lnf_last, &self.values[head], &Gemm::new(b, cfg.vocab_size, c).trans_b());
+        } else {
+            be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
+        }
         for (len, &nn) in cache.lens.iter_mut().zip(n_new) {
             *len += nn;
         }

@@ -239,20 +239,17 @@ pub fn generate<B: Backend>(model: &Model<B>, prompts: &[Vec<u32>], s: &Sampling
     for (i, p) in prompts.iter().enumerate() {
         tokens[i * t_prompt..i * t_prompt + p.len()].copy_from_slice(p);
     }
-    model.forward_cached(&mut cache, &tokens, t_prompt, &lens)?;
-    // logits row of each sequence's next token in the last forward's output
-    let mut rows: Vec<usize> = (0..b).map(|i| i * t_prompt + lens[i] - 1).collect();
-    let mut n_rows = b * t_prompt;
+    // the LM head only on each sequence's last token: row i of the logits is sequence i's next
+    model.forward_cached_last(&mut cache, &tokens, t_prompt, &lens)?;
     let mut rng = Rng::new(s.seed);
     let mut done = vec![false; b];
     loop {
-        let last_row = (0..b).filter(|&i| !done[i]).map(|i| rows[i]).max().unwrap();
-        let logits = model.be.read(&cache.logits, (last_row + 1).min(n_rows) * v);
+        let logits = model.be.read(&cache.logits, b * v);
         for i in 0..b {
             if done[i] {
                 continue;
             }
-            let (tok, lp) = next_token(&logits[rows[i] * v..][..v], s, &mut rng);
+            let (tok, lp) = next_token(&logits[i * v..][..v], s, &mut rng);
             let g = &mut out[i];
             g.tokens.push(tok);
             g.logprobs.push(lp);
@@ -268,9 +265,7 @@ pub fn generate<B: Backend>(model: &Model<B>, prompts: &[Vec<u32>], s: &Sampling
         }
         let step: Vec<u32> = (0..b).map(|i| if done[i] { pad } else { *out[i].tokens.last().unwrap() }).collect();
         let n_new: Vec<usize> = done.iter().map(|&d| usize::from(!d)).collect();
-        model.forward_cached(&mut cache, &step, 1, &n_new)?;
-        rows = (0..b).collect();
-        n_rows = b;
+        model.forward_cached_last(&mut cache, &step, 1, &n_new)?;
     }
 }
 

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         }));
     }
     let cli = okapi::cli::Cli::parse();
-    match okapi::runtime::run_in_pool(0, || okapi::cli::run(cli)) {
+    match okapi::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

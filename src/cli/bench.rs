@@ -57,7 +57,7 @@ pub struct BenchArgs {
     /// Compute backend: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
-    /// Worker threads (rayon's global pool; default: RAYON_NUM_THREADS, else all cores)
+    /// Worker threads (the pool the command runs in; default: RAYON_NUM_THREADS, else all cores)
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seed of the model's initialisation and of the token ids
@@ -147,12 +147,10 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
     };
     let cfg = preset_config(arch, &a.preset, None, max_positions).map_err(|e| format!("--preset: {e}"))?;
     let be = super::cpu_backend(a.backend)?;
-    if let Some(n) = a.threads {
-        if n == 0 {
-            return Err("--threads 0: must be at least 1".into());
-        }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| format!("--threads {n}: cannot build the thread pool: {e}"))?;
+    if a.threads == Some(0) {
+        return Err("--threads 0: must be at least 1".into());
     }
+    // `okapi::cli::run` already runs this command inside a pool of --threads workers
     let threads = rayon::current_num_threads();
     let device = be.name();
     let model = Model::init(be, cfg, a.seed);

@@ -49,8 +49,18 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Runs a parsed command; `Err` is the one line printed before exiting with status 1.
+/// Runs a parsed command inside a rayon pool (see `okapi_runtime::run_in_pool`: the kernels
+/// then run small ops inline instead of waking the pool for each); `Err` is the one line printed
+/// before exiting with status 1.
 pub fn run(cli: Cli) -> Result<(), String> {
+    let threads = match &cli.command {
+        Command::Bench(a) => a.threads.unwrap_or(0),
+        _ => 0,
+    };
+    okapi_runtime::run_in_pool(threads, || dispatch(cli))
+}
+
+fn dispatch(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Sft(a) => sft::run(a),
