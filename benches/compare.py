@@ -39,8 +39,8 @@ passes no EOS; torch sets min_new_tokens = max_new_tokens), KV cache. torch:
 `model.generate(ids, attention_mask=ones, max_new_tokens=K, min_new_tokens=K, do_sample=False,
 use_cache=True)`, the whole call timed. Prefill timed separately as one forward of the prompts
 (torch: `model(ids, use_cache=True, logits_to_keep=1)` under no_grad, which is what generate's
-first forward computes; okapi: its generate's prefill, which computes the logits of every
-prompt position). decode tokens/s = B·K / (median whole − median prefill); tokens_per_s_total =
+first forward computes; okapi: its generate's prefill, which likewise runs the LM head on the
+last prompt position only). decode tokens/s = B·K / (median whole − median prefill); tokens_per_s_total =
 B·K / median whole.
 
 --attn picks torch's attention implementation (default sdpa; BLOOM supports only eager in

@@ -277,14 +277,15 @@ fn bench_train<B: Backend>(mut model: Model<B>, a: &BenchArgs, threads: usize) -
     Ok(out)
 }
 
-/// The prefill of `generate` on its own: a cache as `generate` sizes it, one `forward_cached` of
-/// the (equal-length) prompts, the read of the logits and the first greedy token of each.
+/// The prefill of `generate` on its own: a cache as `generate` sizes it, one
+/// `forward_cached_last` of the (equal-length) prompts (the LM head on the last position only,
+/// as `generate` does), the read of the logits and the first greedy token of each.
 fn prefill<B: Backend>(model: &Model<B>, flat: &[u32], b: usize, t: usize, new: usize) -> Result<Vec<u32>, String> {
     let v = model.cfg.vocab_size;
     let mut cache = model.new_cache(b, t + new - 1, t);
-    model.forward_cached(&mut cache, flat, t, &vec![t; b]).map_err(|e| e.to_string())?;
-    let logits = model.be.read(&cache.logits, b * t * v);
-    Ok((0..b).map(|i| argmax(&logits[(i * t + t - 1) * v..][..v]) as u32).collect())
+    model.forward_cached_last(&mut cache, flat, t, &vec![t; b]).map_err(|e| e.to_string())?;
+    let logits = model.be.read(&cache.logits, b * v);
+    Ok((0..b).map(|i| argmax(&logits[i * v..][..v]) as u32).collect())
 }
 
 fn bench_generate<B: Backend>(model: &Model<B>, a: &BenchArgs, threads: usize) -> Result<serde_json::Value, String> {
