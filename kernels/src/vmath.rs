@@ -169,15 +169,6 @@ multiversion! {
 }
 
 multiversion! {
-    /// x[i] ← k·e^(x[i] − b) in place.
-    pub fn scaled_exp_inplace(x: &mut [f32], k: f32, b: f32) -> () {
-        for v in x.iter_mut() {
-            *v = k * exp(*v - b);
-        }
-    }
-}
-
-multiversion! {
     /// Σ a[i]·b[i], 16 fixed lanes in f32.
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());

@@ -22,10 +22,13 @@ pub fn xent_fwd_bwd(logits: &mut [f32], losses: &mut [f32], targets: &[u32], coe
             row.iter_mut().for_each(|x| *x = 0.0);
             return;
         }
-        let lse = row_lse(row);
-        *loss = lse - row[t as usize];
+        // one exp per element: row ← e^(x − max), then scaled by coef/Σ
+        let target_logit = row[t as usize];
+        let max = vmath::max(row);
+        let sum = vmath::exp_affine_sum(row, 1.0, max);
+        *loss = max + sum.ln() as f32 - target_logit;
         let k = coef[n];
-        vmath::scaled_exp_inplace(row, k, lse);
+        vmath::scale(row, (k as f64 / sum) as f32);
         row[t as usize] -= k;
     });
 }
