@@ -46,28 +46,47 @@ fn rotate(x: &mut [f32], n_heads: usize, head_dim: usize, positions: &[u32], inv
     let half = head_dim / 2;
     let width = n_heads * head_dim;
     let n = x.len() / width.max(1);
-    let angle = |pos: u32, i: usize| {
-        let a = pos as f32 * inv_freq[i];
-        (a.cos(), a.sin() * sign)
+    // (cos, sin·sign) of one position into two slices of D/2
+    let angles = |pos: u32, cos: &mut [f32], sin: &mut [f32]| {
+        for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(inv_freq) {
+            let a = pos as f32 * f;
+            *c = a.cos();
+            *s = a.sin() * sign;
+        }
     };
-    let apply = |row: &mut [f32], cs: &mut dyn Iterator<Item = (f32, f32)>| {
-        for (i, (c, s)) in cs.enumerate() {
-            for h in 0..n_heads {
-                let base = h * head_dim;
-                let (x1, x2) = (row[base + i], row[base + i + half]);
-                row[base + i] = x1 * c - x2 * s;
-                row[base + i + half] = x2 * c + x1 * s;
+    // per head: the halves (x1, x2) = (x[..D/2], x[D/2..]) zipped with cos/sin, which vectorises
+    let apply = |row: &mut [f32], cos: &[f32], sin: &[f32]| {
+        for head in row.chunks_exact_mut(head_dim) {
+            let (lo, hi) = head.split_at_mut(half);
+            for (((x1, x2), &c), &s) in lo.iter_mut().zip(hi[..half].iter_mut()).zip(cos).zip(sin) {
+                let (a, b) = (*x1, *x2);
+                *x1 = a * c - b * s;
+                *x2 = b * c + a * s;
             }
         }
     };
     // A training batch repeats positions 0..T for every sequence: compute each position's
-    // (cos, sin) once (libm's sin/cos dominate this kernel) — the same f32 values, so the same bits.
+    // (cos, sin) once (libm's sin/cos dominate otherwise) — the same f32 values, so the same bits.
     let max_pos = positions[..n].iter().copied().max().unwrap_or(0) as usize;
     if (max_pos + 1) * 2 <= n {
-        let table: Vec<(f32, f32)> = (0..=max_pos as u32).into_par_iter().flat_map_iter(|p| (0..half).map(move |i| angle(p, i))).collect();
-        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| apply(row, &mut table[pos as usize * half..][..half].iter().copied()));
+        let mut table = vec![0f32; (max_pos + 1) * 2 * half];
+        table.par_chunks_mut(2 * half).enumerate().for_each(|(p, t)| {
+            let (c, s) = t.split_at_mut(half);
+            angles(p as u32, c, s);
+        });
+        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
+            let t = &table[pos as usize * 2 * half..][..2 * half];
+            apply(row, &t[..half], &t[half..]);
+        });
     } else {
-        x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| apply(row, &mut (0..half).map(|i| angle(pos, i))));
+        x.par_chunks_mut(width).zip(positions.par_iter()).for_each_init(
+            || vec![0f32; 2 * half],
+            |cs, (row, &pos)| {
+                let (c, s) = cs.split_at_mut(half);
+                angles(pos, c, s);
+                apply(row, c, s);
+            },
+        );
     }
 }
 
