@@ -11,11 +11,7 @@ fn sigmoid(x: f32) -> f32 {
 
 /// out = silu(gate) · up. All (N,F).
 pub fn swiglu_fwd(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| {
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g * sigmoid(g) * u;
-        }
-    });
+    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| swiglu_fwd_chunk(o, g, u));
 }
 
 /// dgate = dout·up·silu'(gate), dup = dout·silu(gate)  (both `=`). All (N,F).
@@ -25,13 +21,44 @@ pub fn swiglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32]
         .zip(dup.par_chunks_mut(PAR_CHUNK))
         .zip(dout.par_chunks(PAR_CHUNK))
         .zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK)))
-        .for_each(|(((dg, du), d), (g, u))| {
-            for i in 0..dg.len() {
-                let s = sigmoid(g[i]);
-                du[i] = d[i] * g[i] * s;
-                dg[i] = d[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
-            }
-        });
+        .for_each(|(((dg, du), d), (g, u))| swiglu_bwd_chunk(dg, du, d, g, u));
+}
+
+// The chunk loops are zipped (no bounds checks) so they vectorise, and exist in an AVX-512 copy.
+crate::vmath::multiversion! {
+    fn swiglu_fwd_chunk(o: &mut [f32], g: &[f32], u: &[f32]) -> () {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(g) * u;
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    fn swiglu_bwd_chunk(dg: &mut [f32], du: &mut [f32], d: &[f32], g: &[f32], u: &[f32]) -> () {
+        for ((((dg, du), &d), &g), &u) in dg.iter_mut().zip(du.iter_mut()).zip(d).zip(g).zip(u) {
+            let s = sigmoid(g);
+            *du = d * g * s;
+            *dg = d * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    fn gelu_fwd_chunk(o: &mut [f32], x: &[f32]) -> () {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = x * 0.5 * (1.0 + tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)));
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    fn gelu_bwd_chunk(dx: &mut [f32], d: &[f32], x: &[f32]) -> () {
+        for ((dx, &d), &x) in dx.iter_mut().zip(d).zip(x) {
+            let t = tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
+            let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.107_032_24 * x * x)) + 0.5 * (1.0 + t);
+            *dx = ff * d;
+        }
+    }
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_56;
@@ -45,20 +72,10 @@ fn tanh(u: f32) -> f32 {
 
 /// out = x·½·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))), BLOOM's `bloom_gelu_forward`.
 pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
-    out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(o, x)| {
-        for (o, &x) in o.iter_mut().zip(x) {
-            *o = x * 0.5 * (1.0 + tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)));
-        }
-    });
+    out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(o, x)| gelu_fwd_chunk(o, x));
 }
 
 /// dx = dout·gelu'(x) (`=`), BLOOM's `bloom_gelu_back`.
 pub fn gelu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
-    dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| {
-        for ((dx, &d), &x) in dx.iter_mut().zip(d).zip(x) {
-            let t = tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
-            let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.107_032_24 * x * x)) + 0.5 * (1.0 + t);
-            *dx = ff * d;
-        }
-    });
+    dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| gelu_bwd_chunk(dx, d, x));
 }
