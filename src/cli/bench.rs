@@ -146,10 +146,13 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
         Mode::Generate => (a.seq_len + a.new_tokens).max(2048),
     };
     let cfg = preset_config(arch, &a.preset, None, max_positions).map_err(|e| format!("--preset: {e}"))?;
-    let be = super::cpu_backend(a.backend)?;
     if a.threads == Some(0) {
         return Err("--threads 0: must be at least 1".into());
     }
+    super::on_backend!(a.backend, |be| bench_on(be, cfg, &a, mode))
+}
+
+fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mode: Mode) -> Result<(), String> {
     // `okapi::cli::run` already runs this command inside a pool of --threads workers
     let threads = rayon::current_num_threads();
     let device = be.name();
@@ -167,8 +170,8 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
         model.cfg.vocab_size
     );
     let line = match mode {
-        Mode::Train => bench_train(model, &a, threads)?,
-        Mode::Generate => bench_generate(&model, &a, threads)?,
+        Mode::Train => bench_train(model, a, threads)?,
+        Mode::Generate => bench_generate(&model, a, threads)?,
     };
     println!("{line}");
     Ok(())

@@ -48,7 +48,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
     if !matches!(a.method.as_str(), "ppo" | "dpo" | "none") {
         return Err(format!("--method {}: expected ppo, dpo or none", a.method));
     }
-    run_on(super::cpu_backend(a.backend)?, &a)
+    super::on_backend!(a.backend, |be| run_on(be, &a))
 }
 
 /// Mean of the first and of the last `k` values of a metric in a metrics.jsonl.

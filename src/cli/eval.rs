@@ -65,7 +65,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<(), String> {
-    run_on(super::cpu_backend(a.backend)?, &a)
+    super::on_backend!(a.backend, |be| run_on(be, &a))
 }
 
 /// `[task=]FILE` → (task, path): the prefix, the only task, or the task named in the file name.

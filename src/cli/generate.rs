@@ -12,7 +12,7 @@
 use okapi_data::{PromptTemplate, Tokenizer};
 use okapi_model::Model;
 use okapi_rlhf::{generate, Sampling};
-use okapi_runtime::{Backend, BackendKind, CpuBackend};
+use okapi_runtime::{Backend, BackendKind};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -47,9 +47,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> Result<(), String> {
-    match a.backend.resolve().map_err(|e| e.to_string())? {
-        _ => run_on(CpuBackend, &a),
-    }
+    super::on_backend!(a.backend, |be| run_on(be, &a))
 }
 
 fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {

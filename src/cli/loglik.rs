@@ -25,7 +25,7 @@ pub struct LoglikArgs {
 }
 
 pub fn run(a: LoglikArgs) -> Result<(), String> {
-    run_on(super::cpu_backend(a.backend)?, &a)
+    super::on_backend!(a.backend, |be| run_on(be, &a))
 }
 
 fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {

@@ -1,5 +1,21 @@
 //! The `okapi-train` commands: parse → call. Each command returns a one-line error.
 
+/// Runs `$body` with `$be` bound to the backend `--backend` resolves to. The commands are
+/// generic over `B: Backend`, so the body is monomorphised once per backend built in.
+macro_rules! on_backend {
+    ($kind:expr, |$be:ident| $body:expr) => {{
+        match ($kind).resolve().map_err(|e| e.to_string())? {
+            okapi_runtime::BackendKind::Cpu => {
+                let $be = okapi_runtime::CpuBackend;
+                $body
+            }
+            other => Err(format!("backend {other:?} is not built into this binary")),
+        }
+    }};
+}
+pub(crate) use on_backend;
+
+
 pub mod bench;
 pub mod eval;
 pub mod generate;
@@ -77,9 +93,3 @@ fn dispatch(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// The backend a command runs on. Only the CPU backend is built yet: `resolve` turns a request for
-/// another one into a clear error.
-pub fn cpu_backend(kind: okapi_runtime::BackendKind) -> Result<okapi_runtime::CpuBackend, String> {
-    kind.resolve().map_err(|e| e.to_string())?;
-    Ok(okapi_runtime::CpuBackend)
-}

@@ -79,7 +79,10 @@ fn eos_pad<B: Backend>(model: &Model<B>) -> Result<(u32, u32), String> {
 }
 
 pub fn run_reward(a: RewardArgs) -> Result<(), String> {
-    let be = super::cpu_backend(a.train.backend)?;
+    super::on_backend!(a.train.backend, |be| run_reward_on(be, &a))
+}
+
+fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
     let cfg = a.train.resolve(&RM_RECIPE)?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let device = be.name();
@@ -117,7 +120,10 @@ pub fn run_reward(a: RewardArgs) -> Result<(), String> {
 }
 
 pub fn run_dpo(a: DpoArgs) -> Result<(), String> {
-    let be = super::cpu_backend(a.train.backend)?;
+    super::on_backend!(a.train.backend, |be| run_dpo_on(be, &a))
+}
+
+fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     let cfg = a.train.resolve(&DPO_RECIPE)?;
     if !(a.beta.is_finite() && a.beta > 0.0) {
         return Err(format!("--beta {}: expected a positive number", a.beta));
@@ -168,7 +174,10 @@ pub struct ScoreArgs {
 }
 
 pub fn run_score(a: ScoreArgs) -> Result<(), String> {
-    let be = super::cpu_backend(a.backend)?;
+    super::on_backend!(a.backend, |be| run_score_on(be, &a))
+}
+
+fn run_score_on<B: Backend>(be: B, a: &ScoreArgs) -> Result<(), String> {
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     if model.score.is_none() {

@@ -5,7 +5,7 @@ use okapi_model::{DType, Model, Rng};
 use okapi_rlhf::ppo::kl::KlController;
 use okapi_rlhf::ppo::{run_ppo, PpoConfig, PpoIo, PpoLossCfg};
 use okapi_rlhf::{AdamWConfig, Sampling, TrainError};
-use okapi_runtime::BackendKind;
+use okapi_runtime::{Backend, BackendKind};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -109,7 +109,10 @@ fn err(e: impl ToString) -> String {
 }
 
 pub fn run(a: PpoArgs) -> Result<(), String> {
-    let be = super::cpu_backend(a.backend)?;
+    super::on_backend!(a.backend, |be| run_on(be, &a))
+}
+
+fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     if !matches!(a.critic.as_str(), "shared" | "separate") {
         return Err(format!("--critic {}: expected shared (a value head on the policy's trunk) or separate (a critic initialised from the reward model)", a.critic));
     }
@@ -135,10 +138,10 @@ pub fn run(a: PpoArgs) -> Result<(), String> {
             tok.path.display()
         ));
     }
-    let mut policy = Model::load(be, &a.policy).map_err(err)?;
+    let mut policy = Model::load(be.clone(), &a.policy).map_err(err)?;
     policy.lm_head().map_err(err)?;
-    let reference = Model::load(be, &a.policy).map_err(err)?;
-    let rm = Model::load(be, &a.reward).map_err(err)?;
+    let reference = Model::load(be.clone(), &a.policy).map_err(err)?;
+    let rm = Model::load(be.clone(), &a.reward).map_err(err)?;
     if rm.score.is_none() {
         return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
     }
@@ -149,7 +152,7 @@ pub fn run(a: PpoArgs) -> Result<(), String> {
     // the value head: N(0, initializer_range) weights, zero bias
     let critic = if a.critic == "separate" {
         // a critic initialised from the reward model: its trunk, its score head as the value head
-        let mut c = Model::load(be, &a.reward).map_err(err)?;
+        let mut c = Model::load(be.clone(), &a.reward).map_err(err)?;
         let score = c.host_value(c.score.expect("checked above"));
         c.add_value_head(&score, 0.0);
         let mut mask = c.trainable_mask(a.unfrozen_layers).map_err(err)?;
