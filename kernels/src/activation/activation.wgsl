@@ -1,0 +1,86 @@
+// SwiGLU and the tanh form of GELU, forward and backward (semantics: mod.rs beside this file).
+// Elementwise, one thread per element; the 1-D index is folded under the 65535 limit:
+// i = gid.x + gid.y·(num_wg.x·WG). Every output is `=`.
+
+const WG: u32 = 256u;
+const SQRT_2_OVER_PI: f32 = 0.79788456;
+
+struct Params {
+    len: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+
+fn sigmoid(v: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-v));
+}
+
+// tanh as 1 − 2/(e^{2u} + 1): saturates to ±1 without NaN on every driver (as the CPU kernel)
+fn tanh_(u: f32) -> f32 {
+    return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+}
+
+fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * (nwg.x * WG);
+}
+
+// ---- SwiGLU forward: out, gate, up -----------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> sf_out: array<f32>;
+@group(0) @binding(2) var<storage, read> sf_gate: array<f32>;
+@group(0) @binding(3) var<storage, read> sf_up: array<f32>;
+
+@compute @workgroup_size(256)
+fn swiglu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let g = sf_gate[i];
+    sf_out[i] = g * sigmoid(g) * sf_up[i];
+}
+
+// ---- SwiGLU backward: dgate, dup, dout, gate, up --------------------------------------------
+@group(0) @binding(1) var<storage, read_write> sb_dgate: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sb_dup: array<f32>;
+@group(0) @binding(3) var<storage, read> sb_dout: array<f32>;
+@group(0) @binding(4) var<storage, read> sb_gate: array<f32>;
+@group(0) @binding(5) var<storage, read> sb_up: array<f32>;
+
+@compute @workgroup_size(256)
+fn swiglu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let g = sb_gate[i];
+    let d = sb_dout[i];
+    let s = sigmoid(g);
+    sb_dup[i] = d * g * s;
+    sb_dgate[i] = d * sb_up[i] * s * (1.0 + g * (1.0 - s));
+}
+
+// ---- GELU forward: out, x --------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> gf_out: array<f32>;
+@group(0) @binding(2) var<storage, read> gf_x: array<f32>;
+
+@compute @workgroup_size(256)
+fn gelu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let x = gf_x[i];
+    gf_out[i] = x * 0.5 * (1.0 + tanh_(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)));
+}
+
+// ---- GELU backward: dx, dout, x --------------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> gb_dx: array<f32>;
+@group(0) @binding(2) var<storage, read> gb_dout: array<f32>;
+@group(0) @binding(3) var<storage, read> gb_x: array<f32>;
+
+@compute @workgroup_size(256)
+fn gelu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let x = gb_x[i];
+    let t = tanh_(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
+    let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.10703224 * x * x)) + 0.5 * (1.0 + t);
+    gb_dx[i] = ff * gb_dout[i];
+}

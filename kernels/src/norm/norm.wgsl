@@ -1,0 +1,222 @@
+// RMSNorm and LayerNorm, forward and backward (semantics: mod.rs beside this file).
+//
+// Row kernels: one workgroup of WG threads per row (row = wg.x + wg.y·num_wg.x, the grid folded
+// under the 65535 limit); each thread walks the row with stride WG, then a fixed-order tree
+// reduction in workgroup memory — deterministic. Column sums (dw, db) are one thread per
+// column looping over the rows in order: no float atomics, the same bits every run.
+//
+// Each entry point declares its own bindings (the pipeline layout is derived per entry point):
+// binding 0 = params, then the buffers in the order rows.rs passes them.
+
+const WG: u32 = 256u;
+
+struct RowParams {
+    n: u32,
+    c: u32,
+    eps: f32,
+    _p: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: RowParams;
+
+var<workgroup> red_a: array<f32, WG>;
+var<workgroup> red_b: array<f32, WG>;
+
+// Tree sums of red_a (and red_b) across the workgroup; every thread gets the totals.
+fn reduce_a(lid: u32) -> f32 {
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if lid < s {
+            red_a[lid] = red_a[lid] + red_a[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red_a[0];
+    workgroupBarrier();
+    return r;
+}
+
+fn reduce_ab(lid: u32) -> vec2<f32> {
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if lid < s {
+            red_a[lid] = red_a[lid] + red_a[lid + s];
+            red_b[lid] = red_b[lid] + red_b[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = vec2<f32>(red_a[0], red_b[0]);
+    workgroupBarrier();
+    return r;
+}
+
+// ---- RMSNorm forward: out, rstd, x, w ------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> rf_out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> rf_rstd: array<f32>;
+@group(0) @binding(3) var<storage, read> rf_x: array<f32>;
+@group(0) @binding(4) var<storage, read> rf_w: array<f32>;
+
+@compute @workgroup_size(256)
+fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= P.n { return; }
+    let c = P.c;
+    let base = row * c;
+    var ss = 0.0;
+    for (var j = lid; j < c; j += WG) {
+        let v = rf_x[base + j];
+        ss += v * v;
+    }
+    red_a[lid] = ss;
+    let tot = reduce_a(lid);
+    let rs = 1.0 / sqrt(tot / f32(c) + P.eps);
+    if lid == 0u { rf_rstd[row] = rs; }
+    for (var j = lid; j < c; j += WG) {
+        rf_out[base + j] = rf_w[j] * (rf_x[base + j] * rs);
+    }
+}
+
+// ---- RMSNorm backward, dx += …: dx, dy, x, w, rstd -----------------------------------------
+@group(0) @binding(1) var<storage, read_write> rb_dx: array<f32>;
+@group(0) @binding(2) var<storage, read> rb_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> rb_x: array<f32>;
+@group(0) @binding(4) var<storage, read> rb_w: array<f32>;
+@group(0) @binding(5) var<storage, read> rb_rstd: array<f32>;
+
+@compute @workgroup_size(256)
+fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= P.n { return; }
+    let c = P.c;
+    let base = row * c;
+    let rs = rb_rstd[row];
+    var acc = 0.0;
+    for (var j = lid; j < c; j += WG) {
+        acc += (rb_dy[base + j] * rb_w[j]) * (rb_x[base + j] * rs);
+    }
+    red_a[lid] = acc;
+    let dot = reduce_a(lid) / f32(c);
+    for (var j = lid; j < c; j += WG) {
+        let g = rb_dy[base + j];
+        let xv = rb_x[base + j];
+        rb_dx[base + j] = rb_dx[base + j] + rs * (g * rb_w[j] - xv * rs * dot);
+    }
+}
+
+// ---- RMSNorm backward, dw += Σ_rows dy·x·rstd: dw, dy, x, rstd (one thread per column) ------
+@group(0) @binding(1) var<storage, read_write> rw_dw: array<f32>;
+@group(0) @binding(2) var<storage, read> rw_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> rw_x: array<f32>;
+@group(0) @binding(4) var<storage, read> rw_rstd: array<f32>;
+
+@compute @workgroup_size(256)
+fn rmsnorm_bwd_dw(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let c = P.c;
+    if j >= c { return; }
+    var acc = 0.0;
+    for (var r = 0u; r < P.n; r++) {
+        acc += rw_dy[r * c + j] * rw_x[r * c + j] * rw_rstd[r];
+    }
+    rw_dw[j] = rw_dw[j] + acc;
+}
+
+// ---- LayerNorm forward: out, mean, rstd, x, w, b -------------------------------------------
+@group(0) @binding(1) var<storage, read_write> lf_out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> lf_mean: array<f32>;
+@group(0) @binding(3) var<storage, read_write> lf_rstd: array<f32>;
+@group(0) @binding(4) var<storage, read> lf_x: array<f32>;
+@group(0) @binding(5) var<storage, read> lf_w: array<f32>;
+@group(0) @binding(6) var<storage, read> lf_b: array<f32>;
+
+@compute @workgroup_size(256)
+fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= P.n { return; }
+    let c = P.c;
+    let base = row * c;
+    // two passes (mean, then squared deviations), as the CPU kernel
+    var s = 0.0;
+    for (var j = lid; j < c; j += WG) {
+        s += lf_x[base + j];
+    }
+    red_a[lid] = s;
+    let mu = reduce_a(lid) / f32(c);
+    var sq = 0.0;
+    for (var j = lid; j < c; j += WG) {
+        let d = lf_x[base + j] - mu;
+        sq += d * d;
+    }
+    red_a[lid] = sq;
+    let var_ = reduce_a(lid) / f32(c);
+    let rs = 1.0 / sqrt(var_ + P.eps);
+    if lid == 0u {
+        lf_mean[row] = mu;
+        lf_rstd[row] = rs;
+    }
+    for (var j = lid; j < c; j += WG) {
+        lf_out[base + j] = (lf_x[base + j] - mu) * rs * lf_w[j] + lf_b[j];
+    }
+}
+
+// ---- LayerNorm backward, dx += …: dx, dy, x, w, mean, rstd ---------------------------------
+@group(0) @binding(1) var<storage, read_write> lb_dx: array<f32>;
+@group(0) @binding(2) var<storage, read> lb_dy: array<f32>;
+@group(0) @binding(3) var<storage, read> lb_x: array<f32>;
+@group(0) @binding(4) var<storage, read> lb_w: array<f32>;
+@group(0) @binding(5) var<storage, read> lb_mean: array<f32>;
+@group(0) @binding(6) var<storage, read> lb_rstd: array<f32>;
+
+@compute @workgroup_size(256)
+fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= P.n { return; }
+    let c = P.c;
+    let base = row * c;
+    let mu = lb_mean[row];
+    let rs = lb_rstd[row];
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = lid; j < c; j += WG) {
+        let dxhat = lb_dy[base + j] * lb_w[j];
+        sg += dxhat;
+        sgx += dxhat * ((lb_x[base + j] - mu) * rs);
+    }
+    red_a[lid] = sg;
+    red_b[lid] = sgx;
+    let t = reduce_ab(lid);
+    let mean_g = t.x / f32(c);
+    let mean_gx = t.y / f32(c);
+    for (var j = lid; j < c; j += WG) {
+        let xhat = (lb_x[base + j] - mu) * rs;
+        lb_dx[base + j] = lb_dx[base + j] + rs * (lb_dy[base + j] * lb_w[j] - mean_g - xhat * mean_gx);
+    }
+}
+
+// ---- LayerNorm backward, dw += Σ dy·xhat, db += Σ dy: dw, db, dy, x, mean, rstd ------------
+@group(0) @binding(1) var<storage, read_write> lw_dw: array<f32>;
+@group(0) @binding(2) var<storage, read_write> lw_db: array<f32>;
+@group(0) @binding(3) var<storage, read> lw_dy: array<f32>;
+@group(0) @binding(4) var<storage, read> lw_x: array<f32>;
+@group(0) @binding(5) var<storage, read> lw_mean: array<f32>;
+@group(0) @binding(6) var<storage, read> lw_rstd: array<f32>;
+
+@compute @workgroup_size(256)
+fn layernorm_bwd_dwdb(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let c = P.c;
+    if j >= c { return; }
+    var aw = 0.0;
+    var ab = 0.0;
+    for (var r = 0u; r < P.n; r++) {
+        let g = lw_dy[r * c + j];
+        aw += g * (lw_x[r * c + j] - lw_mean[r]) * lw_rstd[r];
+        ab += g;
+    }
+    lw_dw[j] = lw_dw[j] + aw;
+    lw_db[j] = lw_db[j] + ab;
+}
