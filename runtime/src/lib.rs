@@ -6,8 +6,12 @@
 //! over `B: Backend` (static dispatch); the CLI picks the backend at run time.
 
 pub mod cpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "wgpu")]
+pub use wgpu::{WBuf, WIds, WgpuBackend};
 pub use okapi_kernels::adamw::AdamW;
 pub use okapi_kernels::attention::AttnShape;
 pub use okapi_kernels::matmul::Gemm;
@@ -150,8 +154,11 @@ impl std::str::FromStr for BackendKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("backend `{0}` is not available in this build yet (only `cpu` is); see README.md's status table")]
+    #[error("backend `{0}` is not available in this build; see README.md's status table")]
     Unavailable(&'static str),
+    /// The wgpu backend could not start (no adapter, device request refused, bad `WGPU_BACKEND`).
+    #[error("wgpu: {0}")]
+    Wgpu(String),
 }
 
 impl BackendKind {
@@ -159,6 +166,9 @@ impl BackendKind {
     pub fn resolve(self) -> Result<BackendKind, RuntimeError> {
         match self {
             BackendKind::Auto | BackendKind::Cpu => Ok(BackendKind::Cpu),
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => Ok(BackendKind::Wgpu),
+            #[cfg(not(feature = "wgpu"))]
             BackendKind::Wgpu => Err(RuntimeError::Unavailable("wgpu")),
             BackendKind::Cuda => Err(RuntimeError::Unavailable("cuda")),
         }
