@@ -6,10 +6,14 @@
 //! over `B: Backend` (static dispatch); the CLI picks the backend at run time.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaBuf, CudaIds};
 #[cfg(feature = "wgpu")]
 pub use wgpu::{WBuf, WIds, WgpuBackend};
 pub use okapi_kernels::adamw::AdamW;
@@ -152,24 +156,69 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// The backends this build contains, for error messages.
+#[cfg(feature = "wgpu")]
+pub const BUILT_IN: &str = "cpu, wgpu";
+#[cfg(not(feature = "wgpu"))]
+pub const BUILT_IN: &str = "cpu";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("backend `{0}` is not available in this build; see README.md's status table")]
+    #[error("backend `{0}` is not available in this build (built in: {BUILT_IN}); see README.md's status table")]
     Unavailable(&'static str),
     /// The wgpu backend could not start (no adapter, device request refused, bad `WGPU_BACKEND`).
     #[error("wgpu: {0}")]
     Wgpu(String),
+    /// The CUDA backend could not start (no driver, no device, no NVRTC).
+    #[error("cuda: {0}")]
+    Cuda(String),
+}
+
+/// Arithmetic precision of a GPU backend (`--precision`). `F32`: every op in fp32, the exact
+/// mode for parity with the CPU. `Bf16`: matmul and attention read bf16 copies of their inputs
+/// and accumulate in fp32; master weights, optimizer state and all other math stay fp32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown precision `{s}` (expected f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
 }
 
 impl BackendKind {
     /// Resolves `auto` to the best backend present; errors for one that is not built.
     pub fn resolve(self) -> Result<BackendKind, RuntimeError> {
         match self {
+            // auto: CUDA when this build has it and a driver, a device and NVRTC are present
+            #[cfg(feature = "cuda")]
+            BackendKind::Auto if cuda::is_available() => Ok(BackendKind::Cuda),
             BackendKind::Auto | BackendKind::Cpu => Ok(BackendKind::Cpu),
             #[cfg(feature = "wgpu")]
             BackendKind::Wgpu => Ok(BackendKind::Wgpu),
             #[cfg(not(feature = "wgpu"))]
             BackendKind::Wgpu => Err(RuntimeError::Unavailable("wgpu")),
+            #[cfg(feature = "cuda")]
+            BackendKind::Cuda => Ok(BackendKind::Cuda),
+            #[cfg(not(feature = "cuda"))]
             BackendKind::Cuda => Err(RuntimeError::Unavailable("cuda")),
         }
     }
