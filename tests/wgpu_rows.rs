@@ -62,8 +62,8 @@ const WIDTHS: [usize; 5] = [7, 33, 300, 256, 4099];
 fn norms_match_cpu() {
     let Some(g) = gpu() else { return };
     let cpu = CpuBackend::default();
-    for (k, &c) in WIDTHS.iter().enumerate() {
-        let n = 5;
+    // n = 77: two full chunks of 32 rows and a partial one in the column sums (dw, db)
+    for (k, (&c, n)) in WIDTHS.iter().zip([5usize, 77, 5, 77, 5]).enumerate() {
         let seed = 100 + k as u64;
         let x = rand(n * c, seed, 2.0);
         let w = rand(c, seed + 1, 1.5);

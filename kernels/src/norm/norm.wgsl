@@ -2,8 +2,10 @@
 //
 // Row kernels: one workgroup of WG threads per row (row = wg.x + wg.y·num_wg.x, the grid folded
 // under the 65535 limit); each thread walks the row with stride WG, then a fixed-order tree
-// reduction in workgroup memory — deterministic. Column sums (dw, db) are one thread per
-// column looping over the rows in order: no float atomics, the same bits every run.
+// reduction in workgroup memory — deterministic. Column sums (dw, db) follow the CPU kernel's
+// order (par::column_sums): pass 1 sums each chunk of ROW_CHUNK rows per column into a partial
+// (one thread per (chunk, column)), pass 2 adds the partials to the accumulator in chunk order.
+// No float atomics: the same bits every run.
 //
 // Each entry point declares its own bindings (the pipeline layout is derived per entry point):
 // binding 0 = params, then the buffers in the order rows.rs passes them.
@@ -14,7 +16,17 @@ struct RowParams {
     n: u32,
     c: u32,
     eps: f32,
-    _p: u32,
+    chunks: u32, // column sums: ceil(n / ROW_CHUNK)
+}
+
+// rows per partial of the column sums (the CPU's par::ROW_CHUNK)
+const ROW_CHUNK: u32 = 32u;
+
+// (chunk, column) of a column-sum partial thread, or k = chunks when out of range
+fn chunk_col(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if i >= P.chunks * P.c { return vec2<u32>(P.chunks, 0u); }
+    return vec2<u32>(i / P.c, i % P.c);
 }
 
 @group(0) @binding(0) var<uniform> P: RowParams;
@@ -105,22 +117,42 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// ---- RMSNorm backward, dw += Σ_rows dy·x·rstd: dw, dy, x, rstd (one thread per column) ------
-@group(0) @binding(1) var<storage, read_write> rw_dw: array<f32>;
+// ---- RMSNorm backward, partial[k, j] = Σ_{rows of chunk k} dy·x·rstd: partial, dy, x, rstd ---
+@group(0) @binding(1) var<storage, read_write> rw_part: array<f32>;
 @group(0) @binding(2) var<storage, read> rw_dy: array<f32>;
 @group(0) @binding(3) var<storage, read> rw_x: array<f32>;
 @group(0) @binding(4) var<storage, read> rw_rstd: array<f32>;
 
 @compute @workgroup_size(256)
-fn rmsnorm_bwd_dw(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
+fn rmsnorm_bwd_dw_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let kj = chunk_col(wid, nwg, lid);
+    if kj.x >= P.chunks { return; }
     let c = P.c;
-    if j >= c { return; }
+    let j = kj.y;
+    let r1 = min(kj.x * ROW_CHUNK + ROW_CHUNK, P.n);
     var acc = 0.0;
-    for (var r = 0u; r < P.n; r++) {
+    for (var r = kj.x * ROW_CHUNK; r < r1; r++) {
         acc += rw_dy[r * c + j] * rw_x[r * c + j] * rw_rstd[r];
     }
-    rw_dw[j] = rw_dw[j] + acc;
+    rw_part[kj.x * c + j] = acc;
+}
+
+// ---- column sums, pass 2: acc[j] += partial[0, j] + partial[1, j] + … (in chunk order) -------
+@group(0) @binding(1) var<storage, read_write> cf_acc: array<f32>;
+@group(0) @binding(2) var<storage, read> cf_part: array<f32>;
+
+@compute @workgroup_size(256)
+fn colsum_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let j = (wid.x + wid.y * nwg.x) * WG + lid;
+    let c = P.c;
+    if j >= c { return; }
+    var a = cf_acc[j];
+    for (var k = 0u; k < P.chunks; k++) {
+        a += cf_part[k * c + j];
+    }
+    cf_acc[j] = a;
 }
 
 // ---- LayerNorm forward: out, mean, rstd, x, w, b -------------------------------------------
@@ -197,26 +229,30 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
-// ---- LayerNorm backward, dw += Σ dy·xhat, db += Σ dy: dw, db, dy, x, mean, rstd ------------
-@group(0) @binding(1) var<storage, read_write> lw_dw: array<f32>;
-@group(0) @binding(2) var<storage, read_write> lw_db: array<f32>;
+// ---- LayerNorm backward, partials of dw (Σ dy·xhat) and db (Σ dy) per chunk of rows:
+//      part_w, part_b, dy, x, mean, rstd ----------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> lw_pw: array<f32>;
+@group(0) @binding(2) var<storage, read_write> lw_pb: array<f32>;
 @group(0) @binding(3) var<storage, read> lw_dy: array<f32>;
 @group(0) @binding(4) var<storage, read> lw_x: array<f32>;
 @group(0) @binding(5) var<storage, read> lw_mean: array<f32>;
 @group(0) @binding(6) var<storage, read> lw_rstd: array<f32>;
 
 @compute @workgroup_size(256)
-fn layernorm_bwd_dwdb(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
+fn layernorm_bwd_dwdb_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                              @builtin(local_invocation_index) lid: u32) {
+    let kj = chunk_col(wid, nwg, lid);
+    if kj.x >= P.chunks { return; }
     let c = P.c;
-    if j >= c { return; }
+    let j = kj.y;
+    let r1 = min(kj.x * ROW_CHUNK + ROW_CHUNK, P.n);
     var aw = 0.0;
     var ab = 0.0;
-    for (var r = 0u; r < P.n; r++) {
+    for (var r = kj.x * ROW_CHUNK; r < r1; r++) {
         let g = lw_dy[r * c + j];
         aw += g * (lw_x[r * c + j] - lw_mean[r]) * lw_rstd[r];
         ab += g;
     }
-    lw_dw[j] = lw_dw[j] + aw;
-    lw_db[j] = lw_db[j] + ab;
+    lw_pw[kj.x * c + j] = aw;
+    lw_pb[kj.x * c + j] = ab;
 }

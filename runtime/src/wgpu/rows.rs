@@ -2,9 +2,9 @@
 //! GELU, softmax, fused cross-entropy / log-probs and AdamW, each a hand-written WGSL kernel
 //! beside its CPU twin in okapi-kernels (same semantics: see each CPU kernel's doc comment).
 //!
-//! Row reductions run one workgroup of 256 threads per row with fixed-order tree reductions,
-//! and column sums (dw, db) one thread per column looping over the rows in order: no float
-//! atomics, so every result is deterministic. Grids stay under the 65535-per-dimension limit:
+//! Row reductions run one workgroup of 256 threads per row with fixed-order tree reductions;
+//! column sums (dw, db) sum chunks of 32 rows into partials, then add the partials in chunk
+//! order (the CPU's `par::column_sums` order). No float atomics: every result is deterministic. Grids stay under the 65535-per-dimension limit:
 //! rows fold into x·y (`groups_fold`), elementwise ops use `groups_1d`.
 
 use super::{groups_1d, groups_fold, WBuf, WIds, WgpuBackend};
@@ -26,10 +26,9 @@ fn rows_grid(n: usize) -> [u32; 3] {
     groups_fold(n as u64)
 }
 
-/// One thread per column (column sums): c / WG workgroups on x.
-fn cols_grid(c: usize) -> [u32; 3] {
-    groups_1d(c as u64, WG)
-}
+/// Rows per partial of the column sums (dw, db): the CPU's `par::ROW_CHUNK`, so the
+/// summation order — and with it the bits — are the CPU kernel's.
+const ROW_CHUNK: usize = 32;
 
 fn f(v: f32) -> u32 {
     v.to_bits()
@@ -60,9 +59,24 @@ impl WgpuBackend {
             return;
         }
         check_elems("rmsnorm_bwd", n, c);
-        let p = [u(n), u(c), 0];
-        self.dispatch("norm.rmsnorm_bwd_dw", NORM, "rmsnorm_bwd_dw", &p, &[&dw.buf, &dy.buf, &x.buf, &rstd.buf], cols_grid(c));
+        let chunks = n.div_ceil(ROW_CHUNK);
+        let p = [u(n), u(c), 0, u(chunks)];
+        let part = self.scratch(chunks * c);
+        self.dispatch(
+            "norm.rmsnorm_bwd_dw_partial",
+            NORM,
+            "rmsnorm_bwd_dw_partial",
+            &p,
+            &[&part.buf, &dy.buf, &x.buf, &rstd.buf],
+            groups_1d((chunks * c) as u64, WG),
+        );
+        self.colsum_finish(dw, &part, &p, c);
         self.dispatch("norm.rmsnorm_bwd_dx", NORM, "rmsnorm_bwd_dx", &p, &[&dx.buf, &dy.buf, &x.buf, &w.buf, &rstd.buf], rows_grid(n));
+    }
+
+    /// acc[j] += Σ_k partial[k, j], k in order (pass 2 of the norms' column sums).
+    fn colsum_finish(&self, acc: &mut WBuf, partial: &WBuf, p: &[u32; 4], c: usize) {
+        self.dispatch("norm.colsum_finish", NORM, "colsum_finish", p, &[&acc.buf, &partial.buf], groups_1d(c as u64, WG));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -110,15 +124,19 @@ impl WgpuBackend {
             return;
         }
         check_elems("layernorm_bwd", n, c);
-        let p = [u(n), u(c), 0];
+        let chunks = n.div_ceil(ROW_CHUNK);
+        let p = [u(n), u(c), 0, u(chunks)];
+        let (part_w, part_b) = (self.scratch(chunks * c), self.scratch(chunks * c));
         self.dispatch(
-            "norm.layernorm_bwd_dwdb",
+            "norm.layernorm_bwd_dwdb_partial",
             NORM,
-            "layernorm_bwd_dwdb",
+            "layernorm_bwd_dwdb_partial",
             &p,
-            &[&dw.buf, &db.buf, &dy.buf, &x.buf, &mean.buf, &rstd.buf],
-            cols_grid(c),
+            &[&part_w.buf, &part_b.buf, &dy.buf, &x.buf, &mean.buf, &rstd.buf],
+            groups_1d((chunks * c) as u64, WG),
         );
+        self.colsum_finish(dw, &part_w, &p, c);
+        self.colsum_finish(db, &part_b, &p, c);
         self.dispatch(
             "norm.layernorm_bwd_dx",
             NORM,
