@@ -157,10 +157,15 @@ impl std::str::FromStr for BackendKind {
 }
 
 /// The backends this build contains, for error messages.
-#[cfg(feature = "wgpu")]
-pub const BUILT_IN: &str = "cpu, wgpu";
-#[cfg(not(feature = "wgpu"))]
-pub const BUILT_IN: &str = "cpu";
+pub const BUILT_IN: &str = if cfg!(all(feature = "wgpu", feature = "cuda")) {
+    "cpu, wgpu, cuda"
+} else if cfg!(feature = "wgpu") {
+    "cpu, wgpu"
+} else if cfg!(feature = "cuda") {
+    "cpu, cuda"
+} else {
+    "cpu"
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -1,0 +1,43 @@
+// SwiGLU and tanh-GELU, forward and backward (all `=`), grid-stride over the elements.
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+#define OKAPI_SQRT_2_OVER_PI 0.7978845608f
+// tanh as the CPU kernel computes it: 1 − 2/(e^{2u} + 1) (saturates without NaN)
+__device__ __forceinline__ float tanh_(float u) { return 1.0f - 2.0f / (expf(2.0f * u) + 1.0f); }
+
+// out = silu(gate)·up
+extern "C" __global__ void swiglu_fwd(float* __restrict__ out, const float* __restrict__ gate, const float* __restrict__ up, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        out[i] = g * sigmoidf_(g) * up[i];
+    }
+}
+
+// dgate = dout·up·silu'(gate), dup = dout·silu(gate)
+extern "C" __global__ void swiglu_bwd(float* __restrict__ dgate, float* __restrict__ dup, const float* __restrict__ dout,
+                                      const float* __restrict__ gate, const float* __restrict__ up, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float g = gate[i], u = up[i], d = dout[i];
+        const float s = sigmoidf_(g);
+        dup[i] = d * g * s;
+        dgate[i] = d * u * s * (1.0f + g * (1.0f - s));
+    }
+}
+
+// out = x·½·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))
+extern "C" __global__ void gelu_fwd(float* __restrict__ out, const float* __restrict__ x, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float v = x[i];
+        out[i] = v * 0.5f * (1.0f + tanh_(OKAPI_SQRT_2_OVER_PI * v * (1.0f + 0.044715f * v * v)));
+    }
+}
+
+// dx = dout·gelu'(x)
+extern "C" __global__ void gelu_bwd(float* __restrict__ dx, const float* __restrict__ dout, const float* __restrict__ x, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float v = x[i];
+        const float t = tanh_(OKAPI_SQRT_2_OVER_PI * v * (1.0f + 0.044715f * v * v));
+        const float ff = 0.5f * v * ((1.0f - t * t) * (OKAPI_SQRT_2_OVER_PI + 0.10703224f * v * v)) + 0.5f * (1.0f + t);
+        dx[i] = ff * dout[i];
+    }
+}
