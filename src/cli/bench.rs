@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// Compute backend: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
     /// Worker threads (the pool the command runs in; default: RAYON_NUM_THREADS, else all cores)
     #[arg(long)]
     pub threads: Option<usize>,
@@ -149,7 +152,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
     if a.threads == Some(0) {
         return Err("--threads 0: must be at least 1".into());
     }
-    super::on_backend!(a.backend, |be| bench_on(be, cfg, &a, mode))
+    super::on_backend!(a.backend, a.precision, |be| bench_on(be, cfg, &a, mode))
 }
 
 fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mode: Mode) -> Result<(), String> {

@@ -22,6 +22,9 @@ pub struct DemoArgs {
     /// Compute backend: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
     /// SFT epochs over the bundled data
     #[arg(long, default_value_t = 8)]
     pub epochs: u64,
@@ -48,7 +51,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
     if !matches!(a.method.as_str(), "ppo" | "dpo" | "none") {
         return Err(format!("--method {}: expected ppo, dpo or none", a.method));
     }
-    super::on_backend!(a.backend, |be| run_on(be, &a))
+    super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }
 
 /// Mean of the first and of the last `k` values of a metric in a metrics.jsonl.

@@ -51,6 +51,9 @@ pub struct EvalArgs {
     /// Compute backend: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
     /// Items scored side by side
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -65,7 +68,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<(), String> {
-    super::on_backend!(a.backend, |be| run_on(be, &a))
+    super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }
 
 /// `[task=]FILE` → (task, path): the prefix, the only task, or the task named in the file name.

@@ -44,10 +44,13 @@ pub struct GenerateArgs {
     /// Compute backend: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
 }
 
 pub fn run(a: GenerateArgs) -> Result<(), String> {
-    super::on_backend!(a.backend, |be| run_on(be, &a))
+    super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }
 
 fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {

@@ -2,11 +2,24 @@
 
 /// Runs `$body` with `$be` bound to the backend `--backend` resolves to. The commands are
 /// generic over `B: Backend`, so the body is monomorphised once per backend built in.
+/// `$precision` (`--precision`, an `okapi_runtime::Precision`) is f32 when omitted; bf16 needs a
+/// GPU backend.
 macro_rules! on_backend {
-    ($kind:expr, |$be:ident| $body:expr) => {{
+    ($kind:expr, |$be:ident| $body:expr) => {
+        $crate::cli::on_backend!($kind, okapi_runtime::Precision::F32, |$be| $body)
+    };
+    ($kind:expr, $precision:expr, |$be:ident| $body:expr) => {{
+        let precision: okapi_runtime::Precision = $precision;
         match ($kind).resolve().map_err(|e| e.to_string())? {
             okapi_runtime::BackendKind::Cpu => {
+                if precision != okapi_runtime::Precision::F32 {
+                    return Err(format!("--precision {precision}: the CPU backend computes in f32 only (bf16 runs on --backend cuda)"));
+                }
                 let $be = okapi_runtime::CpuBackend;
+                $body
+            }
+            okapi_runtime::BackendKind::Cuda => {
+                let $be = okapi_runtime::CudaBackend::with_precision(0, precision).map_err(|e| e.to_string())?;
                 $body
             }
             other => Err(format!("backend {other:?} is not built into this binary")),

@@ -79,7 +79,7 @@ fn eos_pad<B: Backend>(model: &Model<B>) -> Result<(u32, u32), String> {
 }
 
 pub fn run_reward(a: RewardArgs) -> Result<(), String> {
-    super::on_backend!(a.train.backend, |be| run_reward_on(be, &a))
+    super::on_backend!(a.train.backend, a.train.precision, |be| run_reward_on(be, &a))
 }
 
 fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
@@ -120,7 +120,7 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
 }
 
 pub fn run_dpo(a: DpoArgs) -> Result<(), String> {
-    super::on_backend!(a.train.backend, |be| run_dpo_on(be, &a))
+    super::on_backend!(a.train.backend, a.train.precision, |be| run_dpo_on(be, &a))
 }
 
 fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
@@ -171,10 +171,13 @@ pub struct ScoreArgs {
     pub max_len: usize,
     #[arg(long, default_value = "auto")]
     pub backend: okapi_runtime::BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
 }
 
 pub fn run_score(a: ScoreArgs) -> Result<(), String> {
-    super::on_backend!(a.backend, |be| run_score_on(be, &a))
+    super::on_backend!(a.backend, a.precision, |be| run_score_on(be, &a))
 }
 
 fn run_score_on<B: Backend>(be: B, a: &ScoreArgs) -> Result<(), String> {

@@ -23,6 +23,9 @@ pub struct PpoArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
     /// PPO iterations (rollouts + update)
     #[arg(long, default_value_t = 100)]
     pub iterations: u64,
@@ -109,7 +112,7 @@ fn err(e: impl ToString) -> String {
 }
 
 pub fn run(a: PpoArgs) -> Result<(), String> {
-    super::on_backend!(a.backend, |be| run_on(be, &a))
+    super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }
 
 fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {

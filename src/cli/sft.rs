@@ -48,7 +48,7 @@ pub fn load_sft_data(files: &[PathBuf], flags: &TrainFlags, tok: &Tokenizer, eos
 }
 
 pub fn run(a: SftArgs) -> Result<(), String> {
-    super::on_backend!(a.train.backend, |be| run_on(be, &a))
+    super::on_backend!(a.train.backend, a.train.precision, |be| run_on(be, &a))
 }
 
 fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {

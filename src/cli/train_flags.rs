@@ -4,7 +4,7 @@
 use okapi_data::{parse_langs, PromptTemplate};
 use okapi_model::DType;
 use okapi_rlhf::{AdamWConfig, ScheduleKind, TrainConfig};
-use okapi_runtime::BackendKind;
+use okapi_runtime::{BackendKind, Precision};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -12,9 +12,9 @@ pub struct TrainFlags {
     /// Compute backend: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "auto")]
     pub backend: BackendKind,
-    /// f32 (exact) or bf16 (GPU backends)
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
     #[arg(long, default_value = "f32")]
-    pub precision: String,
+    pub precision: Precision,
     #[arg(long)]
     pub epochs: Option<u64>,
     /// Stop after this many optimizer steps (overrides --epochs)
@@ -167,9 +167,6 @@ impl TrainFlags {
 
     /// Resolves the flags over a recipe, validating each.
     pub fn resolve(&self, r: &Recipe) -> Result<TrainConfig, String> {
-        if self.precision != "f32" {
-            return Err(format!("--precision {}: the CPU backend trains in f32 only (bf16 comes with the GPU backends)", self.precision));
-        }
         let betas = match &self.adam_betas {
             None => r.betas,
             Some(s) => Self::parse_betas(s)?,
