@@ -41,7 +41,6 @@ const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> ks: array<f32, BK * DMAX>;
 var<workgroup> vs: array<f32, BK * DMAX>;
-var<workgroup> nk_shared: u32;
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -65,16 +64,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             nvis = min(kvl, qp0 + i + 1u);
         }
     }
-    // keys the block's last row sees: the most of any row in the block
-    if (tid == 0u) {
-        let last = min(wg.x * WG + WG, P.tq) - 1u;
-        var nk = kvl;
-        if (causal) {
-            nk = min(kvl, qp0 + last + 1u);
-        }
-        nk_shared = nk;
+    // keys the block's last row sees: the most of any row in the block (uniform: it derives
+    // from the workgroup id, the uniform params and read-only storage)
+    let last = min(wg.x * WG + WG, P.tq) - 1u;
+    var nk = kvl;
+    if (causal) {
+        nk = min(kvl, qp0 + last + 1u);
     }
-    let nk = workgroupUniformLoad(&nk_shared);
 
     var slope = 0.0;
     if (P.has_alibi != 0u) {

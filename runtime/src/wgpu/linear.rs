@@ -49,7 +49,8 @@ macro_rules! attn_variant {
     };
 }
 
-/// Smallest first. Forward: 2·BK·DMAX ≤ 4096 floats; backward: 2·BQ·DMAX + 2·BQ ≤ 2112.
+/// Smallest first. Workgroup memory (WebGPU guarantees 16 KiB): forward 2·BK·DMAX ≤ 4096
+/// floats; backward 2·BQ·DMAX + 2·BQ + 1 ≤ 2113.
 const ATTN_VARIANTS: [AttnVariant; 4] = [attn_variant!(32, 32, 32), attn_variant!(64, 32, 16), attn_variant!(128, 16, 8), attn_variant!(256, 8, 4)];
 
 /// Largest head_dim the attention kernels take.
