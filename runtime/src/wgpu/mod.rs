@@ -113,6 +113,8 @@ struct Ctx {
     limits: wgpu::Limits,
     kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
     pending: Mutex<Pending>,
+    /// Set by the device-lost callback: every later op panics with it.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// The wgpu backend (cheap to clone: one shared device and queue).
@@ -172,9 +174,28 @@ impl WgpuBackend {
         }))
         .map_err(|e| RuntimeError::Wgpu(format!("request_device failed on {} ({:?}): {e}", info.name, info.backend)))?;
         let limits = device.limits();
+        let lost = Arc::new(Mutex::new(None));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *lock(&sink) = Some(format!("{reason:?}: {msg}"));
+        });
         Ok(Self {
-            ctx: Arc::new(Ctx { device, queue, info, limits, kernels: Mutex::new(HashMap::new()), pending: Mutex::new(Pending::default()) }),
+            ctx: Arc::new(Ctx { device, queue, info, limits, kernels: Mutex::new(HashMap::new()), pending: Mutex::new(Pending::default()), lost }),
         })
+    }
+
+    /// Panics with a clear message once the device is lost (driver reset, GPU removed, …).
+    fn check_lost(&self) {
+        if let Some(why) = lock(&self.ctx.lost).clone() {
+            panic!("wgpu: the device {} was lost ({why}); its buffers are gone — restart the command", self.adapter_name());
+        }
+    }
+
+    /// Panics with `msg`, or with the device-lost message when that is the cause.
+    fn fail(&self, msg: String) -> ! {
+        let _ = self.ctx.device.poll(wgpu::PollType::Poll);
+        self.check_lost();
+        panic!("{msg}");
     }
 
     /// e.g. "llvmpipe (LLVM 15.0.7, 256 bits) (Vulkan, Cpu)".
@@ -248,10 +269,10 @@ impl WgpuBackend {
             compilation_options: Default::default(),
             cache: None,
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            panic!("wgpu kernel `{key}`: {e}");
-        }
         let layout = pipeline.get_bind_group_layout(0);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            self.fail(format!("wgpu kernel `{key}`: {e}"));
+        }
         let k = Arc::new(Kernel { pipeline, layout, used });
         lock(&self.ctx.kernels).insert(key, k.clone());
         k
@@ -265,6 +286,7 @@ impl WgpuBackend {
         if groups.contains(&0) {
             return;
         }
+        self.check_lost();
         let max = self.ctx.limits.max_compute_workgroups_per_dimension;
         assert!(
             groups.iter().all(|&g| g <= max),
@@ -292,7 +314,7 @@ impl WgpuBackend {
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(key), layout: &kernel.layout, entries: &entries });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            panic!("wgpu kernel `{key}`: {e}");
+            self.fail(format!("wgpu kernel `{key}`: {e}"));
         }
         let mut p = lock(&self.ctx.pending);
         let enc = p.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("okapi") }));
@@ -332,7 +354,7 @@ impl WgpuBackend {
         let cmd = enc.finish();
         self.ctx.queue.submit([cmd]);
         if let Some(e) = pollster::block_on(scope.pop()) {
-            panic!("wgpu: {e} (in a batch of kernels {keys:?})");
+            self.fail(format!("wgpu: {e} (in a batch of kernels {keys:?})"));
         }
     }
 
@@ -370,10 +392,12 @@ impl WgpuBackend {
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).unwrap_or_else(|e| panic!("wgpu: waiting for the device failed: {e}"));
+        if let Err(e) = device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }) {
+            self.fail(format!("wgpu: waiting for the device failed: {e}"));
+        }
         match rx.recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("wgpu: mapping a read-back buffer failed: {e}"),
+            Ok(Err(e)) => self.fail(format!("wgpu: mapping a read-back buffer failed: {e}")),
             Err(_) => panic!("wgpu: the read-back map callback never ran"),
         }
         let out = staging.get_mapped_range(..).unwrap_or_else(|e| panic!("wgpu: read-back: {e}")).to_vec();
@@ -717,6 +741,19 @@ mod tests {
         let msg = panic_message(r.expect_err("an oversize buffer must panic"));
         assert!(msg.contains("max_storage_buffer_binding_size") || msg.contains("max_buffer_size"), "{msg}");
         assert!(msg.contains(&too_big.to_string()), "{msg}");
+    }
+
+    #[test]
+    fn lost_device_is_a_clear_error() {
+        let Some(be) = backend() else { return };
+        let mut x = be.upload(&[1.0; 8]);
+        be.ctx.device.destroy();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            be.scale(&mut x, 2.0, 8);
+            be.read(&x, 8)
+        }));
+        let msg = panic_message(r.expect_err("ops on a lost device must panic"));
+        assert!(msg.contains("was lost"), "{msg}");
     }
 
     #[test]
