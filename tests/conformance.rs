@@ -718,7 +718,7 @@ fn run_op(op: &str, f: impl FnOnce()) {
     if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
         if msg.contains(": in progress") {
-            eprintln!("SKIPPED {op}: {msg}");
+            loud(&format!("SKIPPED {op}: {msg}"));
             return;
         }
         std::panic::resume_unwind(e);
@@ -729,17 +729,31 @@ fn cpu_backend() -> Option<CpuBackend> {
     Some(CpuBackend)
 }
 
+/// Writes past libtest's output capture (which takes only the print macros), so the line shows
+/// in CI logs even when every test passes.
+fn loud(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// One device for all wgpu tests of this binary; None (after a loud line) without an adapter.
 fn wgpu_backend() -> Option<okapi::runtime::WgpuBackend> {
     use std::sync::OnceLock;
     static BE: OnceLock<Result<okapi::runtime::WgpuBackend, String>> = OnceLock::new();
-    match BE.get_or_init(|| okapi::runtime::WgpuBackend::new().map_err(|e| e.to_string())) {
+    let be = BE.get_or_init(|| {
+        let r = okapi::runtime::WgpuBackend::new().map_err(|e| e.to_string());
+        if let Ok(be) = &r {
+            loud(&format!("wgpu conformance: running on adapter {}", be.adapter_name()));
+        }
+        r
+    });
+    match be {
         Ok(be) => {
             eprintln!("wgpu adapter: {}", be.adapter_name());
             Some(be.clone())
         }
         Err(e) => {
-            eprintln!("wgpu: NO ADAPTER — the wgpu conformance tests did NOT run: {e}");
+            loud(&format!("wgpu: NO ADAPTER — the wgpu conformance tests did NOT run: {e}"));
             if std::env::var("OKAPI_REQUIRE_WGPU").as_deref() == Ok("1") {
                 panic!("OKAPI_REQUIRE_WGPU=1 but wgpu has no adapter: {e}");
             }
