@@ -125,6 +125,9 @@ struct Ctx {
     pending: Mutex<Pending>,
     /// Set by the device-lost callback: every later op panics with it.
     lost: Arc<Mutex<Option<String>>>,
+    /// Grow-only partial-sum buffer of sum_squares / bias_bwd, locked while an op records the
+    /// passes that write and read it (threads share the encoder).
+    partials: Mutex<Option<WBuf>>,
 }
 
 /// The wgpu backend (cheap to clone: one shared device and queue).
@@ -190,7 +193,7 @@ impl WgpuBackend {
             *lock(&sink) = Some(format!("{reason:?}: {msg}"));
         });
         Ok(Self {
-            ctx: Arc::new(Ctx { device, queue, info, limits, kernels: Mutex::new(HashMap::new()), pending: Mutex::new(Pending::default()), lost }),
+            ctx: Arc::new(Ctx { device, queue, info, limits, kernels: Mutex::new(HashMap::new()), pending: Mutex::new(Pending::default()), lost, partials: Mutex::new(None) }),
         })
     }
 
@@ -261,6 +264,16 @@ impl WgpuBackend {
     /// A zeroed scratch buffer of `len` f32 (at least one element).
     pub(crate) fn scratch(&self, len: usize) -> WBuf {
         WBuf { buf: self.new_buffer(len, "scratch"), len }
+    }
+
+    /// Runs `f` with the shared partial-sum buffer of at least `len` f32 (contents undefined:
+    /// the passes must write every element they read).
+    fn with_partials(&self, len: usize, f: impl FnOnce(&WBuf)) {
+        let mut g = lock(&self.ctx.partials);
+        if g.as_ref().is_none_or(|b| b.len < len) {
+            *g = Some(self.scratch(len.max(1 << 14)));
+        }
+        f(g.as_ref().unwrap());
     }
 
     fn kernel(&self, key: &'static str, source: &'static str, entry: &'static str) -> Arc<Kernel> {
@@ -681,10 +694,11 @@ impl Backend for WgpuBackend {
         // pass 1: partial[k, :] = Σ rows 32k..32k+32 (in row order); pass 2: dbias += partials in
         // chunk order — the CPU's exact summation order.
         let chunks = n.div_ceil(BIAS_ROW_CHUNK);
-        let partial = self.scratch(chunks * c);
         let p = [u(n), u(c), u(chunks), u(BIAS_ROW_CHUNK)];
-        self.dispatch("bias_bwd_partial", BIAS_BWD, "partial", &p, &[&dbias.buf, &dy.buf, &partial.buf], groups_1d((chunks * c) as u64, WG));
-        self.dispatch("bias_bwd_final", BIAS_BWD, "finish", &p, &[&dbias.buf, &dy.buf, &partial.buf], groups_1d(c as u64, WG));
+        self.with_partials(chunks * c, |partial| {
+            self.dispatch("bias_bwd_partial", BIAS_BWD, "partial", &p, &[&dbias.buf, &dy.buf, &partial.buf], groups_1d((chunks * c) as u64, WG));
+            self.dispatch("bias_bwd_final", BIAS_BWD, "finish", &p, &[&dbias.buf, &dy.buf, &partial.buf], groups_1d(c as u64, WG));
+        });
     }
     fn xent_fwd_bwd(&self, logits: &mut WBuf, losses: &mut WBuf, targets: &WIds, coef: &WBuf, n: usize, v: usize) {
         self.op_xent_fwd_bwd(logits, losses, targets, coef, n, v)
@@ -704,10 +718,11 @@ impl Backend for WgpuBackend {
         // pass 1: one partial per 4096-element chunk (per-thread strided sums, then a fixed
         // tree); pass 2: one workgroup folds the partials the same way into acc[slot].
         let chunks = len.div_ceil(SUMSQ_CHUNK);
-        let partial = self.scratch(chunks.max(1));
         let p = [u(len), u(chunks), u(slot)];
-        self.dispatch("sum_squares_partial", SUM_SQUARES, "partial", &p, &[&acc.buf, &x.buf, &partial.buf], groups_fold(chunks as u64));
-        self.dispatch("sum_squares_final", SUM_SQUARES, "finish", &p, &[&acc.buf, &x.buf, &partial.buf], [1, 1, 1]);
+        self.with_partials(chunks, |partial| {
+            self.dispatch("sum_squares_partial", SUM_SQUARES, "partial", &p, &[&acc.buf, &x.buf, &partial.buf], groups_fold(chunks as u64));
+            self.dispatch("sum_squares_final", SUM_SQUARES, "finish", &p, &[&acc.buf, &x.buf, &partial.buf], [1, 1, 1]);
+        });
     }
 }
 
