@@ -152,8 +152,11 @@ fn u32_bytes(x: &[u32]) -> &[u8] {
 
 impl WgpuBackend {
     /// Picks an adapter (`WGPU_BACKEND` = vulkan | metal | dx12 | gl, comma separated; default
-    /// all) preferring high performance, and opens a device with the adapter's own limits and
-    /// `shader-f16` when the adapter has it.
+    /// all) preferring high performance, and opens a device with the adapter's own limits (the
+    /// attention kernels bind more than WebGPU's default 8 storage buffers) and `shader-f16`
+    /// when the adapter has it. This build compiles the Vulkan, Metal and DX12 backends only
+    /// (lean features): `gl` finds no adapter. On Linux without a GPU, Mesa's lavapipe
+    /// (`mesa-vulkan-drivers`) is a Vulkan adapter on the CPU.
     pub fn new() -> Result<Self, RuntimeError> {
         let backends = match std::env::var("WGPU_BACKEND") {
             Ok(s) if !s.trim().is_empty() => {
