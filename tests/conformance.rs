@@ -687,6 +687,69 @@ fn adamw<B: Backend>(be: &B, t: &Tols) {
     }
 }
 
+// ---- determinism ----------------------------------------------------------------------------
+
+/// The gradient sums (no float atomics anywhere) give the same bits on every run: each op runs
+/// twice on the backend under test from the same inputs, and the two results must be equal.
+fn deterministic<B: Backend>(be: &B, _t: &Tols) {
+    let mut rng = Rng::new(24);
+    let twice = |op: &str, run: &dyn Fn() -> Vec<f32>| {
+        let (a, b) = (run(), run());
+        check(&format!("{op} run twice"), "", &b, &a, &Tol::EXACT);
+    };
+    let (n, c, v) = (300, 67, 9);
+    let dy = spread(&mut rng, n * c, 1.0);
+    let x = spread(&mut rng, n * c, 1.0);
+    let w = spread(&mut rng, c, 1.0);
+    let ids = below(&mut rng, n, v as u32);
+    twice("sum_squares", &|| {
+        let mut acc = be.zeros(1);
+        be.sum_squares(&mut acc, 0, &be.upload(&dy), n * c);
+        be.read(&acc, 1)
+    });
+    twice("bias_bwd", &|| {
+        let mut db = be.zeros(c);
+        be.bias_bwd(&mut db, &be.upload(&dy), n, c);
+        be.read(&db, c)
+    });
+    twice("embedding_bwd", &|| {
+        let mut dt = be.zeros(v * c);
+        be.embedding_bwd(&mut dt, &be.upload(&dy), &be.upload_ids(&ids), n, c);
+        be.read(&dt, v * c)
+    });
+    twice("matmul (weight gradient, beta=1)", &|| {
+        let mut dw = be.upload(&spread(&mut Rng::new(25), c * c, 1.0));
+        be.matmul(&mut dw, &be.upload(&dy), &be.upload(&x), &Gemm { beta: 1.0, ..Gemm::new(c, c, n).trans_a() });
+        be.read(&dw, c * c)
+    });
+    twice("rmsnorm_bwd", &|| {
+        let (xb, wb) = (be.upload(&x), be.upload(&w));
+        let (mut out, mut rstd) = (be.zeros(n * c), be.zeros(n));
+        be.rmsnorm_fwd(&mut out, &mut rstd, &xb, &wb, n, c, 1e-5);
+        let (mut dx, mut dw) = (be.zeros(n * c), be.zeros(c));
+        be.rmsnorm_bwd(&mut dx, &mut dw, &be.upload(&dy), &xb, &wb, &rstd, n, c);
+        let mut r = be.read(&dx, n * c);
+        r.extend(be.read(&dw, c));
+        r
+    });
+    let sh = AttnShape { batch: 2, tq: 33, tk: 33, n_heads: 4, n_kv_heads: 2, head_dim: 16, scale: 0.25, causal: true };
+    let nq = 2 * 33 * 4 * 16;
+    let nk = 2 * 33 * 2 * 16;
+    let (q, k, vv, dout) = (normal(&mut rng, nq, 1.0), normal(&mut rng, nk, 1.0), normal(&mut rng, nk, 1.0), normal(&mut rng, nq, 1.0));
+    twice("attention_bwd", &|| {
+        let (qb, kb, vb) = (be.upload(&q), be.upload(&k), be.upload(&vv));
+        let (pos, len) = (be.upload_ids(&[0, 0]), be.upload_ids(&[33, 20]));
+        let (mut out, mut lse) = (be.zeros(nq), be.zeros(2 * 33 * 4));
+        be.attention_fwd(&mut out, &mut lse, &qb, &kb, &vb, &pos, &len, None, &sh);
+        let (mut dq, mut dk, mut dv) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+        be.attention_bwd(&mut dq, &mut dk, &mut dv, &be.upload(&dout), &qb, &kb, &vb, &out, &lse, &pos, &len, None, &sh);
+        let mut r = be.read(&dq, nq);
+        r.extend(be.read(&dk, nk));
+        r.extend(be.read(&dv, nk));
+        r
+    });
+}
+
 // ---- the suite, per backend -----------------------------------------------------------------
 
 /// Stamps out one #[test] per op for a backend: `conformance!(module, make_backend(), TOLS)`,
@@ -698,7 +761,7 @@ macro_rules! conformance {
             conformance!(@ops $make, $tols;
                 memory, fill, copy, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
                 matmul, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu,
-                softmax, xent, token_logprobs, token_logprobs_bwd, adamw);
+                softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }
     };
     (@ops $make:expr, $tols:expr; $($op:ident),* $(,)?) => {
