@@ -143,7 +143,7 @@ impl<'a, B: Backend> Pair<'a, B> {
         (x.to_vec(), self.be.upload_ids(x))
     }
     /// Compares the whole buffer (so writes past the op's extent are caught too).
-    fn cmp(&self, op: &str, shape: &str, want: &Vec<f32>, got: &B::Buf, tol: &Tol) {
+    fn cmp(&self, op: &str, shape: &str, want: &[f32], got: &B::Buf, tol: &Tol) {
         let g = self.be.read(got, want.len());
         check(op, shape, &g, want, tol);
     }
