@@ -2,10 +2,12 @@
 //! isolation, with fused kernels next to their unfused composition.
 //!
 //!     cargo bench --bench kernels -- [--preset P[,P..]] [--filter S] [--reps N] [--warmup N]
-//!                                    [--batch B] [--seq T] [--backend cpu]
+//!                                    [--batch B] [--seq T] [--backend cpu|wgpu|cuda]
+//!                                    [--square N[,N..]|none]
 //!
-//! Without `--preset` it runs bench-5m (B=8 T=128), bench-33m (B=4 T=256) and gpt2-124m-llama
-//! (B=4 T=256), about 2–3 minutes on 2 cores; `--batch`/`--seq` override B and T. `--filter S`
+//! First the square GEMMs (`--square`, default 512,1024,2048,4096; plain and B-transposed), then
+//! the presets. Without `--preset` it runs bench-5m (B=8 T=128), bench-33m (B=4 T=256) and gpt2-124m-llama
+//! (B=4 T=256), about 2–3 minutes on 2 cores (`--preset none`: the square GEMMs only); `--batch`/`--seq` override B and T. `--filter S`
 //! (or a bare argument) keeps the rows whose "kernel variant" contains S (`matmul`,
 //! `attention`, `unfused`, `lm_head`, ...). `--reps N` fixes the timed repetitions of every
 //! row; by default each row gets enough to fill ~0.3 s, at least 3 and at most 100 000 (so a
@@ -14,8 +16,8 @@
 //! okapi-train does; the thread count is rayon's (`RAYON_NUM_THREADS`, default all cores).
 //!
 //! The code is generic over `okapi::runtime::Backend`: a new backend is one line in `main`
-//! (`"wgpu" => run_backend(WgpuBackend::new(), &args)`). Every timed call ends with a
-//! one-element `read` of an output, which makes an asynchronous device finish its queue. The
+//! (`"wgpu" => run_backend(WgpuBackend::new(), &args)`). Every timed call ends with
+//! `Backend::synchronize`, which makes an asynchronous device finish its queue. The
 //! few unfused reference passes written as plain loops (cross-entropy's row pass, SwiGLU's
 //! multiply) need host-visible buffers (`Buf = Vec<f32>`); they are skipped elsewhere.
 //!
@@ -29,7 +31,10 @@
 //! - bytes: a 256 MiB host copy, single-threaded (`memcpy`) and split over the pool's threads,
 //!   read + write bytes counted (512 MiB per copy), best of 20 (10 of each). Cache-resident
 //!   kernels (the small presets' activations fit in L2/L3) can exceed it: a fraction above 100%
-//!   is not a bug.
+//!   is not a bug. On a device backend (wgpu, cuda) the bytes ceiling is instead the device's
+//!   own buffer-to-buffer copy of 64 MiB through the backend's `copy` (the host copy is printed
+//!   beside it); its FLOP ceiling is the backend's own GEMM, so there `frac` says how far an op
+//!   is from okapi's best kernel, not from the hardware (the device check compares with cuBLAS).
 //! `frac` is GFLOP/s ÷ the FLOP ceiling for matmul/attention rows, GB/s ÷ the bytes ceiling
 //! for the others.
 //!
@@ -96,7 +101,7 @@
 //! by an untimed copy before each repetition (the unfused side gets the same copy).
 
 use okapi::model::{preset_config, Arch, Rng};
-use okapi::runtime::{AdamW, AttnShape, Backend, CpuBackend, Gemm};
+use okapi::runtime::{AdamW, AttnShape, Backend, CpuBackend, CudaBackend, Gemm, WgpuBackend};
 use rayon::prelude::*;
 use std::any::{Any, TypeId};
 use std::hint::black_box;
@@ -115,10 +120,12 @@ struct Args {
     batch: Option<usize>,
     seq: Option<usize>,
     backend: String,
+    /// square GEMM sizes timed before the presets (`--square 512,1024` / `none`)
+    square: Vec<usize>,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { presets: vec![], filter: None, reps: None, warmup: 2, batch: None, seq: None, backend: "cpu".into() };
+    let mut a = Args { presets: vec![], filter: None, reps: None, warmup: 2, batch: None, seq: None, backend: "cpu".into(), square: vec![512, 1024, 2048, 4096] };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -130,10 +137,14 @@ fn parse_args() -> Args {
             "--batch" => a.batch = Some(val("--batch").parse().expect("--batch: integer")),
             "--seq" => a.seq = Some(val("--seq").parse().expect("--seq: integer")),
             "--backend" => a.backend = val("--backend"),
+            "--square" => {
+                let v = val("--square");
+                a.square = if v == "none" { vec![] } else { v.split(',').map(|x| x.parse().expect("--square: integers")).collect() };
+            }
             // cargo bench passes `--bench` to harness = false targets
             "--bench" => {}
             other if !other.starts_with('-') => a.filter = Some(other.to_string()),
-            other => panic!("unknown argument `{other}` (expected --preset P --filter S --reps N --warmup N --batch B --seq T --backend cpu)"),
+            other => panic!("unknown argument `{other}` (expected --preset P --filter S --reps N --warmup N --batch B --seq T --backend cpu|wgpu|cuda --square N[,N..]|none)"),
         }
     }
     a
@@ -178,9 +189,10 @@ impl Data {
     }
 }
 
-/// Forces completion of the queued work that writes `buf` (a no-op in effect on the CPU).
-fn fence<B: Backend>(be: &B, buf: &B::Buf) {
-    black_box(be.read(buf, 1));
+/// Waits for the queued work (`Backend::synchronize`; a no-op on the CPU, which runs each op
+/// to completion).
+fn fence<B: Backend>(be: &B) {
+    be.synchronize();
 }
 
 /// Host view of a buffer when the backend keeps its buffers in host memory (`Vec<f32>`).
@@ -196,8 +208,11 @@ fn host_ref<T: Any>(b: &T) -> Option<&Vec<f32>> {
 struct Ceilings {
     gflops: f64,
     gflops_median: f64,
+    /// the bytes ceiling: the host copy on host-memory backends, else the device's own copy
     gbps: f64,
     gbps_median: f64,
+    host_gbps: f64,
+    device_copy: bool,
 }
 
 fn ceilings<B: Backend>(be: &B) -> Ceilings {
@@ -209,13 +224,13 @@ fn ceilings<B: Backend>(be: &B) -> Ceilings {
     let g = Gemm::new(n, n, n);
     for _ in 0..3 {
         be.matmul(&mut c, &a, &b, &g);
-        fence(be, &c);
+        fence(be);
     }
     let ts: Vec<f64> = (0..20)
         .map(|_| {
             let t0 = Instant::now();
             be.matmul(&mut c, &a, &b, &g);
-            fence(be, &c);
+            fence(be);
             t0.elapsed().as_secs_f64()
         })
         .collect();
@@ -242,7 +257,29 @@ fn ceilings<B: Backend>(be: &B) -> Ceilings {
         })
         .collect();
     let bytes = 2.0 * 4.0 * len as f64;
-    Ceilings { gflops, gflops_median, gbps: bytes / min(&ts) / 1e9, gbps_median: bytes / median(&ts) / 1e9 }
+    let (host_gbps, host_gbps_median) = (bytes / min(&ts) / 1e9, bytes / median(&ts) / 1e9);
+    drop((src, dst));
+    if TypeId::of::<B::Buf>() == TypeId::of::<Vec<f32>>() {
+        return Ceilings { gflops, gflops_median, gbps: host_gbps, gbps_median: host_gbps_median, host_gbps, device_copy: false };
+    }
+    // a device's own memory: the backend's buffer-to-buffer copy of 64 MiB (past the caches)
+    let len = 64 << 20 >> 2;
+    let src = be.upload(&data.normal(len, 1.0));
+    let mut dst = be.zeros(len);
+    for _ in 0..3 {
+        be.copy(&mut dst, &src, len);
+        fence(be);
+    }
+    let ts: Vec<f64> = (0..20)
+        .map(|_| {
+            let t0 = Instant::now();
+            be.copy(&mut dst, &src, len);
+            fence(be);
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    let bytes = 2.0 * 4.0 * len as f64;
+    Ceilings { gflops, gflops_median, gbps: bytes / min(&ts) / 1e9, gbps_median: bytes / median(&ts) / 1e9, host_gbps, device_copy: true }
 }
 
 // ---- the timing harness ----------------------------------------------------------------------
@@ -374,6 +411,30 @@ fn print_results(preset: &str, rows: &[Row]) {
     }
 }
 
+// ---- square GEMMs ----------------------------------------------------------------------------
+
+/// n×n×n GEMMs, plain and with B transposed (the layout of the model's forward `x·Wᵀ`).
+fn run_square<B: Backend>(be: &B, args: &Args, ceil: &Ceilings) {
+    println!();
+    println!("== square matmul: {}", be.name());
+    print_header();
+    let mut bn = Bench { args, ceil, preset: "square".to_string(), rows: vec![] };
+    let mut data = Data::new(99);
+    for &n in &args.square {
+        let a = be.upload(&data.normal(n * n, 1.0));
+        let b = be.upload(&data.normal(n * n, 1.0));
+        let mut c = be.zeros(n * n);
+        for (g, tag) in [(Gemm::new(n, n, n), ""), (Gemm::new(n, n, n).trans_b(), ":tB")] {
+            bn.time("matmul.square", "-", format!("{n}x{n}x{n}{tag}"), Work::Flops(g.flops()), &mut || {
+                be.matmul(&mut c, &a, &b, &g);
+                fence(be);
+            });
+        }
+    }
+    println!();
+    print_results(&bn.preset, &bn.rows);
+}
+
 // ---- one preset ------------------------------------------------------------------------------
 
 fn run_preset<B: Backend>(be: &B, args: &Args, ceil: &Ceilings, preset: &str, bsz: usize, t: usize)
@@ -422,17 +483,17 @@ where
             let g = Gemm::new(n, dout, din).trans_b();
             bn.time(&format!("matmul.{name}.fwd"), "-", format!("{n}x{dout}x{din}:tB"), Work::Flops(g.flops()), &mut || {
                 be.matmul(&mut out, &x, &w, &g);
-                fence(be, &out);
+                fence(be);
             });
             let g = Gemm::new(n, din, dout);
             bn.time(&format!("matmul.{name}.dx"), "-", format!("{n}x{din}x{dout}"), Work::Flops(g.flops()), &mut || {
                 be.matmul(&mut out, &dy, &w, &g);
-                fence(be, &out);
+                fence(be);
             });
             let g = Gemm::new(dout, din, n).trans_a().accumulate();
             bn.time(&format!("matmul.{name}.dW"), "-", format!("{dout}x{din}x{n}:tA+acc"), Work::Flops(g.flops()), &mut || {
                 be.matmul(&mut gw, &dy, &x, &g);
-                fence(be, &gw);
+                fence(be);
             });
         }
         // fused projections: one GEMM over the concatenated weights vs one per projection
@@ -443,7 +504,7 @@ where
             let work = Work::Flops(g.flops());
             bn.time(kernel, "fused", format!("{n}x{total}x{c}:tB"), work, &mut || {
                 be.matmul(&mut out, &x, &w, &g);
-                fence(be, &out);
+                fence(be);
             });
             if bn.wants(kernel, "unfused") {
                 let ws: Vec<B::Buf> = outs.iter().map(|&o| up(&data.normal(o * c, 0.02))).collect();
@@ -452,7 +513,7 @@ where
                     for ((y, wi), &o) in ys.iter_mut().zip(&ws).zip(&outs) {
                         be.matmul(y, &x, wi, &Gemm::new(n, o, c).trans_b());
                     }
-                    fence(be, ys.last().unwrap());
+                    fence(be);
                 });
             }
         }
@@ -475,11 +536,11 @@ where
         be.attention_fwd(&mut out, &mut lse, &q, &k, &vv, &q_pos0, &kv_len, None, &sh);
         bn.time("attention_fwd", "fused", shape.clone(), Work::Flops(fwd_flops), &mut || {
             be.attention_fwd(&mut out, &mut lse, &q, &k, &vv, &q_pos0, &kv_len, None, &sh);
-            fence(be, &out);
+            fence(be);
         });
         bn.time("attention_bwd", "-", shape.clone(), Work::Flops(2.5 * fwd_flops), &mut || {
             be.attention_bwd(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &vv, &out, &lse, &q_pos0, &kv_len, None, &sh);
-            fence(be, &dq);
+            fence(be);
         });
         if bn.wants("attention_fwd", "unfused") {
             // head-major (B·H, T, D) copies, keys/values repeated over the query heads of a group
@@ -499,7 +560,7 @@ where
                 be.bias_add(&mut s, &mask, bh, t * t);
                 be.softmax_fwd(&mut p, &s, bh * t, t, 1.0);
                 be.matmul(&mut oh, &p, &vh, &g_o);
-                fence(be, &oh);
+                fence(be);
             });
         }
         // kv_write: a prefill of T tokens, and one decode step at position T−1
@@ -508,13 +569,13 @@ where
         let pos0 = be.upload_ids(&vec![0; bsz]);
         bn.time("kv_write", "-", format!("B{bsz}xTn{t}xW{wdt}:cap{t}"), bytes(8 * bsz * t * wdt + 4 * bsz), &mut || {
             be.kv_write(&mut cache, &k, &pos0, bsz, t, t, wdt);
-            fence(be, &cache);
+            fence(be);
         });
         let new1 = up(&data.normal(bsz * wdt, 1.0));
         let pos_last = be.upload_ids(&vec![t as u32 - 1; bsz]);
         bn.time("kv_write", "-", format!("B{bsz}xTn1xW{wdt}:cap{t}"), bytes(8 * bsz * wdt + 4 * bsz), &mut || {
             be.kv_write(&mut cache, &new1, &pos_last, bsz, 1, t, wdt);
-            fence(be, &cache);
+            fence(be);
         });
     }
 
@@ -533,29 +594,29 @@ where
         be.rmsnorm_fwd(&mut out, &mut rstd, &x, &w, n, c, eps);
         bn.time("rmsnorm_fwd", "-", nc.clone(), bytes(8 * n * c + 4 * c + 4 * n), &mut || {
             be.rmsnorm_fwd(&mut out, &mut rstd, &x, &w, n, c, eps);
-            fence(be, &out);
+            fence(be);
         });
         bn.time("rmsnorm_bwd", "-", nc.clone(), bytes(16 * n * c + 12 * c + 4 * n), &mut || {
             be.rmsnorm_bwd(&mut dx, &mut dw, &dy, &x, &w, &rstd, n, c);
-            fence(be, &dx);
+            fence(be);
         });
         be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &x, &w, &b, n, c, eps);
         bn.time("layernorm_fwd", "-", nc.clone(), bytes(8 * n * c + 8 * c + 8 * n), &mut || {
             be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &x, &w, &b, n, c, eps);
-            fence(be, &out);
+            fence(be);
         });
         bn.time("layernorm_bwd", "-", nc.clone(), bytes(16 * n * c + 20 * c + 8 * n), &mut || {
             be.layernorm_bwd(&mut dx, &mut dw, &mut db, &dy, &x, &w, &mean, &rstd, n, c);
-            fence(be, &dx);
+            fence(be);
         });
         let mut xb = up(&data.normal(n * c, 1.0));
         bn.time("bias_add", "-", nc.clone(), bytes(8 * n * c + 4 * c), &mut || {
             be.bias_add(&mut xb, &b, n, c);
-            fence(be, &xb);
+            fence(be);
         });
         bn.time("bias_bwd", "-", nc.clone(), bytes(4 * n * c + 8 * c), &mut || {
             be.bias_bwd(&mut db, &dy, n, c);
-            fence(be, &db);
+            fence(be);
         });
         let table = up(&data.normal(v * c, 0.02));
         let ids_h = data.ids(n, v);
@@ -569,11 +630,11 @@ where
         let mut dtable = be.zeros(v * c);
         bn.time("embedding_fwd", "-", format!("{n}x{c}:V{v}"), bytes(8 * n * c + 4 * n), &mut || {
             be.embedding_fwd(&mut out, &table, &ids, n, c);
-            fence(be, &out);
+            fence(be);
         });
         bn.time("embedding_bwd", "-", format!("{n}x{c}:V{v}:U{distinct}"), bytes(4 * n * c + 4 * n + 8 * distinct * c), &mut || {
             be.embedding_bwd(&mut dtable, &dy, &ids, n, c);
-            fence(be, &dtable);
+            fence(be);
         });
     }
     if bn.wants_any(&["rope"]) {
@@ -585,11 +646,11 @@ where
         let shape = format!("{n}x{hq}x{d}");
         bn.time("rope_fwd", "-", shape.clone(), work, &mut || {
             be.rope_fwd(&mut xq, &positions, &inv_freq, n, hq, d);
-            fence(be, &xq);
+            fence(be);
         });
         bn.time("rope_bwd", "-", shape, work, &mut || {
             be.rope_bwd(&mut xq, &positions, &inv_freq, n, hq, d);
-            fence(be, &xq);
+            fence(be);
         });
     }
 
@@ -605,7 +666,7 @@ where
         let work = bytes(12 * len);
         bn.time("swiglu_fwd", "fused", shape.clone(), work, &mut || {
             be.swiglu_fwd(&mut out, &gate, &upb, len);
-            fence(be, &out);
+            fence(be);
         });
         if host && bn.wants("swiglu_fwd", "unfused") {
             let ones = up(&vec![1.0; len]);
@@ -618,12 +679,12 @@ where
                         *o = s * u;
                     }
                 });
-                fence(be, &out);
+                fence(be);
             });
         }
         bn.time("swiglu_bwd", "-", shape, bytes(20 * len), &mut || {
             be.swiglu_bwd(&mut dgate, &mut dup, &dout, &gate, &upb, len);
-            fence(be, &dgate);
+            fence(be);
         });
     }
     if bn.wants_any(&["gelu"]) {
@@ -634,11 +695,11 @@ where
         let mut out = be.zeros(len);
         bn.time("gelu_fwd", "-", shape.clone(), bytes(8 * len), &mut || {
             be.gelu_fwd(&mut out, &x, len);
-            fence(be, &out);
+            fence(be);
         });
         bn.time("gelu_bwd", "-", shape, bytes(12 * len), &mut || {
             be.gelu_bwd(&mut out, &dout, &x, len);
-            fence(be, &out);
+            fence(be);
         });
     }
 
@@ -653,11 +714,11 @@ where
         be.softmax_fwd(&mut y, &logits0, n, v, 1.0);
         bn.time("softmax_fwd", "-", shape.clone(), bytes(8 * nv), &mut || {
             be.softmax_fwd(&mut y, &logits0, n, v, 1.0);
-            fence(be, &y);
+            fence(be);
         });
         bn.time("softmax_bwd", "-", shape.clone(), bytes(12 * nv), &mut || {
             be.softmax_bwd(&mut dx, &dy, &y, n, v);
-            fence(be, &dx);
+            fence(be);
         });
         drop(dy);
         let targets_h = data.ids(n, v);
@@ -670,10 +731,10 @@ where
         bn.time_prep("xent_fwd_bwd", "fused", shape.clone(), work, &mut |run| {
             if run {
                 be.xent_fwd_bwd(&mut logits, &mut losses, &targets, &coef, n, v);
-                fence(be, &losses);
+                fence(be);
             } else {
                 be.copy(&mut logits, &logits0, nv);
-                fence(be, &logits);
+                fence(be);
             }
         });
         if host && bn.wants("xent_fwd_bwd", "unfused") {
@@ -691,21 +752,21 @@ where
                         row[tg] -= cf;
                     });
                     black_box(&losses_h);
-                    fence(be, &y);
+                    fence(be);
                 } else {
                     be.copy(&mut logits, &logits0, nv);
-                    fence(be, &logits);
+                    fence(be);
                 }
             });
         }
         let (mut logp, mut greedy) = (be.zeros(n), be.zeros(n));
         bn.time("token_logprobs", "-", shape.clone(), bytes(4 * nv + 12 * n), &mut || {
             be.token_logprobs(&mut logp, &mut greedy, &logits0, &targets, n, v);
-            fence(be, &logp);
+            fence(be);
         });
         bn.time("token_logprobs_bwd", "-", shape, bytes(8 * nv + 8 * n), &mut || {
             be.token_logprobs_bwd(&mut dx, &logits0, &targets, &coef, n, v);
-            fence(be, &dx);
+            fence(be);
         });
     }
 
@@ -721,7 +782,7 @@ where
         let work = bytes(28 * len);
         bn.time("adamw", "fused", shape.clone(), work, &mut || {
             be.adamw(&mut p, &g, &mut m, &mut vs, &h, len);
-            fence(be, &p);
+            fence(be);
         });
         let (decay, _, _) = h.scalars();
         bn.time("adamw", "unfused", shape.clone(), work, &mut || {
@@ -731,31 +792,31 @@ where
             be.scale(&mut vs, h.beta2, len);
             be.axpy(&mut vs, 1.0 - h.beta2, &g, len);
             be.axpy(&mut p, -h.lr, &m, len);
-            fence(be, &p);
+            fence(be);
         });
         drop(vs);
         let mut acc = be.zeros(1);
         bn.time("sum_squares", "-", shape.clone(), bytes(4 * len), &mut || {
             be.sum_squares(&mut acc, 0, &g, len);
-            fence(be, &acc);
+            fence(be);
         });
         let mut sign = 1.0f32;
         bn.time("axpy", "-", shape.clone(), bytes(12 * len), &mut || {
             sign = -sign;
             be.axpy(&mut p, 0.5 * sign, &g, len);
-            fence(be, &p);
+            fence(be);
         });
         bn.time("scale", "-", shape.clone(), bytes(8 * len), &mut || {
             be.scale(&mut p, -1.0, len);
-            fence(be, &p);
+            fence(be);
         });
         bn.time("fill", "-", shape.clone(), bytes(4 * len), &mut || {
             be.fill(&mut m, 0.0, len);
-            fence(be, &m);
+            fence(be);
         });
         bn.time("copy", "-", shape, bytes(8 * len), &mut || {
             be.copy(&mut m, &g, len);
-            fence(be, &m);
+            fence(be);
         });
     }
 
@@ -773,12 +834,23 @@ where
         "FLOP ceiling:  1024³ f32 GEMM through the backend's matmul = {:.1} GFLOP/s best of 20 (median {:.1})",
         ceil.gflops, ceil.gflops_median
     );
-    println!(
-        "bytes ceiling: 256 MiB host copy (single-threaded and over the pool's threads), read+write counted = {:.1} GB/s best of 20 (median {:.1})",
-        ceil.gbps, ceil.gbps_median
-    );
+    if ceil.device_copy {
+        println!(
+            "bytes ceiling: 64 MiB device-to-device copy through the backend's copy, read+write counted = {:.1} GB/s best of 20 (median {:.1}); host copy {:.1} GB/s",
+            ceil.gbps, ceil.gbps_median, ceil.host_gbps
+        );
+    } else {
+        println!(
+            "bytes ceiling: 256 MiB host copy (single-threaded and over the pool's threads), read+write counted = {:.1} GB/s best of 20 (median {:.1})",
+            ceil.gbps, ceil.gbps_median
+        );
+    }
     println!("RESULT kernel=ceiling_gemm variant=- preset=- shape=1024x1024x1024 gflops={:.3} median_gflops={:.3}", ceil.gflops, ceil.gflops_median);
-    println!("RESULT kernel=ceiling_memcpy variant=- preset=- shape=256MiB gbps={:.3} median_gbps={:.3}", ceil.gbps, ceil.gbps_median);
+    let copy = if ceil.device_copy { "64MiB:device" } else { "256MiB" };
+    println!("RESULT kernel=ceiling_memcpy variant=- preset=- shape={copy} gbps={:.3} median_gbps={:.3}", ceil.gbps, ceil.gbps_median);
+    if !args.square.is_empty() {
+        run_square(&be, args, &ceil);
+    }
     let cases: Vec<(String, usize, usize)> = if args.presets.is_empty() {
         DEFAULT_CASES.iter().map(|&(p, b, t)| (p.to_string(), b, t)).collect()
     } else {
@@ -790,7 +862,7 @@ where
             })
             .collect()
     };
-    for (preset, b, t) in cases {
+    for (preset, b, t) in cases.into_iter().filter(|c| c.0 != "none") {
         run_preset(&be, args, &ceil, &preset, args.batch.unwrap_or(b), args.seq.unwrap_or(t));
     }
 }
@@ -807,8 +879,9 @@ fn bench_main() {
     let t0 = Instant::now();
     match args.backend.as_str() {
         "cpu" => run_backend(CpuBackend, &args),
-        // one line per backend, e.g. "wgpu" => run_backend(WgpuBackend::new(), &args),
-        other => panic!("backend `{other}` is not built into this bench (expected cpu)"),
+        "wgpu" => run_backend(WgpuBackend::new().unwrap_or_else(|e| panic!("{e}")), &args),
+        "cuda" => run_backend(CudaBackend::new(0).unwrap_or_else(|e| panic!("{e}")), &args),
+        other => panic!("backend `{other}` is not built into this bench (expected cpu, wgpu or cuda)"),
     }
     println!("total {:.1} s", t0.elapsed().as_secs_f64());
 }

@@ -11,8 +11,6 @@
 mod common;
 
 use common::fixture;
-use okapi::model::Model;
-use okapi::rlhf::{lm_loss_and_grad, LossBufs};
 use okapi::runtime::{AdamW, AttnShape, Backend, CpuBackend, CudaBackend, Gemm, Precision, IGNORE_INDEX};
 
 fn gpu(precision: Precision) -> Option<CudaBackend> {
@@ -371,37 +369,16 @@ fn deterministic_parameter_gradients() {
 
 // ---- whole model ------------------------------------------------------------------------
 
-/// Logits, loss and every parameter gradient of a fixture model on one backend.
-fn model_run<B: Backend>(be: B, name: &str) -> (Vec<f32>, f64, Vec<Vec<f32>>) {
-    let model = Model::load(be, &fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let (b, t) = (2usize, 24usize);
-    let v = model.cfg.vocab_size;
-    let ids = rand_ids(b * t, 31, v as u32);
-    let mut acts = model.new_acts(b, t);
-    let mut scratch = model.new_scratch(b, t);
-    let mut grads = model.new_grads(|_| true);
-    let mut bufs = LossBufs::new(&model.be, b * t);
-    model.forward(&mut acts, &ids, b, t).unwrap();
-    let logits = model.be.read(&acts.logits, b * t * v);
-    let mut targets: Vec<u32> = (0..b * t).map(|i| if i % t == t - 1 { IGNORE_INDEX } else { ids[i + 1] }).collect();
-    targets[3] = IGNORE_INDEX;
-    let count = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
-    let (sum, _) = lm_loss_and_grad(&model, &mut acts, &mut bufs, &targets, 1.0 / count as f32);
-    model.backward(&acts, &mut scratch, &mut grads);
-    let gs = grads.bufs.iter().map(|g| g.as_ref().map(|g| model.be.read(g, model.be.buf_len(g))).unwrap_or_default()).collect();
-    (logits, sum / count as f64, gs)
-}
-
 fn model_parity(name: &str, precision: Precision, tol: (f32, f32), loss_rel: f64) {
     let Some(g) = gpu(precision) else { return };
-    let (lc, loss_c, gc) = model_run(CpuBackend, name);
-    let (lg, loss_g, gg) = model_run(g, name);
-    check(&format!("{name} {precision} logits"), &lg, &lc, tol.0, tol.1);
-    let rel = (loss_g - loss_c).abs() / loss_c.abs();
-    eprintln!("{name} {precision}: loss cuda {loss_g:.7} cpu {loss_c:.7} (relative {rel:.1e})");
+    let cpu = common::model_run(CpuBackend, name, 2, 24);
+    let gpu = common::model_run(g, name, 2, 24);
+    check(&format!("{name} {precision} logits"), &gpu.logits, &cpu.logits, tol.0, tol.1);
+    let rel = (gpu.loss - cpu.loss).abs() / cpu.loss.abs();
+    eprintln!("{name} {precision}: loss cuda {:.7} cpu {:.7} (relative {rel:.1e})", gpu.loss, cpu.loss);
     assert!(rel <= loss_rel, "{name} {precision}: loss relative error {rel:.2e} > {loss_rel:e}");
-    for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
-        check(&format!("{name} {precision} grad #{i}"), a, b, tol.0 * 10.0, tol.1 * 10.0);
+    for ((n, a), (_, b)) in gpu.grads.iter().zip(&cpu.grads) {
+        check(&format!("{name} {precision} grad {n}"), a, b, tol.0 * 10.0, tol.1 * 10.0);
     }
 }
 

@@ -29,6 +29,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Human-readable device name (printed by the CLI).
     fn name(&self) -> String;
 
+    /// Waits until every op issued so far has finished (GPU backends queue work; the CPU runs
+    /// each op to completion). Benchmarks time phases around this; results never need it,
+    /// since `read` waits for what it reads.
+    fn synchronize(&self) {}
+
     // ---- memory -------------------------------------------------------------------------
     fn zeros(&self, len: usize) -> Self::Buf;
     fn upload(&self, data: &[f32]) -> Self::Buf;

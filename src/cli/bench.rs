@@ -180,6 +180,11 @@ fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mod
     Ok(())
 }
 
+/// "cpu", "wgpu" or "cuda": the first word of the backend's name.
+fn backend_kind<B: Backend>(be: &B) -> String {
+    be.name().split([' ', ':']).next().unwrap_or_default().to_string()
+}
+
 /// `n` token ids, `Rng::new(seed).next_u64() % vocab` each.
 pub fn synthetic_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
     let mut rng = Rng::new(seed);
@@ -208,15 +213,20 @@ fn bench_train<B: Backend>(mut model: Model<B>, a: &BenchArgs, threads: usize) -
     for i in 0..total {
         let t0 = Instant::now();
         model.zero_grads(&mut grads);
+        model.be.synchronize();
         let t1 = Instant::now();
         model.forward(&mut acts, &tokens, b, t).map_err(|e| e.to_string())?;
+        model.be.synchronize();
         let t2 = Instant::now();
         let (loss_sum, _) = lm_loss_and_grad(&model, &mut acts, &mut bufs, &targets, weight);
+        model.be.synchronize();
         let t3 = Instant::now();
         model.backward(&acts, &mut scratch, &mut grads);
+        model.be.synchronize();
         let t4 = Instant::now();
         let norm = opt.grad_norm(&model, &grads);
         opt.step(&mut model, &grads, a.lr as f32, clip_coef(norm, BENCH_MAX_GRAD_NORM));
+        model.be.synchronize();
         let t5 = Instant::now();
         let loss = loss_sum / n_targets as f64;
         let dt = (t5 - t0).as_secs_f64();
@@ -247,7 +257,8 @@ fn bench_train<B: Backend>(mut model: Model<B>, a: &BenchArgs, threads: usize) -
         "mode": "train",
         "arch": a.arch,
         "preset": a.preset,
-        "backend": "cpu",
+        "backend": backend_kind(&model.be),
+        "device": model.be.name(),
         "threads": threads,
         "batch_size": b,
         "seq_len": t,
@@ -305,9 +316,11 @@ fn bench_generate<B: Backend>(model: &Model<B>, a: &BenchArgs, threads: usize) -
     for i in 0..total {
         let t0 = Instant::now();
         let first = prefill(model, &flat, b, t, k)?;
+        model.be.synchronize();
         let dp = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let g = generate(model, &prompts, &s, None).map_err(|e| e.to_string())?;
+        model.be.synchronize();
         let dt = t1.elapsed().as_secs_f64();
         if let Some((j, x)) = g.iter().enumerate().find(|(_, x)| x.tokens.len() != k) {
             return Err(format!("generate: sequence {j} produced {} tokens, not {k}", x.tokens.len()));
@@ -336,7 +349,8 @@ fn bench_generate<B: Backend>(model: &Model<B>, a: &BenchArgs, threads: usize) -
         "mode": "generate",
         "arch": a.arch,
         "preset": a.preset,
-        "backend": "cpu",
+        "backend": backend_kind(&model.be),
+        "device": model.be.name(),
         "threads": threads,
         "batch_size": b,
         "prompt_len": t,

@@ -18,6 +18,14 @@ macro_rules! on_backend {
                 let $be = okapi_runtime::CpuBackend;
                 $body
             }
+            okapi_runtime::BackendKind::Wgpu => {
+                if precision != okapi_runtime::Precision::F32 {
+                    return Err(format!("--precision {precision}: the wgpu backend computes in f32 only (bf16 runs on --backend cuda)"));
+                }
+                let $be = okapi_runtime::WgpuBackend::new().map_err(|e| e.to_string())?;
+                eprintln!("wgpu adapter: {}", $be.adapter_name());
+                $body
+            }
             okapi_runtime::BackendKind::Cuda => {
                 let $be = okapi_runtime::CudaBackend::with_precision(0, precision).map_err(|e| e.to_string())?;
                 $body

@@ -4,7 +4,8 @@
 
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -106,4 +107,92 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: &Tol) -> (f64, f
         tol.rel_norm
     );
     (max, rel)
+}
+
+pub fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// An f32 tensor of a safetensors file, by name.
+pub fn f32s(st: &SafeTensors, name: &str) -> Vec<f32> {
+    st.tensor(name).unwrap_or_else(|_| panic!("{name}")).data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// Saved parameters (HF names) against a fixture's `params_after.safetensors`, element-wise:
+/// |got − want| ≤ atol + rtol·|want|, plus, for the elements `param_check` lists, the
+/// f32-vs-f64 spread of the reference (`sensitive`: Adam moves near-zero gradients by ±lr on
+/// rounding noise) or `gauge_bound` (`gauge`: parameters whose exact gradient is 0, e.g. BLOOM's
+/// key bias, which softmax ignores: both sides hold noise that only has to stay in reach).
+pub fn check_params(what: &str, saved: &HashMap<String, Vec<f32>>, want_path: &Path, param_check: &Value) {
+    let bytes = std::fs::read(want_path).unwrap();
+    let want = SafeTensors::deserialize(&bytes).unwrap();
+    let sensitive: Vec<(String, usize, f64)> = param_check["sensitive"]
+        .as_array()
+        .map(|a| a.iter().map(|s| (s["name"].as_str().unwrap().to_string(), s["index"].as_u64().unwrap() as usize, (s["f32"].as_f64().unwrap() - s["f64"].as_f64().unwrap()).abs())).collect())
+        .unwrap_or_default();
+    let gauge_bound = param_check["gauge_bound"].as_f64().unwrap_or(0.0);
+    let in_gauge = |name: &str, i: usize| param_check["gauge"][name].as_array().is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(i as u64)));
+    let mut n = 0;
+    for (name, _) in want.tensors() {
+        let w = f32s(&want, &name);
+        let g = saved.get(&name).unwrap_or_else(|| panic!("{what}: {name} not saved"));
+        assert_eq!(g.len(), w.len(), "{what}: {name}");
+        for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+            let tol = if in_gauge(&name, i) {
+                gauge_bound
+            } else {
+                1e-4 + 1e-4 * (b as f64).abs() + sensitive.iter().filter(|s| s.0 == name && s.1 == i).map(|s| 2.0 * s.2).sum::<f64>()
+            };
+            assert!(((a - b) as f64).abs() <= tol, "{what}: {name}[{i}] = {a}, torch {b} (tolerance {tol:.1e})");
+        }
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+/// Runs a fixture's recorded command line (`OUT` replaced by `out`) plus `extra` from the
+/// repository root; panics with its stderr when it fails.
+pub fn run_cli(argv: &[Value], out: &Path, extra: &[&str]) -> std::process::Output {
+    let args: Vec<String> = argv.iter().map(|a| a.as_str().unwrap().replace("OUT", out.to_str().unwrap())).collect();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train")).current_dir(env!("CARGO_MANIFEST_DIR")).args(&args).args(extra).output().unwrap();
+    assert!(o.status.success(), "{args:?} {extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// The lines of `out/metrics.jsonl`.
+pub fn metrics(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+// ---- whole model on a backend -------------------------------------------------------------
+
+pub struct ModelRun {
+    pub logits: Vec<f32>,
+    pub loss: f64,
+    /// every parameter gradient under its Hugging Face name
+    pub grads: Vec<(String, Vec<f32>)>,
+}
+
+/// Forward, next-token loss (some targets ignored) and backward of a fixture model on `be`.
+pub fn model_run<B: okapi::runtime::Backend>(be: B, name: &str, b: usize, t: usize) -> ModelRun {
+    let model = okapi::model::Model::load(be, &fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let v = model.cfg.vocab_size;
+    let mut rng = okapi::model::init::Rng::new(7);
+    let ids: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % v as u64) as u32).collect();
+    let (mut acts, mut scratch) = (model.new_acts(b, t), model.new_scratch(b, t));
+    let mut grads = model.new_grads(|_| true);
+    let mut bufs = okapi::rlhf::LossBufs::new(&model.be, b * t);
+    model.forward(&mut acts, &ids, b, t).unwrap();
+    let logits = model.be.read(&acts.logits, b * t * v);
+    // the last position of each row has no target; a prompt-like prefix of row 0 is masked
+    let targets: Vec<u32> = (0..b * t).map(|i| if i % t == t - 1 || i < t / 3 { okapi::runtime::IGNORE_INDEX } else { ids[i + 1] }).collect();
+    let count = targets.iter().filter(|&&x| x != okapi::runtime::IGNORE_INDEX).count();
+    let (sum, _) = okapi::rlhf::lm_loss_and_grad(&model, &mut acts, &mut bufs, &targets, 1.0 / count as f32);
+    model.backward(&acts, &mut scratch, &mut grads);
+    let host = |i: usize| {
+        let g = grads.bufs[i].as_ref().unwrap();
+        model.be.read(g, model.be.buf_len(g))
+    };
+    let grads = okapi::model::model::to_hf(&model.hf, &host).into_iter().map(|(n, _, g)| (n, g)).collect();
+    ModelRun { logits, loss: sum / count as f64, grads }
 }

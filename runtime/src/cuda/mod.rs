@@ -309,6 +309,9 @@ impl Backend for CudaBackend {
         let i = &self.inner;
         format!("cuda:{} {} ({}, {})", i.ordinal, i.device_name, i.arch, i.precision)
     }
+    fn synchronize(&self) {
+        CudaBackend::synchronize(self);
+    }
     fn zeros(&self, len: usize) -> CudaBuf {
         CudaBuf(self.alloc(len, "zeros"))
     }

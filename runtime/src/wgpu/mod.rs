@@ -128,6 +128,32 @@ struct Ctx {
     /// Grow-only partial-sum buffer of sum_squares / bias_bwd, locked while an op records the
     /// passes that write and read it (threads share the encoder).
     partials: Mutex<Option<WBuf>>,
+    /// Free scratch buffers by size in bytes (powers of two): an op's temporaries come from
+    /// here and go back when it has recorded its passes, so a training step allocates nothing
+    /// after the first.
+    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+/// A pooled scratch buffer (`Deref`s to a `WBuf` of the asked length), returned to the pool
+/// on drop. Reuse is safe: the passes recorded after this one run after it on the queue.
+pub(crate) struct Scratch<'a> {
+    be: &'a WgpuBackend,
+    held: Option<WBuf>,
+}
+
+impl std::ops::Deref for Scratch<'_> {
+    type Target = WBuf;
+    fn deref(&self) -> &WBuf {
+        self.held.as_ref().unwrap()
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.held.take() {
+            lock(&self.be.ctx.pool).entry(b.buf.size()).or_default().push(b.buf);
+        }
+    }
 }
 
 /// The wgpu backend (cheap to clone: one shared device and queue).
@@ -196,7 +222,7 @@ impl WgpuBackend {
             *lock(&sink) = Some(format!("{reason:?}: {msg}"));
         });
         Ok(Self {
-            ctx: Arc::new(Ctx { device, queue, info, limits, kernels: Mutex::new(HashMap::new()), pending: Mutex::new(Pending::default()), lost, partials: Mutex::new(None) }),
+            ctx: Arc::new(Ctx { device, queue, info, limits, kernels: Mutex::new(HashMap::new()), pending: Mutex::new(Pending::default()), lost, partials: Mutex::new(None), pool: Mutex::new(HashMap::new()) }),
         })
     }
 
@@ -264,9 +290,26 @@ impl WgpuBackend {
         self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(what), contents: bytes, usage: Self::storage_usage() })
     }
 
-    /// A zeroed scratch buffer of `len` f32 (at least one element).
-    pub(crate) fn scratch(&self, len: usize) -> WBuf {
-        WBuf { buf: self.new_buffer(len, "scratch"), len }
+    /// A zeroed scratch buffer of `len` f32 (at least one element) from the pool; a reused one
+    /// is cleared by a command recorded before the passes that use it.
+    pub(crate) fn scratch(&self, len: usize) -> Scratch<'_> {
+        let bytes = self.check_size(len, "scratch").next_power_of_two().max(256);
+        let reused = lock(&self.ctx.pool).get_mut(&bytes).and_then(|v| v.pop());
+        let buf = match reused {
+            Some(buf) => {
+                let mut p = lock(&self.ctx.pending);
+                let device = &self.ctx.device;
+                let enc = p.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("okapi") }));
+                enc.clear_buffer(&buf, 0, None);
+                p.dispatches += 1;
+                p.keys.push("clear");
+                buf
+            }
+            // power-of-two sizes can exceed the binding limit where `len` itself does not
+            None if bytes > self.max_buffer_elems() as u64 * 4 => self.new_buffer(len, "scratch"),
+            None => self.ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("scratch"), size: bytes, usage: Self::storage_usage(), mapped_at_creation: false }),
+        };
+        Scratch { be: self, held: Some(WBuf { buf, len }) }
     }
 
     /// Runs `f` with the shared partial-sum buffer of at least `len` f32 (contents undefined:
@@ -274,7 +317,8 @@ impl WgpuBackend {
     fn with_partials(&self, len: usize, f: impl FnOnce(&WBuf)) {
         let mut g = lock(&self.ctx.partials);
         if g.as_ref().is_none_or(|b| b.len < len) {
-            *g = Some(self.scratch(len.max(1 << 14)));
+            let len = len.max(1 << 14);
+            *g = Some(WBuf { buf: self.new_buffer(len, "partials"), len });
         }
         f(g.as_ref().unwrap());
     }
@@ -526,6 +570,9 @@ impl Backend for WgpuBackend {
 
     fn name(&self) -> String {
         format!("wgpu ({})", self.adapter_name())
+    }
+    fn synchronize(&self) {
+        self.sync();
     }
     fn zeros(&self, len: usize) -> WBuf {
         WBuf { buf: self.new_buffer(len, "f32 buffer"), len }
@@ -794,6 +841,28 @@ mod tests {
         let msg = panic_message(r.expect_err("an oversize buffer must panic"));
         assert!(msg.contains("max_storage_buffer_binding_size") || msg.contains("max_buffer_size"), "{msg}");
         assert!(msg.contains(&too_big.to_string()), "{msg}");
+    }
+
+    #[test]
+    fn scratch_buffers_are_reused_and_handed_out_zeroed() {
+        let Some(be) = backend() else { return };
+        let dirty = be.upload(&[7.0; 100]);
+        let first = {
+            let s = be.scratch(100);
+            be.record_copy(&dirty.buf, &s.buf, 400);
+            s.buf.clone()
+        };
+        let pooled = |be: &WgpuBackend| lock(&be.ctx.pool).values().map(Vec::len).sum::<usize>();
+        assert_eq!(pooled(&be), 1, "a dropped scratch goes back to the pool");
+        // the same size class (100 and 120 f32 both round to 512 bytes) takes it back, cleared
+        let s = be.scratch(120);
+        assert!(s.buf == first, "the pooled buffer is reused");
+        assert_eq!(pooled(&be), 0);
+        assert_eq!(s.len, 120);
+        assert_eq!(be.read(&s, 120), vec![0.0; 120], "a reused scratch buffer is zeroed");
+        // two held at once are two buffers
+        let t = be.scratch(100);
+        assert!(t.buf != s.buf);
     }
 
     /// Host cost of recording one small op (cargo test -p okapi-runtime --features wgpu --lib
