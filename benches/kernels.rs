@@ -6,9 +6,9 @@
 //!                                    [--square N[,N..]|none]
 //!
 //! First the square GEMMs (`--square`, default 512,1024,2048,4096; plain and B-transposed), then
-//! the presets. Without `--preset` it runs bench-5m (B=8 T=128), bench-33m (B=4 T=256) and gpt2-124m-llama
-//! (B=4 T=256), about 2–3 minutes on 2 cores (`--preset none`: the square GEMMs only); `--batch`/`--seq` override B and T. `--filter S`
-//! (or a bare argument) keeps the rows whose "kernel variant" contains S (`matmul`,
+//! the presets. Without `--preset` it runs bench-5m (B=8 T=128), bench-33m (B=4 T=256) and
+//! gpt2-124m-llama (B=4 T=256), about 2–3 minutes on 2 cores (`--preset none`: the square GEMMs
+//! only); `--batch`/`--seq` override B and T. `--filter S` (or a bare argument) keeps the rows whose "kernel variant" contains S (`matmul`,
 //! `attention`, `unfused`, `lm_head`, ...). `--reps N` fixes the timed repetitions of every
 //! row; by default each row gets enough to fill ~0.3 s, at least 3 and at most 100 000 (so a
 //! big shape runs 3 times rather than 10). `--warmup N` (default 2) untimed calls come first;

@@ -52,12 +52,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let ty = lid.y;
     let tid = ty * 16u + tx;
 
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // acc[i] holds the thread's row ty + 16·i, columns tx + 16·j in lane j: four named vec4
+    // registers (no indexed private array, which some compilers — lavapipe's — keep in memory)
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
 
     for (var kt = 0u; kt < k; kt += TK) {
         // stage op(A)[row0.., kt..] and op(B)[kt.., col0..]: 1024 elements each, 4 per thread;
@@ -107,17 +107,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = as_[kk * TM + ty + 16u * i];
-                bv[i] = bs[kk * TN + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-                }
-            }
+            let sa = kk * TM + ty;
+            let sb = kk * TN + tx;
+            let bv = vec4<f32>(bs[sb], bs[sb + 16u], bs[sb + 32u], bs[sb + 48u]);
+            acc0 = fma(vec4<f32>(as_[sa]), bv, acc0);
+            acc1 = fma(vec4<f32>(as_[sa + 16u]), bv, acc1);
+            acc2 = fma(vec4<f32>(as_[sa + 32u]), bv, acc2);
+            acc3 = fma(vec4<f32>(as_[sa + 48u]), bv, acc3);
         }
         workgroupBarrier();
     }
@@ -129,13 +125,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         if (gr >= m) {
             continue;
         }
+        var acc = acc0;
+        if (i == 1u) {
+            acc = acc1;
+        } else if (i == 2u) {
+            acc = acc2;
+        } else if (i == 3u) {
+            acc = acc3;
+        }
         for (var j = 0u; j < 4u; j++) {
             let gc = col0 + tx + 16u * j;
             if (gc >= n) {
                 continue;
             }
             let idx = c0 + gr * n + gc;
-            var r = alpha * acc[i][j];
+            var r = alpha * acc[j];
             if (beta != 0.0) {
                 r = r + beta * C[idx];
             }
