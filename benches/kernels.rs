@@ -34,7 +34,8 @@
 //!   is not a bug. On a device backend (wgpu, cuda) the bytes ceiling is instead the device's
 //!   own buffer-to-buffer copy of 64 MiB through the backend's `copy` (the host copy is printed
 //!   beside it); its FLOP ceiling is the backend's own GEMM, so there `frac` says how far an op
-//!   is from okapi's best kernel, not from the hardware (the device check compares with cuBLAS).
+//!   is from okapi's best kernel, not from the hardware's peak.
+//!
 //! `frac` is GFLOP/s ÷ the FLOP ceiling for matmul/attention rows, GB/s ÷ the bytes ceiling
 //! for the others.
 //!

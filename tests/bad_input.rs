@@ -504,6 +504,40 @@ fn backend_cuda_without_a_driver() {
 }
 
 #[test]
+fn backend_wgpu_refuses_bf16() {
+    let s = Scratch::new("wgpu-bf16");
+    let r = loglik(&s, &fixture("llama_gqa"), &good_data("llama_gqa"), &["--backend", "wgpu", "--precision", "bf16"]);
+    assert_clean_error(&r, &["--precision bf16", "wgpu", "f32 only"]);
+}
+
+/// `WGPU_BACKEND` naming nothing, or only a backend this platform lacks: one clear line, no
+/// output, before any work.
+#[test]
+fn backend_wgpu_without_an_adapter() {
+    for (value, needles) in [("bogus", &["WGPU_BACKEND", "bogus", "names no backend"][..]), ("dx12", &["wgpu", "no GPU adapter found"][..])] {
+        if value == "dx12" && cfg!(windows) {
+            continue;
+        }
+        let s = Scratch::new("wgpu-none");
+        let out_dir = s.root.join("out");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_okapi-train"))
+            .args(["loglik", "--backend", "wgpu", "--model"])
+            .arg(fixture("llama_gqa"))
+            .arg("--data")
+            .arg(good_data("llama_gqa"))
+            .arg("--output")
+            .arg(out_dir.join("results.jsonl"))
+            .env("WGPU_BACKEND", value)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let r = Run { out, out_file: out_dir.join("results.jsonl"), out_dir };
+        assert_clean_error(&r, needles);
+    }
+}
+
+#[test]
 fn batch_size_zero() {
     let s = Scratch::new("bs0");
     let r = loglik(&s, &fixture("llama_gqa"), &good_data("llama_gqa"), &["--batch-size", "0"]);
