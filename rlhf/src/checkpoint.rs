@@ -110,20 +110,8 @@ pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, s
         // test hook: a kill in the middle of writing a checkpoint
         std::process::abort();
     }
-    let mut tensors: Vec<(String, Vec<u8>, usize)> = Vec::new();
-    for (i, p) in model.info.iter().enumerate() {
-        for (prefix, bufs) in [("m", &opt.m), ("v", &opt.v)] {
-            if let Some(b) = &bufs[i] {
-                let data = model.be.read(b, p.numel());
-                tensors.push((format!("{prefix}.{}", p.name), data.iter().flat_map(|x| x.to_le_bytes()).collect(), p.numel()));
-            }
-        }
-    }
-    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, bytes, len)| (n.clone(), TensorView::new(Dtype::F32, vec![*len], bytes).expect("sizes match"))).collect();
-    let meta = std::collections::HashMap::from([("step".to_string(), opt.step.to_string())]);
-    let bytes = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Msg(format!("optimizer state: {e}")))?;
     let p = tmp.join("optimizer.safetensors");
-    std::fs::write(&p, bytes).map_err(io(&p))?;
+    std::fs::write(&p, optimizer_bytes(model, opt)?).map_err(io(&p))?;
     for (name, bytes) in extra_files {
         let p = tmp.join(name);
         std::fs::write(&p, bytes).map_err(io(&p))?;
@@ -145,10 +133,62 @@ pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, s
     Ok(())
 }
 
+/// AdamW moments (`m.<param>`, `v.<param>`, f32) and the step count (metadata) as a
+/// safetensors file.
+pub fn optimizer_bytes<B: Backend>(model: &Model<B>, opt: &Optimizer<B>) -> Result<Vec<u8>, TrainError> {
+    let mut tensors: Vec<(String, Vec<u8>, usize)> = Vec::new();
+    for (i, p) in model.info.iter().enumerate() {
+        for (prefix, bufs) in [("m", &opt.m), ("v", &opt.v)] {
+            if let Some(b) = &bufs[i] {
+                let data = model.be.read(b, p.numel());
+                tensors.push((format!("{prefix}.{}", p.name), data.iter().flat_map(|x| x.to_le_bytes()).collect(), p.numel()));
+            }
+        }
+    }
+    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, bytes, len)| (n.clone(), TensorView::new(Dtype::F32, vec![*len], bytes).expect("sizes match"))).collect();
+    let meta = std::collections::HashMap::from([("step".to_string(), opt.step.to_string())]);
+    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Msg(format!("optimizer state: {e}")))
+}
+
+/// Every parameter of `model` under its name in `model.info`, f32: the state the HF layout does
+/// not hold (a PPO critic with its value head) in one file.
+pub fn params_bytes<B: Backend>(model: &Model<B>) -> Result<Vec<u8>, TrainError> {
+    let data: Vec<Vec<u8>> = model.info.iter().enumerate().map(|(i, _)| model.host_value(i).iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, TensorView)> = model.info.iter().zip(&data).map(|(p, bytes)| (p.name.clone(), TensorView::new(Dtype::F32, vec![p.numel()], bytes).expect("sizes match"))).collect();
+    safetensors::tensor::serialize(views, None).map_err(|e| TrainError::Msg(format!("parameters: {e}")))
+}
+
+/// Writes the tensors of the safetensors file `path` into the parameters of the same names
+/// (f32, same element count). `all`: every parameter of `model` must be there.
+pub fn load_params<B: Backend>(path: &Path, model: &mut Model<B>, all: bool) -> Result<(), TrainError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", path.display())))?;
+    for i in 0..model.info.len() {
+        let name = model.info[i].name.clone();
+        let Ok(t) = st.tensor(&name) else {
+            if all {
+                return Err(TrainError::Msg(format!("{}: tensor `{name}` missing (checkpoint of another model?)", path.display())));
+            }
+            continue;
+        };
+        if t.dtype() != Dtype::F32 || t.data().len() != 4 * model.info[i].numel() {
+            return Err(TrainError::Msg(format!("{}: tensor `{name}` is {:?} {:?}, expected F32 with {} elements", path.display(), t.dtype(), t.shape(), model.info[i].numel())));
+        }
+        let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let mut buf = model.be.upload(&data);
+        std::mem::swap(&mut model.values[i], &mut buf);
+    }
+    Ok(())
+}
+
 /// Restores AdamW moments and step count from a checkpoint into `opt` (same model layout).
 pub fn load_optimizer<B: Backend>(ckpt: &Path, model: &Model<B>, opt: &mut Optimizer<B>) -> Result<(), TrainError> {
-    let p = ckpt.join("optimizer.safetensors");
-    let bytes = std::fs::read(&p).map_err(io(&p))?;
+    load_optimizer_file(&ckpt.join("optimizer.safetensors"), model, opt)
+}
+
+/// As `load_optimizer`, from the file `p` (written by `optimizer_bytes`).
+pub fn load_optimizer_file<B: Backend>(p: &Path, model: &Model<B>, opt: &mut Optimizer<B>) -> Result<(), TrainError> {
+    let bytes = std::fs::read(p).map_err(io(p))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", p.display())))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", p.display())))?;
     opt.step = meta.metadata().as_ref().and_then(|m| m.get("step")).and_then(|s| s.parse().ok()).ok_or_else(|| TrainError::Msg(format!("{}: no step in metadata", p.display())))?;

@@ -119,13 +119,18 @@ pub struct TrainSummary {
 }
 
 fn open_metrics(path: &Path, keep_up_to: Option<u64>) -> Result<std::fs::File, TrainError> {
+    open_log(path, keep_up_to, "step")
+}
+
+/// Creates the JSONL log `path`; with `keep_up_to` (a resume) keeps the lines whose `key` is at
+/// most that, so the file reads as one run.
+pub(crate) fn open_log(path: &Path, keep_up_to: Option<u64>, key: &str) -> Result<std::fs::File, TrainError> {
     let io = |e: std::io::Error| TrainError::Msg(format!("{}: {e}", path.display()));
-    // On resume keep the lines of the steps the checkpoint covers: the file then reads as one run.
     let kept = match keep_up_to {
         Some(step) if path.exists() => std::fs::read_to_string(path)
             .map_err(io)?
             .lines()
-            .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("step").and_then(|s| s.as_u64())).is_some_and(|s| s <= step))
+            .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get(key).and_then(|s| s.as_u64())).is_some_and(|s| s <= step))
             .map(|l| format!("{l}\n"))
             .collect::<String>(),
         _ => String::new(),

@@ -294,6 +294,7 @@ fn rlhf_ppo<B: Backend>(be: &B, a: &DemoArgs, sft_dir: &Path, tok_path: &Path, t
         max_grad_norm: 1.0,
         seed: a.seed,
         save_every: None,
+        resume: None,
         samples_every: 2,
         save_dtype: Some(DType::F32),
         log_every: 1,

@@ -98,6 +98,9 @@ pub struct PpoArgs {
     /// Checkpoint every N iterations into OUT/checkpoint
     #[arg(long)]
     pub save_every: Option<u64>,
+    /// Continue a run from OUT (or OUT/checkpoint) exactly where its last checkpoint stopped
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
     /// Write a few samples to samples.jsonl every N iterations
     #[arg(long, default_value_t = 1)]
     pub samples_every: u64,
@@ -208,6 +211,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
         max_grad_norm: a.max_grad_norm,
         seed: a.seed,
         save_every: a.save_every,
+        resume: a.resume.clone(),
         samples_every: a.samples_every,
         save_dtype,
         log_every: a.log_every,

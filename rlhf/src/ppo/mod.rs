@@ -11,7 +11,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::generate::{generate, Sampling};
 use crate::optim::{clip_coef, AdamWConfig, Optimizer};
 use crate::reward::RewardBufs;
-use crate::trainer::{ensure_finite, EpochOrder};
+use crate::trainer::{ensure_finite, open_log, EpochOrder};
 use crate::TrainError;
 use gae::{gae, token_rewards, whiten};
 use kl::KlController;
@@ -45,6 +45,8 @@ pub struct PpoConfig {
     pub max_grad_norm: f64,
     pub seed: u64,
     pub save_every: Option<u64>,
+    /// continue from this output directory's (or this) checkpoint, bit-identically
+    pub resume: Option<std::path::PathBuf>,
     pub samples_every: u64,
     pub save_dtype: Option<DType>,
     pub log_every: u64,
@@ -130,12 +132,67 @@ pub fn run_ppo<B: Backend>(
     });
     let order = EpochOrder { n: prompts.len(), batch_size: 1, shuffle: true, seed: cfg.seed };
     let mut kl = cfg.kl.clone();
-    let mut metrics = std::fs::File::create(out.join("metrics.jsonl")).map_err(|e| TrainError::Msg(format!("metrics.jsonl: {e}")))?;
-    let mut samples = std::fs::File::create(out.join("samples.jsonl")).map_err(|e| TrainError::Msg(format!("samples.jsonl: {e}")))?;
-    let mut summary = PpoSummary { iterations: 0, scores: vec![], kls: vec![] };
     let mut prompt_pos = 0usize;
+    let mut done = 0u64;
+    let mut elapsed0 = 0.0;
+    // the prompts and the settings that decide which rollouts an iteration draws
+    let data_fp = {
+        let mut f = checkpoint::Fnv::default();
+        for p in prompts {
+            f.add(p.len() as u64);
+            p.iter().for_each(|&x| f.add(x as u64));
+        }
+        [cfg.rollouts, cfg.chunk_size, cfg.ppo_epochs, cfg.minibatch].iter().for_each(|&x| f.add(x as u64));
+        f.hex()
+    };
+    if let Some(dir) = &cfg.resume {
+        let ckpt = checkpoint::resolve(dir)?;
+        let saved = checkpoint::read_state(&ckpt)?;
+        let at = ckpt.display();
+        let model_fp = checkpoint::model_fingerprint(&policy);
+        if saved.command != "ppo" {
+            return Err(TrainError::Msg(format!("--resume {at}: checkpoint of `{}`, not of ppo", saved.command)));
+        }
+        if saved.model_fingerprint != model_fp {
+            return Err(TrainError::Msg(format!("--resume {at}: checkpoint of another policy ({}), --policy is {model_fp}", saved.model_fingerprint)));
+        }
+        if saved.data_fingerprint != data_fp {
+            return Err(TrainError::Msg(format!("--resume {at}: checkpoint of other prompts or rollout settings: use the same --prompts, --langs, --rollouts, --chunk-size, --ppo-epochs and --ppo-batch-size")));
+        }
+        if saved.total_steps != cfg.iterations {
+            return Err(TrainError::Msg(format!("--resume {at}: the run had {} iterations in total, --iterations is {}", saved.total_steps, cfg.iterations)));
+        }
+        let separate = ckpt.join("critic.safetensors").exists();
+        if separate != critic.is_some() {
+            return Err(TrainError::Msg(format!("--resume {at}: the run used --critic {}", if separate { "separate" } else { "shared" })));
+        }
+        // the trunk and LM head from the HF-layout model, the value head (or the critic) beside it
+        let trunk = Model::load(policy.be.clone(), &ckpt.join("model")).map_err(|e| TrainError::Msg(e.to_string()))?;
+        for (info, value) in trunk.info.iter().zip(trunk.values) {
+            let i = policy.info.iter().position(|p| p.name == info.name && p.numel() == info.numel());
+            let i = i.ok_or_else(|| TrainError::Msg(format!("--resume {at}: the checkpoint's `{}` is not a parameter of the policy", info.name)))?;
+            policy.values[i] = value;
+        }
+        match (critic.as_mut(), critic_state.as_mut()) {
+            (Some(c), Some((_, _, copt))) => {
+                checkpoint::load_params(&ckpt.join("critic.safetensors"), &mut c.model, true)?;
+                checkpoint::load_optimizer_file(&ckpt.join("critic_optimizer.safetensors"), &c.model, copt)?;
+            }
+            _ => checkpoint::load_params(&ckpt.join("value_head.safetensors"), &mut policy, false)?,
+        }
+        checkpoint::load_optimizer(&ckpt, &policy, &mut opt)?;
+        kl.beta = saved.extra.get("beta").and_then(|b| b.as_f64()).ok_or_else(|| TrainError::Msg(format!("--resume {at}: trainer_state.json has no `extra.beta`")))?;
+        prompt_pos = saved.micro_in_epoch as usize;
+        done = saved.step;
+        elapsed0 = saved.elapsed_s;
+        eprintln!("resuming from {at} after iteration {done}/{}", cfg.iterations);
+    }
+    let keep = cfg.resume.as_ref().map(|_| done);
+    let mut metrics = open_log(&out.join("metrics.jsonl"), keep, "iteration")?;
+    let mut samples = open_log(&out.join("samples.jsonl"), keep, "iteration")?;
+    let mut summary = PpoSummary { iterations: done, scores: vec![], kls: vec![] };
     let started = Instant::now();
-    for it in 1..=cfg.iterations {
+    for it in done + 1..=cfg.iterations {
         // 1. rollouts: sample, score, evaluate under the policy and the reference
         let t_gen = Instant::now();
         let picked: Vec<usize> = (0..cfg.rollouts)
@@ -231,7 +288,7 @@ pub fn run_ppo<B: Backend>(
             "entropy": agg.entropy / k, "pg_loss": agg.pg_loss / k, "vf_loss": agg.vf_loss / k, "loss": agg.loss / k,
             "clipfrac": agg.clipfrac / k, "approx_kl": agg.approx_kl / k,
             "response_len": gen_tokens as f64 / rollouts.len().max(1) as f64, "rollout_tokens_per_s": gen_tokens as f64 / gen_s.max(1e-9),
-            "time_generate_s": gen_s, "time_score_s": score_s, "time_update_s": upd_s, "elapsed_s": started.elapsed().as_secs_f64(),
+            "time_generate_s": gen_s, "time_score_s": score_s, "time_update_s": upd_s, "elapsed_s": elapsed0 + started.elapsed().as_secs_f64(),
         });
         writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| TrainError::Msg(format!("metrics.jsonl: {e}")))?;
         if cfg.log_every > 0 && (it % cfg.log_every == 0 || it == 1 || it == cfg.iterations) {
@@ -256,16 +313,21 @@ pub fn run_ppo<B: Backend>(
                 micro_in_epoch: prompt_pos as u64,
                 seed: cfg.seed,
                 model_fingerprint: checkpoint::model_fingerprint(&policy),
-                data_fingerprint: String::new(),
+                data_fingerprint: data_fp.clone(),
                 tokens_seen: 0,
-                elapsed_s: started.elapsed().as_secs_f64(),
+                elapsed_s: elapsed0 + started.elapsed().as_secs_f64(),
                 extra: json!({ "beta": kl.beta }),
             };
-            let head = match &critic {
-                Some(c) => value_head_bytes(&c.model)?,
-                None => value_head_bytes(&policy)?,
+            let extra = match (&critic, &critic_state) {
+                // a separate critic: all of it (trunk, score and value heads) and its optimizer
+                (Some(c), Some((_, _, copt))) => vec![
+                    ("value_head.safetensors".into(), value_head_bytes(&c.model)?),
+                    ("critic.safetensors".into(), checkpoint::params_bytes(&c.model)?),
+                    ("critic_optimizer.safetensors".into(), checkpoint::optimizer_bytes(&c.model, copt)?),
+                ],
+                _ => vec![("value_head.safetensors".into(), value_head_bytes(&policy)?)],
             };
-            checkpoint::save_with(out, &policy, &opt, &state, io.tokenizer, &[("value_head.safetensors".into(), head)])?;
+            checkpoint::save_with(out, &policy, &opt, &state, io.tokenizer, &extra)?;
         }
     }
     ensure_finite(&policy, cfg.iterations)?;
