@@ -9,8 +9,8 @@
 //!
 //! Without an adapter every test prints "wgpu: NO ADAPTER … did NOT run" and passes, unless
 //! `OKAPI_REQUIRE_WGPU=1` (CI sets it; Mesa's lavapipe is the adapter there) makes it fail.
-//! `demo --backend wgpu` runs the same commands; on lavapipe it takes too long for CI (see the
-//! README's status table for a measured run).
+//! `demo --backend wgpu` runs the same commands; on lavapipe it takes too long for CI (a measured
+//! run is in benches/RESULTS.md, section "wgsl").
 
 mod common;
 
