@@ -1,0 +1,101 @@
+// rope, adamw (+ bf16 copy), embedding fwd/bwd, bias add/grad (col_partial/col_finish),
+// sum_squares, kv_write, the activations and fill/copy/scale/axpy/f32_to_bf16, vs references.
+// Trimmed for CI time: adamw's largest length is 20003 (was 100003), the largest embedding/bias
+// case is 70x2100 (was 130x4099; still >1 chunk of 64 rows, grid.y capped at 8, and more elements
+// than sum_squares' 512x256 threads).
+#include "common.h"
+static unsigned ewg(size_t n) { return (unsigned)std::clamp<size_t>((n + 255) / 256, 1, 65535 * 4); }
+int main() {
+    // element-wise: activations (saturating inputs included), fill, copy, scale, axpy, f32_to_bf16.
+    // ewg() mirrors the host's grid; the small explicit grid exercises the grid-stride loop.
+    for (size_t len : {1ul, 7ul, 3001ul}) for (unsigned grid : {ewg(len), 2u}) {
+        auto g = rnd(len, 130, 6.f), u = rnd(len, 131, 2.f), d = rnd(len, 132, 1.f);
+        if (len > 4) { g[0] = 60.f; g[1] = -60.f; g[2] = 100.f; g[3] = -100.f; g[4] = 0.f; }
+        std::string tag = " len" + std::to_string(len) + " grid" + std::to_string(grid);
+        const double k0 = 0.7978845608028654, k1 = 0.044715;
+        std::vector<double> sw(len), dg(len), du(len), ge(len), gb(len), fi(len, -2.5), sc(len), ax(len), bf(len);
+        for (size_t i = 0; i < len; ++i) {
+            double x = g[i], s = 1 / (1 + exp(-x)), t = tanh(k0 * x * (1 + k1 * x * x));
+            sw[i] = x * s * u[i]; du[i] = d[i] * x * s; dg[i] = d[i] * u[i] * s * (1 + x * (1 - s));
+            ge[i] = 0.5 * x * (1 + t); gb[i] = d[i] * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k0 * (1 + 3 * k1 * x * x));
+            sc[i] = (double)u[i] * -0.5f; ax[i] = u[i] + (double)1.5f * d[i]; bf[i] = hbf(g[i]);
+        }
+        std::vector<float> o(len, NAN), o2(len, NAN), o3(len, NAN), o4(len, NAN), o5(len, NAN), f(len, NAN), cp(len, NAN), s2 = u, a2 = u;
+        std::vector<u16> b16(len, 0xffff);
+        launch(swiglu_fwd, dim3{grid,1,1}, 256, 0, o.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
+        launch(swiglu_bwd, dim3{grid,1,1}, 256, 0, o2.data(), o3.data(), (const float*)d.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
+        launch(gelu_fwd, dim3{grid,1,1}, 256, 0, o4.data(), (const float*)g.data(), (u64)len);
+        launch(gelu_bwd, dim3{grid,1,1}, 256, 0, o5.data(), (const float*)d.data(), (const float*)g.data(), (u64)len);
+        launch(fill_f32, dim3{grid,1,1}, 256, 0, f.data(), -2.5f, (u64)len);
+        launch(copy_f32, dim3{grid,1,1}, 256, 0, cp.data(), (const float*)g.data(), (u64)len);
+        launch(scale_f32, dim3{grid,1,1}, 256, 0, s2.data(), -0.5f, (u64)len);
+        launch(axpy_f32, dim3{grid,1,1}, 256, 0, a2.data(), 1.5f, (const float*)d.data(), (u64)len);
+        launch(f32_to_bf16, dim3{grid,1,1}, 256, 0, b16.data(), (const float*)g.data(), (u64)len);
+        std::vector<float> b16f(len); for (size_t i = 0; i < len; ++i) { uint32_t w = (uint32_t)b16[i] << 16; memcpy(&b16f[i], &w, 4); }
+        check("swiglu_fwd"+tag, o, sw, 1e-6, 5e-5); check("swiglu_bwd dgate"+tag, o2, dg, 1e-6, 5e-5); check("swiglu_bwd dup"+tag, o3, du, 1e-6, 5e-5);
+        check("gelu_fwd"+tag, o4, ge, 1e-6, 5e-5); check("gelu_bwd"+tag, o5, gb, 1e-6, 5e-5);
+        check("fill"+tag, f, fi, 0, 0); check("copy"+tag, cp, std::vector<double>(g.begin(), g.end()), 0, 0);
+        check("scale"+tag, s2, sc, 0, 0); check("axpy"+tag, a2, ax, 1e-7, 1e-6); check("f32_to_bf16"+tag, b16f, bf, 0, 0);
+    }
+    // rope
+    for (auto [n, h, d] : std::vector<std::array<int,3>>{{5,3,64},{33,4,128},{7,2,80}}) {
+        auto x = rnd((size_t)n*h*d, 110, 1.f); std::vector<unsigned> pos(n); for (int i = 0; i < n; ++i) pos[i] = i * 37 % 4000;
+        std::vector<float> inv(d/2); for (int i = 0; i < d/2; ++i) inv[i] = 1.0f / powf(10000.f, (2.f*i)/d);
+        std::vector<double> want(x.size()), back(x.size());
+        for (int r = 0; r < n; ++r) for (int hh = 0; hh < h; ++hh) for (int i = 0; i < d/2; ++i) {
+            float a = (float)pos[r] * inv[i]; double c = cos((double)a), s = sin((double)a);
+            size_t o = ((size_t)r*h+hh)*d; double x1 = x[o+i], x2 = x[o+i+d/2];
+            want[o+i] = x1*c - x2*s; want[o+i+d/2] = x2*c + x1*s; back[o+i] = x1; back[o+i+d/2] = x2;
+        }
+        std::vector<float> g = x;
+        launch(rope, dim3{ewg((size_t)n*h*d/2),1,1}, 256, 0, g.data(), (const u32*)pos.data(), (const float*)inv.data(), n, h, d, 1.0f);
+        check("rope fwd", g, want, 1e-5, 1e-4);
+        launch(rope, dim3{ewg((size_t)n*h*d/2),1,1}, 256, 0, g.data(), (const u32*)pos.data(), (const float*)inv.data(), n, h, d, -1.0f);
+        check("rope bwd", g, back, 1e-5, 1e-4);
+    }
+    // adamw
+    for (size_t len : {1ul, 1000ul, 20003ul}) {
+        auto p = rnd(len, 120, 1), g = rnd(len, 121, .1f), m = rnd(len, 122, .01f), v = rnd(len, 123, .001f); for (auto& y : v) y = fabsf(y);
+        double lr = 1e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, gs = 0.5; int step = 7;
+        double bc1 = 1 - pow(b1, step), bc2 = 1 - pow(b2, step);
+        std::vector<double> wp(len), wm(len), wv(len);
+        for (size_t i = 0; i < len; ++i) { double gi = g[i]*gs; double pi = p[i]*(1-lr*wd); wm[i] = m[i] + (1-b1)*(gi-m[i]); wv[i] = b2*v[i] + (1-b2)*gi*gi; wp[i] = pi - lr/bc1 * wm[i]/(sqrt(wv[i])/sqrt(bc2) + eps); }
+        std::vector<float> gp = p, gm = m, gv = v; std::vector<u16> pb(len);
+        launch(adamw_f32, dim3{ewg(len),1,1}, 256, 0, gp.data(), (const float*)g.data(), gm.data(), gv.data(), pb.data(), (u64)len, (float)(1-lr*wd), (float)(lr/bc1), (float)sqrt(bc2), (float)b1, (float)b2, (float)eps, (float)gs);
+        check("adamw p", gp, wp, 1e-6, 2e-5); check("adamw m", gm, wm, 1e-6, 2e-5); check("adamw v", gv, wv, 1e-6, 2e-5);
+        std::vector<float> pbf(len); std::vector<double> pbw(len); for (size_t i = 0; i < len; ++i) { uint32_t u = (uint32_t)pb[i] << 16; memcpy(&pbf[i], &u, 4); pbw[i] = hbf(gp[i]); }
+        check("adamw bf16 copy", pbf, pbw, 0, 0);
+    }
+    // embedding, bias, sum_squares, kv_write
+    for (auto [n, c] : std::vector<std::pair<int,int>>{{1,7},{33,300},{70,2100}}) {
+        int V = 50; auto table = rnd((size_t)V*c, 6, 1.f), x = rnd((size_t)n*c, 3, 2.f), bias = rnd(c, 4, 1.f);
+        std::vector<unsigned> ids(n); for (int i = 0; i < n; ++i) ids[i] = (i * 31 + 7) % V; ids[0] = V - 1;
+        std::vector<double> out(n*c), dt(table.begin(), table.end()), xb(n*c), db(bias.begin(), bias.end());
+        for (int r = 0; r < n; ++r) for (int i = 0; i < c; ++i) { out[r*c+i] = table[ids[r]*c+i]; dt[ids[r]*c+i] += x[r*c+i]; xb[r*c+i] = x[r*c+i] + bias[i]; db[i] += x[r*c+i]; }
+        std::vector<float> go(n*c, NAN), gdt = table, gx = x, gdb = bias;
+        launch(embedding_fwd, dim3{(unsigned)n,1,1}, 256, 0, go.data(), (const float*)table.data(), (const u32*)ids.data(), c);
+        std::vector<u32> order(n); for (int i = 0; i < n; ++i) order[i] = i;
+        std::sort(order.begin(), order.end(), [&](u32 a, u32 b) { return std::make_pair(ids[a], a) < std::make_pair(ids[b], b); });
+        std::vector<u32> starts{0}; for (int i = 1; i <= n; ++i) if (i == n || ids[order[i]] != ids[order[i-1]]) starts.push_back(i);
+        launch(embedding_bwd, dim3{(unsigned)starts.size()-1, std::min<unsigned>((c+255)/256, 8), 1}, 256, 0, gdt.data(), (const float*)x.data(), (const u32*)ids.data(), (const u32*)order.data(), (const u32*)starts.data(), c);
+        launch(bias_add_f32, dim3{ewg((size_t)n*c),1,1}, 256, 0, gx.data(), (const float*)bias.data(), (u64)n, c);
+        int chunks = (n+63)/64; std::vector<float> part(chunks*c, NAN);
+        launch(col_partial_f32, dim3{(unsigned)(c+255)/256,(unsigned)chunks,1}, 256, 0, part.data(), (const float*)x.data(), n, c, 64);
+        launch(col_finish_f32, dim3{(unsigned)(c+255)/256,1,1}, 256, 0, gdb.data(), (const float*)part.data(), chunks, c);
+        check("emb fwd", go, out, 0, 0); check("emb bwd", gdt, dt, 1e-6, 5e-5); check("bias_add", gx, xb, 1e-6, 5e-5); check("bias_bwd", gdb, db, 1e-6, 5e-5);
+        std::vector<double> ssp(512); std::vector<float> acc(3, 0); double ss = 0; for (float y : x) ss += (double)y*y;
+        launch(sum_squares_partial, dim3{512,1,1}, 256, 0, ssp.data(), (const float*)x.data(), (u64)x.size());
+        launch(sum_squares_finish, dim3{1,1,1}, 256, 0, acc.data(), 1, (const double*)ssp.data(), 512);
+        check("sum_squares", acc, {0, ss, 0}, 1e-6, 5e-5);
+    }
+    {
+        int b = 3, tn = 5, tcap = 9, w = 24; std::vector<unsigned> pos{0, 4, 7};
+        auto nw = rnd(b*tn*w, 7, 1), cache = rnd(b*tcap*w, 8, 1);
+        std::vector<double> want(cache.begin(), cache.end());
+        for (int bb = 0; bb < b; ++bb) for (int i = 0; i < tn; ++i) if (pos[bb]+i < (unsigned)tcap) for (int c = 0; c < w; ++c) want[(bb*tcap+pos[bb]+i)*w+c] = nw[(bb*tn+i)*w+c];
+        launch(kv_write, dim3{ewg(b*tn*w),1,1}, 256, 0, cache.data(), (const float*)nw.data(), (const u32*)pos.data(), b, tn, tcap, w);
+        check("kv_write", cache, want, 0, 0);
+    }
+    printf("%d failures\n", g_fail);
+    return g_fail != 0;
+}
