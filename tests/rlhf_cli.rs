@@ -105,6 +105,16 @@ fn policy_and_foreign_rm(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (policy, rm, prompts)
 }
 
+/// The tiny policy and its prompts, with a reward model trained from the policy itself (the
+/// same tokenizer, as `--critic separate` needs).
+fn policy_and_own_rm(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (policy, _, prompts) = policy_and_foreign_rm(dir);
+    let rm = dir.join("rm-same");
+    let o = run(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
+    assert!(o.status.success(), "{}", err(&o));
+    (policy, rm, prompts)
+}
+
 #[test]
 fn ppo_refuses_a_reward_model_with_another_tokenizer_unless_retokenize() {
     let dir = tmp("ppo-tok");
@@ -131,10 +141,7 @@ fn ppo_refuses_a_reward_model_with_another_tokenizer_unless_retokenize() {
 #[test]
 fn ppo_divergence_stops_with_a_clear_message() {
     let dir = tmp("ppo-nan");
-    let (policy, _, prompts) = policy_and_foreign_rm(&dir);
-    let rm = dir.join("rm-same");
-    let o = run(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
-    assert!(o.status.success(), "{}", err(&o));
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
     let out = dir.join("ppo");
     let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "3", "--rollouts", "4", "--chunk-size", "4", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--lr", "1e30", "--max-grad-norm", "0"]);
     one_line_error(&o, &["iteration", "stopping"]);
@@ -145,10 +152,7 @@ fn ppo_divergence_stops_with_a_clear_message() {
 #[test]
 fn ppo_with_a_separate_critic_from_the_reward_model() {
     let dir = tmp("ppo-critic");
-    let (policy, _, prompts) = policy_and_foreign_rm(&dir);
-    let rm = dir.join("rm-same");
-    let o = run(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
-    assert!(o.status.success(), "{}", err(&o));
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
     let out = dir.join("ppo");
     let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", "separate", "--unfrozen-layers", "2"]);
     assert!(o.status.success(), "{}", err(&o));
@@ -171,10 +175,7 @@ fn ppo_with_a_separate_critic_from_the_reward_model() {
 #[test]
 fn ppo_resume_is_bit_identical_to_an_uninterrupted_run() {
     let dir = tmp("ppo-resume");
-    let (policy, _, prompts) = policy_and_foreign_rm(&dir);
-    let rm = dir.join("rm-same");
-    let o = run(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
-    assert!(o.status.success(), "{}", err(&o));
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
     for critic in ["shared", "separate"] {
         let ppo = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
             let args = ["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "4", "--rollouts", "4"];
