@@ -16,7 +16,7 @@
 //! okapi-train does; the thread count is rayon's (`RAYON_NUM_THREADS`, default all cores).
 //!
 //! The code is generic over `okapi::runtime::Backend`: a new backend is one line in `main`
-//! (`"wgpu" => run_backend(WgpuBackend::new(), &args)`). Every timed call ends with
+//! (`"wgpu" => run_backend(WgpuBackend::with_options(…), &args)`). Every timed call ends with
 //! `Backend::synchronize`, which makes an asynchronous device finish its queue. The
 //! few unfused reference passes written as plain loops (cross-entropy's row pass, SwiGLU's
 //! multiply) need host-visible buffers (`Buf = Vec<f32>`); they are skipped elsewhere.
@@ -102,7 +102,7 @@
 //! by an untimed copy before each repetition (the unfused side gets the same copy).
 
 use okapi::model::{preset_config, Arch, Rng};
-use okapi::runtime::{AdamW, AttnShape, Backend, CpuBackend, CudaBackend, Gemm, WgpuBackend};
+use okapi::runtime::{AdamW, AttnGrads, AttnInputs, AttnShape, Backend, CpuBackend, CudaBackend, CudaOptions, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, Precision, RmsNormBwd, RmsNormFwd, RopeShape, Rows, WgpuBackend, WgpuOptions};
 use rayon::prelude::*;
 use std::any::{Any, TypeId};
 use std::hint::black_box;
@@ -534,13 +534,14 @@ where
         let mut out = be.zeros(n * hq * d);
         let mut lse = be.zeros(n * hq);
         let (mut dq, mut dk, mut dv) = (be.zeros(n * hq * d), be.zeros(n * hkv * d), be.zeros(n * hkv * d));
-        be.attention_fwd(&mut out, &mut lse, &q, &k, &vv, &q_pos0, &kv_len, None, &sh);
+        let x = AttnInputs { q: &q, k: &k, v: &vv, q_pos0: &q_pos0, kv_len: &kv_len, alibi: None };
+        be.attention_fwd(&mut out, &mut lse, &x, &sh);
         bn.time("attention_fwd", "fused", shape.clone(), Work::Flops(fwd_flops), &mut || {
-            be.attention_fwd(&mut out, &mut lse, &q, &k, &vv, &q_pos0, &kv_len, None, &sh);
+            be.attention_fwd(&mut out, &mut lse, &x, &sh);
             fence(be);
         });
         bn.time("attention_bwd", "-", shape.clone(), Work::Flops(2.5 * fwd_flops), &mut || {
-            be.attention_bwd(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &vv, &out, &lse, &q_pos0, &kv_len, None, &sh);
+            be.attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &dout, &out, &lse, &x, &sh);
             fence(be);
         });
         if bn.wants("attention_fwd", "unfused") {
@@ -558,8 +559,8 @@ where
             let g_o = Gemm::new(t, d, t).batched(bh, t * t, t * d, t * d);
             bn.time("attention_fwd", "unfused", shape.clone(), Work::Flops(fwd_flops), &mut || {
                 be.matmul(&mut s, &qh, &kh, &g_s);
-                be.bias_add(&mut s, &mask, bh, t * t);
-                be.softmax_fwd(&mut p, &s, bh * t, t, 1.0);
+                be.bias_add(&mut s, &mask, Rows::new(bh, t * t));
+                be.softmax_fwd(&mut p, &s, Rows::new(bh * t, t), 1.0);
                 be.matmul(&mut oh, &p, &vh, &g_o);
                 fence(be);
             });
@@ -569,13 +570,13 @@ where
         let mut cache = be.zeros(bsz * t * wdt);
         let pos0 = be.upload_ids(&vec![0; bsz]);
         bn.time("kv_write", "-", format!("B{bsz}xTn{t}xW{wdt}:cap{t}"), bytes(8 * bsz * t * wdt + 4 * bsz), &mut || {
-            be.kv_write(&mut cache, &k, &pos0, bsz, t, t, wdt);
+            be.kv_write(&mut cache, &k, &pos0, &KvShape { batch: bsz, t_new: t, t_cap: t, width: wdt });
             fence(be);
         });
         let new1 = up(&data.normal(bsz * wdt, 1.0));
         let pos_last = be.upload_ids(&vec![t as u32 - 1; bsz]);
         bn.time("kv_write", "-", format!("B{bsz}xTn1xW{wdt}:cap{t}"), bytes(8 * bsz * wdt + 4 * bsz), &mut || {
-            be.kv_write(&mut cache, &new1, &pos_last, bsz, 1, t, wdt);
+            be.kv_write(&mut cache, &new1, &pos_last, &KvShape { batch: bsz, t_new: 1, t_cap: t, width: wdt });
             fence(be);
         });
     }
@@ -591,32 +592,32 @@ where
         let (mut mean, mut rstd) = (be.zeros(n), be.zeros(n));
         let mut dx = up(&data.normal(n * c, 1.0));
         let (mut dw, mut db) = (be.zeros(c), be.zeros(c));
-        let eps = cfg.norm_eps;
-        be.rmsnorm_fwd(&mut out, &mut rstd, &x, &w, n, c, eps);
+        let sh = NormShape::new(n, c, cfg.norm_eps);
+        be.rmsnorm_fwd(RmsNormFwd { out: &mut out, rstd: &mut rstd, x: &x, w: &w }, &sh);
         bn.time("rmsnorm_fwd", "-", nc.clone(), bytes(8 * n * c + 4 * c + 4 * n), &mut || {
-            be.rmsnorm_fwd(&mut out, &mut rstd, &x, &w, n, c, eps);
+            be.rmsnorm_fwd(RmsNormFwd { out: &mut out, rstd: &mut rstd, x: &x, w: &w }, &sh);
             fence(be);
         });
         bn.time("rmsnorm_bwd", "-", nc.clone(), bytes(16 * n * c + 12 * c + 4 * n), &mut || {
-            be.rmsnorm_bwd(&mut dx, &mut dw, &dy, &x, &w, &rstd, n, c);
+            be.rmsnorm_bwd(RmsNormBwd { dx: &mut dx, dw: &mut dw, dy: &dy, x: &x, w: &w, rstd: &rstd }, &sh);
             fence(be);
         });
-        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &x, &w, &b, n, c, eps);
+        be.layernorm_fwd(LayerNormFwd { out: &mut out, mean: &mut mean, rstd: &mut rstd, x: &x, w: &w, b: &b }, &sh);
         bn.time("layernorm_fwd", "-", nc.clone(), bytes(8 * n * c + 8 * c + 8 * n), &mut || {
-            be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &x, &w, &b, n, c, eps);
+            be.layernorm_fwd(LayerNormFwd { out: &mut out, mean: &mut mean, rstd: &mut rstd, x: &x, w: &w, b: &b }, &sh);
             fence(be);
         });
         bn.time("layernorm_bwd", "-", nc.clone(), bytes(16 * n * c + 20 * c + 8 * n), &mut || {
-            be.layernorm_bwd(&mut dx, &mut dw, &mut db, &dy, &x, &w, &mean, &rstd, n, c);
+            be.layernorm_bwd(LayerNormBwd { dx: &mut dx, dw: &mut dw, db: &mut db, dy: &dy, x: &x, w: &w, mean: &mean, rstd: &rstd }, &sh);
             fence(be);
         });
         let mut xb = up(&data.normal(n * c, 1.0));
         bn.time("bias_add", "-", nc.clone(), bytes(8 * n * c + 4 * c), &mut || {
-            be.bias_add(&mut xb, &b, n, c);
+            be.bias_add(&mut xb, &b, Rows::new(n, c));
             fence(be);
         });
         bn.time("bias_bwd", "-", nc.clone(), bytes(4 * n * c + 8 * c), &mut || {
-            be.bias_bwd(&mut db, &dy, n, c);
+            be.bias_bwd(&mut db, &dy, Rows::new(n, c));
             fence(be);
         });
         let table = up(&data.normal(v * c, 0.02));
@@ -630,11 +631,11 @@ where
         let ids = be.upload_ids(&ids_h);
         let mut dtable = be.zeros(v * c);
         bn.time("embedding_fwd", "-", format!("{n}x{c}:V{v}"), bytes(8 * n * c + 4 * n), &mut || {
-            be.embedding_fwd(&mut out, &table, &ids, n, c);
+            be.embedding_fwd(&mut out, &table, &ids, Rows::new(n, c));
             fence(be);
         });
         bn.time("embedding_bwd", "-", format!("{n}x{c}:V{v}:U{distinct}"), bytes(4 * n * c + 4 * n + 8 * distinct * c), &mut || {
-            be.embedding_bwd(&mut dtable, &dy, &ids, n, c);
+            be.embedding_bwd(&mut dtable, &dy, &ids, Rows::new(n, c));
             fence(be);
         });
     }
@@ -646,11 +647,11 @@ where
         let work = bytes(8 * n * hq * d + 4 * n + 2 * d);
         let shape = format!("{n}x{hq}x{d}");
         bn.time("rope_fwd", "-", shape.clone(), work, &mut || {
-            be.rope_fwd(&mut xq, &positions, &inv_freq, n, hq, d);
+            be.rope_fwd(&mut xq, &positions, &inv_freq, &RopeShape::new(n, hq, d));
             fence(be);
         });
         bn.time("rope_bwd", "-", shape, work, &mut || {
-            be.rope_bwd(&mut xq, &positions, &inv_freq, n, hq, d);
+            be.rope_bwd(&mut xq, &positions, &inv_freq, &RopeShape::new(n, hq, d));
             fence(be);
         });
     }
@@ -712,13 +713,13 @@ where
         let dy = up(&data.normal(nv, 1.0));
         let mut y = be.zeros(nv);
         let mut dx = be.zeros(nv);
-        be.softmax_fwd(&mut y, &logits0, n, v, 1.0);
+        be.softmax_fwd(&mut y, &logits0, Rows::new(n, v), 1.0);
         bn.time("softmax_fwd", "-", shape.clone(), bytes(8 * nv), &mut || {
-            be.softmax_fwd(&mut y, &logits0, n, v, 1.0);
+            be.softmax_fwd(&mut y, &logits0, Rows::new(n, v), 1.0);
             fence(be);
         });
         bn.time("softmax_bwd", "-", shape.clone(), bytes(12 * nv), &mut || {
-            be.softmax_bwd(&mut dx, &dy, &y, n, v);
+            be.softmax_bwd(&mut dx, &dy, &y, Rows::new(n, v));
             fence(be);
         });
         drop(dy);
@@ -731,7 +732,7 @@ where
         let work = bytes(8 * nv + 12 * n);
         bn.time_prep("xent_fwd_bwd", "fused", shape.clone(), work, &mut |run| {
             if run {
-                be.xent_fwd_bwd(&mut logits, &mut losses, &targets, &coef, n, v);
+                be.xent_fwd_bwd(&mut logits, &mut losses, &targets, &coef, Rows::new(n, v));
                 fence(be);
             } else {
                 be.copy(&mut logits, &logits0, nv);
@@ -742,7 +743,7 @@ where
             let mut losses_h = vec![0f32; n];
             bn.time_prep("xent_fwd_bwd", "unfused", shape.clone(), work, &mut |run| {
                 if run {
-                    be.softmax_fwd(&mut y, &logits, n, v, 1.0);
+                    be.softmax_fwd(&mut y, &logits, Rows::new(n, v), 1.0);
                     let p = host_mut(&mut y).unwrap();
                     p[..nv].par_chunks_mut(v).zip(losses_h.par_iter_mut()).enumerate().for_each(|(i, (row, loss))| {
                         let (tg, cf) = (targets_h[i] as usize, coef_h[i]);
@@ -762,11 +763,11 @@ where
         }
         let (mut logp, mut greedy) = (be.zeros(n), be.zeros(n));
         bn.time("token_logprobs", "-", shape.clone(), bytes(4 * nv + 12 * n), &mut || {
-            be.token_logprobs(&mut logp, &mut greedy, &logits0, &targets, n, v);
+            be.token_logprobs(&mut logp, &mut greedy, &logits0, &targets, Rows::new(n, v));
             fence(be);
         });
         bn.time("token_logprobs_bwd", "-", shape, bytes(8 * nv + 8 * n), &mut || {
-            be.token_logprobs_bwd(&mut dx, &logits0, &targets, &coef, n, v);
+            be.token_logprobs_bwd(&mut dx, &logits0, &targets, &coef, Rows::new(n, v));
             fence(be);
         });
     }
@@ -880,8 +881,8 @@ fn bench_main() {
     let t0 = Instant::now();
     match args.backend.as_str() {
         "cpu" => run_backend(CpuBackend, &args),
-        "wgpu" => run_backend(WgpuBackend::new().unwrap_or_else(|e| panic!("{e}")), &args),
-        "cuda" => run_backend(CudaBackend::new(0).unwrap_or_else(|e| panic!("{e}")), &args),
+        "wgpu" => run_backend(WgpuBackend::with_options(&WgpuOptions::from_env()).unwrap_or_else(|e| panic!("{e}")), &args),
+        "cuda" => run_backend(CudaBackend::with_options(&CudaOptions::from_env(Precision::F32)).unwrap_or_else(|e| panic!("{e}")), &args),
         other => panic!("backend `{other}` is not built into this bench (expected cpu, wgpu or cuda)"),
     }
     println!("total {:.1} s", t0.elapsed().as_secs_f64());

@@ -37,7 +37,7 @@
 //! one step re-run in isolation at the step's exact shapes (every GEMM of forward and backward,
 //! attention forward/backward, cross-entropy); "rest" is the step minus those.
 
-use okapi::kernels::attention::{attention_bwd, attention_fwd, AttnShape};
+use okapi::kernels::attention::{attention_bwd, attention_fwd, AttnGrads, AttnInputs, AttnShape};
 use okapi::kernels::matmul::{matmul, Gemm};
 use okapi::kernels::xent::xent_fwd_bwd;
 use okapi::model::{preset_config, Arch, Model, Rng};
@@ -326,9 +326,10 @@ fn kernel_breakdown(model: &Model<CpuBackend>, b: usize, t: usize, reps: usize, 
     let (q_pos0, kv_len) = (vec![0u32; b], vec![t as u32; b]);
     let mut att = vec![0f32; n * hq * d];
     let mut lse = vec![0f32; n * hq];
-    let a_fwd = time(&mut || attention_fwd(&mut att, &mut lse, &q, &k, &vv, &q_pos0, &kv_len, None, &sh));
+    let x = AttnInputs { q: &q[..], k: &k[..], v: &vv[..], q_pos0: &q_pos0[..], kv_len: &kv_len[..], alibi: None };
+    let a_fwd = time(&mut || attention_fwd(&mut att, &mut lse, &x, &sh));
     let (mut dq, mut dk, mut dv) = (vec![0f32; n * hq * d], vec![0f32; n * hkv * d], vec![0f32; n * hkv * d]);
-    let a_bwd = time(&mut || attention_bwd(&mut dq, &mut dk, &mut dv, &dout, &q, &k, &vv, &att, &lse, &q_pos0, &kv_len, None, &sh));
+    let a_bwd = time(&mut || attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &dout, &att, &lse, &x, &sh));
     // fused cross-entropy over (N, V)
     let logits0 = random_vec(&mut rng, n * v, 1.0);
     let mut logits = logits0.clone();

@@ -22,29 +22,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// One device per test binary; None (after a line that bypasses libtest's capture) without an
-/// adapter.
 fn wgpu(test: &str) -> Option<WgpuBackend> {
-    use std::io::Write;
-    use std::sync::OnceLock;
-    static BE: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
-    let be = BE.get_or_init(|| {
-        let r = WgpuBackend::new().map_err(|e| e.to_string());
-        if let Ok(be) = &r {
-            let _ = writeln!(std::io::stderr(), "wgpu model tests: running on adapter {}", be.adapter_name());
-        }
-        r
-    });
-    match be {
-        Ok(be) => Some(be.clone()),
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "wgpu: NO ADAPTER — {test} did NOT run: {e}");
-            if std::env::var("OKAPI_REQUIRE_WGPU").as_deref() == Ok("1") {
-                panic!("OKAPI_REQUIRE_WGPU=1 but wgpu has no adapter: {e}");
-            }
-            None
-        }
-    }
+    wgpu_or_skip(test)
 }
 
 /// wgpu against the CPU on the same model: sums in another order (tiled matmul, parallel row

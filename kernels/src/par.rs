@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 /// Rows per chunk in column reductions (`Σ_rows`). Fixed, so the summation order is fixed.
-pub(crate) const ROW_CHUNK: usize = 32;
+pub(crate) const ROW_CHUNK: usize = crate::row_chunk!();
 
 /// `acc[c] += Σ_n f(n, c)` over `n_rows` rows of width `width`, where `row_terms(n, partial)`
 /// adds row n's terms into `partial` (width floats). Rows are cut into fixed chunks that are

@@ -5,7 +5,8 @@
 mod common;
 
 use common::*;
-use okapi_kernels::attention::{alibi_slopes, attention_bwd, attention_fwd, kv_write, AttnShape};
+use okapi_kernels::attention::{alibi_slopes, attention_bwd, attention_fwd, kv_write, AttnGrads, AttnInputs, AttnShape};
+use okapi_kernels::KvShape;
 
 struct Case {
     name: &'static str,
@@ -105,7 +106,7 @@ fn forward(c: &Case, x: &Data) -> (Vec<f32>, Vec<f32>) {
     // `=` outputs: start from NaN
     let mut out = nan_vec(x.q.len());
     let mut lse = nan_vec(sh.batch * sh.tq * sh.n_heads);
-    attention_fwd(&mut out, &mut lse, &x.q, &x.k, &x.v, &c.q_pos0, &c.kv_len, c.alibi.as_deref(), sh);
+    attention_fwd(&mut out, &mut lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: c.alibi.as_deref() }, sh);
     (out, lse)
 }
 
@@ -136,7 +137,7 @@ fn attention_bwd_grad_check() {
         let (out, lse) = forward(c, &x);
         // `=` outputs: NaN-filled buffers must be fully overwritten
         let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
-        attention_bwd(&mut dq, &mut dk, &mut dv, &x.dout, &x.q, &x.k, &x.v, &out, &lse, &c.q_pos0, &c.kv_len, c.alibi.as_deref(), &c.sh);
+        attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &x.dout, &out, &lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: c.alibi.as_deref() }, &c.sh);
 
         let (q, k, v, r) = (to_f64(&x.q), to_f64(&x.k), to_f64(&x.v), to_f64(&x.dout));
         let dq_ref = numeric_grad_proj(&q, &r, |qq| attention_ref(qq, &k, &v, c).0);
@@ -161,7 +162,7 @@ fn attention_bwd_deterministic() {
     let (out, lse) = forward(&c, &x);
     let run = || {
         let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
-        attention_bwd(&mut dq, &mut dk, &mut dv, &x.dout, &x.q, &x.k, &x.v, &out, &lse, &c.q_pos0, &c.kv_len, c.alibi.as_deref(), &c.sh);
+        attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &x.dout, &out, &lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: c.alibi.as_deref() }, &c.sh);
         (dq, dk, dv)
     };
     let (a, b) = (run(), run());
@@ -171,13 +172,13 @@ fn attention_bwd_deterministic() {
 }
 
 #[test]
-#[should_panic(expected = "attention_bwd: gradient buffers too small")]
+#[should_panic(expected = "attention_bwd: `dk` holds")]
 fn attention_bwd_rejects_short_gradient_buffers() {
     let c = case("short", 1, 3, 3, 2, 1, 4, true, &[0], &[3], false);
     let x = data(&c, 301);
     let (out, lse) = forward(&c, &x);
     let (mut dq, mut dk, mut dv) = (vec![0f32; x.q.len()], vec![0f32; x.k.len() - 1], vec![0f32; x.v.len()]);
-    attention_bwd(&mut dq, &mut dk, &mut dv, &x.dout, &x.q, &x.k, &x.v, &out, &lse, &c.q_pos0, &c.kv_len, None, &c.sh);
+    attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &x.dout, &out, &lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: None }, &c.sh);
 }
 
 // ---------------------------------------------------------------- ALiBi slopes
@@ -230,7 +231,7 @@ fn kv_write_places_rows_and_drops_overflow() {
     let cache0 = rng.normal_vec(batch * t_cap * width, 1.0);
     let pos = [1u32, 4, 6]; // sequence 1 keeps 2 of its 3 rows, sequence 2 none
     let mut cache = cache0.clone();
-    kv_write(&mut cache, &new, &pos, batch, t_new, t_cap, width);
+    kv_write(&mut cache, &new, &pos, &KvShape { batch, t_new, t_cap, width });
     let mut want = cache0.clone();
     for b in 0..batch {
         for i in 0..t_new {
@@ -306,7 +307,7 @@ fn attention_multi_tile_matches_f64() {
         let finite: Vec<(f32, f64)> = lse.iter().zip(&want_lse).filter(|(_, w)| w.is_finite()).map(|(&g, &w)| (g, w)).collect();
         assert_close(&format!("{}: lse", c.name), &finite.iter().map(|p| p.0).collect::<Vec<_>>(), &finite.iter().map(|p| p.1).collect::<Vec<_>>(), 1e-6);
         let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
-        attention_bwd(&mut dq, &mut dk, &mut dv, &x.dout, &x.q, &x.k, &x.v, &out, &lse, &c.q_pos0, &c.kv_len, c.alibi.as_deref(), &c.sh);
+        attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &x.dout, &out, &lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: c.alibi.as_deref() }, &c.sh);
         let (dq_ref, dk_ref, dv_ref) = attention_bwd_ref(&q, &k, &v, &r, c);
         assert_close(&format!("{}: dq", c.name), &dq, &dq_ref, 1e-5);
         assert_close(&format!("{}: dk", c.name), &dk, &dk_ref, 1e-5);

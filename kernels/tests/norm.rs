@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use okapi_kernels::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd};
+use okapi_kernels::norm::{layernorm_bwd, layernorm_fwd, rmsnorm_bwd, rmsnorm_fwd, LayerNormBwd, LayerNormFwd};
 
 /// Shapes: odd widths, and one with more rows than a column-reduction chunk (32).
 const SHAPES: [(usize, usize); 3] = [(5, 7), (3, 16), (67, 9)];
@@ -141,12 +141,12 @@ impl LnCase {
     }
     fn forward(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (mut out, mut mean, mut rstd) = (vec![0f32; self.n * self.c], vec![0f32; self.n], vec![0f32; self.n]);
-        layernorm_fwd(&mut out, &mut mean, &mut rstd, &self.x, &self.w, &self.b, self.c, self.eps);
+        layernorm_fwd(LayerNormFwd { out: &mut out, mean: &mut mean, rstd: &mut rstd, x: &self.x, w: &self.w, b: &self.b }, self.c, self.eps);
         (out, mean, rstd)
     }
     fn backward(&self, mut dx: Vec<f32>, mut dw: Vec<f32>, mut db: Vec<f32>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (_, mean, rstd) = self.forward();
-        layernorm_bwd(&mut dx, &mut dw, &mut db, &self.dy, &self.x, &self.w, &mean, &rstd, self.c);
+        layernorm_bwd(LayerNormBwd { dx: &mut dx, dw: &mut dw, db: &mut db, dy: &self.dy, x: &self.x, w: &self.w, mean: &mean, rstd: &rstd }, self.c);
         (dx, dw, db)
     }
     fn zeros(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {

@@ -118,9 +118,9 @@ impl<B: Backend> Model<B> {
         let KvCache { k, v, la, x, lnf, lnf_mean, lnf_rstd, emb, ids, positions, q_pos0, kv_len, logits, cap, last_rows, lnf_last, .. } = cache;
         let [x0, x1] = x;
         match &self.emb_ln {
-            None => be.embedding_fwd(x0, &self.values[self.embed], ids, n, c),
+            None => be.embedding_fwd(x0, &self.values[self.embed], ids, okapi_runtime::Rows::new(n, c)),
             Some(ln) => {
-                be.embedding_fwd(emb, &self.values[self.embed], ids, n, c);
+                be.embedding_fwd(emb, &self.values[self.embed], ids, okapi_runtime::Rows::new(n, c));
                 // the LayerNorm's statistics land in the final norm's (free until the end)
                 self.norm_fwd(ln, x0, lnf_mean, lnf_rstd, emb, n);
             }
@@ -137,7 +137,7 @@ impl<B: Backend> Model<B> {
             // gather each sequence's last new row (an embedding lookup with lnf as the table)
             let rows: Vec<u32> = n_new.iter().enumerate().map(|(s, &nn)| (s * t + nn.max(1) - 1) as u32).collect();
             be.write_ids(last_rows, &rows);
-            be.embedding_fwd(lnf_last, lnf, last_rows, b, c);
+            be.embedding_fwd(lnf_last, lnf, last_rows, okapi_runtime::Rows::new(b, c));
             be.matmul(logits, lnf_last, &self.values[head], &Gemm::new(b, cfg.vocab_size, c).trans_b());
         } else {
             be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());

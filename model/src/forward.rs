@@ -6,7 +6,7 @@ use crate::acts::{Acts, Grads, LayerActs, Scratch};
 use crate::config::Arch;
 use crate::error::{ModelError, Result};
 use crate::model::{Block, Linear, Model, Norm};
-use okapi_runtime::{AttnShape, Backend, Gemm};
+use okapi_runtime::{AttnGrads, AttnInputs, AttnShape, Backend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
 
 /// Where a block's attention reads its positions and keys.
 pub(crate) struct AttnCtx<'a, B: Backend> {
@@ -22,6 +22,20 @@ pub(crate) struct KvSlot<'a, B: Backend> {
     pub k: &'a mut B::Buf,
     pub v: &'a mut B::Buf,
     pub cap: usize,
+}
+
+/// A gradient output that an op overwrites (`=`) or accumulates into (`+=`).
+pub(crate) enum Out<'a, B: Backend> {
+    Set(&'a mut B::Buf),
+    Add(&'a mut B::Buf),
+}
+
+/// What a norm's backward reads from its forward: the input x (N,C) and the saved statistics
+/// (`mean` is LayerNorm's; RMSNorm ignores it).
+pub(crate) struct NormSaved<'a, B: Backend> {
+    pub x: &'a B::Buf,
+    pub mean: &'a B::Buf,
+    pub rstd: &'a B::Buf,
 }
 
 impl<B: Backend> Model<B> {
@@ -59,35 +73,44 @@ impl<B: Backend> Model<B> {
     pub(crate) fn linear_fwd(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize) {
         self.be.matmul(out, x, &self.values[lin.w], &Gemm::new(n, lin.d_out, lin.d_in).trans_b());
         if let Some(b) = lin.b {
-            self.be.bias_add(out, &self.values[b], n, lin.d_out);
+            self.be.bias_add(out, &self.values[b], Rows::new(n, lin.d_out));
         }
     }
 
-    /// dx (=, or += when `acc_dx`) = dy·W;  dW += dyᵀ·x;  db += Σ dy.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear_bwd(&self, dx: &mut B::Buf, dy: &B::Buf, x: &B::Buf, lin: &Linear, n: usize, acc_dx: bool, grads: &mut Grads<B>) {
+    /// dx (`=` or `+=`, as `dx` says) = dy·W;  dW += dyᵀ·x;  db += Σ dy. dy (N,d_out), x (N,d_in).
+    pub(crate) fn linear_bwd(&self, dx: Out<'_, B>, dy: &B::Buf, x: &B::Buf, lin: &Linear, n: usize, grads: &mut Grads<B>) {
         let g = Gemm::new(n, lin.d_in, lin.d_out);
-        self.be.matmul(dx, dy, &self.values[lin.w], &if acc_dx { g.accumulate() } else { g });
+        let (dx, g) = match dx {
+            Out::Set(b) => (b, g),
+            Out::Add(b) => (b, g.accumulate()),
+        };
+        self.be.matmul(dx, dy, &self.values[lin.w], &g);
         if let Some(gw) = grads.get_mut(lin.w) {
             self.be.matmul(gw, dy, x, &Gemm::new(lin.d_out, lin.d_in, n).trans_a().accumulate());
         }
         if let Some(gb) = lin.b.and_then(|b| grads.get_mut(b)) {
-            self.be.bias_bwd(gb, dy, n, lin.d_out);
+            self.be.bias_bwd(gb, dy, Rows::new(n, lin.d_out));
         }
     }
 
+    fn norm_shape(&self, n: usize) -> NormShape {
+        NormShape::new(n, self.cfg.hidden_size, self.cfg.norm_eps)
+    }
+
+    /// out (N,C) = norm(x); the statistics (`mean` only for LayerNorm) are saved for backward.
     pub(crate) fn norm_fwd(&self, nm: &Norm, out: &mut B::Buf, mean: &mut B::Buf, rstd: &mut B::Buf, x: &B::Buf, n: usize) {
-        let (c, eps) = (self.cfg.hidden_size, self.cfg.norm_eps);
+        let (w, sh) = (&self.values[nm.w], self.norm_shape(n));
         match nm.b {
-            None => self.be.rmsnorm_fwd(out, rstd, x, &self.values[nm.w], n, c, eps),
-            Some(b) => self.be.layernorm_fwd(out, mean, rstd, x, &self.values[nm.w], &self.values[b], n, c, eps),
+            None => self.be.rmsnorm_fwd(RmsNormFwd { out, rstd, x, w }, &sh),
+            Some(b) => self.be.layernorm_fwd(LayerNormFwd { out, mean, rstd, x, w, b: &self.values[b] }, &sh),
         }
     }
 
-    /// dx += ∂L/∂x; parameter gradients += (into a throw-away buffer when frozen).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn norm_bwd(&self, nm: &Norm, dx: &mut B::Buf, dy: &B::Buf, x: &B::Buf, mean: &B::Buf, rstd: &B::Buf, n: usize, grads: &mut Grads<B>) {
-        let c = self.cfg.hidden_size;
+    /// dx += ∂L/∂x; parameter gradients += (into a throw-away buffer when frozen). `saved` =
+    /// the forward's input x and statistics (mean, rstd).
+    pub(crate) fn norm_bwd(&self, nm: &Norm, dx: &mut B::Buf, dy: &B::Buf, saved: NormSaved<'_, B>, n: usize, grads: &mut Grads<B>) {
+        let (c, sh, w) = (self.cfg.hidden_size, self.norm_shape(n), &self.values[nm.w]);
+        let NormSaved { x, mean, rstd } = saved;
         let (mut spare_w, mut spare_b) = (None, None);
         match nm.b {
             None => {
@@ -95,7 +118,7 @@ impl<B: Backend> Model<B> {
                     Some(g) => g,
                     None => spare_w.insert(self.be.zeros(c)),
                 };
-                self.be.rmsnorm_bwd(dx, gw, dy, x, &self.values[nm.w], rstd, n, c);
+                self.be.rmsnorm_bwd(RmsNormBwd { dx, dw: gw, dy, x, w, rstd }, &sh);
             }
             Some(bi) => {
                 // the bias is registered right after the weight: split the table between them
@@ -108,7 +131,7 @@ impl<B: Backend> Model<B> {
                     Some(g) => g,
                     None => spare_b.insert(self.be.zeros(c)),
                 };
-                self.be.layernorm_bwd(dx, gw, gb, dy, x, &self.values[nm.w], mean, rstd, n, c);
+                self.be.layernorm_bwd(LayerNormBwd { dx, dw: gw, db: gb, dy, x, w, mean, rstd }, &sh);
             }
         }
     }
@@ -130,19 +153,22 @@ impl<B: Backend> Model<B> {
         self.linear_fwd(&mut la.k, &la.ln1, &blk.k, n);
         self.linear_fwd(&mut la.v, &la.ln1, &blk.v, n);
         if let Some(inv_freq) = &self.rope_inv_freq {
-            be.rope_fwd(&mut la.q, ctx.positions, inv_freq, n, hq, d);
-            be.rope_fwd(&mut la.k, ctx.positions, inv_freq, n, hkv, d);
+            be.rope_fwd(&mut la.q, ctx.positions, inv_freq, &RopeShape::new(n, hq, d));
+            be.rope_fwd(&mut la.k, ctx.positions, inv_freq, &RopeShape::new(n, hkv, d));
         }
         match kv {
             None => {
                 let sh = self.attn_shape(ctx.b, ctx.t, ctx.t);
-                be.attention_fwd(&mut la.att, &mut la.lse, &la.q, &la.k, &la.v, ctx.q_pos0, ctx.kv_len, self.alibi.as_ref(), &sh);
+                let x = AttnInputs { q: &la.q, k: &la.k, v: &la.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
+                be.attention_fwd(&mut la.att, &mut la.lse, &x, &sh);
             }
             Some(slot) => {
-                be.kv_write(slot.k, &la.k, ctx.q_pos0, ctx.b, ctx.t, slot.cap, hkv * d);
-                be.kv_write(slot.v, &la.v, ctx.q_pos0, ctx.b, ctx.t, slot.cap, hkv * d);
+                let kv_sh = KvShape { batch: ctx.b, t_new: ctx.t, t_cap: slot.cap, width: hkv * d };
+                be.kv_write(slot.k, &la.k, ctx.q_pos0, &kv_sh);
+                be.kv_write(slot.v, &la.v, ctx.q_pos0, &kv_sh);
                 let sh = self.attn_shape(ctx.b, ctx.t, slot.cap);
-                be.attention_fwd(&mut la.att, &mut la.lse, &la.q, slot.k, slot.v, ctx.q_pos0, ctx.kv_len, self.alibi.as_ref(), &sh);
+                let x = AttnInputs { q: &la.q, k: &*slot.k, v: &*slot.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
+                be.attention_fwd(&mut la.att, &mut la.lse, &x, &sh);
             }
         }
         // x_mid = x_in + o(att)
@@ -167,7 +193,6 @@ impl<B: Backend> Model<B> {
     }
 
     /// On entry `s.dres` = ∂L/∂x_out; on exit ∂L/∂x_in. Parameter gradients accumulate.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn block_bwd(&self, blk: &Block, la: &LayerActs<B>, x_in: &B::Buf, s: &mut Scratch<B>, ctx: &AttnCtx<B>, grads: &mut Grads<B>) {
         let be = &self.be;
         let cfg = &self.cfg;
@@ -175,31 +200,32 @@ impl<B: Backend> Model<B> {
         let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let nf = n * cfg.intermediate_size;
         // MLP branch
-        self.linear_bwd(&mut s.dh, &s.dres, &la.mlp_h, &blk.down, n, false, grads);
+        self.linear_bwd(Out::Set(&mut s.dh), &s.dres, &la.mlp_h, &blk.down, n, grads);
         match &blk.gate {
             Some(gate) => {
                 be.swiglu_bwd(&mut s.da, &mut s.db, &s.dh, &la.mlp_a, &la.mlp_b, nf);
-                self.linear_bwd(&mut s.dln, &s.da, &la.ln2, gate, n, false, grads);
-                self.linear_bwd(&mut s.dln, &s.db, &la.ln2, &blk.up, n, true, grads);
+                self.linear_bwd(Out::Set(&mut s.dln), &s.da, &la.ln2, gate, n, grads);
+                self.linear_bwd(Out::Add(&mut s.dln), &s.db, &la.ln2, &blk.up, n, grads);
             }
             None => {
                 be.gelu_bwd(&mut s.da, &s.dh, &la.mlp_a, nf);
-                self.linear_bwd(&mut s.dln, &s.da, &la.ln2, &blk.up, n, false, grads);
+                self.linear_bwd(Out::Set(&mut s.dln), &s.da, &la.ln2, &blk.up, n, grads);
             }
         }
-        self.norm_bwd(&blk.ln2, &mut s.dres, &s.dln, &la.x_mid, &la.ln2_mean, &la.ln2_rstd, n, grads);
+        self.norm_bwd(&blk.ln2, &mut s.dres, &s.dln, NormSaved { x: &la.x_mid, mean: &la.ln2_mean, rstd: &la.ln2_rstd }, n, grads);
         // attention branch
-        self.linear_bwd(&mut s.datt, &s.dres, &la.att, &blk.o, n, false, grads);
+        self.linear_bwd(Out::Set(&mut s.datt), &s.dres, &la.att, &blk.o, n, grads);
         let sh = self.attn_shape(ctx.b, ctx.t, ctx.t);
-        be.attention_bwd(&mut s.dq, &mut s.dk, &mut s.dv, &s.datt, &la.q, &la.k, &la.v, &la.att, &la.lse, ctx.q_pos0, ctx.kv_len, self.alibi.as_ref(), &sh);
+        let x = AttnInputs { q: &la.q, k: &la.k, v: &la.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
+        be.attention_bwd(AttnGrads { dq: &mut s.dq, dk: &mut s.dk, dv: &mut s.dv }, &s.datt, &la.att, &la.lse, &x, &sh);
         if let Some(inv_freq) = &self.rope_inv_freq {
-            be.rope_bwd(&mut s.dq, ctx.positions, inv_freq, n, hq, d);
-            be.rope_bwd(&mut s.dk, ctx.positions, inv_freq, n, hkv, d);
+            be.rope_bwd(&mut s.dq, ctx.positions, inv_freq, &RopeShape::new(n, hq, d));
+            be.rope_bwd(&mut s.dk, ctx.positions, inv_freq, &RopeShape::new(n, hkv, d));
         }
-        self.linear_bwd(&mut s.dln, &s.dq, &la.ln1, &blk.q, n, false, grads);
-        self.linear_bwd(&mut s.dln, &s.dk, &la.ln1, &blk.k, n, true, grads);
-        self.linear_bwd(&mut s.dln, &s.dv, &la.ln1, &blk.v, n, true, grads);
-        self.norm_bwd(&blk.ln1, &mut s.dres, &s.dln, x_in, &la.ln1_mean, &la.ln1_rstd, n, grads);
+        self.linear_bwd(Out::Set(&mut s.dln), &s.dq, &la.ln1, &blk.q, n, grads);
+        self.linear_bwd(Out::Add(&mut s.dln), &s.dk, &la.ln1, &blk.k, n, grads);
+        self.linear_bwd(Out::Add(&mut s.dln), &s.dv, &la.ln1, &blk.v, n, grads);
+        self.norm_bwd(&blk.ln1, &mut s.dres, &s.dln, NormSaved { x: x_in, mean: &la.ln1_mean, rstd: &la.ln1_rstd }, n, grads);
     }
 
     // ---- whole model ----------------------------------------------------------------------
@@ -208,9 +234,9 @@ impl<B: Backend> Model<B> {
     fn embed_fwd(&self, acts: &mut Acts<B>, n: usize) {
         let c = self.cfg.hidden_size;
         match &self.emb_ln {
-            None => self.be.embedding_fwd(&mut acts.x[0], &self.values[self.embed], &acts.ids, n, c),
+            None => self.be.embedding_fwd(&mut acts.x[0], &self.values[self.embed], &acts.ids, Rows::new(n, c)),
             Some(ln) => {
-                self.be.embedding_fwd(&mut acts.emb, &self.values[self.embed], &acts.ids, n, c);
+                self.be.embedding_fwd(&mut acts.emb, &self.values[self.embed], &acts.ids, Rows::new(n, c));
                 self.norm_fwd(ln, &mut acts.x[0], &mut acts.emb_mean, &mut acts.emb_rstd, &acts.emb, n);
             }
         }
@@ -263,7 +289,7 @@ impl<B: Backend> Model<B> {
     /// and its weight gradient (+=; into the embedding's when tied).
     pub fn lm_head_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
         let head = Linear { w: self.lm_head.expect("forward checked the LM head"), b: None, d_in: self.cfg.hidden_size, d_out: self.cfg.vocab_size };
-        self.linear_bwd(&mut s.dln, &acts.logits, &acts.lnf, &head, acts.b * acts.t, false, grads);
+        self.linear_bwd(Out::Set(&mut s.dln), &acts.logits, &acts.lnf, &head, acts.b * acts.t, grads);
     }
 
     /// Backward of the trunk from `s.dln` = ∂L/∂lnf: every trunk parameter's gradient (+=).
@@ -274,7 +300,7 @@ impl<B: Backend> Model<B> {
         let c = self.cfg.hidden_size;
         be.fill(&mut s.dres, 0.0, n * c);
         let last = self.cfg.n_layers;
-        self.norm_bwd(&self.ln_f, &mut s.dres, &s.dln, &acts.x[last], &acts.lnf_mean, &acts.lnf_rstd, n, grads);
+        self.norm_bwd(&self.ln_f, &mut s.dres, &s.dln, NormSaved { x: &acts.x[last], mean: &acts.lnf_mean, rstd: &acts.lnf_rstd }, n, grads);
         let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t };
         // Frozen bottom blocks (--unfrozen-layers) need no backward at all once nothing below
         // them trains: stop at the lowest block with a trainable parameter.
@@ -288,7 +314,7 @@ impl<B: Backend> Model<B> {
         match &self.emb_ln {
             None => {
                 if let Some(ge) = grads.get_mut(self.embed) {
-                    be.embedding_bwd(ge, &s.dres, &acts.ids, n, c);
+                    be.embedding_bwd(ge, &s.dres, &acts.ids, Rows::new(n, c));
                 }
             }
             Some(ln) => {
@@ -296,9 +322,9 @@ impl<B: Backend> Model<B> {
                     return;
                 }
                 be.fill(&mut s.dln, 0.0, n * c);
-                self.norm_bwd(ln, &mut s.dln, &s.dres, &acts.emb, &acts.emb_mean, &acts.emb_rstd, n, grads);
+                self.norm_bwd(ln, &mut s.dln, &s.dres, NormSaved { x: &acts.emb, mean: &acts.emb_mean, rstd: &acts.emb_rstd }, n, grads);
                 if let Some(ge) = grads.get_mut(self.embed) {
-                    be.embedding_bwd(ge, &s.dln, &acts.ids, n, c);
+                    be.embedding_bwd(ge, &s.dln, &acts.ids, Rows::new(n, c));
                 }
             }
         }

@@ -39,7 +39,7 @@ impl<B: Backend> Model<B> {
         let rows: Vec<u32> = last.iter().enumerate().map(|(i, &l)| (i * t + l) as u32).collect();
         self.be.write_ids(&mut sb.rows, &rows);
         // gather the scored rows with the embedding kernel: the "table" is lnf
-        self.be.embedding_fwd(&mut sb.h, &acts.lnf, &sb.rows, b, c);
+        self.be.embedding_fwd(&mut sb.h, &acts.lnf, &sb.rows, okapi_runtime::Rows::new(b, c));
         self.be.matmul(&mut sb.rewards, &sb.h, &self.values[w], &Gemm::new(b, 1, c).trans_b());
         Ok(self.be.read(&sb.rewards, b))
     }
@@ -53,7 +53,7 @@ impl<B: Backend> Model<B> {
         self.be.write(&mut sb.drewards, drewards);
         self.be.matmul(&mut sb.dh, &sb.drewards, &self.values[w], &Gemm::new(b, c, 1));
         self.be.fill(&mut s.dln, 0.0, n * c);
-        self.be.embedding_bwd(&mut s.dln, &sb.dh, &sb.rows, b, c);
+        self.be.embedding_bwd(&mut s.dln, &sb.dh, &sb.rows, okapi_runtime::Rows::new(b, c));
         if let Some(gw) = grads.get_mut(w) {
             self.be.matmul(gw, &sb.drewards, &sb.h, &Gemm::new(1, c, b).trans_a().accumulate());
         }
@@ -85,7 +85,7 @@ impl<B: Backend> Model<B> {
     /// gradient accumulates.
     pub fn value_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>, dvalues: &B::Buf) -> Result<()> {
         let vh = self.value_head.ok_or_else(|| ModelError::Other("the policy has no value head".into()))?;
-        self.linear_bwd(&mut s.dln, dvalues, &acts.lnf, &vh, acts.b * acts.t, true, grads);
+        self.linear_bwd(crate::forward::Out::Add(&mut s.dln), dvalues, &acts.lnf, &vh, acts.b * acts.t, grads);
         Ok(())
     }
 }

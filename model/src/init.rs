@@ -1,8 +1,10 @@
-//! Named model shapes (DESIGN.md §6) and seeded random initialisation in the HF layout.
+//! Named model shapes (the `init` / `bench` presets) and seeded random initialisation in the HF
+//! layout, as transformers' `_init_weights`.
 
 use crate::config::{Arch, DType, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::model::{Layout, Model, ParamKind};
+use crate::rng::Rng;
 use okapi_runtime::Backend;
 use serde_json::json;
 use std::path::PathBuf;
@@ -71,31 +73,6 @@ pub fn preset_config(arch: Arch, name: &str, vocab: Option<usize>, max_positions
         }),
     };
     ModelConfig::from_value(raw, PathBuf::from(format!("<preset {name}>")))
-}
-
-/// splitmix64 with Box–Muller normals: small, seeded, identical on every platform.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// uniform in [0, 1)
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.uniform().max(f64::MIN_POSITIVE);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
 }
 
 /// transformers' `_init_weights`: matrices and embeddings N(0, initializer_range), norm weights

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod heads;
 pub mod init;
 pub mod model;
+pub mod rng;
 pub mod weights;
 
 pub use acts::{Acts, Grads, Scratch};
@@ -16,7 +17,8 @@ pub use config::{Arch, DType, Head, ModelConfig};
 pub use decode::KvCache;
 pub use heads::ScoreBufs;
 pub use error::{ModelError, Result};
-pub use init::{preset_config, preset_names, Rng, PRESETS};
+pub use init::{preset_config, preset_names, PRESETS};
+pub use rng::Rng;
 pub use model::{Layout, Model, ParamInfo, ParamKind};
 pub use weights::Checkpoint;
 

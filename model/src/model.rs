@@ -259,7 +259,7 @@ impl<B: Backend> Model<B> {
         let ckpt = Checkpoint::load(dir)?;
         let fresh = (cfg.head == Head::CausalLm).then(|| {
             let std = cfg.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
-            let mut rng = crate::init::Rng::new(seed ^ 0x5C0E);
+            let mut rng = crate::rng::Rng::new(seed ^ 0x5C0E);
             (0..cfg.hidden_size).map(|_| (rng.normal() * std) as f32).collect::<Vec<f32>>()
         });
         cfg.head = Head::Score;

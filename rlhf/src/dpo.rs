@@ -28,7 +28,7 @@ impl<B: Backend> SeqLogps<B> {
         let (b, t) = (acts.b, acts.t);
         let be = &model.be;
         be.write_ids(targets_buf, targets);
-        be.token_logprobs(&mut self.logp, &mut self.greedy, &acts.logits, targets_buf, b * t, model.cfg.vocab_size);
+        be.token_logprobs(&mut self.logp, &mut self.greedy, &acts.logits, targets_buf, okapi_runtime::Rows::new(b * t, model.cfg.vocab_size));
         let lp = be.read(&self.logp, b * t);
         (0..b).map(|r| lp[r * t..(r + 1) * t].iter().map(|&x| x as f64).sum()).collect()
     }

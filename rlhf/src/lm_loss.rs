@@ -26,7 +26,7 @@ impl<B: Backend> LossBufs<B> {
     /// Cross-entropy with the weights already in `coef_mut()`, in place on `acts.logits`
     /// (which become `Σ coef·∂(−log p)/∂logits`); `targets` already uploaded.
     pub fn xent_in_place(&mut self, model: &Model<B>, acts: &mut Acts<B>, targets: &B::Ids, n: usize) {
-        model.be.xent_fwd_bwd(&mut acts.logits, &mut self.losses, targets, &self.coef, n, model.cfg.vocab_size);
+        model.be.xent_fwd_bwd(&mut acts.logits, &mut self.losses, targets, &self.coef, okapi_runtime::Rows::new(n, model.cfg.vocab_size));
     }
 }
 
@@ -56,7 +56,7 @@ pub fn lm_loss_and_grad<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, bufs: 
     let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
     be.write_ids(&mut bufs.targets, targets);
     be.write(&mut bufs.coef, &vec![weight; n]);
-    be.xent_fwd_bwd(&mut acts.logits, &mut bufs.losses, &bufs.targets, &bufs.coef, n, model.cfg.vocab_size);
+    be.xent_fwd_bwd(&mut acts.logits, &mut bufs.losses, &bufs.targets, &bufs.coef, okapi_runtime::Rows::new(n, model.cfg.vocab_size));
     let losses = be.read(&bufs.losses, n);
     (losses.iter().map(|&l| l as f64).sum(), count)
 }

@@ -77,7 +77,7 @@ pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[Logli
         }
         model.forward(&mut acts, &tokens, b, t)?;
         be.write_ids(&mut targets_buf, &targets);
-        be.token_logprobs(&mut logp, &mut greedy, &acts.logits, &targets_buf, b * t, v);
+        be.token_logprobs(&mut logp, &mut greedy, &acts.logits, &targets_buf, okapi_runtime::Rows::new(b * t, v));
         let (lp, gr) = (be.read(&logp, b * t), be.read(&greedy, b * t));
         for (row, &i) in chunk.iter().enumerate() {
             let e = &enc[i];

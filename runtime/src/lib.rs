@@ -1,10 +1,26 @@
-//! okapi-runtime: the `Backend` trait every compute device implements, and device selection.
+//! okapi-runtime: the [`Backend`] trait every compute device implements, the CPU backend, the
+//! wgpu and CUDA backends (features `wgpu`, `cuda`), and device selection.
 //!
 //! The trait is llm.c-shaped: every op writes into explicit output buffers, sizes are explicit
 //! (buffers may be arenas sized for the largest batch), and backward ops say whether they
-//! overwrite (`=`) or accumulate (`+=`) — see each kernel in `okapi-kernels`. Models are generic
-//! over `B: Backend` (static dispatch); the CLI picks the backend at run time.
+//! overwrite (`=`) or accumulate (`+=`) — see each kernel in `okapi-kernels`. Ops take their
+//! sizes as shape structs ([`Gemm`], [`AttnShape`], [`NormShape`], [`Rows`], …), and the ops with
+//! many tensors (norms, attention) take them as named structs, so a call site names every
+//! tensor. Every backend checks extents with the same code ([`check`]) before it computes.
+//! Models are generic over `B: Backend` (static dispatch); the CLI picks the backend at run time.
+//!
+//! ```
+//! use okapi_runtime::{Backend, CpuBackend, Gemm};
+//! let be = CpuBackend;
+//! // C (2,2) = A (2,3) · B (3,2)
+//! let a = be.upload(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+//! let b = be.upload(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+//! let mut c = be.zeros(4);
+//! be.matmul(&mut c, &a, &b, &Gemm::new(2, 2, 3));
+//! assert_eq!(be.read(&c, 4), vec![4.0, 5.0, 10.0, 11.0]);
+//! ```
 
+pub mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -13,18 +29,21 @@ pub mod wgpu;
 
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaBackend, CudaBuf, CudaIds};
+pub use cuda::{CudaBackend, CudaBuf, CudaIds, CudaOptions};
 #[cfg(feature = "wgpu")]
-pub use wgpu::{WBuf, WIds, WgpuBackend};
+pub use wgpu::{WBuf, WIds, WgpuBackend, WgpuOptions};
 pub use okapi_kernels::adamw::AdamW;
-pub use okapi_kernels::attention::AttnShape;
+pub use okapi_kernels::attention::{AttnGrads, AttnInputs, AttnShape};
 pub use okapi_kernels::matmul::Gemm;
-pub use okapi_kernels::IGNORE_INDEX;
+pub use okapi_kernels::norm::{LayerNormBwd, LayerNormFwd, RmsNormBwd, RmsNormFwd};
+pub use okapi_kernels::shapes::Extent;
+pub use okapi_kernels::{KvShape, NormShape, RopeShape, Rows, IGNORE_INDEX};
 
 /// A compute device. `Buf` holds f32 values, `Ids` holds u32 token ids / positions / lengths.
+/// Shapes and `=` / `+=` semantics of every op: the kernel of the same name in okapi-kernels.
 pub trait Backend: Clone + Send + Sync + 'static {
-    type Buf: Send + Sync;
-    type Ids: Send + Sync;
+    type Buf: Extent + Send + Sync;
+    type Ids: Extent + Send + Sync;
 
     /// Human-readable device name (printed by the CLI).
     fn name(&self) -> String;
@@ -43,7 +62,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn write_ids(&self, dst: &mut Self::Ids, data: &[u32]);
     /// Device → host, the first `len` elements.
     fn read(&self, src: &Self::Buf, len: usize) -> Vec<f32>;
-    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    /// Elements `buf` holds.
+    fn buf_len(&self, buf: &Self::Buf) -> usize {
+        buf.extent()
+    }
     fn fill(&self, x: &mut Self::Buf, value: f32, len: usize);
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf, len: usize);
     /// x *= a
@@ -51,89 +73,42 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// y += a·x
     fn axpy(&self, y: &mut Self::Buf, a: f32, x: &Self::Buf, len: usize);
 
-    // ---- ops (shapes in each kernel's doc comment in okapi-kernels) ----------------------
+    // ---- ops ----------------------------------------------------------------------------
     fn matmul(&self, c: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, g: &Gemm);
-    fn embedding_fwd(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &Self::Ids, n: usize, c: usize);
-    fn embedding_bwd(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, n: usize, c: usize);
-    #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, n: usize, c: usize, eps: f32);
-    #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_bwd(&self, dx: &mut Self::Buf, dw: &mut Self::Buf, dy: &Self::Buf, x: &Self::Buf, w: &Self::Buf, rstd: &Self::Buf, n: usize, c: usize);
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_fwd(
-        &self,
-        out: &mut Self::Buf,
-        mean: &mut Self::Buf,
-        rstd: &mut Self::Buf,
-        x: &Self::Buf,
-        w: &Self::Buf,
-        b: &Self::Buf,
-        n: usize,
-        c: usize,
-        eps: f32,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_bwd(
-        &self,
-        dx: &mut Self::Buf,
-        dw: &mut Self::Buf,
-        db: &mut Self::Buf,
-        dy: &Self::Buf,
-        x: &Self::Buf,
-        w: &Self::Buf,
-        mean: &Self::Buf,
-        rstd: &Self::Buf,
-        n: usize,
-        c: usize,
-    );
-    fn rope_fwd(&self, x: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, n: usize, n_heads: usize, head_dim: usize);
-    fn rope_bwd(&self, dx: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, n: usize, n_heads: usize, head_dim: usize);
-    #[allow(clippy::too_many_arguments)]
-    fn attention_fwd(
-        &self,
-        out: &mut Self::Buf,
-        lse: &mut Self::Buf,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
-        q_pos0: &Self::Ids,
-        kv_len: &Self::Ids,
-        alibi: Option<&Self::Buf>,
-        sh: &AttnShape,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn attention_bwd(
-        &self,
-        dq: &mut Self::Buf,
-        dk: &mut Self::Buf,
-        dv: &mut Self::Buf,
-        dout: &Self::Buf,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
-        out: &Self::Buf,
-        lse: &Self::Buf,
-        q_pos0: &Self::Ids,
-        kv_len: &Self::Ids,
-        alibi: Option<&Self::Buf>,
-        sh: &AttnShape,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn kv_write(&self, cache: &mut Self::Buf, new: &Self::Buf, pos: &Self::Ids, batch: usize, t_new: usize, t_cap: usize, width: usize);
-    fn softmax_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, n: usize, v: usize, temperature: f32);
-    fn softmax_bwd(&self, dx: &mut Self::Buf, dy: &Self::Buf, y: &Self::Buf, n: usize, v: usize);
+    /// out (N,C) = table[ids] (`=`); `r` = (N tokens, C).
+    fn embedding_fwd(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &Self::Ids, r: Rows);
+    /// dtable[ids] += dout (N,C).
+    fn embedding_bwd(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, r: Rows);
+    fn rmsnorm_fwd(&self, t: RmsNormFwd<'_, Self::Buf>, sh: &NormShape);
+    fn rmsnorm_bwd(&self, t: RmsNormBwd<'_, Self::Buf>, sh: &NormShape);
+    fn layernorm_fwd(&self, t: LayerNormFwd<'_, Self::Buf>, sh: &NormShape);
+    fn layernorm_bwd(&self, t: LayerNormBwd<'_, Self::Buf>, sh: &NormShape);
+    /// x (N,H,D) rotated in place by each token's position.
+    fn rope_fwd(&self, x: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, sh: &RopeShape);
+    /// The inverse rotation (the gradient of `rope_fwd`), in place.
+    fn rope_bwd(&self, dx: &mut Self::Buf, positions: &Self::Ids, inv_freq: &Self::Buf, sh: &RopeShape);
+    /// out and lse (`=`) from the inputs `x`.
+    fn attention_fwd(&self, out: &mut Self::Buf, lse: &mut Self::Buf, x: &AttnInputs<'_, Self::Buf, Self::Ids>, sh: &AttnShape);
+    /// dq, dk, dv (`=`) from dout and the forward's out and lse.
+    fn attention_bwd(&self, d: AttnGrads<'_, Self::Buf>, dout: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, x: &AttnInputs<'_, Self::Buf, Self::Ids>, sh: &AttnShape);
+    fn kv_write(&self, cache: &mut Self::Buf, new: &Self::Buf, pos: &Self::Ids, sh: &KvShape);
+    /// out (N,V) = softmax(x / temperature) per row.
+    fn softmax_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, r: Rows, temperature: f32);
+    fn softmax_bwd(&self, dx: &mut Self::Buf, dy: &Self::Buf, y: &Self::Buf, r: Rows);
     fn swiglu_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
     fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
     fn gelu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
     fn gelu_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, len: usize);
-    fn bias_add(&self, x: &mut Self::Buf, bias: &Self::Buf, n: usize, c: usize);
-    fn bias_bwd(&self, dbias: &mut Self::Buf, dy: &Self::Buf, n: usize, c: usize);
-    #[allow(clippy::too_many_arguments)]
-    fn xent_fwd_bwd(&self, logits: &mut Self::Buf, losses: &mut Self::Buf, targets: &Self::Ids, coef: &Self::Buf, n: usize, v: usize);
-    #[allow(clippy::too_many_arguments)]
-    fn token_logprobs(&self, logp: &mut Self::Buf, greedy: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, n: usize, v: usize);
-    #[allow(clippy::too_many_arguments)]
-    fn token_logprobs_bwd(&self, dlogits: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, coef: &Self::Buf, n: usize, v: usize);
+    /// x (N,C) += bias (C) per row.
+    fn bias_add(&self, x: &mut Self::Buf, bias: &Self::Buf, r: Rows);
+    /// dbias (C) += Σ_rows dy (N,C).
+    fn bias_bwd(&self, dbias: &mut Self::Buf, dy: &Self::Buf, r: Rows);
+    /// In place: logits (N,V) become ∂(Σ coef·loss)/∂logits; losses (N) = per-row cross-entropy.
+    fn xent_fwd_bwd(&self, logits: &mut Self::Buf, losses: &mut Self::Buf, targets: &Self::Ids, coef: &Self::Buf, r: Rows);
+    /// logp (N) = log p(target), greedy (N) = 1 where the target is the row's first argmax.
+    fn token_logprobs(&self, logp: &mut Self::Buf, greedy: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, r: Rows);
+    /// dlogits (N,V) = coef · ∂ log p(target) / ∂logits (`=`).
+    fn token_logprobs_bwd(&self, dlogits: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, coef: &Self::Buf, r: Rows);
     fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamW, len: usize);
     /// acc[slot] = Σ x² over the first len elements (one slot per tensor; read them all at once).
     fn sum_squares(&self, acc: &mut Self::Buf, slot: usize, x: &Self::Buf, len: usize);

@@ -1,5 +1,6 @@
-//! The CUDA kernels' logic, executed on the CPU: `cuda_emu/gen_kernels.py` turns
-//! kernels/src/cuda_prelude.cuh + every kernels/src/<op>/<op>.cu into a C++ header for the small
+//! The CUDA kernels' logic, executed on the CPU: `cuda_emu/gen_kernels.py` turns the CUDA
+//! prelude + every family's `.cu` (okapi-kernels' `FAMILIES`, written out in the kernels/src
+//! layout) into a C++ header for the small
 //! CUDA emulator `cuda_emu/emu.h` (one OS thread per CUDA thread, barriers for __syncthreads and
 //! warp collectives, mma.sync m16n8k16 bf16 per the PTX fragment layout, NaN-filled dynamic shared
 //! memory); the `cuda_emu/t_*.cpp` programs launch every kernel the backend launches with the
@@ -10,7 +11,7 @@
 //! a loud line and passes, unless `OKAPI_REQUIRE_CUDA_EMU=1` (CI).
 #![cfg(feature = "cuda")]
 
-use okapi_runtime::cuda::KERNELS;
+use okapi_kernels::{CUDA_PRELUDE, FAMILIES};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -32,8 +33,22 @@ const TIMEOUT: Duration = Duration::from_secs(300);
 fn emu_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu")
 }
-fn kernels_src() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/src")
+/// Writes the prelude and every family's `.cu` from okapi-kernels into `dir/src` in the
+/// kernels/src layout (`cuda_prelude.cuh`, `<family>/<family>.cu`), the generator's input.
+fn kernels_src(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("cuda_prelude.cuh"), CUDA_PRELUDE).unwrap();
+    for f in FAMILIES {
+        std::fs::create_dir_all(src.join(f.name)).unwrap();
+        std::fs::write(src.join(f.name).join(format!("{}.cu", f.name)), f.cuda).unwrap();
+    }
+    src
+}
+
+/// Every CUDA entry point of every family.
+fn all_kernels() -> Vec<&'static str> {
+    FAMILIES.iter().flat_map(|f| f.cuda_kernels.iter().copied()).collect()
 }
 fn work_dir(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -107,7 +122,7 @@ fn cuda_kernels_match_the_references_under_cpu_emulation() {
         return missing("NO C++ COMPILER (g++, c++ or clang++)");
     };
     let dir = work_dir("cuda_emu");
-    let g = generate(&kernels_src(), &dir.join("kernels.h"));
+    let g = generate(&kernels_src(&dir), &dir.join("kernels.h"));
     assert!(
         g.status.success(),
         "cuda_emu: gen_kernels.py failed:\n{}",
@@ -239,9 +254,8 @@ fn every_launched_kernel_is_emulated() {
         })
         .map(|p| std::fs::read_to_string(p).unwrap())
         .collect();
-    let missing: Vec<&str> = KERNELS
-        .iter()
-        .map(|(k, _)| *k)
+    let missing: Vec<&str> = all_kernels()
+        .into_iter()
         .filter(|k| !sources.contains(&format!("launch({k},")))
         .collect();
     assert!(
@@ -258,11 +272,7 @@ fn the_generator_rejects_untranslatable_constructs() {
     }
     let dir = work_dir("cuda_emu_reject");
     std::fs::create_dir_all(dir.join("src/bad")).unwrap();
-    std::fs::copy(
-        kernels_src().join("cuda_prelude.cuh"),
-        dir.join("src/cuda_prelude.cuh"),
-    )
-    .unwrap();
+    std::fs::write(dir.join("src/cuda_prelude.cuh"), CUDA_PRELUDE).unwrap();
     std::fs::write(
         dir.join("src/bad/bad.cu"),
         "// asm and __ldg in a comment are fine\nextern \"C\" __global__ void k(float* x) {\n    asm volatile(\"bar.sync 0;\");\n    x[0] = __ldg(x);\n}\n",

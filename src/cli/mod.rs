@@ -10,7 +10,13 @@ macro_rules! on_backend {
     };
     ($kind:expr, $precision:expr, |$be:ident| $body:expr) => {{
         let precision: okapi_runtime::Precision = $precision;
-        match ($kind).resolve().map_err(|e| e.to_string())? {
+        let kind: okapi_runtime::BackendKind = $kind;
+        if matches!(kind, okapi_runtime::BackendKind::Auto | okapi_runtime::BackendKind::Cuda) {
+            // NVRTC where the user installed it (OKAPI_NVRTC_LIB, pip site-packages), before
+            // `auto` asks whether CUDA is usable
+            okapi_runtime::cuda::nvrtc::load(&okapi_runtime::cuda::nvrtc::NvrtcSearch::from_env());
+        }
+        match kind.resolve().map_err(|e| e.to_string())? {
             okapi_runtime::BackendKind::Cpu => {
                 if precision != okapi_runtime::Precision::F32 {
                     return Err(format!("--precision {precision}: the CPU backend computes in f32 only (bf16 runs on --backend cuda)"));
@@ -22,12 +28,12 @@ macro_rules! on_backend {
                 if precision != okapi_runtime::Precision::F32 {
                     return Err(format!("--precision {precision}: the wgpu backend computes in f32 only (bf16 runs on --backend cuda)"));
                 }
-                let $be = okapi_runtime::WgpuBackend::new().map_err(|e| e.to_string())?;
+                let $be = okapi_runtime::WgpuBackend::with_options(&okapi_runtime::WgpuOptions::from_env()).map_err(|e| e.to_string())?;
                 eprintln!("wgpu adapter: {}", $be.adapter_name());
                 $body
             }
             okapi_runtime::BackendKind::Cuda => {
-                let $be = okapi_runtime::CudaBackend::with_precision(0, precision).map_err(|e| e.to_string())?;
+                let $be = okapi_runtime::CudaBackend::with_options(&okapi_runtime::CudaOptions::from_env(precision)).map_err(|e| e.to_string())?;
                 $body
             }
             other => Err(format!("backend {other:?} is not built into this binary")),

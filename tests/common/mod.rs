@@ -61,7 +61,7 @@ pub fn reference(name: &str) -> HashMap<String, RefTensor> {
         .collect()
 }
 
-/// Named tolerances (DESIGN.md §7).
+/// Named tolerances of the parity tests against PyTorch / transformers.
 pub struct Tol {
     pub name: &'static str,
     /// max |a − b|
@@ -177,7 +177,7 @@ pub struct ModelRun {
 pub fn model_run<B: okapi::runtime::Backend>(be: B, name: &str, b: usize, t: usize) -> ModelRun {
     let model = okapi::model::Model::load(be, &fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     let v = model.cfg.vocab_size;
-    let mut rng = okapi::model::init::Rng::new(7);
+    let mut rng = okapi::model::Rng::new(7);
     let ids: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % v as u64) as u32).collect();
     let (mut acts, mut scratch) = (model.new_acts(b, t), model.new_scratch(b, t));
     let mut grads = model.new_grads(|_| true);
@@ -195,4 +195,55 @@ pub fn model_run<B: okapi::runtime::Backend>(be: B, name: &str, b: usize, t: usi
     };
     let grads = okapi::model::model::to_hf(&model.hf, &host).into_iter().map(|(n, _, g)| (n, g)).collect();
     ModelRun { logits, loss: sum / count as f64, grads }
+}
+
+// ---- GPU backends, or a loud line saying the test did not run ------------------------------
+
+/// Writes past libtest's output capture (which takes only the print macros), so the line shows
+/// in CI logs even when every test passes.
+pub fn loud(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The wgpu backend (one device per test binary, adapter chosen as the CLI chooses it), or
+/// `None` after a loud "NO ADAPTER … did NOT run" line; `OKAPI_REQUIRE_WGPU=1` (CI) turns the
+/// absence into a failure.
+pub fn wgpu_or_skip(what: &str) -> Option<okapi::runtime::WgpuBackend> {
+    use okapi::runtime::{WgpuBackend, WgpuOptions};
+    use std::sync::OnceLock;
+    static BE: OnceLock<Result<WgpuBackend, String>> = OnceLock::new();
+    let be = BE.get_or_init(|| {
+        let r = WgpuBackend::with_options(&WgpuOptions::from_env()).map_err(|e| e.to_string());
+        if let Ok(be) = &r {
+            loud(&format!("wgpu: running on adapter {}", be.adapter_name()));
+        }
+        r
+    });
+    match be {
+        Ok(be) => Some(be.clone()),
+        Err(e) => {
+            loud(&format!("wgpu: NO ADAPTER — {what} did NOT run: {e}"));
+            assert!(std::env::var("OKAPI_REQUIRE_WGPU").as_deref() != Ok("1"), "OKAPI_REQUIRE_WGPU=1 but wgpu has no adapter: {e}");
+            None
+        }
+    }
+}
+
+/// The CUDA backend on device 0 at `precision` (NVRTC found as the CLI finds it), or `None`
+/// after a loud "NO GPU … did NOT run" line; `OKAPI_REQUIRE_CUDA=1` (the device script) turns
+/// the absence into a failure.
+pub fn cuda_or_skip(precision: okapi::runtime::Precision, what: &str) -> Option<okapi::runtime::CudaBackend> {
+    use okapi::runtime::{Backend, CudaBackend, CudaOptions};
+    match CudaBackend::with_options(&CudaOptions::from_env(precision)) {
+        Ok(be) => {
+            loud(&format!("cuda: running on {}", be.name()));
+            Some(be)
+        }
+        Err(e) => {
+            loud(&format!("cuda: NO GPU — {what} did NOT run: {e}"));
+            assert!(std::env::var("OKAPI_REQUIRE_CUDA").as_deref() != Ok("1"), "OKAPI_REQUIRE_CUDA=1 but the CUDA backend cannot start: {e}");
+            None
+        }
+    }
 }

@@ -2,6 +2,17 @@
 
 use rayon::prelude::*;
 
+/// The GPU sources of SwiGLU and GELU.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "activation",
+    cuda: include_str!("activation.cu"),
+    cuda_kernels: &["swiglu_fwd", "swiglu_bwd", "gelu_fwd", "gelu_bwd"],
+    wgsl: &[("activation", WGSL)],
+};
+
+/// Entry points `swiglu_fwd`, `swiglu_bwd`, `gelu_fwd`, `gelu_bwd` (one thread per element).
+pub const WGSL: &str = include_str!("activation.wgsl");
+
 const PAR_CHUNK: usize = 4096;
 
 #[inline(always)]

@@ -4,6 +4,12 @@
 
 use rayon::prelude::*;
 
+/// The GPU sources of the fused AdamW step.
+pub const FAMILY: crate::Family = crate::Family { name: "adamw", cuda: include_str!("adamw.cu"), cuda_kernels: &["adamw_f32"], wgsl: &[("adamw", WGSL)] };
+
+/// Entry point `adamw` (one thread per element; the scalars from [`AdamW::scalars`]).
+pub const WGSL: &str = include_str!("adamw.wgsl");
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
     pub lr: f32,

@@ -10,9 +10,131 @@
 //! invariance of softmax that is ALiBi's `slope·(j − i)`.
 
 use crate::par::SharedMut;
+use crate::shapes::{need, Extent, KvShape};
 use crate::vmath;
 use rayon::prelude::*;
 
+/// The GPU sources of attention and the KV-cache write.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "attention",
+    cuda: include_str!("attention.cu"),
+    cuda_kernels: &["attn_fwd", "attn_bwd_dot", "attn_bwd_dkdv", "attn_bwd_dq", "kv_write"],
+    wgsl: &[
+        (WGSL_VARIANTS[0].fwd_key, WGSL_VARIANTS[0].fwd),
+        (WGSL_VARIANTS[0].bwd_key, WGSL_VARIANTS[0].bwd),
+        (WGSL_VARIANTS[1].fwd_key, WGSL_VARIANTS[1].fwd),
+        (WGSL_VARIANTS[1].bwd_key, WGSL_VARIANTS[1].bwd),
+        (WGSL_VARIANTS[2].fwd_key, WGSL_VARIANTS[2].fwd),
+        (WGSL_VARIANTS[2].bwd_key, WGSL_VARIANTS[2].bwd),
+        (WGSL_VARIANTS[3].fwd_key, WGSL_VARIANTS[3].fwd),
+        (WGSL_VARIANTS[3].bwd_key, WGSL_VARIANTS[3].bwd),
+        ("attention_bwd_prep", WGSL_BWD_PREP),
+        ("kv_write", WGSL_KV_WRITE),
+    ],
+};
+
+/// One specialization of the WGSL attention kernels: private arrays of `dmax` ≥ head_dim
+/// floats, and workgroup staging (BK keys in the forward, BQ rows in the backward) that fits
+/// WebGPU's guaranteed 16 KiB. `fwd`: entry point `main`; `bwd`: entry points `dkdv`, `dq`.
+pub struct WgslAttnVariant {
+    pub dmax: usize,
+    /// Keys staged per step of the forward, rows per step of the backward.
+    pub bk: usize,
+    pub bq: usize,
+    pub fwd_key: &'static str,
+    pub fwd: &'static str,
+    pub bwd_key: &'static str,
+    pub dkdv_key: &'static str,
+    pub dq_key: &'static str,
+    pub bwd: &'static str,
+}
+
+macro_rules! wgsl_attn_variant {
+    ($dmax:literal, $bk:literal, $bq:literal) => {
+        WgslAttnVariant {
+            dmax: $dmax,
+            bk: $bk,
+            bq: $bq,
+            fwd_key: concat!("attention_fwd_d", $dmax),
+            fwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BK: u32 = ", $bk, "u;\n", include_str!("attention_fwd.wgsl")),
+            bwd_key: concat!("attention_bwd_d", $dmax),
+            dkdv_key: concat!("attention_bwd_dkdv_d", $dmax),
+            dq_key: concat!("attention_bwd_dq_d", $dmax),
+            bwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BQ: u32 = ", $bq, "u;\n", include_str!("attention_bwd.wgsl")),
+        }
+    };
+}
+
+/// Smallest first; a head dim uses the first variant with `dmax ≥ head_dim`. Workgroup memory:
+/// forward 2·BK·DMAX ≤ 4096 floats; backward 2·BQ·DMAX + 2·BQ + 1 ≤ 2113.
+pub const WGSL_VARIANTS: [WgslAttnVariant; 4] = [wgsl_attn_variant!(32, 32, 32), wgsl_attn_variant!(64, 32, 16), wgsl_attn_variant!(128, 16, 8), wgsl_attn_variant!(256, 8, 4)];
+/// Largest head_dim the WGSL and CUDA attention kernels take.
+pub const MAX_HEAD_DIM: usize = 256;
+/// Query rows (forward, dq) or keys (dk·dv) per WGSL workgroup: one thread each.
+pub const WGSL_ROWS_PER_GROUP: usize = 64;
+/// Backward pass 1 (lse and D = rowsum(dout ⊙ out) per row, plus the q_pos0 / kv_len / slope
+/// table): threads per workgroup.
+pub const WGSL_BWD_PREP: &str = include_str!("attention_bwd_prep.wgsl");
+pub const WGSL_PREP_WG: u32 = 64;
+/// One thread per element of the new rows.
+pub const WGSL_KV_WRITE: &str = include_str!("kv_write.wgsl");
+
+/// The WGSL variant for `head_dim`, `None` past [`MAX_HEAD_DIM`].
+pub fn wgsl_variant(head_dim: usize) -> Option<&'static WgslAttnVariant> {
+    WGSL_VARIANTS.iter().find(|v| v.dmax >= head_dim)
+}
+
+/// Upper bounds of the loop iterations one invocation of each WGSL attention kernel runs —
+/// (forward, backward dk·dv, backward dq) — every loop of the kernel counted, as a software
+/// rasterizer that bounds shader loops counts them (llvmpipe stops a shader's loops after 65535
+/// iterations in total). From the loop structure of attention_fwd.wgsl / attention_bwd.wgsl.
+pub fn wgsl_loop_iterations(sh: &AttnShape) -> (u64, u64, u64) {
+    let Some(var) = wgsl_variant(sh.head_dim) else { return (u64::MAX, u64::MAX, u64::MAX) };
+    let (d, tq, tk) = (sh.head_dim as u64, sh.tq as u64, sh.tk as u64);
+    let rep = (sh.n_heads / sh.n_kv_heads.max(1)) as u64;
+    let (bk, bq, wg) = (var.bk as u64, var.bq as u64, WGSL_ROWS_PER_GROUP as u64);
+    // init and final loops over d; per staged block: the staging loop and the per-block loops;
+    // per key (forward, dq) or per (head, row) (dk·dv): the dot products over d
+    let fwd = 2 * d + tk.div_ceil(bk) * ((bk * d).div_ceil(wg) + d + 2) + 2 * tk * (d + 1);
+    let dkdv = 3 * d + rep * tq.div_ceil(bq) * ((bq * d).div_ceil(wg) + 1) + rep * tq * (2 * d + 1);
+    let dq = 2 * d + tk.div_ceil(bq) * ((bq * d).div_ceil(wg) + 1) + tk * (2 * d + 1);
+    (fwd, dkdv, dq)
+}
+
+/// Launch geometry of attention.cu (the tiles and shared-memory layouts its kernels assume).
+pub mod cuda_launch {
+    /// Threads per block of attn_fwd, attn_bwd_dkdv and attn_bwd_dq (four warps).
+    pub const BLOCK: u32 = 128;
+    /// Query rows per block of attn_fwd and attn_bwd_dq (ATT_BQ).
+    pub const Q_ROWS: usize = 16;
+    /// Query rows per block of attn_bwd_dot (one warp each), and its threads per block.
+    pub const DOT_ROWS: usize = 8;
+    pub const DOT_BLOCK: u32 = 256;
+
+    /// Dynamic shared memory of attn_fwd: (16·D + 2·32·(D+1)) floats.
+    pub fn fwd_smem_bytes(d: usize) -> usize {
+        (16 * d + 2 * 32 * (d + 1)) * 4
+    }
+    /// Keys per block of attn_bwd_dkdv: 32 up to D = 128, then 16.
+    pub fn dkdv_keys(d: usize) -> usize {
+        if d <= 128 {
+            32
+        } else {
+            16
+        }
+    }
+    /// Dynamic shared memory of attn_bwd_dkdv.
+    pub fn dkdv_smem_bytes(d: usize) -> usize {
+        let bk = dkdv_keys(d);
+        (2 * bk * (d + 1) + 2 * bk * d + 2 * 8 * d + 2 * 8 * bk) * 4
+    }
+    /// Dynamic shared memory of attn_bwd_dq: (2·16·D + 2·32·(D+1)) floats.
+    pub fn dq_smem_bytes(d: usize) -> usize {
+        (2 * 16 * d + 2 * 32 * (d + 1)) * 4
+    }
+}
+
+/// The shape of one attention call (layouts in the module docs).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttnShape {
     pub batch: usize,
@@ -39,8 +161,69 @@ impl AttnShape {
             kv
         }
     }
+    /// Elements of q / out / dq, of k / v / dk / dv, and of lse.
+    pub fn extents(&self) -> (usize, usize, usize) {
+        let rows = self.batch * self.tq * self.n_heads;
+        (rows * self.head_dim, self.batch * self.tk * self.n_kv_heads * self.head_dim, rows)
+    }
     pub fn flops_fwd(&self) -> f64 {
         4.0 * (self.batch * self.n_heads * self.tq * self.tk * self.head_dim) as f64 * if self.causal && self.tq == self.tk { 0.5 } else { 1.0 }
+    }
+}
+
+/// What attention reads, in its forward and again in its backward: q (B,Tq,Hq,D), k and v
+/// (B,Tk,Hkv,D) — the layer's own keys, or a KV cache of capacity Tk — each sequence's first
+/// query position and visible key count (B), and BLOOM's ALiBi slopes (Hq).
+pub struct AttnInputs<'a, F: ?Sized, I: ?Sized> {
+    pub q: &'a F,
+    pub k: &'a F,
+    pub v: &'a F,
+    pub q_pos0: &'a I,
+    pub kv_len: &'a I,
+    pub alibi: Option<&'a F>,
+}
+
+impl<F: ?Sized, I: ?Sized> Clone for AttnInputs<'_, F, I> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<F: ?Sized, I: ?Sized> Copy for AttnInputs<'_, F, I> {}
+
+impl<F: Extent + ?Sized, I: Extent + ?Sized> AttnInputs<'_, F, I> {
+    /// Panics (naming `op` and the tensor) when a buffer is smaller than `sh` needs.
+    #[track_caller]
+    pub fn check(&self, op: &str, sh: &AttnShape) {
+        sh.group();
+        let (nq, nk, _) = sh.extents();
+        need(op, "q", self.q, nq);
+        need(op, "k", self.k, nk);
+        need(op, "v", self.v, nk);
+        need(op, "q_pos0", self.q_pos0, sh.batch);
+        need(op, "kv_len", self.kv_len, sh.batch);
+        if let Some(a) = self.alibi {
+            need(op, "alibi", a, sh.n_heads);
+        }
+    }
+}
+
+/// The gradients attention's backward writes (all `=`): dq (B,Tq,Hq,D), dk and dv (B,Tk,Hkv,D).
+pub struct AttnGrads<'a, F: ?Sized> {
+    pub dq: &'a mut F,
+    pub dk: &'a mut F,
+    pub dv: &'a mut F,
+}
+
+/// Checks attention's outputs (`out`, `lse`, and the gradients of the backward) against `sh`.
+#[track_caller]
+pub fn check_attn_outputs<F: Extent + ?Sized>(op: &str, sh: &AttnShape, out: &F, lse: &F, grads: Option<&AttnGrads<'_, F>>) {
+    let (nq, nk, nl) = sh.extents();
+    need(op, "out", out, nq);
+    need(op, "lse", lse, nl);
+    if let Some(g) = grads {
+        need(op, "dq", &*g.dq, nq);
+        need(op, "dk", &*g.dk, nk);
+        need(op, "dv", &*g.dv, nk);
     }
 }
 
@@ -104,22 +287,12 @@ fn score_tile(s: &mut [f32], q: &[f32], k: &[f32], sh: &AttnShape, b: usize, h: 
 /// out = softmax(scores)·v (`=`), lse saved (`=`). Rows with no visible key give 0 and -inf.
 /// Tasks are (sequence, query head, tile of QT query rows); each computes its score tile with
 /// one GEMM, the softmax in place, and its output rows with a second GEMM.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_fwd(
-    out: &mut [f32],
-    lse: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    q_pos0: &[u32],
-    kv_len: &[u32],
-    alibi: Option<&[f32]>,
-    sh: &AttnShape,
-) {
+pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32], [u32]>, sh: &AttnShape) {
+    x.check("attention_fwd", sh);
+    check_attn_outputs("attention_fwd", sh, out, lse, None);
+    let AttnInputs { q, k, v, q_pos0, kv_len, alibi } = *x;
     let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
     let kw = sh.n_kv_heads * d;
-    assert!(q.len() >= sh.batch * sh.tq * hq * d && k.len() >= sh.batch * sh.tk * kw && v.len() >= sh.batch * sh.tk * kw, "attention_fwd: inputs too small for {sh:?}");
-    assert!(out.len() >= sh.batch * sh.tq * hq * d && lse.len() >= sh.batch * sh.tq * hq, "attention_fwd: outputs too small for {sh:?}");
     let tiles = sh.tq.div_ceil(QT);
     let (pout, plse) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
     (0..sh.batch * hq * tiles).into_par_iter().for_each_init(Vec::new, |s: &mut Vec<f32>, task| {
@@ -175,28 +348,15 @@ pub fn attention_fwd(
 /// rows the probabilities are recomputed from the saved lse (no (T,T) tensor is stored):
 ///   P = exp(S − lse)        dP = dO·Vᵀ        dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale
 ///   dQ = dS·K (`=`)         dK += dSᵀ·Q       dV += Pᵀ·dO     (over the heads of the group)
-#[allow(clippy::too_many_arguments)]
-pub fn attention_bwd(
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    dout: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    q_pos0: &[u32],
-    kv_len: &[u32],
-    alibi: Option<&[f32]>,
-    sh: &AttnShape,
-) {
+pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse: &[f32], x: &AttnInputs<'_, [f32], [u32]>, sh: &AttnShape) {
+    // the gradients are written through raw pointers below: check every extent first
+    x.check("attention_bwd", sh);
+    check_attn_outputs("attention_bwd", sh, out, lse, Some(&grads));
+    check_attn_outputs("attention_bwd", sh, dout, lse, None);
+    let AttnInputs { q, k, v, q_pos0, kv_len, alibi } = *x;
+    let AttnGrads { dq, dk, dv } = grads;
     let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
     let kw = sh.n_kv_heads * d;
-    assert!(q.len() >= sh.batch * sh.tq * hq * d && k.len() >= sh.batch * sh.tk * kw && v.len() >= sh.batch * sh.tk * kw, "attention_bwd: inputs too small for {sh:?}");
-    assert!(dout.len() >= sh.batch * sh.tq * hq * d && out.len() >= sh.batch * sh.tq * hq * d && lse.len() >= sh.batch * sh.tq * hq, "attention_bwd: saved tensors too small for {sh:?}");
-    // the gradients are written through raw pointers below: check their extents first
-    assert!(dq.len() >= sh.batch * sh.tq * hq * d && dk.len() >= sh.batch * sh.tk * kw && dv.len() >= sh.batch * sh.tk * kw, "attention_bwd: gradient buffers too small for {sh:?}");
     let (pdq, pdk, pdv) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
     (0..sh.batch * sh.n_kv_heads).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
@@ -270,7 +430,9 @@ pub fn attention_bwd(
 
 /// Writes new keys or values into a cache: cache[b, pos[b]+i, :] = new[b, i, :] for i < Tn
 /// (rows past the capacity are dropped). cache: (B,Tcap,W) new: (B,Tn,W)
-pub fn kv_write(cache: &mut [f32], new: &[f32], pos: &[u32], batch: usize, t_new: usize, t_cap: usize, width: usize) {
+pub fn kv_write(cache: &mut [f32], new: &[f32], pos: &[u32], sh: &KvShape) {
+    sh.check(cache, new, pos);
+    let KvShape { batch, t_new, t_cap, width } = *sh;
     cache.par_chunks_mut(t_cap * width).take(batch).enumerate().for_each(|(b, cb)| {
         for i in 0..t_new {
             let t = pos[b] as usize + i;

@@ -2,6 +2,20 @@
 
 use rayon::prelude::*;
 
+/// The GPU sources of the embedding gather and its scatter-add.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "embedding",
+    cuda: include_str!("embedding.cu"),
+    cuda_kernels: &["embedding_fwd", "embedding_bwd"],
+    wgsl: &[("embedding_fwd", WGSL_FWD), ("embedding_bwd", WGSL_BWD)],
+};
+
+/// One thread per output element.
+pub const WGSL_FWD: &str = include_str!("embedding_fwd.wgsl");
+/// One thread per column, walking the tokens in order (the CPU's summation order): `n`
+/// loop iterations per invocation for n tokens.
+pub const WGSL_BWD: &str = include_str!("embedding_bwd.wgsl");
+
 /// out[n,:] = table[ids[n],:]. out: (N,C) table: (V,C) ids: (N)
 pub fn embedding_fwd(out: &mut [f32], table: &[f32], ids: &[u32], c: usize) {
     out.par_chunks_mut(c).zip(ids.par_iter()).for_each(|(o, &id)| {

@@ -5,6 +5,28 @@
 
 use crate::vmath;
 
+/// The GPU sources of the GEMM.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "matmul",
+    cuda: include_str!("matmul.cu"),
+    cuda_kernels: &["matmul_f32", "matmul_bf16_mma"],
+    wgsl: &[("matmul", WGSL)],
+};
+
+/// Entry point `main`: one workgroup per [`TILE`]×[`TILE`] tile of C and batch entry.
+pub const WGSL: &str = include_str!("matmul.wgsl");
+/// Rows and columns of C per workgroup (WGSL) or block (CUDA, both kernels).
+pub const TILE: usize = 64;
+/// Upper bound of the loop iterations one invocation of matmul.wgsl runs (see
+/// [`crate::attention::wgsl_loop_iterations`] for why it is counted): per 16-deep k step one
+/// outer, four staging and sixteen multiply-add iterations, then the 4×4 store.
+pub fn wgsl_loop_iterations(g: &Gemm) -> u64 {
+    g.k.div_ceil(16) as u64 * 21 + 20
+}
+/// Threads per block of `matmul_f32` and of `matmul_bf16_mma` (four warps of mma.sync).
+pub const CUDA_F32_BLOCK: u32 = 256;
+pub const CUDA_MMA_BLOCK: u32 = 128;
+
 /// One (batched) GEMM. `op(A)` is `(m,k)`: stored `(m,k)`, or `(k,m)` when `trans_a`.
 /// `op(B)` is `(k,n)`: stored `(k,n)`, or `(n,k)` when `trans_b`. `C` is `(m,n)`.
 /// Batch `i` reads `A[i·stride_a..]`, `B[i·stride_b..]` and writes `C[i·stride_c..]`.

@@ -1,8 +1,121 @@
 //! RMSNorm (LLaMA) and LayerNorm (BLOOM), forward and backward.
 //! Statistics are accumulated in f64 and saved per row for the backward pass.
+//!
+//! GPU sources: `norm.cu` (one block per row; dw/db through column partials finished by
+//! reduce.cu's `col_finish_f32`) and `norm.wgsl` (one workgroup per row; column sums in
+//! [`ROW_CHUNK`](crate::ROW_CHUNK)-row chunks, the CPU's order).
 
 use crate::par::column_sums;
+use crate::shapes::{need, Extent, NormShape};
 use rayon::prelude::*;
+
+/// The GPU sources of the norms.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "norm",
+    cuda: include_str!("norm.cu"),
+    cuda_kernels: &["rmsnorm_fwd", "rmsnorm_bwd_dx", "rmsnorm_dw_partial", "layernorm_fwd", "layernorm_bwd_dx", "layernorm_dwdb_partial"],
+    wgsl: &[("norm", WGSL)],
+};
+
+/// norm.wgsl with the row prelude: entry points `rmsnorm_fwd`, `rmsnorm_bwd_dx`,
+/// `rmsnorm_bwd_dw_partial`, `layernorm_fwd`, `layernorm_bwd_dx`, `layernorm_bwd_dwdb_partial`,
+/// `colsum_finish`.
+pub const WGSL: &str = crate::wgsl_row_module!("norm.wgsl");
+
+/// The tensors of RMSNorm's forward (`=`): out (N,C), rstd (N) from x (N,C) and w (C).
+pub struct RmsNormFwd<'a, F: ?Sized> {
+    pub out: &'a mut F,
+    pub rstd: &'a mut F,
+    pub x: &'a F,
+    pub w: &'a F,
+}
+
+/// The tensors of RMSNorm's backward: dx (N,C) `+=`, dw (C) `+=`, from dy, x (N,C), w (C) and
+/// the forward's rstd (N).
+pub struct RmsNormBwd<'a, F: ?Sized> {
+    pub dx: &'a mut F,
+    pub dw: &'a mut F,
+    pub dy: &'a F,
+    pub x: &'a F,
+    pub w: &'a F,
+    pub rstd: &'a F,
+}
+
+/// The tensors of LayerNorm's forward (`=`): out (N,C), mean and rstd (N) from x (N,C), w and
+/// b (C).
+pub struct LayerNormFwd<'a, F: ?Sized> {
+    pub out: &'a mut F,
+    pub mean: &'a mut F,
+    pub rstd: &'a mut F,
+    pub x: &'a F,
+    pub w: &'a F,
+    pub b: &'a F,
+}
+
+/// The tensors of LayerNorm's backward: dx (N,C), dw and db (C), all `+=`, from dy, x (N,C),
+/// w (C) and the forward's mean and rstd (N).
+pub struct LayerNormBwd<'a, F: ?Sized> {
+    pub dx: &'a mut F,
+    pub dw: &'a mut F,
+    pub db: &'a mut F,
+    pub dy: &'a F,
+    pub x: &'a F,
+    pub w: &'a F,
+    pub mean: &'a F,
+    pub rstd: &'a F,
+}
+
+impl<F: Extent + ?Sized> RmsNormFwd<'_, F> {
+    #[track_caller]
+    pub fn check(&self, sh: &NormShape) {
+        let (op, nc) = ("rmsnorm_fwd", sh.n * sh.c);
+        need(op, "out", &*self.out, nc);
+        need(op, "rstd", &*self.rstd, sh.n);
+        need(op, "x", self.x, nc);
+        need(op, "w", self.w, sh.c);
+    }
+}
+
+impl<F: Extent + ?Sized> RmsNormBwd<'_, F> {
+    #[track_caller]
+    pub fn check(&self, sh: &NormShape) {
+        let (op, nc) = ("rmsnorm_bwd", sh.n * sh.c);
+        need(op, "dx", &*self.dx, nc);
+        need(op, "dw", &*self.dw, sh.c);
+        need(op, "dy", self.dy, nc);
+        need(op, "x", self.x, nc);
+        need(op, "w", self.w, sh.c);
+        need(op, "rstd", self.rstd, sh.n);
+    }
+}
+
+impl<F: Extent + ?Sized> LayerNormFwd<'_, F> {
+    #[track_caller]
+    pub fn check(&self, sh: &NormShape) {
+        let (op, nc) = ("layernorm_fwd", sh.n * sh.c);
+        need(op, "out", &*self.out, nc);
+        need(op, "mean", &*self.mean, sh.n);
+        need(op, "rstd", &*self.rstd, sh.n);
+        need(op, "x", self.x, nc);
+        need(op, "w", self.w, sh.c);
+        need(op, "b", self.b, sh.c);
+    }
+}
+
+impl<F: Extent + ?Sized> LayerNormBwd<'_, F> {
+    #[track_caller]
+    pub fn check(&self, sh: &NormShape) {
+        let (op, nc) = ("layernorm_bwd", sh.n * sh.c);
+        need(op, "dx", &*self.dx, nc);
+        need(op, "dw", &*self.dw, sh.c);
+        need(op, "db", &*self.db, sh.c);
+        need(op, "dy", self.dy, nc);
+        need(op, "x", self.x, nc);
+        need(op, "w", self.w, sh.c);
+        need(op, "mean", self.mean, sh.n);
+        need(op, "rstd", self.rstd, sh.n);
+    }
+}
 
 /// `out = x · rstd · w` with `rstd = 1/sqrt(mean(x²) + eps)`, as HF's `LlamaRMSNorm` in f32.
 /// x, out: (N,C)  w: (C)  rstd: (N) saved for backward.
@@ -41,7 +154,8 @@ pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f
 
 /// `out = (x − mean)·rstd·w + b`, as `torch.nn.LayerNorm`. x, out: (N,C)  w, b: (C)
 /// mean, rstd: (N) saved for backward.
-pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], b: &[f32], c: usize, eps: f32) {
+pub fn layernorm_fwd(t: LayerNormFwd<'_, [f32]>, c: usize, eps: f32) {
+    let LayerNormFwd { out, mean, rstd, x, w, b } = t;
     out.par_chunks_mut(c)
         .zip(mean.par_iter_mut())
         .zip(rstd.par_iter_mut())
@@ -60,17 +174,8 @@ pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], x: &[f
 }
 
 /// dx += ∂L/∂x (see `rmsnorm_bwd`), dw += Σ dy·xhat, db += Σ dy.
-pub fn layernorm_bwd(
-    dx: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    w: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    c: usize,
-) {
+pub fn layernorm_bwd(t: LayerNormBwd<'_, [f32]>, c: usize) {
+    let LayerNormBwd { dx, dw, db, dy, x, w, mean, rstd } = t;
     let n = rstd.len();
     column_sums(dw, n, c, |row, partial| {
         let (dyr, xr) = (&dy[row * c..][..c], &x[row * c..][..c]);

@@ -1,16 +1,13 @@
 // RMSNorm and LayerNorm, forward and backward (semantics: mod.rs beside this file).
 //
-// Row kernels: one workgroup of WG threads per row (row = wg.x + wg.y·num_wg.x, the grid folded
-// under the 65535 limit); each thread walks the row with stride WG, then a fixed-order tree
-// reduction in workgroup memory — deterministic. Column sums (dw, db) follow the CPU kernel's
-// order (par::column_sums): pass 1 sums each chunk of ROW_CHUNK rows per column into a partial
-// (one thread per (chunk, column)), pass 2 adds the partials to the accumulator in chunk order.
-// No float atomics: the same bits every run.
+// Compiled after the row prelude (row_prelude.wgsl: WG, ROW_CHUNK, one workgroup per row,
+// reduce_sum). Column sums (dw, db) follow the CPU kernel's order (par::column_sums): pass 1
+// sums each chunk of ROW_CHUNK rows per column into a partial (one thread per (chunk, column)),
+// pass 2 adds the partials to the accumulator in chunk order. No float atomics: the same bits
+// every run.
 //
 // Each entry point declares its own bindings (the pipeline layout is derived per entry point):
-// binding 0 = params, then the buffers in the order rows.rs passes them.
-
-const WG: u32 = 256u;
+// binding 0 = params, then the buffers in the order the wgpu backend's ops/rows.rs passes them.
 
 struct RowParams {
     n: u32,
@@ -18,9 +15,6 @@ struct RowParams {
     eps: f32,
     chunks: u32, // column sums: ceil(n / ROW_CHUNK)
 }
-
-// rows per partial of the column sums (the CPU's par::ROW_CHUNK)
-const ROW_CHUNK: u32 = 32u;
 
 // (chunk, column) of a column-sum partial thread, or k = chunks when out of range
 fn chunk_col(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
@@ -31,33 +25,19 @@ fn chunk_col(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> vec2<u32> {
 
 @group(0) @binding(0) var<uniform> P: RowParams;
 
-var<workgroup> red_a: array<f32, WG>;
 var<workgroup> red_b: array<f32, WG>;
 
-// Tree sums of red_a (and red_b) across the workgroup; every thread gets the totals.
-fn reduce_a(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s {
-            red_a[lid] = red_a[lid] + red_a[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red_a[0];
-    workgroupBarrier();
-    return r;
-}
-
+// Tree sums of the prelude's `red` and of red_b together; every thread gets both totals.
 fn reduce_ab(lid: u32) -> vec2<f32> {
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s >> 1u) {
         if lid < s {
-            red_a[lid] = red_a[lid] + red_a[lid + s];
+            red[lid] = red[lid] + red[lid + s];
             red_b[lid] = red_b[lid] + red_b[lid + s];
         }
         workgroupBarrier();
     }
-    let r = vec2<f32>(red_a[0], red_b[0]);
+    let r = vec2<f32>(red[0], red_b[0]);
     workgroupBarrier();
     return r;
 }
@@ -68,10 +48,10 @@ fn reduce_ab(lid: u32) -> vec2<f32> {
 @group(0) @binding(3) var<storage, read> rf_x: array<f32>;
 @group(0) @binding(4) var<storage, read> rf_w: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let c = P.c;
     let base = row * c;
@@ -80,8 +60,8 @@ fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         let v = rf_x[base + j];
         ss += v * v;
     }
-    red_a[lid] = ss;
-    let tot = reduce_a(lid);
+    red[lid] = ss;
+    let tot = reduce_sum(lid);
     let rs = 1.0 / sqrt(tot / f32(c) + P.eps);
     if lid == 0u { rf_rstd[row] = rs; }
     for (var j = lid; j < c; j += WG) {
@@ -96,10 +76,10 @@ fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @group(0) @binding(4) var<storage, read> rb_w: array<f32>;
 @group(0) @binding(5) var<storage, read> rb_rstd: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let c = P.c;
     let base = row * c;
@@ -108,8 +88,8 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     for (var j = lid; j < c; j += WG) {
         acc += (rb_dy[base + j] * rb_w[j]) * (rb_x[base + j] * rs);
     }
-    red_a[lid] = acc;
-    let dot = reduce_a(lid) / f32(c);
+    red[lid] = acc;
+    let dot = reduce_sum(lid) / f32(c);
     for (var j = lid; j < c; j += WG) {
         let g = rb_dy[base + j];
         let xv = rb_x[base + j];
@@ -123,7 +103,7 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @group(0) @binding(3) var<storage, read> rw_x: array<f32>;
 @group(0) @binding(4) var<storage, read> rw_rstd: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn rmsnorm_bwd_dw_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     let kj = chunk_col(wid, nwg, lid);
@@ -142,7 +122,7 @@ fn rmsnorm_bwd_dw_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
 @group(0) @binding(1) var<storage, read_write> cf_acc: array<f32>;
 @group(0) @binding(2) var<storage, read> cf_part: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn colsum_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let j = (wid.x + wid.y * nwg.x) * WG + lid;
@@ -163,10 +143,10 @@ fn colsum_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(5) var<storage, read> lf_w: array<f32>;
 @group(0) @binding(6) var<storage, read> lf_b: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let c = P.c;
     let base = row * c;
@@ -175,15 +155,15 @@ fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var j = lid; j < c; j += WG) {
         s += lf_x[base + j];
     }
-    red_a[lid] = s;
-    let mu = reduce_a(lid) / f32(c);
+    red[lid] = s;
+    let mu = reduce_sum(lid) / f32(c);
     var sq = 0.0;
     for (var j = lid; j < c; j += WG) {
         let d = lf_x[base + j] - mu;
         sq += d * d;
     }
-    red_a[lid] = sq;
-    let var_ = reduce_a(lid) / f32(c);
+    red[lid] = sq;
+    let var_ = reduce_sum(lid) / f32(c);
     let rs = 1.0 / sqrt(var_ + P.eps);
     if lid == 0u {
         lf_mean[row] = mu;
@@ -202,10 +182,10 @@ fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(5) var<storage, read> lb_mean: array<f32>;
 @group(0) @binding(6) var<storage, read> lb_rstd: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                     @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let c = P.c;
     let base = row * c;
@@ -218,7 +198,7 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         sg += dxhat;
         sgx += dxhat * ((lb_x[base + j] - mu) * rs);
     }
-    red_a[lid] = sg;
+    red[lid] = sg;
     red_b[lid] = sgx;
     let t = reduce_ab(lid);
     let mean_g = t.x / f32(c);
@@ -238,7 +218,7 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 @group(0) @binding(5) var<storage, read> lw_mean: array<f32>;
 @group(0) @binding(6) var<storage, read> lw_rstd: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn layernorm_bwd_dwdb_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                               @builtin(local_invocation_index) lid: u32) {
     let kj = chunk_col(wid, nwg, lid);

@@ -4,6 +4,51 @@
 use crate::par::column_sums;
 use rayon::prelude::*;
 
+/// The GPU sources of the element-wise helpers and reductions.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "reduce",
+    cuda: include_str!("reduce.cu"),
+    cuda_kernels: &[
+        "fill_f32",
+        "copy_f32",
+        "scale_f32",
+        "axpy_f32",
+        "bias_add_f32",
+        "col_partial_f32",
+        "col_finish_f32",
+        "sum_squares_partial",
+        "sum_squares_finish",
+        "f32_to_bf16",
+    ],
+    wgsl: &[
+        ("fill", WGSL_FILL),
+        ("scale", WGSL_SCALE),
+        ("axpy", WGSL_AXPY),
+        ("sum_squares", WGSL_SUM_SQUARES),
+        ("bias_add", WGSL_BIAS_ADD),
+        ("bias_bwd", WGSL_BIAS_BWD),
+    ],
+};
+
+pub const WGSL_FILL: &str = include_str!("fill.wgsl");
+pub const WGSL_SCALE: &str = include_str!("scale.wgsl");
+pub const WGSL_AXPY: &str = include_str!("axpy.wgsl");
+/// Entry points `partial` (one workgroup per [`WGSL_SUMSQ_CHUNK`] elements) and `finish`.
+pub const WGSL_SUM_SQUARES: &str = include_str!("sum_squares.wgsl");
+pub const WGSL_BIAS_ADD: &str = include_str!("bias_add.wgsl");
+/// Entry points `partial` (one thread per (chunk of [`ROW_CHUNK`](crate::ROW_CHUNK) rows,
+/// column)) and `finish` (one thread per column): the CPU's summation order.
+pub const WGSL_BIAS_BWD: &str = include_str!("bias_bwd.wgsl");
+
+/// Elements one workgroup of sum_squares.wgsl's first pass reduces (256 threads × 16).
+pub const WGSL_SUMSQ_CHUNK: usize = 4096;
+/// Threads per block of the CUDA element-wise kernels (grid-stride loops).
+pub const CUDA_EW_BLOCK: u32 = 256;
+/// Rows per chunk of the CUDA column sums (`col_partial_f32` and the norms' partials).
+pub const CUDA_COL_CHUNK: usize = 64;
+/// Blocks of the first pass of the CUDA sum of squares (fixed, so the sum's order is fixed).
+pub const CUDA_SSQ_BLOCKS: usize = 512;
+
 const PAR_CHUNK: usize = 1 << 14;
 
 /// Σ x² in f64 over fixed chunks (deterministic).

@@ -3,6 +3,12 @@
 
 use rayon::prelude::*;
 
+/// The GPU sources of RoPE.
+pub const FAMILY: crate::Family = crate::Family { name: "rope", cuda: include_str!("rope.cu"), cuda_kernels: &["rope"], wgsl: &[("rope", WGSL)] };
+
+/// Entry point `rope` (one thread per rotated pair; sign −1 applies the inverse rotation).
+pub const WGSL: &str = include_str!("rope.wgsl");
+
 /// Rope scaling types that change the inverse frequencies (`rope_scaling` / `rope_parameters`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {

@@ -4,6 +4,17 @@
 use crate::vmath;
 use rayon::prelude::*;
 
+/// The GPU sources of the row softmax.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "softmax",
+    cuda: include_str!("softmax.cu"),
+    cuda_kernels: &["softmax_fwd", "softmax_bwd"],
+    wgsl: &[("softmax", WGSL)],
+};
+
+/// softmax.wgsl with the row prelude: entry points `softmax_fwd`, `softmax_bwd`.
+pub const WGSL: &str = crate::wgsl_row_module!("softmax.wgsl");
+
 /// out = softmax(x) over rows of width v; x, out: (N,V). `temperature` divides the logits first.
 pub fn softmax_fwd(out: &mut [f32], x: &[f32], v: usize, temperature: f32) {
     out.par_chunks_mut(v).zip(x.par_chunks(v)).for_each(|(o, xr)| {

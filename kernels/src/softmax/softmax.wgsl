@@ -1,10 +1,6 @@
 // Row softmax with temperature, forward and backward (semantics: mod.rs beside this file).
-// One workgroup of WG threads per row (row = wg.x + wg.y·num_wg.x, the grid folded under the
-// 65535 limit); strided loops and fixed-order tree reductions in workgroup memory, so the
-// result is deterministic. Any row width works (not only multiples of WG).
-
-const WG: u32 = 256u;
-const LOWEST: f32 = -3.4028234663852886e38;
+// Compiled after the row prelude (row_prelude.wgsl: WG, one workgroup per row, reduce_sum /
+// reduce_max); any row width works (not only multiples of WG).
 
 struct Params {
     n: u32,
@@ -15,38 +11,14 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 
-var<workgroup> red: array<f32, WG>;
-
-fn reduce_sum(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s { red[lid] = red[lid] + red[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_max(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 // ---- forward: out, x -------------------------------------------------------------------------
 @group(0) @binding(1) var<storage, read_write> f_out: array<f32>;
 @group(0) @binding(2) var<storage, read> f_x: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softmax_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let v = P.v;
     let base = row * v;
@@ -73,10 +45,10 @@ fn softmax_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @group(0) @binding(2) var<storage, read> b_dy: array<f32>;
 @group(0) @binding(3) var<storage, read> b_y: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn softmax_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let v = P.v;
     let base = row * v;

@@ -4,6 +4,18 @@
 use crate::{vmath, IGNORE_INDEX};
 use rayon::prelude::*;
 
+/// The GPU sources of the fused cross-entropy and log-probs.
+pub const FAMILY: crate::Family = crate::Family {
+    name: "xent",
+    cuda: include_str!("xent.cu"),
+    cuda_kernels: &["xent_fwd_bwd", "token_logprobs", "token_logprobs_bwd"],
+    wgsl: &[("xent", WGSL)],
+};
+
+/// xent.wgsl with the row prelude: entry points `xent_fwd_bwd`, `token_logprobs`,
+/// `token_logprobs_bwd`.
+pub const WGSL: &str = crate::wgsl_row_module!("xent.wgsl");
+
 /// log Σ exp of a row (vectorised exp; 16 lane sums in f32, combined in f64).
 fn row_lse(row: &[f32]) -> f32 {
     let max = vmath::max(row);

@@ -1,12 +1,9 @@
 // Fused cross-entropy and per-token log-probabilities over the vocabulary (semantics: mod.rs
-// beside this file). One workgroup of WG threads per row (row = wg.x + wg.y·num_wg.x, the grid
-// folded under the 65535 limit); strided loops and fixed-order tree reductions in workgroup
-// memory (deterministic), any vocabulary width. Element j of a row is always handled by thread
+// beside this file). Compiled after the row prelude (row_prelude.wgsl: WG, one workgroup per
+// row, reduce_sum / reduce_max); any vocabulary width. Element j of a row is always handled by thread
 // j mod WG, so a thread only re-reads what it wrote itself (no cross-thread storage hazard).
 // Targets equal to IGNORE_INDEX (u32::MAX) give 0 loss / log-prob and a zero gradient row.
 
-const WG: u32 = 256u;
-const LOWEST: f32 = -3.4028234663852886e38;
 const IGNORE: u32 = 0xffffffffu;
 
 struct Params {
@@ -18,30 +15,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 
-var<workgroup> red: array<f32, WG>;
 var<workgroup> red_i: array<u32, WG>;
-
-fn reduce_sum(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s { red[lid] = red[lid] + red[lid + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_max(lid: u32) -> f32 {
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if lid < s { red[lid] = max(red[lid], red[lid + s]); }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
 
 // ---- xent_fwd_bwd, in place: logits (read_write), losses, targets, coef ---------------------
 @group(0) @binding(1) var<storage, read_write> x_logits: array<f32>;
@@ -49,10 +23,10 @@ fn reduce_max(lid: u32) -> f32 {
 @group(0) @binding(3) var<storage, read> x_targets: array<u32>;
 @group(0) @binding(4) var<storage, read> x_coef: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn xent_fwd_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let v = P.v;
     let base = row * v;
@@ -100,10 +74,10 @@ fn xent_fwd_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 @group(0) @binding(3) var<storage, read> l_logits: array<f32>;
 @group(0) @binding(4) var<storage, read> l_targets: array<u32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn token_logprobs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let v = P.v;
     let base = row * v;
@@ -156,10 +130,10 @@ fn token_logprobs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @group(0) @binding(3) var<storage, read> b_targets: array<u32>;
 @group(0) @binding(4) var<storage, read> b_coef: array<f32>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn token_logprobs_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = row_of(wid, nwg);
     if row >= P.n { return; }
     let v = P.v;
     let base = row * v;

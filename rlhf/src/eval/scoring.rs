@@ -172,7 +172,7 @@ impl<B: Backend> Feed<B> {
         }
         let be = &model.be;
         be.write_ids(&mut self.targets, &targets);
-        be.token_logprobs(&mut self.logp, &mut self.greedy, &cache.logits, &self.targets, self.b * t, self.v);
+        be.token_logprobs(&mut self.logp, &mut self.greedy, &cache.logits, &self.targets, okapi_runtime::Rows::new(self.b * t, self.v));
         Ok(Some((be.read(&self.logp, self.b * t), t)))
     }
 }

@@ -101,7 +101,7 @@ impl<B: Backend> PpoBufs<B> {
             }
         }
         be.write_ids(&mut self.targets, &targets);
-        be.token_logprobs(&mut self.logp, &mut self.greedy, &self.acts.logits, &self.targets, b * t, model.cfg.vocab_size);
+        be.token_logprobs(&mut self.logp, &mut self.greedy, &self.acts.logits, &self.targets, okapi_runtime::Rows::new(b * t, model.cfg.vocab_size));
         let lp = be.read(&self.logp, b * t);
         let vals = if model.value_head.is_some() {
             model.value_fwd(&self.acts, &mut self.values)?;

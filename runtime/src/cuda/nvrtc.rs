@@ -1,38 +1,23 @@
-//! NVRTC: the CUDA C++ sources of every kernel family (embedded from `kernels/src/<op>/<op>.cu`,
-//! each prefixed with `kernels/src/cuda_prelude.cuh`) and their compilation to a cubin for one
-//! GPU architecture. Used by the backend at first use of a family, and by the compile test that
-//! CI runs without a GPU (`runtime/tests/cuda_compile.rs`).
+//! NVRTC: the CUDA C++ source of every kernel family (okapi-kernels' [`FAMILIES`], each compiled
+//! as [`CUDA_PRELUDE`] followed by the family's `.cu`) and its compilation to a cubin for one GPU
+//! architecture. Used by the backend at first use of a family, and by the compile test that CI
+//! runs without a GPU (`runtime/tests/cuda_compile.rs`).
 //!
 //! Finding NVRTC: cudarc's loader `dlopen`s `libnvrtc.so.13` (and older names) from the
-//! default search path. When `OKAPI_NVRTC_LIB` names a library file, or NVRTC is installed
-//! from PyPI (`pip install nvidia-cuda-nvrtc`: `site-packages/nvidia/cu13/lib`), that file is
-//! opened first by its absolute path, so the loader's later `dlopen` by soname finds it already
-//! loaded — no `LD_LIBRARY_PATH` needed.
+//! default search path. [`load`] first opens a library file by its absolute path — the one
+//! [`NvrtcSearch::lib`] names, or one installed from PyPI (`pip install nvidia-cuda-nvrtc`:
+//! `site-packages/nvidia/cu13/lib`) under the search roots — so the loader's later `dlopen` by
+//! soname finds it already loaded, with no `LD_LIBRARY_PATH`.
 
 use cudarc::nvrtc::{result, sys};
+use okapi_kernels::{CUDA_PRELUDE, FAMILIES};
 use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-const PRELUDE: &str = include_str!("../../../kernels/src/cuda_prelude.cuh");
-
-/// (family, source) of every kernel family, one `.cu` beside each CPU kernel.
-pub const SOURCES: &[(&str, &str)] = &[
-    ("matmul", include_str!("../../../kernels/src/matmul/matmul.cu")),
-    ("attention", include_str!("../../../kernels/src/attention/attention.cu")),
-    ("norm", include_str!("../../../kernels/src/norm/norm.cu")),
-    ("rope", include_str!("../../../kernels/src/rope/rope.cu")),
-    ("activation", include_str!("../../../kernels/src/activation/activation.cu")),
-    ("softmax", include_str!("../../../kernels/src/softmax/softmax.cu")),
-    ("xent", include_str!("../../../kernels/src/xent/xent.cu")),
-    ("adamw", include_str!("../../../kernels/src/adamw/adamw.cu")),
-    ("reduce", include_str!("../../../kernels/src/reduce/reduce.cu")),
-    ("embedding", include_str!("../../../kernels/src/embedding/embedding.cu")),
-];
-
 /// The full source NVRTC compiles for a family: the prelude, then the family's `.cu`.
 pub fn full_source(family: &str) -> Option<String> {
-    SOURCES.iter().find(|(f, _)| *f == family).map(|(f, src)| format!("{PRELUDE}\n#line 1 \"{f}.cu\"\n{src}"))
+    FAMILIES.iter().find(|f| f.name == family).map(|f| format!("{CUDA_PRELUDE}\n#line 1 \"{family}.cu\"\n{}", f.cuda))
 }
 
 /// The `--gpu-architecture` for a compute capability: `sm_90a` on Hopper (wgmma/TMA-capable
@@ -51,60 +36,66 @@ pub struct Compiled {
     pub log: String,
 }
 
-/// Candidate NVRTC library files beside the ones on the default search path: `OKAPI_NVRTC_LIB`,
-/// then PyPI installs under the user's and the interpreters' site-packages.
-fn candidate_files() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(p) = std::env::var_os("OKAPI_NVRTC_LIB") {
-        out.push(PathBuf::from(p));
+/// Where to look for an NVRTC library beside the default search path.
+#[derive(Clone, Debug, Default)]
+pub struct NvrtcSearch {
+    /// A library file to open first (the CLI passes `OKAPI_NVRTC_LIB`).
+    pub lib: Option<PathBuf>,
+    /// Directories holding `pythonX.Y/{site,dist}-packages/nvidia/{cu13,cuda_nvrtc}/lib`.
+    pub roots: Vec<PathBuf>,
+}
+
+impl NvrtcSearch {
+    /// The system's Python prefixes: /usr/local/lib, /usr/lib, /opt/conda/lib.
+    pub fn system() -> NvrtcSearch {
+        NvrtcSearch { lib: None, roots: ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"].map(PathBuf::from).to_vec() }
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Some(home) = std::env::var_os("HOME") {
-        roots.push(Path::new(&home).join(".local/lib"));
-    }
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
-        roots.push(Path::new(&venv).join("lib"));
-    }
-    for r in ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"] {
-        roots.push(PathBuf::from(r));
-    }
-    if let Some(pyenv) = std::env::var_os("PYENV_ROOT").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv"))) {
-        if let Ok(rd) = std::fs::read_dir(pyenv.join("versions")) {
-            for e in rd.flatten() {
-                roots.push(e.path().join("lib"));
-            }
+
+    /// What the `okapi-train` binary searches: `OKAPI_NVRTC_LIB`, then the user's
+    /// (`~/.local/lib`), the active virtualenv's, pyenv's and the system's site-packages.
+    pub fn from_env() -> NvrtcSearch {
+        let mut roots: Vec<PathBuf> = Vec::new();
+        if let Some(home) = std::env::var_os("HOME") {
+            roots.push(Path::new(&home).join(".local/lib"));
         }
+        if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+            roots.push(Path::new(&venv).join("lib"));
+        }
+        let pyenv = std::env::var_os("PYENV_ROOT").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pyenv")));
+        if let Some(Ok(rd)) = pyenv.map(|p| std::fs::read_dir(p.join("versions"))) {
+            roots.extend(rd.flatten().map(|e| e.path().join("lib")));
+        }
+        roots.extend(Self::system().roots);
+        NvrtcSearch { lib: std::env::var_os("OKAPI_NVRTC_LIB").map(PathBuf::from), roots }
     }
-    for root in roots {
-        let Ok(rd) = std::fs::read_dir(&root) else { continue };
-        for py in rd.flatten() {
-            if !py.file_name().to_string_lossy().starts_with("python") {
-                continue;
-            }
-            for sp in ["site-packages", "dist-packages"] {
-                for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"] {
-                    let dir = py.path().join(sp).join(sub);
-                    for name in ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"] {
-                        let f = dir.join(name);
-                        if f.exists() {
-                            out.push(f);
-                        }
+
+    /// Candidate library files, in order.
+    fn candidates(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.lib.iter().cloned().collect();
+        for root in &self.roots {
+            let Ok(rd) = std::fs::read_dir(root) else { continue };
+            for py in rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("python")) {
+                for sp in ["site-packages", "dist-packages"] {
+                    for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"] {
+                        let dir = py.path().join(sp).join(sub);
+                        out.extend(["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"].iter().map(|n| dir.join(n)).filter(|f| f.exists()));
                     }
                 }
             }
         }
+        out
     }
-    out
 }
 
-/// Whether NVRTC can be loaded (after opening a PyPI / `OKAPI_NVRTC_LIB` copy if the default
-/// search path has none). The first call decides; later calls return the same answer.
-pub fn available() -> bool {
-    static PRESENT: OnceLock<bool> = OnceLock::new();
+static PRESENT: OnceLock<bool> = OnceLock::new();
+
+/// Loads NVRTC: opens the first candidate of `search`, then checks that cudarc's loader finds
+/// a library. The first call decides (later calls, with any search, return its answer).
+pub fn load(search: &NvrtcSearch) -> bool {
     *PRESENT.get_or_init(|| {
         // SAFETY: loading NVRTC runs its initialisers only; the handle is kept for the process.
         unsafe {
-            if let Some(f) = candidate_files().into_iter().next() {
+            if let Some(f) = search.candidates().into_iter().next() {
                 if let Ok(lib) = libloading::Library::new(&f) {
                     std::mem::forget(lib);
                 }
@@ -112,6 +103,12 @@ pub fn available() -> bool {
             sys::is_culib_present()
         }
     })
+}
+
+/// Whether NVRTC can be loaded: the answer of the first [`load`], or a [`NvrtcSearch::system`]
+/// search when nothing has loaded it yet.
+pub fn available() -> bool {
+    load(&NvrtcSearch::system())
 }
 
 /// NVRTC's version, e.g. (13, 5).
@@ -137,7 +134,7 @@ fn c_buf_to_string(buf: &[c_char]) -> String {
 /// the architecture and carries NVRTC's log.
 pub fn compile(family: &str, arch: &str) -> Result<Compiled, String> {
     if !available() {
-        return Err(format!("{family}.cu: NVRTC (libnvrtc.so) not found; install it (pip install nvidia-cuda-nvrtc) or set OKAPI_NVRTC_LIB"));
+        return Err(format!("{family}.cu: NVRTC (libnvrtc.so) not found; install it (pip install nvidia-cuda-nvrtc) or name it with OKAPI_NVRTC_LIB"));
     }
     let src = full_source(family).ok_or_else(|| format!("no CUDA kernel family `{family}`"))?;
     compile_source(family, &src, arch)

@@ -1,4 +1,8 @@
-//! The wgpu backend: Vulkan / Metal / DX12 through `wgpu`, kernels in WGSL.
+//! The wgpu backend: Vulkan / Metal / DX12 through `wgpu`, kernels in WGSL (from okapi-kernels).
+//!
+//! Files: `device.rs` (adapter, device, buffers, scratch pool, read-back), `pipelines.rs` (the
+//! pipeline cache and the WGSL validation check), `batch.rs` (recording dispatches into one
+//! command encoder, params arena, submission), `ops/` (one file per op family).
 //!
 //! Buffers are plain storage buffers of f32 (`WBuf`) or u32 (`WIds`). Every op records one or
 //! more compute dispatches into the backend's current command encoder; the encoder is submitted
@@ -9,7 +13,7 @@
 //! # Kernel conventions (for every `.wgsl` in okapi-kernels)
 //!
 //! * `@group(0) @binding(0)`: a uniform struct of 4-byte scalars (`u32`, `i32`, `f32`) — the
-//!   `params` words of [`WgpuBackend::dispatch`] in declaration order (f32 passed as
+//!   `params` words of `WgpuBackend::dispatch` in declaration order (f32 passed as
 //!   `f32::to_bits`). The buffer is zero-padded to a multiple of 16 bytes.
 //! * `@group(0) @binding(1..=k)`: the storage buffers passed to `dispatch`, in order. Declare
 //!   inputs `read` and outputs `read_write`: the pipeline layout is derived from the shader.
@@ -27,18 +31,17 @@
 //!   ```
 //! * Deterministic: no float atomics; every reduction sums in a fixed order.
 
-mod linear;
-mod rows;
+mod batch;
+mod device;
+mod ops;
+mod pipelines;
 
-use crate::{AdamW, AttnShape, Backend, Gemm, RuntimeError};
-use std::collections::HashMap;
+pub use batch::{MAX_GROUPS_PER_DIM, MAX_PENDING};
+pub use pipelines::validate_wgsl;
+
+use crate::{AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Extent, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, RuntimeError, Rows};
+use device::Ctx;
 use std::sync::{Arc, Mutex, MutexGuard};
-use wgpu::util::DeviceExt;
-
-/// Dispatches recorded before the encoder is submitted on its own.
-pub const MAX_PENDING: usize = 256;
-/// Workgroups per dimension every device supports (WebGPU's `maxComputeWorkgroupsPerDimension`).
-pub const MAX_GROUPS_PER_DIM: u32 = 65535;
 
 /// A device buffer of f32 (`len` elements; usage STORAGE | COPY_SRC | COPY_DST).
 pub struct WBuf {
@@ -70,89 +73,30 @@ impl WIds {
     }
 }
 
-/// Folds a 1-D launch of `n_threads` threads in workgroups of `wg` into an x·y grid that fits
-/// [`MAX_GROUPS_PER_DIM`]. The shader recovers the flat workgroup index as
-/// `wid.x + wid.y * num_workgroups.x` and must bounds-check (the grid may hold more threads
-/// than asked). `n_threads == 0` gives `[0, 1, 1]` (nothing is dispatched).
-pub(crate) fn groups_1d(n_threads: u64, wg: u32) -> [u32; 3] {
-    let groups = n_threads.div_ceil(wg as u64);
-    groups_fold(groups)
-}
-
-/// [`groups_1d`] for a count of workgroups.
-pub(crate) fn groups_fold(groups: u64) -> [u32; 3] {
-    let max = MAX_GROUPS_PER_DIM as u64;
-    if groups <= max {
-        return [groups as u32, 1, 1];
-    }
-    let y = groups.div_ceil(max);
-    let x = groups.div_ceil(y);
-    assert!(y <= max, "wgpu: a launch of {groups} workgroups exceeds {max}² workgroups");
-    [x as u32, y as u32, 1]
-}
-
-struct Kernel {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
-    /// Which of bindings 0..N the entry point uses (auto layouts hold only those).
-    used: Vec<bool>,
-}
-
-#[derive(Default)]
-struct Pending {
-    encoder: Option<wgpu::CommandEncoder>,
-    dispatches: usize,
-    /// Kernels recorded into the pending encoder (for error messages).
-    keys: Vec<&'static str>,
-    /// The uniform buffer holding the pending dispatches' params (each binds its own slice),
-    /// and its contents, written by `submit` just before the batch's commands. One buffer for
-    /// the backend's life: a queue write lands after the work submitted before it, so rewriting
-    /// it per batch is safe (creating a buffer per dispatch cost ~30 µs on lavapipe, per batch
-    /// it slowed lavapipe's execution twofold).
-    arena: Option<wgpu::Buffer>,
-    params: Vec<u8>,
-}
-
-/// Bytes of params one encoder batch holds (its dispatches bind slices of one uniform buffer).
-const ARENA_BYTES: usize = 64 * 1024;
-
-struct Ctx {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
-    info: wgpu::AdapterInfo,
-    limits: wgpu::Limits,
-    kernels: Mutex<HashMap<&'static str, Arc<Kernel>>>,
-    pending: Mutex<Pending>,
-    /// Set by the device-lost callback: every later op panics with it.
-    lost: Arc<Mutex<Option<String>>>,
-    /// Grow-only partial-sum buffer of sum_squares / bias_bwd, locked while an op records the
-    /// passes that write and read it (threads share the encoder).
-    partials: Mutex<Option<WBuf>>,
-    /// Free scratch buffers by size in bytes (powers of two): an op's temporaries come from
-    /// here and go back when it has recorded its passes, so a training step allocates nothing
-    /// after the first.
-    pool: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
-}
-
-/// A pooled scratch buffer (`Deref`s to a `WBuf` of the asked length), returned to the pool
-/// on drop. Reuse is safe: the passes recorded after this one run after it on the queue.
-pub(crate) struct Scratch<'a> {
-    be: &'a WgpuBackend,
-    held: Option<WBuf>,
-}
-
-impl std::ops::Deref for Scratch<'_> {
-    type Target = WBuf;
-    fn deref(&self) -> &WBuf {
-        self.held.as_ref().unwrap()
+impl Extent for WBuf {
+    fn extent(&self) -> usize {
+        self.len
     }
 }
 
-impl Drop for Scratch<'_> {
-    fn drop(&mut self) {
-        if let Some(b) = self.held.take() {
-            lock(&self.be.ctx.pool).entry(b.buf.size()).or_default().push(b.buf);
-        }
+impl Extent for WIds {
+    fn extent(&self) -> usize {
+        self.len
+    }
+}
+
+/// How the wgpu backend picks its adapter.
+#[derive(Clone, Debug, Default)]
+pub struct WgpuOptions {
+    /// Native backends to consider, comma separated: `vulkan`, `metal`, `dx12`, `gl` (this build
+    /// compiles Vulkan, Metal and DX12 only). `None`: all. The CLI passes `WGPU_BACKEND`.
+    pub backends: Option<String>,
+}
+
+impl WgpuOptions {
+    /// The options the `okapi-train` binary uses: `WGPU_BACKEND` from the environment.
+    pub fn from_env() -> WgpuOptions {
+        WgpuOptions { backends: std::env::var("WGPU_BACKEND").ok() }
     }
 }
 
@@ -162,406 +106,36 @@ pub struct WgpuBackend {
     ctx: Arc<Ctx>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn f32_bytes(x: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern is a valid u8.
-    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
-}
-
-fn u32_bytes(x: &[u32]) -> &[u8] {
-    // SAFETY: as above.
-    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, std::mem::size_of_val(x)) }
-}
-
 impl WgpuBackend {
-    /// Picks an adapter (`WGPU_BACKEND` = vulkan | metal | dx12 | gl, comma separated; default
-    /// all) preferring high performance, and opens a device with the adapter's own limits (the
-    /// attention kernels bind more than WebGPU's default 8 storage buffers) and `shader-f16`
-    /// when the adapter has it. This build compiles the Vulkan, Metal and DX12 backends only
-    /// (lean features): `gl` finds no adapter. On Linux without a GPU, Mesa's lavapipe
+    /// Opens the best adapter of any backend. On Linux without a GPU, Mesa's lavapipe
     /// (`mesa-vulkan-drivers`) is a Vulkan adapter on the CPU.
     pub fn new() -> Result<Self, RuntimeError> {
-        let backends = match std::env::var("WGPU_BACKEND") {
-            Ok(s) if !s.trim().is_empty() => {
-                let b = wgpu::Backends::from_comma_list(&s);
-                if b.is_empty() {
-                    return Err(RuntimeError::Wgpu(format!("WGPU_BACKEND=`{s}` names no backend (expected vulkan, metal, dx12 or gl)")));
-                }
-                b
-            }
-            _ => wgpu::Backends::all(),
-        };
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle() });
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            ..Default::default()
-        }))
-        .map_err(|e| RuntimeError::Wgpu(format!("no GPU adapter found for backends {backends:?}: {e}")))?;
-        let info = adapter.get_info();
-        let mut features = wgpu::Features::empty();
-        if adapter.features().contains(wgpu::Features::SHADER_F16) {
-            features |= wgpu::Features::SHADER_F16;
-        }
-        let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("okapi"),
-            required_features: features,
-            required_limits: limits.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| RuntimeError::Wgpu(format!("request_device failed on {} ({:?}): {e}", info.name, info.backend)))?;
-        let limits = device.limits();
-        let lost = Arc::new(Mutex::new(None));
-        let sink = lost.clone();
-        device.set_device_lost_callback(move |reason, msg| {
-            *lock(&sink) = Some(format!("{reason:?}: {msg}"));
-        });
-        Ok(Self {
-            ctx: Arc::new(Ctx { device, queue, info, limits, kernels: Mutex::new(HashMap::new()), pending: Mutex::new(Pending::default()), lost, partials: Mutex::new(None), pool: Mutex::new(HashMap::new()) }),
-        })
+        Self::with_options(&WgpuOptions::default())
     }
 
-    /// Panics with a clear message once the device is lost (driver reset, GPU removed, …).
-    fn check_lost(&self) {
-        if let Some(why) = lock(&self.ctx.lost).clone() {
-            panic!("wgpu: the device {} was lost ({why}); its buffers are gone — restart the command", self.adapter_name());
-        }
-    }
-
-    /// Panics with `msg`, or with the device-lost message when that is the cause.
-    fn fail(&self, msg: String) -> ! {
-        let _ = self.ctx.device.poll(wgpu::PollType::Poll);
-        self.check_lost();
-        panic!("{msg}");
-    }
-
-    /// e.g. "llvmpipe (LLVM 15.0.7, 256 bits) (Vulkan, Cpu)".
-    pub fn adapter_name(&self) -> String {
-        let i = &self.ctx.info;
-        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
-    }
-
-    /// The device's limits (as granted: the adapter's own).
-    pub fn limits(&self) -> &wgpu::Limits {
-        &self.ctx.limits
-    }
-
-    /// The largest buffer, in 4-byte elements, `zeros` / `upload` accept.
-    pub fn max_buffer_elems(&self) -> usize {
-        let l = &self.ctx.limits;
-        (l.max_storage_buffer_binding_size.min(l.max_buffer_size) / 4) as usize
-    }
-
-    fn check_size(&self, len: usize, what: &str) -> u64 {
-        let bytes = (len as u64).max(1) * 4;
-        let l = &self.ctx.limits;
-        if bytes > l.max_storage_buffer_binding_size {
-            panic!(
-                "wgpu: {what} of {len} elements ({bytes} bytes) exceeds the device's max_storage_buffer_binding_size ({} bytes) on {}",
-                l.max_storage_buffer_binding_size,
-                self.adapter_name()
-            );
-        }
-        if bytes > l.max_buffer_size {
-            panic!("wgpu: {what} of {len} elements ({bytes} bytes) exceeds the device's max_buffer_size ({} bytes) on {}", l.max_buffer_size, self.adapter_name());
-        }
-        bytes
-    }
-
-    fn storage_usage() -> wgpu::BufferUsages {
-        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
-    }
-
-    fn new_buffer(&self, len: usize, what: &str) -> wgpu::Buffer {
-        let size = self.check_size(len, what);
-        self.ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(what), size, usage: Self::storage_usage(), mapped_at_creation: false })
-    }
-
-    fn init_buffer(&self, bytes: &[u8], len: usize, what: &str) -> wgpu::Buffer {
-        self.check_size(len, what);
-        if bytes.is_empty() {
-            return self.new_buffer(0, what);
-        }
-        self.ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(what), contents: bytes, usage: Self::storage_usage() })
-    }
-
-    /// A zeroed scratch buffer of `len` f32 (at least one element) from the pool; a reused one
-    /// is cleared by a command recorded before the passes that use it.
-    pub(crate) fn scratch(&self, len: usize) -> Scratch<'_> {
-        let bytes = self.check_size(len, "scratch").next_power_of_two().max(256);
-        let reused = lock(&self.ctx.pool).get_mut(&bytes).and_then(|v| v.pop());
-        let buf = match reused {
-            Some(buf) => {
-                let mut p = lock(&self.ctx.pending);
-                let device = &self.ctx.device;
-                let enc = p.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("okapi") }));
-                enc.clear_buffer(&buf, 0, None);
-                p.dispatches += 1;
-                p.keys.push("clear");
-                buf
-            }
-            // power-of-two sizes can exceed the binding limit where `len` itself does not
-            None if bytes > self.max_buffer_elems() as u64 * 4 => self.new_buffer(len, "scratch"),
-            None => self.ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("scratch"), size: bytes, usage: Self::storage_usage(), mapped_at_creation: false }),
-        };
-        Scratch { be: self, held: Some(WBuf { buf, len }) }
-    }
-
-    /// Runs `f` with the shared partial-sum buffer of at least `len` f32 (contents undefined:
-    /// the passes must write every element they read).
-    fn with_partials(&self, len: usize, f: impl FnOnce(&WBuf)) {
-        let mut g = lock(&self.ctx.partials);
-        if g.as_ref().is_none_or(|b| b.len < len) {
-            let len = len.max(1 << 14);
-            *g = Some(WBuf { buf: self.new_buffer(len, "partials"), len });
-        }
-        f(g.as_ref().unwrap());
-    }
-
-    fn kernel(&self, key: &'static str, source: &'static str, entry: &'static str) -> Arc<Kernel> {
-        if let Some(k) = lock(&self.ctx.kernels).get(key) {
-            return k.clone();
-        }
-        let used = used_bindings(key, source, entry);
-        let device = &self.ctx.device;
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(key), source: wgpu::ShaderSource::Wgsl(source.into()) });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(key),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-        let layout = pipeline.get_bind_group_layout(0);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            self.fail(format!("wgpu kernel `{key}`: {e}"));
-        }
-        let k = Arc::new(Kernel { pipeline, layout, used });
-        lock(&self.ctx.kernels).insert(key, k.clone());
-        k
-    }
-
-    /// Records one compute dispatch (see the module docs for the binding convention). The
-    /// pipeline for `key` is built from `source` / `entry` on first use and cached; a shader
-    /// that does not compile panics with "wgpu kernel `<key>`: <error>". Grids with a zero
-    /// dimension record nothing.
-    pub(crate) fn dispatch(&self, key: &'static str, source: &'static str, entry: &'static str, params: &[u32], bufs: &[&wgpu::Buffer], groups: [u32; 3]) {
-        if groups.contains(&0) {
-            return;
-        }
-        self.check_lost();
-        let max = self.ctx.limits.max_compute_workgroups_per_dimension;
-        assert!(
-            groups.iter().all(|&g| g <= max),
-            "wgpu kernel `{key}`: grid {groups:?} exceeds max_compute_workgroups_per_dimension ({max}); fold it with groups_1d"
-        );
-        let kernel = self.kernel(key, source, entry);
-        let device = &self.ctx.device;
-        let mut words = params.to_vec();
-        words.resize(params.len().div_ceil(4).max(1) * 4, 0);
-        let bytes = u32_bytes(&words);
-        let align = self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
-        assert!(bytes.len() <= ARENA_BYTES, "wgpu kernel `{key}`: {} bytes of params", bytes.len());
-        let mut p = lock(&self.ctx.pending);
-        if p.params.len().next_multiple_of(align) + bytes.len() > ARENA_BYTES {
-            self.submit(&mut p);
-        }
-        let offset = p.params.len().next_multiple_of(align);
-        p.params.resize(offset, 0);
-        p.params.extend_from_slice(bytes);
-        let arena = p
-            .arena
-            .get_or_insert_with(|| {
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("params"),
-                    size: ARENA_BYTES as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            })
-            .clone();
-        let uniform = wgpu::BufferBinding { buffer: &arena, offset: offset as u64, size: std::num::NonZeroU64::new(bytes.len() as u64) };
-        let is_used = |i: usize| kernel.used.get(i).copied().unwrap_or(kernel.used.is_empty());
-        let mut entries = Vec::with_capacity(bufs.len() + 1);
-        if is_used(0) {
-            entries.push(wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(uniform) });
-        }
-        for (i, b) in bufs.iter().enumerate() {
-            if is_used(i + 1) {
-                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
-            }
-        }
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(key), layout: &kernel.layout, entries: &entries });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            drop(p);
-            self.fail(format!("wgpu kernel `{key}`: {e}"));
-        }
-        let enc = p.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("okapi") }));
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(key), timestamp_writes: None });
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        }
-        p.dispatches += 1;
-        if p.keys.last() != Some(&key) {
-            p.keys.push(key);
-        }
-        if p.dispatches >= MAX_PENDING {
-            self.submit(&mut p);
-        }
-    }
-
-    /// Records a copy into the pending encoder.
-    fn record_copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
-        if bytes == 0 {
-            return;
-        }
-        let mut p = lock(&self.ctx.pending);
-        let device = &self.ctx.device;
-        let enc = p.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("okapi") }));
-        enc.copy_buffer_to_buffer(src, 0, dst, 0, bytes);
-        p.dispatches += 1;
-        p.keys.push("copy");
-    }
-
-    fn submit(&self, p: &mut Pending) {
-        let Some(enc) = p.encoder.take() else { return };
-        let keys = std::mem::take(&mut p.keys);
-        p.dispatches = 0;
-        let scope = self.ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        // the batch's params land before its commands run (queue writes precede the next submit)
-        // and after the previous batches' (queue order)
-        if let Some(arena) = p.arena.clone() {
-            if !p.params.is_empty() {
-                self.ctx.queue.write_buffer(&arena, 0, &p.params);
-            }
-        }
-        p.params.clear();
-        let cmd = enc.finish();
-        self.ctx.queue.submit([cmd]);
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            self.fail(format!("wgpu: {e} (in a batch of kernels {keys:?})"));
-        }
-    }
-
-    /// Submits the recorded work (does not wait for it).
-    pub fn flush(&self) {
-        let mut p = lock(&self.ctx.pending);
-        self.submit(&mut p);
-    }
-
-    /// Submits everything and waits until the device is idle.
-    pub fn sync(&self) {
-        self.flush();
-        let _ = self.ctx.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
-    }
-
-    fn read_bytes(&self, src: &wgpu::Buffer, bytes: u64) -> Vec<u8> {
-        if bytes == 0 {
-            return Vec::new();
-        }
-        let device = &self.ctx.device;
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("staging"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        {
-            let mut p = lock(&self.ctx.pending);
-            let enc = p.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("okapi") }));
-            enc.copy_buffer_to_buffer(src, 0, &staging, 0, bytes);
-            p.keys.push("read");
-            self.submit(&mut p);
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        if let Err(e) = device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }) {
-            self.fail(format!("wgpu: waiting for the device failed: {e}"));
-        }
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.fail(format!("wgpu: mapping a read-back buffer failed: {e}")),
-            Err(_) => panic!("wgpu: the read-back map callback never ran"),
-        }
-        let out = staging.get_mapped_range(..).unwrap_or_else(|e| panic!("wgpu: read-back: {e}")).to_vec();
-        staging.unmap();
-        out
+    /// Opens the best adapter among `opts.backends`.
+    pub fn with_options(opts: &WgpuOptions) -> Result<Self, RuntimeError> {
+        Ok(Self { ctx: Arc::new(Ctx::open(opts)?) })
     }
 
     /// Device → host, the first `len` u32 of an ids buffer.
     pub fn read_ids(&self, src: &WIds, len: usize) -> Vec<u32> {
-        assert!(len <= src.len, "wgpu read_ids: {len} elements from a buffer of {}", src.len);
-        let bytes = self.read_bytes(&src.buf, len as u64 * 4);
-        bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        crate::check::len("read_ids", &[("src", src)], len);
+        bytemuck::pod_collect_to_vec(&self.read_bytes(&src.buf, len as u64 * 4))
     }
-}
 
-/// Which bindings of group 0 `entry` uses (auto layouts contain only those). Empty when the
-/// source does not parse or validate here: wgpu then reports the error, naming the kernel.
-fn used_bindings(key: &str, source: &str, entry: &str) -> Vec<bool> {
-    use wgpu::naga;
-    let module = match naga::front::wgsl::parse_str(source) {
-        Ok(m) => m,
-        Err(e) => panic!("wgpu kernel `{key}`: {}", e.emit_to_string(source)),
-    };
-    let Some(ep) = module.entry_points.iter().position(|e| e.name == entry) else {
-        panic!("wgpu kernel `{key}`: the shader has no entry point `{entry}`");
-    };
-    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
-    let Ok(info) = validator.validate(&module) else { return Vec::new() };
-    let fi = info.get_entry_point(ep);
-    let mut used = Vec::new();
-    for (h, gv) in module.global_variables.iter() {
-        if let Some(b) = &gv.binding {
-            if b.group == 0 {
-                let i = b.binding as usize;
-                if used.len() <= i {
-                    used.resize(i + 1, false);
-                }
-                if !fi[h].is_empty() {
-                    used[i] = true;
-                }
-            }
+    fn write_bytes(&self, dst: &wgpu::Buffer, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
         }
+        // queue writes land before the next submission: submit the work recorded so far first
+        self.flush();
+        self.ctx.queue.write_buffer(dst, 0, bytes);
     }
-    used
-}
-
-// ---- this file's kernels -----------------------------------------------------------------
-
-const WG: u32 = 256;
-const FILL: &str = include_str!("../../../kernels/src/reduce/fill.wgsl");
-const SCALE: &str = include_str!("../../../kernels/src/reduce/scale.wgsl");
-const AXPY: &str = include_str!("../../../kernels/src/reduce/axpy.wgsl");
-const SUM_SQUARES: &str = include_str!("../../../kernels/src/reduce/sum_squares.wgsl");
-const BIAS_ADD: &str = include_str!("../../../kernels/src/reduce/bias_add.wgsl");
-const BIAS_BWD: &str = include_str!("../../../kernels/src/reduce/bias_bwd.wgsl");
-const EMBEDDING_FWD: &str = include_str!("../../../kernels/src/embedding/embedding_fwd.wgsl");
-const EMBEDDING_BWD: &str = include_str!("../../../kernels/src/embedding/embedding_bwd.wgsl");
-const KV_WRITE: &str = include_str!("../../../kernels/src/attention/kv_write.wgsl");
-/// Elements one sum_squares workgroup reduces in its first pass (256 threads × 16).
-const SUMSQ_CHUNK: usize = 4096;
-/// Rows per partial column sum in bias_bwd (the CPU's `ROW_CHUNK`: same summation order).
-const BIAS_ROW_CHUNK: usize = 32;
-
-fn u(x: usize) -> u32 {
-    u32::try_from(x).unwrap_or_else(|_| panic!("wgpu: size {x} does not fit in u32"))
-}
-
-fn need(what: &str, have: usize, want: usize) {
-    assert!(have >= want, "wgpu {what}: buffer of {have} elements, the op needs {want}");
 }
 
 impl Backend for WgpuBackend {
@@ -578,201 +152,113 @@ impl Backend for WgpuBackend {
         WBuf { buf: self.new_buffer(len, "f32 buffer"), len }
     }
     fn upload(&self, data: &[f32]) -> WBuf {
-        WBuf { buf: self.init_buffer(f32_bytes(data), data.len(), "f32 buffer"), len: data.len() }
+        WBuf { buf: self.init_buffer(bytemuck::cast_slice(data), data.len(), "f32 buffer"), len: data.len() }
     }
     fn upload_ids(&self, data: &[u32]) -> WIds {
-        WIds { buf: self.init_buffer(u32_bytes(data), data.len(), "u32 buffer"), len: data.len() }
+        WIds { buf: self.init_buffer(bytemuck::cast_slice(data), data.len(), "u32 buffer"), len: data.len() }
     }
     fn write(&self, dst: &mut WBuf, data: &[f32]) {
-        need("write", dst.len, data.len());
-        if data.is_empty() {
-            return;
-        }
-        // queue writes land before the next submission: submit the work recorded so far first
-        self.flush();
-        self.ctx.queue.write_buffer(&dst.buf, 0, f32_bytes(data));
+        crate::check::len("write", &[("dst", &*dst)], data.len());
+        self.write_bytes(&dst.buf, bytemuck::cast_slice(data));
     }
     fn write_ids(&self, dst: &mut WIds, data: &[u32]) {
-        need("write_ids", dst.len, data.len());
-        if data.is_empty() {
-            return;
-        }
-        self.flush();
-        self.ctx.queue.write_buffer(&dst.buf, 0, u32_bytes(data));
+        crate::check::len("write_ids", &[("dst", &*dst)], data.len());
+        self.write_bytes(&dst.buf, bytemuck::cast_slice(data));
     }
     fn read(&self, src: &WBuf, len: usize) -> Vec<f32> {
-        need("read", src.len, len);
-        let bytes = self.read_bytes(&src.buf, len as u64 * 4);
-        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-    }
-    fn buf_len(&self, buf: &WBuf) -> usize {
-        buf.len
+        crate::check::len("read", &[("src", src)], len);
+        bytemuck::pod_collect_to_vec(&self.read_bytes(&src.buf, len as u64 * 4))
     }
     fn fill(&self, x: &mut WBuf, value: f32, len: usize) {
-        need("fill", x.len, len);
-        if len == 0 {
-            return;
-        }
-        if value.to_bits() == 0 {
-            let mut p = lock(&self.ctx.pending);
-            let device = &self.ctx.device;
-            let enc = p.encoder.get_or_insert_with(|| device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("okapi") }));
-            enc.clear_buffer(&x.buf, 0, Some(len as u64 * 4));
-            p.dispatches += 1;
-            p.keys.push("clear");
-            return;
-        }
-        self.dispatch("fill", FILL, "main", &[u(len), value.to_bits()], &[&x.buf], groups_1d(len as u64, WG));
+        self.op_fill(x, value, len)
     }
     fn copy(&self, dst: &mut WBuf, src: &WBuf, len: usize) {
-        need("copy dst", dst.len, len);
-        need("copy src", src.len, len);
+        crate::check::len("copy", &[("dst", &*dst), ("src", src)], len);
         self.record_copy(&src.buf, &dst.buf, len as u64 * 4);
     }
     fn scale(&self, x: &mut WBuf, a: f32, len: usize) {
-        need("scale", x.len, len);
-        self.dispatch("scale", SCALE, "main", &[u(len), a.to_bits()], &[&x.buf], groups_1d(len as u64, WG));
+        self.op_scale(x, a, len)
     }
     fn axpy(&self, y: &mut WBuf, a: f32, x: &WBuf, len: usize) {
-        need("axpy y", y.len, len);
-        need("axpy x", x.len, len);
-        self.dispatch("axpy", AXPY, "main", &[u(len), a.to_bits()], &[&y.buf, &x.buf], groups_1d(len as u64, WG));
+        self.op_axpy(y, a, x, len)
     }
     fn matmul(&self, c: &mut WBuf, a: &WBuf, b: &WBuf, g: &Gemm) {
         self.op_matmul(c, a, b, g)
     }
-    fn embedding_fwd(&self, out: &mut WBuf, table: &WBuf, ids: &WIds, n: usize, c: usize) {
-        need("embedding_fwd out", out.len, n * c);
-        need("embedding_fwd ids", ids.len, n);
-        if c == 0 {
-            return;
-        }
-        let v = table.len / c;
-        self.dispatch("embedding_fwd", EMBEDDING_FWD, "main", &[u(n), u(c), u(v)], &[&out.buf, &table.buf, &ids.buf], groups_1d((n * c) as u64, WG));
+    fn embedding_fwd(&self, out: &mut WBuf, table: &WBuf, ids: &WIds, r: Rows) {
+        self.op_embedding_fwd(out, table, ids, r)
     }
-    fn embedding_bwd(&self, dtable: &mut WBuf, dout: &WBuf, ids: &WIds, n: usize, c: usize) {
-        need("embedding_bwd dout", dout.len, n * c);
-        need("embedding_bwd ids", ids.len, n);
-        if c == 0 {
-            return;
-        }
-        let v = dtable.len / c;
-        self.dispatch("embedding_bwd", EMBEDDING_BWD, "main", &[u(n), u(c), u(v)], &[&dtable.buf, &dout.buf, &ids.buf], groups_1d(c as u64, 64));
+    fn embedding_bwd(&self, dtable: &mut WBuf, dout: &WBuf, ids: &WIds, r: Rows) {
+        self.op_embedding_bwd(dtable, dout, ids, r)
     }
-    fn rmsnorm_fwd(&self, out: &mut WBuf, rstd: &mut WBuf, x: &WBuf, w: &WBuf, n: usize, c: usize, eps: f32) {
-        self.op_rmsnorm_fwd(out, rstd, x, w, n, c, eps)
+    fn rmsnorm_fwd(&self, t: RmsNormFwd<'_, WBuf>, sh: &NormShape) {
+        self.op_rmsnorm_fwd(t, sh)
     }
-    fn rmsnorm_bwd(&self, dx: &mut WBuf, dw: &mut WBuf, dy: &WBuf, x: &WBuf, w: &WBuf, rstd: &WBuf, n: usize, c: usize) {
-        self.op_rmsnorm_bwd(dx, dw, dy, x, w, rstd, n, c)
+    fn rmsnorm_bwd(&self, t: RmsNormBwd<'_, WBuf>, sh: &NormShape) {
+        self.op_rmsnorm_bwd(t, sh)
     }
-    fn layernorm_fwd(&self, out: &mut WBuf, mean: &mut WBuf, rstd: &mut WBuf, x: &WBuf, w: &WBuf, b: &WBuf, n: usize, c: usize, eps: f32) {
-        self.op_layernorm_fwd(out, mean, rstd, x, w, b, n, c, eps)
+    fn layernorm_fwd(&self, t: LayerNormFwd<'_, WBuf>, sh: &NormShape) {
+        self.op_layernorm_fwd(t, sh)
     }
-    fn layernorm_bwd(&self, dx: &mut WBuf, dw: &mut WBuf, db: &mut WBuf, dy: &WBuf, x: &WBuf, w: &WBuf, mean: &WBuf, rstd: &WBuf, n: usize, c: usize) {
-        self.op_layernorm_bwd(dx, dw, db, dy, x, w, mean, rstd, n, c)
+    fn layernorm_bwd(&self, t: LayerNormBwd<'_, WBuf>, sh: &NormShape) {
+        self.op_layernorm_bwd(t, sh)
     }
-    fn rope_fwd(&self, x: &mut WBuf, positions: &WIds, inv_freq: &WBuf, n: usize, n_heads: usize, head_dim: usize) {
-        self.op_rope_fwd(x, positions, inv_freq, n, n_heads, head_dim)
+    fn rope_fwd(&self, x: &mut WBuf, positions: &WIds, inv_freq: &WBuf, sh: &RopeShape) {
+        self.op_rope(x, positions, inv_freq, sh, 1.0)
     }
-    fn rope_bwd(&self, dx: &mut WBuf, positions: &WIds, inv_freq: &WBuf, n: usize, n_heads: usize, head_dim: usize) {
-        self.op_rope_bwd(dx, positions, inv_freq, n, n_heads, head_dim)
+    fn rope_bwd(&self, dx: &mut WBuf, positions: &WIds, inv_freq: &WBuf, sh: &RopeShape) {
+        self.op_rope(dx, positions, inv_freq, sh, -1.0)
     }
-    fn attention_fwd(&self, out: &mut WBuf, lse: &mut WBuf, q: &WBuf, k: &WBuf, v: &WBuf, q_pos0: &WIds, kv_len: &WIds, alibi: Option<&WBuf>, sh: &AttnShape) {
-        self.op_attention_fwd(out, lse, q, k, v, q_pos0, kv_len, alibi, sh)
+    fn attention_fwd(&self, out: &mut WBuf, lse: &mut WBuf, x: &AttnInputs<'_, WBuf, WIds>, sh: &AttnShape) {
+        self.op_attention_fwd(out, lse, x, sh)
     }
-    fn attention_bwd(
-        &self,
-        dq: &mut WBuf,
-        dk: &mut WBuf,
-        dv: &mut WBuf,
-        dout: &WBuf,
-        q: &WBuf,
-        k: &WBuf,
-        v: &WBuf,
-        out: &WBuf,
-        lse: &WBuf,
-        q_pos0: &WIds,
-        kv_len: &WIds,
-        alibi: Option<&WBuf>,
-        sh: &AttnShape,
-    ) {
-        self.op_attention_bwd(dq, dk, dv, dout, q, k, v, out, lse, q_pos0, kv_len, alibi, sh)
+    fn attention_bwd(&self, d: AttnGrads<'_, WBuf>, dout: &WBuf, out: &WBuf, lse: &WBuf, x: &AttnInputs<'_, WBuf, WIds>, sh: &AttnShape) {
+        self.op_attention_bwd(d, dout, out, lse, x, sh)
     }
-    fn kv_write(&self, cache: &mut WBuf, new: &WBuf, pos: &WIds, batch: usize, t_new: usize, t_cap: usize, width: usize) {
-        need("kv_write cache", cache.len, batch * t_cap * width);
-        need("kv_write new", new.len, batch * t_new * width);
-        need("kv_write pos", pos.len, batch);
-        let total = batch * t_new * width;
-        self.dispatch(
-            "kv_write",
-            KV_WRITE,
-            "main",
-            &[u(batch), u(t_new), u(t_cap), u(width)],
-            &[&cache.buf, &new.buf, &pos.buf],
-            groups_1d(total as u64, WG),
-        );
+    fn kv_write(&self, cache: &mut WBuf, new: &WBuf, pos: &WIds, sh: &KvShape) {
+        self.op_kv_write(cache, new, pos, sh)
     }
-    fn softmax_fwd(&self, out: &mut WBuf, x: &WBuf, n: usize, v: usize, temperature: f32) {
-        self.op_softmax_fwd(out, x, n, v, temperature)
+    fn softmax_fwd(&self, out: &mut WBuf, x: &WBuf, r: Rows, temperature: f32) {
+        self.op_softmax_fwd(out, x, r, temperature)
     }
-    fn softmax_bwd(&self, dx: &mut WBuf, dy: &WBuf, y: &WBuf, n: usize, v: usize) {
-        self.op_softmax_bwd(dx, dy, y, n, v)
+    fn softmax_bwd(&self, dx: &mut WBuf, dy: &WBuf, y: &WBuf, r: Rows) {
+        self.op_softmax_bwd(dx, dy, y, r)
     }
     fn swiglu_fwd(&self, out: &mut WBuf, gate: &WBuf, up: &WBuf, len: usize) {
-        self.op_swiglu_fwd(out, gate, up, len)
+        self.op_elementwise("activation.swiglu_fwd", "swiglu_fwd", &[("out", out), ("gate", gate), ("up", up)], len);
     }
     fn swiglu_bwd(&self, dgate: &mut WBuf, dup: &mut WBuf, dout: &WBuf, gate: &WBuf, up: &WBuf, len: usize) {
-        self.op_swiglu_bwd(dgate, dup, dout, gate, up, len)
+        self.op_elementwise("activation.swiglu_bwd", "swiglu_bwd", &[("dgate", dgate), ("dup", dup), ("dout", dout), ("gate", gate), ("up", up)], len);
     }
     fn gelu_fwd(&self, out: &mut WBuf, x: &WBuf, len: usize) {
-        self.op_gelu_fwd(out, x, len)
+        self.op_elementwise("activation.gelu_fwd", "gelu_fwd", &[("out", out), ("x", x)], len);
     }
     fn gelu_bwd(&self, dx: &mut WBuf, dout: &WBuf, x: &WBuf, len: usize) {
-        self.op_gelu_bwd(dx, dout, x, len)
+        self.op_elementwise("activation.gelu_bwd", "gelu_bwd", &[("dx", dx), ("dout", dout), ("x", x)], len);
     }
-    fn bias_add(&self, x: &mut WBuf, bias: &WBuf, n: usize, c: usize) {
-        need("bias_add x", x.len, n * c);
-        need("bias_add bias", bias.len, c);
-        self.dispatch("bias_add", BIAS_ADD, "main", &[u(n * c), u(c)], &[&x.buf, &bias.buf], groups_1d((n * c) as u64, WG));
+    fn bias_add(&self, x: &mut WBuf, bias: &WBuf, r: Rows) {
+        self.op_bias_add(x, bias, r)
     }
-    fn bias_bwd(&self, dbias: &mut WBuf, dy: &WBuf, n: usize, c: usize) {
-        need("bias_bwd dbias", dbias.len, c);
-        need("bias_bwd dy", dy.len, n * c);
-        if n == 0 || c == 0 {
-            return;
-        }
-        // pass 1: partial[k, :] = Σ rows 32k..32k+32 (in row order); pass 2: dbias += partials in
-        // chunk order — the CPU's exact summation order.
-        let chunks = n.div_ceil(BIAS_ROW_CHUNK);
-        let p = [u(n), u(c), u(chunks), u(BIAS_ROW_CHUNK)];
-        self.with_partials(chunks * c, |partial| {
-            self.dispatch("bias_bwd_partial", BIAS_BWD, "partial", &p, &[&dbias.buf, &dy.buf, &partial.buf], groups_1d((chunks * c) as u64, WG));
-            self.dispatch("bias_bwd_final", BIAS_BWD, "finish", &p, &[&dbias.buf, &dy.buf, &partial.buf], groups_1d(c as u64, WG));
-        });
+    fn bias_bwd(&self, dbias: &mut WBuf, dy: &WBuf, r: Rows) {
+        self.op_bias_bwd(dbias, dy, r)
     }
-    fn xent_fwd_bwd(&self, logits: &mut WBuf, losses: &mut WBuf, targets: &WIds, coef: &WBuf, n: usize, v: usize) {
-        self.op_xent_fwd_bwd(logits, losses, targets, coef, n, v)
+    fn xent_fwd_bwd(&self, logits: &mut WBuf, losses: &mut WBuf, targets: &WIds, coef: &WBuf, r: Rows) {
+        crate::check::vocab("xent_fwd_bwd", &[("logits", &*logits)], &[("losses", &*losses), ("coef", coef)], targets, r);
+        self.op_xent("xent_fwd_bwd", "xent.xent_fwd_bwd", [&logits.buf, &losses.buf, &targets.buf, &coef.buf], r);
     }
-    fn token_logprobs(&self, logp: &mut WBuf, greedy: &mut WBuf, logits: &WBuf, targets: &WIds, n: usize, v: usize) {
-        self.op_token_logprobs(logp, greedy, logits, targets, n, v)
+    fn token_logprobs(&self, logp: &mut WBuf, greedy: &mut WBuf, logits: &WBuf, targets: &WIds, r: Rows) {
+        crate::check::vocab("token_logprobs", &[("logits", logits)], &[("logp", &*logp), ("greedy", &*greedy)], targets, r);
+        self.op_xent("token_logprobs", "xent.token_logprobs", [&logp.buf, &greedy.buf, &logits.buf, &targets.buf], r);
     }
-    fn token_logprobs_bwd(&self, dlogits: &mut WBuf, logits: &WBuf, targets: &WIds, coef: &WBuf, n: usize, v: usize) {
-        self.op_token_logprobs_bwd(dlogits, logits, targets, coef, n, v)
+    fn token_logprobs_bwd(&self, dlogits: &mut WBuf, logits: &WBuf, targets: &WIds, coef: &WBuf, r: Rows) {
+        crate::check::vocab("token_logprobs_bwd", &[("dlogits", &*dlogits), ("logits", logits)], &[("coef", coef)], targets, r);
+        self.op_xent("token_logprobs_bwd", "xent.token_logprobs_bwd", [&dlogits.buf, &logits.buf, &targets.buf, &coef.buf], r);
     }
     fn adamw(&self, p: &mut WBuf, g: &WBuf, m: &mut WBuf, v: &mut WBuf, h: &AdamW, len: usize) {
         self.op_adamw(p, g, m, v, h, len)
     }
     fn sum_squares(&self, acc: &mut WBuf, slot: usize, x: &WBuf, len: usize) {
-        need("sum_squares acc", acc.len, slot + 1);
-        need("sum_squares x", x.len, len);
-        // pass 1: one partial per 4096-element chunk (per-thread strided sums, then a fixed
-        // tree); pass 2: one workgroup folds the partials the same way into acc[slot].
-        let chunks = len.div_ceil(SUMSQ_CHUNK);
-        let p = [u(len), u(chunks), u(slot)];
-        self.with_partials(chunks, |partial| {
-            self.dispatch("sum_squares_partial", SUM_SQUARES, "partial", &p, &[&acc.buf, &x.buf, &partial.buf], groups_fold(chunks as u64));
-            self.dispatch("sum_squares_final", SUM_SQUARES, "finish", &p, &[&acc.buf, &x.buf, &partial.buf], [1, 1, 1]);
-        });
+        self.op_sum_squares(acc, slot, x, len)
     }
 }
 
@@ -781,7 +267,7 @@ mod tests {
     use super::*;
 
     fn backend() -> Option<WgpuBackend> {
-        match WgpuBackend::new() {
+        match WgpuBackend::with_options(&WgpuOptions::from_env()) {
             Ok(b) => Some(b),
             Err(e) => {
                 eprintln!("wgpu: NO ADAPTER — this wgpu test did NOT run: {e}");
@@ -794,6 +280,8 @@ mod tests {
     fn panic_message(r: Box<dyn std::any::Any + Send>) -> String {
         r.downcast_ref::<String>().cloned().or_else(|| r.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
     }
+
+    use batch::{groups_1d, MAX_GROUPS_PER_DIM};
 
     #[test]
     fn groups_fold_into_xy() {
@@ -903,6 +391,45 @@ mod tests {
         }));
         let msg = panic_message(r.expect_err("ops on a lost device must panic"));
         assert!(msg.contains("was lost"), "{msg}");
+    }
+
+    /// A shape past llvmpipe's loop limit is refused on llvmpipe (instead of silently truncated
+    /// results) and computed, equal to the CPU, on any other adapter.
+    #[test]
+    fn attention_past_llvmpipe_loop_limit_is_refused_there_and_exact_elsewhere() {
+        use crate::{AttnGrads, AttnInputs, CpuBackend};
+        let Some(be) = backend() else { return };
+        let sh = AttnShape { batch: 1, tq: 130, tk: 130, n_heads: 4, n_kv_heads: 1, head_dim: 128, scale: 0.088, causal: true };
+        let (nq, nk, nl) = sh.extents();
+        assert!(okapi_kernels::attention::wgsl_loop_iterations(&sh).1 > device::LLVMPIPE_LOOP_LIMIT, "the case must exceed the limit");
+        let data = |n: usize, s: u32| (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(s) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();
+        let (q, k, v, dout) = (data(nq, 1), data(nk, 2), data(nk, 3), data(nq, 4));
+        let (p0, kl) = (vec![0u32], vec![130u32]);
+        let cx = AttnInputs { q: &q, k: &k, v: &v, q_pos0: &p0, kv_len: &kl, alibi: None };
+        let (mut out, mut lse) = (vec![0.0; nq], vec![0.0; nl]);
+        CpuBackend.attention_fwd(&mut out, &mut lse, &cx, &sh);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nk], vec![0.0; nk]);
+        CpuBackend.attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &dout, &out, &lse, &cx, &sh);
+        let (gq, gk, gv, gp, gl) = (be.upload(&q), be.upload(&k), be.upload(&v), be.upload_ids(&p0), be.upload_ids(&kl));
+        let gx = AttnInputs { q: &gq, k: &gk, v: &gv, q_pos0: &gp, kv_len: &gl, alibi: None };
+        let (go, gs, gdo) = (be.upload(&out), be.upload(&lse), be.upload(&dout));
+        let (mut a, mut b, mut c) = (be.zeros(nq), be.zeros(nk), be.zeros(nk));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            be.attention_bwd(AttnGrads { dq: &mut a, dk: &mut b, dv: &mut c }, &gdo, &go, &gs, &gx, &sh);
+            be.read(&b, nk)
+        }));
+        match (be.loop_limit(), r) {
+            (Some(_), Err(e)) => {
+                let msg = panic_message(e);
+                assert!(msg.contains("llvmpipe's limit of 65535") && msg.contains("--backend cpu"), "{msg}");
+            }
+            (Some(_), Ok(_)) => panic!("llvmpipe ran a dispatch past its loop limit instead of refusing it"),
+            (None, Ok(got)) => {
+                let worst = got.iter().zip(&dk).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0f32, f32::max);
+                assert!(worst <= 2e-4, "dk differs from the CPU by {worst:e}");
+            }
+            (None, Err(e)) => std::panic::resume_unwind(e),
+        }
     }
 
     #[test]
