@@ -66,6 +66,10 @@ run() {
   export OKAPI_REQUIRE_CUDA=1 OKAPI_REQUIRE_NVRTC=1 OKAPI_TRAIN_BIN="$ROOT/$DEV/okapi-train" RUST_BACKTRACE=1
   declare -A status
   "$DEV/cuda_compile" --test-threads=1 --nocapture > "$out/cuda_compile.log" 2>&1; status[compile]=$?
+  # every op vs the CPU (tests/conformance.rs, stamped cuda:: f32 and cuda_bf16::), then the
+  # whole models and the SFT run (tests/cuda_conformance.rs)
+  "$DEV/conformance" cuda --ignored --test-threads=1 > "$out/cuda_ops.log" 2>&1; status[ops]=$?
+  grep -E "^test .*FAILED|panicked|outside|past its output" "$out/cuda_ops.log" | head -40
   "$DEV/cuda_conformance" --ignored --test-threads=1 --nocapture > "$out/cuda_conformance.log" 2>&1; status[conformance]=$?
   grep -E "^test |max abs err|loss cuda|sft .* step|panicked" "$out/cuda_conformance.log" | tail -80
   # wgpu on the GPU through Vulkan: the loader when missing, NVIDIA's ICD when not registered
@@ -100,7 +104,8 @@ run() {
   echo
   echo "== device check: $(head -1 "$out/gpu.txt")"
   printf '%-34s %s\n' "NVRTC compile (sm_80, sm_90a)" "$([ "${status[compile]}" = 0 ] && echo PASS || echo FAIL)"
-  printf '%-34s %s\n' "conformance + model + SFT (--ignored)" "$([ "${status[conformance]}" = 0 ] && echo PASS || echo FAIL)"
+  printf '%-34s %s\n' "every op, cuda f32 + bf16" "$([ "${status[ops]}" = 0 ] && echo PASS || echo FAIL) ($(grep -c '^test .* ok$' "$out/cuda_ops.log") ok, $(grep -c '^test .* FAILED$' "$out/cuda_ops.log") failed)"
+  printf '%-34s %s\n' "model + SFT (--ignored)" "$([ "${status[conformance]}" = 0 ] && echo PASS || echo FAIL)"
   grep -E "^test .* (ok|FAILED)$" "$out/cuda_conformance.log" | sed 's/^test /  /'
   printf '%-34s %s\n' "wgpu conformance (Vulkan)" "$([ "${status[wgpu]}" = 0 ] && echo PASS || echo FAIL)"
   printf '%-34s %s\n' "wgpu model + commands (Vulkan)" "$([ "${status[wgpu_model]}" = 0 ] && echo PASS || echo FAIL)"
@@ -108,7 +113,7 @@ run() {
   cat "$out/bench.jsonl"
   echo "kernels (square GEMM and selected rows):"
   grep -hE "^device:|ceiling|matmul.square|attention_(fwd|bwd) |softmax_fwd|adamw  " "$out"/kernels-*.log | cut -c1-150
-  [ "${status[compile]}" = 0 ] && [ "${status[conformance]}" = 0 ] && [ "${status[wgpu]}" = 0 ] && [ "${status[wgpu_model]}" = 0 ]
+  [ "${status[compile]}" = 0 ] && [ "${status[ops]}" = 0 ] && [ "${status[conformance]}" = 0 ] && [ "${status[wgpu]}" = 0 ] && [ "${status[wgpu_model]}" = 0 ]
 }
 
 case "${1:-}" in
