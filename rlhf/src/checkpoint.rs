@@ -1,9 +1,10 @@
-//! Training checkpoints for `--resume`: `OUT/checkpoint/` holds the model (HF layout, f32 master
+//! Training checkpoints for resuming a run: `OUT/checkpoint/` holds the model (HF layout, f32 master
 //! weights), `optimizer.safetensors` (AdamW moments) and `trainer_state.json` (step, data
 //! position, seed, fingerprints of the model and the data). A checkpoint is written to
 //! `checkpoint.tmp/` and swapped in by renames, so a crash at any moment leaves the previous one
 //! intact (`checkpoint.old/` is picked up if the crash fell between the two renames).
 
+use crate::error::{io, ResumeMismatch};
 use crate::optim::Optimizer;
 use crate::TrainError;
 use okapi_model::{DType, Model};
@@ -33,8 +34,8 @@ pub struct TrainerState {
     pub extra: serde_json::Value,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Msg(format!("{}: {e}", path.display()))
+fn bad(path: &Path, problem: String) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), problem }
 }
 
 /// Shapes of the architecture, to refuse resuming into another model.
@@ -84,32 +85,65 @@ pub fn resolve(dir: &Path) -> Result<PathBuf, TrainError> {
             return Ok(cand);
         }
     }
-    Err(TrainError::Msg(format!("--resume {}: no checkpoint there (expected checkpoint/trainer_state.json; is this an output directory with --save-every?)", dir.display())))
+    Err(TrainError::Resume { dir: dir.to_path_buf(), mismatch: ResumeMismatch::NoCheckpoint })
+}
+
+/// What a run expects of the checkpoint it resumes: written by the same command for the same
+/// model, data and length.
+pub struct Expect<'a> {
+    pub command: &'static str,
+    pub model_fingerprint: &'a str,
+    pub data_fingerprint: &'a str,
+    /// what the data fingerprint covers, and the settings that decide it (error messages)
+    pub data_what: &'static str,
+    pub data_settings: &'static str,
+    pub total: u64,
+    /// what `total` counts: "steps", "iterations"
+    pub unit: &'static str,
+}
+
+/// Finds the checkpoint of `dir` (see [`resolve`]) and checks it against `expect`; returns its
+/// directory and state. The one resume check of the trainer and of PPO.
+pub fn open_for_resume(dir: &Path, expect: &Expect) -> Result<(PathBuf, TrainerState), TrainError> {
+    let ckpt = resolve(dir)?;
+    let saved = read_state(&ckpt)?;
+    let mismatch = if saved.command != expect.command {
+        Some(ResumeMismatch::Command { saved: saved.command.clone(), expected: expect.command })
+    } else if saved.model_fingerprint != expect.model_fingerprint {
+        Some(ResumeMismatch::Model { saved: saved.model_fingerprint.clone(), given: expect.model_fingerprint.to_string() })
+    } else if saved.data_fingerprint != expect.data_fingerprint {
+        Some(ResumeMismatch::Data { what: expect.data_what, saved: saved.data_fingerprint.clone(), given: expect.data_fingerprint.to_string(), settings: expect.data_settings })
+    } else if saved.total_steps != expect.total {
+        Some(ResumeMismatch::Total { saved: saved.total_steps, given: expect.total, unit: expect.unit })
+    } else {
+        None
+    };
+    match mismatch {
+        Some(mismatch) => Err(TrainError::Resume { dir: ckpt, mismatch }),
+        None => Ok((ckpt, saved)),
+    }
 }
 
 pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
     let p = ckpt.join("trainer_state.json");
     let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Msg(format!("{}: invalid trainer state: {e}", p.display())))
+    serde_json::from_str(&text).map_err(|e| bad(&p, format!("invalid trainer state: {e}")))
 }
 
 /// Writes a checkpoint of `model`, `opt` and `state` under `out/checkpoint`.
-pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: &Path) -> Result<(), TrainError> {
+pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: Option<&Path>) -> Result<(), TrainError> {
     save_with(out, model, opt, state, tokenizer, &[])
 }
 
 /// `save` plus extra files (name, bytes) written inside the checkpoint before it is swapped in.
-pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: &Path, extra_files: &[(String, Vec<u8>)]) -> Result<(), TrainError> {
+pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: Option<&Path>, extra_files: &[(String, Vec<u8>)]) -> Result<(), TrainError> {
     let tmp = out.join("checkpoint.tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(tokenizer)).map_err(|e| TrainError::Msg(e.to_string()))?;
-    if std::env::var("OKAPI_TEST_ABORT_DURING_SAVE").ok().and_then(|s| s.parse::<u64>().ok()) == Some(state.step) {
-        // test hook: a kill in the middle of writing a checkpoint
-        std::process::abort();
-    }
+    model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, tokenizer)?;
+    crate::hooks::abort_during_save(state.step);
     let p = tmp.join("optimizer.safetensors");
     std::fs::write(&p, optimizer_bytes(model, opt)?).map_err(io(&p))?;
     for (name, bytes) in extra_files {
@@ -147,7 +181,7 @@ pub fn optimizer_bytes<B: Backend>(model: &Model<B>, opt: &Optimizer<B>) -> Resu
     }
     let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, bytes, len)| (n.clone(), TensorView::new(Dtype::F32, vec![*len], bytes).expect("sizes match"))).collect();
     let meta = std::collections::HashMap::from([("step".to_string(), opt.step.to_string())]);
-    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Msg(format!("optimizer state: {e}")))
+    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Serialize { what: "optimizer state", problem: e.to_string() })
 }
 
 /// Every parameter of `model` under its name in `model.info`, f32: the state the HF layout does
@@ -155,24 +189,24 @@ pub fn optimizer_bytes<B: Backend>(model: &Model<B>, opt: &Optimizer<B>) -> Resu
 pub fn params_bytes<B: Backend>(model: &Model<B>) -> Result<Vec<u8>, TrainError> {
     let data: Vec<Vec<u8>> = model.info.iter().enumerate().map(|(i, _)| model.host_value(i).iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
     let views: Vec<(String, TensorView)> = model.info.iter().zip(&data).map(|(p, bytes)| (p.name.clone(), TensorView::new(Dtype::F32, vec![p.numel()], bytes).expect("sizes match"))).collect();
-    safetensors::tensor::serialize(views, None).map_err(|e| TrainError::Msg(format!("parameters: {e}")))
+    safetensors::tensor::serialize(views, None).map_err(|e| TrainError::Serialize { what: "parameters", problem: e.to_string() })
 }
 
 /// Writes the tensors of the safetensors file `path` into the parameters of the same names
 /// (f32, same element count). `all`: every parameter of `model` must be there.
 pub fn load_params<B: Backend>(path: &Path, model: &mut Model<B>, all: bool) -> Result<(), TrainError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", path.display())))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
     for i in 0..model.info.len() {
         let name = model.info[i].name.clone();
         let Ok(t) = st.tensor(&name) else {
             if all {
-                return Err(TrainError::Msg(format!("{}: tensor `{name}` missing (checkpoint of another model?)", path.display())));
+                return Err(bad(path, format!("tensor `{name}` missing (checkpoint of another model?)")));
             }
             continue;
         };
         if t.dtype() != Dtype::F32 || t.data().len() != 4 * model.info[i].numel() {
-            return Err(TrainError::Msg(format!("{}: tensor `{name}` is {:?} {:?}, expected F32 with {} elements", path.display(), t.dtype(), t.shape(), model.info[i].numel())));
+            return Err(bad(path, format!("tensor `{name}` is {:?} {:?}, expected F32 with {} elements", t.dtype(), t.shape(), model.info[i].numel())));
         }
         let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let mut buf = model.be.upload(&data);
@@ -189,16 +223,16 @@ pub fn load_optimizer<B: Backend>(ckpt: &Path, model: &Model<B>, opt: &mut Optim
 /// As `load_optimizer`, from the file `p` (written by `optimizer_bytes`).
 pub fn load_optimizer_file<B: Backend>(p: &Path, model: &Model<B>, opt: &mut Optimizer<B>) -> Result<(), TrainError> {
     let bytes = std::fs::read(p).map_err(io(p))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", p.display())))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::Msg(format!("{}: {e}", p.display())))?;
-    opt.step = meta.metadata().as_ref().and_then(|m| m.get("step")).and_then(|s| s.parse().ok()).ok_or_else(|| TrainError::Msg(format!("{}: no step in metadata", p.display())))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(p, e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(p, e.to_string()))?;
+    opt.step = meta.metadata().as_ref().and_then(|m| m.get("step")).and_then(|s| s.parse().ok()).ok_or_else(|| bad(p, "no step in metadata".into()))?;
     for (i, info) in model.info.iter().enumerate() {
         for (prefix, bufs) in [("m", &mut opt.m), ("v", &mut opt.v)] {
             let Some(buf) = bufs[i].as_mut() else { continue };
             let name = format!("{prefix}.{}", info.name);
-            let t = st.tensor(&name).map_err(|_| TrainError::Msg(format!("{}: tensor `{name}` missing (checkpoint of another model or other frozen layers?)", p.display())))?;
+            let t = st.tensor(&name).map_err(|_| bad(p, format!("tensor `{name}` missing (checkpoint of another model or other frozen layers?)")))?;
             if t.dtype() != Dtype::F32 || t.shape() != [info.numel()] {
-                return Err(TrainError::Msg(format!("{}: tensor `{name}` has shape {:?}, expected [{}]", p.display(), t.shape(), info.numel())));
+                return Err(bad(p, format!("tensor `{name}` has shape {:?}, expected [{}]", t.shape(), info.numel())));
             }
             let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             model.be.write(buf, &data);

@@ -5,7 +5,7 @@
 use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_weight};
 use crate::trainer::{Objective, StepOut};
 use crate::TrainError;
-use okapi_data::PromptGroup;
+use okapi_data::{encode_group, PromptGroup, PromptTemplate, RankRecord, SftEncoding, Tokenizer};
 use okapi_model::{Acts, Grads, Model, ScoreBufs, Scratch};
 use okapi_runtime::Backend;
 use serde_json::{Map, Value};
@@ -137,4 +137,25 @@ impl<B: Backend> Objective<B> for RewardObjective<B> {
         let n = st.pairs.max(1) as f64;
         Ok(Some(Map::from_iter([("val_loss".to_string(), Value::from(st.loss_sum / n)), ("val_accuracy".to_string(), Value::from(st.correct as f64 / n))])))
     }
+}
+
+/// Rewards of every response of `records` under a reward model, in order: each response is
+/// encoded as for training (Okapi's template, the tokenizer's special tokens around the prompt,
+/// EOS after the response) and scored at its last token, `batch_size` prompts at a time. A
+/// record whose prompt alone exceeds `max_len` is an error naming it.
+pub fn score_records<B: Backend>(model: &Model<B>, tok: &Tokenizer, records: &[RankRecord], max_len: usize, batch_size: usize) -> Result<Vec<Vec<f32>>, TrainError> {
+    if model.score.is_none() {
+        return Err(TrainError::Setting { setting: "--model", problem: format!("{}: not a reward model (expected LlamaForSequenceClassification or BloomForSequenceClassification in config.json)", model.cfg.path.display()) });
+    }
+    let eos = model.cfg.eos_token_id.ok_or_else(|| TrainError::Setting { setting: "config.json", problem: format!("{}: field `eos_token_id` is needed to end responses", model.cfg.path.display()) })?;
+    let pad = model.cfg.pad_token_id.unwrap_or(eos);
+    let enc = SftEncoding { max_len, mask_prompt: true, eos };
+    let tpl = PromptTemplate::okapi();
+    let mut groups = Vec::with_capacity(records.len());
+    for r in records {
+        let g = encode_group(tok, &tpl, r, &enc).map_err(|source| TrainError::Record { origin: r.origin.clone(), source })?;
+        groups.push(g.ok_or_else(|| TrainError::Setting { setting: "--max-len", problem: format!("{}: the prompt does not fit {max_len} tokens", r.origin) })?);
+    }
+    let batch = batch_size.max(1);
+    RewardBufs::new(model, &groups, batch, pad, 0.0).rewards(model, &groups, batch)
 }

@@ -1,15 +1,53 @@
 //! Supervised fine-tuning: token-level mean cross-entropy over the response tokens (or the
-//! whole sequence with `--no-mask-prompt`), the objective the shared trainer runs.
+//! whole sequence when `mask_prompt` is off), the objective the shared trainer runs; and the
+//! loading of Okapi's instruction files into training examples.
 
 use crate::checkpoint::Fnv;
 use crate::lm_loss::{lm_loss_and_grad, shift_labels, LossBufs};
-use crate::trainer::{self, Objective, StepOut, TrainConfig, TrainSummary};
+use crate::trainer::{self, Objective, RunDir, StepOut, TrainConfig, TrainSummary};
 use crate::TrainError;
-use okapi_data::{collate, Example};
+use okapi_data::{collate, encode_example, load_instructions, Example, PromptTemplate, SftEncoding, Tokenizer};
 use okapi_model::{Acts, Grads, Model, Scratch};
 use okapi_runtime::Backend;
 use serde_json::{Map, Value};
-use std::path::Path;
+use std::path::PathBuf;
+
+/// Instruction data tokenized for SFT, with the counts a user sees in one line.
+pub struct SftData {
+    pub examples: Vec<Example>,
+    /// records read, converted, skipped (and why), and examples kept
+    pub summary: String,
+}
+
+/// Loads Okapi instruction files (JSON array or JSONL of `{"instruction","input","output"}`),
+/// keeps the languages `langs` (a record's `lang`, else its file name `{lang}.json`), and
+/// tokenizes each record with `template` as `cfg.max_len` and `cfg.mask_prompt` say; a record
+/// whose prompt alone does not fit is skipped and counted. `eos` ends every response.
+pub fn load_sft_data(files: &[PathBuf], langs: Option<&[String]>, template: &PromptTemplate, tok: &Tokenizer, eos: u32, cfg: &TrainConfig) -> Result<SftData, TrainError> {
+    let enc = SftEncoding { max_len: cfg.max_len, mask_prompt: cfg.mask_prompt, eos };
+    let (records, stats) = load_instructions(files, langs, true)?;
+    let mut examples = Vec::with_capacity(records.len());
+    let mut too_long = 0;
+    for r in &records {
+        match encode_example(tok, template, r, &enc).map_err(|source| TrainError::Record { origin: r.origin.clone(), source })? {
+            Some(e) => examples.push(e),
+            None => too_long += 1,
+        }
+    }
+    let summary = format!("{}; {} prompts do not fit --max-len {} (skipped); {} examples", stats.summary(), too_long, enc.max_len, examples.len());
+    if examples.is_empty() {
+        return Err(TrainError::NoData { what: "training examples", detail: Some(summary) });
+    }
+    Ok(SftData { examples, summary })
+}
+
+/// The padding id of `model`'s batches: `pad_token_id`, else `eos_token_id`.
+pub fn pad_id<B: Backend>(model: &Model<B>) -> Result<u32, TrainError> {
+    model.cfg.pad_token_id.or(model.cfg.eos_token_id).ok_or_else(|| TrainError::Setting {
+        setting: "config.json",
+        problem: format!("{}: needs `pad_token_id` or `eos_token_id` to pad batches", model.cfg.path.display()),
+    })
+}
 
 pub fn data_fingerprint(train: &[Example], val: &[Example]) -> String {
     let mut h = Fnv::default();
@@ -99,8 +137,11 @@ impl<B: Backend> Objective<B> for SftObjective<B> {
     }
 }
 
-/// Runs SFT on tokenized examples and saves the model in `out`.
-pub fn run_sft<B: Backend>(model: Model<B>, tokenizer: &Path, train: Vec<Example>, val: Vec<Example>, cfg: &TrainConfig, out: &Path, pad: u32) -> Result<TrainSummary, TrainError> {
+/// Runs SFT on tokenized examples (`val` may be empty) and returns the trained model with a
+/// summary of the run. With `out`, writes the model, `metrics.jsonl` and checkpoints there
+/// (see [`trainer::train`]).
+pub fn run_sft<B: Backend>(model: Model<B>, train: Vec<Example>, val: Vec<Example>, cfg: &TrainConfig, out: Option<RunDir<'_>>) -> Result<(Model<B>, TrainSummary), TrainError> {
+    let pad = pad_id(&model)?;
     let mut obj = SftObjective::new(&model, train, val, cfg.batch_size, pad);
-    Ok(trainer::train(model, &|_| true, &mut obj, cfg, out, tokenizer)?.1)
+    trainer::train(model, &mut obj, cfg, out)
 }

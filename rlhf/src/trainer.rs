@@ -1,8 +1,10 @@
 //! The training loop every objective shares (SFT, reward model, DPO): epochs of seeded
 //! permutations, gradient accumulation, global-norm clipping, AdamW with transformers'
-//! schedules, metrics.jsonl, validation, checkpoints with exact resume, NaN handling.
+//! schedules, metrics, validation, checkpoints with exact resume, NaN handling. An objective
+//! ([`Objective`]) supplies the loss and its gradient; [`train`] does the rest.
 
 use crate::checkpoint::{self, TrainerState};
+use crate::error::{io, ResumeMismatch};
 use crate::optim::{clip_coef, AdamWConfig, Optimizer};
 use crate::progress::Progress;
 use crate::schedule::{LrSchedule, ScheduleKind};
@@ -14,26 +16,58 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The train flags of DESIGN.md §6, resolved.
-#[derive(Clone, Debug)]
+/// The settings of a training run (SFT, reward model, DPO). Named recipes — okapi-train's
+/// defaults and Okapi's published settings — are constructors in `recipes.rs`
+/// ([`TrainConfig::sft`], [`TrainConfig::okapi_sft`], …).
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
     pub epochs: u64,
+    /// stop after this many optimizer steps (overrides `epochs`)
     pub max_steps: Option<u64>,
     /// items (examples, or prompts for ranking data) per micro-batch
     pub batch_size: usize,
+    /// micro-batches per optimizer step
     pub grad_accum: usize,
     pub lr: f64,
     pub schedule: ScheduleKind,
     pub warmup_steps: u64,
     pub adam: AdamWConfig,
+    /// clip the global gradient norm (0: no clipping)
     pub max_grad_norm: f64,
+    /// tokens per example (prompt + response + EOS), cut from the right
+    pub max_len: usize,
+    /// loss on the response only (false: the whole sequence, Okapi's SFT)
+    pub mask_prompt: bool,
+    /// fraction of the items held out for validation
+    pub val_fraction: f64,
+    /// train only the top N blocks, the final norm and the heads (`None`: everything)
+    pub unfrozen_layers: Option<usize>,
     pub seed: u64,
     pub shuffle: bool,
     pub eval_every: Option<u64>,
     pub save_every: Option<u64>,
+    /// dtype of the saved model (`None`: the input checkpoint's)
     pub save_dtype: Option<DType>,
+    /// without a terminal, a progress line every N steps
     pub log_every: u64,
+    /// continue from this output directory's (or this) checkpoint, bit-identically
     pub resume: Option<PathBuf>,
+}
+
+impl TrainConfig {
+    /// Optimizer steps of a run over `n_train` items.
+    pub fn total_steps(&self, n_train: usize) -> u64 {
+        let micro_per_epoch = n_train.div_ceil(self.batch_size.max(1)) as u64;
+        self.max_steps.unwrap_or(self.epochs * micro_per_epoch.div_ceil(self.grad_accum.max(1) as u64))
+    }
+}
+
+/// Where a run writes: the final model in Hugging Face layout, `metrics.jsonl` and
+/// `checkpoint/`; `tokenizer` (a tokenizer.json) is copied beside every saved model.
+#[derive(Clone, Copy, Debug)]
+pub struct RunDir<'a> {
+    pub dir: &'a Path,
+    pub tokenizer: Option<&'a Path>,
 }
 
 /// The item order of each epoch is a seeded permutation (or file order), so a data position is
@@ -107,7 +141,7 @@ pub trait Objective<B: Backend> {
     fn validate(&mut self, model: &Model<B>) -> Result<Option<Map<String, Value>>, TrainError>;
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TrainSummary {
     pub steps: u64,
     pub first_loss: Option<f64>,
@@ -116,27 +150,24 @@ pub struct TrainSummary {
     pub val: Option<Map<String, Value>>,
     /// the last step's objective metrics
     pub last_extra: Map<String, Value>,
-}
-
-fn open_metrics(path: &Path, keep_up_to: Option<u64>) -> Result<std::fs::File, TrainError> {
-    open_log(path, keep_up_to, "step")
+    /// every step's metrics line of this process (what metrics.jsonl holds)
+    pub history: Vec<Value>,
 }
 
 /// Creates the JSONL log `path`; with `keep_up_to` (a resume) keeps the lines whose `key` is at
 /// most that, so the file reads as one run.
 pub(crate) fn open_log(path: &Path, keep_up_to: Option<u64>, key: &str) -> Result<std::fs::File, TrainError> {
-    let io = |e: std::io::Error| TrainError::Msg(format!("{}: {e}", path.display()));
     let kept = match keep_up_to {
         Some(step) if path.exists() => std::fs::read_to_string(path)
-            .map_err(io)?
+            .map_err(io(path))?
             .lines()
             .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get(key).and_then(|s| s.as_u64())).is_some_and(|s| s <= step))
             .map(|l| format!("{l}\n"))
             .collect::<String>(),
         _ => String::new(),
     };
-    let mut f = std::fs::File::create(path).map_err(io)?;
-    f.write_all(kept.as_bytes()).map_err(io)?;
+    let mut f = std::fs::File::create(path).map_err(io(path))?;
+    f.write_all(kept.as_bytes()).map_err(io(path))?;
     Ok(f)
 }
 
@@ -144,149 +175,211 @@ pub(crate) fn open_log(path: &Path, keep_up_to: Option<u64>, key: &str) -> Resul
 pub fn ensure_finite<B: Backend>(model: &Model<B>, step: u64) -> Result<(), TrainError> {
     for (i, v) in model.values.iter().enumerate() {
         if !model.be.read(v, model.info[i].numel()).iter().all(|x| x.is_finite()) {
-            return Err(TrainError::Msg(format!("step {step}: parameter `{}` is no longer finite: stopping without saving (lower --lr?)", model.info[i].name)));
+            let what = format!("parameter `{}` is no longer finite", model.info[i].name);
+            return Err(TrainError::NotFinite { at: format!("step {step}"), what, checkpoint: None });
         }
     }
     Ok(())
 }
 
-/// Trains `model` (the parameters for which `trainable` is true) on `obj`. With `cfg.resume`,
-/// the checkpoint's weights, optimizer state and data position replace the start after the
-/// command, model and data fingerprints are checked. Writes `out/metrics.jsonl`, checkpoints and,
-/// at the end, the model (HF layout, `cfg.save_dtype` or the input's dtype).
-pub fn train<B: Backend, O: Objective<B>>(
-    mut model: Model<B>,
-    trainable: &dyn Fn(usize) -> bool,
-    obj: &mut O,
-    cfg: &TrainConfig,
-    out: &Path,
-    tokenizer: &Path,
-) -> Result<(Model<B>, TrainSummary), TrainError> {
-    if obj.n_train() == 0 {
-        return Err(TrainError::Msg("no training data left after filtering".into()));
-    }
-    std::fs::create_dir_all(out).map_err(|e| TrainError::Msg(format!("{}: {e}", out.display())))?;
-    let data_fp = obj.data_fingerprint();
-    let model_fp = checkpoint::model_fingerprint(&model);
-    let save_dtype = cfg.save_dtype.unwrap_or(model.cfg.dtype);
-    let order = EpochOrder { n: obj.n_train(), batch_size: cfg.batch_size, shuffle: cfg.shuffle, seed: cfg.seed };
-    let micro_per_epoch = order.micro_per_epoch();
-    let steps_per_epoch = micro_per_epoch.div_ceil(cfg.grad_accum as u64);
-    let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
-    let sched = LrSchedule { kind: cfg.schedule, base_lr: cfg.lr, warmup: cfg.warmup_steps, total: total_steps };
+/// Trains `model` on `obj` and returns it with a summary. The trainable parameters are those of
+/// `cfg.unfrozen_layers`. With `cfg.resume`, the checkpoint's weights, optimizer state and data
+/// position replace the start (after its command, model, data and length are checked). With
+/// `out`, writes `metrics.jsonl`, checkpoints every `cfg.save_every` steps and, at the end, the
+/// model (HF layout, `cfg.save_dtype` or the input's dtype); without, writes nothing.
+pub fn train<B: Backend, O: Objective<B>>(model: Model<B>, obj: &mut O, cfg: &TrainConfig, out: Option<RunDir<'_>>) -> Result<(Model<B>, TrainSummary), TrainError> {
+    let mut t = Trainer::new(model, obj, cfg, out)?;
+    t.resume()?;
+    t.run()
+}
 
-    let mut grads = model.new_grads(trainable);
-    let mut opt = Optimizer::new(&model, &grads, cfg.adam);
-    let mut state = TrainerState {
-        command: obj.command().into(),
-        step: 0,
-        total_steps,
-        epoch: 0,
-        micro_in_epoch: 0,
-        seed: cfg.seed,
-        model_fingerprint: model_fp.clone(),
-        data_fingerprint: data_fp.clone(),
-        tokens_seen: 0,
-        elapsed_s: 0.0,
-        extra: Value::Null,
-    };
-    if let Some(dir) = &cfg.resume {
-        let ckpt = checkpoint::resolve(dir)?;
-        let saved = checkpoint::read_state(&ckpt)?;
-        let at = ckpt.display();
-        if saved.command != obj.command() {
-            return Err(TrainError::Msg(format!("--resume {at}: checkpoint of `{}`, not of {}", saved.command, obj.command())));
+/// One run of [`train`]: its state between the phases.
+struct Trainer<'a, B: Backend, O: Objective<B>> {
+    model: Model<B>,
+    obj: &'a mut O,
+    cfg: &'a TrainConfig,
+    out: Option<RunDir<'a>>,
+    grads: Grads<B>,
+    opt: Optimizer<B>,
+    state: TrainerState,
+    order: EpochOrder,
+    epoch_order: Vec<usize>,
+    sched: LrSchedule,
+    summary: TrainSummary,
+    /// when this process started, and the run's elapsed time before it (a resume)
+    started: Instant,
+    elapsed0: f64,
+    /// whether a checkpoint exists in `out` (the message of a failed step says so)
+    has_checkpoint: bool,
+}
+
+impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
+    fn new(model: Model<B>, obj: &'a mut O, cfg: &'a TrainConfig, out: Option<RunDir<'a>>) -> Result<Self, TrainError> {
+        if obj.n_train() == 0 {
+            return Err(TrainError::NoData { what: "training data", detail: None });
         }
-        if saved.model_fingerprint != model_fp {
-            return Err(TrainError::Msg(format!("--resume {at}: checkpoint of another model ({}), --model is {model_fp}", saved.model_fingerprint)));
+        if cfg.batch_size == 0 || cfg.grad_accum == 0 {
+            return Err(TrainError::Setting { setting: "--batch-size / --grad-accum", problem: "must be at least 1".into() });
         }
-        if saved.data_fingerprint != data_fp {
-            return Err(TrainError::Msg(format!(
-                "--resume {at}: checkpoint of another data set (fingerprint {} vs {data_fp}): use the same --data, --langs, --max-len, --val-fraction and --seed",
-                saved.data_fingerprint
-            )));
+        if out.is_none() && cfg.save_every.is_some() {
+            return Err(TrainError::Setting { setting: "--save-every", problem: "checkpoints need an output directory".into() });
         }
-        if saved.total_steps != total_steps {
-            return Err(TrainError::Msg(format!("--resume {at}: the run had {} steps in total, these flags give {total_steps}", saved.total_steps)));
+        if let Some(o) = &out {
+            std::fs::create_dir_all(o.dir).map_err(io(o.dir))?;
         }
-        let loaded = Model::load(model.be.clone(), &ckpt.join("model")).map_err(|e| TrainError::Msg(e.to_string()))?;
-        if loaded.info.len() != model.info.len() {
-            return Err(TrainError::Msg(format!("--resume {at}: the checkpoint's model has another parameter layout")));
+        let mask = model.trainable_mask(cfg.unfrozen_layers)?;
+        let grads = model.new_grads(|i| mask[i]);
+        let opt = Optimizer::new(&model, &grads, cfg.adam);
+        let order = EpochOrder { n: obj.n_train(), batch_size: cfg.batch_size, shuffle: cfg.shuffle, seed: cfg.seed };
+        let total_steps = cfg.total_steps(obj.n_train());
+        let sched = LrSchedule { kind: cfg.schedule, base_lr: cfg.lr, warmup: cfg.warmup_steps, total: total_steps };
+        let state = TrainerState {
+            command: obj.command().into(),
+            step: 0,
+            total_steps,
+            epoch: 0,
+            micro_in_epoch: 0,
+            seed: cfg.seed,
+            model_fingerprint: checkpoint::model_fingerprint(&model),
+            data_fingerprint: obj.data_fingerprint(),
+            tokens_seen: 0,
+            elapsed_s: 0.0,
+            extra: Value::Null,
+        };
+        let epoch_order = order.order(0);
+        let has_checkpoint = out.is_some_and(|o| o.dir.join("checkpoint").exists());
+        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, has_checkpoint })
+    }
+
+    /// With `cfg.resume`: the checkpoint's weights, optimizer state and position.
+    fn resume(&mut self) -> Result<(), TrainError> {
+        let Some(dir) = &self.cfg.resume else { return Ok(()) };
+        let expect = checkpoint::Expect {
+            command: self.obj.command(),
+            model_fingerprint: &self.state.model_fingerprint,
+            data_fingerprint: &self.state.data_fingerprint,
+            data_what: "another data set",
+            data_settings: "--data, --langs, --max-len, --val-fraction and --seed",
+            total: self.state.total_steps,
+            unit: "steps",
+        };
+        let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect)?;
+        let loaded = Model::load(self.model.be.clone(), &ckpt.join("model"))?;
+        if loaded.info.len() != self.model.info.len() {
+            let detail = format!("{} parameters, this model has {}", loaded.info.len(), self.model.info.len());
+            return Err(TrainError::Resume { dir: ckpt, mismatch: ResumeMismatch::Layout { detail } });
         }
-        for (dst, src) in model.values.iter_mut().zip(loaded.values) {
+        for (dst, src) in self.model.values.iter_mut().zip(loaded.values) {
             *dst = src;
         }
-        checkpoint::load_optimizer(&ckpt, &model, &mut opt)?;
-        state = saved;
-        eprintln!("resuming from {at} at step {}/{total_steps}", state.step);
+        checkpoint::load_optimizer(&ckpt, &self.model, &mut self.opt)?;
+        self.state = saved;
+        self.elapsed0 = self.state.elapsed_s;
+        self.epoch_order = self.order.order(self.state.epoch);
+        self.summary.steps = self.state.step;
+        self.has_checkpoint = true;
+        eprintln!("resuming from {} at step {}/{}", ckpt.display(), self.state.step, self.state.total_steps);
+        Ok(())
     }
-    let mut metrics = open_metrics(&out.join("metrics.jsonl"), cfg.resume.as_ref().map(|_| state.step))?;
-    let progress = Progress::new(total_steps, state.step, cfg.log_every);
-    let started = Instant::now();
-    let elapsed0 = state.elapsed_s;
-    let mut summary = TrainSummary { steps: state.step, first_loss: None, last_loss: None, val: None, last_extra: Map::new() };
-    let mut epoch_order = order.order(state.epoch);
-    while state.step < total_steps {
-        let step_start = Instant::now();
-        if state.micro_in_epoch >= micro_per_epoch {
-            state.epoch += 1;
-            state.micro_in_epoch = 0;
-            epoch_order = order.order(state.epoch);
-        }
-        // this step's micro-batches, never crossing an epoch boundary
-        let first = state.micro_in_epoch as usize;
-        let last = (first + cfg.grad_accum).min(micro_per_epoch as usize);
-        let micro: Vec<Vec<usize>> = (first..last).map(|m| epoch_order[m * cfg.batch_size..((m + 1) * cfg.batch_size).min(order.n)].to_vec()).collect();
-        model.zero_grads(&mut grads);
-        let so = obj.step(&model, &micro, &mut grads)?;
-        let grad_norm = opt.grad_norm(&model, &grads);
-        let step_no = state.step + 1;
-        if !so.loss.is_finite() || !grad_norm.is_finite() {
-            return Err(TrainError::Msg(format!(
-                "step {step_no}: the loss is {} and the gradient norm {grad_norm}: stopping (lower --lr?); the last checkpoint in {} is intact",
-                so.loss,
-                out.join("checkpoint").display()
-            )));
-        }
-        let lr = sched.lr(state.step);
-        opt.step(&mut model, &grads, lr as f32, clip_coef(grad_norm, cfg.max_grad_norm));
-        state.step = step_no;
-        state.micro_in_epoch = last as u64;
-        state.tokens_seen += so.tokens as u64;
-        let dt = step_start.elapsed().as_secs_f64();
-        state.elapsed_s = elapsed0 + started.elapsed().as_secs_f64();
-        let epoch_f = state.epoch as f64 + state.micro_in_epoch as f64 / micro_per_epoch as f64;
-        let mut line = serde_json::json!({
-            "step": state.step, "epoch": epoch_f, "loss": so.loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens": so.tokens, "tokens_per_s": so.tokens as f64 / dt.max(1e-9), "elapsed_s": state.elapsed_s,
-        });
-        line.as_object_mut().unwrap().extend(so.extra.clone());
-        if cfg.eval_every.is_some_and(|e| state.step % e == 0) {
-            if let Some(v) = obj.validate(&model)? {
-                progress.println(&format!("step {}: {}", state.step, v.iter().map(|(k, x)| format!("{k} {}", fmt_num(x))).collect::<Vec<_>>().join(", ")));
-                line.as_object_mut().unwrap().extend(v.clone());
-                summary.val = Some(v);
+
+    fn run(mut self) -> Result<(Model<B>, TrainSummary), TrainError> {
+        let keep = self.cfg.resume.as_ref().map(|_| self.state.step);
+        let metrics_path = self.out.map(|o| o.dir.join("metrics.jsonl"));
+        let mut metrics = metrics_path.as_deref().map(|p| open_log(p, keep, "step")).transpose()?;
+        let progress = Progress::new(self.state.total_steps, self.state.step, self.cfg.log_every);
+        while self.state.step < self.state.total_steps {
+            let (line, loss, lr, tokens_per_s) = self.step(&progress)?;
+            if let (Some(f), Some(p)) = (metrics.as_mut(), metrics_path.as_deref()) {
+                writeln!(f, "{line}").and_then(|_| f.flush()).map_err(io(p))?;
+            }
+            progress.step(self.state.step, loss, lr, tokens_per_s);
+            self.summary.history.push(line);
+            self.checkpoint()?;
+            if crate::hooks::stop_after_step(self.state.step) {
+                progress.finish();
+                return Err(TrainError::Stopped { step: self.state.step });
             }
         }
-        writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(|e| TrainError::Msg(format!("metrics.jsonl: {e}")))?;
-        progress.step(state.step, so.loss, lr, so.tokens as f64 / dt.max(1e-9));
-        summary.first_loss.get_or_insert(so.loss);
-        summary.last_loss = Some(so.loss);
-        summary.last_extra = so.extra;
-        summary.steps = state.step;
-        if cfg.save_every.is_some_and(|e| state.step % e == 0) {
-            ensure_finite(&model, state.step)?;
-            checkpoint::save(out, &model, &opt, &state, tokenizer)?;
-        }
-        if std::env::var("OKAPI_TEST_EXIT_AFTER_STEP").ok().and_then(|s| s.parse::<u64>().ok()) == Some(state.step) {
-            progress.finish();
-            return Err(TrainError::Msg(format!("stopped after step {} (OKAPI_TEST_EXIT_AFTER_STEP)", state.step)));
-        }
+        progress.finish();
+        self.finish()
     }
-    progress.finish();
-    ensure_finite(&model, state.step)?;
-    model.save(out, save_dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(tokenizer)).map_err(|e| TrainError::Msg(e.to_string()))?;
-    Ok((model, summary))
+
+    /// The next step's micro-batches (item indices), never crossing an epoch boundary.
+    fn next_micro(&mut self) -> Vec<Vec<usize>> {
+        let micro_per_epoch = self.order.micro_per_epoch();
+        if self.state.micro_in_epoch >= micro_per_epoch {
+            self.state.epoch += 1;
+            self.state.micro_in_epoch = 0;
+            self.epoch_order = self.order.order(self.state.epoch);
+        }
+        let (bs, n) = (self.cfg.batch_size, self.order.n);
+        let first = self.state.micro_in_epoch as usize;
+        let last = (first + self.cfg.grad_accum).min(micro_per_epoch as usize);
+        self.state.micro_in_epoch = last as u64;
+        (first..last).map(|m| self.epoch_order[m * bs..((m + 1) * bs).min(n)].to_vec()).collect()
+    }
+
+    /// One optimizer step: its metrics line, loss, learning rate and throughput.
+    fn step(&mut self, progress: &Progress) -> Result<(Value, f64, f64, f64), TrainError> {
+        let step_start = Instant::now();
+        let micro = self.next_micro();
+        self.model.zero_grads(&mut self.grads);
+        let so = self.obj.step(&self.model, &micro, &mut self.grads)?;
+        let grad_norm = self.opt.grad_norm(&self.model, &self.grads);
+        let step_no = self.state.step + 1;
+        if !so.loss.is_finite() || !grad_norm.is_finite() {
+            let checkpoint = self.has_checkpoint.then(|| self.out.map(|o| o.dir.join("checkpoint"))).flatten();
+            return Err(TrainError::NotFinite { at: format!("step {step_no}"), what: format!("the loss is {} and the gradient norm {grad_norm}", so.loss), checkpoint });
+        }
+        let lr = self.sched.lr(self.state.step);
+        self.opt.step(&mut self.model, &self.grads, lr as f32, clip_coef(grad_norm, self.cfg.max_grad_norm));
+        self.state.step = step_no;
+        self.state.tokens_seen += so.tokens as u64;
+        let dt = step_start.elapsed().as_secs_f64();
+        self.state.elapsed_s = self.elapsed0 + self.started.elapsed().as_secs_f64();
+        let epoch_f = self.state.epoch as f64 + self.state.micro_in_epoch as f64 / self.order.micro_per_epoch() as f64;
+        let tokens_per_s = so.tokens as f64 / dt.max(1e-9);
+        let mut line = serde_json::json!({
+            "step": self.state.step, "epoch": epoch_f, "loss": so.loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens": so.tokens, "tokens_per_s": tokens_per_s, "elapsed_s": self.state.elapsed_s,
+        });
+        let fields = line.as_object_mut().expect("a JSON object");
+        fields.extend(so.extra.clone());
+        if self.cfg.eval_every.is_some_and(|e| e > 0 && self.state.step % e == 0) {
+            if let Some(v) = self.obj.validate(&self.model)? {
+                progress.println(&format!("step {}: {}", self.state.step, v.iter().map(|(k, x)| format!("{k} {}", fmt_num(x))).collect::<Vec<_>>().join(", ")));
+                fields.extend(v.clone());
+                self.summary.val = Some(v);
+            }
+        }
+        self.summary.first_loss.get_or_insert(so.loss);
+        self.summary.last_loss = Some(so.loss);
+        self.summary.last_extra = so.extra;
+        self.summary.steps = self.state.step;
+        Ok((line, so.loss, lr, tokens_per_s))
+    }
+
+    /// A checkpoint every `save_every` steps.
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        let (Some(out), Some(every)) = (self.out, self.cfg.save_every) else { return Ok(()) };
+        if every == 0 || self.state.step % every != 0 {
+            return Ok(());
+        }
+        ensure_finite(&self.model, self.state.step)?;
+        checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)?;
+        self.has_checkpoint = true;
+        Ok(())
+    }
+
+    /// Refuses a non-finite model; saves it when the run has an output directory.
+    fn finish(self) -> Result<(Model<B>, TrainSummary), TrainError> {
+        ensure_finite(&self.model, self.state.step)?;
+        if let Some(out) = self.out {
+            let dtype = self.cfg.save_dtype.unwrap_or(self.model.cfg.dtype);
+            self.model.save(out.dir, dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, out.tokenizer)?;
+        }
+        Ok((self.model, self.summary))
+    }
 }
 
 fn fmt_num(v: &Value) -> String {

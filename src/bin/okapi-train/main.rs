@@ -1,4 +1,5 @@
-//! The `okapi-train` commands: parse → call. Each command returns a one-line error.
+//! `okapi-train`: the command-line front end of okapi — parse, pick the backend, call the
+//! library (okapi-rlhf and below), print one line per error. One file per command.
 
 /// Runs `$body` with `$be` bound to the backend `--backend` resolves to. The commands are
 /// generic over `B: Backend`, so the body is monomorphised once per backend built in.
@@ -6,7 +7,7 @@
 /// GPU backend.
 macro_rules! on_backend {
     ($kind:expr, |$be:ident| $body:expr) => {
-        $crate::cli::on_backend!($kind, okapi_runtime::Precision::F32, |$be| $body)
+        $crate::on_backend!($kind, okapi_runtime::Precision::F32, |$be| $body)
     };
     ($kind:expr, $precision:expr, |$be:ident| $body:expr) => {{
         let precision: okapi_runtime::Precision = $precision;
@@ -42,20 +43,20 @@ macro_rules! on_backend {
 }
 pub(crate) use on_backend;
 
-
-pub mod bench;
-pub mod eval;
-pub mod generate;
-pub mod demo;
-pub mod init;
-pub mod loglik;
-pub mod pairs;
-pub mod ppo;
-pub mod sft;
-pub mod tokenizer;
-pub mod train_flags;
+mod bench;
+mod demo;
+mod eval;
+mod generate;
+mod init;
+mod loglik;
+mod pairs;
+mod ppo;
+mod sft;
+mod tokenizer;
+mod train_flags;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(name = "okapi-train", version, about = "Instruction-tune LLaMA and BLOOM models in 26 languages: SFT, reward model, PPO, multilingual evaluation")]
@@ -120,3 +121,23 @@ fn dispatch(cli: Cli) -> Result<(), String> {
     }
 }
 
+fn main() -> ExitCode {
+    // A bug must still end in one readable line, not a backtrace (RUST_BACKTRACE=1 restores it).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let loc = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+            let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+            eprintln!("error: internal error{loc}: {msg} (please report it)");
+        }));
+    }
+    // --help shows each training flag's default and, where it differs, Okapi's value
+    let matches = train_flags::annotate(<Cli as clap::CommandFactory>::command()).get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,12 +1,11 @@
 //! `okapi-train reward`, `okapi-train dpo` and `okapi-train score`: the commands on ranking data.
 
 use super::sft::write_json;
-use super::train_flags::{args_json, Recipe, TrainFlags, DPO_RECIPE, RM_RECIPE};
+use super::train_flags::{args_json, Stage, TrainFlags};
 use okapi_data::{encode_group, load_rankings, PromptGroup, SftEncoding, Tokenizer};
 use okapi_model::Model;
-use okapi_rlhf::trainer::{split_val, train};
-use okapi_rlhf::reward::RewardBufs;
-use okapi_rlhf::{DpoObjective, RewardObjective};
+use okapi_rlhf::reward::score_records;
+use okapi_rlhf::{split_val, train, DpoObjective, RewardObjective, RunDir, TrainConfig, TrainSummary};
 use okapi_runtime::Backend;
 use std::path::{Path, PathBuf};
 
@@ -21,9 +20,6 @@ pub struct RewardArgs {
     pub data: Vec<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
-    /// Train only the top N blocks, the final norm and the head (Okapi's recipe: 12)
-    #[arg(long)]
-    pub unfrozen_layers: Option<usize>,
     /// Margin m in −log σ(r_chosen − r_rejected − m)
     #[arg(long, default_value_t = 0.0)]
     pub margin: f64,
@@ -44,18 +40,15 @@ pub struct DpoArgs {
     /// β of the DPO loss
     #[arg(long, default_value_t = 0.1)]
     pub beta: f64,
-    /// Train only the top N blocks, the final norm and an untied LM head
-    #[arg(long)]
-    pub unfrozen_layers: Option<usize>,
     #[command(flatten)]
     pub train: TrainFlags,
 }
 
 /// Ranking files → tokenized prompt groups, with the skip counts in one line.
-pub fn load_groups(files: &[PathBuf], flags: &TrainFlags, recipe: &Recipe, tok: &Tokenizer, eos: u32) -> Result<(Vec<PromptGroup>, String), String> {
+pub fn load_groups(files: &[PathBuf], flags: &TrainFlags, cfg: &TrainConfig, tok: &Tokenizer, eos: u32) -> Result<(Vec<PromptGroup>, String), String> {
     let langs = flags.langs()?;
     let tpl = flags.template()?;
-    let enc = SftEncoding { max_len: flags.max_len(recipe)?, mask_prompt: true, eos };
+    let enc = SftEncoding { max_len: cfg.max_len, mask_prompt: true, eos };
     let (records, mut stats) = load_rankings(files, langs.as_deref()).map_err(|e| e.to_string())?;
     let mut groups = Vec::with_capacity(records.len());
     for r in &records {
@@ -78,15 +71,45 @@ fn eos_pad<B: Backend>(model: &Model<B>) -> Result<(u32, u32), String> {
     Ok((eos, model.cfg.pad_token_id.unwrap_or(eos)))
 }
 
+/// Everything `reward` and `dpo` share: settings, tokenizer, model, data split, args.json.
+struct PairRun<B: Backend> {
+    cfg: TrainConfig,
+    tok: Tokenizer,
+    model: Model<B>,
+    pad: u32,
+    train: Vec<PromptGroup>,
+    val: Vec<PromptGroup>,
+}
+
+fn prepare<B: Backend>(stage: Stage, model: Model<B>, tok: Tokenizer, flags: &TrainFlags, data: &[PathBuf]) -> Result<PairRun<B>, String> {
+    let cfg = flags.resolve(stage)?;
+    let (eos, pad) = eos_pad(&model)?;
+    let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos)?;
+    eprintln!("{}: {summary}", stage.name());
+    let (train, val) = split_val(groups, cfg.val_fraction, cfg.seed);
+    let mask = model.trainable_mask(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
+    let n_train = mask.iter().zip(&model.info).filter(|(m, _)| **m).map(|(_, p)| p.numel()).sum::<usize>();
+    eprintln!("{}: {} on {}: {} train / {} validation prompts; {n_train} of {} parameters train", stage.name(), model.cfg.path.display(), model.be.name(), train.len(), val.len(), model.n_params());
+    Ok(PairRun { cfg, tok, model, pad, train, val })
+}
+
+fn write_args(out: &Path, stage: Stage, cfg: &TrainConfig, extra: serde_json::Value) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_json(&out.join("args.json"), &args_json(stage.name(), cfg, extra))
+}
+
+fn losses(s: &TrainSummary) -> String {
+    format!("{} steps, loss {:.4} → {:.4}", s.steps, s.first_loss.unwrap_or(f64::NAN), s.last_loss.unwrap_or(f64::NAN))
+}
+
 pub fn run_reward(a: RewardArgs) -> Result<(), String> {
     super::on_backend!(a.train.backend, a.train.precision, |be| run_reward_on(be, &a))
 }
 
 fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
-    let cfg = a.train.resolve(&RM_RECIPE)?;
+    let seed = a.train.resolve(Stage::Reward)?.seed;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
-    let device = be.name();
-    let mut model = Model::load_reward(be, &a.model, cfg.seed).map_err(|e| e.to_string())?;
+    let mut model = Model::load_reward(be, &a.model, seed).map_err(|e| e.to_string())?;
     let (eos, _) = eos_pad(&model)?;
     if model.cfg.pad_token_id.is_none_or(|p| p == eos) {
         // transformers scores the last non-pad token: with pad == EOS it would skip the EOS
@@ -95,23 +118,13 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
             None => eprintln!("reward: warning: no pad token distinct from EOS; transformers will score the token before the EOS"),
         }
     }
-    let (eos, pad) = eos_pad(&model)?;
-    let (groups, summary) = load_groups(&a.data, &a.train, &RM_RECIPE, &tok, eos)?;
-    eprintln!("reward: {summary}");
-    let (tr, val) = split_val(groups, a.train.val_fraction, cfg.seed);
-    let mask = model.trainable_mask(a.unfrozen_layers).map_err(|e| e.to_string())?;
-    let n_train = mask.iter().zip(&model.info).filter(|(m, _)| **m).map(|(_, p)| p.numel()).sum::<usize>();
-    eprintln!("reward: {} on {device}: {} train / {} validation prompts; {n_train} of {} parameters train", a.model.display(), tr.len(), val.len(), model.n_params());
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "max_len": a.train.max_len(&RM_RECIPE)?, "unfrozen_layers": a.unfrozen_layers, "margin": a.margin, "langs": a.train.langs, "val_fraction": a.train.val_fraction });
-    write_json(&a.out.join("args.json"), &args_json("reward", &cfg, extra))?;
-    let mut obj = RewardObjective::new(&model, tr, val, cfg.batch_size, pad, a.margin);
-    let (_, s) = train(model, &|i| mask[i], &mut obj, &cfg, &a.out, &tok.path).map_err(|e| e.to_string())?;
+    let r = prepare(Stage::Reward, model, tok, &a.train, &a.data)?;
+    write_args(&a.out, Stage::Reward, &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs }))?;
+    let mut obj = RewardObjective::new(&r.model, r.train, r.val, r.cfg.batch_size, r.pad, a.margin);
+    let (_, s) = train(r.model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!(
-        "reward: {} steps, loss {:.4} → {:.4}, accuracy {}{}; reward model saved in {}",
-        s.steps,
-        s.first_loss.unwrap_or(f64::NAN),
-        s.last_loss.unwrap_or(f64::NAN),
+        "reward: {}, accuracy {}{}; reward model saved in {}",
+        losses(&s),
         s.last_extra.get("accuracy").map(|v| v.to_string()).unwrap_or_default(),
         s.val.as_ref().and_then(|v| v.get("val_accuracy")).map(|v| format!(", validation accuracy {v}")).unwrap_or_default(),
         a.out.display()
@@ -124,33 +137,19 @@ pub fn run_dpo(a: DpoArgs) -> Result<(), String> {
 }
 
 fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
-    let cfg = a.train.resolve(&DPO_RECIPE)?;
     if !(a.beta.is_finite() && a.beta > 0.0) {
         return Err(format!("--beta {}: expected a positive number", a.beta));
     }
+    a.train.resolve(Stage::Dpo)?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
-    let device = be.name();
     let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     model.lm_head().map_err(|e| e.to_string())?;
-    let (eos, pad) = eos_pad(&model)?;
-    let (groups, summary) = load_groups(&a.data, &a.train, &DPO_RECIPE, &tok, eos)?;
-    eprintln!("dpo: {summary}");
-    let (tr, val) = split_val(groups, a.train.val_fraction, cfg.seed);
-    let mask = model.trainable_mask(a.unfrozen_layers).map_err(|e| e.to_string())?;
-    eprintln!("dpo: {} on {device}: {} train / {} validation prompts, β {}", a.model.display(), tr.len(), val.len(), a.beta);
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "max_len": a.train.max_len(&DPO_RECIPE)?, "unfrozen_layers": a.unfrozen_layers, "langs": a.train.langs, "val_fraction": a.train.val_fraction });
-    write_json(&a.out.join("args.json"), &args_json("dpo", &cfg, extra))?;
-    let mut obj = DpoObjective::new(&model, tr, val, cfg.batch_size, pad, a.beta).map_err(|e| e.to_string())?;
-    let (_, s) = train(model, &|i| mask[i], &mut obj, &cfg, &a.out, &tok.path).map_err(|e| e.to_string())?;
-    eprintln!(
-        "dpo: {} steps, loss {:.4} → {:.4}, reward accuracy {}; policy saved in {}",
-        s.steps,
-        s.first_loss.unwrap_or(f64::NAN),
-        s.last_loss.unwrap_or(f64::NAN),
-        s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(),
-        a.out.display()
-    );
+    let r = prepare(Stage::Dpo, model, tok, &a.train, &a.data)?;
+    eprintln!("dpo: β {}", a.beta);
+    write_args(&a.out, Stage::Dpo, &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs }))?;
+    let mut obj = DpoObjective::new(&r.model, r.train, r.val, r.cfg.batch_size, r.pad, a.beta).map_err(|e| e.to_string())?;
+    let (_, s) = train(r.model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
+    eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());
     Ok(())
 }
 
@@ -183,20 +182,8 @@ pub fn run_score(a: ScoreArgs) -> Result<(), String> {
 fn run_score_on<B: Backend>(be: B, a: &ScoreArgs) -> Result<(), String> {
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
-    if model.score.is_none() {
-        return Err(format!("{}: not a reward model (expected LlamaForSequenceClassification or BloomForSequenceClassification in config.json)", a.model.display()));
-    }
-    let (eos, pad) = eos_pad(&model)?;
-    let enc = SftEncoding { max_len: a.max_len, mask_prompt: true, eos };
-    let tpl = okapi_data::PromptTemplate::okapi();
     let records = okapi_data::ranking::load_scoring_records(&a.data).map_err(|e| e.to_string())?;
-    let mut groups = Vec::with_capacity(records.len());
-    for r in &records {
-        let g = encode_group(&tok, &tpl, r, &enc).map_err(|e| format!("{}: {e}", r.origin))?.ok_or_else(|| format!("{}: the prompt does not fit --max-len {}", r.origin, a.max_len))?;
-        groups.push(g);
-    }
-    let batch = a.batch_size.max(1);
-    let rewards = RewardBufs::new(&model, &groups, batch, pad, 0.0).rewards(&model, &groups, batch).map_err(|e| e.to_string())?;
+    let rewards = score_records(&model, &tok, &records, a.max_len, a.batch_size).map_err(|e| e.to_string())?;
     let lines: String = rewards.iter().map(|r| format!("{}\n", serde_json::json!({ "rewards": r }))).collect();
     match &a.output {
         Some(p) => write_text(p, &lines),

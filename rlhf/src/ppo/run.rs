@@ -1,0 +1,395 @@
+//! The PPO loop, one method per phase: [`Ppo::resume`], then per iteration
+//! [`Ppo::rollouts`] (sample), [`Ppo::score`] (reward model, log-probs, values, advantages),
+//! [`Ppo::update`] (PPO epochs over minibatches), [`Ppo::log`] and [`Ppo::checkpoint`]; and
+//! [`Ppo::finish`], which saves the policy and its value head (or the critic).
+
+use super::{compute_advantages, value_head_bytes, Critic, PpoConfig, PpoIo, PpoModels, PpoStats, PpoSummary, Rollout};
+use crate::checkpoint::{self, TrainerState};
+use crate::error::{self, ResumeMismatch};
+use crate::generate::{generate, Sampling};
+use crate::optim::{clip_coef, Optimizer};
+use crate::reward::RewardBufs;
+use crate::trainer::{ensure_finite, open_log, EpochOrder};
+use crate::TrainError;
+use okapi_data::{Example, PromptGroup};
+use okapi_model::{Grads, Model};
+use okapi_runtime::Backend;
+use serde_json::json;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use super::kl::KlController;
+use super::PpoBufs;
+
+/// A separate critic with its training state.
+struct CriticState<B: Backend> {
+    model: Model<B>,
+    bufs: PpoBufs<B>,
+    grads: Grads<B>,
+    opt: Optimizer<B>,
+}
+
+/// Seconds each phase of an iteration took, and the tokens it generated.
+#[derive(Default)]
+struct Times {
+    generate: f64,
+    score: f64,
+    update: f64,
+    tokens: usize,
+}
+
+/// One PPO run (see [`run_ppo`]).
+pub struct Ppo<'a, B: Backend> {
+    policy: Model<B>,
+    reference: &'a Model<B>,
+    reward: &'a Model<B>,
+    critic: Option<CriticState<B>>,
+    prompts: &'a [Vec<u32>],
+    cfg: &'a PpoConfig,
+    io: &'a PpoIo<'a>,
+    out: Option<&'a Path>,
+    grads: Grads<B>,
+    opt: Optimizer<B>,
+    pol_bufs: PpoBufs<B>,
+    ref_bufs: PpoBufs<B>,
+    order: EpochOrder,
+    kl: KlController,
+    /// prompts drawn so far (the data position)
+    prompt_pos: usize,
+    done: u64,
+    /// fingerprint of the prompts and of the settings that decide which rollouts are drawn
+    data_fp: String,
+    elapsed0: f64,
+    started: Instant,
+    summary: PpoSummary,
+}
+
+/// Runs PPO on `prompts` (token ids of the templated prompts) and returns the trained policy
+/// with a summary. With `out`, writes `metrics.jsonl`, `samples.jsonl`, checkpoints and the
+/// final policy with its value head (or `critic/`) there; without, writes nothing.
+pub fn run_ppo<'a, B: Backend>(models: PpoModels<'a, B>, prompts: &'a [Vec<u32>], cfg: &'a PpoConfig, io: &'a PpoIo<'a>, out: Option<&'a Path>) -> Result<(Model<B>, PpoSummary), TrainError> {
+    let mut ppo = Ppo::new(models, prompts, cfg, io, out)?;
+    ppo.resume()?;
+    ppo.run()
+}
+
+impl<'a, B: Backend> Ppo<'a, B> {
+    /// Buffers, optimizers and the prompt order for a run; the policy must carry a value head
+    /// unless `models.critic` is given.
+    pub fn new(models: PpoModels<'a, B>, prompts: &'a [Vec<u32>], cfg: &'a PpoConfig, io: &'a PpoIo<'a>, out: Option<&'a Path>) -> Result<Self, TrainError> {
+        if prompts.is_empty() {
+            return Err(TrainError::NoData { what: "prompts", detail: None });
+        }
+        if out.is_none() && cfg.save_every.is_some() {
+            return Err(TrainError::Setting { setting: "--save-every", problem: "checkpoints need an output directory".into() });
+        }
+        if let Some(dir) = out {
+            std::fs::create_dir_all(dir).map_err(error::io(dir))?;
+        }
+        let PpoModels { policy, reference, reward, critic } = models;
+        let mask = policy.trainable_mask(cfg.unfrozen_layers)?;
+        let grads = policy.new_grads(|i| mask[i]);
+        let opt = Optimizer::new(&policy, &grads, cfg.adam);
+        let cap_t = prompts.iter().map(Vec::len).max().unwrap_or(1) + cfg.sampling.max_new_tokens;
+        let cap_b = cfg.chunk_size.max(cfg.minibatch);
+        let critic = critic.map(|Critic { model, mask }| {
+            let grads = model.new_grads(|i| mask[i]);
+            let opt = Optimizer::new(&model, &grads, cfg.adam);
+            CriticState { bufs: PpoBufs::new(&model, cap_b, cap_t, io.pad), model, grads, opt }
+        });
+        Ok(Ppo {
+            pol_bufs: PpoBufs::new(&policy, cap_b, cap_t, io.pad),
+            ref_bufs: PpoBufs::new(reference, cfg.chunk_size, cap_t, io.pad),
+            policy,
+            reference,
+            reward,
+            critic,
+            prompts,
+            cfg,
+            io,
+            out,
+            grads,
+            opt,
+            order: EpochOrder { n: prompts.len(), batch_size: 1, shuffle: true, seed: cfg.seed },
+            kl: cfg.kl.clone(),
+            prompt_pos: 0,
+            done: 0,
+            data_fp: data_fingerprint(prompts, cfg),
+            elapsed0: 0.0,
+            started: Instant::now(),
+            summary: PpoSummary::default(),
+        })
+    }
+
+    /// With `cfg.resume`: the policy, its value head (or the critic), the optimizers, β and the
+    /// prompt position from the checkpoint, after the shared resume check.
+    pub fn resume(&mut self) -> Result<(), TrainError> {
+        let Some(dir) = &self.cfg.resume else { return Ok(()) };
+        let model_fp = checkpoint::model_fingerprint(&self.policy);
+        let expect = checkpoint::Expect {
+            command: "ppo",
+            model_fingerprint: &model_fp,
+            data_fingerprint: &self.data_fp,
+            data_what: "other prompts or rollout settings",
+            data_settings: "--prompts, --langs, --rollouts, --chunk-size, --ppo-epochs and --ppo-batch-size",
+            total: self.cfg.iterations,
+            unit: "iterations",
+        };
+        let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect)?;
+        let separate = ckpt.join("critic.safetensors").exists();
+        if separate != self.critic.is_some() {
+            let used = if separate { "separate" } else { "shared" };
+            return Err(TrainError::Resume { dir: ckpt, mismatch: ResumeMismatch::Critic { used } });
+        }
+        self.load_trunk(&ckpt)?;
+        match self.critic.as_mut() {
+            Some(c) => {
+                checkpoint::load_params(&ckpt.join("critic.safetensors"), &mut c.model, true)?;
+                checkpoint::load_optimizer_file(&ckpt.join("critic_optimizer.safetensors"), &c.model, &mut c.opt)?;
+            }
+            None => checkpoint::load_params(&ckpt.join("value_head.safetensors"), &mut self.policy, false)?,
+        }
+        checkpoint::load_optimizer(&ckpt, &self.policy, &mut self.opt)?;
+        let beta = saved.extra.get("beta").and_then(|b| b.as_f64());
+        self.kl.beta = beta.ok_or_else(|| TrainError::Resume { dir: ckpt.clone(), mismatch: ResumeMismatch::State { field: "extra.beta" } })?;
+        self.prompt_pos = saved.micro_in_epoch as usize;
+        self.done = saved.step;
+        self.elapsed0 = saved.elapsed_s;
+        self.summary.iterations = saved.step;
+        eprintln!("resuming from {} after iteration {}/{}", ckpt.display(), self.done, self.cfg.iterations);
+        Ok(())
+    }
+
+    /// The trunk and LM head from the checkpoint's HF-layout model.
+    fn load_trunk(&mut self, ckpt: &Path) -> Result<(), TrainError> {
+        let trunk = Model::load(self.policy.be.clone(), &ckpt.join("model"))?;
+        for (info, value) in trunk.info.iter().zip(trunk.values) {
+            let Some(i) = self.policy.info.iter().position(|p| p.name == info.name && p.numel() == info.numel()) else {
+                let detail = format!("its `{}` is not a parameter of the policy", info.name);
+                return Err(TrainError::Resume { dir: ckpt.to_path_buf(), mismatch: ResumeMismatch::Layout { detail } });
+            };
+            self.policy.values[i] = value;
+        }
+        Ok(())
+    }
+
+    /// The remaining iterations, then [`Ppo::finish`].
+    pub fn run(mut self) -> Result<(Model<B>, PpoSummary), TrainError> {
+        let keep = self.cfg.resume.as_ref().map(|_| self.done);
+        let mut logs = match self.out {
+            Some(dir) => Some((open_log(&dir.join("metrics.jsonl"), keep, "iteration")?, open_log(&dir.join("samples.jsonl"), keep, "iteration")?)),
+            None => None,
+        };
+        for it in self.done + 1..=self.cfg.iterations {
+            let mut times = Times::default();
+            let mut rollouts = self.rollouts(it, &mut times)?;
+            let mean_kl = self.score(&mut rollouts, &mut times)?;
+            let stats = self.update(it, &rollouts, &mut times)?;
+            self.log(it, &rollouts, mean_kl, &stats, &times, logs.as_mut())?;
+            self.checkpoint(it)?;
+        }
+        self.finish()
+    }
+
+    /// Samples this iteration's rollouts from the policy, `chunk_size` prompts at a time.
+    fn rollouts(&mut self, it: u64, times: &mut Times) -> Result<Vec<Rollout>, TrainError> {
+        let t = Instant::now();
+        let n = self.prompts.len();
+        let picked: Vec<usize> = (0..self.cfg.rollouts).map(|k| self.prompt_pos + k).map(|pos| self.order.order((pos / n) as u64)[pos % n]).collect();
+        self.prompt_pos += self.cfg.rollouts;
+        let mut rollouts: Vec<Rollout> = Vec::with_capacity(self.cfg.rollouts);
+        for (c, chunk) in picked.chunks(self.cfg.chunk_size).enumerate() {
+            let ps: Vec<Vec<u32>> = chunk.iter().map(|&i| self.prompts[i].clone()).collect();
+            let s = Sampling { seed: self.cfg.seed ^ (it << 20) ^ c as u64, ..self.cfg.sampling.clone() };
+            let gens = generate(&self.policy, &ps, &s, Some(self.io.eos))?;
+            for (p, g) in ps.into_iter().zip(gens) {
+                let response = if g.tokens.is_empty() { vec![self.io.eos] } else { g.tokens };
+                rollouts.push(Rollout { prompt: p, response, ..Default::default() });
+            }
+        }
+        times.generate = t.elapsed().as_secs_f64();
+        times.tokens = rollouts.iter().map(|r| r.response.len()).sum();
+        Ok(rollouts)
+    }
+
+    /// Scores, log-probs under the policy and the reference, values, then rewards, advantages
+    /// and returns; returns the mean KL.
+    fn score(&mut self, rollouts: &mut [Rollout], times: &mut Times) -> Result<f64, TrainError> {
+        let t = Instant::now();
+        let groups: Vec<PromptGroup> = rollouts
+            .iter()
+            .map(|r| Ok(PromptGroup { responses: vec![Example { labels: vec![], prompt_len: 0, ids: (self.io.rm_ids)(&r.prompt, &r.response)? }], pairs: vec![] }))
+            .collect::<Result<_, TrainError>>()?;
+        let chunk = self.cfg.chunk_size;
+        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards(self.reward, &groups, chunk)?;
+        for (r, s) in rollouts.iter_mut().zip(&scores) {
+            r.score = s[0];
+        }
+        for idx in (0..rollouts.len()).collect::<Vec<_>>().chunks(chunk) {
+            let refs: Vec<&Rollout> = idx.iter().map(|&i| &rollouts[i]).collect();
+            let (mut pe, _, _) = self.pol_bufs.eval(&self.policy, &refs, false)?;
+            let (re, _, _) = self.ref_bufs.eval(self.reference, &refs, false)?;
+            if let Some(c) = self.critic.as_mut() {
+                pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
+            }
+            for (k, &i) in idx.iter().enumerate() {
+                rollouts[i].old_logprobs = pe.logprobs[k].clone();
+                rollouts[i].old_values = pe.values[k].clone();
+                rollouts[i].ref_logprobs = re.logprobs[k].clone();
+            }
+        }
+        let mean_kl = compute_advantages(rollouts, self.kl.beta, self.cfg.gamma, self.cfg.lam, self.cfg.reward_clip);
+        times.score = t.elapsed().as_secs_f64();
+        Ok(mean_kl)
+    }
+
+    /// `ppo_epochs` passes over seeded minibatches: an optimizer step of the critic (when
+    /// separate) and of the policy each; returns the minibatches' mean statistics.
+    fn update(&mut self, it: u64, rollouts: &[Rollout], times: &mut Times) -> Result<PpoStats, TrainError> {
+        let t = Instant::now();
+        let (mut agg, mut n_mb) = (PpoStats::default(), 0usize);
+        let mb_order = EpochOrder { n: rollouts.len(), batch_size: self.cfg.minibatch, shuffle: true, seed: self.cfg.seed ^ it };
+        for epoch in 0..self.cfg.ppo_epochs {
+            for mb in mb_order.order(epoch as u64).chunks(self.cfg.minibatch) {
+                let refs: Vec<&Rollout> = mb.iter().map(|&i| &rollouts[i]).collect();
+                let st = self.minibatch_step(it, &refs)?;
+                for (a, b) in [(&mut agg.pg_loss, st.pg_loss), (&mut agg.vf_loss, st.vf_loss), (&mut agg.loss, st.loss), (&mut agg.approx_kl, st.approx_kl), (&mut agg.clipfrac, st.clipfrac), (&mut agg.entropy, st.entropy)] {
+                    *a += b;
+                }
+                n_mb += 1;
+            }
+        }
+        let k = n_mb.max(1) as f64;
+        for a in [&mut agg.pg_loss, &mut agg.vf_loss, &mut agg.loss, &mut agg.approx_kl, &mut agg.clipfrac, &mut agg.entropy] {
+            *a /= k;
+        }
+        times.update = t.elapsed().as_secs_f64();
+        Ok(agg)
+    }
+
+    /// One minibatch: gradients of the policy (and critic), their clipped AdamW steps.
+    fn minibatch_step(&mut self, it: u64, refs: &[&Rollout]) -> Result<PpoStats, TrainError> {
+        let (cfg, policy) = (self.cfg, &mut self.policy);
+        policy.zero_grads(&mut self.grads);
+        let st = match self.critic.as_mut() {
+            Some(c) => {
+                c.model.zero_grads(&mut c.grads);
+                let st = self.pol_bufs.minibatch_with(policy, refs, &cfg.loss, &mut self.grads, Some((&c.model, &mut c.bufs, &mut c.grads)))?;
+                let cnorm = c.opt.grad_norm(&c.model, &c.grads);
+                if cnorm.is_finite() {
+                    c.opt.step(&mut c.model, &c.grads, cfg.lr as f32, clip_coef(cnorm, cfg.max_grad_norm));
+                }
+                st
+            }
+            None => self.pol_bufs.minibatch(policy, refs, &cfg.loss, &mut self.grads)?,
+        };
+        let norm = self.opt.grad_norm(policy, &self.grads);
+        if !st.loss.is_finite() || !norm.is_finite() {
+            let checkpoint = self.out.map(|d| d.join("checkpoint")).filter(|c| c.exists());
+            return Err(TrainError::NotFinite { at: format!("iteration {it}"), what: format!("the PPO loss is {} and the gradient norm {norm}", st.loss), checkpoint });
+        }
+        self.opt.step(policy, &self.grads, cfg.lr as f32, clip_coef(norm, cfg.max_grad_norm));
+        Ok(st)
+    }
+
+    /// Adapts β, writes the iteration's metrics line and samples, prints progress.
+    fn log(&mut self, it: u64, rollouts: &[Rollout], mean_kl: f64, st: &PpoStats, times: &Times, logs: Option<&mut (File, File)>) -> Result<(), TrainError> {
+        let beta_used = self.kl.beta;
+        self.kl.update(mean_kl, self.cfg.rollouts);
+        let (score_mean, score_std) = mean_std(&rollouts.iter().map(|r| r.score as f64).collect::<Vec<_>>());
+        let tok_s = times.tokens as f64 / times.generate.max(1e-9);
+        let line = json!({
+            "iteration": it, "step": it, "score_mean": score_mean, "score_std": score_std, "kl": mean_kl, "beta": beta_used, "beta_next": self.kl.beta,
+            "entropy": st.entropy, "pg_loss": st.pg_loss, "vf_loss": st.vf_loss, "loss": st.loss, "clipfrac": st.clipfrac, "approx_kl": st.approx_kl,
+            "response_len": times.tokens as f64 / rollouts.len().max(1) as f64, "rollout_tokens_per_s": tok_s,
+            "time_generate_s": times.generate, "time_score_s": times.score, "time_update_s": times.update, "elapsed_s": self.elapsed0 + self.started.elapsed().as_secs_f64(),
+        });
+        if let (Some((metrics, samples)), Some(dir)) = (logs, self.out) {
+            writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(error::io(&dir.join("metrics.jsonl")))?;
+            if self.cfg.samples_every > 0 && it % self.cfg.samples_every == 0 {
+                for r in rollouts.iter().take(4) {
+                    let s = json!({ "iteration": it, "prompt": (self.io.decode)(&r.prompt), "response": (self.io.decode)(&r.response), "score": r.score });
+                    writeln!(samples, "{s}").map_err(error::io(&dir.join("samples.jsonl")))?;
+                }
+            }
+        }
+        if self.cfg.log_every > 0 && (it % self.cfg.log_every == 0 || it == 1 || it == self.cfg.iterations) {
+            eprintln!("ppo iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}, {tok_s:.0} tok/s", self.cfg.iterations, st.pg_loss, st.vf_loss);
+        }
+        self.summary.scores.push(score_mean);
+        self.summary.kls.push(mean_kl);
+        self.summary.iterations = it;
+        self.summary.history.push(line);
+        Ok(())
+    }
+
+    /// A checkpoint every `save_every` iterations: the policy, its optimizer, β, the prompt
+    /// position and the value head (or the whole critic and its optimizer).
+    fn checkpoint(&mut self, it: u64) -> Result<(), TrainError> {
+        let (Some(out), Some(every)) = (self.out, self.cfg.save_every) else { return Ok(()) };
+        if every == 0 || it % every != 0 {
+            return Ok(());
+        }
+        ensure_finite(&self.policy, it)?;
+        let state = TrainerState {
+            command: "ppo".into(),
+            step: it,
+            total_steps: self.cfg.iterations,
+            epoch: 0,
+            micro_in_epoch: self.prompt_pos as u64,
+            seed: self.cfg.seed,
+            model_fingerprint: checkpoint::model_fingerprint(&self.policy),
+            data_fingerprint: self.data_fp.clone(),
+            tokens_seen: 0,
+            elapsed_s: self.elapsed0 + self.started.elapsed().as_secs_f64(),
+            extra: json!({ "beta": self.kl.beta }),
+        };
+        let extra = match &self.critic {
+            Some(c) => vec![
+                ("value_head.safetensors".into(), value_head_bytes(&c.model)?),
+                ("critic.safetensors".into(), checkpoint::params_bytes(&c.model)?),
+                ("critic_optimizer.safetensors".into(), checkpoint::optimizer_bytes(&c.model, &c.opt)?),
+            ],
+            None => vec![("value_head.safetensors".into(), value_head_bytes(&self.policy)?)],
+        };
+        checkpoint::save_with(out, &self.policy, &self.opt, &state, self.io.tokenizer, &extra)
+    }
+
+    /// Refuses a non-finite policy; with an output directory saves it in HF layout with its
+    /// value head beside it, or the critic (HF layout, score head untouched) in `critic/`.
+    pub fn finish(self) -> Result<(Model<B>, PpoSummary), TrainError> {
+        ensure_finite(&self.policy, self.cfg.iterations)?;
+        let Some(out) = self.out else { return Ok((self.policy, self.summary)) };
+        let dtype = self.cfg.save_dtype.unwrap_or(self.policy.cfg.dtype);
+        let max_shard = okapi_model::DEFAULT_MAX_SHARD_BYTES;
+        self.policy.save(out, dtype, max_shard, self.io.tokenizer)?;
+        match &self.critic {
+            Some(c) => {
+                let dir = out.join("critic");
+                c.model.save(&dir, dtype, max_shard, self.io.tokenizer)?;
+                okapi_model::weights::write_atomic(&dir.join("value_head.safetensors"), &value_head_bytes(&c.model)?)?;
+            }
+            None => okapi_model::weights::write_atomic(&out.join("value_head.safetensors"), &value_head_bytes(&self.policy)?)?,
+        }
+        Ok((self.policy, self.summary))
+    }
+}
+
+/// The prompts and the settings that decide which rollouts an iteration draws.
+fn data_fingerprint(prompts: &[Vec<u32>], cfg: &PpoConfig) -> String {
+    let mut f = checkpoint::Fnv::default();
+    for p in prompts {
+        f.add(p.len() as u64);
+        p.iter().for_each(|&x| f.add(x as u64));
+    }
+    [cfg.rollouts, cfg.chunk_size, cfg.ppo_epochs, cfg.minibatch].iter().for_each(|&x| f.add(x as u64));
+    f.hex()
+}
+
+fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len().max(1) as f64;
+    let m = x.iter().sum::<f64>() / n;
+    (m, (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n).sqrt())
+}

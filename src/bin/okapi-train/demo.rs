@@ -1,0 +1,307 @@
+//! `okapi-train demo`: the whole Okapi pipeline on the bundled multilingual data, on the CPU by
+//! default — train a tokenizer, init the `tiny` LLaMA, fine-tune on every language, show the
+//! loss falling and responses to held-out instructions in three scripts, then a reward model and
+//! PPO (or DPO) and the m_arc table per language before and after.
+
+use super::train_flags::args_json;
+use okapi_data::assets::{self, Asset};
+use okapi_data::bpe::{save_tokenizer, train_bpe};
+use okapi_data::template::{OKAPI_PROMPT_INPUT, OKAPI_PROMPT_NO_INPUT};
+use okapi_data::{encode_example, load_instructions, Example, InstructRecord, PromptTemplate, SftEncoding, Tokenizer};
+use okapi_model::{preset_config, Arch, DType, Model};
+use okapi_rlhf::ppo::{add_value_head, PpoIo};
+use okapi_rlhf::trainer::Objective;
+use okapi_rlhf::{generate, run_ppo, run_sft, train, AdamWConfig, PpoConfig, PpoModels, RunDir, Sampling, TrainConfig};
+use okapi_runtime::{Backend, BackendKind};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Working directory for the data, tokenizer and models
+    #[arg(long, default_value = "okapi-demo")]
+    pub out: PathBuf,
+    /// Compute backend: auto, cpu, wgpu or cuda
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
+    /// SFT epochs over the bundled data
+    #[arg(long, default_value_t = 8)]
+    pub epochs: u64,
+    /// RLHF after SFT: ppo (Okapi: reward model + PPO), dpo, or none
+    #[arg(long, default_value = "ppo")]
+    pub method: String,
+    /// PPO iterations
+    #[arg(long, default_value_t = 6)]
+    pub ppo_iterations: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Languages whose last record is held out and answered at the end: Latin, Cyrillic, Han.
+const SHOWCASE: [&str; 3] = ["vi", "ru", "zh"];
+const VOCAB: usize = 3072;
+const MAX_LEN: usize = 192;
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", p.display())
+}
+
+fn err(e: impl ToString) -> String {
+    e.to_string()
+}
+
+pub fn run(a: DemoArgs) -> Result<(), String> {
+    if !matches!(a.method.as_str(), "ppo" | "dpo" | "none") {
+        return Err(format!("--method {}: expected ppo, dpo or none", a.method));
+    }
+    super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
+}
+
+/// What the demo's stages share.
+struct Demo<'a, B: Backend> {
+    a: &'a DemoArgs,
+    be: B,
+    tok: Tokenizer,
+    tok_path: PathBuf,
+    eos: u32,
+    pad: u32,
+    tpl: PromptTemplate,
+    /// the demo's summary, one line per stage
+    report: Vec<String>,
+}
+
+fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
+    let t0 = Instant::now();
+    let (files, records, held_out) = sft_files(a)?;
+    let (tok, tok_path) = tokenizer(a, &records)?;
+    let mut demo = Demo { a, be, tok, tok_path, eos: 0, pad: 0, tpl: PromptTemplate::okapi(), report: Vec::new() };
+    let (model, init_dir) = demo.init_model()?;
+    let sft_dir = demo.sft(model, &records, &files, &init_dir, t0)?;
+    let tuned = Model::load(demo.be.clone(), &sft_dir).map_err(err)?;
+    demo.showcase(&tuned, &held_out)?;
+    let arc_before = eval_arc(&tuned, &demo.tok, "after SFT")?;
+    demo.report.push(format!("ARC      0-shot acc after SFT: {arc_before:.3} (chance ≈ 0.26; a 1.6M-parameter model is not expected to beat it)"));
+    let tuned_dir = match a.method.as_str() {
+        "ppo" => Some(demo.rlhf_ppo(&sft_dir)?),
+        "dpo" => Some(demo.rlhf_dpo(&sft_dir)?),
+        _ => None,
+    };
+    if let Some(dir) = tuned_dir {
+        let rl = Model::load(demo.be.clone(), &dir).map_err(err)?;
+        let after = eval_arc(&rl, &demo.tok, &format!("after {}", a.method.to_uppercase()))?;
+        demo.report.push(format!("ARC      0-shot acc after {}: {after:.3}", a.method.to_uppercase()));
+    }
+    println!("\n== okapi demo summary ==");
+    for line in &demo.report {
+        println!("{line}");
+    }
+    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/)", t0.elapsed().as_secs_f64(), a.out.display());
+    Ok(())
+}
+
+/// The bundled SFT data as Okapi files, minus the showcase languages' last records (returned).
+fn sft_files(a: &DemoArgs) -> Result<(Vec<PathBuf>, Vec<InstructRecord>, Vec<InstructRecord>), String> {
+    let data_dir = a.out.join("data/sft");
+    std::fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
+    let (mut files, mut held_out) = (Vec::new(), Vec::new());
+    for Asset { lang, text, .. } in assets::SFT {
+        let path = data_dir.join(format!("{lang}.json"));
+        let mut recs: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| format!("bundled sft/{lang}.json: {e}"))?;
+        if SHOWCASE.contains(lang) {
+            let last = recs.pop().expect("bundled files are not empty");
+            let field = |k: &str| last.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            held_out.push(InstructRecord { instruction: field("instruction"), input: field("input"), output: field("output"), lang: Some(lang.to_string()), id: None, origin: format!("sft/{lang}.json") });
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&recs).expect("JSON values serialise")).map_err(io(&path))?;
+        files.push(path);
+    }
+    let (records, stats) = load_instructions(&files, None, true).map_err(err)?;
+    println!("okapi demo: {} languages, {} ({} held out)", assets::SFT.len(), stats.summary(), held_out.len());
+    Ok((files, records, held_out))
+}
+
+/// A byte-level BPE tokenizer on the data (and the prompt template it will encode).
+fn tokenizer(a: &DemoArgs, records: &[InstructRecord]) -> Result<(Tokenizer, PathBuf), String> {
+    let mut texts: Vec<String> = records.iter().flat_map(|r| [r.instruction.clone(), r.input.clone(), r.output.clone()]).filter(|t| !t.is_empty()).collect();
+    texts.extend([OKAPI_PROMPT_INPUT, OKAPI_PROMPT_NO_INPUT].iter().map(|s| s.to_string()));
+    let tok_path = a.out.join("tokenizer.json");
+    let bpe = train_bpe(&texts, VOCAB).map_err(err)?;
+    save_tokenizer(&bpe, &tok_path).map_err(err)?;
+    let tok = Tokenizer::load(&tok_path).map_err(err)?;
+    println!("tokenizer: byte-level BPE, {} tokens", tok.vocab_size());
+    Ok((tok, tok_path))
+}
+
+/// The demo's training settings: AdamW (β₂ 0.95), cosine, clip 1.0, saved in f32.
+fn demo_train_cfg(a: &DemoArgs, epochs: u64, batch: usize, lr: f64, warmup: u64, eval_every: Option<u64>) -> TrainConfig {
+    TrainConfig { epochs, batch_size: batch, lr, warmup_steps: warmup, adam: AdamWConfig { weight_decay: 0.0, ..TrainConfig::sft().adam }, max_len: MAX_LEN, seed: a.seed, eval_every, save_dtype: Some(DType::F32), log_every: 5, ..TrainConfig::sft() }
+}
+
+impl<B: Backend> Demo<'_, B> {
+    /// The tiny LLaMA on the tokenizer's vocabulary, initialised as transformers does.
+    fn init_model(&mut self) -> Result<(Model<B>, PathBuf), String> {
+        let mut cfg = preset_config(Arch::Llama, "tiny", Some(self.tok.vocab_size()), 512).map_err(err)?;
+        for (key, token) in [("bos_token_id", "<s>"), ("eos_token_id", "</s>"), ("pad_token_id", "<pad>")] {
+            cfg.raw[key] = self.tok.token_to_id(token).expect("okapi tokenizers carry the special tokens").into();
+        }
+        let cfg = okapi_model::ModelConfig::from_value(cfg.raw.clone(), cfg.path.clone()).map_err(err)?;
+        (self.eos, self.pad) = (cfg.eos_token_id.expect("set above"), cfg.pad_token_id.expect("set above"));
+        let model = Model::init(self.be.clone(), cfg, self.a.seed);
+        let init_dir = self.a.out.join("init");
+        model.save(&init_dir, DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(&self.tok_path)).map_err(err)?;
+        println!("model: tiny LLaMA, {} parameters, on {}", model.n_params(), self.be.name());
+        Ok((model, init_dir))
+    }
+
+    /// SFT on every language; returns the tuned model's directory.
+    fn sft(&mut self, model: Model<B>, records: &[InstructRecord], files: &[PathBuf], init_dir: &Path, t0: Instant) -> Result<PathBuf, String> {
+        let enc = SftEncoding { max_len: MAX_LEN, mask_prompt: true, eos: self.eos };
+        let mut examples: Vec<Example> = Vec::new();
+        for r in records {
+            examples.extend(encode_example(&self.tok, &self.tpl, r, &enc).map_err(err)?);
+        }
+        let cfg = TrainConfig { adam: AdamWConfig { weight_decay: 0.05, ..TrainConfig::sft().adam }, log_every: 10, ..demo_train_cfg(self.a, self.a.epochs, 8, 3e-3, 10, None) };
+        let sft_dir = self.a.out.join("sft");
+        std::fs::create_dir_all(&sft_dir).map_err(io(&sft_dir))?;
+        let extra = serde_json::json!({ "model": init_dir, "data": files });
+        super::sft::write_json(&sft_dir.join("args.json"), &args_json("demo sft", &cfg, extra))?;
+        let ln_v = (self.tok.vocab_size() as f64).ln();
+        println!("sft: {} examples, {} epochs, batch 8, lr 3e-3 cosine; loss starts near ln V = {ln_v:.2}", examples.len(), self.a.epochs);
+        let (_, summary) = run_sft(model, examples, vec![], &cfg, Some(RunDir { dir: &sft_dir, tokenizer: Some(&self.tok_path) })).map_err(err)?;
+        let (l0, l1) = first_last_mean(&summary.history, "loss", 10);
+        println!("sft: {} steps in {:.0} s; loss {:.3} → {:.3} (mean of the first and last 10 steps: {l0:.3} → {l1:.3})", summary.steps, t0.elapsed().as_secs_f64(), summary.first_loss.unwrap_or(f64::NAN), summary.last_loss.unwrap_or(f64::NAN));
+        self.report.push(format!("SFT      loss {l0:.2} → {l1:.2} (ln V = {ln_v:.2})"));
+        Ok(sft_dir)
+    }
+
+    /// Responses to the held-out instructions, beside their references.
+    fn showcase(&self, tuned: &Model<B>, held_out: &[InstructRecord]) -> Result<(), String> {
+        let prompts: Vec<Vec<u32>> = held_out.iter().map(|r| self.tok.encode(&self.tpl.prompt(&r.instruction, &r.input), true)).collect::<Result<_, _>>().map_err(err)?;
+        // a 1.6M-parameter model that saw 350 examples: greedy decoding loops, light sampling reads better
+        let sampling = Sampling { temperature: 0.7, top_p: 0.9, top_k: 40, max_new_tokens: 40, seed: self.a.seed };
+        let gens = generate(tuned, &prompts, &sampling, Some(self.eos)).map_err(err)?;
+        for (r, g) in held_out.iter().zip(&gens) {
+            let ids: Vec<u32> = g.tokens.iter().copied().filter(|&t| t != self.eos).collect();
+            let text = self.tok.decode(&ids, true).map_err(err)?;
+            let input = if r.input.is_empty() { String::new() } else { format!("\n     ### Input: {}", r.input) };
+            println!("\n[{}] ### Instruction: {}{input}", r.lang.as_deref().unwrap_or("?"), r.instruction);
+            println!("     ### Response: {}", text.trim());
+            println!("     (reference: {})", r.output);
+        }
+        Ok(())
+    }
+
+    /// The bundled ranking data as Okapi files, tokenized into prompt groups, split 85 / 15.
+    fn ranking_groups(&self) -> Result<(Vec<okapi_data::PromptGroup>, Vec<okapi_data::PromptGroup>), String> {
+        let files = write_assets(&self.a.out.join("data/ranking"), assets::RANKING)?;
+        let (recs, _) = okapi_data::load_rankings(&files, None).map_err(err)?;
+        let enc = SftEncoding { max_len: MAX_LEN, mask_prompt: true, eos: self.eos };
+        let mut groups = Vec::new();
+        for r in &recs {
+            groups.extend(okapi_data::encode_group(&self.tok, &self.tpl, r, &enc).map_err(err)?);
+        }
+        Ok(okapi_rlhf::split_val(groups, 0.15, self.a.seed))
+    }
+
+    /// Reward model on the bundled rankings, then PPO on the bundled RL prompts; returns the
+    /// policy's directory.
+    fn rlhf_ppo(&mut self, sft_dir: &Path) -> Result<PathBuf, String> {
+        let t = Instant::now();
+        let (train_g, val_g) = self.ranking_groups()?;
+        let pairs = |g: &[okapi_data::PromptGroup]| g.iter().map(|g| g.pairs.len()).sum::<usize>();
+        println!("\nreward model: {} training / {} held-out prompts ({} / {} pairs), from the SFT model", train_g.len(), val_g.len(), pairs(&train_g), pairs(&val_g));
+        let rm0 = Model::load_reward(self.be.clone(), sft_dir, self.a.seed).map_err(err)?;
+        let cfg = TrainConfig { warmup_steps: 2, ..demo_train_cfg(self.a, 2, 8, 1e-3, 2, Some(8)) };
+        let mut obj = okapi_rlhf::RewardObjective::new(&rm0, train_g, val_g, cfg.batch_size, self.pad, 0.0);
+        let rm_dir = self.a.out.join("rm");
+        let (rm, s) = train(rm0, &mut obj, &cfg, Some(RunDir { dir: &rm_dir, tokenizer: Some(&self.tok_path) })).map_err(err)?;
+        let val_acc = obj.validate(&rm).map_err(err)?.and_then(|m| m.get("val_accuracy").and_then(|v| v.as_f64())).unwrap_or(f64::NAN);
+        println!("reward model: {} steps in {:.0} s, train accuracy {}, held-out pairwise accuracy {val_acc:.3} (chance 0.5)", s.steps, t.elapsed().as_secs_f64(), s.last_extra.get("accuracy").map(|v| v.to_string()).unwrap_or_default());
+        self.report.push(format!("RM       held-out pairwise accuracy {val_acc:.3} (chance 0.500)"));
+        self.ppo(sft_dir, &rm)
+    }
+
+    /// PPO of the SFT model against `rm` on the bundled RL prompts.
+    fn ppo(&mut self, sft_dir: &Path, rm: &Model<B>) -> Result<PathBuf, String> {
+        let t = Instant::now();
+        let files = write_assets(&self.a.out.join("data/rl"), assets::RL_PROMPTS)?;
+        let (recs, _) = load_instructions(&files, None, false).map_err(err)?;
+        let prompts: Vec<Vec<u32>> = recs.iter().map(|r| self.tok.encode(&self.tpl.prompt(&r.instruction, &r.input), true)).collect::<Result<_, _>>().map_err(err)?;
+        let mut policy = Model::load(self.be.clone(), sft_dir).map_err(err)?;
+        let reference = Model::load(self.be.clone(), sft_dir).map_err(err)?;
+        add_value_head(&mut policy, self.a.seed);
+        let base = PpoConfig::defaults();
+        let cfg = PpoConfig {
+            iterations: self.a.ppo_iterations,
+            rollouts: 32,
+            sampling: Sampling { max_new_tokens: 32, seed: self.a.seed, ..base.sampling.clone() },
+            lr: 2e-4,
+            seed: self.a.seed,
+            samples_every: 2,
+            save_dtype: Some(DType::F32),
+            ..base
+        };
+        println!("\nppo: {} prompts in 27 languages, {} iterations of {} rollouts (≤ {} new tokens), 4 PPO epochs, adaptive KL (β₀ 0.1, target 6)", prompts.len(), cfg.iterations, cfg.rollouts, cfg.sampling.max_new_tokens);
+        let decode = |ids: &[u32]| self.tok.decode(ids, true).unwrap_or_default();
+        let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
+        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path) };
+        let out = self.a.out.join("ppo");
+        let (_, s) = run_ppo(PpoModels { policy, reference: &reference, reward: rm, critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
+        let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
+        let kmax = s.kls.iter().cloned().fold(0.0, f64::max);
+        println!("ppo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}, KL to the SFT model at most {kmax:.3}", s.iterations, t.elapsed().as_secs_f64());
+        self.report.push(format!("PPO      mean reward {s0:.3} → {s1:.3} over {} iterations; KL ≤ {kmax:.3} nats", s.iterations));
+        Ok(out)
+    }
+
+    /// DPO on the bundled rankings instead of RM + PPO; returns the policy's directory.
+    fn rlhf_dpo(&mut self, sft_dir: &Path) -> Result<PathBuf, String> {
+        let t = Instant::now();
+        let (train_g, val_g) = self.ranking_groups()?;
+        let policy = Model::load(self.be.clone(), sft_dir).map_err(err)?;
+        let cfg = demo_train_cfg(self.a, 2, 8, 3e-4, 2, Some(5));
+        println!("\ndpo: {} training / {} held-out prompts, β 0.1", train_g.len(), val_g.len());
+        let mut obj = okapi_rlhf::DpoObjective::new(&policy, train_g, val_g, cfg.batch_size, self.pad, 0.1).map_err(err)?;
+        let out = self.a.out.join("dpo");
+        let (_, s) = train(policy, &mut obj, &cfg, Some(RunDir { dir: &out, tokenizer: Some(&self.tok_path) })).map_err(err)?;
+        let va = s.val.as_ref().and_then(|v| v.get("val_reward_accuracy")).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let (l0, l1) = (s.first_loss.unwrap_or(f64::NAN), s.last_loss.unwrap_or(f64::NAN));
+        println!("dpo: {} steps in {:.0} s, loss {l0:.3} → {l1:.3}, held-out reward accuracy {va:.3}", s.steps, t.elapsed().as_secs_f64());
+        self.report.push(format!("DPO      loss {l0:.3} → {l1:.3}; held-out reward accuracy {va:.3} (chance 0.500)"));
+        Ok(out)
+    }
+}
+
+/// Writes bundled assets as `{lang}.json` files into `dir`.
+fn write_assets(dir: &Path, set: &[Asset]) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut files = Vec::new();
+    for Asset { lang, text, .. } in set {
+        let p = dir.join(format!("{lang}.json"));
+        std::fs::write(&p, text).map_err(io(&p))?;
+        files.push(p);
+    }
+    Ok(files)
+}
+
+/// Mean of the first and of the last `k` values of a metric over a run's metrics lines.
+fn first_last_mean(history: &[serde_json::Value], key: &str, k: usize) -> (f64, f64) {
+    let vals: Vec<f64> = history.iter().filter_map(|l| l.get(key)?.as_f64()).collect();
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let k = k.min(vals.len()).max(1);
+    (mean(&vals[..k.min(vals.len())]), mean(&vals[vals.len().saturating_sub(k)..]))
+}
+
+/// Zero-shot m_arc on the bundled sets of 8 languages: prints the per-language table, returns
+/// the overall accuracy.
+fn eval_arc<B: Backend>(model: &Model<B>, tok: &Tokenizer, when: &str) -> Result<f64, String> {
+    use okapi_rlhf::eval::{bundled_sources, formats::Task, run_eval, EvalConfig};
+    let cfg = EvalConfig { num_fewshot: Some(0), ..EvalConfig::new(Task::Arc) };
+    let r = run_eval(model, tok, &cfg, &bundled_sources(Task::Arc), &[]).map_err(err)?;
+    println!("\nm_arc, 0-shot, {when} ({} items in {:.1} s):", r.items.len(), r.seconds);
+    println!("{}", r.table());
+    Ok(r.overall.acc.mean)
+}

@@ -1,0 +1,343 @@
+//! `okapi-train ppo`: PPO against a reward model (Okapi's RLHF stage). Every setting flag is
+//! optional: unset, it takes okapi-train's default or, with `--recipe okapi`, Okapi's value
+//! (okapi-rlhf's `PpoConfig::defaults` / `PpoConfig::okapi`).
+
+use super::sft::write_json;
+use super::train_flags::{annotate_arg, parse_betas, Recipe};
+use okapi_data::{load_instructions, PromptTemplate, Tokenizer};
+use okapi_model::{DType, Model};
+use okapi_rlhf::ppo::{add_value_head, Critic, PpoIo};
+use okapi_rlhf::{run_ppo, AdamWConfig, PpoConfig, PpoModels, TrainError};
+use okapi_runtime::{Backend, BackendKind};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct PpoArgs {
+    /// The SFT policy to tune (also the frozen reference)
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The reward model (okapi-train reward's output)
+    #[arg(long)]
+    pub reward: PathBuf,
+    /// RL prompt files: Okapi instruction records (instruction, input; output ignored)
+    #[arg(long, num_args = 1.., required = true)]
+    pub prompts: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: okapi_runtime::Precision,
+    /// Settings of the flags left unset: default (okapi-train's) or okapi (Okapi's published run)
+    #[arg(long, value_enum, default_value_t = Recipe::Default)]
+    pub recipe: Recipe,
+    /// PPO iterations (rollouts + update)
+    #[arg(long)]
+    pub iterations: Option<u64>,
+    /// Rollouts per iteration
+    #[arg(long)]
+    pub rollouts: Option<usize>,
+    /// Sequences generated and scored at once
+    #[arg(long)]
+    pub chunk_size: Option<usize>,
+    /// Passes over each iteration's rollouts
+    #[arg(long)]
+    pub ppo_epochs: Option<usize>,
+    /// Rollouts per optimizer step
+    #[arg(long)]
+    pub ppo_batch_size: Option<usize>,
+    /// Sampling temperature
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass (1: off)
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Top-k sampling (0: off)
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// New tokens per response at most
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Prompts longer than this many tokens are skipped (and counted)
+    #[arg(long)]
+    pub max_prompt_len: Option<usize>,
+    /// Initial KL coefficient β₀
+    #[arg(long)]
+    pub init_kl_coef: Option<f64>,
+    /// Target KL of the adaptive controller, or `none` for a fixed β
+    #[arg(long)]
+    pub kl_target: Option<String>,
+    /// Horizon of the adaptive KL controller
+    #[arg(long)]
+    pub kl_horizon: Option<f64>,
+    /// Discount γ
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// GAE λ
+    #[arg(long)]
+    pub lam: Option<f64>,
+    /// Policy ratio clip range
+    #[arg(long)]
+    pub cliprange: Option<f64>,
+    /// Value clip range
+    #[arg(long)]
+    pub cliprange_value: Option<f64>,
+    /// Weight of the value loss
+    #[arg(long)]
+    pub vf_coef: Option<f64>,
+    /// Scores are clipped to ±this
+    #[arg(long)]
+    pub reward_clip: Option<f32>,
+    /// Learning rate
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW's B1,B2
+    #[arg(long)]
+    pub adam_betas: Option<String>,
+    /// AdamW's epsilon
+    #[arg(long)]
+    pub adam_eps: Option<f32>,
+    /// Decoupled weight decay, on tensors with ≥ 2 dims only
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Clip the global gradient norm (0 = no clipping)
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Train only the top N blocks, the final norm, the value head
+    #[arg(long)]
+    pub unfrozen_layers: Option<usize>,
+    /// shared: a value head on the policy's trunk (default); separate: a critic from the reward model
+    #[arg(long, default_value = "shared")]
+    pub critic: String,
+    /// Score with a reward model whose tokenizer differs from the policy's by re-tokenizing text
+    #[arg(long)]
+    pub retokenize: bool,
+    /// Only these languages, e.g. vi,ar,hi
+    #[arg(long)]
+    pub langs: Option<String>,
+    /// Seed of the prompt order, the samples and the value head
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Checkpoint every N iterations into OUT/checkpoint
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Continue a run from OUT (or OUT/checkpoint) exactly where its last checkpoint stopped
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write a few samples to samples.jsonl every N iterations
+    #[arg(long)]
+    pub samples_every: Option<u64>,
+    /// dtype of the saved policy: f32, bf16 or f16 (default: the input checkpoint's)
+    #[arg(long)]
+    pub save_dtype: Option<String>,
+    /// Print a progress line every N iterations
+    #[arg(long)]
+    pub log_every: Option<u64>,
+}
+
+fn err(e: impl ToString) -> String {
+    e.to_string()
+}
+
+fn base(recipe: Recipe) -> PpoConfig {
+    match recipe {
+        Recipe::Default => PpoConfig::defaults(),
+        Recipe::Okapi => PpoConfig::okapi(),
+    }
+}
+
+impl PpoArgs {
+    /// The recipe with every flag that is set applied over it, each validated.
+    fn resolve(&self) -> Result<PpoConfig, String> {
+        let r = base(self.recipe);
+        let mut c = PpoConfig {
+            iterations: self.iterations.unwrap_or(r.iterations),
+            rollouts: self.rollouts.unwrap_or(r.rollouts),
+            chunk_size: self.chunk_size.unwrap_or(r.chunk_size),
+            ppo_epochs: self.ppo_epochs.unwrap_or(r.ppo_epochs),
+            minibatch: self.ppo_batch_size.unwrap_or(r.minibatch),
+            max_prompt_len: self.max_prompt_len.unwrap_or(r.max_prompt_len),
+            gamma: self.gamma.unwrap_or(r.gamma),
+            lam: self.lam.unwrap_or(r.lam),
+            reward_clip: self.reward_clip.unwrap_or(r.reward_clip),
+            lr: self.lr.unwrap_or(r.lr),
+            max_grad_norm: self.max_grad_norm.unwrap_or(r.max_grad_norm),
+            unfrozen_layers: self.unfrozen_layers.or(r.unfrozen_layers),
+            seed: self.seed.unwrap_or(r.seed),
+            save_every: self.save_every.or(r.save_every),
+            resume: self.resume.clone(),
+            samples_every: self.samples_every.unwrap_or(r.samples_every),
+            save_dtype: self.save_dtype.as_deref().map(|s| DType::parse(s).ok_or_else(|| format!("--save-dtype {s}: expected f32, bf16 or f16"))).transpose()?,
+            log_every: self.log_every.unwrap_or(r.log_every),
+            ..r.clone()
+        };
+        let s = &mut c.sampling;
+        (s.temperature, s.top_p, s.top_k, s.max_new_tokens) = (self.temperature.unwrap_or(s.temperature), self.top_p.unwrap_or(s.top_p), self.top_k.unwrap_or(s.top_k), self.max_new_tokens.unwrap_or(s.max_new_tokens));
+        s.seed = c.seed;
+        s.validate().map_err(|e| format!("--{e}"))?;
+        c.kl.beta = self.init_kl_coef.unwrap_or(r.kl.beta);
+        c.kl.horizon = self.kl_horizon.unwrap_or(r.kl.horizon);
+        c.kl.target = match self.kl_target.as_deref() {
+            None => r.kl.target,
+            Some("none") => None,
+            Some(s) => Some(s.parse::<f64>().ok().filter(|t| *t > 0.0).ok_or_else(|| format!("--kl-target {s}: expected a positive number or `none`"))?),
+        };
+        c.loss.cliprange = self.cliprange.unwrap_or(r.loss.cliprange);
+        c.loss.cliprange_value = self.cliprange_value.unwrap_or(r.loss.cliprange_value);
+        c.loss.vf_coef = self.vf_coef.unwrap_or(r.loss.vf_coef);
+        let (beta1, beta2) = self.adam_betas.as_deref().map(parse_betas).transpose()?.unwrap_or((r.adam.beta1, r.adam.beta2));
+        c.adam = AdamWConfig { beta1, beta2, eps: self.adam_eps.unwrap_or(r.adam.eps), weight_decay: self.weight_decay.unwrap_or(r.adam.weight_decay) };
+        if c.rollouts == 0 || c.chunk_size == 0 || c.minibatch == 0 || c.ppo_epochs == 0 || c.iterations == 0 {
+            return Err("--rollouts, --chunk-size, --ppo-batch-size, --ppo-epochs and --iterations must be at least 1".into());
+        }
+        Ok(c)
+    }
+}
+
+/// The values `--help` shows, by argument id.
+fn shown(c: &PpoConfig) -> Vec<(&'static str, String)> {
+    vec![
+        ("iterations", c.iterations.to_string()),
+        ("rollouts", c.rollouts.to_string()),
+        ("chunk_size", c.chunk_size.to_string()),
+        ("ppo_epochs", c.ppo_epochs.to_string()),
+        ("ppo_batch_size", c.minibatch.to_string()),
+        ("temperature", c.sampling.temperature.to_string()),
+        ("top_p", c.sampling.top_p.to_string()),
+        ("top_k", c.sampling.top_k.to_string()),
+        ("max_new_tokens", c.sampling.max_new_tokens.to_string()),
+        ("max_prompt_len", c.max_prompt_len.to_string()),
+        ("init_kl_coef", c.kl.beta.to_string()),
+        ("kl_target", c.kl.target.map_or("none".into(), |t| t.to_string())),
+        ("kl_horizon", c.kl.horizon.to_string()),
+        ("gamma", c.gamma.to_string()),
+        ("lam", c.lam.to_string()),
+        ("cliprange", c.loss.cliprange.to_string()),
+        ("cliprange_value", c.loss.cliprange_value.to_string()),
+        ("vf_coef", c.loss.vf_coef.to_string()),
+        ("reward_clip", c.reward_clip.to_string()),
+        ("lr", format!("{:e}", c.lr)),
+        ("adam_betas", format!("{},{}", c.adam.beta1, c.adam.beta2)),
+        ("adam_eps", format!("{:e}", c.adam.eps)),
+        ("weight_decay", c.adam.weight_decay.to_string()),
+        ("max_grad_norm", c.max_grad_norm.to_string()),
+        ("unfrozen_layers", c.unfrozen_layers.map_or("all".into(), |n| n.to_string())),
+        ("seed", c.seed.to_string()),
+        ("samples_every", c.samples_every.to_string()),
+        ("log_every", c.log_every.to_string()),
+    ]
+}
+
+/// `ppo --help` with each default and Okapi's value where it differs.
+pub fn annotate(mut cmd: clap::Command) -> clap::Command {
+    let okapi = shown(&PpoConfig::okapi());
+    for ((id, d), (_, o)) in shown(&PpoConfig::defaults()).iter().zip(&okapi) {
+        cmd = annotate_arg(cmd, id, d, Some(o));
+    }
+    cmd
+}
+
+pub fn run(a: PpoArgs) -> Result<(), String> {
+    super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
+}
+
+/// The two tokenizers, refusing different ones unless `--retokenize`.
+fn tokenizers(a: &PpoArgs) -> Result<(Tokenizer, Tokenizer, bool), String> {
+    let tok = Tokenizer::load(&a.policy).map_err(err)?;
+    let rm_tok = Tokenizer::load(&a.reward).map_err(err)?;
+    // the same tokenizer: same vocabulary, merges, pre- and post-processing
+    let same = tok.inner().to_string(false).ok() == rm_tok.inner().to_string(false).ok();
+    if !same && !a.retokenize {
+        return Err(format!("{}: the reward model's tokenizer differs from the policy's ({}): pass --retokenize to score responses by their text", rm_tok.path.display(), tok.path.display()));
+    }
+    if !same && a.critic == "separate" {
+        return Err("--critic separate needs the reward model to share the policy's tokenizer (the critic reads the policy's tokens)".into());
+    }
+    Ok((tok, rm_tok, same))
+}
+
+/// The templated prompts that fit, with the counts in one line.
+fn load_prompts<B: Backend>(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &Model<B>) -> Result<Vec<Vec<u32>>, String> {
+    let langs = a.langs.as_deref().map(okapi_data::parse_langs).transpose()?;
+    let (records, stats) = load_instructions(&a.prompts, langs.as_deref(), false).map_err(err)?;
+    let tpl = PromptTemplate::okapi();
+    let limit = policy.cfg.max_positions.map_or(cfg.max_prompt_len, |m| cfg.max_prompt_len.min(m.saturating_sub(1)));
+    let (mut prompts, mut too_long) = (Vec::new(), 0);
+    for r in &records {
+        let ids = tok.encode(&tpl.prompt(&r.instruction, &r.input), true).map_err(err)?;
+        if ids.len() > limit {
+            too_long += 1;
+        } else {
+            prompts.push(ids);
+        }
+    }
+    eprintln!("ppo: {}; {too_long} prompts longer than {} tokens (skipped); {} prompts", stats.summary(), cfg.max_prompt_len, prompts.len());
+    if prompts.is_empty() {
+        return Err("no RL prompts after filtering".into());
+    }
+    Ok(prompts)
+}
+
+fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
+    if !matches!(a.critic.as_str(), "shared" | "separate") {
+        return Err(format!("--critic {}: expected shared (a value head on the policy's trunk) or separate (a critic initialised from the reward model)", a.critic));
+    }
+    let cfg = a.resolve()?;
+    let (tok, rm_tok, same_tokenizer) = tokenizers(a)?;
+    let mut policy = Model::load(be.clone(), &a.policy).map_err(err)?;
+    policy.lm_head().map_err(err)?;
+    let reference = Model::load(be.clone(), &a.policy).map_err(err)?;
+    let rm = Model::load(be.clone(), &a.reward).map_err(err)?;
+    if rm.score.is_none() {
+        return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
+    }
+    let eos = policy.cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy.cfg.path.display()))?;
+    let pad = policy.cfg.pad_token_id.unwrap_or(eos);
+    let rm_eos = rm.cfg.eos_token_id.unwrap_or(eos);
+    let rm_pad = rm.cfg.pad_token_id.unwrap_or(rm_eos);
+    let critic = match a.critic.as_str() {
+        "separate" => Some(Critic::from_reward_model(Model::load(be.clone(), &a.reward).map_err(err)?, cfg.unfrozen_layers).map_err(err)?),
+        _ => {
+            add_value_head(&mut policy, cfg.seed);
+            None
+        }
+    };
+    let prompts = load_prompts(a, &cfg, &tok, &policy)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    write_json(&a.out.join("args.json"), &args_json(a, &cfg))?;
+    let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
+    let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, TrainError> {
+        if same_tokenizer {
+            return Ok(p.iter().chain(r).copied().collect());
+        }
+        // by text: the prompt with the RM's special tokens, the response without, EOS if it ended
+        let mut ids = rm_tok.encode(&tok.decode(p, true)?, true)?;
+        ids.extend(rm_tok.encode(&tok.decode(r, true)?, false)?);
+        if r.last() == Some(&eos) {
+            ids.push(rm_eos);
+        }
+        Ok(ids)
+    };
+    let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: Some(&tok.path) };
+    let models = PpoModels { policy, reference: &reference, reward: &rm, critic };
+    let (_, s) = run_ppo(models, &prompts, &cfg, &io, Some(&a.out)).map_err(err)?;
+    let first = |v: &[f64]| v.first().copied().unwrap_or(f64::NAN);
+    let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
+    eprintln!("ppo: {} iterations, mean score {:.3} → {:.3}, KL {:.3} → {:.3}; policy and value_head.safetensors saved in {}", s.iterations, first(&s.scores), last(&s.scores), first(&s.kls), last(&s.kls), a.out.display());
+    Ok(())
+}
+
+/// `args.json`: the command line and the resolved settings.
+fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
+    serde_json::json!({
+        "command": "ppo", "argv": std::env::args().collect::<Vec<_>>(), "recipe": format!("{:?}", a.recipe).to_lowercase(),
+        "policy": a.policy, "reward": a.reward, "prompts": a.prompts, "critic": a.critic,
+        "iterations": c.iterations, "rollouts": c.rollouts, "chunk_size": c.chunk_size, "ppo_epochs": c.ppo_epochs, "ppo_batch_size": c.minibatch,
+        "temperature": c.sampling.temperature, "top_p": c.sampling.top_p, "top_k": c.sampling.top_k, "max_new_tokens": c.sampling.max_new_tokens,
+        "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
+        "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
+        "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed,
+    })
+}

@@ -1,0 +1,297 @@
+//! The train flags of `sft`, `reward` and `dpo`. Every setting flag is optional: unset, it
+//! takes the value of the command's recipe — okapi-train's defaults, or Okapi's published
+//! settings with `--recipe okapi` (okapi-rlhf's `TrainConfig::okapi_sft`, …). `--help` prints
+//! each default and, where it differs, Okapi's value ([`annotate`]).
+
+use okapi_data::{parse_langs, PromptTemplate};
+use okapi_model::DType;
+use okapi_rlhf::{AdamWConfig, ScheduleKind, TrainConfig};
+use okapi_runtime::{BackendKind, Precision};
+use std::path::PathBuf;
+
+/// Which settings unset flags take.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recipe {
+    /// okapi-train's defaults
+    #[default]
+    Default,
+    /// the settings Okapi published for this stage (its scripts, on 8 GPUs)
+    Okapi,
+}
+
+/// The training stage a set of train flags belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Sft,
+    Reward,
+    Dpo,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Sft => "sft",
+            Stage::Reward => "reward",
+            Stage::Dpo => "dpo",
+        }
+    }
+
+    /// The stage's settings under `recipe`.
+    pub fn config(self, recipe: Recipe) -> Result<TrainConfig, String> {
+        Ok(match (self, recipe) {
+            (Stage::Sft, Recipe::Default) => TrainConfig::sft(),
+            (Stage::Sft, Recipe::Okapi) => TrainConfig::okapi_sft(),
+            (Stage::Reward, Recipe::Default) => TrainConfig::reward(),
+            (Stage::Reward, Recipe::Okapi) => TrainConfig::okapi_reward(),
+            (Stage::Dpo, Recipe::Default) => TrainConfig::dpo(),
+            (Stage::Dpo, Recipe::Okapi) => return Err("--recipe okapi: Okapi has no DPO stage (its recipes are sft, reward and ppo); dpo's defaults are TRL's".into()),
+        })
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainFlags {
+    /// Compute backend: auto, cpu, wgpu or cuda
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendKind,
+    /// f32 (exact) or bf16 (matmul and attention on bf16 operands, fp32 accumulation; GPU backends)
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Settings of the flags left unset: default (okapi-train's) or okapi (Okapi's published recipe)
+    #[arg(long, value_enum, default_value_t = Recipe::Default)]
+    pub recipe: Recipe,
+    /// Passes over the training data
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Stop after this many optimizer steps (overrides --epochs)
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Examples (ranking data: prompts) per micro-batch
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// constant, linear or cosine (transformers' schedules, with warmup)
+    #[arg(long)]
+    pub lr_schedule: Option<ScheduleKind>,
+    /// Linear warmup steps
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Decoupled weight decay, on tensors with ≥ 2 dims only
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// AdamW's B1,B2
+    #[arg(long)]
+    pub adam_betas: Option<String>,
+    /// AdamW's epsilon
+    #[arg(long)]
+    pub adam_eps: Option<f32>,
+    /// Clip the global gradient norm (0 = no clipping)
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// Tokens per example (prompt + response + EOS), cut from the right
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Seed of the shuffles, the validation split and fresh heads
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Keep file order instead of a seeded shuffle each epoch
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Loss on the whole sequence (Okapi's original SFT) instead of the response only
+    #[arg(long, conflicts_with = "mask_prompt")]
+    pub no_mask_prompt: bool,
+    /// Loss on the response only (overrides a recipe's whole-sequence loss)
+    #[arg(long)]
+    pub mask_prompt: bool,
+    /// Train only the top N blocks, the final norm and the heads
+    #[arg(long)]
+    pub unfrozen_layers: Option<usize>,
+    /// Only these languages, e.g. vi,ar,hi (a record's `lang`, else its file name `{lang}.json`)
+    #[arg(long)]
+    pub langs: Option<String>,
+    /// Prompt template file (alpaca-lora JSON format: prompt_input, prompt_no_input)
+    #[arg(long)]
+    pub template: Option<PathBuf>,
+    /// Fraction of the examples held out for validation
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Validation loss every N steps
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Checkpoint (model + optimizer + data position) every N steps into OUT/checkpoint
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// dtype of the saved model: f32, bf16 or f16 (default: the input checkpoint's)
+    #[arg(long)]
+    pub save_dtype: Option<String>,
+    /// Continue a run from OUT (or OUT/checkpoint) exactly where it stopped
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Without a terminal, print a progress line every N steps
+    #[arg(long)]
+    pub log_every: Option<u64>,
+}
+
+/// `--adam-betas B1,B2`, each in [0, 1).
+pub fn parse_betas(s: &str) -> Result<(f32, f32), String> {
+    let parse = |x: &str| x.trim().parse::<f32>().ok().filter(|b| (0.0..1.0).contains(b));
+    match s.split(',').collect::<Vec<_>>().as_slice() {
+        [a, b] => match (parse(a), parse(b)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(format!("--adam-betas {s}: expected B1,B2 with each in [0, 1)")),
+        },
+        _ => Err(format!("--adam-betas {s}: expected two numbers B1,B2")),
+    }
+}
+
+impl TrainFlags {
+    pub fn langs(&self) -> Result<Option<Vec<String>>, String> {
+        self.langs.as_deref().map(parse_langs).transpose()
+    }
+
+    pub fn template(&self) -> Result<PromptTemplate, String> {
+        match &self.template {
+            None => Ok(PromptTemplate::okapi()),
+            Some(p) => PromptTemplate::load(p).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The stage's recipe with every flag that is set applied over it, each validated.
+    pub fn resolve(&self, stage: Stage) -> Result<TrainConfig, String> {
+        let r = stage.config(self.recipe)?;
+        let (beta1, beta2) = match &self.adam_betas {
+            None => (r.adam.beta1, r.adam.beta2),
+            Some(s) => parse_betas(s)?,
+        };
+        let save_dtype = match &self.save_dtype {
+            None => None,
+            Some(s) => Some(DType::parse(s).ok_or_else(|| format!("--save-dtype {s}: expected f32, bf16 or f16"))?),
+        };
+        let cfg = TrainConfig {
+            epochs: self.epochs.unwrap_or(r.epochs),
+            max_steps: self.max_steps.or(r.max_steps),
+            batch_size: self.batch_size.unwrap_or(r.batch_size),
+            grad_accum: self.grad_accum.unwrap_or(r.grad_accum),
+            lr: self.lr.unwrap_or(r.lr),
+            schedule: self.lr_schedule.unwrap_or(r.schedule),
+            warmup_steps: self.warmup_steps.unwrap_or(r.warmup_steps),
+            adam: AdamWConfig { beta1, beta2, eps: self.adam_eps.unwrap_or(r.adam.eps), weight_decay: self.weight_decay.unwrap_or(r.adam.weight_decay) },
+            max_grad_norm: self.max_grad_norm.unwrap_or(r.max_grad_norm),
+            max_len: self.max_len.unwrap_or(r.max_len),
+            mask_prompt: if self.no_mask_prompt { false } else { self.mask_prompt || r.mask_prompt },
+            val_fraction: self.val_fraction.unwrap_or(r.val_fraction),
+            unfrozen_layers: self.unfrozen_layers.or(r.unfrozen_layers),
+            seed: self.seed.unwrap_or(r.seed),
+            shuffle: !self.no_shuffle && r.shuffle,
+            eval_every: self.eval_every.or(r.eval_every),
+            save_every: self.save_every.or(r.save_every),
+            save_dtype,
+            log_every: self.log_every.unwrap_or(r.log_every),
+            resume: self.resume.clone(),
+        };
+        validate(&cfg)?;
+        Ok(cfg)
+    }
+}
+
+/// Refuses settings that cannot train, naming the flag.
+fn validate(c: &TrainConfig) -> Result<(), String> {
+    if c.batch_size == 0 || c.grad_accum == 0 {
+        return Err("--batch-size and --grad-accum must be at least 1".into());
+    }
+    if !(c.lr.is_finite() && c.lr >= 0.0) {
+        return Err(format!("--lr {}: expected a non-negative number", c.lr));
+    }
+    if !(0.0..1.0).contains(&c.val_fraction) {
+        return Err(format!("--val-fraction {}: expected a fraction in [0, 1)", c.val_fraction));
+    }
+    if c.max_steps == Some(0) || c.epochs == 0 {
+        return Err("--max-steps and --epochs must be at least 1".into());
+    }
+    if c.max_len < 2 {
+        return Err(format!("--max-len {}: must be at least 2", c.max_len));
+    }
+    Ok(())
+}
+
+/// `args.json`: the command line and every resolved setting.
+pub fn args_json(command: &str, cfg: &TrainConfig, extra: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "command": command,
+        "argv": std::env::args().collect::<Vec<_>>(),
+        "epochs": cfg.epochs, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+        "lr": cfg.lr, "lr_schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps,
+        "adam_betas": [cfg.adam.beta1, cfg.adam.beta2], "adam_eps": cfg.adam.eps, "weight_decay": cfg.adam.weight_decay,
+        "max_grad_norm": cfg.max_grad_norm, "max_len": cfg.max_len, "mask_prompt": cfg.mask_prompt, "val_fraction": cfg.val_fraction,
+        "unfrozen_layers": cfg.unfrozen_layers, "seed": cfg.seed, "shuffle": cfg.shuffle,
+        "eval_every": cfg.eval_every, "save_every": cfg.save_every, "save_dtype": cfg.save_dtype.map(|d| d.hf_name()),
+        "resume": cfg.resume,
+    });
+    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
+// ---- --help: each default, and Okapi's value where it differs ---------------------------------
+
+/// The values `--help` shows for the train flags, by argument id.
+fn shown(c: &TrainConfig) -> Vec<(&'static str, String)> {
+    let opt = |x: Option<u64>, none: &str| x.map_or(none.to_string(), |v| v.to_string());
+    vec![
+        ("epochs", c.epochs.to_string()),
+        ("batch_size", c.batch_size.to_string()),
+        ("grad_accum", c.grad_accum.to_string()),
+        ("lr", format!("{:e}", c.lr)),
+        ("lr_schedule", format!("{:?}", c.schedule).to_lowercase()),
+        ("warmup_steps", c.warmup_steps.to_string()),
+        ("weight_decay", c.adam.weight_decay.to_string()),
+        ("adam_betas", format!("{},{}", c.adam.beta1, c.adam.beta2)),
+        ("adam_eps", format!("{:e}", c.adam.eps)),
+        ("max_grad_norm", c.max_grad_norm.to_string()),
+        ("max_len", c.max_len.to_string()),
+        ("seed", c.seed.to_string()),
+        ("unfrozen_layers", c.unfrozen_layers.map_or("all".into(), |n| n.to_string())),
+        ("val_fraction", c.val_fraction.to_string()),
+        ("eval_every", opt(c.eval_every, "never")),
+        ("mask_prompt", if c.mask_prompt { "on".into() } else { "off".into() }),
+        ("log_every", c.log_every.to_string()),
+    ]
+}
+
+/// Appends "[default: X]" to a flag's help, and "; Okapi's: Y (--recipe okapi)" where `okapi`
+/// has another value (`okapi` None: the stage has no Okapi recipe).
+pub fn annotate_arg(cmd: clap::Command, id: &'static str, default: &str, okapi: Option<&str>) -> clap::Command {
+    cmd.mut_arg(id, |a| {
+        let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let okapi = match okapi {
+            Some(o) if o != default => format!("; Okapi's: {o} (--recipe okapi)"),
+            Some(_) => ", as Okapi".to_string(),
+            None => String::new(),
+        };
+        a.help(format!("{help} [default: {default}{okapi}]"))
+    })
+}
+
+/// The help of a training subcommand's flags, from its two recipes.
+fn annotate_stage(mut cmd: clap::Command, stage: Stage) -> clap::Command {
+    let default = shown(&stage.config(Recipe::Default).expect("every stage has defaults"));
+    let okapi = stage.config(Recipe::Okapi).ok().map(|c| shown(&c));
+    for (i, (id, d)) in default.iter().enumerate() {
+        cmd = annotate_arg(cmd, id, d, okapi.as_ref().map(|o| o[i].1.as_str()));
+    }
+    cmd
+}
+
+/// Every training subcommand's --help with its defaults and Okapi's.
+pub fn annotate(cmd: clap::Command) -> clap::Command {
+    let cmd = cmd.mut_subcommand("sft", |c| annotate_stage(c, Stage::Sft));
+    let cmd = cmd.mut_subcommand("reward", |c| annotate_stage(c, Stage::Reward));
+    let cmd = cmd.mut_subcommand("dpo", |c| annotate_stage(c, Stage::Dpo));
+    cmd.mut_subcommand("ppo", super::ppo::annotate)
+}
