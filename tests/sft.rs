@@ -223,3 +223,53 @@ fn resume_refuses_another_model_or_another_data_set() {
     assert_one_line_error(&sft(&fixture("llama_gqa"), &other, &dir.join("o3"), &r, &[]), &["another data set"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--recipe okapi` takes Okapi's published SFT settings for every flag left unset (here:
+/// whole-sequence loss, 10 % validation, seed 0, β₂ 0.95, weight decay 0.05) and a flag that is
+/// set still wins; args.json records the resolved values and the recipe.
+#[test]
+fn recipe_okapi_applies_okapis_settings_under_explicit_flags() {
+    let dir = tmp("recipe");
+    let out = dir.join("out");
+    let o = Command::new(BIN)
+        .args(["sft", "--model"])
+        .arg(fixture("llama_gqa"))
+        .arg("--data")
+        .arg(data_file(&dir))
+        .arg("--out")
+        .arg(&out)
+        .args(["--recipe", "okapi", "--max-steps", "2", "--batch-size", "2", "--log-every", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let args = common::json(&out.join("args.json"));
+    assert_eq!(args["recipe"], "okapi");
+    assert_eq!((args["batch_size"].as_u64(), args["max_steps"].as_u64(), args["max_len"].as_u64()), (Some(2), Some(2), Some(512)), "explicit flags win: {args}");
+    assert_eq!((args["mask_prompt"].as_bool(), args["val_fraction"].as_f64(), args["seed"].as_u64()), (Some(false), Some(0.1), Some(0)), "{args}");
+    assert_eq!((args["lr"].as_f64(), args["weight_decay"].as_f64(), args["eval_every"].as_u64()), (Some(1e-5), Some(0.05f32 as f64), Some(200)), "{args}");
+    assert!(stderr(&o).contains("1 validation examples"), "a 10 % split of 6 examples holds one: {}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--help` of each training command shows every setting's default and, where it differs,
+/// Okapi's value; `dpo --recipe okapi` is refused (Okapi has no DPO stage).
+#[test]
+fn help_names_defaults_and_okapis_values() {
+    let help = |cmd: &str| String::from_utf8_lossy(&Command::new(BIN).args([cmd, "--help"]).output().unwrap().stdout).to_string();
+    let line = |text: &str, flag: &str| -> String {
+        let lines: Vec<&str> = text.lines().collect();
+        let i = lines.iter().position(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} not in help"));
+        format!("{} {}", lines[i], lines.get(i + 1).copied().unwrap_or_default())
+    };
+    let sft = help("sft");
+    assert!(line(&sft, "--batch-size").contains("[default: 8; Okapi's: 16 (--recipe okapi)]"), "{}", line(&sft, "--batch-size"));
+    assert!(line(&sft, "--lr ").contains("[default: 1e-5, as Okapi]"), "{}", line(&sft, "--lr "));
+    let reward = help("reward");
+    assert!(line(&reward, "--unfrozen-layers").contains("[default: all; Okapi's: 12"), "{}", line(&reward, "--unfrozen-layers"));
+    let ppo = help("ppo");
+    assert!(line(&ppo, "--lr ").contains("[default: 1e-5; Okapi's: 1e-6"), "{}", line(&ppo, "--lr "));
+    assert!(line(&ppo, "--unfrozen-layers").contains("Okapi's: 5"), "{}", line(&ppo, "--unfrozen-layers"));
+    let o = Command::new(BIN).args(["dpo", "--model", "m", "--data", "d", "--out", "o", "--recipe", "okapi"]).output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.lines().count() == 1 && err.contains("Okapi has no DPO stage"), "{err}");
+}

@@ -1,6 +1,13 @@
 //! okapi-data: the tokenizer (tokenizer.json through the `tokenizers` crate, and BPE training),
 //! Okapi's data formats and prompt template, SFT examples and batches, record files with errors
 //! that name the file and line, and the bundled multilingual data.
+//!
+//! ```
+//! use okapi_data::PromptTemplate;
+//! let p = PromptTemplate::okapi().prompt("Dịch sang tiếng Anh.", "Xin chào");
+//! assert!(p.starts_with("Below is an instruction that describes a task, paired with an input"));
+//! assert!(p.ends_with("### Input:\nXin chào\n\n### Response:\n"));
+//! ```
 
 pub mod assets;
 pub mod bpe;

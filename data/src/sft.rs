@@ -1,4 +1,6 @@
-//! Tokenizing instruction records into training examples (DESIGN.md §4) and collating batches.
+//! Tokenizing instruction records into training examples and collating batches: the prompt
+//! (template) encoded with the tokenizer's special tokens, the response without, then EOS; cut at
+//! `max_len` from the right; loss on the response only unless `mask_prompt` is off.
 
 use crate::instruct::InstructRecord;
 use crate::records::DataError;

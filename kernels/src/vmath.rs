@@ -121,7 +121,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// x[i] ← e^(a·x[i] − b); returns Σ x[i] (16 fixed lanes in f32, then summed in f64).
+    /// x\[i\] ← e^(a·x\[i\] − b); returns Σ x\[i\] (16 fixed lanes in f32, then summed in f64).
     pub fn exp_affine_sum(x: &mut [f32], a: f32, b: f32) -> f64 {
         let mut acc = [0f32; LANES];
         let mut chunks = x.chunks_exact_mut(LANES);
@@ -141,7 +141,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// Σ e^(x[i] − b), x untouched (16 fixed lanes in f32, then summed in f64).
+    /// Σ e^(x\[i\] − b), x untouched (16 fixed lanes in f32, then summed in f64).
     pub fn sum_exp(x: &[f32], b: f32) -> f64 {
         let mut acc = [0f32; LANES];
         let chunks = x.chunks_exact(LANES);
@@ -160,7 +160,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// y[i] ← k·e^(x[i] − b) (the softmax/cross-entropy gradient row, before the one-hot).
+    /// y\[i\] ← k·e^(x\[i\] − b) (the softmax/cross-entropy gradient row, before the one-hot).
     pub fn scaled_exp(y: &mut [f32], x: &[f32], k: f32, b: f32) -> () {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = k * exp(x - b);
@@ -169,7 +169,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// Σ a[i]·b[i], 16 fixed lanes in f32.
+    /// Σ a\[i\]·b\[i\], 16 fixed lanes in f32.
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         let (a, b) = (&a[..n], &b[..n]);
@@ -190,7 +190,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// Σ x[i]² in f64 (16 fixed f64 lanes: vectorised, and exact enough for a global norm).
+    /// Σ x\[i\]² in f64 (16 fixed f64 lanes: vectorised, and exact enough for a global norm).
     pub fn sum_squares_f64(x: &[f32]) -> f64 {
         let mut acc = [0f64; LANES];
         let chunks = x.chunks_exact(LANES);
@@ -210,7 +210,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// (Σ x[i], Σ (x[i] − mu)²) in f64 lanes — LayerNorm's statistics (call with mu = 0 for
+    /// (Σ x\[i\], Σ (x\[i\] − mu)²) in f64 lanes — LayerNorm's statistics (call with mu = 0 for
     /// the plain sum first).
     pub fn sum_and_sq_dev_f64(x: &[f32], mu: f64) -> (f64, f64) {
         let (mut s1, mut s2) = ([0f64; LANES], [0f64; LANES]);
@@ -233,7 +233,7 @@ multiversion! {
 }
 
 multiversion! {
-    /// x[i] ← a·x[i]
+    /// x\[i\] ← a·x\[i\]
     pub fn scale(x: &mut [f32], a: f32) -> () {
         for v in x.iter_mut() {
             *v *= a;

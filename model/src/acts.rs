@@ -69,7 +69,7 @@ pub struct Acts<B: Backend> {
     pub emb: B::Buf,
     pub emb_mean: B::Buf,
     pub emb_rstd: B::Buf,
-    /// residual stream: x[0] embedding output, x[l+1] output of block l; each (N,C)
+    /// residual stream: x\[0\] embedding output, x[l+1] output of block l; each (N,C)
     pub x: Vec<B::Buf>,
     pub layers: Vec<LayerActs<B>>,
     pub lnf: B::Buf,

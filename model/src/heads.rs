@@ -30,7 +30,7 @@ impl<B: Backend> Model<B> {
         self.score.ok_or_else(|| ModelError::Other(format!("{}: not a reward model (no score head)", self.cfg.path.display())))
     }
 
-    /// rewards[b] = score · lnf[b, last[b]] after `forward_hidden`; `last[b]` is the index of
+    /// rewards\[b\] = score · lnf[b, last\[b\]] after `forward_hidden`; `last\[b\]` is the index of
     /// sequence b's last real token (its EOS). Returns the rewards on the host.
     pub fn score_fwd(&self, acts: &Acts<B>, sb: &mut ScoreBufs<B>, last: &[usize]) -> Result<Vec<f32>> {
         let w = self.score_head()?;

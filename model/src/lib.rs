@@ -1,5 +1,18 @@
 //! okapi-model: Hugging Face LLaMA and BLOOM checkpoints (config.json + safetensors, both ways),
-//! the shared transformer with an explicit forward/backward, and KV-cache decoding.
+//! the shared transformer with an explicit forward/backward (llm.c style: the forward saves what
+//! the backward needs in [`Acts`], parameter gradients accumulate in [`Grads`]), heads for reward
+//! models and PPO's value, and KV-cache decoding. Generic over the compute backend.
+//!
+//! ```
+//! use okapi_model::{preset_config, Arch, Model};
+//! use okapi_runtime::{Backend, CpuBackend};
+//! let model = Model::init(CpuBackend, preset_config(Arch::Llama, "tiny", Some(50), 16).unwrap(), 0);
+//! // logits (B·T, V) of a batch of 2 sequences of 3 tokens
+//! let mut acts = model.new_acts(2, 3);
+//! model.forward(&mut acts, &[1, 2, 3, 4, 5, 6], 2, 3).unwrap();
+//! let logits = model.be.read(&acts.logits, 2 * 3 * 50);
+//! assert!(logits.iter().all(|x| x.is_finite()));
+//! ```
 
 pub mod acts;
 pub mod config;

@@ -199,7 +199,7 @@ impl Layout {
     }
 }
 
-/// Splits BLOOM's fused rows (per head [q,k,v], `head_dim` rows each of `cols` values).
+/// Splits BLOOM's fused rows (per head \[q,k,v\], `head_dim` rows each of `cols` values).
 pub fn split_qkv(fused: &[f32], heads: usize, head_dim: usize, cols: usize) -> [Vec<f32>; 3] {
     let mut out = [vec![0f32; heads * head_dim * cols], vec![0f32; heads * head_dim * cols], vec![0f32; heads * head_dim * cols]];
     for h in 0..heads {

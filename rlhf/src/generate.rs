@@ -194,7 +194,7 @@ pub fn sampling_probs(logits: &[f32], s: &Sampling) -> Vec<f64> {
 }
 
 /// Picks the next token of one row of raw logits; draws one uniform from `rng` unless greedy.
-/// Returns (token, log_softmax(raw logits)[token]).
+/// Returns (token, log_softmax(raw logits)\[token\]).
 pub fn next_token(logits: &[f32], s: &Sampling, rng: &mut Rng) -> (u32, f32) {
     let tok = if s.is_greedy() { argmax(logits) } else { sample_categorical(&sampling_probs(logits, s), rng.uniform()) };
     (tok as u32, log_softmax_at(logits, tok))

@@ -75,9 +75,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     // ---- ops ----------------------------------------------------------------------------
     fn matmul(&self, c: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, g: &Gemm);
-    /// out (N,C) = table[ids] (`=`); `r` = (N tokens, C).
+    /// out (N,C) = table\[ids\] (`=`); `r` = (N tokens, C).
     fn embedding_fwd(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &Self::Ids, r: Rows);
-    /// dtable[ids] += dout (N,C).
+    /// dtable\[ids\] += dout (N,C).
     fn embedding_bwd(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, r: Rows);
     fn rmsnorm_fwd(&self, t: RmsNormFwd<'_, Self::Buf>, sh: &NormShape);
     fn rmsnorm_bwd(&self, t: RmsNormBwd<'_, Self::Buf>, sh: &NormShape);
@@ -110,7 +110,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// dlogits (N,V) = coef · ∂ log p(target) / ∂logits (`=`).
     fn token_logprobs_bwd(&self, dlogits: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, coef: &Self::Buf, r: Rows);
     fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, h: &AdamW, len: usize);
-    /// acc[slot] = Σ x² over the first len elements (one slot per tensor; read them all at once).
+    /// acc\[slot\] = Σ x² over the first len elements (one slot per tensor; read them all at once).
     fn sum_squares(&self, acc: &mut Self::Buf, slot: usize, x: &Self::Buf, len: usize);
 }
 

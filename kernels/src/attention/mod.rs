@@ -5,7 +5,7 @@
 //! Layouts are token-major, as the projections write them:
 //! q, out: (B,Tq,Hq,D)   k, v: (B,Tk,Hkv,D)   lse: (B,Tq,Hq)
 //! Query head h reads key/value head h / (Hq/Hkv). Query row i of sequence b sits at position
-//! `q_pos0[b] + i` and sees keys j < kv_len[b] (and j ≤ its position when causal).
+//! `q_pos0\[b\] + i` and sees keys j < kv_len\[b\] (and j ≤ its position when causal).
 //! Score: `scale·(q·k_j) + slope_h·j` — HF BLOOM adds `slope·key_position`; by the shift
 //! invariance of softmax that is ALiBi's `slope·(j − i)`.
 
@@ -428,7 +428,7 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
     );
 }
 
-/// Writes new keys or values into a cache: cache[b, pos[b]+i, :] = new[b, i, :] for i < Tn
+/// Writes new keys or values into a cache: cache[b, pos\[b\]+i, :] = new[b, i, :] for i < Tn
 /// (rows past the capacity are dropped). cache: (B,Tcap,W) new: (B,Tn,W)
 pub fn kv_write(cache: &mut [f32], new: &[f32], pos: &[u32], sh: &KvShape) {
     sh.check(cache, new, pos);

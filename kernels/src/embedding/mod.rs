@@ -16,14 +16,14 @@ pub const WGSL_FWD: &str = include_str!("embedding_fwd.wgsl");
 /// loop iterations per invocation for n tokens.
 pub const WGSL_BWD: &str = include_str!("embedding_bwd.wgsl");
 
-/// out[n,:] = table[ids[n],:]. out: (N,C) table: (V,C) ids: (N)
+/// out\[n,:\] = table[ids\[n\],:]. out: (N,C) table: (V,C) ids: (N)
 pub fn embedding_fwd(out: &mut [f32], table: &[f32], ids: &[u32], c: usize) {
     out.par_chunks_mut(c).zip(ids.par_iter()).for_each(|(o, &id)| {
         o.copy_from_slice(&table[id as usize * c..][..c]);
     });
 }
 
-/// dtable[ids[n],:] += dout[n,:]. Rows are grouped by id and each id's rows summed in
+/// dtable[ids\[n\],:] += dout\[n,:\]. Rows are grouped by id and each id's rows summed in
 /// position order, so the result does not depend on thread scheduling (no float atomics).
 pub fn embedding_bwd(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usize) {
     let mut order: Vec<u32> = (0..ids.len() as u32).collect();

@@ -57,7 +57,7 @@ pub fn sum_squares(x: &[f32]) -> f64 {
     partials.iter().sum()
 }
 
-/// x[n,:] += bias. x: (N,C) bias: (C)
+/// x\[n,:\] += bias. x: (N,C) bias: (C)
 pub fn bias_add(x: &mut [f32], bias: &[f32]) {
     let c = bias.len();
     x.par_chunks_mut(c).for_each(|row| row.iter_mut().zip(bias).for_each(|(x, b)| *x += b));

@@ -23,8 +23,8 @@ fn row_lse(row: &[f32]) -> f32 {
 }
 
 /// Cross-entropy forward and backward in one pass, in place on the logits.
-/// logits: (N,V) in, overwritten with dlogits = coef[n]·(softmax − onehot(target));
-/// losses[n] = −log p(target[n]) (`=`, 0 where the target is `IGNORE_INDEX`, whose rows get a
+/// logits: (N,V) in, overwritten with dlogits = coef\[n\]·(softmax − onehot(target));
+/// losses\[n\] = −log p(target\[n\]) (`=`, 0 where the target is `IGNORE_INDEX`, whose rows get a
 /// zero gradient). coef: (N) the weight of each token in the loss (e.g. 1/number of targets).
 pub fn xent_fwd_bwd(logits: &mut [f32], losses: &mut [f32], targets: &[u32], coef: &[f32], v: usize) {
     logits.par_chunks_mut(v).zip(losses.par_iter_mut()).enumerate().for_each(|(n, (row, loss))| {
@@ -45,7 +45,7 @@ pub fn xent_fwd_bwd(logits: &mut [f32], losses: &mut [f32], targets: &[u32], coe
     });
 }
 
-/// logp[n] = log p(target[n]); greedy[n] = 1 when the target is the (first) argmax, else 0.
+/// logp\[n\] = log p(target\[n\]); greedy\[n\] = 1 when the target is the (first) argmax, else 0.
 /// Ignored targets give 0 and 0. logits: (N,V)
 pub fn token_logprobs(logp: &mut [f32], greedy: &mut [f32], logits: &[f32], targets: &[u32], v: usize) {
     logp.par_iter_mut().zip(greedy.par_iter_mut()).enumerate().for_each(|(n, (lp, gr))| {
@@ -64,7 +64,7 @@ pub fn token_logprobs(logp: &mut [f32], greedy: &mut [f32], logits: &[f32], targ
     });
 }
 
-/// dlogits = coef[n]·(onehot(target) − softmax) (`=`): the backward of Σ coef·logp.
+/// dlogits = coef\[n\]·(onehot(target) − softmax) (`=`): the backward of Σ coef·logp.
 pub fn token_logprobs_bwd(dlogits: &mut [f32], logits: &[f32], targets: &[u32], coef: &[f32], v: usize) {
     dlogits.par_chunks_mut(v).enumerate().for_each(|(n, drow)| {
         let t = targets[n];

@@ -178,14 +178,13 @@ impl<B: Backend> Feed<B> {
 }
 
 /// The fast path (module docs): logliks of every choice of every item, in order.
-#[allow(clippy::needless_range_loop)]
 fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats) -> Result<Vec<Vec<f64>>, ScoreError> {
     let v = model.cfg.vocab_size;
     let p = shared_prefix(encs);
     stats.shared_prefix = p;
     let b = batch.min(encs.len());
     // sequence capacity: the longest context − 1 + its longest choice (≤ the window)
-    let cap = encs.iter().map(|e| e.ctx.len() - 1 + e.conts.iter().map(Vec::len).max().unwrap()).max().unwrap();
+    let cap = encs.iter().map(|e| e.ctx.len() - 1 + e.conts.iter().map(Vec::len).max().unwrap_or(0)).max().unwrap_or(1);
     // tokens per sequence per forward: bounded so that the (B·t, V) logits stay ≤ 2^26 floats
     // (longer pieces, choices included, go through in several forwards)
     let auto = ((1usize << 26) / (b * v).max(1)).clamp(1, 256);
@@ -195,10 +194,8 @@ fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk
     let be = &model.be;
     let mut feed = Feed::<B> { b, t_max, pad: model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1), v, targets: be.upload_ids(&vec![IGNORE_INDEX; b * t_max]), logp: be.zeros(b * t_max), greedy: be.zeros(b * t_max) };
     let mut results: Vec<Vec<f64>> = encs.iter().map(|e| vec![0.0; e.conts.len()]).collect();
-
     // 1. the shared prefix, once per sequence
-    let prefix = &encs[0].ctx[..p];
-    for chunk in prefix.chunks(t_max) {
+    for chunk in encs[0].ctx[..p].chunks(t_max) {
         let pieces: Vec<(&[u32], Option<&[u32]>)> = vec![(chunk, None); b];
         feed.run(model, &mut cache, &pieces, stats)?;
     }
@@ -209,65 +206,74 @@ fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk
         for s in 0..b {
             cache.rewind(s, p);
         }
-        // 2. contexts minus the prefix and their last token
-        let mut off = vec![p; b];
-        loop {
-            let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
-                .map(|s| match round.get(s) {
-                    Some(&i) => {
-                        let ctx = &encs[i].ctx;
-                        let end = (off[s] + t_max).min(ctx.len() - 1);
-                        (&ctx[off[s]..end], None)
-                    }
-                    None => (&[][..], None),
-                })
-                .collect();
-            if pieces.iter().all(|p| p.0.is_empty()) {
-                break;
-            }
-            for (s, pc) in pieces.iter().enumerate() {
-                off[s] += pc.0.len();
-            }
-            feed.run(model, &mut cache, &pieces, stats)?;
-        }
-        // 3. the choices: [last context token] + choice[:-1], predicting choice[..]
-        let n_choices = round.iter().map(|&i| encs[i].conts.len()).max().unwrap();
-        let fed: Vec<Vec<Vec<u32>>> = round
-            .iter()
-            .map(|&i| {
-                let e = encs[i];
-                let last = *e.ctx.last().unwrap();
-                e.conts.iter().map(|c| std::iter::once(last).chain(c[..c.len() - 1].iter().copied()).collect()).collect()
+        feed_contexts(model, &mut cache, &mut feed, encs, round, p, stats)?;
+        score_choices(model, &mut cache, &mut feed, encs, round, &mut results, stats)?;
+    }
+    Ok(results)
+}
+
+/// 2. The contexts of a round minus the shared prefix `p` and their last token, `t_max` tokens
+/// per sequence per forward.
+fn feed_contexts<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], p: usize, stats: &mut ScoreStats) -> Result<(), ScoreError> {
+    let b = feed.b;
+    let mut off = vec![p; b];
+    loop {
+        let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
+            .map(|s| match round.get(s) {
+                Some(&i) => {
+                    let ctx = &encs[i].ctx;
+                    let end = (off[s] + feed.t_max).min(ctx.len() - 1);
+                    (&ctx[off[s]..end], None)
+                }
+                None => (&[][..], None),
             })
             .collect();
-        for j in 0..n_choices {
-            let mut done = vec![0usize; b];
-            loop {
-                let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
-                    .map(|s| match (round.get(s), fed.get(s).and_then(|f| f.get(j))) {
-                        (Some(&i), Some(f)) => {
-                            let end = (done[s] + t_max).min(f.len());
-                            (&f[done[s]..end], Some(&encs[i].conts[j][done[s]..end]))
-                        }
-                        _ => (&[][..], None),
-                    })
-                    .collect();
-                let Some((lp, t)) = feed.run(model, &mut cache, &pieces, stats)? else { break };
-                for (s, pc) in pieces.iter().enumerate() {
-                    if pc.0.is_empty() {
-                        continue;
+        if pieces.iter().all(|p| p.0.is_empty()) {
+            return Ok(());
+        }
+        for (s, pc) in pieces.iter().enumerate() {
+            off[s] += pc.0.len();
+        }
+        feed.run(model, cache, &pieces, stats)?;
+    }
+}
+
+/// 3. The choices of a round, one at a time: [last context token] + choice[:-1], predicting
+/// choice[..]; each sequence's cache is rewound to its context after each choice.
+fn score_choices<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], results: &mut [Vec<f64>], stats: &mut ScoreStats) -> Result<(), ScoreError> {
+    let b = feed.b;
+    let n_choices = round.iter().map(|&i| encs[i].conts.len()).max().unwrap_or(0);
+    let fed: Vec<Vec<Vec<u32>>> = round
+        .iter()
+        .map(|&i| {
+            let e = encs[i];
+            let last = *e.ctx.last().expect("contexts are never empty");
+            e.conts.iter().map(|c| std::iter::once(last).chain(c[..c.len() - 1].iter().copied()).collect()).collect()
+        })
+        .collect();
+    for j in 0..n_choices {
+        let mut done = vec![0usize; b];
+        loop {
+            let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
+                .map(|s| match (round.get(s), fed.get(s).and_then(|f| f.get(j))) {
+                    (Some(&i), Some(f)) => {
+                        let end = (done[s] + feed.t_max).min(f.len());
+                        (&f[done[s]..end], Some(&encs[i].conts[j][done[s]..end]))
                     }
-                    let i = round[s];
-                    results[i][j] += lp[s * t..s * t + pc.0.len()].iter().map(|&x| x as f64).sum::<f64>();
-                    done[s] += pc.0.len();
-                }
+                    _ => (&[][..], None),
+                })
+                .collect();
+            let Some((lp, t)) = feed.run(model, cache, &pieces, stats)? else { break };
+            for (s, pc) in pieces.iter().enumerate().filter(|(_, pc)| !pc.0.is_empty()) {
+                results[round[s]][j] += lp[s * t..s * t + pc.0.len()].iter().map(|&x| x as f64).sum::<f64>();
+                done[s] += pc.0.len();
             }
-            for (s, &i) in round.iter().enumerate() {
-                if j < encs[i].conts.len() {
-                    cache.rewind(s, encs[i].ctx.len() - 1);
-                }
+        }
+        for (s, &i) in round.iter().enumerate() {
+            if j < encs[i].conts.len() {
+                cache.rewind(s, encs[i].ctx.len() - 1);
             }
         }
     }
-    Ok(results)
+    Ok(())
 }

@@ -19,7 +19,7 @@
 //!   inputs `read` and outputs `read_write`: the pipeline layout is derived from the shader.
 //!   Bindings an entry point does not use are left out of its bind group automatically.
 //! * Large 1-D launches: the device allows at most 65535 workgroups per dimension, so use
-//!   [`groups_1d`] on the host and fold the index back in the shader:
+//!   `groups_1d` on the host and fold the index back in the shader:
 //!   ```wgsl
 //!   @compute @workgroup_size(256)
 //!   fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -19,7 +19,7 @@
 //! `6·P_blocks·tokens + 6·C·V·tokens + 12·L·B·T²·C/2`, with P_blocks every matrix weight inside
 //! the blocks (q, k, v, o, gate, up, down); elementwise work and the optimizer not counted.
 
-use okapi_model::{preset_config, Arch, Model, Rng};
+use okapi_model::{preset_config, Acts, Arch, Grads, Model, Rng, Scratch};
 use okapi_rlhf::generate::argmax;
 use okapi_rlhf::{clip_coef, generate, lm_loss_and_grad, shift_labels, AdamWConfig, LossBufs, Optimizer, Sampling};
 use okapi_runtime::{Backend, BackendKind, IGNORE_INDEX};
@@ -191,107 +191,111 @@ pub fn synthetic_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
-fn bench_train<B: Backend>(mut model: Model<B>, a: &BenchArgs, threads: usize) -> Result<serde_json::Value, String> {
-    let (b, t) = (a.batch_size, a.seq_len);
-    let n = b * t;
-    let tokens = synthetic_ids(a.seed, n, model.cfg.vocab_size);
-    let labels: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
-    let targets = shift_labels(&labels, b, t);
-    let n_targets = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
-    let weight = 1.0 / n_targets as f32;
+/// Everything one timed training step needs, allocated once (as a training run does).
+struct TrainBench<B: Backend> {
+    model: Model<B>,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    n_targets: usize,
+    acts: Acts<B>,
+    scratch: Scratch<B>,
+    grads: Grads<B>,
+    bufs: LossBufs<B>,
+    opt: Optimizer<B>,
+}
 
-    let mut acts = model.new_acts(b, t);
-    let mut scratch = model.new_scratch(b, t);
-    let mut grads = model.new_grads(|_| true);
-    let mut bufs = LossBufs::new(&model.be, n);
-    let mut opt = Optimizer::new(&model, &grads, BENCH_ADAMW);
-    let flop = train_step_flops(&model, b, t);
+/// Seconds of each phase of the timed steps (after warm-up).
+#[derive(Default)]
+struct PhaseTimes {
+    step: Vec<f64>,
+    zero: Vec<f64>,
+    fwd: Vec<f64>,
+    loss: Vec<f64>,
+    bwd: Vec<f64>,
+    optim: Vec<f64>,
+}
 
-    let (mut step, mut zero, mut fwd, mut loss_t, mut bwd, mut optim) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+impl<B: Backend> TrainBench<B> {
+    fn new(model: Model<B>, a: &BenchArgs) -> Self {
+        let (b, t) = (a.batch_size, a.seq_len);
+        let tokens = synthetic_ids(a.seed, b * t, model.cfg.vocab_size);
+        let labels: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+        let targets = shift_labels(&labels, b, t);
+        let n_targets = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
+        let grads = model.new_grads(|_| true);
+        let opt = Optimizer::new(&model, &grads, BENCH_ADAMW);
+        TrainBench { acts: model.new_acts(b, t), scratch: model.new_scratch(b, t), bufs: LossBufs::new(&model.be, b * t), model, tokens, targets, n_targets, grads, opt }
+    }
+
+    /// One full optimizer step, synchronised around each phase: (loss, grad norm, the six
+    /// instants that bound zero-grad, forward, loss, backward and clip + AdamW).
+    fn step(&mut self, a: &BenchArgs) -> Result<(f64, f64, [Instant; 6]), String> {
+        let (b, t) = (a.batch_size, a.seq_len);
+        let m = &mut self.model;
+        let t0 = Instant::now();
+        m.zero_grads(&mut self.grads);
+        m.be.synchronize();
+        let t1 = Instant::now();
+        m.forward(&mut self.acts, &self.tokens, b, t).map_err(|e| e.to_string())?;
+        m.be.synchronize();
+        let t2 = Instant::now();
+        let (loss_sum, _) = lm_loss_and_grad(m, &mut self.acts, &mut self.bufs, &self.targets, 1.0 / self.n_targets as f32);
+        m.be.synchronize();
+        let t3 = Instant::now();
+        m.backward(&self.acts, &mut self.scratch, &mut self.grads);
+        m.be.synchronize();
+        let t4 = Instant::now();
+        let norm = self.opt.grad_norm(m, &self.grads);
+        self.opt.step(m, &self.grads, a.lr as f32, clip_coef(norm, BENCH_MAX_GRAD_NORM));
+        m.be.synchronize();
+        Ok((loss_sum / self.n_targets as f64, norm, [t0, t1, t2, t3, t4, Instant::now()]))
+    }
+}
+
+fn bench_train<B: Backend>(model: Model<B>, a: &BenchArgs, threads: usize) -> Result<serde_json::Value, String> {
+    let flop = train_step_flops(&model, a.batch_size, a.seq_len);
+    let mut tb = TrainBench::new(model, a);
+    let mut p = PhaseTimes::default();
     let (mut loss_first, mut loss_last) = (f64::NAN, f64::NAN);
     let total = a.warmup + a.steps;
     for i in 0..total {
-        let t0 = Instant::now();
-        model.zero_grads(&mut grads);
-        model.be.synchronize();
-        let t1 = Instant::now();
-        model.forward(&mut acts, &tokens, b, t).map_err(|e| e.to_string())?;
-        model.be.synchronize();
-        let t2 = Instant::now();
-        let (loss_sum, _) = lm_loss_and_grad(&model, &mut acts, &mut bufs, &targets, weight);
-        model.be.synchronize();
-        let t3 = Instant::now();
-        model.backward(&acts, &mut scratch, &mut grads);
-        model.be.synchronize();
-        let t4 = Instant::now();
-        let norm = opt.grad_norm(&model, &grads);
-        opt.step(&mut model, &grads, a.lr as f32, clip_coef(norm, BENCH_MAX_GRAD_NORM));
-        model.be.synchronize();
-        let t5 = Instant::now();
-        let loss = loss_sum / n_targets as f64;
+        let (loss, norm, [t0, t1, t2, t3, t4, t5]) = tb.step(a)?;
         let dt = (t5 - t0).as_secs_f64();
         let warm = i < a.warmup;
-        eprintln!(
-            "bench train: step {}/{}{} {:.1} ms, loss {loss:.4}, grad norm {norm:.4}",
-            i + 1,
-            total,
-            if warm { " (warm-up)" } else { "" },
-            ms(dt)
-        );
+        eprintln!("bench train: step {}/{total}{} {:.1} ms, loss {loss:.4}, grad norm {norm:.4}", i + 1, if warm { " (warm-up)" } else { "" }, ms(dt));
         if warm {
             continue;
         }
-        if step.is_empty() {
+        if p.step.is_empty() {
             loss_first = loss;
         }
         loss_last = loss;
-        step.push(dt);
-        zero.push((t1 - t0).as_secs_f64());
-        fwd.push((t3 - t1).as_secs_f64());
-        loss_t.push((t3 - t2).as_secs_f64());
-        bwd.push((t4 - t3).as_secs_f64());
-        optim.push((t5 - t4).as_secs_f64());
+        p.step.push(dt);
+        p.zero.push((t1 - t0).as_secs_f64());
+        p.fwd.push((t3 - t1).as_secs_f64());
+        p.loss.push((t3 - t2).as_secs_f64());
+        p.bwd.push((t4 - t3).as_secs_f64());
+        p.optim.push((t5 - t4).as_secs_f64());
     }
-    let med = median(&step);
-    let out = json!({
-        "mode": "train",
-        "arch": a.arch,
-        "preset": a.preset,
-        "backend": backend_kind(&model.be),
-        "device": model.be.name(),
-        "threads": threads,
-        "batch_size": b,
-        "seq_len": t,
-        "steps": step.len(),
-        "warmup": a.warmup,
-        "params": model.n_params(),
-        "step_ms_median": ms(med),
-        "step_ms_min": ms(min(&step)),
-        "tokens_per_s": n as f64 / med,
-        "gflop_per_step": flop / 1e9,
-        "gflops": flop / med / 1e9,
-        "fwd_ms_median": ms(median(&fwd)),
-        "loss_ms_median": ms(median(&loss_t)),
-        "bwd_ms_median": ms(median(&bwd)),
-        "opt_ms_median": ms(median(&optim)),
-        "zero_ms_median": ms(median(&zero)),
-        "lr": a.lr,
-        "loss_first": loss_first,
-        "loss_last": loss_last,
-    });
+    let (n, med, be) = ((a.batch_size * a.seq_len) as f64, median(&p.step), &tb.model.be);
     eprintln!(
-        "bench train: median {:.1} ms/step (min {:.1}), {:.0} tokens/s, {:.2} GFLOP/s | forward+loss {:.1} ms, backward {:.1} ms, clip+AdamW {:.1} ms | loss {:.4} → {:.4}",
+        "bench train: median {:.1} ms/step (min {:.1}), {:.0} tokens/s, {:.2} GFLOP/s | forward+loss {:.1} ms, backward {:.1} ms, clip+AdamW {:.1} ms | loss {loss_first:.4} → {loss_last:.4}",
         ms(med),
-        ms(min(&step)),
-        n as f64 / med,
+        ms(min(&p.step)),
+        n / med,
         flop / med / 1e9,
-        ms(median(&fwd)),
-        ms(median(&bwd)),
-        ms(median(&optim)),
-        loss_first,
-        loss_last
+        ms(median(&p.fwd)),
+        ms(median(&p.bwd)),
+        ms(median(&p.optim)),
     );
-    Ok(out)
+    Ok(json!({
+        "mode": "train", "arch": a.arch, "preset": a.preset, "backend": backend_kind(be), "device": be.name(), "threads": threads,
+        "batch_size": a.batch_size, "seq_len": a.seq_len, "steps": p.step.len(), "warmup": a.warmup, "params": tb.model.n_params(),
+        "step_ms_median": ms(med), "step_ms_min": ms(min(&p.step)), "tokens_per_s": n / med, "gflop_per_step": flop / 1e9, "gflops": flop / med / 1e9,
+        "fwd_ms_median": ms(median(&p.fwd)), "loss_ms_median": ms(median(&p.loss)), "bwd_ms_median": ms(median(&p.bwd)),
+        "opt_ms_median": ms(median(&p.optim)), "zero_ms_median": ms(median(&p.zero)),
+        "lr": a.lr, "loss_first": loss_first, "loss_last": loss_last,
+    }))
 }
 
 /// The prefill of `generate` on its own: a cache as `generate` sizes it, one

@@ -10,7 +10,7 @@
 
 use okapi_data::Tokenizer;
 use okapi_model::Model;
-use okapi_rlhf::eval::{run_eval, EvalConfig, EvalSource, MmluPrompt, Task};
+use okapi_rlhf::eval::{run_eval, EvalConfig, EvalReport, EvalSource, MmluPrompt, Task};
 use okapi_runtime::{Backend, BackendKind};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -98,10 +98,10 @@ fn assign(spec: &str, tasks: &[Task], flag: &str) -> Result<(Task, PathBuf), Str
     }
 }
 
-fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
-    if a.batch_size == 0 {
-        return Err("--batch-size must be at least 1".into());
-    }
+/// The tasks of `--task` (deduplicated) and the data and few-shot sources of each.
+type Sources = Vec<(Task, EvalSource)>;
+
+fn tasks_and_sources(a: &EvalArgs) -> Result<(Vec<Task>, Sources, Sources), String> {
     let mut tasks: Vec<Task> = Vec::new();
     for t in &a.task {
         let t = Task::parse(t).map_err(|e| format!("--task: {e}"))?;
@@ -109,58 +109,73 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
             tasks.push(t);
         }
     }
-    let mmlu_prompt = MmluPrompt::parse(&a.mmlu_prompt).map_err(|e| format!("--mmlu-prompt: {e}"))?;
     let lang = a.lang.as_deref();
-    let mut data: Vec<(Task, EvalSource)> = Vec::new();
-    for spec in &a.data {
-        let (t, p) = assign(spec, &tasks, "--data")?;
-        data.push((t, EvalSource::from_file(&p, lang)?));
+    let load = |specs: &[String], flag: &str| -> Result<Sources, String> {
+        specs.iter().map(|spec| assign(spec, &tasks, flag).and_then(|(t, p)| Ok((t, EvalSource::from_file(&p, lang)?)))).collect()
+    };
+    let (data, fewshot) = (load(&a.data, "--data")?, load(&a.fewshot_data, "--fewshot-data")?);
+    if let Some(t) = tasks.iter().find(|&&t| !data.iter().any(|(dt, _)| *dt == t)) {
+        return Err(format!("--task {t}: no --data file for it"));
     }
-    let mut fewshot: Vec<(Task, EvalSource)> = Vec::new();
-    for spec in &a.fewshot_data {
-        let (t, p) = assign(spec, &tasks, "--fewshot-data")?;
-        fewshot.push((t, EvalSource::from_file(&p, lang)?));
+    Ok((tasks, data, fewshot))
+}
+
+/// The evaluation's messages (the first 20) and its throughput line on stderr, its table on stdout.
+fn print_report(report: &EvalReport) {
+    const SHOWN: usize = 20;
+    for m in report.messages.iter().take(SHOWN) {
+        eprintln!("okapi-train eval: {m}");
     }
-    for &t in &tasks {
-        if !data.iter().any(|(dt, _)| *dt == t) {
-            return Err(format!("--task {t}: no --data file for it"));
-        }
+    if report.messages.len() > SHOWN {
+        eprintln!("okapi-train eval: … and {} more messages", report.messages.len() - SHOWN);
     }
-    let mut summaries: Vec<Value> = Vec::new();
-    let mut out_lines = String::new();
+    let st = &report.stats;
+    eprintln!(
+        "okapi-train eval: {} items in {:.1}s ({:.2} items/s): {} with the shared-context cache ({} prefix tokens shared), {} from scratch; {} forwards, {} tokens",
+        report.items.len(),
+        report.seconds,
+        report.items.len() as f64 / report.seconds.max(1e-9),
+        st.items_cached,
+        st.shared_prefix,
+        st.items_fallback,
+        st.forwards,
+        st.tokens
+    );
+    println!("{}\n", report.table());
+}
+
+/// Writes the per-item JSONL to a temporary, then renames it into place.
+fn write_items(out: &Path, lines: &str) -> Result<(), String> {
+    let tmp = out.with_extension("jsonl.tmp");
+    let write = |p: &Path| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(p)?;
+        f.write_all(lines.as_bytes())?;
+        f.sync_all()
+    };
+    write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
+    if a.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let mmlu_prompt = MmluPrompt::parse(&a.mmlu_prompt).map_err(|e| format!("--mmlu-prompt: {e}"))?;
+    let (tasks, data, fewshot) = tasks_and_sources(a)?;
+    let (mut summaries, mut out_lines) = (Vec::<Value>::new(), String::new());
     for dir in &a.model {
         let tok = Tokenizer::load(dir).map_err(|e| e.to_string())?;
-        let device = be.name();
         let model = Model::load(be.clone(), dir).map_err(|e| e.to_string())?;
+        let model_name = dir.display().to_string();
         for &task in &tasks {
-            let srcs: Vec<EvalSource> = data.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect();
-            let shots: Vec<EvalSource> = fewshot.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect();
+            let of_task = |set: &Sources| -> Vec<EvalSource> { set.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect() };
+            let (srcs, shots) = (of_task(&data), of_task(&fewshot));
             let cfg = EvalConfig { task, num_fewshot: a.num_fewshot, limit: a.limit, seed: a.seed, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt };
-            eprintln!("okapi-train eval: {task}, {}-shot, {} file(s), {} ({} params) on {device}", cfg.shots(), srcs.len(), dir.display(), model.n_params());
+            eprintln!("okapi-train eval: {task}, {}-shot, {} file(s), {} ({} params) on {}", cfg.shots(), srcs.len(), dir.display(), model.n_params(), be.name());
             let report = run_eval(&model, &tok, &cfg, &srcs, &shots).map_err(|e| e.to_string())?;
-            const SHOWN: usize = 20;
-            for m in report.messages.iter().take(SHOWN) {
-                eprintln!("okapi-train eval: {m}");
-            }
-            if report.messages.len() > SHOWN {
-                eprintln!("okapi-train eval: … and {} more messages", report.messages.len() - SHOWN);
-            }
-            let st = &report.stats;
-            eprintln!(
-                "okapi-train eval: {} items in {:.1}s ({:.2} items/s): {} with the shared-context cache ({} prefix tokens shared), {} from scratch; {} forwards, {} tokens",
-                report.items.len(),
-                report.seconds,
-                report.items.len() as f64 / report.seconds.max(1e-9),
-                st.items_cached,
-                st.shared_prefix,
-                st.items_fallback,
-                st.forwards,
-                st.tokens
-            );
-            println!("{}\n", report.table());
-            let model_name = dir.display().to_string();
+            print_report(&report);
             for it in &report.items {
-                out_lines.push_str(&serde_json::to_string(&it.to_json(task, &model_name)).unwrap());
+                out_lines.push_str(&serde_json::to_string(&it.to_json(task, &model_name)).expect("JSON values serialise"));
                 out_lines.push('\n');
             }
             let mut s = report.summary_json();
@@ -169,16 +184,9 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         }
     }
     if let Some(out) = &a.output {
-        let tmp = out.with_extension("jsonl.tmp");
-        let write = |p: &PathBuf| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(p)?;
-            f.write_all(out_lines.as_bytes())?;
-            f.sync_all()
-        };
-        write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+        write_items(out, &out_lines)?;
     }
-    let last = if summaries.len() == 1 { summaries.pop().unwrap() } else { json!({ "results": summaries }) };
-    println!("{}", serde_json::to_string(&last).unwrap());
+    let last = if summaries.len() == 1 { summaries.pop().expect("one summary") } else { json!({ "results": summaries }) };
+    println!("{}", serde_json::to_string(&last).expect("JSON values serialise"));
     Ok(())
 }
