@@ -11,6 +11,31 @@ pub enum Arch {
     Bloom,
 }
 
+impl Arch {
+    /// Every architecture, by its `model_type`.
+    pub const ALL: [Arch; 2] = [Arch::Llama, Arch::Bloom];
+
+    /// The architecture of a config.json `model_type` (the one place it is parsed).
+    pub fn from_model_type(model_type: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == model_type)
+    }
+
+    /// `"llama"`, `"bloom"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Bloom => "bloom",
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Arch, String> {
+        Arch::from_model_type(s).ok_or_else(|| format!("unknown architecture `{s}` (expected {})", Arch::ALL.map(Arch::name).join(" or ")))
+    }
+}
+
 /// Storage dtype of a checkpoint (`torch_dtype` / `dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -145,11 +170,10 @@ impl ModelConfig {
         }
         let model_type = f.get("model_type").and_then(Value::as_str).unwrap_or("");
         let archs: Vec<&str> = f.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        let arch = match model_type {
-            "llama" => Arch::Llama,
-            "bloom" => Arch::Bloom,
-            "" => return Err(f.err("model_type", "missing (expected \"llama\" or \"bloom\")")),
-            other => return Err(f.err("model_type", format!("unsupported model type \"{other}\" (okapi supports \"llama\" and \"bloom\")"))),
+        let arch = match (model_type, Arch::from_model_type(model_type)) {
+            (_, Some(a)) => a,
+            ("", None) => return Err(f.err("model_type", "missing (expected \"llama\" or \"bloom\")")),
+            (other, None) => return Err(f.err("model_type", format!("unsupported model type \"{other}\" (okapi supports \"llama\" and \"bloom\")"))),
         };
         let mut head = Head::CausalLm;
         for a in &archs {

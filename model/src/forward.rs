@@ -3,7 +3,6 @@
 //! scratch gradients and accumulating (`+=`) parameter gradients and the residual stream's.
 
 use crate::acts::{Acts, Grads, LayerActs, Scratch};
-use crate::config::Arch;
 use crate::error::{ModelError, Result};
 use crate::model::{Block, Linear, Model, Norm};
 use okapi_runtime::{AttnGrads, AttnInputs, AttnShape, Backend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
@@ -348,14 +347,5 @@ impl<B: Backend> Model<B> {
             lins.iter().flatten().any(|l| grads.bufs[l.w].is_some()) || grads.bufs[blk.ln1.w].is_some() || grads.bufs[blk.ln2.w].is_some()
         };
         self.blocks.iter().position(has)
-    }
-}
-
-impl Arch {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Bloom => "bloom",
-        }
     }
 }

@@ -123,11 +123,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
         "generate" => Mode::Generate,
         other => return Err(format!("bench {other}: expected `bench train` or `bench generate`")),
     };
-    let arch = match a.arch.as_str() {
-        "llama" => Arch::Llama,
-        "bloom" => Arch::Bloom,
-        other => return Err(format!("--arch {other}: expected llama or bloom")),
-    };
+    let arch: Arch = a.arch.parse().map_err(|e| format!("--arch: {e}"))?;
     if a.batch_size == 0 {
         return Err("--batch-size 0: must be at least 1".into());
     }

@@ -25,11 +25,7 @@ pub struct InitArgs {
 }
 
 pub fn run(a: InitArgs) -> Result<(), String> {
-    let arch = match a.arch.as_str() {
-        "llama" => Arch::Llama,
-        "bloom" => Arch::Bloom,
-        other => return Err(format!("--arch {other}: expected llama or bloom")),
-    };
+    let arch: Arch = a.arch.parse().map_err(|e| format!("--arch: {e}"))?;
     let tok = Tokenizer::load(&a.tokenizer).map_err(|e| e.to_string())?;
     let mut cfg = preset_config(arch, &a.preset, Some(tok.vocab_size()), a.max_positions).map_err(|e| format!("--preset: {e} ({})", preset_names()))?;
     // special token ids from the tokenizer
