@@ -297,7 +297,8 @@ fn kernel_breakdown(model: &Model<CpuBackend>, b: usize, t: usize, reps: usize, 
     let (mut g_fwd, mut g_dx, mut g_dw) = (0.0, 0.0, 0.0);
     let (mut head_fwd, mut head_dx, mut head_dw) = (0.0, 0.0, 0.0);
     // per-shape timing (layers repeat the same shapes: time each distinct one once)
-    let mut seen: Vec<((usize, usize), (f64, f64, f64))> = vec![];
+    type Timings = (f64, f64, f64);
+    let mut seen: Vec<((usize, usize), Timings)> = vec![];
     for &(name, din, dout) in &linears {
         let tm = match seen.iter().find(|s| s.0 == (din, dout)) {
             Some(s) => s.1,

@@ -50,7 +50,7 @@ fn sft() -> Result<(), Box<dyn Error>> {
     let out = generate(&model, &[prompt], &Sampling { max_new_tokens: 24, ..Sampling::default() }, Some(eos))?;
     println!("response: {:?}", tok.decode(&out[0].tokens, true)?);
     let _ = std::fs::remove_dir_all(&work);
-    if !(last < first) {
+    if last.partial_cmp(&first) != Some(std::cmp::Ordering::Less) {
         return Err(format!("the loss did not fall ({first} → {last})").into());
     }
     Ok(())

@@ -30,7 +30,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    // the fitted coefficient as printed; it rounds to the same f32 as 0.5
+    #[allow(clippy::excessive_precision)]
+    let c0 = 5.000_000_1e-1;
+    p = p * r + c0;
     let e = p * (r * r) + r + 1.0;
     // 2ⁿ from the integer sitting in t's mantissa; n ∈ [−126, 127] here.
     let n_int = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);

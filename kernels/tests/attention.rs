@@ -16,8 +16,8 @@ struct Case {
     alibi: Option<Vec<f32>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn case(name: &'static str, batch: usize, tq: usize, tk: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize, causal: bool, q_pos0: &[u32], kv_len: &[u32], alibi: bool) -> Case {
+/// `case(name, batch, (tq, tk), (n_heads, n_kv_heads, head_dim), causal, (q_pos0, kv_len), alibi)`
+fn case(name: &'static str, batch: usize, (tq, tk): (usize, usize), (n_heads, n_kv_heads, head_dim): (usize, usize, usize), causal: bool, (q_pos0, kv_len): (&[u32], &[u32]), alibi: bool) -> Case {
     assert_eq!(q_pos0.len(), batch);
     assert_eq!(kv_len.len(), batch);
     let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal };
@@ -26,19 +26,19 @@ fn case(name: &'static str, batch: usize, tq: usize, tk: usize, n_heads: usize, 
 
 fn cases() -> Vec<Case> {
     vec![
-        case("causal", 2, 5, 5, 3, 3, 6, true, &[0, 0], &[5, 5], false),
+        case("causal", 2, (5, 5), (3, 3, 6), true, (&[0, 0], &[5, 5]), false),
         // cross-attention shape; the third sequence has no key at all (zero output and grads)
-        case("non-causal", 3, 5, 7, 3, 3, 6, false, &[0, 0, 0], &[7, 4, 0], false),
+        case("non-causal", 3, (5, 7), (3, 3, 6), false, (&[0, 0, 0], &[7, 4, 0]), false),
         // GQA 6 heads / 2 kv heads, second sequence right-padded to 5 keys
-        case("gqa causal", 2, 7, 7, 6, 2, 6, true, &[0, 0], &[7, 5], false),
+        case("gqa causal", 2, (7, 7), (6, 2, 6), true, (&[0, 0], &[7, 5]), false),
         // MQA, head_dim 11 (one 8-lane chunk of the dot product plus a remainder)
-        case("mqa causal", 2, 4, 4, 3, 1, 11, true, &[0, 0], &[4, 4], false),
-        case("alibi causal", 2, 6, 6, 6, 6, 6, true, &[0, 0], &[6, 6], true),
-        case("alibi gqa non-causal", 1, 5, 7, 6, 2, 6, false, &[0], &[7], true),
+        case("mqa causal", 2, (4, 4), (3, 1, 11), true, (&[0, 0], &[4, 4]), false),
+        case("alibi causal", 2, (6, 6), (6, 6, 6), true, (&[0, 0], &[6, 6]), true),
+        case("alibi gqa non-causal", 1, (5, 7), (6, 2, 6), false, (&[0], &[7]), true),
         // KV-cache steps: queries at positions q_pos0 + i, caches longer than the keys written
-        case("kv-cache prefill chunk", 3, 2, 9, 6, 2, 6, true, &[3, 6, 0], &[5, 8, 2], false),
-        case("kv-cache decode", 2, 1, 9, 6, 2, 6, true, &[8, 2], &[9, 3], false),
-        case("kv-cache decode alibi", 2, 1, 9, 12, 4, 6, true, &[6, 3], &[7, 4], true),
+        case("kv-cache prefill chunk", 3, (2, 9), (6, 2, 6), true, (&[3, 6, 0], &[5, 8, 2]), false),
+        case("kv-cache decode", 2, (1, 9), (6, 2, 6), true, (&[8, 2], &[9, 3]), false),
+        case("kv-cache decode alibi", 2, (1, 9), (12, 4, 6), true, (&[6, 3], &[7, 4]), true),
     ]
 }
 
@@ -157,7 +157,7 @@ fn attention_bwd_grad_check() {
 
 #[test]
 fn attention_bwd_deterministic() {
-    let c = case("repeat", 2, 9, 9, 6, 2, 8, true, &[0, 0], &[9, 7], true);
+    let c = case("repeat", 2, (9, 9), (6, 2, 8), true, (&[0, 0], &[9, 7]), true);
     let x = data(&c, 300);
     let (out, lse) = forward(&c, &x);
     let run = || {
@@ -174,7 +174,7 @@ fn attention_bwd_deterministic() {
 #[test]
 #[should_panic(expected = "attention_bwd: `dk` holds")]
 fn attention_bwd_rejects_short_gradient_buffers() {
-    let c = case("short", 1, 3, 3, 2, 1, 4, true, &[0], &[3], false);
+    let c = case("short", 1, (3, 3), (2, 1, 4), true, (&[0], &[3]), false);
     let x = data(&c, 301);
     let (out, lse) = forward(&c, &x);
     let (mut dq, mut dk, mut dv) = (vec![0f32; x.q.len()], vec![0f32; x.k.len() - 1], vec![0f32; x.v.len()]);
@@ -292,11 +292,11 @@ fn attention_bwd_ref(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], c: &Case) ->
 /// whose key range grows tile by tile, GQA, ALiBi, padding and a KV-cache chunk at an offset.
 #[test]
 fn attention_multi_tile_matches_f64() {
-    let cases = vec![
-        case("causal gqa alibi 150", 2, 150, 150, 4, 2, 8, true, &[0, 0], &[150, 97], true),
-        case("non-causal 70x133 padded", 2, 70, 133, 3, 3, 16, false, &[0, 0], &[133, 40], false),
-        case("cache chunk 65 at offset 70", 1, 65, 160, 4, 1, 8, true, &[70, 0][..1], &[135][..1], false),
-        case("decode over 200 keys", 3, 1, 200, 4, 2, 8, true, &[199, 50, 0], &[200, 51, 1], true),
+    let cases = [
+        case("causal gqa alibi 150", 2, (150, 150), (4, 2, 8), true, (&[0, 0], &[150, 97]), true),
+        case("non-causal 70x133 padded", 2, (70, 133), (3, 3, 16), false, (&[0, 0], &[133, 40]), false),
+        case("cache chunk 65 at offset 70", 1, (65, 160), (4, 1, 8), true, (&[70, 0][..1], &[135][..1]), false),
+        case("decode over 200 keys", 3, (1, 200), (4, 2, 8), true, (&[199, 50, 0], &[200, 51, 1]), true),
     ];
     for (s, c) in cases.iter().enumerate() {
         let x = data(c, 400 + s as u64);

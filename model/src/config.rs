@@ -204,7 +204,7 @@ impl ModelConfig {
                 let hidden = f.usize_any(&["hidden_size"])?;
                 let n_heads = f.usize_any(&["num_attention_heads"])?;
                 let n_kv = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-                let head_dim = f.opt_usize("head_dim")?.unwrap_or(if n_heads > 0 { hidden / n_heads } else { 0 });
+                let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
                 let act = f.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
                 if act != "silu" {
                     return Err(f.err("hidden_act", format!("unsupported activation \"{act}\" (LLaMA uses \"silu\")")));
@@ -248,7 +248,7 @@ impl ModelConfig {
                     n_layers: f.usize_any(&["n_layer", "num_hidden_layers"])?,
                     n_heads,
                     n_kv_heads: n_heads,
-                    head_dim: if n_heads > 0 { hidden / n_heads } else { 0 },
+                    head_dim: hidden.checked_div(n_heads).unwrap_or(0),
                     intermediate_size: 4 * hidden,
                     norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)? as f32,
                     rope_theta: 0.0,

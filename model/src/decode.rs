@@ -131,7 +131,7 @@ impl<B: Backend> Model<B> {
             let slot = KvSlot { k: &mut k[l], v: &mut v[l], cap: *cap };
             self.block_fwd(blk, la, x_in, x_out, &ctx, Some(slot));
         }
-        let x_last = if cfg.n_layers % 2 == 0 { &*x0 } else { &*x1 };
+        let x_last = if cfg.n_layers.is_multiple_of(2) { &*x0 } else { &*x1 };
         self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);
         if last_only {
             // gather each sequence's last new row (an embedding lookup with lnf as the table)

@@ -29,7 +29,7 @@ impl Progress {
                 bar.set_message(msg);
             }
             None => {
-                if step % self.log_every == 0 || step == self.total || step == 1 {
+                if step.is_multiple_of(self.log_every) || step == self.total || step == 1 {
                     eprintln!("step {step}/{}: {msg}", self.total);
                 }
             }

@@ -345,7 +345,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         });
         let fields = line.as_object_mut().expect("a JSON object");
         fields.extend(so.extra.clone());
-        if self.cfg.eval_every.is_some_and(|e| e > 0 && self.state.step % e == 0) {
+        if self.cfg.eval_every.is_some_and(|e| e > 0 && self.state.step.is_multiple_of(e)) {
             if let Some(v) = self.obj.validate(&self.model)? {
                 progress.println(&format!("step {}: {}", self.state.step, v.iter().map(|(k, x)| format!("{k} {}", fmt_num(x))).collect::<Vec<_>>().join(", ")));
                 fields.extend(v.clone());
@@ -362,7 +362,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     /// A checkpoint every `save_every` steps.
     fn checkpoint(&mut self) -> Result<(), TrainError> {
         let (Some(out), Some(every)) = (self.out, self.cfg.save_every) else { return Ok(()) };
-        if every == 0 || self.state.step % every != 0 {
+        if every == 0 || !self.state.step.is_multiple_of(every) {
             return Ok(());
         }
         ensure_finite(&self.model, self.state.step)?;

@@ -62,7 +62,7 @@ mod tests {
     #[test]
     fn a_short_buffer_is_named() {
         let (big, small) = (vec![0f32; 12], vec![0f32; 5]);
-        let ids = vec![0u32; 4];
+        let ids = [0u32; 4];
         let msg = panic_message(|| vocab("xent_fwd_bwd", &[("logits", &big[..])], &[("losses", &small[..])], &ids[..], Rows::new(6, 2)));
         assert_eq!(msg, "xent_fwd_bwd: `losses` holds 5 elements, the op needs 6");
         let msg = panic_message(|| matmul(&small[..], &big[..], &big[..], &Gemm::new(2, 3, 4)));

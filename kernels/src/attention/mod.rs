@@ -149,7 +149,7 @@ pub struct AttnShape {
 
 impl AttnShape {
     fn group(&self) -> usize {
-        assert!(self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads == 0, "attention: {} heads not divisible by {} kv heads", self.n_heads, self.n_kv_heads);
+        assert!(self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads), "attention: {} heads not divisible by {} kv heads", self.n_heads, self.n_kv_heads);
         self.n_heads / self.n_kv_heads
     }
     /// Number of keys query row i of sequence b attends to.
@@ -246,35 +246,64 @@ pub fn alibi_slopes(n_heads: usize) -> Vec<f32> {
 /// consumed by GEMMs; with a causal mask, a tile reads keys up to its last row only.
 const QT: usize = 64;
 
-/// One strided single-threaded GEMM: dst(m,n) = alpha·lhs(m,k)·rhs(k,n) (+ dst if accumulate).
-/// Strides are (row, column) in elements. The tasks calling this are already parallel.
-#[allow(clippy::too_many_arguments)]
+/// A strided operand of [`gemm_st`]: its first element, row and column strides (elements).
+#[derive(Clone, Copy)]
+struct Mat<P> {
+    ptr: P,
+    rs: usize,
+    cs: usize,
+}
+
+/// The shape of one [`gemm_st`]: dst(m,n) = alpha·lhs(m,k)·rhs(k,n) (+ dst if accumulate).
+#[derive(Clone, Copy)]
+struct StGemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    accumulate: bool,
+}
+
+/// One strided single-threaded GEMM (`dst`'s column stride must be 1). The tasks calling this
+/// are already parallel.
 #[inline]
-unsafe fn gemm_st(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, accumulate: bool, lhs: *const f32, lhs_rs: usize, lhs_cs: usize, rhs: *const f32, rhs_rs: usize, rhs_cs: usize, alpha: f32) {
+unsafe fn gemm_st(g: StGemm, dst: Mat<*mut f32>, lhs: Mat<*const f32>, rhs: Mat<*const f32>) {
+    let StGemm { m, n, k, alpha, accumulate } = g;
+    debug_assert_eq!(dst.cs, 1);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                std::ptr::write_bytes(dst.add(r * dst_rs), 0, n);
+                std::ptr::write_bytes(dst.ptr.add(r * dst.rs), 0, n);
             }
         }
         return;
     }
-    gemm::gemm(m, n, k, dst, 1, dst_rs as isize, accumulate, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize, rhs_rs as isize, 1.0, alpha, false, false, false, gemm::Parallelism::None);
+    gemm::gemm(m, n, k, dst.ptr, 1, dst.rs as isize, accumulate, lhs.ptr, lhs.cs as isize, lhs.rs as isize, rhs.ptr, rhs.cs as isize, rhs.rs as isize, 1.0, alpha, false, false, false, gemm::Parallelism::None);
 }
 
-/// The score tile of query rows i0..i0+rows of (b, h) against keys 0..nk of kv head g:
-/// s(rows, nk) = scale·Q·Kᵀ (+ slope·j with ALiBi).
-#[allow(clippy::too_many_arguments)]
-fn score_tile(s: &mut [f32], q: &[f32], k: &[f32], sh: &AttnShape, b: usize, h: usize, g: usize, i0: usize, rows: usize, nk: usize, slope: f32) {
+/// Rows `i0..i0 + rows` of query head `h` of sequence `b`, against keys `0..nk` of kv head `g`.
+#[derive(Clone, Copy)]
+struct Tile {
+    b: usize,
+    h: usize,
+    g: usize,
+    i0: usize,
+    rows: usize,
+    nk: usize,
+}
+
+/// The score tile of `t`: s(rows, nk) = scale·Q·Kᵀ (+ slope·j with ALiBi).
+fn score_tile(s: &mut [f32], q: &[f32], k: &[f32], sh: &AttnShape, t: Tile, slope: f32) {
+    let Tile { b, h, g, i0, rows, nk } = t;
     let (hq, d) = (sh.n_heads, sh.head_dim);
     let kw = sh.n_kv_heads * d;
     let q0 = ((b * sh.tq + i0) * hq + h) * d;
     let k0 = (b * sh.tk * sh.n_kv_heads + g) * d;
     // SAFETY: q rows i0..i0+rows and k rows 0..nk of this (b, head) lie inside the checked buffers.
-    unsafe { gemm_st(rows, nk, d, s.as_mut_ptr(), nk, false, q[q0..].as_ptr(), hq * d, 1, k[k0..].as_ptr(), 1, kw, sh.scale) };
+    unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: sh.scale, accumulate: false }, Mat { ptr: s.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: q[q0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: k[k0..].as_ptr(), rs: 1, cs: kw }) };
     if slope != 0.0 {
         for row in s[..rows * nk].chunks_exact_mut(nk) {
             for (j, x) in row.iter_mut().enumerate() {
@@ -319,7 +348,7 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
             s.resize(rows * nk, 0.0);
         }
         let slope = alibi.map_or(0.0, |a| a[h]);
-        score_tile(s, q, k, sh, b, h, g, i0, rows, nk, slope);
+        score_tile(s, q, k, sh, Tile { b, h, g, i0, rows, nk }, slope);
         for r in 0..rows {
             let n_vis = sh.visible(q_pos0[b], kv_len[b], i0 + r);
             let row = &mut s[r * nk..(r + 1) * nk];
@@ -339,7 +368,7 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
         let v0 = (b * sh.tk * sh.n_kv_heads + g) * d;
         // out rows (rows, d) = P (rows, nk) · V (nk, d)
         // SAFETY: the out rows of this task are disjoint from every other task's; v rows 0..nk exist.
-        unsafe { gemm_st(rows, d, nk, pout.0.add(row_out(0)), hq * d, false, s.as_ptr(), nk, 1, v[v0..].as_ptr(), kw, 1, 1.0) };
+        unsafe { gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pout.0.add(row_out(0)), rs: hq * d, cs: 1 }, Mat { ptr: s.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: v[v0..].as_ptr(), rs: kw, cs: 1 }) };
     });
 }
 
@@ -388,10 +417,10 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
                         p.resize(rows * nk, 0.0);
                         ds.resize(rows * nk, 0.0);
                     }
-                    score_tile(p, q, k, sh, b, h, g, i0, rows, nk, slope);
+                    score_tile(p, q, k, sh, Tile { b, h, g, i0, rows, nk }, slope);
                     // dP (rows, nk) = dO (rows, d) · Vᵀ (d, nk)
                     // SAFETY: dout rows of this tile and v rows 0..nk exist (checked above).
-                    unsafe { gemm_st(rows, nk, d, ds.as_mut_ptr(), nk, false, dout[row0..].as_ptr(), hq * d, 1, v[kv0..].as_ptr(), 1, kw, 1.0) };
+                    unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: 1.0, accumulate: false }, Mat { ptr: ds.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: v[kv0..].as_ptr(), rs: 1, cs: kw }) };
                     for r in 0..rows {
                         let i = i0 + r;
                         let n_vis = sh.visible(q_pos0[b], kv_len[b], i);
@@ -416,11 +445,11 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
                     // task alone; every read operand lies inside the checked buffers.
                     unsafe {
                         // dQ (rows, d) = dS (rows, nk) · K (nk, d)
-                        gemm_st(rows, d, nk, pdq.0.add(row0), hq * d, false, ds.as_ptr(), nk, 1, k[kv0..].as_ptr(), kw, 1, 1.0);
+                        gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pdq.0.add(row0), rs: hq * d, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: k[kv0..].as_ptr(), rs: kw, cs: 1 });
                         // dK (nk, d) += dSᵀ (nk, rows) · Q (rows, d)
-                        gemm_st(nk, d, rows, pdk.0.add(kv0), kw, true, ds.as_ptr(), 1, nk, q[row0..].as_ptr(), hq * d, 1, 1.0);
+                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdk.0.add(kv0), rs: kw, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: 1, cs: nk }, Mat { ptr: q[row0..].as_ptr(), rs: hq * d, cs: 1 });
                         // dV (nk, d) += Pᵀ (nk, rows) · dO (rows, d)
-                        gemm_st(nk, d, rows, pdv.0.add(kv0), kw, true, p.as_ptr(), 1, nk, dout[row0..].as_ptr(), hq * d, 1, 1.0);
+                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdv.0.add(kv0), rs: kw, cs: 1 }, Mat { ptr: p.as_ptr(), rs: 1, cs: nk }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 });
                     }
                 }
             }

@@ -42,6 +42,8 @@ pub fn embedding_bwd(dtable: &mut [f32], dout: &[f32], ids: &[u32], c: usize) {
     groups.par_iter().for_each(|&(s, e)| {
         let id = ids[order[s] as usize] as usize;
         assert!(id < v, "embedding_bwd: id {id} outside the table of {v} rows");
+        // the whole wrapper, not its raw pointer field, is what the closure must capture (Send)
+        #[allow(clippy::redundant_locals)]
         let table = table;
         // SAFETY: each group owns one distinct row `id` of the table.
         let row = unsafe { std::slice::from_raw_parts_mut(table.0.add(id * c), c) };

@@ -165,16 +165,16 @@ fn skinny_nt(c: &mut [f32], a: &[f32], b: &[f32], g: &Gemm) {
         #[cfg(target_arch = "x86_64")]
         if vmath::has_avx512() {
             // SAFETY: the CPU has AVX-512F; the bounds are the caller's (see above).
-            unsafe { skinny_cols_avx512(pc, a, b, m, n, k, n0, n1, g.alpha, g.beta) };
+            unsafe { skinny_cols_avx512(pc, a, b, g, (n0, n1)) };
             return;
         }
-        skinny_cols(pc, a, b, m, n, k, n0, n1, g.alpha, g.beta);
+        skinny_cols(pc, a, b, g, (n0, n1));
     });
 }
 
 vmath::multiversion! {
-    #[allow(clippy::too_many_arguments)]
-    fn skinny_cols(pc: SharedMut, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, n0: usize, n1: usize, alpha: f32, beta: f32) -> () {
+    fn skinny_cols(pc: SharedMut, a: &[f32], b: &[f32], g: &Gemm, cols: (usize, usize)) -> () {
+        let (m, n, k, alpha, beta, (n0, n1)) = (g.m, g.n, g.k, g.alpha, g.beta, cols);
         const L: usize = 16;
         let store = |r: usize, j: usize, dot: f32| {
             // SAFETY: (r, j) < (m, n), inside c (the caller's contract).
@@ -221,8 +221,8 @@ vmath::multiversion! {
 /// accumulators, 8 loads per 16 FMAs, the k tail through masked loads.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn skinny_cols_avx512(pc: SharedMut, a: &[f32], b: &[f32], m: usize, n: usize, k: usize, n0: usize, n1: usize, alpha: f32, beta: f32) {
+unsafe fn skinny_cols_avx512(pc: SharedMut, a: &[f32], b: &[f32], g: &Gemm, cols: (usize, usize)) {
+    let (m, n, k, alpha, beta, (n0, n1)) = (g.m, g.n, g.k, g.alpha, g.beta, cols);
     use std::arch::x86_64::*;
     assert!(a.len() >= m * k && b.len() >= n * k && n1 <= n);
     let store = |r: usize, j: usize, dot: f32| {

@@ -212,8 +212,8 @@ fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk
     Ok(results)
 }
 
-/// 2. The contexts of a round minus the shared prefix `p` and their last token, `t_max` tokens
-/// per sequence per forward.
+/// Step 2 of the fast path: the contexts of a round minus the shared prefix `p` and their last
+/// token, `t_max` tokens per sequence per forward.
 fn feed_contexts<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], p: usize, stats: &mut ScoreStats) -> Result<(), ScoreError> {
     let b = feed.b;
     let mut off = vec![p; b];
@@ -238,8 +238,10 @@ fn feed_contexts<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mu
     }
 }
 
-/// 3. The choices of a round, one at a time: [last context token] + choice[:-1], predicting
-/// choice[..]; each sequence's cache is rewound to its context after each choice.
+/// Step 3 of the fast path: the choices of a round, one at a time: \[last context token\] +
+/// choice\[:-1\], predicting choice\[..\]; each sequence's cache is rewound to its context after
+/// each choice.
+#[allow(clippy::needless_range_loop)]
 fn score_choices<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], results: &mut [Vec<f64>], stats: &mut ScoreStats) -> Result<(), ScoreError> {
     let b = feed.b;
     let n_choices = round.iter().map(|&i| encs[i].conts.len()).max().unwrap_or(0);

@@ -57,10 +57,13 @@ pub struct PpoConfig {
     pub log_every: u64,
 }
 
+/// Reward-model input ids for (prompt, response).
+pub type RmIds<'a> = &'a dyn Fn(&[u32], &[u32]) -> Result<Vec<u32>, TrainError>;
+
 /// How the caller turns tokens into reward-model inputs and text.
 pub struct PpoIo<'a> {
     /// reward-model input ids for (prompt, response) — the same ids, or re-tokenized text
-    pub rm_ids: &'a dyn Fn(&[u32], &[u32]) -> Result<Vec<u32>, TrainError>,
+    pub rm_ids: RmIds<'a>,
     pub decode: &'a dyn Fn(&[u32]) -> String,
     pub eos: u32,
     pub pad: u32,

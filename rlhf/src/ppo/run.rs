@@ -308,14 +308,14 @@ impl<'a, B: Backend> Ppo<'a, B> {
         });
         if let (Some((metrics, samples)), Some(dir)) = (logs, self.out) {
             writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(error::io(&dir.join("metrics.jsonl")))?;
-            if self.cfg.samples_every > 0 && it % self.cfg.samples_every == 0 {
+            if self.cfg.samples_every > 0 && it.is_multiple_of(self.cfg.samples_every) {
                 for r in rollouts.iter().take(4) {
                     let s = json!({ "iteration": it, "prompt": (self.io.decode)(&r.prompt), "response": (self.io.decode)(&r.response), "score": r.score });
                     writeln!(samples, "{s}").map_err(error::io(&dir.join("samples.jsonl")))?;
                 }
             }
         }
-        if self.cfg.log_every > 0 && (it % self.cfg.log_every == 0 || it == 1 || it == self.cfg.iterations) {
+        if self.cfg.log_every > 0 && (it.is_multiple_of(self.cfg.log_every) || it == 1 || it == self.cfg.iterations) {
             eprintln!("ppo iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}, {tok_s:.0} tok/s", self.cfg.iterations, st.pg_loss, st.vf_loss);
         }
         self.summary.scores.push(score_mean);
@@ -329,7 +329,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
     /// position and the value head (or the whole critic and its optimizer).
     fn checkpoint(&mut self, it: u64) -> Result<(), TrainError> {
         let (Some(out), Some(every)) = (self.out, self.cfg.save_every) else { return Ok(()) };
-        if every == 0 || it % every != 0 {
+        if every == 0 || !it.is_multiple_of(every) {
             return Ok(());
         }
         ensure_finite(&self.policy, it)?;

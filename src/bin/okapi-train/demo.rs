@@ -102,8 +102,11 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The written files, their records, and the held-out records.
+type SftFiles = (Vec<PathBuf>, Vec<InstructRecord>, Vec<InstructRecord>);
+
 /// The bundled SFT data as Okapi files, minus the showcase languages' last records (returned).
-fn sft_files(a: &DemoArgs) -> Result<(Vec<PathBuf>, Vec<InstructRecord>, Vec<InstructRecord>), String> {
+fn sft_files(a: &DemoArgs) -> Result<SftFiles, String> {
     let data_dir = a.out.join("data/sft");
     std::fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
     let (mut files, mut held_out) = (Vec::new(), Vec::new());

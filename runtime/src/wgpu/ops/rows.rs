@@ -22,7 +22,7 @@ fn rows_grid(n: usize) -> [u32; 3] {
 
 /// n·c must be addressable by the shaders' u32 indices.
 fn check_elems(what: &str, n: usize, c: usize) {
-    let total = n.checked_mul(c).unwrap_or(usize::MAX);
+    let total = n.saturating_mul(c);
     u32_of(total, &format!("{what} elements"));
 }
 
