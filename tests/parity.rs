@@ -117,7 +117,7 @@ fn check_kv_cache(name: &str) {
     let b = seqs.len();
     let cap = seqs.iter().map(Vec::len).max().unwrap();
     let t_prompt = *prompt_lens.iter().max().unwrap();
-    let mut cache = model.new_cache(b, cap, t_prompt);
+    let mut cache = model.new_cache(b, cap, t_prompt).unwrap();
     // prefill, right-padded with token 0
     let mut tokens = vec![0u32; b * t_prompt];
     for (s, seq) in seqs.iter().enumerate() {
@@ -165,7 +165,7 @@ fn bloom_kv_cache_decoding_equals_full_forward() {
 #[test]
 fn kv_cache_capacity_overflow_is_an_error() {
     let model = load("llama_gqa");
-    let mut cache = model.new_cache(1, 4, 4);
+    let mut cache = model.new_cache(1, 4, 4).unwrap();
     model.forward_cached(&mut cache, &[5, 6, 7], 3, &[3]).unwrap();
     let err = model.forward_cached(&mut cache, &[8, 9], 2, &[2]).unwrap_err().to_string();
     assert!(err.contains("capacity 4"), "{err}");

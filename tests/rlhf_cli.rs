@@ -186,7 +186,7 @@ fn ppo_resume_is_bit_identical_to_an_uninterrupted_run() {
         let o = ppo(&full, &[], &[]);
         assert!(o.status.success(), "{}", err(&o));
         let part = dir.join(format!("part-{critic}"));
-        let o = ppo(&part, &[], &[("OKAPI_TEST_ABORT_DURING_SAVE", "4")]);
+        let o = ppo(&part, &[], &[("OKAPI_TEST_CRASH_AT", "partial:2")]);
         assert!(!o.status.success(), "the run must die while writing the iteration-4 checkpoint");
         assert_eq!(std::fs::read_to_string(part.join("metrics.jsonl")).unwrap().lines().count(), 4, "four iterations ran before the kill");
         let o = ppo(&part, &["--resume", p(&part)], &[]);
@@ -216,7 +216,7 @@ fn ppo_resume_is_bit_identical_to_an_uninterrupted_run() {
             .args(["--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", critic, "--resume", p(&part)])
             .output()
             .unwrap();
-        one_line_error(&o, &["--resume", "rollout settings"]);
+        one_line_error(&o, &["--resume", "--rollouts 4", "--rollouts 8", "keeps every setting"]);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

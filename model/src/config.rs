@@ -145,13 +145,19 @@ impl Fields<'_> {
             Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
         }
     }
-    /// A token id that may be a list (LLaMA 3 lists several EOS ids): the first one.
+    /// A token id that may be a list (LLaMA 3 lists several EOS ids): the first one. A
+    /// negative id (early LLaMA conversions write `"pad_token_id": -1`) means none.
     fn token_id(&self, key: &str) -> Result<Option<u32>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(a)) if !a.is_empty() => a[0].as_u64().map(|x| Some(x as u32)).ok_or_else(|| self.err(key, "expected integer ids")),
-            Some(v) => v.as_u64().map(|x| Some(x as u32)).ok_or_else(|| self.err(key, format!("expected an integer id, got {v}"))),
+        let v = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Array(a)) if !a.is_empty() => &a[0],
+            Some(v) => v,
+        };
+        if v.as_i64().is_some_and(|x| x < 0) {
+            return Ok(None);
         }
+        let id = v.as_u64().ok_or_else(|| self.err(key, format!("expected an integer id, got {v}")))?;
+        u32::try_from(id).map(Some).map_err(|_| self.err(key, format!("{id} is not a token id (at most {})", u32::MAX)))
     }
 }
 
@@ -267,19 +273,90 @@ impl ModelConfig {
                 }
             }
         };
-        let checks: [(&str, bool, &str); 5] = [
-            ("hidden_size", cfg.hidden_size > 0, "must be positive"),
-            ("num_attention_heads", cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0, "heads must be positive and a multiple of num_key_value_heads"),
-            ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim % 2 == 0), "must be positive (and even for RoPE)"),
-            ("vocab_size", cfg.vocab_size > 0, "must be positive"),
-            ("hidden_size", cfg.arch == Arch::Llama || cfg.hidden_size == cfg.n_heads * cfg.head_dim, "BLOOM needs hidden_size divisible by n_head"),
+        cfg.validate(&f)?;
+        Ok(ModelConfig { raw, ..cfg })
+    }
+
+    /// Refuses values no model can have, naming the config field: sizes (positive, heads a
+    /// multiple of the KV heads, at most [`MAX_PARAMS`] parameters), epsilons and RoPE values
+    /// (finite, positive), special token ids (inside the vocabulary).
+    fn validate(&self, f: &Fields) -> Result<()> {
+        let (eps_key, heads_key) = match self.arch {
+            Arch::Llama => ("rms_norm_eps", "num_attention_heads"),
+            Arch::Bloom => ("layer_norm_epsilon", if f.get("n_head").is_some() { "n_head" } else { "num_attention_heads" }),
+        };
+        let layers_key = if self.arch == Arch::Bloom && f.get("n_layer").is_some() { "n_layer" } else { "num_hidden_layers" };
+        let checks: [(&str, bool, String); 10] = [
+            (layers_key, self.n_layers <= MAX_LAYERS, format!("{}: okapi handles at most {MAX_LAYERS} layers", self.n_layers)),
+            ("hidden_size", self.hidden_size > 0, "must be positive".into()),
+            (heads_key, self.n_heads > 0 && self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads == 0, "heads must be positive and a multiple of num_key_value_heads".into()),
+            ("head_dim", self.head_dim > 0 && (self.arch == Arch::Bloom || self.head_dim % 2 == 0), "must be positive (and even for RoPE)".into()),
+            ("vocab_size", self.vocab_size > 0, "must be positive".into()),
+            ("intermediate_size", self.intermediate_size > 0, "must be positive".into()),
+            ("hidden_size", self.arch == Arch::Llama || self.hidden_size == self.n_heads * self.head_dim, "BLOOM needs hidden_size divisible by n_head".into()),
+            ("max_position_embeddings", self.max_positions != Some(0), "must be positive".into()),
+            (eps_key, self.norm_eps.is_finite() && self.norm_eps > 0.0, format!("{}: expected a finite positive number", self.norm_eps)),
+            ("rope_theta", self.arch == Arch::Bloom || (self.rope_theta.is_finite() && self.rope_theta > 0.0), format!("{}: expected a finite positive number", self.rope_theta)),
         ];
         for (field, ok, msg) in checks {
             if !ok {
                 return Err(f.err(field, msg));
             }
         }
-        Ok(ModelConfig { raw, ..cfg })
+        validate_rope_scaling(f, &self.rope_scaling)?;
+        for (key, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id), ("pad_token_id", self.pad_token_id)] {
+            if let Some(id) = id.filter(|&i| i as usize >= self.vocab_size) {
+                return Err(f.err(key, format!("{id} is outside the vocabulary (vocab_size {})", self.vocab_size)));
+            }
+        }
+        if let Some(r) = f.get("initializer_range") {
+            if !r.as_f64().is_some_and(|x| x.is_finite() && x >= 0.0) {
+                return Err(f.err("initializer_range", format!("expected a finite number ≥ 0, got {r}")));
+            }
+        }
+        let params = self.param_count();
+        if params > MAX_PARAMS {
+            return Err(f.err("(sizes)", format!("the config describes {params} parameters; okapi handles at most {MAX_PARAMS}")));
+        }
+        Ok(())
+    }
+
+    /// Parameters of the model the config describes (heads included; u128, so that absurd sizes
+    /// cannot overflow).
+    pub fn param_count(&self) -> u128 {
+        let p = self.param_parts();
+        p.embed + self.n_layers as u128 * p.per_layer + p.final_norm + p.head
+    }
+
+    /// Parameters that train with the top `unfrozen_layers` blocks unfrozen (the final norm and
+    /// the heads always; all of them with `None`), as `Model::trainable_mask` picks them.
+    pub fn trainable_count(&self, unfrozen_layers: Option<usize>) -> Result<u128> {
+        let Some(n) = unfrozen_layers else { return Ok(self.param_count()) };
+        if n > self.n_layers {
+            return Err(ModelError::Other(format!("--unfrozen-layers {n}: {} has only {} layers", self.path.display(), self.n_layers)));
+        }
+        let p = self.param_parts();
+        let tied_head = if self.head == Head::CausalLm && self.tie_word_embeddings { p.embed } else { 0 };
+        Ok(n as u128 * p.per_layer + p.final_norm + p.head + tied_head)
+    }
+
+    fn param_parts(&self) -> ParamParts {
+        let [c, v, f] = [self.hidden_size, self.vocab_size, self.intermediate_size].map(|x| x as u128);
+        let (qw, kw) = (self.n_heads as u128 * self.head_dim as u128, self.n_kv_heads as u128 * self.head_dim as u128);
+        let (embed_norm, per_layer, final_norm) = match self.arch {
+            Arch::Llama => {
+                let attn = c * qw + 2 * c * kw + qw * c + if self.attention_bias { qw + 2 * kw + c } else { 0 };
+                let mlp = 3 * c * f + if self.mlp_bias { 2 * f + c } else { 0 };
+                (0, 2 * c + attn + mlp, c)
+            }
+            Arch::Bloom => (2 * c, 4 * c + 3 * c * c + 3 * c + c * c + c + 2 * c * f + f + c, 2 * c),
+        };
+        let head = match self.head {
+            Head::CausalLm if self.tie_word_embeddings => 0,
+            Head::CausalLm => v * c,
+            Head::Score => c,
+        };
+        ParamParts { embed: v * c + embed_norm, per_layer, final_norm, head }
     }
 
     /// Longest sequence the model accepts: `max_position_embeddings`, or 2048 for BLOOM
@@ -312,6 +389,44 @@ impl ModelConfig {
             o.insert(key.into(), Value::String(dtype.hf_name().into()));
         }
         v
+    }
+}
+
+/// Parameter counts by part of the model.
+struct ParamParts {
+    /// the embedding (and BLOOM's embedding norm)
+    embed: u128,
+    per_layer: u128,
+    final_norm: u128,
+    /// the LM head when untied, or the score head
+    head: u128,
+}
+
+/// The most parameters a config may describe (2⁴⁰, a 4 TiB f32 model): beyond it the sizes are
+/// a typo, and their products would overflow the kernels' index arithmetic.
+pub const MAX_PARAMS: u128 = 1 << 40;
+
+/// The most layers a config may have (the deepest published LLMs have a few hundred).
+pub const MAX_LAYERS: usize = 1 << 16;
+
+/// Factors of a RoPE scaling that the frequency formulas can use (positive, finite; llama3's
+/// high-frequency factor above its low-frequency one, which it divides by the difference of).
+fn validate_rope_scaling(f: &Fields, scaling: &RopeScaling) -> Result<()> {
+    let field = if f.get("rope_parameters").is_some() { "rope_parameters" } else { "rope_scaling" };
+    let positive = |k: &str, x: f64| if x.is_finite() && x > 0.0 { Ok(()) } else { Err(f.err(&format!("{field}.{k}"), format!("{x}: expected a finite positive number"))) };
+    match *scaling {
+        RopeScaling::None => Ok(()),
+        RopeScaling::Linear { factor } => positive("factor", factor as f64),
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            positive("factor", factor as f64)?;
+            positive("low_freq_factor", low_freq_factor as f64)?;
+            positive("high_freq_factor", high_freq_factor as f64)?;
+            positive("original_max_position_embeddings", original_max_position_embeddings as f64)?;
+            if high_freq_factor <= low_freq_factor {
+                return Err(f.err(&format!("{field}.high_freq_factor"), format!("{high_freq_factor} must be greater than low_freq_factor {low_freq_factor}")));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -51,11 +51,16 @@ impl<B: Backend> KvCache<B> {
 }
 
 impl<B: Backend> Model<B> {
-    pub fn new_cache(&self, batch: usize, cap: usize, t_max: usize) -> KvCache<B> {
+    /// A KV cache for `batch` sequences of up to `cap` tokens, fed `t_max` at a time; refused
+    /// (before allocating) when it does not fit in the memory left.
+    pub fn new_cache(&self, batch: usize, cap: usize, t_max: usize) -> Result<KvCache<B>> {
+        let bytes = crate::memory::kv_cache_bytes(&self.cfg, batch, cap, t_max);
+        let what = format!("a KV cache of {batch} sequences × {cap} tokens");
+        crate::memory::Need::new(what, "lower the new-token count or the batch size").device("KV cache and decoding buffers", bytes).check(&self.be)?;
         let be = &self.be;
         let cfg = &self.cfg;
         let (c, kw, n) = (cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, batch * t_max);
-        KvCache {
+        Ok(KvCache {
             batch,
             cap,
             t_max,
@@ -76,7 +81,7 @@ impl<B: Backend> Model<B> {
             last_rows: be.upload_ids(&vec![0; batch]),
             lnf_last: be.zeros(batch * c),
             last_t: 0,
-        }
+        })
     }
 
     /// Appends `n_new[b]` tokens to each sequence b. `tokens` is (batch, t) row-major, each row's

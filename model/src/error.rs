@@ -18,6 +18,9 @@ pub enum ModelError {
     NoWeights { dir: PathBuf, extra: String },
     #[error("{dir}: tensor `{name}` is missing from the checkpoint (config needs it: {why})")]
     MissingTensor { dir: PathBuf, name: String, why: String },
+    /// The memory check refused: what, how much of which memory, what is available.
+    #[error("not enough memory for {what}: {detail}")]
+    OutOfMemory { what: String, detail: String },
     #[error("{0}")]
     Other(String),
 }

@@ -21,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod heads;
 pub mod init;
+pub mod memory;
 pub mod model;
 pub mod rng;
 pub mod weights;

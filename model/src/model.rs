@@ -7,6 +7,7 @@ use crate::weights::{self, Checkpoint};
 use okapi_kernels::attention::alibi_slopes;
 use okapi_kernels::rope::rope_inv_freq;
 use okapi_runtime::Backend;
+use std::collections::HashSet;
 use std::path::Path;
 
 /// Name and shape of one parameter (internal layout; BLOOM's fused qkv is held as q, k, v).
@@ -239,10 +240,35 @@ pub fn to_hf(hf: &[HfEntry], host: &dyn Fn(usize) -> Vec<f32>) -> Vec<(String, V
         .collect()
 }
 
+/// Tensors a checkpoint may hold beside the model's: RoPE's cached inverse frequencies (older
+/// transformers saved them), and an `lm_head.weight` the model does not use (`head_unused`).
+fn ignorable_tensor(name: &str, head_unused: bool) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (head_unused && name == "lm_head.weight")
+}
+
+/// The memory check of loading `dir` (config `cfg`) on `be`.
+fn check_loading<B: Backend>(be: &B, cfg: &ModelConfig, dir: &Path) -> Result<()> {
+    let largest = weights::weight_files(dir)?.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).max().unwrap_or(0);
+    crate::memory::loading_need(cfg, largest).check(be)
+}
+
+/// Refuses a tensor with NaN or infinite values, naming it and the first bad value.
+fn check_finite(name: &str, t: &crate::weights::HostTensor) -> Result<()> {
+    let Some(first) = t.data.iter().position(|x| !x.is_finite()) else { return Ok(()) };
+    let count = t.data.iter().filter(|x| !x.is_finite()).count();
+    Err(ModelError::Tensor {
+        path: t.file.clone(),
+        name: name.to_string(),
+        msg: format!("{count} of {} values are not finite (the first, at index {first}, is {}): the checkpoint is corrupt or its training diverged", t.data.len(), t.data[first]),
+    })
+}
+
 impl<B: Backend> Model<B> {
     /// Loads `config.json` and the safetensors weights of a Hugging Face model directory.
+    /// Refuses (before reading any weights) a model that does not fit in memory.
     pub fn load(be: B, dir: &Path) -> Result<Model<B>> {
         let cfg = ModelConfig::load(dir)?;
+        check_loading(&be, &cfg, dir)?;
         let ckpt = Checkpoint::load(dir)?;
         Self::from_checkpoint(be, cfg, &ckpt)
     }
@@ -256,6 +282,7 @@ impl<B: Backend> Model<B> {
     /// head, N(0, initializer_range) from `seed` as transformers initialises it.
     pub fn load_reward(be: B, dir: &Path, seed: u64) -> Result<Model<B>> {
         let mut cfg = ModelConfig::load(dir)?;
+        check_loading(&be, &cfg, dir)?;
         let ckpt = Checkpoint::load(dir)?;
         let fresh = (cfg.head == Head::CausalLm).then(|| {
             let std = cfg.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
@@ -273,10 +300,11 @@ impl<B: Backend> Model<B> {
             Arch::Llama => "model.",
             Arch::Bloom => "transformer.",
         };
+        let mut used: HashSet<&str> = HashSet::new();
         for e in &layout.hf {
             // Base-model checkpoints (LlamaModel, bigscience/bloom-*) have no prefix.
-            let t = ckpt.tensors.get(&e.name).or_else(|| e.name.strip_prefix(prefix).and_then(|n| ckpt.tensors.get(n)));
-            let Some(t) = t else {
+            let found = ckpt.tensors.get_key_value(&e.name).or_else(|| e.name.strip_prefix(prefix).and_then(|n| ckpt.tensors.get_key_value(n)));
+            let Some((key, t)) = found else {
                 if let (Source::Param(i), Some(fresh)) = (&e.source, fresh_score.as_ref()) {
                     if Some(*i) == layout.score {
                         host[*i] = Some(fresh.clone());
@@ -285,6 +313,7 @@ impl<B: Backend> Model<B> {
                 }
                 return Err(ModelError::MissingTensor { dir: ckpt.dir.clone(), name: e.name.clone(), why: format!("shape {:?}", e.shape) });
             };
+            used.insert(key.as_str());
             if t.shape != e.shape {
                 return Err(ModelError::Tensor {
                     path: t.file.clone(),
@@ -292,6 +321,7 @@ impl<B: Backend> Model<B> {
                     msg: format!("shape {:?} does not match config.json, which implies {:?}", t.shape, e.shape),
                 });
             }
+            check_finite(key, t)?;
             match e.source {
                 Source::Param(i) => host[i] = Some(t.data.clone()),
                 Source::FusedQkv { q, k, v, heads, head_dim } => {
@@ -302,6 +332,18 @@ impl<B: Backend> Model<B> {
                     host[v] = Some(pv);
                 }
             }
+        }
+        // an LM head a tied model or a new reward model does not use, as transformers ignores it
+        let unused_head_ok = cfg.tie_word_embeddings || fresh_score.is_some();
+        let mut extra: Vec<&String> = ckpt.tensors.keys().filter(|k| !used.contains(k.as_str()) && !ignorable_tensor(k, unused_head_ok)).collect();
+        extra.sort();
+        if let Some(name) = extra.first() {
+            let more = if extra.len() > 1 { format!(" (and {} more)", extra.len() - 1) } else { String::new() };
+            return Err(ModelError::Tensor {
+                path: ckpt.tensors[*name].file.clone(),
+                name: name.to_string(),
+                msg: format!("not part of the model config.json describes{more} ({} {} layers, hidden {}): a checkpoint of another shape?", cfg.arch.name(), cfg.n_layers, cfg.hidden_size),
+            });
         }
         let values: Vec<Vec<f32>> = host.into_iter().map(|h| h.expect("every parameter has an HF tensor")).collect();
         Ok(Self::from_host(be, cfg, layout, values))

@@ -1,10 +1,11 @@
 //! Training checkpoints for resuming a run: `OUT/checkpoint/` holds the model (HF layout, f32 master
 //! weights), `optimizer.safetensors` (AdamW moments) and `trainer_state.json` (step, data
-//! position, seed, fingerprints of the model and the data). A checkpoint is written to
-//! `checkpoint.tmp/` and swapped in by renames, so a crash at any moment leaves the previous one
-//! intact (`checkpoint.old/` is picked up if the crash fell between the two renames).
+//! position, seed, fingerprints of the model and the data, and the settings that decide the
+//! run's trajectory). A checkpoint is written whole to `checkpoint.tmp/` and swapped in by
+//! renames that always leave one complete checkpoint (see [`save_with`]).
 
 use crate::error::{io, ResumeMismatch};
+use crate::rundir;
 use crate::optim::Optimizer;
 use crate::TrainError;
 use okapi_model::{DType, Model};
@@ -32,7 +33,14 @@ pub struct TrainerState {
     /// command-specific state (e.g. PPO's KL coefficient)
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// the settings that decide the trajectory, by the flag that sets them (`--lr` → 0.0001):
+    /// a resume must keep every one (see [`Expect::settings`])
+    #[serde(default)]
+    pub settings: Settings,
 }
+
+/// Settings that decide a run's trajectory, by flag.
+pub type Settings = std::collections::BTreeMap<String, serde_json::Value>;
 
 fn bad(path: &Path, problem: String) -> TrainError {
     TrainError::Checkpoint { path: path.to_path_buf(), problem }
@@ -100,6 +108,21 @@ pub struct Expect<'a> {
     pub total: u64,
     /// what `total` counts: "steps", "iterations"
     pub unit: &'static str,
+    /// this run's trajectory settings; each must equal the checkpoint's (a checkpoint written
+    /// before settings were recorded has none, and is not checked)
+    pub settings: &'a Settings,
+}
+
+/// The first setting whose value differs between the checkpoint and this run.
+fn changed_setting(saved: &Settings, given: &Settings) -> Option<ResumeMismatch> {
+    if saved.is_empty() {
+        return None;
+    }
+    let null = serde_json::Value::Null;
+    saved.keys().chain(given.keys()).find_map(|flag| {
+        let (a, b) = (saved.get(flag).unwrap_or(&null), given.get(flag).unwrap_or(&null));
+        (a != b).then(|| ResumeMismatch::Setting { flag: flag.clone(), saved: a.to_string(), given: b.to_string() })
+    })
 }
 
 /// Finds the checkpoint of `dir` (see [`resolve`]) and checks it against `expect`; returns its
@@ -116,11 +139,24 @@ pub fn open_for_resume(dir: &Path, expect: &Expect) -> Result<(PathBuf, TrainerS
     } else if saved.total_steps != expect.total {
         Some(ResumeMismatch::Total { saved: saved.total_steps, given: expect.total, unit: expect.unit })
     } else {
-        None
+        changed_setting(&saved.settings, expect.settings)
     };
     match mismatch {
         Some(mismatch) => Err(TrainError::Resume { dir: ckpt, mismatch }),
         None => Ok((ckpt, saved)),
+    }
+}
+
+/// The checks of a resume that need neither the model nor the data: a checkpoint is there,
+/// written by `command`, with the same trajectory `settings`. Cheap, so a command runs it before
+/// loading anything heavy; [`open_for_resume`] repeats it with the rest.
+pub fn precheck_resume(dir: &Path, command: &'static str, settings: &Settings) -> Result<(), TrainError> {
+    let ckpt = resolve(dir)?;
+    let saved = read_state(&ckpt)?;
+    let mismatch = if saved.command != command { Some(ResumeMismatch::Command { saved: saved.command, expected: command }) } else { changed_setting(&saved.settings, settings) };
+    match mismatch {
+        Some(mismatch) => Err(TrainError::Resume { dir: ckpt, mismatch }),
+        None => Ok(()),
     }
 }
 
@@ -135,36 +171,48 @@ pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state:
     save_with(out, model, opt, state, tokenizer, &[])
 }
 
+/// Whether `dir` is a whole checkpoint: its `trainer_state.json` is written last.
+fn is_complete(dir: &Path) -> bool {
+    dir.join("trainer_state.json").is_file()
+}
+
 /// `save` plus extra files (name, bytes) written inside the checkpoint before it is swapped in.
+///
+/// The swap keeps one complete checkpoint on disk at every moment, however many kills
+/// interrupt consecutive saves: the new one is written whole (synced, `trainer_state.json`
+/// last) to `checkpoint.tmp`; the current `checkpoint` is renamed to `checkpoint.old` only when
+/// it is complete (an older `checkpoint.old` is dropped first, never when it is the only
+/// complete copy); `checkpoint.tmp` is renamed to `checkpoint`; then `checkpoint.old` goes.
+/// [`resolve`] reads `checkpoint`, else `checkpoint.old`. The named crash points are the test
+/// hooks' (`OKAPI_TEST_CRASH_AT`).
 pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: Option<&Path>, extra_files: &[(String, Vec<u8>)]) -> Result<(), TrainError> {
-    let tmp = out.join("checkpoint.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
+    let (tmp, cur, old) = (out.join("checkpoint.tmp"), out.join("checkpoint"), out.join("checkpoint.old"));
+    // a leftover temporary is never needed: `cur` or `old` is complete
+    rundir::trash_dir(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, tokenizer)?;
-    crate::hooks::abort_during_save(state.step);
-    let p = tmp.join("optimizer.safetensors");
-    std::fs::write(&p, optimizer_bytes(model, opt)?).map_err(io(&p))?;
+    crate::hooks::crash_point("partial");
+    rundir::write_synced(&tmp.join("optimizer.safetensors"), &optimizer_bytes(model, opt)?)?;
     for (name, bytes) in extra_files {
-        let p = tmp.join(name);
-        std::fs::write(&p, bytes).map_err(io(&p))?;
+        rundir::write_synced(&tmp.join(name), bytes)?;
     }
-    let p = tmp.join("trainer_state.json");
-    std::fs::write(&p, serde_json::to_string_pretty(state).unwrap()).map_err(io(&p))?;
-    // swap: checkpoint → checkpoint.old, checkpoint.tmp → checkpoint, drop old
-    let (cur, old) = (out.join("checkpoint"), out.join("checkpoint.old"));
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    if cur.exists() {
+    let state_json = serde_json::to_string_pretty(state).map_err(|e| TrainError::Serialize { what: "trainer state", problem: e.to_string() })?;
+    rundir::write_synced(&tmp.join("trainer_state.json"), state_json.as_bytes())?;
+    rundir::sync_dir(&tmp)?;
+    crate::hooks::crash_point("written");
+    if is_complete(&cur) {
+        rundir::trash_dir(&old)?;
         std::fs::rename(&cur, &old).map_err(io(&cur))?;
+        rundir::sync_dir(out)?;
+        crate::hooks::crash_point("rotated");
+    } else {
+        // only ever a leftover of an interrupted deletion: `old` is the complete one
+        rundir::trash_dir(&cur)?;
     }
     std::fs::rename(&tmp, &cur).map_err(io(&tmp))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    }
-    Ok(())
+    rundir::sync_dir(out)?;
+    crate::hooks::crash_point("swapped");
+    rundir::trash_dir(&old)
 }
 
 /// AdamW moments (`m.<param>`, `v.<param>`, f32) and the step count (metadata) as a

@@ -157,6 +157,9 @@ impl<B: Backend> Objective<B> for DpoObjective<B> {
     fn data_fingerprint(&self) -> String {
         groups_fingerprint(&self.train, &self.val)
     }
+    fn settings(&self) -> crate::checkpoint::Settings {
+        [("--beta".to_string(), serde_json::Value::from(self.beta))].into()
+    }
     fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
         let w = pair_weight(&self.train, micro);
         let mut st = DpoStats::default();

@@ -36,6 +36,10 @@ pub enum TrainError {
     /// Serialising a tensor file failed (an internal size mismatch).
     #[error("{what}: {problem}")]
     Serialize { what: &'static str, problem: String },
+    /// A stop was requested (SIGINT / SIGTERM, see [`crate::stop`]): the run stopped at a step
+    /// boundary after writing a checkpoint (when it has an output directory) and its metrics.
+    #[error("interrupted after {unit} {done} of {total}{}", match checkpoint { Some(c) => format!(": checkpoint saved in {}; continue with --resume {}", c.display(), c.parent().unwrap_or(c).display()), None => "; nothing saved".into() })]
+    Interrupted { unit: &'static str, done: u64, total: u64, checkpoint: Option<PathBuf> },
     /// The test hook `stop_after_step` stopped the run (feature `test-hooks`).
     #[error("stopped after step {step} (test hook)")]
     Stopped { step: u64 },
@@ -60,6 +64,8 @@ pub enum ResumeMismatch {
     Critic { used: &'static str },
     #[error("trainer_state.json has no `{field}`")]
     State { field: &'static str },
+    #[error("the run used {flag} {saved}, this one {flag} {given}; a resume keeps every setting that decides the run's course (only --save-every, --eval-every, --log-every, --samples-every and --save-dtype may change)")]
+    Setting { flag: String, saved: String, given: String },
 }
 
 /// `map_err` for I/O on `path`.

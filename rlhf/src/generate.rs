@@ -233,7 +233,7 @@ pub fn generate<B: Backend>(model: &Model<B>, prompts: &[Vec<u32>], s: &Sampling
     let t_prompt = *lens.iter().max().unwrap();
     // the last generated token is never fed back: prompt + budget − 1 positions are cached
     let cap = (0..b).map(|i| lens[i] + budget[i] - 1).max().unwrap();
-    let mut cache = model.new_cache(b, cap, t_prompt);
+    let mut cache = model.new_cache(b, cap, t_prompt)?;
     let pad = cfg.pad_token_id.or(cfg.eos_token_id).unwrap_or(0).min(v as u32 - 1);
     let mut tokens = vec![pad; b * t_prompt];
     for (i, p) in prompts.iter().enumerate() {

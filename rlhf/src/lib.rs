@@ -40,8 +40,10 @@ pub mod ppo;
 pub mod progress;
 mod recipes;
 pub mod reward;
+pub mod rundir;
 pub mod schedule;
 pub mod sft;
+pub mod stop;
 pub mod trainer;
 
 pub use dpo::DpoObjective;

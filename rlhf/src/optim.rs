@@ -12,6 +12,29 @@ pub struct AdamWConfig {
     pub weight_decay: f32,
 }
 
+impl AdamWConfig {
+    /// Refuses values that cannot train (β outside [0, 1), ε ≤ 0, a negative or non-finite
+    /// weight decay), naming the flag.
+    pub fn validate(&self) -> Result<(), crate::TrainError> {
+        let bad = |setting: &'static str, problem: String| Err(crate::TrainError::Setting { setting, problem });
+        if !((0.0..1.0).contains(&self.beta1) && (0.0..1.0).contains(&self.beta2)) {
+            return bad("--adam-betas", format!("{},{}: expected each in [0, 1)", self.beta1, self.beta2));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad("--adam-eps", format!("{}: expected a finite positive number", self.eps));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("--weight-decay", format!("{}: expected a finite non-negative number", self.weight_decay));
+        }
+        Ok(())
+    }
+
+    /// The settings as flags, for a resume's check.
+    pub fn settings(&self) -> [(&'static str, serde_json::Value); 3] {
+        [("--adam-betas", format!("{},{}", self.beta1, self.beta2).into()), ("--adam-eps", self.eps.into()), ("--weight-decay", self.weight_decay.into())]
+    }
+}
+
 /// First and second moments of every trainable parameter (`None` where frozen).
 pub struct Optimizer<B: Backend> {
     pub cfg: AdamWConfig,

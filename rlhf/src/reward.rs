@@ -109,6 +109,9 @@ impl<B: Backend> Objective<B> for RewardObjective<B> {
     fn data_fingerprint(&self) -> String {
         groups_fingerprint(&self.train, &self.val)
     }
+    fn settings(&self) -> crate::checkpoint::Settings {
+        [("--margin".to_string(), Value::from(self.bufs.margin))].into()
+    }
     fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
         let w = pair_weight(&self.train, micro);
         let mut st = PairStats::default();

@@ -7,6 +7,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::error::{io, ResumeMismatch};
 use crate::optim::{clip_coef, AdamWConfig, Optimizer};
 use crate::progress::Progress;
+use crate::rundir;
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::TrainError;
 use okapi_model::{DType, Grads, Model, Rng};
@@ -55,6 +56,58 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Refuses settings that cannot train, naming the flag that sets each (one line).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |setting: &'static str, problem: String| Err(TrainError::Setting { setting, problem });
+        for (flag, n) in [("--batch-size", self.batch_size as u64), ("--grad-accum", self.grad_accum as u64), ("--epochs", self.epochs), ("--max-steps", self.max_steps.unwrap_or(1)), ("--log-every", self.log_every)] {
+            if n == 0 {
+                return bad(flag, "must be at least 1".into());
+            }
+        }
+        for (flag, every) in [("--eval-every", self.eval_every), ("--save-every", self.save_every)] {
+            if every == Some(0) {
+                return bad(flag, "must be at least 1 (leave it out for never)".into());
+            }
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad("--lr", format!("{}: expected a finite non-negative number", self.lr));
+        }
+        self.adam.validate()?;
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad("--max-grad-norm", format!("{}: expected a finite non-negative number (0: no clipping)", self.max_grad_norm));
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad("--val-fraction", format!("{}: expected a fraction in [0, 1)", self.val_fraction));
+        }
+        if self.max_len < 2 {
+            return bad("--max-len", format!("{}: must be at least 2", self.max_len));
+        }
+        Ok(())
+    }
+
+    /// The settings that decide the run's course, by flag: a resume must keep each (the data's
+    /// and the run length's are checked through their fingerprint and the step total).
+    pub fn trajectory_settings(&self) -> checkpoint::Settings {
+        [
+            ("--batch-size", serde_json::json!(self.batch_size)),
+            ("--grad-accum", serde_json::json!(self.grad_accum)),
+            ("--lr", serde_json::json!(self.lr)),
+            ("--lr-schedule", serde_json::json!(format!("{:?}", self.schedule).to_lowercase())),
+            ("--warmup-steps", serde_json::json!(self.warmup_steps)),
+            ("--max-grad-norm", serde_json::json!(self.max_grad_norm)),
+            ("--max-len", serde_json::json!(self.max_len)),
+            ("--mask-prompt", serde_json::json!(self.mask_prompt)),
+            ("--val-fraction", serde_json::json!(self.val_fraction)),
+            ("--unfrozen-layers", serde_json::json!(self.unfrozen_layers)),
+            ("--seed", serde_json::json!(self.seed)),
+            ("--no-shuffle", serde_json::json!(!self.shuffle)),
+        ]
+        .into_iter()
+        .chain(self.adam.settings())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// Optimizer steps of a run over `n_train` items.
     pub fn total_steps(&self, n_train: usize) -> u64 {
         let micro_per_epoch = n_train.div_ceil(self.batch_size.max(1)) as u64;
@@ -63,7 +116,9 @@ impl TrainConfig {
 }
 
 /// Where a run writes: the final model in Hugging Face layout, `metrics.jsonl` and
-/// `checkpoint/`; `tokenizer` (a tokenizer.json) is copied beside every saved model.
+/// `checkpoint/`; `tokenizer` (a tokenizer.json) is copied beside every saved model. The caller
+/// owns the directory policy (see [`crate::rundir::claim`]); [`train`] only refuses a directory
+/// with another run's checkpoint when it does not resume.
 #[derive(Clone, Copy, Debug)]
 pub struct RunDir<'a> {
     pub dir: &'a Path,
@@ -134,6 +189,11 @@ pub trait Objective<B: Backend> {
     fn n_train(&self) -> usize;
     /// Fingerprint of the tokenized training and validation data (resume refuses other data).
     fn data_fingerprint(&self) -> String;
+    /// The objective's own settings that decide the run's course, by flag (`--margin`,
+    /// `--beta`): a resume must keep them.
+    fn settings(&self) -> checkpoint::Settings {
+        checkpoint::Settings::new()
+    }
     /// Accumulates into `grads` the gradient of the step's loss over `micro` (each a list of
     /// training-item indices; the loss is the mean over all of them together).
     fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError>;
@@ -154,21 +214,14 @@ pub struct TrainSummary {
     pub history: Vec<Value>,
 }
 
-/// Creates the JSONL log `path`; with `keep_up_to` (a resume) keeps the lines whose `key` is at
-/// most that, so the file reads as one run.
-pub(crate) fn open_log(path: &Path, keep_up_to: Option<u64>, key: &str) -> Result<std::fs::File, TrainError> {
-    let kept = match keep_up_to {
-        Some(step) if path.exists() => std::fs::read_to_string(path)
-            .map_err(io(path))?
-            .lines()
-            .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get(key).and_then(|s| s.as_u64())).is_some_and(|s| s <= step))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
-        _ => String::new(),
-    };
-    let mut f = std::fs::File::create(path).map_err(io(path))?;
-    f.write_all(kept.as_bytes()).map_err(io(path))?;
-    Ok(f)
+/// A run that does not resume refuses a directory holding another run's checkpoint: it would
+/// sit beside this run's files and a later `--resume` would read it.
+pub(crate) fn refuse_other_checkpoint(dir: &Path, resuming: bool) -> Result<(), TrainError> {
+    let found: Vec<&str> = ["checkpoint", "checkpoint.old"].into_iter().filter(|c| dir.join(c).exists()).collect();
+    if resuming || found.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Setting { setting: "--out", problem: format!("{} holds another run's {}: resume it (--resume) or clear it (--overwrite)", dir.display(), found.join(" and ")) })
 }
 
 /// Refuses to save parameters that overflowed.
@@ -209,8 +262,9 @@ struct Trainer<'a, B: Backend, O: Objective<B>> {
     /// when this process started, and the run's elapsed time before it (a resume)
     started: Instant,
     elapsed0: f64,
-    /// whether a checkpoint exists in `out` (the message of a failed step says so)
-    has_checkpoint: bool,
+    /// the last checkpoint of this run on disk and its step (the message of a failed step
+    /// names it; a stop right after it writes no other)
+    last_checkpoint: Option<(PathBuf, u64)>,
 }
 
 impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
@@ -218,13 +272,12 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         if obj.n_train() == 0 {
             return Err(TrainError::NoData { what: "training data", detail: None });
         }
-        if cfg.batch_size == 0 || cfg.grad_accum == 0 {
-            return Err(TrainError::Setting { setting: "--batch-size / --grad-accum", problem: "must be at least 1".into() });
-        }
+        cfg.validate()?;
         if out.is_none() && cfg.save_every.is_some() {
             return Err(TrainError::Setting { setting: "--save-every", problem: "checkpoints need an output directory".into() });
         }
         if let Some(o) = &out {
+            refuse_other_checkpoint(o.dir, cfg.resume.is_some())?;
             std::fs::create_dir_all(o.dir).map_err(io(o.dir))?;
         }
         let mask = model.trainable_mask(cfg.unfrozen_layers)?;
@@ -245,10 +298,10 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             tokens_seen: 0,
             elapsed_s: 0.0,
             extra: Value::Null,
+            settings: cfg.trajectory_settings().into_iter().chain(obj.settings()).collect(),
         };
         let epoch_order = order.order(0);
-        let has_checkpoint = out.is_some_and(|o| o.dir.join("checkpoint").exists());
-        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, has_checkpoint })
+        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, last_checkpoint: None })
     }
 
     /// With `cfg.resume`: the checkpoint's weights, optimizer state and position.
@@ -262,6 +315,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             data_settings: "--data, --langs, --max-len, --val-fraction and --seed",
             total: self.state.total_steps,
             unit: "steps",
+            settings: &self.state.settings,
         };
         let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect)?;
         let loaded = Model::load(self.model.be.clone(), &ckpt.join("model"))?;
@@ -277,17 +331,25 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         self.elapsed0 = self.state.elapsed_s;
         self.epoch_order = self.order.order(self.state.epoch);
         self.summary.steps = self.state.step;
-        self.has_checkpoint = true;
-        eprintln!("resuming from {} at step {}/{}", ckpt.display(), self.state.step, self.state.total_steps);
+        self.last_checkpoint = Some((ckpt.clone(), self.state.step));
+        if self.state.step >= self.state.total_steps {
+            eprintln!("{}: the run had finished (step {} of {}): nothing left to train; saving its final model again", ckpt.display(), self.state.step, self.state.total_steps);
+        } else {
+            eprintln!("resuming from {} at step {}/{}", ckpt.display(), self.state.step, self.state.total_steps);
+        }
         Ok(())
     }
 
     fn run(mut self) -> Result<(Model<B>, TrainSummary), TrainError> {
         let keep = self.cfg.resume.as_ref().map(|_| self.state.step);
         let metrics_path = self.out.map(|o| o.dir.join("metrics.jsonl"));
-        let mut metrics = metrics_path.as_deref().map(|p| open_log(p, keep, "step")).transpose()?;
+        let mut metrics = metrics_path.as_deref().map(|p| rundir::reopen_log(p, keep, "step")).transpose()?;
         let progress = Progress::new(self.state.total_steps, self.state.step, self.cfg.log_every);
         while self.state.step < self.state.total_steps {
+            if crate::stop::requested() {
+                progress.finish();
+                return Err(self.interrupted());
+            }
             let (line, loss, lr, tokens_per_s) = self.step(&progress)?;
             if let (Some(f), Some(p)) = (metrics.as_mut(), metrics_path.as_deref()) {
                 writeln!(f, "{line}").and_then(|_| f.flush()).map_err(io(p))?;
@@ -322,13 +384,14 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     /// One optimizer step: its metrics line, loss, learning rate and throughput.
     fn step(&mut self, progress: &Progress) -> Result<(Value, f64, f64, f64), TrainError> {
         let step_start = Instant::now();
+        crate::hooks::step_delay();
         let micro = self.next_micro();
         self.model.zero_grads(&mut self.grads);
         let so = self.obj.step(&self.model, &micro, &mut self.grads)?;
         let grad_norm = self.opt.grad_norm(&self.model, &self.grads);
         let step_no = self.state.step + 1;
         if !so.loss.is_finite() || !grad_norm.is_finite() {
-            let checkpoint = self.has_checkpoint.then(|| self.out.map(|o| o.dir.join("checkpoint"))).flatten();
+            let checkpoint = self.last_checkpoint.as_ref().map(|(p, _)| p.clone());
             return Err(TrainError::NotFinite { at: format!("step {step_no}"), what: format!("the loss is {} and the gradient norm {grad_norm}", so.loss), checkpoint });
         }
         let lr = self.sched.lr(self.state.step);
@@ -345,7 +408,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         });
         let fields = line.as_object_mut().expect("a JSON object");
         fields.extend(so.extra.clone());
-        if self.cfg.eval_every.is_some_and(|e| e > 0 && self.state.step.is_multiple_of(e)) {
+        if self.cfg.eval_every.is_some_and(|e| self.state.step.is_multiple_of(e)) {
             if let Some(v) = self.obj.validate(&self.model)? {
                 progress.println(&format!("step {}: {}", self.state.step, v.iter().map(|(k, x)| format!("{k} {}", fmt_num(x))).collect::<Vec<_>>().join(", ")));
                 fields.extend(v.clone());
@@ -362,13 +425,29 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     /// A checkpoint every `save_every` steps.
     fn checkpoint(&mut self) -> Result<(), TrainError> {
         let (Some(out), Some(every)) = (self.out, self.cfg.save_every) else { return Ok(()) };
-        if every == 0 || !self.state.step.is_multiple_of(every) {
+        if !self.state.step.is_multiple_of(every) {
             return Ok(());
         }
         ensure_finite(&self.model, self.state.step)?;
         checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)?;
-        self.has_checkpoint = true;
+        self.last_checkpoint = Some((out.dir.join("checkpoint"), self.state.step));
         Ok(())
+    }
+
+    /// A requested stop: a checkpoint of the steps done (unless the last one holds them), then
+    /// the error that says where it is.
+    fn interrupted(&mut self) -> TrainError {
+        let checkpoint = match (&self.last_checkpoint, self.out) {
+            (Some((path, step)), _) if *step == self.state.step => Some(path.clone()),
+            (_, Some(out)) if self.state.step > 0 => {
+                if let Err(e) = ensure_finite(&self.model, self.state.step).and_then(|_| checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)) {
+                    return e;
+                }
+                Some(out.dir.join("checkpoint"))
+            }
+            _ => None,
+        };
+        TrainError::Interrupted { unit: "step", done: self.state.step, total: self.state.total_steps, checkpoint }
     }
 
     /// Refuses a non-finite model; saves it when the run has an output directory.

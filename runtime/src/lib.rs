@@ -22,6 +22,7 @@
 
 pub mod check;
 pub mod cpu;
+pub mod memory;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "wgpu")]
@@ -47,6 +48,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Human-readable device name (printed by the CLI).
     fn name(&self) -> String;
+    /// Where the buffers live and how much room is left there (the memory check before a
+    /// model or a run is allocated).
+    fn device_memory(&self) -> memory::DeviceMemory;
 
     /// Waits until every op issued so far has finished (GPU backends queue work; the CPU runs
     /// each op to completion). Benchmarks time phases around this; results never need it,

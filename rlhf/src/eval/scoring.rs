@@ -189,7 +189,7 @@ fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk
     // (longer pieces, choices included, go through in several forwards)
     let auto = ((1usize << 26) / (b * v).max(1)).clamp(1, 256);
     let t_max = if chunk > 0 { chunk } else { auto }.min(cap);
-    let mut cache = model.new_cache(b, cap, t_max);
+    let mut cache = model.new_cache(b, cap, t_max)?;
     let eos = model.cfg.eos_token_id.unwrap_or(0);
     let be = &model.be;
     let mut feed = Feed::<B> { b, t_max, pad: model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1), v, targets: be.upload_ids(&vec![IGNORE_INDEX; b * t_max]), logp: be.zeros(b * t_max), greedy: be.zeros(b * t_max) };

@@ -57,6 +57,78 @@ pub struct PpoConfig {
     pub log_every: u64,
 }
 
+impl PpoConfig {
+    /// Refuses settings that cannot run, naming the flag that sets each (one line).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |setting: &'static str, problem: String| Err(TrainError::Setting { setting, problem });
+        let counts = [
+            ("--iterations", self.iterations),
+            ("--rollouts", self.rollouts as u64),
+            ("--chunk-size", self.chunk_size as u64),
+            ("--ppo-epochs", self.ppo_epochs as u64),
+            ("--ppo-batch-size", self.minibatch as u64),
+            ("--max-new-tokens", self.sampling.max_new_tokens as u64),
+            ("--max-prompt-len", self.max_prompt_len as u64),
+            ("--samples-every", self.samples_every),
+            ("--log-every", self.log_every),
+            ("--save-every", self.save_every.unwrap_or(1)),
+        ];
+        if let Some((flag, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return bad(flag, "must be at least 1".into());
+        }
+        if let Err(e) = self.sampling.validate() {
+            let flag = if e.starts_with("temperature") { "--temperature" } else { "--top-p" };
+            return bad(flag, e);
+        }
+        let finite = |flag: &'static str, x: f64, ok: bool, expected: &str| if x.is_finite() && ok { Ok(()) } else { bad(flag, format!("{x}: expected {expected}")) };
+        finite("--init-kl-coef", self.kl.beta, self.kl.beta >= 0.0, "a finite number ≥ 0")?;
+        finite("--kl-target", self.kl.target.unwrap_or(1.0), self.kl.target.is_none_or(|t| t > 0.0), "a positive number or `none`")?;
+        finite("--kl-horizon", self.kl.horizon, self.kl.horizon > 0.0, "a positive number")?;
+        finite("--gamma", self.gamma, (0.0..=1.0).contains(&self.gamma), "a number in [0, 1]")?;
+        finite("--lam", self.lam, (0.0..=1.0).contains(&self.lam), "a number in [0, 1]")?;
+        finite("--cliprange", self.loss.cliprange, self.loss.cliprange > 0.0, "a positive number")?;
+        finite("--cliprange-value", self.loss.cliprange_value, self.loss.cliprange_value > 0.0, "a positive number")?;
+        finite("--vf-coef", self.loss.vf_coef, self.loss.vf_coef >= 0.0, "a finite number ≥ 0")?;
+        finite("--reward-clip", self.reward_clip as f64, self.reward_clip > 0.0, "a positive number")?;
+        finite("--lr", self.lr, self.lr >= 0.0, "a finite number ≥ 0")?;
+        finite("--max-grad-norm", self.max_grad_norm, self.max_grad_norm >= 0.0, "a finite number ≥ 0 (0: no clipping)")?;
+        self.adam.validate()
+    }
+
+    /// The settings that decide the run's course, by flag: a resume must keep each.
+    pub fn trajectory_settings(&self) -> crate::checkpoint::Settings {
+        let s = &self.sampling;
+        [
+            ("--rollouts", serde_json::json!(self.rollouts)),
+            ("--chunk-size", serde_json::json!(self.chunk_size)),
+            ("--ppo-epochs", serde_json::json!(self.ppo_epochs)),
+            ("--ppo-batch-size", serde_json::json!(self.minibatch)),
+            ("--temperature", serde_json::json!(s.temperature)),
+            ("--top-p", serde_json::json!(s.top_p)),
+            ("--top-k", serde_json::json!(s.top_k)),
+            ("--max-new-tokens", serde_json::json!(s.max_new_tokens)),
+            ("--max-prompt-len", serde_json::json!(self.max_prompt_len)),
+            ("--init-kl-coef", serde_json::json!(self.kl.beta)),
+            ("--kl-target", serde_json::json!(self.kl.target)),
+            ("--kl-horizon", serde_json::json!(self.kl.horizon)),
+            ("--gamma", serde_json::json!(self.gamma)),
+            ("--lam", serde_json::json!(self.lam)),
+            ("--cliprange", serde_json::json!(self.loss.cliprange)),
+            ("--cliprange-value", serde_json::json!(self.loss.cliprange_value)),
+            ("--vf-coef", serde_json::json!(self.loss.vf_coef)),
+            ("--reward-clip", serde_json::json!(self.reward_clip)),
+            ("--lr", serde_json::json!(self.lr)),
+            ("--max-grad-norm", serde_json::json!(self.max_grad_norm)),
+            ("--unfrozen-layers", serde_json::json!(self.unfrozen_layers)),
+            ("--seed", serde_json::json!(self.seed)),
+        ]
+        .into_iter()
+        .chain(self.adam.settings())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
 /// Reward-model input ids for (prompt, response).
 pub type RmIds<'a> = &'a dyn Fn(&[u32], &[u32]) -> Result<Vec<u32>, TrainError>;
 

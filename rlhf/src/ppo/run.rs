@@ -9,7 +9,8 @@ use crate::error::{self, ResumeMismatch};
 use crate::generate::{generate, Sampling};
 use crate::optim::{clip_coef, Optimizer};
 use crate::reward::RewardBufs;
-use crate::trainer::{ensure_finite, open_log, EpochOrder};
+use crate::rundir;
+use crate::trainer::{ensure_finite, EpochOrder};
 use crate::TrainError;
 use okapi_data::{Example, PromptGroup};
 use okapi_model::{Grads, Model};
@@ -64,6 +65,8 @@ pub struct Ppo<'a, B: Backend> {
     elapsed0: f64,
     started: Instant,
     summary: PpoSummary,
+    /// the last checkpoint of this run on disk and its iteration
+    last_checkpoint: Option<(std::path::PathBuf, u64)>,
 }
 
 /// Runs PPO on `prompts` (token ids of the templated prompts) and returns the trained policy
@@ -82,10 +85,12 @@ impl<'a, B: Backend> Ppo<'a, B> {
         if prompts.is_empty() {
             return Err(TrainError::NoData { what: "prompts", detail: None });
         }
+        cfg.validate()?;
         if out.is_none() && cfg.save_every.is_some() {
             return Err(TrainError::Setting { setting: "--save-every", problem: "checkpoints need an output directory".into() });
         }
         if let Some(dir) = out {
+            crate::trainer::refuse_other_checkpoint(dir, cfg.resume.is_some())?;
             std::fs::create_dir_all(dir).map_err(error::io(dir))?;
         }
         let PpoModels { policy, reference, reward, critic } = models;
@@ -120,6 +125,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             elapsed0: 0.0,
             started: Instant::now(),
             summary: PpoSummary::default(),
+            last_checkpoint: None,
         })
     }
 
@@ -136,6 +142,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             data_settings: "--prompts, --langs, --rollouts, --chunk-size, --ppo-epochs and --ppo-batch-size",
             total: self.cfg.iterations,
             unit: "iterations",
+            settings: &self.cfg.trajectory_settings(),
         };
         let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect)?;
         let separate = ckpt.join("critic.safetensors").exists();
@@ -158,7 +165,12 @@ impl<'a, B: Backend> Ppo<'a, B> {
         self.done = saved.step;
         self.elapsed0 = saved.elapsed_s;
         self.summary.iterations = saved.step;
-        eprintln!("resuming from {} after iteration {}/{}", ckpt.display(), self.done, self.cfg.iterations);
+        self.last_checkpoint = Some((ckpt.clone(), saved.step));
+        if self.done >= self.cfg.iterations {
+            eprintln!("{}: the run had finished (iteration {} of {}): nothing left to train; saving its final policy again", ckpt.display(), self.done, self.cfg.iterations);
+        } else {
+            eprintln!("resuming from {} after iteration {}/{}", ckpt.display(), self.done, self.cfg.iterations);
+        }
         Ok(())
     }
 
@@ -179,16 +191,21 @@ impl<'a, B: Backend> Ppo<'a, B> {
     pub fn run(mut self) -> Result<(Model<B>, PpoSummary), TrainError> {
         let keep = self.cfg.resume.as_ref().map(|_| self.done);
         let mut logs = match self.out {
-            Some(dir) => Some((open_log(&dir.join("metrics.jsonl"), keep, "iteration")?, open_log(&dir.join("samples.jsonl"), keep, "iteration")?)),
+            Some(dir) => Some((rundir::reopen_log(&dir.join("metrics.jsonl"), keep, "iteration")?, rundir::reopen_log(&dir.join("samples.jsonl"), keep, "iteration")?)),
             None => None,
         };
         for it in self.done + 1..=self.cfg.iterations {
+            if crate::stop::requested() {
+                return Err(self.interrupted(it - 1));
+            }
+            crate::hooks::step_delay();
             let mut times = Times::default();
             let mut rollouts = self.rollouts(it, &mut times)?;
             let mean_kl = self.score(&mut rollouts, &mut times)?;
             let stats = self.update(it, &rollouts, &mut times)?;
             self.log(it, &rollouts, mean_kl, &stats, &times, logs.as_mut())?;
             self.checkpoint(it)?;
+            self.done = it;
         }
         self.finish()
     }
@@ -287,7 +304,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         };
         let norm = self.opt.grad_norm(policy, &self.grads);
         if !st.loss.is_finite() || !norm.is_finite() {
-            let checkpoint = self.out.map(|d| d.join("checkpoint")).filter(|c| c.exists());
+            let checkpoint = self.last_checkpoint.as_ref().map(|(p, _)| p.clone());
             return Err(TrainError::NotFinite { at: format!("iteration {it}"), what: format!("the PPO loss is {} and the gradient norm {norm}", st.loss), checkpoint });
         }
         self.opt.step(policy, &self.grads, cfg.lr as f32, clip_coef(norm, cfg.max_grad_norm));
@@ -325,13 +342,17 @@ impl<'a, B: Backend> Ppo<'a, B> {
         Ok(())
     }
 
-    /// A checkpoint every `save_every` iterations: the policy, its optimizer, β, the prompt
-    /// position and the value head (or the whole critic and its optimizer).
+    /// A checkpoint every `save_every` iterations.
     fn checkpoint(&mut self, it: u64) -> Result<(), TrainError> {
-        let (Some(out), Some(every)) = (self.out, self.cfg.save_every) else { return Ok(()) };
-        if every == 0 || !it.is_multiple_of(every) {
-            return Ok(());
+        match (self.out, self.cfg.save_every) {
+            (Some(out), Some(every)) if it.is_multiple_of(every) => self.save_checkpoint(out, it),
+            _ => Ok(()),
         }
+    }
+
+    /// Writes the checkpoint of iteration `it` into `out`: the policy, its optimizer, β, the
+    /// prompt position and the value head (or the whole critic and its optimizer).
+    fn save_checkpoint(&mut self, out: &Path, it: u64) -> Result<(), TrainError> {
         ensure_finite(&self.policy, it)?;
         let state = TrainerState {
             command: "ppo".into(),
@@ -345,6 +366,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             tokens_seen: 0,
             elapsed_s: self.elapsed0 + self.started.elapsed().as_secs_f64(),
             extra: json!({ "beta": self.kl.beta }),
+            settings: self.cfg.trajectory_settings(),
         };
         let extra = match &self.critic {
             Some(c) => vec![
@@ -354,7 +376,23 @@ impl<'a, B: Backend> Ppo<'a, B> {
             ],
             None => vec![("value_head.safetensors".into(), value_head_bytes(&self.policy)?)],
         };
-        checkpoint::save_with(out, &self.policy, &self.opt, &state, self.io.tokenizer, &extra)
+        checkpoint::save_with(out, &self.policy, &self.opt, &state, self.io.tokenizer, &extra)?;
+        self.last_checkpoint = Some((out.join("checkpoint"), it));
+        Ok(())
+    }
+
+    /// A requested stop after iteration `done`: a checkpoint of it (unless the last one is),
+    /// then the error that says where it is.
+    fn interrupted(&mut self, done: u64) -> TrainError {
+        let checkpoint = match (&self.last_checkpoint, self.out) {
+            (Some((path, it)), _) if *it == done => Some(path.clone()),
+            (_, Some(out)) if done > 0 => match self.save_checkpoint(out, done) {
+                Ok(()) => Some(out.join("checkpoint")),
+                Err(e) => return e,
+            },
+            _ => None,
+        };
+        TrainError::Interrupted { unit: "iteration", done, total: self.cfg.iterations, checkpoint }
     }
 
     /// Refuses a non-finite policy; with an output directory saves it in HF layout with its

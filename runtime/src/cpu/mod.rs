@@ -14,6 +14,9 @@ impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
+    fn device_memory(&self) -> crate::memory::DeviceMemory {
+        crate::memory::DeviceMemory::Host
+    }
     fn zeros(&self, len: usize) -> Vec<f32> {
         vec![0.0; len]
     }

@@ -15,6 +15,12 @@ impl Backend for CudaBackend {
         let i = &self.inner;
         format!("cuda:{} {} ({}, {})", i.ordinal, i.device_name, i.arch, i.precision)
     }
+    fn device_memory(&self) -> crate::memory::DeviceMemory {
+        match self.inner.ctx.mem_get_info() {
+            Ok((free, _total)) => crate::memory::DeviceMemory::Free(crate::memory::device_budget(free as u64, &format!("cuda:{}", self.inner.ordinal))),
+            Err(_) => crate::memory::DeviceMemory::Unknown,
+        }
+    }
     fn synchronize(&self) {
         CudaBackend::synchronize(self);
     }

@@ -145,6 +145,10 @@ impl Backend for WgpuBackend {
     fn name(&self) -> String {
         format!("wgpu ({})", self.adapter_name())
     }
+    fn device_memory(&self) -> crate::memory::DeviceMemory {
+        // wgpu does not report free memory; its per-buffer limit is checked on allocation
+        crate::memory::DeviceMemory::Unknown
+    }
     fn synchronize(&self) {
         self.sync();
     }

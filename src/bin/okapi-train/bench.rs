@@ -299,7 +299,7 @@ fn bench_train<B: Backend>(model: Model<B>, a: &BenchArgs, threads: usize) -> Re
 /// as `generate` does), the read of the logits and the first greedy token of each.
 fn prefill<B: Backend>(model: &Model<B>, flat: &[u32], b: usize, t: usize, new: usize) -> Result<Vec<u32>, String> {
     let v = model.cfg.vocab_size;
-    let mut cache = model.new_cache(b, t + new - 1, t);
+    let mut cache = model.new_cache(b, t + new - 1, t).map_err(|e| e.to_string())?;
     model.forward_cached_last(&mut cache, flat, t, &vec![t; b]).map_err(|e| e.to_string())?;
     let logits = model.be.read(&cache.logits, b * v);
     Ok((0..b).map(|i| argmax(&logits[i * v..][..v]) as u32).collect())

@@ -73,8 +73,38 @@ struct Demo<'a, B: Backend> {
     report: Vec<String>,
 }
 
+/// What the demo writes in its directory, and the file that marks it as the demo's.
+const DEMO_ENTRIES: [&str; 7] = ["data", "tokenizer.json", "init", "sft", "rm", "ppo", "dpo"];
+const DEMO_MARKER: &str = ".okapi-demo";
+
+/// The demo's directory: new, empty, or a previous demo's (whose contents it replaces); any
+/// other directory is refused, so a mistyped `--out` never loses someone's files.
+fn claim_demo_dir(out: &Path) -> Result<(), String> {
+    let entries: Vec<String> = match std::fs::read_dir(out) {
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) if !out.exists() => vec![],
+        Err(e) => return Err(format!("--out {}: {e}", out.display())),
+    };
+    let foreign: Vec<&String> = entries.iter().filter(|e| *e != DEMO_MARKER && !DEMO_ENTRIES.iter().any(|d| e.as_str() == *d || e.strip_suffix(".trash") == Some(d))).collect();
+    if !foreign.is_empty() && !entries.iter().any(|e| e == DEMO_MARKER) {
+        let list: Vec<&str> = foreign.iter().map(|s| s.as_str()).collect();
+        return Err(format!("--out {}: the directory holds files that are not a previous demo's ({}): choose a new or empty directory", out.display(), list.join(", ")));
+    }
+    for name in DEMO_ENTRIES.iter().flat_map(|d| [d.to_string(), format!("{d}.trash")]) {
+        let p = out.join(name);
+        if p.is_dir() {
+            okapi_rlhf::rundir::trash_dir(&p).map_err(err)?;
+        } else if p.exists() {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    std::fs::write(out.join(DEMO_MARKER), "okapi-train demo's working directory: the next demo run replaces its contents\n").map_err(io(out))
+}
+
 fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     let t0 = Instant::now();
+    claim_demo_dir(&a.out)?;
     let (files, records, held_out) = sft_files(a)?;
     let (tok, tok_path) = tokenizer(a, &records)?;
     let mut demo = Demo { a, be, tok, tok_path, eos: 0, pad: 0, tpl: PromptTemplate::okapi(), report: Vec::new() };
@@ -170,7 +200,7 @@ impl<B: Backend> Demo<'_, B> {
         let sft_dir = self.a.out.join("sft");
         std::fs::create_dir_all(&sft_dir).map_err(io(&sft_dir))?;
         let extra = serde_json::json!({ "model": init_dir, "data": files });
-        super::sft::write_json(&sft_dir.join("args.json"), &args_json("demo sft", &cfg, extra))?;
+        super::outdir::write_json(&sft_dir.join("args.json"), &args_json("demo sft", &cfg, extra))?;
         let ln_v = (self.tok.vocab_size() as f64).ln();
         println!("sft: {} examples, {} epochs, batch 8, lr 3e-3 cosine; loss starts near ln V = {ln_v:.2}", examples.len(), self.a.epochs);
         let (_, summary) = run_sft(model, examples, vec![], &cfg, Some(RunDir { dir: &sft_dir, tokenizer: Some(&self.tok_path) })).map_err(err)?;

@@ -49,9 +49,11 @@ mod eval;
 mod generate;
 mod init;
 mod loglik;
+mod outdir;
 mod pairs;
 mod ppo;
 mod sft;
+mod signals;
 mod tokenizer;
 mod train_flags;
 
@@ -121,6 +123,29 @@ fn dispatch(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// A command-line error in one line (clap's message without its usage block), or clap's own
+/// output for --help and --version.
+fn parse_args() -> Cli {
+    let matches = match train_flags::annotate(<Cli as clap::CommandFactory>::command()).try_get_matches() {
+        Ok(m) => m,
+        Err(e) => exit_with_clap_error(e),
+    };
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e))
+}
+
+fn exit_with_clap_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    // the message is what precedes the usage block; its lines joined into one
+    let message: Vec<&str> = text.lines().take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information")).map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = message.join(" ");
+    eprintln!("{}", if line.starts_with("error:") { line } else { format!("error: {line}") });
+    std::process::exit(e.exit_code());
+}
+
 fn main() -> ExitCode {
     // A bug must still end in one readable line, not a backtrace (RUST_BACKTRACE=1 restores it).
     if std::env::var_os("RUST_BACKTRACE").is_none() {
@@ -131,13 +156,17 @@ fn main() -> ExitCode {
         }));
     }
     // --help shows each training flag's default and, where it differs, Okapi's value
-    let matches = train_flags::annotate(<Cli as clap::CommandFactory>::command()).get_matches();
-    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = parse_args();
+    signals::install(matches!(cli.command, Command::Sft(_) | Command::Reward(_) | Command::Dpo(_) | Command::Ppo(_)));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            if signals::interrupted() {
+                ExitCode::from(signals::EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

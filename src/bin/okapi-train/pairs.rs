@@ -1,11 +1,13 @@
 //! `okapi-train reward`, `okapi-train dpo` and `okapi-train score`: the commands on ranking data.
 
-use super::sft::write_json;
-use super::train_flags::{args_json, Stage, TrainFlags};
+use super::outdir;
+use super::sft::losses;
+use super::train_flags::{args_json, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
 use okapi_data::{encode_group, load_rankings, PromptGroup, SftEncoding, Tokenizer};
-use okapi_model::Model;
+use okapi_model::{Model, ModelConfig};
+use okapi_rlhf::pairwise::capacity;
 use okapi_rlhf::reward::score_records;
-use okapi_rlhf::{split_val, train, DpoObjective, RewardObjective, RunDir, TrainConfig, TrainSummary};
+use okapi_rlhf::{split_val, train, DpoObjective, RewardObjective, RunDir, TrainConfig};
 use okapi_runtime::Backend;
 use std::path::{Path, PathBuf};
 
@@ -66,40 +68,41 @@ pub fn load_groups(files: &[PathBuf], flags: &TrainFlags, cfg: &TrainConfig, tok
     Ok((groups, summary))
 }
 
-fn eos_pad<B: Backend>(model: &Model<B>) -> Result<(u32, u32), String> {
-    let eos = model.cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed to end responses", model.cfg.path.display()))?;
-    Ok((eos, model.cfg.pad_token_id.unwrap_or(eos)))
-}
-
-/// Everything `reward` and `dpo` share: settings, tokenizer, model, data split, args.json.
-struct PairRun<B: Backend> {
+/// Everything `reward` and `dpo` share, read and checked before the model is loaded:
+/// settings, output directory, tokenizer, config, data split, the memory check.
+struct PairRun<'a> {
     cfg: TrainConfig,
+    out: outdir::OutDir<'a>,
     tok: Tokenizer,
-    model: Model<B>,
-    pad: u32,
+    eos: u32,
     train: Vec<PromptGroup>,
     val: Vec<PromptGroup>,
 }
 
-fn prepare<B: Backend>(stage: Stage, model: Model<B>, tok: Tokenizer, flags: &TrainFlags, data: &[PathBuf]) -> Result<PairRun<B>, String> {
+/// Reads and checks a pair run's inputs. `objective`: the stage's own settings by flag.
+fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Path, data: &[PathBuf], out: &'a Path, objective: &[(&str, serde_json::Value)]) -> Result<PairRun<'a>, String> {
     let cfg = flags.resolve(stage)?;
-    let (eos, pad) = eos_pad(&model)?;
+    let out = outdir::claim(out, &[("--model", model)], cfg.resume.as_deref(), flags.overwrite)?;
+    precheck_resume(&cfg, stage.name(), objective)?;
+    let tok = Tokenizer::load(model).map_err(|e| e.to_string())?;
+    let model_cfg = ModelConfig::load(model).map_err(|e| e.to_string())?;
+    let eos = eos_of(&model_cfg)?;
     let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos)?;
     eprintln!("{}: {summary}", stage.name());
+    let (cap_b, cap_t) = capacity(&groups, cfg.batch_size);
+    check_training_memory(be, &model_cfg, &cfg, cap_b * cap_t)?;
     let (train, val) = split_val(groups, cfg.val_fraction, cfg.seed);
-    let mask = model.trainable_mask(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let n_train = mask.iter().zip(&model.info).filter(|(m, _)| **m).map(|(_, p)| p.numel()).sum::<usize>();
-    eprintln!("{}: {} on {}: {} train / {} validation prompts; {n_train} of {} parameters train", stage.name(), model.cfg.path.display(), model.be.name(), train.len(), val.len(), model.n_params());
-    Ok(PairRun { cfg, tok, model, pad, train, val })
+    Ok(PairRun { cfg, out, tok, eos, train, val })
 }
 
-fn write_args(out: &Path, stage: Stage, cfg: &TrainConfig, extra: serde_json::Value) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    write_json(&out.join("args.json"), &args_json(stage.name(), cfg, extra))
-}
-
-fn losses(s: &TrainSummary) -> String {
-    format!("{} steps, loss {:.4} → {:.4}", s.steps, s.first_loss.unwrap_or(f64::NAN), s.last_loss.unwrap_or(f64::NAN))
+impl PairRun<'_> {
+    /// One line on what trains on what; the pad id of the batches.
+    fn announce<B: Backend>(&self, stage: Stage, model: &Model<B>) -> Result<u32, String> {
+        let mask = model.trainable_mask(self.cfg.unfrozen_layers).map_err(|e| e.to_string())?;
+        let n_train = mask.iter().zip(&model.info).filter(|(m, _)| **m).map(|(_, p)| p.numel()).sum::<usize>();
+        eprintln!("{}: {} on {}: {} train / {} validation prompts; {n_train} of {} parameters train", stage.name(), model.cfg.path.display(), model.be.name(), self.train.len(), self.val.len(), model.n_params());
+        Ok(model.cfg.pad_token_id.unwrap_or(self.eos))
+    }
 }
 
 pub fn run_reward(a: RewardArgs) -> Result<(), String> {
@@ -107,21 +110,22 @@ pub fn run_reward(a: RewardArgs) -> Result<(), String> {
 }
 
 fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
-    let seed = a.train.resolve(Stage::Reward)?.seed;
-    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
-    let mut model = Model::load_reward(be, &a.model, seed).map_err(|e| e.to_string())?;
-    let (eos, _) = eos_pad(&model)?;
-    if model.cfg.pad_token_id.is_none_or(|p| p == eos) {
+    if !a.margin.is_finite() {
+        return Err(format!("--margin {}: expected a finite number", a.margin));
+    }
+    let r = prepare(&be, Stage::Reward, &a.train, &a.model, &a.data, &a.out, &[("--margin", a.margin.into())])?;
+    let mut model = Model::load_reward(be, &a.model, r.cfg.seed).map_err(|e| e.to_string())?;
+    if model.cfg.pad_token_id.is_none_or(|p| p == r.eos) {
         // transformers scores the last non-pad token: with pad == EOS it would skip the EOS
-        match tok.token_to_id("<pad>").filter(|&p| p != eos) {
+        match r.tok.token_to_id("<pad>").filter(|&p| p != r.eos) {
             Some(p) => model.set_pad_token(p),
             None => eprintln!("reward: warning: no pad token distinct from EOS; transformers will score the token before the EOS"),
         }
     }
-    let r = prepare(Stage::Reward, model, tok, &a.train, &a.data)?;
-    write_args(&a.out, Stage::Reward, &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs }))?;
-    let mut obj = RewardObjective::new(&r.model, r.train, r.val, r.cfg.batch_size, r.pad, a.margin);
-    let (_, s) = train(r.model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
+    let pad = r.announce(Stage::Reward, &model)?;
+    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs })))?;
+    let mut obj = RewardObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.margin);
+    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!(
         "reward: {}, accuracy {}{}; reward model saved in {}",
         losses(&s),
@@ -140,15 +144,14 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     if !(a.beta.is_finite() && a.beta > 0.0) {
         return Err(format!("--beta {}: expected a positive number", a.beta));
     }
-    a.train.resolve(Stage::Dpo)?;
-    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let r = prepare(&be, Stage::Dpo, &a.train, &a.model, &a.data, &a.out, &[("--beta", a.beta.into())])?;
     let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     model.lm_head().map_err(|e| e.to_string())?;
-    let r = prepare(Stage::Dpo, model, tok, &a.train, &a.data)?;
+    let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
-    write_args(&a.out, Stage::Dpo, &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs }))?;
-    let mut obj = DpoObjective::new(&r.model, r.train, r.val, r.cfg.batch_size, r.pad, a.beta).map_err(|e| e.to_string())?;
-    let (_, s) = train(r.model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
+    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs })))?;
+    let mut obj = DpoObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.beta).map_err(|e| e.to_string())?;
+    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());
     Ok(())
 }

@@ -2,10 +2,10 @@
 //! optional: unset, it takes okapi-train's default or, with `--recipe okapi`, Okapi's value
 //! (okapi-rlhf's `PpoConfig::defaults` / `PpoConfig::okapi`).
 
-use super::sft::write_json;
+use super::outdir;
 use super::train_flags::{annotate_arg, parse_betas, Recipe};
 use okapi_data::{load_instructions, PromptTemplate, Tokenizer};
-use okapi_model::{DType, Model};
+use okapi_model::{DType, Model, ModelConfig};
 use okapi_rlhf::ppo::{add_value_head, Critic, PpoIo};
 use okapi_rlhf::{run_ppo, AdamWConfig, PpoConfig, PpoModels, TrainError};
 use okapi_runtime::{Backend, BackendKind};
@@ -125,6 +125,9 @@ pub struct PpoArgs {
     /// Continue a run from OUT (or OUT/checkpoint) exactly where its last checkpoint stopped
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Replace the run already in OUT (its files are removed once this run's inputs are read)
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Write a few samples to samples.jsonl every N iterations
     #[arg(long)]
     pub samples_every: Option<u64>,
@@ -175,22 +178,19 @@ impl PpoArgs {
         let s = &mut c.sampling;
         (s.temperature, s.top_p, s.top_k, s.max_new_tokens) = (self.temperature.unwrap_or(s.temperature), self.top_p.unwrap_or(s.top_p), self.top_k.unwrap_or(s.top_k), self.max_new_tokens.unwrap_or(s.max_new_tokens));
         s.seed = c.seed;
-        s.validate().map_err(|e| format!("--{e}"))?;
         c.kl.beta = self.init_kl_coef.unwrap_or(r.kl.beta);
         c.kl.horizon = self.kl_horizon.unwrap_or(r.kl.horizon);
         c.kl.target = match self.kl_target.as_deref() {
             None => r.kl.target,
             Some("none") => None,
-            Some(s) => Some(s.parse::<f64>().ok().filter(|t| *t > 0.0).ok_or_else(|| format!("--kl-target {s}: expected a positive number or `none`"))?),
+            Some(s) => Some(s.parse::<f64>().ok().filter(|t| t.is_finite() && *t > 0.0).ok_or_else(|| format!("--kl-target {s}: expected a positive number or `none`"))?),
         };
         c.loss.cliprange = self.cliprange.unwrap_or(r.loss.cliprange);
         c.loss.cliprange_value = self.cliprange_value.unwrap_or(r.loss.cliprange_value);
         c.loss.vf_coef = self.vf_coef.unwrap_or(r.loss.vf_coef);
         let (beta1, beta2) = self.adam_betas.as_deref().map(parse_betas).transpose()?.unwrap_or((r.adam.beta1, r.adam.beta2));
         c.adam = AdamWConfig { beta1, beta2, eps: self.adam_eps.unwrap_or(r.adam.eps), weight_decay: self.weight_decay.unwrap_or(r.adam.weight_decay) };
-        if c.rollouts == 0 || c.chunk_size == 0 || c.minibatch == 0 || c.ppo_epochs == 0 || c.iterations == 0 {
-            return Err("--rollouts, --chunk-size, --ppo-batch-size, --ppo-epochs and --iterations must be at least 1".into());
-        }
+        c.validate().map_err(err)?;
         Ok(c)
     }
 }
@@ -257,26 +257,42 @@ fn tokenizers(a: &PpoArgs) -> Result<(Tokenizer, Tokenizer, bool), String> {
     Ok((tok, rm_tok, same))
 }
 
-/// The templated prompts that fit, with the counts in one line.
-fn load_prompts<B: Backend>(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &Model<B>) -> Result<Vec<Vec<u32>>, String> {
+/// The templated prompts that fit `policy`'s positions, with the counts in one line.
+fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelConfig) -> Result<Vec<Vec<u32>>, String> {
     let langs = a.langs.as_deref().map(okapi_data::parse_langs).transpose()?;
     let (records, stats) = load_instructions(&a.prompts, langs.as_deref(), false).map_err(err)?;
     let tpl = PromptTemplate::okapi();
-    let limit = policy.cfg.max_positions.map_or(cfg.max_prompt_len, |m| cfg.max_prompt_len.min(m.saturating_sub(1)));
+    let limit = policy.max_positions.map_or(cfg.max_prompt_len, |m| cfg.max_prompt_len.min(m.saturating_sub(1)));
     let (mut prompts, mut too_long) = (Vec::new(), 0);
     for r in &records {
-        let ids = tok.encode(&tpl.prompt(&r.instruction, &r.input), true).map_err(err)?;
+        let ids = tok.encode(&tpl.prompt(&r.instruction, &r.input), true).map_err(|e| format!("{}: {e}", r.origin))?;
         if ids.len() > limit {
             too_long += 1;
         } else {
             prompts.push(ids);
         }
     }
-    eprintln!("ppo: {}; {too_long} prompts longer than {} tokens (skipped); {} prompts", stats.summary(), cfg.max_prompt_len, prompts.len());
+    eprintln!("ppo: {}; {too_long} prompts longer than {limit} tokens (skipped); {} prompts", stats.summary(), prompts.len());
     if prompts.is_empty() {
-        return Err("no RL prompts after filtering".into());
+        return Err(format!("no RL prompts after filtering ({too_long} of {} longer than {limit} tokens)", records.len()));
     }
     Ok(prompts)
+}
+
+/// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
+/// critic from it), their activations over a chunk of rollouts, and the rollouts' KV cache.
+fn check_ppo_memory<B: Backend>(be: &B, policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize) -> Result<(), String> {
+    use okapi_model::memory::{activation_bytes, kv_cache_bytes, training_need, weights_bytes};
+    let cap_t = longest_prompt + cfg.sampling.max_new_tokens;
+    let rows = cfg.chunk_size.max(cfg.minibatch).saturating_mul(cap_t);
+    let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?;
+    let mut need = training_need(policy, trainable, rows)
+        .device("reference model", weights_bytes(policy))
+        .device("reward model", weights_bytes(rm))
+        .device("reference and reward activations", activation_bytes(policy, cfg.chunk_size * cap_t).saturating_add(activation_bytes(rm, cfg.chunk_size * cap_t)))
+        .device("rollout KV cache", kv_cache_bytes(policy, cfg.chunk_size, cap_t, longest_prompt));
+    need.hint = "lower --chunk-size, --ppo-batch-size, --max-new-tokens or --max-prompt-len, or train fewer layers (--unfrozen-layers)".into();
+    need.check(be).map_err(err)
 }
 
 fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
@@ -284,7 +300,15 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
         return Err(format!("--critic {}: expected shared (a value head on the policy's trunk) or separate (a critic initialised from the reward model)", a.critic));
     }
     let cfg = a.resolve()?;
+    let out = outdir::claim(&a.out, &[("--policy", &a.policy), ("--reward", &a.reward)], cfg.resume.as_deref(), a.overwrite)?;
+    if let Some(dir) = &cfg.resume {
+        okapi_rlhf::checkpoint::precheck_resume(dir, "ppo", &cfg.trajectory_settings()).map_err(err)?;
+    }
     let (tok, rm_tok, same_tokenizer) = tokenizers(a)?;
+    let (policy_cfg, rm_cfg) = (ModelConfig::load(&a.policy).map_err(err)?, ModelConfig::load(&a.reward).map_err(err)?);
+    let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
+    let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
+    check_ppo_memory(&be, &policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1))?;
     let mut policy = Model::load(be.clone(), &a.policy).map_err(err)?;
     policy.lm_head().map_err(err)?;
     let reference = Model::load(be.clone(), &a.policy).map_err(err)?;
@@ -292,7 +316,6 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     if rm.score.is_none() {
         return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
     }
-    let eos = policy.cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy.cfg.path.display()))?;
     let pad = policy.cfg.pad_token_id.unwrap_or(eos);
     let rm_eos = rm.cfg.eos_token_id.unwrap_or(eos);
     let rm_pad = rm.cfg.pad_token_id.unwrap_or(rm_eos);
@@ -303,9 +326,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
             None
         }
     };
-    let prompts = load_prompts(a, &cfg, &tok, &policy)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
-    write_json(&a.out.join("args.json"), &args_json(a, &cfg))?;
+    out.write_args(args_json(a, &cfg))?;
     let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
     let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, TrainError> {
         if same_tokenizer {
@@ -322,9 +343,11 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: Some(&tok.path) };
     let models = PpoModels { policy, reference: &reference, reward: &rm, critic };
     let (_, s) = run_ppo(models, &prompts, &cfg, &io, Some(&a.out)).map_err(err)?;
-    let first = |v: &[f64]| v.first().copied().unwrap_or(f64::NAN);
-    let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
-    eprintln!("ppo: {} iterations, mean score {:.3} → {:.3}, KL {:.3} → {:.3}; policy and value_head.safetensors saved in {}", s.iterations, first(&s.scores), last(&s.scores), first(&s.kls), last(&s.kls), a.out.display());
+    let (first, last) = (|v: &[f64]| v.first().copied(), |v: &[f64]| v.last().copied());
+    match (first(&s.scores), last(&s.scores), first(&s.kls), last(&s.kls)) {
+        (Some(s0), Some(s1), Some(k0), Some(k1)) => eprintln!("ppo: {} iterations, mean score {s0:.3} → {s1:.3}, KL {k0:.3} → {k1:.3}; policy and value_head.safetensors saved in {}", s.iterations, a.out.display()),
+        _ => eprintln!("ppo: {} iterations, none left to train; policy and value_head.safetensors saved in {}", s.iterations, a.out.display()),
+    }
     Ok(())
 }
 

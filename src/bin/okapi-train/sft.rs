@@ -1,11 +1,12 @@
 //! `okapi-train sft`: supervised fine-tuning on Okapi instruction files.
 
-use super::train_flags::{args_json, Stage, TrainFlags};
+use super::outdir;
+use super::train_flags::{args_json, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
 use okapi_data::Tokenizer;
-use okapi_model::Model;
-use okapi_rlhf::{load_sft_data, run_sft, split_val, RunDir};
+use okapi_model::{Model, ModelConfig};
+use okapi_rlhf::{load_sft_data, run_sft, split_val, RunDir, TrainSummary};
 use okapi_runtime::Backend;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct SftArgs {
@@ -28,32 +29,30 @@ pub fn run(a: SftArgs) -> Result<(), String> {
 
 fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     let cfg = a.train.resolve(Stage::Sft)?;
+    let out = outdir::claim(&a.out, &[("--model", &a.model)], cfg.resume.as_deref(), a.train.overwrite)?;
+    precheck_resume(&cfg, "sft", &[])?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let model_cfg = ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
+    let data = load_sft_data(&a.data, a.train.langs()?.as_deref(), &a.train.template()?, &tok, eos_of(&model_cfg)?, &cfg).map_err(|e| e.to_string())?;
+    eprintln!("sft: {}", data.summary);
+    let longest = data.examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+    check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size * longest)?;
+    let (train, val) = split_val(data.examples, cfg.val_fraction, cfg.seed);
     let device = be.name();
     let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
-    let eos = model.cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed to end responses", model.cfg.path.display()))?;
-    let data = load_sft_data(&a.data, a.train.langs()?.as_deref(), &a.train.template()?, &tok, eos, &cfg).map_err(|e| e.to_string())?;
-    eprintln!("sft: {}", data.summary);
-    let (train, val) = split_val(data.examples, cfg.val_fraction, cfg.seed);
     eprintln!("sft: {} ({} params) on {device}: {} train / {} validation examples", a.model.display(), model.n_params(), train.len(), val.len());
-    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "recipe": format!("{:?}", a.train.recipe).to_lowercase(), "langs": a.train.langs, "template": a.train.template });
-    write_json(&a.out.join("args.json"), &args_json("sft", &cfg, extra))?;
-    let out = RunDir { dir: &a.out, tokenizer: Some(&tok.path) };
-    let (_, summary) = run_sft(model, train, val, &cfg, Some(out)).map_err(|e| e.to_string())?;
-    eprintln!(
-        "sft: {} steps, loss {:.4} → {:.4}{}; model saved in {}",
-        summary.steps,
-        summary.first_loss.unwrap_or(f64::NAN),
-        summary.last_loss.unwrap_or(f64::NAN),
-        summary.val.as_ref().and_then(|v| v.get("val_loss")).and_then(|v| v.as_f64()).map(|v| format!(", val_loss {v:.4}")).unwrap_or_default(),
-        a.out.display()
-    );
+    out.write_args(args_json("sft", &cfg, extra))?;
+    let run_dir = RunDir { dir: &a.out, tokenizer: Some(&tok.path) };
+    let (_, summary) = run_sft(model, train, val, &cfg, Some(run_dir)).map_err(|e| e.to_string())?;
+    eprintln!("sft: {}{}; model saved in {}", losses(&summary), summary.val.as_ref().and_then(|v| v.get("val_loss")).and_then(|v| v.as_f64()).map(|v| format!(", val_loss {v:.4}")).unwrap_or_default(), a.out.display());
     Ok(())
 }
 
-pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<(), String> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(v).expect("a JSON value serialises")).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+/// "N steps, loss A → B" of this process's steps, or that none were left.
+pub fn losses(s: &TrainSummary) -> String {
+    match (s.first_loss, s.last_loss) {
+        (Some(first), Some(last)) => format!("{} steps, loss {first:.4} → {last:.4}", s.steps),
+        _ => format!("{} steps, none left to train", s.steps),
+    }
 }

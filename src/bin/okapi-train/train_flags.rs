@@ -132,6 +132,9 @@ pub struct TrainFlags {
     /// Continue a run from OUT (or OUT/checkpoint) exactly where it stopped
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Replace the run already in OUT (its files are removed once this run's inputs are read)
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -201,22 +204,28 @@ impl TrainFlags {
 
 /// Refuses settings that cannot train, naming the flag.
 fn validate(c: &TrainConfig) -> Result<(), String> {
-    if c.batch_size == 0 || c.grad_accum == 0 {
-        return Err("--batch-size and --grad-accum must be at least 1".into());
-    }
-    if !(c.lr.is_finite() && c.lr >= 0.0) {
-        return Err(format!("--lr {}: expected a non-negative number", c.lr));
-    }
-    if !(0.0..1.0).contains(&c.val_fraction) {
-        return Err(format!("--val-fraction {}: expected a fraction in [0, 1)", c.val_fraction));
-    }
-    if c.max_steps == Some(0) || c.epochs == 0 {
-        return Err("--max-steps and --epochs must be at least 1".into());
-    }
-    if c.max_len < 2 {
-        return Err(format!("--max-len {}: must be at least 2", c.max_len));
-    }
-    Ok(())
+    c.validate().map_err(|e| e.to_string())
+}
+
+/// The memory check of a training run before its model is loaded: `rows` (B·T) is the largest
+/// batch of tokens it will see.
+pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize) -> Result<(), String> {
+    let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
+    okapi_model::memory::training_need(model, trainable, rows).check(be).map_err(|e| e.to_string())
+}
+
+/// With `--resume`: the checks that need no model or data (a checkpoint of this command with
+/// the same settings), before anything heavy is loaded.
+pub fn precheck_resume(cfg: &TrainConfig, command: &'static str, objective: &[(&str, serde_json::Value)]) -> Result<(), String> {
+    let Some(dir) = &cfg.resume else { return Ok(()) };
+    let mut settings = cfg.trajectory_settings();
+    settings.extend(objective.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    okapi_rlhf::checkpoint::precheck_resume(dir, command, &settings).map_err(|e| e.to_string())
+}
+
+/// The EOS id every response ends with, from config.json.
+pub fn eos_of(model: &okapi_model::ModelConfig) -> Result<u32, String> {
+    model.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed to end responses", model.path.display()))
 }
 
 /// `args.json`: the command line and every resolved setting.

@@ -1,0 +1,24 @@
+//! A graceful stop, requested from outside the training loop: `okapi-train`'s SIGINT / SIGTERM
+//! handler calls [`request`] (an atomic store, safe inside a signal handler); the trainer and
+//! PPO check [`requested`] at every step boundary, write a checkpoint (when the run has an
+//! output directory) and the metrics, and return [`crate::TrainError::Interrupted`]. A library
+//! user stops a run from another thread the same way.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks the running training loop to stop at its next step boundary.
+pub fn request() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether a stop was requested (and not cleared since).
+pub fn requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Forgets a request (before starting another run in the same process).
+pub fn clear() {
+    STOP.store(false, Ordering::SeqCst);
+}

@@ -1,0 +1,69 @@
+//! The run-directory policy of the training commands (`sft`, `reward`, `dpo`, `ppo`), on top of
+//! okapi-rlhf's `rundir`: `--out` is checked before anything is loaded ([`claim`]) — never an
+//! input model's directory, and a directory holding another run only with `--resume` (the same
+//! run) or `--overwrite`; the old run's files are cleared, and `args.json` written, only once
+//! every input has been read ([`write_args`]).
+
+use okapi_rlhf::checkpoint;
+use okapi_rlhf::rundir::{self, OutMode};
+use serde_json::Value;
+use std::path::Path;
+
+/// The output directory of a training command, claimed.
+pub struct OutDir<'a> {
+    pub path: &'a Path,
+    pub mode: OutMode,
+}
+
+/// Checks `--out` for a run that reads the model directories `inputs` and, with `resume`,
+/// continues the checkpoint there. Writes nothing.
+pub fn claim<'a>(out: &'a Path, inputs: &[(&'static str, &Path)], resume: Option<&Path>, overwrite: bool) -> Result<OutDir<'a>, String> {
+    let mode = match (resume, overwrite) {
+        (Some(_), true) => return Err("--resume and --overwrite: a run either continues or replaces the one in --out, not both".into()),
+        (Some(_), false) => OutMode::Resume,
+        (None, true) => OutMode::Overwrite,
+        (None, false) => OutMode::Fresh,
+    };
+    rundir::claim(out, "--out", inputs, mode).map_err(|e| e.to_string())?;
+    if let Some(dir) = resume {
+        let ckpt = checkpoint::resolve(dir).map_err(|e| e.to_string())?;
+        // the run directory of the checkpoint: OUT of OUT/checkpoint (or OUT/checkpoint.old)
+        let run = if ckpt.file_name().is_some_and(|n| n.to_string_lossy().starts_with("checkpoint")) { ckpt.parent().unwrap_or(&ckpt) } else { &ckpt };
+        let holds_run = !rundir::run_files(out).is_empty();
+        if holds_run && rundir::resolved(run) != rundir::resolved(out) {
+            return Err(format!("--out {} holds another run than the one --resume {} continues: resume into the run's own directory ({}) or into a new one", out.display(), dir.display(), run.display()));
+        }
+    }
+    Ok(OutDir { path: out, mode })
+}
+
+impl OutDir<'_> {
+    /// The run's first write, once its inputs are read: with `--overwrite` the old run's files
+    /// go first; a resume keeps the run's `args.json` (its settings cannot change) and appends
+    /// this command line to its `resumed`; otherwise `args` is written.
+    pub fn write_args(&self, args: Value) -> Result<(), String> {
+        std::fs::create_dir_all(self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if self.mode == OutMode::Overwrite {
+            rundir::clear_run(self.path).map_err(|e| e.to_string())?;
+        }
+        let path = self.path.join("args.json");
+        let existing = (self.mode == OutMode::Resume).then(|| std::fs::read_to_string(&path).ok()).flatten().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let v = match existing {
+            Some(mut v) if v.is_object() => {
+                let resumed = v.as_object_mut().expect("an object").entry("resumed").or_insert_with(|| Value::Array(vec![]));
+                if let Some(list) = resumed.as_array_mut() {
+                    list.push(serde_json::json!({ "argv": std::env::args().collect::<Vec<_>>() }));
+                }
+                v
+            }
+            _ => args,
+        };
+        write_json(&path, &v)
+    }
+}
+
+/// Writes a JSON file durably (temporary file, sync, rename).
+pub fn write_json(path: &Path, v: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(v).expect("a JSON value serialises");
+    rundir::write_durable(path, text.as_bytes()).map_err(|e| e.to_string())
+}
