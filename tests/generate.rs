@@ -204,8 +204,8 @@ fn bad_inputs_are_errors() {
     let err = generate(&model, &[vec![5, 400]], &Sampling::greedy(4), None).unwrap_err().to_string();
     assert!(err.contains("400"), "{err}");
     for (s, what) in [
-        (Sampling { top_p: 0.0, ..Sampling::greedy(4) }, "top_p"),
-        (Sampling { top_p: 1.5, ..Sampling::greedy(4) }, "top_p"),
+        (Sampling { top_p: 0.0, ..Sampling::greedy(4) }, "--top-p"),
+        (Sampling { top_p: 1.5, ..Sampling::greedy(4) }, "--top-p"),
         (Sampling { temperature: -1.0, ..Sampling::greedy(4) }, "temperature"),
     ] {
         let err = generate(&model, &[vec![5, 6]], &s, None).unwrap_err().to_string();

@@ -12,11 +12,18 @@ use tokenizers::AddedToken;
 
 pub const SPECIAL_TOKENS: [&str; 4] = ["<unk>", "<s>", "</s>", "<pad>"];
 
+/// The largest vocabulary `train_bpe` makes (16× the largest published ones, ~256k): the
+/// trainer reserves room for the whole vocabulary up front.
+pub const MAX_VOCAB: usize = 1 << 22;
+
 /// Trains on `texts` up to `vocab_size` tokens (specials and the 256 byte symbols included).
 pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<tokenizers::Tokenizer, DataError> {
     let min = SPECIAL_TOKENS.len() + 256;
     if vocab_size < min {
         return Err(DataError::Tokenizer(format!("--vocab-size {vocab_size} is too small: byte-level BPE needs at least {min} (4 special tokens + 256 bytes)")));
+    }
+    if vocab_size > MAX_VOCAB {
+        return Err(DataError::Tokenizer(format!("--vocab-size {vocab_size}: at most {MAX_VOCAB}")));
     }
     let err = |e: tokenizers::Error| DataError::Tokenizer(format!("tokenizer training failed: {e}"));
     let mut tok = tokenizers::Tokenizer::new(BPE::default());

@@ -124,7 +124,11 @@ pub fn load_instructions(paths: &[PathBuf], langs: Option<&[String]>, need_outpu
     let mut out = Vec::new();
     for path in paths {
         let file_lang = lang_from_path(path);
-        for (origin, v) in read_values(path)? {
+        let values = read_values(path)?;
+        if values.is_empty() {
+            return Err(DataError::File { path: path.clone(), msg: "no records (the file is empty)".into() });
+        }
+        for (origin, v) in values {
             stats.read += 1;
             let Some(obj) = v.as_object() else {
                 return Err(DataError::File { path: path.clone(), msg: format!("{origin}: expected a JSON object with \"instruction\", \"input\", \"output\", got {}", short(&v)) });

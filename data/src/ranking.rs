@@ -60,7 +60,11 @@ pub fn load_rankings(paths: &[PathBuf], langs: Option<&[String]>) -> Result<(Vec
     let mut out = Vec::new();
     for path in paths {
         let file_lang = lang_from_path(path);
-        for (origin, v) in read_values(path)? {
+        let values = read_values(path)?;
+        if values.is_empty() {
+            return Err(DataError::File { path: path.clone(), msg: "no records (the file is empty)".into() });
+        }
+        for (origin, v) in values {
             stats.read += 1;
             let obj = v.as_object().ok_or_else(|| DataError::File { path: path.clone(), msg: format!("{origin}: expected a JSON object") })?;
             let responses: Vec<String> = if let Some(list) = obj.get("responses") {

@@ -43,4 +43,34 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+
+    /// One more than the largest token id (ids need not be dense): a model's embedding must have
+    /// at least this many rows.
+    pub fn id_bound(&self) -> usize {
+        self.inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0)
+    }
+
+    /// Refuses a model whose vocabulary (`vocab_size` of `config`) cannot embed every id of
+    /// this tokenizer: the two do not belong together, and training or scoring would read
+    /// embeddings that are not there.
+    pub fn check_fits(&self, vocab_size: usize, config: &Path) -> Result<(), DataError> {
+        let bound = self.id_bound();
+        if bound > vocab_size {
+            return Err(DataError::File { path: self.path.clone(), msg: format!("token ids go up to {}, but {} has vocab_size {vocab_size}: the tokenizer and the model do not match", bound - 1, config.display()) });
+        }
+        Ok(())
+    }
+
+    /// The first of `names` the vocabulary holds, with its id.
+    pub fn find_token<'a>(&self, names: &[&'a str]) -> Option<(&'a str, u32)> {
+        names.iter().find_map(|n| self.token_to_id(n).map(|id| (*n, id)))
+    }
 }
+
+/// End-of-sequence tokens by the names the common tokenizer families give them (okapi's and
+/// LLaMA 1/2's, GPT-2's and BLOOM's, LLaMA 3's, Gemma's, ChatML's).
+pub const EOS_NAMES: [&str; 5] = ["</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>"];
+/// Beginning-of-sequence tokens (okapi's and LLaMA 1/2's, LLaMA 3's, Gemma's).
+pub const BOS_NAMES: [&str; 3] = ["<s>", "<|begin_of_text|>", "<bos>"];
+/// Padding tokens.
+pub const PAD_NAMES: [&str; 3] = ["<pad>", "<|pad|>", "[PAD]"];

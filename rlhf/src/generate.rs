@@ -66,12 +66,13 @@ impl Sampling {
     }
 
     /// Checks the settings; the message names the offending field and its allowed range.
+    /// Refuses settings that cannot sample; the message starts with the CLI flag at fault.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(format!("temperature must be a finite number ≥ 0 (0 = greedy), got {}", self.temperature));
+            return Err(format!("--temperature {}: expected a finite number ≥ 0 (0 = greedy)", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1] (1 = off), got {}", self.top_p));
+            return Err(format!("--top-p {}: expected a number in (0, 1] (1 = off)", self.top_p));
         }
         Ok(())
     }

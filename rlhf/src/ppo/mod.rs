@@ -77,8 +77,8 @@ impl PpoConfig {
             return bad(flag, "must be at least 1".into());
         }
         if let Err(e) = self.sampling.validate() {
-            let flag = if e.starts_with("temperature") { "--temperature" } else { "--top-p" };
-            return bad(flag, e);
+            let flag = if e.starts_with("--temperature") { "--temperature" } else { "--top-p" };
+            return bad(flag, e.split_once(' ').map_or(e.clone(), |(_, rest)| rest.to_string()));
         }
         let finite = |flag: &'static str, x: f64, ok: bool, expected: &str| if x.is_finite() && ok { Ok(()) } else { bad(flag, format!("{x}: expected {expected}")) };
         finite("--init-kl-coef", self.kl.beta, self.kl.beta >= 0.0, "a finite number ≥ 0")?;

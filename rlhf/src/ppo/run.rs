@@ -98,7 +98,9 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let grads = policy.new_grads(|i| mask[i]);
         let opt = Optimizer::new(&policy, &grads, cfg.adam);
         let cap_t = prompts.iter().map(Vec::len).max().unwrap_or(1) + cfg.sampling.max_new_tokens;
-        let cap_b = cfg.chunk_size.max(cfg.minibatch);
+        // a chunk or minibatch larger than an iteration's rollouts holds them all
+        let chunk = cfg.chunk_size.min(cfg.rollouts);
+        let cap_b = chunk.max(cfg.minibatch.min(cfg.rollouts));
         let critic = critic.map(|Critic { model, mask }| {
             let grads = model.new_grads(|i| mask[i]);
             let opt = Optimizer::new(&model, &grads, cfg.adam);
@@ -106,7 +108,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         });
         Ok(Ppo {
             pol_bufs: PpoBufs::new(&policy, cap_b, cap_t, io.pad),
-            ref_bufs: PpoBufs::new(reference, cfg.chunk_size, cap_t, io.pad),
+            ref_bufs: PpoBufs::new(reference, chunk, cap_t, io.pad),
             policy,
             reference,
             reward,

@@ -20,6 +20,7 @@
 //! the blocks (q, k, v, o, gate, up, down); elementwise work and the optimizer not counted.
 
 use okapi_model::{preset_config, Acts, Arch, Grads, Model, Rng, Scratch};
+use okapi_model::memory::{kv_cache_bytes, training_need, weights_bytes, Need};
 use okapi_rlhf::generate::argmax;
 use okapi_rlhf::{clip_coef, generate, lm_loss_and_grad, shift_labels, AdamWConfig, LossBufs, Optimizer, Sampling};
 use okapi_runtime::{Backend, BackendKind, IGNORE_INDEX};
@@ -73,6 +74,7 @@ pub const BENCH_ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.95, eps:
 /// Global gradient-norm clipping of a bench train step (SFT's).
 pub const BENCH_MAX_GRAD_NORM: f64 = 1.0;
 
+#[derive(Clone, Copy)]
 enum Mode {
     Train,
     Generate,
@@ -142,12 +144,9 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
     // the preset before the (possibly slow) rest, so a typo fails at once
     let max_positions = match mode {
         Mode::Train => a.seq_len.max(2048),
-        Mode::Generate => (a.seq_len + a.new_tokens).max(2048),
+        Mode::Generate => a.seq_len.saturating_add(a.new_tokens).max(2048),
     };
     let cfg = preset_config(arch, &a.preset, None, max_positions).map_err(|e| format!("--preset: {e}"))?;
-    if a.threads == Some(0) {
-        return Err("--threads 0: must be at least 1".into());
-    }
     super::on_backend!(a.backend, a.precision, |be| bench_on(be, cfg, &a, mode))
 }
 
@@ -155,6 +154,7 @@ fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mod
     // `okapi::cli::run` already runs this command inside a pool of --threads workers
     let threads = rayon::current_num_threads();
     let device = be.name();
+    bench_memory(&cfg, a, mode).check(&be).map_err(|e| e.to_string())?;
     let model = Model::init(be, cfg, a.seed);
     eprintln!(
         "bench {}: {} {} ({} params; C={} L={} H={} F={} V={}) on {device}",
@@ -174,6 +174,17 @@ fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mod
     };
     println!("{line}");
     Ok(())
+}
+
+/// What a bench run allocates: a training step's weights, gradients, AdamW moments and
+/// activations, or the weights and the KV cache of generation.
+fn bench_memory(cfg: &okapi_model::ModelConfig, a: &BenchArgs, mode: Mode) -> Need {
+    match mode {
+        Mode::Train => Need { hint: "lower --batch-size or --seq-len, or use a smaller --preset".into(), ..training_need(cfg, cfg.param_count(), a.batch_size.saturating_mul(a.seq_len)) },
+        Mode::Generate => Need::new("bench generate", "lower --batch-size, --seq-len or --new-tokens, or use a smaller --preset")
+            .device("weights", weights_bytes(cfg))
+            .device("KV cache", kv_cache_bytes(cfg, a.batch_size, a.seq_len.saturating_add(a.new_tokens), a.seq_len)),
+    }
 }
 
 /// "cpu", "wgpu" or "cuda": the first word of the backend's name.

@@ -13,7 +13,6 @@ use okapi_model::Model;
 use okapi_rlhf::eval::{run_eval, EvalConfig, EvalReport, EvalSource, MmluPrompt, Task};
 use okapi_runtime::{Backend, BackendKind};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -144,27 +143,22 @@ fn print_report(report: &EvalReport) {
     println!("{}\n", report.table());
 }
 
-/// Writes the per-item JSONL to a temporary, then renames it into place.
-fn write_items(out: &Path, lines: &str) -> Result<(), String> {
-    let tmp = out.with_extension("jsonl.tmp");
-    let write = |p: &Path| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(p)?;
-        f.write_all(lines.as_bytes())?;
-        f.sync_all()
-    };
-    write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))
-}
-
 fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
     let mmlu_prompt = MmluPrompt::parse(&a.mmlu_prompt).map_err(|e| format!("--mmlu-prompt: {e}"))?;
     let (tasks, data, fewshot) = tasks_and_sources(a)?;
+    if let Some(out) = &a.output {
+        let files: Vec<PathBuf> = a.data.iter().chain(&a.fewshot_data).map(|s| PathBuf::from(s.split_once('=').filter(|(t, _)| Task::parse(t).is_ok()).map_or(s.as_str(), |(_, f)| f))).collect();
+        let dirs: Vec<(&'static str, &Path)> = a.model.iter().map(|m| ("--model", m.as_path())).collect();
+        super::outdir::check_output_file("--output", out, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &dirs)?;
+    }
     let (mut summaries, mut out_lines) = (Vec::<Value>::new(), String::new());
     for dir in &a.model {
         let tok = Tokenizer::load(dir).map_err(|e| e.to_string())?;
+        let model_cfg = okapi_model::ModelConfig::load(dir).map_err(|e| e.to_string())?;
+        tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
         let model = Model::load(be.clone(), dir).map_err(|e| e.to_string())?;
         let model_name = dir.display().to_string();
         for &task in &tasks {
@@ -184,7 +178,7 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         }
     }
     if let Some(out) = &a.output {
-        write_items(out, &out_lines)?;
+        super::outdir::write_output(out, &out_lines)?;
     }
     let last = if summaries.len() == 1 { summaries.pop().expect("one summary") } else { json!({ "results": summaries }) };
     println!("{}", serde_json::to_string(&last).expect("JSON values serialise"));

@@ -55,8 +55,13 @@ pub fn run(a: GenerateArgs) -> Result<(), String> {
 
 fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {
     let s = Sampling { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, max_new_tokens: a.max_new_tokens, seed: a.seed };
-    s.validate().map_err(|e| format!("--{}", e.replacen("top_p", "top-p", 1)))?;
+    s.validate()?;
+    if s.max_new_tokens == 0 {
+        return Err("--max-new-tokens 0: must be at least 1".into());
+    }
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let model_cfg = okapi_model::ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
+    tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let device = be.name();
     let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     let prompt = PromptTemplate::okapi().prompt(&a.instruction, &a.input);

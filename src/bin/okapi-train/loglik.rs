@@ -2,7 +2,6 @@ use okapi_data::{read_records, LoglikRequest, Tokenizer};
 use okapi_model::Model;
 use okapi_rlhf::score_loglik;
 use okapi_runtime::{Backend, BackendKind};
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -35,8 +34,11 @@ fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
+    super::outdir::check_output_file("--output", &a.output, &[&a.data], &[("--model", &a.model)])?;
     let reqs: Vec<LoglikRequest> = read_records(&a.data).map_err(|e| e.to_string())?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let model_cfg = okapi_model::ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
+    tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let device = be.name();
     let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     eprintln!("okapi-train loglik: {} requests, {} ({} params) on {device}", reqs.len(), a.model.display(), model.n_params());
@@ -46,13 +48,5 @@ fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {
         out.push_str(&serde_json::to_string(r).unwrap());
         out.push('\n');
     }
-    let tmp = a.output.with_extension("jsonl.tmp");
-    let write = |p: &PathBuf| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(p)?;
-        f.write_all(out.as_bytes())?;
-        f.sync_all()
-    };
-    write(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.output).map_err(|e| format!("{}: {e}", a.output.display()))?;
-    Ok(())
+    super::outdir::write_output(&a.output, &out)
 }

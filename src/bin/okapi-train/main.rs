@@ -95,6 +95,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The most worker threads `--threads` may ask for (far above any machine's cores; a typo
+/// beyond it would spawn threads until the system refuses).
+const MAX_THREADS: usize = 1024;
+
 /// Runs a parsed command inside a rayon pool (see `okapi_runtime::run_in_pool`: the kernels
 /// then run small ops inline instead of waking the pool for each); `Err` is the one line printed
 /// before exiting with status 1.
@@ -103,6 +107,11 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Bench(a) => a.threads.unwrap_or(0),
         _ => 0,
     };
+    if let Command::Bench(bench::BenchArgs { threads: Some(n), .. }) = &cli.command {
+        if *n == 0 || *n > MAX_THREADS {
+            return Err(format!("--threads {n}: expected 1 to {MAX_THREADS}"));
+        }
+    }
     okapi_runtime::run_in_pool(threads, || dispatch(cli))
 }
 
@@ -126,7 +135,13 @@ fn dispatch(cli: Cli) -> Result<(), String> {
 /// A command-line error in one line (clap's message without its usage block), or clap's own
 /// output for --help and --version.
 fn parse_args() -> Cli {
-    let matches = match train_flags::annotate(<Cli as clap::CommandFactory>::command()).try_get_matches() {
+    let mut cmd = train_flags::annotate(<Cli as clap::CommandFactory>::command());
+    // `--weight-decay -1` is a value (refused by the setting's own check), not an unknown flag
+    let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |c| c.allow_negative_numbers(true));
+    }
+    let matches = match cmd.try_get_matches() {
         Ok(m) => m,
         Err(e) => exit_with_clap_error(e),
     };

@@ -67,3 +67,24 @@ pub fn write_json(path: &Path, v: &Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(v).expect("a JSON value serialises");
     rundir::write_durable(path, text.as_bytes()).map_err(|e| e.to_string())
 }
+
+/// Refuses an output file (`flag`) that would replace one of the command's inputs: one of the
+/// input `files`, or a file inside one of the input model directories `dirs`.
+pub fn check_output_file(flag: &str, output: &Path, files: &[&Path], dirs: &[(&'static str, &Path)]) -> Result<(), String> {
+    let out = rundir::resolved(output);
+    if let Some(f) = files.iter().find(|f| rundir::resolved(f) == out) {
+        return Err(format!("{flag} {}: that is an input file ({}); write the output elsewhere", output.display(), f.display()));
+    }
+    if let Some((dir_flag, dir)) = dirs.iter().find(|(_, d)| out.starts_with(rundir::resolved(d))) {
+        return Err(format!("{flag} {}: inside the {dir_flag} directory {}; a command never writes into its input models", output.display(), dir.display()));
+    }
+    if output.is_dir() {
+        return Err(format!("{flag} {}: is a directory; expected a file path", output.display()));
+    }
+    Ok(())
+}
+
+/// Writes a command's output file durably: a temporary beside it, synced, renamed into place.
+pub fn write_output(path: &Path, text: &str) -> Result<(), String> {
+    rundir::write_durable(path, text.as_bytes()).map_err(|e| e.to_string())
+}

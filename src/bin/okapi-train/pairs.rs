@@ -86,6 +86,7 @@ fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Pat
     precheck_resume(&cfg, stage.name(), objective)?;
     let tok = Tokenizer::load(model).map_err(|e| e.to_string())?;
     let model_cfg = ModelConfig::load(model).map_err(|e| e.to_string())?;
+    tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let eos = eos_of(&model_cfg)?;
     let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos)?;
     eprintln!("{}: {summary}", stage.name());
@@ -183,22 +184,24 @@ pub fn run_score(a: ScoreArgs) -> Result<(), String> {
 }
 
 fn run_score_on<B: Backend>(be: B, a: &ScoreArgs) -> Result<(), String> {
-    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
-    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    if let Some(out) = &a.output {
+        outdir::check_output_file("--output", out, &[&a.data], &[("--model", &a.model)])?;
+    }
+    if a.batch_size == 0 || a.max_len < 2 {
+        return Err(format!("--batch-size {} / --max-len {}: expected at least 1 / at least 2", a.batch_size, a.max_len));
+    }
     let records = okapi_data::ranking::load_scoring_records(&a.data).map_err(|e| e.to_string())?;
+    let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
+    let model_cfg = ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
+    tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
+    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     let rewards = score_records(&model, &tok, &records, a.max_len, a.batch_size).map_err(|e| e.to_string())?;
     let lines: String = rewards.iter().map(|r| format!("{}\n", serde_json::json!({ "rewards": r }))).collect();
     match &a.output {
-        Some(p) => write_text(p, &lines),
+        Some(p) => outdir::write_output(p, &lines),
         None => {
             print!("{lines}");
             Ok(())
         }
     }
-}
-
-fn write_text(p: &Path, text: &str) -> Result<(), String> {
-    let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, p).map_err(|e| format!("{}: {e}", p.display()))
 }

@@ -283,15 +283,20 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
 /// critic from it), their activations over a chunk of rollouts, and the rollouts' KV cache.
 fn check_ppo_memory<B: Backend>(be: &B, policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize) -> Result<(), String> {
     use okapi_model::memory::{activation_bytes, kv_cache_bytes, training_need, weights_bytes};
-    let cap_t = longest_prompt + cfg.sampling.max_new_tokens;
-    let rows = cfg.chunk_size.max(cfg.minibatch).saturating_mul(cap_t);
+    let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
+    // as the run sizes its buffers: a chunk or minibatch is at most an iteration's rollouts
+    let chunk = cfg.chunk_size.min(cfg.rollouts);
+    let rows = chunk.max(cfg.minibatch.min(cfg.rollouts)).saturating_mul(cap_t);
     let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?;
     let mut need = training_need(policy, trainable, rows)
         .device("reference model", weights_bytes(policy))
         .device("reward model", weights_bytes(rm))
-        .device("reference and reward activations", activation_bytes(policy, cfg.chunk_size * cap_t).saturating_add(activation_bytes(rm, cfg.chunk_size * cap_t)))
-        .device("rollout KV cache", kv_cache_bytes(policy, cfg.chunk_size, cap_t, longest_prompt));
-    need.hint = "lower --chunk-size, --ppo-batch-size, --max-new-tokens or --max-prompt-len, or train fewer layers (--unfrozen-layers)".into();
+        .device("reference and reward activations", activation_bytes(policy, chunk.saturating_mul(cap_t)).saturating_add(activation_bytes(rm, chunk.saturating_mul(cap_t))))
+        .device("rollout KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt))
+        // per rollout token: ids, log-probs (policy, reference), values, advantages, returns
+        .host("rollouts", (cfg.rollouts as u64).saturating_mul(cap_t as u64).saturating_mul(24));
+    need.what = "PPO".into();
+    need.hint = "lower --rollouts, --chunk-size, --ppo-batch-size, --max-new-tokens or --max-prompt-len, or train fewer layers (--unfrozen-layers)".into();
     need.check(be).map_err(err)
 }
 
@@ -306,6 +311,8 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     }
     let (tok, rm_tok, same_tokenizer) = tokenizers(a)?;
     let (policy_cfg, rm_cfg) = (ModelConfig::load(&a.policy).map_err(err)?, ModelConfig::load(&a.reward).map_err(err)?);
+    tok.check_fits(policy_cfg.vocab_size, &policy_cfg.path).map_err(err)?;
+    rm_tok.check_fits(rm_cfg.vocab_size, &rm_cfg.path).map_err(err)?;
     let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
     let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
     check_ppo_memory(&be, &policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1))?;

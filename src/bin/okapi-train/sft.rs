@@ -33,6 +33,7 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     precheck_resume(&cfg, "sft", &[])?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model_cfg = ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
+    tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let data = load_sft_data(&a.data, a.train.langs()?.as_deref(), &a.train.template()?, &tok, eos_of(&model_cfg)?, &cfg).map_err(|e| e.to_string())?;
     eprintln!("sft: {}", data.summary);
     let longest = data.examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);

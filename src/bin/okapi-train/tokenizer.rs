@@ -16,6 +16,7 @@ pub struct TokenizerArgs {
 }
 
 pub fn run(a: TokenizerArgs) -> Result<(), String> {
+    super::outdir::check_output_file("--out", &a.out, &a.data.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &[])?;
     let (records, stats) = load_instructions(&a.data, None, false).map_err(|e| e.to_string())?;
     let texts: Vec<String> = records.into_iter().flat_map(|r| [r.instruction, r.input, r.output]).filter(|t| !t.is_empty()).collect();
     if texts.is_empty() {
