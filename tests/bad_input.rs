@@ -543,3 +543,430 @@ fn batch_size_zero() {
     let r = loglik(&s, &fixture("llama_gqa"), &good_data("llama_gqa"), &["--batch-size", "0"]);
     assert_clean_error(&r, &["--batch-size", "at least 1"]);
 }
+
+// ---- every command: a table of hostile invocations -------------------------------------------
+//
+// Each case runs the real binary in a shared world (copies of the fixtures, data files of every
+// format, a finished run with a checkpoint) and checks: a non-zero exit (2 for a command line
+// clap refuses, 1 otherwise); stderr ends in one `error: ` line naming what is at fault (and,
+// for errors found before any work, is only that line); no panic; and every file of the world
+// is byte for byte what it was — nothing written, nothing lost.
+
+/// Short instruction records (they fit llama_gqa's 64 positions with `--max-len 60`).
+const SFT_RECORDS: &str = r#"{"instruction": "Chào bằng tiếng Việt.", "input": "", "output": "Xin chào!"}
+{"instruction": "Translate", "input": "good morning", "output": "Доброе утро"}
+{"instruction": "Name a colour.", "input": "", "output": "Blue."}
+{"instruction": "اكتب كلمة", "input": "", "output": "مرحبا"}
+"#;
+
+struct World {
+    s: Scratch,
+    /// placeholder → path, for the cases' arguments
+    vars: Vec<(&'static str, String)>,
+}
+
+impl World {
+    fn path(&self, name: &str) -> PathBuf {
+        self.s.root.join(name)
+    }
+
+    /// Copies of the fixtures and of broken variants, data files, and a finished run.
+    fn new() -> World {
+        let s = Scratch::new("hostile");
+        let llama = s.copy_fixture("llama_gqa");
+        let bloom = s.copy_fixture("bloom_6h");
+        let files = [
+            ("sft.jsonl", SFT_RECORDS.to_string()),
+            ("ranking.json", std::fs::read_to_string(fixture("ranking_data.json")).unwrap()),
+            ("requests.jsonl", std::fs::read_to_string(fixture("llama_gqa/loglik.jsonl")).unwrap()),
+            ("arc_vi.json", std::fs::read_to_string(fixture("eval/arc_vi.json")).unwrap()),
+            ("empty_vi.json", String::new()),
+            ("emptyarr_vi.json", "[]".into()),
+            ("template.json", r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#.into()),
+            ("notes.txt", "someone's notes\n".into()),
+        ];
+        for (name, text) in &files {
+            std::fs::write(s.root.join(name), text).unwrap();
+        }
+        let world = World { vars: vec![], s };
+        world.broken_models(&llama, &bloom);
+        world.finished_run(&llama);
+        let mut vars = vec![("{llama}", disp(&llama)), ("{bloom}", disp(&bloom)), ("{run}", disp(&world.path("run")))];
+        for (name, _) in &files {
+            vars.push((Box::leak(format!("{{{name}}}").into_boxed_str()), disp(&world.path(name))));
+        }
+        for v in BROKEN {
+            vars.push((Box::leak(format!("{{{v}}}").into_boxed_str()), disp(&world.path(v))));
+        }
+        World { vars, ..world }
+    }
+
+    /// A run of 4 steps with checkpoints every 2 (`--resume {run}` continues it).
+    fn finished_run(&self, llama: &Path) {
+        let out = Command::new(env!("CARGO_BIN_EXE_okapi-train"))
+            .args(["sft", "--model", &disp(llama), "--data", &disp(&self.path("sft.jsonl")), "--out", &disp(&self.path("run"))])
+            .args(["--max-steps", "4", "--save-every", "2", "--batch-size", "2", "--max-len", "60", "--log-every", "1", "--template", &disp(&self.path("template.json"))])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The model variants of [`BROKEN`], each a copy of a fixture with one thing wrong.
+    fn broken_models(&self, llama: &Path, bloom: &Path) {
+        let copy = |from: &Path, name: &str| -> PathBuf {
+            let dst = self.path(name);
+            std::fs::create_dir_all(&dst).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+            }
+            dst
+        };
+        let cfg = |name: &str, from: &Path, f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+            edit_config(&copy(from, name), f);
+        };
+        cfg("fewer_layers", llama, &|c| {
+            c.insert("num_hidden_layers".into(), 1.into());
+        });
+        cfg("max_pos_0", llama, &|c| {
+            c.insert("max_position_embeddings".into(), 0.into());
+        });
+        cfg("eps_0", llama, &|c| {
+            c.insert("rms_norm_eps".into(), 0.0.into());
+        });
+        cfg("bloom_eps_neg", bloom, &|c| {
+            c.insert("layer_norm_epsilon".into(), (-1e-5).into());
+        });
+        cfg("rope_factor_0", llama, &|c| {
+            c.insert("rope_parameters".into(), serde_json::json!({"rope_type": "linear", "rope_theta": 10000.0, "factor": 0.0}));
+        });
+        cfg("llama3_low_high", llama, &|c| {
+            let p = serde_json::json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 16});
+            c.insert("rope_parameters".into(), p);
+        });
+        cfg("rope_theta_0", llama, &|c| {
+            c.insert("rope_parameters".into(), serde_json::json!({"rope_type": "default", "rope_theta": 0.0}));
+        });
+        cfg("eos_out_of_vocab", llama, &|c| {
+            c.insert("eos_token_id".into(), 5000.into());
+        });
+        cfg("pad_huge", llama, &|c| {
+            c.insert("pad_token_id".into(), 4294967296u64.into());
+        });
+        cfg("layers_huge", llama, &|c| {
+            c.insert("num_hidden_layers".into(), 1_000_000_000.into());
+        });
+        cfg("ffn_0", llama, &|c| {
+            c.insert("intermediate_size".into(), 0.into());
+        });
+        cfg("init_range_nan", llama, &|c| {
+            c.insert("initializer_range".into(), "NaN".into());
+        });
+        cfg("no_eos", llama, &|c| {
+            c.remove("eos_token_id");
+        });
+        for (name, bad) in [("nan_weight", f32::NAN), ("inf_weight", f32::INFINITY)] {
+            let dir = copy(llama, name);
+            let tensor = "model.layers.1.mlp.up_proj.weight";
+            rewrite_safetensors(&shard_of(&dir, tensor), |n, dt, shape, data| {
+                (n == tensor).then(|| {
+                    let mut d = data.to_vec();
+                    d[4 * 17..4 * 18].copy_from_slice(&bad.to_le_bytes());
+                    Edit::Replace(dt, shape.to_vec(), d)
+                })
+            });
+        }
+        let big_tok = copy(llama, "tokenizer_bigger");
+        let mut tok: Value = read_json(&big_tok.join("tokenizer.json"));
+        let added = tok["added_tokens"].as_array_mut().unwrap();
+        added.push(serde_json::json!({"id": 450, "content": "<extra>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+        write_json(&big_tok.join("tokenizer.json"), &tok);
+        let no_eos_tok = copy(llama, "tokenizer_no_eos");
+        let mut tok: Value = read_json(&no_eos_tok.join("tokenizer.json"));
+        tok["added_tokens"].as_array_mut().unwrap().retain(|t| t["content"] != "</s>");
+        tok["model"]["vocab"].as_object_mut().unwrap().remove("</s>");
+        write_json(&no_eos_tok.join("tokenizer.json"), &tok);
+        // a directory with someone's files: not a previous demo's
+        std::fs::create_dir_all(self.path("foreign")).unwrap();
+        std::fs::write(self.path("foreign/thesis.tex"), "\\documentclass{article}\n").unwrap();
+    }
+
+    fn expand(&self, arg: &str) -> String {
+        let mut a = arg.to_string();
+        for (k, v) in &self.vars {
+            a = a.replace(k, v);
+        }
+        a.replace("{out}", &disp(&self.path("new-out")))
+    }
+
+    /// Every file under the world and its bytes.
+    fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        fn walk(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push((p.clone(), std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.s.root, &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// The broken model variants (directory names under the world).
+const BROKEN: [&str; 18] = [
+    "fewer_layers", "max_pos_0", "eps_0", "bloom_eps_neg", "rope_factor_0", "llama3_low_high", "rope_theta_0", "eos_out_of_vocab", "pad_huge", "layers_huge", "ffn_0",
+    "init_range_nan", "no_eos", "nan_weight", "inf_weight", "tokenizer_bigger", "tokenizer_no_eos", "foreign",
+];
+
+/// One hostile invocation.
+struct Case {
+    name: &'static str,
+    args: &'static str,
+    needles: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    /// the error comes after some work (stderr has progress lines before it)
+    late: bool,
+}
+
+const fn early(name: &'static str, args: &'static str, needles: &'static [&'static str]) -> Case {
+    Case { name, args, needles, env: &[], late: false }
+}
+
+const fn late(name: &'static str, args: &'static str, needles: &'static [&'static str]) -> Case {
+    Case { name, args, needles, env: &[], late: true }
+}
+
+const SFT: &str = "sft --model {llama} --data {sft.jsonl} --out {out} --max-len 60 --template {template.json}";
+const PPO: &str = "ppo --policy {llama} --reward {run} --prompts {sft.jsonl} --out {out}";
+
+/// The cases, by the class of problem they belong to.
+fn hostile_cases() -> Vec<Case> {
+    let mut cases = degenerate_flag_cases();
+    cases.extend(run_directory_cases());
+    cases.extend(memory_cases());
+    cases.extend(silently_wrong_cases());
+    cases.extend(late_error_cases());
+    cases
+}
+
+/// Class 1: zero, negative, non-finite and out-of-range flag values.
+fn degenerate_flag_cases() -> Vec<Case> {
+    vec![
+        early("sft-save-every-0", "{SFT} --save-every 0", &["--save-every", "at least 1"]),
+        early("sft-eval-every-0", "{SFT} --eval-every 0", &["--eval-every", "at least 1"]),
+        early("sft-log-every-0", "{SFT} --log-every 0", &["--log-every", "at least 1"]),
+        early("sft-epochs-0", "{SFT} --epochs 0", &["--epochs", "at least 1"]),
+        early("sft-max-steps-0", "{SFT} --max-steps 0", &["--max-steps", "at least 1"]),
+        early("sft-batch-0", "{SFT} --batch-size 0", &["--batch-size", "at least 1"]),
+        early("sft-grad-accum-0", "{SFT} --grad-accum 0", &["--grad-accum", "at least 1"]),
+        early("sft-max-len-1", "sft --model {llama} --data {sft.jsonl} --out {out} --max-len 1", &["--max-len", "at least 2"]),
+        early("sft-val-fraction-1", "{SFT} --val-fraction 1", &["--val-fraction", "[0, 1)"]),
+        early("sft-lr-nan", "{SFT} --lr NaN", &["--lr", "NaN", "finite"]),
+        early("sft-lr-negative", "{SFT} --lr -0.0001", &["--lr", "non-negative"]),
+        early("sft-adam-eps-0", "{SFT} --adam-eps 0", &["--adam-eps", "positive"]),
+        early("sft-adam-eps-negative", "{SFT} --adam-eps -1", &["--adam-eps", "-1"]),
+        early("sft-weight-decay-nan", "{SFT} --weight-decay NaN", &["--weight-decay", "NaN"]),
+        early("sft-weight-decay-negative", "{SFT} --weight-decay -0.1", &["--weight-decay", "-0.1"]),
+        early("sft-betas-1", "{SFT} --adam-betas 1,0.9", &["--adam-betas", "[0, 1)"]),
+        early("sft-betas-text", "{SFT} --adam-betas high", &["--adam-betas", "B1,B2"]),
+        early("sft-max-grad-norm-inf", "{SFT} --max-grad-norm inf", &["--max-grad-norm", "inf"]),
+        early("sft-unfrozen-99", "{SFT} --unfrozen-layers 99", &["--unfrozen-layers 99", "2 layers"]),
+        early("sft-save-dtype", "{SFT} --save-dtype int8", &["--save-dtype int8", "f32, bf16 or f16"]),
+        early("sft-schedule", "{SFT} --lr-schedule sawtooth", &["--lr-schedule", "sawtooth"]),
+        early("sft-epochs-negative", "{SFT} --epochs -1", &["--epochs", "-1"]),
+        early("sft-template-missing", "sft --model {llama} --data {sft.jsonl} --out {out} --template /nonexistent/template.json", &["/nonexistent/template.json"]),
+        early("reward-margin-nan", "reward --model {llama} --data {ranking.json} --out {out} --margin NaN", &["--margin", "NaN"]),
+        early("dpo-beta-0", "dpo --model {llama} --data {ranking.json} --out {out} --beta 0", &["--beta 0", "positive"]),
+        early("dpo-recipe-okapi", "dpo --model {llama} --data {ranking.json} --out {out} --recipe okapi", &["--recipe okapi", "no DPO stage"]),
+        early("ppo-samples-every-0", "{PPO} --samples-every 0", &["--samples-every", "at least 1"]),
+        early("ppo-log-every-0", "{PPO} --log-every 0", &["--log-every", "at least 1"]),
+        early("ppo-save-every-0", "{PPO} --save-every 0", &["--save-every", "at least 1"]),
+        early("ppo-iterations-0", "{PPO} --iterations 0", &["--iterations", "at least 1"]),
+        early("ppo-rollouts-0", "{PPO} --rollouts 0", &["--rollouts", "at least 1"]),
+        early("ppo-chunk-0", "{PPO} --chunk-size 0", &["--chunk-size", "at least 1"]),
+        early("ppo-epochs-0", "{PPO} --ppo-epochs 0", &["--ppo-epochs", "at least 1"]),
+        early("ppo-minibatch-0", "{PPO} --ppo-batch-size 0", &["--ppo-batch-size", "at least 1"]),
+        early("ppo-max-new-0", "{PPO} --max-new-tokens 0", &["--max-new-tokens", "at least 1"]),
+        early("ppo-max-prompt-0", "{PPO} --max-prompt-len 0", &["--max-prompt-len", "at least 1"]),
+        early("ppo-gamma-2", "{PPO} --gamma 2", &["--gamma", "[0, 1]"]),
+        early("ppo-lam-nan", "{PPO} --lam NaN", &["--lam", "NaN"]),
+        early("ppo-cliprange-0", "{PPO} --cliprange 0", &["--cliprange", "positive"]),
+        early("ppo-cliprange-value-negative", "{PPO} --cliprange-value -0.2", &["--cliprange-value", "positive"]),
+        early("ppo-vf-coef-inf", "{PPO} --vf-coef inf", &["--vf-coef", "inf"]),
+        early("ppo-kl-horizon-0", "{PPO} --kl-horizon 0", &["--kl-horizon", "positive"]),
+        early("ppo-kl-target-0", "{PPO} --kl-target 0", &["--kl-target 0", "none"]),
+        early("ppo-init-kl-negative", "{PPO} --init-kl-coef -1", &["--init-kl-coef", "-1"]),
+        early("ppo-reward-clip-0", "{PPO} --reward-clip 0", &["--reward-clip", "positive"]),
+        early("ppo-temperature-negative", "{PPO} --temperature -1", &["--temperature", "-1"]),
+        early("ppo-top-p-0", "{PPO} --top-p 0", &["--top-p", "(0, 1]"]),
+        early("ppo-critic-bogus", "{PPO} --critic both", &["--critic both", "shared", "separate"]),
+        early("generate-temperature-nan", "generate --model {llama} --instruction hi --temperature NaN", &["--temperature", "NaN"]),
+        early("generate-top-p-1.5", "generate --model {llama} --instruction hi --top-p 1.5", &["--top-p", "1.5"]),
+        early("generate-max-new-0", "generate --model {llama} --instruction hi --max-new-tokens 0", &["--max-new-tokens 0", "at least 1"]),
+        early("bench-threads-0", "bench train --preset tiny --threads 0", &["--threads 0", "1 to 1024"]),
+        early("bench-threads-huge", "bench train --preset tiny --threads 100000", &["--threads 100000", "1 to 1024"]),
+        early("bench-batch-0", "bench train --preset tiny --batch-size 0", &["--batch-size 0", "at least 1"]),
+        early("bench-steps-0", "bench generate --preset tiny --steps 0", &["--steps 0", "at least 1"]),
+        early("bench-seq-1", "bench train --preset tiny --seq-len 1", &["--seq-len 1", "at least 2"]),
+        early("bench-lr-nan", "bench train --preset tiny --lr NaN", &["--lr NaN"]),
+        early("bench-mode", "bench sideways --preset tiny", &["bench sideways", "train", "generate"]),
+        early("bench-preset", "bench train --preset huge", &["--preset", "huge", "tiny"]),
+        early("init-max-positions-0", "init --arch llama --preset tiny --tokenizer {llama} --out {out} --max-positions 0", &["--max-positions 0", "at least 1"]),
+        early("init-arch", "init --arch gpt2 --preset tiny --tokenizer {llama} --out {out}", &["--arch", "gpt2", "llama or bloom"]),
+        early("tokenizer-vocab-0", "tokenizer --data {sft.jsonl} --vocab-size 0 --out {out}", &["--vocab-size 0", "at least 260"]),
+        early("eval-batch-0", "eval --model {llama} --task arc --data {arc_vi.json} --batch-size 0", &["--batch-size", "at least 1"]),
+        early("eval-limit-0", "eval --model {llama} --task arc --data {arc_vi.json} --limit 0", &["--limit", "at least 1"]),
+        early("eval-task", "eval --model {llama} --task winogrande --data {arc_vi.json}", &["--task", "winogrande"]),
+        early("eval-mmlu-prompt", "eval --model {llama} --task mmlu --data {arc_vi.json} --mmlu-prompt v9", &["--mmlu-prompt", "v9"]),
+        early("score-batch-0", "score --model {run} --data {ranking.json} --batch-size 0", &["--batch-size 0"]),
+        early("demo-method", "demo --out {out} --method sgd", &["--method sgd", "ppo, dpo or none"]),
+    ]
+}
+
+/// Class 3: outputs that would replace inputs or mix with another run.
+fn run_directory_cases() -> Vec<Case> {
+    vec![
+        early("sft-out-is-model", "sft --model {llama} --data {sft.jsonl} --out {llama}", &["--out", "is the --model directory"]),
+        early("sft-out-inside-model", "sft --model {llama} --data {sft.jsonl} --out {llama}/run", &["--out", "inside the --model directory"]),
+        early("sft-out-holds-run", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60", &["already holds a run", "args.json", "--resume", "--overwrite"]),
+        early("sft-out-is-file", "sft --model {llama} --data {sft.jsonl} --out {notes.txt}", &["--out", "not a directory"]),
+        early("sft-resume-and-overwrite", "{SFT} --resume {run} --overwrite", &["--resume", "--overwrite"]),
+        early("sft-resume-nothing", "{SFT} --resume {arc_vi.json}", &["--resume", "no checkpoint there"]),
+        early("sft-resume-into-other-run", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --resume {fewer_layers}", &["--resume", "no checkpoint"]),
+        early("reward-out-is-model", "reward --model {llama} --data {ranking.json} --out {llama}", &["is the --model directory"]),
+        early("dpo-out-holds-run", "dpo --model {llama} --data {ranking.json} --out {run}", &["already holds a run"]),
+        early("ppo-out-is-reward", "ppo --policy {llama} --reward {run} --prompts {sft.jsonl} --out {run}", &["is the --reward directory"]),
+        early("ppo-out-is-policy", "ppo --policy {llama} --reward {run} --prompts {sft.jsonl} --out {llama}", &["is the --policy directory"]),
+        early("resume-of-sft-by-reward", "reward --model {llama} --data {ranking.json} --out {run} --resume {run}", &["--resume", "checkpoint of `sft`", "reward"]),
+        early("loglik-output-is-data", "loglik --model {llama} --data {requests.jsonl} --output {requests.jsonl}", &["--output", "input file"]),
+        early("loglik-output-in-model", "loglik --model {llama} --data {requests.jsonl} --output {llama}/config.json", &["--output", "inside the --model directory"]),
+        early("loglik-output-is-dir", "loglik --model {llama} --data {requests.jsonl} --output {run}", &["--output", "is a directory"]),
+        early("eval-output-is-data", "eval --model {llama} --task arc --data {arc_vi.json} --output {arc_vi.json}", &["--output", "input file"]),
+        early("eval-output-is-data-with-task", "eval --model {llama} --task arc --data arc={arc_vi.json} --output {arc_vi.json}", &["--output", "input file"]),
+        early("score-output-in-model", "score --model {run} --data {ranking.json} --output {run}/metrics.jsonl", &["--output", "inside the --model directory"]),
+        early("tokenizer-out-is-data", "tokenizer --data {sft.jsonl} --vocab-size 300 --out {sft.jsonl}", &["--out", "input file"]),
+        early("init-out-holds-model", "init --arch llama --preset tiny --tokenizer {llama} --out {llama}", &["already holds a model", "--overwrite"]),
+        early("demo-out-foreign", "demo --out {foreign}", &["--out", "thesis.tex", "not a previous demo's"]),
+    ]
+}
+
+/// Class 4: sizes beyond the memory there is.
+fn memory_cases() -> Vec<Case> {
+    vec![
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "64K")], ..late("sft-memory-limit", "{SFT}", &["not enough memory for training", "OKAPI_MEMORY_LIMIT=64K", "--batch-size"]) },
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "64K")], ..early("loglik-memory-limit", "loglik --model {llama} --data {requests.jsonl} --output {out}", &["not enough memory for loading", "llama_gqa", "OKAPI_MEMORY_LIMIT=64K"]) },
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "plenty")], ..early("memory-limit-garbage", "loglik --model {llama} --data {requests.jsonl} --output {out}", &["OKAPI_MEMORY_LIMIT=plenty", "size"]) },
+        early("bench-seq-huge", "bench train --preset tiny --seq-len 100000000000", &["not enough memory for training", "activations", "--seq-len"]),
+        early("bench-batch-huge", "bench generate --preset tiny --batch-size 100000000000", &["not enough memory for bench generate", "KV cache"]),
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "1G")], ..early("init-7b", "init --arch llama --preset llama-7b --tokenizer {llama} --out {out}", &["not enough memory for init --preset llama-7b", "1.0 GiB available"]) },
+        early("generate-bloom-new-huge", "generate --model {bloom} --instruction hi --max-new-tokens 100000000000", &["not enough memory for generate", "KV cache", "--max-new-tokens"]),
+        early("tokenizer-vocab-huge", "tokenizer --data {sft.jsonl} --vocab-size 100000000000 --out {out}", &["--vocab-size 100000000000", "at most"]),
+        late("ppo-rollouts-huge", "ppo --policy {bloom} --reward {run} --retokenize --prompts {sft.jsonl} --out {out} --rollouts 100000000000", &["not enough memory for PPO", "rollouts"]),
+    ]
+}
+
+/// Class 5: what used to run to the end with wrong numbers.
+fn silently_wrong_cases() -> Vec<Case> {
+    vec![
+        early("extra-layer-tensors", "loglik --model {fewer_layers} --data {requests.jsonl} --output {out}", &["model.layers.1.", "not part of the model config.json describes", "1 layers"]),
+        early("nan-weight", "loglik --model {nan_weight} --data {requests.jsonl} --output {out}", &["model.layers.1.mlp.up_proj.weight", "not finite", "index 17", "NaN"]),
+        early("inf-weight", "generate --model {inf_weight} --instruction hi", &["model.layers.1.mlp.up_proj.weight", "not finite", "inf"]),
+        early("max-position-0", "loglik --model {max_pos_0} --data {requests.jsonl} --output {out}", &["config.json", "max_position_embeddings", "positive"]),
+        early("tokenizer-bigger-than-vocab", "sft --model {tokenizer_bigger} --data {sft.jsonl} --out {out} --max-len 60", &["tokenizer.json", "go up to 400", "vocab_size 400", "do not match"]),
+        early("tokenizer-bigger-generate", "generate --model {tokenizer_bigger} --instruction hi", &["tokenizer.json", "do not match"]),
+        early("resume-changed-lr", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --save-every 2 --batch-size 2 --resume {run} --lr 1e-3", &["--resume", "--lr 0.00001", "--lr 0.001", "keeps every setting"]),
+        early("resume-changed-batch", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --save-every 2 --batch-size 1 --resume {run}", &["--batch-size 2", "--batch-size 1"]),
+        early("resume-changed-accum", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --batch-size 2 --grad-accum 2 --resume {run}", &["--grad-accum 1", "--grad-accum 2"]),
+        early("resume-changed-shuffle", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --batch-size 2 --no-shuffle --resume {run}", &["--no-shuffle false", "--no-shuffle true"]),
+        early("resume-changed-seed", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --batch-size 2 --seed 7 --resume {run}", &["--seed 42", "--seed 7"]),
+        early("resume-changed-schedule", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --batch-size 2 --lr-schedule linear --resume {run}", &["--lr-schedule \"cosine\"", "--lr-schedule \"linear\""]),
+        early("resume-changed-mask", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --batch-size 2 --no-mask-prompt --resume {run}", &["--mask-prompt true", "--mask-prompt false"]),
+        late("resume-changed-length", "sft --model {llama} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 6 --batch-size 2 --resume {run}", &["--resume", "4 steps in total", "6"]),
+        late("resume-other-data", "sft --model {llama} --data {sft.jsonl} {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --batch-size 2 --resume {run}", &["--resume", "another data set", "--data"]),
+        late("resume-other-model", "sft --model {bloom} --data {sft.jsonl} --out {run} --max-len 60 --template {template.json} --max-steps 4 --batch-size 2 --resume {run}", &["--resume", "another model", "bloom"]),
+    ]
+}
+
+/// Class 6: values that used to fail late, or with a message that did not name them.
+fn late_error_cases() -> Vec<Case> {
+    vec![
+        early("rms-norm-eps-0", "loglik --model {eps_0} --data {requests.jsonl} --output {out}", &["config.json", "rms_norm_eps", "positive"]),
+        early("layer-norm-eps-negative", "loglik --model {bloom_eps_neg} --data {requests.jsonl} --output {out}", &["config.json", "layer_norm_epsilon", "positive"]),
+        early("rope-factor-0", "loglik --model {rope_factor_0} --data {requests.jsonl} --output {out}", &["config.json", "rope_parameters.factor", "positive"]),
+        early("llama3-high-below-low", "loglik --model {llama3_low_high} --data {requests.jsonl} --output {out}", &["rope_parameters.high_freq_factor", "greater than low_freq_factor"]),
+        early("rope-theta-0", "loglik --model {rope_theta_0} --data {requests.jsonl} --output {out}", &["config.json", "rope_theta", "positive"]),
+        early("eos-out-of-vocab", "generate --model {eos_out_of_vocab} --instruction hi", &["config.json", "eos_token_id", "5000", "vocab_size 400"]),
+        early("pad-id-huge", "loglik --model {pad_huge} --data {requests.jsonl} --output {out}", &["config.json", "pad_token_id", "4294967296"]),
+        early("layers-huge", "loglik --model {layers_huge} --data {requests.jsonl} --output {out}", &["config.json", "num_hidden_layers", "at most"]),
+        early("intermediate-size-0", "loglik --model {ffn_0} --data {requests.jsonl} --output {out}", &["config.json", "intermediate_size", "positive"]),
+        early("initializer-range-nan", "loglik --model {init_range_nan} --data {requests.jsonl} --output {out}", &["config.json", "initializer_range"]),
+        early("sft-no-eos", "sft --model {no_eos} --data {sft.jsonl} --out {out}", &["config.json", "eos_token_id"]),
+        early("sft-empty-file", "sft --model {llama} --data {sft.jsonl} {empty_vi.json} --out {out}", &["empty_vi.json", "empty"]),
+        early("sft-empty-array", "sft --model {llama} --data {emptyarr_vi.json} --out {out}", &["emptyarr_vi.json", "empty"]),
+        early("reward-empty-file", "reward --model {llama} --data {empty_vi.json} --out {out}", &["empty_vi.json", "empty"]),
+        early("ppo-empty-prompts", "ppo --policy {llama} --reward {run} --prompts {emptyarr_vi.json} --out {out}", &["emptyarr_vi.json", "empty"]),
+        early("tokenizer-empty-data", "tokenizer --data {empty_vi.json} --vocab-size 300 --out {out}", &["empty_vi.json", "empty"]),
+        early("eval-empty-file", "eval --model {llama} --task arc --data {empty_vi.json}", &["empty_vi.json", "empty"]),
+        early("init-tokenizer-without-eos", "init --arch llama --preset tiny --tokenizer {tokenizer_no_eos} --out {out}", &["tokenizer.json", "no end-of-sequence token", "</s>"]),
+        early("sft-data-missing", "sft --model {llama} --data {run}/nothing.jsonl --out {out}", &["nothing.jsonl"]),
+        early("ranking-record-shape", "reward --model {llama} --data {sft.jsonl} --out {out}", &["sft.jsonl", "prefered_output"]),
+    ]
+}
+
+/// Runs one case and returns what is wrong with its outcome (`None`: all as required).
+fn check_case(world: &World, c: &Case) -> Option<String> {
+    let args: Vec<String> = c.args.replace("{SFT}", SFT).replace("{PPO}", PPO).split_whitespace().map(|a| world.expand(a)).collect();
+    let before = world.snapshot();
+    let out = Command::new(env!("CARGO_BIN_EXE_okapi-train")).args(&args).envs(c.env.iter().copied()).env_remove("RUST_BACKTRACE").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let fail = |why: String| Some(format!("{}: {why}\n  args: {}\n  stderr: {stderr}", c.name, args.join(" ")));
+    let code = out.status.code();
+    if !matches!(code, Some(1) | Some(2)) {
+        return fail(format!("exit status {:?}, expected 1 (or 2 for a command line clap refuses)", out.status));
+    }
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    let Some(last) = lines.last() else { return fail("no error message".into()) };
+    if !last.starts_with("error: ") {
+        return fail("the last stderr line is not `error: …`".into());
+    }
+    if !c.late && lines.len() != 1 {
+        return fail(format!("an error found before any work must be the only stderr line ({} lines)", lines.len()));
+    }
+    if let Some(bad) = ["panicked", "internal error", "RUST_BACKTRACE", "memory allocation"].iter().find(|b| stderr.contains(*b)) {
+        return fail(format!("stderr contains {bad:?}"));
+    }
+    if let Some(n) = c.needles.iter().find(|n| !last.contains(*n)) {
+        return fail(format!("the error line does not mention {n:?}"));
+    }
+    let after = world.snapshot();
+    if after.len() != before.len() || after.iter().zip(&before).any(|(a, b)| a.0 != b.0) {
+        let names = |s: &[(PathBuf, Vec<u8>)]| s.iter().map(|(p, _)| p.clone()).collect::<std::collections::BTreeSet<_>>();
+        let (a, b) = (names(&after), names(&before));
+        return fail(format!("files appeared {:?} or vanished {:?}", a.difference(&b).collect::<Vec<_>>(), b.difference(&a).collect::<Vec<_>>()));
+    }
+    if let Some((p, _)) = after.iter().zip(&before).find(|(a, b)| a.1 != b.1).map(|(a, _)| a) {
+        return fail(format!("{} changed", p.display()));
+    }
+    None
+}
+
+#[test]
+fn every_command_refuses_hostile_input_cleanly_and_changes_nothing() {
+    let world = World::new();
+    let cases = hostile_cases();
+    let mut names: Vec<&str> = cases.iter().map(|c| c.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), cases.len(), "case names are unique");
+    // with this file's other tests (one case each), well over a hundred cases
+    assert!(cases.len() >= 120, "{} cases", cases.len());
+    let failures: Vec<String> = cases.iter().filter_map(|c| check_case(&world, c)).collect();
+    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    eprintln!("{} hostile cases: each one clear error line, nothing written", cases.len());
+}

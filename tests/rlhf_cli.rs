@@ -186,7 +186,7 @@ fn ppo_resume_is_bit_identical_to_an_uninterrupted_run() {
         let o = ppo(&full, &[], &[]);
         assert!(o.status.success(), "{}", err(&o));
         let part = dir.join(format!("part-{critic}"));
-        let o = ppo(&part, &[], &[("OKAPI_TEST_CRASH_AT", "partial:2")]);
+        let o = ppo(&part, &[], &[("OKAPI_TEST_CRASH_AT", "2:1")]);
         assert!(!o.status.success(), "the run must die while writing the iteration-4 checkpoint");
         assert_eq!(std::fs::read_to_string(part.join("metrics.jsonl")).unwrap().lines().count(), 4, "four iterations ran before the kill");
         let o = ppo(&part, &["--resume", p(&part)], &[]);

@@ -102,7 +102,7 @@ fn a_kill_while_writing_a_checkpoint_keeps_the_previous_one() {
     let data = data_file(&dir);
     let out = dir.join("out");
     let args = ["--max-steps", "4", "--save-every", "2"];
-    let o = sft(&fixture("llama_gqa"), &data, &out, &args, &[("OKAPI_TEST_CRASH_AT", "partial:2")]);
+    let o = sft(&fixture("llama_gqa"), &data, &out, &args, &[("OKAPI_TEST_CRASH_AT", "2:1")]);
     assert!(!o.status.success(), "the run was killed");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
     assert_eq!(state["step"], 2, "the step-2 checkpoint survives the kill at step 4");

@@ -289,8 +289,8 @@ impl ModelConfig {
         let checks: [(&str, bool, String); 10] = [
             (layers_key, self.n_layers <= MAX_LAYERS, format!("{}: okapi handles at most {MAX_LAYERS} layers", self.n_layers)),
             ("hidden_size", self.hidden_size > 0, "must be positive".into()),
-            (heads_key, self.n_heads > 0 && self.n_kv_heads > 0 && self.n_heads % self.n_kv_heads == 0, "heads must be positive and a multiple of num_key_value_heads".into()),
-            ("head_dim", self.head_dim > 0 && (self.arch == Arch::Bloom || self.head_dim % 2 == 0), "must be positive (and even for RoPE)".into()),
+            (heads_key, self.n_heads > 0 && self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads), "heads must be positive and a multiple of num_key_value_heads".into()),
+            ("head_dim", self.head_dim > 0 && (self.arch == Arch::Bloom || self.head_dim.is_multiple_of(2)), "must be positive (and even for RoPE)".into()),
             ("vocab_size", self.vocab_size > 0, "must be positive".into()),
             ("intermediate_size", self.intermediate_size > 0, "must be positive".into()),
             ("hidden_size", self.arch == Arch::Llama || self.hidden_size == self.n_heads * self.head_dim, "BLOOM needs hidden_size divisible by n_head".into()),

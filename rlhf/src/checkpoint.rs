@@ -48,7 +48,11 @@ fn bad(path: &Path, problem: String) -> TrainError {
 
 /// Shapes of the architecture, to refuse resuming into another model.
 pub fn model_fingerprint<B: Backend>(model: &Model<B>) -> String {
-    let c = &model.cfg;
+    config_fingerprint(&model.cfg)
+}
+
+/// [`model_fingerprint`] from the config alone (before the model is loaded).
+pub fn config_fingerprint(c: &okapi_model::ModelConfig) -> String {
     format!(
         "{} hidden={} layers={} heads={}/{} head_dim={} ffn={} vocab={} tied={}",
         c.arch.name(),
@@ -187,6 +191,7 @@ fn is_complete(dir: &Path) -> bool {
 /// hooks' (`OKAPI_TEST_CRASH_AT`).
 pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: Option<&Path>, extra_files: &[(String, Vec<u8>)]) -> Result<(), TrainError> {
     let (tmp, cur, old) = (out.join("checkpoint.tmp"), out.join("checkpoint"), out.join("checkpoint.old"));
+    crate::hooks::save_started();
     // a leftover temporary is never needed: `cur` or `old` is complete
     rundir::trash_dir(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;

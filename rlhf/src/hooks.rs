@@ -9,30 +9,30 @@ pub fn stop_after_step(step: u64) -> bool {
     std::env::var("OKAPI_TEST_EXIT_AFTER_STEP").ok().and_then(|s| s.parse::<u64>().ok()) == Some(step)
 }
 
-/// `OKAPI_TEST_CRASH_AT=POINT:N`: the process aborts (a kill -9) the N-th time it reaches the
-/// named point of a checkpoint save (`partial`, `written`, `rotated`, `swapped`, `trashing`; see
-/// `checkpoint::save_with`).
+/// Counts of the crash hooks: checkpoint saves begun, and crash points passed in the current one.
 #[cfg(feature = "test-hooks")]
-pub fn crash_point(point: &str) {
-    use std::sync::Mutex;
-    static PASSED: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
-    let Ok(spec) = std::env::var("OKAPI_TEST_CRASH_AT") else { return };
-    let Some((want, n)) = spec.split_once(':') else { return };
-    if want != point {
-        return;
-    }
-    let mut passed = PASSED.lock().unwrap_or_else(|e| e.into_inner());
-    let count = match passed.iter_mut().find(|(p, _)| p == point) {
-        Some((_, c)) => {
-            *c += 1;
-            *c
-        }
-        None => {
-            passed.push((point.to_string(), 1));
-            1
-        }
-    };
-    if n.parse::<u64>().ok() == Some(count) {
+static SAVES: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+
+/// A checkpoint save begins (numbered from 1 in each process).
+#[cfg(feature = "test-hooks")]
+pub fn save_started() {
+    let mut c = SAVES.lock().unwrap_or_else(|e| e.into_inner());
+    *c = (c.0 + 1, 0);
+}
+
+/// `OKAPI_TEST_CRASH_AT=S:N`: the process aborts (a kill -9) at the N-th crash point of its
+/// S-th checkpoint save. The points of a save, in order (see `checkpoint::save_with`):
+/// `trashing` (a leftover temporary renamed away, when there is one), `partial` (the model
+/// written, not the optimizer), `written` (the temporary complete), `rotated` (the current
+/// checkpoint renamed to `.old`, when there is one), `swapped` (the temporary renamed into
+/// place), `trashing` (the old one renamed away, when there is one). `_point` names it for a
+/// reader of the code.
+#[cfg(feature = "test-hooks")]
+pub fn crash_point(_point: &str) {
+    let Some((save, nth)) = std::env::var("OKAPI_TEST_CRASH_AT").ok().and_then(|s| s.split_once(':').and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))) else { return };
+    let mut c = SAVES.lock().unwrap_or_else(|e| e.into_inner());
+    c.1 += 1;
+    if *c == (save, nth) {
         std::process::abort();
     }
 }
@@ -53,6 +53,9 @@ pub fn stop_after_step(_step: u64) -> bool {
 
 #[cfg(not(feature = "test-hooks"))]
 pub fn crash_point(_point: &str) {}
+
+#[cfg(not(feature = "test-hooks"))]
+pub fn save_started() {}
 
 #[cfg(not(feature = "test-hooks"))]
 pub fn step_delay() {}

@@ -214,6 +214,43 @@ pub struct TrainSummary {
     pub history: Vec<Value>,
 }
 
+/// What a resume of a run whose fresh start is `state` expects of the checkpoint.
+fn expect<'a>(command: &'static str, state: &'a TrainerState) -> checkpoint::Expect<'a> {
+    checkpoint::Expect {
+        command,
+        model_fingerprint: &state.model_fingerprint,
+        data_fingerprint: &state.data_fingerprint,
+        data_what: "another data set",
+        data_settings: "--data, --langs, --max-len, --val-fraction and --seed",
+        total: state.total_steps,
+        unit: "steps",
+        settings: &state.settings,
+    }
+}
+
+/// The whole resume check of [`train`] before the model is loaded: `cfg.resume`'s checkpoint
+/// must be of `command`, of a model of `model` config, of the data with this
+/// `data_fingerprint` and `n_train` items, and of the same settings (`objective`'s included).
+/// Nothing is read but `trainer_state.json`.
+pub fn check_resume(cfg: &TrainConfig, command: &'static str, model: &okapi_model::ModelConfig, data_fingerprint: String, n_train: usize, objective: checkpoint::Settings) -> Result<(), TrainError> {
+    let Some(dir) = &cfg.resume else { return Ok(()) };
+    let state = TrainerState {
+        command: command.into(),
+        step: 0,
+        total_steps: cfg.total_steps(n_train),
+        epoch: 0,
+        micro_in_epoch: 0,
+        seed: cfg.seed,
+        model_fingerprint: checkpoint::config_fingerprint(model),
+        data_fingerprint,
+        tokens_seen: 0,
+        elapsed_s: 0.0,
+        extra: Value::Null,
+        settings: cfg.trajectory_settings().into_iter().chain(objective).collect(),
+    };
+    checkpoint::open_for_resume(dir, &expect(command, &state)).map(|_| ())
+}
+
 /// A run that does not resume refuses a directory holding another run's checkpoint: it would
 /// sit beside this run's files and a later `--resume` would read it.
 pub(crate) fn refuse_other_checkpoint(dir: &Path, resuming: bool) -> Result<(), TrainError> {
@@ -307,17 +344,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     /// With `cfg.resume`: the checkpoint's weights, optimizer state and position.
     fn resume(&mut self) -> Result<(), TrainError> {
         let Some(dir) = &self.cfg.resume else { return Ok(()) };
-        let expect = checkpoint::Expect {
-            command: self.obj.command(),
-            model_fingerprint: &self.state.model_fingerprint,
-            data_fingerprint: &self.state.data_fingerprint,
-            data_what: "another data set",
-            data_settings: "--data, --langs, --max-len, --val-fraction and --seed",
-            total: self.state.total_steps,
-            unit: "steps",
-            settings: &self.state.settings,
-        };
-        let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect)?;
+        let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect(self.obj.command(), &self.state))?;
         let loaded = Model::load(self.model.be.clone(), &ckpt.join("model"))?;
         if loaded.info.len() != self.model.info.len() {
             let detail = format!("{} parameters, this model has {}", loaded.info.len(), self.model.info.len());

@@ -32,7 +32,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     let x: f64 = num.trim().parse().ok()?;
-    (x.is_finite() && x >= 0.0).then(|| (x * mult as f64) as u64)
+    (x.is_finite() && x >= 0.0).then_some((x * mult as f64) as u64)
 }
 
 /// The user's cap, when `OKAPI_MEMORY_LIMIT` is set (an unparsable value is reported as an

@@ -20,7 +20,7 @@ use kl::KlController;
 use okapi_model::{DType, Model, Rng};
 use okapi_runtime::Backend;
 use std::path::Path;
-pub use run::{run_ppo, Ppo};
+pub use run::{check_resume, run_ppo, Ppo};
 pub use update::{PolicyEval, PpoBufs, PpoLossCfg, PpoStats, Rollout};
 
 /// The settings of a PPO run. Named recipes: [`PpoConfig::defaults`] (okapi-train's) and

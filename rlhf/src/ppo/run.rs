@@ -135,18 +135,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
     /// prompt position from the checkpoint, after the shared resume check.
     pub fn resume(&mut self) -> Result<(), TrainError> {
         let Some(dir) = &self.cfg.resume else { return Ok(()) };
-        let model_fp = checkpoint::model_fingerprint(&self.policy);
-        let expect = checkpoint::Expect {
-            command: "ppo",
-            model_fingerprint: &model_fp,
-            data_fingerprint: &self.data_fp,
-            data_what: "other prompts or rollout settings",
-            data_settings: "--prompts, --langs, --rollouts, --chunk-size, --ppo-epochs and --ppo-batch-size",
-            total: self.cfg.iterations,
-            unit: "iterations",
-            settings: &self.cfg.trajectory_settings(),
-        };
-        let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect)?;
+        let (model_fp, settings) = (checkpoint::model_fingerprint(&self.policy), self.cfg.trajectory_settings());
+        let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect(&model_fp, &self.data_fp, self.cfg, &settings))?;
         let separate = ckpt.join("critic.safetensors").exists();
         if separate != self.critic.is_some() {
             let used = if separate { "separate" } else { "shared" };
@@ -415,6 +405,29 @@ impl<'a, B: Backend> Ppo<'a, B> {
         }
         Ok((self.policy, self.summary))
     }
+}
+
+/// What a resume of a PPO run expects of the checkpoint.
+fn expect<'a>(model_fp: &'a str, data_fp: &'a str, cfg: &PpoConfig, settings: &'a checkpoint::Settings) -> checkpoint::Expect<'a> {
+    checkpoint::Expect {
+        command: "ppo",
+        model_fingerprint: model_fp,
+        data_fingerprint: data_fp,
+        data_what: "other prompts or rollout settings",
+        data_settings: "--prompts, --langs, --rollouts, --chunk-size, --ppo-epochs and --ppo-batch-size",
+        total: cfg.iterations,
+        unit: "iterations",
+        settings,
+    }
+}
+
+/// The whole resume check of [`run_ppo`] before any model is loaded: `cfg.resume`'s
+/// checkpoint must be a PPO run's with a policy of `policy` config, these `prompts` and the
+/// same settings. Nothing is read but `trainer_state.json`.
+pub fn check_resume(cfg: &PpoConfig, policy: &okapi_model::ModelConfig, prompts: &[Vec<u32>]) -> Result<(), TrainError> {
+    let Some(dir) = &cfg.resume else { return Ok(()) };
+    let (model_fp, data_fp, settings) = (checkpoint::config_fingerprint(policy), data_fingerprint(prompts, cfg), cfg.trajectory_settings());
+    checkpoint::open_for_resume(dir, &expect(&model_fp, &data_fp, cfg, &settings)).map(|_| ())
 }
 
 /// The prompts and the settings that decide which rollouts an iteration draws.

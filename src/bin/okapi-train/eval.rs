@@ -10,7 +10,7 @@
 
 use okapi_data::Tokenizer;
 use okapi_model::Model;
-use okapi_rlhf::eval::{run_eval, EvalConfig, EvalReport, EvalSource, MmluPrompt, Task};
+use okapi_rlhf::eval::{prepare_items, run_eval, EvalConfig, EvalReport, EvalSource, MmluPrompt, Task};
 use okapi_runtime::{Backend, BackendKind};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -154,6 +154,12 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         let dirs: Vec<(&'static str, &Path)> = a.model.iter().map(|m| ("--model", m.as_path())).collect();
         super::outdir::check_output_file("--output", out, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &dirs)?;
     }
+    let of_task = |set: &Sources, task: Task| -> Vec<EvalSource> { set.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect() };
+    let config = |task: Task| EvalConfig { task, num_fewshot: a.num_fewshot, limit: a.limit, seed: a.seed, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt };
+    // every file parsed and every setting checked before a model is loaded
+    for &task in &tasks {
+        prepare_items(&config(task), &of_task(&data, task), &of_task(&fewshot, task)).map_err(|e| e.to_string())?;
+    }
     let (mut summaries, mut out_lines) = (Vec::<Value>::new(), String::new());
     for dir in &a.model {
         let tok = Tokenizer::load(dir).map_err(|e| e.to_string())?;
@@ -162,9 +168,7 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         let model = Model::load(be.clone(), dir).map_err(|e| e.to_string())?;
         let model_name = dir.display().to_string();
         for &task in &tasks {
-            let of_task = |set: &Sources| -> Vec<EvalSource> { set.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect() };
-            let (srcs, shots) = (of_task(&data), of_task(&fewshot));
-            let cfg = EvalConfig { task, num_fewshot: a.num_fewshot, limit: a.limit, seed: a.seed, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt };
+            let (srcs, shots, cfg) = (of_task(&data, task), of_task(&fewshot, task), config(task));
             eprintln!("okapi-train eval: {task}, {}-shot, {} file(s), {} ({} params) on {}", cfg.shots(), srcs.len(), dir.display(), model.n_params(), be.name());
             let report = run_eval(&model, &tok, &cfg, &srcs, &shots).map_err(|e| e.to_string())?;
             print_report(&report);

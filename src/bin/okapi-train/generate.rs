@@ -10,6 +10,7 @@
 //! Only the response is printed on stdout (special tokens skipped, EOS stripped).
 
 use okapi_data::{PromptTemplate, Tokenizer};
+use okapi_model::memory::{kv_cache_bytes, weights_bytes, Need};
 use okapi_model::Model;
 use okapi_rlhf::{generate, Sampling};
 use okapi_runtime::{Backend, BackendKind};
@@ -62,10 +63,14 @@ fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model_cfg = okapi_model::ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
-    let device = be.name();
-    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     let prompt = PromptTemplate::okapi().prompt(&a.instruction, &a.input);
     let mut ids = tok.encode(&prompt, true).map_err(|e| e.to_string())?;
+    // generation stops at a LLaMA's position limit; BLOOM's is the budget
+    let cap = ids.len().saturating_add(a.max_new_tokens).min(model_cfg.max_positions.unwrap_or(usize::MAX));
+    let need = Need::new("generate", "lower --max-new-tokens").device("weights", weights_bytes(&model_cfg)).device("KV cache", kv_cache_bytes(&model_cfg, 1, cap, ids.len()));
+    need.check(&be).map_err(|e| e.to_string())?;
+    let device = be.name();
+    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     eprintln!("okapi-train generate: {} ({} params) on {device}, prompt of {} tokens", a.model.display(), model.n_params(), ids.len());
     if let Some(mp) = model.cfg.max_positions {
         let n = ids.len();

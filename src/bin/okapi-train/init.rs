@@ -49,7 +49,6 @@ pub fn run(a: InitArgs) -> Result<(), String> {
     for (key, names) in [("bos_token_id", &BOS_NAMES[..]), ("pad_token_id", &PAD_NAMES[..])] {
         cfg.raw[key] = tok.find_token(names).map(|(_, id)| id).into();
     }
-    eprintln!("init: end of sequence is {eos_name} (id {eos})");
     let cfg = okapi_model::ModelConfig::from_value(cfg.raw.clone(), cfg.path.clone()).map_err(|e| e.to_string())?;
     let w = okapi_model::memory::weights_bytes(&cfg);
     // the parameters, then their HF tensors and the encoded file while saving
@@ -58,6 +57,7 @@ pub fn run(a: InitArgs) -> Result<(), String> {
     if a.overwrite {
         okapi_rlhf::rundir::clear_run(out).map_err(|e| e.to_string())?;
     }
+    eprintln!("init: end of sequence is {eos_name} (id {eos})");
     let model = Model::init(CpuBackend, cfg, a.seed);
     model.save(&a.out, DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(&tok.path)).map_err(|e| e.to_string())?;
     eprintln!("init: {} {} ({} params, vocab {}) saved in {}", a.arch, a.preset, model.n_params(), model.cfg.vocab_size, a.out.display());

@@ -5,7 +5,8 @@ use super::sft::losses;
 use super::train_flags::{args_json, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
 use okapi_data::{encode_group, load_rankings, PromptGroup, SftEncoding, Tokenizer};
 use okapi_model::{Model, ModelConfig};
-use okapi_rlhf::pairwise::capacity;
+use okapi_rlhf::pairwise::{capacity, groups_fingerprint};
+use okapi_rlhf::trainer::check_resume;
 use okapi_rlhf::reward::score_records;
 use okapi_rlhf::{split_val, train, DpoObjective, RewardObjective, RunDir, TrainConfig};
 use okapi_runtime::Backend;
@@ -87,12 +88,15 @@ fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Pat
     let tok = Tokenizer::load(model).map_err(|e| e.to_string())?;
     let model_cfg = ModelConfig::load(model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
+    model_cfg.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
     let eos = eos_of(&model_cfg)?;
     let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos)?;
     eprintln!("{}: {summary}", stage.name());
     let (cap_b, cap_t) = capacity(&groups, cfg.batch_size);
     check_training_memory(be, &model_cfg, &cfg, cap_b * cap_t)?;
     let (train, val) = split_val(groups, cfg.val_fraction, cfg.seed);
+    let settings = objective.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    check_resume(&cfg, stage.name(), &model_cfg, groups_fingerprint(&train, &val), train.len(), settings).map_err(|e| e.to_string())?;
     Ok(PairRun { cfg, out, tok, eos, train, val })
 }
 

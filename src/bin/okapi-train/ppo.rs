@@ -315,6 +315,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     rm_tok.check_fits(rm_cfg.vocab_size, &rm_cfg.path).map_err(err)?;
     let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
     let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
+    okapi_rlhf::ppo::check_resume(&cfg, &policy_cfg, &prompts).map_err(err)?;
     check_ppo_memory(&be, &policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1))?;
     let mut policy = Model::load(be.clone(), &a.policy).map_err(err)?;
     policy.lm_head().map_err(err)?;
