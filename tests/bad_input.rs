@@ -970,3 +970,23 @@ fn every_command_refuses_hostile_input_cleanly_and_changes_nothing() {
     assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
     eprintln!("{} hostile cases: each one clear error line, nothing written", cases.len());
 }
+
+/// Output paths relative to the working directory, bare file names included (their directory is
+/// `.`, not the empty path): loglik's `--output` and a training run's `--out`.
+#[test]
+fn relative_output_paths_work() {
+    let s = Scratch::new("relative");
+    std::fs::write(s.root.join("sft.jsonl"), SFT_RECORDS).unwrap();
+    std::fs::write(s.root.join("template.json"), r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#).unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_okapi-train")).args(args).current_dir(&s.root).output().unwrap();
+    let model = disp(&fixture("llama_gqa"));
+    let o = run(&["loglik", "--model", &model, "--data", &disp(&good_data("llama_gqa")), "--output", "results.jsonl"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(s.root.join("results.jsonl")).unwrap().lines().count(), 10);
+    let o = run(&["sft", "--model", &model, "--data", "sft.jsonl", "--template", "template.json", "--out", "run", "--max-steps", "2", "--save-every", "1", "--batch-size", "2", "--max-len", "60"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(s.root.join("run/model.safetensors").exists() && s.root.join("run/checkpoint/trainer_state.json").exists());
+    let o = run(&["sft", "--model", &model, "--data", "sft.jsonl", "--template", "template.json", "--out", "run", "--max-steps", "2", "--save-every", "1", "--batch-size", "2", "--max-len", "60", "--resume", "run"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing left to train"));
+}

@@ -155,7 +155,12 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent_dir(path))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// Writes `bytes` to a new file `path` and syncs it (no rename: for files inside a directory
@@ -263,6 +268,7 @@ mod tests {
         drop(f);
         reopen_log(&p, None, "step").unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
+        assert_eq!(parent_dir(Path::new("metrics.jsonl")), Path::new("."));
         let _ = std::fs::remove_dir_all(&d);
     }
 }
