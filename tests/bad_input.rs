@@ -7,7 +7,7 @@
 //! and no output file (nor its temporary) was written.
 mod common;
 
-use common::{fixture, Scratch};
+use common::{fixture, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -552,13 +552,6 @@ fn batch_size_zero() {
 // for errors found before any work, is only that line); no panic; and every file of the world
 // is byte for byte what it was — nothing written, nothing lost.
 
-/// Short instruction records (they fit llama_gqa's 64 positions with `--max-len 60`).
-const SFT_RECORDS: &str = r#"{"instruction": "Chào bằng tiếng Việt.", "input": "", "output": "Xin chào!"}
-{"instruction": "Translate", "input": "good morning", "output": "Доброе утро"}
-{"instruction": "Name a colour.", "input": "", "output": "Blue."}
-{"instruction": "اكتب كلمة", "input": "", "output": "مرحبا"}
-"#;
-
 struct World {
     s: Scratch,
     /// placeholder → path, for the cases' arguments
@@ -576,13 +569,13 @@ impl World {
         let llama = s.copy_fixture("llama_gqa");
         let bloom = s.copy_fixture("bloom_6h");
         let files = [
-            ("sft.jsonl", SFT_RECORDS.to_string()),
+            ("sft.jsonl", SHORT_SFT_RECORDS.to_string()),
             ("ranking.json", std::fs::read_to_string(fixture("ranking_data.json")).unwrap()),
             ("requests.jsonl", std::fs::read_to_string(fixture("llama_gqa/loglik.jsonl")).unwrap()),
             ("arc_vi.json", std::fs::read_to_string(fixture("eval/arc_vi.json")).unwrap()),
             ("empty_vi.json", String::new()),
             ("emptyarr_vi.json", "[]".into()),
-            ("template.json", r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#.into()),
+            ("template.json", SHORT_TEMPLATE.into()),
             ("notes.txt", "someone's notes\n".into()),
         ];
         for (name, text) in &files {
@@ -976,8 +969,8 @@ fn every_command_refuses_hostile_input_cleanly_and_changes_nothing() {
 #[test]
 fn relative_output_paths_work() {
     let s = Scratch::new("relative");
-    std::fs::write(s.root.join("sft.jsonl"), SFT_RECORDS).unwrap();
-    std::fs::write(s.root.join("template.json"), r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#).unwrap();
+    std::fs::write(s.root.join("sft.jsonl"), SHORT_SFT_RECORDS).unwrap();
+    std::fs::write(s.root.join("template.json"), SHORT_TEMPLATE).unwrap();
     let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_okapi-train")).args(args).current_dir(&s.root).output().unwrap();
     let model = disp(&fixture("llama_gqa"));
     let o = run(&["loglik", "--model", &model, "--data", &disp(&good_data("llama_gqa")), "--output", "results.jsonl"]);

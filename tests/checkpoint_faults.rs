@@ -9,18 +9,11 @@
 
 mod common;
 
-use common::{fixture, Scratch};
+use common::{fixture, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
-
-const RECORDS: &str = r#"{"instruction": "Chào bằng tiếng Việt.", "input": "", "output": "Xin chào bạn!"}
-{"instruction": "Translate to Russian", "input": "good morning", "output": "Доброе утро"}
-{"instruction": "Name a colour.", "input": "", "output": "Blue."}
-{"instruction": "Summarize", "input": "The cat sat on the mat.", "output": "A cat sat."}
-{"instruction": "اكتب كلمة عربية.", "input": "", "output": "مرحبا"}
-"#;
 
 struct Setup {
     _s: Scratch,
@@ -32,27 +25,24 @@ struct Setup {
 fn setup(tag: &str) -> Setup {
     let s = Scratch::new(tag);
     let root = s.root.clone();
-    std::fs::write(root.join("vi.jsonl"), RECORDS).unwrap();
-    std::fs::write(root.join("template.json"), r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#).unwrap();
+    std::fs::write(root.join("vi.jsonl"), SHORT_SFT_RECORDS).unwrap();
+    std::fs::write(root.join("template.json"), SHORT_TEMPLATE).unwrap();
     Setup { data: root.join("vi.jsonl"), template: root.join("template.json"), root, _s: s }
+}
+
+/// `okapi-train sft` on the setup's data into `out`, `steps` steps with a checkpoint every
+/// `every`.
+fn sft_command(st: &Setup, out: &Path, steps: u32, every: u32) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["sft", "--model"]).arg(fixture("llama_gqa")).arg("--data").arg(&st.data).arg("--template").arg(&st.template).arg("--out").arg(out);
+    c.args(["--max-steps", &steps.to_string(), "--save-every", &every.to_string()]);
+    c.args(["--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "1", "--max-len", "60", "--log-every", "1"]);
+    c
 }
 
 /// `okapi-train sft` of 6 steps with a checkpoint every 2, into `out`.
 fn sft(st: &Setup, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
-        .args(["sft", "--model"])
-        .arg(fixture("llama_gqa"))
-        .arg("--data")
-        .arg(&st.data)
-        .arg("--template")
-        .arg(&st.template)
-        .arg("--out")
-        .arg(out)
-        .args(["--max-steps", "6", "--save-every", "2", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "1", "--max-len", "60", "--log-every", "1"])
-        .args(extra)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    sft_command(st, out, 6, 2).args(extra).envs(env.iter().copied()).output().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -167,16 +157,7 @@ fn kills_at_every_point_of_two_consecutive_saves_lose_nothing() {
 /// Starts a slowed-down run (100 ms per step), waits for its third metrics line, sends
 /// `signals` (spaced by 20 ms) and returns its output.
 fn signal_run(st: &Setup, out: &Path, signals: &[&str]) -> Output {
-    let child = Command::new(BIN)
-        .args(["sft", "--model"])
-        .arg(fixture("llama_gqa"))
-        .arg("--data")
-        .arg(&st.data)
-        .arg("--template")
-        .arg(&st.template)
-        .arg("--out")
-        .arg(out)
-        .args(["--max-steps", "30", "--save-every", "8", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "1", "--max-len", "60", "--log-every", "1"])
+    let child = sft_command(st, out, 30, 8)
         .env("OKAPI_TEST_STEP_DELAY_MS", "100")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -200,18 +181,7 @@ fn signal_run(st: &Setup, out: &Path, signals: &[&str]) -> Output {
 fn sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint() {
     let st = setup("signals");
     let full = st.root.join("full");
-    let o = Command::new(BIN)
-        .args(["sft", "--model"])
-        .arg(fixture("llama_gqa"))
-        .arg("--data")
-        .arg(&st.data)
-        .arg("--template")
-        .arg(&st.template)
-        .arg("--out")
-        .arg(&full)
-        .args(["--max-steps", "30", "--save-every", "8", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "1", "--max-len", "60", "--log-every", "1"])
-        .output()
-        .unwrap();
+    let o = sft_command(&st, &full, 30, 8).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     for sig in ["INT", "TERM"] {
         let out = st.root.join(format!("stopped-{sig}"));
@@ -226,19 +196,7 @@ fn sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint() {
         assert_eq!(checkpoint_step(&out), Some(done), "SIG{sig}: the checkpoint holds every step the metrics show");
         assert!(!out.join("model.safetensors").exists(), "SIG{sig}: an interrupted run saves no final model");
         let ra = resume_args(&out);
-        let o = Command::new(BIN)
-            .args(["sft", "--model"])
-            .arg(fixture("llama_gqa"))
-            .arg("--data")
-            .arg(&st.data)
-            .arg("--template")
-            .arg(&st.template)
-            .arg("--out")
-            .arg(&out)
-            .args(["--max-steps", "30", "--save-every", "8", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "1", "--max-len", "60", "--log-every", "1"])
-            .args(&ra)
-            .output()
-            .unwrap();
+        let o = sft_command(&st, &out, 30, 8).args(&ra).output().unwrap();
         assert!(o.status.success(), "SIG{sig}: resume: {}", stderr(&o));
         assert_eq!(trajectory(&out), trajectory(&full), "SIG{sig}: metrics after the resume");
         assert!(std::fs::read(out.join("model.safetensors")).unwrap() == std::fs::read(full.join("model.safetensors")).unwrap(), "SIG{sig}: final weights");

@@ -11,6 +11,18 @@ pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// Short instruction records in three scripts: with [`SHORT_TEMPLATE`] and `--max-len 60` they
+/// fit llama_gqa's 64 positions.
+pub const SHORT_SFT_RECORDS: &str = r#"{"instruction": "Chào bằng tiếng Việt.", "input": "", "output": "Xin chào bạn!"}
+{"instruction": "Translate to Russian", "input": "good morning", "output": "Доброе утро"}
+{"instruction": "Name a colour.", "input": "", "output": "Blue."}
+{"instruction": "Summarize", "input": "The cat sat on the mat.", "output": "A cat sat."}
+{"instruction": "اكتب كلمة عربية.", "input": "", "output": "مرحبا"}
+"#;
+
+/// A prompt template (alpaca-lora's format) without Okapi's long preamble.
+pub const SHORT_TEMPLATE: &str = r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#;
+
 /// A temporary directory, removed when the test passes (kept for inspection when it fails).
 pub struct Scratch {
     pub root: PathBuf,
