@@ -29,6 +29,11 @@ pub struct LoglikRequest {
 /// JSON array. An empty file is an error: a run on nothing is almost always a wrong path.
 pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    records_from_str(&text, path)
+}
+
+/// As [`read_records`], from the file's text (`path` names it in errors).
+pub fn records_from_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Vec<T>, DataError> {
     let trimmed = text.trim_start();
     let records = if trimmed.starts_with('[') {
         let values: Vec<serde_json::Value> = serde_json::from_str(trimmed).map_err(|e| DataError::Line {

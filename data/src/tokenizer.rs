@@ -18,8 +18,15 @@ impl Tokenizer {
         if !file.exists() {
             return Err(DataError::File { path: file, msg: "tokenizer.json not found (every okapi model directory carries one)".into() });
         }
-        let inner = tokenizers::Tokenizer::from_file(&file).map_err(|e| DataError::File { path: file.clone(), msg: format!("cannot load tokenizer: {e}") })?;
-        Ok(Tokenizer { inner, path: file })
+        // as tokenizers' `from_file`: the text, then its JSON (same messages)
+        let text = std::fs::read_to_string(&file).map_err(|e| DataError::File { path: file.clone(), msg: format!("cannot load tokenizer: {e}") })?;
+        Self::from_json(&text, &file)
+    }
+
+    /// A tokenizer from the text of its `tokenizer.json` (`file` names it in errors).
+    pub fn from_json(text: &str, file: &Path) -> Result<Tokenizer, DataError> {
+        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| DataError::File { path: file.to_path_buf(), msg: format!("cannot load tokenizer: {e}") })?;
+        Ok(Tokenizer { inner, path: file.to_path_buf() })
     }
 
     /// Token ids of `text`; `special` adds what the post-processor adds (BOS for LLaMA-style).

@@ -47,21 +47,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.clone(), msg: e.to_string() })?;
-        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::Config {
-            path: index.clone(),
-            field: "weight_map".into(),
-            msg: "missing or not an object".into(),
-        })?;
-        let mut files: Vec<String> = Vec::new();
-        for (name, f) in map {
-            let f = f.as_str().ok_or_else(|| ModelError::Config { path: index.clone(), field: format!("weight_map.{name}"), msg: "expected a file name".into() })?;
-            if !files.iter().any(|x| x == f) {
-                files.push(f.to_string());
-            }
-        }
-        files.sort();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        let paths = parse_index(&text, &index, dir)?;
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
             return Err(ModelError::Io { path: missing.clone(), source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("shard listed in {INDEX_FILE} not found")) });
         }
@@ -78,10 +64,40 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(ModelError::NoWeights { dir: dir.to_path_buf(), extra: extra.into() })
 }
 
+/// The shard files named by the text of `model.safetensors.index.json` (read from `index`), as
+/// paths in `dir`, sorted and without repeats; whether they exist is the caller's check.
+pub fn parse_index(text: &str, index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Json { path: index.to_path_buf(), msg: e.to_string() })?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::Config {
+        path: index.to_path_buf(),
+        field: "weight_map".into(),
+        msg: "missing or not an object".into(),
+    })?;
+    let mut files: Vec<String> = Vec::new();
+    for (name, f) in map {
+        let f = f.as_str().ok_or_else(|| ModelError::Config { path: index.to_path_buf(), field: format!("weight_map.{name}"), msg: "expected a file name".into() })?;
+        if !files.iter().any(|x| x == f) {
+            files.push(f.to_string());
+        }
+    }
+    files.sort();
+    Ok(files.iter().map(|f| dir.join(f)).collect())
+}
+
 fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut HashMap<DType, usize>) -> Result<()> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-        let msg = match (&e, expected_size(&bytes)) {
+    for (name, tensor, dt) in parse_safetensors(&bytes, path)? {
+        *dtypes.entry(dt).or_default() += 1;
+        out.insert(name, tensor);
+    }
+    Ok(())
+}
+
+/// The tensors of a safetensors file's bytes (read from `path`, which errors name), upcast to
+/// f32, each with the dtype it was stored in.
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostTensor, DType)>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        let msg = match (&e, expected_size(bytes)) {
             (SafeTensorError::MetadataIncompleteBuffer, Some(want)) if want > bytes.len() => {
                 format!("truncated: its header describes {want} bytes, the file has {}", bytes.len())
             }
@@ -90,6 +106,7 @@ fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut Ha
         };
         ModelError::Safetensors { path: path.to_path_buf(), msg }
     })?;
+    let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let terr = |msg: String| ModelError::Tensor { path: path.to_path_buf(), name: name.clone(), msg };
         let raw = view.data();
@@ -99,10 +116,10 @@ fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut Ha
             Dtype::F16 => (raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(), DType::F16),
             other => return Err(terr(format!("dtype {other:?} is not supported (expected F32, BF16 or F16)"))),
         };
-        *dtypes.entry(dt).or_default() += 1;
-        out.insert(name.clone(), HostTensor { shape: view.shape().to_vec(), data, file: path.to_path_buf() });
+        let tensor = HostTensor { shape: view.shape().to_vec(), data, file: path.to_path_buf() };
+        out.push((name, tensor, dt));
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The size a safetensors file should have by its own header (8-byte length, JSON header, the

@@ -127,7 +127,12 @@ pub fn open_for_resume(dir: &Path, expect: &Expect) -> Result<(PathBuf, TrainerS
 pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
     let p = ckpt.join("trainer_state.json");
     let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-    serde_json::from_str(&text).map_err(|e| bad(&p, format!("invalid trainer state: {e}")))
+    parse_state(&text, &p)
+}
+
+/// The state in the text of a `trainer_state.json` (`path` names it in errors).
+pub fn parse_state(text: &str, path: &Path) -> Result<TrainerState, TrainError> {
+    serde_json::from_str(text).map_err(|e| bad(path, format!("invalid trainer state: {e}")))
 }
 
 /// Writes a checkpoint of `model`, `opt` and `state` under `out/checkpoint`.
