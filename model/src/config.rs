@@ -159,7 +159,12 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), msg: e.to_string() })?;
+        Self::from_json(&text, path)
+    }
+
+    /// A config from the text of a `config.json` (`path` names it in errors).
+    pub fn from_json(text: &str, path: PathBuf) -> Result<ModelConfig> {
+        let raw: Value = serde_json::from_str(text).map_err(|e| ModelError::Json { path: path.clone(), msg: e.to_string() })?;
         Self::from_value(raw, path)
     }
 
