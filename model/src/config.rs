@@ -122,7 +122,7 @@ impl Fields<'_> {
     fn usize_any(&self, keys: &[&str]) -> Result<usize> {
         for k in keys {
             if let Some(v) = self.get(k) {
-                return v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(k, format!("expected a non-negative integer, got {v}")));
+                return v.as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| self.err(k, format!("expected a non-negative integer, got {v}")));
             }
         }
         Err(self.err(keys[0], "missing (required for this architecture)"))
@@ -130,7 +130,7 @@ impl Fields<'_> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.err(key, format!("expected an integer, got {v}"))),
+            Some(v) => v.as_u64().and_then(|x| usize::try_from(x).ok()).map(Some).ok_or_else(|| self.err(key, format!("expected an integer, got {v}"))),
         }
     }
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
@@ -147,11 +147,13 @@ impl Fields<'_> {
     }
     /// A token id that may be a list (LLaMA 3 lists several EOS ids): the first one.
     fn token_id(&self, key: &str) -> Result<Option<u32>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(a)) if !a.is_empty() => a[0].as_u64().map(|x| Some(x as u32)).ok_or_else(|| self.err(key, "expected integer ids")),
-            Some(v) => v.as_u64().map(|x| Some(x as u32)).ok_or_else(|| self.err(key, format!("expected an integer id, got {v}"))),
-        }
+        let id = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Array(a)) if !a.is_empty() => a[0].as_u64().ok_or_else(|| self.err(key, "expected integer ids"))?,
+            Some(v) => v.as_u64().ok_or_else(|| self.err(key, format!("expected an integer id, got {v}")))?,
+        };
+        // refused, not truncated to another token's id
+        u32::try_from(id).map(Some).map_err(|_| self.err(key, format!("token id {id} is out of range (at most {})", u32::MAX)))
     }
 }
 
@@ -178,7 +180,7 @@ impl ModelConfig {
         let arch = match (model_type, Arch::from_model_type(model_type)) {
             (_, Some(a)) => a,
             ("", None) => return Err(f.err("model_type", "missing (expected \"llama\" or \"bloom\")")),
-            (other, None) => return Err(f.err("model_type", format!("unsupported model type \"{other}\" (okapi supports \"llama\" and \"bloom\")"))),
+            (other, None) => return Err(f.err("model_type", format!("unsupported model type {other:?} (okapi supports \"llama\" and \"bloom\")"))),
         };
         let mut head = Head::CausalLm;
         for a in &archs {
@@ -194,7 +196,7 @@ impl ModelConfig {
                 _ => {
                     return Err(f.err(
                         "architectures",
-                        format!("unsupported architecture \"{a}\" (expected LlamaForCausalLM, BloomForCausalLM or their ForSequenceClassification with one label)"),
+                        format!("unsupported architecture {a:?} (expected LlamaForCausalLM, BloomForCausalLM or their ForSequenceClassification with one label)"),
                     ))
                 }
             }
@@ -212,7 +214,7 @@ impl ModelConfig {
                 let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
                 let act = f.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
                 if act != "silu" {
-                    return Err(f.err("hidden_act", format!("unsupported activation \"{act}\" (LLaMA uses \"silu\")")));
+                    return Err(f.err("hidden_act", format!("unsupported activation {act:?} (LLaMA uses \"silu\")")));
                 }
                 let (theta, scaling) = rope_from(&f)?;
                 ModelConfig {
@@ -246,6 +248,7 @@ impl ModelConfig {
                 }
                 let hidden = f.usize_any(&["hidden_size", "n_embed"])?;
                 let n_heads = f.usize_any(&["n_head", "num_attention_heads"])?;
+                let intermediate = hidden.checked_mul(4).ok_or_else(|| f.err("hidden_size", "too large: 4 × hidden_size overflows"))?;
                 ModelConfig {
                     arch,
                     vocab_size: f.usize_any(&["vocab_size"])?,
@@ -254,7 +257,7 @@ impl ModelConfig {
                     n_heads,
                     n_kv_heads: n_heads,
                     head_dim: hidden.checked_div(n_heads).unwrap_or(0),
-                    intermediate_size: 4 * hidden,
+                    intermediate_size: intermediate,
                     norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)? as f32,
                     rope_theta: 0.0,
                     rope_scaling: RopeScaling::None,
@@ -272,18 +275,7 @@ impl ModelConfig {
                 }
             }
         };
-        let checks: [(&str, bool, &str); 5] = [
-            ("hidden_size", cfg.hidden_size > 0, "must be positive"),
-            ("num_attention_heads", cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0, "heads must be positive and a multiple of num_key_value_heads"),
-            ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim % 2 == 0), "must be positive (and even for RoPE)"),
-            ("vocab_size", cfg.vocab_size > 0, "must be positive"),
-            ("hidden_size", cfg.arch == Arch::Llama || cfg.hidden_size == cfg.n_heads * cfg.head_dim, "BLOOM needs hidden_size divisible by n_head"),
-        ];
-        for (field, ok, msg) in checks {
-            if !ok {
-                return Err(f.err(field, msg));
-            }
-        }
+        check_sizes(&cfg, &f)?;
         Ok(ModelConfig { raw, ..cfg })
     }
 
@@ -313,10 +305,34 @@ impl ModelConfig {
                     o.remove("num_labels");
                 }
             }
-            let key = if o.contains_key("dtype") && !o.contains_key("torch_dtype") { "dtype" } else { "torch_dtype" };
-            o.insert(key.into(), Value::String(dtype.hf_name().into()));
+            // every dtype key the file has (from_value reads `dtype` first, transformers 4.x only
+            // `torch_dtype`), else 4.x's
+            let keys: Vec<&str> = ["dtype", "torch_dtype"].into_iter().filter(|k| o.contains_key(*k)).collect();
+            for key in if keys.is_empty() { vec!["torch_dtype"] } else { keys } {
+                o.insert(key.into(), Value::String(dtype.hf_name().into()));
+            }
         }
         v
+    }
+}
+
+/// The sizes of a config make a model: positive, heads that divide, and the products the layout
+/// computes within usize (absurd sizes are refused here, not overflowed later).
+fn check_sizes(cfg: &ModelConfig, f: &Fields) -> Result<()> {
+    let q_width = cfg.n_heads.checked_mul(cfg.head_dim);
+    let checks: [(&str, bool, &str); 8] = [
+        ("hidden_size", cfg.hidden_size > 0, "must be positive"),
+        ("num_attention_heads", cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0, "heads must be positive and a multiple of num_key_value_heads"),
+        ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim % 2 == 0), "must be positive (and even for RoPE)"),
+        ("vocab_size", cfg.vocab_size > 0, "must be positive"),
+        ("hidden_size", cfg.arch == Arch::Llama || q_width == Some(cfg.hidden_size), "BLOOM needs hidden_size divisible by n_head"),
+        ("vocab_size", cfg.vocab_size.checked_mul(cfg.hidden_size).is_some(), "too large: vocab_size × hidden_size overflows"),
+        ("intermediate_size", cfg.intermediate_size.checked_mul(cfg.hidden_size).is_some(), "too large: intermediate_size × hidden_size overflows"),
+        ("head_dim", q_width.and_then(|w| w.checked_mul(cfg.hidden_size)).is_some(), "too large: num_attention_heads × head_dim × hidden_size overflows"),
+    ];
+    match checks.into_iter().find(|(_, ok, _)| !ok) {
+        Some((field, _, msg)) => Err(f.err(field, msg)),
+        None => Ok(()),
     }
 }
 
@@ -345,7 +361,7 @@ fn rope_from(f: &Fields) -> Result<(f64, RopeScaling)> {
             high_freq_factor: num("high_freq_factor")? as f32,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         },
-        other => return Err(f.err(&format!("{field}.rope_type"), format!("unsupported rope type \"{other}\" (supported: default, linear, llama3)"))),
+        other => return Err(f.err(&format!("{field}.rope_type"), format!("unsupported rope type {other:?} (supported: default, linear, llama3)"))),
     };
     Ok((theta, scaling))
 }
