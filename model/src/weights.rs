@@ -3,11 +3,11 @@
 //! size limit, each file written under a temporary name and renamed.
 
 use crate::config::DType;
-use crate::error::{io_err, ModelError, Result};
+use crate::error::{io_err, one_line, ModelError, Result};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -75,7 +75,13 @@ pub fn parse_index(text: &str, index: &Path, dir: &Path) -> Result<Vec<PathBuf>>
     })?;
     let mut files: Vec<String> = Vec::new();
     for (name, f) in map {
-        let f = f.as_str().ok_or_else(|| ModelError::Config { path: index.to_path_buf(), field: format!("weight_map.{name}"), msg: "expected a file name".into() })?;
+        let err = |msg: String| ModelError::Config { path: index.to_path_buf(), field: format!("weight_map.{}", name.escape_debug()), msg };
+        let f = f.as_str().ok_or_else(|| err("expected a file name".into()))?;
+        // one plain name: `../x`, `/x` or `a/b` would read a file outside the model directory
+        let mut parts = Path::new(f).components();
+        if !matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None)) || f.contains(['/', '\\']) {
+            return Err(err(format!("shard path must be a file name inside the model directory, got {f:?}")));
+        }
         if !files.iter().any(|x| x == f) {
             files.push(f.to_string());
         }
@@ -96,19 +102,24 @@ fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut Ha
 /// The tensors of a safetensors file's bytes (read from `path`, which errors name), upcast to
 /// f32, each with the dtype it was stored in.
 pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostTensor, DType)>> {
+    // safetensors 0.8 adds the header's data end to the header length unchecked (a panic in
+    // builds with overflow checks): offsets that end near 2^64 are refused first
+    if declared_extent(bytes).is_some_and(|(header_end, data_end)| usize::try_from(data_end).ok().and_then(|e| header_end.checked_add(e)).is_none()) {
+        return Err(ModelError::Safetensors { path: path.to_path_buf(), msg: "its data_offsets end past any file size".into() });
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         let msg = match (&e, expected_size(bytes)) {
             (SafeTensorError::MetadataIncompleteBuffer, Some(want)) if want > bytes.len() => {
                 format!("truncated: its header describes {want} bytes, the file has {}", bytes.len())
             }
             (SafeTensorError::MetadataIncompleteBuffer, Some(want)) => format!("{} unexpected trailing bytes after the {want} its header describes", bytes.len() - want),
-            _ => e.to_string(),
+            _ => one_line(e.to_string()),
         };
         ModelError::Safetensors { path: path.to_path_buf(), msg }
     })?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let terr = |msg: String| ModelError::Tensor { path: path.to_path_buf(), name: name.clone(), msg };
+        let terr = |msg: String| ModelError::Tensor { path: path.to_path_buf(), name: name.escape_debug().to_string(), msg };
         let raw = view.data();
         let (data, dt) = match view.dtype() {
             Dtype::F32 => (raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(), DType::F32),
@@ -125,10 +136,17 @@ pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostT
 /// The size a safetensors file should have by its own header (8-byte length, JSON header, the
 /// end of the last tensor's data), when the header itself is readable.
 fn expected_size(bytes: &[u8]) -> Option<usize> {
+    let (header_end, data_end) = declared_extent(bytes)?;
+    header_end.checked_add(usize::try_from(data_end).ok()?)
+}
+
+/// Where a safetensors file's header ends (8 + its length) and the largest end of its tensors'
+/// data_offsets, when the header is readable.
+fn declared_extent(bytes: &[u8]) -> Option<(usize, u64)> {
     let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
     let header: Value = serde_json::from_slice(bytes.get(8..n.checked_add(8)?)?).ok()?;
     let end = header.as_object()?.iter().filter(|(k, _)| *k != "__metadata__").filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
-    (8 + n).checked_add(usize::try_from(end).ok()?)
+    Some((8 + n, end))
 }
 
 fn encode(data: &[f32], dtype: DType) -> Vec<u8> {
