@@ -44,7 +44,7 @@ pub fn records_from_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<
         values
             .into_iter()
             .enumerate()
-            .map(|(i, v)| serde_json::from_value(v).map_err(|e| DataError::File { path: path.to_path_buf(), msg: format!("record {}: {e}", i + 1) }))
+            .map(|(i, v)| serde_json::from_value(v).map_err(|e| DataError::File { path: path.to_path_buf(), msg: one_line(format!("record {}: {e}", i + 1)) }))
             .collect::<Result<Vec<T>, _>>()?
     } else {
         let mut out = Vec::new();
@@ -65,9 +65,19 @@ pub fn records_from_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<
 
 fn describe(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
-    match e.classify() {
+    one_line(match e.classify() {
         Category::Syntax | Category::Eof => format!("malformed JSON: {e}"),
         Category::Data => format!("unexpected record: {e}"),
         Category::Io => e.to_string(),
+    })
+}
+
+/// `msg` on one line: serde and the tokenizers crate quote some input verbatim (an unknown
+/// field's name, a token), line breaks included.
+pub(crate) fn one_line(msg: String) -> String {
+    if msg.contains(['\n', '\r']) {
+        msg.replace('\n', "\\n").replace('\r', "\\r")
+    } else {
+        msg
     }
 }

@@ -1,6 +1,6 @@
 //! The model's `tokenizer.json`, loaded with the `tokenizers` crate.
 
-use crate::records::DataError;
+use crate::records::{one_line, DataError};
 use std::path::{Path, PathBuf};
 
 pub struct Tokenizer {
@@ -25,7 +25,14 @@ impl Tokenizer {
 
     /// A tokenizer from the text of its `tokenizer.json` (`file` names it in errors).
     pub fn from_json(text: &str, file: &Path) -> Result<Tokenizer, DataError> {
-        let inner: tokenizers::Tokenizer = text.parse().map_err(|e| DataError::File { path: file.to_path_buf(), msg: format!("cannot load tokenizer: {e}") })?;
+        let err = |msg: String| DataError::File { path: file.to_path_buf(), msg };
+        // tokenizers 0.22 panics on some malformed files (`expect` in the decoder's and the
+        // normalizer's deserializers): a panic here is a bad file, said as an error
+        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>()).map_err(|panic| {
+            let what = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown error");
+            err(one_line(format!("cannot load tokenizer: malformed tokenizer.json ({what})")))
+        })?;
+        let inner = parsed.map_err(|e| err(one_line(format!("cannot load tokenizer: {e}"))))?;
         Ok(Tokenizer { inner, path: file.to_path_buf() })
     }
 
