@@ -1,6 +1,7 @@
 //! The model's `tokenizer.json`, loaded with the `tokenizers` crate.
 
 use crate::records::{one_line, DataError};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 pub struct Tokenizer {
@@ -25,25 +26,26 @@ impl Tokenizer {
 
     /// A tokenizer from the text of its `tokenizer.json` (`file` names it in errors).
     pub fn from_json(text: &str, file: &Path) -> Result<Tokenizer, DataError> {
-        let err = |msg: String| DataError::File { path: file.to_path_buf(), msg };
+        let err = |msg: String| DataError::File { path: file.to_path_buf(), msg: one_line(format!("cannot load tokenizer: {msg}")) };
         // tokenizers 0.22 panics on some malformed files (`expect` in the decoder's and the
         // normalizer's deserializers): a panic here is a bad file, said as an error
-        let parsed = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>()).map_err(|panic| {
-            let what = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("unknown error");
-            err(one_line(format!("cannot load tokenizer: malformed tokenizer.json ({what})")))
-        })?;
-        let inner = parsed.map_err(|e| err(one_line(format!("cannot load tokenizer: {e}"))))?;
+        let parsed = catch_unwind(|| text.parse::<tokenizers::Tokenizer>()).map_err(|panic| err(format!("malformed tokenizer.json ({})", panic_text(panic))))?;
+        let inner = parsed.map_err(|e| err(e.to_string()))?;
         Ok(Tokenizer { inner, path: file.to_path_buf() })
     }
 
     /// Token ids of `text`; `special` adds what the post-processor adds (BOS for LLaMA-style).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>, DataError> {
-        let enc = self.inner.encode(text, special).map_err(|e| DataError::Tokenizer(format!("{}: encoding failed: {e}", self.path.display())))?;
+        let fail = |msg: String| DataError::Tokenizer(one_line(format!("{}: encoding failed: {msg}", self.path.display())));
+        // a file the crate loads can still make it panic here (a template naming a special
+        // token the file does not define): an error naming the file, as for a bad file
+        let enc = catch_unwind(AssertUnwindSafe(|| self.inner.encode(text, special))).map_err(|panic| fail(panic_text(panic)))?.map_err(|e| fail(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, DataError> {
-        self.inner.decode(ids, skip_special).map_err(|e| DataError::Tokenizer(format!("{}: decoding failed: {e}", self.path.display())))
+        let fail = |msg: String| DataError::Tokenizer(one_line(format!("{}: decoding failed: {msg}", self.path.display())));
+        catch_unwind(AssertUnwindSafe(|| self.inner.decode(ids, skip_special))).map_err(|panic| fail(panic_text(panic)))?.map_err(|e| fail(e.to_string()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -57,4 +59,10 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
+}
+
+/// What a panic of the tokenizers crate said.
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    let what = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("no message");
+    format!("the tokenizers crate panicked: {what}")
 }
