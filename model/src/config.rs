@@ -322,8 +322,8 @@ fn check_sizes(cfg: &ModelConfig, f: &Fields) -> Result<()> {
     let q_width = cfg.n_heads.checked_mul(cfg.head_dim);
     let checks: [(&str, bool, &str); 8] = [
         ("hidden_size", cfg.hidden_size > 0, "must be positive"),
-        ("num_attention_heads", cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads % cfg.n_kv_heads == 0, "heads must be positive and a multiple of num_key_value_heads"),
-        ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim % 2 == 0), "must be positive (and even for RoPE)"),
+        ("num_attention_heads", cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads.is_multiple_of(cfg.n_kv_heads), "heads must be positive and a multiple of num_key_value_heads"),
+        ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim.is_multiple_of(2)), "must be positive (and even for RoPE)"),
         ("vocab_size", cfg.vocab_size > 0, "must be positive"),
         ("hidden_size", cfg.arch == Arch::Llama || q_width == Some(cfg.hidden_size), "BLOOM needs hidden_size divisible by n_head"),
         ("vocab_size", cfg.vocab_size.checked_mul(cfg.hidden_size).is_some(), "too large: vocab_size × hidden_size overflows"),
