@@ -1383,3 +1383,24 @@ fn file_readers_refuse_non_utf8() {
         assert!(!msg.contains(['\n', '\r']) && msg.contains(&path.display().to_string()), "{msg:?}");
     }
 }
+
+/// The checkpoint readers that read safetensors directly (a model's parameters, the optimizer
+/// state) refuse offsets ending near 2^64 too, before the safetensors crate overflows on them.
+#[test]
+fn checkpoint_readers_refuse_offsets_past_any_file() {
+    use okapi::model::{preset_config, Arch, Model};
+    use okapi::rlhf::checkpoint::{load_optimizer_file, load_params};
+    use okapi::rlhf::{AdamWConfig, Optimizer};
+    use okapi::runtime::CpuBackend;
+    let scratch = Scratch::new("fuzz-ckpt-offsets");
+    let path = scratch.root.join("optimizer.safetensors");
+    std::fs::write(&path, huge_safetensors(8, u64::MAX / 8)).unwrap();
+    let mut model = Model::init(CpuBackend, preset_config(Arch::Llama, "tiny", Some(50), 16).unwrap(), 0);
+    let grads = model.new_grads(|_| true);
+    let mut opt = Optimizer::new(&model, &grads, AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 });
+    let errors = [load_optimizer_file(&path, &model, &mut opt).err().map(|e| e.to_string()), load_params(&path, &mut model, false).err().map(|e| e.to_string())];
+    for msg in errors {
+        let msg = msg.expect("refused");
+        assert!(msg.contains("data_offsets") && msg.contains(&path.display().to_string()), "{msg}");
+    }
+}

@@ -102,10 +102,8 @@ fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut Ha
 /// The tensors of a safetensors file's bytes (read from `path`, which errors name), upcast to
 /// f32, each with the dtype it was stored in.
 pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostTensor, DType)>> {
-    // safetensors 0.8 adds the header's data end to the header length unchecked (a panic in
-    // builds with overflow checks): offsets that end near 2^64 are refused first
-    if declared_extent(bytes).is_some_and(|(header_end, data_end)| usize::try_from(data_end).ok().and_then(|e| header_end.checked_add(e)).is_none()) {
-        return Err(ModelError::Safetensors { path: path.to_path_buf(), msg: "its data_offsets end past any file size".into() });
+    if offsets_overflow(bytes) {
+        return Err(ModelError::Safetensors { path: path.to_path_buf(), msg: OFFSETS_OVERFLOW.into() });
     }
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         let msg = match (&e, expected_size(bytes)) {
@@ -131,6 +129,16 @@ pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostT
         out.push((name, tensor, dt));
     }
     Ok(out)
+}
+
+/// Why a file that `offsets_overflow` is refused.
+pub const OFFSETS_OVERFLOW: &str = "its data_offsets end past any file size";
+
+/// Whether a safetensors file's header declares data_offsets that end past any file size:
+/// safetensors 0.8 adds that end to the header length unchecked (a panic in builds with
+/// overflow checks), so every reader checks this before `SafeTensors::deserialize`.
+pub fn offsets_overflow(bytes: &[u8]) -> bool {
+    declared_extent(bytes).is_some_and(|(header_end, data_end)| usize::try_from(data_end).ok().and_then(|e| header_end.checked_add(e)).is_none())
 }
 
 /// The size a safetensors file should have by its own header (8-byte length, JSON header, the
