@@ -22,7 +22,7 @@
 //! Inputs per parser by default (CI): 6000 for safetensors, 4000 each for the shard index and
 //! config.json, 5000 each for the record parsers (loglik, SFT, PPO prompts, ranking, scoring),
 //! the four eval tasks and the template, 3000 for trainer_state.json, 300 for tokenizer.json, and
-//! 40 save → read round trips: about 20 s of wall time for the whole file in the test profile on
+//! 40 save → read round trips: about 15 s of wall time for the whole file in the test profile on
 //! a 2-core x86-64 machine (two test threads), build excluded.
 //! `OKAPI_FUZZ_INPUTS=<n>` sets the count of every parser (the round trips get n/100, at least
 //! 40), `OKAPI_FUZZ_SEED=<s>` the seed (default 0); `OKAPI_FUZZ_CASE=<i>` runs case i alone, to
