@@ -95,6 +95,11 @@ fn field_string(v: Option<&Value>, converted: &mut usize) -> Option<String> {
 /// Values of a JSON array or JSONL file with their origin labels.
 pub(crate) fn read_values(path: &Path) -> Result<Vec<(String, Value)>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    values_from_str(&text, path)
+}
+
+/// As `read_values`, from the file's text.
+pub(crate) fn values_from_str(text: &str, path: &Path) -> Result<Vec<(String, Value)>, DataError> {
     let name = path.display().to_string();
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
@@ -123,38 +128,53 @@ pub fn load_instructions(paths: &[PathBuf], langs: Option<&[String]>, need_outpu
     let mut stats = LoadStats::default();
     let mut out = Vec::new();
     for path in paths {
-        let file_lang = lang_from_path(path);
         let values = read_values(path)?;
         if values.is_empty() {
             return Err(DataError::File { path: path.clone(), msg: "no records (the file is empty)".into() });
         }
-        for (origin, v) in values {
-            stats.read += 1;
-            let Some(obj) = v.as_object() else {
-                return Err(DataError::File { path: path.clone(), msg: format!("{origin}: expected a JSON object with \"instruction\", \"input\", \"output\", got {}", short(&v)) });
-            };
-            let mut conv = 0;
-            let instruction = field_string(obj.get("instruction"), &mut conv).unwrap_or_default();
-            let input = field_string(obj.get("input"), &mut conv).unwrap_or_default();
-            let output = field_string(obj.get("output"), &mut conv).unwrap_or_default();
-            let lang = field_string(obj.get("lang"), &mut conv).or_else(|| file_lang.clone());
-            let id = field_string(obj.get("id"), &mut conv);
-            stats.converted_fields += conv;
-            if instruction.trim().is_empty() || (need_output && output.trim().is_empty()) {
-                stats.skipped_missing += 1;
-                continue;
-            }
-            if let Some(keep) = langs {
-                if !lang.as_ref().is_some_and(|l| keep.iter().any(|k| k == l)) {
-                    stats.skipped_lang += 1;
-                    continue;
-                }
-            }
-            out.push(InstructRecord { instruction, input, output, lang, id, origin });
-        }
+        add_instructions(values, path, langs, need_output, &mut out, &mut stats)?;
     }
     stats.kept = out.len();
     Ok((out, stats))
+}
+
+/// As [`load_instructions`] for one file's text (`path` names it, and gives its language).
+pub fn parse_instructions(text: &str, path: &Path, langs: Option<&[String]>, need_output: bool) -> Result<(Vec<InstructRecord>, LoadStats), DataError> {
+    let mut stats = LoadStats::default();
+    let mut out = Vec::new();
+    add_instructions(values_from_str(text, path)?, path, langs, need_output, &mut out, &mut stats)?;
+    stats.kept = out.len();
+    Ok((out, stats))
+}
+
+/// The records of one file's values appended to `out`, counted in `stats`.
+fn add_instructions(values: Vec<(String, Value)>, path: &Path, langs: Option<&[String]>, need_output: bool, out: &mut Vec<InstructRecord>, stats: &mut LoadStats) -> Result<(), DataError> {
+    let file_lang = lang_from_path(path);
+    for (origin, v) in values {
+        stats.read += 1;
+        let Some(obj) = v.as_object() else {
+            return Err(DataError::File { path: path.to_path_buf(), msg: format!("{origin}: expected a JSON object with \"instruction\", \"input\", \"output\", got {}", short(&v)) });
+        };
+        let mut conv = 0;
+        let instruction = field_string(obj.get("instruction"), &mut conv).unwrap_or_default();
+        let input = field_string(obj.get("input"), &mut conv).unwrap_or_default();
+        let output = field_string(obj.get("output"), &mut conv).unwrap_or_default();
+        let lang = field_string(obj.get("lang"), &mut conv).or_else(|| file_lang.clone());
+        let id = field_string(obj.get("id"), &mut conv);
+        stats.converted_fields += conv;
+        if instruction.trim().is_empty() || (need_output && output.trim().is_empty()) {
+            stats.skipped_missing += 1;
+            continue;
+        }
+        if let Some(keep) = langs {
+            if !lang.as_ref().is_some_and(|l| keep.iter().any(|k| k == l)) {
+                stats.skipped_lang += 1;
+                continue;
+            }
+        }
+        out.push(InstructRecord { instruction, input, output, lang, id, origin });
+    }
+    Ok(())
 }
 
 fn short(v: &Value) -> String {

@@ -18,9 +18,9 @@ pub mod sft;
 pub mod template;
 pub mod tokenizer;
 
-pub use instruct::{load_instructions, parse_langs, InstructRecord, LoadStats, OKAPI_LANGS};
-pub use ranking::{encode_group, load_rankings, PromptGroup, RankRecord, RankStats};
-pub use records::{read_records, DataError, LoglikRequest};
+pub use instruct::{load_instructions, parse_instructions, parse_langs, InstructRecord, LoadStats, OKAPI_LANGS};
+pub use ranking::{encode_group, load_rankings, parse_rankings, PromptGroup, RankRecord, RankStats};
+pub use records::{read_records, records_from_str, DataError, LoglikRequest};
 pub use sft::{collate, encode_example, Batch, Example, SftEncoding, IGNORE_LABEL};
 pub use template::PromptTemplate;
 pub use tokenizer::Tokenizer;

@@ -4,14 +4,14 @@
 //! `{"instruction","input","responses":[best … worst]}`, which give all K(K−1)/2 pairs of a
 //! prompt. A prompt's responses stay together so each is encoded once (InstructGPT).
 
-use crate::instruct::{lang_from_path, read_values};
+use crate::instruct::{lang_from_path, read_values, values_from_str};
 use crate::records::DataError;
 use crate::sft::{encode_example, Example, SftEncoding};
 use crate::template::PromptTemplate;
 use crate::tokenizer::Tokenizer;
 use crate::InstructRecord;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A prompt with its responses, best first.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,56 +59,71 @@ pub fn load_rankings(paths: &[PathBuf], langs: Option<&[String]>) -> Result<(Vec
     let mut stats = RankStats::default();
     let mut out = Vec::new();
     for path in paths {
-        let file_lang = lang_from_path(path);
         let values = read_values(path)?;
         if values.is_empty() {
             return Err(DataError::File { path: path.clone(), msg: "no records (the file is empty)".into() });
         }
-        for (origin, v) in values {
-            stats.read += 1;
-            let obj = v.as_object().ok_or_else(|| DataError::File { path: path.clone(), msg: format!("{origin}: expected a JSON object") })?;
-            let responses: Vec<String> = if let Some(list) = obj.get("responses") {
-                let arr = list.as_array().ok_or_else(|| DataError::File { path: path.clone(), msg: format!("{origin}: field `responses`: expected a list of strings, best first") })?;
-                arr.iter().map(|x| text(Some(x)).unwrap_or_default()).collect()
-            } else {
-                let chosen = text(obj.get("prefered_output")).or_else(|| text(obj.get("preferred_output"))).or_else(|| text(obj.get("chosen")));
-                let rejected = text(obj.get("rejected_output")).or_else(|| text(obj.get("rejected")));
-                match (chosen, rejected) {
-                    (Some(c), Some(r)) => vec![c, r],
-                    _ => {
-                        return Err(DataError::File {
-                            path: path.clone(),
-                            msg: format!("{origin}: expected `prefered_output`/`rejected_output` (or `preferred_output`, `chosen`/`rejected`) or a `responses` list"),
-                        })
-                    }
-                }
-            };
-            let instruction = text(obj.get("instruction")).unwrap_or_default();
-            let input = text(obj.get("input")).unwrap_or_default();
-            let lang = text(obj.get("lang")).or_else(|| file_lang.clone());
-            if responses.len() < 2 {
-                stats.skipped_fewer_than_two += 1;
-                continue;
-            }
-            if instruction.trim().is_empty() || responses.iter().any(|r| r.trim().is_empty()) {
-                stats.skipped_empty += 1;
-                continue;
-            }
-            if (1..responses.len()).any(|i| responses[..i].contains(&responses[i])) {
-                stats.skipped_identical += 1;
-                continue;
-            }
-            if let Some(keep) = langs {
-                if !lang.as_ref().is_some_and(|l| keep.iter().any(|k| k == l)) {
-                    stats.skipped_lang += 1;
-                    continue;
-                }
-            }
-            out.push(RankRecord { instruction, input, responses, lang, origin });
-        }
+        add_rankings(values, path, langs, &mut out, &mut stats)?;
     }
     stats.kept = out.len();
     Ok((out, stats))
+}
+
+/// As [`load_rankings`] for one file's text (`path` names it, and gives its language).
+pub fn parse_rankings(file_text: &str, path: &Path, langs: Option<&[String]>) -> Result<(Vec<RankRecord>, RankStats), DataError> {
+    let mut stats = RankStats::default();
+    let mut out = Vec::new();
+    add_rankings(values_from_str(file_text, path)?, path, langs, &mut out, &mut stats)?;
+    stats.kept = out.len();
+    Ok((out, stats))
+}
+
+/// The records of one file's values appended to `out`, counted in `stats`.
+fn add_rankings(values: Vec<(String, Value)>, path: &Path, langs: Option<&[String]>, out: &mut Vec<RankRecord>, stats: &mut RankStats) -> Result<(), DataError> {
+    let file_lang = lang_from_path(path);
+    for (origin, v) in values {
+        stats.read += 1;
+        let obj = v.as_object().ok_or_else(|| DataError::File { path: path.to_path_buf(), msg: format!("{origin}: expected a JSON object") })?;
+        let responses: Vec<String> = if let Some(list) = obj.get("responses") {
+            let arr = list.as_array().ok_or_else(|| DataError::File { path: path.to_path_buf(), msg: format!("{origin}: field `responses`: expected a list of strings, best first") })?;
+            arr.iter().map(|x| text(Some(x)).unwrap_or_default()).collect()
+        } else {
+            let chosen = text(obj.get("prefered_output")).or_else(|| text(obj.get("preferred_output"))).or_else(|| text(obj.get("chosen")));
+            let rejected = text(obj.get("rejected_output")).or_else(|| text(obj.get("rejected")));
+            match (chosen, rejected) {
+                (Some(c), Some(r)) => vec![c, r],
+                _ => {
+                    return Err(DataError::File {
+                        path: path.to_path_buf(),
+                        msg: format!("{origin}: expected `prefered_output`/`rejected_output` (or `preferred_output`, `chosen`/`rejected`) or a `responses` list"),
+                    })
+                }
+            }
+        };
+        let instruction = text(obj.get("instruction")).unwrap_or_default();
+        let input = text(obj.get("input")).unwrap_or_default();
+        let lang = text(obj.get("lang")).or_else(|| file_lang.clone());
+        if responses.len() < 2 {
+            stats.skipped_fewer_than_two += 1;
+            continue;
+        }
+        if instruction.trim().is_empty() || responses.iter().any(|r| r.trim().is_empty()) {
+            stats.skipped_empty += 1;
+            continue;
+        }
+        if (1..responses.len()).any(|i| responses[..i].contains(&responses[i])) {
+            stats.skipped_identical += 1;
+            continue;
+        }
+        if let Some(keep) = langs {
+            if !lang.as_ref().is_some_and(|l| keep.iter().any(|k| k == l)) {
+                stats.skipped_lang += 1;
+                continue;
+            }
+        }
+        out.push(RankRecord { instruction, input, responses, lang, origin });
+    }
+    Ok(())
 }
 
 /// A tokenized prompt group: every response as an SFT example, and the pairs (better, worse).
@@ -135,9 +150,15 @@ pub fn encode_group(tok: &Tokenizer, tpl: &PromptTemplate, rec: &RankRecord, enc
 
 /// Records for `okapi-train score`: ranking records (all their responses, no pair rules) or
 /// instruction records (their `output`), in file order; a record of neither shape is an error.
-pub fn load_scoring_records(path: &std::path::Path) -> Result<Vec<RankRecord>, DataError> {
+pub fn load_scoring_records(path: &Path) -> Result<Vec<RankRecord>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    parse_scoring_records(&text, path)
+}
+
+/// As [`load_scoring_records`], from the file's text (`path` names it in errors).
+pub fn parse_scoring_records(file_text: &str, path: &Path) -> Result<Vec<RankRecord>, DataError> {
     let mut out = Vec::new();
-    for (origin, v) in read_values(path)? {
+    for (origin, v) in values_from_str(file_text, path)? {
         let obj = v.as_object().ok_or_else(|| DataError::File { path: path.to_path_buf(), msg: format!("{origin}: expected a JSON object") })?;
         let responses: Vec<String> = if let Some(list) = obj.get("responses").and_then(|l| l.as_array()) {
             list.iter().map(|x| text(Some(x)).unwrap_or_default()).collect()

@@ -29,6 +29,11 @@ pub struct LoglikRequest {
 /// JSON array. An empty file is an error: a run on nothing is almost always a wrong path.
 pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    records_from_str(&text, path)
+}
+
+/// As [`read_records`], from the file's text (`path` names it in errors).
+pub fn records_from_str<T: DeserializeOwned>(text: &str, path: &Path) -> Result<Vec<T>, DataError> {
     let trimmed = text.trim_start();
     let records = if trimmed.starts_with('[') {
         let values: Vec<serde_json::Value> = serde_json::from_str(trimmed).map_err(|e| DataError::Line {
@@ -39,7 +44,7 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataErro
         values
             .into_iter()
             .enumerate()
-            .map(|(i, v)| serde_json::from_value(v).map_err(|e| DataError::File { path: path.to_path_buf(), msg: format!("record {}: {e}", i + 1) }))
+            .map(|(i, v)| serde_json::from_value(v).map_err(|e| DataError::File { path: path.to_path_buf(), msg: one_line(format!("record {}: {e}", i + 1)) }))
             .collect::<Result<Vec<T>, _>>()?
     } else {
         let mut out = Vec::new();
@@ -60,9 +65,19 @@ pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, DataErro
 
 fn describe(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
-    match e.classify() {
+    one_line(match e.classify() {
         Category::Syntax | Category::Eof => format!("malformed JSON: {e}"),
         Category::Data => format!("unexpected record: {e}"),
         Category::Io => e.to_string(),
+    })
+}
+
+/// `msg` on one line: serde and the tokenizers crate quote some input verbatim (an unknown
+/// field's name, a token), line breaks included.
+pub(crate) fn one_line(msg: String) -> String {
+    if msg.contains(['\n', '\r']) {
+        msg.replace('\n', "\\n").replace('\r', "\\r")
+    } else {
+        msg
     }
 }

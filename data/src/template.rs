@@ -27,9 +27,14 @@ impl PromptTemplate {
     /// Reads a template file (alpaca-lora's JSON format; other keys such as `description` and
     /// `response_split` are ignored).
     pub fn load(path: &Path) -> Result<Self, DataError> {
-        let err = |msg: String| DataError::File { path: path.to_path_buf(), msg };
         let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+        Self::from_json(&text, path)
+    }
+
+    /// As [`PromptTemplate::load`], from the file's text (`path` names it in errors).
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, DataError> {
+        let err = |msg: String| DataError::File { path: path.to_path_buf(), msg };
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
         let field = |k: &str| -> Result<String, DataError> {
             v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| err(format!("field `{k}`: missing or not a string (expected a template string)")))
         };

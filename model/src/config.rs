@@ -122,7 +122,7 @@ impl Fields<'_> {
     fn usize_any(&self, keys: &[&str]) -> Result<usize> {
         for k in keys {
             if let Some(v) = self.get(k) {
-                return v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(k, format!("expected a non-negative integer, got {v}")));
+                return v.as_u64().and_then(|x| usize::try_from(x).ok()).ok_or_else(|| self.err(k, format!("expected a non-negative integer, got {v}")));
             }
         }
         Err(self.err(keys[0], "missing (required for this architecture)"))
@@ -130,7 +130,7 @@ impl Fields<'_> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| self.err(key, format!("expected an integer, got {v}"))),
+            Some(v) => v.as_u64().and_then(|x| usize::try_from(x).ok()).map(Some).ok_or_else(|| self.err(key, format!("expected an integer, got {v}"))),
         }
     }
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
@@ -165,7 +165,12 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<ModelConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.clone(), msg: e.to_string() })?;
+        Self::from_json(&text, path)
+    }
+
+    /// A config from the text of a `config.json` (`path` names it in errors).
+    pub fn from_json(text: &str, path: PathBuf) -> Result<ModelConfig> {
+        let raw: Value = serde_json::from_str(text).map_err(|e| ModelError::Json { path: path.clone(), msg: e.to_string() })?;
         Self::from_value(raw, path)
     }
 
@@ -179,7 +184,7 @@ impl ModelConfig {
         let arch = match (model_type, Arch::from_model_type(model_type)) {
             (_, Some(a)) => a,
             ("", None) => return Err(f.err("model_type", "missing (expected \"llama\" or \"bloom\")")),
-            (other, None) => return Err(f.err("model_type", format!("unsupported model type \"{other}\" (okapi supports \"llama\" and \"bloom\")"))),
+            (other, None) => return Err(f.err("model_type", format!("unsupported model type {other:?} (okapi supports \"llama\" and \"bloom\")"))),
         };
         let mut head = Head::CausalLm;
         for a in &archs {
@@ -195,7 +200,7 @@ impl ModelConfig {
                 _ => {
                     return Err(f.err(
                         "architectures",
-                        format!("unsupported architecture \"{a}\" (expected LlamaForCausalLM, BloomForCausalLM or their ForSequenceClassification with one label)"),
+                        format!("unsupported architecture {a:?} (expected LlamaForCausalLM, BloomForCausalLM or their ForSequenceClassification with one label)"),
                     ))
                 }
             }
@@ -213,7 +218,7 @@ impl ModelConfig {
                 let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
                 let act = f.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
                 if act != "silu" {
-                    return Err(f.err("hidden_act", format!("unsupported activation \"{act}\" (LLaMA uses \"silu\")")));
+                    return Err(f.err("hidden_act", format!("unsupported activation {act:?} (LLaMA uses \"silu\")")));
                 }
                 let (theta, scaling) = rope_from(&f)?;
                 ModelConfig {
@@ -247,6 +252,7 @@ impl ModelConfig {
                 }
                 let hidden = f.usize_any(&["hidden_size", "n_embed"])?;
                 let n_heads = f.usize_any(&["n_head", "num_attention_heads"])?;
+                let intermediate = hidden.checked_mul(4).ok_or_else(|| f.err("hidden_size", "too large: 4 × hidden_size overflows"))?;
                 ModelConfig {
                     arch,
                     vocab_size: f.usize_any(&["vocab_size"])?,
@@ -255,7 +261,7 @@ impl ModelConfig {
                     n_heads,
                     n_kv_heads: n_heads,
                     head_dim: hidden.checked_div(n_heads).unwrap_or(0),
-                    intermediate_size: 4 * hidden,
+                    intermediate_size: intermediate,
                     norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)? as f32,
                     rope_theta: 0.0,
                     rope_scaling: RopeScaling::None,
@@ -286,14 +292,11 @@ impl ModelConfig {
             Arch::Bloom => ("layer_norm_epsilon", if f.get("n_head").is_some() { "n_head" } else { "num_attention_heads" }),
         };
         let layers_key = if self.arch == Arch::Bloom && f.get("n_layer").is_some() { "n_layer" } else { "num_hidden_layers" };
-        let checks: [(&str, bool, String); 10] = [
+        // the sizes first: their products are then safe to compute
+        check_sizes(self, heads_key, f)?;
+        let checks: [(&str, bool, String); 5] = [
             (layers_key, self.n_layers <= MAX_LAYERS, format!("{}: okapi handles at most {MAX_LAYERS} layers", self.n_layers)),
-            ("hidden_size", self.hidden_size > 0, "must be positive".into()),
-            (heads_key, self.n_heads > 0 && self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads), "heads must be positive and a multiple of num_key_value_heads".into()),
-            ("head_dim", self.head_dim > 0 && (self.arch == Arch::Bloom || self.head_dim.is_multiple_of(2)), "must be positive (and even for RoPE)".into()),
-            ("vocab_size", self.vocab_size > 0, "must be positive".into()),
             ("intermediate_size", self.intermediate_size > 0, "must be positive".into()),
-            ("hidden_size", self.arch == Arch::Llama || self.hidden_size == self.n_heads * self.head_dim, "BLOOM needs hidden_size divisible by n_head".into()),
             ("max_position_embeddings", self.max_positions != Some(0), "must be positive".into()),
             (eps_key, self.norm_eps.is_finite() && self.norm_eps > 0.0, format!("{}: expected a finite positive number", self.norm_eps)),
             ("rope_theta", self.arch == Arch::Bloom || (self.rope_theta.is_finite() && self.rope_theta > 0.0), format!("{}: expected a finite positive number", self.rope_theta)),
@@ -385,8 +388,12 @@ impl ModelConfig {
                     o.remove("num_labels");
                 }
             }
-            let key = if o.contains_key("dtype") && !o.contains_key("torch_dtype") { "dtype" } else { "torch_dtype" };
-            o.insert(key.into(), Value::String(dtype.hf_name().into()));
+            // every dtype key the file has (from_value reads `dtype` first, transformers 4.x only
+            // `torch_dtype`), else 4.x's
+            let keys: Vec<&str> = ["dtype", "torch_dtype"].into_iter().filter(|k| o.contains_key(*k)).collect();
+            for key in if keys.is_empty() { vec!["torch_dtype"] } else { keys } {
+                o.insert(key.into(), Value::String(dtype.hf_name().into()));
+            }
         }
         v
     }
@@ -430,6 +437,26 @@ fn validate_rope_scaling(f: &Fields, scaling: &RopeScaling) -> Result<()> {
     }
 }
 
+/// The sizes of a config make a model: positive, heads that divide, and the products the layout
+/// computes within usize (absurd sizes are refused here, not overflowed later).
+fn check_sizes(cfg: &ModelConfig, heads_key: &str, f: &Fields) -> Result<()> {
+    let q_width = cfg.n_heads.checked_mul(cfg.head_dim);
+    let checks: [(&str, bool, &str); 8] = [
+        ("hidden_size", cfg.hidden_size > 0, "must be positive"),
+        (heads_key, cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads.is_multiple_of(cfg.n_kv_heads), "heads must be positive and a multiple of num_key_value_heads"),
+        ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim.is_multiple_of(2)), "must be positive (and even for RoPE)"),
+        ("vocab_size", cfg.vocab_size > 0, "must be positive"),
+        ("hidden_size", cfg.arch == Arch::Llama || q_width == Some(cfg.hidden_size), "BLOOM needs hidden_size divisible by n_head"),
+        ("vocab_size", cfg.vocab_size.checked_mul(cfg.hidden_size).is_some(), "too large: vocab_size × hidden_size overflows"),
+        ("intermediate_size", cfg.intermediate_size.checked_mul(cfg.hidden_size).is_some(), "too large: intermediate_size × hidden_size overflows"),
+        ("head_dim", q_width.and_then(|w| w.checked_mul(cfg.hidden_size)).is_some(), "too large: num_attention_heads × head_dim × hidden_size overflows"),
+    ];
+    match checks.into_iter().find(|(_, ok, _)| !ok) {
+        Some((field, _, msg)) => Err(f.err(field, msg)),
+        None => Ok(()),
+    }
+}
+
 /// RoPE base and scaling from 5.x `rope_parameters` or 4.x `rope_theta` + `rope_scaling`.
 fn rope_from(f: &Fields) -> Result<(f64, RopeScaling)> {
     let (params, field) = match f.get("rope_parameters") {
@@ -455,7 +482,7 @@ fn rope_from(f: &Fields) -> Result<(f64, RopeScaling)> {
             high_freq_factor: num("high_freq_factor")? as f32,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         },
-        other => return Err(f.err(&format!("{field}.rope_type"), format!("unsupported rope type \"{other}\" (supported: default, linear, llama3)"))),
+        other => return Err(f.err(&format!("{field}.rope_type"), format!("unsupported rope type {other:?} (supported: default, linear, llama3)"))),
     };
     Ok((theta, scaling))
 }

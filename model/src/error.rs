@@ -31,3 +31,13 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
     let path = path.into();
     move |source| ModelError::Io { path, source }
 }
+
+/// `msg` on one line: libraries quote some input verbatim in their messages (serde an unknown
+/// variant, safetensors a tensor's name), line breaks included.
+pub(crate) fn one_line(msg: String) -> String {
+    if msg.contains(['\n', '\r']) {
+        msg.replace('\n', "\\n").replace('\r', "\\r")
+    } else {
+        msg
+    }
+}

@@ -40,7 +40,7 @@ pub fn activation_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
 /// A KV cache for `batch` sequences of up to `cap` tokens, fed `t_max` tokens at a time.
 pub fn kv_cache_bytes(cfg: &ModelConfig, batch: usize, cap: usize, t_max: usize) -> u64 {
     let kw = cfg.n_kv_heads as u128 * cfg.head_dim as u128;
-    let cache = 2 * cfg.n_layers as u128 * (batch as u128).saturating_mul(cap as u128).saturating_mul(kw);
+    let cache = (2 * cfg.n_layers as u128).saturating_mul((batch as u128).saturating_mul(cap as u128).saturating_mul(kw));
     let (c, f, v) = (cfg.hidden_size as u128, cfg.intermediate_size as u128, cfg.vocab_size as u128);
     let qw = cfg.n_heads as u128 * cfg.head_dim as u128;
     let per_row = 8 * c + 2 * qw + 2 * kw + 3 * f + v + 8;
@@ -148,6 +148,13 @@ mod tests {
             let model = Model::init(CpuBackend, cfg.clone(), 0);
             assert_eq!(weights_bytes(&cfg), 4 * model.n_params() as u64, "{arch:?}");
         }
+    }
+
+    #[test]
+    fn absurd_sizes_saturate_instead_of_overflowing() {
+        let cfg = preset_config(Arch::Llama, "tiny", Some(300), 64).unwrap();
+        assert_eq!(kv_cache_bytes(&cfg, usize::MAX, usize::MAX, usize::MAX), u64::MAX);
+        assert_eq!(activation_bytes(&cfg, usize::MAX), u64::MAX);
     }
 
     #[test]

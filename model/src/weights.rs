@@ -3,11 +3,11 @@
 //! size limit, each file written under a temporary name and renamed.
 
 use crate::config::DType;
-use crate::error::{io_err, ModelError, Result};
+use crate::error::{io_err, one_line, ModelError, Result};
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -47,21 +47,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Json { path: index.clone(), msg: e.to_string() })?;
-        let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::Config {
-            path: index.clone(),
-            field: "weight_map".into(),
-            msg: "missing or not an object".into(),
-        })?;
-        let mut files: Vec<String> = Vec::new();
-        for (name, f) in map {
-            let f = f.as_str().ok_or_else(|| ModelError::Config { path: index.clone(), field: format!("weight_map.{name}"), msg: "expected a file name".into() })?;
-            if !files.iter().any(|x| x == f) {
-                files.push(f.to_string());
-            }
-        }
-        files.sort();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        let paths = parse_index(&text, &index, dir)?;
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
             return Err(ModelError::Io { path: missing.clone(), source: std::io::Error::new(std::io::ErrorKind::NotFound, format!("shard listed in {INDEX_FILE} not found")) });
         }
@@ -78,20 +64,60 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Err(ModelError::NoWeights { dir: dir.to_path_buf(), extra: extra.into() })
 }
 
+/// The shard files named by the text of `model.safetensors.index.json` (read from `index`), as
+/// paths in `dir`, sorted and without repeats; whether they exist is the caller's check.
+pub fn parse_index(text: &str, index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Json { path: index.to_path_buf(), msg: e.to_string() })?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| ModelError::Config {
+        path: index.to_path_buf(),
+        field: "weight_map".into(),
+        msg: "missing or not an object".into(),
+    })?;
+    let mut files: Vec<String> = Vec::new();
+    for (name, f) in map {
+        let err = |msg: String| ModelError::Config { path: index.to_path_buf(), field: format!("weight_map.{}", name.escape_debug()), msg };
+        let f = f.as_str().ok_or_else(|| err("expected a file name".into()))?;
+        // one plain name: `../x`, `/x` or `a/b` would read a file outside the model directory
+        let mut parts = Path::new(f).components();
+        if !matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None)) || f.contains(['/', '\\']) {
+            return Err(err(format!("shard path must be a file name inside the model directory, got {f:?}")));
+        }
+        if !files.iter().any(|x| x == f) {
+            files.push(f.to_string());
+        }
+    }
+    files.sort();
+    Ok(files.iter().map(|f| dir.join(f)).collect())
+}
+
 fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut HashMap<DType, usize>) -> Result<()> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-        let msg = match (&e, expected_size(&bytes)) {
+    for (name, tensor, dt) in parse_safetensors(&bytes, path)? {
+        *dtypes.entry(dt).or_default() += 1;
+        out.insert(name, tensor);
+    }
+    Ok(())
+}
+
+/// The tensors of a safetensors file's bytes (read from `path`, which errors name), upcast to
+/// f32, each with the dtype it was stored in.
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostTensor, DType)>> {
+    if offsets_overflow(bytes) {
+        return Err(ModelError::Safetensors { path: path.to_path_buf(), msg: OFFSETS_OVERFLOW.into() });
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        let msg = match (&e, expected_size(bytes)) {
             (SafeTensorError::MetadataIncompleteBuffer, Some(want)) if want > bytes.len() => {
                 format!("truncated: its header describes {want} bytes, the file has {}", bytes.len())
             }
             (SafeTensorError::MetadataIncompleteBuffer, Some(want)) => format!("{} unexpected trailing bytes after the {want} its header describes", bytes.len() - want),
-            _ => e.to_string(),
+            _ => one_line(e.to_string()),
         };
         ModelError::Safetensors { path: path.to_path_buf(), msg }
     })?;
+    let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let terr = |msg: String| ModelError::Tensor { path: path.to_path_buf(), name: name.clone(), msg };
+        let terr = |msg: String| ModelError::Tensor { path: path.to_path_buf(), name: name.escape_debug().to_string(), msg };
         let raw = view.data();
         let (data, dt) = match view.dtype() {
             Dtype::F32 => (raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>(), DType::F32),
@@ -99,19 +125,36 @@ fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut Ha
             Dtype::F16 => (raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(), DType::F16),
             other => return Err(terr(format!("dtype {other:?} is not supported (expected F32, BF16 or F16)"))),
         };
-        *dtypes.entry(dt).or_default() += 1;
-        out.insert(name.clone(), HostTensor { shape: view.shape().to_vec(), data, file: path.to_path_buf() });
+        let tensor = HostTensor { shape: view.shape().to_vec(), data, file: path.to_path_buf() };
+        out.push((name, tensor, dt));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Why a file that `offsets_overflow` is refused.
+pub const OFFSETS_OVERFLOW: &str = "its data_offsets end past any file size";
+
+/// Whether a safetensors file's header declares data_offsets that end past any file size:
+/// safetensors 0.8 adds that end to the header length unchecked (a panic in builds with
+/// overflow checks), so every reader checks this before `SafeTensors::deserialize`.
+pub fn offsets_overflow(bytes: &[u8]) -> bool {
+    declared_extent(bytes).is_some_and(|(header_end, data_end)| usize::try_from(data_end).ok().and_then(|e| header_end.checked_add(e)).is_none())
 }
 
 /// The size a safetensors file should have by its own header (8-byte length, JSON header, the
 /// end of the last tensor's data), when the header itself is readable.
 fn expected_size(bytes: &[u8]) -> Option<usize> {
+    let (header_end, data_end) = declared_extent(bytes)?;
+    header_end.checked_add(usize::try_from(data_end).ok()?)
+}
+
+/// Where a safetensors file's header ends (8 + its length) and the largest end of its tensors'
+/// data_offsets, when the header is readable.
+fn declared_extent(bytes: &[u8]) -> Option<(usize, u64)> {
     let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
     let header: Value = serde_json::from_slice(bytes.get(8..n.checked_add(8)?)?).ok()?;
     let end = header.as_object()?.iter().filter(|(k, _)| *k != "__metadata__").filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
-    (8 + n).checked_add(usize::try_from(end).ok()?)
+    Some((8 + n, end))
 }
 
 fn encode(data: &[f32], dtype: DType) -> Vec<u8> {

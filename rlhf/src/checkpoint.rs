@@ -8,7 +8,7 @@ use crate::error::{io, ResumeMismatch};
 use crate::rundir;
 use crate::optim::Optimizer;
 use crate::TrainError;
-use okapi_model::{DType, Model};
+use okapi_model::{weights, DType, Model};
 use okapi_runtime::Backend;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -167,7 +167,12 @@ pub fn precheck_resume(dir: &Path, command: &'static str, settings: &Settings) -
 pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
     let p = ckpt.join("trainer_state.json");
     let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-    serde_json::from_str(&text).map_err(|e| bad(&p, format!("invalid trainer state: {e}")))
+    parse_state(&text, &p)
+}
+
+/// The state in the text of a `trainer_state.json` (`path` names it in errors).
+pub fn parse_state(text: &str, path: &Path) -> Result<TrainerState, TrainError> {
+    serde_json::from_str(text).map_err(|e| bad(path, format!("invalid trainer state: {e}")))
 }
 
 /// Writes a checkpoint of `model`, `opt` and `state` under `out/checkpoint`.
@@ -249,6 +254,9 @@ pub fn params_bytes<B: Backend>(model: &Model<B>) -> Result<Vec<u8>, TrainError>
 /// (f32, same element count). `all`: every parameter of `model` must be there.
 pub fn load_params<B: Backend>(path: &Path, model: &mut Model<B>, all: bool) -> Result<(), TrainError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
+    if weights::offsets_overflow(&bytes) {
+        return Err(bad(path, weights::OFFSETS_OVERFLOW.into()));
+    }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, e.to_string()))?;
     for i in 0..model.info.len() {
         let name = model.info[i].name.clone();
@@ -276,6 +284,9 @@ pub fn load_optimizer<B: Backend>(ckpt: &Path, model: &Model<B>, opt: &mut Optim
 /// As `load_optimizer`, from the file `p` (written by `optimizer_bytes`).
 pub fn load_optimizer_file<B: Backend>(p: &Path, model: &Model<B>, opt: &mut Optimizer<B>) -> Result<(), TrainError> {
     let bytes = std::fs::read(p).map_err(io(p))?;
+    if weights::offsets_overflow(&bytes) {
+        return Err(bad(p, weights::OFFSETS_OVERFLOW.into()));
+    }
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(p, e.to_string()))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(p, e.to_string()))?;
     opt.step = meta.metadata().as_ref().and_then(|m| m.get("step")).and_then(|s| s.parse().ok()).ok_or_else(|| bad(p, "no step in metadata".into()))?;

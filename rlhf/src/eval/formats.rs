@@ -131,7 +131,8 @@ pub fn parse_records(task: Task, text: &str, source: &str) -> Result<ParsedFile,
         let id = record_id(&v).unwrap_or_else(|| index.to_string());
         match parse_doc(task, &v) {
             Ok(doc) => out.records.push(Record { id, index, doc }),
-            Err(e) => out.skipped.push(format!("{source}: {loc} (id {id}): {e} — skipped")),
+            // the id escaped: the message stays on one line
+            Err(e) => out.skipped.push(format!("{source}: {loc} (id {}): {e} — skipped", id.escape_debug())),
         }
     }
     Ok(out)

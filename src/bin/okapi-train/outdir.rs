@@ -2,7 +2,7 @@
 //! okapi-rlhf's `rundir`: `--out` is checked before anything is loaded ([`claim`]) — never an
 //! input model's directory, and a directory holding another run only with `--resume` (the same
 //! run) or `--overwrite`; the old run's files are cleared, and `args.json` written, only once
-//! every input has been read ([`write_args`]).
+//! every input has been read ([`OutDir::write_args`]).
 
 use okapi_rlhf::checkpoint;
 use okapi_rlhf::rundir::{self, OutMode};
