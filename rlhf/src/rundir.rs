@@ -119,8 +119,8 @@ pub fn claim(out: &Path, flag: &'static str, inputs: &[(&'static str, &Path)], m
 }
 
 /// Removes every run file of `dir` (the [`RUN_FILES`], weight shards, the copied tokenizer and
-/// temporaries); other files stay. For `--overwrite`,
-/// called when the new run writes its first file.
+/// temporaries); other files stay. For `--overwrite`, called when the new run writes its first
+/// file.
 pub fn clear_run(dir: &Path) -> Result<(), TrainError> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     for e in entries.flatten() {

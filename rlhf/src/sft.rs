@@ -90,10 +90,12 @@ pub struct SftObjective<B: Backend> {
 impl<B: Backend> SftObjective<B> {
     pub fn new(model: &Model<B>, train: Vec<Example>, val: Vec<Example>, batch_size: usize, pad: u32) -> Self {
         let max_t = train.iter().chain(&val).map(|e| e.ids.len()).max().unwrap_or(1);
+        // a batch never holds more examples than a split has
+        let cap_b = batch_size.min(train.len().max(val.len())).max(1);
         SftObjective {
-            acts: model.new_acts(batch_size, max_t),
-            scratch: model.new_scratch(batch_size, max_t),
-            loss: LossBufs::new(&model.be, batch_size * max_t),
+            acts: model.new_acts(cap_b, max_t),
+            scratch: model.new_scratch(cap_b, max_t),
+            loss: LossBufs::new(&model.be, cap_b * max_t),
             train,
             val,
             pad,

@@ -39,7 +39,8 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     let data = load_sft_data(&a.data, a.train.langs()?.as_deref(), &a.train.template()?, &tok, eos_of(&model_cfg)?, &cfg).map_err(|e| e.to_string())?;
     eprintln!("sft: {}", data.summary);
     let longest = data.examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size * longest)?;
+    // as the objective sizes its buffers: a batch holds at most every example
+    check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size.min(data.examples.len()).saturating_mul(longest))?;
     let (train, val) = split_val(data.examples, cfg.val_fraction, cfg.seed);
     check_resume(&cfg, "sft", &model_cfg, okapi_rlhf::sft::data_fingerprint(&train, &val), train.len(), Default::default()).map_err(|e| e.to_string())?;
     let device = be.name();
