@@ -154,6 +154,7 @@ fn kills_at_every_point_of_two_consecutive_saves_lose_nothing() {
     eprintln!("{} kill combinations over {points} points of save 2: every resume bit-identical", counts.iter().sum::<usize>());
 }
 
+#[cfg(unix)]
 /// Starts a slowed-down run (100 ms per step), waits for its third metrics line, sends
 /// `signals` (spaced by 20 ms) and returns its output.
 fn signal_run(st: &Setup, out: &Path, signals: &[&str]) -> Output {
@@ -170,13 +171,13 @@ fn signal_run(st: &Setup, out: &Path, signals: &[&str]) -> Output {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     for sig in signals {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap().success();
-        assert!(ok, "kill -{sig}");
+        common::send_signal(&child, sig);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
 }
 
+#[cfg(unix)]
 #[test]
 fn sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint() {
     let st = setup("signals");
@@ -205,6 +206,7 @@ fn sigint_and_sigterm_stop_at_a_step_boundary_with_a_checkpoint() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn a_second_signal_stops_at_once_and_keeps_the_last_checkpoint() {
     let st = setup("two-signals");

@@ -224,6 +224,7 @@ fn ppo_resume_is_bit_identical_to_an_uninterrupted_run() {
 /// SIGINT in the middle of PPO (iterations slowed to 150 ms by the test hook): the run stops after
 /// the iteration in progress with a checkpoint of it, exit 130; resuming ends exactly where an
 /// uninterrupted run ends.
+#[cfg(unix)]
 #[test]
 fn ppo_stops_on_sigint_with_a_checkpoint_and_resumes_exactly() {
     let dir = tmp("ppo-sigint");
@@ -241,7 +242,7 @@ fn ppo_stops_on_sigint_with_a_checkpoint_and_resumes_exactly() {
         assert!(t0.elapsed().as_secs() < 60, "the run did not start");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    common::send_signal(&child, "INT");
     let o = child.wait_with_output().unwrap();
     let e = err(&o);
     assert_eq!(o.status.code(), Some(130), "{e}");

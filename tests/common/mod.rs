@@ -23,6 +23,19 @@ pub const SHORT_SFT_RECORDS: &str = r#"{"instruction": "Chào bằng tiếng Vi�
 /// A prompt template (alpaca-lora's format) without Okapi's long preamble.
 pub const SHORT_TEMPLATE: &str = r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#;
 
+/// Sends SIGINT (`"INT"`) or SIGTERM (`"TERM"`) to a child process.
+#[cfg(unix)]
+pub fn send_signal(child: &std::process::Child, sig: &str) {
+    let signum = match sig {
+        "INT" => libc::SIGINT,
+        "TERM" => libc::SIGTERM,
+        other => panic!("no signal {other}"),
+    };
+    // SAFETY: kill(2) with the pid of a child this process spawned and has not waited for.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signum) };
+    assert_eq!(rc, 0, "kill -{sig} {}", child.id());
+}
+
 /// A temporary directory, removed when the test passes (kept for inspection when it fails).
 pub struct Scratch {
     pub root: PathBuf,
