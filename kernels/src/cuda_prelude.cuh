@@ -10,6 +10,25 @@ typedef long long i64;
 #define OKAPI_INF __int_as_float(0x7f800000)
 #define OKAPI_FULL_MASK 0xffffffffu
 
+// Device-side errors. Kernels that index by a token id get `err`, a buffer of OKAPI_ERR_WORDS u32
+// the runtime keeps zeroed and reads back at its next synchronisation: [0] set to 1 by the first
+// failing thread (atomicCAS), then [1] what failed (OKAPI_ERR_*; okapi_kernels::cuda_error_kind names them),
+// [2] the bad id, [3] and [4] the row (low, high 32 bits), [5] the bound the id had to stay under.
+#define OKAPI_ERR_WORDS 6
+#define OKAPI_ERR_EMBEDDING_ID 1
+#define OKAPI_ERR_XENT_TARGET 2
+#define OKAPI_ERR_LOGPROB_TARGET 3
+#define OKAPI_ERR_LOGPROB_BWD_TARGET 4
+__device__ __forceinline__ void okapi_report(u32* err, u32 what, u32 id, u64 row, u32 bound) {
+    if (atomicCAS(err, 0u, 1u) == 0u) {
+        err[1] = what;
+        err[2] = id;
+        err[3] = (u32)row;
+        err[4] = (u32)(row >> 32);
+        err[5] = bound;
+    }
+}
+
 // f32 -> bf16 bits, round to nearest even (NaN stays NaN).
 __device__ __forceinline__ u16 f2bf(float f) {
     u32 u = __float_as_uint(f);

@@ -89,6 +89,26 @@ pub const WGSL_WG: usize = wgsl_wg!();
 /// warp and block reductions).
 pub const CUDA_PRELUDE: &str = include_str!("cuda_prelude.cuh");
 
+/// The largest grid.y and grid.z a CUDA launch may have. Kernels whose rows, tiles, heads or
+/// batches sit in y or z stride over the ones past this, so the host clamps those dimensions to it.
+pub const CUDA_GRID_YZ_MAX: usize = 65_535;
+
+/// Words of the device error buffer the id-indexing CUDA kernels report through (the prelude's
+/// `okapi_report`): set flag, what failed, the bad id, its row (low, high), the bound.
+pub const CUDA_ERR_WORDS: usize = 6;
+
+/// What failed, by the code the prelude's `OKAPI_ERR_*` writes: (kernel, what the id is, what
+/// bounds it).
+pub fn cuda_error_kind(code: u32) -> Option<(&'static str, &'static str, &'static str)> {
+    Some(match code {
+        1 => ("embedding_fwd", "token id", "the embedding table's rows"),
+        2 => ("xent_fwd_bwd", "target id", "the vocabulary"),
+        3 => ("token_logprobs", "target id", "the vocabulary"),
+        4 => ("token_logprobs_bwd", "target id", "the vocabulary"),
+        _ => return None,
+    })
+}
+
 /// The GPU sources of one op family, kept beside its CPU kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct Family {
@@ -172,6 +192,27 @@ mod tests {
             for k in f.cuda_kernels {
                 assert_eq!(cuda_family_of(k).unwrap().name, f.name, "`{k}` is defined in two families");
             }
+        }
+    }
+
+    #[test]
+    fn cuda_error_codes_match_the_prelude_and_the_reporting_kernels() {
+        let define = |name: &str| -> u32 {
+            let line = CUDA_PRELUDE.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("prelude lacks {name}"));
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert_eq!(define("OKAPI_ERR_WORDS") as usize, CUDA_ERR_WORDS);
+        let codes: Vec<&str> = CUDA_PRELUDE.lines().filter_map(|l| l.strip_prefix("#define OKAPI_ERR_")).map(|l| l.split_whitespace().next().unwrap()).filter(|n| *n != "WORDS").collect();
+        assert_eq!(codes.len(), 4);
+        for name in codes {
+            let code = define(&format!("OKAPI_ERR_{name}"));
+            let (kernel, _, _) = cuda_error_kind(code).unwrap_or_else(|| panic!("cuda_error_kind does not know OKAPI_ERR_{name} = {code}"));
+            // the kernel cuda_error_kind names is the one that reports this code
+            let family = cuda_family_of(kernel).unwrap();
+            let start = family.cuda.find(&format!("void {kernel}(")).unwrap();
+            let body = &family.cuda[start..];
+            let body = &body[..body.find("\n}\n").unwrap()];
+            assert!(body.contains(&format!("OKAPI_ERR_{name}")), "`{kernel}` does not report OKAPI_ERR_{name}");
         }
     }
 }

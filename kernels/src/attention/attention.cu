@@ -20,17 +20,16 @@ __device__ __forceinline__ int att_visible(int causal, int kvl, int p0, int i) {
 }
 __device__ __forceinline__ float att_rnd(float x, int bf16) { return bf16 ? round_bf16(x) : x; }
 
-// grid (ceil(Tq/16), Hq, B), block 128, dynamic smem (16·D + 2·32·(D+1)) floats
-extern "C" __global__ void __launch_bounds__(128) attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
+// One (sequence b, head h, query tile from row i0) of attn_fwd.
+__device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
                                                            const float* __restrict__ k, const float* __restrict__ v,
                                                            const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                            const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                           float scale, int causal, int bf16) {
+                                                           float scale, int causal, int bf16, int b, int h, int i0) {
     extern __shared__ float sm[];
     float* qs = sm;                            // [16][d]
     float* ks = qs + ATT_BQ * d;               // [32][d+1]
     float* vs = ks + ATT_BK * (d + 1);         // [32][d+1]
-    const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * ATT_BQ;
     const int g = h / (hq / hkv);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kvl = min((int)kv_len[b], tk), p0 = (int)q_pos0[b];
@@ -110,6 +109,20 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd(float* __restrict__ o
     }
 }
 
+// grid (ceil(Tq/16), min(Hq, 65535), min(B, 65535)), block 128, dynamic smem (16·D + 2·32·(D+1))
+// floats. Blocks stride over the heads and sequences that grid.y / grid.z cannot hold.
+extern "C" __global__ void __launch_bounds__(128) attn_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
+                                                           const float* __restrict__ k, const float* __restrict__ v,
+                                                           const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
+                                                           const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
+                                                           float scale, int causal, int bf16, int batch) {
+    for (int b = blockIdx.z; b < batch; b += gridDim.z)
+        for (int h = blockIdx.y; h < hq; h += gridDim.y) {
+            __syncthreads();  // the previous tile's last reads of shared memory are done
+            attn_fwd_tile(out, lse, q, k, v, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, bf16, b, h, blockIdx.x * ATT_BQ);
+        }
+}
+
 // D_i = Σ_c dout·out over rows (B·Tq·Hq rows of D); one warp per row, grid-stride.
 extern "C" __global__ void attn_bwd_dot(float* __restrict__ dsum, const float* __restrict__ dout, const float* __restrict__ out, u64 rows, int d) {
     const int lane = threadIdx.x & 31;
@@ -124,14 +137,13 @@ extern "C" __global__ void attn_bwd_dot(float* __restrict__ dsum, const float* _
 
 #define ATT_QB 8  // query rows per step of attn_bwd_dkdv
 
-// grid (ceil(Tk/bk), Hkv, B), block 128, bk = 32 (D ≤ 128) or 16; dynamic smem floats:
-// 2·bk·(D+1) + 2·bk·D + 2·8·D + 2·8·bk
-extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
+// One (sequence b, KV head g, key tile from j0) of attn_bwd_dkdv.
+__device__ void attn_bwd_dkdv_tile(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
                                                                 const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                                                 const float* __restrict__ lse, const float* __restrict__ dsum,
                                                                 const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                                 const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                                float scale, int causal, int bf16, int bk) {
+                                                                float scale, int causal, int bf16, int bk, int b, int g, int j0) {
     extern __shared__ float sm[];
     float* ks = sm;                      // [bk][d+1]
     float* vs = ks + bk * (d + 1);       // [bk][d+1]
@@ -141,7 +153,6 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv(float* __restric
     float* dos = qs + ATT_QB * d;        // [8][d]
     float* ps = dos + ATT_QB * d;        // [8][bk]
     float* dss = ps + ATT_QB * bk;       // [8][bk]
-    const int b = blockIdx.z, g = blockIdx.y, j0 = blockIdx.x * bk;
     const int rep = hq / hkv;
     const int tid = threadIdx.x;
     const int kvl = min((int)kv_len[b], tk), p0 = (int)q_pos0[b];
@@ -212,18 +223,32 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv(float* __restric
     }
 }
 
-// grid (ceil(Tq/16), Hq, B), block 128, dynamic smem floats 2·16·D + 2·32·(D+1)
-extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
+// grid (ceil(Tk/bk), min(Hkv, 65535), min(B, 65535)), block 128, bk = 32 (D ≤ 128) or 16; dynamic
+// smem floats: 2·bk·(D+1) + 2·bk·D + 2·8·D + 2·8·bk. Blocks stride over y and z as attn_fwd.
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
+                                                                const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+                                                                const float* __restrict__ lse, const float* __restrict__ dsum,
+                                                                const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
+                                                                const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
+                                                                float scale, int causal, int bf16, int bk, int batch) {
+    for (int b = blockIdx.z; b < batch; b += gridDim.z)
+        for (int g = blockIdx.y; g < hkv; g += gridDim.y) {
+            __syncthreads();  // the previous tile's last reads of shared memory are done
+            attn_bwd_dkdv_tile(dk, dv, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, bf16, bk, b, g, blockIdx.x * bk);
+        }
+}
+
+// One (sequence b, head h, query tile from row i0) of attn_bwd_dq.
+__device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
                                                               const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ lse,
                                                               const float* __restrict__ dsum, const u32* __restrict__ q_pos0,
                                                               const u32* __restrict__ kv_len, const float* __restrict__ alibi, int tq, int tk,
-                                                              int hq, int hkv, int d, float scale, int causal, int bf16) {
+                                                              int hq, int hkv, int d, float scale, int causal, int bf16, int b, int h, int i0) {
     extern __shared__ float sm[];
     float* qs = sm;                        // [16][d]
     float* dos = qs + ATT_BQ * d;          // [16][d]
     float* ks = dos + ATT_BQ * d;          // [32][d+1]
     float* vs = ks + ATT_BK * (d + 1);     // [32][d+1]
-    const int b = blockIdx.z, h = blockIdx.y, i0 = blockIdx.x * ATT_BQ;
     const int g = h / (hq / hkv);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kvl = min((int)kv_len[b], tk), p0 = (int)q_pos0[b];
@@ -301,6 +326,20 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq(float* __restrict_
             if (c < d) dq[row * d + c] = acc[rr][x];
         }
     }
+}
+
+// grid (ceil(Tq/16), min(Hq, 65535), min(B, 65535)), block 128, dynamic smem floats
+// 2·16·D + 2·32·(D+1). Blocks stride over y and z as attn_fwd.
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
+                                                              const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ lse,
+                                                              const float* __restrict__ dsum, const u32* __restrict__ q_pos0,
+                                                              const u32* __restrict__ kv_len, const float* __restrict__ alibi, int tq, int tk,
+                                                              int hq, int hkv, int d, float scale, int causal, int bf16, int batch) {
+    for (int b = blockIdx.z; b < batch; b += gridDim.z)
+        for (int h = blockIdx.y; h < hq; h += gridDim.y) {
+            __syncthreads();  // the previous tile's last reads of shared memory are done
+            attn_bwd_dq_tile(dq, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, bf16, b, h, blockIdx.x * ATT_BQ);
+        }
 }
 
 // cache (B,Tcap,W), new (B,Tn,W); grid-stride over B·Tn·W

@@ -1,9 +1,11 @@
-// C = alpha·op(A)·op(B) + beta·C, row-major, strided batches (blockIdx.z); beta = 0 never reads C.
+// C = alpha·op(A)·op(B) + beta·C, row-major, strided batches; beta = 0 never reads C.
 // op(A) is (M,K): stored (M,K), or (K,M) when trans_a. op(B) is (K,N): stored (K,N), or (N,K)
 // when trans_b. Hand-written, no cuBLAS:
 //   matmul_f32       exact mode: 64×64 tiles in shared memory, 4×4 outputs per thread, fp32 FMA.
 //   matmul_bf16_mma  bf16 mode (sm_80+): operands rounded to bf16 as the tiles are staged in
 //                    shared memory, tensor cores through mma.sync.m16n8k16, fp32 accumulation.
+// grid (ceil(N/64), min(ceil(M/64), 65535), min(batch, 65535)): a block strides over the M tiles
+// and batches that grid.y / grid.z (at most 65 535 each) cannot hold, so any M and batch launch.
 
 #define MM_TM 64
 #define MM_TN 64
@@ -18,17 +20,10 @@ __device__ __forceinline__ float load_b(const float* B, int N, int K, int trans_
     return trans_b ? B[(u64)gn * K + gk] : B[(u64)gk * N + gn];
 }
 
-// grid (ceil(N/64), ceil(M/64), batch), block 256
-extern "C" __global__ void __launch_bounds__(256) matmul_f32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
-                                                             int M, int N, int K, int trans_a, int trans_b, float alpha, float beta,
-                                                             u64 stride_a, u64 stride_b, u64 stride_c) {
-    __shared__ float As[MM_TK][MM_TM + 4];  // As[k][m]
-    __shared__ float Bs[MM_TK][MM_TN + 4];  // Bs[k][n]
-    const u64 z = blockIdx.z;
-    A += z * stride_a;
-    B += z * stride_b;
-    C += z * stride_c;
-    const int m0 = blockIdx.y * MM_TM, n0 = blockIdx.x * MM_TN;
+// One 64×64 tile of C (rows from m0, columns from n0) of one batch; block 256.
+__device__ void matmul_f32_tile(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N, int K,
+                                int trans_a, int trans_b, float alpha, float beta, int m0, int n0,
+                                float (*__restrict__ As)[MM_TM + 4], float (*__restrict__ Bs)[MM_TN + 4]) {
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
     float acc[4][4];
 #pragma unroll
@@ -76,6 +71,20 @@ extern "C" __global__ void __launch_bounds__(256) matmul_f32(float* __restrict__
     }
 }
 
+// grid as above, block 256
+extern "C" __global__ void __launch_bounds__(256) matmul_f32(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
+                                                             int M, int N, int K, int trans_a, int trans_b, float alpha, float beta,
+                                                             u64 stride_a, u64 stride_b, u64 stride_c, int batch) {
+    __shared__ float As[MM_TK][MM_TM + 4];  // As[k][m]
+    __shared__ float Bs[MM_TK][MM_TN + 4];  // Bs[k][n]
+    const int m_tiles = (M + MM_TM - 1) / MM_TM;
+    // each tile ends on a __syncthreads after its last shared-memory read: no barrier needed here
+    for (int z = blockIdx.z; z < batch; z += gridDim.z)
+        for (int mt = blockIdx.y; mt < m_tiles; mt += gridDim.y)
+            matmul_f32_tile(C + (u64)z * stride_c, A + (u64)z * stride_a, B + (u64)z * stride_b, M, N, K, trans_a, trans_b, alpha, beta,
+                            mt * MM_TM, blockIdx.x * MM_TN, As, Bs);
+}
+
 #define MB_TM 64
 #define MB_TN 64
 #define MB_TK 32
@@ -92,18 +101,11 @@ __device__ __forceinline__ void mma_bf16_16816(float* c, u32 a0, u32 a1, u32 a2,
 #endif
 }
 
-// grid (ceil(N/64), ceil(M/64), batch), block 128 = 4 warps in 2×2, each warp a 32×32 tile
-// of 2×4 m16n8 fragments.
-extern "C" __global__ void __launch_bounds__(128) matmul_bf16_mma(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
-                                                                  int M, int N, int K, int trans_a, int trans_b, float alpha, float beta,
-                                                                  u64 stride_a, u64 stride_b, u64 stride_c) {
-    __shared__ __align__(16) u16 As[MB_TM][MB_LD];  // [m][k]
-    __shared__ __align__(16) u16 Bs[MB_TN][MB_LD];  // [n][k]
-    const u64 z = blockIdx.z;
-    A += z * stride_a;
-    B += z * stride_b;
-    C += z * stride_c;
-    const int m0 = blockIdx.y * MB_TM, n0 = blockIdx.x * MB_TN;
+// One 64×64 tile of C (rows from m0, columns from n0) of one batch; block 128 = 4 warps in 2×2,
+// each warp a 32×32 tile of 2×4 m16n8 fragments.
+__device__ void matmul_bf16_mma_tile(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B, int M, int N, int K,
+                                     int trans_a, int trans_b, float alpha, float beta, int m0, int n0,
+                                     u16 (*__restrict__ As)[MB_LD], u16 (*__restrict__ Bs)[MB_LD]) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
     const int g = lane >> 2, t = lane & 3;
@@ -163,4 +165,17 @@ extern "C" __global__ void __launch_bounds__(128) matmul_bf16_mma(float* __restr
                     *c = beta == 0.0f ? alpha * acc[mi][ni][r] : alpha * acc[mi][ni][r] + beta * *c;
                 }
             }
+}
+
+// grid as above, block 128
+extern "C" __global__ void __launch_bounds__(128) matmul_bf16_mma(float* __restrict__ C, const float* __restrict__ A, const float* __restrict__ B,
+                                                                  int M, int N, int K, int trans_a, int trans_b, float alpha, float beta,
+                                                                  u64 stride_a, u64 stride_b, u64 stride_c, int batch) {
+    __shared__ __align__(16) u16 As[MB_TM][MB_LD];  // [m][k]
+    __shared__ __align__(16) u16 Bs[MB_TN][MB_LD];  // [n][k]
+    const int m_tiles = (M + MB_TM - 1) / MB_TM;
+    for (int z = blockIdx.z; z < batch; z += gridDim.z)
+        for (int mt = blockIdx.y; mt < m_tiles; mt += gridDim.y)
+            matmul_bf16_mma_tile(C + (u64)z * stride_c, A + (u64)z * stride_a, B + (u64)z * stride_b, M, N, K, trans_a, trans_b, alpha, beta,
+                                 mt * MB_TM, blockIdx.x * MB_TN, As, Bs);
 }

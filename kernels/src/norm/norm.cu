@@ -1,7 +1,7 @@
 // RMSNorm and LayerNorm, forward and backward. One block per row; row statistics in f64 as
 // the CPU kernel. dx accumulates (`+=`); the parameter gradients dw/db go through
-// deterministic column partials (fixed row chunks) finished by reduce.cu's col_finish_f32
-// (no float atomics).
+// deterministic column partials (fixed row chunks; grid.y strides over any number of chunks)
+// finished by reduce.cu's col_finish_f32 (no float atomics).
 
 // out = x·rstd·w, rstd = 1/sqrt(mean(x²) + eps)
 extern "C" __global__ void rmsnorm_fwd(float* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ x,
@@ -39,10 +39,13 @@ extern "C" __global__ void rmsnorm_dw_partial(float* __restrict__ part, const fl
                                               const float* __restrict__ rstd, int n, int c, int rows_per_chunk) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= c) return;
-    const int r0 = blockIdx.y * rows_per_chunk, r1 = min(n, r0 + rows_per_chunk);
-    float s = 0.0f;
-    for (int r = r0; r < r1; ++r) s += dy[(u64)r * c + col] * x[(u64)r * c + col] * rstd[r];
-    part[(u64)blockIdx.y * c + col] = s;
+    const int chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+    for (int chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+        const int r0 = chunk * rows_per_chunk, r1 = min(n, r0 + rows_per_chunk);
+        float s = 0.0f;
+        for (int r = r0; r < r1; ++r) s += dy[(u64)r * c + col] * x[(u64)r * c + col] * rstd[r];
+        part[(u64)chunk * c + col] = s;
+    }
 }
 
 // out = (x − mean)·rstd·w + b
@@ -96,13 +99,16 @@ extern "C" __global__ void layernorm_dwdb_partial(float* __restrict__ part_w, fl
                                                   int n, int c, int rows_per_chunk) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     if (col >= c) return;
-    const int r0 = blockIdx.y * rows_per_chunk, r1 = min(n, r0 + rows_per_chunk);
-    float sw = 0.0f, sb = 0.0f;
-    for (int r = r0; r < r1; ++r) {
-        const float g = dy[(u64)r * c + col];
-        sw += g * (x[(u64)r * c + col] - mean[r]) * rstd[r];
-        sb += g;
+    const int chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+    for (int chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+        const int r0 = chunk * rows_per_chunk, r1 = min(n, r0 + rows_per_chunk);
+        float sw = 0.0f, sb = 0.0f;
+        for (int r = r0; r < r1; ++r) {
+            const float g = dy[(u64)r * c + col];
+            sw += g * (x[(u64)r * c + col] - mean[r]) * rstd[r];
+            sb += g;
+        }
+        part_w[(u64)chunk * c + col] = sw;
+        part_b[(u64)chunk * c + col] = sb;
     }
-    part_w[(u64)blockIdx.y * c + col] = sw;
-    part_b[(u64)blockIdx.y * c + col] = sb;
 }

@@ -26,16 +26,19 @@ extern "C" __global__ void bias_add_f32(float* __restrict__ x, const float* __re
 }
 
 // Column partial sums over fixed chunks of rows: part[chunk, col] = Σ_{rows of chunk} dy[row, col].
-// grid (ceil(C/blockDim.x), chunks); rows summed in order, so the result is deterministic.
+// grid (ceil(C/blockDim.x), min(chunks, 65535)): blocks stride over the chunks grid.y cannot hold;
+// rows summed in order, so the result is deterministic.
 extern "C" __global__ void col_partial_f32(float* __restrict__ part, const float* __restrict__ dy, int n, int c, int rows_per_chunk) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
-    const int chunk = blockIdx.y;
     if (col >= c) return;
-    const int r0 = chunk * rows_per_chunk;
-    const int r1 = min(n, r0 + rows_per_chunk);
-    float s = 0.0f;
-    for (int r = r0; r < r1; ++r) s += dy[(u64)r * c + col];
-    part[(u64)chunk * c + col] = s;
+    const int chunks = (n + rows_per_chunk - 1) / rows_per_chunk;
+    for (int chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+        const int r0 = chunk * rows_per_chunk;
+        const int r1 = min(n, r0 + rows_per_chunk);
+        float s = 0.0f;
+        for (int r = r0; r < r1; ++r) s += dy[(u64)r * c + col];
+        part[(u64)chunk * c + col] = s;
+    }
 }
 
 // out[col] += Σ_chunk part[chunk, col] (in chunk order): the finisher of every deterministic

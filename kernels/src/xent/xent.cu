@@ -1,17 +1,21 @@
 // Fused cross-entropy (forward + backward in place on the logits) and token log-probs (+bwd).
-// One block per row; IGNORE_INDEX (u32::MAX) rows give 0 and a zero gradient.
+// One block per row; IGNORE_INDEX (u32::MAX) rows give 0 and a zero gradient. Any other target ≥ v
+// is reported through err (see the prelude): its row gets a NaN loss / log-prob and a zero
+// gradient, and the runtime fails at its next synchronisation.
 
 // logits ← coef·(softmax − onehot(target)), losses[n] = lse − logit[target]
 extern "C" __global__ void xent_fwd_bwd(float* __restrict__ logits, float* __restrict__ losses, const u32* __restrict__ targets,
-                                        const float* __restrict__ coef, int v) {
+                                        const float* __restrict__ coef, int v, u32* __restrict__ err) {
     __shared__ float shf[32];
     __shared__ double shd[32];
     const u64 row = blockIdx.x;
     float* r = logits + row * v;
     const u32 t = targets[row];
-    if (t == OKAPI_IGNORE_INDEX) {
+    if (t == OKAPI_IGNORE_INDEX || t >= (u32)v) {
+        const bool bad = t != OKAPI_IGNORE_INDEX;
+        if (bad && threadIdx.x == 0) okapi_report(err, OKAPI_ERR_XENT_TARGET, t, row, (u32)v);
         for (int i = threadIdx.x; i < v; i += blockDim.x) r[i] = 0.0f;
-        if (threadIdx.x == 0) losses[row] = 0.0f;
+        if (threadIdx.x == 0) losses[row] = bad ? __int_as_float(0x7fc00000) : 0.0f;
         return;
     }
     const float target_logit = r[t];
@@ -35,15 +39,20 @@ extern "C" __global__ void xent_fwd_bwd(float* __restrict__ logits, float* __res
 
 // logp[n] = logit[target] − lse; greedy[n] = 1 when the target is the first argmax.
 extern "C" __global__ void token_logprobs(float* __restrict__ logp, float* __restrict__ greedy, const float* __restrict__ logits,
-                                          const u32* __restrict__ targets, int v) {
+                                          const u32* __restrict__ targets, int v, u32* __restrict__ err) {
     __shared__ float shf[32];
     __shared__ double shd[32];
     __shared__ int shi[32];
     const u64 row = blockIdx.x;
     const float* r = logits + row * v;
     const u32 t = targets[row];
-    if (t == OKAPI_IGNORE_INDEX) {
-        if (threadIdx.x == 0) { logp[row] = 0.0f; greedy[row] = 0.0f; }
+    if (t == OKAPI_IGNORE_INDEX || t >= (u32)v) {
+        const bool bad = t != OKAPI_IGNORE_INDEX;
+        if (threadIdx.x == 0) {
+            if (bad) okapi_report(err, OKAPI_ERR_LOGPROB_TARGET, t, row, (u32)v);
+            logp[row] = bad ? __int_as_float(0x7fc00000) : 0.0f;
+            greedy[row] = 0.0f;
+        }
         return;
     }
     float m = -OKAPI_INF;
@@ -73,14 +82,15 @@ extern "C" __global__ void token_logprobs(float* __restrict__ logp, float* __res
 
 // dlogits = coef·(onehot(target) − softmax)  (`=`)
 extern "C" __global__ void token_logprobs_bwd(float* __restrict__ dlogits, const float* __restrict__ logits, const u32* __restrict__ targets,
-                                              const float* __restrict__ coef, int v) {
+                                              const float* __restrict__ coef, int v, u32* __restrict__ err) {
     __shared__ float shf[32];
     __shared__ double shd[32];
     const u64 row = blockIdx.x;
     const float* r = logits + row * v;
     float* d = dlogits + row * v;
     const u32 t = targets[row];
-    if (t == OKAPI_IGNORE_INDEX) {
+    if (t == OKAPI_IGNORE_INDEX || t >= (u32)v) {
+        if (t != OKAPI_IGNORE_INDEX && threadIdx.x == 0) okapi_report(err, OKAPI_ERR_LOGPROB_BWD_TARGET, t, row, (u32)v);
         for (int i = threadIdx.x; i < v; i += blockDim.x) d[i] = 0.0f;
         return;
     }

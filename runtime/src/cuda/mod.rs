@@ -10,6 +10,12 @@
 //! accumulation; parameters, optimizer state and every other op stay fp32.
 //! Parameter-gradient reductions (embedding, bias, norm weights) are deterministic: fixed
 //! chunking and ordered sums, no float atomics.
+//!
+//! Grids: rows, M tiles, heads and batches that sit in grid.y / grid.z are clamped to
+//! [`CUDA_GRID_YZ_MAX`] and the kernels stride over the rest, so any size launches. Kernels that
+//! index by a token id (embedding, cross-entropy, token log-probs) check it on the device and
+//! report a bad one through a small error buffer; [`CudaBackend::synchronize`] (and every `read`)
+//! reads it back and fails with one message naming the kernel, the id, its row and the bound.
 
 pub mod nvrtc;
 mod ops;
@@ -17,6 +23,7 @@ mod ops;
 use crate::{AdamW, AttnShape, Extent, Precision, RuntimeError};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use okapi_kernels::attention::MAX_HEAD_DIM;
+use okapi_kernels::{cuda_error_kind, CUDA_ERR_WORDS, CUDA_GRID_YZ_MAX};
 use okapi_kernels::reduce::CUDA_EW_BLOCK as EW_BLOCK;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,13 +56,22 @@ pub struct CudaOptions {
     /// Wait for every kernel as it is launched, so a failing kernel is named (debug builds
     /// always do).
     pub sync_launches: bool,
+    /// Where compiled kernels are cached on disk ([`nvrtc::compile_cached_in`]); `None`: no cache.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl CudaOptions {
     /// The options the `okapi-train` binary uses: device 0, NVRTC as [`nvrtc::NvrtcSearch::from_env`]
-    /// finds it, `OKAPI_CUDA_SYNC` (set: synchronise after every launch).
+    /// finds it, `OKAPI_CUDA_SYNC` (set: synchronise after every launch), the kernel cache
+    /// [`nvrtc::cache_dir`] names (`OKAPI_CUDA_CACHE`, XDG, `~/.cache/okapi/nvrtc`).
     pub fn from_env(precision: Precision) -> CudaOptions {
-        CudaOptions { ordinal: 0, precision, nvrtc: nvrtc::NvrtcSearch::from_env(), sync_launches: std::env::var_os("OKAPI_CUDA_SYNC").is_some() }
+        CudaOptions {
+            ordinal: 0,
+            precision,
+            nvrtc: nvrtc::NvrtcSearch::from_env(),
+            sync_launches: std::env::var_os("OKAPI_CUDA_SYNC").is_some(),
+            cache_dir: nvrtc::cache_dir(),
+        }
     }
 }
 
@@ -73,7 +89,10 @@ struct Inner {
     arch: String,
     precision: Precision,
     sync_launches: bool,
+    cache_dir: Option<std::path::PathBuf>,
     smem_optin: i32,
+    /// The device error buffer ([`CUDA_ERR_WORDS`] u32, zero while no kernel has reported).
+    err: Mutex<CudaSlice<u32>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     funcs: Mutex<HashMap<&'static str, CudaFunction>>,
 }
@@ -100,6 +119,12 @@ pub fn driver_present() -> bool {
 /// Whether `auto` should pick CUDA: a driver, at least one device, and NVRTC.
 pub fn is_available() -> bool {
     driver_present() && CudaContext::device_count().map(|n| n > 0).unwrap_or(false) && nvrtc::available()
+}
+
+/// A grid.y / grid.z extent for `n` rows, tiles, heads or batches: the kernels stride over the
+/// ones past [`CUDA_GRID_YZ_MAX`].
+fn grid_yz(n: usize) -> u32 {
+    n.clamp(1, CUDA_GRID_YZ_MAX) as u32
 }
 
 fn ew_grid(n: usize) -> u32 {
@@ -143,6 +168,7 @@ impl CudaBackend {
         let smem_optin = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .unwrap_or(48 * 1024);
+        let err = stream.alloc_zeros::<u32>(CUDA_ERR_WORDS).map_err(|e| RuntimeError::Cuda(format!("device error buffer: {e:?}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,
@@ -153,7 +179,9 @@ impl CudaBackend {
                 cc,
                 precision,
                 sync_launches: opts.sync_launches,
+                cache_dir: opts.cache_dir.clone(),
                 smem_optin,
+                err: Mutex::new(err),
                 modules: Mutex::new(HashMap::new()),
                 funcs: Mutex::new(HashMap::new()),
             }),
@@ -169,9 +197,33 @@ impl CudaBackend {
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
     }
-    /// Waits for every queued op (benchmarks time around this).
+    /// Waits for every queued op (benchmarks time around this), then fails if a kernel reported
+    /// a bad id since the last synchronisation (the report is cleared first, so the backend stays
+    /// usable after the panic is caught).
     pub fn synchronize(&self) {
         self.inner.stream.synchronize().unwrap_or_else(|e| panic!("cuda: synchronize: {e:?}"));
+        if let Some(message) = self.take_device_error() {
+            panic!("{message}");
+        }
+    }
+
+    /// The device error report since the last call, as one message, and the buffer cleared.
+    fn take_device_error(&self) -> Option<String> {
+        let mut err = self.inner.err.lock().unwrap();
+        let mut w = [0u32; CUDA_ERR_WORDS];
+        self.inner.stream.memcpy_dtoh(&*err, &mut w).unwrap_or_else(|e| panic!("cuda: reading the device error buffer: {e:?}"));
+        self.inner.stream.synchronize().unwrap_or_else(|e| panic!("cuda: synchronize: {e:?}"));
+        if w[0] == 0 {
+            return None;
+        }
+        self.inner.stream.memset_zeros(&mut *err).unwrap_or_else(|e| panic!("cuda: clearing the device error buffer: {e:?}"));
+        Some(device_error_message(&w))
+    }
+
+    /// The error buffer as a kernel argument.
+    fn perr(&self) -> A {
+        let err = self.inner.err.lock().unwrap();
+        self.p(&*err)
     }
 
     fn func(&self, kernel: &'static str) -> CudaFunction {
@@ -184,7 +236,7 @@ impl CudaBackend {
             match mods.get(family) {
                 Some(m) => m.clone(),
                 None => {
-                    let compiled = nvrtc::compile(family, &self.inner.arch).unwrap_or_else(|e| panic!("cuda: compiling kernel `{kernel}`: {e}"));
+                    let compiled = nvrtc::compile_cached_in(family, &self.inner.arch, self.inner.cache_dir.as_deref()).unwrap_or_else(|e| panic!("cuda: compiling kernel `{kernel}`: {e}"));
                     let m = self
                         .inner
                         .ctx
@@ -209,6 +261,10 @@ impl CudaBackend {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return;
         }
+        assert!(
+            grid.0 <= i32::MAX as u32 && grid.1 as usize <= CUDA_GRID_YZ_MAX && grid.2 as usize <= CUDA_GRID_YZ_MAX,
+            "cuda: kernel `{kernel}`: grid {grid:?} exceeds the device's limits (x < 2^31, y and z ≤ {CUDA_GRID_YZ_MAX})"
+        );
         assert!(smem <= self.inner.smem_optin as usize, "cuda: kernel `{kernel}` needs {smem} bytes of shared memory, the device allows {}", self.inner.smem_optin);
         let f = self.func(kernel);
         let mut b = self.inner.stream.launch_builder(&f);
@@ -267,5 +323,35 @@ impl CudaBackend {
 
     fn attn_head_dim(&self, sh: &AttnShape) {
         assert!(sh.head_dim <= MAX_HEAD_DIM, "attention (cuda): head_dim {} exceeds the kernels' maximum {MAX_HEAD_DIM}", sh.head_dim);
+    }
+}
+
+/// One line for a device error report (see the kernels' prelude for the layout).
+fn device_error_message(w: &[u32; CUDA_ERR_WORDS]) -> String {
+    let row = w[3] as u64 | (w[4] as u64) << 32;
+    match cuda_error_kind(w[1]) {
+        Some((kernel, id, bound)) => format!("cuda: kernel `{kernel}`: {id} {} at row {row} is outside {bound} ({} entries)", w[2], w[5]),
+        None => format!("cuda: a kernel reported an unknown error {} (id {}, row {row}, bound {})", w[1], w[2], w[5]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_error_messages_name_kernel_id_row_and_bound() {
+        let m = device_error_message(&[1, 2, 70_000, 5, 1, 32_000]);
+        assert_eq!(m, "cuda: kernel `xent_fwd_bwd`: target id 70000 at row 4294967301 is outside the vocabulary (32000 entries)");
+        let m = device_error_message(&[1, 1, 9, 0, 0, 8]);
+        assert_eq!(m, "cuda: kernel `embedding_fwd`: token id 9 at row 0 is outside the embedding table's rows (8 entries)");
+        assert!(device_error_message(&[1, 99, 1, 2, 0, 3]).contains("unknown error 99"));
+    }
+
+    #[test]
+    fn grid_yz_clamps_to_the_device_limit() {
+        assert_eq!(grid_yz(0), 1);
+        assert_eq!(grid_yz(65_535), 65_535);
+        assert_eq!(grid_yz(1 << 40), 65_535);
     }
 }

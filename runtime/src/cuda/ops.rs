@@ -1,7 +1,7 @@
 //! The `Backend` ops of the CUDA backend: extent checks (shared with every backend), then the
 //! launch of the family's kernels with the geometry okapi-kernels exports beside the `.cu`.
 
-use super::{row_block, CudaBackend, CudaBuf, CudaIds, A};
+use super::{grid_yz, row_block, CudaBackend, CudaBuf, CudaIds, A};
 use crate::{check, AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
 use okapi_kernels::attention::{check_attn_outputs, cuda_launch as att};
 use okapi_kernels::matmul::{CUDA_F32_BLOCK, CUDA_MMA_BLOCK, TILE};
@@ -82,17 +82,19 @@ impl Backend for CudaBackend {
         }
         let mma = self.use_bf16() && self.inner.cc.0 >= 8;
         let (kernel, block) = if mma { ("matmul_bf16_mma", CUDA_MMA_BLOCK) } else { ("matmul_f32", CUDA_F32_BLOCK) };
-        let grid = (g.n.div_ceil(TILE) as u32, g.m.div_ceil(TILE) as u32, g.batch as u32);
+        let grid = (g.n.div_ceil(TILE) as u32, grid_yz(g.m.div_ceil(TILE)), grid_yz(g.batch));
         let dims = [A::I(g.m as i32), A::I(g.n as i32), A::I(g.k as i32), A::I(g.trans_a as i32), A::I(g.trans_b as i32)];
         let mut args = vec![self.pb(c), self.pb(a), self.pb(b)];
         args.extend(dims);
-        args.extend([A::F(g.alpha), A::F(g.beta), A::U(g.stride_a as u64), A::U(g.stride_b as u64), A::U(g.stride_c as u64)]);
+        args.extend([A::F(g.alpha), A::F(g.beta), A::U(g.stride_a as u64), A::U(g.stride_b as u64), A::U(g.stride_c as u64), A::I(g.batch as i32)]);
         self.launch(kernel, grid, block, 0, &args);
     }
 
     fn embedding_fwd(&self, out: &mut CudaBuf, table: &CudaBuf, ids: &CudaIds, r: Rows) {
         check::embedding("embedding_fwd", out, table, ids, r);
-        self.launch("embedding_fwd", (r.n as u32, 1, 1), 256, 0, &[self.pb(out), self.pb(table), self.pi(ids), A::I(r.c as i32)]);
+        let rows = table.0.len() / r.c.max(1);
+        let args = [self.pb(out), self.pb(table), self.pi(ids), A::I(r.c as i32), A::I(rows.min(u32::MAX as usize) as i32), self.perr()];
+        self.launch("embedding_fwd", (r.n as u32, 1, 1), 256, 0, &args);
     }
     fn embedding_bwd(&self, dtable: &mut CudaBuf, dout: &CudaBuf, ids: &CudaIds, r: Rows) {
         check::embedding("embedding_bwd", dout, dtable, ids, r);
@@ -116,7 +118,7 @@ impl Backend for CudaBackend {
         let chunks = n.div_ceil(COL_CHUNK);
         let part = self.alloc::<f32>(chunks * c, "rmsnorm dw partials");
         let args = [self.p(&part), self.pb(t.dy), self.pb(t.x), self.pb(t.rstd), A::I(n as i32), A::I(c as i32), A::I(COL_CHUNK as i32)];
-        self.launch("rmsnorm_dw_partial", ((c as u32).div_ceil(256), chunks as u32, 1), 256, 0, &args);
+        self.launch("rmsnorm_dw_partial", ((c as u32).div_ceil(256), grid_yz(chunks), 1), 256, 0, &args);
         self.col_finish(t.dw, &part, chunks, c);
         let args = [self.pb(t.dx), self.pb(t.dy), self.pb(t.x), self.pb(t.w), self.pb(t.rstd), A::I(c as i32)];
         self.launch("rmsnorm_bwd_dx", (n as u32, 1, 1), row_block(c), 0, &args);
@@ -136,7 +138,7 @@ impl Backend for CudaBackend {
         let pw = self.alloc::<f32>(chunks * c, "layernorm dw partials");
         let pbias = self.alloc::<f32>(chunks * c, "layernorm db partials");
         let args = [self.p(&pw), self.p(&pbias), self.pb(t.dy), self.pb(t.x), self.pb(t.mean), self.pb(t.rstd), A::I(n as i32), A::I(c as i32), A::I(COL_CHUNK as i32)];
-        self.launch("layernorm_dwdb_partial", ((c as u32).div_ceil(256), chunks as u32, 1), 256, 0, &args);
+        self.launch("layernorm_dwdb_partial", ((c as u32).div_ceil(256), grid_yz(chunks), 1), 256, 0, &args);
         self.col_finish(t.dw, &pw, chunks, c);
         self.col_finish(t.db, &pbias, chunks, c);
         let args = [self.pb(t.dx), self.pb(t.dy), self.pb(t.x), self.pb(t.w), self.pb(t.mean), self.pb(t.rstd), A::I(c as i32)];
@@ -157,7 +159,8 @@ impl Backend for CudaBackend {
         self.attn_head_dim(sh);
         let mut args = vec![self.pb(out), self.pb(lse)];
         args.extend(self.attn_args(x, sh));
-        let grid = (sh.tq.div_ceil(att::Q_ROWS) as u32, sh.n_heads as u32, sh.batch as u32);
+        args.push(A::I(sh.batch as i32));
+        let grid = (sh.tq.div_ceil(att::Q_ROWS) as u32, grid_yz(sh.n_heads), grid_yz(sh.batch));
         self.launch("attn_fwd", grid, att::BLOCK, att::fwd_smem_bytes(sh.head_dim), &args);
     }
     fn attention_bwd(&self, d: AttnGrads<'_, CudaBuf>, dout: &CudaBuf, out: &CudaBuf, lse: &CudaBuf, x: &AttnInputs<'_, CudaBuf, CudaIds>, sh: &AttnShape) {
@@ -173,12 +176,13 @@ impl Backend for CudaBackend {
         let bk = att::dkdv_keys(sh.head_dim);
         let mut args = vec![self.pb(d.dk), self.pb(d.dv), self.pb(dout), self.pb(x.q), self.pb(x.k), self.pb(x.v), self.pb(lse), self.p(&dsum)];
         args.extend_from_slice(&common);
-        args.push(A::I(bk as i32));
-        let grid = (sh.tk.div_ceil(bk) as u32, sh.n_kv_heads as u32, sh.batch as u32);
+        args.extend([A::I(bk as i32), A::I(sh.batch as i32)]);
+        let grid = (sh.tk.div_ceil(bk) as u32, grid_yz(sh.n_kv_heads), grid_yz(sh.batch));
         self.launch("attn_bwd_dkdv", grid, att::BLOCK, att::dkdv_smem_bytes(sh.head_dim), &args);
         let mut args = vec![self.pb(d.dq), self.pb(dout), self.pb(x.q), self.pb(x.k), self.pb(x.v), self.pb(lse), self.p(&dsum)];
         args.extend_from_slice(&common);
-        let grid = (sh.tq.div_ceil(att::Q_ROWS) as u32, sh.n_heads as u32, sh.batch as u32);
+        args.push(A::I(sh.batch as i32));
+        let grid = (sh.tq.div_ceil(att::Q_ROWS) as u32, grid_yz(sh.n_heads), grid_yz(sh.batch));
         self.launch("attn_bwd_dq", grid, att::BLOCK, att::dq_smem_bytes(sh.head_dim), &args);
     }
     fn kv_write(&self, cache: &mut CudaBuf, new: &CudaBuf, pos: &CudaIds, sh: &KvShape) {
@@ -222,22 +226,22 @@ impl Backend for CudaBackend {
         let chunks = r.n.div_ceil(COL_CHUNK);
         let part = self.alloc::<f32>(chunks * r.c, "bias_bwd partials");
         let args = [self.p(&part), self.pb(dy), A::I(r.n as i32), A::I(r.c as i32), A::I(COL_CHUNK as i32)];
-        self.launch("col_partial_f32", ((r.c as u32).div_ceil(256), chunks as u32, 1), 256, 0, &args);
+        self.launch("col_partial_f32", ((r.c as u32).div_ceil(256), grid_yz(chunks), 1), 256, 0, &args);
         self.col_finish(dbias, &part, chunks, r.c);
     }
     fn xent_fwd_bwd(&self, logits: &mut CudaBuf, losses: &mut CudaBuf, targets: &CudaIds, coef: &CudaBuf, r: Rows) {
         check::vocab("xent_fwd_bwd", &[("logits", &*logits)], &[("losses", &*losses), ("coef", coef)], targets, r);
-        let args = [self.pb(logits), self.pb(losses), self.pi(targets), self.pb(coef), A::I(r.c as i32)];
+        let args = [self.pb(logits), self.pb(losses), self.pi(targets), self.pb(coef), A::I(r.c as i32), self.perr()];
         self.launch("xent_fwd_bwd", (r.n as u32, 1, 1), row_block(r.c), 0, &args);
     }
     fn token_logprobs(&self, logp: &mut CudaBuf, greedy: &mut CudaBuf, logits: &CudaBuf, targets: &CudaIds, r: Rows) {
         check::vocab("token_logprobs", &[("logits", logits)], &[("logp", &*logp), ("greedy", &*greedy)], targets, r);
-        let args = [self.pb(logp), self.pb(greedy), self.pb(logits), self.pi(targets), A::I(r.c as i32)];
+        let args = [self.pb(logp), self.pb(greedy), self.pb(logits), self.pi(targets), A::I(r.c as i32), self.perr()];
         self.launch("token_logprobs", (r.n as u32, 1, 1), row_block(r.c), 0, &args);
     }
     fn token_logprobs_bwd(&self, dlogits: &mut CudaBuf, logits: &CudaBuf, targets: &CudaIds, coef: &CudaBuf, r: Rows) {
         check::vocab("token_logprobs_bwd", &[("dlogits", &*dlogits), ("logits", logits)], &[("coef", coef)], targets, r);
-        let args = [self.pb(dlogits), self.pb(logits), self.pi(targets), self.pb(coef), A::I(r.c as i32)];
+        let args = [self.pb(dlogits), self.pb(logits), self.pi(targets), self.pb(coef), A::I(r.c as i32), self.perr()];
         self.launch("token_logprobs_bwd", (r.n as u32, 1, 1), row_block(r.c), 0, &args);
     }
     fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, h: &AdamW, len: usize) {

@@ -6,7 +6,10 @@
 // __shared__ arrays and dynamic shared memory (NaN-filled per block, so reads of unwritten shared
 // memory show); mma.sync m16n8k16 row.col bf16 with f32 accumulation, per the PTX ISA fragment
 // layout (emu_mma); f32/f64 arithmetic and the bit-cast / rounding intrinsics listed in
-// gen_kernels.py's SUPPORTED.
+// gen_kernels.py's SUPPORTED; atomicCAS on u32 (a real atomic: the threads of a block run at once);
+// the grid limits of a device (x < 2^31, y and z ≤ g_grid_yz_max, 65 535 unless a test lowers it
+// to make the kernels' grid-stride loops over y and z run with small shapes) — a launch past them
+// aborts, as the driver refuses it.
 // Cannot see: races between warps or blocks beyond this barrier model (blocks never overlap, and
 // warps are not interleaved as on a GPU, so a missing __syncthreads or __syncwarp may go unnoticed);
 // real device math accuracy (expf, sqrtf, division here are the host libm's / IEEE, not the GPU's
@@ -24,6 +27,7 @@
 #include <vector>
 #include <memory>
 #include <algorithm>
+#include <atomic>
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
@@ -61,6 +65,11 @@ inline float __fsqrt_rn(float x) { return sqrtf(x); }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline void sincosf(float a, float* s, float* c) { *s = sinf(a); *c = cosf(a); }
 inline void __trap() { abort(); }
+inline unsigned atomicCAS(unsigned* addr, unsigned compare, unsigned val) {
+    std::atomic_ref<unsigned>(*addr).compare_exchange_strong(compare, val);
+    return compare;  // the old value, as CUDA's atomicCAS
+}
+inline unsigned g_grid_yz_max = 65535;
 static inline float bfv(uint32_t r, int hi) { uint32_t u = (hi ? (r >> 16) : (r & 0xffff)) << 16; float f; memcpy(&f, &u, 4); return f; }
 // mma.m16n8k16 row.col bf16 per the PTX ISA fragment layout
 inline void emu_mma(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -98,6 +107,9 @@ inline void emu_mma(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3
 inline std::vector<unsigned> g_sync_count, g_warp_count;
 template <class F, class... Args> void launch(F f, dim3 grid, unsigned block, size_t smem, Args... args) {
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
+    if (grid.x > 0x7fffffffu || grid.y > g_grid_yz_max || grid.z > g_grid_yz_max) {
+        fprintf(stderr, "emu: grid (%u,%u,%u) past the device limits (x < 2^31, y and z <= %u)\n", grid.x, grid.y, grid.z, g_grid_yz_max); abort();
+    }
     if (block == 0 || block > 1024 || block % 32 != 0) { fprintf(stderr, "emu: block size %u (must be a multiple of 32, at most 1024)\n", block); abort(); }
     blockDim = {block, 1, 1};
     gridDim = grid;

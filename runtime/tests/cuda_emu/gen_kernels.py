@@ -16,7 +16,7 @@ What the emulator covers and what it cannot see is in emu.h's header. This scrip
 one line per problem) on any construct it cannot translate or the emulator does not model, so a
 kernel change cannot silently escape emulation: any other `asm` block, an `extern __shared__` it
 cannot parse, a CUDA identifier `__xxx` that emu.h does not implement (e.g. __ldg, __expf,
-__shfl_down_sync, __constant__), atomics, cooperative groups, textures, #include, and 2-D/3-D
+__shfl_down_sync, __constant__), atomics other than atomicCAS, cooperative groups, textures, #include, and 2-D/3-D
 thread blocks (threadIdx.y/z, blockDim.y/z: emu.h launches 1-D blocks). Supporting a new construct
 means teaching emu.h to emulate it faithfully and adding it to SUPPORTED below.
 
@@ -49,7 +49,8 @@ EXTERN_C_GLOBAL = re.compile(r'extern\s+"C"\s+__global__')
 FORBIDDEN = [
     (re.compile(r'\basm\b'), "an inline-asm block the generator does not know (only the bf16 m16n8k16 mma.sync is emulated)"),
     (re.compile(r'extern\s+__shared__'), "an `extern __shared__` declaration the generator cannot parse"),
-    (re.compile(r'\batomic[A-Z]\w*\s*\('), "atomics (not emulated: one block runs at a time, races would be invisible)"),
+    # atomicCAS is emulated (std::atomic_ref: faithful within a block; blocks run one after another)
+    (re.compile(r'\batomic(?!CAS\b)[A-Z]\w*\s*\('), "atomics other than atomicCAS (not emulated: one block runs at a time, races would be invisible)"),
     (re.compile(r'\bcooperative_groups\b|\bcg::'), "cooperative groups"),
     (re.compile(r'\btex[123]D\w*\b|\btexture\s*<|\bsurf[123]D\w*\b'), "textures / surfaces"),
     (re.compile(r'^\s*#\s*include\b', re.M), "#include (kernels must be self-contained)"),

@@ -1,10 +1,50 @@
 // rope, adamw (+ bf16 copy), embedding fwd/bwd, bias add/grad (col_partial/col_finish),
-// sum_squares, kv_write, the activations and fill/copy/scale/axpy/f32_to_bf16, vs references.
+// sum_squares, kv_write, the activations and fill/copy/scale/axpy/f32_to_bf16, vs references;
+// the device error reports of out-of-range ids (embedding_fwd, xent, token log-probs); a column
+// partial past the real grid.y limit (65 537 chunks of rows).
 // Trimmed for CI time: adamw's largest length is 20003 (was 100003), the largest embedding/bias
 // case is 70x2100 (was 130x4099; still >1 chunk of 64 rows, grid.y capped at 8, and more elements
 // than sum_squares' 512x256 threads).
 #include "common.h"
 static unsigned ewg(size_t n) { return (unsigned)std::clamp<size_t>((n + 255) / 256, 1, 65535 * 4); }
+// The report must be exactly {set, what, id, row low, row high, bound}.
+static void expect_err(const std::string& what, u32 code, u32 id, u64 row, u32 bound) {
+    u32 want[6] = {1, code, id, (u32)row, (u32)(row >> 32), bound};
+    bool ok = memcmp(g_err, want, sizeof want) == 0;
+    if (!ok) ++g_fail;
+    printf("%s %s: err {%u,%u,%u,%u,%u,%u}\n", ok ? "ok  " : "FAIL", what.c_str(), g_err[0], g_err[1], g_err[2], g_err[3], g_err[4], g_err[5]);
+    clear_err();
+}
+// Out-of-range ids: the first bad row is reported (blocks run in order here), its outputs are NaN
+// (loss, log-prob, embedding row) or zero (gradients), and the other rows are still right.
+static void device_errors() {
+    int V = 50, c = 9, n = 4;
+    auto table = rnd((size_t)V * c, 61, 1.f);
+    std::vector<unsigned> ids{3, 49, 57, 50};
+    std::vector<float> out((size_t)n * c, 0);
+    if (g_err[0] != 0) { ++g_fail; printf("FAIL a device error was reported for valid ids\n"); }
+    clear_err();
+    launch(embedding_fwd, dim3{(unsigned)n,1,1}, 256, 0, out.data(), (const float*)table.data(), (const u32*)ids.data(), c, (u32)V, g_err);
+    expect_err("embedding_fwd id 57 at row 2", 1, 57, 2, V);
+    std::vector<float> got_ok(out.begin(), out.begin() + 2 * c), nan_row(out.begin() + 2 * c, out.begin() + 3 * c);
+    std::vector<double> want_ok; for (int r = 0; r < 2; ++r) for (int i = 0; i < c; ++i) want_ok.push_back(table[ids[r] * c + i]);
+    check("embedding_fwd good rows beside a bad id", got_ok, want_ok, 0, 0);
+    if (!std::all_of(nan_row.begin(), nan_row.end(), [](float f) { return std::isnan(f); })) { ++g_fail; printf("FAIL embedding_fwd: the bad id's row is not NaN\n"); }
+    // xent / token log-probs over a vocabulary of V: targets ok, IGNORE, bad, bad
+    std::vector<unsigned> t{7, 0xffffffffu, 50, 1000};
+    auto logits = rnd((size_t)n * V, 62, 2.f), coef = rnd(n, 63, 1.f);
+    std::vector<float> lg = logits, ls(n, 0), lp(n, 0), gr(n, 0), dl((size_t)n * V, 1);
+    launch(xent_fwd_bwd, dim3{(unsigned)n,1,1}, 256, 0, lg.data(), ls.data(), (const u32*)t.data(), (const float*)coef.data(), V, g_err);
+    expect_err("xent_fwd_bwd target 50 at row 2", 2, 50, 2, V);
+    launch(token_logprobs, dim3{(unsigned)n,1,1}, 256, 0, lp.data(), gr.data(), (const float*)logits.data(), (const u32*)t.data(), V, g_err);
+    expect_err("token_logprobs target 50 at row 2", 3, 50, 2, V);
+    launch(token_logprobs_bwd, dim3{(unsigned)n,1,1}, 256, 0, dl.data(), (const float*)logits.data(), (const u32*)t.data(), (const float*)coef.data(), V, g_err);
+    expect_err("token_logprobs_bwd target 50 at row 2", 4, 50, 2, V);
+    bool ok = std::isfinite(ls[0]) && ls[1] == 0 && std::isnan(ls[2]) && std::isnan(ls[3]) && std::isfinite(lp[0]) && lp[1] == 0 && std::isnan(lp[2]);
+    for (int r = 2; r < 4; ++r) for (int i = 0; i < V; ++i) ok = ok && lg[r * V + i] == 0 && dl[r * V + i] == 0;
+    if (!ok) ++g_fail;
+    printf("%s bad targets: NaN loss / log-prob, zero gradient rows; good and IGNORE rows as before\n", ok ? "ok  " : "FAIL");
+}
 int main() {
     // element-wise: activations (saturating inputs included), fill, copy, scale, axpy, f32_to_bf16.
     // ewg() mirrors the host's grid; the small explicit grid exercises the grid-stride loop.
@@ -73,14 +113,14 @@ int main() {
         std::vector<double> out(n*c), dt(table.begin(), table.end()), xb(n*c), db(bias.begin(), bias.end());
         for (int r = 0; r < n; ++r) for (int i = 0; i < c; ++i) { out[r*c+i] = table[ids[r]*c+i]; dt[ids[r]*c+i] += x[r*c+i]; xb[r*c+i] = x[r*c+i] + bias[i]; db[i] += x[r*c+i]; }
         std::vector<float> go(n*c, NAN), gdt = table, gx = x, gdb = bias;
-        launch(embedding_fwd, dim3{(unsigned)n,1,1}, 256, 0, go.data(), (const float*)table.data(), (const u32*)ids.data(), c);
+        launch(embedding_fwd, dim3{(unsigned)n,1,1}, 256, 0, go.data(), (const float*)table.data(), (const u32*)ids.data(), c, (u32)V, g_err);
         std::vector<u32> order(n); for (int i = 0; i < n; ++i) order[i] = i;
         std::sort(order.begin(), order.end(), [&](u32 a, u32 b) { return std::make_pair(ids[a], a) < std::make_pair(ids[b], b); });
         std::vector<u32> starts{0}; for (int i = 1; i <= n; ++i) if (i == n || ids[order[i]] != ids[order[i-1]]) starts.push_back(i);
         launch(embedding_bwd, dim3{(unsigned)starts.size()-1, std::min<unsigned>((c+255)/256, 8), 1}, 256, 0, gdt.data(), (const float*)x.data(), (const u32*)ids.data(), (const u32*)order.data(), (const u32*)starts.data(), c);
         launch(bias_add_f32, dim3{ewg((size_t)n*c),1,1}, 256, 0, gx.data(), (const float*)bias.data(), (u64)n, c);
         int chunks = (n+63)/64; std::vector<float> part(chunks*c, NAN);
-        launch(col_partial_f32, dim3{(unsigned)(c+255)/256,(unsigned)chunks,1}, 256, 0, part.data(), (const float*)x.data(), n, c, 64);
+        launch(col_partial_f32, dim3{(unsigned)(c+255)/256,yz(chunks),1}, 256, 0, part.data(), (const float*)x.data(), n, c, 64);
         launch(col_finish_f32, dim3{(unsigned)(c+255)/256,1,1}, 256, 0, gdb.data(), (const float*)part.data(), chunks, c);
         check("emb fwd", go, out, 0, 0); check("emb bwd", gdt, dt, 1e-6, 5e-5); check("bias_add", gx, xb, 1e-6, 5e-5); check("bias_bwd", gdb, db, 1e-6, 5e-5);
         std::vector<double> ssp(512); std::vector<float> acc(3, 0); double ss = 0; for (float y : x) ss += (double)y*y;
@@ -95,6 +135,18 @@ int main() {
         for (int bb = 0; bb < b; ++bb) for (int i = 0; i < tn; ++i) if (pos[bb]+i < (unsigned)tcap) for (int c = 0; c < w; ++c) want[(bb*tcap+pos[bb]+i)*w+c] = nw[(bb*tn+i)*w+c];
         launch(kv_write, dim3{ewg(b*tn*w),1,1}, 256, 0, cache.data(), (const float*)nw.data(), (const u32*)pos.data(), b, tn, tcap, w);
         check("kv_write", cache, want, 0, 0);
+    }
+    device_errors();
+    {
+        // past the real grid.y limit: 65 537 chunks of 64 rows (32-thread blocks keep the emulation
+        // quick; the kernel does not depend on the block size)
+        int n = 64 * 65537 + 5, c = 3, chunks = (n + 63) / 64;
+        auto dy = rnd((size_t)n * c, 5, 1.f);
+        std::vector<float> part((size_t)chunks * c, NAN);
+        launch(col_partial_f32, dim3{1, yz(chunks), 1}, 32, 0, part.data(), (const float*)dy.data(), n, c, 64);
+        std::vector<double> want((size_t)chunks * c, 0);
+        for (int r = 0; r < n; ++r) for (int j = 0; j < c; ++j) want[(size_t)(r / 64) * c + j] += dy[(size_t)r * c + j];
+        check("col_partial 4194373 rows = 65537 chunks, grid.y 65535", part, want, 1e-5, 1e-5);
     }
     printf("%d failures\n", g_fail);
     return g_fail != 0;
