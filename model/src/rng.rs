@@ -19,9 +19,32 @@ impl Rng {
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+    /// Moves the stream past `n` normals (each draws two `next_u64`), as if `normal` had been
+    /// called `n` times.
+    pub fn skip_normals(&mut self, n: u64) {
+        self.0 = self.0.wrapping_add(n.wrapping_mul(2).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
     pub fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(f64::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rng;
+
+    #[test]
+    fn skip_normals_lands_where_normal_calls_do() {
+        for n in [0u64, 1, 2, 17, 1000] {
+            let mut a = Rng::new(5);
+            (0..n).for_each(|_| {
+                a.normal();
+            });
+            let mut b = Rng::new(5);
+            b.skip_normals(n);
+            assert_eq!(a.next_u64(), b.next_u64(), "{n}");
+        }
     }
 }

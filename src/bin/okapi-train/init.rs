@@ -10,7 +10,7 @@ pub struct InitArgs {
     /// llama or bloom
     #[arg(long)]
     pub arch: String,
-    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-7b, bloom-560m, bloom-7b1
+    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1
     #[arg(long)]
     pub preset: String,
     /// tokenizer.json: sets the vocabulary size and the special token ids, and is copied
