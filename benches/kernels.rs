@@ -1,15 +1,20 @@
 //! Kernel microbenchmarks: every `Backend` op at the shapes of a model preset, timed in
 //! isolation, with fused kernels next to their unfused composition.
 //!
-//!     cargo bench --bench kernels -- [--preset P[,P..]] [--filter S] [--reps N] [--warmup N]
-//!                                    [--batch B] [--seq T] [--backend cpu|wgpu|cuda]
-//!                                    [--square N[,N..]|none]
+//!     cargo bench --bench kernels -- [--preset P[:BxT][,P..]] [--filter S[,S..]] [--reps N]
+//!                                    [--warmup N] [--batch B] [--seq T] [--backend cpu|wgpu|cuda]
+//!                                    [--precision f32|bf16] [--square N[,N..]|none]
 //!
 //! First the square GEMMs (`--square`, default 512,1024,2048,4096; plain and B-transposed), then
 //! the presets. Without `--preset` it runs bench-5m (B=8 T=128), bench-33m (B=4 T=256) and
 //! gpt2-124m-llama (B=4 T=256), about 2–3 minutes on 2 cores (`--preset none`: the square GEMMs
-//! only); `--batch`/`--seq` override B and T. `--filter S` (or a bare argument) keeps the rows whose "kernel variant" contains S (`matmul`,
-//! `attention`, `unfused`, `lm_head`, ...). `--reps N` fixes the timed repetitions of every
+//! only); `--batch`/`--seq` override B and T, `P:BxT` sets them for one preset
+//! (`--preset gpt2-124m-llama,llama-7b:2x2048`). `--filter S` (or a bare argument) keeps the rows
+//! whose "kernel variant" contains S (`matmul`, `attention`, `unfused`, `lm_head`, ...); several
+//! comma-separated filters keep the rows that match any (`--filter matmul.square,attention`).
+//! `--precision bf16` (cuda only) opens the backend in its bf16 mode: matmul and attention read
+//! bf16-rounded operands with fp32 accumulation, buffers stay f32 (the FLOP ceiling is then the
+//! bf16 1024³ GEMM). `--reps N` fixes the timed repetitions of every
 //! row; by default each row gets enough to fill ~0.3 s, at least 3 and at most 100 000 (so a
 //! big shape runs 3 times rather than 10). `--warmup N` (default 2) untimed calls come first;
 //! the last one sets the repetition count. Everything runs on a worker of a rayon pool, as
@@ -121,12 +126,13 @@ struct Args {
     batch: Option<usize>,
     seq: Option<usize>,
     backend: String,
+    precision: Precision,
     /// square GEMM sizes timed before the presets (`--square 512,1024` / `none`)
     square: Vec<usize>,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { presets: vec![], filter: None, reps: None, warmup: 2, batch: None, seq: None, backend: "cpu".into(), square: vec![512, 1024, 2048, 4096] };
+    let mut a = Args { presets: vec![], filter: None, reps: None, warmup: 2, batch: None, seq: None, backend: "cpu".into(), precision: Precision::F32, square: vec![512, 1024, 2048, 4096] };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -138,6 +144,7 @@ fn parse_args() -> Args {
             "--batch" => a.batch = Some(val("--batch").parse().expect("--batch: integer")),
             "--seq" => a.seq = Some(val("--seq").parse().expect("--seq: integer")),
             "--backend" => a.backend = val("--backend"),
+            "--precision" => a.precision = val("--precision").parse().unwrap_or_else(|e| panic!("--precision: {e}")),
             "--square" => {
                 let v = val("--square");
                 a.square = if v == "none" { vec![] } else { v.split(',').map(|x| x.parse().expect("--square: integers")).collect() };
@@ -145,7 +152,7 @@ fn parse_args() -> Args {
             // cargo bench passes `--bench` to harness = false targets
             "--bench" => {}
             other if !other.starts_with('-') => a.filter = Some(other.to_string()),
-            other => panic!("unknown argument `{other}` (expected --preset P --filter S --reps N --warmup N --batch B --seq T --backend cpu|wgpu|cuda --square N[,N..]|none)"),
+            other => panic!("unknown argument `{other}` (expected --preset P --filter S --reps N --warmup N --batch B --seq T --backend cpu|wgpu|cuda --precision f32|bf16 --square N[,N..]|none)"),
         }
     }
     a
@@ -312,7 +319,8 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn wants(&self, kernel: &str, variant: &str) -> bool {
-        self.args.filter.as_ref().is_none_or(|f| format!("{kernel} {variant}").contains(f.as_str()))
+        let row = format!("{kernel} {variant}");
+        self.args.filter.as_ref().is_none_or(|f| f.split(',').any(|f| row.contains(f)))
     }
     fn wants_any(&self, kernels: &[&str]) -> bool {
         kernels.iter().any(|k| self.wants(k, "fused") || self.wants(k, "unfused") || self.wants(k, "-"))
@@ -856,17 +864,22 @@ where
     let cases: Vec<(String, usize, usize)> = if args.presets.is_empty() {
         DEFAULT_CASES.iter().map(|&(p, b, t)| (p.to_string(), b, t)).collect()
     } else {
-        args.presets
-            .iter()
-            .map(|p| {
-                let (b, t) = DEFAULT_CASES.iter().find(|c| c.0 == p).map_or((4, 256), |c| (c.1, c.2));
-                (p.clone(), b, t)
-            })
-            .collect()
+        args.presets.iter().map(|p| preset_case(p)).collect()
     };
     for (preset, b, t) in cases.into_iter().filter(|c| c.0 != "none") {
         run_preset(&be, args, &ceil, &preset, args.batch.unwrap_or(b), args.seq.unwrap_or(t));
     }
+}
+
+/// `P` (B and T of DEFAULT_CASES, else 4 and 256) or `P:BxT`.
+fn preset_case(p: &str) -> (String, usize, usize) {
+    if let Some((name, bt)) = p.split_once(':') {
+        let parsed = bt.split_once('x').and_then(|(b, t)| Some((b.parse().ok()?, t.parse().ok()?)));
+        let (b, t) = parsed.unwrap_or_else(|| panic!("--preset {p}: expected NAME:BxT (e.g. llama-7b:2x2048)"));
+        return (name.to_string(), b, t);
+    }
+    let (b, t) = DEFAULT_CASES.iter().find(|c| c.0 == p).map_or((4, 256), |c| (c.1, c.2));
+    (p.to_string(), b, t)
 }
 
 fn main() {
@@ -879,10 +892,13 @@ fn main() {
 fn bench_main() {
     let args = parse_args();
     let t0 = Instant::now();
+    if args.precision != Precision::F32 && args.backend != "cuda" {
+        panic!("--precision {}: only the cuda backend has a bf16 mode", args.precision);
+    }
     match args.backend.as_str() {
         "cpu" => run_backend(CpuBackend, &args),
         "wgpu" => run_backend(WgpuBackend::with_options(&WgpuOptions::from_env()).unwrap_or_else(|e| panic!("{e}")), &args),
-        "cuda" => run_backend(CudaBackend::with_options(&CudaOptions::from_env(Precision::F32)).unwrap_or_else(|e| panic!("{e}")), &args),
+        "cuda" => run_backend(CudaBackend::with_options(&CudaOptions::from_env(args.precision)).unwrap_or_else(|e| panic!("{e}")), &args),
         other => panic!("backend `{other}` is not built into this bench (expected cpu, wgpu or cuda)"),
     }
     println!("total {:.1} s", t0.elapsed().as_secs_f64());

@@ -42,6 +42,7 @@ fn check_train(arch: &str) {
     assert_eq!(v["arch"], arch);
     assert_eq!(v["preset"], "tiny");
     assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["precision"], "f32");
     assert_eq!(v["threads"].as_u64(), Some(2));
     assert_eq!(v["batch_size"].as_u64(), Some(b as u64));
     assert_eq!(v["seq_len"].as_u64(), Some(t as u64));

@@ -34,7 +34,7 @@ pub struct BenchArgs {
     /// llama or bloom
     #[arg(long, default_value = "llama")]
     pub arch: String,
-    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-7b, bloom-560m, bloom-7b1
+    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1
     #[arg(long, default_value = "bench-5m")]
     pub preset: String,
     /// Sequences per step (train) or prompts per call (generate)
@@ -296,7 +296,7 @@ fn bench_train<B: Backend>(model: Model<B>, a: &BenchArgs, threads: usize) -> Re
         ms(median(&p.optim)),
     );
     Ok(json!({
-        "mode": "train", "arch": a.arch, "preset": a.preset, "backend": backend_kind(be), "device": be.name(), "threads": threads,
+        "mode": "train", "arch": a.arch, "preset": a.preset, "backend": backend_kind(be), "precision": a.precision.to_string(), "device": be.name(), "threads": threads,
         "batch_size": a.batch_size, "seq_len": a.seq_len, "steps": p.step.len(), "warmup": a.warmup, "params": tb.model.n_params(),
         "step_ms_median": ms(med), "step_ms_min": ms(min(&p.step)), "tokens_per_s": n / med, "gflop_per_step": flop / 1e9, "gflops": flop / med / 1e9,
         "fwd_ms_median": ms(median(&p.fwd)), "loss_ms_median": ms(median(&p.loss)), "bwd_ms_median": ms(median(&p.bwd)),
@@ -361,6 +361,7 @@ fn bench_generate<B: Backend>(model: &Model<B>, a: &BenchArgs, threads: usize) -
         "arch": a.arch,
         "preset": a.preset,
         "backend": backend_kind(&model.be),
+        "precision": a.precision.to_string(),
         "device": model.be.name(),
         "threads": threads,
         "batch_size": b,
