@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CUDA device check: one prepared script for a GPU session (issue #7). The device machine
-# has no cargo, so the test and CLI binaries are built here and carried there.
+# The CUDA device check: one prepared script for a GPU session (issues #7 and #15). The device
+# machine has no cargo, so the test and CLI binaries are built here and carried there.
 #
 #   1. here (any machine with the Rust toolchain):
 #        scripts/device_check.sh build
@@ -14,12 +14,30 @@
 #      OKAPI_REQUIRE_CUDA=1 so a missing driver fails instead of skipping — then the wgpu
 #      conformance suite and whole-model/command tests on the GPU through Vulkan
 #      (OKAPI_REQUIRE_WGPU=1, WGPU_BACKEND=vulkan; the Vulkan loader is carried as a .deb in
-#      target/device/gl and unpacked when the machine lacks it), then the training benchmarks and
-#      the kernel microbenchmarks on cuda and on wgpu, and prints a short table last. Logs go to
-#      $OUT when set.
+#      target/device/gl and unpacked when the machine lacks it), then the peer
+#      (benches/gpu_peer.py: cuBLAS, SDPA flash, fused AdamW, softmax, the device copy and
+#      transformers' SFT step on the same GPU), okapi's training benchmarks (bench train at the
+#      $SFT cases, bf16 and f32; bench generate) and kernel microbenchmarks (cuda f32, cuda bf16,
+#      wgpu), and prints LAST one table (scripts/device_table.py): every okapi kernel and
+#      training step beside its peer with the ratio okapi/peer (higher is better), then the
+#      pass/fail counts of each GPU test suite and the seconds each part took.
+#      Logs go to $WORK (/tmp/okapi-device-check); when $OUT is set, the table, peer.jsonl,
+#      bench.jsonl, status.txt and a tarball of every log are copied there (the tool brings back
+#      at most 8 files).
+#
+# Time on an H100, estimated (nothing has run on a GPU yet; the table's "parts:" line gives the
+# real seconds): setup 5 s, cuda_compile 20, cuda ops conformance 90, cuda_conformance (models,
+# SFT) 30, wgpu conformance 30, wgpu model + commands 60, gpu_peer.py 60, okapi bench train 4 runs
+# 60 (gpt2-124m-llama B16 T1024 bf16 2+8 steps, f32 1+4; llama-1b B4 T1024 the same), bench
+# generate 10, kernels cuda f32 20 (every op at gpt2-124m-llama B4 T256, 10 repetitions a row),
+# cuda bf16 15 (square 4096/8192, attention), wgpu 25, table 1: about 425 s, 7 min. A deadline
+# (OKAPI_DEVICE_DEADLINE, default 455 s from the start) bounds it whatever the estimate's error:
+# every part runs under `timeout`, cut at its own cap and at the deadline, and a part that would
+# start within 15 s of it is skipped; what was cut or skipped shows as such in the table. So the
+# whole run, table included, ends before 8 minutes.
 #
 # NVRTC: the device's own (driver 580 / CUDA 13.0: libnvrtc.so.13 on the default search path or
-# under a pip site-packages); OKAPI_NVRTC_LIB=/path/libnvrtc.so.13 overrides.
+# under a pip site-packages, e.g. PyTorch's); OKAPI_NVRTC_LIB=/path/libnvrtc.so.13 overrides.
 # The test binaries find tests/fixtures through the absolute path they were built at
 # (CARGO_MANIFEST_DIR); when that path does not exist here it is linked to this checkout.
 set -uo pipefail
@@ -53,25 +71,63 @@ build() {
   du -sh "$DEV"
 }
 
+# The training cases, PRESET:BxT, of okapi's bench and of the peer (and of the table's rows).
+SFT="gpt2-124m-llama:16x1024,llama-1b:4x1024"
+
+# part NAME CAP CMD...: CMD under `timeout`, cut at CAP seconds and at the deadline; appends
+# "NAME EXIT SECONDS" to $STATUS ("NAME skipped 0" and exit 125 when within 15 s of the deadline).
+part() {
+  local name=$1 cap=$2 s rc left
+  shift 2
+  left=$((DEADLINE - (SECONDS - T0)))
+  if [ "$left" -lt 15 ]; then
+    echo "$name skipped 0" >> "$STATUS"
+    echo "!! $name: skipped, ${DEADLINE}s deadline" >&3
+    return 125
+  fi
+  [ "$cap" -gt "$left" ] && cap=$left
+  s=$SECONDS
+  timeout -k 5 "$cap" "$@"
+  rc=$?
+  echo "$name $rc $((SECONDS - s))" >> "$STATUS"
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "!! $name: cut at ${cap}s" >&3
+  return $rc
+}
+
 run() {
-  local out="${OUT:-/tmp/okapi-device-check}"
-  mkdir -p "$out"
+  T0=$SECONDS
+  DEADLINE=${OKAPI_DEVICE_DEADLINE:-455}
+  local work="${WORK:-/tmp/okapi-device-check}"
+  rm -rf "$work" && mkdir -p "$work"
+  STATUS="$work/status.txt"
+  : > "$STATUS"
+  exec 3>&1
   [ -x "$DEV/cuda_conformance" ] || { echo "no $DEV/cuda_conformance: run 'scripts/device_check.sh build' first and carry $DEV" >&2; exit 2; }
   local built_at
   built_at=$(cat "$DEV/built_at")
   if [ "$built_at" != "$ROOT" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -s "$ROOT" "$built_at" || echo "!! cannot link $built_at -> $ROOT: fixture paths will fail"
   fi
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$out/gpu.txt"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$work/gpu.txt"
+  # NVRTC: when none is named or on the loader's path, the one of python3's site-packages (PyTorch's)
+  if [ -z "${OKAPI_NVRTC_LIB:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.1'; then
+    local lib
+    lib=$(python3 -c 'import glob, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+libs = [f for d in dirs for s in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib") for f in sorted(glob.glob(f"{d}/{s}/libnvrtc.so.1*"))]
+print(libs[0] if libs else "")' 2>/dev/null)
+    [ -n "$lib" ] && export OKAPI_NVRTC_LIB="$lib"
+  fi
+  echo "NVRTC: ${OKAPI_NVRTC_LIB:-the default search path}"
   export OKAPI_REQUIRE_CUDA=1 OKAPI_REQUIRE_NVRTC=1 OKAPI_TRAIN_BIN="$ROOT/$DEV/okapi-train" RUST_BACKTRACE=1
   declare -A status
-  "$DEV/cuda_compile" --test-threads=1 --nocapture > "$out/cuda_compile.log" 2>&1; status[compile]=$?
+  part compile 60 "$DEV/cuda_compile" --test-threads=1 --nocapture > "$work/cuda_compile.log" 2>&1; status[compile]=$?
   # every op vs the CPU (tests/conformance.rs, stamped cuda:: f32 and cuda_bf16::), then the
   # whole models and the SFT run (tests/cuda_conformance.rs)
-  "$DEV/conformance" cuda --ignored --test-threads=1 > "$out/cuda_ops.log" 2>&1; status[ops]=$?
-  grep -E "^test .*FAILED|panicked|outside|past its output" "$out/cuda_ops.log" | head -40
-  "$DEV/cuda_conformance" --ignored --test-threads=1 --nocapture > "$out/cuda_conformance.log" 2>&1; status[conformance]=$?
-  grep -E "^test |max abs err|loss cuda|sft .* step|panicked" "$out/cuda_conformance.log" | tail -80
+  part ops 150 "$DEV/conformance" cuda --ignored --test-threads=1 > "$work/cuda_ops.log" 2>&1; status[ops]=$?
+  grep -E "^test .*FAILED|panicked|outside|past its output" "$work/cuda_ops.log" | head -30
+  part conformance 90 "$DEV/cuda_conformance" --ignored --test-threads=1 --nocapture > "$work/cuda_conformance.log" 2>&1; status[conformance]=$?
+  grep -E "^test |max abs err|loss cuda|sft .* step|panicked" "$work/cuda_conformance.log" | tail -40
   # wgpu on the GPU through Vulkan: the loader when missing, NVIDIA's ICD when not registered
   if ! ldconfig -p | grep -q libvulkan.so.1; then
     for f in "$DEV"/gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done
@@ -83,36 +139,52 @@ run() {
   fi
   # the wgpu model tests run okapi-train from the path cargo built it at (CARGO_BIN_EXE)
   mkdir -p target/release && cp "$DEV/okapi-train" target/release/okapi-train
-  WGPU_BACKEND=vulkan OKAPI_REQUIRE_WGPU=1 "$DEV/conformance" wgpu:: --test-threads=1 > "$out/wgpu_conformance.log" 2>&1; status[wgpu]=$?
-  WGPU_BACKEND=vulkan OKAPI_REQUIRE_WGPU=1 "$DEV/wgpu_model" --test-threads=1 --nocapture > "$out/wgpu_model.log" 2>&1; status[wgpu_model]=$?
-  grep -E "adapter|^test .*FAILED|panicked" "$out/wgpu_conformance.log" "$out/wgpu_model.log" | head -20
-  # benchmarks: JSON lines (medians) of one training step, cpu reference, cuda f32 and bf16
-  : > "$out/bench.jsonl"
-  for preset in bench-33m gpt2-124m-llama; do
-    for prec in f32 bf16; do
-      timeout 120 "$DEV/okapi-train" bench train --backend cuda --precision "$prec" --preset "$preset" --batch-size 8 --seq-len 512 --steps 10 \
-        >> "$out/bench.jsonl" 2> "$out/bench-$preset-$prec.err" || echo "{\"preset\":\"$preset\",\"precision\":\"$prec\",\"error\":$?}" >> "$out/bench.jsonl"
+  part wgpu 60 env WGPU_BACKEND=vulkan OKAPI_REQUIRE_WGPU=1 "$DEV/conformance" wgpu:: --test-threads=1 > "$work/wgpu_conformance.log" 2>&1; status[wgpu]=$?
+  part wgpu_model 120 env WGPU_BACKEND=vulkan OKAPI_REQUIRE_WGPU=1 "$DEV/wgpu_model" --test-threads=1 --nocapture > "$work/wgpu_model.log" 2>&1; status[wgpu_model]=$?
+  grep -E "adapter|^test .*FAILED|panicked" "$work/wgpu_conformance.log" "$work/wgpu_model.log" | head -20
+  # the peer: PyTorch + transformers on the same GPU (JSON lines; refuses with exit 2 without CUDA)
+  part peer 150 env PYTHONUNBUFFERED=1 python3 benches/gpu_peer.py --out "$work/peer.jsonl" --sft "$SFT" --budget-s 120 > "$work/peer.log" 2>&1
+  tail -3 "$work/peer.log"
+  # okapi's training step at the same cases (one JSON line each; a failed run is an error line)
+  : > "$work/bench.jsonl"
+  local case preset bt b t prec w n rc
+  for case in ${SFT//,/ }; do
+    preset=${case%%:*} bt=${case#*:}
+    b=${bt%x*} t=${bt#*x}
+    for prec in bf16 f32; do
+      if [ "$prec" = bf16 ]; then w=2 n=8; else w=1 n=4; fi
+      part "train-$preset-$prec" 120 "$DEV/okapi-train" bench train --backend cuda --precision "$prec" --preset "$preset" \
+        --batch-size "$b" --seq-len "$t" --warmup "$w" --steps "$n" > "$work/train-$preset-$prec.out" 2> "$work/train-$preset-$prec.err"
+      rc=$?
+      if [ "$rc" = 0 ] && tail -1 "$work/train-$preset-$prec.out" | grep -q '^{'; then
+        tail -1 "$work/train-$preset-$prec.out" >> "$work/bench.jsonl"
+      else
+        [ "$rc" = 125 ] && rc='"skipped"'
+        echo "{\"mode\":\"train\",\"preset\":\"$preset\",\"precision\":\"$prec\",\"batch_size\":$b,\"seq_len\":$t,\"error\":$rc}" >> "$work/bench.jsonl"
+        tail -2 "$work/train-$preset-$prec.err"
+      fi
     done
   done
-  timeout 120 "$DEV/okapi-train" bench generate --backend cuda --preset gpt2-124m-llama --batch-size 8 --seq-len 128 --new-tokens 128 --steps 3 \
-    >> "$out/bench.jsonl" 2> "$out/bench-generate.err" || true
-  # kernel microbenchmarks (GFLOP/s, GB/s against the backend's GEMM and device copy)
-  for be in cuda wgpu; do
-    WGPU_BACKEND=vulkan timeout 150 "$DEV/kernels" --backend "$be" --square 1024,2048,4096 --preset gpt2-124m-llama > "$out/kernels-$be.log" 2>&1 \
-      || echo "kernels --backend $be: exit $?" >> "$out/kernels-$be.log"
-  done
-  echo
-  echo "== device check: $(head -1 "$out/gpu.txt")"
-  printf '%-34s %s\n' "NVRTC compile (sm_80, sm_90a)" "$([ "${status[compile]}" = 0 ] && echo PASS || echo FAIL)"
-  printf '%-34s %s\n' "every op, cuda f32 + bf16" "$([ "${status[ops]}" = 0 ] && echo PASS || echo FAIL) ($(grep -c '^test .* ok$' "$out/cuda_ops.log") ok, $(grep -c '^test .* FAILED$' "$out/cuda_ops.log") failed)"
-  printf '%-34s %s\n' "model + SFT (--ignored)" "$([ "${status[conformance]}" = 0 ] && echo PASS || echo FAIL)"
-  grep -E "^test .* (ok|FAILED)$" "$out/cuda_conformance.log" | sed 's/^test /  /'
-  printf '%-34s %s\n' "wgpu conformance (Vulkan)" "$([ "${status[wgpu]}" = 0 ] && echo PASS || echo FAIL)"
-  printf '%-34s %s\n' "wgpu model + commands (Vulkan)" "$([ "${status[wgpu_model]}" = 0 ] && echo PASS || echo FAIL)"
+  part generate 45 "$DEV/okapi-train" bench generate --backend cuda --preset gpt2-124m-llama --batch-size 8 --seq-len 128 --new-tokens 128 --warmup 1 --steps 3 \
+    > "$work/generate.out" 2> "$work/generate.err" && tail -1 "$work/generate.out" >> "$work/bench.jsonl"
+  # kernel microbenchmarks (RESULT lines: GFLOP/s, GB/s): every op on cuda f32; the square GEMMs
+  # and attention (gpt2-124m-llama's, and B·H 64 T 2048 D 128 as llama-7b B2) in bf16; wgpu
+  part kernels-cuda-f32 60 "$DEV/kernels" --backend cuda --square 4096 --preset gpt2-124m-llama --reps 10 > "$work/kernels-cuda-f32.log" 2>&1
+  part kernels-cuda-bf16 60 "$DEV/kernels" --backend cuda --precision bf16 --square 4096,8192 --preset gpt2-124m-llama,llama-7b:2x2048 \
+    --filter matmul.square,attention --reps 10 > "$work/kernels-cuda-bf16.log" 2>&1
+  part kernels-wgpu 60 env WGPU_BACKEND=vulkan "$DEV/kernels" --backend wgpu --square 4096 --preset gpt2-124m-llama \
+    --filter matmul.square,softmax,adamw --reps 10 > "$work/kernels-wgpu.log" 2>&1
+  grep -hE "^device:|ceiling:|panicked" "$work"/kernels-*.log | cut -c1-160
   echo "bench (JSON lines, medians):"
-  cat "$out/bench.jsonl"
-  echo "kernels (square GEMM and selected rows):"
-  grep -hE "^device:|ceiling|matmul.square|attention_(fwd|bwd) |softmax_fwd|adamw  " "$out"/kernels-*.log | cut -c1-150
+  cut -c1-400 "$work/bench.jsonl"
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/logs.tar.gz" -C "$work" . 2>/dev/null
+    cp "$work/peer.jsonl" "$work/bench.jsonl" "$work/status.txt" "$OUT/" 2>/dev/null
+  fi
+  echo "total $((SECONDS - T0)) s (deadline ${DEADLINE} s)"
+  echo
+  python3 scripts/device_table.py "$work" --sft "$SFT" | tee "$work/table.md"
+  [ -n "${OUT:-}" ] && cp "$work/table.md" "$OUT/"
   [ "${status[compile]}" = 0 ] && [ "${status[ops]}" = 0 ] && [ "${status[conformance]}" = 0 ] && [ "${status[wgpu]}" = 0 ] && [ "${status[wgpu_model]}" = 0 ]
 }
 
