@@ -374,7 +374,7 @@ def bench_sft(run, presets, cases, modes, peaks):
                 )
                 ids = torch.tensor(splitmix_tokens(42, b * t, v), dtype=torch.long, device=dev).view(b, t)
                 amp = torch.autocast(dev.type, dtype=torch.bfloat16) if mode == "bf16-amp" else contextlib.nullcontext()
-                tf32 = torch.backends.cuda.matmul.allow_tf32
+                tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
                 if mode == "f32":
                     torch.backends.cuda.matmul.allow_tf32 = False
                     torch.backends.cudnn.allow_tf32 = False
@@ -397,8 +397,7 @@ def bench_sft(run, presets, cases, modes, peaks):
                         if i >= run.step_warmup:
                             ts.append(dt)
                 finally:
-                    torch.backends.cuda.matmul.allow_tf32 = tf32
-                    torch.backends.cudnn.allow_tf32 = tf32
+                    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
                 med = statistics.median(ts)
                 tokens = b * t
                 model_flop = 6.0 * p_blocks * tokens + 6.0 * c * v * tokens + 12.0 * layers * b * t * t * c / 2
