@@ -857,7 +857,14 @@ fn run_directory_cases() -> Vec<Case> {
 /// Class 4: sizes beyond the memory there is.
 fn memory_cases() -> Vec<Case> {
     vec![
-        Case { env: &[("OKAPI_MEMORY_LIMIT", "64K")], ..late("sft-memory-limit", "{SFT}", &["not enough memory for training", "OKAPI_MEMORY_LIMIT=64K", "--batch-size"]) },
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "64K")], ..late("sft-memory-limit", "{SFT}", &["not enough memory for training", "OKAPI_MEMORY_LIMIT=64K", "the largest part is"]) },
+        // `plan`: a plan that does not fit is refused like the run it plans (its table goes to stdout)
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "1G")], ..early("plan-7b-sft", "plan --command sft --preset llama-7b", &["not enough memory for sft", "the largest part is AdamW moments", "--unfrozen-layers"]) },
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "1G")], ..early("plan-7b-ppo", "plan --command ppo --preset llama-7b --recipe okapi", &["not enough memory for PPO", "the largest part is reference and reward activations", "--chunk-size"]) },
+        early("plan-unknown-preset", "plan --command sft --preset llama-70b", &["--preset", "llama-70b"]),
+        early("plan-no-model", "plan --command sft", &["--model"]),
+        early("plan-batch-0", "plan --command sft --preset tiny --batch-size 0", &["--batch-size", "at least 1"]),
+        early("plan-bad-model-dir", "plan --command generate --model /nonexistent/model", &["/nonexistent/model"]),
         Case { env: &[("OKAPI_MEMORY_LIMIT", "64K")], ..early("loglik-memory-limit", "loglik --model {llama} --data {requests.jsonl} --output {out}", &["not enough memory for loading", "llama_gqa", "OKAPI_MEMORY_LIMIT=64K"]) },
         Case { env: &[("OKAPI_MEMORY_LIMIT", "plenty")], ..early("memory-limit-garbage", "loglik --model {llama} --data {requests.jsonl} --output {out}", &["OKAPI_MEMORY_LIMIT=plenty", "size"]) },
         early("bench-seq-huge", "bench train --preset tiny --seq-len 100000000000", &["not enough memory for training", "activations", "--seq-len"]),

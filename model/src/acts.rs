@@ -2,7 +2,7 @@
 //! largest (B, T) and reused by every step (no allocation inside a training step).
 
 use crate::config::{Arch, ModelConfig};
-use okapi_runtime::Backend;
+use okapi_runtime::{Backend, Extent};
 
 /// What one block saves. N = B·T rows.
 pub struct LayerActs<B: Backend> {
@@ -105,6 +105,17 @@ impl<B: Backend> Acts<B> {
             logits: be.zeros(if cfg.head == crate::config::Head::CausalLm { n * cfg.vocab_size } else { 0 }),
         }
     }
+
+    /// 4-byte elements held per row-sized buffer: every f32 buffer and the token ids and
+    /// positions (the per-sequence `q_pos0` / `kv_len` are not counted). The memory plan's
+    /// activation estimate is checked against this.
+    pub fn floats(&self) -> usize {
+        let layer = |l: &LayerActs<B>| {
+            [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h].iter().map(|b| b.extent()).sum::<usize>()
+        };
+        let trunk = [&self.emb, &self.emb_mean, &self.emb_rstd, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits].iter().map(|b| b.extent()).sum::<usize>();
+        trunk + self.x.iter().map(|b| b.extent()).sum::<usize>() + self.layers.iter().map(layer).sum::<usize>() + self.ids.extent() + self.positions.extent()
+    }
 }
 
 /// Backward scratch shared by all layers.
@@ -138,6 +149,11 @@ impl<B: Backend> Scratch<B> {
             da: be.zeros(n * f),
             db: be.zeros(n * f),
         }
+    }
+
+    /// f32 elements held.
+    pub fn floats(&self) -> usize {
+        [&self.dres, &self.dln, &self.datt, &self.dq, &self.dk, &self.dv, &self.dh, &self.da, &self.db].iter().map(|b| b.extent()).sum()
     }
 }
 

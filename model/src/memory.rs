@@ -25,16 +25,42 @@ pub fn weights_bytes(cfg: &ModelConfig) -> u64 {
     f32s(cfg.param_count())
 }
 
-/// The training forward's saved activations and the backward's scratch for `rows` = B·T rows.
-pub fn activation_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
+/// The training forward's saved activations for `rows` = B·T rows, without the logits
+/// ([`logits_bytes`]) and the backward's scratch ([`workspace_bytes`]).
+pub fn saved_activation_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
     let n = rows as u128;
-    let [c, f, v, l] = [cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.n_layers].map(|x| x as u128);
+    let [c, f, l] = [cfg.hidden_size, cfg.intermediate_size, cfg.n_layers].map(|x| x as u128);
     let (qw, kw, h) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128, cfg.n_heads as u128);
     let mlp = if cfg.arch == Arch::Llama { 3 * f } else { 2 * f };
-    let per_layer = 4 * c + 4 + 2 * qw + 2 * kw + h + mlp;
-    let trunk = (l + 1) * c + 3 * c + 2 + v;
-    let scratch = 2 * c + 2 * qw + 2 * kw + 3 * f;
-    f32s(n.saturating_mul(l * per_layer + trunk + scratch))
+    // ln1, x_mid, ln2 and their statistics, q, k, v, the attention output and its lse, the MLP
+    let per_layer = 3 * c + 4 + 2 * qw + 2 * kw + h + mlp;
+    // the residual stream, the final norm and its statistics, token ids and positions (u32),
+    // BLOOM's embedding before its norm
+    let emb = if cfg.arch == Arch::Bloom { c + 2 } else { 0 };
+    let trunk = (l + 1) * c + c + 2 + 2 + emb;
+    f32s(n.saturating_mul(l * per_layer + trunk))
+}
+
+/// The (B·T, V) logits a causal LM's training forward keeps (the loss kernels turn them into
+/// their gradient in place); a reward model has none.
+pub fn logits_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
+    if cfg.head != crate::config::Head::CausalLm {
+        return 0;
+    }
+    f32s((rows as u128).saturating_mul(cfg.vocab_size as u128))
+}
+
+/// The backward's scratch, shared by every layer, for `rows` rows.
+pub fn workspace_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
+    let (c, f) = (cfg.hidden_size as u128, cfg.intermediate_size as u128);
+    let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
+    f32s((rows as u128).saturating_mul(2 * c + 2 * qw + 2 * kw + 3 * f))
+}
+
+/// Everything a training forward and backward of `rows` rows allocate: saved activations,
+/// logits and the backward's scratch.
+pub fn activation_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
+    saved_activation_bytes(cfg, rows).saturating_add(logits_bytes(cfg, rows)).saturating_add(workspace_bytes(cfg, rows))
 }
 
 /// A KV cache for `batch` sequences of up to `cap` tokens, fed `t_max` tokens at a time.
@@ -47,15 +73,55 @@ pub fn kv_cache_bytes(cfg: &ModelConfig, batch: usize, cap: usize, t_max: usize)
     f32s(cache.saturating_add((batch as u128).saturating_mul(t_max as u128).saturating_mul(per_row)))
 }
 
+/// One part of a [`Need`]: what it is, its bytes, and the flags that would lower it ("" when
+/// the need's general hint is all there is).
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub label: String,
+    pub bytes: u64,
+    pub lower: &'static str,
+}
+
+impl Part {
+    /// The part's key in `plan`'s JSON: its label in snake case ("AdamW moments" → "adamw_moments").
+    pub fn key(&self) -> String {
+        let mut k = String::new();
+        for ch in self.label.chars() {
+            if ch.is_ascii_alphanumeric() {
+                k.push(ch.to_ascii_lowercase());
+            } else if !k.ends_with('_') && !k.is_empty() {
+                k.push('_');
+            }
+        }
+        k.trim_end_matches('_').to_string()
+    }
+}
+
 /// What some work will allocate, on the host and on the compute device, by part.
 #[derive(Clone, Debug, Default)]
 pub struct Need {
     /// what it is for ("loading tests/model", "training")
     pub what: String,
-    pub host: Vec<(String, u64)>,
-    pub device: Vec<(String, u64)>,
+    pub host: Vec<Part>,
+    pub device: Vec<Part>,
     /// what to change when it does not fit (flags to lower)
     pub hint: String,
+}
+
+/// Where a need is checked: the memory it has to fit in, and what that memory is.
+#[derive(Clone, Debug)]
+pub struct Fit {
+    /// "host memory" or "device memory"
+    pub side: &'static str,
+    pub parts: Vec<Part>,
+    /// the memory left there (`None`: unknown, not checked)
+    pub budget: Option<Budget>,
+}
+
+impl Fit {
+    pub fn total(&self) -> u64 {
+        self.parts.iter().fold(0u64, |a, p| a.saturating_add(p.bytes))
+    }
 }
 
 impl Need {
@@ -63,53 +129,95 @@ impl Need {
         Need { what: what.into(), hint: hint.into(), ..Need::default() }
     }
 
-    pub fn host(mut self, part: impl Into<String>, bytes: u64) -> Need {
-        self.host.push((part.into(), bytes));
+    pub fn host(mut self, label: impl Into<String>, bytes: u64) -> Need {
+        self.host.push(Part { label: label.into(), bytes, lower: "" });
         self
     }
 
-    pub fn device(mut self, part: impl Into<String>, bytes: u64) -> Need {
-        self.device.push((part.into(), bytes));
+    pub fn device(self, label: impl Into<String>, bytes: u64) -> Need {
+        self.device_lowered_by(label, bytes, "")
+    }
+
+    /// A device part and the flags that would lower it (named when it is the largest part of a
+    /// need that does not fit).
+    pub fn device_lowered_by(mut self, label: impl Into<String>, bytes: u64, lower: &'static str) -> Need {
+        self.device.push(Part { label: label.into(), bytes, lower });
         self
     }
 
-    fn total(parts: &[(String, u64)]) -> u64 {
-        parts.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b))
+    /// The sides this need is checked on with `be`: the device's memory (the host's for the CPU
+    /// backend, which adds both sides up) and the host's. A side whose free memory is unknown
+    /// has no budget.
+    pub fn fits<B: Backend>(&self, be: &B) -> Vec<Fit> {
+        let host = host_budget();
+        match be.device_memory() {
+            DeviceMemory::Host => vec![Fit { side: "host memory", parts: self.device.iter().chain(&self.host).cloned().collect(), budget: host }],
+            DeviceMemory::Free(device) => vec![Fit { side: "device memory", parts: self.device.clone(), budget: Some(device) }, Fit { side: "host memory", parts: self.host.clone(), budget: host }],
+            DeviceMemory::Unknown => vec![Fit { side: "device memory", parts: self.device.clone(), budget: None }, Fit { side: "host memory", parts: self.host.clone(), budget: host }],
+        }
     }
 
-    /// Refuses the work when it does not fit in the memory left: the device's (the host's for
-    /// the CPU backend, which adds both sides up) and the host's. A side whose free memory is
-    /// unknown is not checked.
+    /// Refuses the work when it does not fit in the memory left (see [`Need::fits`]), in one
+    /// line naming the largest part and what would lower it. After
+    /// [`okapi_runtime::memory::force_checks`] the refusal is a warning on stderr instead.
     pub fn check<B: Backend>(&self, be: &B) -> Result<()> {
         if let Some(msg) = okapi_runtime::memory::limit_error() {
             return Err(ModelError::Other(msg));
         }
-        let host = host_budget();
-        match be.device_memory() {
-            DeviceMemory::Host => {
-                let parts: Vec<(String, u64)> = self.device.iter().chain(&self.host).cloned().collect();
-                self.fits(&parts, host.as_ref(), "host memory")
+        match self.fits(be).iter().try_for_each(|fit| self.check_fit(fit)) {
+            Err(ModelError::OutOfMemory { what, detail }) if okapi_runtime::memory::checks_forced() => {
+                eprintln!("warning: not enough memory for {what}: {detail} — running anyway (--force)");
+                Ok(())
             }
-            DeviceMemory::Free(device) => {
-                self.fits(&self.device, Some(&device), "device memory")?;
-                self.fits(&self.host, host.as_ref(), "host memory")
-            }
-            DeviceMemory::Unknown => self.fits(&self.host, host.as_ref(), "host memory"),
+            r => r,
         }
     }
 
-    fn fits(&self, parts: &[(String, u64)], budget: Option<&Budget>, side: &str) -> Result<()> {
-        let need = Self::total(parts);
-        match budget {
-            Some(b) if need > b.bytes => {
-                let list: Vec<String> = parts.iter().filter(|(_, x)| *x > 0).map(|(p, x)| format!("{p} {}", human(*x))).collect();
-                Err(ModelError::OutOfMemory {
-                    what: self.what.clone(),
-                    detail: format!("needs about {} of {side} ({}), {} available ({}){}", human(need), list.join(", "), human(b.bytes), b.source, if self.hint.is_empty() { String::new() } else { format!("; {}", self.hint) }),
-                })
-            }
-            _ => Ok(()),
+    /// [`Need::check`]; with `force`, this and every later check in the process only warn.
+    pub fn check_or_force<B: Backend>(&self, be: &B, force: bool) -> Result<()> {
+        if force {
+            okapi_runtime::memory::force_checks();
         }
+        self.check(be)
+    }
+
+    fn check_fit(&self, fit: &Fit) -> Result<()> {
+        let need = fit.total();
+        let Some(b) = &fit.budget else { return Ok(()) };
+        if need <= b.bytes {
+            return Ok(());
+        }
+        let list: Vec<String> = fit.parts.iter().filter(|p| p.bytes > 0).map(|p| format!("{} {}", p.label, human(p.bytes))).collect();
+        let largest = fit.parts.iter().max_by_key(|p| p.bytes);
+        let advice = match largest {
+            Some(p) if !p.lower.is_empty() => format!("; the largest part is {} ({}): {}", p.label, human(p.bytes), p.lower),
+            Some(p) => format!("; the largest part is {} ({}){}", p.label, human(p.bytes), if self.hint.is_empty() { String::new() } else { format!(": {}", self.hint) }),
+            None => String::new(),
+        };
+        Err(ModelError::OutOfMemory {
+            what: self.what.clone(),
+            detail: format!("needs about {} of {} ({}), {} available ({}){advice}", human(need), fit.side, list.join(", "), human(b.bytes), b.source),
+        })
+    }
+
+    /// The need as a table for people: one line per part, then the total against the memory left.
+    pub fn table<B: Backend>(&self, be: &B) -> String {
+        let mut out = format!("memory plan for {}:\n", self.what);
+        for fit in self.fits(be) {
+            if fit.parts.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("  {}:\n", fit.side));
+            for p in fit.parts.iter().filter(|p| p.bytes > 0) {
+                out.push_str(&format!("    {:<34} {:>12}\n", p.label, human(p.bytes)));
+            }
+            let left = match &fit.budget {
+                Some(b) => format!("of {} available ({})", human(b.bytes), b.source),
+                None => "(free memory unknown: not checked)".to_string(),
+            };
+            out.push_str(&format!("    {:<34} {:>12} {left}\n", "total", human(fit.total())));
+        }
+        out
     }
 }
 
@@ -125,13 +233,24 @@ pub fn loading_need(cfg: &ModelConfig, largest_file: u64) -> Need {
 }
 
 /// Training a model of `cfg` whose `trainable` parameters learn, on batches of `rows` = B·T
-/// tokens: weights, gradients, AdamW's moments and activations.
+/// tokens: weights (trainable and frozen), gradients, AdamW's moments, saved activations,
+/// logits and the backward's workspace.
 pub fn training_need(cfg: &ModelConfig, trainable: u128, rows: usize) -> Need {
+    training_need_rows_by(cfg, trainable, rows, "lower --batch-size or --max-len")
+}
+
+/// [`training_need`] where `rows_flags` says what lowers the rows (`bench` has `--seq-len`).
+pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &'static str) -> Need {
+    let frozen = cfg.param_count().saturating_sub(trainable);
+    const LAYERS: &str = "train fewer layers (--unfrozen-layers)";
     Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")
-        .device("weights", weights_bytes(cfg))
-        .device("gradients", f32s(trainable))
-        .device("AdamW moments", f32s(trainable.saturating_mul(2)))
-        .device("activations", activation_bytes(cfg, rows))
+        .device_lowered_by("trainable weights (f32)", f32s(trainable), LAYERS)
+        .device_lowered_by("frozen weights (f32)", f32s(frozen), "use a smaller model")
+        .device_lowered_by("gradients", f32s(trainable), LAYERS)
+        .device_lowered_by("AdamW moments", f32s(trainable.saturating_mul(2)), LAYERS)
+        .device_lowered_by("activations", saved_activation_bytes(cfg, rows), rows_flags)
+        .device_lowered_by("logits", logits_bytes(cfg, rows), rows_flags)
+        .device_lowered_by("workspace", workspace_bytes(cfg, rows), rows_flags)
 }
 
 #[cfg(test)]
@@ -164,9 +283,32 @@ mod tests {
         std::env::set_var("OKAPI_MEMORY_LIMIT", "1G");
         let err = need.check(&CpuBackend).unwrap_err().to_string();
         std::env::remove_var("OKAPI_MEMORY_LIMIT");
-        assert!(err.starts_with("not enough memory for training: needs about ") && err.contains("GiB of host memory") && err.contains("weights 25.") && err.contains("1.0 GiB available (OKAPI_MEMORY_LIMIT=1G)") && err.contains("--batch-size"), "{err}");
+        assert!(err.starts_with("not enough memory for training: needs about ") && err.contains("GiB of host memory") && err.contains("trainable weights (f32) 25.") && err.contains("1.0 GiB available (OKAPI_MEMORY_LIMIT=1G)"), "{err}");
+        // the largest part, and what lowers it
+        assert!(err.ends_with("the largest part is AdamW moments (50.2 GiB): train fewer layers (--unfrozen-layers)"), "{err}");
         assert!(!err.contains('\n'));
         // a small need passes
         Need::new("x", "").host("a", 1).check(&CpuBackend).unwrap();
+    }
+
+    #[test]
+    fn the_parts_add_up_to_what_the_arenas_allocate() {
+        // Acts (its logits included) and Scratch, measured by their buffers on the CPU backend
+        for arch in [Arch::Llama, Arch::Bloom] {
+            let cfg = preset_config(arch, "tiny", Some(300), 64).unwrap();
+            let model = Model::init(CpuBackend, cfg.clone(), 0);
+            let (acts, scratch) = (model.new_acts(3, 7), model.new_scratch(3, 7));
+            let allocated = 4 * (acts.floats() + scratch.floats()) as u64;
+            assert_eq!(activation_bytes(&cfg, 21), allocated, "{arch:?}");
+            assert_eq!(logits_bytes(&cfg, 21), 4 * 21 * 300);
+        }
+    }
+
+    #[test]
+    fn part_keys_are_snake_case_labels() {
+        let key = |l: &str| Part { label: l.into(), bytes: 0, lower: "" }.key();
+        assert_eq!(key("AdamW moments"), "adamw_moments");
+        assert_eq!(key("trainable weights (f32)"), "trainable_weights_f32");
+        assert_eq!(key("KV cache"), "kv_cache");
     }
 }

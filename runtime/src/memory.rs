@@ -21,6 +21,19 @@ pub enum DeviceMemory {
     Unknown,
 }
 
+static FORCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on in this process, a memory check that fails only warns (`--force`): the user
+/// asked to run anyway, so the later checks (loading a model, a KV cache) must not refuse either.
+pub fn force_checks() {
+    FORCED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`force_checks`] was called.
+pub fn checks_forced() -> bool {
+    FORCED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// `OKAPI_MEMORY_LIMIT` parsed: `12000000000`, `512M`, `16G`, `1.5T` (powers of 1024).
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();

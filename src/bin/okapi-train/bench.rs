@@ -20,7 +20,7 @@
 //! the blocks (q, k, v, o, gate, up, down); elementwise work and the optimizer not counted.
 
 use okapi_model::{preset_config, Acts, Arch, Grads, Model, Rng, Scratch};
-use okapi_model::memory::{kv_cache_bytes, training_need, weights_bytes, Need};
+use okapi_model::memory::{kv_cache_bytes, training_need_rows_by, weights_bytes, Need};
 use okapi_rlhf::generate::argmax;
 use okapi_rlhf::{clip_coef, generate, lm_loss_and_grad, shift_labels, AdamWConfig, LossBufs, Optimizer, Sampling};
 use okapi_runtime::{Backend, BackendKind, IGNORE_INDEX};
@@ -180,7 +180,7 @@ fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mod
 /// activations, or the weights and the KV cache of generation.
 fn bench_memory(cfg: &okapi_model::ModelConfig, a: &BenchArgs, mode: Mode) -> Need {
     match mode {
-        Mode::Train => Need { hint: "lower --batch-size or --seq-len, or use a smaller --preset".into(), ..training_need(cfg, cfg.param_count(), a.batch_size.saturating_mul(a.seq_len)) },
+        Mode::Train => Need { hint: "lower --batch-size or --seq-len, or use a smaller --preset".into(), ..training_need_rows_by(cfg, cfg.param_count(), a.batch_size.saturating_mul(a.seq_len), "lower --batch-size or --seq-len") },
         Mode::Generate => Need::new("bench generate", "lower --batch-size, --seq-len or --new-tokens, or use a smaller --preset")
             .device("weights", weights_bytes(cfg))
             .device("KV cache", kv_cache_bytes(cfg, a.batch_size, a.seq_len.saturating_add(a.new_tokens), a.seq_len)),

@@ -1,6 +1,6 @@
 use okapi_data::tokenizer::{BOS_NAMES, EOS_NAMES, PAD_NAMES};
 use okapi_data::Tokenizer;
-use okapi_model::{preset_config, preset_names, Arch, DType, Model};
+use okapi_model::{preset_config, Arch, DType, Model};
 use okapi_rlhf::rundir::OutMode;
 use okapi_runtime::CpuBackend;
 use std::path::PathBuf;
@@ -41,7 +41,7 @@ pub fn run(a: InitArgs) -> Result<(), String> {
     }
     okapi_rlhf::rundir::claim(out, "--out", &[], OutMode::Overwrite).map_err(|e| e.to_string())?;
     let tok = Tokenizer::load(&a.tokenizer).map_err(|e| e.to_string())?;
-    let mut cfg = preset_config(arch, &a.preset, Some(tok.vocab_size()), a.max_positions).map_err(|e| format!("--preset: {e} ({})", preset_names()))?;
+    let mut cfg = preset_config(arch, &a.preset, Some(tok.vocab_size()), a.max_positions).map_err(|e| format!("--preset: {e}"))?;
     // special token ids from the tokenizer: EOS is needed (it ends every response); BOS and
     // padding when the tokenizer has them
     let (eos_name, eos) = tok.find_token(&EOS_NAMES).ok_or_else(|| format!("{}: no end-of-sequence token (looked for {}); okapi needs one to end responses (okapi-train tokenizer makes <unk> <s> </s> <pad>)", tok.path.display(), EOS_NAMES.join(" ")))?;

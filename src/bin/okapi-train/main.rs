@@ -51,6 +51,7 @@ mod init;
 mod loglik;
 mod outdir;
 mod pairs;
+mod plan;
 mod ppo;
 mod sft;
 mod signals;
@@ -91,6 +92,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Multilingual benchmarks (m_arc, m_hellaswag, m_mmlu, TruthfulQA mc) as lm-evaluation-harness scores them.
     Eval(eval::EvalArgs),
+    /// The memory a command will need, by part, against the device's free memory (table, then a JSON line).
+    Plan(plan::PlanArgs),
     /// Time a training step or generation on a randomly initialised preset model (JSON line on stdout).
     Bench(bench::BenchArgs),
 }
@@ -129,6 +132,7 @@ fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Generate(a) => generate::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Plan(a) => plan::run(a),
     }
 }
 

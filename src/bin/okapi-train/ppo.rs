@@ -5,6 +5,7 @@
 use super::outdir;
 use super::train_flags::{annotate_arg, parse_betas, Recipe};
 use okapi_data::{load_instructions, PromptTemplate, Tokenizer};
+use okapi_model::memory::Need;
 use okapi_model::{DType, Model, ModelConfig};
 use okapi_rlhf::ppo::{add_value_head, Critic, PpoIo};
 use okapi_rlhf::{run_ppo, AdamWConfig, PpoConfig, PpoModels, TrainError};
@@ -128,6 +129,9 @@ pub struct PpoArgs {
     /// Replace the run already in OUT (its files are removed once this run's inputs are read)
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Run even when the memory plan says the run does not fit (printed as a warning)
+    #[arg(long)]
+    pub force: bool,
     /// Write a few samples to samples.jsonl every N iterations
     #[arg(long)]
     pub samples_every: Option<u64>,
@@ -280,24 +284,39 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
 }
 
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
-/// critic from it), their activations over a chunk of rollouts, and the rollouts' KV cache.
-fn check_ppo_memory<B: Backend>(be: &B, policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize) -> Result<(), String> {
+/// separate critic from it, trained too), their activations over a chunk of rollouts, and the
+/// rollouts' KV cache.
+pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool) -> Result<Need, String> {
     use okapi_model::memory::{activation_bytes, kv_cache_bytes, training_need, weights_bytes};
+    const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
     let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
     // as the run sizes its buffers: a chunk or minibatch is at most an iteration's rollouts
     let chunk = cfg.chunk_size.min(cfg.rollouts);
     let rows = chunk.max(cfg.minibatch.min(cfg.rollouts)).saturating_mul(cap_t);
     let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?;
+    let chunk_rows = chunk.saturating_mul(cap_t);
     let mut need = training_need(policy, trainable, rows)
-        .device("reference model", weights_bytes(policy))
-        .device("reward model", weights_bytes(rm))
-        .device("reference and reward activations", activation_bytes(policy, chunk.saturating_mul(cap_t)).saturating_add(activation_bytes(rm, chunk.saturating_mul(cap_t))))
-        .device("rollout KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt))
-        // per rollout token: ids, log-probs (policy, reference), values, advantages, returns
-        .host("rollouts", (cfg.rollouts as u64).saturating_mul(cap_t as u64).saturating_mul(24));
+        .device_lowered_by("reference model", weights_bytes(policy), "")
+        .device_lowered_by("reward model", weights_bytes(rm), "")
+        .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
+        .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
+    if separate_critic {
+        let critic_trainable = rm.trainable_count(cfg.unfrozen_layers).map_err(err)?;
+        let critic = training_need(rm, critic_trainable, rows);
+        let bytes = critic.device.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
+        need = need.device_lowered_by("critic (weights, gradients, AdamW, activations)", bytes, "train fewer layers (--unfrozen-layers) or --critic shared");
+    }
+    // per rollout token: ids, log-probs (policy, reference), values, advantages, returns
+    need = need.host("rollouts", (cfg.rollouts as u64).saturating_mul(cap_t as u64).saturating_mul(24));
     need.what = "PPO".into();
     need.hint = "lower --rollouts, --chunk-size, --ppo-batch-size, --max-new-tokens or --max-prompt-len, or train fewer layers (--unfrozen-layers)".into();
-    need.check(be).map_err(err)
+    Ok(need)
+}
+
+fn check_ppo_memory<B: Backend>(be: &B, need: &Need, force: bool) -> Result<(), String> {
+    need.check_or_force(be, force).map_err(err)?;
+    eprint!("{}", need.table(be));
+    Ok(())
 }
 
 fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
@@ -316,7 +335,8 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
     let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
     okapi_rlhf::ppo::check_resume(&cfg, &policy_cfg, &prompts).map_err(err)?;
-    check_ppo_memory(&be, &policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1))?;
+    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate")?;
+    check_ppo_memory(&be, &need, a.force)?;
     let mut policy = Model::load(be.clone(), &a.policy).map_err(err)?;
     policy.lm_head().map_err(err)?;
     let reference = Model::load(be.clone(), &a.policy).map_err(err)?;

@@ -40,7 +40,7 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     eprintln!("sft: {}", data.summary);
     let longest = data.examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     // as the objective sizes its buffers: a batch holds at most every example
-    check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size.min(data.examples.len()).saturating_mul(longest))?;
+    check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size.min(data.examples.len()).saturating_mul(longest), a.train.force)?;
     let (train, val) = split_val(data.examples, cfg.val_fraction, cfg.seed);
     check_resume(&cfg, "sft", &model_cfg, okapi_rlhf::sft::data_fingerprint(&train, &val), train.len(), Default::default()).map_err(|e| e.to_string())?;
     let device = be.name();

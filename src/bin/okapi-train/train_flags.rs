@@ -135,6 +135,9 @@ pub struct TrainFlags {
     /// Replace the run already in OUT (its files are removed once this run's inputs are read)
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// Run even when the memory plan says the run does not fit (printed as a warning)
+    #[arg(long)]
+    pub force: bool,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -208,10 +211,14 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 }
 
 /// The memory check of a training run before its model is loaded: `rows` (B·T) is the largest
-/// batch of tokens it will see.
-pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize) -> Result<(), String> {
+/// batch of tokens it will see. A run that fits prints its memory plan; one that does not is
+/// refused in one line (run anyway with `force`).
+pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, force: bool) -> Result<(), String> {
     let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    okapi_model::memory::training_need(model, trainable, rows).check(be).map_err(|e| e.to_string())
+    let need = okapi_model::memory::training_need(model, trainable, rows);
+    need.check_or_force(be, force).map_err(|e| e.to_string())?;
+    eprint!("{}", need.table(be));
+    Ok(())
 }
 
 /// With `--resume`: the checks that need no model or data (a checkpoint of this command with

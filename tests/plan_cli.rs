@@ -1,0 +1,99 @@
+//! `okapi-train plan` and the memory plan every training command prints before it starts: the
+//! table and its JSON line, the parts adding up, the run's own plan, and `--force`.
+
+mod common;
+
+use common::{fixture, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn okapi(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_okapi-train"));
+    c.args(args).env_remove("OKAPI_MEMORY_LIMIT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn last_json(o: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(stdout.lines().last().expect("plan prints a JSON line last")).unwrap()
+}
+
+#[test]
+fn plan_prints_a_table_then_one_json_line_whose_parts_add_up() {
+    let model = fixture("llama_gqa");
+    let o = okapi(&["plan", "--command", "sft", "--model", model.to_str().unwrap(), "--batch-size", "2", "--max-len", "24"], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("memory plan for sft:\n  host memory:\n"), "{stdout}");
+    let j = last_json(&o);
+    let parts = ["trainable_weights_f32", "frozen_weights_f32", "gradients", "adamw_moments", "activations", "logits", "workspace"];
+    let sum: u64 = parts.iter().map(|k| j[k].as_u64().unwrap_or_else(|| panic!("no {k} in {j}"))).sum();
+    assert_eq!(j["total_bytes"].as_u64(), Some(sum), "{j}");
+    assert_eq!(j["fits"], Value::Bool(true));
+    assert!(j["device_bytes"].as_u64().unwrap() > 0);
+    // every parameter trains: gradients = weights, moments = 2 × weights; no frozen weights
+    assert_eq!(j["gradients"], j["trainable_weights_f32"]);
+    assert_eq!(j["adamw_moments"].as_u64(), j["gradients"].as_u64().map(|g| 2 * g));
+    assert_eq!(j["frozen_weights_f32"].as_u64(), Some(0));
+    // the logits are B·T·V f32 (vocabulary of the fixture from its config)
+    let vocab = common::json(&model.join("config.json"))["vocab_size"].as_u64().unwrap();
+    assert_eq!(j["logits"].as_u64(), Some(2 * 24 * vocab * 4));
+    // with the top layer only trainable, the rest moves to frozen weights
+    let o = okapi(&["plan", "--command", "reward", "--model", model.to_str().unwrap(), "--unfrozen-layers", "1"], &[]);
+    let r = last_json(&o);
+    assert!(r["frozen_weights_f32"].as_u64().unwrap() > 0 && r["logits"].as_u64() == Some(0), "a reward model has no logits: {r}");
+    assert_eq!(r["gradients"], r["trainable_weights_f32"]);
+}
+
+#[test]
+fn the_7b_ppo_plan_names_every_model_and_the_kv_cache() {
+    // does not fit this machine: the JSON line comes anyway, then the one-line refusal
+    let o = okapi(&["plan", "--command", "ppo", "--preset", "llama-7b", "--recipe", "okapi", "--critic", "separate"], &[("OKAPI_MEMORY_LIMIT", "64G")]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).starts_with("error: not enough memory for PPO"));
+    let j = last_json(&o);
+    assert_eq!(j["fits"], Value::Bool(false));
+    for k in ["reference_model", "reward_model", "reference_and_reward_activations", "kv_cache", "critic_weights_gradients_adamw_activations", "rollouts"] {
+        assert!(j[k].as_u64().is_some_and(|b| b > 0), "no {k}: {j}");
+    }
+    // Okapi's 5 unfrozen layers: most of the policy is frozen
+    assert!(j["frozen_weights_f32"].as_u64() > j["trainable_weights_f32"].as_u64(), "{j}");
+}
+
+fn sft_args(data: &str, tpl: &str, out: &str) -> Vec<String> {
+    let model = fixture("llama_gqa");
+    ["sft", "--model", model.to_str().unwrap(), "--data", data, "--template", tpl, "--out", out, "--max-steps", "1", "--max-len", "40"].iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_training_run_prints_its_plan_and_force_runs_past_a_refusal() {
+    let dir = Scratch::new("plan-sft");
+    let (data, tpl) = (dir.root.join("sft.jsonl"), dir.root.join("template.json"));
+    std::fs::write(&data, SHORT_SFT_RECORDS).unwrap();
+    std::fs::write(&tpl, SHORT_TEMPLATE).unwrap();
+    let (d, t) = (data.to_str().unwrap(), tpl.to_str().unwrap());
+    let out = dir.root.join("run");
+    let args = sft_args(d, t, out.to_str().unwrap());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = okapi(&argv, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("memory plan for training:\n  host memory:\n    trainable weights (f32)"), "{stderr}");
+    // too little memory: refused in one line …
+    let out2 = dir.root.join("run2");
+    let args = sft_args(d, t, out2.to_str().unwrap());
+    let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = okapi(&argv, &[("OKAPI_MEMORY_LIMIT", "64K")]);
+    assert!(!o.status.success());
+    assert!(!out2.join("model.safetensors").exists());
+    // … and run anyway with --force, every later check (loading the model) warning too
+    argv.push("--force");
+    let o = okapi(&argv, &[("OKAPI_MEMORY_LIMIT", "64K")]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: not enough memory for training") && stderr.contains("running anyway (--force)"), "{stderr}");
+    assert!(stderr.contains("warning: not enough memory for loading"), "{stderr}");
+    assert!(out2.join("model.safetensors").exists() || out2.join("model.safetensors.index.json").exists());
+}
