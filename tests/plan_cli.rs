@@ -29,7 +29,7 @@ fn plan_prints_a_table_then_one_json_line_whose_parts_add_up() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.starts_with("memory plan for sft:\n  host memory:\n"), "{stdout}");
     let j = last_json(&o);
-    let parts = ["trainable_weights_f32", "frozen_weights_f32", "gradients", "adamw_moments", "activations", "logits", "workspace"];
+    let parts = ["trainable_weights_f32", "frozen_weights_f32", "gradients", "adamw_moments", "activations", "logits", "workspace", "saving_tensor_copies_encoded_file"];
     let sum: u64 = parts.iter().map(|k| j[k].as_u64().unwrap_or_else(|| panic!("no {k} in {j}"))).sum();
     assert_eq!(j["total_bytes"].as_u64(), Some(sum), "{j}");
     assert_eq!(j["fits"], Value::Bool(true));

@@ -188,7 +188,8 @@ impl Need {
             return Ok(());
         }
         let list: Vec<String> = fit.parts.iter().filter(|p| p.bytes > 0).map(|p| format!("{} {}", p.label, human(p.bytes))).collect();
-        let largest = fit.parts.iter().max_by_key(|p| p.bytes);
+        // the first of equal parts: the ones listed first are what a user controls more directly
+        let largest = fit.parts.iter().rev().max_by_key(|p| p.bytes);
         let advice = match largest {
             Some(p) if !p.lower.is_empty() => format!("; the largest part is {} ({}): {}", p.label, human(p.bytes), p.lower),
             Some(p) => format!("; the largest part is {} ({}){}", p.label, human(p.bytes), if self.hint.is_empty() { String::new() } else { format!(": {}", self.hint) }),
@@ -251,6 +252,8 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
         .device_lowered_by("activations", saved_activation_bytes(cfg, rows), rows_flags)
         .device_lowered_by("logits", logits_bytes(cfg, rows), rows_flags)
         .device_lowered_by("workspace", workspace_bytes(cfg, rows), rows_flags)
+        // saving the model (and checkpoints): every tensor read back as f32, then encoded
+        .host("saving (tensor copies, encoded file)", weights_bytes(cfg).saturating_mul(2))
 }
 
 #[cfg(test)]
