@@ -26,15 +26,18 @@
 #      at most 8 files).
 #
 # Time on an H100, estimated (nothing has run on a GPU yet; the table's "parts:" line gives the
-# real seconds): setup 5 s, cuda_compile 20, cuda ops conformance 90, cuda_conformance (models,
-# SFT) 30, wgpu conformance 30, wgpu model + commands 60, gpu_peer.py 60, okapi bench train 4 runs
-# 60 (gpt2-124m-llama B16 T1024 bf16 2+8 steps, f32 1+4; llama-1b B4 T1024 the same), bench
-# generate 10, kernels cuda f32 20 (every op at gpt2-124m-llama B4 T256, 10 repetitions a row),
-# cuda bf16 15 (square 4096/8192, attention), wgpu 25, table 1: about 425 s, 7 min. A deadline
+# real seconds, to correct this next time): setup 5 s; cuda_compile 15 (9–15 s here); cuda ops
+# conformance 60 (50 tests, the NVRTC disk cache after the first compile of each module);
+# cuda_conformance (models, SFT vs CPU) 30; wgpu conformance 25 and wgpu model + commands 60 (52 s
+# and 108 s here on lavapipe, 2 cores); gpu_peer.py 60 (about 40 s of GPU work, imports and
+# model builds); okapi bench train 70 (4 runs: gpt2-124m-llama B16 T1024 bf16 2+8 steps, f32 1+4;
+# llama-1b B4 T1024 the same; each ~5–10 s of set-up); bench generate 10; kernels cuda f32 20
+# (every op at gpt2-124m-llama B4 T256, 10 repetitions a row), cuda bf16 15 (square 4096 and
+# 8192, attention), wgpu 25; the table 1 — about 400 s, under 7 min. A deadline
 # (OKAPI_DEVICE_DEADLINE, default 455 s from the start) bounds it whatever the estimate's error:
 # every part runs under `timeout`, cut at its own cap and at the deadline, and a part that would
-# start within 15 s of it is skipped; what was cut or skipped shows as such in the table. So the
-# whole run, table included, ends before 8 minutes.
+# start within 15 s of it is skipped; what was cut or skipped shows as such in the table (checked
+# here with a 30 s deadline). So the whole run, table included, ends before 8 minutes.
 #
 # NVRTC: the device's own (driver 580 / CUDA 13.0: libnvrtc.so.13 on the default search path or
 # under a pip site-packages, e.g. PyTorch's); OKAPI_NVRTC_LIB=/path/libnvrtc.so.13 overrides.
@@ -108,7 +111,7 @@ run() {
   if [ "$built_at" != "$ROOT" ] && [ ! -e "$built_at" ]; then
     mkdir -p "$(dirname "$built_at")" && ln -s "$ROOT" "$built_at" || echo "!! cannot link $built_at -> $ROOT: fixture paths will fail"
   fi
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$work/gpu.txt"
+  { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU: nvidia-smi failed or is missing"; } | tee "$work/gpu.txt"
   # NVRTC: when none is named or on the loader's path, the one of python3's site-packages (PyTorch's)
   if [ -z "${OKAPI_NVRTC_LIB:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.1'; then
     local lib

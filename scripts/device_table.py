@@ -212,6 +212,23 @@ def suite_counts(text):
     return p, f, i, n
 
 
+def test_outcomes(text):
+    """{test name: "ok" | "FAILED" | "ignored"} from libtest's lines, where a test's own stderr
+    (the suites' loud "cuda: running on ..." lines, not captured) can come between "test NAME ..."
+    and its outcome; and the test that had started without an outcome (a run that was cut)."""
+    out, pending = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^test (\S+) \.\.\. ?(.*)$", line)
+        if m:
+            pending, rest = m[1], m[2].strip()
+        else:
+            rest = line.strip()
+        word = rest.split(",")[0]
+        if pending and word in ("ok", "FAILED", "ignored"):
+            out[pending], pending = word, None
+    return out, pending
+
+
 def status_of(path):
     out = {}
     for line in (read(path) or "").splitlines():
@@ -270,6 +287,7 @@ def render(d, sft_cases):
             srows.append((what, rc, "missing", "missing", "missing", "missing (no log)"))
             continue
         p, f, i, n = suite_counts(text)
+        outcomes, pending = test_outcomes(text)
         if rc == "skipped":
             verdict = "SKIPPED (deadline)"
         elif rc in ("124", "137"):
@@ -280,9 +298,14 @@ def render(d, sft_cases):
             verdict = "PASS"
         else:
             verdict = "FAIL"
+        if n == 0 and pending:
+            verdict += f", cut during {pending}"
+        if n == 0 and outcomes:
+            ok = sum(o == "ok" for o in outcomes.values())
+            verdict += f"; before: {ok} ok, {sum(o == 'FAILED' for o in outcomes.values())} failed"
         for label, prefix in stamps:
-            ok = len(re.findall(rf"^test {re.escape(prefix)}\S+ \.\.\. ok$", text, re.M))
-            bad = len(re.findall(rf"^test {re.escape(prefix)}\S+ \.\.\. FAILED$", text, re.M))
+            ok = sum(o == "ok" for t, o in outcomes.items() if t.startswith(prefix))
+            bad = sum(o == "FAILED" for t, o in outcomes.items() if t.startswith(prefix))
             verdict += f"; {label}: {ok} ok, {bad} failed"
         srows.append((what, rc, p if n else "—", f if n else "—", i if n else "—", verdict))
     out.append(table(srows, ("suite", "exit", "passed", "failed", "ignored", "result")))

@@ -78,11 +78,14 @@ def fake_run(d):
     ]) + "\n")
     write(d, "cuda_compile.log", "running 2 tests\ntest a ... ok\ntest b ... ok\n\ntest result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 3.1s\n")
     write(d, "cuda_ops.log", "\n".join([
-        "test cuda::matmul ... ok", "test cuda::softmax ... ok", "test cuda_bf16::matmul ... FAILED", "test cuda_bf16::softmax ... ok",
+        # the suites' own stderr line comes between a test's name and its outcome
+        "test cuda::matmul ... cuda: running on cuda:0 NVIDIA H100 80GB HBM3 (sm_90a, f32)", "ok",
+        "test cuda::softmax ... ok", "test cuda_bf16::matmul ... cuda: running on cuda:0 NVIDIA H100 80GB HBM3 (sm_90a, bf16)", "FAILED",
+        "test cuda_bf16::softmax ... ok",
         "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 75 filtered out; finished in 40.0s",
     ]) + "\n")
-    write(d, "cuda_conformance.log", "running 4 tests\nthread 'main' panicked at ...\n")
-    write(d, "status.txt", "compile 0 12\nops 101 40\nconformance 101 3\nwgpu skipped 0\npeer 0 61\n")
+    write(d, "cuda_conformance.log", "running 4 tests\ntest model_a ... cuda: running on cuda:0 H100\nok\ntest sft_b ... cuda: running on cuda:0 H100\n")
+    write(d, "status.txt", "compile 0 12\nops 101 40\nconformance 124 90\nwgpu skipped 0\npeer 0 61\n")
 
 
 class DeviceTable(unittest.TestCase):
@@ -127,10 +130,10 @@ class DeviceTable(unittest.TestCase):
         # suites
         self.assertEqual(self.row(t, "NVRTC compile")[1:], ["0", "2", "0", "0", "PASS"])
         self.assertEqual(self.row(t, "cuda ops conformance")[1:], ["101", "3", "1", "0", "FAIL; f32: 2 ok, 0 failed; bf16: 1 ok, 1 failed"])
-        self.assertEqual(self.row(t, "cuda_conformance")[1:], ["101", "—", "—", "—", "no test result (exit 101)"])
+        self.assertEqual(self.row(t, "cuda_conformance")[1:], ["124", "—", "—", "—", "TIMED OUT, cut during sft_b; before: 1 ok, 0 failed"])
         self.assertEqual(self.row(t, "wgpu conformance")[1:], ["skipped", "missing", "missing", "missing", "missing (no log)"])
         self.assertEqual(self.row(t, "wgpu model")[1:], ["missing", "missing", "missing", "missing", "missing (no log)"])
-        self.assertIn("parts: compile 12s, ops 40s (exit 101), conformance 3s (exit 101), wgpu skipped, peer 61s", t)
+        self.assertIn("parts: compile 12s, ops 40s (exit 101), conformance 90s (exit 124), wgpu skipped, peer 61s", t)
         self.assertIn("NVIDIA H100 80GB HBM3, 580.159.04", t.splitlines()[0])
 
     def test_an_empty_directory_renders_every_row_as_missing(self):
