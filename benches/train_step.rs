@@ -207,7 +207,7 @@ fn run_case(preset: &str, b: usize, t: usize, steps: usize, ceiling: f64, breakd
         // weight 1/targets: the token-level mean, as transformers' loss
         let (loss_sum, count) = lm_loss_and_grad(&model, &mut acts, &mut bufs, &targets, 1.0 / n_targets as f32);
         let t3 = Instant::now();
-        model.backward(&acts, &mut scratch, &mut grads);
+        model.backward(&mut acts, &mut scratch, &mut grads);
         let t4 = Instant::now();
         if i == 0 {
             assert_eq!(count, n_targets);

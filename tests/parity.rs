@@ -49,7 +49,7 @@ fn check_loss_and_grads(name: &str) {
     let rel = (loss - want).abs() / want.abs();
     println!("{name}: loss {loss:.7} vs {want:.7} (relative error {rel:.1e}, {count} targets)");
     assert!(rel <= 1e-5, "{name}: loss {loss} vs transformers {want}: relative error {rel:.2e} > 1e-5");
-    model.backward(&acts, &mut scratch, &mut grads);
+    model.backward(&mut acts, &mut scratch, &mut grads);
     let named = okapi::model::model::to_hf(&model.hf, &|i| grads.bufs[i].clone().unwrap());
     let mut worst = (0f64, String::new());
     for (hf_name, shape, g) in &named {

@@ -34,6 +34,14 @@ fn plan_prints_a_table_then_one_json_line_whose_parts_add_up() {
     assert_eq!(j["total_bytes"].as_u64(), Some(sum), "{j}");
     assert_eq!(j["fits"], Value::Bool(true));
     assert!(j["device_bytes"].as_u64().unwrap() > 0);
+    // the other choice of --grad-checkpointing is shown, not counted
+    let with = j["activations_with_checkpointing"].as_u64().unwrap();
+    assert!(with > 0 && with < j["activations"].as_u64().unwrap(), "{j}");
+    let o = okapi(&["plan", "--command", "sft", "--model", model.to_str().unwrap(), "--batch-size", "2", "--max-len", "24", "--grad-checkpointing"], &[]);
+    let c = last_json(&o);
+    assert_eq!(c["activations_checkpointed"].as_u64(), Some(with));
+    assert_eq!(c["activations_without_checkpointing"], j["activations"]);
+    assert_eq!(c["total_bytes"].as_u64().unwrap() + j["activations"].as_u64().unwrap(), j["total_bytes"].as_u64().unwrap() + with);
     // every parameter trains: gradients = weights, moments = 2 × weights; no frozen weights
     assert_eq!(j["gradients"], j["trainable_weights_f32"]);
     assert_eq!(j["adamw_moments"].as_u64(), j["gradients"].as_u64().map(|g| 2 * g));

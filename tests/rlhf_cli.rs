@@ -257,3 +257,39 @@ fn ppo_stops_on_sigint_with_a_checkpoint_and_resumes_exactly() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--grad-checkpointing` in PPO (policy with a shared value head, and a separate critic): the
+/// same saved policy, value head and critic, bit for bit, and the same metrics but the timings.
+#[test]
+fn ppo_with_grad_checkpointing_is_bit_identical() {
+    let dir = tmp("ppo-ckpt");
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
+    for critic in ["shared", "separate"] {
+        let outs: Vec<PathBuf> = ["plain", "ckpt"].iter().map(|m| dir.join(format!("{critic}-{m}"))).collect();
+        for (out, extra) in outs.iter().zip([&[][..], &["--grad-checkpointing"][..]]) {
+            let mut a = vec!["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", critic, "--save-dtype", "f32"];
+            a.extend(extra);
+            let o = run(&a);
+            assert!(o.status.success(), "{}", err(&o));
+        }
+        let files = ["model.safetensors", "value_head.safetensors", "critic/model.safetensors", "critic/value_head.safetensors"];
+        let mut compared = 0;
+        for f in files {
+            let (a, b) = (outs[0].join(f), outs[1].join(f));
+            if a.exists() {
+                assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "{critic}: {f} differs with --grad-checkpointing");
+                compared += 1;
+            }
+        }
+        assert!(compared >= 2, "{critic}: only {compared} files compared");
+        let strip = |o: &PathBuf| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(o.join("metrics.jsonl")).unwrap().lines().map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().retain(|k, _| !k.contains("time") && !k.ends_with("_s") && !k.contains("per_s"));
+                v
+            }).collect()
+        };
+        assert_eq!(strip(&outs[0]), strip(&outs[1]), "{critic}: metrics");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

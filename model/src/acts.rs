@@ -77,13 +77,20 @@ pub struct Acts<B: Backend> {
     pub lnf_rstd: B::Buf,
     /// (N,V) logits; the loss kernels overwrite them with their gradient in place
     pub logits: B::Buf,
+    /// Activation checkpointing: `layers` holds one block's activations, shared by every block
+    /// (the backward recomputes each block from its input `x[l]`).
+    pub checkpointed: bool,
+    /// With checkpointing, the block whose activations `layers[0]` holds now.
+    pub resident: Option<usize>,
 }
 
 impl<B: Backend> Acts<B> {
-    pub fn new(be: &B, cfg: &ModelConfig, cap_b: usize, cap_t: usize) -> Self {
+    /// Arenas for batches up to (cap_b, cap_t); `checkpointed`: one block's activations only.
+    pub fn new(be: &B, cfg: &ModelConfig, cap_b: usize, cap_t: usize, checkpointed: bool) -> Self {
         let n = cap_b * cap_t;
         let c = cfg.hidden_size;
         let bloom = cfg.arch == Arch::Bloom;
+        let kept_layers = if checkpointed { cfg.n_layers.min(1) } else { cfg.n_layers };
         Acts {
             cap_b,
             cap_t,
@@ -97,12 +104,23 @@ impl<B: Backend> Acts<B> {
             emb_mean: be.zeros(if bloom { n } else { 0 }),
             emb_rstd: be.zeros(if bloom { n } else { 0 }),
             x: (0..=cfg.n_layers).map(|_| be.zeros(n * c)).collect(),
-            layers: (0..cfg.n_layers).map(|_| LayerActs::new(be, cfg, n)).collect(),
+            layers: (0..kept_layers).map(|_| LayerActs::new(be, cfg, n)).collect(),
             lnf: be.zeros(n * c),
             lnf_mean: be.zeros(n),
             lnf_rstd: be.zeros(n),
             // a reward model has no LM head, hence no logits
             logits: be.zeros(if cfg.head == crate::config::Head::CausalLm { n * cfg.vocab_size } else { 0 }),
+            checkpointed,
+            resident: None,
+        }
+    }
+
+    /// Where block `l`'s activations live: its own arena, or the shared one when checkpointed.
+    pub fn layer_slot(&self, l: usize) -> usize {
+        if self.checkpointed {
+            0
+        } else {
+            l
         }
     }
 

@@ -38,8 +38,10 @@ pub(crate) struct NormSaved<'a, B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
+    /// Activation arenas for batches up to (cap_b, cap_t), checkpointed when
+    /// [`Model::grad_checkpointing`](crate::Model::grad_checkpointing) is on.
     pub fn new_acts(&self, cap_b: usize, cap_t: usize) -> Acts<B> {
-        Acts::new(&self.be, &self.cfg, cap_b, cap_t)
+        Acts::new(&self.be, &self.cfg, cap_b, cap_t, self.grad_checkpointing)
     }
 
     pub fn new_scratch(&self, cap_b: usize, cap_t: usize) -> Scratch<B> {
@@ -259,12 +261,14 @@ impl<B: Backend> Model<B> {
         be.write_ids(&mut acts.q_pos0, &vec![0; b]);
         be.write_ids(&mut acts.kv_len, &vec![t as u32; b]);
         self.embed_fwd(acts, n);
+        let slots: Vec<usize> = (0..self.cfg.n_layers).map(|l| acts.layer_slot(l)).collect();
         let Acts { x, layers, positions, q_pos0, kv_len, .. } = acts;
         let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
         for (l, blk) in self.blocks.iter().enumerate() {
             let (lo, hi) = x.split_at_mut(l + 1);
-            self.block_fwd(blk, &mut layers[l], &lo[l], &mut hi[0], &ctx, None);
+            self.block_fwd(blk, &mut layers[slots[l]], &lo[l], &mut hi[0], &ctx, None);
         }
+        acts.resident = self.cfg.n_layers.checked_sub(1);
         let last = self.cfg.n_layers;
         self.norm_fwd(&self.ln_f, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.x[last], n);
         Ok(())
@@ -291,8 +295,24 @@ impl<B: Backend> Model<B> {
         self.linear_bwd(Out::Set(&mut s.dln), &acts.logits, &acts.lnf, &head, acts.b * acts.t, grads);
     }
 
+    /// With checkpointing: block `l`'s activations recomputed from its saved input `x[l]` into
+    /// the shared arena (the same kernels on the same inputs: bit-identical to the forward's).
+    fn recompute_block(&self, acts: &mut Acts<B>, l: usize) {
+        if !acts.checkpointed || acts.resident == Some(l) {
+            return;
+        }
+        let (b, t) = (acts.b, acts.t);
+        let Acts { x, layers, positions, q_pos0, kv_len, .. } = acts;
+        let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
+        // x[l + 1] is rewritten with the values it already holds (only block l + 1 read it)
+        let (lo, hi) = x.split_at_mut(l + 1);
+        self.block_fwd(&self.blocks[l], &mut layers[0], &lo[l], &mut hi[0], &ctx, None);
+        acts.resident = Some(l);
+    }
+
     /// Backward of the trunk from `s.dln` = ∂L/∂lnf: every trunk parameter's gradient (+=).
-    pub fn backward_hidden(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+    /// `acts` is mutable for checkpointing's recomputation only.
+    pub fn backward_hidden(&self, acts: &mut Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
         let be = &self.be;
         let (b, t) = (acts.b, acts.t);
         let n = b * t;
@@ -300,7 +320,6 @@ impl<B: Backend> Model<B> {
         be.fill(&mut s.dres, 0.0, n * c);
         let last = self.cfg.n_layers;
         self.norm_bwd(&self.ln_f, &mut s.dres, &s.dln, NormSaved { x: &acts.x[last], mean: &acts.lnf_mean, rstd: &acts.lnf_rstd }, n, grads);
-        let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t };
         // Frozen bottom blocks (--unfrozen-layers) need no backward at all once nothing below
         // them trains: stop at the lowest block with a trainable parameter.
         let Some(lowest) = self.lowest_trainable_block(grads) else { return };
@@ -308,7 +327,9 @@ impl<B: Backend> Model<B> {
             if l < lowest {
                 return;
             }
-            self.block_bwd(blk, &acts.layers[l], &acts.x[l], s, &ctx, grads);
+            self.recompute_block(acts, l);
+            let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t };
+            self.block_bwd(blk, &acts.layers[acts.layer_slot(l)], &acts.x[l], s, &ctx, grads);
         }
         match &self.emb_ln {
             None => {
@@ -331,7 +352,7 @@ impl<B: Backend> Model<B> {
 
     /// Backward of the last `forward`, from `acts.logits` holding ∂L/∂logits (as the loss
     /// kernels leave it). Parameter gradients accumulate into `grads`.
-    pub fn backward(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+    pub fn backward(&self, acts: &mut Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
         self.lm_head_bwd(acts, s, grads);
         self.backward_hidden(acts, s, grads);
     }

@@ -28,6 +28,11 @@ pub fn weights_bytes(cfg: &ModelConfig) -> u64 {
 /// The training forward's saved activations for `rows` = B·T rows, without the logits
 /// ([`logits_bytes`]) and the backward's scratch ([`workspace_bytes`]).
 pub fn saved_activation_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
+    saved_activation_bytes_with(cfg, rows, false)
+}
+
+/// [`saved_activation_bytes`]; `checkpointed`: the block inputs and one block's activations.
+pub fn saved_activation_bytes_with(cfg: &ModelConfig, rows: usize, checkpointed: bool) -> u64 {
     let n = rows as u128;
     let [c, f, l] = [cfg.hidden_size, cfg.intermediate_size, cfg.n_layers].map(|x| x as u128);
     let (qw, kw, h) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128, cfg.n_heads as u128);
@@ -38,7 +43,8 @@ pub fn saved_activation_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
     // BLOOM's embedding before its norm
     let emb = if cfg.arch == Arch::Bloom { c + 2 } else { 0 };
     let trunk = (l + 1) * c + c + 2 + 2 + emb;
-    f32s(n.saturating_mul(l * per_layer + trunk))
+    let kept = if checkpointed { l.min(1) } else { l };
+    f32s(n.saturating_mul(kept * per_layer + trunk))
 }
 
 /// The (B·T, V) logits a causal LM's training forward keeps (the loss kernels turn them into
@@ -106,6 +112,8 @@ pub struct Need {
     pub device: Vec<Part>,
     /// what to change when it does not fit (flags to lower)
     pub hint: String,
+    /// sizes shown beside the parts but not counted (the other choice of a setting)
+    pub info: Vec<Part>,
 }
 
 /// Where a need is checked: the memory it has to fit in, and what that memory is.
@@ -218,6 +226,9 @@ impl Need {
             };
             out.push_str(&format!("    {:<34} {:>12} {left}\n", "total", human(fit.total())));
         }
+        for p in &self.info {
+            out.push_str(&format!("  (not counted) {:<34} {:>12}\n", p.label, human(p.bytes)));
+        }
         out
     }
 }
@@ -237,11 +248,22 @@ pub fn loading_need(cfg: &ModelConfig, largest_file: u64) -> Need {
 /// tokens: weights (trainable and frozen), gradients, AdamW's moments, saved activations,
 /// logits and the backward's workspace.
 pub fn training_need(cfg: &ModelConfig, trainable: u128, rows: usize) -> Need {
-    training_need_rows_by(cfg, trainable, rows, "lower --batch-size or --max-len")
+    training_need_rows_by(cfg, trainable, rows, "lower --batch-size or --max-len", false)
 }
 
-/// [`training_need`] where `rows_flags` says what lowers the rows (`bench` has `--seq-len`).
-pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &'static str) -> Need {
+/// [`training_need`] of a training command, with `--grad-checkpointing` on or off (off: the
+/// flag is named as what lowers the activations).
+pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, checkpointed: bool) -> Need {
+    let rows_flags = if checkpointed { "lower --batch-size or --max-len" } else { "use --grad-checkpointing, or lower --batch-size or --max-len" };
+    let mut need = training_need_rows_by(cfg, trainable, rows, rows_flags, checkpointed);
+    let other = if checkpointed { "activations without checkpointing" } else { "activations with checkpointing" };
+    need.info.push(Part { label: other.into(), bytes: saved_activation_bytes_with(cfg, rows, !checkpointed), lower: "" });
+    need
+}
+
+/// [`training_need`] where `rows_flags` says what lowers the rows (`bench` has `--seq-len`), and
+/// with activation checkpointing or not.
+pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &'static str, checkpointed: bool) -> Need {
     let frozen = cfg.param_count().saturating_sub(trainable);
     const LAYERS: &str = "train fewer layers (--unfrozen-layers)";
     Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")
@@ -249,7 +271,7 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
         .device_lowered_by("frozen weights (f32)", f32s(frozen), "use a smaller model")
         .device_lowered_by("gradients", f32s(trainable), LAYERS)
         .device_lowered_by("AdamW moments", f32s(trainable.saturating_mul(2)), LAYERS)
-        .device_lowered_by("activations", saved_activation_bytes(cfg, rows), rows_flags)
+        .device_lowered_by(if checkpointed { "activations (checkpointed)" } else { "activations" }, saved_activation_bytes_with(cfg, rows, checkpointed), rows_flags)
         .device_lowered_by("logits", logits_bytes(cfg, rows), rows_flags)
         .device_lowered_by("workspace", workspace_bytes(cfg, rows), rows_flags)
         // saving the model (and checkpoints): every tensor read back as f32, then encoded
@@ -303,6 +325,12 @@ mod tests {
             let (acts, scratch) = (model.new_acts(3, 7), model.new_scratch(3, 7));
             let allocated = 4 * (acts.floats() + scratch.floats()) as u64;
             assert_eq!(activation_bytes(&cfg, 21), allocated, "{arch:?}");
+            let mut ckpt = Model::init(CpuBackend, cfg.clone(), 0);
+            ckpt.grad_checkpointing = true;
+            let acts = ckpt.new_acts(3, 7);
+            let want = saved_activation_bytes_with(&cfg, 21, true) + logits_bytes(&cfg, 21) + workspace_bytes(&cfg, 21);
+            assert_eq!(want, 4 * (acts.floats() + scratch.floats()) as u64, "{arch:?} checkpointed");
+            assert!(saved_activation_bytes_with(&cfg, 21, true) < saved_activation_bytes(&cfg, 21));
             assert_eq!(logits_bytes(&cfg, 21), 4 * 21 * 300);
         }
     }

@@ -102,6 +102,10 @@ pub struct Model<B: Backend> {
     pub hf: Vec<HfEntry>,
     pub(crate) rope_inv_freq: Option<B::Buf>,
     pub(crate) alibi: Option<B::Buf>,
+    /// Activation checkpointing (`--grad-checkpointing`): activation arenas made from here on
+    /// keep only the block inputs and one block's activations; the backward recomputes each
+    /// block's forward before its backward (bit-identical gradients, one more forward of cost).
+    pub grad_checkpointing: bool,
 }
 
 /// Builds the parameter table and the HF name map for a config (no values yet).
@@ -355,7 +359,7 @@ impl<B: Backend> Model<B> {
         let rope_inv_freq = (cfg.arch == Arch::Llama).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi }
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification

@@ -131,7 +131,7 @@ impl<B: Backend> DpoObjective<B> {
             let be = &model.be;
             be.write(self.seq.loss.coef_mut(), &coef);
             self.seq.loss.xent_in_place(model, &mut self.acts, &self.targets, b * t);
-            model.backward(&self.acts, &mut self.scratch, grads);
+            model.backward(&mut self.acts, &mut self.scratch, grads);
         }
         Ok(gb.batch.ids.iter().filter(|&&x| x != self.pad).count())
     }

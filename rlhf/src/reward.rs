@@ -93,7 +93,7 @@ impl<B: Backend> RewardBufs<B> {
         }
         if let Some(grads) = grads {
             model.score_bwd(&self.acts, &mut self.scratch, &mut self.sb, grads, &dr)?;
-            model.backward_hidden(&self.acts, &mut self.scratch, grads);
+            model.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         }
         Ok((gb.batch.ids.iter().filter(|&&x| x != self.pad).count(), r))
     }

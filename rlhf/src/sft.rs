@@ -124,7 +124,7 @@ impl<B: Backend> Objective<B> for SftObjective<B> {
             model.forward(&mut self.acts, &batch.ids, batch.b, batch.t)?;
             let targets = shift_labels(&batch.labels, batch.b, batch.t);
             loss_sum += lm_loss_and_grad(model, &mut self.acts, &mut self.loss, &targets, weight).0;
-            model.backward(&self.acts, &mut self.scratch, grads);
+            model.backward(&mut self.acts, &mut self.scratch, grads);
         }
         let mut extra = Map::new();
         extra.insert("targets".into(), n_targets.into());

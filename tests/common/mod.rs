@@ -200,12 +200,20 @@ pub struct ModelRun {
 
 /// Forward, next-token loss (some targets ignored) and backward of a fixture model on `be`.
 pub fn model_run<B: okapi::runtime::Backend>(be: B, name: &str, b: usize, t: usize) -> ModelRun {
-    let model = okapi::model::Model::load(be, &fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    model_run_with(be, name, b, t, false, None)
+}
+
+/// [`model_run`] with activation checkpointing on or off, and only the top `unfrozen` blocks
+/// (and the head) trainable when given; frozen parameters report an empty gradient.
+pub fn model_run_with<B: okapi::runtime::Backend>(be: B, name: &str, b: usize, t: usize, checkpointing: bool, unfrozen: Option<usize>) -> ModelRun {
+    let mut model = okapi::model::Model::load(be, &fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    model.grad_checkpointing = checkpointing;
+    let mask = model.trainable_mask(unfrozen).unwrap();
     let v = model.cfg.vocab_size;
     let mut rng = okapi::model::Rng::new(7);
     let ids: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % v as u64) as u32).collect();
     let (mut acts, mut scratch) = (model.new_acts(b, t), model.new_scratch(b, t));
-    let mut grads = model.new_grads(|_| true);
+    let mut grads = model.new_grads(|i| mask[i]);
     let mut bufs = okapi::rlhf::LossBufs::new(&model.be, b * t);
     model.forward(&mut acts, &ids, b, t).unwrap();
     let logits = model.be.read(&acts.logits, b * t * v);
@@ -213,10 +221,10 @@ pub fn model_run<B: okapi::runtime::Backend>(be: B, name: &str, b: usize, t: usi
     let targets: Vec<u32> = (0..b * t).map(|i| if i % t == t - 1 || i < t / 3 { okapi::runtime::IGNORE_INDEX } else { ids[i + 1] }).collect();
     let count = targets.iter().filter(|&&x| x != okapi::runtime::IGNORE_INDEX).count();
     let (sum, _) = okapi::rlhf::lm_loss_and_grad(&model, &mut acts, &mut bufs, &targets, 1.0 / count as f32);
-    model.backward(&acts, &mut scratch, &mut grads);
-    let host = |i: usize| {
-        let g = grads.bufs[i].as_ref().unwrap();
-        model.be.read(g, model.be.buf_len(g))
+    model.backward(&mut acts, &mut scratch, &mut grads);
+    let host = |i: usize| match grads.bufs[i].as_ref() {
+        Some(g) => model.be.read(g, model.be.buf_len(g)),
+        None => vec![0.0; model.info[i].numel()],
     };
     let grads = okapi::model::model::to_hf(&model.hf, &host).into_iter().map(|(n, _, g)| (n, g)).collect();
     ModelRun { logits, loss: sum / count as f64, grads }

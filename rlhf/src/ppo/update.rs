@@ -144,7 +144,7 @@ impl<B: Backend> PpoBufs<B> {
         be.fill(&mut self.scratch.dln, 0.0, n * critic.cfg.hidden_size);
         be.write(&mut self.dvalues, dvalues);
         critic.value_bwd(&self.acts, &mut self.scratch, grads, &self.dvalues)?;
-        critic.backward_hidden(&self.acts, &mut self.scratch, grads);
+        critic.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         Ok(())
     }
 
@@ -213,7 +213,7 @@ impl<B: Backend> PpoBufs<B> {
                 cb.critic_bwd(cm, &dvalues, cgrads)?;
             }
         }
-        model.backward_hidden(&self.acts, &mut self.scratch, grads);
+        model.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         Ok(st)
     }
 }

@@ -93,7 +93,7 @@ fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Pat
     let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos)?;
     eprintln!("{}: {summary}", stage.name());
     let (cap_b, cap_t) = capacity(&groups, cfg.batch_size);
-    check_training_memory(be, &model_cfg, &cfg, cap_b.saturating_mul(cap_t), flags.force)?;
+    check_training_memory(be, &model_cfg, &cfg, cap_b.saturating_mul(cap_t), flags)?;
     let (train, val) = split_val(groups, cfg.val_fraction, cfg.seed);
     let settings = objective.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     check_resume(&cfg, stage.name(), &model_cfg, groups_fingerprint(&train, &val), train.len(), settings).map_err(|e| e.to_string())?;
@@ -120,6 +120,7 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
     }
     let r = prepare(&be, Stage::Reward, &a.train, &a.model, &a.data, &a.out, &[("--margin", a.margin.into())])?;
     let mut model = Model::load_reward(be, &a.model, r.cfg.seed).map_err(|e| e.to_string())?;
+    model.grad_checkpointing = a.train.grad_checkpointing;
     if model.cfg.pad_token_id.is_none_or(|p| p == r.eos) {
         // transformers scores the last non-pad token: with pad == EOS it would skip the EOS
         match r.tok.token_to_id("<pad>").filter(|&p| p != r.eos) {
@@ -128,7 +129,7 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
         }
     }
     let pad = r.announce(Stage::Reward, &model)?;
-    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs })))?;
+    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing })))?;
     let mut obj = RewardObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.margin);
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!(
@@ -150,11 +151,12 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
         return Err(format!("--beta {}: expected a positive number", a.beta));
     }
     let r = prepare(&be, Stage::Dpo, &a.train, &a.model, &a.data, &a.out, &[("--beta", a.beta.into())])?;
-    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    model.grad_checkpointing = a.train.grad_checkpointing;
     model.lm_head().map_err(|e| e.to_string())?;
     let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
-    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs })))?;
+    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing })))?;
     let mut obj = DpoObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.beta).map_err(|e| e.to_string())?;
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());

@@ -4,7 +4,7 @@
 
 use super::ppo::ppo_need;
 use super::train_flags::Recipe;
-use okapi_model::memory::{kv_cache_bytes, training_need, weights_bytes, Need};
+use okapi_model::memory::{kv_cache_bytes, training_run_need, weights_bytes, Need};
 use okapi_model::{preset_config, Arch, ModelConfig};
 use okapi_rlhf::{PpoConfig, TrainConfig};
 use okapi_runtime::{Backend, BackendKind};
@@ -67,6 +67,9 @@ pub struct PlanArgs {
     /// PPO: shared (value head on the policy) or separate (a critic from the reward model)
     #[arg(long, default_value = "shared")]
     pub critic: String,
+    /// Plan with activation checkpointing (sft / reward / dpo / ppo)
+    #[arg(long)]
+    pub grad_checkpointing: bool,
     /// The backend whose free memory the plan is compared with: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
@@ -151,13 +154,13 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
             // DPO holds a chosen and a rejected sequence per pair
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
-            let need = training_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len));
+            let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), a.grad_checkpointing);
             Need { what: format!("{:?}", a.command).to_lowercase(), ..need }
         }
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, a.critic == "separate")?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, a.critic == "separate", a.grad_checkpointing)?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));
@@ -184,7 +187,7 @@ fn report<B: Backend>(be: &B, a: &PlanArgs, need: &Need) -> Result<(), String> {
         "device_bytes": device.budget.as_ref().map(|b| b.bytes),
         "fits": need.check(be).is_ok(),
     });
-    for part in fits.iter().flat_map(|f| &f.parts) {
+    for part in fits.iter().flat_map(|f| &f.parts).chain(&need.info) {
         let key = part.key();
         let old = json.get(&key).and_then(|v| v.as_u64()).unwrap_or(0);
         json[key] = serde_json::json!(old.saturating_add(part.bytes));

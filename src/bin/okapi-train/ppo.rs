@@ -132,6 +132,11 @@ pub struct PpoArgs {
     /// Run even when the memory plan says the run does not fit (printed as a warning)
     #[arg(long)]
     pub force: bool,
+    /// Activation checkpointing for the policy and a separate critic (bit-identical gradients
+    /// on the CPU, one more forward per minibatch); the reference and reward model keep one
+    /// block's activations too (they never run a backward)
+    #[arg(long)]
+    pub grad_checkpointing: bool,
     /// Write a few samples to samples.jsonl every N iterations
     #[arg(long)]
     pub samples_every: Option<u64>,
@@ -286,8 +291,9 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
 /// separate critic from it, trained too), their activations over a chunk of rollouts, and the
 /// rollouts' KV cache.
-pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool) -> Result<Need, String> {
-    use okapi_model::memory::{activation_bytes, kv_cache_bytes, training_need, weights_bytes};
+pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool, checkpointed: bool) -> Result<Need, String> {
+    use okapi_model::memory::{kv_cache_bytes, logits_bytes, saved_activation_bytes_with, training_run_need, weights_bytes, workspace_bytes};
+    let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, checkpointed).saturating_add(logits_bytes(m, rows)).saturating_add(workspace_bytes(m, rows));
     const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
     let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
     // as the run sizes its buffers: a chunk or minibatch is at most an iteration's rollouts
@@ -295,14 +301,14 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     let rows = chunk.max(cfg.minibatch.min(cfg.rollouts)).saturating_mul(cap_t);
     let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?;
     let chunk_rows = chunk.saturating_mul(cap_t);
-    let mut need = training_need(policy, trainable, rows)
+    let mut need = training_run_need(policy, trainable, rows, checkpointed)
         .device_lowered_by("reference model", weights_bytes(policy), "")
         .device_lowered_by("reward model", weights_bytes(rm), "")
         .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
         .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
     if separate_critic {
         let critic_trainable = rm.trainable_count(cfg.unfrozen_layers).map_err(err)?;
-        let critic = training_need(rm, critic_trainable, rows);
+        let critic = training_run_need(rm, critic_trainable, rows, checkpointed);
         let bytes = critic.device.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
         need = need.device_lowered_by("critic (weights, gradients, AdamW, activations)", bytes, "train fewer layers (--unfrozen-layers) or --critic shared");
     }
@@ -335,12 +341,17 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
     let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
     okapi_rlhf::ppo::check_resume(&cfg, &policy_cfg, &prompts).map_err(err)?;
-    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate")?;
+    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate", a.grad_checkpointing)?;
     check_ppo_memory(&be, &need, a.force)?;
-    let mut policy = Model::load(be.clone(), &a.policy).map_err(err)?;
+    let load = |dir: &PathBuf| -> Result<Model<B>, String> {
+        let mut m = Model::load(be.clone(), dir).map_err(err)?;
+        m.grad_checkpointing = a.grad_checkpointing;
+        Ok(m)
+    };
+    let mut policy = load(&a.policy)?;
     policy.lm_head().map_err(err)?;
-    let reference = Model::load(be.clone(), &a.policy).map_err(err)?;
-    let rm = Model::load(be.clone(), &a.reward).map_err(err)?;
+    let reference = load(&a.policy)?;
+    let rm = load(&a.reward)?;
     if rm.score.is_none() {
         return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
     }
@@ -348,7 +359,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let rm_eos = rm.cfg.eos_token_id.unwrap_or(eos);
     let rm_pad = rm.cfg.pad_token_id.unwrap_or(rm_eos);
     let critic = match a.critic.as_str() {
-        "separate" => Some(Critic::from_reward_model(Model::load(be.clone(), &a.reward).map_err(err)?, cfg.unfrozen_layers).map_err(err)?),
+        "separate" => Some(Critic::from_reward_model(load(&a.reward)?, cfg.unfrozen_layers).map_err(err)?),
         _ => {
             add_value_head(&mut policy, cfg.seed);
             None
@@ -389,6 +400,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing,
     })
 }

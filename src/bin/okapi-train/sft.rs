@@ -40,13 +40,14 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     eprintln!("sft: {}", data.summary);
     let longest = data.examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     // as the objective sizes its buffers: a batch holds at most every example
-    check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size.min(data.examples.len()).saturating_mul(longest), a.train.force)?;
+    check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size.min(data.examples.len()).saturating_mul(longest), &a.train)?;
     let (train, val) = split_val(data.examples, cfg.val_fraction, cfg.seed);
     check_resume(&cfg, "sft", &model_cfg, okapi_rlhf::sft::data_fingerprint(&train, &val), train.len(), Default::default()).map_err(|e| e.to_string())?;
     let device = be.name();
-    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    model.grad_checkpointing = a.train.grad_checkpointing;
     eprintln!("sft: {} ({} params) on {device}: {} train / {} validation examples", a.model.display(), model.n_params(), train.len(), val.len());
-    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "recipe": format!("{:?}", a.train.recipe).to_lowercase(), "langs": a.train.langs, "template": a.train.template });
+    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "recipe": format!("{:?}", a.train.recipe).to_lowercase(), "langs": a.train.langs, "template": a.train.template, "grad_checkpointing": a.train.grad_checkpointing });
     out.write_args(args_json("sft", &cfg, extra))?;
     let run_dir = RunDir { dir: &a.out, tokenizer: Some(&tok.path) };
     let (_, summary) = run_sft(model, train, val, &cfg, Some(run_dir)).map_err(|e| e.to_string())?;

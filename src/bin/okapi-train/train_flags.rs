@@ -138,6 +138,10 @@ pub struct TrainFlags {
     /// Run even when the memory plan says the run does not fit (printed as a warning)
     #[arg(long)]
     pub force: bool,
+    /// Activation checkpointing: keep each block's input only and recompute the block in the
+    /// backward (the same gradients, bit for bit on the CPU; one more forward per step)
+    #[arg(long)]
+    pub grad_checkpointing: bool,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -213,9 +217,10 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// The memory check of a training run before its model is loaded: `rows` (B·T) is the largest
 /// batch of tokens it will see. A run that fits prints its memory plan; one that does not is
 /// refused in one line (run anyway with `force`).
-pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, force: bool) -> Result<(), String> {
+pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
     let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let need = okapi_model::memory::training_need(model, trainable, rows);
+    let need = okapi_model::memory::training_run_need(model, trainable, rows, flags.grad_checkpointing);
+    let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;
     eprint!("{}", need.table(be));
     Ok(())
