@@ -63,11 +63,16 @@ fn the_7b_ppo_plan_names_every_model_and_the_kv_cache() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).starts_with("error: not enough memory for PPO"));
     let j = last_json(&o);
     assert_eq!(j["fits"], Value::Bool(false));
-    for k in ["reference_model", "reward_model", "reference_and_reward_activations", "kv_cache", "critic_weights_gradients_adamw_activations", "rollouts"] {
+    for k in ["reference_model_hydra_top_blocks_and_head", "reward_model", "reference_and_reward_activations", "kv_cache", "critic_weights_gradients_adamw_activations", "rollouts"] {
         assert!(j[k].as_u64().is_some_and(|b| b > 0), "no {k}: {j}");
     }
-    // Okapi's 5 unfrozen layers: most of the policy is frozen
+    // Okapi's 5 unfrozen layers: most of the policy is frozen, and the hydra reference holds
+    // only those 5 blocks and the head: a fraction of the full copy
     assert!(j["frozen_weights_f32"].as_u64() > j["trainable_weights_f32"].as_u64(), "{j}");
+    let o = okapi(&["plan", "--command", "ppo", "--preset", "llama-7b", "--recipe", "okapi", "--critic", "separate", "--reference", "full"], &[("OKAPI_MEMORY_LIMIT", "64G")]);
+    let full = last_json(&o);
+    let (hydra, whole) = (j["reference_model_hydra_top_blocks_and_head"].as_u64().unwrap(), full["reference_model"].as_u64().unwrap());
+    assert!(hydra * 4 < whole, "hydra {hydra} vs full {whole}");
 }
 
 fn sft_args(data: &str, tpl: &str, out: &str) -> Vec<String> {

@@ -247,6 +247,30 @@ impl<B: Backend> Model<B> {
     /// output `acts.lnf` (B·T, C). Sequences may be right-padded: with the causal mask, padding
     /// never changes the positions before it.
     pub fn forward_hidden(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
+        if self.first_block > 0 {
+            return Err(ModelError::Other(format!("{}: this copy holds only blocks {} and up (a hydra reference): use forward_from", self.cfg.path.display(), self.first_block)));
+        }
+        self.set_batch(acts, tokens, b, t)?;
+        self.embed_fwd(acts, b * t);
+        self.blocks_and_norm_fwd(acts, 0);
+        Ok(())
+    }
+
+    /// The trunk from block `start` on, given block `start`'s input `x_start` (B·T, C) — another
+    /// model's `acts.x[start]` over the same batch: trlx's hydra reference, whose frozen bottom
+    /// blocks are the policy's. Up to `acts.lnf`, as [`Model::forward_hidden`].
+    pub fn forward_hidden_from(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize, start: usize, x_start: &B::Buf) -> Result<()> {
+        if start < self.first_block || start > self.cfg.n_layers {
+            return Err(ModelError::Other(format!("forward_from block {start}: this model runs blocks {} to {}", self.first_block, self.cfg.n_layers)));
+        }
+        self.set_batch(acts, tokens, b, t)?;
+        self.be.copy(&mut acts.x[start], x_start, b * t * self.cfg.hidden_size);
+        self.blocks_and_norm_fwd(acts, start);
+        Ok(())
+    }
+
+    /// Checks a batch against the arenas and writes its ids, positions and lengths.
+    fn set_batch(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         if b > acts.cap_b || t > acts.cap_t || tokens.len() != b * t {
             return Err(ModelError::Other(format!("batch ({b},{t}) with {} tokens does not fit activations sized ({},{})", tokens.len(), acts.cap_b, acts.cap_t)));
         }
@@ -260,18 +284,22 @@ impl<B: Backend> Model<B> {
         be.write_ids(&mut acts.positions, &positions);
         be.write_ids(&mut acts.q_pos0, &vec![0; b]);
         be.write_ids(&mut acts.kv_len, &vec![t as u32; b]);
-        self.embed_fwd(acts, n);
+        Ok(())
+    }
+
+    /// Blocks `start..L` from `acts.x[start]`, then the final norm into `acts.lnf`.
+    fn blocks_and_norm_fwd(&self, acts: &mut Acts<B>, start: usize) {
+        let (b, t) = (acts.b, acts.t);
         let slots: Vec<usize> = (0..self.cfg.n_layers).map(|l| acts.layer_slot(l)).collect();
         let Acts { x, layers, positions, q_pos0, kv_len, .. } = acts;
         let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
-        for (l, blk) in self.blocks.iter().enumerate() {
+        for (l, blk) in self.blocks.iter().enumerate().skip(start) {
             let (lo, hi) = x.split_at_mut(l + 1);
             self.block_fwd(blk, &mut layers[slots[l]], &lo[l], &mut hi[0], &ctx, None);
         }
         acts.resident = self.cfg.n_layers.checked_sub(1);
         let last = self.cfg.n_layers;
-        self.norm_fwd(&self.ln_f, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.x[last], n);
-        Ok(())
+        self.norm_fwd(&self.ln_f, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.x[last], b * t);
     }
 
     /// The LM head's weight, or an error for a model without one (a reward model).
@@ -283,9 +311,21 @@ impl<B: Backend> Model<B> {
     pub fn forward(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         let head = self.lm_head()?;
         self.forward_hidden(acts, tokens, b, t)?;
-        let n = b * t;
-        self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
+        self.head_fwd(acts, head);
         Ok(())
+    }
+
+    /// [`Model::forward`] from block `start`'s input (see [`Model::forward_hidden_from`]).
+    pub fn forward_from(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize, start: usize, x_start: &B::Buf) -> Result<()> {
+        let head = self.lm_head()?;
+        self.forward_hidden_from(acts, tokens, b, t, start, x_start)?;
+        self.head_fwd(acts, head);
+        Ok(())
+    }
+
+    fn head_fwd(&self, acts: &mut Acts<B>, head: usize) {
+        let n = acts.b * acts.t;
+        self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
     }
 
     /// The LM head's backward: `s.dln` = ∂L/∂lnf (=) from `acts.logits` holding ∂L/∂logits,

@@ -124,4 +124,18 @@ impl<B: Backend> Model<B> {
         }
         Ok(mask)
     }
+
+    /// How many bottom blocks `mask` (a [`Model::trainable_mask`]) leaves wholly frozen, with the
+    /// embedding and its norm frozen too (0 when those train): the depth a hydra reference can
+    /// share with this model.
+    pub fn frozen_trunk_depth(&self, mask: &[bool]) -> usize {
+        if mask[self.embed] || self.emb_ln.is_some_and(|ln| mask[ln.w] || ln.b.is_some_and(|b| mask[b])) {
+            return 0;
+        }
+        let trains = |blk: &crate::model::Block| {
+            let lins = [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)];
+            lins.iter().flatten().any(|l| mask[l.w] || l.b.is_some_and(|b| mask[b])) || [blk.ln1, blk.ln2].iter().any(|n| mask[n.w] || n.b.is_some_and(|b| mask[b]))
+        };
+        self.blocks.iter().position(trains).unwrap_or(self.blocks.len())
+    }
 }

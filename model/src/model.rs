@@ -106,6 +106,8 @@ pub struct Model<B: Backend> {
     /// keep only the block inputs and one block's activations; the backward recomputes each
     /// block's forward before its backward (bit-identical gradients, one more forward of cost).
     pub grad_checkpointing: bool,
+    /// The lowest block whose weights this copy holds (0: all; see [`Model::release_below`]).
+    pub(crate) first_block: usize,
 }
 
 /// Builds the parameter table and the HF name map for a config (no values yet).
@@ -359,7 +361,7 @@ impl<B: Backend> Model<B> {
         let rope_inv_freq = (cfg.arch == Arch::Llama).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false }
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, first_block: 0 }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification
@@ -389,6 +391,9 @@ impl<B: Backend> Model<B> {
     /// Saves config.json, the weights (sharded above `max_shard_bytes`) and, when given,
     /// tokenizer.json, in the layout `from_pretrained` loads.
     pub fn save(&self, dir: &Path, dtype: DType, max_shard_bytes: usize, tokenizer_json: Option<&Path>) -> Result<()> {
+        if self.first_block > 0 {
+            return Err(ModelError::Other(format!("{}: this copy holds only blocks {} and up (a hydra reference) and cannot be saved", self.cfg.path.display(), self.first_block)));
+        }
         weights::save(dir, &self.hf_tensors(), dtype, max_shard_bytes)?;
         let cfg = serde_json::to_string_pretty(&self.cfg.to_json(dtype)).unwrap();
         weights::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
@@ -400,5 +405,44 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(())
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Frees the weights no forward from block `start` reads — blocks below it, the embedding
+    /// (unless it is the tied LM head) and its norm — for a frozen copy that runs only from
+    /// `start` ([`Model::forward_from`]): trlx's hydra reference, which shares its bottom blocks
+    /// with the policy. The copy can no longer run a whole forward or be saved.
+    pub fn release_below(&mut self, start: usize) {
+        let start = start.min(self.cfg.n_layers);
+        let mut free: Vec<usize> = Vec::new();
+        for blk in &self.blocks[..start] {
+            for lin in [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)].into_iter().flatten() {
+                free.push(lin.w);
+                free.extend(lin.b);
+            }
+            for nm in [blk.ln1, blk.ln2] {
+                free.push(nm.w);
+                free.extend(nm.b);
+            }
+        }
+        if start > 0 {
+            if self.lm_head != Some(self.embed) {
+                free.push(self.embed);
+            }
+            if let Some(ln) = self.emb_ln {
+                free.push(ln.w);
+                free.extend(ln.b);
+            }
+        }
+        for i in free {
+            self.values[i] = self.be.zeros(0);
+        }
+        self.first_block = self.first_block.max(start);
+    }
+
+    /// The lowest block this copy holds weights for.
+    pub fn first_block(&self) -> usize {
+        self.first_block
     }
 }

@@ -95,6 +95,13 @@ impl<'a, B: Backend> Ppo<'a, B> {
         }
         let PpoModels { policy, reference, reward, critic } = models;
         let mask = policy.trainable_mask(cfg.unfrozen_layers)?;
+        let shared = policy.frozen_trunk_depth(&mask);
+        if reference.first_block() > shared {
+            return Err(TrainError::Setting {
+                setting: "--unfrozen-layers",
+                problem: format!("the reference holds only blocks {} and up (hydra), but the policy trains blocks below it (its frozen trunk is {shared} blocks deep)", reference.first_block()),
+            });
+        }
         let grads = policy.new_grads(|i| mask[i]);
         let opt = Optimizer::new(&policy, &grads, cfg.adam);
         let cap_t = prompts.iter().map(Vec::len).max().unwrap_or(1) + cfg.sampling.max_new_tokens;
@@ -239,7 +246,12 @@ impl<'a, B: Backend> Ppo<'a, B> {
         for idx in (0..rollouts.len()).collect::<Vec<_>>().chunks(chunk) {
             let refs: Vec<&Rollout> = idx.iter().map(|&i| &rollouts[i]).collect();
             let (mut pe, _, _) = self.pol_bufs.eval(&self.policy, &refs, false)?;
-            let (re, _, _) = self.ref_bufs.eval(self.reference, &refs, false)?;
+            // a hydra reference starts from the policy's frozen trunk, computed once above
+            let from = match self.reference.first_block() {
+                0 => None,
+                start => Some((start, &self.pol_bufs.acts.x[start])),
+            };
+            let (re, _, _) = self.ref_bufs.eval_from(self.reference, &refs, false, from)?;
             if let Some(c) = self.critic.as_mut() {
                 pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
             }

@@ -82,6 +82,13 @@ impl<B: Backend> PpoBufs<B> {
     /// head, entropies when asked) at each response token a_t, read at the position p−1+t that
     /// predicts it. Returns the targets used (flat, (B,T)).
     pub fn eval(&mut self, model: &Model<B>, rollouts: &[&Rollout], entropy: bool) -> Result<(PolicyEval, Vec<u32>, usize), ModelError> {
+        self.eval_from(model, rollouts, entropy, None)
+    }
+
+    /// [`PpoBufs::eval`]; with `from = Some((start, x))` the model runs from block `start` on the
+    /// hidden states `x` another model computed over the same rollouts (a hydra reference on
+    /// the policy's frozen trunk).
+    pub fn eval_from(&mut self, model: &Model<B>, rollouts: &[&Rollout], entropy: bool, from: Option<(usize, &B::Buf)>) -> Result<(PolicyEval, Vec<u32>, usize), ModelError> {
         let seqs: Vec<Example> = rollouts
             .iter()
             .map(|r| {
@@ -92,7 +99,10 @@ impl<B: Backend> PpoBufs<B> {
             .collect();
         let batch = collate(&seqs.iter().collect::<Vec<_>>(), self.pad);
         let (b, t) = (batch.b, batch.t);
-        model.forward(&mut self.acts, &batch.ids, b, t)?;
+        match from {
+            None => model.forward(&mut self.acts, &batch.ids, b, t)?,
+            Some((start, x)) => model.forward_from(&mut self.acts, &batch.ids, b, t, start, x)?,
+        }
         let be = &model.be;
         let mut targets = vec![IGNORE_INDEX; b * t];
         for (i, r) in rollouts.iter().enumerate() {

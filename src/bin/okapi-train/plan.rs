@@ -67,6 +67,9 @@ pub struct PlanArgs {
     /// PPO: shared (value head on the policy) or separate (a critic from the reward model)
     #[arg(long, default_value = "shared")]
     pub critic: String,
+    /// PPO: hydra (the reference holds the top --unfrozen-layers blocks only) or full
+    #[arg(long, default_value = "hydra")]
+    pub reference: String,
     /// Plan with activation checkpointing (sft / reward / dpo / ppo)
     #[arg(long)]
     pub grad_checkpointing: bool,
@@ -79,6 +82,9 @@ pub struct PlanArgs {
 }
 
 pub fn run(a: PlanArgs) -> Result<(), String> {
+    if !matches!(a.reference.as_str(), "hydra" | "full") || !matches!(a.critic.as_str(), "shared" | "separate") {
+        return Err(format!("--reference {} / --critic {}: expected hydra or full / shared or separate", a.reference, a.critic));
+    }
     let policy = model_config(a.model.as_ref(), a.preset.as_deref(), a.arch.as_deref())?;
     let need = plan_need(&a, &policy)?;
     super::on_backend!(a.backend, a.precision, |be| report(&be, &a, &need))
@@ -160,7 +166,7 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, a.critic == "separate", a.grad_checkpointing)?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, a.critic == "separate", a.grad_checkpointing, a.reference == "hydra")?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

@@ -132,6 +132,10 @@ pub struct PpoArgs {
     /// Run even when the memory plan says the run does not fit (printed as a warning)
     #[arg(long)]
     pub force: bool,
+    /// With --unfrozen-layers N: hydra (trlx's: the reference keeps only the top N blocks and
+    /// the head, and runs on the policy's frozen trunk, computed once) or full (a whole copy)
+    #[arg(long, default_value = "hydra")]
+    pub reference: String,
     /// Activation checkpointing for the policy and a separate critic (bit-identical gradients
     /// on the CPU, one more forward per minibatch); the reference and reward model keep one
     /// block's activations too (they never run a backward)
@@ -291,9 +295,10 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
 /// separate critic from it, trained too), their activations over a chunk of rollouts, and the
 /// rollouts' KV cache.
-pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool, checkpointed: bool) -> Result<Need, String> {
+pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool, checkpointed: bool, hydra: bool) -> Result<Need, String> {
     use okapi_model::memory::{kv_cache_bytes, logits_bytes, saved_activation_bytes_with, training_run_need, weights_bytes, workspace_bytes};
-    let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, checkpointed).saturating_add(logits_bytes(m, rows)).saturating_add(workspace_bytes(m, rows));
+    // the reference and the reward model only run forwards: one block's activations each
+    let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, true).saturating_add(logits_bytes(m, rows)).saturating_add(workspace_bytes(m, rows));
     const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
     let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
     // as the run sizes its buffers: a chunk or minibatch is at most an iteration's rollouts
@@ -301,8 +306,17 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     let rows = chunk.max(cfg.minibatch.min(cfg.rollouts)).saturating_mul(cap_t);
     let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?;
     let chunk_rows = chunk.saturating_mul(cap_t);
+    let reference = match (hydra, cfg.unfrozen_layers) {
+        // the top blocks, the final norm and the head (the embedding when it is the head)
+        (true, Some(_)) => {
+            let tied = if policy.tie_word_embeddings { policy.vocab_size as u128 * policy.hidden_size as u128 } else { 0 };
+            (trainable.saturating_add(tied) * 4).min(u64::MAX as u128) as u64
+        }
+        _ => weights_bytes(policy),
+    };
+    let reference_label = if hydra && cfg.unfrozen_layers.is_some() { "reference model (hydra: top blocks and head)" } else { "reference model" };
     let mut need = training_run_need(policy, trainable, rows, checkpointed)
-        .device_lowered_by("reference model", weights_bytes(policy), "")
+        .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
         .device_lowered_by("reward model", weights_bytes(rm), "")
         .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
         .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
@@ -326,6 +340,9 @@ fn check_ppo_memory<B: Backend>(be: &B, need: &Need, force: bool) -> Result<(), 
 }
 
 fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
+    if !matches!(a.reference.as_str(), "hydra" | "full") {
+        return Err(format!("--reference {}: expected hydra (top layers on the policy's frozen trunk) or full (a whole copy)", a.reference));
+    }
     if !matches!(a.critic.as_str(), "shared" | "separate") {
         return Err(format!("--critic {}: expected shared (a value head on the policy's trunk) or separate (a critic initialised from the reward model)", a.critic));
     }
@@ -341,7 +358,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
     let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
     okapi_rlhf::ppo::check_resume(&cfg, &policy_cfg, &prompts).map_err(err)?;
-    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate", a.grad_checkpointing)?;
+    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate", a.grad_checkpointing, a.reference == "hydra")?;
     check_ppo_memory(&be, &need, a.force)?;
     let load = |dir: &PathBuf| -> Result<Model<B>, String> {
         let mut m = Model::load(be.clone(), dir).map_err(err)?;
@@ -350,8 +367,15 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     };
     let mut policy = load(&a.policy)?;
     policy.lm_head().map_err(err)?;
-    let reference = load(&a.policy)?;
-    let rm = load(&a.reward)?;
+    let mut reference = load(&a.policy)?;
+    let mut rm = load(&a.reward)?;
+    // forward-only models: one block's activation arena is all they need (no backward)
+    (reference.grad_checkpointing, rm.grad_checkpointing) = (true, true);
+    if a.reference == "hydra" {
+        if let Some(n) = cfg.unfrozen_layers {
+            reference.release_below(reference.cfg.n_layers - n.min(reference.cfg.n_layers));
+        }
+    }
     if rm.score.is_none() {
         return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
     }
@@ -400,6 +424,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference,
     })
 }
