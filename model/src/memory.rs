@@ -218,16 +218,16 @@ impl Need {
             }
             out.push_str(&format!("  {}:\n", fit.side));
             for p in fit.parts.iter().filter(|p| p.bytes > 0) {
-                out.push_str(&format!("    {:<34} {:>12}\n", p.label, human(p.bytes)));
+                out.push_str(&format!("    {:<46} {:>12}\n", p.label, human(p.bytes)));
             }
             let left = match &fit.budget {
                 Some(b) => format!("of {} available ({})", human(b.bytes), b.source),
                 None => "(free memory unknown: not checked)".to_string(),
             };
-            out.push_str(&format!("    {:<34} {:>12} {left}\n", "total", human(fit.total())));
+            out.push_str(&format!("    {:<46} {:>12} {left}\n", "total", human(fit.total())));
         }
         for p in &self.info {
-            out.push_str(&format!("  (not counted) {:<34} {:>12}\n", p.label, human(p.bytes)));
+            out.push_str(&format!("  (not counted) {:<36} {:>12}\n", p.label, human(p.bytes)));
         }
         out
     }
