@@ -860,7 +860,7 @@ fn memory_cases() -> Vec<Case> {
         Case { env: &[("OKAPI_MEMORY_LIMIT", "64K")], ..late("sft-memory-limit", "{SFT}", &["not enough memory for training", "OKAPI_MEMORY_LIMIT=64K", "the largest part is"]) },
         // `plan`: a plan that does not fit is refused like the run it plans (its table goes to stdout)
         Case { env: &[("OKAPI_MEMORY_LIMIT", "1G")], ..early("plan-7b-sft", "plan --command sft --preset llama-7b", &["not enough memory for sft", "the largest part is AdamW moments", "--unfrozen-layers"]) },
-        Case { env: &[("OKAPI_MEMORY_LIMIT", "1G")], ..early("plan-7b-ppo", "plan --command ppo --preset llama-7b --recipe okapi", &["not enough memory for PPO", "the largest part is reference and reward activations", "--chunk-size"]) },
+        Case { env: &[("OKAPI_MEMORY_LIMIT", "1G")], ..early("plan-7b-ppo", "plan --command ppo --preset llama-7b --recipe okapi", &["not enough memory for PPO", "the largest part is activations", "use --grad-checkpointing, or lower --ppo-batch-size"]) },
         early("plan-unknown-preset", "plan --command sft --preset llama-70b", &["--preset", "llama-70b"]),
         early("plan-no-model", "plan --command sft", &["--model"]),
         early("plan-batch-0", "plan --command sft --preset tiny --batch-size 0", &["--batch-size", "at least 1"]),

@@ -85,7 +85,7 @@ pub fn kv_cache_bytes(cfg: &ModelConfig, batch: usize, cap: usize, t_max: usize)
 pub struct Part {
     pub label: String,
     pub bytes: u64,
-    pub lower: &'static str,
+    pub lower: String,
 }
 
 impl Part {
@@ -138,7 +138,7 @@ impl Need {
     }
 
     pub fn host(mut self, label: impl Into<String>, bytes: u64) -> Need {
-        self.host.push(Part { label: label.into(), bytes, lower: "" });
+        self.host.push(Part { label: label.into(), bytes, lower: String::new() });
         self
     }
 
@@ -148,8 +148,8 @@ impl Need {
 
     /// A device part and the flags that would lower it (named when it is the largest part of a
     /// need that does not fit).
-    pub fn device_lowered_by(mut self, label: impl Into<String>, bytes: u64, lower: &'static str) -> Need {
-        self.device.push(Part { label: label.into(), bytes, lower });
+    pub fn device_lowered_by(mut self, label: impl Into<String>, bytes: u64, lower: impl Into<String>) -> Need {
+        self.device.push(Part { label: label.into(), bytes, lower: lower.into() });
         self
     }
 
@@ -252,18 +252,19 @@ pub fn training_need(cfg: &ModelConfig, trainable: u128, rows: usize) -> Need {
 }
 
 /// [`training_need`] of a training command, with `--grad-checkpointing` on or off (off: the
-/// flag is named as what lowers the activations).
-pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, checkpointed: bool) -> Need {
-    let rows_flags = if checkpointed { "lower --batch-size or --max-len" } else { "use --grad-checkpointing, or lower --batch-size or --max-len" };
-    let mut need = training_need_rows_by(cfg, trainable, rows, rows_flags, checkpointed);
+/// flag is named as what lowers the activations, beside `rows_flags`, e.g. "lower --batch-size
+/// or --max-len").
+pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, checkpointed: bool, rows_flags: &str) -> Need {
+    let rows_flags = if checkpointed { rows_flags.to_string() } else { format!("use --grad-checkpointing, or {rows_flags}") };
+    let mut need = training_need_rows_by(cfg, trainable, rows, &rows_flags, checkpointed);
     let other = if checkpointed { "activations without checkpointing" } else { "activations with checkpointing" };
-    need.info.push(Part { label: other.into(), bytes: saved_activation_bytes_with(cfg, rows, !checkpointed), lower: "" });
+    need.info.push(Part { label: other.into(), bytes: saved_activation_bytes_with(cfg, rows, !checkpointed), lower: String::new() });
     need
 }
 
 /// [`training_need`] where `rows_flags` says what lowers the rows (`bench` has `--seq-len`), and
 /// with activation checkpointing or not.
-pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &'static str, checkpointed: bool) -> Need {
+pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &str, checkpointed: bool) -> Need {
     let frozen = cfg.param_count().saturating_sub(trainable);
     const LAYERS: &str = "train fewer layers (--unfrozen-layers)";
     Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")
@@ -337,7 +338,7 @@ mod tests {
 
     #[test]
     fn part_keys_are_snake_case_labels() {
-        let key = |l: &str| Part { label: l.into(), bytes: 0, lower: "" }.key();
+        let key = |l: &str| Part { label: l.into(), bytes: 0, lower: String::new() }.key();
         assert_eq!(key("AdamW moments"), "adamw_moments");
         assert_eq!(key("trainable weights (f32)"), "trainable_weights_f32");
         assert_eq!(key("KV cache"), "kv_cache");

@@ -300,6 +300,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     // the reference and the reward model only run forwards: one block's activations each
     let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, true).saturating_add(logits_bytes(m, rows)).saturating_add(workspace_bytes(m, rows));
     const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
+    const MINIBATCH: &str = "lower --ppo-batch-size, --chunk-size, --max-new-tokens or --max-prompt-len";
     let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
     // as the run sizes its buffers: a chunk or minibatch is at most an iteration's rollouts
     let chunk = cfg.chunk_size.min(cfg.rollouts);
@@ -315,14 +316,14 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         _ => weights_bytes(policy),
     };
     let reference_label = if hydra && cfg.unfrozen_layers.is_some() { "reference model (hydra: top blocks and head)" } else { "reference model" };
-    let mut need = training_run_need(policy, trainable, rows, checkpointed)
+    let mut need = training_run_need(policy, trainable, rows, checkpointed, MINIBATCH)
         .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
         .device_lowered_by("reward model", weights_bytes(rm), "")
         .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
         .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
     if separate_critic {
         let critic_trainable = rm.trainable_count(cfg.unfrozen_layers).map_err(err)?;
-        let critic = training_run_need(rm, critic_trainable, rows, checkpointed);
+        let critic = training_run_need(rm, critic_trainable, rows, checkpointed, MINIBATCH);
         let bytes = critic.device.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
         need = need.device_lowered_by("critic (weights, gradients, AdamW, activations)", bytes, "train fewer layers (--unfrozen-layers) or --critic shared");
     }

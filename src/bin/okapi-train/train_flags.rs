@@ -219,7 +219,7 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
     let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let need = okapi_model::memory::training_run_need(model, trainable, rows, flags.grad_checkpointing);
+    let need = okapi_model::memory::training_run_need(model, trainable, rows, flags.grad_checkpointing, "lower --batch-size or --max-len");
     let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;
     eprint!("{}", need.table(be));
