@@ -250,6 +250,26 @@ fn copy<B: Backend>(be: &B, t: &Tols) {
     }
 }
 
+fn copy_range<B: Backend>(be: &B, t: &Tols) {
+    let p = Pair::new(be);
+    let mut rng = Rng::new(33);
+    for n in SIZES {
+        for (src_off, dst_off) in [(0, 0), (3, 0), (0, 5), (17, 9)] {
+            let (src, dst) = (spread(&mut rng, n + src_off + 2, 1.0), spread(&mut rng, n + dst_off + 4, 1.0));
+            let (cs, gs) = p.up(&src);
+            let (mut cd, mut gd) = p.out(&dst);
+            p.cpu.copy_range(&mut cd, dst_off, &cs, src_off, n);
+            // the oracle itself: the range moved, everything else untouched
+            let mut want = dst.clone();
+            want[dst_off..dst_off + n].copy_from_slice(&src[src_off..src_off + n]);
+            want.extend([SENTINEL; PAD]);
+            assert!(cd == want, "cpu copy_range n={n} src+{src_off} dst+{dst_off}");
+            be.copy_range(&mut gd, dst_off, &gs, src_off, n);
+            p.cmp("copy_range", &format!("n={n} src+{src_off} dst+{dst_off}"), &cd, &gd, &t.memory);
+        }
+    }
+}
+
 fn scale<B: Backend>(be: &B, t: &Tols) {
     let p = Pair::new(be);
     let mut rng = Rng::new(4);
@@ -871,7 +891,7 @@ macro_rules! conformance {
         mod $module {
             use super::*;
             conformance!(@ops $make, $tols, [$(ignore = $why)?];
-                memory, fill, copy, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
+                memory, fill, copy, copy_range, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
                 matmul, matmul_edges, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu,
                 softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }

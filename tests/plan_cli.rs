@@ -49,6 +49,10 @@ fn plan_prints_a_table_then_one_json_line_whose_parts_add_up() {
     // the logits are B·T·V f32 (vocabulary of the fixture from its config)
     let vocab = common::json(&model.join("config.json"))["vocab_size"].as_u64().unwrap();
     assert_eq!(j["logits"].as_u64(), Some(2 * 24 * vocab * 4));
+    // the chunked head holds one chunk's logits and its two (rows, hidden) copies
+    let o = okapi(&["plan", "--command", "sft", "--model", model.to_str().unwrap(), "--batch-size", "2", "--max-len", "24", "--lm-head-chunk", "5"], &[]);
+    let hidden = common::json(&model.join("config.json"))["hidden_size"].as_u64().unwrap();
+    assert_eq!(last_json(&o)["logits_chunked"].as_u64(), Some(4 * (5 * vocab + 2 * 5 * hidden)));
     // with the top layer only trainable, the rest moves to frozen weights
     let o = okapi(&["plan", "--command", "reward", "--model", model.to_str().unwrap(), "--unfrozen-layers", "1"], &[]);
     let r = last_json(&o);

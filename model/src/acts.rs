@@ -75,8 +75,15 @@ pub struct Acts<B: Backend> {
     pub lnf: B::Buf,
     pub lnf_mean: B::Buf,
     pub lnf_rstd: B::Buf,
-    /// (N,V) logits; the loss kernels overwrite them with their gradient in place
+    /// (R,V) logits of R = `head_rows` rows (N, or a chunk of the chunked LM head); the loss
+    /// kernels overwrite them with their gradient in place
     pub logits: B::Buf,
+    /// rows `logits` holds
+    pub head_rows: usize,
+    /// The chunked LM head's (R,C) copies of a block of `lnf` rows and of their gradient
+    /// (empty when the head runs over all N rows at once)
+    pub lnf_chunk: B::Buf,
+    pub dln_chunk: B::Buf,
     /// Activation checkpointing: `layers` holds one block's activations, shared by every block
     /// (the backward recomputes each block from its input `x[l]`).
     pub checkpointed: bool,
@@ -85,10 +92,14 @@ pub struct Acts<B: Backend> {
 }
 
 impl<B: Backend> Acts<B> {
-    /// Arenas for batches up to (cap_b, cap_t); `checkpointed`: one block's activations only.
-    pub fn new(be: &B, cfg: &ModelConfig, cap_b: usize, cap_t: usize, checkpointed: bool) -> Self {
+    /// Arenas for batches up to (cap_b, cap_t); `checkpointed`: one block's activations only;
+    /// `head_chunk`: the LM head's logits for that many rows at a time.
+    pub fn new(be: &B, cfg: &ModelConfig, cap_b: usize, cap_t: usize, checkpointed: bool, head_chunk: Option<usize>) -> Self {
         let n = cap_b * cap_t;
         let c = cfg.hidden_size;
+        let lm = cfg.head == crate::config::Head::CausalLm;
+        let head_rows = head_chunk.map_or(n, |r| r.clamp(1, n.max(1)));
+        let chunked = lm && head_rows < n;
         let bloom = cfg.arch == Arch::Bloom;
         let kept_layers = if checkpointed { cfg.n_layers.min(1) } else { cfg.n_layers };
         Acts {
@@ -109,7 +120,10 @@ impl<B: Backend> Acts<B> {
             lnf_mean: be.zeros(n),
             lnf_rstd: be.zeros(n),
             // a reward model has no LM head, hence no logits
-            logits: be.zeros(if cfg.head == crate::config::Head::CausalLm { n * cfg.vocab_size } else { 0 }),
+            logits: be.zeros(if lm { head_rows * cfg.vocab_size } else { 0 }),
+            head_rows: if lm { head_rows } else { 0 },
+            lnf_chunk: be.zeros(if chunked { head_rows * c } else { 0 }),
+            dln_chunk: be.zeros(if chunked { head_rows * c } else { 0 }),
             checkpointed,
             resident: None,
         }
@@ -131,7 +145,7 @@ impl<B: Backend> Acts<B> {
         let layer = |l: &LayerActs<B>| {
             [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h].iter().map(|b| b.extent()).sum::<usize>()
         };
-        let trunk = [&self.emb, &self.emb_mean, &self.emb_rstd, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits].iter().map(|b| b.extent()).sum::<usize>();
+        let trunk = [&self.emb, &self.emb_mean, &self.emb_rstd, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.lnf_chunk, &self.dln_chunk].iter().map(|b| b.extent()).sum::<usize>();
         trunk + self.x.iter().map(|b| b.extent()).sum::<usize>() + self.layers.iter().map(layer).sum::<usize>() + self.ids.extent() + self.positions.extent()
     }
 }

@@ -338,9 +338,9 @@ impl ModelConfig {
         if n > self.n_layers {
             return Err(ModelError::Other(format!("--unfrozen-layers {n}: {} has only {} layers", self.path.display(), self.n_layers)));
         }
+        // a tied head is the embedding, which stays frozen with the trunk below the top blocks
         let p = self.param_parts();
-        let tied_head = if self.head == Head::CausalLm && self.tie_word_embeddings { p.embed } else { 0 };
-        Ok(n as u128 * p.per_layer + p.final_norm + p.head + tied_head)
+        Ok(n as u128 * p.per_layer + p.final_norm + p.head)
     }
 
     fn param_parts(&self) -> ParamParts {

@@ -41,7 +41,7 @@ impl<B: Backend> Model<B> {
     /// Activation arenas for batches up to (cap_b, cap_t), checkpointed when
     /// [`Model::grad_checkpointing`](crate::Model::grad_checkpointing) is on.
     pub fn new_acts(&self, cap_b: usize, cap_t: usize) -> Acts<B> {
-        Acts::new(&self.be, &self.cfg, cap_b, cap_t, self.grad_checkpointing)
+        Acts::new(&self.be, &self.cfg, cap_b, cap_t, self.grad_checkpointing, self.head_chunk)
     }
 
     pub fn new_scratch(&self, cap_b: usize, cap_t: usize) -> Scratch<B> {
@@ -311,21 +311,23 @@ impl<B: Backend> Model<B> {
     pub fn forward(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         let head = self.lm_head()?;
         self.forward_hidden(acts, tokens, b, t)?;
-        self.head_fwd(acts, head);
-        Ok(())
+        self.head_fwd(acts, head)
     }
 
     /// [`Model::forward`] from block `start`'s input (see [`Model::forward_hidden_from`]).
     pub fn forward_from(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize, start: usize, x_start: &B::Buf) -> Result<()> {
         let head = self.lm_head()?;
         self.forward_hidden_from(acts, tokens, b, t, start, x_start)?;
-        self.head_fwd(acts, head);
-        Ok(())
+        self.head_fwd(acts, head)
     }
 
-    fn head_fwd(&self, acts: &mut Acts<B>, head: usize) {
+    fn head_fwd(&self, acts: &mut Acts<B>, head: usize) -> Result<()> {
         let n = acts.b * acts.t;
+        if n > acts.head_rows {
+            return Err(ModelError::Other(format!("the logits hold {} rows (--lm-head-chunk) but this forward needs all {n}: it runs over row blocks (Model::head_blocks) or without chunking", acts.head_rows)));
+        }
         self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
+        Ok(())
     }
 
     /// The LM head's backward: `s.dln` = ∂L/∂lnf (=) from `acts.logits` holding ∂L/∂logits,

@@ -21,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod heads;
 pub mod init;
+pub mod lm_head;
 pub mod memory;
 pub mod model;
 pub mod rng;

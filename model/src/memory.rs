@@ -56,6 +56,23 @@ pub fn logits_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
     f32s((rows as u128).saturating_mul(cfg.vocab_size as u128))
 }
 
+/// The LM head's buffers for `rows` rows when it runs `chunk` rows at a time: the logits of a
+/// chunk and, when chunking, the chunk's copies of the final norm's output and its gradient.
+pub fn head_bytes(cfg: &ModelConfig, rows: usize, chunk: Option<usize>) -> u64 {
+    let held = chunk.map_or(rows, |r| r.clamp(1, rows.max(1)));
+    let copies = if cfg.head == crate::config::Head::CausalLm && held < rows { 2 * held as u128 * cfg.hidden_size as u128 } else { 0 };
+    logits_bytes(cfg, held).saturating_add(f32s(copies))
+}
+
+/// The memory techniques a training run uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Techniques {
+    /// `--grad-checkpointing`
+    pub checkpointed: bool,
+    /// `--lm-head-chunk`: the LM head's rows at a time (`None`: all)
+    pub head_chunk: Option<usize>,
+}
+
 /// The backward's scratch, shared by every layer, for `rows` rows.
 pub fn workspace_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
     let (c, f) = (cfg.hidden_size as u128, cfg.intermediate_size as u128);
@@ -248,23 +265,29 @@ pub fn loading_need(cfg: &ModelConfig, largest_file: u64) -> Need {
 /// tokens: weights (trainable and frozen), gradients, AdamW's moments, saved activations,
 /// logits and the backward's workspace.
 pub fn training_need(cfg: &ModelConfig, trainable: u128, rows: usize) -> Need {
-    training_need_rows_by(cfg, trainable, rows, "lower --batch-size or --max-len", false)
+    training_need_rows_by(cfg, trainable, rows, "lower --batch-size or --max-len", Techniques::default())
 }
 
-/// [`training_need`] of a training command, with `--grad-checkpointing` on or off (off: the
-/// flag is named as what lowers the activations, beside `rows_flags`, e.g. "lower --batch-size
-/// or --max-len").
-pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, checkpointed: bool, rows_flags: &str) -> Need {
-    let rows_flags = if checkpointed { rows_flags.to_string() } else { format!("use --grad-checkpointing, or {rows_flags}") };
-    let mut need = training_need_rows_by(cfg, trainable, rows, &rows_flags, checkpointed);
-    let other = if checkpointed { "activations without checkpointing" } else { "activations with checkpointing" };
-    need.info.push(Part { label: other.into(), bytes: saved_activation_bytes_with(cfg, rows, !checkpointed), lower: String::new() });
+/// [`training_need`] of a training command with its techniques; a technique it does not use is
+/// named as what lowers its part, beside `rows_flags` (e.g. "lower --batch-size or --max-len"),
+/// and the activations of the other checkpointing choice are shown, not counted.
+pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, t: Techniques, rows_flags: &str) -> Need {
+    let mut need = training_need_rows_by(cfg, trainable, rows, rows_flags, t);
+    for part in &mut need.device {
+        match part.label.as_str() {
+            "activations" => part.lower = format!("use --grad-checkpointing, or {rows_flags}"),
+            "logits" if t.head_chunk.is_none() => part.lower = format!("use --lm-head-chunk, or {rows_flags}"),
+            _ => {}
+        }
+    }
+    let other = if t.checkpointed { "activations without checkpointing" } else { "activations with checkpointing" };
+    need.info.push(Part { label: other.into(), bytes: saved_activation_bytes_with(cfg, rows, !t.checkpointed), lower: String::new() });
     need
 }
 
 /// [`training_need`] where `rows_flags` says what lowers the rows (`bench` has `--seq-len`), and
 /// with activation checkpointing or not.
-pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &str, checkpointed: bool) -> Need {
+pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &str, t: Techniques) -> Need {
     let frozen = cfg.param_count().saturating_sub(trainable);
     const LAYERS: &str = "train fewer layers (--unfrozen-layers)";
     Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")
@@ -272,8 +295,8 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
         .device_lowered_by("frozen weights (f32)", f32s(frozen), "use a smaller model")
         .device_lowered_by("gradients", f32s(trainable), LAYERS)
         .device_lowered_by("AdamW moments", f32s(trainable.saturating_mul(2)), LAYERS)
-        .device_lowered_by(if checkpointed { "activations (checkpointed)" } else { "activations" }, saved_activation_bytes_with(cfg, rows, checkpointed), rows_flags)
-        .device_lowered_by("logits", logits_bytes(cfg, rows), rows_flags)
+        .device_lowered_by(if t.checkpointed { "activations (checkpointed)" } else { "activations" }, saved_activation_bytes_with(cfg, rows, t.checkpointed), rows_flags)
+        .device_lowered_by(if t.head_chunk.is_some() { "logits (chunked)" } else { "logits" }, head_bytes(cfg, rows, t.head_chunk), rows_flags)
         .device_lowered_by("workspace", workspace_bytes(cfg, rows), rows_flags)
         // saving the model (and checkpoints): every tensor read back as f32, then encoded
         .host("saving (tensor copies, encoded file)", weights_bytes(cfg).saturating_mul(2))
@@ -332,6 +355,12 @@ mod tests {
             let want = saved_activation_bytes_with(&cfg, 21, true) + logits_bytes(&cfg, 21) + workspace_bytes(&cfg, 21);
             assert_eq!(want, 4 * (acts.floats() + scratch.floats()) as u64, "{arch:?} checkpointed");
             assert!(saved_activation_bytes_with(&cfg, 21, true) < saved_activation_bytes(&cfg, 21));
+            ckpt.head_chunk = Some(5);
+            let acts = ckpt.new_acts(3, 7);
+            let want = saved_activation_bytes_with(&cfg, 21, true) + head_bytes(&cfg, 21, Some(5)) + workspace_bytes(&cfg, 21);
+            assert_eq!(want, 4 * (acts.floats() + scratch.floats()) as u64, "{arch:?} checkpointed, head in chunks of 5");
+            assert_eq!(head_bytes(&cfg, 21, Some(5)), 4 * (5 * 300 + 2 * 5 * cfg.hidden_size) as u64);
+            assert_eq!(head_bytes(&cfg, 21, Some(50)), logits_bytes(&cfg, 21));
             assert_eq!(logits_bytes(&cfg, 21), 4 * 21 * 300);
         }
     }
@@ -342,5 +371,19 @@ mod tests {
         assert_eq!(key("AdamW moments"), "adamw_moments");
         assert_eq!(key("trainable weights (f32)"), "trainable_weights_f32");
         assert_eq!(key("KV cache"), "kv_cache");
+    }
+
+    #[test]
+    fn trainable_count_is_what_trainable_mask_trains() {
+        for (arch, tied) in [(Arch::Llama, false), (Arch::Llama, true), (Arch::Bloom, true)] {
+            let mut cfg = preset_config(arch, "tiny", Some(300), 64).unwrap();
+            cfg.tie_word_embeddings = tied;
+            let model = Model::init(CpuBackend, cfg.clone(), 0);
+            for unfrozen in [None, Some(0), Some(1), Some(cfg.n_layers)] {
+                let mask = model.trainable_mask(unfrozen).unwrap();
+                let counted: usize = mask.iter().zip(&model.info).filter(|(m, _)| **m).map(|(_, p)| p.numel()).sum();
+                assert_eq!(cfg.trainable_count(unfrozen).unwrap(), counted as u128, "{arch:?} tied {tied} unfrozen {unfrozen:?}");
+            }
+        }
     }
 }

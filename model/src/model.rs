@@ -106,6 +106,10 @@ pub struct Model<B: Backend> {
     /// keep only the block inputs and one block's activations; the backward recomputes each
     /// block's forward before its backward (bit-identical gradients, one more forward of cost).
     pub grad_checkpointing: bool,
+    /// The chunked LM head (`--lm-head-chunk R`): arenas made from here on hold the logits of R
+    /// rows at a time, and the loss runs over row blocks ([`Model::head_blocks`]); `None`: all
+    /// B·T rows at once.
+    pub head_chunk: Option<usize>,
     /// The lowest block whose weights this copy holds (0: all; see [`Model::release_below`]).
     pub(crate) first_block: usize,
 }
@@ -361,7 +365,7 @@ impl<B: Backend> Model<B> {
         let rope_inv_freq = (cfg.arch == Arch::Llama).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, first_block: 0 }
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0 }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification

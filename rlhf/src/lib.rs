@@ -49,7 +49,7 @@ pub mod trainer;
 pub use dpo::DpoObjective;
 pub use error::{ResumeMismatch, TrainError};
 pub use generate::{generate, Generation, Sampling};
-pub use lm_loss::{lm_loss_and_grad, shift_labels, LossBufs};
+pub use lm_loss::{lm_loss_and_grad, lm_loss_blocks, shift_labels, LossBufs};
 pub use loglik::{score_loglik, LoglikResult};
 pub use optim::{clip_coef, AdamWConfig, Optimizer};
 pub use ppo::{run_ppo, PpoConfig, PpoModels, PpoSummary};

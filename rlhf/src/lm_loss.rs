@@ -1,7 +1,7 @@
 //! Causal-LM cross-entropy on a model's logits, fused with its gradient: the SFT loss
 //! (token-level mean over every unmasked target of the batch, as transformers computes it).
 
-use okapi_model::{Acts, Model};
+use okapi_model::{Acts, Grads, Model, Scratch};
 use okapi_runtime::{Backend, IGNORE_INDEX};
 
 /// Device buffers for the loss of batches up to `n` positions.
@@ -59,4 +59,29 @@ pub fn lm_loss_and_grad<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, bufs: 
     be.xent_fwd_bwd(&mut acts.logits, &mut bufs.losses, &bufs.targets, &bufs.coef, okapi_runtime::Rows::new(n, model.cfg.vocab_size));
     let losses = be.read(&bufs.losses, n);
     (losses.iter().map(|&l| l as f64).sum(), count)
+}
+
+/// The LM head, the cross-entropy and (with `backward = Some((scratch, grads))`) the head's
+/// backward over the head's row blocks ([`Model::head_blocks`]), after `Model::forward_hidden`:
+/// with a chunked head no (B·T, V) logits exist; unchunked, one block does exactly what
+/// `Model::forward` + [`lm_loss_and_grad`] + `Model::lm_head_bwd` do. Leaves ∂L/∂lnf in
+/// `scratch.dln` for `Model::backward_hidden`. Returns (Σ losses over targets, number of targets).
+pub fn lm_loss_blocks<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, bufs: &mut LossBufs<B>, targets: &[u32], weight: f32, mut backward: Option<(&mut Scratch<B>, &mut Grads<B>)>) -> Result<(f64, usize), okapi_model::ModelError> {
+    let be = &model.be;
+    let n = acts.b * acts.t;
+    assert_eq!(targets.len(), n, "one target per position");
+    let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
+    let mut sum = 0f64;
+    for (r0, r1) in model.head_blocks(acts) {
+        let rows = r1 - r0;
+        model.head_rows_fwd(acts, (r0, r1))?;
+        be.write_ids(&mut bufs.targets, &targets[r0..r1]);
+        be.write(&mut bufs.coef, &vec![weight; rows]);
+        be.xent_fwd_bwd(&mut acts.logits, &mut bufs.losses, &bufs.targets, &bufs.coef, okapi_runtime::Rows::new(rows, model.cfg.vocab_size));
+        sum += be.read(&bufs.losses, rows).iter().map(|&l| l as f64).sum::<f64>();
+        if let Some((s, g)) = backward.as_mut() {
+            model.head_rows_bwd(acts, s, g, (r0, r1));
+        }
+    }
+    Ok((sum, count))
 }

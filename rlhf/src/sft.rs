@@ -3,7 +3,7 @@
 //! loading of Okapi's instruction files into training examples.
 
 use crate::checkpoint::Fnv;
-use crate::lm_loss::{lm_loss_and_grad, shift_labels, LossBufs};
+use crate::lm_loss::{lm_loss_blocks, shift_labels, LossBufs};
 use crate::trainer::{self, Objective, RunDir, StepOut, TrainConfig, TrainSummary};
 use crate::TrainError;
 use okapi_data::{collate, encode_example, load_instructions, Example, PromptTemplate, SftEncoding, Tokenizer};
@@ -68,9 +68,9 @@ pub fn eval_loss<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, loss: &mut Lo
     for chunk in examples.chunks(batch_size) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let batch = collate(&refs, pad);
-        model.forward(acts, &batch.ids, batch.b, batch.t)?;
+        model.forward_hidden(acts, &batch.ids, batch.b, batch.t)?;
         let targets = shift_labels(&batch.labels, batch.b, batch.t);
-        let (s, c) = lm_loss_and_grad(model, acts, loss, &targets, 0.0);
+        let (s, c) = lm_loss_blocks(model, acts, loss, &targets, 0.0, None)?;
         sum += s;
         count += c;
     }
@@ -121,10 +121,10 @@ impl<B: Backend> Objective<B> for SftObjective<B> {
         let weight = if n_targets > 0 { 1.0 / n_targets as f32 } else { 0.0 };
         let mut loss_sum = 0f64;
         for batch in &batches {
-            model.forward(&mut self.acts, &batch.ids, batch.b, batch.t)?;
+            model.forward_hidden(&mut self.acts, &batch.ids, batch.b, batch.t)?;
             let targets = shift_labels(&batch.labels, batch.b, batch.t);
-            loss_sum += lm_loss_and_grad(model, &mut self.acts, &mut self.loss, &targets, weight).0;
-            model.backward(&mut self.acts, &mut self.scratch, grads);
+            loss_sum += lm_loss_blocks(model, &mut self.acts, &mut self.loss, &targets, weight, Some((&mut self.scratch, &mut *grads)))?.0;
+            model.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         }
         let mut extra = Map::new();
         extra.insert("targets".into(), n_targets.into());

@@ -13,6 +13,13 @@ pub fn len<F: Extent + ?Sized>(op: &str, bufs: &[(&str, &F)], len: usize) {
     }
 }
 
+/// `len` elements from `off` must lie inside `buf` (the sum checked for overflow too).
+#[track_caller]
+pub fn range<F: Extent + ?Sized>(op: &str, name: &str, buf: &F, off: usize, len: usize) {
+    let end = off.checked_add(len).unwrap_or_else(|| panic!("{op}: {name} range {off}+{len} overflows"));
+    need(op, name, buf, end);
+}
+
 #[track_caller]
 pub fn matmul<F: Extent + ?Sized>(c: &F, a: &F, b: &F, g: &Gemm) {
     let (ea, eb, ec) = g.extents();

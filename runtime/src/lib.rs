@@ -72,6 +72,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     }
     fn fill(&self, x: &mut Self::Buf, value: f32, len: usize);
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf, len: usize);
+    /// dst[dst_off .. dst_off+len] = src[src_off .. src_off+len] (`=`): rows of one buffer into
+    /// another (the chunked LM head moves row blocks in and out of its chunk buffers).
+    fn copy_range(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, len: usize);
     /// x *= a
     fn scale(&self, x: &mut Self::Buf, a: f32, len: usize);
     /// y += a·x

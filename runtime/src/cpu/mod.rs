@@ -46,6 +46,11 @@ impl Backend for CpuBackend {
         check::len("copy", &[("dst", &*dst), ("src", src)], len);
         k::reduce::copy(&mut dst[..len], &src[..len]);
     }
+    fn copy_range(&self, dst: &mut Vec<f32>, dst_off: usize, src: &Vec<f32>, src_off: usize, len: usize) {
+        check::range("copy_range", "dst", &*dst, dst_off, len);
+        check::range("copy_range", "src", src, src_off, len);
+        k::reduce::copy(&mut dst[dst_off..dst_off + len], &src[src_off..src_off + len]);
+    }
     fn scale(&self, x: &mut Vec<f32>, a: f32, len: usize) {
         check::len("scale", &[("x", x)], len);
         k::reduce::scale(&mut x[..len], a);

@@ -292,6 +292,13 @@ impl CudaBackend {
     fn pb(&self, b: &CudaBuf) -> A {
         self.p(&b.0)
     }
+    /// The device address of element `off` of `b` (checked by the caller).
+    fn pb_at(&self, b: &CudaBuf, off: usize) -> A {
+        match self.pb(b) {
+            A::P(ptr) => A::P(ptr + off as u64 * 4),
+            _ => unreachable!("pb gives a pointer"),
+        }
+    }
     fn pi(&self, b: &CudaIds) -> A {
         self.p(&b.0)
     }

@@ -66,6 +66,11 @@ impl Backend for CudaBackend {
         check::len("copy", &[("dst", &*dst), ("src", src)], len);
         self.ew("copy_f32", len, &[self.pb(dst), self.pb(src), A::U(len as u64)]);
     }
+    fn copy_range(&self, dst: &mut CudaBuf, dst_off: usize, src: &CudaBuf, src_off: usize, len: usize) {
+        check::range("copy_range", "dst", &*dst, dst_off, len);
+        check::range("copy_range", "src", src, src_off, len);
+        self.ew("copy_f32", len, &[self.pb_at(dst, dst_off), self.pb_at(src, src_off), A::U(len as u64)]);
+    }
     fn scale(&self, x: &mut CudaBuf, a: f32, len: usize) {
         check::len("scale", &[("x", &*x)], len);
         self.ew("scale_f32", len, &[self.pb(x), A::F(a), A::U(len as u64)]);

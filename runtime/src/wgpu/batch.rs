@@ -125,11 +125,17 @@ impl WgpuBackend {
 
     /// Records a copy of `bytes` bytes into the pending encoder.
     pub(crate) fn record_copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+        self.record_copy_at(src, 0, dst, 0, bytes);
+    }
+
+    /// Records a copy of `bytes` bytes from `src` at `src_off` to `dst` at `dst_off` (byte
+    /// offsets, multiples of 4).
+    pub(crate) fn record_copy_at(&self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, bytes: u64) {
         if bytes == 0 {
             return;
         }
         let mut p = lock(&self.ctx.pending);
-        p.encoder(&self.ctx.device).copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+        p.encoder(&self.ctx.device).copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
         p.dispatches += 1;
         p.keys.push("copy");
     }

@@ -180,6 +180,11 @@ impl Backend for WgpuBackend {
         crate::check::len("copy", &[("dst", &*dst), ("src", src)], len);
         self.record_copy(&src.buf, &dst.buf, len as u64 * 4);
     }
+    fn copy_range(&self, dst: &mut WBuf, dst_off: usize, src: &WBuf, src_off: usize, len: usize) {
+        crate::check::range("copy_range", "dst", &*dst, dst_off, len);
+        crate::check::range("copy_range", "src", src, src_off, len);
+        self.record_copy_at(&src.buf, src_off as u64 * 4, &dst.buf, dst_off as u64 * 4, len as u64 * 4);
+    }
     fn scale(&self, x: &mut WBuf, a: f32, len: usize) {
         self.op_scale(x, a, len)
     }

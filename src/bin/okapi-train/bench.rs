@@ -180,7 +180,7 @@ fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mod
 /// activations, or the weights and the KV cache of generation.
 fn bench_memory(cfg: &okapi_model::ModelConfig, a: &BenchArgs, mode: Mode) -> Need {
     match mode {
-        Mode::Train => Need { hint: "lower --batch-size or --seq-len, or use a smaller --preset".into(), ..training_need_rows_by(cfg, cfg.param_count(), a.batch_size.saturating_mul(a.seq_len), "lower --batch-size or --seq-len", false) },
+        Mode::Train => Need { hint: "lower --batch-size or --seq-len, or use a smaller --preset".into(), ..training_need_rows_by(cfg, cfg.param_count(), a.batch_size.saturating_mul(a.seq_len), "lower --batch-size or --seq-len", Default::default()) },
         Mode::Generate => Need::new("bench generate", "lower --batch-size, --seq-len or --new-tokens, or use a smaller --preset")
             .device("weights", weights_bytes(cfg))
             .device("KV cache", kv_cache_bytes(cfg, a.batch_size, a.seq_len.saturating_add(a.new_tokens), a.seq_len)),

@@ -73,6 +73,9 @@ pub struct PlanArgs {
     /// Plan with activation checkpointing (sft / reward / dpo / ppo)
     #[arg(long)]
     pub grad_checkpointing: bool,
+    /// sft: plan with the LM head and loss N rows at a time
+    #[arg(long)]
+    pub lm_head_chunk: Option<usize>,
     /// The backend whose free memory the plan is compared with: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
@@ -82,6 +85,11 @@ pub struct PlanArgs {
 }
 
 pub fn run(a: PlanArgs) -> Result<(), String> {
+    match (a.lm_head_chunk, a.command) {
+        (Some(0), _) => return Err("--lm-head-chunk 0: must be at least 1".into()),
+        (Some(n), c) if c != PlanCommand::Sft => return Err(format!("--lm-head-chunk {n}: only sft chunks its LM head")),
+        _ => {}
+    }
     if !matches!(a.reference.as_str(), "hydra" | "full") || !matches!(a.critic.as_str(), "shared" | "separate") {
         return Err(format!("--reference {} / --critic {}: expected hydra or full / shared or separate", a.reference, a.critic));
     }
@@ -160,7 +168,8 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
             // DPO holds a chosen and a rejected sequence per pair
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
-            let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), a.grad_checkpointing, "lower --batch-size or --max-len");
+            let t = okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk };
+            let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");
             Need { what: format!("{:?}", a.command).to_lowercase(), ..need }
         }
         PlanCommand::Ppo => {

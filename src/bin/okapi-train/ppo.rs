@@ -316,14 +316,15 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         _ => weights_bytes(policy),
     };
     let reference_label = if hydra && cfg.unfrozen_layers.is_some() { "reference model (hydra: top blocks and head)" } else { "reference model" };
-    let mut need = training_run_need(policy, trainable, rows, checkpointed, MINIBATCH)
+    let t = okapi_model::memory::Techniques { checkpointed, head_chunk: None };
+    let mut need = training_run_need(policy, trainable, rows, t, MINIBATCH)
         .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
         .device_lowered_by("reward model", weights_bytes(rm), "")
         .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
         .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
     if separate_critic {
         let critic_trainable = rm.trainable_count(cfg.unfrozen_layers).map_err(err)?;
-        let critic = training_run_need(rm, critic_trainable, rows, checkpointed, MINIBATCH);
+        let critic = training_run_need(rm, critic_trainable, rows, t, MINIBATCH);
         let bytes = critic.device.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
         need = need.device_lowered_by("critic (weights, gradients, AdamW, activations)", bytes, "train fewer layers (--unfrozen-layers) or --critic shared");
     }

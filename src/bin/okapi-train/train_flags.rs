@@ -142,6 +142,10 @@ pub struct TrainFlags {
     /// backward (the same gradients, bit for bit on the CPU; one more forward per step)
     #[arg(long)]
     pub grad_checkpointing: bool,
+    /// sft: compute the LM head and the loss N rows (tokens) at a time, so the batch's
+    /// (tokens × vocabulary) logits never exist whole (the same loss; gradients to float rounding)
+    #[arg(long)]
+    pub lm_head_chunk: Option<usize>,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -173,6 +177,7 @@ impl TrainFlags {
 
     /// The stage's recipe with every flag that is set applied over it, each validated.
     pub fn resolve(&self, stage: Stage) -> Result<TrainConfig, String> {
+        self.check_head_chunk(stage)?;
         let r = stage.config(self.recipe)?;
         let (beta1, beta2) = match &self.adam_betas {
             None => (r.adam.beta1, r.adam.beta2),
@@ -209,6 +214,18 @@ impl TrainFlags {
     }
 }
 
+impl TrainFlags {
+    /// `--lm-head-chunk`: at least 1, and only where the command chunks its head (sft).
+    pub fn check_head_chunk(&self, stage: Stage) -> Result<(), String> {
+        match (self.lm_head_chunk, stage) {
+            (None, _) => Ok(()),
+            (Some(0), _) => Err("--lm-head-chunk 0: must be at least 1".into()),
+            (Some(_), Stage::Sft) => Ok(()),
+            (Some(n), other) => Err(format!("--lm-head-chunk {n}: {} does not chunk its head (sft does; a reward model has no LM head, DPO's is not chunked yet)", other.name())),
+        }
+    }
+}
+
 /// Refuses settings that cannot train, naming the flag.
 fn validate(c: &TrainConfig) -> Result<(), String> {
     c.validate().map_err(|e| e.to_string())
@@ -219,7 +236,8 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
     let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let need = okapi_model::memory::training_run_need(model, trainable, rows, flags.grad_checkpointing, "lower --batch-size or --max-len");
+    let techniques = okapi_model::memory::Techniques { checkpointed: flags.grad_checkpointing, head_chunk: flags.lm_head_chunk };
+    let need = okapi_model::memory::training_run_need(model, trainable, rows, techniques, "lower --batch-size or --max-len");
     let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;
     eprint!("{}", need.table(be));
