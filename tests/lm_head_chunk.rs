@@ -118,3 +118,53 @@ fn an_sft_run_with_a_chunked_head_follows_the_whole_one() {
         assert!((a - b).abs() <= 1e-5 * a.abs(), "{whole:?} vs {chunked:?}");
     }
 }
+
+fn okapi(args: &[&str]) -> std::process::Output {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train")).args(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn metric(out: &std::path::Path, key: &str) -> Vec<f64> {
+    let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    m.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get(key)?.as_f64()).collect()
+}
+
+fn close(what: &str, a: &[f64], b: &[f64], rel: f64) {
+    assert!(!a.is_empty() && a.len() == b.len(), "{what}: {a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= rel * x.abs().max(1e-3), "{what}: {a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn dpo_with_a_chunked_head_follows_the_whole_one() {
+    let dir = Scratch::new("head-chunk-dpo");
+    let data = fixture("ranking_data.json");
+    let model = fixture("llama_gqa");
+    let outs = [dir.root.join("whole"), dir.root.join("chunked")];
+    for (out, extra) in outs.iter().zip([&[][..], &["--lm-head-chunk", "5"][..]]) {
+        let mut a = vec!["dpo", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "3", "--batch-size", "2", "--lr", "1e-3", "--no-shuffle"];
+        a.extend(extra);
+        okapi(&a);
+    }
+    close("dpo loss", &metric(&outs[0], "loss"), &metric(&outs[1], "loss"), 1e-5);
+}
+
+#[test]
+fn loglik_with_a_chunked_head_gives_the_same_logliks() {
+    let dir = Scratch::new("head-chunk-loglik");
+    let model = fixture("llama_gqa");
+    let data = model.join("loglik.jsonl");
+    let read = |f: &std::path::Path| -> Vec<serde_json::Value> { std::fs::read_to_string(f).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (a, b) = (dir.root.join("a.jsonl"), dir.root.join("b.jsonl"));
+    okapi(&["loglik", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output", a.to_str().unwrap(), "--batch-size", "3"]);
+    okapi(&["loglik", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output", b.to_str().unwrap(), "--batch-size", "3", "--lm-head-chunk", "4"]);
+    let (ra, rb) = (read(&a), read(&b));
+    assert!(ra.len() >= 3 && ra.len() == rb.len());
+    for (x, y) in ra.iter().zip(&rb) {
+        let (lx, ly) = (x["loglik"].as_f64().unwrap(), y["loglik"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-5 * lx.abs().max(1.0), "{x} vs {y}");
+        assert_eq!(x["is_greedy"], y["is_greedy"]);
+    }
+}

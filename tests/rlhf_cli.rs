@@ -320,3 +320,28 @@ fn ppo_hydra_reference_matches_a_full_copy_bit_for_bit() {
     assert_eq!(a, b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--lm-head-chunk` in PPO: the rollouts are the same (generation does not use it), the policy's
+/// and the reference's log-probs agree to float rounding, and so do the metrics of the run.
+#[test]
+fn ppo_with_a_chunked_head_follows_the_whole_one() {
+    let dir = tmp("ppo-head-chunk");
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
+    let outs: Vec<PathBuf> = ["whole", "chunked"].iter().map(|m| dir.join(m)).collect();
+    for (out, extra) in outs.iter().zip([&[][..], &["--lm-head-chunk", "3"][..]]) {
+        let mut a = vec!["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--unfrozen-layers", "1"];
+        a.extend(extra);
+        let o = run(&a);
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    let read = |o: &PathBuf| -> Vec<serde_json::Value> { std::fs::read_to_string(o.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (a, b) = (read(&outs[0]), read(&outs[1]));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        for k in ["score_mean", "kl", "pg_loss", "vf_loss", "entropy", "response_len", "approx_kl"] {
+            let (u, v) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!((u - v).abs() <= 1e-4 * u.abs().max(1e-2), "{k}: {u} vs {v}\n{x}\n{y}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

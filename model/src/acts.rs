@@ -78,8 +78,11 @@ pub struct Acts<B: Backend> {
     /// (R,V) logits of R = `head_rows` rows (N, or a chunk of the chunked LM head); the loss
     /// kernels overwrite them with their gradient in place
     pub logits: B::Buf,
-    /// rows `logits` holds
+    /// rows `logits` can hold
     pub head_rows: usize,
+    /// The rows whose logits `logits` holds now (`None` after a new forward, or once a loss
+    /// kernel has turned them into their gradient: [`Acts::logits_consumed`]).
+    pub logits_valid: Option<(usize, usize)>,
     /// The chunked LM head's (R,C) copies of a block of `lnf` rows and of their gradient
     /// (empty when the head runs over all N rows at once)
     pub lnf_chunk: B::Buf,
@@ -122,11 +125,17 @@ impl<B: Backend> Acts<B> {
             // a reward model has no LM head, hence no logits
             logits: be.zeros(if lm { head_rows * cfg.vocab_size } else { 0 }),
             head_rows: if lm { head_rows } else { 0 },
+            logits_valid: None,
             lnf_chunk: be.zeros(if chunked { head_rows * c } else { 0 }),
             dln_chunk: be.zeros(if chunked { head_rows * c } else { 0 }),
             checkpointed,
             resident: None,
         }
+    }
+
+    /// Marks the logits as overwritten (a loss kernel left its gradient in place).
+    pub fn logits_consumed(&mut self) {
+        self.logits_valid = None;
     }
 
     /// Where block `l`'s activations live: its own arena, or the shared one when checkpointed.

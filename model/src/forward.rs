@@ -251,6 +251,7 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::Other(format!("{}: this copy holds only blocks {} and up (a hydra reference): use forward_from", self.cfg.path.display(), self.first_block)));
         }
         self.set_batch(acts, tokens, b, t)?;
+        acts.logits_valid = None;
         self.embed_fwd(acts, b * t);
         self.blocks_and_norm_fwd(acts, 0);
         Ok(())
@@ -264,6 +265,7 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::Other(format!("forward_from block {start}: this model runs blocks {} to {}", self.first_block, self.cfg.n_layers)));
         }
         self.set_batch(acts, tokens, b, t)?;
+        acts.logits_valid = None;
         self.be.copy(&mut acts.x[start], x_start, b * t * self.cfg.hidden_size);
         self.blocks_and_norm_fwd(acts, start);
         Ok(())
@@ -327,6 +329,7 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::Other(format!("the logits hold {} rows (--lm-head-chunk) but this forward needs all {n}: it runs over row blocks (Model::head_blocks) or without chunking", acts.head_rows)));
         }
         self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
+        acts.logits_valid = Some((0, n));
         Ok(())
     }
 

@@ -17,9 +17,13 @@ impl<B: Backend> Model<B> {
         (0..n).step_by(r).map(|r0| (r0, (r0 + r).min(n))).collect()
     }
 
-    /// Logits of rows `r0..r1` (after [`Model::forward_hidden`]) into `acts.logits[..(r1−r0)·V]`.
+    /// Logits of rows `r0..r1` (after [`Model::forward_hidden`]) into `acts.logits[..(r1−r0)·V]`;
+    /// nothing to do when they are there already (`acts.logits_valid`).
     pub fn head_rows_fwd(&self, acts: &mut Acts<B>, (r0, r1): (usize, usize)) -> Result<()> {
         let head = self.lm_head()?;
+        if acts.logits_valid == Some((r0, r1)) {
+            return Ok(());
+        }
         let (c, v, rows) = (self.cfg.hidden_size, self.cfg.vocab_size, r1 - r0);
         let w = &self.values[head];
         if self.whole(acts, r0, r1) {
@@ -28,6 +32,7 @@ impl<B: Backend> Model<B> {
             self.be.copy_range(&mut acts.lnf_chunk, 0, &acts.lnf, r0 * c, rows * c);
             self.be.matmul(&mut acts.logits, &acts.lnf_chunk, w, &Gemm::new(rows, v, c).trans_b());
         }
+        acts.logits_valid = Some((r0, r1));
         Ok(())
     }
 

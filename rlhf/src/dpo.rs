@@ -3,7 +3,7 @@
 //! the SFT label mask). The frozen reference is the initial policy: its log-probabilities are
 //! computed once, before training.
 
-use crate::lm_loss::{shift_labels, LossBufs};
+use crate::lm_loss::{head_logprobs, head_xent, shift_labels, LossBufs};
 use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_weight};
 use crate::trainer::{Objective, StepOut};
 use crate::TrainError;
@@ -12,26 +12,12 @@ use okapi_model::{Acts, Grads, Model, Scratch};
 use okapi_runtime::{Backend, IGNORE_INDEX};
 use serde_json::{Map, Value};
 
-/// Sequence log-probabilities of a batch (sum over each row's targets) after `forward`.
-struct SeqLogps<B: Backend> {
-    logp: B::Buf,
-    greedy: B::Buf,
-    loss: LossBufs<B>,
-}
-
-impl<B: Backend> SeqLogps<B> {
-    fn new(be: &B, n: usize) -> Self {
-        SeqLogps { logp: be.zeros(n), greedy: be.zeros(n), loss: LossBufs::new(be, n) }
-    }
-
-    fn per_sequence(&mut self, model: &Model<B>, acts: &Acts<B>, targets: &[u32], targets_buf: &mut B::Ids) -> Vec<f64> {
-        let (b, t) = (acts.b, acts.t);
-        let be = &model.be;
-        be.write_ids(targets_buf, targets);
-        be.token_logprobs(&mut self.logp, &mut self.greedy, &acts.logits, targets_buf, okapi_runtime::Rows::new(b * t, model.cfg.vocab_size));
-        let lp = be.read(&self.logp, b * t);
-        (0..b).map(|r| lp[r * t..(r + 1) * t].iter().map(|&x| x as f64).sum()).collect()
-    }
+/// Sequence log-probabilities of a batch (sum over each row's targets) after `forward_hidden`,
+/// over the LM head's row blocks.
+fn per_sequence<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, loss: &mut LossBufs<B>, targets: &[u32]) -> Result<Vec<f64>, TrainError> {
+    let (b, t) = (acts.b, acts.t);
+    let lp = head_logprobs(model, acts, loss, targets, None)?.logp;
+    Ok((0..b).map(|r| lp[r * t..(r + 1) * t].iter().map(|&x| x as f64).sum()).collect())
 }
 
 pub struct DpoObjective<B: Backend> {
@@ -45,8 +31,7 @@ pub struct DpoObjective<B: Backend> {
     batch_size: usize,
     acts: Acts<B>,
     scratch: Scratch<B>,
-    seq: SeqLogps<B>,
-    targets: B::Ids,
+    loss: LossBufs<B>,
 }
 
 #[derive(Default)]
@@ -66,8 +51,7 @@ impl<B: Backend> DpoObjective<B> {
         let mut obj = DpoObjective {
             acts: model.new_acts(cap_b, cap_t),
             scratch: model.new_scratch(cap_b, cap_t),
-            seq: SeqLogps::new(&model.be, cap_b * cap_t),
-            targets: model.be.upload_ids(&vec![IGNORE_INDEX; cap_b * cap_t]),
+            loss: LossBufs::new(&model.be, cap_b * cap_t),
             ref_train: vec![],
             ref_val: vec![],
             train,
@@ -87,8 +71,8 @@ impl<B: Backend> DpoObjective<B> {
         for chunk in groups.chunks(self.batch_size) {
             let refs: Vec<&PromptGroup> = chunk.iter().collect();
             let gb = collate_groups(&refs, self.pad);
-            model.forward(&mut self.acts, &gb.batch.ids, gb.batch.b, gb.batch.t)?;
-            let lp = self.seq.per_sequence(model, &self.acts, &shift_labels(&gb.batch.labels, gb.batch.b, gb.batch.t), &mut self.targets);
+            model.forward_hidden(&mut self.acts, &gb.batch.ids, gb.batch.b, gb.batch.t)?;
+            let lp = per_sequence(model, &mut self.acts, &mut self.loss, &shift_labels(&gb.batch.labels, gb.batch.b, gb.batch.t))?;
             for (g, &off) in chunk.iter().zip(&gb.offsets) {
                 out.push(lp[off..off + g.responses.len()].to_vec());
             }
@@ -102,9 +86,9 @@ impl<B: Backend> DpoObjective<B> {
         let batch_groups: Vec<&PromptGroup> = idx.iter().map(|&i| &groups[i]).collect();
         let gb = collate_groups(&batch_groups, self.pad);
         let (b, t) = (gb.batch.b, gb.batch.t);
-        model.forward(&mut self.acts, &gb.batch.ids, b, t)?;
+        model.forward_hidden(&mut self.acts, &gb.batch.ids, b, t)?;
         let targets = shift_labels(&gb.batch.labels, b, t);
-        let lp = self.seq.per_sequence(model, &self.acts, &targets, &mut self.targets);
+        let lp = per_sequence(model, &mut self.acts, &mut self.loss, &targets)?;
         let mut dseq = vec![0f64; b];
         for (k, &gi) in idx.iter().enumerate() {
             let off = gb.offsets[k];
@@ -128,10 +112,8 @@ impl<B: Backend> DpoObjective<B> {
             // ∂L/∂logits = Σ_tokens dseq·(onehot − softmax): the cross-entropy kernel with
             // per-token weight −dseq gives exactly that, in place
             let coef: Vec<f32> = (0..b * t).map(|p| if targets[p] == IGNORE_INDEX { 0.0 } else { -dseq[p / t] as f32 }).collect();
-            let be = &model.be;
-            be.write(self.seq.loss.coef_mut(), &coef);
-            self.seq.loss.xent_in_place(model, &mut self.acts, &self.targets, b * t);
-            model.backward(&mut self.acts, &mut self.scratch, grads);
+            head_xent(model, &mut self.acts, &mut self.loss, &targets, &coef, Some((&mut self.scratch, &mut *grads)))?;
+            model.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         }
         Ok(gb.batch.ids.iter().filter(|&&x| x != self.pad).count())
     }

@@ -57,9 +57,7 @@ pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[Logli
     let mut acts = model.new_acts(cap_b, cap_t);
     let be = &model.be;
     let v = model.cfg.vocab_size;
-    let mut targets_buf = be.upload_ids(&vec![IGNORE_INDEX; cap_b * cap_t]);
-    let mut logp = be.zeros(cap_b * cap_t);
-    let mut greedy = be.zeros(cap_b * cap_t);
+    let mut bufs = crate::lm_loss::LossBufs::new(be, cap_b * cap_t);
     let mut results = vec![LoglikResult { loglik: 0.0, is_greedy: true }; enc.len()];
     for chunk in order.chunks(batch_size) {
         let t = chunk.iter().map(|&i| enc[i].input.len()).max().unwrap().max(1);
@@ -75,10 +73,9 @@ pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[Logli
                 targets[row * t + p] = e.targets[p];
             }
         }
-        model.forward(&mut acts, &tokens, b, t)?;
-        be.write_ids(&mut targets_buf, &targets);
-        be.token_logprobs(&mut logp, &mut greedy, &acts.logits, &targets_buf, okapi_runtime::Rows::new(b * t, v));
-        let (lp, gr) = (be.read(&logp, b * t), be.read(&greedy, b * t));
+        model.forward_hidden(&mut acts, &tokens, b, t)?;
+        let tl = crate::lm_loss::head_logprobs(model, &mut acts, &mut bufs, &targets, None)?;
+        let (lp, gr) = (tl.logp, tl.greedy);
         for (row, &i) in chunk.iter().enumerate() {
             let e = &enc[i];
             let len = e.input.len();

@@ -1,7 +1,7 @@
 //! One PPO minibatch: the policy's log-probs and values on (prompt + response) sequences, the
 //! clipped policy and value losses (trlx), and their gradient into the model.
 
-use crate::lm_loss::LossBufs;
+use crate::lm_loss::{head_logprobs, head_xent, LossBufs};
 use okapi_data::{collate, Example, IGNORE_LABEL};
 use okapi_model::{Acts, Grads, Model, ModelError, Scratch};
 use okapi_runtime::{Backend, IGNORE_INDEX};
@@ -46,9 +46,6 @@ pub struct PpoBufs<B: Backend> {
     pub acts: Acts<B>,
     scratch: Scratch<B>,
     loss: LossBufs<B>,
-    targets: B::Ids,
-    logp: B::Buf,
-    greedy: B::Buf,
     values: B::Buf,
     dvalues: B::Buf,
     pad: u32,
@@ -69,9 +66,6 @@ impl<B: Backend> PpoBufs<B> {
             acts: model.new_acts(cap_b, cap_t),
             scratch: model.new_scratch(cap_b, cap_t),
             loss: LossBufs::new(be, n),
-            targets: be.upload_ids(&vec![IGNORE_INDEX; n]),
-            logp: be.zeros(n),
-            greedy: be.zeros(n),
             values: be.zeros(n),
             dvalues: be.zeros(n),
             pad,
@@ -100,8 +94,8 @@ impl<B: Backend> PpoBufs<B> {
         let batch = collate(&seqs.iter().collect::<Vec<_>>(), self.pad);
         let (b, t) = (batch.b, batch.t);
         match from {
-            None => model.forward(&mut self.acts, &batch.ids, b, t)?,
-            Some((start, x)) => model.forward_from(&mut self.acts, &batch.ids, b, t, start, x)?,
+            None => model.forward_hidden(&mut self.acts, &batch.ids, b, t)?,
+            Some((start, x)) => model.forward_hidden_from(&mut self.acts, &batch.ids, b, t, start, x)?,
         }
         let be = &model.be;
         let mut targets = vec![IGNORE_INDEX; b * t];
@@ -110,26 +104,27 @@ impl<B: Backend> PpoBufs<B> {
                 targets[i * t + r.prompt.len() - 1 + k] = a;
             }
         }
-        be.write_ids(&mut self.targets, &targets);
-        be.token_logprobs(&mut self.logp, &mut self.greedy, &self.acts.logits, &self.targets, okapi_runtime::Rows::new(b * t, model.cfg.vocab_size));
-        let lp = be.read(&self.logp, b * t);
+        // the response positions: their log-probs, values and (when asked) entropies
+        let span = |i: usize, r: &Rollout| i * t + r.prompt.len() - 1..i * t + r.prompt.len() - 1 + r.response.len();
+        let in_response = |p: usize| {
+            let (i, q) = (p / t, p % t);
+            rollouts.get(i).is_some_and(|r| q + 1 >= r.prompt.len() && q + 1 < r.prompt.len() + r.response.len())
+        };
+        let tl = head_logprobs(model, &mut self.acts, &mut self.loss, &targets, if entropy { Some(&in_response) } else { None })?;
         let vals = if model.value_head.is_some() {
             model.value_fwd(&self.acts, &mut self.values)?;
             Some(be.read(&self.values, b * t))
         } else {
             None
         };
-        let logits = if entropy { Some(be.read(&self.acts.logits, b * t * model.cfg.vocab_size)) } else { None };
-        let v = model.cfg.vocab_size;
-        let span = |i: usize, r: &Rollout| i * t + r.prompt.len() - 1..i * t + r.prompt.len() - 1 + r.response.len();
         let mut out = PolicyEval { logprobs: vec![], values: vec![], entropy: vec![] };
         for (i, r) in rollouts.iter().enumerate() {
-            out.logprobs.push(lp[span(i, r)].to_vec());
+            out.logprobs.push(tl.logp[span(i, r)].to_vec());
             if let Some(vals) = &vals {
                 out.values.push(vals[span(i, r)].to_vec());
             }
-            if let Some(lg) = &logits {
-                out.entropy.push(span(i, r).map(|p| row_entropy(&lg[p * v..(p + 1) * v])).collect());
+            if entropy {
+                out.entropy.push(tl.entropy[span(i, r)].to_vec());
             }
         }
         Ok((out, targets, t))
@@ -209,10 +204,7 @@ impl<B: Backend> PpoBufs<B> {
         }
         st.loss = st.pg_loss + cfg.vf_coef * st.vf_loss;
         let be = &model.be;
-        be.write_ids(&mut self.targets, &targets);
-        be.write(self.loss.coef_mut(), &coef);
-        self.loss.xent_in_place(model, &mut self.acts, &self.targets, b * t);
-        model.lm_head_bwd(&self.acts, &mut self.scratch, grads);
+        head_xent(model, &mut self.acts, &mut self.loss, &targets, &coef, Some((&mut self.scratch, &mut *grads)))?;
         match critic {
             None => {
                 be.write(&mut self.dvalues, &dvalues);
@@ -226,15 +218,4 @@ impl<B: Backend> PpoBufs<B> {
         model.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         Ok(st)
     }
-}
-
-/// −Σ p log p of a logits row.
-fn row_entropy(row: &[f32]) -> f64 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
-    let lz = z.ln();
-    row.iter().map(|&x| {
-        let lp = x as f64 - max - lz;
-        -lp.exp() * lp
-    }).sum()
 }

@@ -24,6 +24,10 @@ pub struct LoglikArgs {
     /// Requests per forward pass
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Compute the LM head N tokens at a time (no tokens × vocabulary logits tensor; the same
+    /// log-likelihoods to float rounding)
+    #[arg(long)]
+    pub lm_head_chunk: Option<usize>,
 }
 
 pub fn run(a: LoglikArgs) -> Result<(), String> {
@@ -34,13 +38,17 @@ fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
+    if a.lm_head_chunk == Some(0) {
+        return Err("--lm-head-chunk 0: must be at least 1".into());
+    }
     super::outdir::check_output_file("--output", &a.output, &[&a.data], &[("--model", &a.model)])?;
     let reqs: Vec<LoglikRequest> = read_records(&a.data).map_err(|e| e.to_string())?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model_cfg = okapi_model::ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let device = be.name();
-    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    model.head_chunk = a.lm_head_chunk;
     eprintln!("okapi-train loglik: {} requests, {} ({} params) on {device}", reqs.len(), a.model.display(), model.n_params());
     let results = score_loglik(&model, &tok, &reqs, a.batch_size).map_err(|e| e.to_string())?;
     let mut out = String::new();

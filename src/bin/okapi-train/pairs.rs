@@ -153,10 +153,11 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     let r = prepare(&be, Stage::Dpo, &a.train, &a.model, &a.data, &a.out, &[("--beta", a.beta.into())])?;
     let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     model.grad_checkpointing = a.train.grad_checkpointing;
+    model.head_chunk = a.train.lm_head_chunk;
     model.lm_head().map_err(|e| e.to_string())?;
     let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
-    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing })))?;
+    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing, "lm_head_chunk": a.train.lm_head_chunk })))?;
     let mut obj = DpoObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.beta).map_err(|e| e.to_string())?;
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());

@@ -73,7 +73,7 @@ pub struct PlanArgs {
     /// Plan with activation checkpointing (sft / reward / dpo / ppo)
     #[arg(long)]
     pub grad_checkpointing: bool,
-    /// sft: plan with the LM head and loss N rows at a time
+    /// sft / dpo / ppo: plan with the LM head and loss N rows at a time
     #[arg(long)]
     pub lm_head_chunk: Option<usize>,
     /// The backend whose free memory the plan is compared with: auto, cpu, wgpu or cuda
@@ -87,7 +87,7 @@ pub struct PlanArgs {
 pub fn run(a: PlanArgs) -> Result<(), String> {
     match (a.lm_head_chunk, a.command) {
         (Some(0), _) => return Err("--lm-head-chunk 0: must be at least 1".into()),
-        (Some(n), c) if c != PlanCommand::Sft => return Err(format!("--lm-head-chunk {n}: only sft chunks its LM head")),
+        (Some(n), c) if !matches!(c, PlanCommand::Sft | PlanCommand::Dpo | PlanCommand::Ppo) => return Err(format!("--lm-head-chunk {n}: only sft, dpo and ppo chunk their LM head")),
         _ => {}
     }
     if !matches!(a.reference.as_str(), "hydra" | "full") || !matches!(a.critic.as_str(), "shared" | "separate") {
@@ -175,7 +175,7 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, a.critic == "separate", a.grad_checkpointing, a.reference == "hydra")?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, a.critic == "separate", okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk }, a.reference == "hydra")?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

@@ -136,6 +136,10 @@ pub struct PpoArgs {
     /// the head, and runs on the policy's frozen trunk, computed once) or full (a whole copy)
     #[arg(long, default_value = "hydra")]
     pub reference: String,
+    /// Compute the policy's and the reference's LM head N tokens at a time (no tokens ×
+    /// vocabulary logits; the same numbers to float rounding)
+    #[arg(long)]
+    pub lm_head_chunk: Option<usize>,
     /// Activation checkpointing for the policy and a separate critic (bit-identical gradients
     /// on the CPU, one more forward per minibatch); the reference and reward model keep one
     /// block's activations too (they never run a backward)
@@ -295,10 +299,10 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
 /// separate critic from it, trained too), their activations over a chunk of rollouts, and the
 /// rollouts' KV cache.
-pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool, checkpointed: bool, hydra: bool) -> Result<Need, String> {
-    use okapi_model::memory::{kv_cache_bytes, logits_bytes, saved_activation_bytes_with, training_run_need, weights_bytes, workspace_bytes};
+pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool, t: okapi_model::memory::Techniques, hydra: bool) -> Result<Need, String> {
+    use okapi_model::memory::{head_bytes, kv_cache_bytes, saved_activation_bytes_with, training_run_need, weights_bytes, workspace_bytes};
     // the reference and the reward model only run forwards: one block's activations each
-    let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, true).saturating_add(logits_bytes(m, rows)).saturating_add(workspace_bytes(m, rows));
+    let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, true).saturating_add(head_bytes(m, rows, t.head_chunk)).saturating_add(workspace_bytes(m, rows));
     const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
     const MINIBATCH: &str = "lower --ppo-batch-size, --chunk-size, --max-new-tokens or --max-prompt-len";
     let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
@@ -316,7 +320,6 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         _ => weights_bytes(policy),
     };
     let reference_label = if hydra && cfg.unfrozen_layers.is_some() { "reference model (hydra: top blocks and head)" } else { "reference model" };
-    let t = okapi_model::memory::Techniques { checkpointed, head_chunk: None };
     let mut need = training_run_need(policy, trainable, rows, t, MINIBATCH)
         .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
         .device_lowered_by("reward model", weights_bytes(rm), "")
@@ -342,6 +345,9 @@ fn check_ppo_memory<B: Backend>(be: &B, need: &Need, force: bool) -> Result<(), 
 }
 
 fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
+    if a.lm_head_chunk == Some(0) {
+        return Err("--lm-head-chunk 0: must be at least 1".into());
+    }
     if !matches!(a.reference.as_str(), "hydra" | "full") {
         return Err(format!("--reference {}: expected hydra (top layers on the policy's frozen trunk) or full (a whole copy)", a.reference));
     }
@@ -360,11 +366,12 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
     let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
     okapi_rlhf::ppo::check_resume(&cfg, &policy_cfg, &prompts).map_err(err)?;
-    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate", a.grad_checkpointing, a.reference == "hydra")?;
+    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate", okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk }, a.reference == "hydra")?;
     check_ppo_memory(&be, &need, a.force)?;
     let load = |dir: &PathBuf| -> Result<Model<B>, String> {
         let mut m = Model::load(be.clone(), dir).map_err(err)?;
         m.grad_checkpointing = a.grad_checkpointing;
+        m.head_chunk = a.lm_head_chunk;
         Ok(m)
     };
     let mut policy = load(&a.policy)?;
@@ -426,6 +433,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference, "lm_head_chunk": a.lm_head_chunk,
     })
 }

@@ -142,7 +142,7 @@ pub struct TrainFlags {
     /// backward (the same gradients, bit for bit on the CPU; one more forward per step)
     #[arg(long)]
     pub grad_checkpointing: bool,
-    /// sft: compute the LM head and the loss N rows (tokens) at a time, so the batch's
+    /// sft, dpo: compute the LM head and the loss N rows (tokens) at a time, so the batch's
     /// (tokens × vocabulary) logits never exist whole (the same loss; gradients to float rounding)
     #[arg(long)]
     pub lm_head_chunk: Option<usize>,
@@ -215,13 +215,13 @@ impl TrainFlags {
 }
 
 impl TrainFlags {
-    /// `--lm-head-chunk`: at least 1, and only where the command chunks its head (sft).
+    /// `--lm-head-chunk`: at least 1, and only where there is an LM head (sft, dpo).
     pub fn check_head_chunk(&self, stage: Stage) -> Result<(), String> {
         match (self.lm_head_chunk, stage) {
             (None, _) => Ok(()),
             (Some(0), _) => Err("--lm-head-chunk 0: must be at least 1".into()),
-            (Some(_), Stage::Sft) => Ok(()),
-            (Some(n), other) => Err(format!("--lm-head-chunk {n}: {} does not chunk its head (sft does; a reward model has no LM head, DPO's is not chunked yet)", other.name())),
+            (Some(_), Stage::Sft | Stage::Dpo) => Ok(()),
+            (Some(n), other) => Err(format!("--lm-head-chunk {n}: {} has no LM head to chunk (a reward model scores with its score head)", other.name())),
         }
     }
 }
