@@ -270,6 +270,31 @@ fn copy_range<B: Backend>(be: &B, t: &Tols) {
     }
 }
 
+fn unpack_bf16<B: Backend>(be: &B, t: &Tols) {
+    use okapi::kernels::reduce::{bf16_bits, pack_bf16};
+    let p = Pair::new(be);
+    let mut rng = Rng::new(34);
+    for n in SIZES {
+        let mut x = spread(&mut rng, n, 3.0);
+        // round-half-to-even ties, ±0, infinities and a NaN among the values
+        for (i, v) in [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN].into_iter().enumerate() {
+            if i < n {
+                x[i] = v;
+            }
+        }
+        let (cs, gs) = p.up(&pack_bf16(&x));
+        let (mut cd, mut gd) = p.out(&spread(&mut rng, n, 1.0));
+        p.cpu.unpack_bf16(&mut cd, &cs, n);
+        be.unpack_bf16(&mut gd, &gs, n);
+        // the oracle: each value rounded to bf16 (nearest even), NaN kept a NaN
+        for (i, (&got, &v)) in cd.iter().zip(&x).enumerate() {
+            let want = f32::from_bits((bf16_bits(v) as u32) << 16);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && v.is_nan()), "cpu unpack_bf16 n={n} [{i}]: {got} for {v}");
+        }
+        p.cmp("unpack_bf16", &format!("n={n}"), &cd, &gd, &t.memory);
+    }
+}
+
 fn scale<B: Backend>(be: &B, t: &Tols) {
     let p = Pair::new(be);
     let mut rng = Rng::new(4);
@@ -891,7 +916,7 @@ macro_rules! conformance {
         mod $module {
             use super::*;
             conformance!(@ops $make, $tols, [$(ignore = $why)?];
-                memory, fill, copy, copy_range, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
+                memory, fill, copy, copy_range, unpack_bf16, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
                 matmul, matmul_edges, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu,
                 softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }

@@ -58,6 +58,12 @@ fn plan_prints_a_table_then_one_json_line_whose_parts_add_up() {
     let r = last_json(&o);
     assert!(r["frozen_weights_f32"].as_u64().unwrap() > 0 && r["logits"].as_u64() == Some(0), "a reward model has no logits: {r}");
     assert_eq!(r["gradients"], r["trainable_weights_f32"]);
+    // --frozen-bf16: the frozen block's linear weights at half their bytes, plus one block staged
+    let o = okapi(&["plan", "--command", "reward", "--model", model.to_str().unwrap(), "--unfrozen-layers", "1", "--frozen-bf16"], &[]);
+    let h = last_json(&o);
+    let (f32_before, f32_after, bf16) = (r["frozen_weights_f32"].as_u64().unwrap(), h["frozen_weights_f32"].as_u64().unwrap(), h["frozen_weights_bf16"].as_u64().unwrap());
+    assert!(bf16 > 0 && f32_after + 2 * bf16 == f32_before, "{r}\n{h}");
+    assert_eq!(h["bf16_staging_one_block_f32"].as_u64(), Some(2 * bf16), "one frozen block: its staging is its f32 size");
 }
 
 #[test]

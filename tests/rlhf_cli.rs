@@ -345,3 +345,24 @@ fn ppo_with_a_chunked_head_follows_the_whole_one() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--frozen-bf16` in PPO: the policy's frozen blocks, the reference and the reward model in
+/// bf16; the hydra reference (from the policy's packed frozen trunk) still matches a whole
+/// packed copy bit for bit, and the run trains.
+#[test]
+fn ppo_with_frozen_bf16_weights_runs_and_its_hydra_reference_is_exact() {
+    let dir = tmp("ppo-bf16");
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
+    let outs: Vec<PathBuf> = ["hydra", "full"].iter().map(|m| dir.join(m)).collect();
+    for (out, mode) in outs.iter().zip(["hydra", "full"]) {
+        let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--unfrozen-layers", "1", "--reference", mode, "--frozen-bf16", "--save-dtype", "f32"]);
+        assert!(o.status.success(), "{}", err(&o));
+        assert!(err(&o).contains("frozen weights (bf16)"), "{}", err(&o));
+    }
+    for f in ["model.safetensors", "value_head.safetensors"] {
+        assert!(std::fs::read(outs[0].join(f)).unwrap() == std::fs::read(outs[1].join(f)).unwrap(), "{f} differs between hydra and full bf16 references");
+    }
+    let m: Vec<serde_json::Value> = std::fs::read_to_string(outs[0].join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(m.iter().all(|v| v["loss"].as_f64().is_some_and(f64::is_finite)), "{m:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -92,6 +92,8 @@ pub struct Acts<B: Backend> {
     pub checkpointed: bool,
     /// With checkpointing, the block whose activations `layers[0]` holds now.
     pub resident: Option<usize>,
+    /// f32 copies of a bf16-packed block's weights (`None` when the model packs nothing).
+    pub stage: Option<crate::bf16::Stage<B>>,
 }
 
 impl<B: Backend> Acts<B> {
@@ -130,6 +132,7 @@ impl<B: Backend> Acts<B> {
             dln_chunk: be.zeros(if chunked { head_rows * c } else { 0 }),
             checkpointed,
             resident: None,
+            stage: None,
         }
     }
 

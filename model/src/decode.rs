@@ -34,6 +34,8 @@ pub struct KvCache<B: Backend> {
     lnf_last: B::Buf,
     /// `t` of the last call (logits row of sequence b, new token i: b·t + i)
     pub last_t: usize,
+    /// f32 copies of a bf16-packed block's weights
+    stage: Option<crate::bf16::Stage<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -81,6 +83,7 @@ impl<B: Backend> Model<B> {
             last_rows: be.upload_ids(&vec![0; batch]),
             lnf_last: be.zeros(batch * c),
             last_t: 0,
+            stage: self.new_stage(),
         })
     }
 
@@ -120,7 +123,7 @@ impl<B: Backend> Model<B> {
         be.write_ids(&mut cache.positions, &positions);
         be.write_ids(&mut cache.q_pos0, &cache.lens.iter().map(|&l| l as u32).collect::<Vec<_>>());
         be.write_ids(&mut cache.kv_len, &cache.lens.iter().zip(n_new).map(|(&l, &nn)| (l + nn) as u32).collect::<Vec<_>>());
-        let KvCache { k, v, la, x, lnf, lnf_mean, lnf_rstd, emb, ids, positions, q_pos0, kv_len, logits, cap, last_rows, lnf_last, .. } = cache;
+        let KvCache { k, v, la, x, lnf, lnf_mean, lnf_rstd, emb, ids, positions, q_pos0, kv_len, logits, cap, last_rows, lnf_last, stage, .. } = cache;
         let [x0, x1] = x;
         match &self.emb_ln {
             None => be.embedding_fwd(x0, &self.values[self.embed], ids, okapi_runtime::Rows::new(n, c)),
@@ -134,7 +137,8 @@ impl<B: Backend> Model<B> {
         for (l, blk) in self.blocks.iter().enumerate() {
             let (x_in, x_out) = if l % 2 == 0 { (&*x0, &mut *x1) } else { (&*x1, &mut *x0) };
             let slot = KvSlot { k: &mut k[l], v: &mut v[l], cap: *cap };
-            self.block_fwd(blk, la, x_in, x_out, &ctx, Some(slot));
+            self.stage_block(blk, stage);
+            self.block_fwd(blk, la, x_in, x_out, &ctx, Some(slot), stage.as_ref());
         }
         let x_last = if cfg.n_layers.is_multiple_of(2) { &*x0 } else { &*x1 };
         self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);

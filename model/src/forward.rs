@@ -3,6 +3,7 @@
 //! scratch gradients and accumulating (`+=`) parameter gradients and the residual stream's.
 
 use crate::acts::{Acts, Grads, LayerActs, Scratch};
+use crate::bf16::Stage;
 use crate::error::{ModelError, Result};
 use crate::model::{Block, Linear, Model, Norm};
 use okapi_runtime::{AttnGrads, AttnInputs, AttnShape, Backend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
@@ -41,7 +42,9 @@ impl<B: Backend> Model<B> {
     /// Activation arenas for batches up to (cap_b, cap_t), checkpointed when
     /// [`Model::grad_checkpointing`](crate::Model::grad_checkpointing) is on.
     pub fn new_acts(&self, cap_b: usize, cap_t: usize) -> Acts<B> {
-        Acts::new(&self.be, &self.cfg, cap_b, cap_t, self.grad_checkpointing, self.head_chunk)
+        let mut acts = Acts::new(&self.be, &self.cfg, cap_b, cap_t, self.grad_checkpointing, self.head_chunk);
+        acts.stage = self.new_stage();
+        acts
     }
 
     pub fn new_scratch(&self, cap_b: usize, cap_t: usize) -> Scratch<B> {
@@ -72,7 +75,12 @@ impl<B: Backend> Model<B> {
 
     /// out (N,d_out) = x (N,d_in) · Wᵀ + b
     pub(crate) fn linear_fwd(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize) {
-        self.be.matmul(out, x, &self.values[lin.w], &Gemm::new(n, lin.d_out, lin.d_in).trans_b());
+        self.linear_fwd_staged(out, x, lin, n, None);
+    }
+
+    /// [`Model::linear_fwd`] reading a bf16-packed weight from the block's stage.
+    pub(crate) fn linear_fwd_staged(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize, stage: Option<&Stage<B>>) {
+        self.be.matmul(out, x, self.weight(lin.w, stage), &Gemm::new(n, lin.d_out, lin.d_in).trans_b());
         if let Some(b) = lin.b {
             self.be.bias_add(out, &self.values[b], Rows::new(n, lin.d_out));
         }
@@ -144,15 +152,15 @@ impl<B: Backend> Model<B> {
 
     // ---- block ----------------------------------------------------------------------------
 
-    pub(crate) fn block_fwd(&self, blk: &Block, la: &mut LayerActs<B>, x_in: &B::Buf, x_out: &mut B::Buf, ctx: &AttnCtx<B>, kv: Option<KvSlot<B>>) {
+    pub(crate) fn block_fwd(&self, blk: &Block, la: &mut LayerActs<B>, x_in: &B::Buf, x_out: &mut B::Buf, ctx: &AttnCtx<B>, kv: Option<KvSlot<B>>, st: Option<&Stage<B>>) {
         let be = &self.be;
         let cfg = &self.cfg;
         let n = ctx.b * ctx.t;
         let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         self.norm_fwd(&blk.ln1, &mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, x_in, n);
-        self.linear_fwd(&mut la.q, &la.ln1, &blk.q, n);
-        self.linear_fwd(&mut la.k, &la.ln1, &blk.k, n);
-        self.linear_fwd(&mut la.v, &la.ln1, &blk.v, n);
+        self.linear_fwd_staged(&mut la.q, &la.ln1, &blk.q, n, st);
+        self.linear_fwd_staged(&mut la.k, &la.ln1, &blk.k, n, st);
+        self.linear_fwd_staged(&mut la.v, &la.ln1, &blk.v, n, st);
         if let Some(inv_freq) = &self.rope_inv_freq {
             be.rope_fwd(&mut la.q, ctx.positions, inv_freq, &RopeShape::new(n, hq, d));
             be.rope_fwd(&mut la.k, ctx.positions, inv_freq, &RopeShape::new(n, hkv, d));
@@ -173,23 +181,23 @@ impl<B: Backend> Model<B> {
             }
         }
         // x_mid = x_in + o(att)
-        self.linear_fwd(&mut la.x_mid, &la.att, &blk.o, n);
+        self.linear_fwd_staged(&mut la.x_mid, &la.att, &blk.o, n, st);
         be.axpy(&mut la.x_mid, 1.0, x_in, n * cfg.hidden_size);
         self.norm_fwd(&blk.ln2, &mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.x_mid, n);
         let nf = n * cfg.intermediate_size;
         match &blk.gate {
             Some(gate) => {
-                self.linear_fwd(&mut la.mlp_a, &la.ln2, gate, n);
-                self.linear_fwd(&mut la.mlp_b, &la.ln2, &blk.up, n);
+                self.linear_fwd_staged(&mut la.mlp_a, &la.ln2, gate, n, st);
+                self.linear_fwd_staged(&mut la.mlp_b, &la.ln2, &blk.up, n, st);
                 be.swiglu_fwd(&mut la.mlp_h, &la.mlp_a, &la.mlp_b, nf);
             }
             None => {
-                self.linear_fwd(&mut la.mlp_a, &la.ln2, &blk.up, n);
+                self.linear_fwd_staged(&mut la.mlp_a, &la.ln2, &blk.up, n, st);
                 be.gelu_fwd(&mut la.mlp_h, &la.mlp_a, nf);
             }
         }
         // x_out = x_mid + down(h)
-        self.linear_fwd(x_out, &la.mlp_h, &blk.down, n);
+        self.linear_fwd_staged(x_out, &la.mlp_h, &blk.down, n, st);
         be.axpy(x_out, 1.0, &la.x_mid, n * cfg.hidden_size);
     }
 
@@ -293,11 +301,12 @@ impl<B: Backend> Model<B> {
     fn blocks_and_norm_fwd(&self, acts: &mut Acts<B>, start: usize) {
         let (b, t) = (acts.b, acts.t);
         let slots: Vec<usize> = (0..self.cfg.n_layers).map(|l| acts.layer_slot(l)).collect();
-        let Acts { x, layers, positions, q_pos0, kv_len, .. } = acts;
+        let Acts { x, layers, positions, q_pos0, kv_len, stage, .. } = acts;
         let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
         for (l, blk) in self.blocks.iter().enumerate().skip(start) {
             let (lo, hi) = x.split_at_mut(l + 1);
-            self.block_fwd(blk, &mut layers[slots[l]], &lo[l], &mut hi[0], &ctx, None);
+            self.stage_block(blk, stage);
+            self.block_fwd(blk, &mut layers[slots[l]], &lo[l], &mut hi[0], &ctx, None, stage.as_ref());
         }
         acts.resident = self.cfg.n_layers.checked_sub(1);
         let last = self.cfg.n_layers;
@@ -347,11 +356,12 @@ impl<B: Backend> Model<B> {
             return;
         }
         let (b, t) = (acts.b, acts.t);
-        let Acts { x, layers, positions, q_pos0, kv_len, .. } = acts;
+        let Acts { x, layers, positions, q_pos0, kv_len, stage, .. } = acts;
         let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
         // x[l + 1] is rewritten with the values it already holds (only block l + 1 read it)
         let (lo, hi) = x.split_at_mut(l + 1);
-        self.block_fwd(&self.blocks[l], &mut layers[0], &lo[l], &mut hi[0], &ctx, None);
+        self.stage_block(&self.blocks[l], stage);
+        self.block_fwd(&self.blocks[l], &mut layers[0], &lo[l], &mut hi[0], &ctx, None, stage.as_ref());
         acts.resident = Some(l);
     }
 

@@ -70,6 +70,7 @@ impl<B: Backend> Model<B> {
         self.values.push(self.be.upload(weight));
         self.info.push(ParamInfo { name: "v_head.bias".into(), shape: vec![1], kind: ParamKind::Bias });
         self.values.push(self.be.upload(&[bias]));
+        self.packed.extend([false, false]);
         let n = self.info.len();
         self.value_head = Some(Linear { w: n - 2, b: Some(n - 1), d_in: c, d_out: 1 });
     }

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod acts;
+pub mod bf16;
 pub mod config;
 pub mod decode;
 pub mod error;

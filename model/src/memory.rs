@@ -71,6 +71,22 @@ pub struct Techniques {
     pub checkpointed: bool,
     /// `--lm-head-chunk`: the LM head's rows at a time (`None`: all)
     pub head_chunk: Option<usize>,
+    /// `--frozen-bf16`: this many bottom (frozen) blocks keep their linear weights in bf16
+    pub bf16_blocks: usize,
+}
+
+/// The linear weights of one block (what `--frozen-bf16` stores in bf16).
+pub fn block_linear_params(cfg: &ModelConfig) -> u128 {
+    let [c, f] = [cfg.hidden_size, cfg.intermediate_size].map(|x| x as u128);
+    let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
+    let mlp = if cfg.arch == Arch::Llama { 3 * c * f } else { 2 * c * f };
+    2 * c * qw + 2 * c * kw + mlp
+}
+
+/// Bytes of `cfg`'s weights with `bf16_blocks` blocks' linear weights in bf16, the rest f32.
+pub fn weights_bytes_with(cfg: &ModelConfig, bf16_blocks: usize) -> u64 {
+    let packed = block_linear_params(cfg).saturating_mul(bf16_blocks.min(cfg.n_layers) as u128);
+    weights_bytes(cfg).saturating_sub(f32s(packed) / 2)
 }
 
 /// The backward's scratch, shared by every layer, for `rows` rows.
@@ -289,10 +305,13 @@ pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, t: Tec
 /// with activation checkpointing or not.
 pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &str, t: Techniques) -> Need {
     let frozen = cfg.param_count().saturating_sub(trainable);
+    let packed = block_linear_params(cfg).saturating_mul(t.bf16_blocks.min(cfg.n_layers) as u128).min(frozen);
     const LAYERS: &str = "train fewer layers (--unfrozen-layers)";
     Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")
         .device_lowered_by("trainable weights (f32)", f32s(trainable), LAYERS)
-        .device_lowered_by("frozen weights (f32)", f32s(frozen), "use a smaller model")
+        .device_lowered_by("frozen weights (f32)", f32s(frozen - packed), if packed == 0 { "use --frozen-bf16, or a smaller model" } else { "use a smaller model" })
+        .device_lowered_by("frozen weights (bf16)", f32s(packed) / 2, "use a smaller model")
+        .device_lowered_by("bf16 staging (one block, f32)", if packed > 0 { f32s(block_linear_params(cfg)) } else { 0 }, "")
         .device_lowered_by("gradients", f32s(trainable), LAYERS)
         .device_lowered_by("AdamW moments", f32s(trainable.saturating_mul(2)), LAYERS)
         .device_lowered_by(if t.checkpointed { "activations (checkpointed)" } else { "activations" }, saved_activation_bytes_with(cfg, rows, t.checkpointed), rows_flags)

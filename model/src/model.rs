@@ -112,6 +112,8 @@ pub struct Model<B: Backend> {
     pub head_chunk: Option<usize>,
     /// The lowest block whose weights this copy holds (0: all; see [`Model::release_below`]).
     pub(crate) first_block: usize,
+    /// Parameters stored packed in bf16 ([`Model::freeze_in_bf16`]).
+    pub(crate) packed: Vec<bool>,
 }
 
 /// Builds the parameter table and the HF name map for a config (no values yet).
@@ -365,7 +367,8 @@ impl<B: Backend> Model<B> {
         let rope_inv_freq = (cfg.arch == Arch::Llama).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0 }
+        let packed = vec![false; info.len()];
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification
@@ -379,8 +382,15 @@ impl<B: Backend> Model<B> {
     }
 
     /// Parameter `i` on the host.
+    /// Parameter `i` on the host, in f32 (a bf16-packed one unpacked).
     pub fn host_value(&self, i: usize) -> Vec<f32> {
-        self.be.read(&self.values[i], self.info[i].numel())
+        let n = self.info[i].numel();
+        if self.packed[i] {
+            let mut out = vec![0f32; n];
+            okapi_kernels::reduce::unpack_bf16(&mut out, &self.be.read(&self.values[i], n.div_ceil(2)));
+            return out;
+        }
+        self.be.read(&self.values[i], n)
     }
 
     /// All weights as HF tensors `(name, shape, data)`, ready to save.

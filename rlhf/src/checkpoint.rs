@@ -270,8 +270,8 @@ pub fn load_params<B: Backend>(path: &Path, model: &mut Model<B>, all: bool) -> 
             return Err(bad(path, format!("tensor `{name}` is {:?} {:?}, expected F32 with {} elements", t.dtype(), t.shape(), model.info[i].numel())));
         }
         let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let mut buf = model.be.upload(&data);
-        std::mem::swap(&mut model.values[i], &mut buf);
+        // (packed again when the model keeps this frozen weight in bf16)
+        model.set_host_value(i, &data);
     }
     Ok(())
 }

@@ -264,6 +264,10 @@ pub(crate) fn refuse_other_checkpoint(dir: &Path, resuming: bool) -> Result<(), 
 /// Refuses to save parameters that overflowed.
 pub fn ensure_finite<B: Backend>(model: &Model<B>, step: u64) -> Result<(), TrainError> {
     for (i, v) in model.values.iter().enumerate() {
+        // a bf16-packed weight is frozen: checked when it was loaded
+        if model.is_packed(i) {
+            continue;
+        }
         if !model.be.read(v, model.info[i].numel()).iter().all(|x| x.is_finite()) {
             let what = format!("parameter `{}` is no longer finite", model.info[i].name);
             return Err(TrainError::NotFinite { at: format!("step {step}"), what, checkpoint: None });
@@ -345,13 +349,18 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     fn resume(&mut self) -> Result<(), TrainError> {
         let Some(dir) = &self.cfg.resume else { return Ok(()) };
         let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect(self.obj.command(), &self.state))?;
-        let loaded = Model::load(self.model.be.clone(), &ckpt.join("model"))?;
+        let mut loaded = Model::load(self.model.be.clone(), &ckpt.join("model"))?;
         if loaded.info.len() != self.model.info.len() {
             let detail = format!("{} parameters, this model has {}", loaded.info.len(), self.model.info.len());
             return Err(TrainError::Resume { dir: ckpt, mismatch: ResumeMismatch::Layout { detail } });
         }
-        for (dst, src) in self.model.values.iter_mut().zip(loaded.values) {
-            *dst = src;
+        for i in 0..loaded.info.len() {
+            if self.model.is_packed(i) {
+                // a frozen weight kept in bf16: packed again from the checkpoint's values
+                self.model.set_host_value(i, &loaded.host_value(i));
+            } else {
+                std::mem::swap(&mut self.model.values[i], &mut loaded.values[i]);
+            }
         }
         checkpoint::load_optimizer(&ckpt, &self.model, &mut self.opt)?;
         self.state = saved;

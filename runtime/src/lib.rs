@@ -75,6 +75,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// dst[dst_off .. dst_off+len] = src[src_off .. src_off+len] (`=`): rows of one buffer into
     /// another (the chunked LM head moves row blocks in and out of its chunk buffers).
     fn copy_range(&self, dst: &mut Self::Buf, dst_off: usize, src: &Self::Buf, src_off: usize, len: usize);
+    /// dst[..n] = the bf16 values packed two per slot in src[..⌈n/2⌉], as f32 (`=`; see
+    /// `okapi_kernels::reduce::pack_bf16`): frozen weights kept in bf16.
+    fn unpack_bf16(&self, dst: &mut Self::Buf, src: &Self::Buf, n: usize);
     /// x *= a
     fn scale(&self, x: &mut Self::Buf, a: f32, len: usize);
     /// y += a·x

@@ -19,6 +19,7 @@ pub const FAMILY: crate::Family = crate::Family {
         "sum_squares_partial",
         "sum_squares_finish",
         "f32_to_bf16",
+        "bf16_unpack_f32",
     ],
     wgsl: &[
         ("fill", WGSL_FILL),
@@ -27,11 +28,14 @@ pub const FAMILY: crate::Family = crate::Family {
         ("sum_squares", WGSL_SUM_SQUARES),
         ("bias_add", WGSL_BIAS_ADD),
         ("bias_bwd", WGSL_BIAS_BWD),
+        ("unpack_bf16", WGSL_UNPACK_BF16),
     ],
 };
 
 pub const WGSL_FILL: &str = include_str!("fill.wgsl");
 pub const WGSL_SCALE: &str = include_str!("scale.wgsl");
+/// dst[i] = bf16 half (i mod 2) of word i/2 of src, as f32 ([`unpack_bf16`]).
+pub const WGSL_UNPACK_BF16: &str = include_str!("unpack_bf16.wgsl");
 pub const WGSL_AXPY: &str = include_str!("axpy.wgsl");
 /// Entry points `partial` (one workgroup per [`WGSL_SUMSQ_CHUNK`] elements) and `finish`.
 pub const WGSL_SUM_SQUARES: &str = include_str!("sum_squares.wgsl");
@@ -85,6 +89,33 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// 134 MB took ~20 ms of a bench-33m step).
 pub fn fill(x: &mut [f32], value: f32) {
     x.par_chunks_mut(PAR_CHUNK).for_each(|c| c.fill(value));
+}
+
+/// bf16 bits of `x`, rounded to nearest even (a NaN stays a NaN).
+pub fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if u & 0x7fff_ffff > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// `x` rounded to bf16 and packed two to an f32 slot (element 2i in the low half of slot i, as
+/// bits: the slots are containers, not numbers) — how frozen weights are stored in bf16 on any
+/// backend. The inverse is [`unpack_bf16`].
+pub fn pack_bf16(x: &[f32]) -> Vec<f32> {
+    x.chunks(2).map(|p| f32::from_bits(bf16_bits(p[0]) as u32 | (p.get(1).map_or(0, |&h| bf16_bits(h)) as u32) << 16)).collect()
+}
+
+/// dst[i] = the bf16 value in half (i mod 2) of slot i/2 of `src`, as f32 (`=`).
+pub fn unpack_bf16(dst: &mut [f32], src: &[f32]) {
+    dst.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(c, d)| {
+        for (j, out) in d.iter_mut().enumerate() {
+            let i = c * PAR_CHUNK + j;
+            let w = src[i / 2].to_bits();
+            *out = f32::from_bits(if i % 2 == 0 { w << 16 } else { w & 0xffff_0000 });
+        }
+    });
 }
 
 /// dst = src, in parallel chunks.

@@ -72,6 +72,15 @@ extern "C" __global__ void sum_squares_finish(float* __restrict__ acc, int slot,
     if (threadIdx.x == 0) acc[slot] = (float)s;
 }
 
+// dst[i] = the bf16 in half (i & 1) of 32-bit word i/2 of src, as f32 (frozen weights stored in
+// bf16, two per slot of an f32 buffer; see okapi_kernels::reduce::pack_bf16).
+extern "C" __global__ void bf16_unpack_f32(float* __restrict__ dst, const float* __restrict__ src, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const u32 w = __float_as_uint(src[i >> 1]);
+        dst[i] = __uint_as_float((i & 1) ? (w & 0xffff0000u) : (w << 16));
+    }
+}
+
 // bf16 copy of an f32 buffer (the bf16 weights AdamW can keep, or any operand).
 extern "C" __global__ void f32_to_bf16(u16* __restrict__ dst, const float* __restrict__ src, u64 n) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) dst[i] = f2bf(src[i]);

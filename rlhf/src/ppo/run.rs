@@ -176,12 +176,13 @@ impl<'a, B: Backend> Ppo<'a, B> {
     /// The trunk and LM head from the checkpoint's HF-layout model.
     fn load_trunk(&mut self, ckpt: &Path) -> Result<(), TrainError> {
         let trunk = Model::load(self.policy.be.clone(), &ckpt.join("model"))?;
-        for (info, value) in trunk.info.iter().zip(trunk.values) {
+        for (j, info) in trunk.info.iter().enumerate() {
             let Some(i) = self.policy.info.iter().position(|p| p.name == info.name && p.numel() == info.numel()) else {
                 let detail = format!("its `{}` is not a parameter of the policy", info.name);
                 return Err(TrainError::Resume { dir: ckpt.to_path_buf(), mismatch: ResumeMismatch::Layout { detail } });
             };
-            self.policy.values[i] = value;
+            // (packed again when the policy keeps this frozen weight in bf16)
+            self.policy.set_host_value(i, &trunk.host_value(j));
         }
         Ok(())
     }

@@ -51,6 +51,11 @@ impl Backend for CpuBackend {
         check::range("copy_range", "src", src, src_off, len);
         k::reduce::copy(&mut dst[dst_off..dst_off + len], &src[src_off..src_off + len]);
     }
+    fn unpack_bf16(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) {
+        check::len("unpack_bf16", &[("dst", &*dst)], n);
+        check::len("unpack_bf16", &[("src", src)], n.div_ceil(2));
+        k::reduce::unpack_bf16(&mut dst[..n], &src[..n.div_ceil(2)]);
+    }
     fn scale(&self, x: &mut Vec<f32>, a: f32, len: usize) {
         check::len("scale", &[("x", x)], len);
         k::reduce::scale(&mut x[..len], a);

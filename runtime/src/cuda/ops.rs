@@ -71,6 +71,11 @@ impl Backend for CudaBackend {
         check::range("copy_range", "src", src, src_off, len);
         self.ew("copy_f32", len, &[self.pb_at(dst, dst_off), self.pb_at(src, src_off), A::U(len as u64)]);
     }
+    fn unpack_bf16(&self, dst: &mut CudaBuf, src: &CudaBuf, n: usize) {
+        check::len("unpack_bf16", &[("dst", &*dst)], n);
+        check::len("unpack_bf16", &[("src", src)], n.div_ceil(2));
+        self.ew("bf16_unpack_f32", n, &[self.pb(dst), self.pb(src), A::U(n as u64)]);
+    }
     fn scale(&self, x: &mut CudaBuf, a: f32, len: usize) {
         check::len("scale", &[("x", &*x)], len);
         self.ew("scale_f32", len, &[self.pb(x), A::F(a), A::U(len as u64)]);

@@ -185,6 +185,9 @@ impl Backend for WgpuBackend {
         crate::check::range("copy_range", "src", src, src_off, len);
         self.record_copy_at(&src.buf, src_off as u64 * 4, &dst.buf, dst_off as u64 * 4, len as u64 * 4);
     }
+    fn unpack_bf16(&self, dst: &mut WBuf, src: &WBuf, n: usize) {
+        self.op_unpack_bf16(dst, src, n)
+    }
     fn scale(&self, x: &mut WBuf, a: f32, len: usize) {
         self.op_scale(x, a, len)
     }

@@ -136,6 +136,18 @@ int main() {
         launch(kv_write, dim3{ewg(b*tn*w),1,1}, 256, 0, cache.data(), (const float*)nw.data(), (const u32*)pos.data(), b, tn, tcap, w);
         check("kv_write", cache, want, 0, 0);
     }
+    {
+        // bf16_unpack_f32: two bf16 per 32-bit word, low half first
+        size_t n = 1001; auto x = rnd(n, 71, 3.f);
+        std::vector<float> packed((n + 1) / 2), got(n, NAN); std::vector<double> want(n);
+        for (size_t i = 0; i < n; ++i) {
+            uint32_t u; memcpy(&u, &x[i], 4); u += 0x7fffu + ((u >> 16) & 1u); uint32_t h = u >> 16;
+            uint32_t w; memcpy(&w, &packed[i / 2], 4); w = (i & 1) ? ((w & 0xffffu) | (h << 16)) : ((w & 0xffff0000u) | h); memcpy(&packed[i / 2], &w, 4);
+            want[i] = hbf(x[i]);
+        }
+        launch(bf16_unpack_f32, dim3{ewg(n),1,1}, 256, 0, got.data(), (const float*)packed.data(), (u64)n);
+        check("bf16_unpack_f32", got, want, 0, 0);
+    }
     device_errors();
     {
         // past the real grid.y limit: 65 537 chunks of 64 rows (32-thread blocks keep the emulation

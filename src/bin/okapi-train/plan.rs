@@ -2,7 +2,7 @@
 //! same estimate every training command checks (and prints) before it starts. A table for
 //! people on stdout, then one JSON line for scripts.
 
-use super::ppo::ppo_need;
+use super::ppo::{ppo_need, PpoMemory};
 use super::train_flags::Recipe;
 use okapi_model::memory::{kv_cache_bytes, training_run_need, weights_bytes, Need};
 use okapi_model::{preset_config, Arch, ModelConfig};
@@ -73,6 +73,9 @@ pub struct PlanArgs {
     /// Plan with activation checkpointing (sft / reward / dpo / ppo)
     #[arg(long)]
     pub grad_checkpointing: bool,
+    /// Plan with the frozen blocks (and PPO's reference and reward model) in bf16
+    #[arg(long)]
+    pub frozen_bf16: bool,
     /// sft / dpo / ppo: plan with the LM head and loss N rows at a time
     #[arg(long)]
     pub lm_head_chunk: Option<usize>,
@@ -168,14 +171,16 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
             // DPO holds a chosen and a rejected sequence per pair
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
-            let t = okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk };
+            let l = model.n_layers;
+            let bf16_blocks = if a.frozen_bf16 { l - cfg.unfrozen_layers.unwrap_or(l).min(l) } else { 0 };
+            let t = okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk, bf16_blocks };
             let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");
             Need { what: format!("{:?}", a.command).to_lowercase(), ..need }
         }
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, a.critic == "separate", okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk }, a.reference == "hydra")?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", frozen_bf16: a.frozen_bf16, checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

@@ -140,6 +140,10 @@ pub struct PpoArgs {
     /// vocabulary logits; the same numbers to float rounding)
     #[arg(long)]
     pub lm_head_chunk: Option<usize>,
+    /// Keep frozen weights in bf16: the policy's blocks below --unfrozen-layers, and every block
+    /// of the reference and the reward model (half their memory; bf16-rounded numbers)
+    #[arg(long)]
+    pub frozen_bf16: bool,
     /// Activation checkpointing for the policy and a separate critic (bit-identical gradients
     /// on the CPU, one more forward per minibatch); the reference and reward model keep one
     /// block's activations too (they never run a backward)
@@ -296,11 +300,28 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
     Ok(prompts)
 }
 
+/// The memory options of a PPO run (its flags).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PpoMemory {
+    pub separate_critic: bool,
+    /// the reference holds only the top --unfrozen-layers blocks (`--reference hydra`)
+    pub hydra: bool,
+    /// `--frozen-bf16`: frozen policy blocks, the reference and the reward model in bf16
+    pub frozen_bf16: bool,
+    pub checkpointed: bool,
+    pub head_chunk: Option<usize>,
+}
+
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
 /// separate critic from it, trained too), their activations over a chunk of rollouts, and the
 /// rollouts' KV cache.
-pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, separate_critic: bool, t: okapi_model::memory::Techniques, hydra: bool) -> Result<Need, String> {
-    use okapi_model::memory::{head_bytes, kv_cache_bytes, saved_activation_bytes_with, training_run_need, weights_bytes, workspace_bytes};
+pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, o: PpoMemory) -> Result<Need, String> {
+    use okapi_model::memory::{block_linear_params, head_bytes, kv_cache_bytes, saved_activation_bytes_with, training_run_need, weights_bytes_with, workspace_bytes, Techniques};
+    let l = policy.n_layers;
+    let top = cfg.unfrozen_layers.unwrap_or(l).min(l);
+    let t = Techniques { checkpointed: o.checkpointed, head_chunk: o.head_chunk, bf16_blocks: if o.frozen_bf16 { l - top } else { 0 } };
+    let all_bf16 = |m: &ModelConfig| if o.frozen_bf16 { m.n_layers } else { 0 };
+    let (separate_critic, hydra) = (o.separate_critic, o.hydra);
     // the reference and the reward model only run forwards: one block's activations each
     let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, true).saturating_add(head_bytes(m, rows, t.head_chunk)).saturating_add(workspace_bytes(m, rows));
     const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
@@ -315,14 +336,15 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         // the top blocks, the final norm and the head (the embedding when it is the head)
         (true, Some(_)) => {
             let tied = if policy.tie_word_embeddings { policy.vocab_size as u128 * policy.hidden_size as u128 } else { 0 };
-            (trainable.saturating_add(tied) * 4).min(u64::MAX as u128) as u64
+            let packed = if o.frozen_bf16 { block_linear_params(policy) * top as u128 } else { 0 };
+            (trainable.saturating_add(tied) * 4 - packed * 2).min(u64::MAX as u128) as u64
         }
-        _ => weights_bytes(policy),
+        _ => weights_bytes_with(policy, all_bf16(policy)),
     };
     let reference_label = if hydra && cfg.unfrozen_layers.is_some() { "reference model (hydra: top blocks and head)" } else { "reference model" };
     let mut need = training_run_need(policy, trainable, rows, t, MINIBATCH)
         .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
-        .device_lowered_by("reward model", weights_bytes(rm), "")
+        .device_lowered_by("reward model", weights_bytes_with(rm, all_bf16(rm)), if o.frozen_bf16 { "" } else { "--frozen-bf16" })
         .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
         .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
     if separate_critic {
@@ -336,6 +358,12 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     need.what = "PPO".into();
     need.hint = "lower --rollouts, --chunk-size, --ppo-batch-size, --max-new-tokens or --max-prompt-len, or train fewer layers (--unfrozen-layers)".into();
     Ok(need)
+}
+
+impl PpoArgs {
+    fn memory(&self) -> PpoMemory {
+        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", frozen_bf16: self.frozen_bf16, checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk }
+    }
 }
 
 fn check_ppo_memory<B: Backend>(be: &B, need: &Need, force: bool) -> Result<(), String> {
@@ -366,7 +394,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let eos = policy_cfg.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed", policy_cfg.path.display()))?;
     let prompts = load_prompts(a, &cfg, &tok, &policy_cfg)?;
     okapi_rlhf::ppo::check_resume(&cfg, &policy_cfg, &prompts).map_err(err)?;
-    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.critic == "separate", okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk }, a.reference == "hydra")?;
+    let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.memory())?;
     check_ppo_memory(&be, &need, a.force)?;
     let load = |dir: &PathBuf| -> Result<Model<B>, String> {
         let mut m = Model::load(be.clone(), dir).map_err(err)?;
@@ -378,6 +406,15 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     policy.lm_head().map_err(err)?;
     let mut reference = load(&a.policy)?;
     let mut rm = load(&a.reward)?;
+    if a.frozen_bf16 {
+        let mask = policy.trainable_mask(cfg.unfrozen_layers).map_err(err)?;
+        policy.freeze_in_bf16(&mask);
+        // the reference and the reward model never train: every block
+        for m in [&mut reference, &mut rm] {
+            let none = vec![false; m.info.len()];
+            m.freeze_in_bf16(&none);
+        }
+    }
     // forward-only models: one block's activation arena is all they need (no backward)
     (reference.grad_checkpointing, rm.grad_checkpointing) = (true, true);
     if a.reference == "hydra" {
@@ -433,6 +470,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference, "lm_head_chunk": a.lm_head_chunk,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference, "lm_head_chunk": a.lm_head_chunk, "frozen_bf16": a.frozen_bf16,
     })
 }

@@ -146,6 +146,10 @@ pub struct TrainFlags {
     /// (tokens × vocabulary) logits never exist whole (the same loss; gradients to float rounding)
     #[arg(long)]
     pub lm_head_chunk: Option<usize>,
+    /// Keep the linear weights of the frozen blocks (below --unfrozen-layers) in bf16: half
+    /// their memory; the run then computes with their bf16-rounded values
+    #[arg(long)]
+    pub frozen_bf16: bool,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -215,6 +219,24 @@ impl TrainFlags {
 }
 
 impl TrainFlags {
+    /// The memory techniques these flags ask for, on `model` with `unfrozen` top layers training.
+    pub fn techniques(&self, model: &okapi_model::ModelConfig, unfrozen: Option<usize>) -> okapi_model::memory::Techniques {
+        let bf16_blocks = if self.frozen_bf16 { model.n_layers - unfrozen.unwrap_or(model.n_layers).min(model.n_layers) } else { 0 };
+        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks }
+    }
+
+    /// Sets a loaded model up as the memory flags say: checkpointing, the chunked head, frozen
+    /// blocks in bf16.
+    pub fn apply_to<B: okapi_runtime::Backend>(&self, model: &mut okapi_model::Model<B>, unfrozen: Option<usize>) -> Result<(), String> {
+        model.grad_checkpointing = self.grad_checkpointing;
+        model.head_chunk = self.lm_head_chunk;
+        if self.frozen_bf16 {
+            let mask = model.trainable_mask(unfrozen).map_err(|e| e.to_string())?;
+            model.freeze_in_bf16(&mask);
+        }
+        Ok(())
+    }
+
     /// `--lm-head-chunk`: at least 1, and only where there is an LM head (sft, dpo).
     pub fn check_head_chunk(&self, stage: Stage) -> Result<(), String> {
         match (self.lm_head_chunk, stage) {
@@ -236,7 +258,7 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
     let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let techniques = okapi_model::memory::Techniques { checkpointed: flags.grad_checkpointing, head_chunk: flags.lm_head_chunk };
+    let techniques = flags.techniques(model, cfg.unfrozen_layers);
     let need = okapi_model::memory::training_run_need(model, trainable, rows, techniques, "lower --batch-size or --max-len");
     let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;

@@ -28,6 +28,12 @@ impl WgpuBackend {
         self.dispatch("scale", kr::WGSL_SCALE, "main", &[u32_of(len, "scale"), f(a)], &[&x.buf], groups_1d(len as u64, WG));
     }
 
+    pub(crate) fn op_unpack_bf16(&self, dst: &mut WBuf, src: &WBuf, n: usize) {
+        check::len("unpack_bf16", &[("dst", &*dst)], n);
+        check::len("unpack_bf16", &[("src", src)], n.div_ceil(2));
+        self.dispatch("unpack_bf16", kr::WGSL_UNPACK_BF16, "main", &[u32_of(n, "unpack_bf16")], &[&dst.buf, &src.buf], groups_1d(n as u64, WG));
+    }
+
     pub(crate) fn op_axpy(&self, y: &mut WBuf, a: f32, x: &WBuf, len: usize) {
         check::len("axpy", &[("y", &*y), ("x", x)], len);
         self.dispatch("axpy", kr::WGSL_AXPY, "main", &[u32_of(len, "axpy"), f(a)], &[&y.buf, &x.buf], groups_1d(len as u64, WG));
