@@ -366,3 +366,22 @@ fn ppo_with_frozen_bf16_weights_runs_and_its_hydra_reference_is_exact() {
     assert!(m.iter().all(|v| v["loss"].as_f64().is_some_and(f64::is_finite)), "{m:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--offload-optimizer` in PPO (the policy's and a separate critic's AdamW on the host): on the
+/// CPU backend the same kernel on the same values, so the run is bit-identical.
+#[test]
+fn ppo_with_the_optimizer_offloaded_is_bit_identical() {
+    let dir = tmp("ppo-offload");
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
+    let outs: Vec<PathBuf> = ["plain", "offload"].iter().map(|m| dir.join(m)).collect();
+    for (out, extra) in outs.iter().zip([&[][..], &["--offload-optimizer"][..]]) {
+        let mut a = vec!["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", "separate", "--save-dtype", "f32"];
+        a.extend(extra);
+        let o = run(&a);
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    for f in ["model.safetensors", "critic/model.safetensors", "critic/value_head.safetensors"] {
+        assert!(std::fs::read(outs[0].join(f)).unwrap() == std::fs::read(outs[1].join(f)).unwrap(), "{f} differs with the optimizer offloaded");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -73,6 +73,8 @@ pub struct Techniques {
     pub head_chunk: Option<usize>,
     /// `--frozen-bf16`: this many bottom (frozen) blocks keep their linear weights in bf16
     pub bf16_blocks: usize,
+    /// `--offload-optimizer`: the AdamW moments and fp32 master weights in host memory
+    pub offload: bool,
 }
 
 /// The linear weights of one block (what `--frozen-bf16` stores in bf16).
@@ -307,14 +309,19 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
     let frozen = cfg.param_count().saturating_sub(trainable);
     let packed = block_linear_params(cfg).saturating_mul(t.bf16_blocks.min(cfg.n_layers) as u128).min(frozen);
     const LAYERS: &str = "train fewer layers (--unfrozen-layers)";
-    Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")
+    let mut need = Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")
         .device_lowered_by("trainable weights (f32)", f32s(trainable), LAYERS)
         .device_lowered_by("frozen weights (f32)", f32s(frozen - packed), if packed == 0 { "use --frozen-bf16, or a smaller model" } else { "use a smaller model" })
         .device_lowered_by("frozen weights (bf16)", f32s(packed) / 2, "use a smaller model")
         .device_lowered_by("bf16 staging (one block, f32)", if packed > 0 { f32s(block_linear_params(cfg)) } else { 0 }, "")
-        .device_lowered_by("gradients", f32s(trainable), LAYERS)
-        .device_lowered_by("AdamW moments", f32s(trainable.saturating_mul(2)), LAYERS)
-        .device_lowered_by(if t.checkpointed { "activations (checkpointed)" } else { "activations" }, saved_activation_bytes_with(cfg, rows, t.checkpointed), rows_flags)
+        .device_lowered_by("gradients", f32s(trainable), LAYERS);
+    let moments = f32s(trainable.saturating_mul(2));
+    need = if t.offload {
+        need.host("AdamW moments (offloaded)", moments).host("master weights (offloaded)", f32s(trainable))
+    } else {
+        need.device_lowered_by("AdamW moments", moments, format!("use --offload-optimizer, or {LAYERS}"))
+    };
+    need.device_lowered_by(if t.checkpointed { "activations (checkpointed)" } else { "activations" }, saved_activation_bytes_with(cfg, rows, t.checkpointed), rows_flags)
         .device_lowered_by(if t.head_chunk.is_some() { "logits (chunked)" } else { "logits" }, head_bytes(cfg, rows, t.head_chunk), rows_flags)
         .device_lowered_by("workspace", workspace_bytes(cfg, rows), rows_flags)
         // saving the model (and checkpoints): every tensor read back as f32, then encoded
@@ -353,7 +360,7 @@ mod tests {
         std::env::remove_var("OKAPI_MEMORY_LIMIT");
         assert!(err.starts_with("not enough memory for training: needs about ") && err.contains("GiB of host memory") && err.contains("trainable weights (f32) 25.") && err.contains("1.0 GiB available (OKAPI_MEMORY_LIMIT=1G)"), "{err}");
         // the largest part, and what lowers it
-        assert!(err.ends_with("the largest part is AdamW moments (50.2 GiB): train fewer layers (--unfrozen-layers)"), "{err}");
+        assert!(err.ends_with("the largest part is AdamW moments (50.2 GiB): use --offload-optimizer, or train fewer layers (--unfrozen-layers)"), "{err}");
         assert!(!err.contains('\n'));
         // a small need passes
         Need::new("x", "").host("a", 1).check(&CpuBackend).unwrap();

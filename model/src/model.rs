@@ -114,6 +114,9 @@ pub struct Model<B: Backend> {
     pub(crate) first_block: usize,
     /// Parameters stored packed in bf16 ([`Model::freeze_in_bf16`]).
     pub(crate) packed: Vec<bool>,
+    /// Optimizer offload (`--offload-optimizer`): optimizers made for this model keep fp32
+    /// master weights and the AdamW moments in host memory and step on the CPU.
+    pub offload_optimizer: bool,
 }
 
 /// Builds the parameter table and the HF name map for a config (no values yet).
@@ -368,7 +371,7 @@ impl<B: Backend> Model<B> {
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
         let packed = vec![false; info.len()];
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed }
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification

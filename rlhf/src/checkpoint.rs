@@ -230,9 +230,8 @@ pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, s
 pub fn optimizer_bytes<B: Backend>(model: &Model<B>, opt: &Optimizer<B>) -> Result<Vec<u8>, TrainError> {
     let mut tensors: Vec<(String, Vec<u8>, usize)> = Vec::new();
     for (i, p) in model.info.iter().enumerate() {
-        for (prefix, bufs) in [("m", &opt.m), ("v", &opt.v)] {
-            if let Some(b) = &bufs[i] {
-                let data = model.be.read(b, p.numel());
+        for (which, prefix) in ["m", "v"].into_iter().enumerate() {
+            if let Some(data) = opt.moment_host(model, i, which) {
                 tensors.push((format!("{prefix}.{}", p.name), data.iter().flat_map(|x| x.to_le_bytes()).collect(), p.numel()));
             }
         }
@@ -291,16 +290,20 @@ pub fn load_optimizer_file<B: Backend>(p: &Path, model: &Model<B>, opt: &mut Opt
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(p, e.to_string()))?;
     opt.step = meta.metadata().as_ref().and_then(|m| m.get("step")).and_then(|s| s.parse().ok()).ok_or_else(|| bad(p, "no step in metadata".into()))?;
     for (i, info) in model.info.iter().enumerate() {
-        for (prefix, bufs) in [("m", &mut opt.m), ("v", &mut opt.v)] {
-            let Some(buf) = bufs[i].as_mut() else { continue };
+        if !opt.has_state(i) {
+            continue;
+        }
+        for (which, prefix) in ["m", "v"].into_iter().enumerate() {
             let name = format!("{prefix}.{}", info.name);
             let t = st.tensor(&name).map_err(|_| bad(p, format!("tensor `{name}` missing (checkpoint of another model or other frozen layers?)")))?;
             if t.dtype() != Dtype::F32 || t.shape() != [info.numel()] {
                 return Err(bad(p, format!("tensor `{name}` has shape {:?}, expected [{}]", t.shape(), info.numel())));
             }
             let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            model.be.write(buf, &data);
+            opt.set_moment(model, i, which, &data);
         }
     }
+    // offloaded: the master weights follow the model the resume just loaded
+    opt.refresh_master(model);
     Ok(())
 }

@@ -35,7 +35,8 @@ impl AdamWConfig {
     }
 }
 
-/// First and second moments of every trainable parameter (`None` where frozen).
+/// First and second moments of every trainable parameter (`None` where frozen), on the device
+/// — or, offloaded, on the host with fp32 master weights ([`Offload`]).
 pub struct Optimizer<B: Backend> {
     pub cfg: AdamWConfig,
     pub m: Vec<Option<B::Buf>>,
@@ -43,18 +44,80 @@ pub struct Optimizer<B: Backend> {
     /// optimizer steps taken (torch's `state['step']`)
     pub step: u64,
     norms: B::Buf,
+    /// `Model::offload_optimizer`: the state in host memory, stepped on the CPU
+    pub offload: Option<Offload>,
+}
+
+/// Optimizer state offloaded to the host (ZeRO-Offload's split): fp32 master weights and both
+/// AdamW moments per trainable parameter live in host memory; each step reads the gradients
+/// from the device, runs the fused AdamW kernel on the CPU (vectorised, threads) and writes
+/// the updated weights back. The device keeps only weights and gradients.
+pub struct Offload {
+    pub master: Vec<Option<Vec<f32>>>,
+    pub m: Vec<Option<Vec<f32>>>,
+    pub v: Vec<Option<Vec<f32>>>,
 }
 
 impl<B: Backend> Optimizer<B> {
+    /// Zero moments for every trainable parameter (those with a gradient buffer): on the
+    /// device, or on the host with fp32 master weights when `model.offload_optimizer`.
     pub fn new(model: &Model<B>, grads: &Grads<B>, cfg: AdamWConfig) -> Self {
         let be = &model.be;
-        let zeros = |i: usize| grads.bufs[i].as_ref().map(|_| be.zeros(model.info[i].numel()));
-        Optimizer {
-            cfg,
-            m: (0..model.info.len()).map(zeros).collect(),
-            v: (0..model.info.len()).map(zeros).collect(),
-            step: 0,
-            norms: be.zeros(model.info.len().max(1)),
+        let n = model.info.len();
+        let trains = |i: usize| grads.bufs[i].is_some();
+        let none = || (0..n).map(|_| None).collect::<Vec<_>>();
+        let on_device = || (0..n).map(|i| trains(i).then(|| be.zeros(model.info[i].numel()))).collect::<Vec<_>>();
+        let on_host = || (0..n).map(|i| trains(i).then(|| vec![0f32; model.info[i].numel()])).collect::<Vec<_>>();
+        let (m, v, offload) = if model.offload_optimizer {
+            let master = (0..n).map(|i| trains(i).then(|| model.host_value(i))).collect();
+            (none(), none(), Some(Offload { master, m: on_host(), v: on_host() }))
+        } else {
+            (on_device(), on_device(), None)
+        };
+        Optimizer { cfg, m, v, step: 0, norms: be.zeros(n.max(1)), offload }
+    }
+
+    /// With the state offloaded: the master weights copied again from the model (after a resume
+    /// replaced its weights).
+    pub fn refresh_master(&mut self, model: &Model<B>) {
+        if let Some(off) = self.offload.as_mut() {
+            for (i, w) in off.master.iter_mut().enumerate() {
+                if let Some(w) = w {
+                    *w = model.host_value(i);
+                }
+            }
+        }
+    }
+
+    /// Moment `which` (0: m, 1: v) of parameter `i` on the host, wherever it lives.
+    pub fn moment_host(&self, model: &Model<B>, i: usize, which: usize) -> Option<Vec<f32>> {
+        match &self.offload {
+            Some(off) => [&off.m, &off.v][which][i].clone(),
+            None => [&self.m, &self.v][which][i].as_ref().map(|b| model.be.read(b, model.info[i].numel())),
+        }
+    }
+
+    /// Sets moment `which` of parameter `i` (a trainable one) from host values.
+    pub fn set_moment(&mut self, model: &Model<B>, i: usize, which: usize, data: &[f32]) {
+        match self.offload.as_mut() {
+            Some(off) => {
+                if let Some(dst) = [&mut off.m, &mut off.v][which][i].as_mut() {
+                    dst.copy_from_slice(data);
+                }
+            }
+            None => {
+                if let Some(dst) = [&mut self.m, &mut self.v][which][i].as_mut() {
+                    model.be.write(dst, data);
+                }
+            }
+        }
+    }
+
+    /// Whether parameter `i` has optimizer state (it trains).
+    pub fn has_state(&self, i: usize) -> bool {
+        match &self.offload {
+            Some(off) => off.m[i].is_some(),
+            None => self.m[i].is_some(),
         }
     }
 
@@ -81,7 +144,7 @@ impl<B: Backend> Optimizer<B> {
         self.step += 1;
         let Model { be, values, info, .. } = model;
         for (i, g) in grads.bufs.iter().enumerate() {
-            let (Some(g), Some(m), Some(v)) = (g, self.m[i].as_mut(), self.v[i].as_mut()) else { continue };
+            let Some(g) = g else { continue };
             let h = AdamW {
                 lr,
                 beta1: self.cfg.beta1,
@@ -91,7 +154,19 @@ impl<B: Backend> Optimizer<B> {
                 step: self.step,
                 grad_scale,
             };
-            be.adamw(&mut values[i], g, m, v, &h, info[i].numel());
+            let n = info[i].numel();
+            match self.offload.as_mut() {
+                Some(off) => {
+                    let (Some(p), Some(m), Some(v)) = (off.master[i].as_mut(), off.m[i].as_mut(), off.v[i].as_mut()) else { continue };
+                    let gh = be.read(g, n);
+                    okapi_kernels::adamw::adamw(p, &gh, m, v, &h);
+                    be.write(&mut values[i], p);
+                }
+                None => {
+                    let (Some(m), Some(v)) = (self.m[i].as_mut(), self.v[i].as_mut()) else { continue };
+                    be.adamw(&mut values[i], g, m, v, &h, n);
+                }
+            }
         }
     }
 }

@@ -129,7 +129,7 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
         }
     }
     let pad = r.announce(Stage::Reward, &model)?;
-    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing, "frozen_bf16": a.train.frozen_bf16 })))?;
+    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing, "frozen_bf16": a.train.frozen_bf16, "offload_optimizer": a.train.offload_optimizer })))?;
     let mut obj = RewardObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.margin);
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!(
@@ -156,7 +156,7 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     model.lm_head().map_err(|e| e.to_string())?;
     let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
-    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing, "lm_head_chunk": a.train.lm_head_chunk, "frozen_bf16": a.train.frozen_bf16 })))?;
+    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "grad_checkpointing": a.train.grad_checkpointing, "lm_head_chunk": a.train.lm_head_chunk, "frozen_bf16": a.train.frozen_bf16, "offload_optimizer": a.train.offload_optimizer })))?;
     let mut obj = DpoObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.beta).map_err(|e| e.to_string())?;
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());

@@ -73,6 +73,9 @@ pub struct PlanArgs {
     /// Plan with activation checkpointing (sft / reward / dpo / ppo)
     #[arg(long)]
     pub grad_checkpointing: bool,
+    /// Plan with the optimizer state (fp32 master weights, AdamW moments) in host memory
+    #[arg(long)]
+    pub offload_optimizer: bool,
     /// Plan with the frozen blocks (and PPO's reference and reward model) in bf16
     #[arg(long)]
     pub frozen_bf16: bool,
@@ -173,14 +176,14 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
             let l = model.n_layers;
             let bf16_blocks = if a.frozen_bf16 { l - cfg.unfrozen_layers.unwrap_or(l).min(l) } else { 0 };
-            let t = okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk, bf16_blocks };
+            let t = okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk, bf16_blocks, offload: a.offload_optimizer };
             let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");
             Need { what: format!("{:?}", a.command).to_lowercase(), ..need }
         }
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", frozen_bf16: a.frozen_bf16, checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk })?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", frozen_bf16: a.frozen_bf16, checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk, offload: a.offload_optimizer })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

@@ -144,6 +144,10 @@ pub struct PpoArgs {
     /// of the reference and the reward model (half their memory; bf16-rounded numbers)
     #[arg(long)]
     pub frozen_bf16: bool,
+    /// The policy's (and a separate critic's) fp32 master weights and AdamW moments in host
+    /// memory, the AdamW step on the CPU
+    #[arg(long)]
+    pub offload_optimizer: bool,
     /// Activation checkpointing for the policy and a separate critic (bit-identical gradients
     /// on the CPU, one more forward per minibatch); the reference and reward model keep one
     /// block's activations too (they never run a backward)
@@ -310,6 +314,7 @@ pub struct PpoMemory {
     pub frozen_bf16: bool,
     pub checkpointed: bool,
     pub head_chunk: Option<usize>,
+    pub offload: bool,
 }
 
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
@@ -319,7 +324,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     use okapi_model::memory::{block_linear_params, head_bytes, kv_cache_bytes, saved_activation_bytes_with, training_run_need, weights_bytes_with, workspace_bytes, Techniques};
     let l = policy.n_layers;
     let top = cfg.unfrozen_layers.unwrap_or(l).min(l);
-    let t = Techniques { checkpointed: o.checkpointed, head_chunk: o.head_chunk, bf16_blocks: if o.frozen_bf16 { l - top } else { 0 } };
+    let t = Techniques { checkpointed: o.checkpointed, head_chunk: o.head_chunk, bf16_blocks: if o.frozen_bf16 { l - top } else { 0 }, offload: o.offload };
     let all_bf16 = |m: &ModelConfig| if o.frozen_bf16 { m.n_layers } else { 0 };
     let (separate_critic, hydra) = (o.separate_critic, o.hydra);
     // the reference and the reward model only run forwards: one block's activations each
@@ -362,7 +367,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
 
 impl PpoArgs {
     fn memory(&self) -> PpoMemory {
-        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", frozen_bf16: self.frozen_bf16, checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk }
+        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", frozen_bf16: self.frozen_bf16, checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, offload: self.offload_optimizer }
     }
 }
 
@@ -400,6 +405,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
         let mut m = Model::load(be.clone(), dir).map_err(err)?;
         m.grad_checkpointing = a.grad_checkpointing;
         m.head_chunk = a.lm_head_chunk;
+        m.offload_optimizer = a.offload_optimizer;
         Ok(m)
     };
     let mut policy = load(&a.policy)?;
@@ -470,6 +476,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference, "lm_head_chunk": a.lm_head_chunk, "frozen_bf16": a.frozen_bf16,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference, "lm_head_chunk": a.lm_head_chunk, "frozen_bf16": a.frozen_bf16, "offload_optimizer": a.offload_optimizer,
     })
 }

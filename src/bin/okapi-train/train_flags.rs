@@ -150,6 +150,10 @@ pub struct TrainFlags {
     /// their memory; the run then computes with their bf16-rounded values
     #[arg(long)]
     pub frozen_bf16: bool,
+    /// Keep the fp32 master weights and AdamW moments in host memory and run the AdamW step on
+    /// the CPU (what lets a full 7B SFT fit one 80 GB GPU); the same parameters on the CPU backend
+    #[arg(long)]
+    pub offload_optimizer: bool,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -222,7 +226,7 @@ impl TrainFlags {
     /// The memory techniques these flags ask for, on `model` with `unfrozen` top layers training.
     pub fn techniques(&self, model: &okapi_model::ModelConfig, unfrozen: Option<usize>) -> okapi_model::memory::Techniques {
         let bf16_blocks = if self.frozen_bf16 { model.n_layers - unfrozen.unwrap_or(model.n_layers).min(model.n_layers) } else { 0 };
-        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks }
+        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer }
     }
 
     /// Sets a loaded model up as the memory flags say: checkpointing, the chunked head, frozen
@@ -230,6 +234,7 @@ impl TrainFlags {
     pub fn apply_to<B: okapi_runtime::Backend>(&self, model: &mut okapi_model::Model<B>, unfrozen: Option<usize>) -> Result<(), String> {
         model.grad_checkpointing = self.grad_checkpointing;
         model.head_chunk = self.lm_head_chunk;
+        model.offload_optimizer = self.offload_optimizer;
         if self.frozen_bf16 {
             let mask = model.trainable_mask(unfrozen).map_err(|e| e.to_string())?;
             model.freeze_in_bf16(&mask);
