@@ -42,9 +42,9 @@ fn a_packed_model_computes_what_its_rounded_weights_compute() {
         // the same model with the packed weights rounded to bf16 but stored in f32
         let mut rounded = Model::load(CpuBackend, &fixture(name)).unwrap();
         let mut count = 0;
-        for i in 0..rounded.info.len() {
+        for (i, &trains) in mask.iter().enumerate() {
             if packed.is_packed(i) {
-                assert!(!mask[i], "{name}: a trainable weight was packed");
+                assert!(!trains, "{name}: a trainable weight was packed");
                 let r = round_bf16(&rounded.host_value(i));
                 assert_eq!(packed.host_value(i), r, "{name}: host_value of a packed weight is its bf16 rounding");
                 rounded.set_host_value(i, &r);
@@ -64,7 +64,7 @@ fn a_packed_model_computes_what_its_rounded_weights_compute() {
         }
         // the packed weights take half the bytes
         let bytes: usize = (0..packed.info.len()).filter(|&i| packed.is_packed(i)).map(|i| packed.be.buf_len(&packed.values[i])).sum();
-        assert_eq!(bytes, (n + 1) / 2, "{name}: two bf16 per f32 slot (odd sizes rounded up per tensor)");
+        assert_eq!(bytes, n.div_ceil(2), "{name}: two bf16 per f32 slot (odd sizes rounded up per tensor)");
     }
 }
 

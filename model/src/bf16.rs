@@ -29,8 +29,8 @@ impl<B: Backend> Model<B> {
         let depth = self.frozen_trunk_depth(trainable);
         let mut n = 0;
         // blocks a hydra reference released hold nothing to pack
-        for blk in self.blocks[self.first_block.min(depth)..depth].to_vec() {
-            for lin in roles(&blk).into_iter().flatten() {
+        for b in self.first_block.min(depth)..depth {
+            for lin in roles(&self.blocks[b]).into_iter().flatten() {
                 if !self.packed[lin.w] {
                     let host = self.host_value(lin.w);
                     self.values[lin.w] = self.be.upload(&pack_bf16(&host));

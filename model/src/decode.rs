@@ -133,12 +133,12 @@ impl<B: Backend> Model<B> {
                 self.norm_fwd(ln, x0, lnf_mean, lnf_rstd, emb, n);
             }
         }
-        let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
         for (l, blk) in self.blocks.iter().enumerate() {
             let (x_in, x_out) = if l % 2 == 0 { (&*x0, &mut *x1) } else { (&*x1, &mut *x0) };
             let slot = KvSlot { k: &mut k[l], v: &mut v[l], cap: *cap };
             self.stage_block(blk, stage);
-            self.block_fwd(blk, la, x_in, x_out, &ctx, Some(slot), stage.as_ref());
+            let ctx = AttnCtx { positions: &*positions, q_pos0: &*q_pos0, kv_len: &*kv_len, b, t, stage: stage.as_ref() };
+            self.block_fwd(blk, la, x_in, x_out, &ctx, Some(slot));
         }
         let x_last = if cfg.n_layers.is_multiple_of(2) { &*x0 } else { &*x1 };
         self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);

@@ -15,6 +15,8 @@ pub(crate) struct AttnCtx<'a, B: Backend> {
     pub kv_len: &'a B::Ids,
     pub b: usize,
     pub t: usize,
+    /// the block's bf16-packed weights, unpacked (`None`: nothing packed)
+    pub stage: Option<&'a Stage<B>>,
 }
 
 /// A layer's KV cache slot: keys and values (B,cap,Hkv·D) written at each sequence's length.
@@ -152,7 +154,8 @@ impl<B: Backend> Model<B> {
 
     // ---- block ----------------------------------------------------------------------------
 
-    pub(crate) fn block_fwd(&self, blk: &Block, la: &mut LayerActs<B>, x_in: &B::Buf, x_out: &mut B::Buf, ctx: &AttnCtx<B>, kv: Option<KvSlot<B>>, st: Option<&Stage<B>>) {
+    pub(crate) fn block_fwd(&self, blk: &Block, la: &mut LayerActs<B>, x_in: &B::Buf, x_out: &mut B::Buf, ctx: &AttnCtx<B>, kv: Option<KvSlot<B>>) {
+        let st = ctx.stage;
         let be = &self.be;
         let cfg = &self.cfg;
         let n = ctx.b * ctx.t;
@@ -302,11 +305,11 @@ impl<B: Backend> Model<B> {
         let (b, t) = (acts.b, acts.t);
         let slots: Vec<usize> = (0..self.cfg.n_layers).map(|l| acts.layer_slot(l)).collect();
         let Acts { x, layers, positions, q_pos0, kv_len, stage, .. } = acts;
-        let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
         for (l, blk) in self.blocks.iter().enumerate().skip(start) {
             let (lo, hi) = x.split_at_mut(l + 1);
             self.stage_block(blk, stage);
-            self.block_fwd(blk, &mut layers[slots[l]], &lo[l], &mut hi[0], &ctx, None, stage.as_ref());
+            let ctx = AttnCtx { positions, q_pos0, kv_len, b, t, stage: stage.as_ref() };
+            self.block_fwd(blk, &mut layers[slots[l]], &lo[l], &mut hi[0], &ctx, None);
         }
         acts.resident = self.cfg.n_layers.checked_sub(1);
         let last = self.cfg.n_layers;
@@ -357,11 +360,11 @@ impl<B: Backend> Model<B> {
         }
         let (b, t) = (acts.b, acts.t);
         let Acts { x, layers, positions, q_pos0, kv_len, stage, .. } = acts;
-        let ctx = AttnCtx { positions, q_pos0, kv_len, b, t };
         // x[l + 1] is rewritten with the values it already holds (only block l + 1 read it)
         let (lo, hi) = x.split_at_mut(l + 1);
         self.stage_block(&self.blocks[l], stage);
-        self.block_fwd(&self.blocks[l], &mut layers[0], &lo[l], &mut hi[0], &ctx, None, stage.as_ref());
+        let ctx = AttnCtx { positions, q_pos0, kv_len, b, t, stage: stage.as_ref() };
+        self.block_fwd(&self.blocks[l], &mut layers[0], &lo[l], &mut hi[0], &ctx, None);
         acts.resident = Some(l);
     }
 
@@ -383,7 +386,7 @@ impl<B: Backend> Model<B> {
                 return;
             }
             self.recompute_block(acts, l);
-            let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t };
+            let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t, stage: None };
             self.block_bwd(blk, &acts.layers[acts.layer_slot(l)], &acts.x[l], s, &ctx, grads);
         }
         match &self.emb_ln {

@@ -34,7 +34,7 @@ pub const FAMILY: crate::Family = crate::Family {
 
 pub const WGSL_FILL: &str = include_str!("fill.wgsl");
 pub const WGSL_SCALE: &str = include_str!("scale.wgsl");
-/// dst[i] = bf16 half (i mod 2) of word i/2 of src, as f32 ([`unpack_bf16`]).
+/// `dst[i]` = bf16 half (i mod 2) of word i/2 of `src`, as f32 ([`unpack_bf16`]).
 pub const WGSL_UNPACK_BF16: &str = include_str!("unpack_bf16.wgsl");
 pub const WGSL_AXPY: &str = include_str!("axpy.wgsl");
 /// Entry points `partial` (one workgroup per [`WGSL_SUMSQ_CHUNK`] elements) and `finish`.
@@ -107,13 +107,13 @@ pub fn pack_bf16(x: &[f32]) -> Vec<f32> {
     x.chunks(2).map(|p| f32::from_bits(bf16_bits(p[0]) as u32 | (p.get(1).map_or(0, |&h| bf16_bits(h)) as u32) << 16)).collect()
 }
 
-/// dst[i] = the bf16 value in half (i mod 2) of slot i/2 of `src`, as f32 (`=`).
+/// `dst[i]` = the bf16 value in half (i mod 2) of slot i/2 of `src`, as f32 (`=`).
 pub fn unpack_bf16(dst: &mut [f32], src: &[f32]) {
     dst.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(c, d)| {
         for (j, out) in d.iter_mut().enumerate() {
             let i = c * PAR_CHUNK + j;
             let w = src[i / 2].to_bits();
-            *out = f32::from_bits(if i % 2 == 0 { w << 16 } else { w & 0xffff_0000 });
+            *out = f32::from_bits(if i.is_multiple_of(2) { w << 16 } else { w & 0xffff_0000 });
         }
     });
 }

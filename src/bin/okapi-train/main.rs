@@ -79,7 +79,7 @@ pub enum Command {
     /// Rewards of records under a reward model.
     Score(pairs::ScoreArgs),
     /// PPO against a reward model with an adaptive KL penalty (Okapi's RLHF).
-    Ppo(ppo::PpoArgs),
+    Ppo(Box<ppo::PpoArgs>),
     /// Direct preference optimisation on ranking data.
     Dpo(pairs::DpoArgs),
     /// Train a byte-level BPE tokenizer on Okapi instruction files.
@@ -126,7 +126,7 @@ fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Reward(a) => pairs::run_reward(a),
         Command::Score(a) => pairs::run_score(a),
         Command::Dpo(a) => pairs::run_dpo(a),
-        Command::Ppo(a) => ppo::run(a),
+        Command::Ppo(a) => ppo::run(*a),
         Command::Init(a) => init::run(a),
         Command::Loglik(a) => loglik::run(a),
         Command::Generate(a) => generate::run(a),

@@ -377,7 +377,8 @@ fn check_ppo_memory<B: Backend>(be: &B, need: &Need, force: bool) -> Result<(), 
     Ok(())
 }
 
-fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
+/// The flags no setting check covers: one line each.
+fn check_choices(a: &PpoArgs) -> Result<(), String> {
     if a.lm_head_chunk == Some(0) {
         return Err("--lm-head-chunk 0: must be at least 1".into());
     }
@@ -387,6 +388,50 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     if !matches!(a.critic.as_str(), "shared" | "separate") {
         return Err(format!("--critic {}: expected shared (a value head on the policy's trunk) or separate (a critic initialised from the reward model)", a.critic));
     }
+    Ok(())
+}
+
+/// A model of the run, with the memory flags applied.
+fn load_model<B: Backend>(be: &B, a: &PpoArgs, dir: &std::path::Path) -> Result<Model<B>, String> {
+    let mut m = Model::load(be.clone(), dir).map_err(err)?;
+    m.grad_checkpointing = a.grad_checkpointing;
+    m.head_chunk = a.lm_head_chunk;
+    m.offload_optimizer = a.offload_optimizer;
+    Ok(m)
+}
+
+/// The policy, its reference and the reward model.
+type Trio<B> = (Model<B>, Model<B>, Model<B>);
+
+/// The policy, its reference and the reward model, loaded and set up as the memory flags say:
+/// frozen weights in bf16, the forward-only models with one block's activation arena, the hydra
+/// reference holding only the top `--unfrozen-layers` blocks.
+fn load_models<B: Backend>(be: &B, a: &PpoArgs, cfg: &PpoConfig) -> Result<Trio<B>, String> {
+    let mut policy = load_model(be, a, &a.policy)?;
+    policy.lm_head().map_err(err)?;
+    let mut reference = load_model(be, a, &a.policy)?;
+    let mut rm = load_model(be, a, &a.reward)?;
+    if rm.score.is_none() {
+        return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
+    }
+    if a.frozen_bf16 {
+        let mask = policy.trainable_mask(cfg.unfrozen_layers).map_err(err)?;
+        policy.freeze_in_bf16(&mask);
+        // the reference and the reward model never train: every block
+        for m in [&mut reference, &mut rm] {
+            let none = vec![false; m.info.len()];
+            m.freeze_in_bf16(&none);
+        }
+    }
+    (reference.grad_checkpointing, rm.grad_checkpointing) = (true, true);
+    if let (true, Some(n)) = (a.reference == "hydra", cfg.unfrozen_layers) {
+        reference.release_below(reference.cfg.n_layers - n.min(reference.cfg.n_layers));
+    }
+    Ok((policy, reference, rm))
+}
+
+fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
+    check_choices(a)?;
     let cfg = a.resolve()?;
     let out = outdir::claim(&a.out, &[("--policy", &a.policy), ("--reward", &a.reward)], cfg.resume.as_deref(), a.overwrite)?;
     if let Some(dir) = &cfg.resume {
@@ -401,41 +446,12 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     okapi_rlhf::ppo::check_resume(&cfg, &policy_cfg, &prompts).map_err(err)?;
     let need = ppo_need(&policy_cfg, &rm_cfg, &cfg, prompts.iter().map(Vec::len).max().unwrap_or(1), a.memory())?;
     check_ppo_memory(&be, &need, a.force)?;
-    let load = |dir: &PathBuf| -> Result<Model<B>, String> {
-        let mut m = Model::load(be.clone(), dir).map_err(err)?;
-        m.grad_checkpointing = a.grad_checkpointing;
-        m.head_chunk = a.lm_head_chunk;
-        m.offload_optimizer = a.offload_optimizer;
-        Ok(m)
-    };
-    let mut policy = load(&a.policy)?;
-    policy.lm_head().map_err(err)?;
-    let mut reference = load(&a.policy)?;
-    let mut rm = load(&a.reward)?;
-    if a.frozen_bf16 {
-        let mask = policy.trainable_mask(cfg.unfrozen_layers).map_err(err)?;
-        policy.freeze_in_bf16(&mask);
-        // the reference and the reward model never train: every block
-        for m in [&mut reference, &mut rm] {
-            let none = vec![false; m.info.len()];
-            m.freeze_in_bf16(&none);
-        }
-    }
-    // forward-only models: one block's activation arena is all they need (no backward)
-    (reference.grad_checkpointing, rm.grad_checkpointing) = (true, true);
-    if a.reference == "hydra" {
-        if let Some(n) = cfg.unfrozen_layers {
-            reference.release_below(reference.cfg.n_layers - n.min(reference.cfg.n_layers));
-        }
-    }
-    if rm.score.is_none() {
-        return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
-    }
+    let (mut policy, reference, rm) = load_models(&be, a, &cfg)?;
     let pad = policy.cfg.pad_token_id.unwrap_or(eos);
     let rm_eos = rm.cfg.eos_token_id.unwrap_or(eos);
     let rm_pad = rm.cfg.pad_token_id.unwrap_or(rm_eos);
     let critic = match a.critic.as_str() {
-        "separate" => Some(Critic::from_reward_model(load(&a.reward)?, cfg.unfrozen_layers).map_err(err)?),
+        "separate" => Some(Critic::from_reward_model(load_model(&be, a, &a.reward)?, cfg.unfrozen_layers).map_err(err)?),
         _ => {
             add_value_head(&mut policy, cfg.seed);
             None
