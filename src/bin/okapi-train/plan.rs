@@ -3,7 +3,7 @@
 //! people on stdout, then one JSON line for scripts.
 
 use super::ppo::{ppo_need, PpoMemory};
-use super::train_flags::Recipe;
+use super::train_flags::{MemoryFlags, Recipe};
 use okapi_model::memory::{kv_cache_bytes, training_run_need, weights_bytes, Need};
 use okapi_model::{preset_config, Arch, ModelConfig};
 use okapi_rlhf::{PpoConfig, TrainConfig};
@@ -70,18 +70,8 @@ pub struct PlanArgs {
     /// PPO: hydra (the reference holds the top --unfrozen-layers blocks only) or full
     #[arg(long, default_value = "hydra")]
     pub reference: String,
-    /// Plan with activation checkpointing (sft / reward / dpo / ppo)
-    #[arg(long)]
-    pub grad_checkpointing: bool,
-    /// Plan with the optimizer state (fp32 master weights, AdamW moments) in host memory
-    #[arg(long)]
-    pub offload_optimizer: bool,
-    /// Plan with the frozen blocks (and PPO's reference and reward model) in bf16
-    #[arg(long)]
-    pub frozen_bf16: bool,
-    /// sft / dpo / ppo: plan with the LM head and loss N rows at a time
-    #[arg(long)]
-    pub lm_head_chunk: Option<usize>,
+    #[command(flatten)]
+    pub memory: MemoryFlags,
     /// The backend whose free memory the plan is compared with: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
@@ -91,7 +81,7 @@ pub struct PlanArgs {
 }
 
 pub fn run(a: PlanArgs) -> Result<(), String> {
-    match (a.lm_head_chunk, a.command) {
+    match (a.memory.lm_head_chunk, a.command) {
         (Some(0), _) => return Err("--lm-head-chunk 0: must be at least 1".into()),
         (Some(n), c) if !matches!(c, PlanCommand::Sft | PlanCommand::Dpo | PlanCommand::Ppo) => return Err(format!("--lm-head-chunk {n}: only sft, dpo and ppo chunk their LM head")),
         _ => {}
@@ -174,16 +164,14 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
             // DPO holds a chosen and a rejected sequence per pair
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
-            let l = model.n_layers;
-            let bf16_blocks = if a.frozen_bf16 { l - cfg.unfrozen_layers.unwrap_or(l).min(l) } else { 0 };
-            let t = okapi_model::memory::Techniques { checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk, bf16_blocks, offload: a.offload_optimizer };
+            let t = a.memory.techniques(&model, cfg.unfrozen_layers);
             let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");
             Need { what: format!("{:?}", a.command).to_lowercase(), ..need }
         }
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", frozen_bf16: a.frozen_bf16, checkpointed: a.grad_checkpointing, head_chunk: a.lm_head_chunk, offload: a.offload_optimizer })?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", frozen_bf16: a.memory.frozen_bf16, checkpointed: a.memory.grad_checkpointing, head_chunk: a.memory.lm_head_chunk, offload: a.memory.offload_optimizer })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

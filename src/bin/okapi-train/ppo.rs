@@ -3,7 +3,7 @@
 //! (okapi-rlhf's `PpoConfig::defaults` / `PpoConfig::okapi`).
 
 use super::outdir;
-use super::train_flags::{annotate_arg, parse_betas, Recipe};
+use super::train_flags::{annotate_arg, parse_betas, MemoryFlags, Recipe};
 use okapi_data::{load_instructions, PromptTemplate, Tokenizer};
 use okapi_model::memory::Need;
 use okapi_model::{DType, Model, ModelConfig};
@@ -136,23 +136,8 @@ pub struct PpoArgs {
     /// the head, and runs on the policy's frozen trunk, computed once) or full (a whole copy)
     #[arg(long, default_value = "hydra")]
     pub reference: String,
-    /// Compute the policy's and the reference's LM head N tokens at a time (no tokens ×
-    /// vocabulary logits; the same numbers to float rounding)
-    #[arg(long)]
-    pub lm_head_chunk: Option<usize>,
-    /// Keep frozen weights in bf16: the policy's blocks below --unfrozen-layers, and every block
-    /// of the reference and the reward model (half their memory; bf16-rounded numbers)
-    #[arg(long)]
-    pub frozen_bf16: bool,
-    /// The policy's (and a separate critic's) fp32 master weights and AdamW moments in host
-    /// memory, the AdamW step on the CPU
-    #[arg(long)]
-    pub offload_optimizer: bool,
-    /// Activation checkpointing for the policy and a separate critic (bit-identical gradients
-    /// on the CPU, one more forward per minibatch); the reference and reward model keep one
-    /// block's activations too (they never run a backward)
-    #[arg(long)]
-    pub grad_checkpointing: bool,
+    #[command(flatten)]
+    pub memory: MemoryFlags,
     /// Write a few samples to samples.jsonl every N iterations
     #[arg(long)]
     pub samples_every: Option<u64>,
@@ -367,7 +352,8 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
 
 impl PpoArgs {
     fn memory(&self) -> PpoMemory {
-        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", frozen_bf16: self.frozen_bf16, checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, offload: self.offload_optimizer }
+        let m = &self.memory;
+        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", frozen_bf16: m.frozen_bf16, checkpointed: m.grad_checkpointing, head_chunk: m.lm_head_chunk, offload: m.offload_optimizer }
     }
 }
 
@@ -379,7 +365,7 @@ fn check_ppo_memory<B: Backend>(be: &B, need: &Need, force: bool) -> Result<(), 
 
 /// The flags no setting check covers: one line each.
 fn check_choices(a: &PpoArgs) -> Result<(), String> {
-    if a.lm_head_chunk == Some(0) {
+    if a.memory.lm_head_chunk == Some(0) {
         return Err("--lm-head-chunk 0: must be at least 1".into());
     }
     if !matches!(a.reference.as_str(), "hydra" | "full") {
@@ -394,9 +380,9 @@ fn check_choices(a: &PpoArgs) -> Result<(), String> {
 /// A model of the run, with the memory flags applied.
 fn load_model<B: Backend>(be: &B, a: &PpoArgs, dir: &std::path::Path) -> Result<Model<B>, String> {
     let mut m = Model::load(be.clone(), dir).map_err(err)?;
-    m.grad_checkpointing = a.grad_checkpointing;
-    m.head_chunk = a.lm_head_chunk;
-    m.offload_optimizer = a.offload_optimizer;
+    m.grad_checkpointing = a.memory.grad_checkpointing;
+    m.head_chunk = a.memory.lm_head_chunk;
+    m.offload_optimizer = a.memory.offload_optimizer;
     Ok(m)
 }
 
@@ -414,7 +400,7 @@ fn load_models<B: Backend>(be: &B, a: &PpoArgs, cfg: &PpoConfig) -> Result<Trio<
     if rm.score.is_none() {
         return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
     }
-    if a.frozen_bf16 {
+    if a.memory.frozen_bf16 {
         let mask = policy.trainable_mask(cfg.unfrozen_layers).map_err(err)?;
         policy.freeze_in_bf16(&mask);
         // the reference and the reward model never train: every block
@@ -492,6 +478,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "grad_checkpointing": a.grad_checkpointing, "reference": a.reference, "lm_head_chunk": a.lm_head_chunk, "frozen_bf16": a.frozen_bf16, "offload_optimizer": a.offload_optimizer,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "reference": a.reference, "memory": a.memory.json(),
     })
 }

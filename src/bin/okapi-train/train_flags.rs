@@ -138,22 +138,8 @@ pub struct TrainFlags {
     /// Run even when the memory plan says the run does not fit (printed as a warning)
     #[arg(long)]
     pub force: bool,
-    /// Activation checkpointing: keep each block's input only and recompute the block in the
-    /// backward (the same gradients, bit for bit on the CPU; one more forward per step)
-    #[arg(long)]
-    pub grad_checkpointing: bool,
-    /// sft, dpo: compute the LM head and the loss N rows (tokens) at a time, so the batch's
-    /// (tokens × vocabulary) logits never exist whole (the same loss; gradients to float rounding)
-    #[arg(long)]
-    pub lm_head_chunk: Option<usize>,
-    /// Keep the linear weights of the frozen blocks (below --unfrozen-layers) in bf16: half
-    /// their memory; the run then computes with their bf16-rounded values
-    #[arg(long)]
-    pub frozen_bf16: bool,
-    /// Keep the fp32 master weights and AdamW moments in host memory and run the AdamW step on
-    /// the CPU (what lets a full 7B SFT fit one 80 GB GPU); the same parameters on the CPU backend
-    #[arg(long)]
-    pub offload_optimizer: bool,
+    #[command(flatten)]
+    pub memory: MemoryFlags,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -222,7 +208,34 @@ impl TrainFlags {
     }
 }
 
-impl TrainFlags {
+/// The memory techniques of the training commands (sft, reward, dpo, ppo) and of `plan`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MemoryFlags {
+    /// Activation checkpointing: keep each block's input only and recompute the block in the
+    /// backward (the same gradients, bit for bit on the CPU; one more forward per step)
+    #[arg(long)]
+    pub grad_checkpointing: bool,
+    /// Compute the LM head and the loss N rows (tokens) at a time, so the batch's (tokens ×
+    /// vocabulary) logits never exist whole (the same numbers to float rounding; not reward)
+    #[arg(long)]
+    pub lm_head_chunk: Option<usize>,
+    /// Keep the linear weights of the frozen blocks (below --unfrozen-layers; in PPO also every
+    /// block of the reference and the reward model) in bf16: half their memory; the run then
+    /// computes with, and saves, their bf16-rounded values
+    #[arg(long)]
+    pub frozen_bf16: bool,
+    /// Keep the fp32 master weights and AdamW moments in host memory and run the AdamW step on
+    /// the CPU (what lets a full 7B SFT fit one 80 GB GPU); the same parameters on the CPU backend
+    #[arg(long)]
+    pub offload_optimizer: bool,
+}
+
+impl MemoryFlags {
+    /// The flags for args.json.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "grad_checkpointing": self.grad_checkpointing, "lm_head_chunk": self.lm_head_chunk, "frozen_bf16": self.frozen_bf16, "offload_optimizer": self.offload_optimizer })
+    }
+
     /// The memory techniques these flags ask for, on `model` with `unfrozen` top layers training.
     pub fn techniques(&self, model: &okapi_model::ModelConfig, unfrozen: Option<usize>) -> okapi_model::memory::Techniques {
         let bf16_blocks = if self.frozen_bf16 { model.n_layers - unfrozen.unwrap_or(model.n_layers).min(model.n_layers) } else { 0 };
@@ -242,9 +255,12 @@ impl TrainFlags {
         Ok(())
     }
 
+}
+
+impl TrainFlags {
     /// `--lm-head-chunk`: at least 1, and only where there is an LM head (sft, dpo).
     pub fn check_head_chunk(&self, stage: Stage) -> Result<(), String> {
-        match (self.lm_head_chunk, stage) {
+        match (self.memory.lm_head_chunk, stage) {
             (None, _) => Ok(()),
             (Some(0), _) => Err("--lm-head-chunk 0: must be at least 1".into()),
             (Some(_), Stage::Sft | Stage::Dpo) => Ok(()),
@@ -263,7 +279,7 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
     let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let techniques = flags.techniques(model, cfg.unfrozen_layers);
+    let techniques = flags.memory.techniques(model, cfg.unfrozen_layers);
     let need = okapi_model::memory::training_run_need(model, trainable, rows, techniques, "lower --batch-size or --max-len");
     let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;
