@@ -324,7 +324,8 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
     need.device_lowered_by(if t.checkpointed { "activations (checkpointed)" } else { "activations" }, saved_activation_bytes_with(cfg, rows, t.checkpointed), rows_flags)
         .device_lowered_by(if t.head_chunk.is_some() { "logits (chunked)" } else { "logits" }, head_bytes(cfg, rows, t.head_chunk), rows_flags)
         .device_lowered_by("workspace", workspace_bytes(cfg, rows), rows_flags)
-        // saving the model (and checkpoints): every tensor read back as f32, then encoded
+        // saving the model (and checkpoints): every tensor read back as f32, then encoded (the
+        // file is streamed from the encoded tensors)
         .host("saving (tensor copies, encoded file)", weights_bytes(cfg).saturating_mul(2))
 }
 

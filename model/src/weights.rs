@@ -173,10 +173,15 @@ fn st_dtype(d: DType) -> Dtype {
     }
 }
 
+/// The temporary name a file is written under before its rename: `.NAME.tmp` beside it.
+fn tmp_path(path: &Path) -> std::path::PathBuf {
+    path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("file")))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|s| s.to_str()).unwrap_or("file")));
+    let tmp = tmp_path(path);
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -209,8 +214,11 @@ pub fn save(dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: DType
             .iter()
             .map(|(name, shape, bytes)| (name.clone(), safetensors::tensor::TensorView::new(st_dtype(dtype), shape.clone(), bytes).expect("tensor bytes match shape")))
             .collect();
-        let bytes = safetensors::tensor::serialize(views, Some(metadata.clone())).map_err(|e| ModelError::Other(format!("serializing {fname}: {e}")))?;
-        write_atomic(&dir.join(&fname), &bytes)?;
+        // streamed into the file: no third in-memory copy of the shard
+        let path = dir.join(&fname);
+        let tmp = tmp_path(&path);
+        safetensors::tensor::serialize_to_file(views, Some(metadata.clone()), &tmp).map_err(|e| ModelError::Other(format!("writing {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
         for &i in idx {
             weight_map.insert(tensors[i].0.clone(), fname.clone());
         }

@@ -93,7 +93,12 @@ fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Pat
     let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos)?;
     eprintln!("{}: {summary}", stage.name());
     let (cap_b, cap_t) = capacity(&groups, cfg.batch_size);
-    check_training_memory(be, &model_cfg, &cfg, cap_b.saturating_mul(cap_t), flags)?;
+    // the reward model is the LM with a score head instead of its LM head
+    let mut planned = model_cfg.clone();
+    if stage == Stage::Reward {
+        planned.head = okapi_model::Head::Score;
+    }
+    check_training_memory(be, &planned, &cfg, cap_b.saturating_mul(cap_t), flags)?;
     let (train, val) = split_val(groups, cfg.val_fraction, cfg.seed);
     let settings = objective.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     check_resume(&cfg, stage.name(), &model_cfg, groups_fingerprint(&train, &val), train.len(), settings).map_err(|e| e.to_string())?;
