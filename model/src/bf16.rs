@@ -6,7 +6,7 @@
 //! those of the bf16-rounded weights. Saving writes the bf16 values back (exact when the
 //! checkpoint was bf16, as the Okapi 7B ones are).
 
-use crate::model::{Block, Linear, Model};
+use crate::model::{Block, Model};
 use okapi_kernels::reduce::pack_bf16;
 use okapi_runtime::Backend;
 
@@ -15,10 +15,6 @@ use okapi_runtime::Backend;
 pub struct Stage<B: Backend> {
     held: [Option<usize>; 7],
     bufs: Vec<B::Buf>,
-}
-
-fn roles(blk: &Block) -> [Option<Linear>; 7] {
-    [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)]
 }
 
 impl<B: Backend> Model<B> {
@@ -30,7 +26,7 @@ impl<B: Backend> Model<B> {
         let mut n = 0;
         // blocks a hydra reference released hold nothing to pack
         for b in self.first_block.min(depth)..depth {
-            for lin in roles(&self.blocks[b]).into_iter().flatten() {
+            for lin in self.blocks[b].linears().into_iter().flatten() {
                 if !self.packed[lin.w] {
                     let host = self.host_value(lin.w);
                     self.values[lin.w] = self.be.upload(&pack_bf16(&host));
@@ -58,14 +54,14 @@ impl<B: Backend> Model<B> {
             return None;
         }
         let first = self.blocks.first()?;
-        let bufs = roles(first).iter().map(|lin| self.be.zeros(lin.map_or(0, |l| l.d_in * l.d_out))).collect();
+        let bufs = first.linears().iter().map(|lin| self.be.zeros(lin.map_or(0, |l| l.d_in * l.d_out))).collect();
         Some(Stage { held: [None; 7], bufs })
     }
 
     /// Unpacks `blk`'s packed linear weights into `stage` (nothing for an unpacked block).
     pub(crate) fn stage_block(&self, blk: &Block, stage: &mut Option<Stage<B>>) {
         let Some(st) = stage.as_mut() else { return };
-        for (r, lin) in roles(blk).into_iter().enumerate() {
+        for (r, lin) in blk.linears().into_iter().enumerate() {
             let Some(lin) = lin.filter(|l| self.packed[l.w]) else { continue };
             if st.held[r] != Some(lin.w) {
                 self.be.unpack_bf16(&mut st.bufs[r], &self.values[lin.w], lin.d_in * lin.d_out);

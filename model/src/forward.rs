@@ -262,7 +262,6 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::Other(format!("{}: this copy holds only blocks {} and up (a hydra reference): use forward_from", self.cfg.path.display(), self.first_block)));
         }
         self.set_batch(acts, tokens, b, t)?;
-        acts.logits_valid = None;
         self.embed_fwd(acts, b * t);
         self.blocks_and_norm_fwd(acts, 0);
         Ok(())
@@ -276,13 +275,13 @@ impl<B: Backend> Model<B> {
             return Err(ModelError::Other(format!("forward_from block {start}: this model runs blocks {} to {}", self.first_block, self.cfg.n_layers)));
         }
         self.set_batch(acts, tokens, b, t)?;
-        acts.logits_valid = None;
         self.be.copy(&mut acts.x[start], x_start, b * t * self.cfg.hidden_size);
         self.blocks_and_norm_fwd(acts, start);
         Ok(())
     }
 
-    /// Checks a batch against the arenas and writes its ids, positions and lengths.
+    /// Checks a batch against the arenas and writes its ids, positions and lengths (the logits
+    /// of an earlier batch are no longer valid).
     fn set_batch(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
         if b > acts.cap_b || t > acts.cap_t || tokens.len() != b * t {
             return Err(ModelError::Other(format!("batch ({b},{t}) with {} tokens does not fit activations sized ({},{})", tokens.len(), acts.cap_b, acts.cap_t)));
@@ -292,6 +291,7 @@ impl<B: Backend> Model<B> {
         let n = b * t;
         acts.b = b;
         acts.t = t;
+        acts.logits_valid = None;
         be.write_ids(&mut acts.ids, tokens);
         let positions: Vec<u32> = (0..n).map(|i| (i % t) as u32).collect();
         be.write_ids(&mut acts.positions, &positions);
@@ -323,26 +323,25 @@ impl<B: Backend> Model<B> {
 
     /// Full forward into `acts.logits` (B·T, V).
     pub fn forward(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize) -> Result<()> {
-        let head = self.lm_head()?;
+        self.lm_head()?;
         self.forward_hidden(acts, tokens, b, t)?;
-        self.head_fwd(acts, head)
+        self.head_fwd(acts)
     }
 
     /// [`Model::forward`] from block `start`'s input (see [`Model::forward_hidden_from`]).
     pub fn forward_from(&self, acts: &mut Acts<B>, tokens: &[u32], b: usize, t: usize, start: usize, x_start: &B::Buf) -> Result<()> {
-        let head = self.lm_head()?;
+        self.lm_head()?;
         self.forward_hidden_from(acts, tokens, b, t, start, x_start)?;
-        self.head_fwd(acts, head)
+        self.head_fwd(acts)
     }
 
-    fn head_fwd(&self, acts: &mut Acts<B>, head: usize) -> Result<()> {
+    /// The head over every row at once (refused when the logits are chunked).
+    fn head_fwd(&self, acts: &mut Acts<B>) -> Result<()> {
         let n = acts.b * acts.t;
         if n > acts.head_rows {
             return Err(ModelError::Other(format!("the logits hold {} rows (--lm-head-chunk) but this forward needs all {n}: it runs over row blocks (Model::head_blocks) or without chunking", acts.head_rows)));
         }
-        self.be.matmul(&mut acts.logits, &acts.lnf, &self.values[head], &Gemm::new(n, self.cfg.vocab_size, self.cfg.hidden_size).trans_b());
-        acts.logits_valid = Some((0, n));
-        Ok(())
+        self.head_rows_fwd(acts, (0, n))
     }
 
     /// The LM head's backward: `s.dln` = ∂L/∂lnf (=) from `acts.logits` holding ∂L/∂logits,
@@ -421,10 +420,6 @@ impl<B: Backend> Model<B> {
         if below_trains {
             return Some(0);
         }
-        let has = |blk: &Block| {
-            let lins = [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)];
-            lins.iter().flatten().any(|l| grads.bufs[l.w].is_some()) || grads.bufs[blk.ln1.w].is_some() || grads.bufs[blk.ln2.w].is_some()
-        };
-        self.blocks.iter().position(has)
+        self.blocks.iter().position(|blk| blk.params().any(|i| grads.bufs[i].is_some()))
     }
 }

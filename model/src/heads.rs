@@ -103,16 +103,7 @@ impl<B: Backend> Model<B> {
         }
         let mut mask = vec![false; self.info.len()];
         let mut set = |i: usize| mask[i] = true;
-        for blk in &self.blocks[l - n..] {
-            for lin in [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)].into_iter().flatten() {
-                set(lin.w);
-                lin.b.into_iter().for_each(&mut set);
-            }
-            for nm in [blk.ln1, blk.ln2] {
-                set(nm.w);
-                nm.b.into_iter().for_each(&mut set);
-            }
-        }
+        self.blocks[l - n..].iter().flat_map(crate::model::Block::params).for_each(&mut set);
         set(self.ln_f.w);
         self.ln_f.b.into_iter().for_each(&mut set);
         self.score.into_iter().for_each(&mut set);
@@ -133,10 +124,6 @@ impl<B: Backend> Model<B> {
         if mask[self.embed] || self.emb_ln.is_some_and(|ln| mask[ln.w] || ln.b.is_some_and(|b| mask[b])) {
             return 0;
         }
-        let trains = |blk: &crate::model::Block| {
-            let lins = [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)];
-            lins.iter().flatten().any(|l| mask[l.w] || l.b.is_some_and(|b| mask[b])) || [blk.ln1, blk.ln2].iter().any(|n| mask[n.w] || n.b.is_some_and(|b| mask[b]))
-        };
-        self.blocks.iter().position(trains).unwrap_or(self.blocks.len())
+        self.blocks.iter().position(|blk| blk.params().any(|i| mask[i])).unwrap_or(self.blocks.len())
     }
 }

@@ -69,6 +69,20 @@ pub struct Block {
     pub down: Linear,
 }
 
+impl Block {
+    /// The block's linear layers by role: q, k, v, o, gate (LLaMA only), up, down.
+    pub fn linears(&self) -> [Option<Linear>; 7] {
+        [Some(self.q), Some(self.k), Some(self.v), Some(self.o), self.gate, Some(self.up), Some(self.down)]
+    }
+
+    /// Every parameter of the block: the linears' weights and biases, both norms'.
+    pub fn params(&self) -> impl Iterator<Item = usize> {
+        let lin = self.linears().into_iter().flatten().flat_map(|l| std::iter::once(l.w).chain(l.b));
+        let norms = [self.ln1, self.ln2].into_iter().flat_map(|n| std::iter::once(n.w).chain(n.b));
+        lin.chain(norms)
+    }
+}
+
 /// How a Hugging Face tensor maps onto the parameter table.
 #[derive(Clone, Debug)]
 pub enum Source {
@@ -432,17 +446,7 @@ impl<B: Backend> Model<B> {
     /// with the policy. The copy can no longer run a whole forward or be saved.
     pub fn release_below(&mut self, start: usize) {
         let start = start.min(self.cfg.n_layers);
-        let mut free: Vec<usize> = Vec::new();
-        for blk in &self.blocks[..start] {
-            for lin in [Some(blk.q), Some(blk.k), Some(blk.v), Some(blk.o), blk.gate, Some(blk.up), Some(blk.down)].into_iter().flatten() {
-                free.push(lin.w);
-                free.extend(lin.b);
-            }
-            for nm in [blk.ln1, blk.ln2] {
-                free.push(nm.w);
-                free.extend(nm.b);
-            }
-        }
+        let mut free: Vec<usize> = self.blocks[..start].iter().flat_map(Block::params).collect();
         if start > 0 {
             if self.lm_head != Some(self.embed) {
                 free.push(self.embed);
