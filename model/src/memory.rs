@@ -101,7 +101,12 @@ pub fn workspace_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
 /// Everything a training forward and backward of `rows` rows allocate: saved activations,
 /// logits and the backward's scratch.
 pub fn activation_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
-    saved_activation_bytes(cfg, rows).saturating_add(logits_bytes(cfg, rows)).saturating_add(workspace_bytes(cfg, rows))
+    activation_bytes_with(cfg, rows, Techniques::default())
+}
+
+/// [`activation_bytes`] with the techniques that change them: checkpointing and the chunked head.
+pub fn activation_bytes_with(cfg: &ModelConfig, rows: usize, t: Techniques) -> u64 {
+    saved_activation_bytes_with(cfg, rows, t.checkpointed).saturating_add(head_bytes(cfg, rows, t.head_chunk)).saturating_add(workspace_bytes(cfg, rows))
 }
 
 /// A KV cache for `batch` sequences of up to `cap` tokens, fed `t_max` tokens at a time.

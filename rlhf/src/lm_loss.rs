@@ -28,20 +28,6 @@ pub struct TokenLogprobs {
     pub entropy: Vec<f64>,
 }
 
-impl<B: Backend> LossBufs<B> {
-    /// The per-token weights of the next `xent_in_place`.
-    pub fn coef_mut(&mut self) -> &mut B::Buf {
-        &mut self.coef
-    }
-
-    /// Cross-entropy with the weights already in `coef_mut()`, in place on `acts.logits`
-    /// (which become `Σ coef·∂(−log p)/∂logits`); `targets` already uploaded.
-    pub fn xent_in_place(&mut self, model: &Model<B>, acts: &mut Acts<B>, targets: &B::Ids, n: usize) {
-        model.be.xent_fwd_bwd(&mut acts.logits, &mut self.losses, targets, &self.coef, okapi_runtime::Rows::new(n, model.cfg.vocab_size));
-        acts.logits_consumed();
-    }
-}
-
 /// Next-token targets for a (B,T) batch: `targets[b,t] = labels[b,t+1]`, the last position and
 /// every label < 0 (HF's -100) ignored — exactly the shift inside `LlamaForCausalLM`'s loss.
 pub fn shift_labels(labels: &[i64], b: usize, t: usize) -> Vec<u32> {
@@ -62,16 +48,8 @@ pub fn shift_labels(labels: &[i64], b: usize, t: usize) -> Vec<u32> {
 /// `weight = 1/(targets in the whole step)` this is the token-level mean of transformers (also
 /// across gradient-accumulation micro-batches). Returns (Σ losses over targets, number of targets).
 pub fn lm_loss_and_grad<B: Backend>(model: &Model<B>, acts: &mut Acts<B>, bufs: &mut LossBufs<B>, targets: &[u32], weight: f32) -> (f64, usize) {
-    let be = &model.be;
-    let n = acts.b * acts.t;
-    assert_eq!(targets.len(), n, "one target per position");
-    let count = targets.iter().filter(|&&t| t != IGNORE_INDEX).count();
-    be.write_ids(&mut bufs.targets, targets);
-    be.write(&mut bufs.coef, &vec![weight; n]);
-    be.xent_fwd_bwd(&mut acts.logits, &mut bufs.losses, &bufs.targets, &bufs.coef, okapi_runtime::Rows::new(n, model.cfg.vocab_size));
-    acts.logits_consumed();
-    let losses = be.read(&bufs.losses, n);
-    (losses.iter().map(|&l| l as f64).sum(), count)
+    // the logits `forward` left are used as they are (one block of every row)
+    lm_loss_blocks(model, acts, bufs, targets, weight, None).expect("`forward` checked the LM head")
 }
 
 /// The LM head, the cross-entropy and (with `backward = Some((scratch, grads))`) the head's

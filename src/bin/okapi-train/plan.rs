@@ -3,7 +3,7 @@
 //! people on stdout, then one JSON line for scripts.
 
 use super::ppo::{ppo_need, PpoMemory};
-use super::train_flags::{MemoryFlags, Recipe};
+use super::train_flags::{MemoryFlags, Recipe, Stage};
 use okapi_model::memory::{kv_cache_bytes, training_run_need, weights_bytes, Need};
 use okapi_model::{preset_config, Arch, ModelConfig};
 use okapi_rlhf::{PpoConfig, TrainConfig};
@@ -81,8 +81,8 @@ pub struct PlanArgs {
 }
 
 pub fn run(a: PlanArgs) -> Result<(), String> {
+    a.memory.validate()?;
     match (a.memory.lm_head_chunk, a.command) {
-        (Some(0), _) => return Err("--lm-head-chunk 0: must be at least 1".into()),
         (Some(n), c) if !matches!(c, PlanCommand::Sft | PlanCommand::Dpo | PlanCommand::Ppo) => return Err(format!("--lm-head-chunk {n}: only sft, dpo and ppo chunk their LM head")),
         _ => {}
     }
@@ -122,14 +122,12 @@ fn reward_config(a: &PlanArgs, policy: &ModelConfig) -> Result<ModelConfig, Stri
 }
 
 fn train_defaults(a: &PlanArgs) -> Result<TrainConfig, String> {
-    let mut cfg = match (a.command, a.recipe) {
-        (PlanCommand::Sft, Recipe::Default) => TrainConfig::sft(),
-        (PlanCommand::Sft, Recipe::Okapi) => TrainConfig::okapi_sft(),
-        (PlanCommand::Reward, Recipe::Default) => TrainConfig::reward(),
-        (PlanCommand::Reward, Recipe::Okapi) => TrainConfig::okapi_reward(),
-        (_, Recipe::Default) => TrainConfig::dpo(),
-        (_, Recipe::Okapi) => return Err("--recipe okapi: Okapi has no DPO stage".into()),
+    let stage = match a.command {
+        PlanCommand::Sft => Stage::Sft,
+        PlanCommand::Reward => Stage::Reward,
+        _ => Stage::Dpo,
     };
+    let mut cfg = stage.config(a.recipe)?;
     cfg.batch_size = a.batch_size.unwrap_or(cfg.batch_size);
     cfg.max_len = a.max_len.unwrap_or(cfg.max_len);
     cfg.unfrozen_layers = a.unfrozen_layers.or(cfg.unfrozen_layers);
@@ -171,7 +169,7 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", frozen_bf16: a.memory.frozen_bf16, checkpointed: a.memory.grad_checkpointing, head_chunk: a.memory.lm_head_chunk, offload: a.memory.offload_optimizer })?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));
@@ -190,13 +188,14 @@ fn report<B: Backend>(be: &B, a: &PlanArgs, need: &Need) -> Result<(), String> {
     let fits = need.fits(be);
     let total = fits.iter().fold(0u64, |s, f| s.saturating_add(f.total()));
     let device = &fits[0];
+    let verdict = need.check(be);
     let mut json = serde_json::json!({
         "command": format!("{:?}", a.command).to_lowercase(),
         "model": need_model(a),
         "backend": be.name(),
         "total_bytes": total,
         "device_bytes": device.budget.as_ref().map(|b| b.bytes),
-        "fits": need.check(be).is_ok(),
+        "fits": verdict.is_ok(),
     });
     for part in fits.iter().flat_map(|f| &f.parts).chain(&need.info) {
         let key = part.key();
@@ -205,7 +204,7 @@ fn report<B: Backend>(be: &B, a: &PlanArgs, need: &Need) -> Result<(), String> {
     }
     println!("{json}");
     // a plan that does not fit is the command's refusal: one line, a non-zero exit
-    need.check(be).map_err(|e| e.to_string())
+    verdict.map_err(|e| e.to_string())
 }
 
 fn need_model(a: &PlanArgs) -> String {

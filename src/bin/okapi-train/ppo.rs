@@ -290,30 +290,30 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
 }
 
 /// The memory options of a PPO run (its flags).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PpoMemory {
+#[derive(Clone, Copy, Debug)]
+pub struct PpoMemory<'a> {
     pub separate_critic: bool,
     /// the reference holds only the top --unfrozen-layers blocks (`--reference hydra`)
     pub hydra: bool,
-    /// `--frozen-bf16`: frozen policy blocks, the reference and the reward model in bf16
-    pub frozen_bf16: bool,
-    pub checkpointed: bool,
-    pub head_chunk: Option<usize>,
-    pub offload: bool,
+    /// the memory techniques; `--frozen-bf16` also puts every block of the reference and the
+    /// reward model in bf16
+    pub flags: &'a MemoryFlags,
 }
 
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
 /// separate critic from it, trained too), their activations over a chunk of rollouts, and the
 /// rollouts' KV cache.
 pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest_prompt: usize, o: PpoMemory) -> Result<Need, String> {
-    use okapi_model::memory::{block_linear_params, head_bytes, kv_cache_bytes, saved_activation_bytes_with, training_run_need, weights_bytes_with, workspace_bytes, Techniques};
+    use okapi_model::memory::{activation_bytes_with, block_linear_params, kv_cache_bytes, training_run_need, weights_bytes_with, Techniques};
     let l = policy.n_layers;
     let top = cfg.unfrozen_layers.unwrap_or(l).min(l);
-    let t = Techniques { checkpointed: o.checkpointed, head_chunk: o.head_chunk, bf16_blocks: if o.frozen_bf16 { l - top } else { 0 }, offload: o.offload };
-    let all_bf16 = |m: &ModelConfig| if o.frozen_bf16 { m.n_layers } else { 0 };
+    let t = o.flags.techniques(policy, cfg.unfrozen_layers);
+    let frozen_bf16 = o.flags.frozen_bf16;
+    let all_bf16 = |m: &ModelConfig| if frozen_bf16 { m.n_layers } else { 0 };
     let (separate_critic, hydra) = (o.separate_critic, o.hydra);
     // the reference and the reward model only run forwards: one block's activations each
-    let activation_bytes = |m: &ModelConfig, rows: usize| saved_activation_bytes_with(m, rows, true).saturating_add(head_bytes(m, rows, t.head_chunk)).saturating_add(workspace_bytes(m, rows));
+    let forward_only = Techniques { checkpointed: true, ..t };
+    let activation_bytes = |m: &ModelConfig, rows: usize| activation_bytes_with(m, rows, forward_only);
     const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
     const MINIBATCH: &str = "lower --ppo-batch-size, --chunk-size, --max-new-tokens or --max-prompt-len";
     let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
@@ -326,7 +326,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         // the top blocks, the final norm and the head (the embedding when it is the head)
         (true, Some(_)) => {
             let tied = if policy.tie_word_embeddings { policy.vocab_size as u128 * policy.hidden_size as u128 } else { 0 };
-            let packed = if o.frozen_bf16 { block_linear_params(policy) * top as u128 } else { 0 };
+            let packed = if frozen_bf16 { block_linear_params(policy) * top as u128 } else { 0 };
             (trainable.saturating_add(tied) * 4 - packed * 2).min(u64::MAX as u128) as u64
         }
         _ => weights_bytes_with(policy, all_bf16(policy)),
@@ -334,7 +334,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     let reference_label = if hydra && cfg.unfrozen_layers.is_some() { "reference model (hydra: top blocks and head)" } else { "reference model" };
     let mut need = training_run_need(policy, trainable, rows, t, MINIBATCH)
         .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
-        .device_lowered_by("reward model", weights_bytes_with(rm, all_bf16(rm)), if o.frozen_bf16 { "" } else { "--frozen-bf16" })
+        .device_lowered_by("reward model", weights_bytes_with(rm, all_bf16(rm)), if frozen_bf16 { "" } else { "--frozen-bf16" })
         .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
         .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
     if separate_critic {
@@ -351,9 +351,8 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
 }
 
 impl PpoArgs {
-    fn memory(&self) -> PpoMemory {
-        let m = &self.memory;
-        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", frozen_bf16: m.frozen_bf16, checkpointed: m.grad_checkpointing, head_chunk: m.lm_head_chunk, offload: m.offload_optimizer }
+    fn memory(&self) -> PpoMemory<'_> {
+        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", flags: &self.memory }
     }
 }
 
@@ -365,9 +364,7 @@ fn check_ppo_memory<B: Backend>(be: &B, need: &Need, force: bool) -> Result<(), 
 
 /// The flags no setting check covers: one line each.
 fn check_choices(a: &PpoArgs) -> Result<(), String> {
-    if a.memory.lm_head_chunk == Some(0) {
-        return Err("--lm-head-chunk 0: must be at least 1".into());
-    }
+    a.memory.validate()?;
     if !matches!(a.reference.as_str(), "hydra" | "full") {
         return Err(format!("--reference {}: expected hydra (top layers on the policy's frozen trunk) or full (a whole copy)", a.reference));
     }
@@ -380,9 +377,7 @@ fn check_choices(a: &PpoArgs) -> Result<(), String> {
 /// A model of the run, with the memory flags applied.
 fn load_model<B: Backend>(be: &B, a: &PpoArgs, dir: &std::path::Path) -> Result<Model<B>, String> {
     let mut m = Model::load(be.clone(), dir).map_err(err)?;
-    m.grad_checkpointing = a.memory.grad_checkpointing;
-    m.head_chunk = a.memory.lm_head_chunk;
-    m.offload_optimizer = a.memory.offload_optimizer;
+    a.memory.configure(&mut m);
     Ok(m)
 }
 

@@ -231,6 +231,14 @@ pub struct MemoryFlags {
 }
 
 impl MemoryFlags {
+    /// `--lm-head-chunk 0` is refused (one line).
+    pub fn validate(&self) -> Result<(), String> {
+        match self.lm_head_chunk {
+            Some(0) => Err("--lm-head-chunk 0: must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The flags for args.json.
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({ "grad_checkpointing": self.grad_checkpointing, "lm_head_chunk": self.lm_head_chunk, "frozen_bf16": self.frozen_bf16, "offload_optimizer": self.offload_optimizer })
@@ -242,12 +250,17 @@ impl MemoryFlags {
         okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer }
     }
 
-    /// Sets a loaded model up as the memory flags say: checkpointing, the chunked head, frozen
-    /// blocks in bf16.
-    pub fn apply_to<B: okapi_runtime::Backend>(&self, model: &mut okapi_model::Model<B>, unfrozen: Option<usize>) -> Result<(), String> {
+    /// The model settings these flags choose: checkpointing, the chunked head, the offload.
+    pub fn configure<B: okapi_runtime::Backend>(&self, model: &mut okapi_model::Model<B>) {
         model.grad_checkpointing = self.grad_checkpointing;
         model.head_chunk = self.lm_head_chunk;
         model.offload_optimizer = self.offload_optimizer;
+    }
+
+    /// Sets a loaded model up as the memory flags say: [`MemoryFlags::configure`], and the frozen
+    /// blocks in bf16.
+    pub fn apply_to<B: okapi_runtime::Backend>(&self, model: &mut okapi_model::Model<B>, unfrozen: Option<usize>) -> Result<(), String> {
+        self.configure(model);
         if self.frozen_bf16 {
             let mask = model.trainable_mask(unfrozen).map_err(|e| e.to_string())?;
             model.freeze_in_bf16(&mask);
@@ -260,10 +273,9 @@ impl MemoryFlags {
 impl TrainFlags {
     /// `--lm-head-chunk`: at least 1, and only where there is an LM head (sft, dpo).
     pub fn check_head_chunk(&self, stage: Stage) -> Result<(), String> {
+        self.memory.validate()?;
         match (self.memory.lm_head_chunk, stage) {
-            (None, _) => Ok(()),
-            (Some(0), _) => Err("--lm-head-chunk 0: must be at least 1".into()),
-            (Some(_), Stage::Sft | Stage::Dpo) => Ok(()),
+            (None, _) | (Some(_), Stage::Sft | Stage::Dpo) => Ok(()),
             (Some(n), other) => Err(format!("--lm-head-chunk {n}: {} has no LM head to chunk (a reward model scores with its score head)", other.name())),
         }
     }
