@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, model_run_with, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
+use common::{fixture, model_run_with, short_sft, Scratch};
 use okapi::runtime::CpuBackend;
 
 fn bits(x: &[f32]) -> Vec<u32> {
@@ -40,33 +40,19 @@ fn checkpointed_arenas_keep_one_block() {
     assert!(ckpt.floats() < full.floats());
 }
 
-fn sft(out: &std::path::Path, data: &std::path::Path, tpl: &std::path::Path, extra: &[&str]) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train"))
-        .args(["sft", "--model"])
-        .arg(fixture("bloom_6h"))
-        .arg("--data")
-        .arg(data)
-        .arg("--template")
-        .arg(tpl)
-        .arg("--out")
-        .arg(out)
-        .args(["--max-steps", "3", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--no-shuffle"])
-        .args(extra)
-        .output()
-        .unwrap();
+fn sft(dir: &Scratch, out: &str, extra: &[&str]) {
+    let args = [&["--max-steps", "3", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--no-shuffle"][..], extra].concat();
+    let o = short_sft(&dir.root, "bloom_6h", &dir.root.join(out), &args, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
 fn an_sft_run_saves_the_same_model_bytes_with_checkpointing() {
     let dir = Scratch::new("ckpt-sft");
-    let (data, tpl) = (dir.root.join("sft.jsonl"), dir.root.join("t.json"));
-    std::fs::write(&data, SHORT_SFT_RECORDS).unwrap();
-    std::fs::write(&tpl, SHORT_TEMPLATE).unwrap();
-    sft(&dir.root.join("plain"), &data, &tpl, &[]);
-    sft(&dir.root.join("ckpt"), &data, &tpl, &["--grad-checkpointing", "--unfrozen-layers", "1"]);
-    sft(&dir.root.join("plain1"), &data, &tpl, &["--unfrozen-layers", "1"]);
-    sft(&dir.root.join("ckpt-all"), &data, &tpl, &["--grad-checkpointing"]);
+    sft(&dir, "plain", &[]);
+    sft(&dir, "ckpt", &["--grad-checkpointing", "--unfrozen-layers", "1"]);
+    sft(&dir, "plain1", &["--unfrozen-layers", "1"]);
+    sft(&dir, "ckpt-all", &["--grad-checkpointing"]);
     let read = |d: &str| std::fs::read(dir.root.join(d).join("model.safetensors")).unwrap();
     assert!(read("plain") == read("ckpt-all"), "every layer trainable: the saved models differ");
     assert!(read("plain1") == read("ckpt"), "top layer trainable: the saved models differ");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
+use common::{fixture, short_sft, Scratch};
 use okapi::kernels::reduce::bf16_bits;
 use okapi::model::Model;
 use okapi::rlhf::{lm_loss_and_grad, LossBufs};
@@ -69,17 +69,8 @@ fn a_packed_model_computes_what_its_rounded_weights_compute() {
 }
 
 fn sft(dir: &Scratch, out: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let (data, tpl) = (dir.root.join("sft.jsonl"), dir.root.join("t.json"));
-    std::fs::write(&data, SHORT_SFT_RECORDS).unwrap();
-    std::fs::write(&tpl, SHORT_TEMPLATE).unwrap();
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train"));
-    c.args(["sft", "--model"]).arg(fixture("llama_gqa")).arg("--data").arg(&data).arg("--template").arg(&tpl).arg("--out").arg(dir.root.join(out));
-    c.args(["--max-steps", "4", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--no-shuffle", "--unfrozen-layers", "1", "--frozen-bf16", "--save-every", "2", "--save-dtype", "f32"]);
-    c.args(extra);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+    let args = [&["--max-steps", "4", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--no-shuffle", "--unfrozen-layers", "1", "--frozen-bf16", "--save-every", "2", "--save-dtype", "f32"][..], extra].concat();
+    short_sft(&dir.root, "llama_gqa", &dir.root.join(out), &args, env)
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
+use common::{fixture, short_sft, Scratch};
 use okapi::model::Model;
 use okapi::rlhf::{lm_loss_and_grad, lm_loss_blocks, LossBufs};
 use okapi::runtime::{Backend, CpuBackend, IGNORE_INDEX};
@@ -85,23 +85,9 @@ fn a_whole_forward_is_refused_when_the_logits_are_chunked() {
 }
 
 fn sft_losses(dir: &Scratch, tag: &str, extra: &[&str]) -> Vec<f64> {
-    let (data, tpl) = (dir.root.join("sft.jsonl"), dir.root.join("t.json"));
-    std::fs::write(&data, SHORT_SFT_RECORDS).unwrap();
-    std::fs::write(&tpl, SHORT_TEMPLATE).unwrap();
     let out = dir.root.join(tag);
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train"))
-        .args(["sft", "--model"])
-        .arg(fixture("bloom_6h"))
-        .arg("--data")
-        .arg(&data)
-        .arg("--template")
-        .arg(&tpl)
-        .arg("--out")
-        .arg(&out)
-        .args(["--max-steps", "4", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--no-shuffle", "--val-fraction", "0.25", "--eval-every", "2"])
-        .args(extra)
-        .output()
-        .unwrap();
+    let args = [&["--max-steps", "4", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--no-shuffle", "--val-fraction", "0.25", "--eval-every", "2"][..], extra].concat();
+    let o = short_sft(&dir.root, "bloom_6h", &out, &args, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     m.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).flat_map(|v| [v["loss"].as_f64(), v["val_loss"].as_f64()]).flatten().collect()

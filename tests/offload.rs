@@ -5,20 +5,11 @@
 
 mod common;
 
-use common::{fixture, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
+use common::{short_sft, Scratch};
 
 fn sft(dir: &Scratch, out: &str, extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let (data, tpl) = (dir.root.join("sft.jsonl"), dir.root.join("t.json"));
-    std::fs::write(&data, SHORT_SFT_RECORDS).unwrap();
-    std::fs::write(&tpl, SHORT_TEMPLATE).unwrap();
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train"));
-    c.args(["sft", "--model"]).arg(fixture("bloom_6h")).arg("--data").arg(&data).arg("--template").arg(&tpl).arg("--out").arg(dir.root.join(out));
-    c.args(["--max-steps", "4", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--weight-decay", "0.1", "--no-shuffle", "--save-every", "2", "--save-dtype", "f32"]);
-    c.args(extra);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
+    let args = [&["--max-steps", "4", "--batch-size", "2", "--max-len", "40", "--lr", "1e-3", "--weight-decay", "0.1", "--no-shuffle", "--save-every", "2", "--save-dtype", "f32"][..], extra].concat();
+    short_sft(&dir.root, "bloom_6h", &dir.root.join(out), &args, env)
 }
 
 #[test]

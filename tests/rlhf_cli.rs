@@ -258,38 +258,63 @@ fn ppo_stops_on_sigint_with_a_checkpoint_and_resumes_exactly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Short PPO runs (2 iterations of 4 rollouts, 5 new tokens) of one `(policy, reward model,
+/// prompts)`, one per `(name, flags)` into `dir/name`; each must succeed. Their output
+/// directories and stderr, in order.
+fn ppo_variants(dir: &Path, (policy, rm, prompts): &(PathBuf, PathBuf, PathBuf), variants: &[(&str, &[&str])]) -> Vec<(PathBuf, String)> {
+    variants
+        .iter()
+        .map(|(name, extra)| {
+            let out = dir.join(name);
+            let mut a = vec!["ppo", "--policy", p(policy), "--reward", p(rm), "--prompts", p(prompts), "--out", p(&out)];
+            a.extend(["--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5"]);
+            a.extend(*extra);
+            let o = run(&a);
+            assert!(o.status.success(), "{name}: {}", err(&o));
+            (out, err(&o))
+        })
+        .collect()
+}
+
+/// Asserts that each of `files` that exists in run `a` exists byte-identical in run `b`;
+/// returns how many were compared.
+fn same_files(a: &Path, b: &Path, files: &[&str], what: &str) -> usize {
+    let mut compared = 0;
+    for f in files.iter().filter(|f| a.join(f).exists()) {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs {what}");
+        compared += 1;
+    }
+    compared
+}
+
+/// The lines of a run's metrics.jsonl.
+fn metric_lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 /// `--grad-checkpointing` in PPO (policy with a shared value head, and a separate critic): the
 /// same saved policy, value head and critic, bit for bit, and the same metrics but the timings.
 #[test]
 fn ppo_with_grad_checkpointing_is_bit_identical() {
     let dir = tmp("ppo-ckpt");
-    let (policy, rm, prompts) = policy_and_own_rm(&dir);
+    let models = policy_and_own_rm(&dir);
     for critic in ["shared", "separate"] {
-        let outs: Vec<PathBuf> = ["plain", "ckpt"].iter().map(|m| dir.join(format!("{critic}-{m}"))).collect();
-        for (out, extra) in outs.iter().zip([&[][..], &["--grad-checkpointing"][..]]) {
-            let mut a = vec!["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", critic, "--save-dtype", "f32"];
-            a.extend(extra);
-            let o = run(&a);
-            assert!(o.status.success(), "{}", err(&o));
-        }
+        let base = ["--critic", critic, "--save-dtype", "f32"];
+        let ckpt = ["--critic", critic, "--save-dtype", "f32", "--grad-checkpointing"];
+        let runs = ppo_variants(&dir.join(critic), &models, &[("plain", &base), ("ckpt", &ckpt)]);
         let files = ["model.safetensors", "value_head.safetensors", "critic/model.safetensors", "critic/value_head.safetensors"];
-        let mut compared = 0;
-        for f in files {
-            let (a, b) = (outs[0].join(f), outs[1].join(f));
-            if a.exists() {
-                assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "{critic}: {f} differs with --grad-checkpointing");
-                compared += 1;
-            }
-        }
+        let compared = same_files(&runs[0].0, &runs[1].0, &files, &format!("with --grad-checkpointing ({critic} critic)"));
         assert!(compared >= 2, "{critic}: only {compared} files compared");
         let strip = |o: &PathBuf| -> Vec<serde_json::Value> {
-            std::fs::read_to_string(o.join("metrics.jsonl")).unwrap().lines().map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().retain(|k, _| !k.contains("time") && !k.ends_with("_s") && !k.contains("per_s"));
-                v
-            }).collect()
+            metric_lines(o)
+                .into_iter()
+                .map(|mut v| {
+                    v.as_object_mut().unwrap().retain(|k, _| !k.contains("time") && !k.ends_with("_s") && !k.contains("per_s"));
+                    v
+                })
+                .collect()
         };
-        assert_eq!(strip(&outs[0]), strip(&outs[1]), "{critic}: metrics");
+        assert_eq!(strip(&runs[0].0), strip(&runs[1].0), "{critic}: metrics");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -300,22 +325,12 @@ fn ppo_with_grad_checkpointing_is_bit_identical() {
 #[test]
 fn ppo_hydra_reference_matches_a_full_copy_bit_for_bit() {
     let dir = tmp("ppo-hydra");
-    let (policy, rm, prompts) = policy_and_own_rm(&dir);
-    let outs: Vec<PathBuf> = ["hydra", "full"].iter().map(|m| dir.join(m)).collect();
-    for (out, mode) in outs.iter().zip(["hydra", "full"]) {
-        let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--unfrozen-layers", "1", "--reference", mode, "--save-dtype", "f32"]);
-        assert!(o.status.success(), "{}", err(&o));
-        if mode == "hydra" {
-            assert!(err(&o).contains("reference model (hydra: top blocks and head)"), "{}", err(&o));
-        }
-    }
-    for f in ["model.safetensors", "value_head.safetensors"] {
-        assert!(std::fs::read(outs[0].join(f)).unwrap() == std::fs::read(outs[1].join(f)).unwrap(), "{f} differs between hydra and full references");
-    }
-    let kl = |o: &PathBuf| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(o.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kl"].clone()).collect()
-    };
-    let (a, b) = (kl(&outs[0]), kl(&outs[1]));
+    let common = ["--unfrozen-layers", "1", "--save-dtype", "f32", "--reference"];
+    let runs = ppo_variants(&dir, &policy_and_own_rm(&dir), &[("hydra", &[&common[..], &["hydra"]].concat()), ("full", &[&common[..], &["full"]].concat())]);
+    assert!(runs[0].1.contains("reference model (hydra: top blocks and head)"), "{}", runs[0].1);
+    assert_eq!(same_files(&runs[0].0, &runs[1].0, &["model.safetensors", "value_head.safetensors"], "between hydra and full references"), 2);
+    let kl = |o: &PathBuf| -> Vec<serde_json::Value> { metric_lines(o).into_iter().map(|v| v["kl"].clone()).collect() };
+    let (a, b) = (kl(&runs[0].0), kl(&runs[1].0));
     assert!(a.iter().any(|k| k.as_f64().is_some_and(|x| x != 0.0)), "the KL must move for the test to show anything: {a:?}");
     assert_eq!(a, b);
     let _ = std::fs::remove_dir_all(&dir);
@@ -326,16 +341,8 @@ fn ppo_hydra_reference_matches_a_full_copy_bit_for_bit() {
 #[test]
 fn ppo_with_a_chunked_head_follows_the_whole_one() {
     let dir = tmp("ppo-head-chunk");
-    let (policy, rm, prompts) = policy_and_own_rm(&dir);
-    let outs: Vec<PathBuf> = ["whole", "chunked"].iter().map(|m| dir.join(m)).collect();
-    for (out, extra) in outs.iter().zip([&[][..], &["--lm-head-chunk", "3"][..]]) {
-        let mut a = vec!["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--unfrozen-layers", "1"];
-        a.extend(extra);
-        let o = run(&a);
-        assert!(o.status.success(), "{}", err(&o));
-    }
-    let read = |o: &PathBuf| -> Vec<serde_json::Value> { std::fs::read_to_string(o.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
-    let (a, b) = (read(&outs[0]), read(&outs[1]));
+    let runs = ppo_variants(&dir, &policy_and_own_rm(&dir), &[("whole", &["--unfrozen-layers", "1"]), ("chunked", &["--unfrozen-layers", "1", "--lm-head-chunk", "3"])]);
+    let (a, b) = (metric_lines(&runs[0].0), metric_lines(&runs[1].0));
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         for k in ["score_mean", "kl", "pg_loss", "vf_loss", "entropy", "response_len", "approx_kl"] {
@@ -352,17 +359,13 @@ fn ppo_with_a_chunked_head_follows_the_whole_one() {
 #[test]
 fn ppo_with_frozen_bf16_weights_runs_and_its_hydra_reference_is_exact() {
     let dir = tmp("ppo-bf16");
-    let (policy, rm, prompts) = policy_and_own_rm(&dir);
-    let outs: Vec<PathBuf> = ["hydra", "full"].iter().map(|m| dir.join(m)).collect();
-    for (out, mode) in outs.iter().zip(["hydra", "full"]) {
-        let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--unfrozen-layers", "1", "--reference", mode, "--frozen-bf16", "--save-dtype", "f32"]);
-        assert!(o.status.success(), "{}", err(&o));
-        assert!(err(&o).contains("frozen weights (bf16)"), "{}", err(&o));
+    let common = ["--unfrozen-layers", "1", "--frozen-bf16", "--save-dtype", "f32", "--reference"];
+    let runs = ppo_variants(&dir, &policy_and_own_rm(&dir), &[("hydra", &[&common[..], &["hydra"]].concat()), ("full", &[&common[..], &["full"]].concat())]);
+    for (_, stderr) in &runs {
+        assert!(stderr.contains("frozen weights (bf16)"), "{stderr}");
     }
-    for f in ["model.safetensors", "value_head.safetensors"] {
-        assert!(std::fs::read(outs[0].join(f)).unwrap() == std::fs::read(outs[1].join(f)).unwrap(), "{f} differs between hydra and full bf16 references");
-    }
-    let m: Vec<serde_json::Value> = std::fs::read_to_string(outs[0].join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(same_files(&runs[0].0, &runs[1].0, &["model.safetensors", "value_head.safetensors"], "between hydra and full bf16 references"), 2);
+    let m = metric_lines(&runs[0].0);
     assert!(m.iter().all(|v| v["loss"].as_f64().is_some_and(f64::is_finite)), "{m:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -372,16 +375,9 @@ fn ppo_with_frozen_bf16_weights_runs_and_its_hydra_reference_is_exact() {
 #[test]
 fn ppo_with_the_optimizer_offloaded_is_bit_identical() {
     let dir = tmp("ppo-offload");
-    let (policy, rm, prompts) = policy_and_own_rm(&dir);
-    let outs: Vec<PathBuf> = ["plain", "offload"].iter().map(|m| dir.join(m)).collect();
-    for (out, extra) in outs.iter().zip([&[][..], &["--offload-optimizer"][..]]) {
-        let mut a = vec!["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", "separate", "--save-dtype", "f32"];
-        a.extend(extra);
-        let o = run(&a);
-        assert!(o.status.success(), "{}", err(&o));
-    }
-    for f in ["model.safetensors", "critic/model.safetensors", "critic/value_head.safetensors"] {
-        assert!(std::fs::read(outs[0].join(f)).unwrap() == std::fs::read(outs[1].join(f)).unwrap(), "{f} differs with the optimizer offloaded");
-    }
+    let base = ["--critic", "separate", "--save-dtype", "f32"];
+    let runs = ppo_variants(&dir, &policy_and_own_rm(&dir), &[("plain", &base), ("offload", &[&base[..], &["--offload-optimizer"]].concat())]);
+    let files = ["model.safetensors", "critic/model.safetensors", "critic/value_head.safetensors"];
+    assert_eq!(same_files(&runs[0].0, &runs[1].0, &files, "with the optimizer offloaded"), files.len());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,6 +21,20 @@ pub const SHORT_SFT_RECORDS: &str = r#"{"instruction": "Chào bằng tiếng Vi�
 "#;
 
 /// A prompt template (alpaca-lora's format) without Okapi's long preamble.
+/// `okapi-train sft` of fixture `model` on [`SHORT_SFT_RECORDS`] with [`SHORT_TEMPLATE`]
+/// (written into `dir`), into `out`, with `args` and the environment `env`.
+pub fn short_sft(dir: &Path, model: &str, out: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let (data, tpl) = (dir.join("sft.jsonl"), dir.join("template.json"));
+    std::fs::write(&data, SHORT_SFT_RECORDS).unwrap();
+    std::fs::write(&tpl, SHORT_TEMPLATE).unwrap();
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train"));
+    c.args(["sft", "--model"]).arg(fixture(model)).arg("--data").arg(&data).arg("--template").arg(&tpl).arg("--out").arg(out).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
 pub const SHORT_TEMPLATE: &str = r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#;
 
 /// Sends SIGINT (`"INT"`) or SIGTERM (`"TERM"`) to a child process.
