@@ -59,6 +59,7 @@ import time
 import torch
 import transformers
 from transformers import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
+from okapi_ids import splitmix_tokens  # benches/okapi_ids.py (the script's own directory)
 
 # (name, hidden, layers, heads, ffn (LLaMA; BLOOM uses 4·hidden), vocab): model/src/init.rs PRESETS
 PRESETS = {
@@ -82,7 +83,6 @@ BETAS = (0.9, 0.95)
 EPS = 1e-8
 WEIGHT_DECAY = 0.05
 MAX_GRAD_NORM = 1.0
-MASK64 = (1 << 64) - 1
 
 # (key, label, higher is better)
 TRAIN_METRICS = [
@@ -105,20 +105,6 @@ GENERATE_METRICS = [
 def case_name(c):
     mode, arch, preset, b, t, k = c
     return f"{mode}-{arch}-{preset}-B{b}-" + (f"T{t}" if mode == "train" else f"P{t}-K{k}")
-
-
-def splitmix_tokens(seed, n, vocab):
-    """okapi::model::Rng::new(seed).next_u64() % vocab, n times."""
-    state = seed ^ 0x9E3779B97F4A7C15
-    out = []
-    for _ in range(n):
-        state = (state + 0x9E3779B97F4A7C15) & MASK64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        z ^= z >> 31
-        out.append(z % vocab)
-    return out
 
 
 def build_model(arch, preset, max_positions, attn, seed):

@@ -64,6 +64,7 @@ import re
 import statistics
 import sys
 import time
+from okapi_ids import splitmix_tokens  # benches/okapi_ids.py (the script's own directory)
 
 # (hidden, layers, heads, kv heads, ffn, vocab): a copy of okapi's PRESETS (model/src/init.rs)
 PRESETS_COPY = {
@@ -80,7 +81,6 @@ PEAKS = [
     ("H800", 989.0, 67.0),
     ("A100", 312.0, 19.5),
 ]
-MASK64 = (1 << 64) - 1
 KERNEL_WARMUP, KERNEL_REPS = 5, 20
 STEP_WARMUP, STEP_REPS = 3, 10
 
@@ -101,20 +101,6 @@ def read_presets():
         if presets.get(name) != shape:
             print(f"gpu_peer.py: warning: preset {name} is {presets.get(name)} in model/src/init.rs, {shape} in the copy; using init.rs", file=sys.stderr)
     return presets, "model/src/init.rs"
-
-
-def splitmix_tokens(seed, n, vocab):
-    """okapi::model::Rng::new(seed).next_u64() % vocab, n times (the ids of okapi-train bench)."""
-    state = seed ^ 0x9E3779B97F4A7C15
-    out = []
-    for _ in range(n):
-        state = (state + 0x9E3779B97F4A7C15) & MASK64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        z ^= z >> 31
-        out.append(z % vocab)
-    return out
 
 
 def param_shapes(preset):

@@ -27,6 +27,7 @@ import time
 import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM
+from okapi_ids import splitmix_tokens  # benches/okapi_ids.py (the script's own directory)
 
 # (name, hidden, layers, heads, ffn, vocab): a copy of okapi's PRESETS (model/src/init.rs)
 PRESETS = {
@@ -37,21 +38,6 @@ PRESETS = {
 }
 CASES = [("bench-5m", 8, 128), ("bench-33m", 4, 256)]
 WARMUP = 2
-MASK64 = (1 << 64) - 1
-
-
-def splitmix_tokens(seed, n, vocab):
-    """okapi::model::Rng::next_u64 % vocab, n times."""
-    state = seed ^ 0x9E3779B97F4A7C15
-    out = []
-    for _ in range(n):
-        state = (state + 0x9E3779B97F4A7C15) & MASK64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        z ^= z >> 31
-        out.append(z % vocab)
-    return out
 
 
 def gemm_ceiling(size=1024):
