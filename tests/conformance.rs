@@ -704,6 +704,51 @@ fn gelu<B: Backend>(be: &B, t: &Tols) {
     }
 }
 
+/// A select, no arithmetic: bit-for-bit (up to the sign of zero) on every backend. The CPU
+/// result is checked against PyTorch's definitions first: relu(NaN) = NaN, and the gradient is
+/// exactly 0 wherever x ≤ 0 (x = 0 included) and dout elsewhere (NaN x included).
+fn relu<B: Backend>(be: &B, t: &Tols) {
+    let p = Pair::new(be);
+    let mut rng = Rng::new(35);
+    // 1037: odd, no multiple of any workgroup size
+    for n in SIZES.into_iter().chain([1000 + 37]) {
+        let d = format!("len={n}");
+        let mut x = spread(&mut rng, n, 3.0);
+        // exact zeros of both signs throughout, and ±inf and a NaN near the front
+        for i in (3..n).step_by(7) {
+            x[i] = if i % 2 == 0 { 0.0 } else { -0.0 };
+        }
+        for (i, v) in [0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e-30, -1e-30].into_iter().enumerate() {
+            if i < n {
+                x[i] = v;
+            }
+        }
+        let (cx, gx) = p.up(&x);
+        let (mut co, mut go) = p.out(&spread(&mut rng, n, 9.0));
+        p.cpu.relu_fwd(&mut co, &cx, n);
+        for (i, (&o, &v)) in co.iter().zip(&x).enumerate() {
+            let want = if v > 0.0 || v.is_nan() { v } else { 0.0 };
+            assert!(o.to_bits() == want.to_bits() || (o.is_nan() && v.is_nan()), "cpu relu_fwd {d} [{i}]: {o} for {v}");
+        }
+        be.relu_fwd(&mut go, &gx, n);
+        p.cmp("relu_fwd", &d, &co, &go, &t.memory);
+        let (cdo, gdo) = p.up(&spread(&mut rng, n, 1.0));
+        let (mut cdx, mut gdx) = p.out(&spread(&mut rng, n, 9.0));
+        p.cpu.relu_bwd(&mut cdx, &cdo, &cx, n);
+        for (i, ((&g, &dout), &v)) in cdx.iter().zip(&cdo).zip(&x).enumerate() {
+            let want = if v <= 0.0 { 0.0 } else { dout };
+            assert!(g.to_bits() == want.to_bits(), "cpu relu_bwd {d} [{i}]: {g} for x {v}, dout {dout}");
+        }
+        be.relu_bwd(&mut gdx, &gdo, &gx, n);
+        p.cmp("relu_bwd", &d, &cdx, &gdx, &t.memory);
+        // and +0 exactly where x ≤ 0 on the backend itself (cmp would let −0 pass)
+        let got = be.read(&gdx, n);
+        if let Some(i) = (0..n).find(|&i| x[i] <= 0.0 && got[i].to_bits() != 0) {
+            panic!("relu_bwd {d}: dx[{i}] = {} for x = {}, expected +0", got[i], x[i]);
+        }
+    }
+}
+
 // ---- softmax, cross-entropy, log-probs ------------------------------------------------------
 
 const VOCAB: [(usize, usize); 8] = [(1, 1), (1, 7), (7, 33), (33, 1000), (3, 5003), (4, 256), (4, 4099), (6, 32003)];
@@ -917,7 +962,7 @@ macro_rules! conformance {
             use super::*;
             conformance!(@ops $make, $tols, [$(ignore = $why)?];
                 memory, fill, copy, copy_range, unpack_bf16, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
-                matmul, matmul_edges, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu,
+                matmul, matmul_edges, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, relu,
                 softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }
     };

@@ -109,6 +109,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
     fn gelu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
     fn gelu_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, len: usize);
+    /// out = max(x, 0) (`=`), NaN kept NaN (PyTorch's `relu`).
+    fn relu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
+    /// dx = 0 where x ≤ 0, else dout (`=`; PyTorch's `threshold_backward`: 0 at x = 0).
+    fn relu_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, len: usize);
     /// x (N,C) += bias (C) per row.
     fn bias_add(&self, x: &mut Self::Buf, bias: &Self::Buf, r: Rows);
     /// dbias (C) += Σ_rows dy (N,C).

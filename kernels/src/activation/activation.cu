@@ -1,4 +1,4 @@
-// SwiGLU and tanh-GELU, forward and backward (all `=`), grid-stride over the elements.
+// SwiGLU, tanh-GELU and ReLU, forward and backward (all `=`), grid-stride over the elements.
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 #define OKAPI_SQRT_2_OVER_PI 0.7978845608f
@@ -39,5 +39,20 @@ extern "C" __global__ void gelu_bwd(float* __restrict__ dx, const float* __restr
         const float t = tanh_(OKAPI_SQRT_2_OVER_PI * v * (1.0f + 0.044715f * v * v));
         const float ff = 0.5f * v * ((1.0f - t * t) * (OKAPI_SQRT_2_OVER_PI + 0.10703224f * v * v)) + 0.5f * (1.0f + t);
         dx[i] = ff * dout[i];
+    }
+}
+
+// out = max(x, 0); `v <= 0` is false for NaN, so NaN passes through (as the CPU kernel)
+extern "C" __global__ void relu_fwd(float* __restrict__ out, const float* __restrict__ x, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float v = x[i];
+        out[i] = v <= 0.0f ? 0.0f : v;
+    }
+}
+
+// dx = 0 where x <= 0 (x = 0 included), else dout
+extern "C" __global__ void relu_bwd(float* __restrict__ dx, const float* __restrict__ dout, const float* __restrict__ x, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        dx[i] = x[i] <= 0.0f ? 0.0f : dout[i];
     }
 }

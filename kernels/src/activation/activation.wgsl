@@ -1,4 +1,4 @@
-// SwiGLU and the tanh form of GELU, forward and backward (semantics: mod.rs beside this file).
+// SwiGLU, the tanh form of GELU and ReLU, forward and backward (semantics: mod.rs beside this file).
 // Elementwise, one thread per element; the 1-D index is folded under the 65535 limit:
 // i = gid.x + gid.y·(num_wg.x·WG). Every output is `=`.
 
@@ -21,6 +21,13 @@ fn sigmoid(v: f32) -> f32 {
 // tanh as 1 − 2/(e^{2u} + 1): saturates to ±1 without NaN on every driver (as the CPU kernel)
 fn tanh_(u: f32) -> f32 {
     return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+}
+
+// !(x <= 0), read from the bits (WGSL lets a compiler assume no NaN, so a float compare could
+// lose it): true for x > 0 and for NaN, which ReLU passes through (as the CPU kernel).
+fn relu_passes(x: f32) -> bool {
+    let b = bitcast<u32>(x);
+    return (b != 0u && b < 0x80000000u) || (b & 0x7fffffffu) > 0x7f800000u;
 }
 
 fn index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
@@ -83,4 +90,28 @@ fn gelu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let t = tanh_(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
     let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.10703224 * x * x)) + 0.5 * (1.0 + t);
     gb_dx[i] = ff * gb_dout[i];
+}
+
+// ---- ReLU forward: out, x -------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> rf_out: array<f32>;
+@group(0) @binding(2) var<storage, read> rf_x: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let x = rf_x[i];
+    rf_out[i] = select(0.0, x, relu_passes(x));
+}
+
+// ---- ReLU backward: dx, dout, x -------------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> rb_dx: array<f32>;
+@group(0) @binding(2) var<storage, read> rb_dout: array<f32>;
+@group(0) @binding(3) var<storage, read> rb_x: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    rb_dx[i] = select(0.0, rb_dout[i], relu_passes(rb_x[i]));
 }

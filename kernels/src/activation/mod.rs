@@ -1,16 +1,17 @@
-//! SwiGLU (LLaMA's MLP) and the tanh form of GELU (BLOOM's MLP), forward and backward.
+//! SwiGLU (LLaMA's MLP), the tanh form of GELU (BLOOM's MLP) and ReLU, forward and backward.
 
 use rayon::prelude::*;
 
-/// The GPU sources of SwiGLU and GELU.
+/// The GPU sources of SwiGLU, GELU and ReLU.
 pub const FAMILY: crate::Family = crate::Family {
     name: "activation",
     cuda: include_str!("activation.cu"),
-    cuda_kernels: &["swiglu_fwd", "swiglu_bwd", "gelu_fwd", "gelu_bwd"],
+    cuda_kernels: &["swiglu_fwd", "swiglu_bwd", "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd"],
     wgsl: &[("activation", WGSL)],
 };
 
-/// Entry points `swiglu_fwd`, `swiglu_bwd`, `gelu_fwd`, `gelu_bwd` (one thread per element).
+/// Entry points `swiglu_fwd`, `swiglu_bwd`, `gelu_fwd`, `gelu_bwd`, `relu_fwd`, `relu_bwd` (one
+/// thread per element).
 pub const WGSL: &str = include_str!("activation.wgsl");
 
 const PAR_CHUNK: usize = 4096;
@@ -91,4 +92,32 @@ pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
 /// dx = dout·gelu'(x) (`=`), BLOOM's `bloom_gelu_back`.
 pub fn gelu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
     dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| gelu_bwd_chunk(dx, d, x));
+}
+
+// `x <= 0` is false for NaN: the forward passes NaN through and the backward passes dout, as
+// PyTorch's relu (clamp_min) and threshold_backward do.
+crate::vmath::multiversion! {
+    fn relu_fwd_chunk(o: &mut [f32], x: &[f32]) -> () {
+        for (o, &x) in o.iter_mut().zip(x) {
+            *o = if x <= 0.0 { 0.0 } else { x };
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    fn relu_bwd_chunk(dx: &mut [f32], d: &[f32], x: &[f32]) -> () {
+        for ((dx, &d), &x) in dx.iter_mut().zip(d).zip(x) {
+            *dx = if x <= 0.0 { 0.0 } else { d };
+        }
+    }
+}
+
+/// out = max(x, 0) (`=`), NaN kept NaN: PyTorch's `relu`.
+pub fn relu_fwd(out: &mut [f32], x: &[f32]) {
+    out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(o, x)| relu_fwd_chunk(o, x));
+}
+
+/// dx = 0 where x ≤ 0 (x = 0 included), else dout (`=`), PyTorch's `threshold_backward`.
+pub fn relu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
+    dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| relu_bwd_chunk(dx, d, x));
 }

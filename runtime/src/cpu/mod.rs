@@ -155,6 +155,14 @@ impl Backend for CpuBackend {
         check::len("gelu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
         k::activation::gelu_bwd(&mut dx[..len], &dout[..len], &x[..len]);
     }
+    fn relu_fwd(&self, out: &mut Vec<f32>, x: &Vec<f32>, len: usize) {
+        check::len("relu_fwd", &[("out", &*out), ("x", x)], len);
+        k::activation::relu_fwd(&mut out[..len], &x[..len]);
+    }
+    fn relu_bwd(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, x: &Vec<f32>, len: usize) {
+        check::len("relu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
+        k::activation::relu_bwd(&mut dx[..len], &dout[..len], &x[..len]);
+    }
     fn bias_add(&self, x: &mut Vec<f32>, bias: &Vec<f32>, r: Rows) {
         check::bias("bias_add", x, bias, r);
         k::reduce::bias_add(&mut x[..r.len()], &bias[..r.c]);

@@ -224,6 +224,14 @@ impl Backend for CudaBackend {
         check::len("gelu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
         self.ew("gelu_bwd", len, &[self.pb(dx), self.pb(dout), self.pb(x), A::U(len as u64)]);
     }
+    fn relu_fwd(&self, out: &mut CudaBuf, x: &CudaBuf, len: usize) {
+        check::len("relu_fwd", &[("out", &*out), ("x", x)], len);
+        self.ew("relu_fwd", len, &[self.pb(out), self.pb(x), A::U(len as u64)]);
+    }
+    fn relu_bwd(&self, dx: &mut CudaBuf, dout: &CudaBuf, x: &CudaBuf, len: usize) {
+        check::len("relu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
+        self.ew("relu_bwd", len, &[self.pb(dx), self.pb(dout), self.pb(x), A::U(len as u64)]);
+    }
     fn bias_add(&self, x: &mut CudaBuf, bias: &CudaBuf, r: Rows) {
         check::bias("bias_add", x, bias, r);
         self.ew("bias_add_f32", r.len(), &[self.pb(x), self.pb(bias), A::U(r.n as u64), A::I(r.c as i32)]);

@@ -248,6 +248,12 @@ impl Backend for WgpuBackend {
     fn gelu_bwd(&self, dx: &mut WBuf, dout: &WBuf, x: &WBuf, len: usize) {
         self.op_elementwise("activation.gelu_bwd", "gelu_bwd", &[("dx", dx), ("dout", dout), ("x", x)], len);
     }
+    fn relu_fwd(&self, out: &mut WBuf, x: &WBuf, len: usize) {
+        self.op_elementwise("activation.relu_fwd", "relu_fwd", &[("out", out), ("x", x)], len);
+    }
+    fn relu_bwd(&self, dx: &mut WBuf, dout: &WBuf, x: &WBuf, len: usize) {
+        self.op_elementwise("activation.relu_bwd", "relu_bwd", &[("dx", dx), ("dout", dout), ("x", x)], len);
+    }
     fn bias_add(&self, x: &mut WBuf, bias: &WBuf, r: Rows) {
         self.op_bias_add(x, bias, r)
     }

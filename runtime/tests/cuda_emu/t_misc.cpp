@@ -53,19 +53,22 @@ int main() {
         if (len > 4) { g[0] = 60.f; g[1] = -60.f; g[2] = 100.f; g[3] = -100.f; g[4] = 0.f; }
         std::string tag = " len" + std::to_string(len) + " grid" + std::to_string(grid);
         const double k0 = 0.7978845608028654, k1 = 0.044715;
-        std::vector<double> sw(len), dg(len), du(len), ge(len), gb(len), fi(len, -2.5), sc(len), ax(len), bf(len);
+        std::vector<double> sw(len), dg(len), du(len), ge(len), gb(len), re(len), rb(len), fi(len, -2.5), sc(len), ax(len), bf(len);
         for (size_t i = 0; i < len; ++i) {
             double x = g[i], s = 1 / (1 + exp(-x)), t = tanh(k0 * x * (1 + k1 * x * x));
             sw[i] = x * s * u[i]; du[i] = d[i] * x * s; dg[i] = d[i] * u[i] * s * (1 + x * (1 - s));
             ge[i] = 0.5 * x * (1 + t); gb[i] = d[i] * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k0 * (1 + 3 * k1 * x * x));
+            re[i] = x > 0 ? x : 0; rb[i] = x > 0 ? d[i] : 0;
             sc[i] = (double)u[i] * -0.5f; ax[i] = u[i] + (double)1.5f * d[i]; bf[i] = hbf(g[i]);
         }
-        std::vector<float> o(len, NAN), o2(len, NAN), o3(len, NAN), o4(len, NAN), o5(len, NAN), f(len, NAN), cp(len, NAN), s2 = u, a2 = u;
+        std::vector<float> o(len, NAN), o2(len, NAN), o3(len, NAN), o4(len, NAN), o5(len, NAN), o6(len, NAN), o7(len, NAN), f(len, NAN), cp(len, NAN), s2 = u, a2 = u;
         std::vector<u16> b16(len, 0xffff);
         launch(swiglu_fwd, dim3{grid,1,1}, 256, 0, o.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
         launch(swiglu_bwd, dim3{grid,1,1}, 256, 0, o2.data(), o3.data(), (const float*)d.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
         launch(gelu_fwd, dim3{grid,1,1}, 256, 0, o4.data(), (const float*)g.data(), (u64)len);
         launch(gelu_bwd, dim3{grid,1,1}, 256, 0, o5.data(), (const float*)d.data(), (const float*)g.data(), (u64)len);
+        launch(relu_fwd, dim3{grid,1,1}, 256, 0, o6.data(), (const float*)g.data(), (u64)len);
+        launch(relu_bwd, dim3{grid,1,1}, 256, 0, o7.data(), (const float*)d.data(), (const float*)g.data(), (u64)len);
         launch(fill_f32, dim3{grid,1,1}, 256, 0, f.data(), -2.5f, (u64)len);
         launch(copy_f32, dim3{grid,1,1}, 256, 0, cp.data(), (const float*)g.data(), (u64)len);
         launch(scale_f32, dim3{grid,1,1}, 256, 0, s2.data(), -0.5f, (u64)len);
@@ -74,8 +77,18 @@ int main() {
         std::vector<float> b16f(len); for (size_t i = 0; i < len; ++i) { uint32_t w = (uint32_t)b16[i] << 16; memcpy(&b16f[i], &w, 4); }
         check("swiglu_fwd"+tag, o, sw, 1e-6, 5e-5); check("swiglu_bwd dgate"+tag, o2, dg, 1e-6, 5e-5); check("swiglu_bwd dup"+tag, o3, du, 1e-6, 5e-5);
         check("gelu_fwd"+tag, o4, ge, 1e-6, 5e-5); check("gelu_bwd"+tag, o5, gb, 1e-6, 5e-5);
+        check("relu_fwd"+tag, o6, re, 0, 0); check("relu_bwd"+tag, o7, rb, 0, 0);
         check("fill"+tag, f, fi, 0, 0); check("copy"+tag, cp, std::vector<double>(g.begin(), g.end()), 0, 0);
         check("scale"+tag, s2, sc, 0, 0); check("axpy"+tag, a2, ax, 1e-7, 1e-6); check("f32_to_bf16"+tag, b16f, bf, 0, 0);
+    }
+    // relu of NaN: NaN forward, dout backward (PyTorch's `x <= 0 ? 0 : ·`)
+    {
+        std::vector<float> x{NAN, 0.f, -0.f, 2.f}, d{3.f, 5.f, 7.f, 11.f}, o(4, -1.f), dx(4, -1.f);
+        launch(relu_fwd, dim3{1,1,1}, 256, 0, o.data(), (const float*)x.data(), (u64)4);
+        launch(relu_bwd, dim3{1,1,1}, 256, 0, dx.data(), (const float*)d.data(), (const float*)x.data(), (u64)4);
+        bool ok = std::isnan(o[0]) && o[1] == 0 && o[2] == 0 && o[3] == 2 && dx[0] == 3 && dx[1] == 0 && dx[2] == 0 && dx[3] == 11;
+        if (!ok) ++g_fail;
+        printf("%s relu at NaN, ±0: NaN / 0 forward, dout / 0 backward\n", ok ? "ok  " : "FAIL");
     }
     // rope
     for (auto [n, h, d] : std::vector<std::array<int,3>>{{5,3,64},{33,4,128},{7,2,80}}) {
