@@ -381,3 +381,85 @@ fn ppo_with_the_optimizer_offloaded_is_bit_identical() {
     assert_eq!(same_files(&runs[0].0, &runs[1].0, &files, "with the optimizer offloaded"), files.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--recipe okapi` takes trlx's choices: the MLP value head (saved as trlx names it), prompts
+/// without BOS left-truncated to --max-prompt-len, the KL controller moved after every PPO epoch
+/// on trlx's k3 estimate; a run killed mid-way and resumed ends bit-identical.
+#[test]
+fn ppo_recipe_okapi_runs_trlxs_choices_and_resumes_exactly() {
+    let dir = tmp("ppo-okapi");
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
+    let ppo = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let args = ["ppo", "--recipe", "okapi", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(out), "--iterations", "4"];
+        let more = ["--rollouts", "4", "--chunk-size", "2", "--ppo-epochs", "3", "--max-new-tokens", "5", "--max-prompt-len", "12", "--unfrozen-layers", "1", "--save-every", "2", "--save-dtype", "f32", "--lr", "1e-3"];
+        Command::new(BIN).args(args).args(more).args(extra).envs(env.iter().copied()).output().unwrap()
+    };
+    let full = dir.join("full");
+    let o = ppo(&full, &[], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(err(&o).contains("2 prompts longer than 12 tokens (left-truncated); 2 prompts"), "{}", err(&o));
+    let args: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(full.join("args.json")).unwrap()).unwrap();
+    for (k, v) in [("value_head", "mlp"), ("whiten", "minibatch"), ("loss_norm", "sequence"), ("kl_control", "trlx"), ("prompt_encoding", "trlx")] {
+        assert_eq!(args[k], v, "args.json {k}");
+    }
+    let bytes = std::fs::read(full.join("value_head.safetensors")).unwrap();
+    let vh = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<(String, Vec<usize>)> = vh.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    names.sort();
+    let c = okapi::model::ModelConfig::load(&policy).unwrap().hidden_size;
+    assert_eq!(names, [("v_head.0.bias".into(), vec![2 * c]), ("v_head.0.weight".into(), vec![2 * c, c]), ("v_head.2.bias".into(), vec![1]), ("v_head.2.weight".into(), vec![1, 2 * c])]);
+    for line in metric_lines(&full) {
+        // trlx: β moves after each of the 3 PPO epochs, n_steps = the minibatch (2), on the k3 KL
+        let (beta, kl) = (line["beta"].as_f64().unwrap(), line["kl_controller_input"].as_f64().unwrap());
+        let step = 1.0 + (kl / 6.0 - 1.0).clamp(-0.2, 0.2) * 2.0 / 10000.0;
+        assert!(kl >= 0.0 && (line["beta_next"].as_f64().unwrap() - beta * step.powi(3)).abs() < 1e-15, "{line}");
+    }
+    let part = dir.join("part");
+    assert!(!ppo(&part, &[], &[("OKAPI_TEST_CRASH_AT", "2:1")]).status.success(), "the run must die while writing the iteration-4 checkpoint");
+    let o = ppo(&part, &["--resume", p(&part)], &[]);
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(same_files(&part, &full, &["model.safetensors", "value_head.safetensors", "samples.jsonl"], "after a resume"), 3);
+    // a resume keeps every trlx choice
+    let o = ppo(&dir.join("x"), &["--resume", p(&part), "--whiten", "batch"], &[]);
+    one_line_error(&o, &["--resume", "--whiten"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// BLOOM under `--recipe okapi` with the hydra reference: trlx trains `word_embeddings_layernorm`
+/// (and the top block) but not the embeddings; `--train-embedding-norm false` keeps it frozen.
+#[test]
+fn ppo_recipe_okapi_trains_blooms_embedding_norm() {
+    let dir = tmp("ppo-bloom-ln");
+    let (_, rm, prompts) = policy_and_foreign_rm(&dir);
+    let bloom = fixture("bloom_6h");
+    let before = okapi::model::Model::load(okapi::runtime::CpuBackend, &bloom).unwrap();
+    for (name, flag) in [("trained", "true"), ("frozen", "false")] {
+        let out = dir.join(name);
+        let mut a = vec!["ppo", "--recipe", "okapi", "--policy", p(&bloom), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out)];
+        a.extend(["--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--max-new-tokens", "5", "--unfrozen-layers", "1", "--lr", "1e-2", "--save-dtype", "f32", "--train-embedding-norm", flag]);
+        let o = run(&a);
+        assert!(o.status.success(), "{name}: {}", err(&o));
+        let after = okapi::model::Model::load(okapi::runtime::CpuBackend, &out).unwrap();
+        let (ln, emb) = (before.emb_ln.unwrap().w, before.embed);
+        assert_eq!(after.host_value(emb), before.host_value(emb), "{name}: the embeddings stay frozen");
+        assert_eq!(after.host_value(ln) != before.host_value(ln), flag == "true", "{name}: word_embeddings_layernorm");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The trlx-or-okapi choices refuse values they do not know, and the separate critic keeps the
+/// reward model's linear head.
+#[test]
+fn ppo_choice_flags_are_checked() {
+    let dir = tmp("ppo-choices");
+    let (policy, rm, prompts) = policy_and_own_rm(&dir);
+    let out = dir.join("o");
+    let base = ["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "1"];
+    for (flag, value, expected) in [("--whiten", "rollout", "batch or minibatch"), ("--loss-norm", "mean", "token or sequence"), ("--kl-control", "k2", "response-k1 or trlx"), ("--value-head", "deep", "mlp or linear"), ("--prompt-encoding", "bos", "bos-skip or trlx")] {
+        let o = run(&[&base[..], &[flag, value]].concat());
+        one_line_error(&o, &[flag, value, expected]);
+    }
+    one_line_error(&run(&[&base[..], &["--value-head", "mlp", "--critic", "separate"]].concat()), &["--value-head mlp", "--critic shared"]);
+    assert!(!out.join("metrics.jsonl").exists(), "nothing ran");
+    let _ = std::fs::remove_dir_all(&dir);
+}

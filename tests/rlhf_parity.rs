@@ -9,7 +9,7 @@ use common::*;
 use okapi::data::{encode_group, load_rankings, PromptTemplate, SftEncoding, Tokenizer};
 use okapi::model::{Checkpoint, Model};
 use okapi::rlhf::ppo::kl::KlController;
-use okapi::rlhf::ppo::{compute_advantages, gae::gae, gae::whiten, PpoBufs, PpoLossCfg, Rollout};
+use okapi::rlhf::ppo::{compute_advantages, gae::gae, gae::whiten, LossNorm, PpoBufs, PpoLossCfg, Rollout, WhitenScope};
 use okapi::rlhf::trainer::Objective;
 use okapi::rlhf::{AdamWConfig, Optimizer, RewardObjective};
 use okapi::runtime::CpuBackend;
@@ -199,14 +199,14 @@ fn ppo_update_on_fixed_rollouts_matches_pytorch() {
     for (name, got) in [("old_logprobs", &pe.logprobs), ("old_values", &pe.values), ("ref_logprobs", &re.logprobs)] {
         assert_close(name, &got.concat(), &rows(&r, name, &lens).concat(), &tol);
     }
-    let mean_kl = compute_advantages(&mut rollouts, traj["beta"].as_f64().unwrap(), c["gamma"].as_f64().unwrap(), c["lam"].as_f64().unwrap(), c["score_clip"].as_f64().unwrap() as f32);
+    let mean_kl = compute_advantages(&mut rollouts, traj["beta"].as_f64().unwrap(), c["gamma"].as_f64().unwrap(), c["lam"].as_f64().unwrap(), c["score_clip"].as_f64().unwrap() as f32, WhitenScope::Batch);
     close("mean KL", mean_kl, traj["mean_kl"].as_f64().unwrap(), 1e-4);
     let as32 = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
     for (name, got) in [("rewards", rollouts.iter().flat_map(|r| r.rewards.clone()).collect::<Vec<_>>()), ("returns", rollouts.iter().flat_map(|r| r.returns.clone()).collect()), ("whitened_advantages", rollouts.iter().flat_map(|r| r.advantages.clone()).collect())] {
         assert_close(name, &as32(got), &rows(&r, name, &lens).concat(), &tol);
     }
     // two optimizer steps on the one minibatch
-    let lcfg = PpoLossCfg { cliprange: c["cliprange"].as_f64().unwrap(), cliprange_value: c["cliprange_value"].as_f64().unwrap(), vf_coef: c["vf_coef"].as_f64().unwrap() };
+    let lcfg = PpoLossCfg { cliprange: c["cliprange"].as_f64().unwrap(), cliprange_value: c["cliprange_value"].as_f64().unwrap(), vf_coef: c["vf_coef"].as_f64().unwrap(), norm: LossNorm::Token };
     let mut grads = policy.new_grads(|_| true);
     let mut opt = Optimizer::new(&policy, &grads, AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 });
     for (k, want) in traj["steps"].as_array().unwrap().iter().enumerate() {

@@ -184,28 +184,32 @@ fn ppo_on_wgpu_follows_the_cpu() {
     ok(okapi_train(&["reward", "--model", p(&policy), "--data", p(&rankings), "--out", p(&rm), "--max-steps", "1", "--backend", "wgpu"]), "reward --backend wgpu");
     let prompts = dir.root.join("prompts.jsonl");
     std::fs::write(&prompts, "{\"instruction\": \"Say hi\", \"input\": \"\"}\n{\"instruction\": \"Đếm đến ba\", \"input\": \"\"}\n").unwrap();
-    let run = |backend: &str| {
-        let out = dir.root.join(format!("ppo-{backend}"));
+    let run = |backend: &str, recipe: &str, extra: &[&str]| {
+        let out = dir.root.join(format!("ppo-{backend}-{recipe}"));
         let args = ["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2"];
-        let flags = ["--ppo-batch-size", "2", "--max-new-tokens", "6", "--seed", "9", "--backend", backend];
-        ok(okapi_train(&[&args[..], &flags[..]].concat()), &format!("ppo --backend {backend}"));
+        let flags = ["--ppo-batch-size", "2", "--max-new-tokens", "6", "--seed", "9", "--backend", backend, "--recipe", recipe];
+        ok(okapi_train(&[&args[..], &flags[..], extra].concat()), &format!("ppo --backend {backend} --recipe {recipe}"));
         (metrics(&out), std::fs::read_to_string(out.join("samples.jsonl")).unwrap())
     };
-    let (mc, sc) = run("cpu");
-    let (mg, sg) = run("wgpu");
-    assert_eq!(mg.len(), 2);
-    let samples = |s: &str| -> Vec<Value> { s.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).map(|v| v["response"].clone()).collect() };
-    assert_eq!(samples(&sg), samples(&sc), "the sampled responses (same seed, logits equal to rounding)");
-    for key in ["score_mean", "kl", "entropy", "vf_loss", "response_len"] {
-        follows(&format!("ppo {key}"), &column(&mg, key), &column(&mc, key), 1e-3);
-    }
-    for key in ["pg_loss", "approx_kl"] {
-        // both near zero; compared in absolute terms
-        for (a, b) in column(&mg, key).iter().zip(column(&mc, key)) {
-            assert!((a - b).abs() <= 1e-4, "ppo {key}: wgpu {a} vs cpu {b}");
+    // okapi's defaults, and trlx's choices (MLP value head with its ReLU kernels, per-minibatch
+    // whitening, per-sequence loss mean, trlx's KL controller, prompts left-truncated)
+    for (recipe, extra) in [("default", &[][..]), ("okapi", &["--unfrozen-layers", "1", "--max-prompt-len", "12", "--lr", "1e-4"][..])] {
+        let (mc, sc) = run("cpu", recipe, extra);
+        let (mg, sg) = run("wgpu", recipe, extra);
+        assert_eq!(mg.len(), 2);
+        let samples = |s: &str| -> Vec<Value> { s.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).map(|v| v["response"].clone()).collect() };
+        assert_eq!(samples(&sg), samples(&sc), "{recipe}: the sampled responses (same seed, logits equal to rounding)");
+        for key in ["score_mean", "kl", "entropy", "vf_loss", "response_len", "kl_controller_input", "beta_next"] {
+            follows(&format!("ppo {recipe} {key}"), &column(&mg, key), &column(&mc, key), 1e-3);
         }
+        for key in ["pg_loss", "approx_kl"] {
+            // both near zero; compared in absolute terms
+            for (a, b) in column(&mg, key).iter().zip(column(&mc, key)) {
+                assert!((a - b).abs() <= 1e-4, "ppo {recipe} {key}: wgpu {a} vs cpu {b}");
+            }
+        }
+        println!("ppo --recipe {recipe} on wgpu follows the cpu over {} iterations", mg.len());
     }
-    println!("ppo on wgpu follows the cpu over {} iterations", mg.len());
 }
 
 // ---- inference commands ------------------------------------------------------------------

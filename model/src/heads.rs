@@ -65,30 +65,85 @@ impl<B: Backend> Model<B> {
     /// but not part of the HF weights.
     pub fn add_value_head(&mut self, weight: &[f32], bias: f32) {
         let c = self.cfg.hidden_size;
-        assert_eq!(weight.len(), c);
-        self.info.push(ParamInfo { name: "v_head.weight".into(), shape: vec![1, c], kind: ParamKind::Matrix });
-        self.values.push(self.be.upload(weight));
-        self.info.push(ParamInfo { name: "v_head.bias".into(), shape: vec![1], kind: ParamKind::Bias });
-        self.values.push(self.be.upload(&[bias]));
+        self.value_head = Some(self.push_linear("v_head", c, 1, weight, &[bias]));
+    }
+
+    /// Adds trlx's value head: `v_head.0` = Linear(C, 2C) → ReLU → `v_head.2` = Linear(2C, 1),
+    /// weights (out, in) row-major as PyTorch stores them.
+    pub fn add_value_head_mlp(&mut self, up_w: &[f32], up_b: &[f32], down_w: &[f32], down_b: f32) {
+        let c = self.cfg.hidden_size;
+        self.value_mlp = Some(self.push_linear("v_head.0", c, 2 * c, up_w, up_b));
+        self.value_head = Some(self.push_linear("v_head.2", 2 * c, 1, down_w, &[down_b]));
+    }
+
+    /// A trainable `Linear(d_in, d_out)` with bias outside the HF weights, named `prefix.weight`
+    /// / `prefix.bias`.
+    fn push_linear(&mut self, prefix: &str, d_in: usize, d_out: usize, w: &[f32], b: &[f32]) -> Linear {
+        assert_eq!((w.len(), b.len()), (d_in * d_out, d_out), "{prefix}: weight ({d_out},{d_in}) and bias ({d_out})");
+        self.info.push(ParamInfo { name: format!("{prefix}.weight"), shape: vec![d_out, d_in], kind: ParamKind::Matrix });
+        self.values.push(self.be.upload(w));
+        self.info.push(ParamInfo { name: format!("{prefix}.bias"), shape: vec![d_out], kind: ParamKind::Bias });
+        self.values.push(self.be.upload(b));
         self.packed.extend([false, false]);
         let n = self.info.len();
-        self.value_head = Some(Linear { w: n - 2, b: Some(n - 1), d_in: c, d_out: 1 });
+        Linear { w: n - 2, b: Some(n - 1), d_in, d_out }
     }
 
-    /// values (B·T) = v_head(lnf) at every position, after `forward_hidden`.
-    pub fn value_fwd(&self, acts: &Acts<B>, values: &mut B::Buf) -> Result<()> {
+    /// The value head's parameters (both layers of the MLP head).
+    pub fn value_head_params(&self) -> impl Iterator<Item = usize> + '_ {
+        [self.value_mlp, self.value_head].into_iter().flatten().flat_map(|l| [Some(l.w), l.b]).flatten()
+    }
+
+    /// Buffers of the value head for up to `rows` positions (the MLP's hidden layer when the
+    /// head has one).
+    pub fn new_value_bufs(&self, rows: usize) -> ValueBufs<B> {
+        let be = &self.be;
+        let hidden = self.value_mlp.map(|l| [be.zeros(rows * l.d_out), be.zeros(rows * l.d_out), be.zeros(rows * l.d_out)]);
+        ValueBufs { values: be.zeros(rows), dvalues: be.zeros(rows), hidden }
+    }
+
+    /// `vb.values` (B·T) = v_head(lnf) at every position, after `forward_hidden`.
+    pub fn value_fwd(&self, acts: &Acts<B>, vb: &mut ValueBufs<B>) -> Result<()> {
         let vh = self.value_head.ok_or_else(|| ModelError::Other("the policy has no value head".into()))?;
-        self.linear_fwd(values, &acts.lnf, &vh, acts.b * acts.t);
+        let n = acts.b * acts.t;
+        match (self.value_mlp, vb.hidden.as_mut()) {
+            (None, _) => self.linear_fwd(&mut vb.values, &acts.lnf, &vh, n),
+            (Some(up), Some([pre, post, _])) => {
+                // (N,C) → pre (N,2C) → post = relu(pre) → values (N,1)
+                self.linear_fwd(pre, &acts.lnf, &up, n);
+                self.be.relu_fwd(post, pre, n * up.d_out);
+                self.linear_fwd(&mut vb.values, post, &vh, n);
+            }
+            (Some(_), None) => return Err(ModelError::Other("value buffers made before the MLP value head was added".into())),
+        }
         Ok(())
     }
 
-    /// `s.dln` += dvalues·w_v (call after `lm_head_bwd`, which sets `s.dln`), value head's
-    /// gradient accumulates.
-    pub fn value_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>, dvalues: &B::Buf) -> Result<()> {
+    /// From `vb.dvalues`: `s.dln` += ∂L/∂lnf (call after `lm_head_bwd`, which sets `s.dln`), the
+    /// value head's gradients accumulate. Needs the `value_fwd` of the same positions.
+    pub fn value_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>, vb: &mut ValueBufs<B>) -> Result<()> {
         let vh = self.value_head.ok_or_else(|| ModelError::Other("the policy has no value head".into()))?;
-        self.linear_bwd(crate::forward::Out::Add(&mut s.dln), dvalues, &acts.lnf, &vh, acts.b * acts.t, grads);
+        let n = acts.b * acts.t;
+        match (self.value_mlp, vb.hidden.as_mut()) {
+            (None, _) => self.linear_bwd(crate::forward::Out::Add(&mut s.dln), &vb.dvalues, &acts.lnf, &vh, n, grads),
+            (Some(up), Some([pre, post, dpost])) => {
+                self.linear_bwd(crate::forward::Out::Set(dpost), &vb.dvalues, post, &vh, n, grads);
+                // ∂L/∂pre (=) into `post`, which the backward no longer needs
+                self.be.relu_bwd(post, dpost, pre, n * up.d_out);
+                self.linear_bwd(crate::forward::Out::Add(&mut s.dln), post, &acts.lnf, &up, n, grads);
+            }
+            (Some(_), None) => return Err(ModelError::Other("value buffers made before the MLP value head was added".into())),
+        }
         Ok(())
     }
+}
+
+/// Values, their gradient, and the MLP value head's hidden layer (pre-activation, post-ReLU,
+/// and its gradient), for up to a given number of positions.
+pub struct ValueBufs<B: Backend> {
+    pub values: B::Buf,
+    pub dvalues: B::Buf,
+    hidden: Option<[B::Buf; 3]>,
 }
 
 impl<B: Backend> Model<B> {
@@ -96,6 +151,12 @@ impl<B: Backend> Model<B> {
     /// the heads (score, value, an untied LM head); the embedding (and a head tied to it) and
     /// every block below stay frozen. `None`: everything trains.
     pub fn trainable_mask(&self, unfrozen_layers: Option<usize>) -> Result<Vec<bool>> {
+        self.trainable_mask_with(unfrozen_layers, false)
+    }
+
+    /// [`Model::trainable_mask`]; with `embedding_norm`, BLOOM's `word_embeddings_layernorm`
+    /// trains too (trlx froze only the blocks below and the embeddings).
+    pub fn trainable_mask_with(&self, unfrozen_layers: Option<usize>, embedding_norm: bool) -> Result<Vec<bool>> {
         let Some(n) = unfrozen_layers else { return Ok(vec![true; self.info.len()]) };
         let l = self.blocks.len();
         if n > l {
@@ -107,9 +168,9 @@ impl<B: Backend> Model<B> {
         set(self.ln_f.w);
         self.ln_f.b.into_iter().for_each(&mut set);
         self.score.into_iter().for_each(&mut set);
-        if let Some(vh) = self.value_head {
-            set(vh.w);
-            vh.b.into_iter().for_each(&mut set);
+        self.value_head_params().for_each(&mut set);
+        if embedding_norm {
+            self.emb_ln.iter().flat_map(|ln| [Some(ln.w), ln.b]).flatten().for_each(&mut set);
         }
         if let Some(h) = self.lm_head.filter(|&h| h != self.embed) {
             set(h);

@@ -31,7 +31,7 @@ pub mod weights;
 pub use acts::{Acts, Grads, Scratch};
 pub use config::{Arch, DType, Head, ModelConfig};
 pub use decode::KvCache;
-pub use heads::ScoreBufs;
+pub use heads::{ScoreBufs, ValueBufs};
 pub use error::{ModelError, Result};
 pub use init::{preset_config, preset_names, PRESETS};
 pub use rng::Rng;

@@ -111,8 +111,11 @@ pub struct Model<B: Backend> {
     pub lm_head: Option<usize>,
     /// A reward model's `score.weight` (1, C).
     pub score: Option<usize>,
-    /// PPO's value head `Linear(C, 1)` on the shared trunk: trained, saved beside the HF weights.
+    /// PPO's value head on the shared trunk: `Linear(C, 1)`, or the last layer of trlx's MLP head
+    /// (after [`Model::value_mlp`] and a ReLU); trained, saved beside the HF weights.
     pub value_head: Option<Linear>,
+    /// The first layer `Linear(C, 2C)` of trlx's MLP value head, when the head is one.
+    pub value_mlp: Option<Linear>,
     pub hf: Vec<HfEntry>,
     pub(crate) rope_inv_freq: Option<B::Buf>,
     pub(crate) alibi: Option<B::Buf>,
@@ -385,7 +388,7 @@ impl<B: Backend> Model<B> {
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
         let packed = vec![false; info.len()];
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, value_mlp: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification

@@ -6,12 +6,12 @@
 //! What Okapi did that a setting cannot express is documented rather than hidden: its SFT loss
 //! is the mean of per-device token means (micro-batches of 2 on 8 GPUs), okapi's the token mean
 //! of the whole step; its reward model reads the score at the last non-pad token of
-//! prompt + response without an appended EOS; its PPO ran 7 processes (the `[ppo-fidelity]`
-//! issue reproduces trlx's per-process choices).
+//! prompt + response without an appended EOS; its PPO ran 7 processes (docs/trlx-differences.md:
+//! what one process reproduces of trlx, and what it cannot).
 
 use crate::optim::AdamWConfig;
 use crate::ppo::kl::KlController;
-use crate::ppo::{PpoConfig, PpoLossCfg};
+use crate::ppo::{KlControl, LossNorm, PpoConfig, PpoLossCfg, PromptEncoding, ValueHeadKind, WhitenScope};
 use crate::schedule::ScheduleKind;
 use crate::trainer::TrainConfig;
 use crate::Sampling;
@@ -95,7 +95,13 @@ impl TrainConfig {
 impl PpoConfig {
     /// `okapi-train ppo`'s defaults. Differences from [`PpoConfig::okapi`]: lr 1e-5 (Okapi:
     /// 1e-6), no weight decay (Okapi: 1e-6), every layer trains (Okapi: the top 5), 8 rollouts
-    /// per optimizer step (Okapi: 2 per process), seed 42 (Okapi: 0).
+    /// per optimizer step (Okapi: 2 per process), seed 42 (Okapi: 0); and where trlx made a
+    /// choice (docs/trlx-differences.md): a linear value head (trlx: an MLP), advantages
+    /// whitened over the whole batch (trlx: per minibatch), the token mean of the minibatch
+    /// (trlx: each sequence's mean, averaged), β moved once per iteration on the response's
+    /// log-ratio (trlx: after every PPO epoch on its k3 estimate), prompts with BOS and skipped
+    /// beyond 512 tokens (trlx: no special tokens, left-truncated to 256), BLOOM's embedding
+    /// norm frozen with the embeddings (trlx: trained).
     pub fn defaults() -> PpoConfig {
         PpoConfig {
             iterations: 100,
@@ -105,10 +111,15 @@ impl PpoConfig {
             minibatch: 8,
             sampling: Sampling { temperature: 1.0, top_p: 1.0, top_k: 0, max_new_tokens: 256, seed: 42 },
             max_prompt_len: 512,
+            prompt_encoding: PromptEncoding::BosSkip,
+            value_head: ValueHeadKind::Linear,
+            whiten: WhitenScope::Batch,
+            kl_control: KlControl::ResponseK1,
+            train_embedding_norm: false,
             kl: KlController { beta: 0.1, target: Some(6.0), horizon: 10000.0 },
             gamma: 1.0,
             lam: 0.95,
-            loss: PpoLossCfg { cliprange: 0.2, cliprange_value: 0.2, vf_coef: 1.0 },
+            loss: PpoLossCfg { cliprange: 0.2, cliprange_value: 0.2, vf_coef: 1.0, norm: LossNorm::Token },
             reward_clip: 10.0,
             lr: 1e-5,
             adam: ADAM_095,
@@ -127,11 +138,21 @@ impl PpoConfig {
     /// epochs over minibatches of 2, AdamW lr 1e-6 (β 0.9, 0.95, weight decay 1e-6), clip 1.0,
     /// the top 5 layers trained, adaptive KL (β₀ 0.1, target 6, horizon 10000), γ 1, λ 0.95,
     /// clip ranges 0.2, vf_coef 1, scores clipped to ±10, sampling at temperature 1 without
-    /// top-k / top-p, at most 256 new tokens, seed 0.
+    /// top-k / top-p, at most 256 new tokens, seed 0; trlx's choices: its MLP value head,
+    /// whitening per minibatch, each sequence's loss mean, its KL controller, prompts without
+    /// special tokens left-truncated to 256 tokens (seq_length 512 − 256 new tokens), BLOOM's
+    /// embedding norm trained.
     pub fn okapi() -> PpoConfig {
         let base = PpoConfig::defaults();
         PpoConfig {
             minibatch: 2,
+            max_prompt_len: 256,
+            prompt_encoding: PromptEncoding::Trlx,
+            value_head: ValueHeadKind::Mlp,
+            whiten: WhitenScope::Minibatch,
+            kl_control: KlControl::Trlx,
+            train_embedding_norm: true,
+            loss: PpoLossCfg { norm: LossNorm::Sequence, ..base.loss },
             lr: 1e-6,
             adam: AdamWConfig { weight_decay: 1e-6, ..ADAM_095 },
             unfrozen_layers: Some(5),
@@ -160,5 +181,6 @@ mod tests {
         assert_eq!((p.rollouts, p.chunk_size, p.ppo_epochs, p.minibatch, p.lr, p.adam.weight_decay), (128, 16, 4, 2, 1e-6, 1e-6));
         assert_eq!((p.unfrozen_layers, p.kl.beta, p.kl.target, p.kl.horizon, p.gamma, p.lam), (Some(5), 0.1, Some(6.0), 10000.0, 1.0, 0.95));
         assert_eq!((p.loss.cliprange, p.loss.cliprange_value, p.loss.vf_coef, p.reward_clip, p.sampling.max_new_tokens, p.seed), (0.2, 0.2, 1.0, 10.0, 256, 0));
+        assert_eq!((p.max_prompt_len, p.prompt_encoding, p.value_head, p.whiten, p.loss.norm, p.kl_control, p.train_embedding_norm), (256, PromptEncoding::Trlx, ValueHeadKind::Mlp, WhitenScope::Minibatch, LossNorm::Sequence, KlControl::Trlx, true));
     }
 }

@@ -28,12 +28,22 @@ pub fn gae(rewards: &[f64], values: &[f32], gamma: f64, lam: f64) -> (Vec<f64>, 
 /// trlx's `whiten(shift_mean=True)` over every token of every sequence together:
 /// (x − mean)·rsqrt(var + 1e-8), var with Bessel's correction (torch.var_mean's default).
 pub fn whiten(seqs: &mut [Vec<f64>]) {
+    whiten_with(seqs, 1);
+}
+
+/// [`whiten`] with the biased variance of trlx's `get_global_statistics` (its whitening pooled
+/// across processes); one token whitens to 0.
+pub fn whiten_pooled(seqs: &mut [Vec<f64>]) {
+    whiten_with(seqs, 0);
+}
+
+fn whiten_with(seqs: &mut [Vec<f64>], correction: usize) {
     let n: usize = seqs.iter().map(Vec::len).sum();
-    if n < 2 {
+    if n <= correction {
         return;
     }
     let mean = seqs.iter().flatten().sum::<f64>() / n as f64;
-    let var = seqs.iter().flatten().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1) as f64;
+    let var = seqs.iter().flatten().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - correction) as f64;
     let inv = 1.0 / (var + 1e-8).sqrt();
     seqs.iter_mut().flatten().for_each(|x| *x = (*x - mean) * inv);
 }

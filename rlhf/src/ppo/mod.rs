@@ -8,6 +8,7 @@
 //! [`run_ppo`] strings them together; `checkpoint.rs` holds the resume check it shares with the
 //! trainer.
 
+pub mod choices;
 pub mod gae;
 pub mod kl;
 mod run;
@@ -15,6 +16,7 @@ pub mod update;
 
 use crate::optim::AdamWConfig;
 use crate::{Sampling, TrainError};
+pub use choices::{encode_prompt, KlControl, LossNorm, PromptEncoding, ValueHeadKind, WhitenScope};
 use gae::{gae, token_rewards, whiten};
 use kl::KlController;
 use okapi_model::{DType, Model, Rng};
@@ -36,8 +38,15 @@ pub struct PpoConfig {
     /// rollouts per optimizer step
     pub minibatch: usize,
     pub sampling: Sampling,
-    /// prompts longer than this many tokens are skipped (and counted) when prompts are loaded
+    /// prompts longer than this many tokens are skipped or left-truncated, as `prompt_encoding` says
     pub max_prompt_len: usize,
+    pub prompt_encoding: PromptEncoding,
+    pub value_head: ValueHeadKind,
+    pub whiten: WhitenScope,
+    pub kl_control: KlControl,
+    /// BLOOM's `word_embeddings_layernorm` trains under `unfrozen_layers` (trlx froze only the
+    /// blocks below and the embeddings)
+    pub train_embedding_norm: bool,
     pub kl: KlController,
     pub gamma: f64,
     pub lam: f64,
@@ -108,6 +117,12 @@ impl PpoConfig {
             ("--top-k", serde_json::json!(s.top_k)),
             ("--max-new-tokens", serde_json::json!(s.max_new_tokens)),
             ("--max-prompt-len", serde_json::json!(self.max_prompt_len)),
+            (PromptEncoding::FLAG, serde_json::json!(self.prompt_encoding.as_str())),
+            (ValueHeadKind::FLAG, serde_json::json!(self.value_head.as_str())),
+            (WhitenScope::FLAG, serde_json::json!(self.whiten.as_str())),
+            (LossNorm::FLAG, serde_json::json!(self.loss.norm.as_str())),
+            (KlControl::FLAG, serde_json::json!(self.kl_control.as_str())),
+            ("--train-embedding-norm", serde_json::json!(self.train_embedding_norm)),
             ("--init-kl-coef", serde_json::json!(self.kl.beta)),
             ("--kl-target", serde_json::json!(self.kl.target)),
             ("--kl-horizon", serde_json::json!(self.kl.horizon)),
@@ -184,44 +199,123 @@ pub struct PpoModels<'a, B: Backend> {
     pub critic: Option<Critic<B>>,
 }
 
-/// Adds trlx's value head on the policy's trunk: N(0, initializer_range) weights from `seed`,
-/// zero bias.
-pub fn add_value_head<B: Backend>(policy: &mut Model<B>, seed: u64) {
-    let std = policy.cfg.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
+/// Adds the value head `kind` on the policy's trunk, drawn from `seed`: trlx's MLP with
+/// PyTorch's default init (weights and biases U(±1/√fan_in)), or a linear head with
+/// N(0, initializer_range) weights and zero bias.
+pub fn add_value_head<B: Backend>(policy: &mut Model<B>, kind: ValueHeadKind, seed: u64) {
+    let c = policy.cfg.hidden_size;
     let mut rng = Rng::new(seed ^ 0x7A1E);
-    let w: Vec<f32> = (0..policy.cfg.hidden_size).map(|_| (rng.normal() * std) as f32).collect();
-    policy.add_value_head(&w, 0.0);
+    match kind {
+        ValueHeadKind::Linear => {
+            let std = policy.cfg.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
+            let w: Vec<f32> = (0..c).map(|_| (rng.normal() * std) as f32).collect();
+            policy.add_value_head(&w, 0.0);
+        }
+        ValueHeadKind::Mlp => {
+            let mut uniform = |n: usize, fan_in: usize| -> Vec<f32> {
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                (0..n).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect()
+            };
+            let (up_w, up_b) = (uniform(2 * c * c, c), uniform(2 * c, c));
+            let (down_w, down_b) = (uniform(2 * c, 2 * c), uniform(1, 2 * c));
+            policy.add_value_head_mlp(&up_w, &up_b, &down_w, down_b[0]);
+        }
+    }
 }
 
-/// Rollouts → rewards, advantages, returns (in place); returns the mean KL per rollout.
-pub fn compute_advantages(rollouts: &mut [Rollout], beta: f64, gamma: f64, lam: f64, clip: f32) -> f64 {
-    let mut advs = Vec::with_capacity(rollouts.len());
+/// Rollouts → rewards, GAE advantages and returns (in place), the advantages whitened over the
+/// whole batch when `whiten` is `Batch` (else per minibatch, [`minibatch_rollouts`]); returns
+/// the mean over rollouts of the summed log-ratio over the response (the KL okapi logs).
+pub fn compute_advantages(rollouts: &mut [Rollout], beta: f64, gamma: f64, lam: f64, clip: f32, scope: WhitenScope) -> f64 {
     let mut kl_sum = 0.0;
     for r in rollouts.iter_mut() {
-        kl_sum += r.old_logprobs.iter().zip(&r.ref_logprobs).map(|(&o, &f)| o as f64 - f as f64).sum::<f64>();
+        kl_sum += response_kl(r);
         r.rewards = token_rewards(&r.old_logprobs, &r.ref_logprobs, r.score, beta, clip);
         let (a, ret) = gae(&r.rewards, &r.old_values, gamma, lam);
         r.returns = ret;
-        advs.push(a);
+        r.raw_advantages = a;
     }
-    whiten(&mut advs);
+    let mut advs: Vec<Vec<f64>> = rollouts.iter().map(|r| r.raw_advantages.clone()).collect();
+    if scope == WhitenScope::Batch {
+        whiten(&mut advs);
+    }
     for (r, a) in rollouts.iter_mut().zip(advs) {
         r.advantages = a;
     }
     kl_sum / rollouts.len().max(1) as f64
 }
 
-/// `v_head.weight` (1, C) and `v_head.bias` (1) as a safetensors file.
+/// The rollouts of one optimizer-step minibatch as the loss reads them: with `Minibatch`
+/// scope, copies whose advantages are whitened over the minibatch (biased variance); with
+/// `Batch`, as they are.
+pub fn minibatch_rollouts(rollouts: &[&Rollout], scope: WhitenScope) -> Vec<Rollout> {
+    let mut mb: Vec<Rollout> = rollouts.iter().map(|&r| r.clone()).collect();
+    if scope == WhitenScope::Minibatch {
+        let mut advs: Vec<Vec<f64>> = mb.iter().map(|r| r.raw_advantages.clone()).collect();
+        gae::whiten_pooled(&mut advs);
+        for (r, a) in mb.iter_mut().zip(advs) {
+            r.advantages = a;
+        }
+    }
+    mb
+}
+
+/// The KL the adaptive controller is fed for an iteration's rollouts (scored in chunks of
+/// `chunk`): okapi's mean response log-ratio, or trlx's chunked k3 estimate
+/// ([`KlControl::Trlx`]).
+pub fn controller_kl(rollouts: &[Rollout], chunk: usize, control: KlControl) -> f64 {
+    let mean = |xs: &mut dyn Iterator<Item = f64>, n: usize| xs.sum::<f64>() / n.max(1) as f64;
+    match control {
+        KlControl::ResponseK1 => mean(&mut rollouts.iter().map(response_kl), rollouts.len()),
+        KlControl::Trlx => {
+            let chunks: Vec<&[Rollout]> = rollouts.chunks(chunk.max(1)).collect();
+            let roots = mean(&mut chunks.iter().map(|c| mean(&mut c.iter().map(|r| r.kl_k3), c.len()).max(0.0).sqrt()), chunks.len());
+            roots * roots
+        }
+    }
+}
+
+/// Σ (log π_old − log π_ref) over a rollout's response (k1, the KL in its rewards).
+fn response_kl(r: &Rollout) -> f64 {
+    r.old_logprobs.iter().zip(&r.ref_logprobs).map(|(&o, &f)| o as f64 - f as f64).sum()
+}
+
+/// Σ k3 over rollout `k`'s prompt and response positions from the policy's and the
+/// reference's log-probs (both evaluated with the prompt).
+pub fn k3_sum(policy: &PolicyEval, reference: &PolicyEval, k: usize) -> f64 {
+    let pairs = policy.prompt_logprobs[k].iter().zip(&reference.prompt_logprobs[k]).chain(policy.logprobs[k].iter().zip(&reference.logprobs[k]));
+    pairs
+        .map(|(&p, &r)| {
+            let d = p as f64 - r as f64;
+            d.exp() - 1.0 - d
+        })
+        .sum()
+}
+
+/// Moves β after an iteration as `control` says: once with n_steps = the rollouts, or (trlx)
+/// after each of the `ppo_epochs` epochs with n_steps = the minibatch size.
+pub fn update_kl_controller(kl: &mut KlController, current: f64, cfg: &PpoConfig) {
+    match cfg.kl_control {
+        KlControl::ResponseK1 => kl.update(current, cfg.rollouts),
+        KlControl::Trlx => (0..cfg.ppo_epochs).for_each(|_| kl.update(current, cfg.minibatch)),
+    }
+}
+
+/// The value head's parameters by name (`v_head.weight`, `v_head.bias`, or trlx's
+/// `v_head.0.*` / `v_head.2.*`) as a safetensors file.
 pub fn value_head_bytes<B: Backend>(policy: &Model<B>) -> Result<Vec<u8>, TrainError> {
-    let vh = policy.value_head.ok_or_else(|| TrainError::Setting { setting: "value head", problem: "the policy has none".into() })?;
-    let b_idx = vh.b.ok_or_else(|| TrainError::Setting { setting: "value head", problem: "it has no bias".into() })?;
-    let w: Vec<u8> = policy.host_value(vh.w).iter().flat_map(|x| x.to_le_bytes()).collect();
-    let b: Vec<u8> = policy.host_value(b_idx).iter().flat_map(|x| x.to_le_bytes()).collect();
+    if policy.value_head.is_none() {
+        return Err(TrainError::Setting { setting: "value head", problem: "the policy has none".into() });
+    }
     let ser = |e: safetensors::SafeTensorError| TrainError::Serialize { what: "value head", problem: e.to_string() };
-    let views = vec![
-        ("v_head.weight".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1, policy.cfg.hidden_size], &w).map_err(ser)?),
-        ("v_head.bias".to_string(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &b).map_err(ser)?),
-    ];
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = policy
+        .value_head_params()
+        .map(|i| (policy.info[i].name.clone(), policy.info[i].shape.clone(), policy.host_value(i).iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| Ok((name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).map_err(ser)?)))
+        .collect::<Result<Vec<_>, TrainError>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::tensor::serialize(views, Some(meta)).map_err(ser)
 }

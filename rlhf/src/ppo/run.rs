@@ -3,7 +3,7 @@
 //! [`Ppo::update`] (PPO epochs over minibatches), [`Ppo::log`] and [`Ppo::checkpoint`]; and
 //! [`Ppo::finish`], which saves the policy and its value head (or the critic).
 
-use super::{compute_advantages, value_head_bytes, Critic, PpoConfig, PpoIo, PpoModels, PpoStats, PpoSummary, Rollout};
+use super::{compute_advantages, controller_kl, minibatch_rollouts, update_kl_controller, value_head_bytes, Critic, KlControl, PpoConfig, PpoIo, PpoModels, PpoStats, PpoSummary, Rollout};
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{self, ResumeMismatch};
 use crate::generate::{generate, Sampling};
@@ -94,8 +94,12 @@ impl<'a, B: Backend> Ppo<'a, B> {
             std::fs::create_dir_all(dir).map_err(error::io(dir))?;
         }
         let PpoModels { policy, reference, reward, critic } = models;
-        let mask = policy.trainable_mask(cfg.unfrozen_layers)?;
-        let shared = policy.frozen_trunk_depth(&mask);
+        let mask = policy.trainable_mask_with(cfg.unfrozen_layers, cfg.train_embedding_norm)?;
+        // a trained embedding norm (trlx's BLOOM) feeds the hydra reference the policy's current
+        // trunk, as trlx's hydra heads read it
+        let mut trunk_mask = mask.clone();
+        policy.emb_ln.iter().flat_map(|ln| [Some(ln.w), ln.b]).flatten().for_each(|i| trunk_mask[i] = false);
+        let shared = policy.frozen_trunk_depth(&trunk_mask);
         if reference.first_block() > shared {
             return Err(TrainError::Setting {
                 setting: "--unfrozen-layers",
@@ -246,13 +250,14 @@ impl<'a, B: Backend> Ppo<'a, B> {
         }
         for idx in (0..rollouts.len()).collect::<Vec<_>>().chunks(chunk) {
             let refs: Vec<&Rollout> = idx.iter().map(|&i| &rollouts[i]).collect();
-            let (mut pe, _, _) = self.pol_bufs.eval(&self.policy, &refs, false)?;
+            let k3 = self.cfg.kl_control == KlControl::Trlx;
+            let (mut pe, _, _) = self.pol_bufs.eval_from(&self.policy, &refs, false, k3, None)?;
             // a hydra reference starts from the policy's frozen trunk, computed once above
             let from = match self.reference.first_block() {
                 0 => None,
                 start => Some((start, &self.pol_bufs.acts.x[start])),
             };
-            let (re, _, _) = self.ref_bufs.eval_from(self.reference, &refs, false, from)?;
+            let (re, _, _) = self.ref_bufs.eval_from(self.reference, &refs, false, k3, from)?;
             if let Some(c) = self.critic.as_mut() {
                 pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
             }
@@ -260,9 +265,12 @@ impl<'a, B: Backend> Ppo<'a, B> {
                 rollouts[i].old_logprobs = pe.logprobs[k].clone();
                 rollouts[i].old_values = pe.values[k].clone();
                 rollouts[i].ref_logprobs = re.logprobs[k].clone();
+                if k3 {
+                    rollouts[i].kl_k3 = super::k3_sum(&pe, &re, k);
+                }
             }
         }
-        let mean_kl = compute_advantages(rollouts, self.kl.beta, self.cfg.gamma, self.cfg.lam, self.cfg.reward_clip);
+        let mean_kl = compute_advantages(rollouts, self.kl.beta, self.cfg.gamma, self.cfg.lam, self.cfg.reward_clip, self.cfg.whiten);
         times.score = t.elapsed().as_secs_f64();
         Ok(mean_kl)
     }
@@ -275,8 +283,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let mb_order = EpochOrder { n: rollouts.len(), batch_size: self.cfg.minibatch, shuffle: true, seed: self.cfg.seed ^ it };
         for epoch in 0..self.cfg.ppo_epochs {
             for mb in mb_order.order(epoch as u64).chunks(self.cfg.minibatch) {
-                let refs: Vec<&Rollout> = mb.iter().map(|&i| &rollouts[i]).collect();
-                let st = self.minibatch_step(it, &refs)?;
+                let mb = minibatch_rollouts(&mb.iter().map(|&i| &rollouts[i]).collect::<Vec<_>>(), self.cfg.whiten);
+                let st = self.minibatch_step(it, &mb.iter().collect::<Vec<_>>())?;
                 for (a, b) in [(&mut agg.pg_loss, st.pg_loss), (&mut agg.vf_loss, st.vf_loss), (&mut agg.loss, st.loss), (&mut agg.approx_kl, st.approx_kl), (&mut agg.clipfrac, st.clipfrac), (&mut agg.entropy, st.entropy)] {
                     *a += b;
                 }
@@ -319,11 +327,12 @@ impl<'a, B: Backend> Ppo<'a, B> {
     /// Adapts β, writes the iteration's metrics line and samples, prints progress.
     fn log(&mut self, it: u64, rollouts: &[Rollout], mean_kl: f64, st: &PpoStats, times: &Times, logs: Option<&mut (File, File)>) -> Result<(), TrainError> {
         let beta_used = self.kl.beta;
-        self.kl.update(mean_kl, self.cfg.rollouts);
+        let kl_in = controller_kl(rollouts, self.cfg.chunk_size, self.cfg.kl_control);
+        update_kl_controller(&mut self.kl, kl_in, self.cfg);
         let (score_mean, score_std) = mean_std(&rollouts.iter().map(|r| r.score as f64).collect::<Vec<_>>());
         let tok_s = times.tokens as f64 / times.generate.max(1e-9);
         let line = json!({
-            "iteration": it, "step": it, "score_mean": score_mean, "score_std": score_std, "kl": mean_kl, "beta": beta_used, "beta_next": self.kl.beta,
+            "iteration": it, "step": it, "score_mean": score_mean, "score_std": score_std, "kl": mean_kl, "kl_controller_input": kl_in, "beta": beta_used, "beta_next": self.kl.beta,
             "entropy": st.entropy, "pg_loss": st.pg_loss, "vf_loss": st.vf_loss, "loss": st.loss, "clipfrac": st.clipfrac, "approx_kl": st.approx_kl,
             "response_len": times.tokens as f64 / rollouts.len().max(1) as f64, "rollout_tokens_per_s": tok_s,
             "time_generate_s": times.generate, "time_score_s": times.score, "time_update_s": times.update, "elapsed_s": self.elapsed0 + self.started.elapsed().as_secs_f64(),

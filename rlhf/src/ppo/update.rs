@@ -3,7 +3,8 @@
 
 use crate::lm_loss::{head_logprobs, head_xent, LossBufs};
 use okapi_data::{collate, Example, IGNORE_LABEL};
-use okapi_model::{Acts, Grads, Model, ModelError, Scratch};
+use super::LossNorm;
+use okapi_model::{Acts, Grads, Model, ModelError, Scratch, ValueBufs};
 use okapi_runtime::{Backend, IGNORE_INDEX};
 
 /// One rollout and everything PPO derives from it (per response token).
@@ -17,9 +18,14 @@ pub struct Rollout {
     pub ref_logprobs: Vec<f32>,
     pub old_values: Vec<f32>,
     pub rewards: Vec<f64>,
-    /// whitened advantages
+    /// GAE advantages before whitening
+    pub raw_advantages: Vec<f64>,
+    /// the advantages the loss reads (whitened over the batch, or over the minibatch)
     pub advantages: Vec<f64>,
     pub returns: Vec<f64>,
+    /// Σ k3 = (ρ − 1) − log ρ, ρ = π/π_ref, over every real position of prompt and response
+    /// (trlx's KL estimate), when the run feeds it to the KL controller
+    pub kl_k3: f64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -27,9 +33,11 @@ pub struct PpoLossCfg {
     pub cliprange: f64,
     pub cliprange_value: f64,
     pub vf_coef: f64,
+    pub norm: LossNorm,
 }
 
-/// Means over the minibatch's response tokens.
+/// Means over the minibatch's response tokens (each sequence's mean, averaged, under
+/// [`LossNorm::Sequence`]).
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct PpoStats {
     pub pg_loss: f64,
@@ -46,8 +54,7 @@ pub struct PpoBufs<B: Backend> {
     pub acts: Acts<B>,
     scratch: Scratch<B>,
     loss: LossBufs<B>,
-    values: B::Buf,
-    dvalues: B::Buf,
+    values: ValueBufs<B>,
     pad: u32,
 }
 
@@ -56,6 +63,8 @@ pub struct PolicyEval {
     pub logprobs: Vec<Vec<f32>>,
     pub values: Vec<Vec<f32>>,
     pub entropy: Vec<Vec<f64>>,
+    /// log-probs of prompt tokens 1.. (read at positions 0..p−1), when asked
+    pub prompt_logprobs: Vec<Vec<f32>>,
 }
 
 impl<B: Backend> PpoBufs<B> {
@@ -66,8 +75,7 @@ impl<B: Backend> PpoBufs<B> {
             acts: model.new_acts(cap_b, cap_t),
             scratch: model.new_scratch(cap_b, cap_t),
             loss: LossBufs::new(be, n),
-            values: be.zeros(n),
-            dvalues: be.zeros(n),
+            values: model.new_value_bufs(n),
             pad,
         }
     }
@@ -76,13 +84,13 @@ impl<B: Backend> PpoBufs<B> {
     /// head, entropies when asked) at each response token a_t, read at the position p−1+t that
     /// predicts it. Returns the targets used (flat, (B,T)).
     pub fn eval(&mut self, model: &Model<B>, rollouts: &[&Rollout], entropy: bool) -> Result<(PolicyEval, Vec<u32>, usize), ModelError> {
-        self.eval_from(model, rollouts, entropy, None)
+        self.eval_from(model, rollouts, entropy, false, None)
     }
 
     /// [`PpoBufs::eval`]; with `from = Some((start, x))` the model runs from block `start` on the
     /// hidden states `x` another model computed over the same rollouts (a hydra reference on
-    /// the policy's frozen trunk).
-    pub fn eval_from(&mut self, model: &Model<B>, rollouts: &[&Rollout], entropy: bool, from: Option<(usize, &B::Buf)>) -> Result<(PolicyEval, Vec<u32>, usize), ModelError> {
+    /// the policy's frozen trunk). With `prompt`, the prompt tokens' log-probs too.
+    pub fn eval_from(&mut self, model: &Model<B>, rollouts: &[&Rollout], entropy: bool, prompt: bool, from: Option<(usize, &B::Buf)>) -> Result<(PolicyEval, Vec<u32>, usize), ModelError> {
         let seqs: Vec<Example> = rollouts
             .iter()
             .map(|r| {
@@ -100,8 +108,9 @@ impl<B: Backend> PpoBufs<B> {
         let be = &model.be;
         let mut targets = vec![IGNORE_INDEX; b * t];
         for (i, r) in rollouts.iter().enumerate() {
-            for (k, &a) in r.response.iter().enumerate() {
-                targets[i * t + r.prompt.len() - 1 + k] = a;
+            let first = if prompt { 1 } else { r.prompt.len() };
+            for (k, &a) in r.prompt.iter().chain(&r.response).enumerate().skip(first) {
+                targets[i * t + k - 1] = a;
             }
         }
         // the response positions: their log-probs, values and (when asked) entropies
@@ -113,11 +122,11 @@ impl<B: Backend> PpoBufs<B> {
         let tl = head_logprobs(model, &mut self.acts, &mut self.loss, &targets, if entropy { Some(&in_response) } else { None })?;
         let vals = if model.value_head.is_some() {
             model.value_fwd(&self.acts, &mut self.values)?;
-            Some(be.read(&self.values, b * t))
+            Some(be.read(&self.values.values, b * t))
         } else {
             None
         };
-        let mut out = PolicyEval { logprobs: vec![], values: vec![], entropy: vec![] };
+        let mut out = PolicyEval { logprobs: vec![], values: vec![], entropy: vec![], prompt_logprobs: vec![] };
         for (i, r) in rollouts.iter().enumerate() {
             out.logprobs.push(tl.logp[span(i, r)].to_vec());
             if let Some(vals) = &vals {
@@ -125,6 +134,9 @@ impl<B: Backend> PpoBufs<B> {
             }
             if entropy {
                 out.entropy.push(tl.entropy[span(i, r)].to_vec());
+            }
+            if prompt {
+                out.prompt_logprobs.push(tl.logp[i * t..i * t + r.prompt.len() - 1].to_vec());
             }
         }
         Ok((out, targets, t))
@@ -138,7 +150,7 @@ impl<B: Backend> PpoBufs<B> {
         let t = batch.t;
         critic.forward_hidden(&mut self.acts, &batch.ids, batch.b, t)?;
         critic.value_fwd(&self.acts, &mut self.values)?;
-        let vals = critic.be.read(&self.values, batch.b * t);
+        let vals = critic.be.read(&self.values.values, batch.b * t);
         Ok((rollouts.iter().enumerate().map(|(i, r)| vals[i * t + r.prompt.len() - 1..i * t + r.prompt.len() - 1 + r.response.len()].to_vec()).collect(), t))
     }
 
@@ -147,8 +159,8 @@ impl<B: Backend> PpoBufs<B> {
         let be = &critic.be;
         let n = self.acts.b * self.acts.t;
         be.fill(&mut self.scratch.dln, 0.0, n * critic.cfg.hidden_size);
-        be.write(&mut self.dvalues, dvalues);
-        critic.value_bwd(&self.acts, &mut self.scratch, grads, &self.dvalues)?;
+        be.write(&mut self.values.dvalues, dvalues);
+        critic.value_bwd(&self.acts, &mut self.scratch, grads, &mut self.values)?;
         critic.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         Ok(())
     }
@@ -167,11 +179,15 @@ impl<B: Backend> PpoBufs<B> {
         }
         let b = rollouts.len();
         let n_tok: usize = rollouts.iter().map(|r| r.response.len()).sum();
-        let inv = 1.0 / n_tok.max(1) as f64;
         let mut st = PpoStats { tokens: n_tok, ..Default::default() };
         let mut coef = vec![0f32; b * t];
         let mut dvalues = vec![0f32; b * t];
         for (i, r) in rollouts.iter().enumerate() {
+            // each token's weight in the minibatch's mean
+            let inv = match cfg.norm {
+                LossNorm::Token => 1.0 / n_tok.max(1) as f64,
+                LossNorm::Sequence => 1.0 / (b * r.response.len().max(1)) as f64,
+            };
             for k in 0..r.response.len() {
                 let (lp, old, a) = (ev.logprobs[i][k] as f64, r.old_logprobs[k] as f64, r.advantages[k]);
                 let log_ratio = lp - old;
@@ -207,8 +223,8 @@ impl<B: Backend> PpoBufs<B> {
         head_xent(model, &mut self.acts, &mut self.loss, &targets, &coef, Some((&mut self.scratch, &mut *grads)))?;
         match critic {
             None => {
-                be.write(&mut self.dvalues, &dvalues);
-                model.value_bwd(&self.acts, &mut self.scratch, grads, &self.dvalues)?;
+                be.write(&mut self.values.dvalues, &dvalues);
+                model.value_bwd(&self.acts, &mut self.scratch, grads, &mut self.values)?;
             }
             Some((cm, cb, cgrads)) => {
                 // the critic's batch has the same (B, T) layout: same rollouts, same padding

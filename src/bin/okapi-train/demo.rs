@@ -265,8 +265,8 @@ impl<B: Backend> Demo<'_, B> {
         let prompts: Vec<Vec<u32>> = recs.iter().map(|r| self.tok.encode(&self.tpl.prompt(&r.instruction, &r.input), true)).collect::<Result<_, _>>().map_err(err)?;
         let mut policy = Model::load(self.be.clone(), sft_dir).map_err(err)?;
         let reference = Model::load(self.be.clone(), sft_dir).map_err(err)?;
-        add_value_head(&mut policy, self.a.seed);
         let base = PpoConfig::defaults();
+        add_value_head(&mut policy, base.value_head, self.a.seed);
         let cfg = PpoConfig {
             iterations: self.a.ppo_iterations,
             rollouts: 32,

@@ -7,7 +7,7 @@ use super::train_flags::{annotate_arg, parse_betas, MemoryFlags, Recipe};
 use okapi_data::{load_instructions, PromptTemplate, Tokenizer};
 use okapi_model::memory::Need;
 use okapi_model::{DType, Model, ModelConfig};
-use okapi_rlhf::ppo::{add_value_head, Critic, PpoIo};
+use okapi_rlhf::ppo::{add_value_head, encode_prompt, Critic, KlControl, LossNorm, PpoIo, PromptEncoding, ValueHeadKind, WhitenScope};
 use okapi_rlhf::{run_ppo, AdamWConfig, PpoConfig, PpoModels, TrainError};
 use okapi_runtime::{Backend, BackendKind};
 use std::path::PathBuf;
@@ -60,9 +60,30 @@ pub struct PpoArgs {
     /// New tokens per response at most
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
-    /// Prompts longer than this many tokens are skipped (and counted)
+    /// Prompts longer than this many tokens are skipped or left-truncated (--prompt-encoding)
     #[arg(long)]
     pub max_prompt_len: Option<usize>,
+    /// bos-skip: prompts with special tokens (BOS), longer ones skipped; trlx: without special
+    /// tokens, longer ones left-truncated (trlx's PromptPipeline)
+    #[arg(long)]
+    pub prompt_encoding: Option<String>,
+    /// The value head on the policy's trunk: linear (Linear(C, 1)) or mlp (trlx's Linear(C, 2C)
+    /// → ReLU → Linear(2C, 1))
+    #[arg(long)]
+    pub value_head: Option<String>,
+    /// Whiten advantages over the whole batch once, or over each minibatch (trlx)
+    #[arg(long)]
+    pub whiten: Option<String>,
+    /// token: the token mean of a minibatch; sequence: each sequence's token mean, averaged (trlx)
+    #[arg(long)]
+    pub loss_norm: Option<String>,
+    /// response-k1: β moves once per iteration on the response's log-ratio; trlx: after every
+    /// PPO epoch on trlx's k3 estimate over prompt and response
+    #[arg(long)]
+    pub kl_control: Option<String>,
+    /// With --unfrozen-layers, train BLOOM's word_embeddings_layernorm too (trlx): true or false
+    #[arg(long)]
+    pub train_embedding_norm: Option<bool>,
     /// Initial KL coefficient β₀
     #[arg(long)]
     pub init_kl_coef: Option<f64>,
@@ -198,10 +219,29 @@ impl PpoArgs {
         c.loss.cliprange = self.cliprange.unwrap_or(r.loss.cliprange);
         c.loss.cliprange_value = self.cliprange_value.unwrap_or(r.loss.cliprange_value);
         c.loss.vf_coef = self.vf_coef.unwrap_or(r.loss.vf_coef);
+        self.resolve_choices(&mut c, &r)?;
         let (beta1, beta2) = self.adam_betas.as_deref().map(parse_betas).transpose()?.unwrap_or((r.adam.beta1, r.adam.beta2));
         c.adam = AdamWConfig { beta1, beta2, eps: self.adam_eps.unwrap_or(r.adam.eps), weight_decay: self.weight_decay.unwrap_or(r.adam.weight_decay) };
         c.validate().map_err(err)?;
         Ok(c)
+    }
+}
+
+impl PpoArgs {
+    /// The trlx-or-okapi choices: each flag that is set, else the recipe's; the separate critic
+    /// keeps the reward model's linear score head as its value head.
+    fn resolve_choices(&self, c: &mut PpoConfig, r: &PpoConfig) -> Result<(), String> {
+        c.prompt_encoding = self.prompt_encoding.as_deref().map(PromptEncoding::parse).transpose().map_err(err)?.unwrap_or(r.prompt_encoding);
+        c.whiten = self.whiten.as_deref().map(WhitenScope::parse).transpose().map_err(err)?.unwrap_or(r.whiten);
+        c.loss.norm = self.loss_norm.as_deref().map(LossNorm::parse).transpose().map_err(err)?.unwrap_or(r.loss.norm);
+        c.kl_control = self.kl_control.as_deref().map(KlControl::parse).transpose().map_err(err)?.unwrap_or(r.kl_control);
+        c.train_embedding_norm = self.train_embedding_norm.unwrap_or(r.train_embedding_norm);
+        c.value_head = match (self.value_head.as_deref().map(ValueHeadKind::parse).transpose().map_err(err)?, self.critic.as_str()) {
+            (Some(ValueHeadKind::Mlp), "separate") => return Err("--value-head mlp: the separate critic's value head is the reward model's linear score head (use --critic shared)".into()),
+            (_, "separate") => ValueHeadKind::Linear,
+            (v, _) => v.unwrap_or(r.value_head),
+        };
+        Ok(())
     }
 }
 
@@ -218,6 +258,12 @@ fn shown(c: &PpoConfig) -> Vec<(&'static str, String)> {
         ("top_k", c.sampling.top_k.to_string()),
         ("max_new_tokens", c.sampling.max_new_tokens.to_string()),
         ("max_prompt_len", c.max_prompt_len.to_string()),
+        ("prompt_encoding", c.prompt_encoding.as_str().into()),
+        ("value_head", c.value_head.as_str().into()),
+        ("whiten", c.whiten.as_str().into()),
+        ("loss_norm", c.loss.norm.as_str().into()),
+        ("kl_control", c.kl_control.as_str().into()),
+        ("train_embedding_norm", c.train_embedding_norm.to_string()),
         ("init_kl_coef", c.kl.beta.to_string()),
         ("kl_target", c.kl.target.map_or("none".into(), |t| t.to_string())),
         ("kl_horizon", c.kl.horizon.to_string()),
@@ -267,7 +313,8 @@ fn tokenizers(a: &PpoArgs) -> Result<(Tokenizer, Tokenizer, bool), String> {
     Ok((tok, rm_tok, same))
 }
 
-/// The templated prompts that fit `policy`'s positions, with the counts in one line.
+/// The templated prompts that fit `policy`'s positions (skipped or left-truncated as
+/// `--prompt-encoding` says), with the counts in one line.
 fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelConfig) -> Result<Vec<Vec<u32>>, String> {
     let langs = a.langs.as_deref().map(okapi_data::parse_langs).transpose()?;
     let (records, stats) = load_instructions(&a.prompts, langs.as_deref(), false).map_err(err)?;
@@ -275,14 +322,12 @@ fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelCon
     let limit = policy.max_positions.map_or(cfg.max_prompt_len, |m| cfg.max_prompt_len.min(m.saturating_sub(1)));
     let (mut prompts, mut too_long) = (Vec::new(), 0);
     for r in &records {
-        let ids = tok.encode(&tpl.prompt(&r.instruction, &r.input), true).map_err(|e| format!("{}: {e}", r.origin))?;
-        if ids.len() > limit {
-            too_long += 1;
-        } else {
-            prompts.push(ids);
-        }
+        let (ids, cut) = encode_prompt(tok, &tpl.prompt(&r.instruction, &r.input), cfg.prompt_encoding, limit).map_err(|e| format!("{}: {e}", r.origin))?;
+        too_long += usize::from(ids.is_none() || cut);
+        prompts.extend(ids.filter(|p| !p.is_empty()));
     }
-    eprintln!("ppo: {}; {too_long} prompts longer than {limit} tokens (skipped); {} prompts", stats.summary(), prompts.len());
+    let fate = if cfg.prompt_encoding == PromptEncoding::Trlx { "left-truncated" } else { "skipped" };
+    eprintln!("ppo: {}; {too_long} prompts longer than {limit} tokens ({fate}); {} prompts", stats.summary(), prompts.len());
     if prompts.is_empty() {
         return Err(format!("no RL prompts after filtering ({too_long} of {} longer than {limit} tokens)", records.len()));
     }
@@ -320,14 +365,21 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     // as the run sizes its buffers: a chunk or minibatch is at most an iteration's rollouts
     let chunk = cfg.chunk_size.min(cfg.rollouts);
     let rows = chunk.max(cfg.minibatch.min(cfg.rollouts)).saturating_mul(cap_t);
-    let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?;
+    // the value head trains beside the policy's layers (the separate critic's is its score head)
+    let c = policy.hidden_size as u128;
+    let (value_params, value_hidden) = match (separate_critic, cfg.value_head) {
+        (true, _) => (0, 0),
+        (false, ValueHeadKind::Linear) => (c + 1, 0),
+        (false, ValueHeadKind::Mlp) => (2 * c * c + 3 * c + 1, 2 * c),
+    };
+    let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?.saturating_add(value_params);
     let chunk_rows = chunk.saturating_mul(cap_t);
     let reference = match (hydra, cfg.unfrozen_layers) {
         // the top blocks, the final norm and the head (the embedding when it is the head)
         (true, Some(_)) => {
             let tied = if policy.tie_word_embeddings { policy.vocab_size as u128 * policy.hidden_size as u128 } else { 0 };
             let packed = if frozen_bf16 { block_linear_params(policy) * top as u128 } else { 0 };
-            (trainable.saturating_add(tied) * 4 - packed * 2).min(u64::MAX as u128) as u64
+            (trainable.saturating_sub(value_params).saturating_add(tied) * 4 - packed * 2).min(u64::MAX as u128) as u64
         }
         _ => weights_bytes_with(policy, all_bf16(policy)),
     };
@@ -337,6 +389,11 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         .device_lowered_by("reward model", weights_bytes_with(rm, all_bf16(rm)), if frozen_bf16 { "" } else { "--frozen-bf16" })
         .device_lowered_by("reference and reward activations", activation_bytes(policy, chunk_rows).saturating_add(activation_bytes(rm, chunk_rows)), CHUNK)
         .device_lowered_by("KV cache", kv_cache_bytes(policy, chunk, cap_t, longest_prompt), CHUNK);
+    if value_hidden > 0 {
+        // pre-activation, post-ReLU and its gradient, f32
+        let bytes = value_hidden.saturating_mul(rows as u128).saturating_mul(12).min(u64::MAX as u128) as u64;
+        need = need.device_lowered_by("value head activations (MLP hidden layer)", bytes, MINIBATCH);
+    }
     if separate_critic {
         let critic_trainable = rm.trainable_count(cfg.unfrozen_layers).map_err(err)?;
         let critic = training_run_need(rm, critic_trainable, rows, t, MINIBATCH);
@@ -396,7 +453,7 @@ fn load_models<B: Backend>(be: &B, a: &PpoArgs, cfg: &PpoConfig) -> Result<Trio<
         return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
     }
     if a.memory.frozen_bf16 {
-        let mask = policy.trainable_mask(cfg.unfrozen_layers).map_err(err)?;
+        let mask = policy.trainable_mask_with(cfg.unfrozen_layers, cfg.train_embedding_norm).map_err(err)?;
         policy.freeze_in_bf16(&mask);
         // the reference and the reward model never train: every block
         for m in [&mut reference, &mut rm] {
@@ -434,7 +491,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let critic = match a.critic.as_str() {
         "separate" => Some(Critic::from_reward_model(load_model(&be, a, &a.reward)?, cfg.unfrozen_layers).map_err(err)?),
         _ => {
-            add_value_head(&mut policy, cfg.seed);
+            add_value_head(&mut policy, cfg.value_head, cfg.seed);
             None
         }
     };
@@ -473,6 +530,8 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "reference": a.reference, "memory": a.memory.json(),
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed,
+        "prompt_encoding": c.prompt_encoding.as_str(), "max_prompt_len": c.max_prompt_len, "value_head": c.value_head.as_str(), "whiten": c.whiten.as_str(),
+        "loss_norm": c.loss.norm.as_str(), "kl_control": c.kl_control.as_str(), "train_embedding_norm": c.train_embedding_norm, "reference": a.reference, "memory": a.memory.json(),
     })
 }
