@@ -94,6 +94,9 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     /// `max_position_embeddings` (LLaMA); BLOOM has none (ALiBi).
     pub max_positions: Option<usize>,
+    /// The rank of the LoRA adapters the model carries (0: none); set by `Model::add_lora`,
+    /// not a config.json field. Sizes the adapters' scratch in the activation arenas.
+    pub lora_rank: usize,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
     pub mlp_bias: bool,
@@ -223,6 +226,7 @@ impl ModelConfig {
                 let (theta, scaling) = rope_from(&f)?;
                 ModelConfig {
                     arch,
+                    lora_rank: 0,
                     vocab_size: f.usize_any(&["vocab_size"])?,
                     hidden_size: hidden,
                     n_layers: f.usize_any(&["num_hidden_layers"])?,
@@ -255,6 +259,7 @@ impl ModelConfig {
                 let intermediate = hidden.checked_mul(4).ok_or_else(|| f.err("hidden_size", "too large: 4 × hidden_size overflows"))?;
                 ModelConfig {
                     arch,
+                    lora_rank: 0,
                     vocab_size: f.usize_any(&["vocab_size"])?,
                     hidden_size: hidden,
                     n_layers: f.usize_any(&["n_layer", "num_hidden_layers"])?,

@@ -86,7 +86,7 @@ impl<B: Backend> Model<B> {
         self.values.push(self.be.upload(b));
         self.packed.extend([false, false]);
         let n = self.info.len();
-        Linear { w: n - 2, b: Some(n - 1), d_in, d_out }
+        Linear { w: n - 2, b: Some(n - 1), d_in, d_out, lora: None }
     }
 
     /// The value head's parameters (both layers of the MLP head).
@@ -157,6 +157,9 @@ impl<B: Backend> Model<B> {
     /// [`Model::trainable_mask`]; with `embedding_norm`, BLOOM's `word_embeddings_layernorm`
     /// trains too (trlx froze only the blocks below and the embeddings).
     pub fn trainable_mask_with(&self, unfrozen_layers: Option<usize>, embedding_norm: bool) -> Result<Vec<bool>> {
+        if self.adapters.is_some() {
+            return self.lora_mask(unfrozen_layers);
+        }
         let Some(n) = unfrozen_layers else { return Ok(vec![true; self.info.len()]) };
         let l = self.blocks.len();
         if n > l {
@@ -175,6 +178,17 @@ impl<B: Backend> Model<B> {
         if let Some(h) = self.lm_head.filter(|&h| h != self.embed) {
             set(h);
         }
+        Ok(mask)
+    }
+
+    /// With LoRA adapters: the adapters and, as PEFT's `modules_to_save`, the score and value
+    /// heads train; the base stays frozen.
+    fn lora_mask(&self, unfrozen_layers: Option<usize>) -> Result<Vec<bool>> {
+        if let Some(n) = unfrozen_layers {
+            return Err(ModelError::Other(format!("--unfrozen-layers {n}: with LoRA only the adapters (and the score or value head) train")));
+        }
+        let mut mask = vec![false; self.info.len()];
+        self.lora_params().into_iter().chain(self.score).chain(self.value_head_params()).for_each(|i| mask[i] = true);
         Ok(mask)
     }
 

@@ -21,6 +21,7 @@ pub mod decode;
 pub mod error;
 pub mod forward;
 pub mod heads;
+pub mod lora;
 pub mod init;
 pub mod lm_head;
 pub mod memory;

@@ -75,6 +75,9 @@ pub struct Techniques {
     pub bf16_blocks: usize,
     /// `--offload-optimizer`: the AdamW moments and fp32 master weights in host memory
     pub offload: bool,
+    /// LoRA: parameters trained beside the base (adapters), counted in `trainable` but not
+    /// among the base's weights
+    pub adapters: u128,
 }
 
 /// The linear weights of one block (what `--frozen-bf16` stores in bf16).
@@ -311,7 +314,7 @@ pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, t: Tec
 /// [`training_need`] where `rows_flags` says what lowers the rows (`bench` has `--seq-len`), and
 /// with activation checkpointing or not.
 pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &str, t: Techniques) -> Need {
-    let frozen = cfg.param_count().saturating_sub(trainable);
+    let frozen = cfg.param_count().saturating_sub(trainable.saturating_sub(t.adapters));
     let packed = block_linear_params(cfg).saturating_mul(t.bf16_blocks.min(cfg.n_layers) as u128).min(frozen);
     const LAYERS: &str = "train fewer layers (--unfrozen-layers)";
     let mut need = Need::new("training", "lower --batch-size or --max-len, train fewer layers (--unfrozen-layers), or use a smaller model")

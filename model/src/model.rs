@@ -44,6 +44,8 @@ pub struct Linear {
     pub b: Option<usize>,
     pub d_in: usize,
     pub d_out: usize,
+    /// A LoRA adapter on this layer ([`crate::lora`]).
+    pub lora: Option<crate::lora::Lora>,
 }
 
 /// RMSNorm (w) or LayerNorm (w, b).
@@ -70,6 +72,19 @@ pub struct Block {
 }
 
 impl Block {
+    /// The linear layer of `role` (the order of [`Block::linears`]); LLaMA's gate for role 4.
+    pub fn linear_mut(&mut self, role: usize) -> &mut Linear {
+        match role {
+            0 => &mut self.q,
+            1 => &mut self.k,
+            2 => &mut self.v,
+            3 => &mut self.o,
+            4 => self.gate.as_mut().expect("role 4 is LLaMA's gate"),
+            5 => &mut self.up,
+            _ => &mut self.down,
+        }
+    }
+
     /// The block's linear layers by role: q, k, v, o, gate (LLaMA only), up, down.
     pub fn linears(&self) -> [Option<Linear>; 7] {
         [Some(self.q), Some(self.k), Some(self.v), Some(self.o), self.gate, Some(self.up), Some(self.down)]
@@ -77,7 +92,8 @@ impl Block {
 
     /// Every parameter of the block: the linears' weights and biases, both norms'.
     pub fn params(&self) -> impl Iterator<Item = usize> {
-        let lin = self.linears().into_iter().flatten().flat_map(|l| std::iter::once(l.w).chain(l.b));
+        // with LoRA, the adapters' A and B (A once per layer it adapts; BLOOM's q, k, v share it)
+        let lin = self.linears().into_iter().flatten().flat_map(|l| [Some(l.w), l.b, l.lora.map(|a| a.a), l.lora.map(|a| a.b)].into_iter().flatten());
         let norms = [self.ln1, self.ln2].into_iter().flat_map(|n| std::iter::once(n.w).chain(n.b));
         lin.chain(norms)
     }
@@ -116,6 +132,11 @@ pub struct Model<B: Backend> {
     pub value_head: Option<Linear>,
     /// The first layer `Linear(C, 2C)` of trlx's MLP value head, when the head is one.
     pub value_mlp: Option<Linear>,
+    /// LoRA adapters on the block linears ([`Model::add_lora`], [`Model::load_adapter`]).
+    pub adapters: Option<crate::lora::Adapters>,
+    /// Runs the base alone, the adapters switched off (PEFT's `disable_adapter()`): the
+    /// reference of DPO and PPO with LoRA, without a second copy of the weights.
+    pub lora_disabled: bool,
     pub hf: Vec<HfEntry>,
     pub(crate) rope_inv_freq: Option<B::Buf>,
     pub(crate) alibi: Option<B::Buf>,
@@ -181,7 +202,7 @@ impl Layout {
         let linear = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: &str, d_in: usize, d_out: usize, bias: bool, direct: bool| -> Linear {
             let w = add(info, hf, format!("{name}.weight"), vec![d_out, d_in], direct);
             let b = bias.then(|| add(info, hf, format!("{name}.bias"), vec![d_out], direct));
-            Linear { w, b, d_in, d_out }
+            Linear { w, b, d_in, d_out, lora: None }
         };
         let embed_name = if is_llama { format!("{p}embed_tokens.weight") } else { format!("{p}word_embeddings.weight") };
         let embed = add(&mut info, &mut hf, embed_name, vec![v, c], true);
@@ -388,7 +409,7 @@ impl<B: Backend> Model<B> {
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
         let packed = vec![false; info.len()];
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, value_mlp: None, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, value_mlp: None, adapters: None, lora_disabled: false, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification

@@ -99,6 +99,13 @@ fn read_file(path: &Path, out: &mut HashMap<String, HostTensor>, dtypes: &mut Ha
     Ok(())
 }
 
+/// Every tensor of one safetensors file, by name, upcast to f32.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let mut out = HashMap::new();
+    read_file(path, &mut out, &mut HashMap::new())?;
+    Ok(out)
+}
+
 /// The tensors of a safetensors file's bytes (read from `path`, which errors name), upcast to
 /// f32, each with the dtype it was stored in.
 pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostTensor, DType)>> {
@@ -186,6 +193,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// Writes `tensors` into one safetensors file at `path` (atomically), in `dtype`.
+pub fn save_file(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: DType) -> Result<()> {
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    write_file(path, &tensors.iter().collect::<Vec<_>>(), dtype, &metadata)
+}
+
+fn write_file(path: &Path, tensors: &[&(String, Vec<usize>, Vec<f32>)], dtype: DType, metadata: &HashMap<String, String>) -> Result<()> {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors.iter().map(|t| (t.0.clone(), t.1.clone(), encode(&t.2, dtype))).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = encoded
+        .iter()
+        .map(|(name, shape, bytes)| (name.clone(), safetensors::tensor::TensorView::new(st_dtype(dtype), shape.clone(), bytes).expect("tensor bytes match shape")))
+        .collect();
+    // streamed into the file: no third in-memory copy of the shard
+    let tmp = tmp_path(path);
+    safetensors::tensor::serialize_to_file(views, Some(metadata.clone()), &tmp).map_err(|e| ModelError::Other(format!("writing {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
 /// Saves named tensors as HF does: one `model.safetensors` when the total is at most
 /// `max_shard_bytes`, else `model-0000i-of-0000n.safetensors` shards plus the index.
 /// Stale weight files of another layout in `dir` are removed after the new ones are in place.
@@ -209,16 +234,7 @@ pub fn save(dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: DType
     let mut written = Vec::new();
     for (s, idx) in shards.iter().enumerate() {
         let fname = if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", s + 1, n) };
-        let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = idx.iter().map(|&i| (tensors[i].0.clone(), tensors[i].1.clone(), encode(&tensors[i].2, dtype))).collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = encoded
-            .iter()
-            .map(|(name, shape, bytes)| (name.clone(), safetensors::tensor::TensorView::new(st_dtype(dtype), shape.clone(), bytes).expect("tensor bytes match shape")))
-            .collect();
-        // streamed into the file: no third in-memory copy of the shard
-        let path = dir.join(&fname);
-        let tmp = tmp_path(&path);
-        safetensors::tensor::serialize_to_file(views, Some(metadata.clone()), &tmp).map_err(|e| ModelError::Other(format!("writing {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        write_file(&dir.join(&fname), &idx.iter().map(|&i| &tensors[i]).collect::<Vec<_>>(), dtype, &metadata)?;
         for &i in idx {
             weight_map.insert(tensors[i].0.clone(), fname.clone());
         }

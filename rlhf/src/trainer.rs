@@ -491,10 +491,28 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         ensure_finite(&self.model, self.state.step)?;
         if let Some(out) = self.out {
             let dtype = self.cfg.save_dtype.unwrap_or(self.model.cfg.dtype);
-            self.model.save(out.dir, dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, out.tokenizer)?;
+            match self.model.adapters {
+                // a LoRA run's result is its adapter (PEFT's layout), the base untouched
+                Some(_) => save_adapter(&self.model, &out)?,
+                None => self.model.save(out.dir, dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, out.tokenizer)?,
+            }
         }
         Ok((self.model, self.summary))
     }
+}
+
+/// A LoRA run's output: adapter_config.json and adapter_model.safetensors, beside the base's
+/// tokenizer.json.
+fn save_adapter<B: Backend>(model: &Model<B>, out: &RunDir) -> Result<(), TrainError> {
+    model.save_adapter(out.dir, &model.cfg.path)?;
+    if let Some(tok) = out.tokenizer {
+        let dst = out.dir.join("tokenizer.json");
+        if tok != dst {
+            let bytes = std::fs::read(tok).map_err(crate::error::io(tok))?;
+            okapi_model::weights::write_atomic(&dst, &bytes)?;
+        }
+    }
+    Ok(())
 }
 
 fn fmt_num(v: &Value) -> String {

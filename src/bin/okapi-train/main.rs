@@ -49,6 +49,8 @@ mod eval;
 mod generate;
 mod init;
 mod loglik;
+mod lora_flags;
+mod merge;
 mod outdir;
 mod pairs;
 mod plan;
@@ -92,6 +94,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Multilingual benchmarks (m_arc, m_hellaswag, m_mmlu, TruthfulQA mc) as lm-evaluation-harness scores them.
     Eval(eval::EvalArgs),
+    /// A base model and a LoRA adapter merged into one Hugging Face model.
+    Merge(merge::MergeArgs),
     /// The memory a command will need, by part, against the device's free memory (table, then a JSON line).
     Plan(plan::PlanArgs),
     /// Time a training step or generation on a randomly initialised preset model (JSON line on stdout).
@@ -133,6 +137,7 @@ fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Plan(a) => plan::run(a),
+        Command::Merge(a) => merge::run(a),
     }
 }
 

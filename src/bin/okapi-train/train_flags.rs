@@ -140,6 +140,8 @@ pub struct TrainFlags {
     pub force: bool,
     #[command(flatten)]
     pub memory: MemoryFlags,
+    #[command(flatten)]
+    pub lora: super::lora_flags::LoraFlags,
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
@@ -247,7 +249,7 @@ impl MemoryFlags {
     /// The memory techniques these flags ask for, on `model` with `unfrozen` top layers training.
     pub fn techniques(&self, model: &okapi_model::ModelConfig, unfrozen: Option<usize>) -> okapi_model::memory::Techniques {
         let bf16_blocks = if self.frozen_bf16 { model.n_layers - unfrozen.unwrap_or(model.n_layers).min(model.n_layers) } else { 0 };
-        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer }
+        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer, adapters: 0 }
     }
 
     /// The model settings these flags choose: checkpointing, the chunked head, the offload.
@@ -290,8 +292,16 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// batch of tokens it will see. A run that fits prints its memory plan; one that does not is
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
-    let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let techniques = flags.memory.techniques(model, cfg.unfrozen_layers);
+    let (trainable, techniques) = match flags.lora.config(model.arch)? {
+        // LoRA: the adapters (and a reward model's score head) train; the whole base is frozen
+        Some(lora) => {
+            let adapters = lora.param_count(model);
+            let score = if model.head == okapi_model::Head::Score { model.hidden_size as u128 } else { 0 };
+            let base_frozen = flags.memory.techniques(model, Some(0));
+            (adapters + score, okapi_model::memory::Techniques { adapters, ..base_frozen })
+        }
+        None => (model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?, flags.memory.techniques(model, cfg.unfrozen_layers)),
+    };
     let need = okapi_model::memory::training_run_need(model, trainable, rows, techniques, "lower --batch-size or --max-len");
     let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;

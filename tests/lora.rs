@@ -1,0 +1,289 @@
+//! LoRA against PEFT (tests/fixtures/generate_lora.py): a PEFT adapter loaded onto llama_gqa
+//! (GQA) and bloom_6h (fused query_key_value) gives PEFT's logits, loss and every lora_A /
+//! lora_B gradient; `okapi-train sft --adapter` runs PEFT's three SFT steps (losses, gradient
+//! norms, the saved adapter); what okapi saves it loads again; bad adapters and flags are one
+//! clear error with nothing written.
+
+mod common;
+
+use common::*;
+use okapi::model::Model;
+use okapi::runtime::{Backend, CpuBackend};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
+
+fn tensors(path: &Path) -> HashMap<String, Vec<f32>> {
+    okapi::model::weights::read_tensors(path).unwrap().into_iter().map(|(k, v)| (k, v.data)).collect()
+}
+
+/// Forward, mean next-token loss over every position (HF's `labels=input_ids`) and backward of
+/// `model` on the fixture's ids: (logits, loss, LoRA gradients under PEFT's names).
+fn run<B: Backend>(model: &Model<B>, ids: &[u32], b: usize, t: usize) -> (Vec<f32>, f64, HashMap<String, Vec<f32>>) {
+    let mask = model.trainable_mask(None).unwrap();
+    let (mut acts, mut scratch) = (model.new_acts(b, t), model.new_scratch(b, t));
+    let mut grads = model.new_grads(|i| mask[i]);
+    let mut bufs = okapi::rlhf::LossBufs::new(&model.be, b * t);
+    model.forward(&mut acts, ids, b, t).unwrap();
+    let logits = model.be.read(&acts.logits, b * t * model.cfg.vocab_size);
+    let targets: Vec<u32> = (0..b * t).map(|i| if i % t == t - 1 { okapi::runtime::IGNORE_INDEX } else { ids[i + 1] }).collect();
+    let count = targets.iter().filter(|&&x| x != okapi::runtime::IGNORE_INDEX).count();
+    let (sum, _) = okapi::rlhf::lm_loss_and_grad(model, &mut acts, &mut bufs, &targets, 1.0 / count as f32);
+    model.backward(&mut acts, &mut scratch, &mut grads);
+    let host = |i: usize| grads.bufs[i].as_ref().map(|g| model.be.read(g, model.be.buf_len(g))).unwrap_or_default();
+    let g = model.lora_tensors(&host).into_iter().map(|(n, _, v)| (n, v)).collect();
+    (logits, sum / count as f64, g)
+}
+
+fn logits_and_gradients_match_peft(name: &str) {
+    logits_and_gradients_match_peft_on(CpuBackend, name);
+}
+
+fn logits_and_gradients_match_peft_on<B: Backend>(be: B, name: &str) {
+    let dir = fixture(&format!("lora_{name}"));
+    let r = tensors(&dir.join("reference.safetensors"));
+    let mut model = Model::load(be, &fixture(name)).unwrap();
+    model.load_adapter(&dir.join("adapter_init")).unwrap();
+    let ids: Vec<u32> = okapi::model::weights::read_tensors(&dir.join("reference.safetensors")).unwrap()["input_ids"].data.iter().map(|&x| x as u32).collect();
+    let (logits, loss, grads) = run(&model, &ids, 2, 11);
+    assert_close(&format!("{name} + LoRA logits"), &logits, &r["logits"], &LOGITS_F32);
+    assert!((loss - r["loss"][0] as f64).abs() <= 1e-5 * loss.abs(), "{name} loss {loss} vs PEFT {}", r["loss"][0]);
+    let mut n = 0;
+    for (key, g) in &grads {
+        if key.contains("lora_") {
+            assert_close(&format!("{name} grad {key}"), g, &r[&format!("grad.{key}")], &GRAD_F32);
+            n += 1;
+        }
+    }
+    assert_eq!(n, r.keys().filter(|k| k.starts_with("grad.")).count(), "every PEFT gradient compared");
+    // the adapter changes the outputs: the base alone differs
+    model.lora_disabled = true;
+    let (base, _, _) = run(&model, &ids, 2, 11);
+    assert!(errors(&base, &r["logits"]).0 > 1e-3, "{name}: the adapter must move the logits for the test to show anything");
+}
+
+#[test]
+fn llama_lora_logits_and_gradients_match_peft() {
+    logits_and_gradients_match_peft("llama_gqa");
+}
+
+#[test]
+fn bloom_lora_on_the_fused_qkv_matches_peft() {
+    logits_and_gradients_match_peft("bloom_6h");
+}
+
+/// The same on the GPU backends (wgpu on any adapter, CUDA on a device; each says when it did
+/// not run).
+#[test]
+fn lora_on_wgpu_matches_peft() {
+    let Some(be) = wgpu_or_skip("lora_on_wgpu_matches_peft") else { return };
+    for name in ["llama_gqa", "bloom_6h"] {
+        logits_and_gradients_match_peft_on(be.clone(), name);
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: cargo test --test lora -- --ignored"]
+fn lora_on_cuda_matches_peft() {
+    let Some(be) = cuda_or_skip(okapi::runtime::Precision::F32, "lora_on_cuda_matches_peft") else { return };
+    for name in ["llama_gqa", "bloom_6h"] {
+        logits_and_gradients_match_peft_on(be.clone(), name);
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("okapi-lora-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The fixture's recorded `okapi-train sft … --adapter adapter_init` from the repository root.
+fn sft_steps_match_peft(name: &str) {
+    let dir = fixture(&format!("lora_{name}"));
+    let traj = json(&dir.join("trajectory.json"));
+    let out = tmp(&format!("sft-{name}"));
+    let o = run_cli(traj["argv"].as_array().unwrap(), &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = metrics(&out);
+    for (got, want) in m.iter().zip(traj["steps"].as_array().unwrap()) {
+        for key in ["loss", "grad_norm"] {
+            let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+            assert!((g - w).abs() <= 1e-4 * w.abs(), "{name} step {} {key}: {g} vs PEFT {w}", want["step"]);
+        }
+    }
+    assert_eq!(m.len(), 3);
+    assert!(!out.join("model.safetensors").exists(), "a LoRA run saves its adapter, not the base");
+    let (got, want) = (tensors(&out.join("adapter_model.safetensors")), tensors(&dir.join("adapter_after/adapter_model.safetensors")));
+    assert_eq!(got.len(), want.len());
+    for (k, w) in &want {
+        for (i, (a, b)) in got[k].iter().zip(w).enumerate() {
+            assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{name} {k}[{i}] = {a}, PEFT {b}");
+        }
+    }
+    let cfg = json(&out.join("adapter_config.json"));
+    assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["lora_alpha"].as_f64(), cfg["task_type"].as_str()), (Some("LORA"), Some(4), Some(8.0), Some("CAUSAL_LM")));
+    // what okapi saved, okapi loads: the same logits as the model that saved it
+    let mut a = Model::load(CpuBackend, &fixture(name)).unwrap();
+    a.load_adapter(&out).unwrap();
+    let mut b = Model::load(CpuBackend, &fixture(name)).unwrap();
+    b.load_adapter(&dir.join("adapter_after")).unwrap();
+    let ids: Vec<u32> = (0..22).map(|i| (i * 37 % 300) as u32 + 4).collect();
+    let (la, _, _) = run(&a, &ids, 2, 11);
+    let (lb, _, _) = run(&b, &ids, 2, 11);
+    assert_close(&format!("{name}: okapi's saved adapter vs PEFT's"), &la, &lb, &LOGITS_F32);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn llama_lora_sft_steps_match_peft() {
+    sft_steps_match_peft("llama_gqa");
+}
+
+#[test]
+fn bloom_lora_sft_steps_match_peft() {
+    sft_steps_match_peft("bloom_6h");
+}
+
+fn sft(out: &Path, extra: &[&str]) -> std::process::Output {
+    let model = fixture("llama_gqa");
+    let data = fixture("sft_data.json");
+    Command::new(BIN).args(["sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "1"]).args(extra).output().unwrap()
+}
+
+fn one_error(o: &std::process::Output, needles: &[&str]) {
+    let e = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "expected a failure: {e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    for n in needles {
+        assert!(lines[0].contains(n), "`{n}` not in {}", lines[0]);
+    }
+}
+
+/// A fresh adapter: A drawn, B zero (so the first forward is the base's), only the adapter
+/// trains, the saved adapter names the targets; bad flags and adapters are one error line.
+#[test]
+fn lora_flags_and_bad_adapters() {
+    let out = tmp("fresh");
+    let o = sft(&out, &["--lora-r", "2", "--lora-targets", "q_proj,down_proj", "--use-rslora", "--warmup-steps", "0", "--lr", "1e-3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = json(&out.join("adapter_config.json"));
+    assert_eq!(cfg["target_modules"], serde_json::json!(["down_proj", "q_proj"]));
+    assert_eq!(cfg["use_rslora"], true);
+    let t = tensors(&out.join("adapter_model.safetensors"));
+    assert_eq!(t.len(), 2 * 2 * 2, "A and B of q_proj and down_proj in both layers");
+    assert!(t.iter().filter(|(k, _)| k.contains("lora_B")).all(|(_, v)| v.iter().any(|&x| x != 0.0)), "one step moved every B off zero");
+    let bad = tmp("bad");
+    one_error(&sft(&bad, &["--lora-r", "2", "--lora-targets", "query_key_value"]), &["--lora-targets", "`query_key_value` matches no module", "q_proj"]);
+    one_error(&sft(&bad, &["--lora-r", "0"]), &["--lora-r 0"]);
+    one_error(&sft(&bad, &["--lora-alpha", "4"]), &["need --lora-r"]);
+    one_error(&sft(&bad, &["--adapter", fixture("lora_bloom_6h/adapter_init").to_str().unwrap()]), &["adapter_config.json: target_modules", "transformer.h.", "matches no module of this llama model"]);
+    one_error(&sft(&bad, &["--adapter", fixture("llama_gqa").to_str().unwrap()]), &["adapter_config.json"]);
+    let ia3 = tmp("ia3");
+    std::fs::create_dir_all(&ia3).unwrap();
+    std::fs::write(ia3.join("adapter_config.json"), r#"{"peft_type": "IA3", "target_modules": ["k_proj"]}"#).unwrap();
+    one_error(&sft(&bad, &["--adapter", ia3.to_str().unwrap()]), &["IA3 adapter", "LoRA"]);
+    one_error(&sft(&bad, &["--adapter", fixture("lora_llama_gqa/adapter_init").to_str().unwrap(), "--lora-r", "8"]), &["--adapter", "drop the --lora-* flags"]);
+    assert!(!bad.join("adapter_model.safetensors").exists() && !bad.join("metrics.jsonl").exists(), "nothing written");
+    for d in [out, bad, ia3] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// `okapi-train merge` folds the adapter into the weights: the merged model computes what the
+/// base with its adapter computed (LLaMA and BLOOM's fused qkv); merging onto the base's own
+/// directory is refused.
+#[test]
+fn merge_gives_the_logits_of_base_plus_adapter() {
+    for name in ["llama_gqa", "bloom_6h"] {
+        let adapter = fixture(&format!("lora_{name}/adapter_after"));
+        let out = tmp(&format!("merged-{name}"));
+        let o = Command::new(BIN).args(["merge", "--model", fixture(name).to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out", out.to_str().unwrap(), "--save-dtype", "f32"]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut with = Model::load(CpuBackend, &fixture(name)).unwrap();
+        with.load_adapter(&adapter).unwrap();
+        let merged = Model::load(CpuBackend, &out).unwrap();
+        assert!(merged.adapters.is_none() && out.join("tokenizer.json").exists());
+        let ids: Vec<u32> = (0..22).map(|i| (i * 53 % 390) as u32 + 4).collect();
+        let (a, _, _) = run(&with, &ids, 2, 11);
+        let (b, _, _) = run(&merged, &ids, 2, 11);
+        assert_close(&format!("{name}: merged vs base + adapter"), &b, &a, &LOGITS_F32);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let o = Command::new(BIN).args(["merge", "--model", fixture("llama_gqa").to_str().unwrap(), "--adapter", fixture("lora_llama_gqa/adapter_after").to_str().unwrap(), "--out", fixture("llama_gqa").to_str().unwrap()]).output().unwrap();
+    one_error(&o, &["--out", "is the --model directory"]);
+}
+
+/// An adapter whose tensors do not have the shapes its config and the base imply.
+#[test]
+fn an_adapter_with_other_shapes_is_refused() {
+    let dir = tmp("shapes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("lora_llama_gqa/adapter_init");
+    std::fs::copy(src.join("adapter_model.safetensors"), dir.join("adapter_model.safetensors")).unwrap();
+    let mut cfg = json(&src.join("adapter_config.json"));
+    cfg["r"] = serde_json::json!(2);
+    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).unwrap();
+    let mut model = Model::load(CpuBackend, &fixture("llama_gqa")).unwrap();
+    let e = model.load_adapter(&dir).unwrap_err().to_string();
+    assert!(e.contains("adapter_model.safetensors") && e.contains("shape [4, 64], but this base model needs [2, 64]"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The reward model and DPO with LoRA: the score head trains beside the adapters (PEFT's
+/// `modules_to_save`) and merges into a reward model; DPO's reference is the base with the
+/// adapters off, so a fresh adapter (B = 0) starts at loss ln 2 and a trained one does not.
+#[test]
+fn reward_and_dpo_train_adapters() {
+    let model = fixture("llama_gqa");
+    let data = fixture("ranking_data.json");
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let rm = tmp("rm");
+    let o = Command::new(BIN).args(["reward", "--model", m, "--data", d, "--out", rm.to_str().unwrap(), "--max-steps", "1", "--lora-r", "2", "--warmup-steps", "0", "--lr", "1e-3"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = json(&rm.join("adapter_config.json"));
+    assert_eq!((cfg["task_type"].as_str(), cfg["modules_to_save"].clone()), (Some("SEQ_CLS"), serde_json::json!(["score"])));
+    assert!(tensors(&rm.join("adapter_model.safetensors")).contains_key("base_model.model.score.weight"));
+    let merged = tmp("rm-merged");
+    let o = Command::new(BIN).args(["merge", "--model", m, "--adapter", rm.to_str().unwrap(), "--out", merged.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(Model::load(CpuBackend, &merged).unwrap().score.is_some(), "the merged reward model has its score head");
+    let dpo = |out: &Path, extra: &[&str]| {
+        let o = Command::new(BIN).args(["dpo", "--model", m, "--data", d, "--out", out.to_str().unwrap(), "--max-steps", "1"]).args(extra).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        metrics(out)[0]["loss"].as_f64().unwrap()
+    };
+    let (fresh, trained) = (tmp("dpo-fresh"), tmp("dpo-trained"));
+    assert!((dpo(&fresh, &["--lora-r", "2"]) - std::f64::consts::LN_2).abs() < 1e-6, "a fresh adapter is the reference: loss ln 2");
+    let adapter = fixture("lora_llama_gqa/adapter_after");
+    let l = dpo(&trained, &["--adapter", adapter.to_str().unwrap()]);
+    assert!((l - std::f64::consts::LN_2).abs() > 1e-4, "a trained adapter differs from its base, the reference: loss {l}");
+    for dir in [rm, merged, fresh, trained] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The memory plan's adapter count is what `add_lora` allocates, and a LoRA run's plan trains
+/// only the adapters with the whole base frozen.
+#[test]
+fn the_plan_counts_the_adapters() {
+    use okapi::model::lora::{LoraConfig, Targets};
+    for (name, targets) in [("llama_gqa", Targets::AllLinear), ("llama_gqa", Targets::Names(vec!["v_proj".into(), "layers.1.mlp.down_proj".into()])), ("bloom_6h", Targets::AllLinear), ("bloom_6h", Targets::Names(vec!["query_key_value".into()]))] {
+        let cfg = LoraConfig { r: 3, alpha: 6.0, dropout: 0.0, targets, rslora: false };
+        let mut model = Model::load(CpuBackend, &fixture(name)).unwrap();
+        model.add_lora(&cfg, 1).unwrap();
+        let allocated: usize = model.lora_params().iter().map(|&i| model.info[i].numel()).sum();
+        assert_eq!(cfg.param_count(&model.cfg), allocated as u128, "{name} {:?}", cfg.targets);
+    }
+    let out = tmp("plan");
+    let o = sft(&out, &["--lora-r", "4", "--lora-targets", "all-linear"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = String::from_utf8_lossy(&o.stderr);
+    // llama_gqa, all-linear, r 4: 2 layers × 4·(q 64+64, k 64+32, v 64+32, o 64+64, gate and up 64+112, down 112+64)
+    let adapters = 2 * 4 * ((64 + 64) + (64 + 32) * 2 + (64 + 64) + (64 + 112) * 3);
+    let kib = |n: usize| format!("{:.1} KiB", (n * 4) as f64 / 1024.0);
+    assert!(e.lines().any(|l| l.contains("trainable weights (f32)") && l.contains(&kib(adapters))), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
+}
