@@ -287,3 +287,49 @@ fn the_plan_counts_the_adapters() {
     assert!(e.lines().any(|l| l.contains("trainable weights (f32)") && l.contains(&kib(adapters))), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `--adapter` on the inference commands computes what the merged model computes: loglik, greedy
+/// generate, score (a reward model's adapter on its causal base) and eval.
+#[test]
+fn inference_commands_apply_an_adapter() {
+    let base = fixture("llama_gqa");
+    let adapter = fixture("lora_llama_gqa/adapter_after");
+    let dir = tmp("infer");
+    std::fs::create_dir_all(&dir).unwrap();
+    let merged = dir.join("merged");
+    let cmd = |args: &[&str]| {
+        let o = Command::new(BIN).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    cmd(&["merge", "--model", &p(&base), "--adapter", &p(&adapter), "--out", &p(&merged), "--save-dtype", "f32"]);
+    let numbers = |text: &str| -> Vec<f64> { text.lines().flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap().as_object().unwrap().values().filter_map(|v| v.as_f64()).collect::<Vec<_>>()).collect() };
+    let data = fixture("llama_gqa/loglik.jsonl");
+    let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));
+    cmd(&["loglik", "--model", &p(&base), "--adapter", &p(&adapter), "--data", &p(&data), "--output", &p(&a)]);
+    cmd(&["loglik", "--model", &p(&merged), "--data", &p(&data), "--output", &p(&b)]);
+    let (na, nb) = (numbers(&std::fs::read_to_string(&a).unwrap()), numbers(&std::fs::read_to_string(&b).unwrap()));
+    assert!(!na.is_empty() && na.len() == nb.len() && na.iter().zip(&nb).all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs())), "loglik {na:?} vs merged {nb:?}");
+    let gen = |model: &Path, extra: &[&str]| String::from_utf8_lossy(&cmd(&[&["generate", "--model", &p(model), "--instruction", "Xin chào", "--temperature", "0", "--max-new-tokens", "8"][..], extra].concat()).stdout).to_string();
+    assert_eq!(gen(&base, &["--adapter", &p(&adapter)]), gen(&merged, &[]), "greedy generation");
+    assert_ne!(gen(&base, &["--adapter", &p(&adapter)]), gen(&base, &[]), "the adapter changes the greedy text (else the test shows nothing)");
+    // eval: the per-item log-likelihoods of base + adapter are the merged model's
+    let items = |model: &Path, extra: &[&str], out: &Path| {
+        cmd(&[&["eval", "--model", &p(model), "--task", "arc", "--data", &p(&fixture("eval/arc_vi.json")), "--limit", "3", "--num-fewshot", "0", "--output", &p(out)][..], extra].concat());
+        numbers(&std::fs::read_to_string(out).unwrap())
+    };
+    let (ea, eb) = (items(&base, &["--adapter", &p(&adapter)], &dir.join("ea.jsonl")), items(&merged, &[], &dir.join("eb.jsonl")));
+    assert!(!ea.is_empty() && ea.len() == eb.len() && ea.iter().zip(&eb).all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs())), "eval {ea:?} vs merged {eb:?}");
+    // score: a reward model's adapter (with its score head) on the causal base
+    let rm = dir.join("rm");
+    cmd(&["reward", "--model", &p(&base), "--data", &p(&fixture("ranking_data.json")), "--out", &p(&rm), "--max-steps", "1", "--lora-r", "2", "--warmup-steps", "0", "--lr", "1e-2"]);
+    let rm_merged = dir.join("rm-merged");
+    cmd(&["merge", "--model", &p(&base), "--adapter", &p(&rm), "--out", &p(&rm_merged), "--save-dtype", "f32"]);
+    let rewards = |extra: &[&str]| -> Vec<f64> {
+        String::from_utf8_lossy(&cmd(&[&["score", "--data", &p(&fixture("ranking_data.json"))][..], extra].concat()).stdout).lines().flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rewards"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>()).collect()
+    };
+    let (ra, rb) = (rewards(&["--model", &p(&base), "--adapter", &p(&rm)]), rewards(&["--model", &p(&rm_merged)]));
+    assert!(!ra.is_empty() && ra.iter().zip(&rb).all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs())), "score {ra:?} vs merged {rb:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,7 +9,6 @@
 //! "pred_norm","gold","task","model","truncated"}` (TruthfulQA adds mc2_logliks, mc1, mc2).
 
 use okapi_data::Tokenizer;
-use okapi_model::Model;
 use okapi_rlhf::eval::{prepare_items, run_eval, EvalConfig, EvalReport, EvalSource, MmluPrompt, Task};
 use okapi_runtime::{Backend, BackendKind};
 use serde_json::{json, Value};
@@ -20,6 +19,10 @@ pub struct EvalArgs {
     /// Hugging Face model directory; several (comma-separated or repeated) run one after another
     #[arg(long, required = true, value_delimiter = ',')]
     pub model: Vec<PathBuf>,
+    /// PEFT LoRA adapters applied to the models, one per --model in order (comma-separated or
+    /// repeated)
+    #[arg(long, value_delimiter = ',')]
+    pub adapter: Vec<PathBuf>,
     /// arc, hellaswag, mmlu or truthfulqa; several comma-separated (arc,hellaswag)
     #[arg(long, required = true, value_delimiter = ',')]
     pub task: Vec<String>,
@@ -161,12 +164,19 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         prepare_items(&config(task), &of_task(&data, task), &of_task(&fewshot, task)).map_err(|e| e.to_string())?;
     }
     let (mut summaries, mut out_lines) = (Vec::<Value>::new(), String::new());
-    for dir in &a.model {
+    if !a.adapter.is_empty() && a.adapter.len() != a.model.len() {
+        return Err(format!("--adapter: {} given for {} --model; give one per model, in the same order", a.adapter.len(), a.model.len()));
+    }
+    for (k, dir) in a.model.iter().enumerate() {
         let tok = Tokenizer::load(dir).map_err(|e| e.to_string())?;
         let model_cfg = okapi_model::ModelConfig::load(dir).map_err(|e| e.to_string())?;
         tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
-        let model = Model::load(be.clone(), dir).map_err(|e| e.to_string())?;
-        let model_name = dir.display().to_string();
+        let adapter = a.adapter.get(k);
+        let model = super::lora_flags::load_with_adapter(be.clone(), dir, adapter.map(PathBuf::as_path))?;
+        let model_name = match adapter {
+            Some(ad) => format!("{}+{}", dir.display(), ad.display()),
+            None => dir.display().to_string(),
+        };
         for &task in &tasks {
             let (srcs, shots, cfg) = (of_task(&data, task), of_task(&fewshot, task), config(task));
             eprintln!("okapi-train eval: {task}, {}-shot, {} file(s), {} ({} params) on {}", cfg.shots(), srcs.len(), dir.display(), model.n_params(), be.name());

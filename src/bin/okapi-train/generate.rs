@@ -11,7 +11,6 @@
 
 use okapi_data::{PromptTemplate, Tokenizer};
 use okapi_model::memory::{kv_cache_bytes, weights_bytes, Need};
-use okapi_model::Model;
 use okapi_rlhf::{generate, Sampling};
 use okapi_runtime::{Backend, BackendKind};
 use std::path::PathBuf;
@@ -21,6 +20,9 @@ pub struct GenerateArgs {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json)
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) applied to the model
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The instruction (Okapi's prompt template)
     #[arg(long)]
     pub instruction: String,
@@ -70,7 +72,7 @@ fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {
     let need = Need::new("generate", "lower --max-new-tokens").device("weights", weights_bytes(&model_cfg)).device("KV cache", kv_cache_bytes(&model_cfg, 1, cap, ids.len()));
     need.check(&be).map_err(|e| e.to_string())?;
     let device = be.name();
-    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    let model = super::lora_flags::load_with_adapter(be, &a.model, a.adapter.as_deref())?;
     eprintln!("okapi-train generate: {} ({} params) on {device}, prompt of {} tokens", a.model.display(), model.n_params(), ids.len());
     if let Some(mp) = model.cfg.max_positions {
         let n = ids.len();

@@ -1,5 +1,4 @@
 use okapi_data::{read_records, LoglikRequest, Tokenizer};
-use okapi_model::Model;
 use okapi_rlhf::score_loglik;
 use okapi_runtime::{Backend, BackendKind};
 use std::path::PathBuf;
@@ -9,6 +8,9 @@ pub struct LoglikArgs {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json)
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) applied to the model
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// JSONL of {"context": str, "continuation": str}
     #[arg(long)]
     pub data: PathBuf,
@@ -47,7 +49,7 @@ fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {
     let model_cfg = okapi_model::ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let device = be.name();
-    let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    let mut model = super::lora_flags::load_with_adapter(be, &a.model, a.adapter.as_deref())?;
     model.head_chunk = a.lm_head_chunk;
     eprintln!("okapi-train loglik: {} requests, {} ({} params) on {device}", reqs.len(), a.model.display(), model.n_params());
     let results = score_loglik(&model, &tok, &reqs, a.batch_size).map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@
 
 use okapi_model::lora::{read_adapter_config, LoraConfig, Targets};
 use okapi_model::{Arch, Model};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct LoraFlags {
@@ -84,4 +84,18 @@ impl LoraFlags {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({ "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout, "lora_targets": self.lora_targets, "use_rslora": self.use_rslora, "adapter": self.adapter })
     }
+}
+
+/// The model of `dir` with the PEFT LoRA adapter `adapter` on it when given: an adapter of a
+/// reward model (task SEQ_CLS) makes a causal-LM base a reward model with the adapter's score
+/// head, as PEFT does.
+pub fn load_with_adapter<B: okapi_runtime::Backend>(be: B, dir: &Path, adapter: Option<&Path>) -> Result<Model<B>, String> {
+    let err = |e: okapi_model::ModelError| e.to_string();
+    let Some(adapter) = adapter else { return Model::load(be, dir).map_err(err) };
+    read_adapter_config(adapter).map_err(err)?;
+    let config = std::fs::read_to_string(adapter.join("adapter_config.json")).map_err(|e| format!("{}: {e}", adapter.display()))?;
+    let seq_cls = serde_json::from_str::<serde_json::Value>(&config).is_ok_and(|v| v["task_type"] == "SEQ_CLS");
+    let mut model = if seq_cls { Model::load_reward(be, dir, 0).map_err(err)? } else { Model::load(be, dir).map_err(err)? };
+    model.load_adapter(adapter).map_err(err)?;
+    Ok(model)
 }

@@ -1,8 +1,7 @@
 //! `okapi-train merge`: a base model and a PEFT LoRA adapter folded into one Hugging Face model
 //! (W + s·B·A), as PEFT's `merge_and_unload()` saves it.
 
-use okapi_model::lora::read_adapter_config;
-use okapi_model::{DType, Model};
+use okapi_model::DType;
 use okapi_runtime::{Backend, BackendKind};
 use std::path::PathBuf;
 
@@ -36,11 +35,7 @@ fn run_on<B: Backend>(be: B, a: &MergeArgs) -> Result<(), String> {
             return Err(format!("--out {}: is the {flag} directory; write the merged model elsewhere", a.out.display()));
         }
     }
-    read_adapter_config(&a.adapter).map_err(err)?;
-    let seq_cls = std::fs::read_to_string(a.adapter.join("adapter_config.json")).ok().and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()).is_some_and(|v| v["task_type"] == "SEQ_CLS");
-    // a reward model's adapter carries its score head: the base becomes a reward model
-    let mut model = if seq_cls { Model::load_reward(be, &a.model, 0).map_err(err)? } else { Model::load(be, &a.model).map_err(err)? };
-    model.load_adapter(&a.adapter).map_err(err)?;
+    let mut model = super::lora_flags::load_with_adapter(be, &a.model, Some(&a.adapter))?;
     let n = model.lora_params().iter().map(|&i| model.info[i].numel()).sum::<usize>();
     model.merge_lora().map_err(err)?;
     let tok = a.model.join("tokenizer.json");

@@ -176,9 +176,12 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
 
 #[derive(clap::Args, Debug)]
 pub struct ScoreArgs {
-    /// Reward model directory (ForSequenceClassification, one label)
+    /// Reward model directory (ForSequenceClassification, one label), or the base of --adapter
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA adapter of a reward model (with its score head) applied to --model
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Records to score: ranking records (every response) or instruction records (the output)
     #[arg(long)]
     pub data: PathBuf,
@@ -211,7 +214,7 @@ fn run_score_on<B: Backend>(be: B, a: &ScoreArgs) -> Result<(), String> {
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model_cfg = ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
-    let model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
+    let model = super::lora_flags::load_with_adapter(be, &a.model, a.adapter.as_deref())?;
     let rewards = score_records(&model, &tok, &records, a.max_len, a.batch_size).map_err(|e| e.to_string())?;
     let lines: String = rewards.iter().map(|r| format!("{}\n", serde_json::json!({ "rewards": r }))).collect();
     match &a.output {
