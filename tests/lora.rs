@@ -333,3 +333,38 @@ fn inference_commands_apply_an_adapter() {
     assert!(!ra.is_empty() && ra.iter().zip(&rb).all(|(x, y)| (x - y).abs() <= 1e-4 * (1.0 + y.abs())), "score {ra:?} vs merged {rb:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The recorded command of a PEFT fixture (`lora_rm`, `lora_dpo`): per-step loss and gradient
+/// norm, and the saved adapter (with the score head for the reward model) against PEFT's.
+fn command_matches_peft(fixture_dir: &str) {
+    let dir = fixture(fixture_dir);
+    let traj = json(&dir.join("trajectory.json"));
+    let out = tmp(fixture_dir);
+    run_cli(traj["argv"].as_array().unwrap(), &out, &[]);
+    let m = metrics(&out);
+    assert_eq!(m.len(), traj["steps"].as_array().unwrap().len());
+    for (got, want) in m.iter().zip(traj["steps"].as_array().unwrap()) {
+        for key in ["loss", "grad_norm"] {
+            let (g, w) = (got[key].as_f64().unwrap(), want[key].as_f64().unwrap());
+            assert!((g - w).abs() <= 1e-4 * w.abs().max(1e-2), "{fixture_dir} step {} {key}: {g} vs PEFT {w}", want["step"]);
+        }
+    }
+    let (got, want) = (tensors(&out.join("adapter_model.safetensors")), tensors(&dir.join("adapter_after/adapter_model.safetensors")));
+    assert_eq!(got.keys().collect::<std::collections::BTreeSet<_>>(), want.keys().collect());
+    for (k, w) in &want {
+        for (i, (a, b)) in got[k].iter().zip(w).enumerate() {
+            assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "{fixture_dir} {k}[{i}] = {a}, PEFT {b}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn reward_model_lora_step_matches_peft_with_its_score_head() {
+    command_matches_peft("lora_rm");
+}
+
+#[test]
+fn dpo_lora_steps_match_peft_with_the_adapter_off_reference() {
+    command_matches_peft("lora_dpo");
+}
