@@ -368,3 +368,82 @@ fn reward_model_lora_step_matches_peft_with_its_score_head() {
 fn dpo_lora_steps_match_peft_with_the_adapter_off_reference() {
     command_matches_peft("lora_dpo");
 }
+
+/// PPO with a LoRA policy: its reference is its own base with the adapters off — no second copy
+/// — and gives the run a separate copy of the base gives (`--reference full`), bit for bit; the
+/// first iteration's KL is 0 (a fresh adapter is the base); the output is the adapter beside
+/// the value head.
+#[test]
+fn ppo_with_lora_uses_the_base_as_its_reference() {
+    let dir = tmp("ppo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"instruction\": \"Say hi\", \"input\": \"\"}\n{\"instruction\": \"Đếm đến ba\", \"input\": \"\"}\n").unwrap();
+    let (policy, rm) = (fixture("llama_gqa"), fixture("rm_llama_gqa/model"));
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.join(name);
+        let args = ["ppo", "--policy", policy.to_str().unwrap(), "--reward", rm.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        // llama_gqa has 64 positions: prompts left-truncated to 40 tokens
+        let more = ["--iterations", "3", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--lr", "1e-2", "--lora-r", "2", "--lora-targets", "all-linear", "--save-dtype", "f32", "--prompt-encoding", "trlx", "--max-prompt-len", "40"];
+        let o = Command::new(BIN).args(args).args(more).args(extra).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        (out, String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (own, log) = run("own-base", &[]);
+    assert!(log.contains("frozen weights") && !log.contains("reference model"), "the plan holds no weights for the reference: {log}");
+    let (copy, _) = run("copy", &["--reference", "full"]);
+    let untimed = |d: &Path| -> Vec<serde_json::Value> {
+        metrics(d)
+            .into_iter()
+            .map(|mut v| {
+                for k in ["time_generate_s", "time_score_s", "time_update_s", "elapsed_s", "rollout_tokens_per_s"] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v
+            })
+            .collect()
+    };
+    let m = untimed(&own);
+    assert_eq!(m, untimed(&copy), "the base with its adapters off is the reference a copy of the base is");
+    assert_eq!(m[0]["kl"].as_f64(), Some(0.0), "a fresh adapter is its base");
+    assert!(m.iter().any(|l| l["kl"].as_f64().unwrap() != 0.0), "the policy moves away from its base");
+    for f in ["adapter_model.safetensors", "adapter_config.json", "value_head.safetensors"] {
+        assert!(std::fs::read(own.join(f)).unwrap() == std::fs::read(copy.join(f)).unwrap(), "{f}");
+    }
+    assert!(!own.join("model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A LoRA run's checkpoint holds its adapter (not the base): SFT and PPO killed while writing
+/// their second checkpoint and resumed end bit-identical to uninterrupted runs.
+#[test]
+fn lora_runs_resume_bit_identically() {
+    let dir = tmp("resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"instruction\": \"Say hi\", \"input\": \"\"}\n{\"instruction\": \"Đếm đến ba\", \"input\": \"\"}\n").unwrap();
+    let (model, data, rm) = (fixture("llama_gqa"), fixture("sft_data.json"), fixture("rm_llama_gqa/model"));
+    let lora = ["--lora-r", "2", "--lora-targets", "all-linear", "--lr", "1e-2", "--save-dtype", "f32"];
+    let commands: [(&str, Vec<&str>, &[&str]); 2] = [
+        ("sft", vec!["sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-steps", "4", "--batch-size", "2", "--warmup-steps", "0"], &["adapter_model.safetensors"]),
+        ("ppo", vec!["ppo", "--policy", model.to_str().unwrap(), "--reward", rm.to_str().unwrap(), "--prompts", prompts.to_str().unwrap(), "--iterations", "4", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--prompt-encoding", "trlx", "--max-prompt-len", "40"], &["adapter_model.safetensors", "value_head.safetensors"]),
+    ];
+    for (name, args, files) in commands {
+        let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| Command::new(BIN).args(&args).args(["--out", out.to_str().unwrap(), "--save-every", "2"]).args(lora).args(extra).envs(env.iter().copied()).output().unwrap();
+        let full = dir.join(format!("{name}-full"));
+        let o = run(&full, &[], &[]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let part = dir.join(format!("{name}-part"));
+        assert!(!run(&part, &[], &[("OKAPI_TEST_CRASH_AT", "2:1")]).status.success(), "{name}: the run must die writing its second checkpoint");
+        assert!(part.join("checkpoint/model/adapter_model.safetensors").exists() && !part.join("checkpoint/model/model.safetensors").exists(), "{name}: the checkpoint holds the adapter");
+        let o = run(&part, &["--resume", part.to_str().unwrap()], &[]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        for f in files {
+            assert!(std::fs::read(part.join(f)).unwrap() == std::fs::read(full.join(f)).unwrap(), "{name}: {f} differs from the uninterrupted run");
+        }
+        // a resume with other adapters is refused
+        let o = run(&dir.join(format!("{name}-x")), &["--resume", part.to_str().unwrap(), "--lora-alpha", "3"], &[]);
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("other modules than this run's adapters"), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

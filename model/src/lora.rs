@@ -295,6 +295,18 @@ impl<B: Backend> Model<B> {
     pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
         let cfg = read_adapter_config(dir)?;
         self.add_lora(&cfg, 0).map_err(|e| ModelError::Other(format!("{}: target_modules: {e}", dir.join("adapter_config.json").display())))?;
+        self.load_adapter_values(dir)
+    }
+
+    /// The values of the adapter in `dir` into the adapters this model already carries (a
+    /// checkpoint of a LoRA run); its settings must be theirs.
+    pub fn load_adapter_values(&mut self, dir: &Path) -> Result<()> {
+        let cfg = read_adapter_config(dir)?;
+        let ours = self.adapters.as_ref().map(|a| a.cfg.clone()).ok_or_else(|| ModelError::Other("the model carries no LoRA adapters".into()))?;
+        let same_targets = self.lora_sites(&cfg.targets) == self.lora_sites(&ours.targets);
+        if (cfg.r, cfg.alpha, cfg.rslora) != (ours.r, ours.alpha, ours.rslora) || !same_targets {
+            return Err(ModelError::Other(format!("{}: r {}, alpha {}, rslora {} on other modules than this run's adapters (r {}, alpha {}, rslora {})", dir.join("adapter_config.json").display(), cfg.r, cfg.alpha, cfg.rslora, ours.r, ours.alpha, ours.rslora)));
+        }
         let file = dir.join("adapter_model.safetensors");
         let tensors = crate::weights::read_tensors(&file)?;
         let bad = |name: &str, msg: String| ModelError::Tensor { path: file.clone(), name: name.to_string(), msg };

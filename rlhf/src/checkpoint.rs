@@ -200,7 +200,11 @@ pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, s
     // a leftover temporary is never needed: `cur` or `old` is complete
     rundir::trash_dir(&tmp)?;
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, tokenizer)?;
+    match model.adapters {
+        // a LoRA run changes only its adapters: the base stays where --model names it
+        Some(_) => crate::trainer::save_adapter(model, &tmp.join("model"), tokenizer)?,
+        None => model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, tokenizer)?,
+    }
     crate::hooks::crash_point("partial");
     rundir::write_synced(&tmp.join("optimizer.safetensors"), &optimizer_bytes(model, opt)?)?;
     for (name, bytes) in extra_files {

@@ -349,18 +349,10 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     fn resume(&mut self) -> Result<(), TrainError> {
         let Some(dir) = &self.cfg.resume else { return Ok(()) };
         let (ckpt, saved) = checkpoint::open_for_resume(dir, &expect(self.obj.command(), &self.state))?;
-        let mut loaded = Model::load(self.model.be.clone(), &ckpt.join("model"))?;
-        if loaded.info.len() != self.model.info.len() {
-            let detail = format!("{} parameters, this model has {}", loaded.info.len(), self.model.info.len());
-            return Err(TrainError::Resume { dir: ckpt, mismatch: ResumeMismatch::Layout { detail } });
-        }
-        for i in 0..loaded.info.len() {
-            if self.model.is_packed(i) {
-                // a frozen weight kept in bf16: packed again from the checkpoint's values
-                self.model.set_host_value(i, &loaded.host_value(i));
-            } else {
-                std::mem::swap(&mut self.model.values[i], &mut loaded.values[i]);
-            }
+        if self.model.adapters.is_some() {
+            self.model.load_adapter_values(&ckpt.join("model"))?;
+        } else {
+            self.load_weights(&ckpt)?;
         }
         checkpoint::load_optimizer(&ckpt, &self.model, &mut self.opt)?;
         self.state = saved;
@@ -372,6 +364,24 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             eprintln!("{}: the run had finished (step {} of {}): nothing left to train; saving its final model again", ckpt.display(), self.state.step, self.state.total_steps);
         } else {
             eprintln!("resuming from {} at step {}/{}", ckpt.display(), self.state.step, self.state.total_steps);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint's HF-layout weights into the model.
+    fn load_weights(&mut self, ckpt: &Path) -> Result<(), TrainError> {
+        let mut loaded = Model::load(self.model.be.clone(), &ckpt.join("model"))?;
+        if loaded.info.len() != self.model.info.len() {
+            let detail = format!("{} parameters, this model has {}", loaded.info.len(), self.model.info.len());
+            return Err(TrainError::Resume { dir: ckpt.to_path_buf(), mismatch: ResumeMismatch::Layout { detail } });
+        }
+        for i in 0..loaded.info.len() {
+            if self.model.is_packed(i) {
+                // a frozen weight kept in bf16: packed again from the checkpoint's values
+                self.model.set_host_value(i, &loaded.host_value(i));
+            } else {
+                std::mem::swap(&mut self.model.values[i], &mut loaded.values[i]);
+            }
         }
         Ok(())
     }
@@ -493,7 +503,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             let dtype = self.cfg.save_dtype.unwrap_or(self.model.cfg.dtype);
             match self.model.adapters {
                 // a LoRA run's result is its adapter (PEFT's layout), the base untouched
-                Some(_) => save_adapter(&self.model, &out)?,
+                Some(_) => save_adapter(&self.model, out.dir, out.tokenizer)?,
                 None => self.model.save(out.dir, dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, out.tokenizer)?,
             }
         }
@@ -503,10 +513,10 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
 
 /// A LoRA run's output: adapter_config.json and adapter_model.safetensors, beside the base's
 /// tokenizer.json.
-fn save_adapter<B: Backend>(model: &Model<B>, out: &RunDir) -> Result<(), TrainError> {
-    model.save_adapter(out.dir, &model.cfg.path)?;
-    if let Some(tok) = out.tokenizer {
-        let dst = out.dir.join("tokenizer.json");
+pub(crate) fn save_adapter<B: Backend>(model: &Model<B>, dir: &Path, tokenizer: Option<&Path>) -> Result<(), TrainError> {
+    model.save_adapter(dir, &model.cfg.path)?;
+    if let Some(tok) = tokenizer {
+        let dst = dir.join("tokenizer.json");
         if tok != dst {
             let bytes = std::fs::read(tok).map_err(crate::error::io(tok))?;
             okapi_model::weights::write_atomic(&dst, &bytes)?;

@@ -190,11 +190,13 @@ impl<B: Backend> Critic<B> {
     }
 }
 
-/// The models of a PPO run: the policy (trained), its frozen reference, the reward model, and
-/// an optional separate critic (else the policy carries a value head).
+/// The models of a PPO run: the policy (trained), its frozen reference (or, with LoRA, the
+/// policy's own base), the reward model, and an optional separate critic (else the policy
+/// carries a value head).
 pub struct PpoModels<'a, B: Backend> {
     pub policy: Model<B>,
-    pub reference: &'a Model<B>,
+    /// the frozen reference; `None` with a LoRA policy: its base, the adapters switched off
+    pub reference: Option<&'a Model<B>>,
     pub reward: &'a Model<B>,
     pub critic: Option<Critic<B>>,
 }

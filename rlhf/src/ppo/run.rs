@@ -44,7 +44,8 @@ struct Times {
 /// One PPO run (see [`run_ppo`]).
 pub struct Ppo<'a, B: Backend> {
     policy: Model<B>,
-    reference: &'a Model<B>,
+    /// `None`: the policy's base with its LoRA adapters off
+    reference: Option<&'a Model<B>>,
     reward: &'a Model<B>,
     critic: Option<CriticState<B>>,
     prompts: &'a [Vec<u32>],
@@ -100,11 +101,15 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let mut trunk_mask = mask.clone();
         policy.emb_ln.iter().flat_map(|ln| [Some(ln.w), ln.b]).flatten().for_each(|i| trunk_mask[i] = false);
         let shared = policy.frozen_trunk_depth(&trunk_mask);
-        if reference.first_block() > shared {
-            return Err(TrainError::Setting {
-                setting: "--unfrozen-layers",
-                problem: format!("the reference holds only blocks {} and up (hydra), but the policy trains blocks below it (its frozen trunk is {shared} blocks deep)", reference.first_block()),
-            });
+        match reference {
+            Some(r) if r.first_block() > shared => {
+                return Err(TrainError::Setting {
+                    setting: "--unfrozen-layers",
+                    problem: format!("the reference holds only blocks {} and up (hydra), but the policy trains blocks below it (its frozen trunk is {shared} blocks deep)", r.first_block()),
+                });
+            }
+            None if policy.adapters.is_none() => return Err(TrainError::Setting { setting: "reference", problem: "only a LoRA policy can be its own reference (its adapters off)".into() }),
+            _ => {}
         }
         let grads = policy.new_grads(|i| mask[i]);
         let opt = Optimizer::new(&policy, &grads, cfg.adam);
@@ -119,7 +124,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         });
         Ok(Ppo {
             pol_bufs: PpoBufs::new(&policy, cap_b, cap_t, io.pad),
-            ref_bufs: PpoBufs::new(reference, chunk, cap_t, io.pad),
+            ref_bufs: PpoBufs::new(reference.unwrap_or(&policy), chunk, cap_t, io.pad),
             policy,
             reference,
             reward,
@@ -177,8 +182,11 @@ impl<'a, B: Backend> Ppo<'a, B> {
         Ok(())
     }
 
-    /// The trunk and LM head from the checkpoint's HF-layout model.
+    /// The trunk and LM head from the checkpoint's HF-layout model (a LoRA policy: its adapters).
     fn load_trunk(&mut self, ckpt: &Path) -> Result<(), TrainError> {
+        if self.policy.adapters.is_some() {
+            return Ok(self.policy.load_adapter_values(&ckpt.join("model"))?);
+        }
         let trunk = Model::load(self.policy.be.clone(), &ckpt.join("model"))?;
         for (j, info) in trunk.info.iter().enumerate() {
             let Some(i) = self.policy.info.iter().position(|p| p.name == info.name && p.numel() == info.numel()) else {
@@ -252,12 +260,23 @@ impl<'a, B: Backend> Ppo<'a, B> {
             let refs: Vec<&Rollout> = idx.iter().map(|&i| &rollouts[i]).collect();
             let k3 = self.cfg.kl_control == KlControl::Trlx;
             let (mut pe, _, _) = self.pol_bufs.eval_from(&self.policy, &refs, false, k3, None)?;
-            // a hydra reference starts from the policy's frozen trunk, computed once above
-            let from = match self.reference.first_block() {
-                0 => None,
-                start => Some((start, &self.pol_bufs.acts.x[start])),
+            let re = match self.reference {
+                Some(reference) => {
+                    // a hydra reference starts from the policy's frozen trunk, computed once above
+                    let from = match reference.first_block() {
+                        0 => None,
+                        start => Some((start, &self.pol_bufs.acts.x[start])),
+                    };
+                    self.ref_bufs.eval_from(reference, &refs, false, k3, from)?.0
+                }
+                None => {
+                    // LoRA: the policy's base is the reference, no second copy of the weights
+                    self.policy.lora_disabled = true;
+                    let re = self.ref_bufs.eval_from(&self.policy, &refs, false, k3, None);
+                    self.policy.lora_disabled = false;
+                    re?.0
+                }
             };
-            let (re, _, _) = self.ref_bufs.eval_from(self.reference, &refs, false, k3, from)?;
             if let Some(c) = self.critic.as_mut() {
                 pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
             }
@@ -416,7 +435,11 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let Some(out) = self.out else { return Ok((self.policy, self.summary)) };
         let dtype = self.cfg.save_dtype.unwrap_or(self.policy.cfg.dtype);
         let max_shard = okapi_model::DEFAULT_MAX_SHARD_BYTES;
-        self.policy.save(out, dtype, max_shard, self.io.tokenizer)?;
+        match self.policy.adapters {
+            // a LoRA policy's result is its adapter (PEFT's layout) beside the value head
+            Some(_) => crate::trainer::save_adapter(&self.policy, out, self.io.tokenizer)?,
+            None => self.policy.save(out, dtype, max_shard, self.io.tokenizer)?,
+        }
         match &self.critic {
             Some(c) => {
                 let dir = out.join("critic");

@@ -282,7 +282,7 @@ impl<B: Backend> Demo<'_, B> {
         let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
         let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path) };
         let out = self.a.out.join("ppo");
-        let (_, s) = run_ppo(PpoModels { policy, reference: &reference, reward: rm, critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
+        let (_, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: rm, critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
         let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
         let kmax = s.kls.iter().cloned().fold(0.0, f64::max);
         println!("ppo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}, KL to the SFT model at most {kmax:.3}", s.iterations, t.elapsed().as_secs_f64());

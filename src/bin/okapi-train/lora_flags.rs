@@ -65,18 +65,21 @@ impl LoraFlags {
     }
 
     /// Puts the adapters on a loaded base (before the memory flags, which then keep the frozen
-    /// base in bf16 when asked); checkpoints and resumes of LoRA runs are not built yet.
+    /// base in bf16 when asked).
     pub fn apply_to<B: okapi_runtime::Backend>(&self, model: &mut Model<B>, cfg: &okapi_rlhf::TrainConfig) -> Result<(), String> {
+        self.apply(model, cfg.seed)
+    }
+
+    /// [`LoraFlags::apply_to`] with the run's seed (a resume then reads the checkpoint's
+    /// adapter values into these adapters).
+    pub fn apply<B: okapi_runtime::Backend>(&self, model: &mut Model<B>, seed: u64) -> Result<(), String> {
         let Some(lora) = self.config(model.cfg.arch)? else { return Ok(()) };
         if lora.dropout > 0.0 {
             return Err(format!("--lora-dropout {}: dropout on the adapter's input is not built yet (0 only)", lora.dropout));
         }
-        if cfg.save_every.is_some() || cfg.resume.is_some() {
-            return Err("--save-every / --resume: checkpoints of LoRA runs are not built yet".into());
-        }
         match &self.adapter {
             Some(dir) => model.load_adapter(dir).map_err(|e| e.to_string()),
-            None => model.add_lora(&lora, cfg.seed).map_err(|e| format!("--lora-targets: {e}")),
+            None => model.add_lora(&lora, seed).map_err(|e| format!("--lora-targets: {e}")),
         }
     }
 

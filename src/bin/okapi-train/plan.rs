@@ -72,6 +72,8 @@ pub struct PlanArgs {
     pub reference: String,
     #[command(flatten)]
     pub memory: MemoryFlags,
+    #[command(flatten)]
+    pub lora: super::lora_flags::LoraFlags,
     /// The backend whose free memory the plan is compared with: auto, cpu, wgpu or cuda
     #[arg(long, default_value = "cpu")]
     pub backend: BackendKind,
@@ -159,17 +161,16 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             if a.command == PlanCommand::Reward {
                 model.head = okapi_model::Head::Score;
             }
-            let trainable = model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
+            let (trainable, t) = super::train_flags::trained_params(&model, cfg.unfrozen_layers, &a.memory, &a.lora)?;
             // DPO holds a chosen and a rejected sequence per pair
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
-            let t = a.memory.techniques(&model, cfg.unfrozen_layers);
             let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");
             Need { what: format!("{:?}", a.command).to_lowercase(), ..need }
         }
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory })?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory, lora: &a.lora })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

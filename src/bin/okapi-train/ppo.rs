@@ -159,6 +159,10 @@ pub struct PpoArgs {
     pub reference: String,
     #[command(flatten)]
     pub memory: MemoryFlags,
+    /// LoRA on the policy: the reference is its base with the adapters off (--reference hydra),
+    /// or a separate copy of the base (--reference full)
+    #[command(flatten)]
+    pub lora: super::lora_flags::LoraFlags,
     /// Write a few samples to samples.jsonl every N iterations
     #[arg(long)]
     pub samples_every: Option<u64>,
@@ -197,7 +201,8 @@ impl PpoArgs {
             reward_clip: self.reward_clip.unwrap_or(r.reward_clip),
             lr: self.lr.unwrap_or(r.lr),
             max_grad_norm: self.max_grad_norm.unwrap_or(r.max_grad_norm),
-            unfrozen_layers: self.unfrozen_layers.or(r.unfrozen_layers),
+            // with LoRA the recipe's layer freezing gives way to the adapters (the flag does not)
+            unfrozen_layers: self.unfrozen_layers.or(r.unfrozen_layers.filter(|_| !self.lora.requested())),
             seed: self.seed.unwrap_or(r.seed),
             save_every: self.save_every.or(r.save_every),
             resume: self.resume.clone(),
@@ -343,6 +348,9 @@ pub struct PpoMemory<'a> {
     /// the memory techniques; `--frozen-bf16` also puts every block of the reference and the
     /// reward model in bf16
     pub flags: &'a MemoryFlags,
+    /// LoRA on the policy: the adapters and the value head train, and with `hydra` the
+    /// reference is the policy's base (no weights of its own)
+    pub lora: &'a super::lora_flags::LoraFlags,
 }
 
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
@@ -352,7 +360,8 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     use okapi_model::memory::{activation_bytes_with, block_linear_params, kv_cache_bytes, training_run_need, weights_bytes_with, Techniques};
     let l = policy.n_layers;
     let top = cfg.unfrozen_layers.unwrap_or(l).min(l);
-    let t = o.flags.techniques(policy, cfg.unfrozen_layers);
+    let (policy_trained, t) = super::train_flags::trained_params(policy, cfg.unfrozen_layers, o.flags, o.lora)?;
+    let lora = t.adapters > 0;
     let frozen_bf16 = o.flags.frozen_bf16;
     let all_bf16 = |m: &ModelConfig| if frozen_bf16 { m.n_layers } else { 0 };
     let (separate_critic, hydra) = (o.separate_critic, o.hydra);
@@ -372,9 +381,13 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         (false, ValueHeadKind::Linear) => (c + 1, 0),
         (false, ValueHeadKind::Mlp) => (2 * c * c + 3 * c + 1, 2 * c),
     };
-    let trainable = policy.trainable_count(cfg.unfrozen_layers).map_err(err)?.saturating_add(value_params);
+    let trainable = policy_trained.saturating_add(value_params);
+    // the value head (like LoRA's adapters) trains beside the base, not in place of its weights
+    let t = Techniques { adapters: t.adapters.saturating_add(value_params), ..t };
     let chunk_rows = chunk.saturating_mul(cap_t);
     let reference = match (hydra, cfg.unfrozen_layers) {
+        // LoRA: the reference is the policy's base with the adapters off
+        (true, _) if lora => 0,
         // the top blocks, the final norm and the head (the embedding when it is the head)
         (true, Some(_)) => {
             let tied = if policy.tie_word_embeddings { policy.vocab_size as u128 * policy.hidden_size as u128 } else { 0 };
@@ -383,7 +396,11 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
         }
         _ => weights_bytes_with(policy, all_bf16(policy)),
     };
-    let reference_label = if hydra && cfg.unfrozen_layers.is_some() { "reference model (hydra: top blocks and head)" } else { "reference model" };
+    let reference_label = match (hydra, cfg.unfrozen_layers.is_some() || lora) {
+        (true, true) if lora => "reference model (LoRA: the policy's base, adapters off)",
+        (true, true) => "reference model (hydra: top blocks and head)",
+        _ => "reference model",
+    };
     let mut need = training_run_need(policy, trainable, rows, t, MINIBATCH)
         .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
         .device_lowered_by("reward model", weights_bytes_with(rm, all_bf16(rm)), if frozen_bf16 { "" } else { "--frozen-bf16" })
@@ -409,7 +426,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
 
 impl PpoArgs {
     fn memory(&self) -> PpoMemory<'_> {
-        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", flags: &self.memory }
+        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", flags: &self.memory, lora: &self.lora }
     }
 }
 
@@ -438,16 +455,19 @@ fn load_model<B: Backend>(be: &B, a: &PpoArgs, dir: &std::path::Path) -> Result<
     Ok(m)
 }
 
-/// The policy, its reference and the reward model.
-type Trio<B> = (Model<B>, Model<B>, Model<B>);
+/// The policy, its reference (`None`: a LoRA policy's own base) and the reward model.
+type Trio<B> = (Model<B>, Option<Model<B>>, Model<B>);
 
 /// The policy, its reference and the reward model, loaded and set up as the memory flags say:
 /// frozen weights in bf16, the forward-only models with one block's activation arena, the hydra
 /// reference holding only the top `--unfrozen-layers` blocks.
 fn load_models<B: Backend>(be: &B, a: &PpoArgs, cfg: &PpoConfig) -> Result<Trio<B>, String> {
     let mut policy = load_model(be, a, &a.policy)?;
+    a.lora.apply(&mut policy, cfg.seed)?;
     policy.lm_head().map_err(err)?;
-    let mut reference = load_model(be, a, &a.policy)?;
+    // with LoRA (and --reference hydra) the reference is the policy's base, its adapters off
+    let lora_reference = policy.adapters.is_some() && a.reference == "hydra";
+    let mut reference = if lora_reference { None } else { Some(load_model(be, a, &a.policy)?) };
     let mut rm = load_model(be, a, &a.reward)?;
     if rm.score.is_none() {
         return Err(format!("{}: not a reward model (expected *ForSequenceClassification in config.json)", a.reward.display()));
@@ -456,14 +476,17 @@ fn load_models<B: Backend>(be: &B, a: &PpoArgs, cfg: &PpoConfig) -> Result<Trio<
         let mask = policy.trainable_mask_with(cfg.unfrozen_layers, cfg.train_embedding_norm).map_err(err)?;
         policy.freeze_in_bf16(&mask);
         // the reference and the reward model never train: every block
-        for m in [&mut reference, &mut rm] {
+        for m in reference.iter_mut().chain([&mut rm]) {
             let none = vec![false; m.info.len()];
             m.freeze_in_bf16(&none);
         }
     }
-    (reference.grad_checkpointing, rm.grad_checkpointing) = (true, true);
-    if let (true, Some(n)) = (a.reference == "hydra", cfg.unfrozen_layers) {
-        reference.release_below(reference.cfg.n_layers - n.min(reference.cfg.n_layers));
+    rm.grad_checkpointing = true;
+    if let Some(r) = reference.as_mut() {
+        r.grad_checkpointing = true;
+        if let (true, Some(n)) = (a.reference == "hydra", cfg.unfrozen_layers) {
+            r.release_below(r.cfg.n_layers - n.min(r.cfg.n_layers));
+        }
     }
     Ok((policy, reference, rm))
 }
@@ -510,7 +533,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
         Ok(ids)
     };
     let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: Some(&tok.path) };
-    let models = PpoModels { policy, reference: &reference, reward: &rm, critic };
+    let models = PpoModels { policy, reference: reference.as_ref(), reward: &rm, critic };
     let (_, s) = run_ppo(models, &prompts, &cfg, &io, Some(&a.out)).map_err(err)?;
     let (first, last) = (|v: &[f64]| v.first().copied(), |v: &[f64]| v.last().copied());
     match (first(&s.scores), last(&s.scores), first(&s.kls), last(&s.kls)) {
@@ -530,7 +553,7 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
         "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
         "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
-        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed,
+        "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "lora": a.lora.json(),
         "prompt_encoding": c.prompt_encoding.as_str(), "max_prompt_len": c.max_prompt_len, "value_head": c.value_head.as_str(), "whiten": c.whiten.as_str(),
         "loss_norm": c.loss.norm.as_str(), "kl_control": c.kl_control.as_str(), "train_embedding_norm": c.train_embedding_norm, "reference": a.reference, "memory": a.memory.json(),
     })

@@ -196,7 +196,8 @@ impl TrainFlags {
             max_len: self.max_len.unwrap_or(r.max_len),
             mask_prompt: if self.no_mask_prompt { false } else { self.mask_prompt || r.mask_prompt },
             val_fraction: self.val_fraction.unwrap_or(r.val_fraction),
-            unfrozen_layers: self.unfrozen_layers.or(r.unfrozen_layers),
+            // with LoRA the recipe's layer freezing gives way to the adapters (the flag does not)
+            unfrozen_layers: self.unfrozen_layers.or(r.unfrozen_layers.filter(|_| !self.lora.requested())),
             seed: self.seed.unwrap_or(r.seed),
             shuffle: !self.no_shuffle && r.shuffle,
             eval_every: self.eval_every.or(r.eval_every),
@@ -292,21 +293,25 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// batch of tokens it will see. A run that fits prints its memory plan; one that does not is
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
-    let (trainable, techniques) = match flags.lora.config(model.arch)? {
-        // LoRA: the adapters (and a reward model's score head) train; the whole base is frozen
-        Some(lora) => {
-            let adapters = lora.param_count(model);
-            let score = if model.head == okapi_model::Head::Score { model.hidden_size as u128 } else { 0 };
-            let base_frozen = flags.memory.techniques(model, Some(0));
-            (adapters + score, okapi_model::memory::Techniques { adapters, ..base_frozen })
-        }
-        None => (model.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?, flags.memory.techniques(model, cfg.unfrozen_layers)),
-    };
+    let (trainable, techniques) = trained_params(model, cfg.unfrozen_layers, &flags.memory, &flags.lora)?;
     let need = okapi_model::memory::training_run_need(model, trainable, rows, techniques, "lower --batch-size or --max-len");
     let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;
     eprint!("{}", need.table(be));
     Ok(())
+}
+
+/// The parameters a run trains and its memory techniques: the top `unfrozen` layers (and the
+/// heads), or with LoRA the adapters (and a reward model's score head) on a wholly frozen base.
+pub fn trained_params(model: &okapi_model::ModelConfig, unfrozen: Option<usize>, memory: &MemoryFlags, lora: &super::lora_flags::LoraFlags) -> Result<(u128, okapi_model::memory::Techniques), String> {
+    Ok(match lora.config(model.arch)? {
+        Some(lora) => {
+            let adapters = lora.param_count(model);
+            let score = if model.head == okapi_model::Head::Score { model.hidden_size as u128 } else { 0 };
+            (adapters + score, okapi_model::memory::Techniques { adapters, ..memory.techniques(model, Some(0)) })
+        }
+        None => (model.trainable_count(unfrozen).map_err(|e| e.to_string())?, memory.techniques(model, unfrozen)),
+    })
 }
 
 /// With `--resume`: the checks that need no model or data (a checkpoint of this command with
