@@ -69,6 +69,21 @@ fn train_bloom_tiny() {
     check_train("bloom");
 }
 
+/// `--lora-r`: only the adapters (all-linear, r·(d_in + d_out) per linear) train; the peak
+/// memory is reported.
+#[test]
+fn train_with_lora_trains_the_adapters_only() {
+    let full = result(&["train", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1", "--threads", "2"]);
+    let lora = result(&["train", "--preset", "tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "2", "--warmup", "1", "--threads", "2", "--lora-r", "4"]);
+    assert_eq!(num(&full, "trainable_params"), num(&full, "params"));
+    // tiny: C 128, F 344, 4 layers, MHA: q, k, v, o 128 + 128; gate, up 128 + 344; down 344 + 128
+    let adapters = 4.0 * 4.0 * (4.0 * 256.0 + 3.0 * 472.0);
+    assert_eq!(num(&lora, "trainable_params"), adapters);
+    assert_eq!(num(&lora, "params"), num(&full, "params") + adapters);
+    positive(&lora, &["peak_rss_mib", "tokens_per_s", "loss_last"]);
+    assert_eq!(lora["lora_r"].as_u64(), Some(4));
+}
+
 #[test]
 fn generate_llama_tiny() {
     let (b, t, k) = (2usize, 8usize, 6usize);

@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// Seed of the model's initialisation and of the token ids
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Train LoRA adapters of this rank on every linear layer (all-linear, α = 2r) instead of
+    /// the weights (train)
+    #[arg(long)]
+    pub lora_r: Option<usize>,
 }
 
 /// The AdamW settings of a bench train step (SFT's recipe; the lr is `--lr`, constant).
@@ -74,7 +78,7 @@ pub const BENCH_ADAMW: AdamWConfig = AdamWConfig { beta1: 0.9, beta2: 0.95, eps:
 /// Global gradient-norm clipping of a bench train step (SFT's).
 pub const BENCH_MAX_GRAD_NORM: f64 = 1.0;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Train,
     Generate,
@@ -82,7 +86,9 @@ enum Mode {
 
 /// Model FLOPs of one training step (forward + backward) at batch `b` × `t` tokens: matrix
 /// weights of the blocks `6·P_blocks·tokens` + LM head `6·C·V·tokens` + causal attention
-/// `12·L·B·T²·C/2` (the convention of `benches/train_step.rs`).
+/// `12·L·B·T²·C/2` (the convention of `benches/train_step.rs`). With LoRA the frozen weights
+/// get no weight gradient (4· instead of 6· for the blocks and the head) and the adapters add
+/// `6·A·tokens` for their A parameters.
 pub fn train_step_flops<B: Backend>(model: &Model<B>, b: usize, t: usize) -> f64 {
     let cfg = &model.cfg;
     let (l, c, v) = (cfg.n_layers as f64, cfg.hidden_size as f64, cfg.vocab_size as f64);
@@ -94,7 +100,14 @@ pub fn train_step_flops<B: Backend>(model: &Model<B>, b: usize, t: usize) -> f64
         .map(|lin| lin.d_in * lin.d_out)
         .sum();
     let tokens = (b * t) as f64;
-    6.0 * p_blocks as f64 * tokens + 6.0 * c * v * tokens + 12.0 * l * b as f64 * (t * t) as f64 * c / 2.0
+    let attention = 12.0 * l * b as f64 * (t * t) as f64 * c / 2.0;
+    match model.adapters {
+        None => 6.0 * p_blocks as f64 * tokens + 6.0 * c * v * tokens + attention,
+        Some(_) => {
+            let adapters: usize = model.lora_params().iter().map(|&i| model.info[i].numel()).sum();
+            4.0 * p_blocks as f64 * tokens + 4.0 * c * v * tokens + attention + 6.0 * adapters as f64 * tokens
+        }
+    }
 }
 
 /// Median (mean of the two middle values for an even count).
@@ -155,7 +168,11 @@ fn bench_on<B: Backend>(be: B, cfg: okapi_model::ModelConfig, a: &BenchArgs, mod
     let threads = rayon::current_num_threads();
     let device = be.name();
     bench_memory(&cfg, a, mode).check(&be).map_err(|e| e.to_string())?;
-    let model = Model::init(be, cfg, a.seed);
+    let mut model = Model::init(be, cfg, a.seed);
+    if let Some(r) = a.lora_r.filter(|_| mode == Mode::Train) {
+        let lora = okapi_model::lora::LoraConfig { r, alpha: 2.0 * r as f64, dropout: 0.0, targets: okapi_model::lora::Targets::AllLinear, rslora: false };
+        model.add_lora(&lora, a.seed).map_err(|e| e.to_string())?;
+    }
     eprintln!(
         "bench {}: {} {} ({} params; C={} L={} H={} F={} V={}) on {device}",
         a.mode,
@@ -185,6 +202,13 @@ fn bench_memory(cfg: &okapi_model::ModelConfig, a: &BenchArgs, mode: Mode) -> Ne
             .device("weights", weights_bytes(cfg))
             .device("KV cache", kv_cache_bytes(cfg, a.batch_size, a.seq_len.saturating_add(a.new_tokens), a.seq_len)),
     }
+}
+
+/// The process's peak resident memory (VmHWM of /proc/self/status) in MiB; `None` off Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// "cpu", "wgpu" or "cuda": the first word of the backend's name.
@@ -229,7 +253,9 @@ impl<B: Backend> TrainBench<B> {
         let labels: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
         let targets = shift_labels(&labels, b, t);
         let n_targets = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
-        let grads = model.new_grads(|_| true);
+        // everything trains, or with LoRA the adapters
+        let mask = model.trainable_mask(None).expect("no --unfrozen-layers");
+        let grads = model.new_grads(|i| mask[i]);
         let opt = Optimizer::new(&model, &grads, BENCH_ADAMW);
         TrainBench { acts: model.new_acts(b, t), scratch: model.new_scratch(b, t), bufs: LossBufs::new(&model.be, b * t), model, tokens, targets, n_targets, grads, opt }
     }
@@ -301,7 +327,9 @@ fn bench_train<B: Backend>(model: Model<B>, a: &BenchArgs, threads: usize) -> Re
         "step_ms_median": ms(med), "step_ms_min": ms(min(&p.step)), "tokens_per_s": n / med, "gflop_per_step": flop / 1e9, "gflops": flop / med / 1e9,
         "fwd_ms_median": ms(median(&p.fwd)), "loss_ms_median": ms(median(&p.loss)), "bwd_ms_median": ms(median(&p.bwd)),
         "opt_ms_median": ms(median(&p.optim)), "zero_ms_median": ms(median(&p.zero)),
-        "lr": a.lr, "loss_first": loss_first, "loss_last": loss_last,
+        "lr": a.lr, "loss_first": loss_first, "loss_last": loss_last, "lora_r": a.lora_r,
+        "trainable_params": tb.model.trainable_mask(None).map(|m| m.iter().zip(&tb.model.info).filter(|(t, _)| **t).map(|(_, p)| p.numel()).sum::<usize>()).unwrap_or(0),
+        "peak_rss_mib": peak_rss_mib(),
     }))
 }
 
