@@ -445,6 +445,27 @@ fn matmul_edges<B: Backend>(be: &B, t: &Tols) {
     }
 }
 
+/// The thin products of a LoRA layer (model/src/lora.rs) at ranks 1, 8 and 16 on odd shapes:
+/// u = x·Aᵀ, out += s·u·Bᵀ; dB += s·dyᵀ·u, du = s·dy·B, dA += duᵀ·x, dx += du·A; and the
+/// merge W += s·B·A.
+fn matmul_lora<B: Backend>(be: &B, t: &Tols) {
+    let mut rng = Rng::new(13);
+    for (n, d_in, d_out, r, s) in [(37, 65, 130, 1, 2.0), (128, 64, 176, 8, 0.5), (301, 257, 33, 16, 1.0 / 4.0f32.sqrt())] {
+        let cases = [
+            Gemm::new(n, r, d_in).trans_b(),
+            Gemm::new(n, d_out, r).trans_b().accumulate().alpha(s),
+            Gemm::new(d_out, r, n).trans_a().accumulate().alpha(s),
+            Gemm::new(n, r, d_out).alpha(s),
+            Gemm::new(r, d_in, n).trans_a().accumulate(),
+            Gemm::new(n, d_in, r).accumulate(),
+            Gemm::new(d_out, d_in, r).accumulate().alpha(s),
+        ];
+        for g in cases {
+            matmul_case(be, t, &mut rng, g);
+        }
+    }
+}
+
 fn matmul_case<B: Backend>(be: &B, t: &Tols, rng: &mut Rng, g: Gemm) {
     let p = Pair::new(be);
     let (ea, eb, ec) = g.extents();
@@ -962,7 +983,7 @@ macro_rules! conformance {
             use super::*;
             conformance!(@ops $make, $tols, [$(ignore = $why)?];
                 memory, fill, copy, copy_range, unpack_bf16, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
-                matmul, matmul_edges, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, relu,
+                matmul, matmul_edges, matmul_lora, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, relu,
                 softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }
     };
