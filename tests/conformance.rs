@@ -24,7 +24,7 @@ mod common;
 
 use okapi::kernels::rope::{rope_inv_freq, RopeScaling};
 use okapi::model::Rng;
-use okapi::runtime::{AdamW, AttnGrads, AttnInputs, AttnShape, Backend, CpuBackend, CudaBackend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, Precision, RmsNormBwd, RmsNormFwd, RopeShape, Rows, IGNORE_INDEX};
+use okapi::runtime::{AdamW, AttnGrads, AttnInputs, AttnShape, Backend, CpuBackend, CudaBackend, Dropout, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, Precision, RmsNormBwd, RmsNormFwd, RopeShape, Rows, IGNORE_INDEX};
 
 // ---- tolerances -----------------------------------------------------------------------------
 
@@ -770,6 +770,90 @@ fn relu<B: Backend>(be: &B, t: &Tols) {
     }
 }
 
+/// Dropout's mask and values written out from the definition (okapi-kernels' `Dropout`):
+/// (threshold, scale, kept mask, out after `=` or `+=` into `start`).
+fn dropout_reference(x: &[f32], start: &[f32], seed: u64, prob: f32, accumulate: bool) -> (u32, f32, Vec<bool>, Vec<f32>) {
+    fn mix(mut x: u32) -> u32 {
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7feb352d);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846ca68b);
+        x ^= x >> 16;
+        x
+    }
+    let threshold = (prob as f64 * 2f64.powi(32)).round().min(u32::MAX as f64) as u32;
+    let scale = (1.0 / (1.0 - prob as f64)) as f32;
+    let key = mix((seed as u32) ^ mix((seed >> 32) as u32));
+    let kept: Vec<bool> = (0..x.len()).map(|i| mix(i as u32 ^ key) >= threshold).collect();
+    let out = (0..x.len())
+        .map(|i| {
+            let v = if kept[i] { x[i] * scale } else { 0.0 };
+            if accumulate {
+                start[i] + v
+            } else {
+                v
+            }
+        })
+        .collect();
+    (threshold, scale, kept, out)
+}
+
+/// Equal bits, or both NaN (a NaN's payload is the device's).
+fn same_bits(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// A mask and one multiply: bit-for-bit on every backend, sign of zero included. The CPU is
+/// checked against the definition first (dropped NaN / ±inf give +0, `+=` adds the rounded
+/// product), p = 0 keeps everything with scale 1, and over 100 003 elements the kept fraction
+/// lies within 3 standard deviations of 1 − p.
+fn dropout<B: Backend>(be: &B, t: &Tols) {
+    let p = Pair::new(be);
+    let mut rng = Rng::new(36);
+    // the last seed has both 32-bit halves non-zero
+    for seed in [0u64, 7, 0x9e37_79b9_7f4a_7c15] {
+        for n in [1, 1037, 100_003] {
+            let mut x = spread(&mut rng, n, 3.0);
+            // NaN and ±inf every 97 elements: on dropped and on kept elements
+            for (j, i) in (0..n).step_by(97).enumerate() {
+                x[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][j % 3];
+            }
+            let (cx, gx) = p.up(&x);
+            for prob in [0.0, 0.1, 0.5, 0.9] {
+                for accumulate in [false, true] {
+                    let d = Dropout::new(seed, prob);
+                    let d = if accumulate { d.accumulate() } else { d };
+                    let desc = format!("len={n} seed={seed:#x} p={prob} {}", if accumulate { "+=" } else { "=" });
+                    let start = spread(&mut rng, n, 2.0);
+                    let (threshold, scale, kept, want) = dropout_reference(&x, &start, seed, prob, accumulate);
+                    assert_eq!((d.threshold, d.scale.to_bits(), d.accumulate), (threshold, scale.to_bits(), accumulate), "Dropout::new {desc}");
+                    let (mut co, mut go) = p.out(&start);
+                    p.cpu.dropout(&mut co, &cx, &d, n);
+                    if let Some(i) = (0..n).find(|&i| !same_bits(co[i], want[i])) {
+                        panic!("cpu dropout {desc} [{i}]: {} for x {}, start {}, kept {}; the definition gives {}", co[i], x[i], start[i], kept[i], want[i]);
+                    }
+                    be.dropout(&mut go, &gx, &d, n);
+                    p.cmp("dropout", &desc, &co, &go, &t.memory);
+                    let got = be.read(&go, n);
+                    if let Some(i) = (0..n).find(|&i| !same_bits(got[i], co[i])) {
+                        panic!("dropout {desc} [{i}]: {} ({:#010x}), the cpu gives {} ({:#010x})", got[i], got[i].to_bits(), co[i], co[i].to_bits());
+                    }
+                    let n_kept = kept.iter().filter(|&&k| k).count();
+                    if prob == 0.0 {
+                        assert!(n_kept == n && d.threshold == 0 && d.scale == 1.0, "dropout {desc}: p = 0 kept {n_kept} of {n}, scale {}", d.scale);
+                    }
+                    if n == 100_003 {
+                        let (mean, sd) = (n as f64 * (1.0 - prob as f64), (n as f64 * prob as f64 * (1.0 - prob as f64)).sqrt());
+                        assert!((n_kept as f64 - mean).abs() <= 3.0 * sd, "dropout {desc}: kept {n_kept} of {n}, expected {mean:.0} ± 3·{sd:.1}");
+                        let odd = |keep: bool| (0..n).filter(|&i| !x[i].is_finite() && kept[i] == keep).count();
+                        assert!(prob == 0.0 || (odd(false) > 0 && odd(true) > 0), "dropout {desc}: the non-finite inputs are not on both dropped and kept elements");
+                    }
+                }
+            }
+        }
+    }
+}
+
 // ---- softmax, cross-entropy, log-probs ------------------------------------------------------
 
 const VOCAB: [(usize, usize); 8] = [(1, 1), (1, 7), (7, 33), (33, 1000), (3, 5003), (4, 256), (4, 4099), (6, 32003)];
@@ -983,7 +1067,7 @@ macro_rules! conformance {
             use super::*;
             conformance!(@ops $make, $tols, [$(ignore = $why)?];
                 memory, fill, copy, copy_range, unpack_bf16, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
-                matmul, matmul_edges, matmul_lora, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, relu,
+                matmul, matmul_edges, matmul_lora, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, relu, dropout,
                 softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }
     };

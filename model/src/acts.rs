@@ -27,8 +27,10 @@ pub struct LayerActs<B: Backend> {
     pub mlp_b: B::Buf,
     /// MLP hidden after the activation (N,F)
     pub mlp_h: B::Buf,
-    /// LoRA's low-rank activations u = x·Aᵀ (N,r), scratch of each adapted layer's forward
+    /// LoRA's low-rank activations u = x·Aᵀ (N,r) and, with dropout, the dropped input (N,d_in):
+    /// scratch of each adapted layer's forward
     pub lora_u: B::Buf,
+    pub lora_x: B::Buf,
 }
 
 impl<B: Backend> LayerActs<B> {
@@ -53,6 +55,7 @@ impl<B: Backend> LayerActs<B> {
             mlp_b: be.zeros(if llama { n * f } else { 0 }),
             mlp_h: be.zeros(n * f),
             lora_u: be.zeros(n * cfg.lora_rank),
+            lora_x: be.zeros(n * cfg.lora_x_width),
         }
     }
 }
@@ -158,7 +161,7 @@ impl<B: Backend> Acts<B> {
     /// activation estimate is checked against this.
     pub fn floats(&self) -> usize {
         let layer = |l: &LayerActs<B>| {
-            [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h, &l.lora_u].iter().map(|b| b.extent()).sum::<usize>()
+            [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h, &l.lora_u, &l.lora_x].iter().map(|b| b.extent()).sum::<usize>()
         };
         let trunk = [&self.emb, &self.emb_mean, &self.emb_rstd, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.lnf_chunk, &self.dln_chunk].iter().map(|b| b.extent()).sum::<usize>();
         trunk + self.x.iter().map(|b| b.extent()).sum::<usize>() + self.layers.iter().map(layer).sum::<usize>() + self.ids.extent() + self.positions.extent()
@@ -179,9 +182,11 @@ pub struct Scratch<B: Backend> {
     pub dh: B::Buf,
     pub da: B::Buf,
     pub db: B::Buf,
-    /// LoRA's u = x·Aᵀ and ∂L/∂u (N,r), scratch of each adapted layer's backward
+    /// LoRA's u = x·Aᵀ and ∂L/∂u (N,r), and with dropout the dropped input (N,d_in): scratch of
+    /// each adapted layer's backward
     pub lora_u: B::Buf,
     pub lora_du: B::Buf,
+    pub lora_x: B::Buf,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -200,12 +205,13 @@ impl<B: Backend> Scratch<B> {
             db: be.zeros(n * f),
             lora_u: be.zeros(n * cfg.lora_rank),
             lora_du: be.zeros(n * cfg.lora_rank),
+            lora_x: be.zeros(n * cfg.lora_x_width),
         }
     }
 
     /// f32 elements held.
     pub fn floats(&self) -> usize {
-        [&self.dres, &self.dln, &self.datt, &self.dq, &self.dk, &self.dv, &self.dh, &self.da, &self.db, &self.lora_u, &self.lora_du].iter().map(|b| b.extent()).sum()
+        [&self.dres, &self.dln, &self.datt, &self.dq, &self.dk, &self.dv, &self.dh, &self.da, &self.db, &self.lora_u, &self.lora_du, &self.lora_x].iter().map(|b| b.extent()).sum()
     }
 }
 

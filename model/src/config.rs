@@ -97,6 +97,8 @@ pub struct ModelConfig {
     /// The rank of the LoRA adapters the model carries (0: none); set by `Model::add_lora`,
     /// not a config.json field. Sizes the adapters' scratch in the activation arenas.
     pub lora_rank: usize,
+    /// With LoRA dropout, the widest adapted input (the dropped input's scratch); else 0.
+    pub lora_x_width: usize,
     pub tie_word_embeddings: bool,
     pub attention_bias: bool,
     pub mlp_bias: bool,
@@ -227,6 +229,7 @@ impl ModelConfig {
                 ModelConfig {
                     arch,
                     lora_rank: 0,
+                    lora_x_width: 0,
                     vocab_size: f.usize_any(&["vocab_size"])?,
                     hidden_size: hidden,
                     n_layers: f.usize_any(&["num_hidden_layers"])?,
@@ -260,6 +263,7 @@ impl ModelConfig {
                 ModelConfig {
                     arch,
                     lora_rank: 0,
+                    lora_x_width: 0,
                     vocab_size: f.usize_any(&["vocab_size"])?,
                     hidden_size: hidden,
                     n_layers: f.usize_any(&["n_layer", "num_hidden_layers"])?,

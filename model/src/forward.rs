@@ -89,14 +89,14 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// [`Model::linear_fwd_staged`] plus the layer's LoRA adapter, if any (`u`: its scratch).
-    fn adapted_fwd(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize, stage: Option<&Stage<B>>, u: &mut B::Buf) {
+    /// [`Model::linear_fwd_staged`] plus the layer's LoRA adapter, if any (`work`: its scratch u, xd).
+    fn adapted_fwd(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize, stage: Option<&Stage<B>>, work: [&mut B::Buf; 2]) {
         self.linear_fwd_staged(out, x, lin, n, stage);
-        self.lora_fwd(out, x, lin, n, u);
+        self.lora_fwd(out, x, lin, n, work);
     }
 
-    /// [`Model::linear_bwd`] plus the layer's LoRA adapter, if any (`work`: its scratch u, du).
-    fn adapted_bwd(&self, dx: Out<'_, B>, dy: &B::Buf, layer: LayerIn<'_, B>, grads: &mut Grads<B>, work: [&mut B::Buf; 2]) {
+    /// [`Model::linear_bwd`] plus the layer's LoRA adapter, if any (`work`: its scratch u, du, xd).
+    fn adapted_bwd(&self, dx: Out<'_, B>, dy: &B::Buf, layer: LayerIn<'_, B>, grads: &mut Grads<B>, work: [&mut B::Buf; 3]) {
         let LayerIn { x, lin, n } = layer;
         let dx = match dx {
             Out::Set(b) => {
@@ -184,9 +184,9 @@ impl<B: Backend> Model<B> {
         let n = ctx.b * ctx.t;
         let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         self.norm_fwd(&blk.ln1, &mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, x_in, n);
-        self.adapted_fwd(&mut la.q, &la.ln1, &blk.q, n, st, &mut la.lora_u);
-        self.adapted_fwd(&mut la.k, &la.ln1, &blk.k, n, st, &mut la.lora_u);
-        self.adapted_fwd(&mut la.v, &la.ln1, &blk.v, n, st, &mut la.lora_u);
+        self.adapted_fwd(&mut la.q, &la.ln1, &blk.q, n, st, [&mut la.lora_u, &mut la.lora_x]);
+        self.adapted_fwd(&mut la.k, &la.ln1, &blk.k, n, st, [&mut la.lora_u, &mut la.lora_x]);
+        self.adapted_fwd(&mut la.v, &la.ln1, &blk.v, n, st, [&mut la.lora_u, &mut la.lora_x]);
         if let Some(inv_freq) = &self.rope_inv_freq {
             be.rope_fwd(&mut la.q, ctx.positions, inv_freq, &RopeShape::new(n, hq, d));
             be.rope_fwd(&mut la.k, ctx.positions, inv_freq, &RopeShape::new(n, hkv, d));
@@ -207,23 +207,23 @@ impl<B: Backend> Model<B> {
             }
         }
         // x_mid = x_in + o(att)
-        self.adapted_fwd(&mut la.x_mid, &la.att, &blk.o, n, st, &mut la.lora_u);
+        self.adapted_fwd(&mut la.x_mid, &la.att, &blk.o, n, st, [&mut la.lora_u, &mut la.lora_x]);
         be.axpy(&mut la.x_mid, 1.0, x_in, n * cfg.hidden_size);
         self.norm_fwd(&blk.ln2, &mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.x_mid, n);
         let nf = n * cfg.intermediate_size;
         match &blk.gate {
             Some(gate) => {
-                self.adapted_fwd(&mut la.mlp_a, &la.ln2, gate, n, st, &mut la.lora_u);
-                self.adapted_fwd(&mut la.mlp_b, &la.ln2, &blk.up, n, st, &mut la.lora_u);
+                self.adapted_fwd(&mut la.mlp_a, &la.ln2, gate, n, st, [&mut la.lora_u, &mut la.lora_x]);
+                self.adapted_fwd(&mut la.mlp_b, &la.ln2, &blk.up, n, st, [&mut la.lora_u, &mut la.lora_x]);
                 be.swiglu_fwd(&mut la.mlp_h, &la.mlp_a, &la.mlp_b, nf);
             }
             None => {
-                self.adapted_fwd(&mut la.mlp_a, &la.ln2, &blk.up, n, st, &mut la.lora_u);
+                self.adapted_fwd(&mut la.mlp_a, &la.ln2, &blk.up, n, st, [&mut la.lora_u, &mut la.lora_x]);
                 be.gelu_fwd(&mut la.mlp_h, &la.mlp_a, nf);
             }
         }
         // x_out = x_mid + down(h)
-        self.adapted_fwd(x_out, &la.mlp_h, &blk.down, n, st, &mut la.lora_u);
+        self.adapted_fwd(x_out, &la.mlp_h, &blk.down, n, st, [&mut la.lora_u, &mut la.lora_x]);
         be.axpy(x_out, 1.0, &la.x_mid, n * cfg.hidden_size);
     }
 
@@ -235,21 +235,21 @@ impl<B: Backend> Model<B> {
         let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let nf = n * cfg.intermediate_size;
         // MLP branch
-        self.adapted_bwd(Out::Set(&mut s.dh), &s.dres, LayerIn { x: &la.mlp_h, lin: &blk.down, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
+        self.adapted_bwd(Out::Set(&mut s.dh), &s.dres, LayerIn { x: &la.mlp_h, lin: &blk.down, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
         match &blk.gate {
             Some(gate) => {
                 be.swiglu_bwd(&mut s.da, &mut s.db, &s.dh, &la.mlp_a, &la.mlp_b, nf);
-                self.adapted_bwd(Out::Set(&mut s.dln), &s.da, LayerIn { x: &la.ln2, lin: gate, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
-                self.adapted_bwd(Out::Add(&mut s.dln), &s.db, LayerIn { x: &la.ln2, lin: &blk.up, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
+                self.adapted_bwd(Out::Set(&mut s.dln), &s.da, LayerIn { x: &la.ln2, lin: gate, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+                self.adapted_bwd(Out::Add(&mut s.dln), &s.db, LayerIn { x: &la.ln2, lin: &blk.up, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
             }
             None => {
                 be.gelu_bwd(&mut s.da, &s.dh, &la.mlp_a, nf);
-                self.adapted_bwd(Out::Set(&mut s.dln), &s.da, LayerIn { x: &la.ln2, lin: &blk.up, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
+                self.adapted_bwd(Out::Set(&mut s.dln), &s.da, LayerIn { x: &la.ln2, lin: &blk.up, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
             }
         }
         self.norm_bwd(&blk.ln2, &mut s.dres, &s.dln, NormSaved { x: &la.x_mid, mean: &la.ln2_mean, rstd: &la.ln2_rstd }, n, grads);
         // attention branch
-        self.adapted_bwd(Out::Set(&mut s.datt), &s.dres, LayerIn { x: &la.att, lin: &blk.o, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
+        self.adapted_bwd(Out::Set(&mut s.datt), &s.dres, LayerIn { x: &la.att, lin: &blk.o, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
         let sh = self.attn_shape(ctx.b, ctx.t, ctx.t);
         let x = AttnInputs { q: &la.q, k: &la.k, v: &la.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
         be.attention_bwd(AttnGrads { dq: &mut s.dq, dk: &mut s.dk, dv: &mut s.dv }, &s.datt, &la.att, &la.lse, &x, &sh);
@@ -257,9 +257,9 @@ impl<B: Backend> Model<B> {
             be.rope_bwd(&mut s.dq, ctx.positions, inv_freq, &RopeShape::new(n, hq, d));
             be.rope_bwd(&mut s.dk, ctx.positions, inv_freq, &RopeShape::new(n, hkv, d));
         }
-        self.adapted_bwd(Out::Set(&mut s.dln), &s.dq, LayerIn { x: &la.ln1, lin: &blk.q, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
-        self.adapted_bwd(Out::Add(&mut s.dln), &s.dk, LayerIn { x: &la.ln1, lin: &blk.k, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
-        self.adapted_bwd(Out::Add(&mut s.dln), &s.dv, LayerIn { x: &la.ln1, lin: &blk.v, n }, grads, [&mut s.lora_u, &mut s.lora_du]);
+        self.adapted_bwd(Out::Set(&mut s.dln), &s.dq, LayerIn { x: &la.ln1, lin: &blk.q, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+        self.adapted_bwd(Out::Add(&mut s.dln), &s.dk, LayerIn { x: &la.ln1, lin: &blk.k, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+        self.adapted_bwd(Out::Add(&mut s.dln), &s.dv, LayerIn { x: &la.ln1, lin: &blk.v, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
         self.norm_bwd(&blk.ln1, &mut s.dres, &s.dln, NormSaved { x: x_in, mean: &la.ln1_mean, rstd: &la.ln1_rstd }, n, grads);
     }
 

@@ -14,7 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::model::{fuse_qkv, split_qkv, Linear, Model, ParamInfo, ParamKind};
 use crate::rng::Rng;
 use crate::{Arch, Head};
-use okapi_runtime::{Backend, Gemm};
+use okapi_runtime::{Backend, Dropout, Gemm};
 use std::path::Path;
 
 /// The adapter of one linear layer: its A and B parameters, rank and scale.
@@ -26,6 +26,10 @@ pub struct Lora {
     pub b: usize,
     pub r: usize,
     pub scale: f32,
+    /// dropout on the adapter's input while training (PEFT's `lora_dropout`)
+    pub dropout: f32,
+    /// the adapted module's index (its dropout mask's stream; BLOOM's q, k, v share one)
+    pub site: u32,
 }
 
 /// Which linear modules get adapters.
@@ -207,18 +211,21 @@ impl<B: Backend> Model<B> {
             let bound = 1.0 / (d_in as f64).sqrt();
             let a_init: Vec<f32> = (0..cfg.r * d_in).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect();
             let a = self.push_param(format!("{name}.lora_A.weight"), vec![cfg.r, d_in], &a_init);
-            let mut b = Vec::new();
+            let (mut b, site) = (Vec::new(), modules.len() as u32);
             for &role in &roles {
                 let lin = self.blocks[l].linears()[role].unwrap();
                 let suffix = if roles.len() > 1 { ["[q]", "[k]", "[v]"][role] } else { "" };
                 let bi = self.push_param(format!("{name}.lora_B.weight{suffix}"), vec![lin.d_out, cfg.r], &vec![0.0; lin.d_out * cfg.r]);
-                *self.blocks[l].linear_mut(role) = Linear { lora: Some(Lora { a, b: bi, r: cfg.r, scale: cfg.scale() }), ..lin };
+                *self.blocks[l].linear_mut(role) = Linear { lora: Some(Lora { a, b: bi, r: cfg.r, scale: cfg.scale(), dropout: cfg.dropout as f32, site }), ..lin };
                 b.push(bi);
             }
             modules.push(LoraModule { name, layer: l, roles, a, b });
         }
+        // the dropped input needs scratch as wide as the widest adapted input
+        let widest = modules.iter().map(|m| self.info[m.a].shape[1]).max().unwrap_or(0);
         self.adapters = Some(Adapters { cfg: cfg.clone(), modules });
         self.cfg.lora_rank = cfg.r;
+        self.cfg.lora_x_width = if cfg.dropout > 0.0 { widest } else { 0 };
         Ok(())
     }
 
@@ -384,21 +391,44 @@ pub(crate) struct LayerIn<'a, B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
-    /// out (N, d_out) += s·B(A x) for a linear with an adapter; `u` (N·r at least) is scratch.
-    pub(crate) fn lora_fwd(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize, u: &mut B::Buf) {
+    /// The dropout of adapter `l`'s input in this step, when it has one and the model trains.
+    fn lora_dropout(&self, l: &Lora) -> Option<Dropout> {
+        (self.training && l.dropout > 0.0).then(|| {
+            // one mask per module and optimizer step, the same in the forward and the backward
+            let seed = self.dropout_step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((l.site as u64) << 40 | 0xD0);
+            Dropout::new(seed, l.dropout)
+        })
+    }
+
+    /// out (N, d_out) += s·B(A·drop(x)) for a linear with an adapter; `[u, xd]` (N·r, and N·d_in
+    /// with dropout) are scratch.
+    pub(crate) fn lora_fwd(&self, out: &mut B::Buf, x: &B::Buf, lin: &Linear, n: usize, [u, xd]: [&mut B::Buf; 2]) {
         let Some(l) = lin.lora.filter(|_| !self.lora_disabled) else { return };
+        let x = match self.lora_dropout(&l) {
+            Some(d) => {
+                self.be.dropout(xd, x, &d, n * lin.d_in);
+                &*xd
+            }
+            None => x,
+        };
         // u (N,r) = x·Aᵀ; out += s·u·Bᵀ
         self.be.matmul(u, x, &self.values[l.a], &Gemm::new(n, l.r, lin.d_in).trans_b());
         self.be.matmul(out, u, &self.values[l.b], &Gemm { alpha: l.scale, ..Gemm::new(n, lin.d_out, l.r).trans_b().accumulate() });
     }
 
-    /// The adapter's backward for dy (N, d_out) and the layer input x (N, d_in): dB += s·dyᵀ·u,
-    /// du = s·dy·B, dA += duᵀ·x, dx += du·A. `u`, `du` (N·r) are scratch. Call after the base
-    /// layer's backward has set or added its part of dx.
-    pub(crate) fn lora_bwd(&self, dx: &mut B::Buf, dy: &B::Buf, layer: LayerIn<'_, B>, grads: &mut crate::Grads<B>, [u, du]: [&mut B::Buf; 2]) {
+    /// The adapter's backward for dy (N, d_out) and the layer input x (N, d_in), with xd =
+    /// drop(x) (the forward's mask, recomputed): dB += s·dyᵀ·u, du = s·dy·B, dA += duᵀ·xd,
+    /// dx += drop(du·A). `u`, `du` (N·r) and `xd` (N·d_in with dropout) are scratch. Call after
+    /// the base layer's backward has set or added its part of dx.
+    pub(crate) fn lora_bwd(&self, dx: &mut B::Buf, dy: &B::Buf, layer: LayerIn<'_, B>, grads: &mut crate::Grads<B>, [u, du, xd]: [&mut B::Buf; 3]) {
         let LayerIn { x, lin, n } = layer;
         let Some(l) = lin.lora.filter(|_| !self.lora_disabled) else { return };
         let be = &self.be;
+        let drop = self.lora_dropout(&l);
+        if let Some(d) = &drop {
+            be.dropout(xd, x, d, n * lin.d_in);
+        }
+        let x = if drop.is_some() { &*xd } else { x };
         be.matmul(u, x, &self.values[l.a], &Gemm::new(n, l.r, lin.d_in).trans_b());
         if let Some(gb) = grads.get_mut(l.b) {
             be.matmul(gb, dy, u, &Gemm { alpha: l.scale, ..Gemm::new(lin.d_out, l.r, n).trans_a().accumulate() });
@@ -407,7 +437,14 @@ impl<B: Backend> Model<B> {
         if let Some(ga) = grads.get_mut(l.a) {
             be.matmul(ga, du, x, &Gemm::new(l.r, lin.d_in, n).trans_a().accumulate());
         }
-        be.matmul(dx, du, &self.values[l.a], &Gemm::new(n, lin.d_in, l.r).accumulate());
+        match drop {
+            Some(d) => {
+                // dx += drop(du·A), through `xd`, which the backward no longer needs
+                be.matmul(xd, du, &self.values[l.a], &Gemm::new(n, lin.d_in, l.r));
+                be.dropout(dx, xd, &d.accumulate(), n * lin.d_in);
+            }
+            None => be.matmul(dx, du, &self.values[l.a], &Gemm::new(n, lin.d_in, l.r).accumulate()),
+        }
     }
 }
 

@@ -137,6 +137,10 @@ pub struct Model<B: Backend> {
     /// Runs the base alone, the adapters switched off (PEFT's `disable_adapter()`): the
     /// reference of DPO and PPO with LoRA, without a second copy of the weights.
     pub lora_disabled: bool,
+    /// Training mode: LoRA's dropout applies (the trainer sets it around each optimizer step).
+    pub training: bool,
+    /// The optimizer step the dropout masks are drawn for (set by the trainer with `training`).
+    pub dropout_step: u64,
     pub hf: Vec<HfEntry>,
     pub(crate) rope_inv_freq: Option<B::Buf>,
     pub(crate) alibi: Option<B::Buf>,
@@ -409,7 +413,7 @@ impl<B: Backend> Model<B> {
         let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
         let packed = vec![false; info.len()];
-        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, value_mlp: None, adapters: None, lora_disabled: false, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }
+        Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, value_mlp: None, adapters: None, lora_disabled: false, training: false, dropout_step: 0, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }
     }
 
     /// Sets `pad_token_id` (config and saved config.json). transformers' sequence classification

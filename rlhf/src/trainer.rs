@@ -433,7 +433,11 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         crate::hooks::step_delay();
         let micro = self.next_micro();
         self.model.zero_grads(&mut self.grads);
-        let so = self.obj.step(&self.model, &micro, &mut self.grads)?;
+        // training mode (LoRA's dropout) for this step's forward and backward only
+        (self.model.training, self.model.dropout_step) = (true, self.state.step);
+        let so = self.obj.step(&self.model, &micro, &mut self.grads);
+        self.model.training = false;
+        let so = so?;
         let grad_norm = self.opt.grad_norm(&self.model, &self.grads);
         let step_no = self.state.step + 1;
         if !so.loss.is_finite() || !grad_norm.is_finite() {

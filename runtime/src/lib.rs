@@ -33,6 +33,7 @@ pub use cpu::CpuBackend;
 pub use cuda::{CudaBackend, CudaBuf, CudaIds, CudaOptions};
 #[cfg(feature = "wgpu")]
 pub use wgpu::{WBuf, WIds, WgpuBackend, WgpuOptions};
+pub use okapi_kernels::activation::Dropout;
 pub use okapi_kernels::adamw::AdamW;
 pub use okapi_kernels::attention::{AttnGrads, AttnInputs, AttnShape};
 pub use okapi_kernels::matmul::Gemm;
@@ -113,6 +114,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn relu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
     /// dx = 0 where x ≤ 0, else dout (`=`; PyTorch's `threshold_backward`: 0 at x = 0).
     fn relu_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, len: usize);
+    /// out = x·scale where `d`'s mask keeps element i, else exactly 0 even for NaN / ∞ x (`=`,
+    /// or `+=` when `d.accumulate`); the mask is the same bit for bit on every backend.
+    fn dropout(&self, out: &mut Self::Buf, x: &Self::Buf, d: &Dropout, len: usize);
     /// x (N,C) += bias (C) per row.
     fn bias_add(&self, x: &mut Self::Buf, bias: &Self::Buf, r: Rows);
     /// dbias (C) += Σ_rows dy (N,C).

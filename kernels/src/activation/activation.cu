@@ -56,3 +56,20 @@ extern "C" __global__ void relu_bwd(float* __restrict__ dx, const float* __restr
         dx[i] = x[i] <= 0.0f ? 0.0f : dout[i];
     }
 }
+
+// The dropout mask's hash (mod.rs: `Dropout`); u32 arithmetic wraps.
+__device__ __forceinline__ u32 dropout_mix(u32 x) {
+    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+    return x;
+}
+
+// out = x·scale where mix(i ^ key) >= threshold, else exactly 0 (`=`, or `+=` when accumulate).
+// The product is masked through its bits: a dropped NaN/inf gives +0, and the multiply stays apart
+// from the `+=` (FMUL, FSEL, FADD in the SASS for sm_80 / sm_90a: no fma, as the CPU rounds x·scale, then adds).
+extern "C" __global__ void dropout(float* __restrict__ out, const float* __restrict__ x, u64 n, u32 key, u32 threshold, float scale, int accumulate) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const u32 keep = dropout_mix((u32)i ^ key) >= threshold ? 0xffffffffu : 0u;
+        const float v = __uint_as_float(__float_as_uint(x[i] * scale) & keep);
+        out[i] = accumulate ? out[i] + v : v;
+    }
+}

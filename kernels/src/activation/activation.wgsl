@@ -1,15 +1,16 @@
-// SwiGLU, the tanh form of GELU and ReLU, forward and backward (semantics: mod.rs beside this file).
-// Elementwise, one thread per element; the 1-D index is folded under the 65535 limit:
-// i = gid.x + gid.y·(num_wg.x·WG). Every output is `=`.
+// SwiGLU, the tanh form of GELU and ReLU, forward and backward, and dropout (semantics: mod.rs
+// beside this file). Elementwise, one thread per element; the 1-D index is folded under the 65535
+// limit: i = gid.x + gid.y·(num_wg.x·WG). Every output is `=`, except dropout_acc's (`+=`).
 
 const WG: u32 = 256u;
 const SQRT_2_OVER_PI: f32 = 0.79788456;
 
+// key, threshold and scale: dropout's (Dropout::key(), .threshold, .scale); 0 for the others.
 struct Params {
     len: u32,
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    key: u32,
+    threshold: u32,
+    scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -114,4 +115,39 @@ fn relu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let i = index(gid, nwg);
     if i >= P.len { return; }
     rb_dx[i] = select(0.0, rb_dout[i], relu_passes(rb_x[i]));
+}
+
+// ---- dropout: out, x ------------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> dp_out: array<f32>;
+@group(0) @binding(2) var<storage, read> dp_x: array<f32>;
+
+fn dropout_mix(v: u32) -> u32 {
+    var x = v;
+    x ^= x >> 16u;
+    x *= 0x7feb352du;
+    x ^= x >> 15u;
+    x *= 0x846ca68bu;
+    x ^= x >> 16u;
+    return x;
+}
+
+// x·scale where element i is kept, else +0, masked through the bits: no float select or compare
+// (a NaN x must still drop to 0), and no multiply-add a driver could fuse in dropout_acc.
+fn dropout_value(i: u32) -> f32 {
+    let keep = select(0u, 0xffffffffu, dropout_mix(i ^ P.key) >= P.threshold);
+    return bitcast<f32>(bitcast<u32>(dp_x[i] * P.scale) & keep);
+}
+
+@compute @workgroup_size(256)
+fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    dp_out[i] = dropout_value(i);
+}
+
+@compute @workgroup_size(256)
+fn dropout_acc(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    dp_out[i] = dp_out[i] + dropout_value(i);
 }

@@ -1,17 +1,18 @@
-//! SwiGLU (LLaMA's MLP), the tanh form of GELU (BLOOM's MLP) and ReLU, forward and backward.
+//! SwiGLU (LLaMA's MLP), the tanh form of GELU (BLOOM's MLP) and ReLU, forward and backward;
+//! element-wise dropout with a counter-based mask (the same bits on every backend).
 
 use rayon::prelude::*;
 
-/// The GPU sources of SwiGLU, GELU and ReLU.
+/// The GPU sources of SwiGLU, GELU, ReLU and dropout.
 pub const FAMILY: crate::Family = crate::Family {
     name: "activation",
     cuda: include_str!("activation.cu"),
-    cuda_kernels: &["swiglu_fwd", "swiglu_bwd", "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd"],
+    cuda_kernels: &["swiglu_fwd", "swiglu_bwd", "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd", "dropout"],
     wgsl: &[("activation", WGSL)],
 };
 
-/// Entry points `swiglu_fwd`, `swiglu_bwd`, `gelu_fwd`, `gelu_bwd`, `relu_fwd`, `relu_bwd` (one
-/// thread per element).
+/// Entry points `swiglu_fwd`, `swiglu_bwd`, `gelu_fwd`, `gelu_bwd`, `relu_fwd`, `relu_bwd`,
+/// `dropout` (`=`) and `dropout_acc` (`+=`) (one thread per element).
 pub const WGSL: &str = include_str!("activation.wgsl");
 
 const PAR_CHUNK: usize = 4096;
@@ -120,4 +121,80 @@ pub fn relu_fwd(out: &mut [f32], x: &[f32]) {
 /// dx = 0 where x ≤ 0 (x = 0 included), else dout (`=`), PyTorch's `threshold_backward`.
 pub fn relu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
     dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| relu_bwd_chunk(dx, d, x));
+}
+
+/// Element-wise dropout. Element i (0-based, as u32) is kept iff h(i) ≥ `threshold`, where, in
+/// wrapping u32 arithmetic,
+/// `mix(x) = { x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16 }` and
+/// `h(i) = mix(i ^ key)`, `key = mix((seed as u32) ^ mix((seed >> 32) as u32))` ([`Dropout::key`],
+/// computed once on the host: the GPU kernels get `key`, not the seed). A kept element becomes
+/// x·`scale`, a dropped one exactly +0 whatever x holds (NaN and ±∞ too: x·0 is never computed);
+/// the result is written (`=`) or, with `accumulate`, added (`+=`, the rounded product added).
+/// The mask depends on the seed and the index only, so it is the same bit for bit on every
+/// backend, and a backward pass reuses the forward's `Dropout` on dout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub seed: u64,
+    /// The u32 nearest p·2³² (at most `u32::MAX`): a fraction p of the hashes falls below it.
+    pub threshold: u32,
+    /// 1/(1 − p), computed in f64 and rounded to f32.
+    pub scale: f32,
+    /// `+=` into out instead of `=`.
+    pub accumulate: bool,
+}
+
+impl Dropout {
+    /// Drops each element with probability `p` (in [0, 1)) and scales the rest by 1/(1 − p);
+    /// overwrites out. p = 0 keeps every element, scaled by 1.
+    pub fn new(seed: u64, p: f32) -> Dropout {
+        assert!((0.0..1.0).contains(&p), "dropout: p = {p} is outside [0, 1)");
+        let threshold = (p as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
+        Dropout { seed, threshold, scale: (1.0 / (1.0 - p as f64)) as f32, accumulate: false }
+    }
+    /// Accumulate into out (`+=`).
+    pub fn accumulate(mut self) -> Self {
+        self.accumulate = true;
+        self
+    }
+    /// The seed folded to the 32 bits the mask hashes with: h(i) = mix(i ^ key).
+    pub fn key(&self) -> u32 {
+        mix(self.seed as u32 ^ mix((self.seed >> 32) as u32))
+    }
+    /// Whether element `i` is kept.
+    pub fn keeps(&self, i: u32) -> bool {
+        mix(i ^ self.key()) >= self.threshold
+    }
+}
+
+/// The mask's 32-bit integer hash (xorshift-multiply rounds).
+#[inline(always)]
+fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+// `i0` is the chunk's first element index; indices wrap at 2³² (as the GPU kernels' u32 index).
+crate::vmath::multiversion! {
+    fn dropout_chunk(o: &mut [f32], x: &[f32], i0: u32, key: u32, d: &Dropout) -> () {
+        let (t, s) = (d.threshold, d.scale);
+        let kept = |j: usize| mix(i0.wrapping_add(j as u32) ^ key) >= t;
+        if d.accumulate {
+            for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                *o += if kept(j) { x * s } else { 0.0 };
+            }
+        } else {
+            for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                *o = if kept(j) { x * s } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// out = x·scale where kept, else 0 (`=`, or `+=` with `d.accumulate`); see [`Dropout`].
+pub fn dropout(out: &mut [f32], x: &[f32], d: &Dropout) {
+    let key = d.key();
+    out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).enumerate().for_each(|(c, (o, x))| dropout_chunk(o, x, (c * PAR_CHUNK) as u32, key, d));
 }

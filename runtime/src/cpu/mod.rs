@@ -1,7 +1,7 @@
 //! The CPU backend: f32 `Vec`s, kernels from `okapi-kernels` (gemm crate + rayon).
 //! It is the embedded default and the numeric oracle for the GPU backends.
 
-use crate::{check, AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
+use crate::{check, AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Dropout, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
 use okapi_kernels as k;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -162,6 +162,10 @@ impl Backend for CpuBackend {
     fn relu_bwd(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, x: &Vec<f32>, len: usize) {
         check::len("relu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
         k::activation::relu_bwd(&mut dx[..len], &dout[..len], &x[..len]);
+    }
+    fn dropout(&self, out: &mut Vec<f32>, x: &Vec<f32>, d: &Dropout, len: usize) {
+        check::len("dropout", &[("out", &*out), ("x", x)], len);
+        k::activation::dropout(&mut out[..len], &x[..len], d);
     }
     fn bias_add(&self, x: &mut Vec<f32>, bias: &Vec<f32>, r: Rows) {
         check::bias("bias_add", x, bias, r);

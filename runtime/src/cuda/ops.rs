@@ -2,7 +2,7 @@
 //! launch of the family's kernels with the geometry okapi-kernels exports beside the `.cu`.
 
 use super::{grid_yz, row_block, CudaBackend, CudaBuf, CudaIds, A};
-use crate::{check, AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
+use crate::{check, AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Dropout, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
 use okapi_kernels::attention::{check_attn_outputs, cuda_launch as att};
 use okapi_kernels::matmul::{CUDA_F32_BLOCK, CUDA_MMA_BLOCK, TILE};
 use okapi_kernels::reduce::{CUDA_COL_CHUNK as COL_CHUNK, CUDA_SSQ_BLOCKS as SSQ_BLOCKS};
@@ -231,6 +231,12 @@ impl Backend for CudaBackend {
     fn relu_bwd(&self, dx: &mut CudaBuf, dout: &CudaBuf, x: &CudaBuf, len: usize) {
         check::len("relu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
         self.ew("relu_bwd", len, &[self.pb(dx), self.pb(dout), self.pb(x), A::U(len as u64)]);
+    }
+    fn dropout(&self, out: &mut CudaBuf, x: &CudaBuf, d: &Dropout, len: usize) {
+        check::len("dropout", &[("out", &*out), ("x", x)], len);
+        // the u32 key and threshold travel as 4-byte ints (their bits)
+        let args = [self.pb(out), self.pb(x), A::U(len as u64), A::I(d.key() as i32), A::I(d.threshold as i32), A::F(d.scale), A::I(d.accumulate as i32)];
+        self.ew("dropout", len, &args);
     }
     fn bias_add(&self, x: &mut CudaBuf, bias: &CudaBuf, r: Rows) {
         check::bias("bias_add", x, bias, r);

@@ -39,7 +39,7 @@ mod pipelines;
 pub use batch::{MAX_GROUPS_PER_DIM, MAX_PENDING};
 pub use pipelines::validate_wgsl;
 
-use crate::{AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Extent, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, RuntimeError, Rows};
+use crate::{AdamW, AttnGrads, AttnInputs, AttnShape, Backend, Dropout, Extent, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, RuntimeError, Rows};
 use device::Ctx;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -253,6 +253,18 @@ impl Backend for WgpuBackend {
     }
     fn relu_bwd(&self, dx: &mut WBuf, dout: &WBuf, x: &WBuf, len: usize) {
         self.op_elementwise("activation.relu_bwd", "relu_bwd", &[("dx", dx), ("dout", dout), ("x", x)], len);
+    }
+    fn dropout(&self, out: &mut WBuf, x: &WBuf, d: &Dropout, len: usize) {
+        crate::check::len("dropout", &[("out", &*out), ("x", x)], len);
+        if len == 0 {
+            return;
+        }
+        ops::u32_of(len, "dropout elements");
+        // `+=` is its own entry point (the params hold len, key, threshold, scale)
+        let (key, entry) = if d.accumulate { ("activation.dropout_acc", "dropout_acc") } else { ("activation.dropout", "dropout") };
+        let params = [len as u32, d.key(), d.threshold, d.scale.to_bits()];
+        let groups = batch::groups_1d(len as u64, okapi_kernels::WGSL_WG as u32);
+        self.dispatch(key, okapi_kernels::activation::WGSL, entry, &params, &[&out.buf, &x.buf], groups);
     }
     fn bias_add(&self, x: &mut WBuf, bias: &WBuf, r: Rows) {
         self.op_bias_add(x, bias, r)

@@ -1,5 +1,5 @@
 // rope, adamw (+ bf16 copy), embedding fwd/bwd, bias add/grad (col_partial/col_finish),
-// sum_squares, kv_write, the activations and fill/copy/scale/axpy/f32_to_bf16, vs references;
+// sum_squares, kv_write, the activations, dropout and fill/copy/scale/axpy/f32_to_bf16, vs references;
 // the device error reports of out-of-range ids (embedding_fwd, xent, token log-probs); a column
 // partial past the real grid.y limit (65 537 chunks of rows).
 // Trimmed for CI time: adamw's largest length is 20003 (was 100003), the largest embedding/bias
@@ -89,6 +89,32 @@ int main() {
         bool ok = std::isnan(o[0]) && o[1] == 0 && o[2] == 0 && o[3] == 2 && dx[0] == 3 && dx[1] == 0 && dx[2] == 0 && dx[3] == 11;
         if (!ok) ++g_fail;
         printf("%s relu at NaN, ±0: NaN / 0 forward, dout / 0 backward\n", ok ? "ok  " : "FAIL");
+    }
+    // dropout: the mask from its definition (kernels/src/activation/mod.rs), bit for bit; a dropped
+    // NaN / inf is +0, `+=` adds the rounded product. The small grid exercises the grid-stride loop.
+    {
+        auto mix = [](u32 x) { x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16; return x; };
+        for (size_t len : {1ul, 1037ul}) for (unsigned grid : {ewg(len), 3u}) for (double p : {0.0, 0.1, 0.5, 0.9}) for (int acc : {0, 1}) {
+            u64 seed = 0x9e3779b97f4a7c15ull + (u64)(p * 10);
+            u32 key = mix((u32)seed ^ mix((u32)(seed >> 32)));
+            u32 thr = (u32)std::min(std::round(p * 4294967296.0), 4294967295.0);
+            float scale = (float)(1.0 / (1.0 - p));
+            auto x = rnd(len, 140, 4.f), o = rnd(len, 141, 2.f);
+            for (size_t i = 0; i < len && i < 40; i += 3) x[i] = i % 2 ? NAN : -INFINITY;
+            std::vector<float> want(len), got = o;
+            for (size_t i = 0; i < len; ++i) {
+                float v = mix((u32)i ^ key) >= thr ? x[i] * scale : 0.0f;
+                want[i] = acc ? o[i] + v : v;
+            }
+            launch(dropout, dim3{grid,1,1}, 256, 0, got.data(), (const float*)x.data(), (u64)len, key, thr, scale, acc);
+            size_t bad = 0;
+            for (size_t i = 0; i < len; ++i) {
+                u32 a, b; memcpy(&a, &got[i], 4); memcpy(&b, &want[i], 4);
+                bad += !(a == b || (std::isnan(got[i]) && std::isnan(want[i])));
+            }
+            if (bad) ++g_fail;
+            printf("%s dropout len%zu grid%u p%.1f%s: %zu/%zu elements differ in their bits\n", bad ? "FAIL" : "ok  ", len, grid, p, acc ? " +=" : "", bad, len);
+        }
     }
     // rope
     for (auto [n, h, d] : std::vector<std::array<int,3>>{{5,3,64},{33,4,128},{7,2,80}}) {

@@ -74,9 +74,6 @@ impl LoraFlags {
     /// adapter values into these adapters).
     pub fn apply<B: okapi_runtime::Backend>(&self, model: &mut Model<B>, seed: u64) -> Result<(), String> {
         let Some(lora) = self.config(model.cfg.arch)? else { return Ok(()) };
-        if lora.dropout > 0.0 {
-            return Err(format!("--lora-dropout {}: dropout on the adapter's input is not built yet (0 only)", lora.dropout));
-        }
         match &self.adapter {
             Some(dir) => model.load_adapter(dir).map_err(|e| e.to_string()),
             None => model.add_lora(&lora, seed).map_err(|e| format!("--lora-targets: {e}")),

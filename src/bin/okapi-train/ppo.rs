@@ -464,6 +464,10 @@ type Trio<B> = (Model<B>, Option<Model<B>>, Model<B>);
 fn load_models<B: Backend>(be: &B, a: &PpoArgs, cfg: &PpoConfig) -> Result<Trio<B>, String> {
     let mut policy = load_model(be, a, &a.policy)?;
     a.lora.apply(&mut policy, cfg.seed)?;
+    if let Some(p) = policy.adapters.as_ref().map(|ad| ad.cfg.dropout).filter(|&p| p > 0.0) {
+        // the update's log-probs must be those of the policy that sampled (trlx, TRL: no dropout)
+        return Err(format!("--lora-dropout {p}: PPO trains without dropout (its ratio compares log-probs of the sampling policy); use 0"));
+    }
     policy.lm_head().map_err(err)?;
     // with LoRA (and --reference hydra) the reference is the policy's base, its adapters off
     let lora_reference = policy.adapters.is_some() && a.reference == "hydra";
