@@ -52,11 +52,11 @@ build() {
   set -e
   cargo build --release --bin okapi-train
   local json
-  json=$(cargo test --release --no-run --message-format=json --test cuda_conformance --test conformance --test wgpu_model -p okapi 2>/dev/null; \
+  json=$(cargo test --release --no-run --message-format=json --test cuda_conformance --test conformance --test wgpu_model --test lora -p okapi 2>/dev/null; \
          cargo test --release --no-run --message-format=json --test cuda_compile -p okapi-runtime --features cuda 2>/dev/null; \
          cargo bench --no-run --message-format=json --bench kernels -p okapi 2>/dev/null)
   rm -rf "$DEV" && mkdir -p "$DEV/gl"
-  for t in cuda_conformance cuda_compile conformance wgpu_model kernels; do
+  for t in cuda_conformance cuda_compile conformance wgpu_model lora kernels; do
     local exe
     exe=$(printf '%s\n' "$json" | grep "\"name\":\"$t\"" | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
     [ -n "$exe" ] || { echo "no executable for test $t" >&2; exit 1; }
@@ -131,6 +131,9 @@ print(libs[0] if libs else "")' 2>/dev/null)
   grep -E "^test .*FAILED|panicked|outside|past its output" "$work/cuda_ops.log" | head -30
   part conformance 90 "$DEV/cuda_conformance" --ignored --test-threads=1 --nocapture > "$work/cuda_conformance.log" 2>&1; status[conformance]=$?
   grep -E "^test |max abs err|loss cuda|sft .* step|panicked" "$work/cuda_conformance.log" | tail -40
+  # LoRA on CUDA against PEFT's logits and adapter gradients (tests/lora.rs)
+  part lora 30 "$DEV/lora" lora_on_cuda --ignored --test-threads=1 > "$work/lora.log" 2>&1; status[lora]=$?
+  grep -E "^test |panicked" "$work/lora.log" | tail -5
   # wgpu on the GPU through Vulkan: the loader when missing, NVIDIA's ICD when not registered
   if ! ldconfig -p | grep -q libvulkan.so.1; then
     for f in "$DEV"/gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done
@@ -188,7 +191,7 @@ print(libs[0] if libs else "")' 2>/dev/null)
   echo
   python3 scripts/device_table.py "$work" --sft "$SFT" | tee "$work/table.md"
   [ -n "${OUT:-}" ] && cp "$work/table.md" "$OUT/"
-  [ "${status[compile]}" = 0 ] && [ "${status[ops]}" = 0 ] && [ "${status[conformance]}" = 0 ] && [ "${status[wgpu]}" = 0 ] && [ "${status[wgpu_model]}" = 0 ]
+  [ "${status[compile]}" = 0 ] && [ "${status[ops]}" = 0 ] && [ "${status[conformance]}" = 0 ] && [ "${status[lora]}" = 0 ] && [ "${status[wgpu]}" = 0 ] && [ "${status[wgpu_model]}" = 0 ]
 }
 
 case "${1:-}" in
