@@ -497,3 +497,8 @@ fn lora_dropout_masks_the_adapter_input_in_training_only() {
     }
     assert!(checked >= 6 && loss.is_finite(), "checked {checked} elements");
 }
+
+#[test]
+fn bloom_dpo_lora_steps_match_peft() {
+    command_matches_peft("lora_dpo_bloom_6h");
+}
