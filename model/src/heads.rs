@@ -4,7 +4,7 @@
 
 use crate::acts::{Acts, Grads, Scratch};
 use crate::error::{ModelError, Result};
-use crate::model::{Linear, Model, ParamInfo, ParamKind};
+use crate::model::{Linear, Model, Norm, ParamInfo, ParamKind};
 use okapi_runtime::{Backend, Gemm};
 
 /// Buffers of the score head for up to `cap` sequences.
@@ -80,18 +80,23 @@ impl<B: Backend> Model<B> {
     /// / `prefix.bias`.
     fn push_linear(&mut self, prefix: &str, d_in: usize, d_out: usize, w: &[f32], b: &[f32]) -> Linear {
         assert_eq!((w.len(), b.len()), (d_in * d_out, d_out), "{prefix}: weight ({d_out},{d_in}) and bias ({d_out})");
-        self.info.push(ParamInfo { name: format!("{prefix}.weight"), shape: vec![d_out, d_in], kind: ParamKind::Matrix });
-        self.values.push(self.be.upload(w));
-        self.info.push(ParamInfo { name: format!("{prefix}.bias"), shape: vec![d_out], kind: ParamKind::Bias });
-        self.values.push(self.be.upload(b));
-        self.packed.extend([false, false]);
-        let n = self.info.len();
-        Linear { w: n - 2, b: Some(n - 1), d_in, d_out, lora: None }
+        let w = self.push_param(format!("{prefix}.weight"), vec![d_out, d_in], w);
+        let b = self.push_param(format!("{prefix}.bias"), vec![d_out], b);
+        Linear { w, b: Some(b), d_in, d_out, lora: None }
+    }
+
+    /// A trainable f32 parameter outside the HF weights (a matrix, or a 1-D bias).
+    pub(crate) fn push_param(&mut self, name: String, shape: Vec<usize>, data: &[f32]) -> usize {
+        let kind = if shape.len() >= 2 { ParamKind::Matrix } else { ParamKind::Bias };
+        self.info.push(ParamInfo { name, shape, kind });
+        self.values.push(self.be.upload(data));
+        self.packed.push(false);
+        self.info.len() - 1
     }
 
     /// The value head's parameters (both layers of the MLP head).
     pub fn value_head_params(&self) -> impl Iterator<Item = usize> + '_ {
-        [self.value_mlp, self.value_head].into_iter().flatten().flat_map(|l| [Some(l.w), l.b]).flatten()
+        [self.value_mlp, self.value_head].into_iter().flatten().flat_map(|l| l.params())
     }
 
     /// Buffers of the value head for up to `rows` positions (the MLP's hidden layer when the
@@ -168,12 +173,11 @@ impl<B: Backend> Model<B> {
         let mut mask = vec![false; self.info.len()];
         let mut set = |i: usize| mask[i] = true;
         self.blocks[l - n..].iter().flat_map(crate::model::Block::params).for_each(&mut set);
-        set(self.ln_f.w);
-        self.ln_f.b.into_iter().for_each(&mut set);
+        self.ln_f.params().for_each(&mut set);
         self.score.into_iter().for_each(&mut set);
         self.value_head_params().for_each(&mut set);
         if embedding_norm {
-            self.emb_ln.iter().flat_map(|ln| [Some(ln.w), ln.b]).flatten().for_each(&mut set);
+            self.emb_ln.iter().flat_map(Norm::params).for_each(&mut set);
         }
         if let Some(h) = self.lm_head.filter(|&h| h != self.embed) {
             set(h);
@@ -196,7 +200,7 @@ impl<B: Backend> Model<B> {
     /// embedding and its norm frozen too (0 when those train): the depth a hydra reference can
     /// share with this model.
     pub fn frozen_trunk_depth(&self, mask: &[bool]) -> usize {
-        if mask[self.embed] || self.emb_ln.is_some_and(|ln| mask[ln.w] || ln.b.is_some_and(|b| mask[b])) {
+        if mask[self.embed] || self.emb_ln.iter().flat_map(Norm::params).any(|i| mask[i]) {
             return 0;
         }
         self.blocks.iter().position(|blk| blk.params().any(|i| mask[i])).unwrap_or(self.blocks.len())

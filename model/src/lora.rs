@@ -11,7 +11,7 @@
 //! v, B split by head like the fused weight.
 
 use crate::error::{ModelError, Result};
-use crate::model::{fuse_qkv, split_qkv, Linear, Model, ParamInfo, ParamKind};
+use crate::model::{fuse_qkv, split_qkv, Linear, Model};
 use crate::rng::Rng;
 use crate::{Arch, Head};
 use okapi_runtime::{Backend, Dropout, Gemm};
@@ -197,7 +197,6 @@ impl<B: Backend> Model<B> {
             let known: Vec<String> = all.iter().map(|(l, m, _)| format!("{}.{m}", block_prefix(self.cfg.arch, *l))).collect();
             if let Some(t) = names.iter().find(|t| !known.iter().any(|k| matches(k, t))) {
                 let mut kinds: Vec<&str> = all.iter().map(|(_, m, _)| m.rsplit('.').next().unwrap()).collect();
-                kinds.dedup();
                 kinds.sort();
                 kinds.dedup();
                 return Err(ModelError::Other(format!("target `{t}` matches no module of this {} model (its linear modules: {}, or all-linear)", self.cfg.arch.name(), kinds.join(", "))));
@@ -227,15 +226,6 @@ impl<B: Backend> Model<B> {
         self.cfg.lora_rank = cfg.r;
         self.cfg.lora_x_width = if cfg.dropout > 0.0 { widest } else { 0 };
         Ok(())
-    }
-
-    /// A trainable f32 parameter outside the HF weights.
-    fn push_param(&mut self, name: String, shape: Vec<usize>, data: &[f32]) -> usize {
-        let kind = if shape.len() >= 2 { ParamKind::Matrix } else { ParamKind::Bias };
-        self.info.push(ParamInfo { name, shape, kind });
-        self.values.push(self.be.upload(data));
-        self.packed.push(false);
-        self.info.len() - 1
     }
 
     /// The adapters' parameters (A and every B).
@@ -288,12 +278,14 @@ impl<B: Backend> Model<B> {
         }))
     }
 
-    /// Writes `adapter_config.json` and `adapter_model.safetensors` (f32) into `dir`.
-    pub fn save_adapter(&self, dir: &Path, base: &Path) -> Result<()> {
+    /// Writes `adapter_config.json` and `adapter_model.safetensors` (f32) into `dir`, with the
+    /// base's path in the config and, when given, `tokenizer.json` beside them.
+    pub fn save_adapter(&self, dir: &Path, base: &Path, tokenizer_json: Option<&Path>) -> Result<()> {
         let cfg = self.adapter_config_json(base)?;
         std::fs::create_dir_all(dir).map_err(crate::error::io_err(dir))?;
         crate::weights::save_file(&dir.join("adapter_model.safetensors"), &self.lora_tensors(&|i| self.host_value(i)), crate::DType::F32)?;
-        crate::weights::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).unwrap().as_bytes())
+        crate::weights::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).unwrap().as_bytes())?;
+        crate::model::copy_tokenizer(dir, tokenizer_json)
     }
 
     /// Reads a PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`) onto this
@@ -302,7 +294,7 @@ impl<B: Backend> Model<B> {
     pub fn load_adapter(&mut self, dir: &Path) -> Result<()> {
         let cfg = read_adapter_config(dir)?;
         self.add_lora(&cfg, 0).map_err(|e| ModelError::Other(format!("{}: target_modules: {e}", dir.join("adapter_config.json").display())))?;
-        self.load_adapter_values(dir)
+        self.set_adapter_values(dir, cfg.r)
     }
 
     /// The values of the adapter in `dir` into the adapters this model already carries (a
@@ -314,6 +306,12 @@ impl<B: Backend> Model<B> {
         if (cfg.r, cfg.alpha, cfg.rslora) != (ours.r, ours.alpha, ours.rslora) || !same_targets {
             return Err(ModelError::Other(format!("{}: r {}, alpha {}, rslora {} on other modules than this run's adapters (r {}, alpha {}, rslora {})", dir.join("adapter_config.json").display(), cfg.r, cfg.alpha, cfg.rslora, ours.r, ours.alpha, ours.rslora)));
         }
+        self.set_adapter_values(dir, cfg.r)
+    }
+
+    /// `dir`'s `adapter_model.safetensors` (rank `r`) into the adapters' parameters (and the
+    /// score head), each tensor checked against this model's adapter layout.
+    fn set_adapter_values(&mut self, dir: &Path, r: usize) -> Result<()> {
         let file = dir.join("adapter_model.safetensors");
         let tensors = crate::weights::read_tensors(&file)?;
         let bad = |name: &str, msg: String| ModelError::Tensor { path: file.clone(), name: name.to_string(), msg };
@@ -332,7 +330,7 @@ impl<B: Backend> Model<B> {
             self.set_host_value(m.a, &tensors[&format!("base_model.model.{}.lora_A.weight", m.name)].data);
             let b = &tensors[&format!("base_model.model.{}.lora_B.weight", m.name)].data;
             if m.b.len() == 3 {
-                let parts = split_qkv(b, self.cfg.n_heads, self.cfg.head_dim, cfg.r);
+                let parts = split_qkv(b, self.cfg.n_heads, self.cfg.head_dim, r);
                 for (&i, p) in m.b.iter().zip(parts.iter()) {
                     self.set_host_value(i, p);
                 }
@@ -349,6 +347,12 @@ impl<B: Backend> Model<B> {
 
 /// A PEFT `adapter_config.json` as a [`LoraConfig`], refusing what okapi does not run.
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
+    read_adapter(dir).map(|(cfg, _)| cfg)
+}
+
+/// [`read_adapter_config`], and whether the adapter is a reward model's (task `SEQ_CLS`: it
+/// carries the score head).
+pub fn read_adapter(dir: &Path) -> Result<(LoraConfig, bool)> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Other(format!("{}: {e} (an adapter directory holds adapter_config.json and adapter_model.safetensors)", path.display())))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Other(format!("{}: {e}", path.display())))?;
@@ -379,7 +383,7 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     };
     let cfg = LoraConfig { r, alpha, dropout: v["lora_dropout"].as_f64().unwrap_or(0.0), targets, rslora: v["use_rslora"].as_bool().unwrap_or(false) };
     cfg.validate().map_err(|e| ModelError::Other(format!("{}: {e}", path.display())))?;
-    Ok(cfg)
+    Ok((cfg, v["task_type"] == "SEQ_CLS"))
 }
 
 /// A linear layer with its input x (N, d_in) over N rows, as its backward reads it.
@@ -413,7 +417,7 @@ impl<B: Backend> Model<B> {
         };
         // u (N,r) = x·Aᵀ; out += s·u·Bᵀ
         self.be.matmul(u, x, &self.values[l.a], &Gemm::new(n, l.r, lin.d_in).trans_b());
-        self.be.matmul(out, u, &self.values[l.b], &Gemm { alpha: l.scale, ..Gemm::new(n, lin.d_out, l.r).trans_b().accumulate() });
+        self.be.matmul(out, u, &self.values[l.b], &Gemm::new(n, lin.d_out, l.r).trans_b().accumulate().alpha(l.scale));
     }
 
     /// The adapter's backward for dy (N, d_out) and the layer input x (N, d_in), with xd =
@@ -431,9 +435,9 @@ impl<B: Backend> Model<B> {
         let x = if drop.is_some() { &*xd } else { x };
         be.matmul(u, x, &self.values[l.a], &Gemm::new(n, l.r, lin.d_in).trans_b());
         if let Some(gb) = grads.get_mut(l.b) {
-            be.matmul(gb, dy, u, &Gemm { alpha: l.scale, ..Gemm::new(lin.d_out, l.r, n).trans_a().accumulate() });
+            be.matmul(gb, dy, u, &Gemm::new(lin.d_out, l.r, n).trans_a().accumulate().alpha(l.scale));
         }
-        be.matmul(du, dy, &self.values[l.b], &Gemm { alpha: l.scale, ..Gemm::new(n, l.r, lin.d_out) });
+        be.matmul(du, dy, &self.values[l.b], &Gemm::new(n, l.r, lin.d_out).alpha(l.scale));
         if let Some(ga) = grads.get_mut(l.a) {
             be.matmul(ga, du, x, &Gemm::new(l.r, lin.d_in, n).trans_a().accumulate());
         }
@@ -449,6 +453,15 @@ impl<B: Backend> Model<B> {
 }
 
 impl<B: Backend> Model<B> {
+    /// `f` on the base alone, the adapters switched off (PEFT's `disable_adapter()`): the
+    /// reference of DPO and PPO with LoRA, without a second copy of the weights.
+    pub fn with_adapters_off<R>(&mut self, f: impl FnOnce(&Self) -> R) -> R {
+        self.lora_disabled = true;
+        let out = f(self);
+        self.lora_disabled = false;
+        out
+    }
+
     /// Folds every adapter into its base weight, W ← W + s·B·A (for BLOOM's q, k and v, each
     /// layer's rows of B with the shared A), and drops the adapters: the model then computes
     /// what base + adapter computed, as an ordinary model (`okapi-train merge`).
@@ -466,7 +479,7 @@ impl<B: Backend> Model<B> {
                 // W (d_out, d_in) += s·B (d_out, r)·A (r, d_in)
                 let (w, bm, am) = (lin.w, a.b, a.a);
                 let mut wv = std::mem::replace(&mut self.values[w], self.be.zeros(0));
-                self.be.matmul(&mut wv, &self.values[bm], &self.values[am], &Gemm { alpha: a.scale, ..Gemm::new(lin.d_out, lin.d_in, a.r).accumulate() });
+                self.be.matmul(&mut wv, &self.values[bm], &self.values[am], &Gemm::new(lin.d_out, lin.d_in, a.r).accumulate().alpha(a.scale));
                 self.values[w] = wv;
                 self.blocks[l].linear_mut(role).lora = None;
             }
@@ -476,7 +489,7 @@ impl<B: Backend> Model<B> {
             self.values[i] = self.be.zeros(0);
         }
         self.adapters = None;
-        self.cfg.lora_rank = 0;
+        (self.cfg.lora_rank, self.cfg.lora_x_width) = (0, 0);
         Ok(())
     }
 }

@@ -48,11 +48,25 @@ pub struct Linear {
     pub lora: Option<crate::lora::Lora>,
 }
 
+impl Linear {
+    /// Its parameters: weight, bias, and a LoRA adapter's A and B.
+    pub fn params(&self) -> impl Iterator<Item = usize> {
+        [Some(self.w), self.b, self.lora.map(|a| a.a), self.lora.map(|a| a.b)].into_iter().flatten()
+    }
+}
+
 /// RMSNorm (w) or LayerNorm (w, b).
 #[derive(Clone, Copy, Debug)]
 pub struct Norm {
     pub w: usize,
     pub b: Option<usize>,
+}
+
+impl Norm {
+    /// Its parameters: the weight and LayerNorm's bias.
+    pub fn params(&self) -> impl Iterator<Item = usize> {
+        std::iter::once(self.w).chain(self.b)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -93,9 +107,8 @@ impl Block {
     /// Every parameter of the block: the linears' weights and biases, both norms'.
     pub fn params(&self) -> impl Iterator<Item = usize> {
         // with LoRA, the adapters' A and B (A once per layer it adapts; BLOOM's q, k, v share it)
-        let lin = self.linears().into_iter().flatten().flat_map(|l| [Some(l.w), l.b, l.lora.map(|a| a.a), l.lora.map(|a| a.b)].into_iter().flatten());
-        let norms = [self.ln1, self.ln2].into_iter().flat_map(|n| std::iter::once(n.w).chain(n.b));
-        lin.chain(norms)
+        let lin = self.linears().into_iter().flatten().flat_map(|l| l.params());
+        lin.chain(self.ln1.params()).chain(self.ln2.params())
     }
 }
 
@@ -134,8 +147,7 @@ pub struct Model<B: Backend> {
     pub value_mlp: Option<Linear>,
     /// LoRA adapters on the block linears ([`Model::add_lora`], [`Model::load_adapter`]).
     pub adapters: Option<crate::lora::Adapters>,
-    /// Runs the base alone, the adapters switched off (PEFT's `disable_adapter()`): the
-    /// reference of DPO and PPO with LoRA, without a second copy of the weights.
+    /// Runs the base alone, the adapters switched off ([`Model::with_adapters_off`]).
     pub lora_disabled: bool,
     /// Training mode: LoRA's dropout applies (the trainer sets it around each optimizer step).
     pub training: bool,
@@ -297,6 +309,18 @@ pub fn to_hf(hf: &[HfEntry], host: &dyn Fn(usize) -> Vec<f32>) -> Vec<(String, V
         .collect()
 }
 
+/// `tokenizer.json` beside a saved model or adapter in `dir`, copied from `tokenizer_json`
+/// (nothing when none is given or it is already that file).
+pub(crate) fn copy_tokenizer(dir: &Path, tokenizer_json: Option<&Path>) -> Result<()> {
+    let Some(tok) = tokenizer_json else { return Ok(()) };
+    let dst = dir.join("tokenizer.json");
+    if tok != dst {
+        let bytes = std::fs::read(tok).map_err(crate::error::io_err(tok))?;
+        weights::write_atomic(&dst, &bytes)?;
+    }
+    Ok(())
+}
+
 /// Tensors a checkpoint may hold beside the model's: RoPE's cached inverse frequencies (older
 /// transformers saved them), and an `lm_head.weight` the model does not use (`head_unused`).
 fn ignorable_tensor(name: &str, head_unused: bool) -> bool {
@@ -456,14 +480,7 @@ impl<B: Backend> Model<B> {
         weights::save(dir, &self.hf_tensors(), dtype, max_shard_bytes)?;
         let cfg = serde_json::to_string_pretty(&self.cfg.to_json(dtype)).unwrap();
         weights::write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
-        if let Some(tok) = tokenizer_json {
-            let dst = dir.join("tokenizer.json");
-            if tok != dst {
-                let bytes = std::fs::read(tok).map_err(crate::error::io_err(tok))?;
-                weights::write_atomic(&dst, &bytes)?;
-            }
-        }
-        Ok(())
+        copy_tokenizer(dir, tokenizer_json)
     }
 }
 
@@ -479,10 +496,7 @@ impl<B: Backend> Model<B> {
             if self.lm_head != Some(self.embed) {
                 free.push(self.embed);
             }
-            if let Some(ln) = self.emb_ln {
-                free.push(ln.w);
-                free.extend(ln.b);
-            }
+            free.extend(self.emb_ln.iter().flat_map(Norm::params));
         }
         for i in free {
             self.values[i] = self.be.zeros(0);

@@ -202,7 +202,7 @@ pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, s
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     match model.adapters {
         // a LoRA run changes only its adapters: the base stays where --model names it
-        Some(_) => crate::trainer::save_adapter(model, &tmp.join("model"), tokenizer)?,
+        Some(_) => model.save_adapter(&tmp.join("model"), &model.cfg.path, tokenizer)?,
         None => model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, tokenizer)?,
     }
     crate::hooks::crash_point("partial");

@@ -507,26 +507,12 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             let dtype = self.cfg.save_dtype.unwrap_or(self.model.cfg.dtype);
             match self.model.adapters {
                 // a LoRA run's result is its adapter (PEFT's layout), the base untouched
-                Some(_) => save_adapter(&self.model, out.dir, out.tokenizer)?,
+                Some(_) => self.model.save_adapter(out.dir, &self.model.cfg.path, out.tokenizer)?,
                 None => self.model.save(out.dir, dtype, okapi_model::DEFAULT_MAX_SHARD_BYTES, out.tokenizer)?,
             }
         }
         Ok((self.model, self.summary))
     }
-}
-
-/// A LoRA run's output: adapter_config.json and adapter_model.safetensors, beside the base's
-/// tokenizer.json.
-pub(crate) fn save_adapter<B: Backend>(model: &Model<B>, dir: &Path, tokenizer: Option<&Path>) -> Result<(), TrainError> {
-    model.save_adapter(dir, &model.cfg.path)?;
-    if let Some(tok) = tokenizer {
-        let dst = dir.join("tokenizer.json");
-        if tok != dst {
-            let bytes = std::fs::read(tok).map_err(crate::error::io(tok))?;
-            okapi_model::weights::write_atomic(&dst, &bytes)?;
-        }
-    }
-    Ok(())
 }
 
 fn fmt_num(v: &Value) -> String {

@@ -99,7 +99,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         // a trained embedding norm (trlx's BLOOM) feeds the hydra reference the policy's current
         // trunk, as trlx's hydra heads read it
         let mut trunk_mask = mask.clone();
-        policy.emb_ln.iter().flat_map(|ln| [Some(ln.w), ln.b]).flatten().for_each(|i| trunk_mask[i] = false);
+        policy.emb_ln.iter().flat_map(okapi_model::model::Norm::params).for_each(|i| trunk_mask[i] = false);
         let shared = policy.frozen_trunk_depth(&trunk_mask);
         match reference {
             Some(r) if r.first_block() > shared => {
@@ -269,13 +269,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
                     };
                     self.ref_bufs.eval_from(reference, &refs, false, k3, from)?.0
                 }
-                None => {
-                    // LoRA: the policy's base is the reference, no second copy of the weights
-                    self.policy.lora_disabled = true;
-                    let re = self.ref_bufs.eval_from(&self.policy, &refs, false, k3, None);
-                    self.policy.lora_disabled = false;
-                    re?.0
-                }
+                // LoRA: the policy's base is the reference, no second copy of the weights
+                None => self.policy.with_adapters_off(|base| self.ref_bufs.eval_from(base, &refs, false, k3, None))?.0,
             };
             if let Some(c) = self.critic.as_mut() {
                 pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
@@ -437,7 +432,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let max_shard = okapi_model::DEFAULT_MAX_SHARD_BYTES;
         match self.policy.adapters {
             // a LoRA policy's result is its adapter (PEFT's layout) beside the value head
-            Some(_) => crate::trainer::save_adapter(&self.policy, out, self.io.tokenizer)?,
+            Some(_) => self.policy.save_adapter(out, &self.policy.cfg.path, self.io.tokenizer)?,
             None => self.policy.save(out, dtype, max_shard, self.io.tokenizer)?,
         }
         match &self.critic {

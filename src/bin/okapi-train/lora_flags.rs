@@ -1,7 +1,7 @@
 //! The LoRA flags of the training commands: train PEFT-style low-rank adapters instead of the
 //! weights, or continue training an adapter PEFT (or okapi) saved.
 
-use okapi_model::lora::{read_adapter_config, LoraConfig, Targets};
+use okapi_model::lora::{read_adapter, read_adapter_config, LoraConfig, Targets};
 use okapi_model::{Arch, Model};
 use std::path::{Path, PathBuf};
 
@@ -64,14 +64,9 @@ impl LoraFlags {
         Ok(Some(cfg))
     }
 
-    /// Puts the adapters on a loaded base (before the memory flags, which then keep the frozen
-    /// base in bf16 when asked).
-    pub fn apply_to<B: okapi_runtime::Backend>(&self, model: &mut Model<B>, cfg: &okapi_rlhf::TrainConfig) -> Result<(), String> {
-        self.apply(model, cfg.seed)
-    }
-
-    /// [`LoraFlags::apply_to`] with the run's seed (a resume then reads the checkpoint's
-    /// adapter values into these adapters).
+    /// Puts the adapters on a loaded base, A drawn from the run's `seed` (before the memory
+    /// flags, which then keep the frozen base in bf16 when asked; a resume then reads the
+    /// checkpoint's adapter values into these adapters).
     pub fn apply<B: okapi_runtime::Backend>(&self, model: &mut Model<B>, seed: u64) -> Result<(), String> {
         let Some(lora) = self.config(model.cfg.arch)? else { return Ok(()) };
         match &self.adapter {
@@ -92,9 +87,7 @@ impl LoraFlags {
 pub fn load_with_adapter<B: okapi_runtime::Backend>(be: B, dir: &Path, adapter: Option<&Path>) -> Result<Model<B>, String> {
     let err = |e: okapi_model::ModelError| e.to_string();
     let Some(adapter) = adapter else { return Model::load(be, dir).map_err(err) };
-    read_adapter_config(adapter).map_err(err)?;
-    let config = std::fs::read_to_string(adapter.join("adapter_config.json")).map_err(|e| format!("{}: {e}", adapter.display()))?;
-    let seq_cls = serde_json::from_str::<serde_json::Value>(&config).is_ok_and(|v| v["task_type"] == "SEQ_CLS");
+    let (_, seq_cls) = read_adapter(adapter).map_err(err)?;
     let mut model = if seq_cls { Model::load_reward(be, dir, 0).map_err(err)? } else { Model::load(be, dir).map_err(err)? };
     model.load_adapter(adapter).map_err(err)?;
     Ok(model)

@@ -125,7 +125,7 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
     }
     let r = prepare(&be, Stage::Reward, &a.train, &a.model, &a.data, &a.out, &[("--margin", a.margin.into())])?;
     let mut model = Model::load_reward(be, &a.model, r.cfg.seed).map_err(|e| e.to_string())?;
-    a.train.lora.apply_to(&mut model, &r.cfg)?;
+    a.train.lora.apply(&mut model, r.cfg.seed)?;
     a.train.memory.apply_to(&mut model, r.cfg.unfrozen_layers)?;
     if model.cfg.pad_token_id.is_none_or(|p| p == r.eos) {
         // transformers scores the last non-pad token: with pad == EOS it would skip the EOS
@@ -158,17 +158,14 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     }
     let r = prepare(&be, Stage::Dpo, &a.train, &a.model, &a.data, &a.out, &[("--beta", a.beta.into())])?;
     let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
-    a.train.lora.apply_to(&mut model, &r.cfg)?;
+    a.train.lora.apply(&mut model, r.cfg.seed)?;
     a.train.memory.apply_to(&mut model, r.cfg.unfrozen_layers)?;
     model.lm_head().map_err(|e| e.to_string())?;
     let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
     r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "memory": a.train.memory.json(), "lora": a.train.lora.json() })))?;
     // the reference is the initial policy; with LoRA, the base with the adapters off (as TRL)
-    model.lora_disabled = true;
-    let obj = DpoObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.beta).map_err(|e| e.to_string());
-    model.lora_disabled = false;
-    let mut obj = obj?;
+    let mut obj = model.with_adapters_off(|base| DpoObjective::new(base, r.train, r.val, r.cfg.batch_size, pad, a.beta)).map_err(|e| e.to_string())?;
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());
     Ok(())

@@ -45,7 +45,7 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     check_resume(&cfg, "sft", &model_cfg, okapi_rlhf::sft::data_fingerprint(&train, &val), train.len(), Default::default()).map_err(|e| e.to_string())?;
     let device = be.name();
     let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
-    a.train.lora.apply_to(&mut model, &cfg)?;
+    a.train.lora.apply(&mut model, cfg.seed)?;
     a.train.memory.apply_to(&mut model, cfg.unfrozen_layers)?;
     eprintln!("sft: {} ({} params) on {device}: {} train / {} validation examples", a.model.display(), model.n_params(), train.len(), val.len());
     let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "recipe": format!("{:?}", a.train.recipe).to_lowercase(), "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json() });
