@@ -20,7 +20,7 @@ struct Case {
 fn case(name: &'static str, batch: usize, (tq, tk): (usize, usize), (n_heads, n_kv_heads, head_dim): (usize, usize, usize), causal: bool, (q_pos0, kv_len): (&[u32], &[u32]), alibi: bool) -> Case {
     assert_eq!(q_pos0.len(), batch);
     assert_eq!(kv_len.len(), batch);
-    let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal };
+    let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal, window: 0 };
     Case { name, sh, q_pos0: q_pos0.to_vec(), kv_len: kv_len.to_vec(), alibi: alibi.then(|| alibi_slopes(n_heads)) }
 }
 

@@ -172,7 +172,7 @@ impl<B: Backend> Model<B> {
 
     fn attn_shape(&self, b: usize, t: usize, tk: usize) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true }
+        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true, window: 0 }
     }
 
     // ---- block ----------------------------------------------------------------------------

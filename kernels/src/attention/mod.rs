@@ -145,6 +145,10 @@ pub struct AttnShape {
     pub head_dim: usize,
     pub scale: f32,
     pub causal: bool,
+    /// Sliding-window attention (Mistral, Gemma 2's local layers): with `window` = W > 0, the
+    /// query at position p sees only keys j with p − j < W (transformers' `kv_idx > q_idx − W`);
+    /// 0 = no window.
+    pub window: usize,
 }
 
 impl AttnShape {

@@ -429,7 +429,7 @@ mod tests {
     fn attention_past_llvmpipe_loop_limit_is_refused_there_and_exact_elsewhere() {
         use crate::{AttnGrads, AttnInputs, CpuBackend};
         let Some(be) = backend() else { return };
-        let sh = AttnShape { batch: 1, tq: 130, tk: 130, n_heads: 4, n_kv_heads: 1, head_dim: 128, scale: 0.088, causal: true };
+        let sh = AttnShape { batch: 1, tq: 130, tk: 130, n_heads: 4, n_kv_heads: 1, head_dim: 128, scale: 0.088, causal: true, window: 0 };
         let (nq, nk, nl) = sh.extents();
         assert!(okapi_kernels::attention::wgsl_loop_iterations(&sh).1 > device::LLVMPIPE_LOOP_LIMIT, "the case must exceed the limit");
         let data = |n: usize, s: u32| (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(s) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();
