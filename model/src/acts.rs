@@ -1,7 +1,8 @@
 //! Activation arenas: every buffer a forward pass saves for its backward, allocated once for the
 //! largest (B, T) and reused by every step (no allocation inside a training step).
 
-use crate::config::{Arch, ModelConfig};
+use crate::arch::MlpKind;
+use crate::config::ModelConfig;
 use okapi_runtime::{Backend, Extent};
 
 /// What one block saves. N = B·T rows.
@@ -10,6 +11,12 @@ pub struct LayerActs<B: Backend> {
     pub ln1: B::Buf,
     pub ln1_mean: B::Buf,
     pub ln1_rstd: B::Buf,
+    /// With per-head q/k norms: q (N,Hq·D) and k (N,Hkv·D) before them and their rstd (N·H);
+    /// empty otherwise
+    pub q_pre: B::Buf,
+    pub k_pre: B::Buf,
+    pub q_rstd: B::Buf,
+    pub k_rstd: B::Buf,
     /// q (N,Hq·D) and k (N,Hkv·D) after RoPE, v (N,Hkv·D)
     pub q: B::Buf,
     pub k: B::Buf,
@@ -22,7 +29,7 @@ pub struct LayerActs<B: Backend> {
     pub ln2: B::Buf,
     pub ln2_mean: B::Buf,
     pub ln2_rstd: B::Buf,
-    /// MLP: LLaMA gate (N,F) and up (N,F); BLOOM pre-activation in `mlp_a`, `mlp_b` empty
+    /// MLP: SwiGLU's gate (N,F) and up (N,F); GELU's pre-activation in `mlp_a`, `mlp_b` empty
     pub mlp_a: B::Buf,
     pub mlp_b: B::Buf,
     /// MLP hidden after the activation (N,F)
@@ -37,11 +44,16 @@ impl<B: Backend> LayerActs<B> {
     pub fn new(be: &B, cfg: &ModelConfig, n: usize) -> Self {
         let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
         let (qw, kw) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
-        let llama = cfg.arch == Arch::Llama;
+        let gated = cfg.features.mlp == MlpKind::SwiGlu;
+        let qk = if cfg.features.qk_norm { n } else { 0 };
         LayerActs {
             ln1: be.zeros(n * c),
             ln1_mean: be.zeros(n),
             ln1_rstd: be.zeros(n),
+            q_pre: be.zeros(qk * qw),
+            k_pre: be.zeros(qk * kw),
+            q_rstd: be.zeros(qk * cfg.n_heads),
+            k_rstd: be.zeros(qk * cfg.n_kv_heads),
             q: be.zeros(n * qw),
             k: be.zeros(n * kw),
             v: be.zeros(n * kw),
@@ -52,7 +64,7 @@ impl<B: Backend> LayerActs<B> {
             ln2_mean: be.zeros(n),
             ln2_rstd: be.zeros(n),
             mlp_a: be.zeros(n * f),
-            mlp_b: be.zeros(if llama { n * f } else { 0 }),
+            mlp_b: be.zeros(if gated { n * f } else { 0 }),
             mlp_h: be.zeros(n * f),
             lora_u: be.zeros(n * cfg.lora_rank),
             lora_x: be.zeros(n * cfg.lora_x_width),
@@ -71,7 +83,7 @@ pub struct Acts<B: Backend> {
     pub positions: B::Ids,
     pub q_pos0: B::Ids,
     pub kv_len: B::Ids,
-    /// BLOOM: raw embedding before its LayerNorm (N,C) and that norm's statistics
+    /// With an embedding norm (BLOOM): the raw embedding before it (N,C) and its statistics
     pub emb: B::Buf,
     pub emb_mean: B::Buf,
     pub emb_rstd: B::Buf,
@@ -111,7 +123,7 @@ impl<B: Backend> Acts<B> {
         let lm = cfg.head == crate::config::Head::CausalLm;
         let head_rows = head_chunk.map_or(n, |r| r.clamp(1, n.max(1)));
         let chunked = lm && head_rows < n;
-        let bloom = cfg.arch == Arch::Bloom;
+        let emb_norm = cfg.features.embed_norm;
         let kept_layers = if checkpointed { cfg.n_layers.min(1) } else { cfg.n_layers };
         Acts {
             cap_b,
@@ -122,9 +134,9 @@ impl<B: Backend> Acts<B> {
             positions: be.upload_ids(&vec![0; n]),
             q_pos0: be.upload_ids(&vec![0; cap_b]),
             kv_len: be.upload_ids(&vec![0; cap_b]),
-            emb: be.zeros(if bloom { n * c } else { 0 }),
-            emb_mean: be.zeros(if bloom { n } else { 0 }),
-            emb_rstd: be.zeros(if bloom { n } else { 0 }),
+            emb: be.zeros(if emb_norm { n * c } else { 0 }),
+            emb_mean: be.zeros(if emb_norm { n } else { 0 }),
+            emb_rstd: be.zeros(if emb_norm { n } else { 0 }),
             x: (0..=cfg.n_layers).map(|_| be.zeros(n * c)).collect(),
             layers: (0..kept_layers).map(|_| LayerActs::new(be, cfg, n)).collect(),
             lnf: be.zeros(n * c),
@@ -161,7 +173,7 @@ impl<B: Backend> Acts<B> {
     /// activation estimate is checked against this.
     pub fn floats(&self) -> usize {
         let layer = |l: &LayerActs<B>| {
-            [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h, &l.lora_u, &l.lora_x].iter().map(|b| b.extent()).sum::<usize>()
+            [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q_pre, &l.k_pre, &l.q_rstd, &l.k_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h, &l.lora_u, &l.lora_x].iter().map(|b| b.extent()).sum::<usize>()
         };
         let trunk = [&self.emb, &self.emb_mean, &self.emb_rstd, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.lnf_chunk, &self.dln_chunk].iter().map(|b| b.extent()).sum::<usize>();
         trunk + self.x.iter().map(|b| b.extent()).sum::<usize>() + self.layers.iter().map(layer).sum::<usize>() + self.ids.extent() + self.positions.extent()
@@ -178,6 +190,8 @@ pub struct Scratch<B: Backend> {
     pub dq: B::Buf,
     pub dk: B::Buf,
     pub dv: B::Buf,
+    /// With per-head q/k norms: ∂L/∂q or ∂L/∂k before the norm (N,Hq·D), one after the other
+    pub dqk: B::Buf,
     /// MLP gradients (N,F)
     pub dh: B::Buf,
     pub da: B::Buf,
@@ -200,6 +214,7 @@ impl<B: Backend> Scratch<B> {
             dq: be.zeros(n * qw),
             dk: be.zeros(n * kw),
             dv: be.zeros(n * kw),
+            dqk: be.zeros(if cfg.features.qk_norm { n * qw } else { 0 }),
             dh: be.zeros(n * f),
             da: be.zeros(n * f),
             db: be.zeros(n * f),
@@ -211,7 +226,7 @@ impl<B: Backend> Scratch<B> {
 
     /// f32 elements held.
     pub fn floats(&self) -> usize {
-        [&self.dres, &self.dln, &self.datt, &self.dq, &self.dk, &self.dv, &self.dh, &self.da, &self.db, &self.lora_u, &self.lora_du, &self.lora_x].iter().map(|b| b.extent()).sum()
+        [&self.dres, &self.dln, &self.datt, &self.dq, &self.dk, &self.dv, &self.dqk, &self.dh, &self.da, &self.db, &self.lora_u, &self.lora_du, &self.lora_x].iter().map(|b| b.extent()).sum()
     }
 }
 

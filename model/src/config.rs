@@ -1,40 +1,13 @@
-//! `config.json` of `LlamaForCausalLM` / `BloomForCausalLM`, transformers 4.x and 5.x key styles.
+//! `config.json` of the supported `*ForCausalLM` / `*ForSequenceClassification` models,
+//! transformers 4.x and 5.x key styles, resolved to the architecture's [`Features`].
 
 use crate::error::{io_err, ModelError, Result};
 use okapi_kernels::rope::RopeScaling;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    Llama,
-    Bloom,
-}
-
-impl Arch {
-    /// Every architecture, by its `model_type`.
-    pub const ALL: [Arch; 2] = [Arch::Llama, Arch::Bloom];
-
-    /// The architecture of a config.json `model_type` (the one place it is parsed).
-    pub fn from_model_type(model_type: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.name() == model_type)
-    }
-
-    /// `"llama"`, `"bloom"`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Bloom => "bloom",
-        }
-    }
-}
-
-impl std::str::FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Arch, String> {
-        Arch::from_model_type(s).ok_or_else(|| format!("unknown architecture `{s}` (expected {})", Arch::ALL.map(Arch::name).join(" or ")))
-    }
-}
+pub use crate::arch::Arch;
+use crate::arch::{Features, MlpKind, NormKind, Positions};
 
 /// Storage dtype of a checkpoint (`torch_dtype` / `dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,8 +73,8 @@ pub struct ModelConfig {
     /// With LoRA dropout, the widest adapted input (the dropped input's scratch); else 0.
     pub lora_x_width: usize,
     pub tie_word_embeddings: bool,
-    pub attention_bias: bool,
-    pub mlp_bias: bool,
+    /// What the model computes (positions, MLP, norms, biases, q/k norm, windows).
+    pub features: Features,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
@@ -185,108 +158,45 @@ impl ModelConfig {
             return Err(f.err("(root)", "expected a JSON object"));
         }
         let model_type = f.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let archs: Vec<&str> = f.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let arch = match (model_type, Arch::from_model_type(model_type)) {
             (_, Some(a)) => a,
-            ("", None) => return Err(f.err("model_type", "missing (expected \"llama\" or \"bloom\")")),
-            (other, None) => return Err(f.err("model_type", format!("unsupported model type {other:?} (okapi supports \"llama\" and \"bloom\")"))),
+            ("", None) => return Err(f.err("model_type", format!("missing (expected one of {})", Arch::supported()))),
+            (other, None) => return Err(f.err("model_type", format!("unsupported model type {other:?} (okapi supports {})", Arch::supported()))),
         };
-        let mut head = Head::CausalLm;
-        for a in &archs {
-            match *a {
-                "LlamaForCausalLM" | "LlamaModel" | "BloomForCausalLM" | "BloomModel" => {}
-                "LlamaForSequenceClassification" | "BloomForSequenceClassification" => {
-                    let labels = f.get("id2label").and_then(Value::as_object).map(|m| m.len()).or(f.opt_usize("num_labels")?).unwrap_or(2);
-                    if labels != 1 {
-                        return Err(f.err("id2label", format!("{a} with {labels} labels: okapi's reward models have exactly one (num_labels 1)")));
-                    }
-                    head = Head::Score;
-                }
-                _ => {
-                    return Err(f.err(
-                        "architectures",
-                        format!("unsupported architecture {a:?} (expected LlamaForCausalLM, BloomForCausalLM or their ForSequenceClassification with one label)"),
-                    ))
-                }
-            }
-        }
+        let head = head_of(&f, arch)?;
         let dtype_key = if f.get("dtype").is_some() { "dtype" } else { "torch_dtype" };
         let dtype = match f.get(dtype_key) {
             None => DType::F32,
             Some(v) => v.as_str().and_then(DType::parse).ok_or_else(|| f.err(dtype_key, format!("unsupported dtype {v} (expected float32, bfloat16 or float16)")))?,
         };
-        let cfg = match arch {
-            Arch::Llama => {
-                let hidden = f.usize_any(&["hidden_size"])?;
-                let n_heads = f.usize_any(&["num_attention_heads"])?;
-                let n_kv = f.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-                let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden.checked_div(n_heads).unwrap_or(0));
-                let act = f.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
-                if act != "silu" {
-                    return Err(f.err("hidden_act", format!("unsupported activation {act:?} (LLaMA uses \"silu\")")));
-                }
-                let (theta, scaling) = rope_from(&f)?;
-                ModelConfig {
-                    arch,
-                    lora_rank: 0,
-                    lora_x_width: 0,
-                    vocab_size: f.usize_any(&["vocab_size"])?,
-                    hidden_size: hidden,
-                    n_layers: f.usize_any(&["num_hidden_layers"])?,
-                    n_heads,
-                    n_kv_heads: n_kv,
-                    head_dim,
-                    intermediate_size: f.usize_any(&["intermediate_size"])?,
-                    norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
-                    rope_theta: theta,
-                    rope_scaling: scaling,
-                    max_positions: Some(f.opt_usize("max_position_embeddings")?.unwrap_or(2048)),
-                    tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
-                    attention_bias: f.bool_or("attention_bias", false)?,
-                    mlp_bias: f.bool_or("mlp_bias", false)?,
-                    bos_token_id: f.token_id("bos_token_id")?,
-                    eos_token_id: f.token_id("eos_token_id")?,
-                    pad_token_id: f.token_id("pad_token_id")?,
-                    dtype,
-                    head,
-                    raw: Value::Null,
-                    path: path.clone(),
-                }
-            }
-            Arch::Bloom => {
-                if f.bool_or("apply_residual_connection_post_layernorm", false)? {
-                    return Err(f.err("apply_residual_connection_post_layernorm", "true is not supported"));
-                }
-                let hidden = f.usize_any(&["hidden_size", "n_embed"])?;
-                let n_heads = f.usize_any(&["n_head", "num_attention_heads"])?;
-                let intermediate = hidden.checked_mul(4).ok_or_else(|| f.err("hidden_size", "too large: 4 × hidden_size overflows"))?;
-                ModelConfig {
-                    arch,
-                    lora_rank: 0,
-                    lora_x_width: 0,
-                    vocab_size: f.usize_any(&["vocab_size"])?,
-                    hidden_size: hidden,
-                    n_layers: f.usize_any(&["n_layer", "num_hidden_layers"])?,
-                    n_heads,
-                    n_kv_heads: n_heads,
-                    head_dim: hidden.checked_div(n_heads).unwrap_or(0),
-                    intermediate_size: intermediate,
-                    norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)? as f32,
-                    rope_theta: 0.0,
-                    rope_scaling: RopeScaling::None,
-                    max_positions: None,
-                    tie_word_embeddings: f.bool_or("tie_word_embeddings", true)?,
-                    attention_bias: true,
-                    mlp_bias: true,
-                    bos_token_id: f.token_id("bos_token_id")?,
-                    eos_token_id: f.token_id("eos_token_id")?,
-                    pad_token_id: f.token_id("pad_token_id")?,
-                    dtype,
-                    head,
-                    raw: Value::Null,
-                    path: path.clone(),
-                }
-            }
+        let shape = match arch {
+            Arch::Bloom => bloom_shape(&f)?,
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral => rope_family_shape(&f, arch)?,
+        };
+        let cfg = ModelConfig {
+            arch,
+            lora_rank: 0,
+            lora_x_width: 0,
+            vocab_size: f.usize_any(&["vocab_size"])?,
+            hidden_size: shape.hidden,
+            n_layers: shape.layers,
+            n_heads: shape.heads,
+            n_kv_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+            intermediate_size: shape.intermediate,
+            norm_eps: shape.eps,
+            rope_theta: shape.rope.0,
+            rope_scaling: shape.rope.1,
+            max_positions: shape.max_positions,
+            tie_word_embeddings: f.bool_or("tie_word_embeddings", arch == Arch::Bloom)?,
+            features: shape.features,
+            bos_token_id: f.token_id("bos_token_id")?,
+            eos_token_id: f.token_id("eos_token_id")?,
+            pad_token_id: f.token_id("pad_token_id")?,
+            dtype,
+            head,
+            raw: Value::Null,
+            path: path.clone(),
         };
         cfg.validate(&f)?;
         Ok(ModelConfig { raw, ..cfg })
@@ -297,8 +207,8 @@ impl ModelConfig {
     /// (finite, positive), special token ids (inside the vocabulary).
     fn validate(&self, f: &Fields) -> Result<()> {
         let (eps_key, heads_key) = match self.arch {
-            Arch::Llama => ("rms_norm_eps", "num_attention_heads"),
             Arch::Bloom => ("layer_norm_epsilon", if f.get("n_head").is_some() { "n_head" } else { "num_attention_heads" }),
+            _ => ("rms_norm_eps", "num_attention_heads"),
         };
         let layers_key = if self.arch == Arch::Bloom && f.get("n_layer").is_some() { "n_layer" } else { "num_hidden_layers" };
         // the sizes first: their products are then safe to compute
@@ -308,7 +218,7 @@ impl ModelConfig {
             ("intermediate_size", self.intermediate_size > 0, "must be positive".into()),
             ("max_position_embeddings", self.max_positions != Some(0), "must be positive".into()),
             (eps_key, self.norm_eps.is_finite() && self.norm_eps > 0.0, format!("{}: expected a finite positive number", self.norm_eps)),
-            ("rope_theta", self.arch == Arch::Bloom || (self.rope_theta.is_finite() && self.rope_theta > 0.0), format!("{}: expected a finite positive number", self.rope_theta)),
+            ("rope_theta", self.features.positions != Positions::Rope || (self.rope_theta.is_finite() && self.rope_theta > 0.0), format!("{}: expected a finite positive number", self.rope_theta)),
         ];
         for (field, ok, msg) in checks {
             if !ok {
@@ -355,14 +265,19 @@ impl ModelConfig {
     fn param_parts(&self) -> ParamParts {
         let [c, v, f] = [self.hidden_size, self.vocab_size, self.intermediate_size].map(|x| x as u128);
         let (qw, kw) = (self.n_heads as u128 * self.head_dim as u128, self.n_kv_heads as u128 * self.head_dim as u128);
-        let (embed_norm, per_layer, final_norm) = match self.arch {
-            Arch::Llama => {
-                let attn = c * qw + 2 * c * kw + qw * c + if self.attention_bias { qw + 2 * kw + c } else { 0 };
-                let mlp = 3 * c * f + if self.mlp_bias { 2 * f + c } else { 0 };
-                (0, 2 * c + attn + mlp, c)
-            }
-            Arch::Bloom => (2 * c, 4 * c + 3 * c * c + 3 * c + c * c + c + 2 * c * f + f + c, 2 * c),
+        let ft = &self.features;
+        let d = self.head_dim as u128;
+        // a norm's parameters: RMSNorm's weight, LayerNorm's weight and bias
+        let norm = match ft.norm {
+            NormKind::Rms => c,
+            NormKind::Layer => 2 * c,
         };
+        let attn = 2 * c * qw + 2 * c * kw + if ft.qkv_bias { qw + 2 * kw } else { 0 } + if ft.o_bias { c } else { 0 } + if ft.qk_norm { 2 * d } else { 0 };
+        let mlp = match ft.mlp {
+            MlpKind::SwiGlu => 3 * c * f + if ft.mlp_bias { 2 * f + c } else { 0 },
+            MlpKind::Gelu => 2 * c * f + if ft.mlp_bias { f + c } else { 0 },
+        };
+        let (embed_norm, per_layer, final_norm) = (if ft.embed_norm { norm } else { 0 }, 2 * norm + attn + mlp, norm);
         let head = match self.head {
             Head::CausalLm if self.tie_word_embeddings => 0,
             Head::CausalLm => v * c,
@@ -382,10 +297,7 @@ impl ModelConfig {
     pub fn to_json(&self, dtype: DType) -> Value {
         let mut v = self.raw.clone();
         if let Some(o) = v.as_object_mut() {
-            let family = match self.arch {
-                Arch::Llama => "Llama",
-                Arch::Bloom => "Bloom",
-            };
+            let family = self.arch.class_prefix();
             match self.head {
                 Head::CausalLm => {
                     o.insert("architectures".into(), serde_json::json!([format!("{family}ForCausalLM")]));
@@ -453,9 +365,9 @@ fn check_sizes(cfg: &ModelConfig, heads_key: &str, f: &Fields) -> Result<()> {
     let checks: [(&str, bool, &str); 8] = [
         ("hidden_size", cfg.hidden_size > 0, "must be positive"),
         (heads_key, cfg.n_heads > 0 && cfg.n_kv_heads > 0 && cfg.n_heads.is_multiple_of(cfg.n_kv_heads), "heads must be positive and a multiple of num_key_value_heads"),
-        ("head_dim", cfg.head_dim > 0 && (cfg.arch == Arch::Bloom || cfg.head_dim.is_multiple_of(2)), "must be positive (and even for RoPE)"),
+        ("head_dim", cfg.head_dim > 0 && (cfg.features.positions != Positions::Rope || cfg.head_dim.is_multiple_of(2)), "must be positive (and even for RoPE)"),
         ("vocab_size", cfg.vocab_size > 0, "must be positive"),
-        ("hidden_size", cfg.arch == Arch::Llama || q_width == Some(cfg.hidden_size), "BLOOM needs hidden_size divisible by n_head"),
+        ("hidden_size", !cfg.arch.names().fused_qkv || q_width == Some(cfg.hidden_size), "BLOOM needs hidden_size divisible by n_head"),
         ("vocab_size", cfg.vocab_size.checked_mul(cfg.hidden_size).is_some(), "too large: vocab_size × hidden_size overflows"),
         ("intermediate_size", cfg.intermediate_size.checked_mul(cfg.hidden_size).is_some(), "too large: intermediate_size × hidden_size overflows"),
         ("head_dim", q_width.and_then(|w| w.checked_mul(cfg.hidden_size)).is_some(), "too large: num_attention_heads × head_dim × hidden_size overflows"),
@@ -494,4 +406,152 @@ fn rope_from(f: &Fields) -> Result<(f64, RopeScaling)> {
         other => return Err(f.err(&format!("{field}.rope_type"), format!("unsupported rope type {other:?} (supported: default, linear, llama3)"))),
     };
     Ok((theta, scaling))
+}
+
+/// The sizes and features one architecture's config keys resolve to.
+struct Shape {
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    intermediate: usize,
+    eps: f32,
+    rope: (f64, RopeScaling),
+    max_positions: Option<usize>,
+    features: Features,
+}
+
+/// The head `architectures` names: the LM head, or a one-label sequence-classification score.
+fn head_of(f: &Fields, arch: Arch) -> Result<Head> {
+    let archs: Vec<&str> = f.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let family = arch.class_prefix();
+    let mut head = Head::CausalLm;
+    for a in archs {
+        match a.strip_prefix(family) {
+            Some("ForCausalLM" | "Model") => {}
+            Some("ForSequenceClassification") => {
+                let labels = f.get("id2label").and_then(Value::as_object).map(|m| m.len()).or(f.opt_usize("num_labels")?).unwrap_or(2);
+                if labels != 1 {
+                    return Err(f.err("id2label", format!("{a} with {labels} labels: okapi's reward models have exactly one (num_labels 1)")));
+                }
+                head = Head::Score;
+            }
+            _ => return Err(f.err("architectures", format!("unsupported architecture {a:?} for model_type {:?} (expected {family}ForCausalLM or {family}ForSequenceClassification with one label)", arch.name()))),
+        }
+    }
+    Ok(head)
+}
+
+/// BLOOM: ALiBi, GELU MLP, LayerNorms (one after the embedding), biases everywhere, fused qkv.
+fn bloom_shape(f: &Fields) -> Result<Shape> {
+    if f.bool_or("apply_residual_connection_post_layernorm", false)? {
+        return Err(f.err("apply_residual_connection_post_layernorm", "true is not supported"));
+    }
+    let hidden = f.usize_any(&["hidden_size", "n_embed"])?;
+    let heads = f.usize_any(&["n_head", "num_attention_heads"])?;
+    let layers = f.usize_any(&["n_layer", "num_hidden_layers"])?;
+    let features = Features {
+        positions: Positions::Alibi,
+        mlp: MlpKind::Gelu,
+        norm: NormKind::Layer,
+        embed_norm: true,
+        qkv_bias: true,
+        o_bias: true,
+        mlp_bias: true,
+        qk_norm: false,
+        layer_windows: vec![0; layers.min(MAX_LAYERS + 1)],
+    };
+    Ok(Shape {
+        hidden,
+        layers,
+        heads,
+        kv_heads: heads,
+        head_dim: hidden.checked_div(heads).unwrap_or(0),
+        intermediate: hidden.checked_mul(4).ok_or_else(|| f.err("hidden_size", "too large: 4 × hidden_size overflows"))?,
+        eps: f.f64_or("layer_norm_epsilon", 1e-5)? as f32,
+        rope: (0.0, RopeScaling::None),
+        max_positions: None,
+        features,
+    })
+}
+
+/// LLaMA and its descendants: RoPE, SwiGLU, RMSNorm; per architecture the biases (LLaMA's
+/// `attention_bias` / `mlp_bias`, Qwen2's q/k/v biases, Qwen3's `attention_bias`), Qwen3's q/k
+/// norms, and sliding windows (Mistral's `sliding_window`, Qwen's `use_sliding_window`).
+fn rope_family_shape(f: &Fields, arch: Arch) -> Result<Shape> {
+    let hidden = f.usize_any(&["hidden_size"])?;
+    let heads = f.usize_any(&["num_attention_heads"])?;
+    let layers = f.usize_any(&["num_hidden_layers"])?;
+    // transformers' Qwen3Config defaults head_dim to 128; the others derive it
+    let derived = if arch == Arch::Qwen3 { 128 } else { hidden.checked_div(heads).unwrap_or(0) };
+    let act = f.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+    if act != "silu" {
+        return Err(f.err("hidden_act", format!("unsupported activation {act:?} ({} uses \"silu\")", arch.name())));
+    }
+    let attention_bias = f.bool_or("attention_bias", false)?;
+    let (qkv_bias, o_bias, mlp_bias) = match arch {
+        Arch::Llama => (attention_bias, attention_bias, f.bool_or("mlp_bias", false)?),
+        Arch::Qwen2 => (true, false, false),
+        Arch::Qwen3 => (attention_bias, attention_bias, false),
+        _ => (false, false, false),
+    };
+    let features = Features {
+        positions: Positions::Rope,
+        mlp: MlpKind::SwiGlu,
+        norm: NormKind::Rms,
+        embed_norm: false,
+        qkv_bias,
+        o_bias,
+        mlp_bias,
+        qk_norm: arch == Arch::Qwen3,
+        layer_windows: layer_windows(f, arch, layers)?,
+    };
+    Ok(Shape {
+        hidden,
+        layers,
+        heads,
+        kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(heads),
+        head_dim: f.opt_usize("head_dim")?.unwrap_or(derived),
+        intermediate: f.usize_any(&["intermediate_size"])?,
+        eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
+        rope: rope_from(f)?,
+        max_positions: Some(f.opt_usize("max_position_embeddings")?.unwrap_or(2048)),
+        features,
+    })
+}
+
+/// Each layer's sliding window (0: full attention), as transformers resolves it: `layer_types`
+/// when the config lists them; else Mistral's `sliding_window` on every layer (4096 when the key
+/// is absent, none when null), Qwen's on the layers from `max_window_layers` up when
+/// `use_sliding_window`; LLaMA none.
+fn layer_windows(f: &Fields, arch: Arch, layers: usize) -> Result<Vec<usize>> {
+    let layers_ok = layers.min(MAX_LAYERS + 1);
+    let window = match arch {
+        Arch::Mistral if f.v.get("sliding_window").is_none() => Some(4096),
+        Arch::Mistral => f.opt_usize("sliding_window")?,
+        Arch::Qwen2 | Arch::Qwen3 if f.bool_or("use_sliding_window", false)? => f.opt_usize("sliding_window")?,
+        _ => None,
+    };
+    if window == Some(0) {
+        return Err(f.err("sliding_window", "must be positive (or null for full attention)"));
+    }
+    if let Some(types) = f.get("layer_types") {
+        let list = types.as_array().filter(|a| a.len() == layers).ok_or_else(|| f.err("layer_types", format!("expected a list of {layers} layer types")))?;
+        return list
+            .iter()
+            .enumerate()
+            .map(|(l, t)| match (t.as_str(), window) {
+                (Some("full_attention"), _) => Ok(0),
+                (Some("sliding_attention"), Some(w)) => Ok(w),
+                (Some("sliding_attention"), None) => Err(f.err(&format!("layer_types[{l}]"), "\"sliding_attention\" without a sliding_window")),
+                _ => Err(f.err(&format!("layer_types[{l}]"), format!("{t}: expected \"full_attention\" or \"sliding_attention\""))),
+            })
+            .collect();
+    }
+    let from = match arch {
+        Arch::Qwen2 | Arch::Qwen3 => f.opt_usize("max_window_layers")?.unwrap_or(28),
+        _ => 0,
+    };
+    Ok((0..layers_ok).map(|l| if l >= from { window.unwrap_or(0) } else { 0 }).collect())
 }

@@ -133,7 +133,12 @@ impl<B: Backend> Model<B> {
 
     /// out (N,C) = norm(x); the statistics (`mean` only for LayerNorm) are saved for backward.
     pub(crate) fn norm_fwd(&self, nm: &Norm, out: &mut B::Buf, mean: &mut B::Buf, rstd: &mut B::Buf, x: &B::Buf, n: usize) {
-        let (w, sh) = (&self.values[nm.w], self.norm_shape(n));
+        self.norm_fwd_shaped(nm, out, mean, rstd, x, &self.norm_shape(n));
+    }
+
+    /// [`Model::norm_fwd`] over rows of another width (Qwen3's per-head q/k norms: N·H rows of D).
+    fn norm_fwd_shaped(&self, nm: &Norm, out: &mut B::Buf, mean: &mut B::Buf, rstd: &mut B::Buf, x: &B::Buf, sh: &NormShape) {
+        let (w, sh) = (&self.values[nm.w], *sh);
         match nm.b {
             None => self.be.rmsnorm_fwd(RmsNormFwd { out, rstd, x, w }, &sh),
             Some(b) => self.be.layernorm_fwd(LayerNormFwd { out, mean, rstd, x, w, b: &self.values[b] }, &sh),
@@ -143,7 +148,12 @@ impl<B: Backend> Model<B> {
     /// dx += ∂L/∂x; parameter gradients += (into a throw-away buffer when frozen). `saved` =
     /// the forward's input x and statistics (mean, rstd).
     pub(crate) fn norm_bwd(&self, nm: &Norm, dx: &mut B::Buf, dy: &B::Buf, saved: NormSaved<'_, B>, n: usize, grads: &mut Grads<B>) {
-        let (c, sh, w) = (self.cfg.hidden_size, self.norm_shape(n), &self.values[nm.w]);
+        self.norm_bwd_shaped(nm, dx, dy, saved, &self.norm_shape(n), grads);
+    }
+
+    /// [`Model::norm_bwd`] over rows of another width (see [`Model::norm_fwd_shaped`]).
+    fn norm_bwd_shaped(&self, nm: &Norm, dx: &mut B::Buf, dy: &B::Buf, saved: NormSaved<'_, B>, sh: &NormShape, grads: &mut Grads<B>) {
+        let (c, sh, w) = (sh.c, *sh, &self.values[nm.w]);
         let NormSaved { x, mean, rstd } = saved;
         let (mut spare_w, mut spare_b) = (None, None);
         match nm.b {
@@ -170,9 +180,15 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    fn attn_shape(&self, b: usize, t: usize, tk: usize) -> AttnShape {
+    /// Block `blk`'s attention over `tk` keys (its sliding window, if any).
+    fn attn_shape(&self, blk: &Block, b: usize, t: usize, tk: usize) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true, window: 0 }
+        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true, window: blk.window }
+    }
+
+    /// Rows of one head's q or k for the per-head norms: N·H rows of D.
+    fn head_norm_shape(&self, rows: usize) -> NormShape {
+        NormShape::new(rows, self.cfg.head_dim, self.cfg.norm_eps)
     }
 
     // ---- block ----------------------------------------------------------------------------
@@ -184,8 +200,19 @@ impl<B: Backend> Model<B> {
         let n = ctx.b * ctx.t;
         let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         self.norm_fwd(&blk.ln1, &mut la.ln1, &mut la.ln1_mean, &mut la.ln1_rstd, x_in, n);
-        self.adapted_fwd(&mut la.q, &la.ln1, &blk.q, n, st, [&mut la.lora_u, &mut la.lora_x]);
-        self.adapted_fwd(&mut la.k, &la.ln1, &blk.k, n, st, [&mut la.lora_u, &mut la.lora_x]);
+        match blk.q_norm.zip(blk.k_norm) {
+            None => {
+                self.adapted_fwd(&mut la.q, &la.ln1, &blk.q, n, st, [&mut la.lora_u, &mut la.lora_x]);
+                self.adapted_fwd(&mut la.k, &la.ln1, &blk.k, n, st, [&mut la.lora_u, &mut la.lora_x]);
+            }
+            Some((qn, kn)) => {
+                // q = norm(q_pre), k = norm(k_pre) per head, before RoPE
+                self.adapted_fwd(&mut la.q_pre, &la.ln1, &blk.q, n, st, [&mut la.lora_u, &mut la.lora_x]);
+                self.adapted_fwd(&mut la.k_pre, &la.ln1, &blk.k, n, st, [&mut la.lora_u, &mut la.lora_x]);
+                self.norm_fwd_shaped(&qn, &mut la.q, &mut la.ln1_mean, &mut la.q_rstd, &la.q_pre, &self.head_norm_shape(n * hq));
+                self.norm_fwd_shaped(&kn, &mut la.k, &mut la.ln1_mean, &mut la.k_rstd, &la.k_pre, &self.head_norm_shape(n * hkv));
+            }
+        }
         self.adapted_fwd(&mut la.v, &la.ln1, &blk.v, n, st, [&mut la.lora_u, &mut la.lora_x]);
         if let Some(inv_freq) = &self.rope_inv_freq {
             be.rope_fwd(&mut la.q, ctx.positions, inv_freq, &RopeShape::new(n, hq, d));
@@ -193,7 +220,7 @@ impl<B: Backend> Model<B> {
         }
         match kv {
             None => {
-                let sh = self.attn_shape(ctx.b, ctx.t, ctx.t);
+                let sh = self.attn_shape(blk, ctx.b, ctx.t, ctx.t);
                 let x = AttnInputs { q: &la.q, k: &la.k, v: &la.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
                 be.attention_fwd(&mut la.att, &mut la.lse, &x, &sh);
             }
@@ -201,7 +228,7 @@ impl<B: Backend> Model<B> {
                 let kv_sh = KvShape { batch: ctx.b, t_new: ctx.t, t_cap: slot.cap, width: hkv * d };
                 be.kv_write(slot.k, &la.k, ctx.q_pos0, &kv_sh);
                 be.kv_write(slot.v, &la.v, ctx.q_pos0, &kv_sh);
-                let sh = self.attn_shape(ctx.b, ctx.t, slot.cap);
+                let sh = self.attn_shape(blk, ctx.b, ctx.t, slot.cap);
                 let x = AttnInputs { q: &la.q, k: &*slot.k, v: &*slot.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
                 be.attention_fwd(&mut la.att, &mut la.lse, &x, &sh);
             }
@@ -250,15 +277,28 @@ impl<B: Backend> Model<B> {
         self.norm_bwd(&blk.ln2, &mut s.dres, &s.dln, NormSaved { x: &la.x_mid, mean: &la.ln2_mean, rstd: &la.ln2_rstd }, n, grads);
         // attention branch
         self.adapted_bwd(Out::Set(&mut s.datt), &s.dres, LayerIn { x: &la.att, lin: &blk.o, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
-        let sh = self.attn_shape(ctx.b, ctx.t, ctx.t);
+        let sh = self.attn_shape(blk, ctx.b, ctx.t, ctx.t);
         let x = AttnInputs { q: &la.q, k: &la.k, v: &la.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
         be.attention_bwd(AttnGrads { dq: &mut s.dq, dk: &mut s.dk, dv: &mut s.dv }, &s.datt, &la.att, &la.lse, &x, &sh);
         if let Some(inv_freq) = &self.rope_inv_freq {
             be.rope_bwd(&mut s.dq, ctx.positions, inv_freq, &RopeShape::new(n, hq, d));
             be.rope_bwd(&mut s.dk, ctx.positions, inv_freq, &RopeShape::new(n, hkv, d));
         }
-        self.adapted_bwd(Out::Set(&mut s.dln), &s.dq, LayerIn { x: &la.ln1, lin: &blk.q, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
-        self.adapted_bwd(Out::Add(&mut s.dln), &s.dk, LayerIn { x: &la.ln1, lin: &blk.k, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+        match blk.q_norm.zip(blk.k_norm) {
+            None => {
+                self.adapted_bwd(Out::Set(&mut s.dln), &s.dq, LayerIn { x: &la.ln1, lin: &blk.q, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+                self.adapted_bwd(Out::Add(&mut s.dln), &s.dk, LayerIn { x: &la.ln1, lin: &blk.k, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+            }
+            Some((qn, kn)) => {
+                // through the per-head norms into `dqk` (=), q's then k's, each before its projection
+                be.fill(&mut s.dqk, 0.0, n * hq * d);
+                self.norm_bwd_shaped(&qn, &mut s.dqk, &s.dq, NormSaved { x: &la.q_pre, mean: &la.ln1_mean, rstd: &la.q_rstd }, &self.head_norm_shape(n * hq), grads);
+                self.adapted_bwd(Out::Set(&mut s.dln), &s.dqk, LayerIn { x: &la.ln1, lin: &blk.q, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+                be.fill(&mut s.dqk, 0.0, n * hkv * d);
+                self.norm_bwd_shaped(&kn, &mut s.dqk, &s.dk, NormSaved { x: &la.k_pre, mean: &la.ln1_mean, rstd: &la.k_rstd }, &self.head_norm_shape(n * hkv), grads);
+                self.adapted_bwd(Out::Add(&mut s.dln), &s.dqk, LayerIn { x: &la.ln1, lin: &blk.k, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+            }
+        }
         self.adapted_bwd(Out::Add(&mut s.dln), &s.dv, LayerIn { x: &la.ln1, lin: &blk.v, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
         self.norm_bwd(&blk.ln1, &mut s.dres, &s.dln, NormSaved { x: x_in, mean: &la.ln1_mean, rstd: &la.ln1_rstd }, n, grads);
     }

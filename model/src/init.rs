@@ -10,47 +10,68 @@ use rayon::prelude::*;
 use serde_json::json;
 use std::path::PathBuf;
 
-/// (name, hidden, layers, heads, kv heads (LLaMA's grouped-query attention; BLOOM uses `heads`),
-/// ffn (LLaMA; BLOOM uses 4·hidden), vocab)
-pub const PRESETS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
-    ("tiny", 128, 4, 4, 4, 344, 4096),
-    ("bench-5m", 256, 4, 4, 4, 688, 4096),
-    ("bench-33m", 512, 8, 8, 8, 1360, 8192),
-    ("gpt2-124m-llama", 768, 12, 12, 12, 2048, 32000),
-    ("llama-1b", 2048, 16, 32, 8, 5632, 32000),
-    ("llama-7b", 4096, 32, 32, 32, 11008, 32000),
-    ("bloom-560m", 1024, 24, 16, 16, 4096, 250880),
-    ("bloom-7b1", 4096, 30, 32, 32, 16384, 250880),
+/// A named model shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    /// The architecture the shape comes from (`plan --preset` without `--arch` uses it).
+    pub arch: Arch,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// grouped-query KV heads (BLOOM ignores it: no GQA)
+    pub kv_heads: usize,
+    /// `None`: hidden / heads
+    pub head_dim: Option<usize>,
+    /// the MLP width (BLOOM ignores it: 4·hidden)
+    pub ffn: usize,
+    pub vocab: usize,
+    pub tied: bool,
+    pub rope_theta: f64,
+}
+
+const fn preset(name: &'static str, arch: Arch, [hidden, layers, heads, kv_heads, ffn, vocab]: [usize; 6]) -> Preset {
+    Preset { name, arch, hidden, layers, heads, kv_heads, head_dim: None, ffn, vocab, tied: false, rope_theta: 10000.0 }
+}
+
+pub const PRESETS: &[Preset] = &[
+    preset("tiny", Arch::Llama, [128, 4, 4, 4, 344, 4096]),
+    preset("bench-5m", Arch::Llama, [256, 4, 4, 4, 688, 4096]),
+    preset("bench-33m", Arch::Llama, [512, 8, 8, 8, 1360, 8192]),
+    preset("gpt2-124m-llama", Arch::Llama, [768, 12, 12, 12, 2048, 32000]),
+    preset("llama-1b", Arch::Llama, [2048, 16, 32, 8, 5632, 32000]),
+    preset("llama-7b", Arch::Llama, [4096, 32, 32, 32, 11008, 32000]),
+    preset("bloom-560m", Arch::Bloom, [1024, 24, 16, 16, 4096, 250880]),
+    preset("bloom-7b1", Arch::Bloom, [4096, 30, 32, 32, 16384, 250880]),
+    // Qwen2.5-0.5B and Qwen3-0.6B: tied heads, RoPE base 1e6; Qwen3's head_dim 128 ≠ 1024/16
+    Preset { tied: true, rope_theta: 1e6, ..preset("qwen2-0.5b", Arch::Qwen2, [896, 24, 14, 2, 4864, 151936]) },
+    Preset { tied: true, rope_theta: 1e6, head_dim: Some(128), ..preset("qwen3-0.6b", Arch::Qwen3, [1024, 28, 16, 8, 3072, 151936]) },
 ];
 
 pub fn preset_names() -> String {
-    PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+    PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
 }
 
-/// The config.json of a preset; `vocab` overrides the preset's vocabulary (a tokenizer's size).
+/// A preset by name.
+pub fn find_preset(name: &str) -> Result<&'static Preset> {
+    PRESETS.iter().find(|p| p.name == name).ok_or_else(|| ModelError::Other(format!("unknown preset `{name}` (expected one of: {})", preset_names())))
+}
+
+/// The config.json of a preset's shape as an `arch` model; `vocab` overrides the preset's
+/// vocabulary (a tokenizer's size).
 pub fn preset_config(arch: Arch, name: &str, vocab: Option<usize>, max_positions: usize) -> Result<ModelConfig> {
-    let &(_, hidden, layers, heads, kv_heads, ffn, v) = PRESETS
-        .iter()
-        .find(|p| p.0 == name)
-        .ok_or_else(|| ModelError::Other(format!("unknown preset `{name}` (expected one of: {})", preset_names())))?;
-    let vocab = vocab.unwrap_or(v);
+    let p = find_preset(name)?;
+    let vocab = vocab.unwrap_or(p.vocab);
     let raw = match arch {
-        Arch::Llama => json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": hidden,
-            "intermediate_size": ffn,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "num_key_value_heads": kv_heads,
-            "head_dim": hidden / heads,
-            "hidden_act": "silu",
-            "max_position_embeddings": max_positions,
-            "rms_norm_eps": 1e-5,
-            "rope_theta": 10000.0,
-            "attention_bias": false,
-            "mlp_bias": false,
-            "tie_word_embeddings": false,
+        Arch::Bloom => json!({
+            "architectures": ["BloomForCausalLM"],
+            "model_type": "bloom",
+            "hidden_size": p.hidden,
+            "n_layer": p.layers,
+            "n_head": p.heads,
+            "layer_norm_epsilon": 1e-5,
+            "apply_residual_connection_post_layernorm": false,
+            "tie_word_embeddings": true,
             "vocab_size": vocab,
             "bos_token_id": 1,
             "eos_token_id": 2,
@@ -58,15 +79,23 @@ pub fn preset_config(arch: Arch, name: &str, vocab: Option<usize>, max_positions
             "initializer_range": 0.02,
             "torch_dtype": "float32",
         }),
-        Arch::Bloom => json!({
-            "architectures": ["BloomForCausalLM"],
-            "model_type": "bloom",
-            "hidden_size": hidden,
-            "n_layer": layers,
-            "n_head": heads,
-            "layer_norm_epsilon": 1e-5,
-            "apply_residual_connection_post_layernorm": false,
-            "tie_word_embeddings": true,
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral => json!({
+            "architectures": [format!("{}ForCausalLM", arch.class_prefix())],
+            "model_type": arch.name(),
+            "hidden_size": p.hidden,
+            "intermediate_size": p.ffn,
+            "num_hidden_layers": p.layers,
+            "num_attention_heads": p.heads,
+            "num_key_value_heads": p.kv_heads,
+            "head_dim": p.head_dim.unwrap_or(p.hidden / p.heads),
+            "hidden_act": "silu",
+            "max_position_embeddings": max_positions,
+            "rms_norm_eps": if arch == Arch::Llama { 1e-5 } else { 1e-6 },
+            "rope_theta": p.rope_theta,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "sliding_window": null,
+            "tie_word_embeddings": p.tied,
             "vocab_size": vocab,
             "bos_token_id": 1,
             "eos_token_id": 2,
@@ -152,21 +181,32 @@ mod tests {
 
     #[test]
     fn every_preset_builds_a_config_of_its_shape() {
-        for &(name, hidden, layers, heads, kv_heads, ffn, vocab) in PRESETS {
-            for arch in [Arch::Llama, Arch::Bloom] {
-                let cfg = preset_config(arch, name, None, 2048).unwrap_or_else(|e| panic!("{name} {arch:?}: {e}"));
-                assert_eq!((cfg.hidden_size, cfg.n_layers, cfg.n_heads, cfg.vocab_size), (hidden, layers, heads, vocab), "{name} {arch:?}");
-                assert_eq!(cfg.head_dim, hidden / heads, "{name} {arch:?}");
-                // BLOOM has no grouped-query attention: the kv-heads column is LLaMA's
-                let kv = if arch == Arch::Llama { kv_heads } else { heads };
-                assert_eq!(cfg.n_kv_heads, kv, "{name} {arch:?}");
-                if arch == Arch::Llama {
-                    assert_eq!(cfg.intermediate_size, ffn, "{name}");
-                    assert!(!cfg.tie_word_embeddings && cfg.rope_theta == 10000.0, "{name}");
+        for p in PRESETS {
+            for arch in Arch::ALL {
+                let cfg = preset_config(arch, p.name, None, 2048).unwrap_or_else(|e| panic!("{} {arch:?}: {e}", p.name));
+                assert_eq!((cfg.hidden_size, cfg.n_layers, cfg.n_heads, cfg.vocab_size, cfg.arch), (p.hidden, p.layers, p.heads, p.vocab, arch), "{} {arch:?}", p.name);
+                // BLOOM has no grouped-query attention, derives head_dim, and its MLP is 4·hidden
+                if arch == Arch::Bloom {
+                    assert_eq!((cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size), (p.heads, p.hidden / p.heads, 4 * p.hidden), "{}", p.name);
+                } else {
+                    assert_eq!((cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size), (p.kv_heads, p.head_dim.unwrap_or(p.hidden / p.heads), p.ffn), "{}", p.name);
+                    assert_eq!((cfg.tie_word_embeddings, cfg.rope_theta), (p.tied, p.rope_theta), "{}", p.name);
+                    assert!(cfg.features.layer_windows.iter().all(|&w| w == 0), "{}: presets have no sliding window", p.name);
                 }
             }
-            assert!(preset_names().contains(name));
+            assert!(preset_names().contains(p.name));
         }
+    }
+
+    #[test]
+    fn qwen_presets_have_the_published_sizes() {
+        // Qwen2.5-0.5B: 494 M parameters with its tied head; Qwen3-0.6B: 596 M (q/k norms, head_dim 128)
+        let q2 = preset_config(Arch::Qwen2, "qwen2-0.5b", None, 32768).unwrap();
+        assert_eq!(q2.param_count(), 494_032_768);
+        assert!(q2.features.qkv_bias && !q2.features.o_bias);
+        let q3 = preset_config(Arch::Qwen3, "qwen3-0.6b", None, 40960).unwrap();
+        assert_eq!(q3.param_count(), 596_049_920);
+        assert!(q3.features.qk_norm && !q3.features.qkv_bias);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! okapi-model: Hugging Face LLaMA and BLOOM checkpoints (config.json + safetensors, both ways),
+//! okapi-model: Hugging Face LLaMA, BLOOM, Qwen2, Qwen3 and Mistral checkpoints (config.json + safetensors, both ways),
 //! the shared transformer with an explicit forward/backward (llm.c style: the forward saves what
 //! the backward needs in [`Acts`], parameter gradients accumulate in [`Grads`]), heads for reward
 //! models and PPO's value, and KV-cache decoding. Generic over the compute backend.
@@ -15,6 +15,7 @@
 //! ```
 
 pub mod acts;
+pub mod arch;
 pub mod bf16;
 pub mod config;
 pub mod decode;
@@ -30,11 +31,12 @@ pub mod rng;
 pub mod weights;
 
 pub use acts::{Acts, Grads, Scratch};
+pub use arch::{Features, MlpKind, NormKind, Positions};
 pub use config::{Arch, DType, Head, ModelConfig};
 pub use decode::KvCache;
 pub use heads::{ScoreBufs, ValueBufs};
 pub use error::{ModelError, Result};
-pub use init::{preset_config, preset_names, PRESETS};
+pub use init::{find_preset, preset_config, preset_names, Preset, PRESETS};
 pub use rng::Rng;
 pub use model::{Layout, Model, ParamInfo, ParamKind};
 pub use weights::Checkpoint;

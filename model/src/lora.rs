@@ -13,7 +13,7 @@
 use crate::error::{ModelError, Result};
 use crate::model::{fuse_qkv, split_qkv, Linear, Model};
 use crate::rng::Rng;
-use crate::{Arch, Head};
+use crate::Head;
 use okapi_runtime::{Backend, Dropout, Gemm};
 use std::path::Path;
 
@@ -83,14 +83,18 @@ impl LoraConfig {
     pub fn param_count(&self, cfg: &crate::ModelConfig) -> u128 {
         let (c, f) = (cfg.hidden_size as u128, cfg.intermediate_size as u128);
         let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
-        // (module, d_in, d_out) of one block, BLOOM's q, k, v as its one fused module
-        let modules: Vec<(&str, u128, u128)> = match cfg.arch {
-            Arch::Llama => vec![(module_of(Arch::Llama, 0), c, qw), (module_of(Arch::Llama, 1), c, kw), (module_of(Arch::Llama, 2), c, kw), (module_of(Arch::Llama, 3), qw, c), (module_of(Arch::Llama, 4), c, f), (module_of(Arch::Llama, 5), c, f), (module_of(Arch::Llama, 6), f, c)],
-            Arch::Bloom => vec![(module_of(Arch::Bloom, 0), c, 3 * c), (module_of(Arch::Bloom, 3), c, c), (module_of(Arch::Bloom, 5), c, f), (module_of(Arch::Bloom, 6), f, c)],
+        // (module, d_in, d_out) of one block by role; a fused q, k, v is one module
+        let names = cfg.arch.names();
+        let gated = cfg.features.mlp == crate::arch::MlpKind::SwiGlu;
+        let dims = [(c, qw), (c, kw), (c, kw), (qw, c), (c, f), (c, f), (f, c)];
+        let modules: Vec<(&str, u128, u128)> = if names.fused_qkv {
+            vec![(names.linears[0], c, qw + 2 * kw), (names.linears[3], qw, c), (names.linears[5], c, f), (names.linears[6], f, c)]
+        } else {
+            (0..7).filter(|&role| role != 4 || gated).map(|role| (names.linears[role], dims[role].0, dims[role].1)).collect()
         };
         let r = self.r as u128;
         (0..cfg.n_layers)
-            .flat_map(|l| modules.iter().map(move |&(m, i, o)| (format!("{}.{m}", block_prefix(cfg.arch, l)), i, o)))
+            .flat_map(|l| modules.iter().map(move |&(m, i, o)| (format!("{}.{m}", names.block(l)), i, o)))
             .filter(|(name, _, _)| match &self.targets {
                 Targets::AllLinear => true,
                 Targets::Names(n) => n.iter().any(|t| matches(name, t)),
@@ -109,35 +113,9 @@ impl LoraConfig {
     }
 }
 
-/// A block linear's role (q, k, v, o, gate, up, down: the order of `Block::linears`) and the
-/// Hugging Face module it belongs to, relative to the block.
-fn module_of(arch: Arch, role: usize) -> &'static str {
-    match (arch, role) {
-        (Arch::Llama, 0) => "self_attn.q_proj",
-        (Arch::Llama, 1) => "self_attn.k_proj",
-        (Arch::Llama, 2) => "self_attn.v_proj",
-        (Arch::Llama, 3) => "self_attn.o_proj",
-        (Arch::Llama, 4) => "mlp.gate_proj",
-        (Arch::Llama, 5) => "mlp.up_proj",
-        (Arch::Llama, _) => "mlp.down_proj",
-        (Arch::Bloom, 0..=2) => "self_attention.query_key_value",
-        (Arch::Bloom, 3) => "self_attention.dense",
-        (Arch::Bloom, 5) => "mlp.dense_h_to_4h",
-        (Arch::Bloom, _) => "mlp.dense_4h_to_h",
-    }
-}
-
 /// PEFT's match of a module name against one target: the whole name, or its last dotted parts.
 fn matches(module: &str, target: &str) -> bool {
     module == target || module.ends_with(&format!(".{target}"))
-}
-
-/// The block prefix of layer `l` (`model.layers.3`, `transformer.h.3`).
-fn block_prefix(arch: Arch, l: usize) -> String {
-    match arch {
-        Arch::Llama => format!("model.layers.{l}"),
-        Arch::Bloom => format!("transformer.h.{l}"),
-    }
 }
 
 /// One adapted module of the model: its full HF name, the roles it covers in its block, and
@@ -161,15 +139,15 @@ pub struct Adapters {
 impl<B: Backend> Model<B> {
     /// The modules `targets` selects: (layer, module name relative to the block, roles).
     fn lora_sites(&self, targets: &Targets) -> Vec<(usize, &'static str, Vec<usize>)> {
-        let arch = self.cfg.arch;
+        let names = self.cfg.arch.names();
         let mut sites: Vec<(usize, &'static str, Vec<usize>)> = Vec::new();
         for (l, blk) in self.blocks.iter().enumerate() {
             for (role, lin) in blk.linears().iter().enumerate() {
                 if lin.is_none() {
                     continue;
                 }
-                let module = module_of(arch, role);
-                let full = format!("{}.{module}", block_prefix(arch, l));
+                let module = names.linears[role];
+                let full = format!("{}.{module}", names.block(l));
                 let hit = match targets {
                     Targets::AllLinear => true,
                     Targets::Names(names) => names.iter().any(|t| matches(&full, t)),
@@ -194,7 +172,7 @@ impl<B: Backend> Model<B> {
         }
         if let Targets::Names(names) = &cfg.targets {
             let all = self.lora_sites(&Targets::AllLinear);
-            let known: Vec<String> = all.iter().map(|(l, m, _)| format!("{}.{m}", block_prefix(self.cfg.arch, *l))).collect();
+            let known: Vec<String> = all.iter().map(|(l, m, _)| format!("{}.{m}", self.cfg.arch.names().block(*l))).collect();
             if let Some(t) = names.iter().find(|t| !known.iter().any(|k| matches(k, t))) {
                 let mut kinds: Vec<&str> = all.iter().map(|(_, m, _)| m.rsplit('.').next().unwrap()).collect();
                 kinds.sort();
@@ -205,7 +183,7 @@ impl<B: Backend> Model<B> {
         let mut rng = Rng::new(seed ^ 0x10_4A);
         let mut modules = Vec::new();
         for (l, module, roles) in self.lora_sites(&cfg.targets) {
-            let name = format!("{}.{module}", block_prefix(self.cfg.arch, l));
+            let name = format!("{}.{module}", self.cfg.arch.names().block(l));
             let d_in = self.blocks[l].linears()[roles[0]].unwrap().d_in;
             let bound = 1.0 / (d_in as f64).sqrt();
             let a_init: Vec<f32> = (0..cfg.r * d_in).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect();

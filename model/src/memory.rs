@@ -8,7 +8,8 @@
 //! backward scratch, the KV cache of `decode.rs`, and the host copies a checkpoint passes through
 //! while it loads.
 
-use crate::config::{Arch, ModelConfig};
+use crate::arch::MlpKind;
+use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use okapi_runtime::memory::{host_budget, human, Budget, DeviceMemory};
 use okapi_runtime::Backend;
@@ -36,12 +37,14 @@ pub fn saved_activation_bytes_with(cfg: &ModelConfig, rows: usize, checkpointed:
     let n = rows as u128;
     let [c, f, l] = [cfg.hidden_size, cfg.intermediate_size, cfg.n_layers].map(|x| x as u128);
     let (qw, kw, h) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128, cfg.n_heads as u128);
-    let mlp = if cfg.arch == Arch::Llama { 3 * f } else { 2 * f };
+    let mlp = if cfg.features.mlp == MlpKind::SwiGlu { 3 * f } else { 2 * f };
+    // q and k before per-head norms, with their statistics
+    let qk_norm = if cfg.features.qk_norm { qw + kw + h + cfg.n_kv_heads as u128 } else { 0 };
     // ln1, x_mid, ln2 and their statistics, q, k, v, the attention output and its lse, the MLP
-    let per_layer = 3 * c + 4 + 2 * qw + 2 * kw + h + mlp;
+    let per_layer = 3 * c + 4 + 2 * qw + 2 * kw + h + mlp + qk_norm;
     // the residual stream, the final norm and its statistics, token ids and positions (u32),
-    // BLOOM's embedding before its norm
-    let emb = if cfg.arch == Arch::Bloom { c + 2 } else { 0 };
+    // the embedding before its norm (BLOOM)
+    let emb = if cfg.features.embed_norm { c + 2 } else { 0 };
     let trunk = (l + 1) * c + c + 2 + 2 + emb;
     let kept = if checkpointed { l.min(1) } else { l };
     f32s(n.saturating_mul(kept * per_layer + trunk))
@@ -84,7 +87,7 @@ pub struct Techniques {
 pub fn block_linear_params(cfg: &ModelConfig) -> u128 {
     let [c, f] = [cfg.hidden_size, cfg.intermediate_size].map(|x| x as u128);
     let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
-    let mlp = if cfg.arch == Arch::Llama { 3 * c * f } else { 2 * c * f };
+    let mlp = if cfg.features.mlp == MlpKind::SwiGlu { 3 * c * f } else { 2 * c * f };
     2 * c * qw + 2 * c * kw + mlp
 }
 
@@ -98,7 +101,8 @@ pub fn weights_bytes_with(cfg: &ModelConfig, bf16_blocks: usize) -> u64 {
 pub fn workspace_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
     let (c, f) = (cfg.hidden_size as u128, cfg.intermediate_size as u128);
     let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
-    f32s((rows as u128).saturating_mul(2 * c + 2 * qw + 2 * kw + 3 * f))
+    let qk_norm = if cfg.features.qk_norm { qw } else { 0 };
+    f32s((rows as u128).saturating_mul(2 * c + 2 * qw + 2 * kw + 3 * f + qk_norm))
 }
 
 /// Everything a training forward and backward of `rows` rows allocate: saved activations,
@@ -341,12 +345,12 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
 mod tests {
     use super::*;
     use crate::init::preset_config;
-    use crate::Model;
+    use crate::{Arch, Model};
     use okapi_runtime::CpuBackend;
 
     #[test]
     fn weights_bytes_count_every_parameter() {
-        for arch in [Arch::Llama, Arch::Bloom] {
+        for arch in Arch::ALL {
             let cfg = preset_config(arch, "tiny", Some(300), 64).unwrap();
             let model = Model::init(CpuBackend, cfg.clone(), 0);
             assert_eq!(weights_bytes(&cfg), 4 * model.n_params() as u64, "{arch:?}");
@@ -378,7 +382,7 @@ mod tests {
     #[test]
     fn the_parts_add_up_to_what_the_arenas_allocate() {
         // Acts (its logits included) and Scratch, measured by their buffers on the CPU backend
-        for arch in [Arch::Llama, Arch::Bloom] {
+        for arch in Arch::ALL {
             let cfg = preset_config(arch, "tiny", Some(300), 64).unwrap();
             let model = Model::init(CpuBackend, cfg.clone(), 0);
             let (acts, scratch) = (model.new_acts(3, 7), model.new_scratch(3, 7));
@@ -410,7 +414,7 @@ mod tests {
 
     #[test]
     fn trainable_count_is_what_trainable_mask_trains() {
-        for (arch, tied) in [(Arch::Llama, false), (Arch::Llama, true), (Arch::Bloom, true)] {
+        for (arch, tied) in [(Arch::Llama, false), (Arch::Llama, true), (Arch::Bloom, true), (Arch::Qwen2, true), (Arch::Qwen3, false), (Arch::Mistral, false)] {
             let mut cfg = preset_config(arch, "tiny", Some(300), 64).unwrap();
             cfg.tie_word_embeddings = tied;
             let model = Model::init(CpuBackend, cfg.clone(), 0);

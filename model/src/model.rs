@@ -1,7 +1,8 @@
-//! The transformer shared by LLaMA and BLOOM: parameters in one table (values here, gradients in
+//! The transformer every architecture shares (its features picked by the config): parameters in one table (values here, gradients in
 //! `Grads`), the per-layer structure, and the mapping to Hugging Face tensor names both ways.
 
-use crate::config::{Arch, DType, Head, ModelConfig};
+use crate::arch::{MlpKind, NormKind, Positions};
+use crate::config::{DType, Head, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::{self, Checkpoint};
 use okapi_kernels::attention::alibi_slopes;
@@ -77,7 +78,12 @@ pub struct Block {
     pub v: Linear,
     pub o: Linear,
     pub ln2: Norm,
-    /// LLaMA's gate_proj; BLOOM has none.
+    /// Per-head RMSNorms of q and k (weights of head_dim), before RoPE (Qwen3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    /// The sliding attention window (0: full causal attention).
+    pub window: usize,
+    /// SwiGLU's gate_proj; a GELU MLP has none.
     pub gate: Option<Linear>,
     /// LLaMA's up_proj, BLOOM's dense_h_to_4h.
     pub up: Linear,
@@ -86,20 +92,20 @@ pub struct Block {
 }
 
 impl Block {
-    /// The linear layer of `role` (the order of [`Block::linears`]); LLaMA's gate for role 4.
+    /// The linear layer of `role` (the order of [`Block::linears`]); SwiGLU's gate for role 4.
     pub fn linear_mut(&mut self, role: usize) -> &mut Linear {
         match role {
             0 => &mut self.q,
             1 => &mut self.k,
             2 => &mut self.v,
             3 => &mut self.o,
-            4 => self.gate.as_mut().expect("role 4 is LLaMA's gate"),
+            4 => self.gate.as_mut().expect("role 4 is SwiGLU's gate"),
             5 => &mut self.up,
             _ => &mut self.down,
         }
     }
 
-    /// The block's linear layers by role: q, k, v, o, gate (LLaMA only), up, down.
+    /// The block's linear layers by role: q, k, v, o, gate (SwiGLU only), up, down.
     pub fn linears(&self) -> [Option<Linear>; 7] {
         [Some(self.q), Some(self.k), Some(self.v), Some(self.o), self.gate, Some(self.up), Some(self.down)]
     }
@@ -108,7 +114,8 @@ impl Block {
     pub fn params(&self) -> impl Iterator<Item = usize> {
         // with LoRA, the adapters' A and B (A once per layer it adapts; BLOOM's q, k, v share it)
         let lin = self.linears().into_iter().flatten().flat_map(|l| l.params());
-        lin.chain(self.ln1.params()).chain(self.ln2.params())
+        let qk = self.q_norm.into_iter().chain(self.k_norm).flat_map(|n| n.params());
+        lin.chain(self.ln1.params()).chain(self.ln2.params()).chain(qk)
     }
 }
 
@@ -206,13 +213,11 @@ impl Layout {
         };
         let (c, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
-        let (p, is_llama) = match cfg.arch {
-            Arch::Llama => ("model.", true),
-            Arch::Bloom => ("transformer.", false),
-        };
-        let norm = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: &str| -> Norm {
-            let w = add(info, hf, format!("{name}.weight"), vec![c], true);
-            let b = (!is_llama).then(|| add(info, hf, format!("{name}.bias"), vec![c], true));
+        let (names, ft) = (cfg.arch.names(), &cfg.features);
+        let p = names.prefix;
+        let norm = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: &str, width: usize| -> Norm {
+            let w = add(info, hf, format!("{name}.weight"), vec![width], true);
+            let b = (ft.norm == NormKind::Layer).then(|| add(info, hf, format!("{name}.bias"), vec![width], true));
             Norm { w, b }
         };
         let linear = |info: &mut Vec<ParamInfo>, hf: &mut Vec<HfEntry>, name: &str, d_in: usize, d_out: usize, bias: bool, direct: bool| -> Linear {
@@ -220,46 +225,38 @@ impl Layout {
             let b = bias.then(|| add(info, hf, format!("{name}.bias"), vec![d_out], direct));
             Linear { w, b, d_in, d_out, lora: None }
         };
-        let embed_name = if is_llama { format!("{p}embed_tokens.weight") } else { format!("{p}word_embeddings.weight") };
-        let embed = add(&mut info, &mut hf, embed_name, vec![v, c], true);
-        let emb_ln = (!is_llama).then(|| norm(&mut info, &mut hf, &format!("{p}word_embeddings_layernorm")));
+        let embed = add(&mut info, &mut hf, format!("{p}{}.weight", names.embed), vec![v, c], true);
+        let emb_ln = ft.embed_norm.then(|| norm(&mut info, &mut hf, &format!("{p}{}", names.embed_norm), c));
         let mut blocks = Vec::new();
         for l in 0..cfg.n_layers {
-            let block = if is_llama {
-                let b = format!("{p}layers.{l}");
-                let (ab, mb) = (cfg.attention_bias, cfg.mlp_bias);
-                let ln1 = norm(&mut info, &mut hf, &format!("{b}.input_layernorm"));
-                let q = linear(&mut info, &mut hf, &format!("{b}.self_attn.q_proj"), c, hq * d, ab, true);
-                let k = linear(&mut info, &mut hf, &format!("{b}.self_attn.k_proj"), c, hkv * d, ab, true);
-                let vv = linear(&mut info, &mut hf, &format!("{b}.self_attn.v_proj"), c, hkv * d, ab, true);
-                let o = linear(&mut info, &mut hf, &format!("{b}.self_attn.o_proj"), hq * d, c, ab, true);
-                let ln2 = norm(&mut info, &mut hf, &format!("{b}.post_attention_layernorm"));
-                let gate = linear(&mut info, &mut hf, &format!("{b}.mlp.gate_proj"), c, f, mb, true);
-                let up = linear(&mut info, &mut hf, &format!("{b}.mlp.up_proj"), c, f, mb, true);
-                let down = linear(&mut info, &mut hf, &format!("{b}.mlp.down_proj"), f, c, mb, true);
-                Block { ln1, q, k, v: vv, o, ln2, gate: Some(gate), up, down }
+            let b = names.block(l);
+            let m = |role: usize| format!("{b}.{}", names.linears[role]);
+            let ln1 = norm(&mut info, &mut hf, &format!("{b}.{}", names.ln1), c);
+            let [q, k, vv] = if names.fused_qkv {
+                // one HF tensor, held as three parameters (rows per head [q, k, v])
+                let qkv = m(0);
+                let [q, k, vv] = ["q", "k", "v"].map(|part| linear(&mut info, &mut hf, &format!("{qkv}[{part}]"), c, hq * d, ft.qkv_bias, false));
+                hf.push(HfEntry { name: format!("{qkv}.weight"), shape: vec![3 * hq * d, c], source: Source::FusedQkv { q: q.w, k: k.w, v: vv.w, heads: hq, head_dim: d } });
+                if let (Some(qb), Some(kb), Some(vb)) = (q.b, k.b, vv.b) {
+                    hf.push(HfEntry { name: format!("{qkv}.bias"), shape: vec![3 * hq * d], source: Source::FusedQkv { q: qb, k: kb, v: vb, heads: hq, head_dim: d } });
+                }
+                [q, k, vv]
             } else {
-                let b = format!("{p}h.{l}");
-                let ln1 = norm(&mut info, &mut hf, &format!("{b}.input_layernorm"));
-                let qkv = format!("{b}.self_attention.query_key_value");
-                let q = linear(&mut info, &mut hf, &format!("{qkv}[q]"), c, hq * d, true, false);
-                let k = linear(&mut info, &mut hf, &format!("{qkv}[k]"), c, hq * d, true, false);
-                let vv = linear(&mut info, &mut hf, &format!("{qkv}[v]"), c, hq * d, true, false);
-                hf.push(HfEntry { name: format!("{qkv}.weight"), shape: vec![3 * c, c], source: Source::FusedQkv { q: q.w, k: k.w, v: vv.w, heads: hq, head_dim: d } });
-                hf.push(HfEntry {
-                    name: format!("{qkv}.bias"),
-                    shape: vec![3 * c],
-                    source: Source::FusedQkv { q: q.b.unwrap(), k: k.b.unwrap(), v: vv.b.unwrap(), heads: hq, head_dim: d },
-                });
-                let o = linear(&mut info, &mut hf, &format!("{b}.self_attention.dense"), c, c, true, true);
-                let ln2 = norm(&mut info, &mut hf, &format!("{b}.post_attention_layernorm"));
-                let up = linear(&mut info, &mut hf, &format!("{b}.mlp.dense_h_to_4h"), c, f, true, true);
-                let down = linear(&mut info, &mut hf, &format!("{b}.mlp.dense_4h_to_h"), f, c, true, true);
-                Block { ln1, q, k, v: vv, o, ln2, gate: None, up, down }
+                [(0, hq), (1, hkv), (2, hkv)].map(|(role, heads)| linear(&mut info, &mut hf, &m(role), c, heads * d, ft.qkv_bias, true))
             };
-            blocks.push(block);
+            let o = linear(&mut info, &mut hf, &m(3), hq * d, c, ft.o_bias, true);
+            let (q_norm, k_norm) = if ft.qk_norm {
+                (Some(norm(&mut info, &mut hf, &format!("{b}.{}", names.q_norm), d)), Some(norm(&mut info, &mut hf, &format!("{b}.{}", names.k_norm), d)))
+            } else {
+                (None, None)
+            };
+            let ln2 = norm(&mut info, &mut hf, &format!("{b}.{}", names.ln2), c);
+            let gate = (ft.mlp == MlpKind::SwiGlu).then(|| linear(&mut info, &mut hf, &m(4), c, f, ft.mlp_bias, true));
+            let up = linear(&mut info, &mut hf, &m(5), c, f, ft.mlp_bias, true);
+            let down = linear(&mut info, &mut hf, &m(6), f, c, ft.mlp_bias, true);
+            blocks.push(Block { ln1, q, k, v: vv, o, ln2, q_norm, k_norm, window: ft.layer_windows[l], gate, up, down });
         }
-        let ln_f = norm(&mut info, &mut hf, &if is_llama { format!("{p}norm") } else { format!("{p}ln_f") });
+        let ln_f = norm(&mut info, &mut hf, &format!("{p}{}", names.final_norm), c);
         let (lm_head, score) = match cfg.head {
             Head::CausalLm if cfg.tie_word_embeddings => (Some(embed), None),
             Head::CausalLm => (Some(add(&mut info, &mut hf, "lm_head.weight".into(), vec![v, c], true)), None),
@@ -377,10 +374,7 @@ impl<B: Backend> Model<B> {
     fn from_checkpoint_with(be: B, cfg: ModelConfig, ckpt: &Checkpoint, fresh_score: Option<Vec<f32>>) -> Result<Model<B>> {
         let layout = Layout::new(&cfg);
         let mut host: Vec<Option<Vec<f32>>> = vec![None; layout.info.len()];
-        let prefix = match cfg.arch {
-            Arch::Llama => "model.",
-            Arch::Bloom => "transformer.",
-        };
+        let prefix = cfg.arch.names().prefix;
         let mut used: HashSet<&str> = HashSet::new();
         for e in &layout.hf {
             // Base-model checkpoints (LlamaModel, bigscience/bloom-*) have no prefix.
@@ -433,8 +427,8 @@ impl<B: Backend> Model<B> {
     /// A model from parameter values in the table's order (used by `load` and `init`).
     pub fn from_host(be: B, cfg: ModelConfig, layout: Layout, values: Vec<Vec<f32>>) -> Model<B> {
         let values: Vec<B::Buf> = values.iter().map(|v| be.upload(v)).collect();
-        let rope_inv_freq = (cfg.arch == Arch::Llama).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
-        let alibi = (cfg.arch == Arch::Bloom).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
+        let rope_inv_freq = (cfg.features.positions == Positions::Rope).then(|| be.upload(&rope_inv_freq(cfg.head_dim, cfg.rope_theta, &cfg.rope_scaling)));
+        let alibi = (cfg.features.positions == Positions::Alibi).then(|| be.upload(&alibi_slopes(cfg.n_heads)));
         let Layout { info, embed, emb_ln, blocks, ln_f, lm_head, score, hf } = layout;
         let packed = vec![false; info.len()];
         Model { cfg, be, info, values, embed, emb_ln, blocks, ln_f, lm_head, score, value_head: None, value_mlp: None, adapters: None, lora_disabled: false, training: false, dropout_step: 0, hf, rope_inv_freq, alibi, grad_checkpointing: false, head_chunk: None, first_block: 0, packed, offload_optimizer: false }

@@ -31,10 +31,10 @@ use std::time::Instant;
 pub struct BenchArgs {
     /// What to time: train (one SFT optimizer step) or generate (greedy decoding with the KV cache)
     pub mode: String,
-    /// llama or bloom
+    /// llama, bloom, qwen2, qwen3 or mistral
     #[arg(long, default_value = "llama")]
     pub arch: String,
-    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1
+    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1, qwen2-0.5b, qwen3-0.6b
     #[arg(long, default_value = "bench-5m")]
     pub preset: String,
     /// Sequences per step (train) or prompts per call (generate)

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
-    /// llama or bloom
+    /// llama, bloom, qwen2, qwen3 or mistral
     #[arg(long)]
     pub arch: String,
-    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1
+    /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1, qwen2-0.5b, qwen3-0.6b
     #[arg(long)]
     pub preset: String,
     /// tokenizer.json: sets the vocabulary size and the special token ids, and is copied
@@ -21,7 +21,7 @@ pub struct InitArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// max_position_embeddings of a LLaMA config
+    /// max_position_embeddings of a RoPE model's config (BLOOM has none)
     #[arg(long, default_value_t = 2048)]
     pub max_positions: usize,
     /// Replace the model already in OUT

@@ -54,10 +54,8 @@ impl LoraFlags {
         };
         let targets = match self.lora_targets.as_deref() {
             Some(t) => LoraConfig::parse_targets(t),
-            None => Targets::Names(match arch {
-                Arch::Llama => vec!["q_proj".into(), "v_proj".into()],
-                Arch::Bloom => vec!["query_key_value".into()],
-            }),
+            // PEFT's default targets for the architecture
+            None => Targets::Names(arch.names().lora_default.iter().map(|t| t.to_string()).collect()),
         };
         let cfg = LoraConfig { r, alpha: self.lora_alpha.unwrap_or(8.0), dropout: self.lora_dropout.unwrap_or(0.0), targets, rslora: self.use_rslora };
         cfg.validate().map_err(|e| e.to_string())?;

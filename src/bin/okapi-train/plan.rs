@@ -31,7 +31,7 @@ pub struct PlanArgs {
     /// Or a preset shape (llama-7b, bloom-7b1, …; see `init`)
     #[arg(long)]
     pub preset: Option<String>,
-    /// The preset's architecture: llama or bloom (default: bloom for bloom-* presets, else llama)
+    /// The preset's architecture: llama, bloom, qwen2, qwen3 or mistral (default: the one the preset's shape comes from)
     #[arg(long)]
     pub arch: Option<String>,
     /// PPO: the reward model's directory or preset (default: the policy's shape)
@@ -104,8 +104,8 @@ fn model_config(dir: Option<&PathBuf>, preset: Option<&str>, arch: Option<&str>)
     let name = preset.ok_or("--model or --preset is needed")?;
     let arch: Arch = match arch {
         Some(a) => a.parse().map_err(|e| format!("--arch: {e}"))?,
-        None if name.starts_with("bloom") => Arch::Bloom,
-        None => Arch::Llama,
+        // the architecture the preset's shape comes from
+        None => okapi_model::find_preset(name).map_err(|e| format!("--preset: {e}"))?.arch,
     };
     let mut cfg = preset_config(arch, name, None, 4096).map_err(|e| format!("--preset: {e}"))?;
     cfg.path = PathBuf::from(format!("preset:{name}"));
