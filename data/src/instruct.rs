@@ -3,7 +3,7 @@
 //! non-string values (numbers, lists): they are converted and counted; records that cannot be
 //! used are skipped and counted.
 
-use crate::records::DataError;
+use crate::records::{At, DataError, Origin};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -92,15 +92,15 @@ fn field_string(v: Option<&Value>, converted: &mut usize) -> Option<String> {
     }
 }
 
-/// Values of a JSON array or JSONL file with their origin labels.
-pub(crate) fn read_values(path: &Path) -> Result<Vec<(String, Value)>, DataError> {
+/// Values of a JSON array or JSONL file with their origins.
+pub(crate) fn read_values(path: &Path) -> Result<Vec<(Origin, Value)>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     values_from_str(&text, path)
 }
 
 /// As `read_values`, from the file's text.
-pub(crate) fn values_from_str(text: &str, path: &Path) -> Result<Vec<(String, Value)>, DataError> {
-    let name = path.display().to_string();
+pub(crate) fn values_from_str(text: &str, path: &Path) -> Result<Vec<(Origin, Value)>, DataError> {
+    let origin = |at| Origin { path: path.to_path_buf(), at };
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
         let values: Vec<Value> = serde_json::from_str(trimmed).map_err(|e| DataError::Line {
@@ -108,7 +108,7 @@ pub(crate) fn values_from_str(text: &str, path: &Path) -> Result<Vec<(String, Va
             line: e.line() + text[..text.len() - trimmed.len()].matches('\n').count(),
             msg: format!("invalid JSON array: {e}"),
         })?;
-        Ok(values.into_iter().enumerate().map(|(i, v)| (format!("{name}:#{}", i + 1), v)).collect())
+        Ok(values.into_iter().enumerate().map(|(i, v)| (origin(At::Index(i + 1)), v)).collect())
     } else {
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -116,7 +116,7 @@ pub(crate) fn values_from_str(text: &str, path: &Path) -> Result<Vec<(String, Va
                 continue;
             }
             let v: Value = serde_json::from_str(line).map_err(|e| DataError::Line { path: path.to_path_buf(), line: i + 1, msg: format!("malformed JSON: {e}") })?;
-            out.push((format!("{name}:{}", i + 1), v));
+            out.push((origin(At::Line(i + 1)), v));
         }
         Ok(out)
     }
@@ -148,36 +148,44 @@ pub fn parse_instructions(text: &str, path: &Path, langs: Option<&[String]>, nee
 }
 
 /// The records of one file's values appended to `out`, counted in `stats`.
-fn add_instructions(values: Vec<(String, Value)>, path: &Path, langs: Option<&[String]>, need_output: bool, out: &mut Vec<InstructRecord>, stats: &mut LoadStats) -> Result<(), DataError> {
+fn add_instructions(values: Vec<(Origin, Value)>, path: &Path, langs: Option<&[String]>, need_output: bool, out: &mut Vec<InstructRecord>, stats: &mut LoadStats) -> Result<(), DataError> {
     let file_lang = lang_from_path(path);
     for (origin, v) in values {
         stats.read += 1;
-        let Some(obj) = v.as_object() else {
-            return Err(DataError::File { path: path.to_path_buf(), msg: format!("{origin}: expected a JSON object with \"instruction\", \"input\", \"output\", got {}", short(&v)) });
-        };
-        let mut conv = 0;
-        let instruction = field_string(obj.get("instruction"), &mut conv).unwrap_or_default();
-        let input = field_string(obj.get("input"), &mut conv).unwrap_or_default();
-        let output = field_string(obj.get("output"), &mut conv).unwrap_or_default();
-        let lang = field_string(obj.get("lang"), &mut conv).or_else(|| file_lang.clone());
-        let id = field_string(obj.get("id"), &mut conv);
-        stats.converted_fields += conv;
-        if instruction.trim().is_empty() || (need_output && output.trim().is_empty()) {
-            stats.skipped_missing += 1;
-            continue;
-        }
-        if let Some(keep) = langs {
-            if !lang.as_ref().is_some_and(|l| keep.iter().any(|k| k == l)) {
-                stats.skipped_lang += 1;
-                continue;
-            }
-        }
-        out.push(InstructRecord { instruction, input, output, lang, id, origin });
+        out.extend(instruct_record(origin, &v, file_lang.as_deref(), langs, need_output, stats)?);
     }
     Ok(())
 }
 
-fn short(v: &Value) -> String {
+/// One value of an instruction file as a record; `None` (counted in `stats`) when it is skipped.
+pub(crate) fn instruct_record(origin: Origin, v: &Value, file_lang: Option<&str>, langs: Option<&[String]>, need_output: bool, stats: &mut LoadStats) -> Result<Option<InstructRecord>, DataError> {
+    let Some(obj) = v.as_object() else {
+        return Err(DataError::File { path: origin.path.clone(), msg: format!("{origin}: expected a JSON object with \"instruction\", \"input\", \"output\", got {}", short(v)) });
+    };
+    let mut conv = 0;
+    let instruction = field_string(obj.get("instruction"), &mut conv).unwrap_or_default();
+    let input = field_string(obj.get("input"), &mut conv).unwrap_or_default();
+    let output = field_string(obj.get("output"), &mut conv).unwrap_or_default();
+    let lang = field_string(obj.get("lang"), &mut conv).or_else(|| file_lang.map(str::to_string));
+    let id = field_string(obj.get("id"), &mut conv);
+    stats.converted_fields += conv;
+    if instruction.trim().is_empty() || (need_output && output.trim().is_empty()) {
+        stats.skipped_missing += 1;
+        return Ok(None);
+    }
+    if !lang_kept(lang.as_deref(), langs) {
+        stats.skipped_lang += 1;
+        return Ok(None);
+    }
+    Ok(Some(InstructRecord { instruction, input, output, lang, id, origin: origin.to_string() }))
+}
+
+/// Whether a record of language `lang` is kept under `--langs`.
+pub(crate) fn lang_kept(lang: Option<&str>, langs: Option<&[String]>) -> bool {
+    langs.is_none_or(|keep| lang.is_some_and(|l| keep.iter().any(|k| k == l)))
+}
+
+pub(crate) fn short(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 60 {
         format!("{}…", &s[..s.char_indices().take_while(|(i, _)| *i < 60).last().map(|(i, c)| i + c.len_utf8()).unwrap_or(0)])

@@ -4,8 +4,8 @@
 //! `{"instruction","input","responses":[best … worst]}`, which give all K(K−1)/2 pairs of a
 //! prompt. A prompt's responses stay together so each is encoded once (InstructGPT).
 
-use crate::instruct::{lang_from_path, read_values, values_from_str};
-use crate::records::DataError;
+use crate::instruct::{lang_from_path, lang_kept, read_values, values_from_str};
+use crate::records::{DataError, Origin};
 use crate::sft::{encode_example, Example, SftEncoding};
 use crate::template::PromptTemplate;
 use crate::tokenizer::Tokenizer;
@@ -44,7 +44,7 @@ impl RankStats {
     }
 }
 
-fn text(v: Option<&Value>) -> Option<String> {
+pub(crate) fn text(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
@@ -79,51 +79,55 @@ pub fn parse_rankings(file_text: &str, path: &Path, langs: Option<&[String]>) ->
 }
 
 /// The records of one file's values appended to `out`, counted in `stats`.
-fn add_rankings(values: Vec<(String, Value)>, path: &Path, langs: Option<&[String]>, out: &mut Vec<RankRecord>, stats: &mut RankStats) -> Result<(), DataError> {
+fn add_rankings(values: Vec<(Origin, Value)>, path: &Path, langs: Option<&[String]>, out: &mut Vec<RankRecord>, stats: &mut RankStats) -> Result<(), DataError> {
     let file_lang = lang_from_path(path);
     for (origin, v) in values {
         stats.read += 1;
         let obj = v.as_object().ok_or_else(|| DataError::File { path: path.to_path_buf(), msg: format!("{origin}: expected a JSON object") })?;
-        let responses: Vec<String> = if let Some(list) = obj.get("responses") {
-            let arr = list.as_array().ok_or_else(|| DataError::File { path: path.to_path_buf(), msg: format!("{origin}: field `responses`: expected a list of strings, best first") })?;
-            arr.iter().map(|x| text(Some(x)).unwrap_or_default()).collect()
-        } else {
-            let chosen = text(obj.get("prefered_output")).or_else(|| text(obj.get("preferred_output"))).or_else(|| text(obj.get("chosen")));
-            let rejected = text(obj.get("rejected_output")).or_else(|| text(obj.get("rejected")));
-            match (chosen, rejected) {
-                (Some(c), Some(r)) => vec![c, r],
-                _ => {
-                    return Err(DataError::File {
-                        path: path.to_path_buf(),
-                        msg: format!("{origin}: expected `prefered_output`/`rejected_output` (or `preferred_output`, `chosen`/`rejected`) or a `responses` list"),
-                    })
-                }
-            }
-        };
-        let instruction = text(obj.get("instruction")).unwrap_or_default();
-        let input = text(obj.get("input")).unwrap_or_default();
-        let lang = text(obj.get("lang")).or_else(|| file_lang.clone());
-        if responses.len() < 2 {
-            stats.skipped_fewer_than_two += 1;
-            continue;
-        }
-        if instruction.trim().is_empty() || responses.iter().any(|r| r.trim().is_empty()) {
-            stats.skipped_empty += 1;
-            continue;
-        }
-        if (1..responses.len()).any(|i| responses[..i].contains(&responses[i])) {
-            stats.skipped_identical += 1;
-            continue;
-        }
-        if let Some(keep) = langs {
-            if !lang.as_ref().is_some_and(|l| keep.iter().any(|k| k == l)) {
-                stats.skipped_lang += 1;
-                continue;
-            }
-        }
-        out.push(RankRecord { instruction, input, responses, lang, origin });
+        out.extend(rank_record(origin, obj, file_lang.as_deref(), langs, stats)?);
     }
     Ok(())
+}
+
+/// One record of Okapi's ranking format; `None` (counted in `stats`) when it is skipped.
+pub(crate) fn rank_record(origin: Origin, obj: &serde_json::Map<String, Value>, file_lang: Option<&str>, langs: Option<&[String]>, stats: &mut RankStats) -> Result<Option<RankRecord>, DataError> {
+    let path = origin.path.as_path();
+    let responses: Vec<String> = if let Some(list) = obj.get("responses") {
+        let arr = list.as_array().ok_or_else(|| DataError::File { path: path.to_path_buf(), msg: format!("{origin}: field `responses`: expected a list of strings, best first") })?;
+        arr.iter().map(|x| text(Some(x)).unwrap_or_default()).collect()
+    } else {
+        let chosen = text(obj.get("prefered_output")).or_else(|| text(obj.get("preferred_output"))).or_else(|| text(obj.get("chosen")));
+        let rejected = text(obj.get("rejected_output")).or_else(|| text(obj.get("rejected")));
+        match (chosen, rejected) {
+            (Some(c), Some(r)) => vec![c, r],
+            _ => {
+                return Err(DataError::File {
+                    path: path.to_path_buf(),
+                    msg: format!("{origin}: expected `prefered_output`/`rejected_output` (or `preferred_output`, `chosen`/`rejected`) or a `responses` list"),
+                })
+            }
+        }
+    };
+    let instruction = text(obj.get("instruction")).unwrap_or_default();
+    let input = text(obj.get("input")).unwrap_or_default();
+    let lang = text(obj.get("lang")).or_else(|| file_lang.map(str::to_string));
+    if responses.len() < 2 {
+        stats.skipped_fewer_than_two += 1;
+        return Ok(None);
+    }
+    if instruction.trim().is_empty() || responses.iter().any(|r| r.trim().is_empty()) {
+        stats.skipped_empty += 1;
+        return Ok(None);
+    }
+    if (1..responses.len()).any(|i| responses[..i].contains(&responses[i])) {
+        stats.skipped_identical += 1;
+        return Ok(None);
+    }
+    if !lang_kept(lang.as_deref(), langs) {
+        stats.skipped_lang += 1;
+        return Ok(None);
+    }
+    Ok(Some(RankRecord { instruction, input, responses, lang, origin: origin.to_string() }))
 }
 
 /// A tokenized prompt group: every response as an SFT example, and the pairs (better, worse).
@@ -170,7 +174,7 @@ pub fn parse_scoring_records(file_text: &str, path: &Path) -> Result<Vec<RankRec
         } else {
             return Err(DataError::File { path: path.to_path_buf(), msg: format!("{origin}: expected `output`, `responses` or a chosen/rejected pair") });
         };
-        out.push(RankRecord { instruction: text(obj.get("instruction")).unwrap_or_default(), input: text(obj.get("input")).unwrap_or_default(), responses, lang: None, origin });
+        out.push(RankRecord { instruction: text(obj.get("instruction")).unwrap_or_default(), input: text(obj.get("input")).unwrap_or_default(), responses, lang: None, origin: origin.to_string() });
     }
     if out.is_empty() {
         return Err(DataError::File { path: path.to_path_buf(), msg: "no records (the file is empty)".into() });

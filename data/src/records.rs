@@ -17,6 +17,40 @@ pub enum DataError {
     Tokenizer(String),
 }
 
+/// Where a record is: its file and line (JSONL) or its index in the file's array (from 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub path: PathBuf,
+    pub at: At,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    Line(usize),
+    Index(usize),
+}
+
+impl std::fmt::Display for Origin {
+    /// `file:line`, or `file:#index` for a record of an array
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            At::Line(l) => write!(f, "{}:{l}", self.path.display()),
+            At::Index(i) => write!(f, "{}:#{i}", self.path.display()),
+        }
+    }
+}
+
+impl Origin {
+    /// An error about this record: `file:line: msg` or `file: record N: msg`.
+    pub fn error(&self, msg: impl Into<String>) -> DataError {
+        let msg = one_line(msg.into());
+        match self.at {
+            At::Line(line) => DataError::Line { path: self.path.clone(), line, msg },
+            At::Index(i) => DataError::File { path: self.path.clone(), msg: format!("record {i}: {msg}") },
+        }
+    }
+}
+
 /// One `loglik` request: lm-evaluation-harness's `loglikelihood(context, continuation)`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -31,11 +31,16 @@ pub struct SftEncoding {
 /// encoded without, then EOS; concatenated and cut at `max_len` from the right. `None` when the
 /// prompt alone fills `max_len` (no response token would remain): the caller skips and counts.
 pub fn encode_example(tok: &Tokenizer, tpl: &PromptTemplate, rec: &InstructRecord, enc: &SftEncoding) -> Result<Option<Example>, DataError> {
-    let prompt = tok.encode(&tpl.prompt(&rec.instruction, &rec.input), true)?;
+    encode_text(tok, &tpl.prompt(&rec.instruction, &rec.input), &rec.output, enc)
+}
+
+/// As [`encode_example`] for a prompt that is already text (TRL's standard format).
+pub fn encode_text(tok: &Tokenizer, prompt: &str, response: &str, enc: &SftEncoding) -> Result<Option<Example>, DataError> {
+    let prompt = tok.encode(prompt, true)?;
     if prompt.len() >= enc.max_len {
         return Ok(None);
     }
-    let mut response = tok.encode(&rec.output, false)?;
+    let mut response = tok.encode(response, false)?;
     response.push(enc.eos);
     let mut ids = prompt.clone();
     ids.extend_from_slice(&response);
