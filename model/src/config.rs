@@ -555,3 +555,89 @@ fn layer_windows(f: &Fields, arch: Arch, layers: usize) -> Result<Vec<usize>> {
     };
     Ok((0..layers_ok).map(|l| if l >= from { window.unwrap_or(0) } else { 0 }).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A small config of `model_type` with `extra` keys merged in.
+    fn cfg(model_type: &str, extra: Value) -> Result<ModelConfig> {
+        let mut v = json!({"model_type": model_type, "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        ModelConfig::from_value(v, PathBuf::from("config.json"))
+    }
+
+    fn err(model_type: &str, extra: Value) -> String {
+        cfg(model_type, extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_architecture_resolves_to_its_features() {
+        let q2 = cfg("qwen2", json!({"architectures": ["Qwen2ForCausalLM"]})).unwrap();
+        let f = &q2.features;
+        assert!(f.qkv_bias && !f.o_bias && !f.mlp_bias && !f.qk_norm && f.positions == Positions::Rope && f.mlp == MlpKind::SwiGlu && f.norm == NormKind::Rms);
+        assert_eq!((q2.head_dim, q2.tie_word_embeddings, f.layer_windows.clone()), (8, false, vec![0; 4]));
+        // Qwen3: head_dim defaults to 128 (its config class's default), attention_bias covers o too
+        let q3 = cfg("qwen3", json!({"attention_bias": true})).unwrap();
+        assert!(q3.features.qk_norm && q3.features.qkv_bias && q3.features.o_bias);
+        assert_eq!(q3.head_dim, 128);
+        assert_eq!(cfg("qwen3", json!({"head_dim": 12})).unwrap().head_dim, 12);
+        let llama = cfg("llama", json!({"attention_bias": true, "mlp_bias": true})).unwrap();
+        assert!(llama.features.qkv_bias && llama.features.o_bias && llama.features.mlp_bias && !llama.features.qk_norm);
+        let bloom = ModelConfig::from_value(json!({"model_type": "bloom", "hidden_size": 32, "n_layer": 2, "n_head": 4, "vocab_size": 50}), PathBuf::from("c")).unwrap();
+        assert!(bloom.features.embed_norm && bloom.features.positions == Positions::Alibi && bloom.features.mlp == MlpKind::Gelu && bloom.tie_word_embeddings);
+    }
+
+    #[test]
+    fn sliding_windows_follow_transformers_per_layer() {
+        // Mistral: the key absent means its config class's default 4096; null means none
+        assert_eq!(cfg("mistral", json!({})).unwrap().features.layer_windows, vec![4096; 4]);
+        assert_eq!(cfg("mistral", json!({"sliding_window": null})).unwrap().features.layer_windows, vec![0; 4]);
+        assert_eq!(cfg("mistral", json!({"sliding_window": 7})).unwrap().features.layer_windows, vec![7; 4]);
+        // Qwen: only with use_sliding_window, from max_window_layers up
+        assert_eq!(cfg("qwen2", json!({"sliding_window": 16, "max_window_layers": 2})).unwrap().features.layer_windows, vec![0; 4]);
+        let q = cfg("qwen2", json!({"use_sliding_window": true, "sliding_window": 16, "max_window_layers": 2})).unwrap();
+        assert_eq!(q.features.layer_windows, vec![0, 0, 16, 16]);
+        // layer_types, when listed, decide
+        let types = json!(["sliding_attention", "full_attention", "sliding_attention", "full_attention"]);
+        assert_eq!(cfg("mistral", json!({"sliding_window": 5, "layer_types": types})).unwrap().features.layer_windows, vec![5, 0, 5, 0]);
+    }
+
+    #[test]
+    fn unsupported_configs_are_one_clear_error() {
+        let e = err("gemma2", json!({}));
+        assert!(e.contains("model_type") && e.contains("unsupported model type \"gemma2\" (okapi supports \"llama\", \"bloom\", \"qwen2\", \"qwen3\", \"mistral\")"), "{e}");
+        let e = err("qwen2", json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}));
+        assert!(e.contains("rope_scaling.rope_type") && e.contains("unsupported rope type \"yarn\""), "{e}");
+        let e = err("mistral", json!({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}}));
+        assert!(e.contains("rope_parameters.rope_type") && e.contains("\"dynamic\""), "{e}");
+        let e = err("mistral", json!({"sliding_window": 0}));
+        assert!(e.contains("sliding_window") && e.contains("must be positive"), "{e}");
+        let e = err("qwen2", json!({"layer_types": ["full_attention", "chunked_attention", "full_attention", "full_attention"]}));
+        assert!(e.contains("layer_types[1]") && e.contains("\"chunked_attention\""), "{e}");
+        let e = err("qwen3", json!({"layer_types": ["sliding_attention", "full_attention", "full_attention", "full_attention"]}));
+        assert!(e.contains("layer_types[0]") && e.contains("without a sliding_window"), "{e}");
+        let e = err("qwen2", json!({"layer_types": ["full_attention"]}));
+        assert!(e.contains("layer_types") && e.contains("a list of 4 layer types"), "{e}");
+        let e = err("mistral", json!({"hidden_act": "gelu"}));
+        assert!(e.contains("hidden_act") && e.contains("mistral uses \"silu\""), "{e}");
+        let e = err("qwen2", json!({"architectures": ["LlamaForCausalLM"]}));
+        assert!(e.contains("architectures") && e.contains("Qwen2ForCausalLM"), "{e}");
+        for e in [err("gemma2", json!({})), err("qwen2", json!({"rope_scaling": {"rope_type": "yarn"}}))] {
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn saved_config_names_the_architectures_class() {
+        let mut c = cfg("qwen3", json!({"architectures": ["Qwen3ForCausalLM"]})).unwrap();
+        assert_eq!(c.to_json(DType::F32)["architectures"], json!(["Qwen3ForCausalLM"]));
+        c.head = Head::Score;
+        assert_eq!(c.to_json(DType::F32)["architectures"], json!(["Qwen3ForSequenceClassification"]));
+        let rm = cfg("mistral", json!({"architectures": ["MistralForSequenceClassification"], "num_labels": 1})).unwrap();
+        assert_eq!(rm.head, Head::Score);
+    }
+}

@@ -1,5 +1,5 @@
 //! `okapi-train demo`: the whole Okapi pipeline on the bundled multilingual data, on the CPU by
-//! default — train a tokenizer, init the `tiny` LLaMA, fine-tune on every language, show the
+//! default — train a tokenizer, init the `tiny` model (LLaMA by default, `--arch`), fine-tune on every language, show the
 //! loss falling and responses to held-out instructions in three scripts, then a reward model and
 //! PPO (or DPO) and the m_arc table per language before and after.
 
@@ -38,6 +38,9 @@ pub struct DemoArgs {
     pub ppo_iterations: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// The tiny model's architecture: llama, bloom, qwen2, qwen3 or mistral
+    #[arg(long, default_value = "llama")]
+    pub arch: Arch,
 }
 
 /// Languages whose last record is held out and answered at the end: Latin, Cyrillic, Han.
@@ -174,9 +177,9 @@ fn demo_train_cfg(a: &DemoArgs, epochs: u64, batch: usize, lr: f64, warmup: u64,
 }
 
 impl<B: Backend> Demo<'_, B> {
-    /// The tiny LLaMA on the tokenizer's vocabulary, initialised as transformers does.
+    /// The tiny model (`--arch`) on the tokenizer's vocabulary, initialised as transformers does.
     fn init_model(&mut self) -> Result<(Model<B>, PathBuf), String> {
-        let mut cfg = preset_config(Arch::Llama, "tiny", Some(self.tok.vocab_size()), 512).map_err(err)?;
+        let mut cfg = preset_config(self.a.arch, "tiny", Some(self.tok.vocab_size()), 512).map_err(err)?;
         for (key, token) in [("bos_token_id", "<s>"), ("eos_token_id", "</s>"), ("pad_token_id", "<pad>")] {
             cfg.raw[key] = self.tok.token_to_id(token).expect("okapi tokenizers carry the special tokens").into();
         }
@@ -185,7 +188,7 @@ impl<B: Backend> Demo<'_, B> {
         let model = Model::init(self.be.clone(), cfg, self.a.seed);
         let init_dir = self.a.out.join("init");
         model.save(&init_dir, DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, Some(&self.tok_path)).map_err(err)?;
-        println!("model: tiny LLaMA, {} parameters, on {}", model.n_params(), self.be.name());
+        println!("model: tiny {}, {} parameters, on {}", model.cfg.arch.name(), model.n_params(), self.be.name());
         Ok((model, init_dir))
     }
 
