@@ -411,3 +411,35 @@ fn half_bf16_round(x: f32) -> f32 {
     let r = b.wrapping_add(0x7fff + lsb);
     f32::from_bits(r & 0xffff_0000)
 }
+
+// ---- Qwen2, Qwen3, Mistral --------------------------------------------------------------------
+
+/// A fixture saved in its own dtype: the same HF tensors byte for byte, the same config.json,
+/// and a reload that computes the original's logits (transformers loading it: check_saved.py,
+/// by hand with `OKAPI_KEEP_SAVED`).
+#[track_caller]
+fn new_arch_roundtrip(name: &str, dtype: DType) {
+    let s = Scratch::new(name);
+    let src = fixture(name);
+    let orig = load(&src);
+    let out = s.root.join("saved");
+    save(&orig, &out, dtype, DEFAULT_MAX_SHARD_BYTES, &src);
+    check_saved_dir(&out, &src, dtype);
+    keep(&out, name);
+    let (a, b) = (raw_tensors(&src), raw_tensors(&out));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{name}: tensor names");
+    for (tensor, (_, dt, shape, bytes)) in &a {
+        let (_, dt2, shape2, bytes2) = &b[tensor];
+        assert_eq!((dt, shape), (dt2, shape2), "{name}: {tensor}");
+        assert!(bytes == bytes2, "{name}: {tensor}: bytes differ");
+    }
+    assert_eq!(read_json(&out.join("config.json")), read_json(&src.join("config.json")), "{name}: config.json");
+    assert_same_logits(name, &orig, &load(&out));
+}
+
+#[test]
+fn qwen2_qwen3_mistral_roundtrip_byte_exact() {
+    for (name, dtype) in [("qwen2_tied", DType::F32), ("qwen2_untied", DType::BF16), ("qwen3_gqa", DType::F32), ("mistral_swa", DType::F32)] {
+        new_arch_roundtrip(name, dtype);
+    }
+}
