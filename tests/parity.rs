@@ -1,6 +1,6 @@
-//! Whole-model parity with transformers (fixtures from tests/fixtures/generate.py): logits,
-//! loss and the gradient of every parameter; KV-cache decoding equal to the full forward;
-//! `loglik` equal to transformers' values.
+//! Whole-model parity with transformers (fixtures from tests/fixtures/generate.py and, for Qwen2,
+//! Qwen3 and Mistral, generate_arch.py): logits, loss and the gradient of every parameter;
+//! KV-cache decoding equal to the full forward; `loglik` equal to transformers' values.
 
 mod common;
 
@@ -99,13 +99,19 @@ fn linear_rope_scaling_mqa_tied_logits() {
 /// different number of new tokens per sequence: every real position's logits equal those of a
 /// full forward over that sequence alone.
 fn check_kv_cache(name: &str) {
-    let model = load(name);
     let r = reference(name);
     let all = ids(&r["input_ids"]);
     let t_full = r["input_ids"].shape[1];
+    let seqs = vec![all[..t_full].to_vec(), all[t_full..t_full + 17].to_vec(), all[3..14].to_vec()];
+    check_kv_cache_seqs(name, &seqs, &[7, 4, 9], 1);
+}
+
+/// [`check_kv_cache`] on given sequences and prompt lengths, decoding up to `chunk` tokens of a
+/// sequence per step (the last step of a sequence may be shorter; a sequence that is done adds
+/// nothing).
+fn check_kv_cache_seqs(name: &str, seqs: &[Vec<u32>], prompt_lens: &[usize], chunk: usize) {
+    let model = load(name);
     let v = model.cfg.vocab_size;
-    let seqs: Vec<Vec<u32>> = vec![all[..t_full].to_vec(), all[t_full..t_full + 17].to_vec(), all[3..14].to_vec()];
-    let prompt_lens = [7usize, 4, 9];
     let full: Vec<Vec<f32>> = seqs
         .iter()
         .map(|s| {
@@ -117,13 +123,14 @@ fn check_kv_cache(name: &str) {
     let b = seqs.len();
     let cap = seqs.iter().map(Vec::len).max().unwrap();
     let t_prompt = *prompt_lens.iter().max().unwrap();
+    assert!(chunk <= t_prompt, "steps fit the cache's t_max");
     let mut cache = model.new_cache(b, cap, t_prompt).unwrap();
     // prefill, right-padded with token 0
     let mut tokens = vec![0u32; b * t_prompt];
     for (s, seq) in seqs.iter().enumerate() {
         tokens[s * t_prompt..s * t_prompt + prompt_lens[s]].copy_from_slice(&seq[..prompt_lens[s]]);
     }
-    model.forward_cached(&mut cache, &tokens, t_prompt, &prompt_lens).unwrap();
+    model.forward_cached(&mut cache, &tokens, t_prompt, prompt_lens).unwrap();
     let mut compared = 0;
     for s in 0..b {
         for i in 0..prompt_lens[s] {
@@ -132,24 +139,29 @@ fn check_kv_cache(name: &str) {
             compared += 1;
         }
     }
-    // one token per step; a sequence that is done adds nothing
+    // up to `chunk` tokens per step, right-padded with token 0
     loop {
-        let n_new: Vec<usize> = (0..b).map(|s| usize::from(cache.lens[s] < seqs[s].len())).collect();
+        let n_new: Vec<usize> = (0..b).map(|s| chunk.min(seqs[s].len() - cache.lens[s])).collect();
         if n_new.iter().all(|&n| n == 0) {
             break;
         }
-        let step: Vec<u32> = (0..b).map(|s| if n_new[s] == 1 { seqs[s][cache.lens[s]] } else { 0 }).collect();
-        let pos: Vec<usize> = cache.lens.clone();
-        model.forward_cached(&mut cache, &step, 1, &n_new).unwrap();
+        let mut step = vec![0u32; b * chunk];
         for s in 0..b {
-            if n_new[s] == 1 {
-                assert_close(&format!("{name} decode seq {s} pos {}", pos[s]), &cache.logits[s * v..][..v], &full[s][pos[s] * v..][..v], &SAME_F32);
+            step[s * chunk..s * chunk + n_new[s]].copy_from_slice(&seqs[s][cache.lens[s]..cache.lens[s] + n_new[s]]);
+        }
+        let pos: Vec<usize> = cache.lens.clone();
+        model.forward_cached(&mut cache, &step, chunk, &n_new).unwrap();
+        for s in 0..b {
+            for i in 0..n_new[s] {
+                let p = pos[s] + i;
+                let what = format!("{name} decode (steps of {chunk}) seq {s} pos {p}");
+                assert_close(&what, &cache.logits[(s * chunk + i) * v..][..v], &full[s][p * v..][..v], &SAME_F32);
                 compared += 1;
             }
         }
     }
     assert_eq!(compared, seqs.iter().map(Vec::len).sum::<usize>());
-    println!("{name}: {compared} cached positions equal to the full forward");
+    println!("{name}: {compared} cached positions (decoding steps of {chunk}) equal to the full forward");
 }
 
 #[test]
@@ -206,5 +218,60 @@ fn llama_loglik_matches_transformers_any_batch_size() {
 fn bloom_loglik_matches_transformers_any_batch_size() {
     for bs in [1, 4] {
         check_loglik("bloom_6h", bs);
+    }
+}
+
+// ---- Qwen2, Qwen3, Mistral (tests/fixtures/generate_arch.py) --------------------------------
+
+/// The checks llama_gqa gets, for one fixture of generate_arch.py.
+macro_rules! arch_fixture {
+    ($module:ident, $dir:literal, $what:literal) => {
+        #[doc = $what]
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn logits() {
+                check_logits($dir);
+            }
+
+            #[test]
+            fn loss_and_every_gradient() {
+                check_loss_and_grads($dir);
+            }
+
+            #[test]
+            fn kv_cache_decoding_equals_full_forward() {
+                check_kv_cache($dir);
+            }
+
+            #[test]
+            fn loglik_matches_transformers_any_batch_size() {
+                for bs in [1, 4, 16] {
+                    check_loglik($dir, bs);
+                }
+            }
+        }
+    };
+}
+
+arch_fixture!(qwen2_tied, "qwen2_tied", "Qwen2: GQA 6/2, q/k/v biases, tied head, theta 1e6, f32, 5.x config.");
+arch_fixture!(qwen2_untied, "qwen2_untied", "Qwen2: MQA 5/1, untied, bf16, 4.x config naming a window that use_sliding_window leaves off.");
+arch_fixture!(qwen3_gqa, "qwen3_gqa", "Qwen3: head_dim 12 != 40 / 4, per-head q_norm / k_norm before RoPE, no biases.");
+arch_fixture!(mistral_swa, "mistral_swa", "Mistral: sliding window 7 on every layer, T = 24, head_dim 6.");
+
+/// Mistral's window in the KV cache: one sequence of 48 tokens (both reference rows) decoded from
+/// a 3-token prompt, i.e. 45 positions past a 7-token window, beside a prompt longer than the
+/// window; one token per step, and steps of 4 and of 12 (more than the window: a step's queries
+/// read keys from the cache and from the step itself).
+#[test]
+fn mistral_kv_cache_decoding_far_past_the_window() {
+    let window = json(&fixture("mistral_swa").join("config.json"))["sliding_window"].as_u64().unwrap() as usize;
+    let all = ids(&reference("mistral_swa")["input_ids"]);
+    let seqs = vec![all.clone(), all[5..30].to_vec(), all[10..16].to_vec()];
+    let prompt_lens = [3, 12, 6];
+    assert!(seqs[0].len() - prompt_lens[0] > 6 * window && prompt_lens[1] > window && 12 > window);
+    for chunk in [1, 4, 12] {
+        check_kv_cache_seqs("mistral_swa", &seqs, &prompt_lens, chunk);
     }
 }

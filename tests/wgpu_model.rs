@@ -1,5 +1,5 @@
 //! The wgpu backend end to end. Whole models on the device — logits, loss and every parameter
-//! gradient of the fixture models — against the CPU backend; then every command with
+//! gradient of the fixture models (LLaMA, BLOOM, Qwen2, Qwen3, Mistral) — against the CPU backend; then every command with
 //! `--backend wgpu`: the SFT, reward-model and DPO steps against the PyTorch trajectories the
 //! CPU is tested against (losses, gradient norms, every parameter after the steps), a longer SFT
 //! loss curve and a PPO run against the CPU's, `loglik` against transformers, `generate`,
@@ -81,6 +81,28 @@ fn bloom_logits_loss_and_every_gradient_match_the_cpu() {
 fn llama_rope_scaling_logits_loss_and_every_gradient_match_the_cpu() {
     model_parity("llama_rope_llama3", 2, 33);
     model_parity("llama_rope_linear", 2, 33);
+}
+
+// the architectures of tests/fixtures/generate_arch.py (random ids; t past Mistral's window)
+
+#[test]
+fn qwen2_tied_logits_loss_and_every_gradient_match_the_cpu() {
+    model_parity("qwen2_tied", 3, 29);
+}
+
+#[test]
+fn qwen2_untied_logits_loss_and_every_gradient_match_the_cpu() {
+    model_parity("qwen2_untied", 2, 37);
+}
+
+#[test]
+fn qwen3_logits_loss_and_every_gradient_match_the_cpu() {
+    model_parity("qwen3_gqa", 2, 41);
+}
+
+#[test]
+fn mistral_sliding_window_logits_loss_and_every_gradient_match_the_cpu() {
+    model_parity("mistral_swa", 2, 50);
 }
 
 // ---- training commands against PyTorch ---------------------------------------------------
