@@ -502,3 +502,15 @@ fn lora_dropout_masks_the_adapter_input_in_training_only() {
 fn bloom_dpo_lora_steps_match_peft() {
     command_matches_peft("lora_dpo_bloom_6h");
 }
+
+/// LoRA on the newer architectures: all-linear adapters around Qwen3's per-head q/k norms and
+/// under Mistral's sliding window — logits, every adapter gradient, three SFT steps and two DPO
+/// steps as PEFT computes them.
+#[test]
+fn qwen3_and_mistral_lora_match_peft() {
+    for name in ["qwen3_gqa", "mistral_swa"] {
+        logits_and_gradients_match_peft(name);
+        sft_steps_match_peft(name);
+        command_matches_peft(&format!("lora_dpo_{name}"));
+    }
+}
