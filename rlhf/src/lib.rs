@@ -55,5 +55,5 @@ pub use optim::{clip_coef, AdamWConfig, Optimizer};
 pub use ppo::{run_ppo, PpoConfig, PpoModels, PpoSummary};
 pub use reward::RewardObjective;
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use sft::{load_sft_data, run_sft, SftData};
+pub use sft::{load_sft_data, load_sft_examples, run_sft, SftData};
 pub use trainer::{split_val, train, RunDir, TrainConfig, TrainSummary};

@@ -6,7 +6,7 @@ use crate::checkpoint::Fnv;
 use crate::lm_loss::{lm_loss_blocks, shift_labels, LossBufs};
 use crate::trainer::{self, Objective, RunDir, StepOut, TrainConfig, TrainSummary};
 use crate::TrainError;
-use okapi_data::{collate, encode_example, load_instructions, Example, PromptTemplate, SftEncoding, Tokenizer};
+use okapi_data::{collate, load_sft_records, Example, PromptTemplate, RecordFormat, SftEncoding, Tokenizer};
 use okapi_model::{Acts, Grads, Model, Scratch};
 use okapi_runtime::Backend;
 use serde_json::{Map, Value};
@@ -23,13 +23,20 @@ pub struct SftData {
 /// keeps the languages `langs` (a record's `lang`, else its file name `{lang}.json`), and
 /// tokenizes each record with `template` as `cfg.max_len` and `cfg.mask_prompt` say; a record
 /// whose prompt alone does not fit is skipped and counted. `eos` ends every response.
+/// Conversations (`{"messages": …}`) are refused: [`load_sft_examples`] takes a chat template.
 pub fn load_sft_data(files: &[PathBuf], langs: Option<&[String]>, template: &PromptTemplate, tok: &Tokenizer, eos: u32, cfg: &TrainConfig) -> Result<SftData, TrainError> {
+    load_sft_examples(files, langs, &RecordFormat::prompt_only(template.clone()), tok, eos, cfg)
+}
+
+/// As [`load_sft_data`] for Okapi's records and conversations (`{"messages": […]}`, loss on
+/// every assistant message), each put into text as `format` says.
+pub fn load_sft_examples(files: &[PathBuf], langs: Option<&[String]>, format: &RecordFormat, tok: &Tokenizer, eos: u32, cfg: &TrainConfig) -> Result<SftData, TrainError> {
     let enc = SftEncoding { max_len: cfg.max_len, mask_prompt: cfg.mask_prompt, eos };
-    let (records, stats) = load_instructions(files, langs, true)?;
+    let (records, stats) = load_sft_records(files, langs)?;
     let mut examples = Vec::with_capacity(records.len());
     let mut too_long = 0;
     for r in &records {
-        match encode_example(tok, template, r, &enc).map_err(|source| TrainError::Record { origin: r.origin.clone(), source })? {
+        match r.encode(tok, format, &enc)? {
             Some(e) => examples.push(e),
             None => too_long += 1,
         }

@@ -8,8 +8,12 @@
 //! `max_position_embeddings` is left-truncated (BOS kept) to the larger of the room that leaves
 //! and half the window, with a warning on stderr; the response stops at the position limit.
 //! Only the response is printed on stdout (special tokens skipped, EOS stripped).
+//!
+//! `--template chat` puts the instruction (and input) as the user's message into the model's
+//! chat template with the generation prompt, tokenized as `apply_chat_template` does; the
+//! template's `eos_token` (its end of turn) then ends the response.
 
-use okapi_data::{PromptTemplate, Tokenizer};
+use okapi_data::{okapi_user_message, Message, Tokenizer};
 use okapi_model::memory::{kv_cache_bytes, weights_bytes, Need};
 use okapi_rlhf::{generate, Sampling};
 use okapi_runtime::{Backend, BackendKind};
@@ -29,6 +33,10 @@ pub struct GenerateArgs {
     /// Optional input giving further context (selects the template's with-input variant)
     #[arg(long, default_value = "")]
     pub input: String,
+    /// `okapi` (Okapi's prompt template), `chat` (the model's chat template) or a prompt
+    /// template file (alpaca-lora JSON) [default: okapi]
+    #[arg(long)]
+    pub template: Option<PathBuf>,
     /// Sampling temperature; 0 = greedy decoding
     #[arg(long, default_value_t = 0.1)]
     pub temperature: f32,
@@ -65,8 +73,7 @@ fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model_cfg = okapi_model::ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
-    let prompt = PromptTemplate::okapi().prompt(&a.instruction, &a.input);
-    let mut ids = tok.encode(&prompt, true).map_err(|e| e.to_string())?;
+    let (mut ids, template_eos) = prompt_ids(a, &tok)?;
     // generation stops at a LLaMA's position limit; BLOOM's is the budget
     let cap = ids.len().saturating_add(a.max_new_tokens).min(model_cfg.max_positions.unwrap_or(usize::MAX));
     let need = Need::new("generate", "lower --max-new-tokens").device("weights", weights_bytes(&model_cfg)).device("KV cache", kv_cache_bytes(&model_cfg, 1, cap, ids.len()));
@@ -80,7 +87,7 @@ fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {
             eprintln!("okapi-train generate: warning: the prompt ({n} tokens) and --max-new-tokens {} exceed max_position_embeddings {mp}: kept its last {kept} tokens", a.max_new_tokens);
         }
     }
-    let eos = model.cfg.eos_token_id;
+    let eos = template_eos.or(model.cfg.eos_token_id);
     let mut g = generate(&model, &[ids], &s, eos).map_err(|e| e.to_string())?.remove(0);
     if g.finished {
         g.tokens.pop();
@@ -88,6 +95,21 @@ fn run_on<B: Backend>(be: B, a: &GenerateArgs) -> Result<(), String> {
     let text = tok.decode(&g.tokens, true).map_err(|e| e.to_string())?;
     println!("{text}");
     Ok(())
+}
+
+/// The prompt's ids in `--template`'s format, and with the chat template its end-of-turn id.
+fn prompt_ids(a: &GenerateArgs, tok: &Tokenizer) -> Result<(Vec<u32>, Option<u32>), String> {
+    // `chat` is the only way a generation uses the chat template: an instruction is not a conversation
+    let explicit = a.template.as_deref().or(Some(std::path::Path::new("okapi")));
+    let format = super::train_flags::record_format(explicit, &a.model)?;
+    match format.chat.as_ref().filter(|_| format.instruct_as_chat) {
+        Some(chat) => {
+            let messages = [Message::new("user", &okapi_user_message(&a.instruction, &a.input))];
+            let ids = chat.encode(tok, &messages, true).map_err(|e| e.to_string())?;
+            Ok((ids, chat.special_token("eos_token").and_then(|t| tok.token_to_id(t))))
+        }
+        None => Ok((tok.encode(&format.prompt.prompt(&a.instruction, &a.input), true).map_err(|e| e.to_string())?, None)),
+    }
 }
 
 /// Left-truncates a prompt that, with `max_new` new tokens, would not fit `max_positions`: keeps

@@ -88,3 +88,16 @@ pub fn check_output_file(flag: &str, output: &Path, files: &[&Path], dirs: &[(&'
 pub fn write_output(path: &Path, text: &str) -> Result<(), String> {
     rundir::write_durable(path, text.as_bytes()).map_err(|e| e.to_string())
 }
+
+/// The tokenizer's config beside a saved model (`tokenizer_config.json`, and with it the chat
+/// template and special tokens; `chat_template.jinja`): the model saves `tokenizer.json` only,
+/// and a model trained on chat-formatted data must keep its template.
+pub fn copy_tokenizer_config(model: &Path, out: &Path) -> Result<(), String> {
+    for name in ["tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"] {
+        let (src, dst) = (model.join(name), out.join(name));
+        if src.is_file() && rundir::resolved(&src) != rundir::resolved(&dst) {
+            std::fs::copy(&src, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+        }
+    }
+    Ok(())
+}

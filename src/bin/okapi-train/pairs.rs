@@ -3,7 +3,7 @@
 use super::outdir;
 use super::sft::losses;
 use super::train_flags::{args_json, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
-use okapi_data::{encode_group, load_rankings, PromptGroup, SftEncoding, Tokenizer};
+use okapi_data::{load_preferences, PromptGroup, SftEncoding, Tokenizer};
 use okapi_model::{Model, ModelConfig};
 use okapi_rlhf::pairwise::{capacity, groups_fingerprint};
 use okapi_rlhf::trainer::check_resume;
@@ -17,8 +17,10 @@ pub struct RewardArgs {
     /// Starting model: an SFT model (a fresh, seeded score head is added) or a reward model
     #[arg(long)]
     pub model: PathBuf,
-    /// Ranking files: pairs {"instruction","input","prefered_output","rejected_output"} (also
-    /// preferred_output, chosen/rejected) or ranked lists {"instruction","input","responses":[best…worst]}
+    /// Ranking files, directories or globs: pairs {"instruction","input","prefered_output",
+    /// "rejected_output"} (also preferred_output, chosen/rejected), ranked lists
+    /// {"instruction","input","responses":[best…worst]}, or TRL's {"prompt","chosen","rejected"}
+    /// (strings or message lists; without prompt, the common start is the prompt)
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     #[arg(long)]
@@ -35,7 +37,7 @@ pub struct DpoArgs {
     /// Starting policy (an SFT model); the frozen reference is this same model
     #[arg(long)]
     pub model: PathBuf,
-    /// Ranking files, as for `reward`
+    /// Ranking files, directories or globs, as for `reward`
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     #[arg(long)]
@@ -48,14 +50,14 @@ pub struct DpoArgs {
 }
 
 /// Ranking files → tokenized prompt groups, with the skip counts in one line.
-pub fn load_groups(files: &[PathBuf], flags: &TrainFlags, cfg: &TrainConfig, tok: &Tokenizer, eos: u32) -> Result<(Vec<PromptGroup>, String), String> {
+pub fn load_groups(files: &[PathBuf], flags: &TrainFlags, cfg: &TrainConfig, tok: &Tokenizer, eos: u32, model: &Path) -> Result<(Vec<PromptGroup>, String), String> {
     let langs = flags.langs()?;
-    let tpl = flags.template()?;
+    let format = flags.record_format(model)?;
     let enc = SftEncoding { max_len: cfg.max_len, mask_prompt: true, eos };
-    let (records, mut stats) = load_rankings(files, langs.as_deref()).map_err(|e| e.to_string())?;
+    let (records, mut stats) = load_preferences(files, langs.as_deref()).map_err(|e| e.to_string())?;
     let mut groups = Vec::with_capacity(records.len());
     for r in &records {
-        match encode_group(tok, &tpl, r, &enc).map_err(|e| format!("{}: {e}", r.origin))? {
+        match r.encode(tok, &format, &enc).map_err(|e| e.to_string())? {
             Some(g) => groups.push(g),
             None => stats.skipped_too_long += 1,
         }
@@ -90,7 +92,7 @@ fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Pat
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     model_cfg.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
     let eos = eos_of(&model_cfg)?;
-    let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos)?;
+    let (groups, summary) = load_groups(data, flags, &cfg, &tok, eos, model)?;
     eprintln!("{}: {summary}", stage.name());
     let (cap_b, cap_t) = capacity(&groups, cfg.batch_size);
     // the reward model is the LM with a score head instead of its LM head
@@ -115,7 +117,9 @@ impl PairRun<'_> {
     }
 }
 
-pub fn run_reward(a: RewardArgs) -> Result<(), String> {
+pub fn run_reward(mut a: RewardArgs) -> Result<(), String> {
+    // before anything is loaded or written: a wrong path fails at once
+    a.data = okapi_data::expand_data_paths("--data", &a.data)?;
     super::on_backend!(a.train.backend, a.train.precision, |be| run_reward_on(be, &a))
 }
 
@@ -135,9 +139,10 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
         }
     }
     let pad = r.announce(Stage::Reward, &model)?;
-    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "memory": a.train.memory.json(), "lora": a.train.lora.json() })))?;
+    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json() })))?;
     let mut obj = RewardObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.margin);
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
+    outdir::copy_tokenizer_config(&a.model, &a.out)?;
     eprintln!(
         "reward: {}, accuracy {}{}; reward model saved in {}",
         losses(&s),
@@ -148,7 +153,8 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
     Ok(())
 }
 
-pub fn run_dpo(a: DpoArgs) -> Result<(), String> {
+pub fn run_dpo(mut a: DpoArgs) -> Result<(), String> {
+    a.data = okapi_data::expand_data_paths("--data", &a.data)?;
     super::on_backend!(a.train.backend, a.train.precision, |be| run_dpo_on(be, &a))
 }
 
@@ -163,10 +169,11 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     model.lm_head().map_err(|e| e.to_string())?;
     let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
-    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "memory": a.train.memory.json(), "lora": a.train.lora.json() })))?;
+    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json() })))?;
     // the reference is the initial policy; with LoRA, the base with the adapters off (as TRL)
     let mut obj = model.with_adapters_off(|base| DpoObjective::new(base, r.train, r.val, r.cfg.batch_size, pad, a.beta)).map_err(|e| e.to_string())?;
     let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
+    outdir::copy_tokenizer_config(&a.model, &a.out)?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());
     Ok(())
 }

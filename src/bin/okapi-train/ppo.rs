@@ -20,7 +20,8 @@ pub struct PpoArgs {
     /// The reward model (okapi-train reward's output)
     #[arg(long)]
     pub reward: PathBuf,
-    /// RL prompt files: Okapi instruction records (instruction, input; output ignored)
+    /// RL prompt files, directories or globs: Okapi instruction records (instruction, input;
+    /// output ignored)
     #[arg(long, num_args = 1.., required = true)]
     pub prompts: Vec<PathBuf>,
     #[arg(long)]
@@ -299,7 +300,9 @@ pub fn annotate(mut cmd: clap::Command) -> clap::Command {
     cmd
 }
 
-pub fn run(a: PpoArgs) -> Result<(), String> {
+pub fn run(mut a: PpoArgs) -> Result<(), String> {
+    // before anything is loaded or written: a wrong path fails at once
+    a.prompts = okapi_data::expand_data_paths("--prompts", &a.prompts)?;
     super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }
 

@@ -5,7 +5,7 @@ use super::train_flags::{args_json, check_training_memory, eos_of, precheck_resu
 use okapi_data::Tokenizer;
 use okapi_model::{Model, ModelConfig};
 use okapi_rlhf::trainer::check_resume;
-use okapi_rlhf::{load_sft_data, run_sft, split_val, RunDir, TrainSummary};
+use okapi_rlhf::{load_sft_examples, run_sft, split_val, RunDir, TrainSummary};
 use okapi_runtime::Backend;
 use std::path::PathBuf;
 
@@ -14,7 +14,8 @@ pub struct SftArgs {
     /// Starting model: Hugging Face directory (config.json, safetensors, tokenizer.json)
     #[arg(long)]
     pub model: PathBuf,
-    /// Okapi instruction files: JSON array or JSONL of {"instruction","input","output"}
+    /// Data files, directories (their .json / .jsonl files) or globs: Okapi's records
+    /// {"instruction","input","output"} or conversations {"messages": [{"role","content"}…]}
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     /// Output directory: model, metrics.jsonl, args.json, checkpoint/
@@ -24,7 +25,9 @@ pub struct SftArgs {
     pub train: TrainFlags,
 }
 
-pub fn run(a: SftArgs) -> Result<(), String> {
+pub fn run(mut a: SftArgs) -> Result<(), String> {
+    // before anything is loaded or written: a wrong path fails at once
+    a.data = okapi_data::expand_data_paths("--data", &a.data)?;
     super::on_backend!(a.train.backend, a.train.precision, |be| run_on(be, &a))
 }
 
@@ -36,7 +39,8 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     let model_cfg = ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     model_cfg.trainable_count(cfg.unfrozen_layers).map_err(|e| e.to_string())?;
-    let data = load_sft_data(&a.data, a.train.langs()?.as_deref(), &a.train.template()?, &tok, eos_of(&model_cfg)?, &cfg).map_err(|e| e.to_string())?;
+    let format = a.train.record_format(&a.model)?;
+    let data = load_sft_examples(&a.data, a.train.langs()?.as_deref(), &format, &tok, eos_of(&model_cfg)?, &cfg).map_err(|e| e.to_string())?;
     eprintln!("sft: {}", data.summary);
     let longest = data.examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     // as the objective sizes its buffers: a batch holds at most every example
@@ -52,6 +56,7 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     out.write_args(args_json("sft", &cfg, extra))?;
     let run_dir = RunDir { dir: &a.out, tokenizer: Some(&tok.path) };
     let (_, summary) = run_sft(model, train, val, &cfg, Some(run_dir)).map_err(|e| e.to_string())?;
+    outdir::copy_tokenizer_config(&a.model, &a.out)?;
     eprintln!("sft: {}{}; model saved in {}", losses(&summary), summary.val.as_ref().and_then(|v| v.get("val_loss")).and_then(|v| v.as_f64()).map(|v| format!(", val_loss {v:.4}")).unwrap_or_default(), a.out.display());
     Ok(())
 }

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct TokenizerArgs {
-    /// Okapi instruction files whose instruction, input and output texts train the tokenizer
+    /// Okapi instruction files (or directories, globs) whose instruction, input and output texts
+    /// train the tokenizer
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     /// Vocabulary size (special tokens and the 256 byte symbols included)
@@ -15,7 +16,8 @@ pub struct TokenizerArgs {
     pub out: PathBuf,
 }
 
-pub fn run(a: TokenizerArgs) -> Result<(), String> {
+pub fn run(mut a: TokenizerArgs) -> Result<(), String> {
+    a.data = okapi_data::expand_data_paths("--data", &a.data)?;
     super::outdir::check_output_file("--out", &a.out, &a.data.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &[])?;
     let (records, stats) = load_instructions(&a.data, None, false).map_err(|e| e.to_string())?;
     let texts: Vec<String> = records.into_iter().flat_map(|r| [r.instruction, r.input, r.output]).filter(|t| !t.is_empty()).collect();

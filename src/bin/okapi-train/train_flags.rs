@@ -3,11 +3,11 @@
 //! settings with `--recipe okapi` (okapi-rlhf's `TrainConfig::okapi_sft`, …). `--help` prints
 //! each default and, where it differs, Okapi's value ([`annotate`]).
 
-use okapi_data::{parse_langs, PromptTemplate};
+use okapi_data::{parse_langs, ChatTemplate, PromptTemplate, RecordFormat};
 use okapi_model::DType;
 use okapi_rlhf::{AdamWConfig, ScheduleKind, TrainConfig};
 use okapi_runtime::{BackendKind, Precision};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which settings unset flags take.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,7 +114,9 @@ pub struct TrainFlags {
     /// Only these languages, e.g. vi,ar,hi (a record's `lang`, else its file name `{lang}.json`)
     #[arg(long)]
     pub langs: Option<String>,
-    /// Prompt template file (alpaca-lora JSON format: prompt_input, prompt_no_input)
+    /// How records become text: `chat` (the model's chat template, for every record), `okapi`
+    /// (Okapi's template), or a prompt template file (alpaca-lora JSON: prompt_input,
+    /// prompt_no_input). Unset: Okapi's template, and conversations in the model's chat template
     #[arg(long)]
     pub template: Option<PathBuf>,
     /// Fraction of the examples held out for validation
@@ -164,11 +166,9 @@ impl TrainFlags {
         self.langs.as_deref().map(parse_langs).transpose()
     }
 
-    pub fn template(&self) -> Result<PromptTemplate, String> {
-        match &self.template {
-            None => Ok(PromptTemplate::okapi()),
-            Some(p) => PromptTemplate::load(p).map_err(|e| e.to_string()),
-        }
+    /// How the records become text for `model` (`--template`, see [`record_format`]).
+    pub fn record_format(&self, model: &Path) -> Result<RecordFormat, String> {
+        record_format(self.template.as_deref(), model)
     }
 
     /// The stage's recipe with every flag that is set applied over it, each validated.
@@ -281,6 +281,32 @@ impl TrainFlags {
             (None, _) | (Some(_), Stage::Sft | Stage::Dpo) => Ok(()),
             (Some(n), other) => Err(format!("--lm-head-chunk {n}: {} has no LM head to chunk (a reward model scores with its score head)", other.name())),
         }
+    }
+}
+
+/// `--template` for `model`: `chat` puts every record through the model's chat template;
+/// `okapi` or a file puts Okapi's records through that prompt template and refuses
+/// conversations; unset, Okapi's template for Okapi's records and the model's chat template
+/// (when it has one) for conversations.
+pub fn record_format(flag: Option<&Path>, model: &Path) -> Result<RecordFormat, String> {
+    let chat = || ChatTemplate::load(model).map_err(|e| e.to_string());
+    let refused = |why: String| RecordFormat { no_chat: why, ..RecordFormat::prompt_only(PromptTemplate::okapi()) };
+    match flag {
+        Some(p) if p == Path::new("chat") => match chat()? {
+            Some(t) => Ok(RecordFormat::chat(t)),
+            None => Err(format!("--template chat: {} has no chat template (no `chat_template` in its tokenizer_config.json, no chat_template.jinja)", model.display())),
+        },
+        Some(p) if p == Path::new("okapi") => Ok(refused("a conversation needs --template chat (not --template okapi)".into())),
+        Some(p) => {
+            let prompt = PromptTemplate::load(p).map_err(|e| e.to_string())?;
+            Ok(RecordFormat { prompt, ..refused(format!("a conversation needs --template chat (not the prompt template {})", p.display())) })
+        }
+        // a broken chat template only matters to the conversations that need it
+        None => Ok(match chat() {
+            Ok(Some(t)) => RecordFormat { chat: Some(t), ..RecordFormat::prompt_only(PromptTemplate::okapi()) },
+            Ok(None) => refused(format!("a conversation needs a chat template, and {} has none (`chat_template` in tokenizer_config.json)", model.display())),
+            Err(e) => refused(e),
+        }),
     }
 }
 
