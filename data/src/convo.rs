@@ -341,3 +341,77 @@ fn extract_prompt(chosen: Part, rejected: Part) -> (Part, Part, Part) {
         (c, r) => (Part::Text(String::new()), c, r),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_pref(line: &str) -> Result<(Vec<PrefRecord>, RankStats), DataError> {
+        parse_preferences(line, Path::new("vi.jsonl"), None)
+    }
+
+    fn text_turns(prompt: &str, completion: &str) -> Turns {
+        Turns::Text { prompt: prompt.into(), completion: completion.into() }
+    }
+
+    #[test]
+    fn implicit_prompts_as_trl_extracts_them() {
+        // strings: the common start; the space before the first difference stays with the completions
+        let (recs, _) = parse_pref(r#"{"chosen": "The sky is blue.", "rejected": "The sky is green."}"#).unwrap();
+        assert_eq!(recs[0].responses, vec![text_turns("The sky is", " blue."), text_turns("The sky is", " green.")]);
+        // one a prefix of the other: the last shared character stays in the completions
+        let (recs, _) = parse_pref(r#"{"chosen": "abc", "rejected": "abcd"}"#).unwrap();
+        assert_eq!(recs[0].responses, vec![text_turns("ab", "c"), text_turns("ab", "cd")]);
+        // message lists: the shared messages are the prompt, the completions carry the loss
+        let (recs, _) = parse_pref(r#"{"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}], "lang": "en"}"#).unwrap();
+        let Turns::Chat { messages, loss, field } = &recs[0].responses[1] else { panic!("{:?}", recs[0]) };
+        assert_eq!((messages.as_slice(), *loss, *field), (&[Message::new("user", "2+2?"), Message::new("assistant", "5")][..], ChatLoss::After(1), "chosen"));
+        assert_eq!(recs[0].lang.as_deref(), Some("en"));
+    }
+
+    #[test]
+    fn okapi_and_trl_records_side_by_side() {
+        let file = [
+            r#"{"instruction": "Chào", "input": "", "chosen": "Xin chào!", "rejected": "Không."}"#,
+            r#"{"prompt": "P", "chosen": " a", "rejected": " b"}"#,
+            r#"{"instruction": "Rank", "input": "", "responses": ["x", "y", "z"]}"#,
+            r#"{"prompt": "P", "chosen": " a", "rejected": " a"}"#,
+            r#"{"prompt": "P", "chosen": " ", "rejected": " b"}"#,
+        ]
+        .join("\n");
+        let (recs, stats) = parse_pref(&file).unwrap();
+        assert_eq!(recs.iter().map(|r| r.responses.len()).collect::<Vec<_>>(), vec![2, 2, 3]);
+        assert!(matches!(recs[0].responses[0], Turns::Okapi { .. }) && recs[1].responses[0] == text_turns("P", " a"));
+        assert_eq!((stats.read, stats.skipped_identical, stats.skipped_empty), (5, 1, 1));
+        assert_eq!(recs[0].lang.as_deref(), Some("vi"), "the file's language");
+    }
+
+    #[test]
+    fn sft_records_and_their_errors() {
+        let file = "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\", \"name\": \"x\"}]}\n{\"instruction\": \"i\", \"input\": \"\", \"output\": \"o\"}\n{\"instruction\": \"\", \"output\": \"skipped\"}\n";
+        let (recs, stats) = parse_sft_records(file, Path::new("ar.jsonl"), Some(&["ar".to_string()])).unwrap();
+        assert_eq!((recs.len(), stats.read, stats.skipped_missing), (2, 3, 1));
+        assert_eq!(recs[0].origin.to_string(), "ar.jsonl:1");
+        let err = |text: &str| parse_sft_records(text, Path::new("d.json"), None).unwrap_err().to_string();
+        assert_eq!(err(r#"[{"messages": []}]"#), "d.json: record 1: field `messages`: expected a non-empty list of {\"role\": string, \"content\": string}, got []");
+        assert!(err(r#"[{"messages": [{"role": "user"}]}]"#).contains("field `messages`, message 1:"));
+        assert!(err(r#"[{"messages": [{"role": "user", "content": "x"}], "lang": 3}]"#).contains("no message with role \"assistant\""));
+        assert!(err(r#"[{"messages": [{"role": "assistant", "content": "x"}], "lang": 3}]"#).contains("field `lang`"));
+    }
+
+    #[test]
+    fn okapi_records_in_the_chat_template_and_conversations_refused_without_it() {
+        assert_eq!(okapi_user_message("Dịch.", ""), "Dịch.");
+        assert_eq!(okapi_user_message("Dịch.", "Xin chào"), "Dịch.\n\nXin chào");
+        let fmt = RecordFormat::prompt_only(PromptTemplate::okapi());
+        let tok = Tokenizer::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/llama_gqa")).unwrap();
+        let enc = SftEncoding { max_len: 512, mask_prompt: true, eos: 2 };
+        let chat = Turns::Chat { messages: vec![Message::new("user", "a")], loss: ChatLoss::Assistant, field: "messages" };
+        assert_eq!(fmt.encode(&tok, &chat, &enc).unwrap_err(), "field `messages`: a conversation needs the model's chat template (--template chat)");
+        // raw text: the prompt with the tokenizer's BOS, the completion then EOS, loss on the completion
+        let ex = fmt.encode(&tok, &text_turns("The sky is", " blue."), &enc).unwrap().unwrap();
+        assert_eq!(ex.ids[0], 1);
+        assert_eq!(*ex.ids.last().unwrap(), 2);
+        assert_eq!(ex.labels.iter().filter(|&&l| l != -100).count(), ex.ids.len() - ex.prompt_len);
+    }
+}
