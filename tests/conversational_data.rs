@@ -248,3 +248,21 @@ fn generate_with_the_chat_template() {
     let n = tpl.encode(&tok, &[okapi::data::Message::new("user", "Chào bạn!")], true).unwrap().len();
     assert!(e.contains(&format!("prompt of {n} tokens")), "{e}");
 }
+
+#[test]
+fn ppo_prompts_in_the_chat_template() {
+    let s = Scratch::new("ppo-chat");
+    let prefs = s.root.join("prefs.jsonl");
+    std::fs::write(&prefs, PREFERENCES).unwrap();
+    let rm = s.root.join("rm");
+    ok(&run(&[&["reward", "--model", p(chat_model()), "--data", p(&prefs), "--out", p(&rm), "--template", "chat"][..], TRAIN].concat()));
+    let prompts = s.root.join("vi.json");
+    std::fs::write(&prompts, r#"[{"instruction": "Chào bạn!", "input": ""}, {"instruction": "Dịch sang tiếng Anh.", "input": "Cảm ơn."}]"#).unwrap();
+    let out = s.root.join("ppo");
+    let args = ["ppo", "--policy", p(chat_model()), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "1", "--rollouts", "2", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--template", "chat"];
+    ok(&run(&args));
+    let samples = std::fs::read_to_string(out.join("samples.jsonl")).unwrap_or_default();
+    let m = metrics(&out);
+    assert_eq!(m.len(), 1, "{samples}");
+    assert_eq!(std::fs::read_to_string(out.join("args.json")).map(|t| t.contains("\"template\": \"chat\"") || t.contains("\"template\":\"chat\"")).unwrap(), true);
+}

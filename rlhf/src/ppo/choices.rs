@@ -94,10 +94,15 @@ choice! {
 /// A prompt's ids under `enc`, or `None` when `bos-skip` skips it for being longer than
 /// `limit` tokens. Also says whether `trlx` truncated it.
 pub fn encode_prompt(tok: &okapi_data::Tokenizer, text: &str, enc: PromptEncoding, limit: usize) -> Result<(Option<Vec<u32>>, bool), TrainError> {
-    let ids = tok.encode(text, enc == PromptEncoding::BosSkip)?;
-    Ok(match enc {
+    Ok(fit_prompt(tok.encode(text, enc == PromptEncoding::BosSkip)?, enc, limit))
+}
+
+/// As [`encode_prompt`] for ids already tokenized (a chat template's, which carry their own
+/// special tokens): skipped or left-truncated beyond `limit` as `enc` says.
+pub fn fit_prompt(ids: Vec<u32>, enc: PromptEncoding, limit: usize) -> (Option<Vec<u32>>, bool) {
+    match enc {
         _ if ids.len() <= limit => (Some(ids), false),
         PromptEncoding::BosSkip => (None, false),
         PromptEncoding::Trlx => (Some(ids[ids.len() - limit..].to_vec()), true),
-    })
+    }
 }

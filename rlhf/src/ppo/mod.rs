@@ -16,7 +16,7 @@ pub mod update;
 
 use crate::optim::AdamWConfig;
 use crate::{Sampling, TrainError};
-pub use choices::{encode_prompt, KlControl, LossNorm, PromptEncoding, ValueHeadKind, WhitenScope};
+pub use choices::{encode_prompt, fit_prompt, KlControl, LossNorm, PromptEncoding, ValueHeadKind, WhitenScope};
 use gae::{gae, token_rewards, whiten};
 use kl::KlController;
 use okapi_model::{DType, Model, Rng};

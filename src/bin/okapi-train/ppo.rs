@@ -4,13 +4,13 @@
 
 use super::outdir;
 use super::train_flags::{annotate_arg, parse_betas, MemoryFlags, Recipe};
-use okapi_data::{load_instructions, PromptTemplate, Tokenizer};
+use okapi_data::{load_instructions, okapi_user_message, Message, Tokenizer};
 use okapi_model::memory::Need;
 use okapi_model::{DType, Model, ModelConfig};
-use okapi_rlhf::ppo::{add_value_head, encode_prompt, Critic, KlControl, LossNorm, PpoIo, PromptEncoding, ValueHeadKind, WhitenScope};
+use okapi_rlhf::ppo::{add_value_head, encode_prompt, fit_prompt, Critic, KlControl, LossNorm, PpoIo, PromptEncoding, ValueHeadKind, WhitenScope};
 use okapi_rlhf::{run_ppo, AdamWConfig, PpoConfig, PpoModels, TrainError};
 use okapi_runtime::{Backend, BackendKind};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct PpoArgs {
@@ -139,6 +139,11 @@ pub struct PpoArgs {
     /// Only these languages, e.g. vi,ar,hi
     #[arg(long)]
     pub langs: Option<String>,
+    /// How prompts become text: `okapi` (Okapi's template), `chat` (the instruction and input
+    /// as the user's message in the policy's chat template, with its generation prompt) or a
+    /// prompt template file (alpaca-lora JSON) [default: okapi]
+    #[arg(long)]
+    pub template: Option<PathBuf>,
     /// Seed of the prompt order, the samples and the value head
     #[arg(long)]
     pub seed: Option<u64>,
@@ -326,11 +331,16 @@ fn tokenizers(a: &PpoArgs) -> Result<(Tokenizer, Tokenizer, bool), String> {
 fn load_prompts(a: &PpoArgs, cfg: &PpoConfig, tok: &Tokenizer, policy: &ModelConfig) -> Result<Vec<Vec<u32>>, String> {
     let langs = a.langs.as_deref().map(okapi_data::parse_langs).transpose()?;
     let (records, stats) = load_instructions(&a.prompts, langs.as_deref(), false).map_err(err)?;
-    let tpl = PromptTemplate::okapi();
+    let format = super::train_flags::record_format(Some(a.template.as_deref().unwrap_or(Path::new("okapi"))), &a.policy)?;
+    let chat = format.chat.as_ref().filter(|_| format.instruct_as_chat);
     let limit = policy.max_positions.map_or(cfg.max_prompt_len, |m| cfg.max_prompt_len.min(m.saturating_sub(1)));
     let (mut prompts, mut too_long) = (Vec::new(), 0);
     for r in &records {
-        let (ids, cut) = encode_prompt(tok, &tpl.prompt(&r.instruction, &r.input), cfg.prompt_encoding, limit).map_err(|e| format!("{}: {e}", r.origin))?;
+        let (ids, cut) = match chat {
+            // the template writes its own special tokens: the ids as apply_chat_template gives them
+            Some(chat) => fit_prompt(chat.encode(tok, &[Message::new("user", &okapi_user_message(&r.instruction, &r.input))], true).map_err(|e| format!("{}: {e}", r.origin))?, cfg.prompt_encoding, limit),
+            None => encode_prompt(tok, &format.prompt.prompt(&r.instruction, &r.input), cfg.prompt_encoding, limit).map_err(|e| format!("{}: {e}", r.origin))?,
+        };
         too_long += usize::from(ids.is_none() || cut);
         prompts.extend(ids.filter(|p| !p.is_empty()));
     }
@@ -552,7 +562,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
 
 /// `args.json`: the command line and the resolved settings.
 fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "command": "ppo", "argv": std::env::args().collect::<Vec<_>>(), "recipe": format!("{:?}", a.recipe).to_lowercase(),
         "policy": a.policy, "reward": a.reward, "prompts": a.prompts, "critic": a.critic,
         "iterations": c.iterations, "rollouts": c.rollouts, "chunk_size": c.chunk_size, "ppo_epochs": c.ppo_epochs, "ppo_batch_size": c.minibatch,
@@ -563,5 +573,8 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "lora": a.lora.json(),
         "prompt_encoding": c.prompt_encoding.as_str(), "max_prompt_len": c.max_prompt_len, "value_head": c.value_head.as_str(), "whiten": c.whiten.as_str(),
         "loss_norm": c.loss.norm.as_str(), "kl_control": c.kl_control.as_str(), "train_embedding_norm": c.train_embedding_norm, "reference": a.reference, "memory": a.memory.json(),
-    })
+    });
+    // beside the macro: one more key would pass serde_json's recursion limit
+    v["template"] = serde_json::json!(a.template);
+    v
 }
