@@ -1,6 +1,6 @@
 //! Backend conformance: every `Backend` op, on shapes that are no multiple of any tile (1, 7, 33,
 //! 67, 130, 4099, …), edge cases (k = 0, beta = 0 over NaN, strided batches with gaps, GQA / MQA,
-//! ALiBi, KV-cache decoding, sequences that see no key, head dims 6 … 256, ignored targets,
+//! ALiBi, KV-cache decoding, sliding windows, sequences that see no key, head dims 6 … 256, ignored targets,
 //! argmax ties, saturating activations, more rows than one grid dimension holds) and inputs of
 //! real spread, against the CPU backend as the oracle. The suite is written once, generic over
 //! `B: Backend`, and stamped out per backend by `conformance!` — one #[test] per op, so a failure
@@ -499,6 +499,14 @@ fn attn_case(batch: usize, (tq, tk): (usize, usize), (n_heads, n_kv_heads, head_
     AttnCase { sh, q_pos0: q_pos0.to_vec(), kv_len: kv_len.to_vec(), alibi }
 }
 
+impl AttnCase {
+    /// The same case under a sliding window of `w` keys.
+    fn window(mut self, w: usize) -> AttnCase {
+        self.sh.window = w;
+        self
+    }
+}
+
 fn attn_cases() -> Vec<AttnCase> {
     vec![
         // training: causal, GQA, one sequence shorter (padding)
@@ -528,12 +536,26 @@ fn attn_cases() -> Vec<AttnCase> {
         attn_case(1, (9, 9), (2, 2, 130), true, &[0], &[9], false),
         attn_case(1, (12, 12), (1, 1, 200), false, &[0], &[12], false),
         attn_case(1, (33, 33), (2, 1, 256), false, &[0], &[33], true),
+        // sliding windows: training rows (a padded sequence whose late rows see no key), W = 2
+        // (W = 1 makes dq and dk zero but for rounding noise, nothing to compare), windows across
+        // query blocks and key tiles, a window of exactly one 64-row block,
+        attn_case(2, (33, 33), (4, 2, 16), true, &[0, 0], &[33, 20], false).window(5),
+        attn_case(1, (70, 70), (3, 3, 32), true, &[0], &[70], true).window(2),
+        attn_case(1, (150, 150), (2, 1, 32), true, &[0], &[150], false).window(40),
+        attn_case(2, (130, 130), (4, 2, 8), true, &[0, 0], &[130, 77], true).window(64),
+        // decode and prefill chunks at q_pos0 > 0 over caches with kv_len < Tk, and a window
+        // wider than any position (the kernels clamp it)
+        attn_case(3, (1, 40), (4, 2, 64), true, &[39, 20, 3], &[40, 21, 4], false).window(9),
+        attn_case(2, (1, 45), (8, 2, 128), true, &[44, 30], &[45, 31], true).window(32),
+        attn_case(2, (5, 40), (4, 4, 32), true, &[35, 10], &[40, 15], false).window(3),
+        attn_case(1, (33, 67), (3, 3, 32), true, &[30], &[63], true).window(33),
+        attn_case(2, (9, 20), (2, 1, 8), true, &[11, 0], &[20, 9], false).window(usize::MAX),
     ]
 }
 
 fn attn_desc(c: &AttnCase) -> String {
     let s = &c.sh;
-    format!("B={} Tq={} Tk={} H={} Hkv={} D={} causal={} q_pos0={:?} kv_len={:?} alibi={}", s.batch, s.tq, s.tk, s.n_heads, s.n_kv_heads, s.head_dim, s.causal, c.q_pos0, c.kv_len, c.alibi)
+    format!("B={} Tq={} Tk={} H={} Hkv={} D={} causal={} window={} q_pos0={:?} kv_len={:?} alibi={}", s.batch, s.tq, s.tk, s.n_heads, s.n_kv_heads, s.head_dim, s.causal, s.window, c.q_pos0, c.kv_len, c.alibi)
 }
 
 fn attention_fwd<B: Backend>(be: &B, t: &Tols) {

@@ -1,6 +1,6 @@
 //! Attention (causal, non-causal, GQA/MQA, ALiBi, per-sequence kv_len and q_pos0 as in a
-//! KV-cache decode step): f32 forward vs an f64 reference, dq/dk/dv vs central differences;
-//! ALiBi slopes vs HF's `build_alibi_tensor` formula; kv_write.
+//! KV-cache decode step, sliding windows): f32 forward vs an f64 reference, dq/dk/dv vs central
+//! differences; ALiBi slopes vs HF's `build_alibi_tensor` formula; kv_write.
 
 mod common;
 
@@ -24,6 +24,21 @@ fn case(name: &'static str, batch: usize, (tq, tk): (usize, usize), (n_heads, n_
     Case { name, sh, q_pos0: q_pos0.to_vec(), kv_len: kv_len.to_vec(), alibi: alibi.then(|| alibi_slopes(n_heads)) }
 }
 
+impl Case {
+    /// The same case under a sliding window of `w` keys.
+    fn window(mut self, w: usize) -> Case {
+        self.sh.window = w;
+        self
+    }
+}
+
+/// Whether the query at position p of sequence b sees key j, from the definition: j < kv_len,
+/// j ≤ p when causal, and within the window (transformers' sliding mask `kv_idx > q_idx − W`).
+fn sees(c: &Case, b: usize, p: usize, j: usize) -> bool {
+    let w = c.sh.window;
+    j < c.kv_len[b] as usize && (!c.sh.causal || j <= p) && (w == 0 || j + w > p)
+}
+
 fn cases() -> Vec<Case> {
     vec![
         case("causal", 2, (5, 5), (3, 3, 6), true, (&[0, 0], &[5, 5]), false),
@@ -43,7 +58,7 @@ fn cases() -> Vec<Case> {
 }
 
 /// f64 reference, written from the definition: row i of sequence b is at position
-/// p = q_pos0[b] + i and attends to keys j < kv_len[b] (and j ≤ p when causal) with score
+/// p = q_pos0[b] + i and attends to the keys j it [`sees`] with score
 /// scale·q·k_j + slope·(j − p) (ALiBi's relative form). Returns (out, lse) where lse is that of
 /// the kernel's documented score scale·q·k_j + slope·j, i.e. the relative lse + slope·p.
 fn attention_ref(q: &[f64], k: &[f64], v: &[f64], c: &Case) -> (Vec<f64>, Vec<f64>) {
@@ -58,7 +73,7 @@ fn attention_ref(q: &[f64], k: &[f64], v: &[f64], c: &Case) -> (Vec<f64>, Vec<f6
                 let g = h * hkv / hq;
                 let slope = c.alibi.as_ref().map_or(0.0, |a| a[h] as f64);
                 let qrow = &q[((b * sh.tq + i) * hq + h) * d..][..d];
-                let keys: Vec<usize> = (0..sh.tk).filter(|&j| j < c.kv_len[b] as usize && (!sh.causal || j <= p)).collect();
+                let keys: Vec<usize> = (0..sh.tk).filter(|&j| sees(c, b, p, j)).collect();
                 if keys.is_empty() {
                     continue;
                 }
@@ -110,48 +125,85 @@ fn forward(c: &Case, x: &Data) -> (Vec<f32>, Vec<f32>) {
     (out, lse)
 }
 
+/// `c`'s name with its window, for messages.
+fn label(c: &Case) -> String {
+    if c.sh.window == 0 {
+        c.name.to_string()
+    } else {
+        format!("{} (window {})", c.name, c.sh.window)
+    }
+}
+
+/// The forward vs the f64 reference (rows that see no key: lse exactly −inf); returns out, lse.
+fn check_fwd(c: &Case, x: &Data) -> (Vec<f32>, Vec<f32>) {
+    let (out, lse) = forward(c, x);
+    let (want_out, want_lse) = attention_ref(&to_f64(&x.q), &to_f64(&x.k), &to_f64(&x.v), c);
+    assert_close(&format!("{}: out", label(c)), &out, &want_out, 1e-5);
+    let mut finite = (Vec::new(), Vec::new());
+    for (i, (&g, &w)) in lse.iter().zip(&want_lse).enumerate() {
+        if w == f64::NEG_INFINITY {
+            assert_eq!(g, f32::NEG_INFINITY, "{}: lse[{i}] of a row without keys", label(c));
+        } else {
+            finite.0.push(g);
+            finite.1.push(w);
+        }
+    }
+    assert_close(&format!("{}: lse", label(c)), &finite.0, &finite.1, 1e-6);
+    (out, lse)
+}
+
+/// The backward's (dq, dk, dv), from NaN-filled buffers (`=` outputs must be fully overwritten).
+fn backward(c: &Case, x: &Data, out: &[f32], lse: &[f32]) -> [Vec<f32>; 3] {
+    let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
+    attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &x.dout, out, lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: c.alibi.as_deref() }, &c.sh);
+    [dq, dk, dv]
+}
+
+/// A gradient vs its reference. One that is zero in exact arithmetic (window 1: each softmax
+/// is over a single key, constant 1, whatever q and k) must be zero to rounding.
+fn assert_grad(name: &str, got: &[f32], want: &[f64]) {
+    if want.iter().all(|&w| w == 0.0) {
+        let worst = got.iter().fold(0f32, |m, g| m.max(g.abs()));
+        eprintln!("{name}: zero gradient, largest element {worst:e}");
+        assert!(worst <= 1e-6, "{name}: an element of {worst:e} where the gradient is zero");
+    } else {
+        assert_close(name, got, want, 1e-5);
+    }
+}
+
+/// The backward vs central differences of the f64 reference; keys no query sees get exactly
+/// zero (not merely small) gradients.
+fn check_grads_numeric(c: &Case, x: &Data) {
+    let (out, lse) = forward(c, x);
+    let [dq, dk, dv] = backward(c, x, &out, &lse);
+    let (q, k, v, r) = (to_f64(&x.q), to_f64(&x.k), to_f64(&x.v), to_f64(&x.dout));
+    let dq_ref = numeric_grad_proj(&q, &r, |qq| attention_ref(qq, &k, &v, c).0);
+    let dk_ref = numeric_grad_proj(&k, &r, |kk| attention_ref(&q, kk, &v, c).0);
+    let dv_ref = numeric_grad_proj(&v, &r, |vv| attention_ref(&q, &k, vv, c).0);
+    assert_grad(&format!("{}: dq", label(c)), &dq, &dq_ref);
+    assert_grad(&format!("{}: dk", label(c)), &dk, &dk_ref);
+    assert_grad(&format!("{}: dv", label(c)), &dv, &dv_ref);
+    let (sh, width) = (&c.sh, c.sh.n_kv_heads * c.sh.head_dim);
+    for (b, j) in (0..sh.batch).flat_map(|b| (0..sh.tk).map(move |j| (b, j))) {
+        if (0..sh.tq).any(|i| sees(c, b, c.q_pos0[b] as usize + i, j)) {
+            continue;
+        }
+        let row = (b * sh.tk + j) * width..(b * sh.tk + j + 1) * width;
+        assert!(dk[row.clone()].iter().chain(&dv[row]).all(|&g| g == 0.0), "{}: gradient of key {j} of sequence {b}, which no query sees", label(c));
+    }
+}
+
 #[test]
 fn attention_fwd_matches_f64() {
     for (s, c) in cases().iter().enumerate() {
-        let x = data(c, 100 + s as u64);
-        let (out, lse) = forward(c, &x);
-        let (want_out, want_lse) = attention_ref(&to_f64(&x.q), &to_f64(&x.k), &to_f64(&x.v), c);
-        assert_close(&format!("{}: out", c.name), &out, &want_out, 1e-5);
-        let mut finite = (Vec::new(), Vec::new());
-        for (i, (&g, &w)) in lse.iter().zip(&want_lse).enumerate() {
-            if w == f64::NEG_INFINITY {
-                assert_eq!(g, f32::NEG_INFINITY, "{}: lse[{i}] of a row without keys", c.name);
-            } else {
-                finite.0.push(g);
-                finite.1.push(w);
-            }
-        }
-        assert_close(&format!("{}: lse", c.name), &finite.0, &finite.1, 1e-6);
+        check_fwd(c, &data(c, 100 + s as u64));
     }
 }
 
 #[test]
 fn attention_bwd_grad_check() {
     for (s, c) in cases().iter().enumerate() {
-        let x = data(c, 200 + s as u64);
-        let (out, lse) = forward(c, &x);
-        // `=` outputs: NaN-filled buffers must be fully overwritten
-        let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
-        attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &x.dout, &out, &lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: c.alibi.as_deref() }, &c.sh);
-
-        let (q, k, v, r) = (to_f64(&x.q), to_f64(&x.k), to_f64(&x.v), to_f64(&x.dout));
-        let dq_ref = numeric_grad_proj(&q, &r, |qq| attention_ref(qq, &k, &v, c).0);
-        let dk_ref = numeric_grad_proj(&k, &r, |kk| attention_ref(&q, kk, &v, c).0);
-        let dv_ref = numeric_grad_proj(&v, &r, |vv| attention_ref(&q, &k, vv, c).0);
-        assert_close(&format!("{}: dq", c.name), &dq, &dq_ref, 1e-5);
-        assert_close(&format!("{}: dk", c.name), &dk, &dk_ref, 1e-5);
-        assert_close(&format!("{}: dv", c.name), &dv, &dv_ref, 1e-5);
-        // keys no query may see get exactly zero (not merely small) gradients
-        for (i, (&g, &w)) in dk.iter().zip(&dk_ref).chain(dv.iter().zip(&dv_ref)).enumerate() {
-            if w == 0.0 {
-                assert_eq!(g, 0.0, "{}: gradient of an invisible key/value element {i}", c.name);
-            }
-        }
+        check_grads_numeric(c, &data(c, 200 + s as u64));
     }
 }
 
@@ -263,7 +315,7 @@ fn attention_bwd_ref(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], c: &Case) ->
                 let g = h * hkv / hq;
                 let slope = c.alibi.as_ref().map_or(0.0, |a| a[h] as f64);
                 let qo = ((b * sh.tq + i) * hq + h) * d;
-                let keys: Vec<usize> = (0..sh.tk).filter(|&j| j < c.kv_len[b] as usize && (!sh.causal || j <= pos)).collect();
+                let keys: Vec<usize> = (0..sh.tk).filter(|&j| sees(c, b, pos, j)).collect();
                 if keys.is_empty() {
                     continue;
                 }
@@ -288,6 +340,16 @@ fn attention_bwd_ref(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], c: &Case) ->
     (dq, dk, dv)
 }
 
+/// The forward, and the backward vs the analytic f64 backward.
+fn check_analytic(c: &Case, x: &Data) {
+    let (out, lse) = check_fwd(c, x);
+    let [dq, dk, dv] = backward(c, x, &out, &lse);
+    let (dq_ref, dk_ref, dv_ref) = attention_bwd_ref(&to_f64(&x.q), &to_f64(&x.k), &to_f64(&x.v), &to_f64(&x.dout), c);
+    assert_close(&format!("{}: dq", label(c)), &dq, &dq_ref, 1e-5);
+    assert_close(&format!("{}: dk", label(c)), &dk, &dk_ref, 1e-5);
+    assert_close(&format!("{}: dv", label(c)), &dv, &dv_ref, 1e-5);
+}
+
 /// Shapes larger than the kernel's query tile (64 rows) and not multiples of it: causal tiles
 /// whose key range grows tile by tile, GQA, ALiBi, padding and a KV-cache chunk at an offset.
 #[test]
@@ -299,18 +361,72 @@ fn attention_multi_tile_matches_f64() {
         case("decode over 200 keys", 3, (1, 200), (4, 2, 8), true, (&[199, 50, 0], &[200, 51, 1]), true),
     ];
     for (s, c) in cases.iter().enumerate() {
-        let x = data(c, 400 + s as u64);
-        let (out, lse) = forward(c, &x);
-        let (q, k, v, r) = (to_f64(&x.q), to_f64(&x.k), to_f64(&x.v), to_f64(&x.dout));
-        let (want_out, want_lse) = attention_ref(&q, &k, &v, c);
-        assert_close(&format!("{}: out", c.name), &out, &want_out, 1e-5);
-        let finite: Vec<(f32, f64)> = lse.iter().zip(&want_lse).filter(|(_, w)| w.is_finite()).map(|(&g, &w)| (g, w)).collect();
-        assert_close(&format!("{}: lse", c.name), &finite.iter().map(|p| p.0).collect::<Vec<_>>(), &finite.iter().map(|p| p.1).collect::<Vec<_>>(), 1e-6);
-        let (mut dq, mut dk, mut dv) = (nan_vec(x.q.len()), nan_vec(x.k.len()), nan_vec(x.v.len()));
-        attention_bwd(AttnGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv }, &x.dout, &out, &lse, &AttnInputs { q: &x.q, k: &x.k, v: &x.v, q_pos0: &c.q_pos0, kv_len: &c.kv_len, alibi: c.alibi.as_deref() }, &c.sh);
-        let (dq_ref, dk_ref, dv_ref) = attention_bwd_ref(&q, &k, &v, &r, c);
-        assert_close(&format!("{}: dq", c.name), &dq, &dq_ref, 1e-5);
-        assert_close(&format!("{}: dk", c.name), &dk, &dk_ref, 1e-5);
-        assert_close(&format!("{}: dv", c.name), &dv, &dv_ref, 1e-5);
+        check_analytic(c, &data(c, 400 + s as u64));
     }
+}
+
+// ---------------------------------------------------------------- sliding window
+
+/// Per window: training rows over T = 33 with GQA and a padded sequence (its rows past its 20
+/// keys see none once the window has passed them), a KV-cache prefill chunk and decode steps at
+/// q_pos0 > 0 over caches with kv_len < Tk. ALiBi alternates, so every window runs with and
+/// without it. With q_pos0 = 0, windows 33 and 100 cover all of T = 33 (no window in effect).
+fn window_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (n, w) in [1, 5, 32, 33, 100].into_iter().enumerate() {
+        let alibi = n % 2 == 1;
+        v.push(case("window train", 2, (33, 33), (4, 2, 5), true, (&[0, 0], &[33, 20]), alibi).window(w));
+        v.push(case("window prefill chunk", 2, (7, 40), (6, 2, 4), true, (&[30, 9], &[37, 16]), !alibi).window(w));
+        v.push(case("window decode", 3, (1, 40), (4, 1, 6), true, (&[39, 20, 3], &[40, 21, 4]), alibi).window(w));
+    }
+    v
+}
+
+#[test]
+fn window_fwd_matches_f64_and_grads_match_central_differences() {
+    for (s, c) in window_cases().iter().enumerate() {
+        let x = data(c, 500 + s as u64);
+        check_fwd(c, &x);
+        check_grads_numeric(c, &x);
+    }
+}
+
+/// Windows over several query tiles: tiles whose first visible key is past 0, a window of one
+/// tile (64), a chunk at an offset, and decoding over a long cache.
+#[test]
+fn window_multi_tile_matches_f64() {
+    let cases = [
+        case("150 rows, gqa alibi padded", 2, (150, 150), (4, 2, 8), true, (&[0, 0], &[150, 97]), true).window(40),
+        case("150 rows", 1, (150, 150), (2, 1, 8), true, (&[0], &[150]), false).window(64),
+        case("cache chunk 65 at offset 70", 1, (65, 160), (4, 1, 8), true, (&[70], &[135]), false).window(5),
+        case("decode over 200 keys", 3, (1, 200), (4, 2, 8), true, (&[199, 50, 0], &[200, 51, 1]), true).window(50),
+    ];
+    for (s, c) in cases.iter().enumerate() {
+        check_analytic(c, &data(c, 600 + s as u64));
+    }
+}
+
+/// A window that holds every key a row could see changes nothing, to the bit.
+#[test]
+fn window_covering_every_key_is_bit_identical_to_none() {
+    let none = case("wide", 2, (33, 40), (4, 2, 8), true, (&[0, 7], &[33, 40]), true);
+    let x = data(&none, 700);
+    let (out0, lse0) = forward(&none, &x);
+    let grads0 = backward(&none, &x, &out0, &lse0);
+    for w in [40, 1000] {
+        let c = case("wide", 2, (33, 40), (4, 2, 8), true, (&[0, 7], &[33, 40]), true).window(w);
+        let (out, lse) = forward(&c, &x);
+        assert_bits_eq(&format!("window {w}: out"), &out, &out0);
+        assert_bits_eq(&format!("window {w}: lse"), &lse, &lse0);
+        for (name, (g, g0)) in ["dq", "dk", "dv"].iter().zip(backward(&c, &x, &out, &lse).iter().zip(&grads0)) {
+            assert_bits_eq(&format!("window {w}: {name}"), g, g0);
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "attention_fwd: a sliding window (4) needs causal attention")]
+fn window_without_causal_mask_is_refused() {
+    let c = case("non-causal window", 1, (3, 3), (2, 1, 4), false, (&[0], &[3]), false).window(4);
+    forward(&c, &data(&c, 701));
 }

@@ -1,6 +1,7 @@
 // Flash attention (see mod.rs for layouts and masking): q, out (B,Tq,Hq,D), k, v (B,Tk,Hkv,D),
-// lse (B,Tq,Hq). Query row i of sequence b sits at q_pos0[b] + i and sees keys
-// j < min(kv_len[b], Tk) (and j ≤ its position when causal). Score scale·q·k_j + slope_h·j.
+// lse (B,Tq,Hq). Query row i of sequence b sits at p = q_pos0[b] + i and sees keys
+// j < min(kv_len[b], Tk) (and j ≤ p when causal; with window W > 0 also p − j < W): a range
+// [lo, hi) whose ends grow with i. Score scale·q·k_j + slope_h·j.
 // D ≤ 256. `bf16` = 1 rounds q, k, v, dout and the probabilities to bf16 (fp32 accumulation).
 //   attn_fwd       online softmax over key tiles of 32 (one lane per key), lse saved (`=`).
 //   attn_bwd_dot   D_i = dout_i·out_i per row.
@@ -18,6 +19,10 @@
 __device__ __forceinline__ int att_visible(int causal, int kvl, int p0, int i) {
     return causal ? min(kvl, p0 + i + 1) : kvl;
 }
+// The first key row i sees (hi = att_visible(…)); 0 without a window, never past hi.
+__device__ __forceinline__ int att_first(int window, int hi, int p0, int i) {
+    return window > 0 ? min(max(0, p0 + i + 1 - window), hi) : 0;
+}
 __device__ __forceinline__ float att_rnd(float x, int bf16) { return bf16 ? round_bf16(x) : x; }
 
 // One (sequence b, head h, query tile from row i0) of attn_fwd.
@@ -25,7 +30,7 @@ __device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, 
                                                            const float* __restrict__ k, const float* __restrict__ v,
                                                            const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                            const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                           float scale, int causal, int bf16, int b, int h, int i0) {
+                                                           float scale, int causal, int window, int bf16, int b, int h, int i0) {
     extern __shared__ float sm[];
     float* qs = sm;                            // [16][d]
     float* ks = qs + ATT_BQ * d;               // [32][d+1]
@@ -35,6 +40,7 @@ __device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, 
     const int kvl = min((int)kv_len[b], tk), p0 = (int)q_pos0[b];
     const int rows = min(ATT_BQ, tq - i0);
     const int nk_max = att_visible(causal, kvl, p0, i0 + rows - 1);
+    const int lo_min = att_first(window, att_visible(causal, kvl, p0, i0), p0, i0);
     const float slope = alibi ? alibi[h] : 0.0f;
     for (int e = tid; e < ATT_BQ * d; e += 128) {
         const int r = e / d, c = e % d;
@@ -48,7 +54,7 @@ __device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, 
 #pragma unroll
         for (int x = 0; x < ATT_DPL; ++x) o[rr][x] = 0.0f;
     }
-    for (int j0 = 0; j0 < nk_max; j0 += ATT_BK) {
+    for (int j0 = lo_min; j0 < nk_max; j0 += ATT_BK) {
         __syncthreads();
         for (int e = tid; e < ATT_BK * d; e += 128) {
             const int jj = e / d, c = e % d, j = j0 + jj;
@@ -62,9 +68,11 @@ __device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, 
             const int r = warp * ATT_RPW + rr, i = i0 + r;
             if (i >= tq) continue;
             const int nv = att_visible(causal, kvl, p0, i);
+            const int lo = att_first(window, nv, p0, i);
             const int j = j0 + lane;
+            const bool seen = j >= lo && j < nv;
             float s = -OKAPI_INF;
-            if (j < nv) {
+            if (seen) {
                 float dot = 0.0f;
                 const float* qr = qs + r * d;
                 const float* kr = ks + lane * (d + 1);
@@ -75,13 +83,13 @@ __device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, 
             if (tmax == -OKAPI_INF) continue;  // no visible key in this tile for this row
             const float m_new = fmaxf(m[rr], tmax);
             const float corr = expf(m[rr] - m_new);  // m = −inf at first: 0
-            const float p = j < nv ? expf(s - m_new) : 0.0f;
+            const float p = seen ? expf(s - m_new) : 0.0f;
             l[rr] = l[rr] * corr + warp_sum(p);
             const float pv = att_rnd(p, bf16);
 #pragma unroll
             for (int x = 0; x < ATT_DPL; ++x) o[rr][x] *= corr;
             const int nj = min(ATT_BK, nv - j0);
-            for (int jj = 0; jj < nj; ++jj) {
+            for (int jj = max(0, lo - j0); jj < nj; ++jj) {
                 const float pj = __shfl_sync(OKAPI_FULL_MASK, pv, jj);
                 const float* vr = vs + jj * (d + 1);
 #pragma unroll
@@ -115,11 +123,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd(float* __restrict__ o
                                                            const float* __restrict__ k, const float* __restrict__ v,
                                                            const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                            const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                           float scale, int causal, int bf16, int batch) {
+                                                           float scale, int causal, int window, int bf16, int batch) {
     for (int b = blockIdx.z; b < batch; b += gridDim.z)
         for (int h = blockIdx.y; h < hq; h += gridDim.y) {
             __syncthreads();  // the previous tile's last reads of shared memory are done
-            attn_fwd_tile(out, lse, q, k, v, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, bf16, b, h, blockIdx.x * ATT_BQ);
+            attn_fwd_tile(out, lse, q, k, v, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, window, bf16, b, h, blockIdx.x * ATT_BQ);
         }
 }
 
@@ -143,7 +151,7 @@ __device__ void attn_bwd_dkdv_tile(float* __restrict__ dk, float* __restrict__ d
                                                                 const float* __restrict__ lse, const float* __restrict__ dsum,
                                                                 const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                                 const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                                float scale, int causal, int bf16, int bk, int b, int g, int j0) {
+                                                                float scale, int causal, int window, int bf16, int bk, int b, int g, int j0) {
     extern __shared__ float sm[];
     float* ks = sm;                      // [bk][d+1]
     float* vs = ks + bk * (d + 1);       // [bk][d+1]
@@ -166,9 +174,13 @@ __device__ void attn_bwd_dkdv_tile(float* __restrict__ dk, float* __restrict__ d
     }
     // the first query row that sees key j0: under a causal mask p0 + i ≥ j0
     const int i_first = (j0 >= kvl) ? tq : (causal ? max(0, j0 - p0) : 0);
+    // rows whose window has passed the tile's last key jl see none of it: p0 + i − jl < W, i.e.
+    // i < jl + (W − p0), compared before adding (W may be as large as INT_MAX)
+    const int jl = j0 + bk - 1, w_p0 = window - p0;
+    const int i_end = (window == 0 || w_p0 > tq - jl) ? tq : max(0, jl + w_p0);
     for (int h = g * rep; h < (g + 1) * rep; ++h) {
         const float slope = alibi ? alibi[h] : 0.0f;
-        for (int ib = i_first; ib < tq; ib += ATT_QB) {
+        for (int ib = i_first; ib < i_end; ib += ATT_QB) {
             __syncthreads();
             for (int e = tid; e < ATT_QB * d; e += 128) {
                 const int r = e / d, c = e % d, i = ib + r;
@@ -180,7 +192,8 @@ __device__ void attn_bwd_dkdv_tile(float* __restrict__ dk, float* __restrict__ d
             for (int e = tid; e < ATT_QB * bk; e += 128) {
                 const int r = e / bk, jj = e % bk, i = ib + r, j = j0 + jj;
                 float p = 0.0f, ds = 0.0f;
-                if (i < tq && j < att_visible(causal, kvl, p0, i)) {
+                const int nv = i < tq ? att_visible(causal, kvl, p0, i) : 0;
+                if (j < nv && j >= att_first(window, nv, p0, i)) {
                     const u64 row = ((u64)b * tq + i) * hq + h;
                     const float* qr = qs + r * d;
                     const float* dr = dos + r * d;
@@ -230,11 +243,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv(float* __restric
                                                                 const float* __restrict__ lse, const float* __restrict__ dsum,
                                                                 const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                                 const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                                float scale, int causal, int bf16, int bk, int batch) {
+                                                                float scale, int causal, int window, int bf16, int bk, int batch) {
     for (int b = blockIdx.z; b < batch; b += gridDim.z)
         for (int g = blockIdx.y; g < hkv; g += gridDim.y) {
             __syncthreads();  // the previous tile's last reads of shared memory are done
-            attn_bwd_dkdv_tile(dk, dv, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, bf16, bk, b, g, blockIdx.x * bk);
+            attn_bwd_dkdv_tile(dk, dv, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, window, bf16, bk, b, g, blockIdx.x * bk);
         }
 }
 
@@ -243,7 +256,7 @@ __device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict
                                                               const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ lse,
                                                               const float* __restrict__ dsum, const u32* __restrict__ q_pos0,
                                                               const u32* __restrict__ kv_len, const float* __restrict__ alibi, int tq, int tk,
-                                                              int hq, int hkv, int d, float scale, int causal, int bf16, int b, int h, int i0) {
+                                                              int hq, int hkv, int d, float scale, int causal, int window, int bf16, int b, int h, int i0) {
     extern __shared__ float sm[];
     float* qs = sm;                        // [16][d]
     float* dos = qs + ATT_BQ * d;          // [16][d]
@@ -254,6 +267,7 @@ __device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict
     const int kvl = min((int)kv_len[b], tk), p0 = (int)q_pos0[b];
     const int rows = min(ATT_BQ, tq - i0);
     const int nk_max = att_visible(causal, kvl, p0, i0 + rows - 1);
+    const int lo_min = att_first(window, att_visible(causal, kvl, p0, i0), p0, i0);
     const float slope = alibi ? alibi[h] : 0.0f;
     for (int e = tid; e < ATT_BQ * d; e += 128) {
         const int r = e / d, c = e % d;
@@ -272,7 +286,7 @@ __device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict
 #pragma unroll
         for (int x = 0; x < ATT_DPL; ++x) acc[rr][x] = 0.0f;
     }
-    for (int j0 = 0; j0 < nk_max; j0 += ATT_BK) {
+    for (int j0 = lo_min; j0 < nk_max; j0 += ATT_BK) {
         __syncthreads();
         for (int e = tid; e < ATT_BK * d; e += 128) {
             const int jj = e / d, c = e % d, j = j0 + jj;
@@ -286,10 +300,11 @@ __device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict
             const int r = warp * ATT_RPW + rr, i = i0 + r;
             if (i >= tq) continue;
             const int nv = att_visible(causal, kvl, p0, i);
-            if (nv <= j0) continue;
+            const int lo = att_first(window, nv, p0, i);
+            if (nv <= j0 || lo >= j0 + ATT_BK) continue;  // warp-uniform: one row per warp
             const int j = j0 + lane;
             float ds = 0.0f;
-            if (j < nv) {
+            if (j >= lo && j < nv) {
                 const float* qr = qs + r * d;
                 const float* dr = dos + r * d;
                 const float* kr = ks + lane * (d + 1);
@@ -304,7 +319,7 @@ __device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict
                 ds = att_rnd(p * (dp - dsum_r[rr]) * scale, bf16);
             }
             const int nj = min(ATT_BK, nv - j0);
-            for (int jj = 0; jj < nj; ++jj) {
+            for (int jj = max(0, lo - j0); jj < nj; ++jj) {
                 const float dsj = __shfl_sync(OKAPI_FULL_MASK, ds, jj);
                 const float* kr = ks + jj * (d + 1);
 #pragma unroll
@@ -334,11 +349,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq(float* __restrict_
                                                               const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ lse,
                                                               const float* __restrict__ dsum, const u32* __restrict__ q_pos0,
                                                               const u32* __restrict__ kv_len, const float* __restrict__ alibi, int tq, int tk,
-                                                              int hq, int hkv, int d, float scale, int causal, int bf16, int batch) {
+                                                              int hq, int hkv, int d, float scale, int causal, int window, int bf16, int batch) {
     for (int b = blockIdx.z; b < batch; b += gridDim.z)
         for (int h = blockIdx.y; h < hq; h += gridDim.y) {
             __syncthreads();  // the previous tile's last reads of shared memory are done
-            attn_bwd_dq_tile(dq, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, bf16, b, h, blockIdx.x * ATT_BQ);
+            attn_bwd_dq_tile(dq, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, window, bf16, b, h, blockIdx.x * ATT_BQ);
         }
 }
 

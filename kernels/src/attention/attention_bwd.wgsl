@@ -7,6 +7,7 @@
 // The host prepends `const DMAX: u32` (>= D) and `const BQ: u32` (rows staged per block: query
 // rows in `dkdv`, keys in `dq`; 2·BQ·DMAX + 2·BQ floats of workgroup memory).
 // stat: [lse, D] per query row (B,Tq,Hq); info: q_pos0[B], min(kv_len, Tk)[B], alibi bits[Hq].
+// Row i sees the keys [keys_lo, keys_hi) of attention_mask.wgsl (causal, sliding window).
 
 struct Params {
     batch: u32,
@@ -17,6 +18,10 @@ struct Params {
     d: u32,
     scale: f32,
     causal: u32,
+    window: u32,
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -37,7 +42,8 @@ var<workgroup> sa: array<f32, BQ * DMAX>;
 var<workgroup> sb: array<f32, BQ * DMAX>;
 var<workgroup> lse_s: array<f32, BQ>;
 var<workgroup> dd_s: array<f32, BQ>;
-var<workgroup> lim_shared: u32;
+// a block's range of rows (dkdv) or keys (dq), computed by thread 0 for the whole workgroup
+var<workgroup> lim_shared: vec2<u32>;
 
 fn slope_of(h: u32) -> f32 {
     return bitcast<f32>(info[2u * P.batch + h]);
@@ -64,17 +70,22 @@ fn dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let key_valid = j < P.tk;
     let key_seen = j < kvl;
 
-    // first query row that sees key j0 (the block's smallest key); tq when none does
+    // the rows that see some key of the block: from the first that sees key j0 (its smallest;
+    // tq when none does) to the last whose window still holds its largest seen key
     if (tid == 0u) {
         var first = 0u;
+        var end = tq;
         if (j0 >= kvl) {
             first = tq;
-        } else if (causal && j0 > qp0) {
-            first = min(j0 - qp0, tq);
+        } else {
+            if (causal && j0 > qp0) {
+                first = min(j0 - qp0, tq);
+            }
+            end = window_rows_end(min(j0 + WG, kvl) - 1u, qp0, tq, P.window);
         }
-        lim_shared = first;
+        lim_shared = vec2<u32>(first, end);
     }
-    let i_first = workgroupUniformLoad(&lim_shared);
+    let rows = workgroupUniformLoad(&lim_shared);
 
     let kvw = hkv * d;
     let krow = (b * P.tk * hkv + g) * d + j * kvw;
@@ -93,15 +104,16 @@ fn dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             vj[x] = 0.0;
         }
     }
-    // the first row that sees key j itself
+    // the rows that see key j itself: my_first .. my_end
     var my_first = 0u;
     if (causal && j > qp0) {
         my_first = j - qp0;
     }
+    let my_end = window_rows_end(j, qp0, tq, P.window);
 
     for (var h = g * rep; h < (g + 1u) * rep; h++) {
         let slope = slope_of(h);
-        for (var i0 = i_first; i0 < tq; i0 += BQ) {
+        for (var i0 = rows.x; i0 < rows.y; i0 += BQ) {
             let nr = min(BQ, tq - i0);
             for (var e = tid; e < nr * d; e += WG) {
                 let r = e / d;
@@ -117,12 +129,13 @@ fn dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             }
             workgroupBarrier();
             if (key_seen) {
-                // rows i >= my_first see key j
+                // rows my_first <= i < my_end see key j
                 var r0 = 0u;
                 if (my_first > i0) {
                     r0 = min(my_first - i0, nr);
                 }
-                for (var r = r0; r < nr; r++) {
+                let r1 = min(select(0u, my_end - i0, my_end > i0), nr);
+                for (var r = r0; r < r1; r++) {
                     var sdot = 0.0;
                     var pdot = 0.0;
                     for (var x = 0u; x < d; x++) {
@@ -168,21 +181,19 @@ fn dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: v
     let row_valid = i < tq;
 
     var nvis = 0u;
+    var lo = 0u;
     if (row_valid) {
-        nvis = kvl;
-        if (causal) {
-            nvis = min(kvl, qp0 + i + 1u);
-        }
+        nvis = keys_hi(qp0 + i, kvl, causal);
+        lo = keys_lo(qp0 + i, nvis, P.window);
     }
+    // the block's keys: from its first row's lo to its last row's hi
     if (tid == 0u) {
-        let last = min(wg.x * WG + WG, tq) - 1u;
-        var nk = kvl;
-        if (causal) {
-            nk = min(kvl, qp0 + last + 1u);
-        }
-        lim_shared = nk;
+        let first = wg.x * WG;
+        let last = min(first + WG, tq) - 1u;
+        lim_shared = vec2<u32>(keys_lo(qp0 + first, keys_hi(qp0 + first, kvl, causal), P.window), keys_hi(qp0 + last, kvl, causal));
     }
-    let nk = workgroupUniformLoad(&lim_shared);
+    let keys = workgroupUniformLoad(&lim_shared);
+    let nk = keys.y;
     let slope = slope_of(h);
 
     let qrow = ((b * tq + i) * hq + h) * d;
@@ -209,7 +220,7 @@ fn dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: v
     let kvw = hkv * d;
     let kbase = (b * P.tk * hkv + g) * d;
 
-    for (var j0 = 0u; j0 < nk; j0 += BQ) {
+    for (var j0 = keys.x; j0 < nk; j0 += BQ) {
         let nb = min(BQ, nk - j0);
         for (var e = tid; e < nb * d; e += WG) {
             let jj = e / d;
@@ -219,9 +230,9 @@ fn dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: v
             sb[e] = v[src];
         }
         workgroupBarrier();
-        if (row_valid && j0 < nvis) {
+        if (row_valid && j0 < nvis && lo < j0 + nb) {
             let nv = min(nb, nvis - j0);
-            for (var jj = 0u; jj < nv; jj++) {
+            for (var jj = max(lo, j0) - j0; jj < nv; jj++) {
                 var sdot = 0.0;
                 var pdot = 0.0;
                 for (var x = 0u; x < d; x++) {

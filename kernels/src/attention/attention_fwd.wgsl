@@ -1,7 +1,8 @@
 // Flash-style attention forward (see attention/mod.rs for the exact semantics).
 // q, out: (B,Tq,Hq,D)  k, v: (B,Tk,Hkv,D)  lse: (B,Tq,Hq). Query head h reads kv head
-// h / (Hq/Hkv). Row i of sequence b sits at position q_pos0[b]+i and sees keys
-// j < min(kv_len[b], Tk) (and j <= its position when causal). Score: scale·(q·k_j) + slope_h·j.
+// h / (Hq/Hkv). Row i of sequence b sits at position p = q_pos0[b]+i and sees keys
+// j < min(kv_len[b], Tk) (and j <= p when causal; with a window W > 0 also p − j < W): the range
+// [keys_lo, keys_hi) of attention_mask.wgsl. Score: scale·(q·k_j) + slope_h·j.
 // Rows that see no key: out = 0, lse = -inf.
 //
 // The host prepends `const DMAX: u32` (head_dim capacity of the private arrays, >= D) and
@@ -21,7 +22,7 @@ struct Params {
     causal: u32,
     has_alibi: u32,
     neg_inf: u32, // bits of -inf (not expressible as a WGSL constant)
-    _p0: u32,
+    window: u32,
     _p1: u32,
 }
 
@@ -58,19 +59,17 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let row_valid = i < P.tq;
 
     var nvis = 0u;
+    var lo = 0u;
     if (row_valid) {
-        nvis = kvl;
-        if (causal) {
-            nvis = min(kvl, qp0 + i + 1u);
-        }
+        nvis = keys_hi(qp0 + i, kvl, causal);
+        lo = keys_lo(qp0 + i, nvis, P.window);
     }
-    // keys the block's last row sees: the most of any row in the block (uniform: it derives
-    // from the workgroup id, the uniform params and read-only storage)
-    let last = min(wg.x * WG + WG, P.tq) - 1u;
-    var nk = kvl;
-    if (causal) {
-        nk = min(kvl, qp0 + last + 1u);
-    }
+    // the block's keys: from its first row's lo to its last row's hi, which hold every row's
+    // range (uniform: they derive from the workgroup id, the uniform params and read-only storage)
+    let first = wg.x * WG;
+    let last = min(first + WG, P.tq) - 1u;
+    let nk = keys_hi(qp0 + last, kvl, causal);
+    let lo0 = keys_lo(qp0 + first, keys_hi(qp0 + first, kvl, causal), P.window);
 
     var slope = 0.0;
     if (P.has_alibi != 0u) {
@@ -92,7 +91,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     let kvw = hkv * d;
     let kbase = (b * P.tk * hkv + g) * d;
 
-    for (var j0 = 0u; j0 < nk; j0 += BK) {
+    for (var j0 = lo0; j0 < nk; j0 += BK) {
         let nb = min(BK, nk - j0);
         for (var e = tid; e < nb * d; e += WG) {
             let jj = e / d;
@@ -102,11 +101,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             vs[e] = v[src];
         }
         workgroupBarrier();
-        if (row_valid && j0 < nvis) {
+        if (row_valid && j0 < nvis && lo < j0 + nb) {
             let nv = min(nb, nvis - j0);
+            // the row's first key in this block
+            let js = max(lo, j0) - j0;
             var s: array<f32, BK>;
             var bm = NEG_BIG;
-            for (var jj = 0u; jj < nv; jj++) {
+            for (var jj = js; jj < nv; jj++) {
                 var dot = 0.0;
                 for (var x = 0u; x < d; x++) {
                     dot = fma(qv[x], ks[jj * d + x], dot);
@@ -121,7 +122,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             for (var x = 0u; x < d; x++) {
                 acc[x] = acc[x] * corr;
             }
-            for (var jj = 0u; jj < nv; jj++) {
+            for (var jj = js; jj < nv; jj++) {
                 let p = exp(s[jj] - mnew);
                 l += p;
                 for (var x = 0u; x < d; x++) {
@@ -135,7 +136,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
 
     if (row_valid) {
         let lrow = (b * P.tq + i) * hq + h;
-        if (nvis == 0u) {
+        if (lo >= nvis) {
             for (var x = 0u; x < d; x++) {
                 out[qrow + x] = 0.0;
             }

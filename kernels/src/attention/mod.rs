@@ -5,7 +5,9 @@
 //! Layouts are token-major, as the projections write them:
 //! q, out: (B,Tq,Hq,D)   k, v: (B,Tk,Hkv,D)   lse: (B,Tq,Hq)
 //! Query head h reads key/value head h / (Hq/Hkv). Query row i of sequence b sits at position
-//! `q_pos0\[b\] + i` and sees keys j < kv_len\[b\] (and j ≤ its position when causal).
+//! p = `q_pos0\[b\] + i` and sees keys j < kv_len\[b\] (and j ≤ p when causal; with a sliding
+//! window W > 0, causal only, also p − j < W). Key indexes are absolute positions (a KV cache
+//! holds each key at its position), so the same rule serves training and cached decoding.
 //! Score: `scale·(q·k_j) + slope_h·j` — HF BLOOM adds `slope·key_position`; by the shift
 //! invariance of softmax that is ALiBi's `slope·(j − i)`.
 
@@ -13,6 +15,7 @@ use crate::par::SharedMut;
 use crate::shapes::{need, Extent, KvShape};
 use crate::vmath;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// The GPU sources of attention and the KV-cache write.
 pub const FAMILY: crate::Family = crate::Family {
@@ -35,7 +38,8 @@ pub const FAMILY: crate::Family = crate::Family {
 
 /// One specialization of the WGSL attention kernels: private arrays of `dmax` ≥ head_dim
 /// floats, and workgroup staging (BK keys in the forward, BQ rows in the backward) that fits
-/// WebGPU's guaranteed 16 KiB. `fwd`: entry point `main`; `bwd`: entry points `dkdv`, `dq`.
+/// WebGPU's guaranteed 16 KiB. `fwd`: entry point `main`; `bwd`: entry points `dkdv`, `dq`;
+/// both start with the shared key-range helpers of `attention_mask.wgsl`.
 pub struct WgslAttnVariant {
     pub dmax: usize,
     /// Keys staged per step of the forward, rows per step of the backward.
@@ -56,17 +60,17 @@ macro_rules! wgsl_attn_variant {
             bk: $bk,
             bq: $bq,
             fwd_key: concat!("attention_fwd_d", $dmax),
-            fwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BK: u32 = ", $bk, "u;\n", include_str!("attention_fwd.wgsl")),
+            fwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BK: u32 = ", $bk, "u;\n", include_str!("attention_mask.wgsl"), "\n", include_str!("attention_fwd.wgsl")),
             bwd_key: concat!("attention_bwd_d", $dmax),
             dkdv_key: concat!("attention_bwd_dkdv_d", $dmax),
             dq_key: concat!("attention_bwd_dq_d", $dmax),
-            bwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BQ: u32 = ", $bq, "u;\n", include_str!("attention_bwd.wgsl")),
+            bwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BQ: u32 = ", $bq, "u;\n", include_str!("attention_mask.wgsl"), "\n", include_str!("attention_bwd.wgsl")),
         }
     };
 }
 
 /// Smallest first; a head dim uses the first variant with `dmax ≥ head_dim`. Workgroup memory:
-/// forward 2·BK·DMAX ≤ 4096 floats; backward 2·BQ·DMAX + 2·BQ + 1 ≤ 2113.
+/// forward 2·BK·DMAX ≤ 4096 floats; backward 2·BQ·DMAX + 2·BQ + 2 ≤ 2114.
 pub const WGSL_VARIANTS: [WgslAttnVariant; 4] = [wgsl_attn_variant!(32, 32, 32), wgsl_attn_variant!(64, 32, 16), wgsl_attn_variant!(128, 16, 8), wgsl_attn_variant!(256, 8, 4)];
 /// Largest head_dim the WGSL and CUDA attention kernels take.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -156,14 +160,26 @@ impl AttnShape {
         assert!(self.n_kv_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads), "attention: {} heads not divisible by {} kv heads", self.n_heads, self.n_kv_heads);
         self.n_heads / self.n_kv_heads
     }
-    /// Number of keys query row i of sequence b attends to.
-    fn visible(&self, q_pos0: u32, kv_len: u32, i: usize) -> usize {
+    /// A window only narrows a causal mask (what transformers' sliding masks are).
+    #[track_caller]
+    fn check_window(&self, op: &str) {
+        assert!(self.window == 0 || self.causal, "{op}: a sliding window ({}) needs causal attention", self.window);
+    }
+    /// The keys `lo..hi` query row i of sequence b attends to; lo = hi when it sees none. Both
+    /// ends grow with i, so a tile's rows see keys within its first row's lo and last row's hi.
+    fn visible(&self, q_pos0: u32, kv_len: u32, i: usize) -> Range<usize> {
         let kv = (kv_len as usize).min(self.tk);
-        if self.causal {
-            kv.min(q_pos0 as usize + i + 1)
-        } else {
-            kv
+        if !self.causal {
+            return 0..kv;
         }
+        let p = q_pos0 as usize + i;
+        let hi = kv.min(p + 1);
+        let lo = if self.window > 0 { (p + 1).saturating_sub(self.window).min(hi) } else { 0 };
+        lo..hi
+    }
+    /// The keys a tile of `rows` rows from `i0` spans: from its first row's lo to its last row's hi.
+    fn tile_keys(&self, q_pos0: u32, kv_len: u32, i0: usize, rows: usize) -> Range<usize> {
+        self.visible(q_pos0, kv_len, i0).start..self.visible(q_pos0, kv_len, i0 + rows - 1).end
     }
     /// Elements of q / out / dq, of k / v / dk / dv, and of lse.
     pub fn extents(&self) -> (usize, usize, usize) {
@@ -199,6 +215,7 @@ impl<F: Extent + ?Sized, I: Extent + ?Sized> AttnInputs<'_, F, I> {
     #[track_caller]
     pub fn check(&self, op: &str, sh: &AttnShape) {
         sh.group();
+        sh.check_window(op);
         let (nq, nk, _) = sh.extents();
         need(op, "q", self.q, nq);
         need(op, "k", self.k, nk);
@@ -288,7 +305,7 @@ unsafe fn gemm_st(g: StGemm, dst: Mat<*mut f32>, lhs: Mat<*const f32>, rhs: Mat<
     gemm::gemm(m, n, k, dst.ptr, 1, dst.rs as isize, accumulate, lhs.ptr, lhs.cs as isize, lhs.rs as isize, rhs.ptr, rhs.cs as isize, rhs.rs as isize, 1.0, alpha, false, false, false, gemm::Parallelism::None);
 }
 
-/// Rows `i0..i0 + rows` of query head `h` of sequence `b`, against keys `0..nk` of kv head `g`.
+/// Rows `i0..i0 + rows` of query head `h` of sequence `b`, against keys `j0..j0 + nk` of kv head `g`.
 #[derive(Clone, Copy)]
 struct Tile {
     b: usize,
@@ -296,22 +313,48 @@ struct Tile {
     g: usize,
     i0: usize,
     rows: usize,
+    j0: usize,
     nk: usize,
+}
+
+impl Tile {
+    /// The tile of `rows` rows from `i0`, over the keys its rows see (`None`: they see none).
+    fn new(sh: &AttnShape, (q_pos0, kv_len): (u32, u32), (b, h): (usize, usize), (i0, rows): (usize, usize)) -> Option<Tile> {
+        let keys = sh.tile_keys(q_pos0, kv_len, i0, rows);
+        let g = h / sh.group();
+        (!keys.is_empty()).then_some(Tile { b, h, g, i0, rows, j0: keys.start, nk: keys.len() })
+    }
+    /// Row r's visible keys as columns of the tile.
+    fn cols(&self, sh: &AttnShape, (q_pos0, kv_len): (u32, u32), r: usize) -> Range<usize> {
+        let vis = sh.visible(q_pos0, kv_len, self.i0 + r);
+        vis.start - self.j0..vis.end - self.j0
+    }
+    /// Offset of the tile's first key (and value) row in k / v.
+    fn kv0(&self, sh: &AttnShape) -> usize {
+        ((self.b * sh.tk + self.j0) * sh.n_kv_heads + self.g) * sh.head_dim
+    }
+}
+
+/// Zeroes `row` outside `cols` and returns the visible part.
+fn visible_part(row: &mut [f32], cols: Range<usize>) -> &mut [f32] {
+    row[..cols.start].fill(0.0);
+    row[cols.end..].fill(0.0);
+    &mut row[cols]
 }
 
 /// The score tile of `t`: s(rows, nk) = scale·Q·Kᵀ (+ slope·j with ALiBi).
 fn score_tile(s: &mut [f32], q: &[f32], k: &[f32], sh: &AttnShape, t: Tile, slope: f32) {
-    let Tile { b, h, g, i0, rows, nk } = t;
+    let Tile { b, h, i0, rows, j0, nk, .. } = t;
     let (hq, d) = (sh.n_heads, sh.head_dim);
     let kw = sh.n_kv_heads * d;
     let q0 = ((b * sh.tq + i0) * hq + h) * d;
-    let k0 = (b * sh.tk * sh.n_kv_heads + g) * d;
-    // SAFETY: q rows i0..i0+rows and k rows 0..nk of this (b, head) lie inside the checked buffers.
+    let k0 = t.kv0(sh);
+    // SAFETY: q rows i0..i0+rows and k rows j0..j0+nk of this (b, head) lie inside the checked buffers.
     unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: sh.scale, accumulate: false }, Mat { ptr: s.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: q[q0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: k[k0..].as_ptr(), rs: 1, cs: kw }) };
     if slope != 0.0 {
         for row in s[..rows * nk].chunks_exact_mut(nk) {
             for (j, x) in row.iter_mut().enumerate() {
-                *x += slope * j as f32;
+                *x += slope * (j0 + j) as f32;
             }
         }
     }
@@ -324,21 +367,19 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
     x.check("attention_fwd", sh);
     check_attn_outputs("attention_fwd", sh, out, lse, None);
     let AttnInputs { q, k, v, q_pos0, kv_len, alibi } = *x;
-    let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
+    let (hq, d) = (sh.n_heads, sh.head_dim);
     let kw = sh.n_kv_heads * d;
     let tiles = sh.tq.div_ceil(QT);
     let (pout, plse) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
     (0..sh.batch * hq * tiles).into_par_iter().for_each_init(Vec::new, |s: &mut Vec<f32>, task| {
         let (pout, plse) = (pout, plse);
         let (b, h, tile) = (task / (hq * tiles), task / tiles % hq, task % tiles);
-        let g = h / rep;
         let i0 = tile * QT;
         let rows = QT.min(sh.tq - i0);
         let row_out = |r: usize| ((b * sh.tq + i0 + r) * hq + h) * d;
         let row_lse = |r: usize| (b * sh.tq + i0 + r) * hq + h;
-        // visible keys grow with the row under a causal mask: the tile's last row sees the most
-        let nk = sh.visible(q_pos0[b], kv_len[b], i0 + rows - 1);
-        if nk == 0 {
+        let seq = (q_pos0[b], kv_len[b]);
+        let Some(t) = Tile::new(sh, seq, (b, h), (i0, rows)) else {
             for r in 0..rows {
                 // SAFETY: rows (b, i0+r, h) of out and lse belong to this task alone.
                 unsafe {
@@ -347,20 +388,17 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
                 }
             }
             return;
-        }
+        };
+        let nk = t.nk;
         if s.len() < rows * nk {
             s.resize(rows * nk, 0.0);
         }
-        let slope = alibi.map_or(0.0, |a| a[h]);
-        score_tile(s, q, k, sh, Tile { b, h, g, i0, rows, nk }, slope);
+        score_tile(s, q, k, sh, t, alibi.map_or(0.0, |a| a[h]));
         for r in 0..rows {
-            let n_vis = sh.visible(q_pos0[b], kv_len[b], i0 + r);
-            let row = &mut s[r * nk..(r + 1) * nk];
-            let (vis, hidden) = row.split_at_mut(n_vis);
-            hidden.iter_mut().for_each(|x| *x = 0.0);
+            let vis = visible_part(&mut s[r * nk..(r + 1) * nk], t.cols(sh, seq, r));
             // SAFETY: as above.
             let l = unsafe { &mut *plse.0.add(row_lse(r)) };
-            if n_vis == 0 {
+            if vis.is_empty() {
                 *l = f32::NEG_INFINITY;
                 continue;
             }
@@ -369,11 +407,40 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
             *l = max + sum.ln() as f32;
             vmath::scale(vis, (1.0 / sum) as f32);
         }
-        let v0 = (b * sh.tk * sh.n_kv_heads + g) * d;
         // out rows (rows, d) = P (rows, nk) · V (nk, d)
-        // SAFETY: the out rows of this task are disjoint from every other task's; v rows 0..nk exist.
-        unsafe { gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pout.0.add(row_out(0)), rs: hq * d, cs: 1 }, Mat { ptr: s.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: v[v0..].as_ptr(), rs: kw, cs: 1 }) };
+        // SAFETY: the out rows of this task are disjoint from every other task's; v rows j0..j0+nk exist.
+        unsafe { gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pout.0.add(row_out(0)), rs: hq * d, cs: 1 }, Mat { ptr: s.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: v[t.kv0(sh)..].as_ptr(), rs: kw, cs: 1 }) };
     });
+}
+
+/// What the backward reads besides q, k, v: the upstream gradient, the forward's out and lse.
+#[derive(Clone, Copy)]
+struct BwdRows<'a> {
+    dout: &'a [f32],
+    out: &'a [f32],
+    lse: &'a [f32],
+}
+
+/// Turns a tile's scores `p` into probabilities and its dP `ds` into dS, row by row, both zero
+/// outside each row's visible keys:  P = exp(S − lse),  dS = P ⊙ (dP − D_i)·scale with
+/// D_i = Σ_j p_j·(dout·v_j) = dout_i·out_i.
+fn probs_and_dscores(p: &mut [f32], ds: &mut [f32], t: Tile, sh: &AttnShape, seq: (u32, u32), x: BwdRows<'_>) {
+    let (hq, d, nk) = (sh.n_heads, sh.head_dim, t.nk);
+    for r in 0..t.rows {
+        let row = (t.b * sh.tq + t.i0 + r) * hq + t.h;
+        let cols = t.cols(sh, seq, r);
+        let prow = visible_part(&mut p[r * nk..(r + 1) * nk], cols.clone());
+        let dsrow = visible_part(&mut ds[r * nk..(r + 1) * nk], cols);
+        if prow.is_empty() {
+            continue;
+        }
+        vmath::exp_affine_sum(prow, 1.0, x.lse[row]);
+        let o = row * d;
+        let di = vmath::dot(&x.dout[o..o + d], &x.out[o..o + d]);
+        for (g, &pj) in dsrow.iter_mut().zip(prow.iter()) {
+            *g = pj * (*g - di) * sh.scale;
+        }
+    }
 }
 
 /// Backward of `attention_fwd`: dq, dk, dv all `=` (overwritten). Tasks are (sequence, kv
@@ -388,6 +455,7 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
     check_attn_outputs("attention_bwd", sh, dout, lse, None);
     let AttnInputs { q, k, v, q_pos0, kv_len, alibi } = *x;
     let AttnGrads { dq, dk, dv } = grads;
+    let rows_in = BwdRows { dout, out, lse };
     let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
     let kw = sh.n_kv_heads * d;
     let (pdq, pdk, pdv) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
@@ -396,6 +464,7 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
         |(p, ds): &mut (Vec<f32>, Vec<f32>), task| {
             let (b, g) = (task / sh.n_kv_heads, task % sh.n_kv_heads);
             let (pdq, pdk, pdv) = (pdq, pdk, pdv);
+            let seq = (q_pos0[b], kv_len[b]);
             let kv0 = (b * sh.tk * sh.n_kv_heads + g) * d;
             for j in 0..sh.tk {
                 // SAFETY: dk/dv rows (b, j, g) belong to this task alone.
@@ -409,51 +478,32 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
                 for i0 in (0..sh.tq).step_by(QT) {
                     let rows = QT.min(sh.tq - i0);
                     let row0 = ((b * sh.tq + i0) * hq + h) * d;
-                    let nk = sh.visible(q_pos0[b], kv_len[b], i0 + rows - 1);
-                    if nk == 0 {
+                    let Some(t) = Tile::new(sh, seq, (b, h), (i0, rows)) else {
                         for r in 0..rows {
                             // SAFETY: dq row (b, i0+r, h) belongs to this task alone.
                             unsafe { std::ptr::write_bytes(pdq.0.add(row0 + r * hq * d), 0, d) };
                         }
                         continue;
-                    }
+                    };
+                    let (nk, kt) = (t.nk, t.kv0(sh));
                     if p.len() < rows * nk {
                         p.resize(rows * nk, 0.0);
                         ds.resize(rows * nk, 0.0);
                     }
-                    score_tile(p, q, k, sh, Tile { b, h, g, i0, rows, nk }, slope);
+                    score_tile(p, q, k, sh, t, slope);
                     // dP (rows, nk) = dO (rows, d) · Vᵀ (d, nk)
-                    // SAFETY: dout rows of this tile and v rows 0..nk exist (checked above).
-                    unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: 1.0, accumulate: false }, Mat { ptr: ds.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: v[kv0..].as_ptr(), rs: 1, cs: kw }) };
-                    for r in 0..rows {
-                        let i = i0 + r;
-                        let n_vis = sh.visible(q_pos0[b], kv_len[b], i);
-                        let (prow, dsrow) = (&mut p[r * nk..(r + 1) * nk], &mut ds[r * nk..(r + 1) * nk]);
-                        if n_vis == 0 {
-                            prow.iter_mut().for_each(|x| *x = 0.0);
-                            dsrow.iter_mut().for_each(|x| *x = 0.0);
-                            continue;
-                        }
-                        let l = lse[(b * sh.tq + i) * hq + h];
-                        vmath::exp_affine_sum(&mut prow[..n_vis], 1.0, l);
-                        prow[n_vis..].iter_mut().for_each(|x| *x = 0.0);
-                        // D_i = Σ_j p_j·(dout·v_j) = dout_i·out_i
-                        let o = row0 + r * hq * d;
-                        let di = vmath::dot(&dout[o..o + d], &out[o..o + d]);
-                        for (x, &pj) in dsrow[..n_vis].iter_mut().zip(prow.iter()) {
-                            *x = pj * (*x - di) * sh.scale;
-                        }
-                        dsrow[n_vis..].iter_mut().for_each(|x| *x = 0.0);
-                    }
-                    // SAFETY: dq rows of this tile and dk/dv rows 0..nk of (b, g) belong to this
-                    // task alone; every read operand lies inside the checked buffers.
+                    // SAFETY: dout rows of this tile and v rows j0..j0+nk exist (checked above).
+                    unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: 1.0, accumulate: false }, Mat { ptr: ds.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: v[kt..].as_ptr(), rs: 1, cs: kw }) };
+                    probs_and_dscores(p, ds, t, sh, seq, rows_in);
+                    // SAFETY: dq rows of this tile and dk/dv rows j0..j0+nk of (b, g) belong to
+                    // this task alone; every read operand lies inside the checked buffers.
                     unsafe {
                         // dQ (rows, d) = dS (rows, nk) · K (nk, d)
-                        gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pdq.0.add(row0), rs: hq * d, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: k[kv0..].as_ptr(), rs: kw, cs: 1 });
+                        gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pdq.0.add(row0), rs: hq * d, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: k[kt..].as_ptr(), rs: kw, cs: 1 });
                         // dK (nk, d) += dSᵀ (nk, rows) · Q (rows, d)
-                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdk.0.add(kv0), rs: kw, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: 1, cs: nk }, Mat { ptr: q[row0..].as_ptr(), rs: hq * d, cs: 1 });
+                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdk.0.add(kt), rs: kw, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: 1, cs: nk }, Mat { ptr: q[row0..].as_ptr(), rs: hq * d, cs: 1 });
                         // dV (nk, d) += Pᵀ (nk, rows) · dO (rows, d)
-                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdv.0.add(kv0), rs: kw, cs: 1 }, Mat { ptr: p.as_ptr(), rs: 1, cs: nk }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 });
+                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdv.0.add(kt), rs: kw, cs: 1 }, Mat { ptr: p.as_ptr(), rs: 1, cs: nk }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 });
                     }
                 }
             }

@@ -281,6 +281,11 @@ impl Backend for CudaBackend {
     }
 }
 
+/// The kernels' `int window`, clamped: positions there are ints, so a wider window changes nothing.
+fn attn_window(sh: &AttnShape) -> A {
+    A::I(sh.window.min(i32::MAX as usize) as i32)
+}
+
 impl CudaBackend {
     fn rope(&self, x: &CudaBuf, positions: &CudaIds, inv_freq: &CudaBuf, sh: &RopeShape, sign: f32) {
         let args = [self.pb(x), self.pi(positions), self.pb(inv_freq), A::I(sh.n as i32), A::I(sh.n_heads as i32), A::I(sh.head_dim as i32), A::F(sign)];
@@ -292,12 +297,12 @@ impl CudaBackend {
         let al = x.alibi.map_or(A::P(0), |a| self.pb(a));
         let mut args = vec![self.pb(x.q), self.pb(x.k), self.pb(x.v), self.pi(x.q_pos0), self.pi(x.kv_len), al];
         args.extend([A::I(sh.tq as i32), A::I(sh.tk as i32), A::I(sh.n_heads as i32), A::I(sh.n_kv_heads as i32), A::I(sh.head_dim as i32)]);
-        args.extend([A::F(sh.scale), A::I(sh.causal as i32), A::I(self.use_bf16() as i32)]);
+        args.extend([A::F(sh.scale), A::I(sh.causal as i32), attn_window(sh), A::I(self.use_bf16() as i32)]);
         args
     }
 
     /// The arguments attn_bwd_dkdv and attn_bwd_dq share after their tensors.
-    fn attn_bwd_common(&self, x: &AttnInputs<'_, CudaBuf, CudaIds>, sh: &AttnShape) -> [A; 11] {
+    fn attn_bwd_common(&self, x: &AttnInputs<'_, CudaBuf, CudaIds>, sh: &AttnShape) -> [A; 12] {
         let al = x.alibi.map_or(A::P(0), |a| self.pb(a));
         [
             self.pi(x.q_pos0),
@@ -310,6 +315,7 @@ impl CudaBackend {
             A::I(sh.head_dim as i32),
             A::F(sh.scale),
             A::I(sh.causal as i32),
+            attn_window(sh),
             A::I(self.use_bf16() as i32),
         ]
     }

@@ -17,6 +17,11 @@ fn grid(rows: usize, heads: usize, batch: usize, what: &str) -> [u32; 3] {
     g.map(|x| x as u32)
 }
 
+/// The kernels' `window`, clamped: positions there are u32, so a wider window changes nothing.
+fn window(sh: &AttnShape) -> u32 {
+    sh.window.min(u32::MAX as usize) as u32
+}
+
 /// Every index the kernels form must fit in u32.
 fn check_indices(sh: &AttnShape, what: &str) {
     u32_of(sh.batch * sh.tq.max(sh.tk) * sh.n_heads.max(sh.n_kv_heads) * sh.head_dim.max(2), what);
@@ -44,6 +49,7 @@ impl WgpuBackend {
             sh.causal as u32,
             x.alibi.is_some() as u32,
             f32::NEG_INFINITY.to_bits(),
+            window(sh),
         ];
         // without ALiBi the slot is bound to q (never read)
         let al = x.alibi.map_or(&x.q.buf, |a| &a.buf);
@@ -74,7 +80,7 @@ impl WgpuBackend {
         let n_prep = rows.max(2 * sh.batch + sh.n_heads);
         let prep_bufs = [&dout.buf, &out.buf, &lse.buf, &x.q_pos0.buf, &x.kv_len.buf, al, &stat.buf, &info.buf];
         self.dispatch("attention_bwd_prep", ka::WGSL_BWD_PREP, "main", &prep, &prep_bufs, groups_1d(n_prep as u64, WGSL_PREP_WG));
-        let params = [sh.batch as u32, sh.tq as u32, sh.tk as u32, sh.n_heads as u32, sh.n_kv_heads as u32, sh.head_dim as u32, sh.scale.to_bits(), sh.causal as u32];
+        let params = [sh.batch as u32, sh.tq as u32, sh.tk as u32, sh.n_heads as u32, sh.n_kv_heads as u32, sh.head_dim as u32, sh.scale.to_bits(), sh.causal as u32, window(sh)];
         let (q, k, v) = (&x.q.buf, &x.k.buf, &x.v.buf);
         if sh.tk > 0 {
             let g = grid(sh.tk, sh.n_kv_heads, sh.batch, "attention_bwd");
