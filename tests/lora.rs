@@ -79,7 +79,7 @@ fn bloom_lora_on_the_fused_qkv_matches_peft() {
 #[test]
 fn lora_on_wgpu_matches_peft() {
     let Some(be) = wgpu_or_skip("lora_on_wgpu_matches_peft") else { return };
-    for name in ["llama_gqa", "bloom_6h"] {
+    for name in ["llama_gqa", "bloom_6h", "qwen3_gqa", "mistral_swa"] {
         logits_and_gradients_match_peft_on(be.clone(), name);
     }
 }
@@ -88,7 +88,8 @@ fn lora_on_wgpu_matches_peft() {
 #[ignore = "needs an NVIDIA GPU: cargo test --test lora -- --ignored"]
 fn lora_on_cuda_matches_peft() {
     let Some(be) = cuda_or_skip(okapi::runtime::Precision::F32, "lora_on_cuda_matches_peft") else { return };
-    for name in ["llama_gqa", "bloom_6h"] {
+    // Qwen3's per-head norms and Mistral's sliding window too: the whole model on the GPU
+    for name in ["llama_gqa", "bloom_6h", "qwen3_gqa", "mistral_swa"] {
         logits_and_gradients_match_peft_on(be.clone(), name);
     }
 }
