@@ -2,7 +2,7 @@
 
 use super::outdir;
 use super::sft::losses;
-use super::train_flags::{args_json, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
+use super::train_flags::{args_json, check_flags_and_data, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
 use okapi_data::{load_preferences, PromptGroup, SftEncoding, Tokenizer};
 use okapi_model::{Model, ModelConfig};
 use okapi_rlhf::pairwise::{capacity, groups_fingerprint};
@@ -118,8 +118,7 @@ impl PairRun<'_> {
 }
 
 pub fn run_reward(mut a: RewardArgs) -> Result<(), String> {
-    // before anything is loaded or written: a wrong path fails at once
-    a.data = okapi_data::expand_data_paths("--data", &a.data)?;
+    check_flags_and_data(&a.train, Stage::Reward, &mut a.data)?;
     super::on_backend!(a.train.backend, a.train.precision, |be| run_reward_on(be, &a))
 }
 
@@ -154,7 +153,7 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
 }
 
 pub fn run_dpo(mut a: DpoArgs) -> Result<(), String> {
-    a.data = okapi_data::expand_data_paths("--data", &a.data)?;
+    check_flags_and_data(&a.train, Stage::Dpo, &mut a.data)?;
     super::on_backend!(a.train.backend, a.train.precision, |be| run_dpo_on(be, &a))
 }
 

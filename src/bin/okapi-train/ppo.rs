@@ -306,7 +306,9 @@ pub fn annotate(mut cmd: clap::Command) -> clap::Command {
 }
 
 pub fn run(mut a: PpoArgs) -> Result<(), String> {
-    // before anything is loaded or written: a wrong path fails at once
+    // the flags, then the prompt paths, before anything is loaded or written
+    check_choices(&a)?;
+    a.resolve()?;
     a.prompts = okapi_data::expand_data_paths("--prompts", &a.prompts)?;
     super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }

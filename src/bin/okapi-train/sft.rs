@@ -1,7 +1,7 @@
 //! `okapi-train sft`: supervised fine-tuning on Okapi instruction files.
 
 use super::outdir;
-use super::train_flags::{args_json, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
+use super::train_flags::{args_json, check_flags_and_data, check_training_memory, eos_of, precheck_resume, Stage, TrainFlags};
 use okapi_data::Tokenizer;
 use okapi_model::{Model, ModelConfig};
 use okapi_rlhf::trainer::check_resume;
@@ -26,8 +26,7 @@ pub struct SftArgs {
 }
 
 pub fn run(mut a: SftArgs) -> Result<(), String> {
-    // before anything is loaded or written: a wrong path fails at once
-    a.data = okapi_data::expand_data_paths("--data", &a.data)?;
+    check_flags_and_data(&a.train, Stage::Sft, &mut a.data)?;
     super::on_backend!(a.train.backend, a.train.precision, |be| run_on(be, &a))
 }
 

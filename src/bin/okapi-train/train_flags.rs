@@ -284,6 +284,15 @@ impl TrainFlags {
     }
 }
 
+/// The checks of a training command before its backend starts: its flags, then its data
+/// paths (expanded in place: directories and globs to their files), so a wrong path fails at
+/// once and a wrong flag is still named first.
+pub fn check_flags_and_data(flags: &TrainFlags, stage: Stage, data: &mut Vec<PathBuf>) -> Result<(), String> {
+    flags.resolve(stage)?;
+    *data = okapi_data::expand_data_paths("--data", data)?;
+    Ok(())
+}
+
 /// `--template` for `model`: `chat` puts every record through the model's chat template;
 /// `okapi` or a file puts Okapi's records through that prompt template and refuses
 /// conversations; unset, Okapi's template for Okapi's records and the model's chat template
