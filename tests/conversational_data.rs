@@ -264,5 +264,6 @@ fn ppo_prompts_in_the_chat_template() {
     let samples = std::fs::read_to_string(out.join("samples.jsonl")).unwrap_or_default();
     let m = metrics(&out);
     assert_eq!(m.len(), 1, "{samples}");
-    assert_eq!(std::fs::read_to_string(out.join("args.json")).map(|t| t.contains("\"template\": \"chat\"") || t.contains("\"template\":\"chat\"")).unwrap(), true);
+    let args: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("args.json")).unwrap()).unwrap();
+    assert_eq!(args["template"], "chat");
 }
