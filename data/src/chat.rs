@@ -98,6 +98,11 @@ impl ChatTemplate {
         self
     }
 
+    /// A special token of the tokenizer config (`"eos_token"`, …) as the template sees it.
+    pub fn special_token(&self, name: &str) -> Option<&str> {
+        self.vars.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.as_str())
+    }
+
     /// The conversation as text.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, DataError> {
         let mut ctx: IndexMap<Value, Value> = self.vars.iter().map(|(k, v)| (Value::from(k.as_str()), v.clone())).collect();
