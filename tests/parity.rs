@@ -1,5 +1,5 @@
 //! Whole-model parity with transformers (fixtures from tests/fixtures/generate.py and, for Qwen2,
-//! Qwen3 and Mistral, generate_arch.py): logits, loss and the gradient of every parameter;
+//! Qwen3, Mistral and Gemma 2, generate_arch.py): logits, loss and the gradient of every parameter;
 //! KV-cache decoding equal to the full forward; `loglik` equal to transformers' values.
 
 mod common;
@@ -221,7 +221,7 @@ fn bloom_loglik_matches_transformers_any_batch_size() {
     }
 }
 
-// ---- Qwen2, Qwen3, Mistral (tests/fixtures/generate_arch.py) --------------------------------
+// ---- Qwen2, Qwen3, Mistral, Gemma 2 (tests/fixtures/generate_arch.py) ----------------------
 
 /// The checks llama_gqa gets, for one fixture of generate_arch.py.
 macro_rules! arch_fixture {
@@ -259,19 +259,32 @@ arch_fixture!(qwen2_tied, "qwen2_tied", "Qwen2: GQA 6/2, q/k/v biases, tied head
 arch_fixture!(qwen2_untied, "qwen2_untied", "Qwen2: MQA 5/1, untied, bf16, 4.x config naming a window that use_sliding_window leaves off.");
 arch_fixture!(qwen3_gqa, "qwen3_gqa", "Qwen3: head_dim 12 != 40 / 4, per-head q_norm / k_norm before RoPE, no biases.");
 arch_fixture!(mistral_swa, "mistral_swa", "Mistral: sliding window 7 on every layer, T = 24, head_dim 6.");
+arch_fixture!(gemma2_swa, "gemma2_swa", "Gemma 2: window 5 on layers 0, 2 (full 1, 3), T = 24; soft caps 4 / 5 that bite; query_pre_attn_scalar 10 != head_dim 12; (1 + w) sandwich norms; x sqrt(32); tied.");
 
-/// Mistral's window in the KV cache: one sequence of 48 tokens (both reference rows) decoded from
-/// a 3-token prompt, i.e. 45 positions past a 7-token window, beside a prompt longer than the
-/// window; one token per step, and steps of 4 and of 12 (more than the window: a step's queries
-/// read keys from the cache and from the step itself).
-#[test]
-fn mistral_kv_cache_decoding_far_past_the_window() {
-    let window = json(&fixture("mistral_swa").join("config.json"))["sliding_window"].as_u64().unwrap() as usize;
-    let all = ids(&reference("mistral_swa")["input_ids"]);
+/// A window in the KV cache: one sequence of 48 tokens (both reference rows) decoded from a 3-token
+/// prompt, i.e. 45 positions past the window, beside a prompt longer than the window; one token
+/// per step, and steps of 4 and of 12 (more than the window: a step's queries read keys from the
+/// cache and from the step itself).
+fn check_kv_cache_far_past_the_window(name: &str) {
+    let window = json(&fixture(name).join("config.json"))["sliding_window"].as_u64().unwrap() as usize;
+    let all = ids(&reference(name)["input_ids"]);
     let seqs = vec![all.clone(), all[5..30].to_vec(), all[10..16].to_vec()];
     let prompt_lens = [3, 12, 6];
     assert!(seqs[0].len() - prompt_lens[0] > 6 * window && prompt_lens[1] > window && 12 > window);
     for chunk in [1, 4, 12] {
-        check_kv_cache_seqs("mistral_swa", &seqs, &prompt_lens, chunk);
+        check_kv_cache_seqs(name, &seqs, &prompt_lens, chunk);
     }
+}
+
+/// Mistral: a window of 7 on every layer.
+#[test]
+fn mistral_kv_cache_decoding_far_past_the_window() {
+    check_kv_cache_far_past_the_window("mistral_swa");
+}
+
+/// Gemma 2: a window of 5 on the sliding layers (0, 2) between full layers (1, 3), which read every
+/// cached position; soft-capped scores.
+#[test]
+fn gemma2_kv_cache_decoding_far_past_the_window() {
+    check_kv_cache_far_past_the_window("gemma2_swa");
 }

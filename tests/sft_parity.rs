@@ -159,10 +159,10 @@ fn bloom_sft_matches_pytorch() {
 }
 
 /// The fixtures of generate_arch.py: sft_<dir> is sft_llama_gqa's command on tests/fixtures/<dir>.
-const ARCH_FIXTURES: [&str; 4] = ["qwen2_tied", "qwen2_untied", "qwen3_gqa", "mistral_swa"];
+const ARCH_FIXTURES: [&str; 5] = ["qwen2_tied", "qwen2_untied", "qwen3_gqa", "mistral_swa", "gemma2_swa"];
 
 #[test]
-fn qwen2_qwen3_mistral_batches_equal_the_reference() {
+fn qwen2_qwen3_mistral_gemma2_batches_equal_the_reference() {
     for model in ARCH_FIXTURES {
         check_batches(&format!("sft_{model}"), model);
     }
@@ -186,4 +186,10 @@ fn qwen3_sft_matches_pytorch() {
 #[test]
 fn mistral_sliding_window_sft_matches_pytorch() {
     check_trajectory("sft_mistral_swa", "mistral_swa");
+}
+
+/// Gemma 2: soft caps (attention and final), sandwich norms, alternating sliding / full layers, tied.
+#[test]
+fn gemma2_sft_matches_pytorch() {
+    check_trajectory("sft_gemma2_swa", "gemma2_swa");
 }

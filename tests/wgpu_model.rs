@@ -1,5 +1,5 @@
 //! The wgpu backend end to end. Whole models on the device — logits, loss and every parameter
-//! gradient of the fixture models (LLaMA, BLOOM, Qwen2, Qwen3, Mistral) — against the CPU backend; then every command with
+//! gradient of the fixture models (LLaMA, BLOOM, Qwen2, Qwen3, Mistral, Gemma 2) — against the CPU backend; then every command with
 //! `--backend wgpu`: the SFT, reward-model and DPO steps against the PyTorch trajectories the
 //! CPU is tested against (losses, gradient norms, every parameter after the steps), a longer SFT
 //! loss curve and a PPO run against the CPU's, `loglik` against transformers, `generate`,
@@ -103,6 +103,11 @@ fn qwen3_logits_loss_and_every_gradient_match_the_cpu() {
 #[test]
 fn mistral_sliding_window_logits_loss_and_every_gradient_match_the_cpu() {
     model_parity("mistral_swa", 2, 50);
+}
+
+#[test]
+fn gemma2_soft_caps_and_sliding_window_logits_loss_and_every_gradient_match_the_cpu() {
+    model_parity("gemma2_swa", 2, 43);
 }
 
 // ---- training commands against PyTorch ---------------------------------------------------
