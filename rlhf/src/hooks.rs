@@ -46,6 +46,20 @@ pub fn step_delay() {
     }
 }
 
+/// Items an eval suite appended in this process.
+#[cfg(feature = "test-hooks")]
+static EVAL_ITEMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `OKAPI_TEST_EVAL_EXIT_AFTER_ITEMS=N`: the process aborts (a kill -9) once the eval suite has
+/// appended N or more items to its per-item files.
+#[cfg(feature = "test-hooks")]
+pub fn eval_items_appended(n: usize) {
+    let total = EVAL_ITEMS.fetch_add(n, std::sync::atomic::Ordering::SeqCst) + n;
+    if std::env::var("OKAPI_TEST_EVAL_EXIT_AFTER_ITEMS").ok().and_then(|s| s.parse::<usize>().ok()).is_some_and(|limit| total >= limit) {
+        std::process::abort();
+    }
+}
+
 #[cfg(not(feature = "test-hooks"))]
 pub fn stop_after_step(_step: u64) -> bool {
     false
@@ -59,3 +73,6 @@ pub fn save_started() {}
 
 #[cfg(not(feature = "test-hooks"))]
 pub fn step_delay() {}
+
+#[cfg(not(feature = "test-hooks"))]
+pub fn eval_items_appended(_n: usize) {}

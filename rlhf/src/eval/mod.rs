@@ -5,7 +5,10 @@
 //! - [`prompts`]: each task's template, few-shot contexts, HellaSwag's preprocessing;
 //! - [`pyrandom`]: Python's `random.Random`, so shots are drawn as `rnd.sample` draws them;
 //! - [`scoring`]: log-likelihoods of every choice, one context forward per item (KV cache);
-//! - [`metrics`]: acc, acc_norm, mc1/mc2, means and the harness's standard errors.
+//! - [`metrics`]: acc, acc_norm, mc1/mc2, means and the harness's standard errors;
+//! - [`suite`], [`resume`], [`results`]: Okapi's whole benchmark in one resumable run
+//!   (`okapi-train eval --suite okapi`): the data layout, the per-item files and run record,
+//!   `results.json` in the harness's layout and the per-language Markdown table.
 //!
 //! [`run_eval`] runs one task over data sources (files or bundled texts) and returns an
 //! [`EvalReport`]: per-item results, the per-language table, the overall row.
@@ -14,7 +17,10 @@ pub mod formats;
 pub mod metrics;
 pub mod prompts;
 pub mod pyrandom;
+pub mod results;
+pub mod resume;
 pub mod scoring;
+pub mod suite;
 
 pub use formats::{lang_from_name, parse_records, Doc, Record, Task};
 pub use metrics::{ItemMetrics, LangRow, Stat};
@@ -147,8 +153,7 @@ pub struct EvalReport {
     pub langs: Vec<LangRow>,
     /// all items together
     pub overall: LangRow,
-    /// unweighted means over languages: (acc, acc_norm, mc2)
-    pub macro_avg: (f64, Option<f64>, Option<f64>),
+    pub macro_avg: MacroAverage,
     pub skipped: usize,
     pub truncated: usize,
     /// one line per skipped record and per warning
@@ -229,6 +234,60 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
     Ok((items, messages, skipped))
 }
 
+/// Scores prepared items (one [`score_items`] call: they share its batches and its common
+/// prefix) and computes each item's metrics; an item the scorer refuses is `Err(message)`.
+pub fn score_prepared<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem]) -> Result<(Vec<Result<ItemResult, String>>, ScoreStats), EvalError> {
+    let reqs: Vec<ItemRequest> = items.iter().map(|it| ItemRequest { context: it.context.clone(), continuations: prompts::continuations(&it.prompted) }).collect();
+    let (scores, stats) = score_items(model, tok, &reqs, ScoreOptions { batch_size: cfg.batch_size, cache: cfg.cache, chunk: 0 })?;
+    let results = items
+        .iter()
+        .zip(scores)
+        .map(|(it, sc)| match sc {
+            ItemScore::Scored { logliks, truncated } => Ok(ItemResult::new(it, logliks, truncated)),
+            ItemScore::Invalid(msg) => Err(format!("{}: id {}: {msg} — skipped", it.source, it.id)),
+        })
+        .collect();
+    Ok((results, stats))
+}
+
+impl ItemResult {
+    /// An item's result from the logliks of its continuations (`prompts::continuations`: the
+    /// choices, then TruthfulQA's mc2 targets).
+    pub fn new(it: &PreparedItem, logliks: Vec<f64>, truncated: bool) -> ItemResult {
+        let n1 = it.prompted.choices.len();
+        let (ll1, ll2) = (logliks[..n1].to_vec(), logliks[n1..].to_vec());
+        let mc2 = it.prompted.mc2.as_ref().map(|(_, t)| (&ll2[..], &t[..]));
+        let metrics = metrics::item_metrics(&ll1, &it.prompted.choices, it.prompted.gold, mc2);
+        let mc2_logliks = it.prompted.mc2.is_some().then_some(ll2);
+        ItemResult { id: it.id.clone(), lang: it.lang.clone(), source: it.source.clone(), logliks: ll1, mc2_logliks, gold: it.prompted.gold, metrics, truncated }
+    }
+}
+
+/// Unweighted means over languages: (acc, acc_norm, mc2).
+pub type MacroAverage = (f64, Option<f64>, Option<f64>);
+
+/// The rows of a task's table: one per language (in the order of first appearance), then all
+/// items together, and the unweighted mean over languages.
+pub fn language_rows(results: &[ItemResult], tqa: bool) -> (Vec<LangRow>, LangRow, MacroAverage) {
+    let mut langs_order: Vec<&str> = Vec::new();
+    for r in results {
+        if !langs_order.contains(&r.lang.as_str()) {
+            langs_order.push(&r.lang);
+        }
+    }
+    let langs: Vec<LangRow> = langs_order
+        .iter()
+        .map(|l| {
+            let ms: Vec<&ItemMetrics> = results.iter().filter(|r| r.lang == *l).map(|r| &r.metrics).collect();
+            metrics::aggregate(l, &ms, tqa)
+        })
+        .collect();
+    let all: Vec<&ItemMetrics> = results.iter().map(|r| &r.metrics).collect();
+    let overall = metrics::aggregate("all", &all, tqa);
+    let macro_avg = metrics::macro_average(&langs);
+    (langs, overall, macro_avg)
+}
+
 /// Runs one task over `data` (shots from `fewshot`, matched by language, or from each file).
 pub fn run_eval<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSource]) -> Result<EvalReport, EvalError> {
     let t0 = Instant::now();
@@ -236,46 +295,22 @@ pub fn run_eval<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig,
     if items.is_empty() {
         return Err(EvalError::Input(format!("no valid {} items in {}", cfg.task, data.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "))));
     }
-    let reqs: Vec<ItemRequest> = items.iter().map(|it| ItemRequest { context: it.context.clone(), continuations: prompts::continuations(&it.prompted) }).collect();
-    let (scores, stats) = score_items(model, tok, &reqs, ScoreOptions { batch_size: cfg.batch_size, cache: cfg.cache, chunk: 0 })?;
-    let tqa = cfg.task == Task::TruthfulQa;
+    let (scored, stats) = score_prepared(model, tok, cfg, &items)?;
     let mut results = Vec::new();
-    let mut truncated = 0;
-    for (it, sc) in items.into_iter().zip(scores) {
-        let (logliks, trunc) = match sc {
-            ItemScore::Scored { logliks, truncated } => (logliks, truncated),
-            ItemScore::Invalid(msg) => {
-                messages.push(format!("{}: id {}: {msg} — skipped", it.source, it.id));
+    for r in scored {
+        match r {
+            Ok(r) => results.push(r),
+            Err(msg) => {
+                messages.push(msg);
                 skipped += 1;
-                continue;
             }
-        };
-        truncated += trunc as usize;
-        let n1 = it.prompted.choices.len();
-        let (ll1, ll2) = (logliks[..n1].to_vec(), logliks[n1..].to_vec());
-        let mc2 = it.prompted.mc2.as_ref().map(|(_, t)| (&ll2[..], &t[..]));
-        let m = metrics::item_metrics(&ll1, &it.prompted.choices, it.prompted.gold, mc2);
-        results.push(ItemResult { id: it.id, lang: it.lang, source: it.source, logliks: ll1, mc2_logliks: tqa.then_some(ll2), gold: it.prompted.gold, metrics: m, truncated: trunc });
+        }
     }
     if results.is_empty() {
         return Err(EvalError::Input(format!("no {} item could be scored:\n{}", cfg.task, messages.join("\n"))));
     }
-    let mut langs_order: Vec<String> = Vec::new();
-    for r in &results {
-        if !langs_order.contains(&r.lang) {
-            langs_order.push(r.lang.clone());
-        }
-    }
-    let langs: Vec<LangRow> = langs_order
-        .iter()
-        .map(|l| {
-            let ms: Vec<&ItemMetrics> = results.iter().filter(|r| &r.lang == l).map(|r| &r.metrics).collect();
-            metrics::aggregate(l, &ms, tqa)
-        })
-        .collect();
-    let all: Vec<&ItemMetrics> = results.iter().map(|r| &r.metrics).collect();
-    let overall = metrics::aggregate("all", &all, tqa);
-    let macro_avg = metrics::macro_average(&langs);
+    let truncated = results.iter().filter(|r| r.truncated).count();
+    let (langs, overall, macro_avg) = language_rows(&results, cfg.task == Task::TruthfulQa);
     let p = &model.cfg.path;
     let model_name = if p.file_name().is_some_and(|f| f == "config.json") { p.parent().unwrap_or(p) } else { p.as_path() }.display().to_string();
     Ok(EvalReport { task: cfg.task, model: model_name, num_fewshot: cfg.shots(), items: results, langs, overall, macro_avg, skipped, truncated, messages, stats, seconds: t0.elapsed().as_secs_f64() })
