@@ -7,6 +7,8 @@
 //! (with several models or tasks, `{"results": [summary, …]}`). stderr: progress, and one line
 //! per skipped record. `--output`: one JSON line per item, `{"id","lang","logliks","pred",
 //! "pred_norm","gold","task","model","truncated"}` (TruthfulQA adds mc2_logliks, mc1, mc2).
+//!
+//! `--suite okapi --data-dir DIR --out OUT`: Okapi's whole benchmark, resumable (`eval_suite`).
 
 use okapi_data::Tokenizer;
 use okapi_rlhf::eval::{prepare_items, run_eval, EvalConfig, EvalReport, EvalSource, MmluPrompt, Task};
@@ -23,13 +25,14 @@ pub struct EvalArgs {
     /// repeated)
     #[arg(long, value_delimiter = ',')]
     pub adapter: Vec<PathBuf>,
-    /// arc, hellaswag, mmlu or truthfulqa; several comma-separated (arc,hellaswag)
-    #[arg(long, required = true, value_delimiter = ',')]
+    /// arc, hellaswag, mmlu or truthfulqa; several comma-separated (arc,hellaswag). With
+    /// --suite: the tasks to run [default: all four]
+    #[arg(long, alias = "tasks", required_unless_present = "suite", value_delimiter = ',')]
     pub task: Vec<String>,
     /// Eval files (JSON array or JSONL). With several tasks, give each file's task as `arc=FILE`
     /// or name the task in the file name. The language comes from the file name
     /// (`vi_validation.json`, `arc_vi.json`) unless --lang is given
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "suite", num_args = 1..)]
     pub data: Vec<String>,
     /// Shots per item [default: ARC 25, HellaSwag 0, MMLU 25, TruthfulQA 0 (zero-shot only)]
     #[arg(long)]
@@ -67,9 +70,32 @@ pub struct EvalArgs {
     /// + " {choice text}") or okapi-v0.4 (harness v0.4's Okapi m_mmlu: letters as continuations)
     #[arg(long, default_value = "v0.3")]
     pub mmlu_prompt: String,
+    /// Run a whole benchmark: `okapi` = ARC (25-shot), HellaSwag (0-shot), MMLU (25-shot) and
+    /// TruthfulQA (mc1/mc2) in every language of --data-dir, with Okapi's splits; writes
+    /// results.json, results.md and the per-item files into --out, and resumes there
+    #[arg(long, requires_all = ["data_dir", "out"], conflicts_with_all = ["data", "fewshot_data", "output", "lang", "num_fewshot"])]
+    pub suite: Option<String>,
+    /// The suite's data: a folder in the layout of Okapi's evaluation download (m_arc/,
+    /// m_hellaswag/, m_mmlu/, m_truthfulqa/ with {lang}_{split}.json), or `bundled`
+    #[arg(long, requires = "suite")]
+    pub data_dir: Option<String>,
+    /// The suite's languages (comma-separated) [default: every language of --data-dir]
+    #[arg(long, requires = "suite", value_delimiter = ',')]
+    pub langs: Vec<String>,
+    /// The suite's results folder: results.json, results.md, items/, run.json; rerunning the
+    /// same command there continues it
+    #[arg(long, requires = "suite")]
+    pub out: Option<PathBuf>,
+    /// The suite scores the items of a file in groups of N and appends each group's results
+    /// before the next: a kill loses at most one group
+    #[arg(long, requires = "suite", default_value_t = 64)]
+    pub save_every: usize,
 }
 
 pub fn run(a: EvalArgs) -> Result<(), String> {
+    if a.suite.is_some() {
+        return super::on_backend!(a.backend, a.precision, |be| super::eval_suite::run(be, &a));
+    }
     super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }
 
@@ -146,6 +172,32 @@ fn print_report(report: &EvalReport) {
     println!("{}\n", report.table());
 }
 
+/// Each --model with its --adapter (none, or one per model in order).
+pub fn models_and_adapters(a: &EvalArgs) -> Result<Vec<(PathBuf, Option<PathBuf>)>, String> {
+    if !a.adapter.is_empty() && a.adapter.len() != a.model.len() {
+        return Err(format!("--adapter: {} given for {} --model; give one per model, in the same order", a.adapter.len(), a.model.len()));
+    }
+    Ok(a.model.iter().enumerate().map(|(k, m)| (m.clone(), a.adapter.get(k).cloned())).collect())
+}
+
+/// A model's tokenizer, once its config, its adapter's config and the tokenizer's fit to the
+/// vocabulary are checked (no weights are read).
+pub fn check_model(dir: &Path, adapter: Option<&Path>) -> Result<Tokenizer, String> {
+    let tok = Tokenizer::load(dir).map_err(|e| e.to_string())?;
+    let model_cfg = okapi_model::ModelConfig::load(dir).map_err(|e| e.to_string())?;
+    tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
+    if let Some(ad) = adapter {
+        okapi_model::lora::read_adapter(ad).map_err(|e| e.to_string())?;
+    }
+    Ok(tok)
+}
+
+/// A model (with its adapter) and its tokenizer ([`check_model`] first).
+pub fn load_model<B: Backend>(be: B, dir: &Path, adapter: Option<&Path>) -> Result<(okapi_model::Model<B>, Tokenizer), String> {
+    let tok = check_model(dir, adapter)?;
+    Ok((super::lora_flags::load_with_adapter(be, dir, adapter)?, tok))
+}
+
 fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
@@ -164,15 +216,8 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         prepare_items(&config(task), &of_task(&data, task), &of_task(&fewshot, task)).map_err(|e| e.to_string())?;
     }
     let (mut summaries, mut out_lines) = (Vec::<Value>::new(), String::new());
-    if !a.adapter.is_empty() && a.adapter.len() != a.model.len() {
-        return Err(format!("--adapter: {} given for {} --model; give one per model, in the same order", a.adapter.len(), a.model.len()));
-    }
-    for (k, dir) in a.model.iter().enumerate() {
-        let tok = Tokenizer::load(dir).map_err(|e| e.to_string())?;
-        let model_cfg = okapi_model::ModelConfig::load(dir).map_err(|e| e.to_string())?;
-        tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
-        let adapter = a.adapter.get(k);
-        let model = super::lora_flags::load_with_adapter(be.clone(), dir, adapter.map(PathBuf::as_path))?;
+    for (dir, adapter) in &models_and_adapters(a)? {
+        let (model, tok) = load_model(be.clone(), dir, adapter.as_deref())?;
         let model_name = match adapter {
             Some(ad) => format!("{}+{}", dir.display(), ad.display()),
             None => dir.display().to_string(),

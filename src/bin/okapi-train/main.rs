@@ -46,6 +46,7 @@ pub(crate) use on_backend;
 mod bench;
 mod demo;
 mod eval;
+mod eval_suite;
 mod generate;
 mod init;
 mod loglik;
