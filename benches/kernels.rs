@@ -530,7 +530,7 @@ where
 
     // ---- attention -----------------------------------------------------------------------
     if bn.wants_any(&["attention", "kv_write"]) {
-        let sh = AttnShape { batch: bsz, tq: t, tk: t, n_heads: hq, n_kv_heads: hkv, head_dim: d, scale: 1.0 / (d as f32).sqrt(), causal: true, window: 0 };
+        let sh = AttnShape { batch: bsz, tq: t, tk: t, n_heads: hq, n_kv_heads: hkv, head_dim: d, scale: 1.0 / (d as f32).sqrt(), causal: true, window: 0, softcap: 0.0 };
         let fwd_flops = 4.0 * (bsz * hq * t * t * d) as f64 * 0.5;
         let shape = format!("B{bsz}xT{t}xH{hq}/{hkv}xD{d}:causal");
         let q = up(&data.normal(n * hq * d, 1.0));

@@ -319,7 +319,7 @@ fn kernel_breakdown(model: &Model<CpuBackend>, b: usize, t: usize, reps: usize, 
         }
     }
     // attention, per layer
-    let sh = AttnShape { batch: b, tq: t, tk: t, n_heads: hq, n_kv_heads: hkv, head_dim: d, scale: 1.0 / (d as f32).sqrt(), causal: true, window: 0 };
+    let sh = AttnShape { batch: b, tq: t, tk: t, n_heads: hq, n_kv_heads: hkv, head_dim: d, scale: 1.0 / (d as f32).sqrt(), causal: true, window: 0, softcap: 0.0 };
     let q = random_vec(&mut rng, n * hq * d, 1.0);
     let k = random_vec(&mut rng, n * hkv * d, 1.0);
     let vv = random_vec(&mut rng, n * hkv * d, 1.0);

@@ -495,7 +495,7 @@ struct AttnCase {
 }
 
 fn attn_case(batch: usize, (tq, tk): (usize, usize), (n_heads, n_kv_heads, head_dim): (usize, usize, usize), causal: bool, q_pos0: &[u32], kv_len: &[u32], alibi: bool) -> AttnCase {
-    let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal, window: 0 };
+    let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal, window: 0, softcap: 0.0 };
     AttnCase { sh, q_pos0: q_pos0.to_vec(), kv_len: kv_len.to_vec(), alibi }
 }
 
@@ -1060,7 +1060,7 @@ fn deterministic<B: Backend>(be: &B, _t: &Tols) {
             r
         });
     }
-    let sh = AttnShape { batch: 2, tq: 33, tk: 33, n_heads: 4, n_kv_heads: 2, head_dim: 16, scale: 0.25, causal: true, window: 0 };
+    let sh = AttnShape { batch: 2, tq: 33, tk: 33, n_heads: 4, n_kv_heads: 2, head_dim: 16, scale: 0.25, causal: true, window: 0, softcap: 0.0 };
     let (nq, nk, nl) = sh.extents();
     let (q, k, vv, dout) = (normal(&mut rng, nq, 1.0), normal(&mut rng, nk, 1.0), normal(&mut rng, nk, 1.0), normal(&mut rng, nq, 1.0));
     twice("attention_bwd", &|| {

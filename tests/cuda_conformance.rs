@@ -155,7 +155,7 @@ fn past_grid_limits<B: Backend>(be: &B) -> Vec<(&'static str, Vec<f32>)> {
     be.bias_bwd(&mut db, &dy, Rows::new(rows, cols));
     out.push(("bias_bwd 4194371 rows", be.read(&db, cols)));
     // attention over 65 537 one-token sequences, 2 heads of 8
-    let sh = AttnShape { batch: 65_537, tq: 1, tk: 1, n_heads: 2, n_kv_heads: 1, head_dim: 8, scale: 0.35, causal: true, window: 0 };
+    let sh = AttnShape { batch: 65_537, tq: 1, tk: 1, n_heads: 2, n_kv_heads: 1, head_dim: 8, scale: 0.35, causal: true, window: 0, softcap: 0.0 };
     let (nq, nk) = (sh.batch * 2 * 8, sh.batch * 8);
     let (q, k, v) = (be.upload(&seeded(nq, 4)), be.upload(&seeded(nk, 5)), be.upload(&seeded(nk, 6)));
     let (p0, len) = (be.upload_ids(&vec![0; sh.batch]), be.upload_ids(&vec![1; sh.batch]));

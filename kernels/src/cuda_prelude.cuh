@@ -42,6 +42,16 @@ __device__ __forceinline__ float round_bf16(float f) { return bf2f(f2bf(f)); }
 // Two bf16 in one register: lo in the low half (the lower address / lower k index).
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
 
+// tanh(x) as the CPU's vmath::tanh (Cephes' tanhf): an odd polynomial of |x| below 0.625 (no
+// cancellation for small x, which a soft-cap c·tanh(s/c) ≈ s needs), 1 − 2/(e^{2|x|} + 1) above
+// (saturating to ±1 without NaN), then x's sign. The soft-caps (activation.cu, attention.cu) use it.
+__device__ __forceinline__ float okapi_tanh(float x) {
+    const float a = fabsf(x), z = a * a;
+    const float small = ((((-5.7049887e-3f * z + 2.063909e-2f) * z - 5.3739716e-2f) * z + 1.3331442e-1f) * z - 3.333328e-1f) * z * a + a;
+    const float big = 1.0f - 2.0f / (expf(2.0f * a) + 1.0f);
+    return copysignf(a < 0.625f ? small : big, x);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(OKAPI_FULL_MASK, v, o);
     return v;

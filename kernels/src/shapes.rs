@@ -50,17 +50,35 @@ impl Rows {
 }
 
 /// A norm over rows: `n` rows of `c` features, `eps` inside the square root (the backward
-/// ignores it).
+/// ignores it). RMSNorm scales by `w + w_offset`: Gemma stores its weights as w − 1 and
+/// computes `x·rstd·(1 + w)` (offset 1); LayerNorm takes no offset.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NormShape {
     pub n: usize,
     pub c: usize,
     pub eps: f32,
+    pub w_offset: f32,
 }
 
 impl NormShape {
+    /// No weight offset.
     pub fn new(n: usize, c: usize, eps: f32) -> NormShape {
-        NormShape { n, c, eps }
+        NormShape { n, c, eps, w_offset: 0.0 }
+    }
+    /// RMSNorm's weights become `w + offset` (Gemma: 1.0).
+    pub fn weight_offset(mut self, offset: f32) -> NormShape {
+        self.w_offset = offset;
+        self
+    }
+    /// What the kernels add to each weight: `w_offset`, or −0.0 for an offset of 0, since
+    /// w + (−0.0) is w bit for bit (w + 0.0 would turn a −0.0 weight into +0.0), so no offset
+    /// computes exactly what a kernel without the addition would.
+    pub fn w_shift(&self) -> f32 {
+        if self.w_offset == 0.0 {
+            -0.0
+        } else {
+            self.w_offset
+        }
     }
     pub fn rows(&self) -> Rows {
         Rows::new(self.n, self.c)

@@ -48,6 +48,20 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
+/// tanh(x), branch-free, relative error ≤ 3 ulp everywhere (Cephes' `tanhf`): an odd polynomial
+/// of |x| below 0.625, where 1 − 2/(e^{2|x|} + 1) would lose the small values to cancellation (a
+/// soft-cap c·tanh(s/c) must stay ≈ s there); that form above, saturating to ±1 without NaN.
+/// NaN stays NaN. The CUDA prelude's `okapi_tanh` and `tanh.wgsl` compute the same.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let a = x.abs();
+    let big = 1.0 - 2.0 / (exp(2.0 * a) + 1.0);
+    let z = a * a;
+    let small = ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z - 3.333_328e-1) * z * a + a;
+    // |tanh| from |x|, then x's sign: −0 stays −0
+    (if a < 0.625 { small } else { big }).copysign(x)
+}
+
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$m])*
@@ -264,6 +278,28 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(1000.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn tanh_matches_libm_within_3_ulp() {
+        let mut worst = 0f64;
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let (got, want) = (tanh(x) as f64, (x as f64).tanh());
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.000_731;
+        }
+        // tiny arguments, where tanh(x) ≈ x: relative error, not absolute, is what a soft-cap needs
+        for x in [1e-30f32, -3e-8, 1e-4, -0.0123, 0.624_999, 0.625, -0.625_001] {
+            let (got, want) = (tanh(x) as f64, (x as f64).tanh());
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 3.6e-7, "worst relative error {worst:e}");
+        assert_eq!(tanh(0.0).to_bits(), 0f32.to_bits());
+        assert_eq!(tanh(-0.0).to_bits(), (-0f32).to_bits());
+        assert_eq!((tanh(100.0), tanh(-100.0)), (1.0, -1.0));
+        assert_eq!((tanh(f32::INFINITY), tanh(f32::NEG_INFINITY)), (1.0, -1.0));
+        assert!(tanh(f32::NAN).is_nan());
     }
 
     #[test]

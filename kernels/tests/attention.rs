@@ -1,6 +1,6 @@
 //! Attention (causal, non-causal, GQA/MQA, ALiBi, per-sequence kv_len and q_pos0 as in a
-//! KV-cache decode step, sliding windows): f32 forward vs an f64 reference, dq/dk/dv vs central
-//! differences; ALiBi slopes vs HF's `build_alibi_tensor` formula; kv_write.
+//! KV-cache decode step, sliding windows, logit soft-capping): f32 forward vs an f64 reference,
+//! dq/dk/dv vs central differences; ALiBi slopes vs HF's `build_alibi_tensor` formula; kv_write.
 
 mod common;
 
@@ -20,7 +20,7 @@ struct Case {
 fn case(name: &'static str, batch: usize, (tq, tk): (usize, usize), (n_heads, n_kv_heads, head_dim): (usize, usize, usize), causal: bool, (q_pos0, kv_len): (&[u32], &[u32]), alibi: bool) -> Case {
     assert_eq!(q_pos0.len(), batch);
     assert_eq!(kv_len.len(), batch);
-    let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal, window: 0 };
+    let sh = AttnShape { batch, tq, tk, n_heads, n_kv_heads, head_dim, scale: 1.0 / (head_dim as f32).sqrt(), causal, window: 0, softcap: 0.0 };
     Case { name, sh, q_pos0: q_pos0.to_vec(), kv_len: kv_len.to_vec(), alibi: alibi.then(|| alibi_slopes(n_heads)) }
 }
 
@@ -29,6 +29,31 @@ impl Case {
     fn window(mut self, w: usize) -> Case {
         self.sh.window = w;
         self
+    }
+    /// The same case with its scores soft-capped at `c`.
+    fn softcap(mut self, c: f32) -> Case {
+        self.sh.softcap = c;
+        self
+    }
+}
+
+/// scale·(q·k), soft-capped as transformers' Gemma 2 does (`s / c`, tanh, `· c`) when c > 0.
+fn capped(sh: &AttnShape, qk: f64) -> f64 {
+    let (s, c) = (sh.scale as f64 * qk, sh.softcap as f64);
+    if c > 0.0 {
+        c * (s / c).tanh()
+    } else {
+        s
+    }
+}
+
+/// ∂capped/∂(scale·q·k): 1 − tanh²(s/c), or 1 without a cap.
+fn capped_grad(sh: &AttnShape, qk: f64) -> f64 {
+    let (s, c) = (sh.scale as f64 * qk, sh.softcap as f64);
+    if c > 0.0 {
+        1.0 - (s / c).tanh().powi(2)
+    } else {
+        1.0
     }
 }
 
@@ -59,7 +84,7 @@ fn cases() -> Vec<Case> {
 
 /// f64 reference, written from the definition: row i of sequence b is at position
 /// p = q_pos0[b] + i and attends to the keys j it [`sees`] with score
-/// scale·q·k_j + slope·(j − p) (ALiBi's relative form). Returns (out, lse) where lse is that of
+/// [`capped`]\(q·k_j) + slope·(j − p) (ALiBi's relative form). Returns (out, lse) where lse is that of
 /// the kernel's documented score scale·q·k_j + slope·j, i.e. the relative lse + slope·p.
 fn attention_ref(q: &[f64], k: &[f64], v: &[f64], c: &Case) -> (Vec<f64>, Vec<f64>) {
     let sh = &c.sh;
@@ -81,7 +106,7 @@ fn attention_ref(q: &[f64], k: &[f64], v: &[f64], c: &Case) -> (Vec<f64>, Vec<f6
                     .iter()
                     .map(|&j| {
                         let krow = &k[((b * sh.tk + j) * hkv + g) * d..][..d];
-                        sh.scale as f64 * dot(qrow, krow) + slope * (j as f64 - p as f64)
+                        capped(sh, dot(qrow, krow)) + slope * (j as f64 - p as f64)
                     })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -125,13 +150,16 @@ fn forward(c: &Case, x: &Data) -> (Vec<f32>, Vec<f32>) {
     (out, lse)
 }
 
-/// `c`'s name with its window, for messages.
+/// `c`'s name with its window and soft-cap, for messages.
 fn label(c: &Case) -> String {
-    if c.sh.window == 0 {
-        c.name.to_string()
-    } else {
-        format!("{} (window {})", c.name, c.sh.window)
+    let mut l = c.name.to_string();
+    if c.sh.window != 0 {
+        l += &format!(" (window {})", c.sh.window);
     }
+    if c.sh.softcap != 0.0 {
+        l += &format!(" (softcap {})", c.sh.softcap);
+    }
+    l
 }
 
 /// The forward vs the f64 reference (rows that see no key: lse exactly −inf); returns out, lse.
@@ -320,14 +348,15 @@ fn attention_bwd_ref(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], c: &Case) ->
                     continue;
                 }
                 let ko = |j: usize| ((b * sh.tk + j) * hkv + g) * d;
-                let s: Vec<f64> = keys.iter().map(|&j| sh.scale as f64 * dot(&q[qo..qo + d], &k[ko(j)..ko(j) + d]) + slope * j as f64).collect();
+                let qk: Vec<f64> = keys.iter().map(|&j| dot(&q[qo..qo + d], &k[ko(j)..ko(j) + d])).collect();
+                let s: Vec<f64> = keys.iter().zip(&qk).map(|(&j, &x)| capped(sh, x) + slope * j as f64).collect();
                 let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
                 let p: Vec<f64> = s.iter().map(|x| (x - max).exp() / z).collect();
                 let dp: Vec<f64> = keys.iter().map(|&j| dot(&dout[qo..qo + d], &v[ko(j)..ko(j) + d])).collect();
                 let di: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
                 for (n, &j) in keys.iter().enumerate() {
-                    let ds = p[n] * (dp[n] - di) * sh.scale as f64;
+                    let ds = p[n] * (dp[n] - di) * capped_grad(sh, qk[n]) * sh.scale as f64;
                     for x in 0..d {
                         dq[qo + x] += ds * k[ko(j) + x];
                         dk[ko(j) + x] += ds * q[qo + x];
@@ -429,4 +458,58 @@ fn window_covering_every_key_is_bit_identical_to_none() {
 fn window_without_causal_mask_is_refused() {
     let c = case("non-causal window", 1, (3, 3), (2, 1, 4), false, (&[0], &[3]), false).window(4);
     forward(&c, &data(&c, 701));
+}
+
+// ---------------------------------------------------------------- logit soft-capping
+
+/// Every small case soft-capped, at caps that bend these N(0, 1) scores hard (0.5) or mildly
+/// (2), and the sliding-window cases of one window capped: causal and not, GQA/MQA, ALiBi (the
+/// slope added after the cap), padding, KV-cache chunks and decode steps.
+fn softcap_cases() -> Vec<Case> {
+    let caps = [0.5, 2.0];
+    let plain = cases().into_iter().enumerate().map(|(n, c)| c.softcap(caps[n % 2]));
+    plain.chain(window_cases().into_iter().filter(|c| c.sh.window == 5).map(|c| c.softcap(0.8))).collect()
+}
+
+#[test]
+fn softcap_fwd_matches_f64_and_grads_match_central_differences() {
+    for (s, c) in softcap_cases().iter().enumerate() {
+        let x = data(c, 800 + s as u64);
+        check_fwd(c, &x);
+        check_grads_numeric(c, &x);
+    }
+}
+
+/// Capped scores over several query tiles (the backward's factor per tile), with ALiBi,
+/// padding, a window, a chunk at an offset and decoding; q scaled ×3 so that many scores
+/// saturate against cap 1.
+#[test]
+fn softcap_multi_tile_matches_f64() {
+    let cases = [
+        case("150 rows, gqa alibi padded", 2, (150, 150), (4, 2, 8), true, (&[0, 0], &[150, 97]), true).softcap(1.0),
+        case("non-causal 70x133 padded", 2, (70, 133), (3, 3, 16), false, (&[0, 0], &[133, 40]), false).softcap(50.0),
+        case("cache chunk 65 at offset 70", 1, (65, 160), (4, 1, 8), true, (&[70], &[135]), false).window(40).softcap(1.0),
+        case("decode over 200 keys", 3, (1, 200), (4, 2, 8), true, (&[199, 50, 0], &[200, 51, 1]), true).softcap(1.0),
+    ];
+    for (s, c) in cases.iter().enumerate() {
+        let mut x = data(c, 900 + s as u64);
+        x.q.iter_mut().for_each(|v| *v *= 3.0);
+        check_analytic(c, &x);
+    }
+}
+
+#[test]
+#[should_panic(expected = "attention_fwd: the soft-cap must be positive and finite, got -1")]
+fn negative_softcap_is_refused() {
+    let c = case("negative cap", 1, (3, 3), (2, 1, 4), true, (&[0], &[3]), false).softcap(-1.0);
+    forward(&c, &data(&c, 901));
+}
+
+#[test]
+#[should_panic(expected = "attention_bwd: the soft-cap must be positive and finite, got NaN")]
+fn nan_softcap_is_refused() {
+    let c = case("nan cap", 1, (3, 3), (2, 1, 4), true, (&[0], &[3]), false);
+    let x = data(&c, 902);
+    let (out, lse) = forward(&c, &x);
+    backward(&c.softcap(f32::NAN), &x, &out, &lse);
 }

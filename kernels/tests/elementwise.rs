@@ -1,10 +1,10 @@
-//! SwiGLU, GELU, softmax, bias, embedding and sum of squares: f32 forward vs f64 references,
-//! backward vs central differences, `=` / `+=` semantics and determinism.
+//! SwiGLU, GELU, GeGLU, soft-capping, softmax, bias, embedding and sum of squares: f32 forward
+//! vs f64 references, backward vs central differences, `=` / `+=` semantics and determinism.
 
 mod common;
 
 use common::*;
-use okapi_kernels::activation::{gelu_bwd, gelu_fwd, swiglu_bwd, swiglu_fwd};
+use okapi_kernels::activation::{geglu_bwd, geglu_fwd, gelu_bwd, gelu_fwd, softcap_bwd, softcap_fwd, swiglu_bwd, swiglu_fwd};
 use okapi_kernels::embedding::{embedding_bwd, embedding_fwd};
 use okapi_kernels::reduce::{bias_add, bias_bwd, sum_squares};
 use okapi_kernels::softmax::{softmax_bwd, softmax_fwd};
@@ -78,6 +78,107 @@ fn gelu_bwd_grad_check() {
     gelu_bwd(&mut dx, &dout, &x);
     let want = numeric_grad_proj(&to_f64(&x), &to_f64(&dout), gelu_ref);
     assert_close("gelu dx", &dx, &want, 1e-5);
+}
+
+// ---------------------------------------------------------------- GeGLU
+
+/// PyTorch's `gelu(g, approximate="tanh") · u`, written as PyTorch writes it (√(2/π) exact).
+fn geglu_ref(gate: &[f64], up: &[f64]) -> Vec<f64> {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    gate.iter().zip(up).map(|(&x, &u)| 0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh()) * u).collect()
+}
+
+/// Odd length (no multiple of any SIMD width), gates from the saturated tails to 0.
+fn geglu_data(seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut rng = Rng::new(seed);
+    let n = 7 * 13;
+    let mut gate = rng.normal_vec(n, 2.5);
+    gate[..5].copy_from_slice(&[-12.0, 12.0, 0.0, -3.5, 30.0]);
+    (gate, rng.normal_vec(n, 1.0), rng.normal_vec(n, 1.0))
+}
+
+#[test]
+fn geglu_fwd_matches_f64() {
+    let (gate, up, _) = geglu_data(11);
+    let mut out = nan_vec(gate.len());
+    geglu_fwd(&mut out, &gate, &up);
+    assert_close("geglu out", &out, &geglu_ref(&to_f64(&gate), &to_f64(&up)), 1e-6);
+}
+
+#[test]
+fn geglu_bwd_grad_check() {
+    let (gate, up, dout) = geglu_data(12);
+    // `=` outputs: NaN-filled buffers must be fully overwritten
+    let (mut dgate, mut dup) = (nan_vec(gate.len()), nan_vec(gate.len()));
+    geglu_bwd(&mut dgate, &mut dup, &dout, &gate, &up);
+    let (g, u, r) = (to_f64(&gate), to_f64(&up), to_f64(&dout));
+    assert_close("geglu dgate", &dgate, &numeric_grad_proj(&g, &r, |gg| geglu_ref(gg, &u)), 1e-5);
+    assert_close("geglu dup", &dup, &numeric_grad_proj(&u, &r, |uu| geglu_ref(&g, uu)), 1e-5);
+}
+
+/// GeGLU is GELU times up, through the same formula: with up = 1 it is gelu_fwd bit for bit,
+/// and its dgate with up = 1 is gelu_bwd's dx.
+#[test]
+fn geglu_is_gelu_gating() {
+    let (gate, _, dout) = geglu_data(13);
+    let ones = vec![1f32; gate.len()];
+    let (mut a, mut b) = (nan_vec(gate.len()), nan_vec(gate.len()));
+    geglu_fwd(&mut a, &gate, &ones);
+    gelu_fwd(&mut b, &gate);
+    assert_bits_eq("geglu(up = 1) vs gelu", &a, &b);
+    let (mut dg, mut du, mut dx) = (nan_vec(gate.len()), nan_vec(gate.len()), nan_vec(gate.len()));
+    geglu_bwd(&mut dg, &mut du, &dout, &gate, &ones);
+    gelu_bwd(&mut dx, &dout, &gate);
+    assert_bits_eq("geglu dgate(up = 1) vs gelu dx", &dg, &dx);
+}
+
+// ---------------------------------------------------------------- soft-capping
+
+fn softcap_ref(x: &[f64], cap: f64) -> Vec<f64> {
+    x.iter().map(|&v| cap * (v / cap).tanh()).collect()
+}
+
+/// Logits from deep in the saturated tails to tiny ones (where cap·tanh(x/cap) ≈ x must keep
+/// its relative precision), odd length.
+fn softcap_data(seed: u64, cap: f32) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let mut x = rng.normal_vec(5 * 67, 2.0 * cap as f64);
+    x[..8].copy_from_slice(&[1e-30, -2e-12, 3e-5, -0.5, 0.0, 40.0 * cap, -40.0 * cap, 0.62 * cap]);
+    x
+}
+
+#[test]
+fn softcap_fwd_matches_f64_elementwise() {
+    for cap in [30.0f32, 50.0, 0.7] {
+        let x = softcap_data(14, cap);
+        let mut y = x.clone();
+        softcap_fwd(&mut y, cap);
+        let want = softcap_ref(&to_f64(&x), cap as f64);
+        // each logit on its own: tanh is within 3 ulp, the division and product add one each
+        let (nz_got, nz_want): (Vec<f32>, Vec<f64>) = y.iter().zip(&want).filter(|(_, w)| **w != 0.0).map(|(g, w)| (*g, *w)).unzip();
+        assert_elementwise(&format!("softcap {cap}"), &nz_got, &nz_want, 6e-7);
+        assert_eq!(y[4].to_bits(), 0, "softcap(0) = +0");
+    }
+}
+
+#[test]
+fn softcap_bwd_grad_check() {
+    for cap in [30.0f32, 0.7] {
+        let x = softcap_data(15, cap);
+        let mut y = x.clone();
+        softcap_fwd(&mut y, cap);
+        let dy = Rng::new(16).normal_vec(x.len(), 1.0);
+        let mut dx = dy.clone();
+        softcap_bwd(&mut dx, &y, cap);
+        let want = numeric_grad_proj(&to_f64(&x), &to_f64(&dy), |xx| softcap_ref(xx, cap as f64));
+        assert_close(&format!("softcap {cap} dx"), &dx, &want, 1e-5);
+    }
+}
+
+#[test]
+#[should_panic(expected = "softcap_fwd: the soft-cap must be positive and finite, got 0")]
+fn softcap_of_zero_is_refused() {
+    softcap_fwd(&mut [1.0, 2.0], 0.0);
 }
 
 // ---------------------------------------------------------------- softmax

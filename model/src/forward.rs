@@ -183,7 +183,7 @@ impl<B: Backend> Model<B> {
     /// Block `blk`'s attention over `tk` keys (its sliding window, if any).
     fn attn_shape(&self, blk: &Block, b: usize, t: usize, tk: usize) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true, window: blk.window }
+        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true, window: blk.window, softcap: 0.0 }
     }
 
     /// Rows of one head's q or k for the per-head norms: N·H rows of D.

@@ -43,6 +43,13 @@ pub fn bias<F: Extent + ?Sized>(op: &str, x: &F, bias: &F, r: Rows) {
     need(op, if op == "bias_add" { "bias" } else { "dbias" }, bias, r.c);
 }
 
+/// The soft-cap ops: `bufs` hold `len` elements and the cap is positive and finite.
+#[track_caller]
+pub fn softcap<F: Extent + ?Sized>(op: &str, bufs: &[(&str, &F)], len: usize, cap: f32) {
+    okapi_kernels::activation::check_softcap(op, cap);
+    self::len(op, bufs, len);
+}
+
 /// softmax: every tensor (N,V).
 #[track_caller]
 pub fn softmax<F: Extent + ?Sized>(op: &str, bufs: &[(&str, &F)], r: Rows) {

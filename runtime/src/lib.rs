@@ -110,6 +110,14 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
     fn gelu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
     fn gelu_bwd(&self, dx: &mut Self::Buf, dout: &Self::Buf, x: &Self::Buf, len: usize);
+    /// out = gelu_tanh(gate)·up (`=`): Gemma's MLP, with `gelu_fwd`'s GELU.
+    fn geglu_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
+    /// dgate = dout·up·gelu'(gate), dup = dout·gelu(gate) (both `=`).
+    fn geglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, len: usize);
+    /// x = cap·tanh(x/cap) in place (Gemma 2's final-logit soft-capping; cap > 0).
+    fn softcap_fwd(&self, x: &mut Self::Buf, len: usize, cap: f32);
+    /// dy *= 1 − (y/cap)² in place, y = `softcap_fwd`'s output.
+    fn softcap_bwd(&self, dy: &mut Self::Buf, y: &Self::Buf, len: usize, cap: f32);
     /// out = max(x, 0) (`=`), NaN kept NaN (PyTorch's `relu`).
     fn relu_fwd(&self, out: &mut Self::Buf, x: &Self::Buf, len: usize);
     /// dx = 0 where x ≤ 0, else dout (`=`; PyTorch's `threshold_backward`: 0 at x = 0).

@@ -1,4 +1,5 @@
-// SwiGLU, tanh-GELU and ReLU, forward and backward (all `=`), grid-stride over the elements.
+// SwiGLU, tanh-GELU, GeGLU and ReLU, forward and backward (all `=`), and soft-capping (in
+// place), grid-stride over the elements.
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 #define OKAPI_SQRT_2_OVER_PI 0.7978845608f
@@ -24,11 +25,19 @@ extern "C" __global__ void swiglu_bwd(float* __restrict__ dgate, float* __restri
     }
 }
 
-// out = x·½·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))
+// GELU's tanh term t = tanh(√(2/π)·x·(1 + 0.044715·x²)), then gelu(x) = x·½·(1 + t) and gelu'(x)
+// from it (GeGLU's backward needs both)
+__device__ __forceinline__ float gelu_t(float v) { return tanh_(OKAPI_SQRT_2_OVER_PI * v * (1.0f + 0.044715f * v * v)); }
+__device__ __forceinline__ float gelu_of(float v, float t) { return v * 0.5f * (1.0f + t); }
+__device__ __forceinline__ float gelu_grad_of(float v, float t) {
+    return 0.5f * v * ((1.0f - t * t) * (OKAPI_SQRT_2_OVER_PI + 0.10703224f * v * v)) + 0.5f * (1.0f + t);
+}
+
+// out = gelu(x)
 extern "C" __global__ void gelu_fwd(float* __restrict__ out, const float* __restrict__ x, u64 n) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
         const float v = x[i];
-        out[i] = v * 0.5f * (1.0f + tanh_(OKAPI_SQRT_2_OVER_PI * v * (1.0f + 0.044715f * v * v)));
+        out[i] = gelu_of(v, gelu_t(v));
     }
 }
 
@@ -36,9 +45,40 @@ extern "C" __global__ void gelu_fwd(float* __restrict__ out, const float* __rest
 extern "C" __global__ void gelu_bwd(float* __restrict__ dx, const float* __restrict__ dout, const float* __restrict__ x, u64 n) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
         const float v = x[i];
-        const float t = tanh_(OKAPI_SQRT_2_OVER_PI * v * (1.0f + 0.044715f * v * v));
-        const float ff = 0.5f * v * ((1.0f - t * t) * (OKAPI_SQRT_2_OVER_PI + 0.10703224f * v * v)) + 0.5f * (1.0f + t);
-        dx[i] = ff * dout[i];
+        dx[i] = gelu_grad_of(v, gelu_t(v)) * dout[i];
+    }
+}
+
+// out = gelu(gate)·up
+extern "C" __global__ void geglu_fwd(float* __restrict__ out, const float* __restrict__ gate, const float* __restrict__ up, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        out[i] = gelu_of(g, gelu_t(g)) * up[i];
+    }
+}
+
+// dgate = dout·up·gelu'(gate), dup = dout·gelu(gate)
+extern "C" __global__ void geglu_bwd(float* __restrict__ dgate, float* __restrict__ dup, const float* __restrict__ dout,
+                                     const float* __restrict__ gate, const float* __restrict__ up, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float g = gate[i], d = dout[i], t = gelu_t(g);
+        dup[i] = d * gelu_of(g, t);
+        dgate[i] = d * up[i] * gelu_grad_of(g, t);
+    }
+}
+
+// x = cap·tanh(x/cap) in place (okapi_tanh: the CPU's tanh, accurate for small x too)
+extern "C" __global__ void softcap_fwd(float* __restrict__ x, u64 n, float cap) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        x[i] = cap * okapi_tanh(x[i] / cap);
+    }
+}
+
+// dy *= 1 − (y/cap)² in place, y = softcap_fwd's output
+extern "C" __global__ void softcap_bwd(float* __restrict__ dy, const float* __restrict__ y, u64 n, float cap) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const float t = y[i] / cap;
+        dy[i] *= 1.0f - t * t;
     }
 }
 

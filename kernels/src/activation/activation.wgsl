@@ -1,16 +1,19 @@
-// SwiGLU, the tanh form of GELU and ReLU, forward and backward, and dropout (semantics: mod.rs
-// beside this file). Elementwise, one thread per element; the 1-D index is folded under the 65535
-// limit: i = gid.x + gid.y·(num_wg.x·WG). Every output is `=`, except dropout_acc's (`+=`).
+// SwiGLU, the tanh form of GELU, GeGLU and ReLU, forward and backward, soft-capping and dropout
+// (semantics: mod.rs beside this file), after tanh.wgsl (okapi_tanh). Elementwise, one thread per
+// element; the 1-D index is folded under the 65535 limit: i = gid.x + gid.y·(num_wg.x·WG). Every
+// output is `=`, except dropout_acc's (`+=`) and the soft-caps' (in place).
 
 const WG: u32 = 256u;
 const SQRT_2_OVER_PI: f32 = 0.79788456;
 
-// key, threshold and scale: dropout's (Dropout::key(), .threshold, .scale); 0 for the others.
+// key, threshold and scale: dropout's (Dropout::key(), .threshold, .scale); cap: the soft-caps';
+// 0 where an entry point does not read them.
 struct Params {
     len: u32,
     key: u32,
     threshold: u32,
     scale: f32,
+    cap: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -22,6 +25,20 @@ fn sigmoid(v: f32) -> f32 {
 // tanh as 1 − 2/(e^{2u} + 1): saturates to ±1 without NaN on every driver (as the CPU kernel)
 fn tanh_(u: f32) -> f32 {
     return 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+}
+
+// GELU's tanh term t = tanh(√(2/π)·x·(1 + 0.044715·x²)); gelu(x) = x·½·(1 + t) and gelu'(x)
+// from it (GeGLU's backward needs both)
+fn gelu_t(x: f32) -> f32 {
+    return tanh_(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
+}
+
+fn gelu_of(x: f32, t: f32) -> f32 {
+    return x * 0.5 * (1.0 + t);
+}
+
+fn gelu_grad_of(x: f32, t: f32) -> f32 {
+    return 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.10703224 * x * x)) + 0.5 * (1.0 + t);
 }
 
 // !(x <= 0), read from the bits (WGSL lets a compiler assume no NaN, so a float compare could
@@ -75,7 +92,7 @@ fn gelu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let i = index(gid, nwg);
     if i >= P.len { return; }
     let x = gf_x[i];
-    gf_out[i] = x * 0.5 * (1.0 + tanh_(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)));
+    gf_out[i] = gelu_of(x, gelu_t(x));
 }
 
 // ---- GELU backward: dx, dout, x --------------------------------------------------------------
@@ -88,9 +105,60 @@ fn gelu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let i = index(gid, nwg);
     if i >= P.len { return; }
     let x = gb_x[i];
-    let t = tanh_(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
-    let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.10703224 * x * x)) + 0.5 * (1.0 + t);
-    gb_dx[i] = ff * gb_dout[i];
+    gb_dx[i] = gelu_grad_of(x, gelu_t(x)) * gb_dout[i];
+}
+
+// ---- GeGLU forward: out, gate, up ------------------------------------------------------------
+@group(0) @binding(1) var<storage, read_write> ggf_out: array<f32>;
+@group(0) @binding(2) var<storage, read> ggf_gate: array<f32>;
+@group(0) @binding(3) var<storage, read> ggf_up: array<f32>;
+
+@compute @workgroup_size(256)
+fn geglu_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let g = ggf_gate[i];
+    ggf_out[i] = gelu_of(g, gelu_t(g)) * ggf_up[i];
+}
+
+// ---- GeGLU backward: dgate, dup, dout, gate, up ---------------------------------------------
+@group(0) @binding(1) var<storage, read_write> ggb_dgate: array<f32>;
+@group(0) @binding(2) var<storage, read_write> ggb_dup: array<f32>;
+@group(0) @binding(3) var<storage, read> ggb_dout: array<f32>;
+@group(0) @binding(4) var<storage, read> ggb_gate: array<f32>;
+@group(0) @binding(5) var<storage, read> ggb_up: array<f32>;
+
+@compute @workgroup_size(256)
+fn geglu_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let g = ggb_gate[i];
+    let d = ggb_dout[i];
+    let t = gelu_t(g);
+    ggb_dup[i] = d * gelu_of(g, t);
+    ggb_dgate[i] = d * ggb_up[i] * gelu_grad_of(g, t);
+}
+
+// ---- soft-cap forward, in place: x = cap·tanh(x/cap) ---------------------------------------
+@group(0) @binding(1) var<storage, read_write> cf_x: array<f32>;
+
+@compute @workgroup_size(256)
+fn softcap_fwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    cf_x[i] = P.cap * okapi_tanh(cf_x[i] / P.cap);
+}
+
+// ---- soft-cap backward, in place: dy *= 1 − (y/cap)², y the capped output ----------------
+@group(0) @binding(1) var<storage, read_write> cb_dy: array<f32>;
+@group(0) @binding(2) var<storage, read> cb_y: array<f32>;
+
+@compute @workgroup_size(256)
+fn softcap_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = index(gid, nwg);
+    if i >= P.len { return; }
+    let t = cb_y[i] / P.cap;
+    cb_dy[i] = cb_dy[i] * (1.0 - t * t);
 }
 
 // ---- ReLU forward: out, x -------------------------------------------------------------------

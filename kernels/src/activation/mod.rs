@@ -1,19 +1,21 @@
-//! SwiGLU (LLaMA's MLP), the tanh form of GELU (BLOOM's MLP) and ReLU, forward and backward;
-//! element-wise dropout with a counter-based mask (the same bits on every backend).
+//! SwiGLU (LLaMA's MLP), the tanh form of GELU (BLOOM's MLP), GeGLU (Gemma's MLP: the same GELU
+//! gating an up projection) and ReLU, forward and backward; soft-capping (Gemma 2's logits:
+//! cap·tanh(x/cap)); element-wise dropout with a counter-based mask (the same bits on every backend).
 
 use rayon::prelude::*;
 
-/// The GPU sources of SwiGLU, GELU, ReLU and dropout.
+/// The GPU sources of SwiGLU, GELU, GeGLU, ReLU, soft-capping and dropout.
 pub const FAMILY: crate::Family = crate::Family {
     name: "activation",
     cuda: include_str!("activation.cu"),
-    cuda_kernels: &["swiglu_fwd", "swiglu_bwd", "gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd", "dropout"],
+    cuda_kernels: &["swiglu_fwd", "swiglu_bwd", "gelu_fwd", "gelu_bwd", "geglu_fwd", "geglu_bwd", "relu_fwd", "relu_bwd", "softcap_fwd", "softcap_bwd", "dropout"],
     wgsl: &[("activation", WGSL)],
 };
 
-/// Entry points `swiglu_fwd`, `swiglu_bwd`, `gelu_fwd`, `gelu_bwd`, `relu_fwd`, `relu_bwd`,
-/// `dropout` (`=`) and `dropout_acc` (`+=`) (one thread per element).
-pub const WGSL: &str = include_str!("activation.wgsl");
+/// Entry points `swiglu_fwd`, `swiglu_bwd`, `gelu_fwd`, `gelu_bwd`, `geglu_fwd`, `geglu_bwd`,
+/// `relu_fwd`, `relu_bwd`, `dropout` (`=`), `dropout_acc` (`+=`), `softcap_fwd` and `softcap_bwd`
+/// (in place) (one thread per element), after the shared `tanh.wgsl`.
+pub const WGSL: &str = concat!(include_str!("../tanh.wgsl"), "\n", include_str!("activation.wgsl"));
 
 const PAR_CHUNK: usize = 4096;
 
@@ -56,10 +58,29 @@ crate::vmath::multiversion! {
     }
 }
 
+/// GELU's tanh term t = tanh(√(2/π)·x·(1 + 0.044715·x²)), shared by gelu and gelu' (GeGLU's
+/// backward needs both).
+#[inline(always)]
+fn gelu_t(x: f32) -> f32 {
+    tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x))
+}
+
+/// gelu(x) = x·½·(1 + t), t = gelu_t(x).
+#[inline(always)]
+fn gelu_of(x: f32, t: f32) -> f32 {
+    x * 0.5 * (1.0 + t)
+}
+
+/// gelu'(x), t = gelu_t(x).
+#[inline(always)]
+fn gelu_grad_of(x: f32, t: f32) -> f32 {
+    0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.107_032_24 * x * x)) + 0.5 * (1.0 + t)
+}
+
 crate::vmath::multiversion! {
     fn gelu_fwd_chunk(o: &mut [f32], x: &[f32]) -> () {
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = x * 0.5 * (1.0 + tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)));
+            *o = gelu_of(x, gelu_t(x));
         }
     }
 }
@@ -67,9 +88,25 @@ crate::vmath::multiversion! {
 crate::vmath::multiversion! {
     fn gelu_bwd_chunk(dx: &mut [f32], d: &[f32], x: &[f32]) -> () {
         for ((dx, &d), &x) in dx.iter_mut().zip(d).zip(x) {
-            let t = tanh(SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x));
-            let ff = 0.5 * x * ((1.0 - t * t) * (SQRT_2_OVER_PI + 0.107_032_24 * x * x)) + 0.5 * (1.0 + t);
-            *dx = ff * d;
+            *dx = gelu_grad_of(x, gelu_t(x)) * d;
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    fn geglu_fwd_chunk(o: &mut [f32], g: &[f32], u: &[f32]) -> () {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = gelu_of(g, gelu_t(g)) * u;
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    fn geglu_bwd_chunk(dg: &mut [f32], du: &mut [f32], d: &[f32], g: &[f32], u: &[f32]) -> () {
+        for ((((dg, du), &d), &g), &u) in dg.iter_mut().zip(du.iter_mut()).zip(d).zip(g).zip(u) {
+            let t = gelu_t(g);
+            *du = d * gelu_of(g, t);
+            *dg = d * u * gelu_grad_of(g, t);
         }
     }
 }
@@ -79,7 +116,8 @@ crate::vmath::multiversion! {
 const SQRT_2_OVER_PI: f32 = 0.797_884_56;
 
 /// tanh through the vectorisable exp: 1 − 2/(e^{2u} + 1) (saturates to ±1 without NaN; the
-/// absolute error stays at f32 rounding, which is what GELU's `0.5·x·(1 + tanh)` needs).
+/// absolute error stays at f32 rounding, which is what GELU's `0.5·x·(1 + tanh)` needs; the
+/// soft-cap, which needs a small relative error, uses `vmath::tanh`).
 #[inline(always)]
 fn tanh(u: f32) -> f32 {
     1.0 - 2.0 / (crate::vmath::exp(2.0 * u) + 1.0)
@@ -93,6 +131,22 @@ pub fn gelu_fwd(out: &mut [f32], x: &[f32]) {
 /// dx = dout·gelu'(x) (`=`), BLOOM's `bloom_gelu_back`.
 pub fn gelu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
     dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| gelu_bwd_chunk(dx, d, x));
+}
+
+/// out = gelu(gate) · up (`=`), gelu the tanh form above (PyTorch's `gelu(approximate="tanh")`):
+/// Gemma's MLP. All (N,F).
+pub fn geglu_fwd(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| geglu_fwd_chunk(o, g, u));
+}
+
+/// dgate = dout·up·gelu'(gate), dup = dout·gelu(gate)  (both `=`). All (N,F).
+pub fn geglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    dgate
+        .par_chunks_mut(PAR_CHUNK)
+        .zip(dup.par_chunks_mut(PAR_CHUNK))
+        .zip(dout.par_chunks(PAR_CHUNK))
+        .zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK)))
+        .for_each(|(((dg, du), d), (g, u))| geglu_bwd_chunk(dg, du, d, g, u));
 }
 
 // `x <= 0` is false for NaN: the forward passes NaN through and the backward passes dout, as
@@ -121,6 +175,56 @@ pub fn relu_fwd(out: &mut [f32], x: &[f32]) {
 /// dx = 0 where x ≤ 0 (x = 0 included), else dout (`=`), PyTorch's `threshold_backward`.
 pub fn relu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
     dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK)).zip(x.par_chunks(PAR_CHUNK)).for_each(|((dx, d), x)| relu_bwd_chunk(dx, d, x));
+}
+
+/// Whether `cap` can soft-cap (`c·tanh(x/c)` needs a positive, finite c); panics naming `op`.
+#[track_caller]
+pub fn check_softcap(op: &str, cap: f32) {
+    assert!(cap > 0.0 && cap.is_finite(), "{op}: the soft-cap must be positive and finite, got {cap}");
+}
+
+crate::vmath::multiversion! {
+    /// x ← cap·tanh(x/cap), one slice on the calling thread (the attention tiles use it too).
+    pub(crate) fn softcap_chunk(x: &mut [f32], cap: f32) -> () {
+        for v in x.iter_mut() {
+            *v = cap * crate::vmath::tanh(*v / cap);
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    /// x ← cap·tanh(x/cap) as [`softcap_chunk`] (the same bits), and dcap ← 1 − tanh²(x/cap),
+    /// the derivative, from the input x.
+    pub(crate) fn softcap_grad_chunk(x: &mut [f32], dcap: &mut [f32], cap: f32) -> () {
+        for (v, d) in x.iter_mut().zip(dcap.iter_mut()) {
+            let t = crate::vmath::tanh(*v / cap);
+            *v = cap * t;
+            *d = 1.0 - t * t;
+        }
+    }
+}
+
+crate::vmath::multiversion! {
+    fn softcap_bwd_chunk(dy: &mut [f32], y: &[f32], cap: f32) -> () {
+        for (d, &y) in dy.iter_mut().zip(y) {
+            let t = y / cap;
+            *d *= 1.0 - t * t;
+        }
+    }
+}
+
+/// x = cap·tanh(x/cap) in place (Gemma 2's `final_logit_softcapping`: logits / cap, tanh, · cap).
+/// cap > 0.
+pub fn softcap_fwd(x: &mut [f32], cap: f32) {
+    check_softcap("softcap_fwd", cap);
+    x.par_chunks_mut(PAR_CHUNK).for_each(|x| softcap_chunk(x, cap));
+}
+
+/// dy *= 1 − (y/cap)² in place, y = softcap_fwd's output (the derivative of cap·tanh(x/cap) is
+/// 1 − tanh², and tanh = y/cap: the capped logits are all the backward needs).
+pub fn softcap_bwd(dy: &mut [f32], y: &[f32], cap: f32) {
+    check_softcap("softcap_bwd", cap);
+    dy.par_chunks_mut(PAR_CHUNK).zip(y.par_chunks(PAR_CHUNK)).for_each(|(d, y)| softcap_bwd_chunk(d, y, cap));
 }
 
 /// Element-wise dropout. Element i (0-based, as u32) is kept iff h(i) ≥ `threshold`, where, in

@@ -1,7 +1,8 @@
 // Flash attention (see mod.rs for layouts and masking): q, out (B,Tq,Hq,D), k, v (B,Tk,Hkv,D),
 // lse (B,Tq,Hq). Query row i of sequence b sits at p = q_pos0[b] + i and sees keys
 // j < min(kv_len[b], Tk) (and j ≤ p when causal; with window W > 0 also p − j < W): a range
-// [lo, hi) whose ends grow with i. Score scale·q·k_j + slope_h·j.
+// [lo, hi) whose ends grow with i. Score scale·q·k_j + slope_h·j; with a soft-cap c > 0 the first
+// term is c·tanh(scale·q·k_j / c), and the backward multiplies dS by 1 − tanh² (att_score).
 // D ≤ 256. `bf16` = 1 rounds q, k, v, dout and the probabilities to bf16 (fp32 accumulation).
 //   attn_fwd       online softmax over key tiles of 32 (one lane per key), lse saved (`=`).
 //   attn_bwd_dot   D_i = dout_i·out_i per row.
@@ -24,13 +25,24 @@ __device__ __forceinline__ int att_first(int window, int hi, int p0, int i) {
     return window > 0 ? min(max(0, p0 + i + 1 - window), hi) : 0;
 }
 __device__ __forceinline__ float att_rnd(float x, int bf16) { return bf16 ? round_bf16(x) : x; }
+// The score of key j from dot = q·k_j, and in *dcap its soft-cap factor ∂score/∂(scale·dot):
+// 1 − tanh² with a cap (softcap > 0), else 1 and the uncapped expression as it always was.
+__device__ __forceinline__ float att_score(float dot, float scale, float softcap, float slope, int j, float* dcap) {
+    if (softcap > 0.0f) {
+        const float t = okapi_tanh(scale * dot / softcap);
+        *dcap = 1.0f - t * t;
+        return softcap * t + slope * (float)j;
+    }
+    *dcap = 1.0f;
+    return scale * dot + slope * (float)j;
+}
 
 // One (sequence b, head h, query tile from row i0) of attn_fwd.
 __device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
                                                            const float* __restrict__ k, const float* __restrict__ v,
                                                            const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                            const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                           float scale, int causal, int window, int bf16, int b, int h, int i0) {
+                                                           float scale, float softcap, int causal, int window, int bf16, int b, int h, int i0) {
     extern __shared__ float sm[];
     float* qs = sm;                            // [16][d]
     float* ks = qs + ATT_BQ * d;               // [32][d+1]
@@ -77,7 +89,8 @@ __device__ void attn_fwd_tile(float* __restrict__ out, float* __restrict__ lse, 
                 const float* qr = qs + r * d;
                 const float* kr = ks + lane * (d + 1);
                 for (int c = 0; c < d; ++c) dot = fmaf(qr[c], kr[c], dot);
-                s = scale * dot + slope * (float)j;
+                float dcap_unused;  // the forward needs no derivative
+                s = att_score(dot, scale, softcap, slope, j, &dcap_unused);
             }
             const float tmax = warp_max(s);
             if (tmax == -OKAPI_INF) continue;  // no visible key in this tile for this row
@@ -123,11 +136,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd(float* __restrict__ o
                                                            const float* __restrict__ k, const float* __restrict__ v,
                                                            const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                            const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                           float scale, int causal, int window, int bf16, int batch) {
+                                                           float scale, float softcap, int causal, int window, int bf16, int batch) {
     for (int b = blockIdx.z; b < batch; b += gridDim.z)
         for (int h = blockIdx.y; h < hq; h += gridDim.y) {
             __syncthreads();  // the previous tile's last reads of shared memory are done
-            attn_fwd_tile(out, lse, q, k, v, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, window, bf16, b, h, blockIdx.x * ATT_BQ);
+            attn_fwd_tile(out, lse, q, k, v, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, softcap, causal, window, bf16, b, h, blockIdx.x * ATT_BQ);
         }
 }
 
@@ -151,7 +164,7 @@ __device__ void attn_bwd_dkdv_tile(float* __restrict__ dk, float* __restrict__ d
                                                                 const float* __restrict__ lse, const float* __restrict__ dsum,
                                                                 const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                                 const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                                float scale, int causal, int window, int bf16, int bk, int b, int g, int j0) {
+                                                                float scale, float softcap, int causal, int window, int bf16, int bk, int b, int g, int j0) {
     extern __shared__ float sm[];
     float* ks = sm;                      // [bk][d+1]
     float* vs = ks + bk * (d + 1);       // [bk][d+1]
@@ -204,9 +217,10 @@ __device__ void attn_bwd_dkdv_tile(float* __restrict__ dk, float* __restrict__ d
                         s = fmaf(qr[c], kr[c], s);
                         dp = fmaf(dr[c], vr[c], dp);
                     }
-                    s = scale * s + slope * (float)j;
+                    float dcap;
+                    s = att_score(s, scale, softcap, slope, j, &dcap);
                     p = expf(s - lse[row]);
-                    ds = p * (dp - dsum[row]) * scale;
+                    ds = p * (dp - dsum[row]) * scale * dcap;
                 }
                 ps[e] = att_rnd(p, bf16);
                 dss[e] = att_rnd(ds, bf16);
@@ -243,11 +257,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv(float* __restric
                                                                 const float* __restrict__ lse, const float* __restrict__ dsum,
                                                                 const u32* __restrict__ q_pos0, const u32* __restrict__ kv_len,
                                                                 const float* __restrict__ alibi, int tq, int tk, int hq, int hkv, int d,
-                                                                float scale, int causal, int window, int bf16, int bk, int batch) {
+                                                                float scale, float softcap, int causal, int window, int bf16, int bk, int batch) {
     for (int b = blockIdx.z; b < batch; b += gridDim.z)
         for (int g = blockIdx.y; g < hkv; g += gridDim.y) {
             __syncthreads();  // the previous tile's last reads of shared memory are done
-            attn_bwd_dkdv_tile(dk, dv, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, window, bf16, bk, b, g, blockIdx.x * bk);
+            attn_bwd_dkdv_tile(dk, dv, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, softcap, causal, window, bf16, bk, b, g, blockIdx.x * bk);
         }
 }
 
@@ -256,7 +270,7 @@ __device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict
                                                               const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ lse,
                                                               const float* __restrict__ dsum, const u32* __restrict__ q_pos0,
                                                               const u32* __restrict__ kv_len, const float* __restrict__ alibi, int tq, int tk,
-                                                              int hq, int hkv, int d, float scale, int causal, int window, int bf16, int b, int h, int i0) {
+                                                              int hq, int hkv, int d, float scale, float softcap, int causal, int window, int bf16, int b, int h, int i0) {
     extern __shared__ float sm[];
     float* qs = sm;                        // [16][d]
     float* dos = qs + ATT_BQ * d;          // [16][d]
@@ -314,9 +328,10 @@ __device__ void attn_bwd_dq_tile(float* __restrict__ dq, const float* __restrict
                     s = fmaf(qr[c], kr[c], s);
                     dp = fmaf(dr[c], vr[c], dp);
                 }
-                s = scale * s + slope * (float)j;
+                float dcap;
+                s = att_score(s, scale, softcap, slope, j, &dcap);
                 const float p = expf(s - lse_r[rr]);
-                ds = att_rnd(p * (dp - dsum_r[rr]) * scale, bf16);
+                ds = att_rnd(p * (dp - dsum_r[rr]) * scale * dcap, bf16);
             }
             const int nj = min(ATT_BK, nv - j0);
             for (int jj = max(0, lo - j0); jj < nj; ++jj) {
@@ -349,11 +364,11 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq(float* __restrict_
                                                               const float* __restrict__ k, const float* __restrict__ v, const float* __restrict__ lse,
                                                               const float* __restrict__ dsum, const u32* __restrict__ q_pos0,
                                                               const u32* __restrict__ kv_len, const float* __restrict__ alibi, int tq, int tk,
-                                                              int hq, int hkv, int d, float scale, int causal, int window, int bf16, int batch) {
+                                                              int hq, int hkv, int d, float scale, float softcap, int causal, int window, int bf16, int batch) {
     for (int b = blockIdx.z; b < batch; b += gridDim.z)
         for (int h = blockIdx.y; h < hq; h += gridDim.y) {
             __syncthreads();  // the previous tile's last reads of shared memory are done
-            attn_bwd_dq_tile(dq, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, causal, window, bf16, b, h, blockIdx.x * ATT_BQ);
+            attn_bwd_dq_tile(dq, dout, q, k, v, lse, dsum, q_pos0, kv_len, alibi, tq, tk, hq, hkv, d, scale, softcap, causal, window, bf16, b, h, blockIdx.x * ATT_BQ);
         }
 }
 

@@ -1,6 +1,7 @@
 // Attention backward, passes 2 and 3 (pass 1 is attention_bwd_prep.wgsl). Deterministic: every
 // gradient element is owned by one thread, which sums its terms in a fixed order; no atomics.
-//   P = exp(S − lse)   dP = dO·Vᵀ   dS = P ⊙ (dP − D)·scale,  D_i = dout_i · out_i
+//   P = exp(S − lse)   dP = dO·Vᵀ   dS = P ⊙ (dP − D)·scale (⊙ 1 − tanh² with a soft-cap),
+//   D_i = dout_i · out_i, S recomputed from q·k as the forward's (att_score)
 //   dQ = dS·K          dK = dSᵀ·Q   dV = Pᵀ·dO     (dK, dV summed over the heads of a group)
 // All three gradients are overwritten; keys no query sees and rows that see no key get 0.
 //
@@ -19,7 +20,7 @@ struct Params {
     scale: f32,
     causal: u32,
     window: u32,
-    _p0: u32,
+    softcap: f32,
     _p1: u32,
     _p2: u32,
 }
@@ -142,9 +143,9 @@ fn dkdv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
                         sdot = fma(sa[r * d + x], kj[x], sdot);
                         pdot = fma(sb[r * d + x], vj[x], pdot);
                     }
-                    let s = P.scale * sdot + slope * f32(j);
-                    let p = exp(s - lse_s[r]);
-                    let ds = p * (pdot - dd_s[r]) * P.scale;
+                    let sc = att_score(sdot, P.scale, P.softcap, slope * f32(j));
+                    let p = exp(sc.x - lse_s[r]);
+                    let ds = p * (pdot - dd_s[r]) * P.scale * sc.y;
                     for (var x = 0u; x < d; x++) {
                         dv[x] = fma(p, sb[r * d + x], dv[x]);
                         dk[x] = fma(ds, sa[r * d + x], dk[x]);
@@ -239,9 +240,9 @@ fn dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: v
                     sdot = fma(qv[x], sa[jj * d + x], sdot);
                     pdot = fma(dov[x], sb[jj * d + x], pdot);
                 }
-                let s = P.scale * sdot + slope * f32(j0 + jj);
-                let p = exp(s - l);
-                let ds = p * (pdot - dd) * P.scale;
+                let sc = att_score(sdot, P.scale, P.softcap, slope * f32(j0 + jj));
+                let p = exp(sc.x - l);
+                let ds = p * (pdot - dd) * P.scale * sc.y;
                 for (var x = 0u; x < d; x++) {
                     acc[x] = fma(ds, sa[jj * d + x], acc[x]);
                 }

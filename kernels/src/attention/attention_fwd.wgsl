@@ -2,7 +2,8 @@
 // q, out: (B,Tq,Hq,D)  k, v: (B,Tk,Hkv,D)  lse: (B,Tq,Hq). Query head h reads kv head
 // h / (Hq/Hkv). Row i of sequence b sits at position p = q_pos0[b]+i and sees keys
 // j < min(kv_len[b], Tk) (and j <= p when causal; with a window W > 0 also p − j < W): the range
-// [keys_lo, keys_hi) of attention_mask.wgsl. Score: scale·(q·k_j) + slope_h·j.
+// [keys_lo, keys_hi) of attention_mask.wgsl. Score: scale·(q·k_j) + slope_h·j, the first term
+// soft-capped with softcap > 0 (att_score).
 // Rows that see no key: out = 0, lse = -inf.
 //
 // The host prepends `const DMAX: u32` (head_dim capacity of the private arrays, >= D) and
@@ -23,7 +24,7 @@ struct Params {
     has_alibi: u32,
     neg_inf: u32, // bits of -inf (not expressible as a WGSL constant)
     window: u32,
-    _p1: u32,
+    softcap: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -112,7 +113,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
                 for (var x = 0u; x < d; x++) {
                     dot = fma(qv[x], ks[jj * d + x], dot);
                 }
-                let sc = P.scale * dot + slope * f32(j0 + jj);
+                let sc = att_score(dot, P.scale, P.softcap, slope * f32(j0 + jj)).x;
                 s[jj] = sc;
                 bm = max(bm, sc);
             }

@@ -1,5 +1,17 @@
 // Which keys a query row sees (attention/mod.rs), shared by attention_fwd.wgsl and
-// attention_bwd.wgsl: the row at position p sees keys [lo, hi), both ends growing with p.
+// attention_bwd.wgsl: the row at position p sees keys [lo, hi), both ends growing with p; and
+// the score of a key (att_score, after tanh.wgsl's okapi_tanh).
+
+// The score of a key from dot = q·k and bias = ALiBi's slope·j: scale·dot, soft-capped to
+// cap·tanh(scale·dot/cap) when cap > 0, plus bias. .y: the cap's factor ∂score/∂(scale·dot) for
+// the backward (1 − tanh², or 1 without a cap, where the score is the uncapped expression).
+fn att_score(dot: f32, scale: f32, cap: f32, bias: f32) -> vec2<f32> {
+    if (cap > 0.0) {
+        let t = okapi_tanh(scale * dot / cap);
+        return vec2<f32>(cap * t + bias, 1.0 - t * t);
+    }
+    return vec2<f32>(scale * dot + bias, 1.0);
+}
 
 // hi: j < kvl, and j <= p when causal.
 fn keys_hi(p: u32, kvl: u32, causal: bool) -> u32 {

@@ -9,7 +9,9 @@
 //! window W > 0, causal only, also p − j < W). Key indexes are absolute positions (a KV cache
 //! holds each key at its position), so the same rule serves training and cached decoding.
 //! Score: `scale·(q·k_j) + slope_h·j` — HF BLOOM adds `slope·key_position`; by the shift
-//! invariance of softmax that is ALiBi's `slope·(j − i)`.
+//! invariance of softmax that is ALiBi's `slope·(j − i)`. With a soft-cap c > 0 (Gemma 2's
+//! `attn_logit_softcapping`) the first term becomes `c·tanh(scale·(q·k_j)/c)`; the backward
+//! recomputes tanh from q·k (the forward saves only lse) for its factor 1 − tanh².
 
 use crate::par::SharedMut;
 use crate::shapes::{need, Extent, KvShape};
@@ -39,7 +41,7 @@ pub const FAMILY: crate::Family = crate::Family {
 /// One specialization of the WGSL attention kernels: private arrays of `dmax` ≥ head_dim
 /// floats, and workgroup staging (BK keys in the forward, BQ rows in the backward) that fits
 /// WebGPU's guaranteed 16 KiB. `fwd`: entry point `main`; `bwd`: entry points `dkdv`, `dq`;
-/// both start with the shared key-range helpers of `attention_mask.wgsl`.
+/// both start with `tanh.wgsl` and the shared key-range and score helpers of `attention_mask.wgsl`.
 pub struct WgslAttnVariant {
     pub dmax: usize,
     /// Keys staged per step of the forward, rows per step of the backward.
@@ -60,11 +62,11 @@ macro_rules! wgsl_attn_variant {
             bk: $bk,
             bq: $bq,
             fwd_key: concat!("attention_fwd_d", $dmax),
-            fwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BK: u32 = ", $bk, "u;\n", include_str!("attention_mask.wgsl"), "\n", include_str!("attention_fwd.wgsl")),
+            fwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BK: u32 = ", $bk, "u;\n", include_str!("../tanh.wgsl"), "\n", include_str!("attention_mask.wgsl"), "\n", include_str!("attention_fwd.wgsl")),
             bwd_key: concat!("attention_bwd_d", $dmax),
             dkdv_key: concat!("attention_bwd_dkdv_d", $dmax),
             dq_key: concat!("attention_bwd_dq_d", $dmax),
-            bwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BQ: u32 = ", $bq, "u;\n", include_str!("attention_mask.wgsl"), "\n", include_str!("attention_bwd.wgsl")),
+            bwd: concat!("const DMAX: u32 = ", $dmax, "u;\nconst BQ: u32 = ", $bq, "u;\n", include_str!("../tanh.wgsl"), "\n", include_str!("attention_mask.wgsl"), "\n", include_str!("attention_bwd.wgsl")),
         }
     };
 }
@@ -153,6 +155,10 @@ pub struct AttnShape {
     /// query at position p sees only keys j with p − j < W (transformers' `kv_idx > q_idx − W`);
     /// 0 = no window.
     pub window: usize,
+    /// Logit soft-capping (Gemma 2): with `softcap` = c > 0, the score scale·(q·k) becomes
+    /// c·tanh(scale·(q·k)/c) before ALiBi's term and the mask (transformers' eager attention);
+    /// 0 = none, which computes exactly what the kernels did before the option existed.
+    pub softcap: f32,
 }
 
 impl AttnShape {
@@ -164,6 +170,13 @@ impl AttnShape {
     #[track_caller]
     fn check_window(&self, op: &str) {
         assert!(self.window == 0 || self.causal, "{op}: a sliding window ({}) needs causal attention", self.window);
+    }
+    /// A soft-cap is 0 (none) or positive and finite.
+    #[track_caller]
+    fn check_softcap(&self, op: &str) {
+        if self.softcap != 0.0 {
+            crate::activation::check_softcap(op, self.softcap);
+        }
     }
     /// The keys `lo..hi` query row i of sequence b attends to; lo = hi when it sees none. Both
     /// ends grow with i, so a tile's rows see keys within its first row's lo and last row's hi.
@@ -216,6 +229,7 @@ impl<F: Extent + ?Sized, I: Extent + ?Sized> AttnInputs<'_, F, I> {
     pub fn check(&self, op: &str, sh: &AttnShape) {
         sh.group();
         sh.check_window(op);
+        sh.check_softcap(op);
         let (nq, nk, _) = sh.extents();
         need(op, "q", self.q, nq);
         need(op, "k", self.k, nk);
@@ -342,8 +356,9 @@ fn visible_part(row: &mut [f32], cols: Range<usize>) -> &mut [f32] {
     &mut row[cols]
 }
 
-/// The score tile of `t`: s(rows, nk) = scale·Q·Kᵀ (+ slope·j with ALiBi).
-fn score_tile(s: &mut [f32], q: &[f32], k: &[f32], sh: &AttnShape, t: Tile, slope: f32) {
+/// The score tile of `t`: s(rows, nk) = scale·Q·Kᵀ, soft-capped with `sh.softcap` (then `dcap`,
+/// when given, holds the cap's derivative 1 − tanh² per score), + slope·j with ALiBi.
+fn score_tile(s: &mut [f32], dcap: Option<&mut [f32]>, q: &[f32], k: &[f32], sh: &AttnShape, t: Tile, slope: f32) {
     let Tile { b, h, i0, rows, j0, nk, .. } = t;
     let (hq, d) = (sh.n_heads, sh.head_dim);
     let kw = sh.n_kv_heads * d;
@@ -351,6 +366,13 @@ fn score_tile(s: &mut [f32], q: &[f32], k: &[f32], sh: &AttnShape, t: Tile, slop
     let k0 = t.kv0(sh);
     // SAFETY: q rows i0..i0+rows and k rows j0..j0+nk of this (b, head) lie inside the checked buffers.
     unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: sh.scale, accumulate: false }, Mat { ptr: s.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: q[q0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: k[k0..].as_ptr(), rs: 1, cs: kw }) };
+    if sh.softcap > 0.0 {
+        let s = &mut s[..rows * nk];
+        match dcap {
+            Some(dc) => crate::activation::softcap_grad_chunk(s, &mut dc[..rows * nk], sh.softcap),
+            None => crate::activation::softcap_chunk(s, sh.softcap),
+        }
+    }
     if slope != 0.0 {
         for row in s[..rows * nk].chunks_exact_mut(nk) {
             for (j, x) in row.iter_mut().enumerate() {
@@ -393,7 +415,7 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
         if s.len() < rows * nk {
             s.resize(rows * nk, 0.0);
         }
-        score_tile(s, q, k, sh, t, alibi.map_or(0.0, |a| a[h]));
+        score_tile(s, None, q, k, sh, t, alibi.map_or(0.0, |a| a[h]));
         for r in 0..rows {
             let vis = visible_part(&mut s[r * nk..(r + 1) * nk], t.cols(sh, seq, r));
             // SAFETY: as above.
@@ -422,15 +444,15 @@ struct BwdRows<'a> {
 }
 
 /// Turns a tile's scores `p` into probabilities and its dP `ds` into dS, row by row, both zero
-/// outside each row's visible keys:  P = exp(S − lse),  dS = P ⊙ (dP − D_i)·scale with
-/// D_i = Σ_j p_j·(dout·v_j) = dout_i·out_i.
-fn probs_and_dscores(p: &mut [f32], ds: &mut [f32], t: Tile, sh: &AttnShape, seq: (u32, u32), x: BwdRows<'_>) {
+/// outside each row's visible keys:  P = exp(S − lse),  dS = P ⊙ (dP − D_i)·scale (⊙ dcap, the
+/// soft-cap's 1 − tanh², when capped) with D_i = Σ_j p_j·(dout·v_j) = dout_i·out_i.
+fn probs_and_dscores(p: &mut [f32], ds: &mut [f32], dcap: Option<&[f32]>, t: Tile, sh: &AttnShape, seq: (u32, u32), x: BwdRows<'_>) {
     let (hq, d, nk) = (sh.n_heads, sh.head_dim, t.nk);
     for r in 0..t.rows {
         let row = (t.b * sh.tq + t.i0 + r) * hq + t.h;
         let cols = t.cols(sh, seq, r);
         let prow = visible_part(&mut p[r * nk..(r + 1) * nk], cols.clone());
-        let dsrow = visible_part(&mut ds[r * nk..(r + 1) * nk], cols);
+        let dsrow = visible_part(&mut ds[r * nk..(r + 1) * nk], cols.clone());
         if prow.is_empty() {
             continue;
         }
@@ -440,75 +462,110 @@ fn probs_and_dscores(p: &mut [f32], ds: &mut [f32], t: Tile, sh: &AttnShape, seq
         for (g, &pj) in dsrow.iter_mut().zip(prow.iter()) {
             *g = pj * (*g - di) * sh.scale;
         }
+        if let Some(dc) = dcap {
+            for (g, &f) in dsrow.iter_mut().zip(&dc[r * nk..][cols]) {
+                *g *= f;
+            }
+        }
+    }
+}
+
+/// One backward task's tile buffers, grown to the largest tile: scores (then probabilities),
+/// dP (then dS), and with a soft-cap its factor 1 − tanh².
+#[derive(Default)]
+struct BwdScratch {
+    p: Vec<f32>,
+    ds: Vec<f32>,
+    dcap: Vec<f32>,
+}
+
+/// The gradients, written through raw pointers by tasks that own disjoint rows of them.
+#[derive(Clone, Copy)]
+struct GradPtrs {
+    dq: SharedMut,
+    dk: SharedMut,
+    dv: SharedMut,
+}
+
+/// One tile of query rows of head `t.h` against its keys: recomputes P (and the soft-cap's
+/// factor) from q·k and the saved lse, then dQ = dS·K (`=`), dK += dSᵀ·Q, dV += Pᵀ·dO.
+fn bwd_tile(sc: &mut BwdScratch, g: GradPtrs, t: Tile, x: &AttnInputs<'_, [f32], [u32]>, rows_in: BwdRows<'_>, sh: &AttnShape, slope: f32) {
+    let (hq, d, kw) = (sh.n_heads, sh.head_dim, sh.n_kv_heads * sh.head_dim);
+    let (rows, nk, kt) = (t.rows, t.nk, t.kv0(sh));
+    let row0 = ((t.b * sh.tq + t.i0) * hq + t.h) * d;
+    let capped = sh.softcap > 0.0;
+    if sc.p.len() < rows * nk {
+        sc.p.resize(rows * nk, 0.0);
+        sc.ds.resize(rows * nk, 0.0);
+    }
+    if capped && sc.dcap.len() < rows * nk {
+        sc.dcap.resize(rows * nk, 0.0);
+    }
+    let BwdScratch { p, ds, dcap } = sc;
+    score_tile(p, capped.then_some(&mut dcap[..]), x.q, x.k, sh, t, slope);
+    let dout = rows_in.dout;
+    // dP (rows, nk) = dO (rows, d) · Vᵀ (d, nk)
+    // SAFETY: dout rows of this tile and v rows j0..j0+nk exist (checked by the caller).
+    unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: 1.0, accumulate: false }, Mat { ptr: ds.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: x.v[kt..].as_ptr(), rs: 1, cs: kw }) };
+    probs_and_dscores(p, ds, capped.then_some(&dcap[..]), t, sh, (x.q_pos0[t.b], x.kv_len[t.b]), rows_in);
+    // SAFETY: dq rows of this tile and dk/dv rows j0..j0+nk of (b, g) belong to the calling task
+    // alone; every read operand lies inside the checked buffers.
+    unsafe {
+        // dQ (rows, d) = dS (rows, nk) · K (nk, d)
+        gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: g.dq.0.add(row0), rs: hq * d, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: x.k[kt..].as_ptr(), rs: kw, cs: 1 });
+        // dK (nk, d) += dSᵀ (nk, rows) · Q (rows, d)
+        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: g.dk.0.add(kt), rs: kw, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: 1, cs: nk }, Mat { ptr: x.q[row0..].as_ptr(), rs: hq * d, cs: 1 });
+        // dV (nk, d) += Pᵀ (nk, rows) · dO (rows, d)
+        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: g.dv.0.add(kt), rs: kw, cs: 1 }, Mat { ptr: p.as_ptr(), rs: 1, cs: nk }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 });
     }
 }
 
 /// Backward of `attention_fwd`: dq, dk, dv all `=` (overwritten). Tasks are (sequence, kv
 /// head), so each owns its dk/dv rows and the dq rows of its query heads. Per tile of query
 /// rows the probabilities are recomputed from the saved lse (no (T,T) tensor is stored):
-///   P = exp(S − lse)        dP = dO·Vᵀ        dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale
+///   P = exp(S − lse)        dP = dO·Vᵀ        dS = P ⊙ (dP − rowsum(dO ⊙ O))·scale (⊙ 1 − tanh²)
 ///   dQ = dS·K (`=`)         dK += dSᵀ·Q       dV += Pᵀ·dO     (over the heads of the group)
 pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse: &[f32], x: &AttnInputs<'_, [f32], [u32]>, sh: &AttnShape) {
     // the gradients are written through raw pointers below: check every extent first
     x.check("attention_bwd", sh);
     check_attn_outputs("attention_bwd", sh, out, lse, Some(&grads));
     check_attn_outputs("attention_bwd", sh, dout, lse, None);
-    let AttnInputs { q, k, v, q_pos0, kv_len, alibi } = *x;
     let AttnGrads { dq, dk, dv } = grads;
     let rows_in = BwdRows { dout, out, lse };
     let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
     let kw = sh.n_kv_heads * d;
-    let (pdq, pdk, pdv) = (SharedMut(dq.as_mut_ptr()), SharedMut(dk.as_mut_ptr()), SharedMut(dv.as_mut_ptr()));
-    (0..sh.batch * sh.n_kv_heads).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(p, ds): &mut (Vec<f32>, Vec<f32>), task| {
-            let (b, g) = (task / sh.n_kv_heads, task % sh.n_kv_heads);
-            let (pdq, pdk, pdv) = (pdq, pdk, pdv);
-            let seq = (q_pos0[b], kv_len[b]);
-            let kv0 = (b * sh.tk * sh.n_kv_heads + g) * d;
-            for j in 0..sh.tk {
-                // SAFETY: dk/dv rows (b, j, g) belong to this task alone.
-                unsafe {
-                    std::ptr::write_bytes(pdk.0.add(kv0 + j * kw), 0, d);
-                    std::ptr::write_bytes(pdv.0.add(kv0 + j * kw), 0, d);
-                }
+    let shared = GradPtrs { dq: SharedMut(dq.as_mut_ptr()), dk: SharedMut(dk.as_mut_ptr()), dv: SharedMut(dv.as_mut_ptr()) };
+    (0..sh.batch * sh.n_kv_heads).into_par_iter().for_each_init(BwdScratch::default, |sc, task| {
+        let (b, g) = (task / sh.n_kv_heads, task % sh.n_kv_heads);
+        // the whole struct moves in (a closure naming only its fields would capture the raw
+        // pointers, which are not Send)
+        let ptrs = shared;
+        let seq = (x.q_pos0[b], x.kv_len[b]);
+        let kv0 = (b * sh.tk * sh.n_kv_heads + g) * d;
+        for j in 0..sh.tk {
+            // SAFETY: dk/dv rows (b, j, g) belong to this task alone.
+            unsafe {
+                std::ptr::write_bytes(ptrs.dk.0.add(kv0 + j * kw), 0, d);
+                std::ptr::write_bytes(ptrs.dv.0.add(kv0 + j * kw), 0, d);
             }
-            for h in g * rep..(g + 1) * rep {
-                let slope = alibi.map_or(0.0, |a| a[h]);
-                for i0 in (0..sh.tq).step_by(QT) {
-                    let rows = QT.min(sh.tq - i0);
-                    let row0 = ((b * sh.tq + i0) * hq + h) * d;
-                    let Some(t) = Tile::new(sh, seq, (b, h), (i0, rows)) else {
+        }
+        for h in g * rep..(g + 1) * rep {
+            let slope = x.alibi.map_or(0.0, |a| a[h]);
+            for i0 in (0..sh.tq).step_by(QT) {
+                let rows = QT.min(sh.tq - i0);
+                match Tile::new(sh, seq, (b, h), (i0, rows)) {
+                    Some(t) => bwd_tile(sc, ptrs, t, x, rows_in, sh, slope),
+                    None => {
+                        let row0 = ((b * sh.tq + i0) * hq + h) * d;
                         for r in 0..rows {
                             // SAFETY: dq row (b, i0+r, h) belongs to this task alone.
-                            unsafe { std::ptr::write_bytes(pdq.0.add(row0 + r * hq * d), 0, d) };
+                            unsafe { std::ptr::write_bytes(ptrs.dq.0.add(row0 + r * hq * d), 0, d) };
                         }
-                        continue;
-                    };
-                    let (nk, kt) = (t.nk, t.kv0(sh));
-                    if p.len() < rows * nk {
-                        p.resize(rows * nk, 0.0);
-                        ds.resize(rows * nk, 0.0);
-                    }
-                    score_tile(p, q, k, sh, t, slope);
-                    // dP (rows, nk) = dO (rows, d) · Vᵀ (d, nk)
-                    // SAFETY: dout rows of this tile and v rows j0..j0+nk exist (checked above).
-                    unsafe { gemm_st(StGemm { m: rows, n: nk, k: d, alpha: 1.0, accumulate: false }, Mat { ptr: ds.as_mut_ptr(), rs: nk, cs: 1 }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 }, Mat { ptr: v[kt..].as_ptr(), rs: 1, cs: kw }) };
-                    probs_and_dscores(p, ds, t, sh, seq, rows_in);
-                    // SAFETY: dq rows of this tile and dk/dv rows j0..j0+nk of (b, g) belong to
-                    // this task alone; every read operand lies inside the checked buffers.
-                    unsafe {
-                        // dQ (rows, d) = dS (rows, nk) · K (nk, d)
-                        gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pdq.0.add(row0), rs: hq * d, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: k[kt..].as_ptr(), rs: kw, cs: 1 });
-                        // dK (nk, d) += dSᵀ (nk, rows) · Q (rows, d)
-                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdk.0.add(kt), rs: kw, cs: 1 }, Mat { ptr: ds.as_ptr(), rs: 1, cs: nk }, Mat { ptr: q[row0..].as_ptr(), rs: hq * d, cs: 1 });
-                        // dV (nk, d) += Pᵀ (nk, rows) · dO (rows, d)
-                        gemm_st(StGemm { m: nk, n: d, k: rows, alpha: 1.0, accumulate: true }, Mat { ptr: pdv.0.add(kt), rs: kw, cs: 1 }, Mat { ptr: p.as_ptr(), rs: 1, cs: nk }, Mat { ptr: dout[row0..].as_ptr(), rs: hq * d, cs: 1 });
                     }
                 }
             }
-        },
-    );
+        }
+    });
 }
 
 /// Writes new keys or values into a cache: cache[b, pos\[b\]+i, :] = new[b, i, :] for i < Tn

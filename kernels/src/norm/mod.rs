@@ -89,10 +89,18 @@ impl<F: Extent + ?Sized> RmsNormBwd<'_, F> {
     }
 }
 
+/// LayerNorm has no weight offset (no model asks for one); refusing it keeps a misconfigured
+/// shape from being silently ignored.
+#[track_caller]
+fn check_no_offset(op: &str, sh: &NormShape) {
+    assert!(sh.w_offset == 0.0, "{op}: a weight offset ({}) is RMSNorm's only", sh.w_offset);
+}
+
 impl<F: Extent + ?Sized> LayerNormFwd<'_, F> {
     #[track_caller]
     pub fn check(&self, sh: &NormShape) {
         let (op, nc) = ("layernorm_fwd", sh.n * sh.c);
+        check_no_offset(op, sh);
         need(op, "out", &*self.out, nc);
         need(op, "mean", &*self.mean, sh.n);
         need(op, "rstd", &*self.rstd, sh.n);
@@ -106,6 +114,7 @@ impl<F: Extent + ?Sized> LayerNormBwd<'_, F> {
     #[track_caller]
     pub fn check(&self, sh: &NormShape) {
         let (op, nc) = ("layernorm_bwd", sh.n * sh.c);
+        check_no_offset(op, sh);
         need(op, "dx", &*self.dx, nc);
         need(op, "dw", &*self.dw, sh.c);
         need(op, "db", &*self.db, sh.c);
@@ -117,24 +126,27 @@ impl<F: Extent + ?Sized> LayerNormBwd<'_, F> {
     }
 }
 
-/// `out = x · rstd · w` with `rstd = 1/sqrt(mean(x²) + eps)`, as HF's `LlamaRMSNorm` in f32.
+/// `out = x · rstd · (w + shift)` with `rstd = 1/sqrt(mean(x²) + eps)`, as HF's `LlamaRMSNorm`
+/// in f32 (shift [`NormShape::w_shift`]: −0.0 for none; Gemma's `(1 + w)` is shift 1).
 /// x, out: (N,C)  w: (C)  rstd: (N) saved for backward.
-pub fn rmsnorm_fwd(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
+pub fn rmsnorm_fwd(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], sh: &NormShape) {
+    let (c, eps, shift) = (sh.c, sh.eps, sh.w_shift());
     out.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((o, r), xr)| {
         let ms = crate::vmath::sum_squares_f64(xr) / c as f64;
         let rs = 1.0 / ((ms as f32) + eps).sqrt();
         *r = rs;
         for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
-            *o = wv * (xv * rs);
+            *o = (wv + shift) * (xv * rs);
         }
     });
 }
 
 /// dx += ∂L/∂x, dw += ∂L/∂w. dx accumulates so the residual stream's gradient flows through
-/// the same buffer (`x_out = x + f(norm(x))`).
+/// the same buffer (`x_out = x + f(norm(x))`). The weight offset enters dx only (as w + shift);
+/// dw = Σ dy·x·rstd either way.
 /// dy, x, dx: (N,C)  w, dw: (C)  rstd: (N)
-pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32], c: usize) {
-    let n = rstd.len();
+pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32], sh: &NormShape) {
+    let (n, c, shift) = (rstd.len(), sh.c, sh.w_shift());
     column_sums(dw, n, c, |row, partial| {
         let (dyr, xr, rs) = (&dy[row * c..][..c], &x[row * c..][..c], rstd[row]);
         for ((p, &g), &xv) in partial.iter_mut().zip(dyr).zip(xr) {
@@ -144,10 +156,10 @@ pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f
     dx.par_chunks_mut(c).enumerate().for_each(|(row, dxr)| {
         let (dyr, xr, rs) = (&dy[row * c..][..c], &x[row * c..][..c], rstd[row]);
         // mean over the row of dxhat·xhat, with dxhat = dy·w and xhat = x·rstd
-        let dot = dyr.iter().zip(w).zip(xr).map(|((&g, &wv), &xv)| (g * wv) as f64 * (xv * rs) as f64).sum::<f64>() / c as f64;
+        let dot = dyr.iter().zip(w).zip(xr).map(|((&g, &wv), &xv)| (g * (wv + shift)) as f64 * (xv * rs) as f64).sum::<f64>() / c as f64;
         let dot = dot as f32;
         for (((d, &g), &wv), &xv) in dxr.iter_mut().zip(dyr).zip(w).zip(xr) {
-            *d += rs * (g * wv - xv * rs * dot);
+            *d += rs * (g * (wv + shift) - xv * rs * dot);
         }
     });
 }

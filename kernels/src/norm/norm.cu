@@ -3,9 +3,10 @@
 // deterministic column partials (fixed row chunks; grid.y strides over any number of chunks)
 // finished by reduce.cu's col_finish_f32 (no float atomics).
 
-// out = x·rstd·w, rstd = 1/sqrt(mean(x²) + eps)
+// out = x·rstd·(w + shift), rstd = 1/sqrt(mean(x²) + eps); shift = NormShape::w_shift (−0.0 for
+// no offset: w + (−0.0) is w exactly; Gemma's (1 + w) is shift 1). dw needs no shift.
 extern "C" __global__ void rmsnorm_fwd(float* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ x,
-                                       const float* __restrict__ w, int c, float eps) {
+                                       const float* __restrict__ w, int c, float eps, float shift) {
     __shared__ double sh[32];
     const u64 row = blockIdx.x;
     const float* xr = x + row * c;
@@ -15,23 +16,23 @@ extern "C" __global__ void rmsnorm_fwd(float* __restrict__ out, float* __restric
     const float rs = 1.0f / sqrtf((float)(s / c) + eps);
     if (threadIdx.x == 0) rstd[row] = rs;
     float* o = out + row * c;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) o[i] = w[i] * (xr[i] * rs);
+    for (int i = threadIdx.x; i < c; i += blockDim.x) o[i] = (w[i] + shift) * (xr[i] * rs);
 }
 
-// dx += rs·(dy·w − x·rs·mean(dy·w·x·rs))
+// dx += rs·(dy·w' − x·rs·mean(dy·w'·x·rs)), w' = w + shift
 extern "C" __global__ void rmsnorm_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x,
-                                          const float* __restrict__ w, const float* __restrict__ rstd, int c) {
+                                          const float* __restrict__ w, const float* __restrict__ rstd, int c, float shift) {
     __shared__ double sh[32];
     const u64 row = blockIdx.x;
     const float* dyr = dy + row * c;
     const float* xr = x + row * c;
     const float rs = rstd[row];
     double s = 0.0;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) s += (double)(dyr[i] * w[i]) * (double)(xr[i] * rs);
+    for (int i = threadIdx.x; i < c; i += blockDim.x) s += (double)(dyr[i] * (w[i] + shift)) * (double)(xr[i] * rs);
     s = block_sum_d(s, sh);
     const float dot = (float)(s / c);
     float* d = dx + row * c;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) d[i] += rs * (dyr[i] * w[i] - xr[i] * rs * dot);
+    for (int i = threadIdx.x; i < c; i += blockDim.x) d[i] += rs * (dyr[i] * (w[i] + shift) - xr[i] * rs * dot);
 }
 
 // part[chunk, col] = Σ_{rows of chunk} dy·x·rstd  (rmsnorm dw partials)

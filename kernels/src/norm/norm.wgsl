@@ -14,6 +14,7 @@ struct RowParams {
     c: u32,
     eps: f32,
     chunks: u32, // column sums: ceil(n / ROW_CHUNK)
+    w_shift: f32, // RMSNorm's weights are w + w_shift (NormShape::w_shift: −0.0, w exactly, for none)
 }
 
 // (chunk, column) of a column-sum partial thread, or k = chunks when out of range
@@ -65,7 +66,7 @@ fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let rs = 1.0 / sqrt(tot / f32(c) + P.eps);
     if lid == 0u { rf_rstd[row] = rs; }
     for (var j = lid; j < c; j += WG) {
-        rf_out[base + j] = rf_w[j] * (rf_x[base + j] * rs);
+        rf_out[base + j] = (rf_w[j] + P.w_shift) * (rf_x[base + j] * rs);
     }
 }
 
@@ -86,14 +87,14 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let rs = rb_rstd[row];
     var acc = 0.0;
     for (var j = lid; j < c; j += WG) {
-        acc += (rb_dy[base + j] * rb_w[j]) * (rb_x[base + j] * rs);
+        acc += (rb_dy[base + j] * (rb_w[j] + P.w_shift)) * (rb_x[base + j] * rs);
     }
     red[lid] = acc;
     let dot = reduce_sum(lid) / f32(c);
     for (var j = lid; j < c; j += WG) {
         let g = rb_dy[base + j];
         let xv = rb_x[base + j];
-        rb_dx[base + j] = rb_dx[base + j] + rs * (g * rb_w[j] - xv * rs * dot);
+        rb_dx[base + j] = rb_dx[base + j] + rs * (g * (rb_w[j] + P.w_shift) - xv * rs * dot);
     }
 }
 

@@ -79,12 +79,12 @@ impl Backend for CpuBackend {
     fn rmsnorm_fwd(&self, t: RmsNormFwd<'_, Vec<f32>>, sh: &NormShape) {
         t.check(sh);
         let (n, c) = (sh.n, sh.c);
-        k::norm::rmsnorm_fwd(&mut t.out[..n * c], &mut t.rstd[..n], &t.x[..n * c], &t.w[..c], c, sh.eps);
+        k::norm::rmsnorm_fwd(&mut t.out[..n * c], &mut t.rstd[..n], &t.x[..n * c], &t.w[..c], sh);
     }
     fn rmsnorm_bwd(&self, t: RmsNormBwd<'_, Vec<f32>>, sh: &NormShape) {
         t.check(sh);
         let (n, c) = (sh.n, sh.c);
-        k::norm::rmsnorm_bwd(&mut t.dx[..n * c], &mut t.dw[..c], &t.dy[..n * c], &t.x[..n * c], &t.w[..c], &t.rstd[..n], c);
+        k::norm::rmsnorm_bwd(&mut t.dx[..n * c], &mut t.dw[..c], &t.dy[..n * c], &t.x[..n * c], &t.w[..c], &t.rstd[..n], sh);
     }
     fn layernorm_fwd(&self, t: LayerNormFwd<'_, Vec<f32>>, sh: &NormShape) {
         t.check(sh);
@@ -154,6 +154,22 @@ impl Backend for CpuBackend {
     fn gelu_bwd(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, x: &Vec<f32>, len: usize) {
         check::len("gelu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
         k::activation::gelu_bwd(&mut dx[..len], &dout[..len], &x[..len]);
+    }
+    fn geglu_fwd(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) {
+        check::len("geglu_fwd", &[("out", &*out), ("gate", gate), ("up", up)], len);
+        k::activation::geglu_fwd(&mut out[..len], &gate[..len], &up[..len]);
+    }
+    fn geglu_bwd(&self, dgate: &mut Vec<f32>, dup: &mut Vec<f32>, dout: &Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, len: usize) {
+        check::len("geglu_bwd", &[("dgate", &*dgate), ("dup", &*dup), ("dout", dout), ("gate", gate), ("up", up)], len);
+        k::activation::geglu_bwd(&mut dgate[..len], &mut dup[..len], &dout[..len], &gate[..len], &up[..len]);
+    }
+    fn softcap_fwd(&self, x: &mut Vec<f32>, len: usize, cap: f32) {
+        check::softcap("softcap_fwd", &[("x", &*x)], len, cap);
+        k::activation::softcap_fwd(&mut x[..len], cap);
+    }
+    fn softcap_bwd(&self, dy: &mut Vec<f32>, y: &Vec<f32>, len: usize, cap: f32) {
+        check::softcap("softcap_bwd", &[("dy", &*dy), ("y", y)], len, cap);
+        k::activation::softcap_bwd(&mut dy[..len], &y[..len], cap);
     }
     fn relu_fwd(&self, out: &mut Vec<f32>, x: &Vec<f32>, len: usize) {
         check::len("relu_fwd", &[("out", &*out), ("x", x)], len);

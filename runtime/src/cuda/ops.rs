@@ -116,7 +116,7 @@ impl Backend for CudaBackend {
 
     fn rmsnorm_fwd(&self, t: RmsNormFwd<'_, CudaBuf>, sh: &NormShape) {
         t.check(sh);
-        let args = [self.pb(t.out), self.pb(t.rstd), self.pb(t.x), self.pb(t.w), A::I(sh.c as i32), A::F(sh.eps)];
+        let args = [self.pb(t.out), self.pb(t.rstd), self.pb(t.x), self.pb(t.w), A::I(sh.c as i32), A::F(sh.eps), A::F(sh.w_shift())];
         self.launch("rmsnorm_fwd", (sh.n as u32, 1, 1), row_block(sh.c), 0, &args);
     }
     fn rmsnorm_bwd(&self, t: RmsNormBwd<'_, CudaBuf>, sh: &NormShape) {
@@ -130,7 +130,7 @@ impl Backend for CudaBackend {
         let args = [self.p(&part), self.pb(t.dy), self.pb(t.x), self.pb(t.rstd), A::I(n as i32), A::I(c as i32), A::I(COL_CHUNK as i32)];
         self.launch("rmsnorm_dw_partial", ((c as u32).div_ceil(256), grid_yz(chunks), 1), 256, 0, &args);
         self.col_finish(t.dw, &part, chunks, c);
-        let args = [self.pb(t.dx), self.pb(t.dy), self.pb(t.x), self.pb(t.w), self.pb(t.rstd), A::I(c as i32)];
+        let args = [self.pb(t.dx), self.pb(t.dy), self.pb(t.x), self.pb(t.w), self.pb(t.rstd), A::I(c as i32), A::F(sh.w_shift())];
         self.launch("rmsnorm_bwd_dx", (n as u32, 1, 1), row_block(c), 0, &args);
     }
     fn layernorm_fwd(&self, t: LayerNormFwd<'_, CudaBuf>, sh: &NormShape) {
@@ -224,6 +224,22 @@ impl Backend for CudaBackend {
         check::len("gelu_bwd", &[("dx", &*dx), ("dout", dout), ("x", x)], len);
         self.ew("gelu_bwd", len, &[self.pb(dx), self.pb(dout), self.pb(x), A::U(len as u64)]);
     }
+    fn geglu_fwd(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf, len: usize) {
+        check::len("geglu_fwd", &[("out", &*out), ("gate", gate), ("up", up)], len);
+        self.ew("geglu_fwd", len, &[self.pb(out), self.pb(gate), self.pb(up), A::U(len as u64)]);
+    }
+    fn geglu_bwd(&self, dgate: &mut CudaBuf, dup: &mut CudaBuf, dout: &CudaBuf, gate: &CudaBuf, up: &CudaBuf, len: usize) {
+        check::len("geglu_bwd", &[("dgate", &*dgate), ("dup", &*dup), ("dout", dout), ("gate", gate), ("up", up)], len);
+        self.ew("geglu_bwd", len, &[self.pb(dgate), self.pb(dup), self.pb(dout), self.pb(gate), self.pb(up), A::U(len as u64)]);
+    }
+    fn softcap_fwd(&self, x: &mut CudaBuf, len: usize, cap: f32) {
+        check::softcap("softcap_fwd", &[("x", &*x)], len, cap);
+        self.ew("softcap_fwd", len, &[self.pb(x), A::U(len as u64), A::F(cap)]);
+    }
+    fn softcap_bwd(&self, dy: &mut CudaBuf, y: &CudaBuf, len: usize, cap: f32) {
+        check::softcap("softcap_bwd", &[("dy", &*dy), ("y", y)], len, cap);
+        self.ew("softcap_bwd", len, &[self.pb(dy), self.pb(y), A::U(len as u64), A::F(cap)]);
+    }
     fn relu_fwd(&self, out: &mut CudaBuf, x: &CudaBuf, len: usize) {
         check::len("relu_fwd", &[("out", &*out), ("x", x)], len);
         self.ew("relu_fwd", len, &[self.pb(out), self.pb(x), A::U(len as u64)]);
@@ -297,12 +313,12 @@ impl CudaBackend {
         let al = x.alibi.map_or(A::P(0), |a| self.pb(a));
         let mut args = vec![self.pb(x.q), self.pb(x.k), self.pb(x.v), self.pi(x.q_pos0), self.pi(x.kv_len), al];
         args.extend([A::I(sh.tq as i32), A::I(sh.tk as i32), A::I(sh.n_heads as i32), A::I(sh.n_kv_heads as i32), A::I(sh.head_dim as i32)]);
-        args.extend([A::F(sh.scale), A::I(sh.causal as i32), attn_window(sh), A::I(self.use_bf16() as i32)]);
+        args.extend([A::F(sh.scale), A::F(sh.softcap), A::I(sh.causal as i32), attn_window(sh), A::I(self.use_bf16() as i32)]);
         args
     }
 
     /// The arguments attn_bwd_dkdv and attn_bwd_dq share after their tensors.
-    fn attn_bwd_common(&self, x: &AttnInputs<'_, CudaBuf, CudaIds>, sh: &AttnShape) -> [A; 12] {
+    fn attn_bwd_common(&self, x: &AttnInputs<'_, CudaBuf, CudaIds>, sh: &AttnShape) -> [A; 13] {
         let al = x.alibi.map_or(A::P(0), |a| self.pb(a));
         [
             self.pi(x.q_pos0),
@@ -314,6 +330,7 @@ impl CudaBackend {
             A::I(sh.n_kv_heads as i32),
             A::I(sh.head_dim as i32),
             A::F(sh.scale),
+            A::F(sh.softcap),
             A::I(sh.causal as i32),
             attn_window(sh),
             A::I(self.use_bf16() as i32),

@@ -248,6 +248,18 @@ impl Backend for WgpuBackend {
     fn gelu_bwd(&self, dx: &mut WBuf, dout: &WBuf, x: &WBuf, len: usize) {
         self.op_elementwise("activation.gelu_bwd", "gelu_bwd", &[("dx", dx), ("dout", dout), ("x", x)], len);
     }
+    fn geglu_fwd(&self, out: &mut WBuf, gate: &WBuf, up: &WBuf, len: usize) {
+        self.op_elementwise("activation.geglu_fwd", "geglu_fwd", &[("out", out), ("gate", gate), ("up", up)], len);
+    }
+    fn geglu_bwd(&self, dgate: &mut WBuf, dup: &mut WBuf, dout: &WBuf, gate: &WBuf, up: &WBuf, len: usize) {
+        self.op_elementwise("activation.geglu_bwd", "geglu_bwd", &[("dgate", dgate), ("dup", dup), ("dout", dout), ("gate", gate), ("up", up)], len);
+    }
+    fn softcap_fwd(&self, x: &mut WBuf, len: usize, cap: f32) {
+        self.op_softcap("activation.softcap_fwd", "softcap_fwd", &[("x", x)], len, cap);
+    }
+    fn softcap_bwd(&self, dy: &mut WBuf, y: &WBuf, len: usize, cap: f32) {
+        self.op_softcap("activation.softcap_bwd", "softcap_bwd", &[("dy", dy), ("y", y)], len, cap);
+    }
     fn relu_fwd(&self, out: &mut WBuf, x: &WBuf, len: usize) {
         self.op_elementwise("activation.relu_fwd", "relu_fwd", &[("out", out), ("x", x)], len);
     }
@@ -260,9 +272,10 @@ impl Backend for WgpuBackend {
             return;
         }
         ops::u32_of(len, "dropout elements");
-        // `+=` is its own entry point (the params hold len, key, threshold, scale)
+        // `+=` is its own entry point (the params hold len, key, threshold, scale, and the
+        // soft-caps' cap, unused here but part of the uniform's size)
         let (key, entry) = if d.accumulate { ("activation.dropout_acc", "dropout_acc") } else { ("activation.dropout", "dropout") };
-        let params = [len as u32, d.key(), d.threshold, d.scale.to_bits()];
+        let params = [len as u32, d.key(), d.threshold, d.scale.to_bits(), 0];
         let groups = batch::groups_1d(len as u64, okapi_kernels::WGSL_WG as u32);
         self.dispatch(key, okapi_kernels::activation::WGSL, entry, &params, &[&out.buf, &x.buf], groups);
     }
@@ -429,7 +442,7 @@ mod tests {
     fn attention_past_llvmpipe_loop_limit_is_refused_there_and_exact_elsewhere() {
         use crate::{AttnGrads, AttnInputs, CpuBackend};
         let Some(be) = backend() else { return };
-        let sh = AttnShape { batch: 1, tq: 130, tk: 130, n_heads: 4, n_kv_heads: 1, head_dim: 128, scale: 0.088, causal: true, window: 0 };
+        let sh = AttnShape { batch: 1, tq: 130, tk: 130, n_heads: 4, n_kv_heads: 1, head_dim: 128, scale: 0.088, causal: true, window: 0, softcap: 0.0 };
         let (nq, nk, nl) = sh.extents();
         assert!(okapi_kernels::attention::wgsl_loop_iterations(&sh).1 > device::LLVMPIPE_LOOP_LIMIT, "the case must exceed the limit");
         let data = |n: usize, s: u32| (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(s) % 1000) as f32 / 500.0 - 1.0).collect::<Vec<f32>>();

@@ -1,5 +1,6 @@
 // rope, adamw (+ bf16 copy), embedding fwd/bwd, bias add/grad (col_partial/col_finish),
-// sum_squares, kv_write, the activations, dropout and fill/copy/scale/axpy/f32_to_bf16, vs references;
+// sum_squares, kv_write, the activations (GeGLU and the soft-caps included), dropout and
+// fill/copy/scale/axpy/f32_to_bf16, vs references;
 // the device error reports of out-of-range ids (embedding_fwd, xent, token log-probs); a column
 // partial past the real grid.y limit (65 537 chunks of rows).
 // Trimmed for CI time: adamw's largest length is 20003 (was 100003), the largest embedding/bias
@@ -53,20 +54,23 @@ int main() {
         if (len > 4) { g[0] = 60.f; g[1] = -60.f; g[2] = 100.f; g[3] = -100.f; g[4] = 0.f; }
         std::string tag = " len" + std::to_string(len) + " grid" + std::to_string(grid);
         const double k0 = 0.7978845608028654, k1 = 0.044715;
-        std::vector<double> sw(len), dg(len), du(len), ge(len), gb(len), re(len), rb(len), fi(len, -2.5), sc(len), ax(len), bf(len);
+        std::vector<double> sw(len), dg(len), du(len), ge(len), gb(len), gg(len), ggd(len), ggu(len), re(len), rb(len), fi(len, -2.5), sc(len), ax(len), bf(len);
         for (size_t i = 0; i < len; ++i) {
             double x = g[i], s = 1 / (1 + exp(-x)), t = tanh(k0 * x * (1 + k1 * x * x));
             sw[i] = x * s * u[i]; du[i] = d[i] * x * s; dg[i] = d[i] * u[i] * s * (1 + x * (1 - s));
             ge[i] = 0.5 * x * (1 + t); gb[i] = d[i] * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k0 * (1 + 3 * k1 * x * x));
+            gg[i] = ge[i] * u[i]; ggu[i] = d[i] * ge[i]; ggd[i] = gb[i] * u[i];
             re[i] = x > 0 ? x : 0; rb[i] = x > 0 ? d[i] : 0;
             sc[i] = (double)u[i] * -0.5f; ax[i] = u[i] + (double)1.5f * d[i]; bf[i] = hbf(g[i]);
         }
-        std::vector<float> o(len, NAN), o2(len, NAN), o3(len, NAN), o4(len, NAN), o5(len, NAN), o6(len, NAN), o7(len, NAN), f(len, NAN), cp(len, NAN), s2 = u, a2 = u;
+        std::vector<float> o(len, NAN), o2(len, NAN), o3(len, NAN), o4(len, NAN), o5(len, NAN), o6(len, NAN), o7(len, NAN), o8(len, NAN), o9(len, NAN), o10(len, NAN), f(len, NAN), cp(len, NAN), s2 = u, a2 = u;
         std::vector<u16> b16(len, 0xffff);
         launch(swiglu_fwd, dim3{grid,1,1}, 256, 0, o.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
         launch(swiglu_bwd, dim3{grid,1,1}, 256, 0, o2.data(), o3.data(), (const float*)d.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
         launch(gelu_fwd, dim3{grid,1,1}, 256, 0, o4.data(), (const float*)g.data(), (u64)len);
         launch(gelu_bwd, dim3{grid,1,1}, 256, 0, o5.data(), (const float*)d.data(), (const float*)g.data(), (u64)len);
+        launch(geglu_fwd, dim3{grid,1,1}, 256, 0, o8.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
+        launch(geglu_bwd, dim3{grid,1,1}, 256, 0, o9.data(), o10.data(), (const float*)d.data(), (const float*)g.data(), (const float*)u.data(), (u64)len);
         launch(relu_fwd, dim3{grid,1,1}, 256, 0, o6.data(), (const float*)g.data(), (u64)len);
         launch(relu_bwd, dim3{grid,1,1}, 256, 0, o7.data(), (const float*)d.data(), (const float*)g.data(), (u64)len);
         launch(fill_f32, dim3{grid,1,1}, 256, 0, f.data(), -2.5f, (u64)len);
@@ -77,9 +81,28 @@ int main() {
         std::vector<float> b16f(len); for (size_t i = 0; i < len; ++i) { uint32_t w = (uint32_t)b16[i] << 16; memcpy(&b16f[i], &w, 4); }
         check("swiglu_fwd"+tag, o, sw, 1e-6, 5e-5); check("swiglu_bwd dgate"+tag, o2, dg, 1e-6, 5e-5); check("swiglu_bwd dup"+tag, o3, du, 1e-6, 5e-5);
         check("gelu_fwd"+tag, o4, ge, 1e-6, 5e-5); check("gelu_bwd"+tag, o5, gb, 1e-6, 5e-5);
+        check("geglu_fwd"+tag, o8, gg, 1e-6, 5e-5); check("geglu_bwd dgate"+tag, o9, ggd, 1e-6, 5e-5); check("geglu_bwd dup"+tag, o10, ggu, 1e-6, 5e-5);
         check("relu_fwd"+tag, o6, re, 0, 0); check("relu_bwd"+tag, o7, rb, 0, 0);
         check("fill"+tag, f, fi, 0, 0); check("copy"+tag, cp, std::vector<double>(g.begin(), g.end()), 0, 0);
         check("scale"+tag, s2, sc, 0, 0); check("axpy"+tag, a2, ax, 1e-7, 1e-6); check("f32_to_bf16"+tag, b16f, bf, 0, 0);
+    }
+    // soft-caps in place: logits from saturated to tiny (cap·tanh(x/cap) ≈ x must keep its
+    // relative precision there: the edge values are checked each against itself, without check()'s
+    // rms floor), Gemma 2's caps and a small one
+    for (size_t len : {1ul, 7ul, 3001ul}) for (unsigned grid : {ewg(len), 2u}) for (float cap : {30.f, 50.f, 0.7f}) {
+        auto x = rnd(len, 133, 4.f * cap), dy = rnd(len, 134, 1.f);
+        const float edge[] = {1e-30f, -3e-6f, 0.f, 40.f * cap, -40.f * cap, 0.62f * cap, 0.63f * cap};
+        for (size_t i = 0; i < len && i < 7; ++i) x[i] = edge[i];
+        std::vector<double> y(len), dx(len);
+        for (size_t i = 0; i < len; ++i) { double t = tanh((double)x[i] / cap); y[i] = cap * t; dx[i] = dy[i] * (1 - t * t); }
+        std::vector<float> gy = x, gdx = dy;
+        launch(softcap_fwd, dim3{grid,1,1}, 256, 0, gy.data(), (u64)len, cap);
+        launch(softcap_bwd, dim3{grid,1,1}, 256, 0, gdx.data(), (const float*)gy.data(), (u64)len, cap);
+        char cb[16]; snprintf(cb, sizeof cb, "%g", cap);
+        std::string tag = " len" + std::to_string(len) + " grid" + std::to_string(grid) + " cap " + cb;
+        check("softcap_fwd"+tag, gy, y, 0, 1e-6); check("softcap_bwd"+tag, gdx, dx, 1e-6, 5e-5);
+        for (size_t i = 0; i < len && i < 7; ++i)
+            if (fabs(gy[i] - y[i]) > 1e-6 * fabs(y[i])) { ++g_fail; printf("FAIL softcap_fwd%s: x = %g gives %.9g, want %.9g\n", tag.c_str(), x[i], gy[i], y[i]); }
     }
     // relu of NaN: NaN forward, dout backward (PyTorch's `x <= 0 ? 0 : ·`)
     {

@@ -1,4 +1,4 @@
-// Row kernels (rmsnorm, layernorm + their dw/db partials and col_finish, softmax fwd/bwd,
+// Row kernels (rmsnorm with and without a weight offset, layernorm + their dw/db partials and col_finish, softmax fwd/bwd,
 // token_logprobs fwd/bwd, xent_fwd_bwd) vs a double reference: IGNORE_INDEX rows, argmax ties,
 // 256- and 1024-thread blocks with ragged widths; the 130-row case runs with grid.y capped at 2, so
 // the dw/db partials stride over their 3 chunks (as past 65 535 chunks on a device); valid and
@@ -11,22 +11,24 @@ int main() {
         g_grid_yz_max = n == 130 ? 2 : 65535;
         auto x = rnd((size_t)n*c, 100, 2.f), w = rnd(c, 101, 1.f), bb = rnd(c, 102, .5f), dy = rnd((size_t)n*c, 103, 1.f), dx0 = rnd((size_t)n*c, 104, .3f);
         std::string tag = " " + std::to_string(n) + "x" + std::to_string(c) + (n == 130 ? " grid.y<=2" : "");
-        // rmsnorm
-        {
+        // rmsnorm: weights w + offset (no offset: the host passes −0.0; Gemma: 1)
+        for (float offset : {0.0f, 1.0f}) {
+            const float shift = offset == 0.0f ? -0.0f : offset;
             std::vector<double> out(n*c), rstd(n), dx(dx0.begin(), dx0.end()), dw(w.begin(), w.end());
             for (int r = 0; r < n; ++r) {
                 double s = 0; for (int i = 0; i < c; ++i) s += (double)x[r*c+i]*x[r*c+i];
                 double rs = 1.0 / sqrt(s / c + 1e-5); rstd[r] = rs;
-                double dot = 0; for (int i = 0; i < c; ++i) { out[r*c+i] = w[i]*x[r*c+i]*rs; dot += dy[r*c+i]*w[i]*x[r*c+i]*rs; } dot /= c;
-                for (int i = 0; i < c; ++i) { dx[r*c+i] += rs*(dy[r*c+i]*w[i] - x[r*c+i]*rs*dot); dw[i] += dy[r*c+i]*x[r*c+i]*rs; }
+                double dot = 0; for (int i = 0; i < c; ++i) { double wi = w[i] + (double)offset; out[r*c+i] = wi*x[r*c+i]*rs; dot += dy[r*c+i]*wi*x[r*c+i]*rs; } dot /= c;
+                for (int i = 0; i < c; ++i) { dx[r*c+i] += rs*(dy[r*c+i]*(w[i] + (double)offset) - x[r*c+i]*rs*dot); dw[i] += dy[r*c+i]*x[r*c+i]*rs; }
             }
             std::vector<float> go(n*c, NAN), gr(n, NAN), gdx = dx0, gdw = w;
-            launch(rmsnorm_fwd, dim3{(unsigned)n,1,1}, row_block(c), 0, go.data(), gr.data(), (const float*)x.data(), (const float*)w.data(), c, 1e-5f);
+            const std::string rtag = tag + (offset != 0.0f ? " w_offset 1" : "");
+            launch(rmsnorm_fwd, dim3{(unsigned)n,1,1}, row_block(c), 0, go.data(), gr.data(), (const float*)x.data(), (const float*)w.data(), c, 1e-5f, shift);
             int chunks = (n + 63) / 64; std::vector<float> part(chunks * c, NAN);
             launch(rmsnorm_dw_partial, dim3{(unsigned)(c+255)/256,yz(chunks),1}, 256, 0, part.data(), (const float*)dy.data(), (const float*)x.data(), (const float*)gr.data(), n, c, 64);
             launch(col_finish_f32, dim3{(unsigned)(c+255)/256,1,1}, 256, 0, gdw.data(), (const float*)part.data(), chunks, c);
-            launch(rmsnorm_bwd_dx, dim3{(unsigned)n,1,1}, row_block(c), 0, gdx.data(), (const float*)dy.data(), (const float*)x.data(), (const float*)w.data(), (const float*)gr.data(), c);
-            check("rms out"+tag, go, out, 1e-6, 5e-5); check("rms rstd"+tag, gr, rstd, 1e-6, 5e-5); check("rms dx"+tag, gdx, dx, 1e-6, 5e-5); check("rms dw"+tag, gdw, dw, 1e-6, 5e-5);
+            launch(rmsnorm_bwd_dx, dim3{(unsigned)n,1,1}, row_block(c), 0, gdx.data(), (const float*)dy.data(), (const float*)x.data(), (const float*)w.data(), (const float*)gr.data(), c, shift);
+            check("rms out"+rtag, go, out, 1e-6, 5e-5); check("rms rstd"+rtag, gr, rstd, 1e-6, 5e-5); check("rms dx"+rtag, gdx, dx, 1e-6, 5e-5); check("rms dw"+rtag, gdw, dw, 1e-6, 5e-5);
         }
         // layernorm
         {

@@ -50,6 +50,7 @@ impl WgpuBackend {
             x.alibi.is_some() as u32,
             f32::NEG_INFINITY.to_bits(),
             window(sh),
+            sh.softcap.to_bits(),
         ];
         // without ALiBi the slot is bound to q (never read)
         let al = x.alibi.map_or(&x.q.buf, |a| &a.buf);
@@ -80,7 +81,7 @@ impl WgpuBackend {
         let n_prep = rows.max(2 * sh.batch + sh.n_heads);
         let prep_bufs = [&dout.buf, &out.buf, &lse.buf, &x.q_pos0.buf, &x.kv_len.buf, al, &stat.buf, &info.buf];
         self.dispatch("attention_bwd_prep", ka::WGSL_BWD_PREP, "main", &prep, &prep_bufs, groups_1d(n_prep as u64, WGSL_PREP_WG));
-        let params = [sh.batch as u32, sh.tq as u32, sh.tk as u32, sh.n_heads as u32, sh.n_kv_heads as u32, sh.head_dim as u32, sh.scale.to_bits(), sh.causal as u32, window(sh)];
+        let params = [sh.batch as u32, sh.tq as u32, sh.tk as u32, sh.n_heads as u32, sh.n_kv_heads as u32, sh.head_dim as u32, sh.scale.to_bits(), sh.causal as u32, window(sh), sh.softcap.to_bits()];
         let (q, k, v) = (&x.q.buf, &x.k.buf, &x.v.buf);
         if sh.tk > 0 {
             let g = grid(sh.tk, sh.n_kv_heads, sh.batch, "attention_bwd");

@@ -26,9 +26,9 @@ fn check_elems(what: &str, n: usize, c: usize) {
     u32_of(total, &format!("{what} elements"));
 }
 
-/// The params of every norm entry point: n, c, eps, column-sum chunks.
-fn norm_params(sh: &NormShape) -> [u32; 4] {
-    [sh.n as u32, sh.c as u32, f(sh.eps), sh.n.div_ceil(ROW_CHUNK) as u32]
+/// The params of every norm entry point: n, c, eps, column-sum chunks, RMSNorm's weight shift.
+fn norm_params(sh: &NormShape) -> [u32; 5] {
+    [sh.n as u32, sh.c as u32, f(sh.eps), sh.n.div_ceil(ROW_CHUNK) as u32, f(sh.w_shift())]
 }
 
 impl WgpuBackend {
@@ -59,7 +59,7 @@ impl WgpuBackend {
     }
 
     /// acc[j] += Σ_k partial[k, j], k in order (pass 2 of the norms' column sums).
-    fn colsum_finish(&self, acc: &mut WBuf, partial: &WBuf, p: &[u32; 4], c: usize) {
+    fn colsum_finish(&self, acc: &mut WBuf, partial: &WBuf, p: &[u32; 5], c: usize) {
         self.dispatch("norm.colsum_finish", norm::WGSL, "colsum_finish", p, &[&acc.buf, &partial.buf], groups_1d(c as u64, WG));
     }
 
@@ -104,12 +104,24 @@ impl WgpuBackend {
     /// One thread per element of activation.wgsl's `entry`.
     pub(crate) fn op_elementwise(&self, key: &'static str, entry: &'static str, bufs: &[(&str, &WBuf)], len: usize) {
         check::len(entry, bufs, len);
+        self.elementwise(key, entry, bufs, len, 0.0);
+    }
+
+    /// A soft-cap entry point of activation.wgsl (in place on the first buffer), with its cap.
+    pub(crate) fn op_softcap(&self, key: &'static str, entry: &'static str, bufs: &[(&str, &WBuf)], len: usize, cap: f32) {
+        check::softcap(entry, bufs, len, cap);
+        self.elementwise(key, entry, bufs, len, cap);
+    }
+
+    /// The dispatch of an activation.wgsl entry point over `len` checked elements.
+    fn elementwise(&self, key: &'static str, entry: &'static str, bufs: &[(&str, &WBuf)], len: usize, cap: f32) {
         if len == 0 {
             return;
         }
         check_elems(entry, len, 1);
         let raw: Vec<&wgpu::Buffer> = bufs.iter().map(|(_, b)| &b.buf).collect();
-        self.dispatch(key, activation::WGSL, entry, &[len as u32], &raw, groups_1d(len as u64, WG));
+        // params: len, then dropout's key / threshold / scale (unused here), the cap
+        self.dispatch(key, activation::WGSL, entry, &[len as u32, 0, 0, 0, f(cap)], &raw, groups_1d(len as u64, WG));
     }
 
     pub(crate) fn op_softmax_fwd(&self, out: &mut WBuf, x: &WBuf, r: Rows, temperature: f32) {
