@@ -1,7 +1,8 @@
 //! Backend conformance: every `Backend` op, on shapes that are no multiple of any tile (1, 7, 33,
 //! 67, 130, 4099, …), edge cases (k = 0, beta = 0 over NaN, strided batches with gaps, GQA / MQA,
-//! ALiBi, KV-cache decoding, sliding windows, sequences that see no key, head dims 6 … 256, ignored targets,
-//! argmax ties, saturating activations, more rows than one grid dimension holds) and inputs of
+//! ALiBi, KV-cache decoding, sliding windows, logit soft-capping, sequences that see no key, head
+//! dims 6 … 256, RMSNorm's weight offset, ignored targets, argmax ties, saturating activations
+//! and soft-caps, more rows than one grid dimension holds) and inputs of
 //! real spread, against the CPU backend as the oracle. The suite is written once, generic over
 //! `B: Backend`, and stamped out per backend by `conformance!` — one #[test] per op, so a failure
 //! names its op. Adding a backend is one `conformance!` line at the bottom.
@@ -505,6 +506,11 @@ impl AttnCase {
         self.sh.window = w;
         self
     }
+    /// The same case with its scores soft-capped at `c` (Gemma 2).
+    fn softcap(mut self, c: f32) -> AttnCase {
+        self.sh.softcap = c;
+        self
+    }
 }
 
 fn attn_cases() -> Vec<AttnCase> {
@@ -550,12 +556,23 @@ fn attn_cases() -> Vec<AttnCase> {
         attn_case(2, (5, 40), (4, 4, 32), true, &[35, 10], &[40, 15], false).window(3),
         attn_case(1, (33, 67), (3, 3, 32), true, &[30], &[63], true).window(33),
         attn_case(2, (9, 20), (2, 1, 8), true, &[11, 0], &[20, 9], false).window(usize::MAX),
+        // soft-capped scores (these scores have a spread of about 2: cap 1 saturates many, 50 is
+        // Gemma 2's value): training with padding, decode, ALiBi after the cap, a window, rows
+        // over several key tiles and query blocks, the widest heads, a sequence without keys
+        attn_case(2, (37, 37), (4, 2, 64), true, &[0, 0], &[37, 20], false).softcap(1.0),
+        attn_case(2, (1, 45), (8, 2, 128), true, &[44, 30], &[45, 31], false).softcap(50.0),
+        attn_case(1, (33, 67), (3, 3, 32), true, &[30], &[63], true).softcap(2.0),
+        attn_case(2, (33, 33), (4, 2, 16), true, &[0, 0], &[33, 20], false).window(5).softcap(1.0),
+        attn_case(1, (150, 150), (2, 1, 64), true, &[0], &[150], false).softcap(3.0),
+        attn_case(2, (70, 70), (3, 3, 11), false, &[0, 0], &[70, 33], true).softcap(1.5),
+        attn_case(1, (33, 33), (2, 1, 256), false, &[0], &[33], false).softcap(1.0),
+        attn_case(2, (3, 5), (2, 1, 8), true, &[0, 0], &[0, 5], false).softcap(0.5),
     ]
 }
 
 fn attn_desc(c: &AttnCase) -> String {
     let s = &c.sh;
-    format!("B={} Tq={} Tk={} H={} Hkv={} D={} causal={} window={} q_pos0={:?} kv_len={:?} alibi={}", s.batch, s.tq, s.tk, s.n_heads, s.n_kv_heads, s.head_dim, s.causal, s.window, c.q_pos0, c.kv_len, c.alibi)
+    format!("B={} Tq={} Tk={} H={} Hkv={} D={} causal={} window={} softcap={} q_pos0={:?} kv_len={:?} alibi={}", s.batch, s.tq, s.tk, s.n_heads, s.n_kv_heads, s.head_dim, s.causal, s.window, s.softcap, c.q_pos0, c.kv_len, c.alibi)
 }
 
 fn attention_fwd<B: Backend>(be: &B, t: &Tols) {
@@ -619,12 +636,13 @@ fn attention_bwd<B: Backend>(be: &B, t: &Tols) {
 
 // ---- norms ----------------------------------------------------------------------------------
 
+/// Every shape without a weight offset and with Gemma's (`x·rstd·(1 + w)`).
 fn rmsnorm<B: Backend>(be: &B, t: &Tols) {
     let p = Pair::new(be);
     let mut rng = Rng::new(15);
-    for (n, c) in ROWS {
-        let d = format!("n={n} c={c}");
-        let sh = NormShape::new(n, c, 1e-5);
+    for ((n, c), offset) in ROWS.into_iter().flat_map(|r| [(r, 0.0), (r, 1.0)]) {
+        let d = format!("n={n} c={c} w_offset={offset}");
+        let sh = NormShape::new(n, c, 1e-5).weight_offset(offset);
         let (cx, gx) = p.up(&spread(&mut rng, n * c, 2.0));
         let (cw, gw) = p.up(&spread(&mut rng, c, 1.0));
         let (mut co, mut go) = p.out(&spread(&mut rng, n * c, 1.0));
@@ -744,6 +762,58 @@ fn gelu<B: Backend>(be: &B, t: &Tols) {
         p.cpu.gelu_bwd(&mut cdx, &cdo, &cx, n);
         be.gelu_bwd(&mut gdx, &gdo, &gx, n);
         p.cmp("gelu_bwd", &d, &cdx, &gdx, &t.transcendental);
+    }
+}
+
+fn geglu<B: Backend>(be: &B, t: &Tols) {
+    let p = Pair::new(be);
+    let mut rng = Rng::new(36);
+    for n in SIZES {
+        let d = format!("len={n}");
+        // gates of ±tens saturate the tanh
+        let (cg, gg) = p.up(&spread(&mut rng, n, 3.0));
+        let (cu, gu) = p.up(&spread(&mut rng, n, 1.0));
+        let (mut co, mut go) = p.out(&spread(&mut rng, n, 9.0));
+        p.cpu.geglu_fwd(&mut co, &cg, &cu, n);
+        be.geglu_fwd(&mut go, &gg, &gu, n);
+        p.cmp("geglu_fwd", &d, &co, &go, &t.transcendental);
+        let (cdo, gdo) = p.up(&spread(&mut rng, n, 1.0));
+        let (mut cdg, mut gdg) = p.out(&spread(&mut rng, n, 9.0));
+        let (mut cdu, mut gdu) = p.out(&spread(&mut rng, n, 9.0));
+        p.cpu.geglu_bwd(&mut cdg, &mut cdu, &cdo, &cg, &cu, n);
+        be.geglu_bwd(&mut gdg, &mut gdu, &gdo, &gg, &gu, n);
+        p.cmp("geglu_bwd dgate", &d, &cdg, &gdg, &t.transcendental);
+        p.cmp("geglu_bwd dup", &d, &cdu, &gdu, &t.transcendental);
+    }
+}
+
+/// Logit soft-capping in place, forward and backward, at Gemma 2's caps and a small one; the
+/// logits run from deep saturation to tiny values (where the capped value must stay ≈ x).
+fn softcap<B: Backend>(be: &B, t: &Tols) {
+    let p = Pair::new(be);
+    let mut rng = Rng::new(37);
+    for (n, cap) in SIZES.into_iter().zip([30.0, 50.0, 0.7].into_iter().cycle()) {
+        let d = format!("len={n} cap={cap}");
+        let mut x = spread(&mut rng, n, 2.0 * cap);
+        for (i, v) in [1e-30, -3e-6, 0.0, 40.0 * cap, -40.0 * cap].into_iter().enumerate().filter(|(i, _)| *i < n) {
+            x[i] = v;
+        }
+        let (mut cx, mut gx) = p.out(&x);
+        p.cpu.softcap_fwd(&mut cx, n, cap);
+        be.softcap_fwd(&mut gx, n, cap);
+        p.cmp("softcap_fwd", &d, &cx, &gx, &t.transcendental);
+        // the tiny logits each to its own precision (the tolerance's rms floor would hide a
+        // tanh that loses them to cancellation)
+        let got = be.read(&gx, n.min(2));
+        for (i, (&g, &c)) in got.iter().zip(&cx).enumerate() {
+            assert!((g - c).abs() <= 1e-6 * c.abs(), "softcap_fwd {d}: x = {} gives {g:e}, the CPU {c:e}", x[i]);
+        }
+        // the backward from the CPU's capped values: it is tested on its own
+        let (cy, gy) = p.up(&cx[..n]);
+        let (mut cdy, mut gdy) = p.out(&spread(&mut rng, n, 1.0));
+        p.cpu.softcap_bwd(&mut cdy, &cy, n, cap);
+        be.softcap_bwd(&mut gdy, &gy, n, cap);
+        p.cmp("softcap_bwd", &d, &cdy, &gdy, &t.transcendental);
     }
 }
 
@@ -1089,7 +1159,7 @@ macro_rules! conformance {
             use super::*;
             conformance!(@ops $make, $tols, [$(ignore = $why)?];
                 memory, fill, copy, copy_range, unpack_bf16, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
-                matmul, matmul_edges, matmul_lora, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, relu, dropout,
+                matmul, matmul_edges, matmul_lora, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, geglu, relu, softcap, dropout,
                 softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }
     };
