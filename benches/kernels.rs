@@ -71,6 +71,10 @@
 //!     swiglu_bwd            20NF
 //!     gelu_fwd              32NC                    (N × 4C, read + write)
 //!     gelu_bwd              48NC
+//!     geglu_fwd             12NF
+//!     geglu_bwd             20NF
+//!     softcap_fwd           8NV                     (logits in place)
+//!     softcap_bwd           12NV                    (dy in place; the capped logits read)
 //!     embedding_fwd         8NC + 4N
 //!     embedding_bwd         4NC + 4N + 8UC          (dout, ids read; touched table rows r+w)
 //!     bias_add              8NC + 4C
@@ -697,6 +701,23 @@ where
             fence(be);
         });
     }
+    if bn.wants_any(&["geglu"]) {
+        let len = n * f;
+        let shape = format!("{n}x{f}");
+        let gate = up(&data.normal(len, 1.0));
+        let upb = up(&data.normal(len, 1.0));
+        let dout = up(&data.normal(len, 1.0));
+        let mut out = be.zeros(len);
+        let (mut dgate, mut dup) = (be.zeros(len), be.zeros(len));
+        bn.time("geglu_fwd", "-", shape.clone(), bytes(12 * len), &mut || {
+            be.geglu_fwd(&mut out, &gate, &upb, len);
+            fence(be);
+        });
+        bn.time("geglu_bwd", "-", shape, bytes(20 * len), &mut || {
+            be.geglu_bwd(&mut dgate, &mut dup, &dout, &gate, &upb, len);
+            fence(be);
+        });
+    }
     if bn.wants_any(&["gelu"]) {
         let len = n * 4 * c;
         let shape = format!("{n}x{}", 4 * c);
@@ -714,7 +735,7 @@ where
     }
 
     // ---- vocabulary-wide: softmax, cross-entropy, log-probs (N × V) -------------------------
-    if bn.wants_any(&["softmax", "xent", "token_logprobs"]) {
+    if bn.wants_any(&["softmax", "softcap", "xent", "token_logprobs"]) {
         let nv = n * v;
         let shape = format!("{n}x{v}");
         let logits0 = up(&data.normal(nv, 2.0));
@@ -730,6 +751,18 @@ where
             be.softmax_bwd(&mut dx, &dy, &y, Rows::new(n, v));
             fence(be);
         });
+        if bn.wants_any(&["softcap"]) {
+            // Gemma 2's final-logit cap, in place on the logits (capping capped values costs the same)
+            be.copy(&mut y, &logits0, nv);
+            bn.time("softcap_fwd", "-", shape.clone(), bytes(8 * nv), &mut || {
+                be.softcap_fwd(&mut y, nv, 30.0);
+                fence(be);
+            });
+            bn.time("softcap_bwd", "-", shape.clone(), bytes(12 * nv), &mut || {
+                be.softcap_bwd(&mut dx, &y, nv, 30.0);
+                fence(be);
+            });
+        }
         drop(dy);
         let targets_h = data.ids(n, v);
         let coef_h = vec![1.0 / n as f32; n];

@@ -24,19 +24,34 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + crate::vmath::exp(-x))
 }
 
-/// out = silu(gate) · up. All (N,F).
-pub fn swiglu_fwd(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| swiglu_fwd_chunk(o, g, u));
+/// The chunk kernels of a gated unit (SwiGLU, GeGLU): (out, gate, up) and
+/// (dgate, dup, dout, gate, up).
+type GatedFwdChunk = fn(&mut [f32], &[f32], &[f32]);
+type GatedBwdChunk = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32]);
+
+/// A gated unit's forward: `chunk` over chunks in parallel.
+fn gated_fwd(out: &mut [f32], gate: &[f32], up: &[f32], chunk: GatedFwdChunk) {
+    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| chunk(o, g, u));
 }
 
-/// dgate = dout·up·silu'(gate), dup = dout·silu(gate)  (both `=`). All (N,F).
-pub fn swiglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+/// A gated unit's backward: `chunk` over chunks in parallel.
+fn gated_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32], chunk: GatedBwdChunk) {
     dgate
         .par_chunks_mut(PAR_CHUNK)
         .zip(dup.par_chunks_mut(PAR_CHUNK))
         .zip(dout.par_chunks(PAR_CHUNK))
         .zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK)))
-        .for_each(|(((dg, du), d), (g, u))| swiglu_bwd_chunk(dg, du, d, g, u));
+        .for_each(|(((dg, du), d), (g, u))| chunk(dg, du, d, g, u));
+}
+
+/// out = silu(gate) · up. All (N,F).
+pub fn swiglu_fwd(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    gated_fwd(out, gate, up, swiglu_fwd_chunk);
+}
+
+/// dgate = dout·up·silu'(gate), dup = dout·silu(gate)  (both `=`). All (N,F).
+pub fn swiglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    gated_bwd(dgate, dup, dout, gate, up, swiglu_bwd_chunk);
 }
 
 // The chunk loops are zipped (no bounds checks) so they vectorise, and exist in an AVX-512 copy.
@@ -136,17 +151,12 @@ pub fn gelu_bwd(dx: &mut [f32], dout: &[f32], x: &[f32]) {
 /// out = gelu(gate) · up (`=`), gelu the tanh form above (PyTorch's `gelu(approximate="tanh")`):
 /// Gemma's MLP. All (N,F).
 pub fn geglu_fwd(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK)).zip(up.par_chunks(PAR_CHUNK)).for_each(|((o, g), u)| geglu_fwd_chunk(o, g, u));
+    gated_fwd(out, gate, up, geglu_fwd_chunk);
 }
 
 /// dgate = dout·up·gelu'(gate), dup = dout·gelu(gate)  (both `=`). All (N,F).
 pub fn geglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
-    dgate
-        .par_chunks_mut(PAR_CHUNK)
-        .zip(dup.par_chunks_mut(PAR_CHUNK))
-        .zip(dout.par_chunks(PAR_CHUNK))
-        .zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK)))
-        .for_each(|(((dg, du), d), (g, u))| geglu_bwd_chunk(dg, du, d, g, u));
+    gated_bwd(dgate, dup, dout, gate, up, geglu_bwd_chunk);
 }
 
 // `x <= 0` is false for NaN: the forward passes NaN through and the backward passes dout, as
