@@ -816,7 +816,7 @@ fn degenerate_flag_cases() -> Vec<Case> {
         early("bench-mode", "bench sideways --preset tiny", &["bench sideways", "train", "generate"]),
         early("bench-preset", "bench train --preset huge", &["--preset", "huge", "tiny"]),
         early("init-max-positions-0", "init --arch llama --preset tiny --tokenizer {llama} --out {out} --max-positions 0", &["--max-positions 0", "at least 1"]),
-        early("init-arch", "init --arch gpt2 --preset tiny --tokenizer {llama} --out {out}", &["--arch", "gpt2", "expected one of \"llama\", \"bloom\", \"qwen2\", \"qwen3\", \"mistral\""]),
+        early("init-arch", "init --arch gpt2 --preset tiny --tokenizer {llama} --out {out}", &["--arch", "gpt2", "expected one of \"llama\", \"bloom\", \"qwen2\", \"qwen3\", \"mistral\", \"gemma2\""]),
         early("tokenizer-vocab-0", "tokenizer --data {sft.jsonl} --vocab-size 0 --out {out}", &["--vocab-size 0", "at least 260"]),
         early("eval-batch-0", "eval --model {llama} --task arc --data {arc_vi.json} --batch-size 0", &["--batch-size", "at least 1"]),
         early("eval-limit-0", "eval --model {llama} --task arc --data {arc_vi.json} --limit 0", &["--limit", "at least 1"]),

@@ -79,7 +79,7 @@ fn bloom_lora_on_the_fused_qkv_matches_peft() {
 #[test]
 fn lora_on_wgpu_matches_peft() {
     let Some(be) = wgpu_or_skip("lora_on_wgpu_matches_peft") else { return };
-    for name in ["llama_gqa", "bloom_6h", "qwen3_gqa", "mistral_swa"] {
+    for name in ["llama_gqa", "bloom_6h", "qwen3_gqa", "mistral_swa", "gemma2_swa"] {
         logits_and_gradients_match_peft_on(be.clone(), name);
     }
 }
@@ -89,7 +89,7 @@ fn lora_on_wgpu_matches_peft() {
 fn lora_on_cuda_matches_peft() {
     let Some(be) = cuda_or_skip(okapi::runtime::Precision::F32, "lora_on_cuda_matches_peft") else { return };
     // Qwen3's per-head norms and Mistral's sliding window too: the whole model on the GPU
-    for name in ["llama_gqa", "bloom_6h", "qwen3_gqa", "mistral_swa"] {
+    for name in ["llama_gqa", "bloom_6h", "qwen3_gqa", "mistral_swa", "gemma2_swa"] {
         logits_and_gradients_match_peft_on(be.clone(), name);
     }
 }
@@ -504,12 +504,12 @@ fn bloom_dpo_lora_steps_match_peft() {
     command_matches_peft("lora_dpo_bloom_6h");
 }
 
-/// LoRA on the newer architectures: all-linear adapters around Qwen3's per-head q/k norms and
-/// under Mistral's sliding window — logits, every adapter gradient, three SFT steps and two DPO
-/// steps as PEFT computes them.
+/// LoRA on the newer architectures: all-linear adapters around Qwen3's per-head q/k norms, under
+/// Mistral's sliding window and in Gemma 2's soft-capped sandwich — logits, every adapter
+/// gradient, three SFT steps and two DPO steps as PEFT computes them.
 #[test]
-fn qwen3_and_mistral_lora_match_peft() {
-    for name in ["qwen3_gqa", "mistral_swa"] {
+fn qwen3_mistral_gemma2_lora_match_peft() {
+    for name in ["qwen3_gqa", "mistral_swa", "gemma2_swa"] {
         logits_and_gradients_match_peft(name);
         sft_steps_match_peft(name);
         command_matches_peft(&format!("lora_dpo_{name}"));

@@ -412,7 +412,7 @@ fn half_bf16_round(x: f32) -> f32 {
     f32::from_bits(r & 0xffff_0000)
 }
 
-// ---- Qwen2, Qwen3, Mistral --------------------------------------------------------------------
+// ---- Qwen2, Qwen3, Mistral, Gemma 2 --------------------------------------------------------------------
 
 /// A fixture saved in its own dtype: the same HF tensors byte for byte, the same config.json,
 /// and a reload that computes the original's logits (transformers loading it: check_saved.py,
@@ -438,8 +438,8 @@ fn new_arch_roundtrip(name: &str, dtype: DType) {
 }
 
 #[test]
-fn qwen2_qwen3_mistral_roundtrip_byte_exact() {
-    for (name, dtype) in [("qwen2_tied", DType::F32), ("qwen2_untied", DType::BF16), ("qwen3_gqa", DType::F32), ("mistral_swa", DType::F32)] {
+fn qwen2_qwen3_mistral_gemma2_roundtrip_byte_exact() {
+    for (name, dtype) in [("qwen2_tied", DType::F32), ("qwen2_untied", DType::BF16), ("qwen3_gqa", DType::F32), ("mistral_swa", DType::F32), ("gemma2_swa", DType::F32)] {
         new_arch_roundtrip(name, dtype);
     }
 }

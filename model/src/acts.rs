@@ -1,7 +1,6 @@
 //! Activation arenas: every buffer a forward pass saves for its backward, allocated once for the
 //! largest (B, T) and reused by every step (no allocation inside a training step).
 
-use crate::arch::MlpKind;
 use crate::config::ModelConfig;
 use okapi_runtime::{Backend, Extent};
 
@@ -26,6 +25,12 @@ pub struct LayerActs<B: Backend> {
     pub lse: B::Buf,
     /// residual after attention (N,C)
     pub x_mid: B::Buf,
+    /// With sandwich norms: the attention's output projection and the MLP's down projection
+    /// before their norms (N,C), and those norms' rstd (N); empty otherwise
+    pub o_out: B::Buf,
+    pub o_rstd: B::Buf,
+    pub down_out: B::Buf,
+    pub down_rstd: B::Buf,
     pub ln2: B::Buf,
     pub ln2_mean: B::Buf,
     pub ln2_rstd: B::Buf,
@@ -44,8 +49,9 @@ impl<B: Backend> LayerActs<B> {
     pub fn new(be: &B, cfg: &ModelConfig, n: usize) -> Self {
         let (c, f) = (cfg.hidden_size, cfg.intermediate_size);
         let (qw, kw) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
-        let gated = cfg.features.mlp == MlpKind::SwiGlu;
+        let gated = cfg.features.mlp.gated();
         let qk = if cfg.features.qk_norm { n } else { 0 };
+        let sw = if cfg.features.sandwich_norms { n } else { 0 };
         LayerActs {
             ln1: be.zeros(n * c),
             ln1_mean: be.zeros(n),
@@ -60,6 +66,10 @@ impl<B: Backend> LayerActs<B> {
             att: be.zeros(n * qw),
             lse: be.zeros(n * cfg.n_heads),
             x_mid: be.zeros(n * c),
+            o_out: be.zeros(sw * c),
+            o_rstd: be.zeros(sw),
+            down_out: be.zeros(sw * c),
+            down_rstd: be.zeros(sw),
             ln2: be.zeros(n * c),
             ln2_mean: be.zeros(n),
             ln2_rstd: be.zeros(n),
@@ -96,6 +106,8 @@ pub struct Acts<B: Backend> {
     /// (R,V) logits of R = `head_rows` rows (N, or a chunk of the chunked LM head); the loss
     /// kernels overwrite them with their gradient in place
     pub logits: B::Buf,
+    /// With soft-capped logits: a copy of the capped (R,V) logits, for the cap's backward
+    pub logits_capped: B::Buf,
     /// rows `logits` can hold
     pub head_rows: usize,
     /// The rows whose logits `logits` holds now (`None` after a new forward, or once a loss
@@ -144,6 +156,7 @@ impl<B: Backend> Acts<B> {
             lnf_rstd: be.zeros(n),
             // a reward model has no LM head, hence no logits
             logits: be.zeros(if lm { head_rows * cfg.vocab_size } else { 0 }),
+            logits_capped: be.zeros(if lm && cfg.features.final_softcap.is_some() { head_rows * cfg.vocab_size } else { 0 }),
             head_rows: if lm { head_rows } else { 0 },
             logits_valid: None,
             lnf_chunk: be.zeros(if chunked { head_rows * c } else { 0 }),
@@ -173,9 +186,9 @@ impl<B: Backend> Acts<B> {
     /// activation estimate is checked against this.
     pub fn floats(&self) -> usize {
         let layer = |l: &LayerActs<B>| {
-            [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q_pre, &l.k_pre, &l.q_rstd, &l.k_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h, &l.lora_u, &l.lora_x].iter().map(|b| b.extent()).sum::<usize>()
+            [&l.ln1, &l.ln1_mean, &l.ln1_rstd, &l.q_pre, &l.k_pre, &l.q_rstd, &l.k_rstd, &l.q, &l.k, &l.v, &l.att, &l.lse, &l.x_mid, &l.o_out, &l.o_rstd, &l.down_out, &l.down_rstd, &l.ln2, &l.ln2_mean, &l.ln2_rstd, &l.mlp_a, &l.mlp_b, &l.mlp_h, &l.lora_u, &l.lora_x].iter().map(|b| b.extent()).sum::<usize>()
         };
-        let trunk = [&self.emb, &self.emb_mean, &self.emb_rstd, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.lnf_chunk, &self.dln_chunk].iter().map(|b| b.extent()).sum::<usize>();
+        let trunk = [&self.emb, &self.emb_mean, &self.emb_rstd, &self.lnf, &self.lnf_mean, &self.lnf_rstd, &self.logits, &self.logits_capped, &self.lnf_chunk, &self.dln_chunk].iter().map(|b| b.extent()).sum::<usize>();
         trunk + self.x.iter().map(|b| b.extent()).sum::<usize>() + self.layers.iter().map(layer).sum::<usize>() + self.ids.extent() + self.positions.extent()
     }
 }
@@ -192,6 +205,8 @@ pub struct Scratch<B: Backend> {
     pub dv: B::Buf,
     /// With per-head q/k norms: ∂L/∂q or ∂L/∂k before the norm (N,Hq·D), one after the other
     pub dqk: B::Buf,
+    /// With sandwich norms: ∂L/∂ of a sublayer's output before its norm (N,C)
+    pub dsub: B::Buf,
     /// MLP gradients (N,F)
     pub dh: B::Buf,
     pub da: B::Buf,
@@ -215,6 +230,7 @@ impl<B: Backend> Scratch<B> {
             dk: be.zeros(n * kw),
             dv: be.zeros(n * kw),
             dqk: be.zeros(if cfg.features.qk_norm { n * qw } else { 0 }),
+            dsub: be.zeros(if cfg.features.sandwich_norms { n * c } else { 0 }),
             dh: be.zeros(n * f),
             da: be.zeros(n * f),
             db: be.zeros(n * f),
@@ -226,7 +242,7 @@ impl<B: Backend> Scratch<B> {
 
     /// f32 elements held.
     pub fn floats(&self) -> usize {
-        [&self.dres, &self.dln, &self.datt, &self.dq, &self.dk, &self.dv, &self.dqk, &self.dh, &self.da, &self.db, &self.lora_u, &self.lora_du, &self.lora_x].iter().map(|b| b.extent()).sum()
+        [&self.dres, &self.dln, &self.datt, &self.dq, &self.dk, &self.dv, &self.dqk, &self.dsub, &self.dh, &self.da, &self.db, &self.lora_u, &self.lora_du, &self.lora_x].iter().map(|b| b.extent()).sum()
     }
 }
 

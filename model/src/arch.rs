@@ -12,20 +12,22 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Mistral,
+    Gemma2,
 }
 
 impl Arch {
     /// Every architecture, by its `model_type`.
-    pub const ALL: [Arch; 5] = [Arch::Llama, Arch::Bloom, Arch::Qwen2, Arch::Qwen3, Arch::Mistral];
+    pub const ALL: [Arch; 6] = [Arch::Llama, Arch::Bloom, Arch::Qwen2, Arch::Qwen3, Arch::Mistral, Arch::Gemma2];
 
     /// The architecture of a config.json `model_type` (the one place it is parsed).
     pub fn from_model_type(model_type: &str) -> Option<Arch> {
         Arch::ALL.into_iter().find(|a| a.name() == model_type)
     }
 
-    /// The `model_type`: `"llama"`, `"bloom"`, `"qwen2"`, `"qwen3"`, `"mistral"`.
+    /// The `model_type`: `"llama"`, `"bloom"`, `"qwen2"`, `"qwen3"`, `"mistral"`, `"gemma2"`.
     pub fn name(self) -> &'static str {
         match self {
+            Arch::Gemma2 => "gemma2",
             Arch::Llama => "llama",
             Arch::Bloom => "bloom",
             Arch::Qwen2 => "qwen2",
@@ -37,6 +39,7 @@ impl Arch {
     /// The transformers class prefix (`LlamaForCausalLM`, `Qwen2ForSequenceClassification`, …).
     pub fn class_prefix(self) -> &'static str {
         match self {
+            Arch::Gemma2 => "Gemma2",
             Arch::Llama => "Llama",
             Arch::Bloom => "Bloom",
             Arch::Qwen2 => "Qwen2",
@@ -54,6 +57,7 @@ impl Arch {
     pub fn names(self) -> &'static NameTable {
         match self {
             Arch::Bloom => &BLOOM_NAMES,
+            Arch::Gemma2 => &GEMMA2_NAMES,
             Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral => &LLAMA_NAMES,
         }
     }
@@ -82,6 +86,15 @@ pub enum MlpKind {
     SwiGlu,
     /// down(gelu_tanh(up(x)))
     Gelu,
+    /// down(gelu_tanh(gate(x)) ⊙ up(x))
+    GeGlu,
+}
+
+impl MlpKind {
+    /// A gate beside the up projection (SwiGLU, GeGLU): three linears, two (N,F) activations.
+    pub fn gated(self) -> bool {
+        self != MlpKind::Gelu
+    }
 }
 
 /// The normalisation layers.
@@ -94,11 +107,24 @@ pub enum NormKind {
 }
 
 /// What a model computes, resolved from its config.json.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Features {
     pub positions: Positions,
     pub mlp: MlpKind,
     pub norm: NormKind,
+    /// RMSNorm scales by (1 + w) (Gemma), not w.
+    pub norm_plus_one: bool,
+    /// Norms on the attention's and the MLP's outputs too, before each residual add (Gemma 2's
+    /// post_attention / post_feedforward norms; the MLP's input norm is then its pre norm).
+    pub sandwich_norms: bool,
+    /// The embedding output scaled by √hidden (Gemma).
+    pub embed_scale: bool,
+    /// The attention's score scale: 1/√head_dim, or Gemma 2's query_pre_attn_scalar^-½.
+    pub attn_scale: f32,
+    /// Attention scores soft-capped, s = c·tanh(s/c) (Gemma 2's attn_logit_softcapping).
+    pub attn_softcap: Option<f32>,
+    /// Logits soft-capped before the loss (Gemma 2's final_logit_softcapping).
+    pub final_softcap: Option<f32>,
     /// A norm right after the embedding (BLOOM's `word_embeddings_layernorm`).
     pub embed_norm: bool,
     /// Biases on the q, k, v projections.
@@ -122,7 +148,11 @@ pub struct NameTable {
     pub embed_norm: &'static str,
     pub layers: &'static str,
     pub ln1: &'static str,
+    /// The MLP's input norm.
     pub ln2: &'static str,
+    /// With sandwich norms: the norms of the attention's and the MLP's outputs.
+    pub post_attn_norm: &'static str,
+    pub post_ffn_norm: &'static str,
     /// The module of each block linear by role (q, k, v, o, gate, up, down), relative to the
     /// block; with `fused_qkv` the first three name the one fused module.
     pub linears: [&'static str; 7],
@@ -143,20 +173,7 @@ impl NameTable {
 }
 
 /// LLaMA's names, shared by Qwen2, Qwen3 and Mistral.
-pub static LLAMA_NAMES: NameTable = NameTable {
-    prefix: "model.",
-    embed: "embed_tokens",
-    embed_norm: "",
-    layers: "layers",
-    ln1: "input_layernorm",
-    ln2: "post_attention_layernorm",
-    linears: ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-    fused_qkv: false,
-    q_norm: "self_attn.q_norm",
-    k_norm: "self_attn.k_norm",
-    final_norm: "norm",
-    lora_default: &["q_proj", "v_proj"],
-};
+pub static LLAMA_NAMES: NameTable = LLAMA_NAMES_CONST;
 
 pub static BLOOM_NAMES: NameTable = NameTable {
     prefix: "transformer.",
@@ -165,6 +182,8 @@ pub static BLOOM_NAMES: NameTable = NameTable {
     layers: "h",
     ln1: "input_layernorm",
     ln2: "post_attention_layernorm",
+    post_attn_norm: "",
+    post_ffn_norm: "",
     linears: [
         "self_attention.query_key_value",
         "self_attention.query_key_value",
@@ -179,4 +198,31 @@ pub static BLOOM_NAMES: NameTable = NameTable {
     k_norm: "",
     final_norm: "ln_f",
     lora_default: &["query_key_value"],
+};
+
+/// Gemma 2: LLaMA's module names, but `post_attention_layernorm` normalises the attention's
+/// output and `pre_feedforward_layernorm` the MLP's input.
+pub static GEMMA2_NAMES: NameTable = NameTable {
+    ln2: "pre_feedforward_layernorm",
+    post_attn_norm: "post_attention_layernorm",
+    post_ffn_norm: "post_feedforward_layernorm",
+    ..LLAMA_NAMES_CONST
+};
+
+/// [`LLAMA_NAMES`] as a constant, for struct-update syntax.
+const LLAMA_NAMES_CONST: NameTable = NameTable {
+    prefix: "model.",
+    embed: "embed_tokens",
+    embed_norm: "",
+    layers: "layers",
+    ln1: "input_layernorm",
+    ln2: "post_attention_layernorm",
+    post_attn_norm: "",
+    post_ffn_norm: "",
+    linears: ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+    fused_qkv: false,
+    q_norm: "self_attn.q_norm",
+    k_norm: "self_attn.k_norm",
+    final_norm: "norm",
+    lora_default: &["q_proj", "v_proj"],
 };

@@ -172,6 +172,7 @@ impl ModelConfig {
         let shape = match arch {
             Arch::Bloom => bloom_shape(&f)?,
             Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral => rope_family_shape(&f, arch)?,
+            Arch::Gemma2 => gemma2_shape(&f)?,
         };
         let cfg = ModelConfig {
             arch,
@@ -188,7 +189,7 @@ impl ModelConfig {
             rope_theta: shape.rope.0,
             rope_scaling: shape.rope.1,
             max_positions: shape.max_positions,
-            tie_word_embeddings: f.bool_or("tie_word_embeddings", arch == Arch::Bloom)?,
+            tie_word_embeddings: f.bool_or("tie_word_embeddings", matches!(arch, Arch::Bloom | Arch::Gemma2))?,
             features: shape.features,
             bos_token_id: f.token_id("bos_token_id")?,
             eos_token_id: f.token_id("eos_token_id")?,
@@ -274,10 +275,11 @@ impl ModelConfig {
         };
         let attn = 2 * c * qw + 2 * c * kw + if ft.qkv_bias { qw + 2 * kw } else { 0 } + if ft.o_bias { c } else { 0 } + if ft.qk_norm { 2 * d } else { 0 };
         let mlp = match ft.mlp {
-            MlpKind::SwiGlu => 3 * c * f + if ft.mlp_bias { 2 * f + c } else { 0 },
+            MlpKind::SwiGlu | MlpKind::GeGlu => 3 * c * f + if ft.mlp_bias { 2 * f + c } else { 0 },
             MlpKind::Gelu => 2 * c * f + if ft.mlp_bias { f + c } else { 0 },
         };
-        let (embed_norm, per_layer, final_norm) = (if ft.embed_norm { norm } else { 0 }, 2 * norm + attn + mlp, norm);
+        let norms = if ft.sandwich_norms { 4 * norm } else { 2 * norm };
+        let (embed_norm, per_layer, final_norm) = (if ft.embed_norm { norm } else { 0 }, norms + attn + mlp, norm);
         let head = match self.head {
             Head::CausalLm if self.tie_word_embeddings => 0,
             Head::CausalLm => v * c,
@@ -451,10 +453,17 @@ fn bloom_shape(f: &Fields) -> Result<Shape> {
     let hidden = f.usize_any(&["hidden_size", "n_embed"])?;
     let heads = f.usize_any(&["n_head", "num_attention_heads"])?;
     let layers = f.usize_any(&["n_layer", "num_hidden_layers"])?;
+    let head_dim = hidden.checked_div(heads).unwrap_or(0);
     let features = Features {
         positions: Positions::Alibi,
         mlp: MlpKind::Gelu,
         norm: NormKind::Layer,
+        norm_plus_one: false,
+        sandwich_norms: false,
+        embed_scale: false,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        attn_softcap: None,
+        final_softcap: None,
         embed_norm: true,
         qkv_bias: true,
         o_bias: true,
@@ -467,7 +476,7 @@ fn bloom_shape(f: &Fields) -> Result<Shape> {
         layers,
         heads,
         kv_heads: heads,
-        head_dim: hidden.checked_div(heads).unwrap_or(0),
+        head_dim,
         intermediate: hidden.checked_mul(4).ok_or_else(|| f.err("hidden_size", "too large: 4 × hidden_size overflows"))?,
         eps: f.f64_or("layer_norm_epsilon", 1e-5)? as f32,
         rope: (0.0, RopeScaling::None),
@@ -480,26 +489,44 @@ fn bloom_shape(f: &Fields) -> Result<Shape> {
 /// `attention_bias` / `mlp_bias`, Qwen2's q/k/v biases, Qwen3's `attention_bias`), Qwen3's q/k
 /// norms, and sliding windows (Mistral's `sliding_window`, Qwen's `use_sliding_window`).
 fn rope_family_shape(f: &Fields, arch: Arch) -> Result<Shape> {
+    rope_family_shape_with(f, arch, &["hidden_act"], "silu")
+}
+
+/// [`rope_family_shape`] with the MLP activation the architecture needs under `act_keys` (the
+/// first present is read; `act` when none is).
+fn rope_family_shape_with(f: &Fields, arch: Arch, act_keys: &[&str], act: &str) -> Result<Shape> {
     let hidden = f.usize_any(&["hidden_size"])?;
     let heads = f.usize_any(&["num_attention_heads"])?;
     let layers = f.usize_any(&["num_hidden_layers"])?;
-    // transformers' Qwen3Config defaults head_dim to 128; the others derive it
-    let derived = if arch == Arch::Qwen3 { 128 } else { hidden.checked_div(heads).unwrap_or(0) };
-    let act = f.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
-    if act != "silu" {
-        return Err(f.err("hidden_act", format!("unsupported activation {act:?} ({} uses \"silu\")", arch.name())));
+    // transformers' Qwen3Config and Gemma2Config default head_dim (128, 256); the others derive it
+    let derived = match arch {
+        Arch::Qwen3 => 128,
+        Arch::Gemma2 => 256,
+        _ => hidden.checked_div(heads).unwrap_or(0),
+    };
+    let act_key = act_keys.iter().copied().find(|k| f.get(k).is_some()).unwrap_or(act_keys[0]);
+    let got = f.get(act_key).and_then(Value::as_str).unwrap_or(act);
+    if got != act {
+        return Err(f.err(act_key, format!("unsupported activation {got:?} ({} uses {act:?})", arch.name())));
     }
     let attention_bias = f.bool_or("attention_bias", false)?;
     let (qkv_bias, o_bias, mlp_bias) = match arch {
         Arch::Llama => (attention_bias, attention_bias, f.bool_or("mlp_bias", false)?),
         Arch::Qwen2 => (true, false, false),
-        Arch::Qwen3 => (attention_bias, attention_bias, false),
+        Arch::Qwen3 | Arch::Gemma2 => (attention_bias, attention_bias, false),
         _ => (false, false, false),
     };
+    let head_dim = f.opt_usize("head_dim")?.unwrap_or(derived);
     let features = Features {
         positions: Positions::Rope,
         mlp: MlpKind::SwiGlu,
         norm: NormKind::Rms,
+        norm_plus_one: false,
+        sandwich_norms: false,
+        embed_scale: false,
+        attn_scale: 1.0 / (head_dim as f32).sqrt(),
+        attn_softcap: None,
+        final_softcap: None,
         embed_norm: false,
         qkv_bias,
         o_bias,
@@ -512,7 +539,7 @@ fn rope_family_shape(f: &Fields, arch: Arch) -> Result<Shape> {
         layers,
         heads,
         kv_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(heads),
-        head_dim: f.opt_usize("head_dim")?.unwrap_or(derived),
+        head_dim,
         intermediate: f.usize_any(&["intermediate_size"])?,
         eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
         rope: rope_from(f)?,
@@ -524,13 +551,16 @@ fn rope_family_shape(f: &Fields, arch: Arch) -> Result<Shape> {
 /// Each layer's sliding window (0: full attention), as transformers resolves it: `layer_types`
 /// when the config lists them; else Mistral's `sliding_window` on every layer (4096 when the key
 /// is absent, none when null), Qwen's on the layers from `max_window_layers` up when
-/// `use_sliding_window`; LLaMA none.
+/// `use_sliding_window`, Gemma 2's on every other layer from the first (4096 when absent);
+/// LLaMA none.
 fn layer_windows(f: &Fields, arch: Arch, layers: usize) -> Result<Vec<usize>> {
     let layers_ok = layers.min(MAX_LAYERS + 1);
     let window = match arch {
         Arch::Mistral if f.v.get("sliding_window").is_none() => Some(4096),
         Arch::Mistral => f.opt_usize("sliding_window")?,
         Arch::Qwen2 | Arch::Qwen3 if f.bool_or("use_sliding_window", false)? => f.opt_usize("sliding_window")?,
+        Arch::Gemma2 if f.v.get("sliding_window").is_none() => Some(4096),
+        Arch::Gemma2 => f.opt_usize("sliding_window")?,
         _ => None,
     };
     if window == Some(0) {
@@ -549,11 +579,19 @@ fn layer_windows(f: &Fields, arch: Arch, layers: usize) -> Result<Vec<usize>> {
             })
             .collect();
     }
-    let from = match arch {
-        Arch::Qwen2 | Arch::Qwen3 => f.opt_usize("max_window_layers")?.unwrap_or(28),
-        _ => 0,
+    let sliding = |l: usize| -> Result<bool> {
+        Ok(match arch {
+            Arch::Qwen2 | Arch::Qwen3 => l >= f.opt_usize("max_window_layers")?.unwrap_or(28),
+            // Gemma 2 alternates: local (sliding) layers first, then global
+            Arch::Gemma2 => l % 2 == 0,
+            _ => true,
+        })
     };
-    Ok((0..layers_ok).map(|l| if l >= from { window.unwrap_or(0) } else { 0 }).collect())
+    if arch == Arch::Gemma2 && window.is_none() {
+        // transformers refuses it too: Gemma 2's local layers need their window
+        return Err(f.err("sliding_window", "null, but Gemma 2's even layers are sliding (give a window, or layer_types)"));
+    }
+    (0..layers_ok).map(|l| Ok(if sliding(l)? { window.unwrap_or(0) } else { 0 })).collect()
 }
 
 #[cfg(test)]
@@ -592,6 +630,29 @@ mod tests {
     }
 
     #[test]
+    fn gemma2_resolves_to_its_features_with_its_config_class_defaults() {
+        let g = cfg("gemma2", json!({"architectures": ["Gemma2ForCausalLM"]})).unwrap();
+        let f = &g.features;
+        assert!(f.norm_plus_one && f.sandwich_norms && f.embed_scale && f.mlp == MlpKind::GeGlu && !f.qkv_bias && !f.qk_norm);
+        // head_dim 256, query_pre_attn_scalar 256, caps 50 / 30, window 4096 on layers 0, 2, …, tied
+        assert_eq!((g.head_dim, f.attn_scale, f.attn_softcap, f.final_softcap), (256, 1.0 / 16.0, Some(50.0), Some(30.0)));
+        assert_eq!((f.layer_windows.clone(), g.tie_word_embeddings, g.max_positions), (vec![4096, 0, 4096, 0], true, Some(8192)));
+        let g = cfg("gemma2", json!({"head_dim": 12, "query_pre_attn_scalar": 10, "attn_logit_softcapping": null, "final_logit_softcapping": 3.5, "sliding_window": 5})).unwrap();
+        assert_eq!((g.features.attn_scale, g.features.attn_softcap, g.features.final_softcap), ((1.0 / 10f64.sqrt()) as f32, None, Some(3.5)));
+        assert_eq!(g.features.layer_windows, vec![5, 0, 5, 0]);
+        let e = err("gemma2", json!({"hidden_activation": "gelu"}));
+        assert!(e.contains("hidden_activation") && e.contains("gemma2 uses \"gelu_pytorch_tanh\""), "{e}");
+        let e = err("gemma2", json!({"sliding_window": null}));
+        assert!(e.contains("sliding_window") && e.contains("even layers are sliding"), "{e}");
+        let e = err("gemma2", json!({"use_bidirectional_attention": true}));
+        assert!(e.contains("use_bidirectional_attention"), "{e}");
+        // hidden_act is not what Gemma 2 reads
+        assert!(cfg("gemma2", json!({"hidden_act": "gelu"})).is_ok());
+        let e = err("gemma2", json!({"final_logit_softcapping": -1.0}));
+        assert!(e.contains("final_logit_softcapping") && e.contains("finite positive number or null"), "{e}");
+    }
+
+    #[test]
     fn sliding_windows_follow_transformers_per_layer() {
         // Mistral: the key absent means its config class's default 4096; null means none
         assert_eq!(cfg("mistral", json!({})).unwrap().features.layer_windows, vec![4096; 4]);
@@ -608,8 +669,8 @@ mod tests {
 
     #[test]
     fn unsupported_configs_are_one_clear_error() {
-        let e = err("gemma2", json!({}));
-        assert!(e.contains("model_type") && e.contains("unsupported model type \"gemma2\" (okapi supports \"llama\", \"bloom\", \"qwen2\", \"qwen3\", \"mistral\")"), "{e}");
+        let e = err("gemma3", json!({}));
+        assert!(e.contains("model_type") && e.contains("unsupported model type \"gemma3\" (okapi supports \"llama\", \"bloom\", \"qwen2\", \"qwen3\", \"mistral\", \"gemma2\")"), "{e}");
         let e = err("qwen2", json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}));
         assert!(e.contains("rope_scaling.rope_type") && e.contains("unsupported rope type \"yarn\""), "{e}");
         let e = err("mistral", json!({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}}));
@@ -626,7 +687,7 @@ mod tests {
         assert!(e.contains("hidden_act") && e.contains("mistral uses \"silu\""), "{e}");
         let e = err("qwen2", json!({"architectures": ["LlamaForCausalLM"]}));
         assert!(e.contains("architectures") && e.contains("Qwen2ForCausalLM"), "{e}");
-        for e in [err("gemma2", json!({})), err("qwen2", json!({"rope_scaling": {"rope_type": "yarn"}}))] {
+        for e in [err("gemma3", json!({})), err("qwen2", json!({"rope_scaling": {"rope_type": "yarn"}}))] {
             assert!(!e.contains('\n'), "{e}");
         }
     }
@@ -640,4 +701,38 @@ mod tests {
         let rm = cfg("mistral", json!({"architectures": ["MistralForSequenceClassification"], "num_labels": 1})).unwrap();
         assert_eq!(rm.head, Head::Score);
     }
+}
+
+/// Gemma 2 (its config class's defaults when a key is missing): GeGLU, RMSNorms scaling by
+/// (1 + w) before and after each sublayer, the embedding scaled by √hidden, scores scaled by
+/// query_pre_attn_scalar^-½ and soft-capped, the logits soft-capped, local and global layers
+/// alternating, the head tied.
+fn gemma2_shape(f: &Fields) -> Result<Shape> {
+    // transformers' Gemma 2 reads `hidden_activation` only (files often carry `hidden_act` too)
+    let mut shape = rope_family_shape_with(f, Arch::Gemma2, &["hidden_activation"], "gelu_pytorch_tanh")?;
+    if f.bool_or("use_bidirectional_attention", false)? {
+        return Err(f.err("use_bidirectional_attention", "true is not supported (okapi's models are causal)"));
+    }
+
+    let cap = |key: &str, default: f64| -> Result<Option<f32>> {
+        match f.v.get(key) {
+            None => Ok(Some(default as f32)),
+            Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().filter(|x| x.is_finite() && *x > 0.0).map(|x| Some(x as f32)).ok_or_else(|| f.err(key, format!("{v}: expected a finite positive number or null"))),
+        }
+    };
+    let scalar = f.f64_or("query_pre_attn_scalar", 256.0)?;
+    if !(scalar.is_finite() && scalar > 0.0) {
+        return Err(f.err("query_pre_attn_scalar", format!("{scalar}: expected a finite positive number")));
+    }
+    shape.max_positions = Some(f.opt_usize("max_position_embeddings")?.unwrap_or(8192));
+    let ft = &mut shape.features;
+    ft.mlp = MlpKind::GeGlu;
+    ft.norm_plus_one = true;
+    ft.sandwich_norms = true;
+    ft.embed_scale = true;
+    ft.attn_scale = (1.0 / scalar.sqrt()) as f32;
+    ft.attn_softcap = cap("attn_logit_softcapping", 50.0)?;
+    ft.final_softcap = cap("final_logit_softcapping", 30.0)?;
+    Ok(shape)
 }

@@ -125,14 +125,8 @@ impl<B: Backend> Model<B> {
         be.write_ids(&mut cache.kv_len, &cache.lens.iter().zip(n_new).map(|(&l, &nn)| (l + nn) as u32).collect::<Vec<_>>());
         let KvCache { k, v, la, x, lnf, lnf_mean, lnf_rstd, emb, ids, positions, q_pos0, kv_len, logits, cap, last_rows, lnf_last, stage, .. } = cache;
         let [x0, x1] = x;
-        match &self.emb_ln {
-            None => be.embedding_fwd(x0, &self.values[self.embed], ids, okapi_runtime::Rows::new(n, c)),
-            Some(ln) => {
-                be.embedding_fwd(emb, &self.values[self.embed], ids, okapi_runtime::Rows::new(n, c));
-                // the LayerNorm's statistics land in the final norm's (free until the end)
-                self.norm_fwd(ln, x0, lnf_mean, lnf_rstd, emb, n);
-            }
-        }
+        // an embedding norm's statistics land in the final norm's (free until the end)
+        self.embed_rows(x0, [emb, lnf_mean, lnf_rstd], ids, n);
         for (l, blk) in self.blocks.iter().enumerate() {
             let (x_in, x_out) = if l % 2 == 0 { (&*x0, &mut *x1) } else { (&*x1, &mut *x0) };
             let slot = KvSlot { k: &mut k[l], v: &mut v[l], cap: *cap };
@@ -150,6 +144,9 @@ impl<B: Backend> Model<B> {
             be.matmul(logits, lnf_last, &self.values[head], &Gemm::new(b, cfg.vocab_size, c).trans_b());
         } else {
             be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
+        }
+        if let Some(cap) = cfg.features.final_softcap {
+            be.softcap_fwd(logits, if last_only { b } else { n } * cfg.vocab_size, cap);
         }
         for (len, &nn) in cache.lens.iter_mut().zip(n_new) {
             *len += nn;

@@ -6,6 +6,7 @@ use crate::lora::LayerIn;
 use crate::acts::{Acts, Grads, LayerActs, Scratch};
 use crate::bf16::Stage;
 use crate::error::{ModelError, Result};
+use crate::arch::MlpKind;
 use crate::model::{Block, Linear, Model, Norm};
 use okapi_runtime::{AttnGrads, AttnInputs, AttnShape, Backend, Gemm, KvShape, LayerNormBwd, LayerNormFwd, NormShape, RmsNormBwd, RmsNormFwd, RopeShape, Rows};
 
@@ -127,8 +128,14 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// A hidden-width norm over n rows (Gemma's scale by 1 + w).
     fn norm_shape(&self, n: usize) -> NormShape {
-        NormShape::new(n, self.cfg.hidden_size, self.cfg.norm_eps)
+        let sh = NormShape::new(n, self.cfg.hidden_size, self.cfg.norm_eps);
+        if self.cfg.features.norm_plus_one {
+            sh.weight_offset(1.0)
+        } else {
+            sh
+        }
     }
 
     /// out (N,C) = norm(x); the statistics (`mean` only for LayerNorm) are saved for backward.
@@ -183,7 +190,7 @@ impl<B: Backend> Model<B> {
     /// Block `blk`'s attention over `tk` keys (its sliding window, if any).
     fn attn_shape(&self, blk: &Block, b: usize, t: usize, tk: usize) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: 1.0 / (c.head_dim as f32).sqrt(), causal: true, window: blk.window, softcap: 0.0 }
+        AttnShape { batch: b, tq: t, tk, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim, scale: c.features.attn_scale, causal: true, window: blk.window, softcap: c.features.attn_softcap.unwrap_or(0.0) }
     }
 
     /// Rows of one head's q or k for the per-head norms: N·H rows of D.
@@ -233,24 +240,41 @@ impl<B: Backend> Model<B> {
                 be.attention_fwd(&mut la.att, &mut la.lse, &x, &sh);
             }
         }
-        // x_mid = x_in + o(att)
-        self.adapted_fwd(&mut la.x_mid, &la.att, &blk.o, n, st, [&mut la.lora_u, &mut la.lora_x]);
+        // x_mid = x_in + o(att)   (sandwich norms: x_in + norm(o(att)); the norm's mean slot is
+        // ln2's, unused by an RMSNorm and rewritten by ln2 below)
+        match blk.post_attn_norm {
+            None => self.adapted_fwd(&mut la.x_mid, &la.att, &blk.o, n, st, [&mut la.lora_u, &mut la.lora_x]),
+            Some(pn) => {
+                self.adapted_fwd(&mut la.o_out, &la.att, &blk.o, n, st, [&mut la.lora_u, &mut la.lora_x]);
+                self.norm_fwd(&pn, &mut la.x_mid, &mut la.ln2_mean, &mut la.o_rstd, &la.o_out, n);
+            }
+        }
         be.axpy(&mut la.x_mid, 1.0, x_in, n * cfg.hidden_size);
         self.norm_fwd(&blk.ln2, &mut la.ln2, &mut la.ln2_mean, &mut la.ln2_rstd, &la.x_mid, n);
         let nf = n * cfg.intermediate_size;
-        match &blk.gate {
-            Some(gate) => {
+        match (&blk.gate, cfg.features.mlp) {
+            (Some(gate), kind) => {
                 self.adapted_fwd(&mut la.mlp_a, &la.ln2, gate, n, st, [&mut la.lora_u, &mut la.lora_x]);
                 self.adapted_fwd(&mut la.mlp_b, &la.ln2, &blk.up, n, st, [&mut la.lora_u, &mut la.lora_x]);
-                be.swiglu_fwd(&mut la.mlp_h, &la.mlp_a, &la.mlp_b, nf);
+                if kind == MlpKind::GeGlu {
+                    be.geglu_fwd(&mut la.mlp_h, &la.mlp_a, &la.mlp_b, nf);
+                } else {
+                    be.swiglu_fwd(&mut la.mlp_h, &la.mlp_a, &la.mlp_b, nf);
+                }
             }
-            None => {
+            (None, _) => {
                 self.adapted_fwd(&mut la.mlp_a, &la.ln2, &blk.up, n, st, [&mut la.lora_u, &mut la.lora_x]);
                 be.gelu_fwd(&mut la.mlp_h, &la.mlp_a, nf);
             }
         }
-        // x_out = x_mid + down(h)
-        self.adapted_fwd(x_out, &la.mlp_h, &blk.down, n, st, [&mut la.lora_u, &mut la.lora_x]);
+        // x_out = x_mid + down(h)   (sandwich norms: x_mid + norm(down(h)))
+        match blk.post_ffn_norm {
+            None => self.adapted_fwd(x_out, &la.mlp_h, &blk.down, n, st, [&mut la.lora_u, &mut la.lora_x]),
+            Some(pn) => {
+                self.adapted_fwd(&mut la.down_out, &la.mlp_h, &blk.down, n, st, [&mut la.lora_u, &mut la.lora_x]);
+                self.norm_fwd(&pn, x_out, &mut la.ln1_mean, &mut la.down_rstd, &la.down_out, n);
+            }
+        }
         be.axpy(x_out, 1.0, &la.x_mid, n * cfg.hidden_size);
     }
 
@@ -261,11 +285,20 @@ impl<B: Backend> Model<B> {
         let n = ctx.b * ctx.t;
         let (hq, hkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let nf = n * cfg.intermediate_size;
-        // MLP branch
-        self.adapted_bwd(Out::Set(&mut s.dh), &s.dres, LayerIn { x: &la.mlp_h, lin: &blk.down, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+        // MLP branch (through the sandwich norm into `dsub` first, when there is one)
+        if let Some(pn) = blk.post_ffn_norm {
+            be.fill(&mut s.dsub, 0.0, n * cfg.hidden_size);
+            self.norm_bwd(&pn, &mut s.dsub, &s.dres, NormSaved { x: &la.down_out, mean: &la.ln1_mean, rstd: &la.down_rstd }, n, grads);
+        }
+        let dy = if blk.post_ffn_norm.is_some() { &s.dsub } else { &s.dres };
+        self.adapted_bwd(Out::Set(&mut s.dh), dy, LayerIn { x: &la.mlp_h, lin: &blk.down, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
         match &blk.gate {
             Some(gate) => {
-                be.swiglu_bwd(&mut s.da, &mut s.db, &s.dh, &la.mlp_a, &la.mlp_b, nf);
+                if cfg.features.mlp == MlpKind::GeGlu {
+                    be.geglu_bwd(&mut s.da, &mut s.db, &s.dh, &la.mlp_a, &la.mlp_b, nf);
+                } else {
+                    be.swiglu_bwd(&mut s.da, &mut s.db, &s.dh, &la.mlp_a, &la.mlp_b, nf);
+                }
                 self.adapted_bwd(Out::Set(&mut s.dln), &s.da, LayerIn { x: &la.ln2, lin: gate, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
                 self.adapted_bwd(Out::Add(&mut s.dln), &s.db, LayerIn { x: &la.ln2, lin: &blk.up, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
             }
@@ -276,7 +309,12 @@ impl<B: Backend> Model<B> {
         }
         self.norm_bwd(&blk.ln2, &mut s.dres, &s.dln, NormSaved { x: &la.x_mid, mean: &la.ln2_mean, rstd: &la.ln2_rstd }, n, grads);
         // attention branch
-        self.adapted_bwd(Out::Set(&mut s.datt), &s.dres, LayerIn { x: &la.att, lin: &blk.o, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
+        if let Some(pn) = blk.post_attn_norm {
+            be.fill(&mut s.dsub, 0.0, n * cfg.hidden_size);
+            self.norm_bwd(&pn, &mut s.dsub, &s.dres, NormSaved { x: &la.o_out, mean: &la.ln2_mean, rstd: &la.o_rstd }, n, grads);
+        }
+        let dy = if blk.post_attn_norm.is_some() { &s.dsub } else { &s.dres };
+        self.adapted_bwd(Out::Set(&mut s.datt), dy, LayerIn { x: &la.att, lin: &blk.o, n }, grads, [&mut s.lora_u, &mut s.lora_du, &mut s.lora_x]);
         let sh = self.attn_shape(blk, ctx.b, ctx.t, ctx.t);
         let x = AttnInputs { q: &la.q, k: &la.k, v: &la.v, q_pos0: ctx.q_pos0, kv_len: ctx.kv_len, alibi: self.alibi.as_ref() };
         be.attention_bwd(AttnGrads { dq: &mut s.dq, dk: &mut s.dk, dv: &mut s.dv }, &s.datt, &la.att, &la.lse, &x, &sh);
@@ -307,14 +345,31 @@ impl<B: Backend> Model<B> {
 
     /// Embedding (+ BLOOM's embedding LayerNorm) of `acts.ids` into x[0].
     fn embed_fwd(&self, acts: &mut Acts<B>, n: usize) {
+        let Acts { x, emb, emb_mean, emb_rstd, ids, .. } = acts;
+        self.embed_rows(&mut x[0], [emb, emb_mean, emb_rstd], ids, n);
+    }
+
+    /// out (N,C) = the embedding rows of `ids`, then (as the features say) BLOOM's embedding norm
+    /// — `saved`: the raw rows and the norm's statistics — or Gemma's √C scale. Shared by the
+    /// training forward and KV-cache decoding.
+    pub(crate) fn embed_rows(&self, out: &mut B::Buf, saved: [&mut B::Buf; 3], ids: &B::Ids, n: usize) {
         let c = self.cfg.hidden_size;
+        let [emb, mean, rstd] = saved;
         match &self.emb_ln {
-            None => self.be.embedding_fwd(&mut acts.x[0], &self.values[self.embed], &acts.ids, Rows::new(n, c)),
+            None => self.be.embedding_fwd(out, &self.values[self.embed], ids, Rows::new(n, c)),
             Some(ln) => {
-                self.be.embedding_fwd(&mut acts.emb, &self.values[self.embed], &acts.ids, Rows::new(n, c));
-                self.norm_fwd(ln, &mut acts.x[0], &mut acts.emb_mean, &mut acts.emb_rstd, &acts.emb, n);
+                self.be.embedding_fwd(emb, &self.values[self.embed], ids, Rows::new(n, c));
+                self.norm_fwd(ln, out, mean, rstd, emb, n);
             }
         }
+        if self.cfg.features.embed_scale {
+            self.be.scale(out, self.embed_scale(), n * c);
+        }
+    }
+
+    /// Gemma's embedding scale √C, rounded to f32 as transformers rounds it to the hidden dtype.
+    fn embed_scale(&self) -> f32 {
+        (self.cfg.hidden_size as f64).sqrt() as f32
     }
 
     /// The trunk's forward of a (B,T) batch of token ids (row-major) up to the final norm's
@@ -409,7 +464,8 @@ impl<B: Backend> Model<B> {
 
     /// The LM head's backward: `s.dln` = ∂L/∂lnf (=) from `acts.logits` holding ∂L/∂logits,
     /// and its weight gradient (+=; into the embedding's when tied).
-    pub fn lm_head_bwd(&self, acts: &Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+    pub fn lm_head_bwd(&self, acts: &mut Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+        self.softcap_bwd(acts, acts.b * acts.t);
         let head = Linear { w: self.lm_head.expect("forward checked the LM head"), b: None, d_in: self.cfg.hidden_size, d_out: self.cfg.vocab_size, lora: None };
         self.linear_bwd(Out::Set(&mut s.dln), &acts.logits, &acts.lnf, &head, acts.b * acts.t, grads);
     }
@@ -450,6 +506,9 @@ impl<B: Backend> Model<B> {
             self.recompute_block(acts, l);
             let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t, stage: None };
             self.block_bwd(blk, &acts.layers[acts.layer_slot(l)], &acts.x[l], s, &ctx, grads);
+        }
+        if self.cfg.features.embed_scale {
+            be.scale(&mut s.dres, self.embed_scale(), n * c);
         }
         match &self.emb_ln {
             None => {

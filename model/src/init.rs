@@ -79,7 +79,7 @@ pub fn preset_config(arch: Arch, name: &str, vocab: Option<usize>, max_positions
             "initializer_range": 0.02,
             "torch_dtype": "float32",
         }),
-        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral => json!({
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Mistral | Arch::Gemma2 => json!({
             "architectures": [format!("{}ForCausalLM", arch.class_prefix())],
             "model_type": arch.name(),
             "hidden_size": p.hidden,
@@ -88,7 +88,7 @@ pub fn preset_config(arch: Arch, name: &str, vocab: Option<usize>, max_positions
             "num_attention_heads": p.heads,
             "num_key_value_heads": p.kv_heads,
             "head_dim": p.head_dim.unwrap_or(p.hidden / p.heads),
-            "hidden_act": "silu",
+            "hidden_act": if arch == Arch::Gemma2 { "gelu_pytorch_tanh" } else { "silu" },
             "max_position_embeddings": max_positions,
             "rms_norm_eps": if arch == Arch::Llama { 1e-5 } else { 1e-6 },
             "rope_theta": p.rope_theta,
@@ -104,6 +104,15 @@ pub fn preset_config(arch: Arch, name: &str, vocab: Option<usize>, max_positions
             "torch_dtype": "float32",
         }),
     };
+    let mut raw = raw;
+    if arch == Arch::Gemma2 {
+        // Gemma 2's own keys: scores scaled by 1/√head_dim as the others, its default caps and
+        // window (local layers 0, 2, …)
+        raw["query_pre_attn_scalar"] = json!(p.head_dim.unwrap_or(p.hidden / p.heads));
+        raw["attn_logit_softcapping"] = json!(50.0);
+        raw["final_logit_softcapping"] = json!(30.0);
+        raw["sliding_window"] = json!(4096);
+    }
     ModelConfig::from_value(raw, PathBuf::from(format!("<preset {name}>")))
 }
 
@@ -191,7 +200,9 @@ mod tests {
                 } else {
                     assert_eq!((cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size), (p.kv_heads, p.head_dim.unwrap_or(p.hidden / p.heads), p.ffn), "{}", p.name);
                     assert_eq!((cfg.tie_word_embeddings, cfg.rope_theta), (p.tied, p.rope_theta), "{}", p.name);
-                    assert!(cfg.features.layer_windows.iter().all(|&w| w == 0), "{}: presets have no sliding window", p.name);
+                    // presets have no sliding window, but Gemma 2's local layers
+                    let local = |l: usize| if arch == Arch::Gemma2 && l % 2 == 0 { 4096 } else { 0 };
+                    assert!(cfg.features.layer_windows.iter().enumerate().all(|(l, &w)| w == local(l)), "{}: {:?}", p.name, cfg.features.layer_windows);
                 }
             }
             assert!(preset_names().contains(p.name));

@@ -32,8 +32,21 @@ impl<B: Backend> Model<B> {
             self.be.copy_range(&mut acts.lnf_chunk, 0, &acts.lnf, r0 * c, rows * c);
             self.be.matmul(&mut acts.logits, &acts.lnf_chunk, w, &Gemm::new(rows, v, c).trans_b());
         }
+        if let Some(cap) = self.cfg.features.final_softcap {
+            // the capped logits are what every consumer reads; a copy serves the cap's backward
+            self.be.softcap_fwd(&mut acts.logits, rows * v, cap);
+            self.be.copy(&mut acts.logits_capped, &acts.logits, rows * v);
+        }
         acts.logits_valid = Some((r0, r1));
         Ok(())
+    }
+
+    /// Soft-capped logits: the gradient in `acts.logits` (rows of the last head forward) taken
+    /// through the cap, ∂L/∂raw = ∂L/∂capped·(1 − (capped/c)²); nothing without a cap.
+    pub(crate) fn softcap_bwd(&self, acts: &mut Acts<B>, rows: usize) {
+        if let Some(cap) = self.cfg.features.final_softcap {
+            self.be.softcap_bwd(&mut acts.logits, &acts.logits_capped, rows * self.cfg.vocab_size, cap);
+        }
     }
 
     /// The head's backward for rows `r0..r1`, right after their [`Model::head_rows_fwd`] and the
@@ -45,6 +58,7 @@ impl<B: Backend> Model<B> {
         }
         let head = self.lm_head.expect("head_rows_fwd checked the LM head");
         let (c, v, rows) = (self.cfg.hidden_size, self.cfg.vocab_size, r1 - r0);
+        self.softcap_bwd(acts, rows);
         // dln[r0..r1] (R,C) = dlogits (R,V) · W (V,C)
         self.be.matmul(&mut acts.dln_chunk, &acts.logits, &self.values[head], &Gemm::new(rows, c, v));
         self.be.copy_range(&mut s.dln, r0 * c, &acts.dln_chunk, 0, rows * c);

@@ -85,7 +85,7 @@ impl LoraConfig {
         let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
         // (module, d_in, d_out) of one block by role; a fused q, k, v is one module
         let names = cfg.arch.names();
-        let gated = cfg.features.mlp == crate::arch::MlpKind::SwiGlu;
+        let gated = cfg.features.mlp.gated();
         let dims = [(c, qw), (c, kw), (c, kw), (qw, c), (c, f), (c, f), (f, c)];
         let modules: Vec<(&str, u128, u128)> = if names.fused_qkv {
             vec![(names.linears[0], c, qw + 2 * kw), (names.linears[3], qw, c), (names.linears[5], c, f), (names.linears[6], f, c)]

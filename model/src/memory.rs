@@ -8,7 +8,6 @@
 //! backward scratch, the KV cache of `decode.rs`, and the host copies a checkpoint passes through
 //! while it loads.
 
-use crate::arch::MlpKind;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use okapi_runtime::memory::{host_budget, human, Budget, DeviceMemory};
@@ -37,11 +36,13 @@ pub fn saved_activation_bytes_with(cfg: &ModelConfig, rows: usize, checkpointed:
     let n = rows as u128;
     let [c, f, l] = [cfg.hidden_size, cfg.intermediate_size, cfg.n_layers].map(|x| x as u128);
     let (qw, kw, h) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128, cfg.n_heads as u128);
-    let mlp = if cfg.features.mlp == MlpKind::SwiGlu { 3 * f } else { 2 * f };
+    let mlp = if cfg.features.mlp.gated() { 3 * f } else { 2 * f };
     // q and k before per-head norms, with their statistics
     let qk_norm = if cfg.features.qk_norm { qw + kw + h + cfg.n_kv_heads as u128 } else { 0 };
     // ln1, x_mid, ln2 and their statistics, q, k, v, the attention output and its lse, the MLP
-    let per_layer = 3 * c + 4 + 2 * qw + 2 * kw + h + mlp + qk_norm;
+    // the sublayers' outputs before sandwich norms, with their rstd
+    let sandwich = if cfg.features.sandwich_norms { 2 * c + 2 } else { 0 };
+    let per_layer = 3 * c + 4 + 2 * qw + 2 * kw + h + mlp + qk_norm + sandwich;
     // the residual stream, the final norm and its statistics, token ids and positions (u32),
     // the embedding before its norm (BLOOM)
     let emb = if cfg.features.embed_norm { c + 2 } else { 0 };
@@ -56,7 +57,9 @@ pub fn logits_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
     if cfg.head != crate::config::Head::CausalLm {
         return 0;
     }
-    f32s((rows as u128).saturating_mul(cfg.vocab_size as u128))
+    // soft-capped logits keep a copy of the capped values for the cap's backward
+    let copies = if cfg.features.final_softcap.is_some() { 2 } else { 1 };
+    f32s((rows as u128).saturating_mul(copies * cfg.vocab_size as u128))
 }
 
 /// The LM head's buffers for `rows` rows when it runs `chunk` rows at a time: the logits of a
@@ -87,7 +90,7 @@ pub struct Techniques {
 pub fn block_linear_params(cfg: &ModelConfig) -> u128 {
     let [c, f] = [cfg.hidden_size, cfg.intermediate_size].map(|x| x as u128);
     let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
-    let mlp = if cfg.features.mlp == MlpKind::SwiGlu { 3 * c * f } else { 2 * c * f };
+    let mlp = if cfg.features.mlp.gated() { 3 * c * f } else { 2 * c * f };
     2 * c * qw + 2 * c * kw + mlp
 }
 
@@ -102,7 +105,8 @@ pub fn workspace_bytes(cfg: &ModelConfig, rows: usize) -> u64 {
     let (c, f) = (cfg.hidden_size as u128, cfg.intermediate_size as u128);
     let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
     let qk_norm = if cfg.features.qk_norm { qw } else { 0 };
-    f32s((rows as u128).saturating_mul(2 * c + 2 * qw + 2 * kw + 3 * f + qk_norm))
+    let sandwich = if cfg.features.sandwich_norms { c } else { 0 };
+    f32s((rows as u128).saturating_mul(2 * c + 2 * qw + 2 * kw + 3 * f + qk_norm + sandwich))
 }
 
 /// Everything a training forward and backward of `rows` rows allocate: saved activations,
@@ -398,9 +402,11 @@ mod tests {
             let acts = ckpt.new_acts(3, 7);
             let want = saved_activation_bytes_with(&cfg, 21, true) + head_bytes(&cfg, 21, Some(5)) + workspace_bytes(&cfg, 21);
             assert_eq!(want, 4 * (acts.floats() + scratch.floats()) as u64, "{arch:?} checkpointed, head in chunks of 5");
-            assert_eq!(head_bytes(&cfg, 21, Some(5)), 4 * (5 * 300 + 2 * 5 * cfg.hidden_size) as u64);
+            // soft-capped logits (Gemma 2) keep a second copy
+            let copies = if cfg.features.final_softcap.is_some() { 2 } else { 1 };
+            assert_eq!(head_bytes(&cfg, 21, Some(5)), 4 * (copies * 5 * 300 + 2 * 5 * cfg.hidden_size) as u64);
             assert_eq!(head_bytes(&cfg, 21, Some(50)), logits_bytes(&cfg, 21));
-            assert_eq!(logits_bytes(&cfg, 21), 4 * 21 * 300);
+            assert_eq!(logits_bytes(&cfg, 21), 4 * 21 * 300 * copies as u64);
         }
     }
 

@@ -83,7 +83,10 @@ pub struct Block {
     pub k_norm: Option<Norm>,
     /// The sliding attention window (0: full causal attention).
     pub window: usize,
-    /// SwiGLU's gate_proj; a GELU MLP has none.
+    /// Sandwich norms (Gemma 2): of the attention's and the MLP's outputs, before the residual add.
+    pub post_attn_norm: Option<Norm>,
+    pub post_ffn_norm: Option<Norm>,
+    /// SwiGLU's / GeGLU's gate_proj; a GELU MLP has none.
     pub gate: Option<Linear>,
     /// LLaMA's up_proj, BLOOM's dense_h_to_4h.
     pub up: Linear,
@@ -114,7 +117,7 @@ impl Block {
     pub fn params(&self) -> impl Iterator<Item = usize> {
         // with LoRA, the adapters' A and B (A once per layer it adapts; BLOOM's q, k, v share it)
         let lin = self.linears().into_iter().flatten().flat_map(|l| l.params());
-        let qk = self.q_norm.into_iter().chain(self.k_norm).flat_map(|n| n.params());
+        let qk = [self.q_norm, self.k_norm, self.post_attn_norm, self.post_ffn_norm].into_iter().flatten().flat_map(|n| n.params());
         lin.chain(self.ln1.params()).chain(self.ln2.params()).chain(qk)
     }
 }
@@ -250,11 +253,14 @@ impl Layout {
             } else {
                 (None, None)
             };
+            let post_attn_norm = ft.sandwich_norms.then(|| norm(&mut info, &mut hf, &format!("{b}.{}", names.post_attn_norm), c));
             let ln2 = norm(&mut info, &mut hf, &format!("{b}.{}", names.ln2), c);
-            let gate = (ft.mlp == MlpKind::SwiGlu).then(|| linear(&mut info, &mut hf, &m(4), c, f, ft.mlp_bias, true));
+            let gate = (ft.mlp != MlpKind::Gelu).then(|| linear(&mut info, &mut hf, &m(4), c, f, ft.mlp_bias, true));
             let up = linear(&mut info, &mut hf, &m(5), c, f, ft.mlp_bias, true);
             let down = linear(&mut info, &mut hf, &m(6), f, c, ft.mlp_bias, true);
-            blocks.push(Block { ln1, q, k, v: vv, o, ln2, q_norm, k_norm, window: ft.layer_windows[l], gate, up, down });
+            let post_ffn_norm = ft.sandwich_norms.then(|| norm(&mut info, &mut hf, &format!("{b}.{}", names.post_ffn_norm), c));
+            let window = ft.layer_windows[l];
+            blocks.push(Block { ln1, q, k, v: vv, o, ln2, q_norm, k_norm, window, post_attn_norm, post_ffn_norm, gate, up, down });
         }
         let ln_f = norm(&mut info, &mut hf, &format!("{p}{}", names.final_norm), c);
         let (lm_head, score) = match cfg.head {

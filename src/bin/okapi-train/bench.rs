@@ -31,7 +31,7 @@ use std::time::Instant;
 pub struct BenchArgs {
     /// What to time: train (one SFT optimizer step) or generate (greedy decoding with the KV cache)
     pub mode: String,
-    /// llama, bloom, qwen2, qwen3 or mistral
+    /// llama, bloom, qwen2, qwen3, mistral or gemma2
     #[arg(long, default_value = "llama")]
     pub arch: String,
     /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1, qwen2-0.5b, qwen3-0.6b

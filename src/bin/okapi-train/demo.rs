@@ -38,7 +38,7 @@ pub struct DemoArgs {
     pub ppo_iterations: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// The tiny model's architecture: llama, bloom, qwen2, qwen3 or mistral
+    /// The tiny model's architecture: llama, bloom, qwen2, qwen3, mistral or gemma2
     #[arg(long, default_value = "llama")]
     pub arch: Arch,
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
-    /// llama, bloom, qwen2, qwen3 or mistral
+    /// llama, bloom, qwen2, qwen3, mistral or gemma2
     #[arg(long)]
     pub arch: String,
     /// Model shape: tiny, bench-5m, bench-33m, gpt2-124m-llama, llama-1b, llama-7b, bloom-560m, bloom-7b1, qwen2-0.5b, qwen3-0.6b

@@ -31,7 +31,7 @@ pub struct PlanArgs {
     /// Or a preset shape (llama-7b, bloom-7b1, …; see `init`)
     #[arg(long)]
     pub preset: Option<String>,
-    /// The preset's architecture: llama, bloom, qwen2, qwen3 or mistral (default: the one the preset's shape comes from)
+    /// The preset's architecture: llama, bloom, qwen2, qwen3, mistral or gemma2 (default: the one the preset's shape comes from)
     #[arg(long)]
     pub arch: Option<String>,
     /// PPO: the reward model's directory or preset (default: the policy's shape)
