@@ -139,6 +139,31 @@ pub struct Features {
     pub layer_windows: Vec<usize>,
 }
 
+impl Features {
+    /// The features of a plain pre-norm transformer with these choices and attention scaled by
+    /// 1/√head_dim: no biases, no extra norms, scales or caps (an architecture's config arm
+    /// switches on what it has).
+    pub fn plain(positions: Positions, mlp: MlpKind, norm: NormKind, head_dim: usize, layer_windows: Vec<usize>) -> Features {
+        Features {
+            positions,
+            mlp,
+            norm,
+            norm_plus_one: false,
+            sandwich_norms: false,
+            embed_scale: false,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            embed_norm: false,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            layer_windows,
+        }
+    }
+}
+
 /// Hugging Face tensor names of an architecture: `{prefix}{layers}.{l}.{module}.weight`.
 #[derive(Debug)]
 pub struct NameTable {

@@ -455,21 +455,11 @@ fn bloom_shape(f: &Fields) -> Result<Shape> {
     let layers = f.usize_any(&["n_layer", "num_hidden_layers"])?;
     let head_dim = hidden.checked_div(heads).unwrap_or(0);
     let features = Features {
-        positions: Positions::Alibi,
-        mlp: MlpKind::Gelu,
-        norm: NormKind::Layer,
-        norm_plus_one: false,
-        sandwich_norms: false,
-        embed_scale: false,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        attn_softcap: None,
-        final_softcap: None,
         embed_norm: true,
         qkv_bias: true,
         o_bias: true,
         mlp_bias: true,
-        qk_norm: false,
-        layer_windows: vec![0; layers.min(MAX_LAYERS + 1)],
+        ..Features::plain(Positions::Alibi, MlpKind::Gelu, NormKind::Layer, head_dim, vec![0; layers.min(MAX_LAYERS + 1)])
     };
     Ok(Shape {
         hidden,
@@ -518,21 +508,11 @@ fn rope_family_shape_with(f: &Fields, arch: Arch, act_keys: &[&str], act: &str) 
     };
     let head_dim = f.opt_usize("head_dim")?.unwrap_or(derived);
     let features = Features {
-        positions: Positions::Rope,
-        mlp: MlpKind::SwiGlu,
-        norm: NormKind::Rms,
-        norm_plus_one: false,
-        sandwich_norms: false,
-        embed_scale: false,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        attn_softcap: None,
-        final_softcap: None,
-        embed_norm: false,
         qkv_bias,
         o_bias,
         mlp_bias,
         qk_norm: arch == Arch::Qwen3,
-        layer_windows: layer_windows(f, arch, layers)?,
+        ..Features::plain(Positions::Rope, MlpKind::SwiGlu, NormKind::Rms, head_dim, layer_windows(f, arch, layers)?)
     };
     Ok(Shape {
         hidden,
