@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn trainable_count_is_what_trainable_mask_trains() {
-        for (arch, tied) in [(Arch::Llama, false), (Arch::Llama, true), (Arch::Bloom, true), (Arch::Qwen2, true), (Arch::Qwen3, false), (Arch::Mistral, false)] {
+        for (arch, tied) in [(Arch::Llama, false), (Arch::Llama, true), (Arch::Bloom, true), (Arch::Qwen2, true), (Arch::Qwen3, false), (Arch::Mistral, false), (Arch::Gemma2, true)] {
             let mut cfg = preset_config(arch, "tiny", Some(300), 64).unwrap();
             cfg.tie_word_embeddings = tied;
             let model = Model::init(CpuBackend, cfg.clone(), 0);
