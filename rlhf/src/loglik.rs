@@ -2,7 +2,8 @@
 //! context and continuation are tokenized separately without special tokens (an empty
 //! context becomes the EOS token), concatenated, and the last `max_length + 1` tokens kept;
 //! loglik is the sum of the continuation tokens' log-probabilities, `is_greedy` whether each
-//! continuation token is the argmax.
+//! continuation token is the argmax. [`score_encoded`] scores pairs already tokenized (harness
+//! v0.4's pairing: `eval::harness::PairEncoder`) the same way.
 
 use okapi_data::{DataError, LoglikRequest, Tokenizer};
 use okapi_model::{Model, ModelError};
@@ -35,12 +36,17 @@ struct Encoded {
 fn encode(tok: &Tokenizer, req: &LoglikRequest, eos: u32, max_length: usize) -> Result<Encoded, DataError> {
     let ctx = if req.context.is_empty() { vec![eos] } else { tok.encode(&req.context, false)? };
     let cont = tok.encode(&req.continuation, false)?;
-    let mut whole = ctx;
-    whole.extend_from_slice(&cont);
+    Ok(window(&ctx, &cont, max_length))
+}
+
+/// `(ctx + cont)[-(max_length+1):]` as model input and targets.
+fn window(ctx: &[u32], cont: &[u32], max_length: usize) -> Encoded {
+    let mut whole = ctx.to_vec();
+    whole.extend_from_slice(cont);
     let window = &whole[whole.len().saturating_sub(max_length + 1)..];
     let input = window[..window.len() - 1].to_vec();
     let n_cont = cont.len().min(input.len());
-    Ok(Encoded { targets: window[1..].to_vec(), input, n_cont })
+    Encoded { targets: window[1..].to_vec(), input, n_cont }
 }
 
 /// Scores requests in batches of `batch_size`, longest first (less padding); results come back
@@ -49,6 +55,17 @@ pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[Logli
     let eos = model.cfg.eos_token_id.ok_or_else(|| ScoreError::Other(format!("{}: `eos_token_id` is needed to score an empty context", model.cfg.path.display())))?;
     let max_length = model.cfg.max_length();
     let enc: Vec<Encoded> = reqs.iter().map(|r| encode(tok, r, eos, max_length)).collect::<Result<_, _>>()?;
+    score_windows(model, &enc, batch_size)
+}
+
+/// Scores (context, continuation) token pairs (each continuation non-empty) with the window
+/// `max_length`, as [`score_loglik`] scores its requests once encoded.
+pub fn score_encoded<B: Backend>(model: &Model<B>, pairs: &[(&[u32], &[u32])], max_length: usize, batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
+    let enc: Vec<Encoded> = pairs.iter().map(|(c, x)| window(c, x, max_length)).collect();
+    score_windows(model, &enc, batch_size)
+}
+
+fn score_windows<B: Backend>(model: &Model<B>, enc: &[Encoded], batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
     let mut order: Vec<usize> = (0..enc.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(enc[i].input.len()));
     let batch_size = batch_size.max(1);
@@ -62,7 +79,8 @@ pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[Logli
     for chunk in order.chunks(batch_size) {
         let t = chunk.iter().map(|&i| enc[i].input.len()).max().unwrap().max(1);
         let b = chunk.len();
-        let pad = model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1);
+        // right padding never reaches a result (positions see only their past)
+        let pad = model.cfg.pad_token_id.or(model.cfg.eos_token_id).unwrap_or(0).min(v as u32 - 1);
         let mut tokens = vec![pad; b * t];
         let mut targets = vec![IGNORE_INDEX; b * t];
         for (row, &i) in chunk.iter().enumerate() {

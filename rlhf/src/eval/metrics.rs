@@ -12,6 +12,10 @@
 //!   from the labels), `mc2` = the probability mass of the true mc2 answers,
 //!   `Σ_true exp(ll) / Σ_all exp(ll)` (computed shifted by the maximum: equal to the harness's
 //!   value, finite where its unshifted `np.exp` would underflow to 0/0).
+//! - `acc_bytes` (harness v0.4 only, `--harness v0.4`): `argmax(loglik_i / bytes(choice_i))
+//!   == gold`, bytes the UTF-8 length of the same string — 0.4's
+//!   `ConfigurableTask.process_results` (lm_eval/api/task.py, `byte_length` / `pred_byte`);
+//!   it differs from `acc_norm` where choices mix scripts of different bytes per character.
 //! - Aggregation: the mean; standard error the harness's `mean_stderr`
 //!   (`lm_eval/metrics.py`: `sample_stddev(arr) / sqrt(len(arr))`, the sample standard
 //!   deviation with n − 1; undefined (None) for n = 1).
@@ -39,6 +43,9 @@ pub struct ItemMetrics {
     pub acc_norm: f64,
     /// TruthfulQA's mc2
     pub mc2: Option<f64>,
+    /// harness v0.4: the prediction normalised by UTF-8 bytes, and its accuracy
+    pub pred_bytes: Option<usize>,
+    pub acc_bytes: Option<f64>,
 }
 
 /// Metrics of one item from its choices' logliks (`choices` as the harness holds them).
@@ -47,7 +54,20 @@ pub fn item_metrics(logliks: &[f64], choices: &[String], gold: usize, mc2: Optio
     let pred = argmax(logliks);
     let normed: Vec<f64> = logliks.iter().zip(choices).map(|(&ll, c)| ll / c.chars().count() as f64).collect();
     let pred_norm = argmax(&normed);
-    ItemMetrics { pred, pred_norm, acc: (pred == gold) as u8 as f64, acc_norm: (pred_norm == gold) as u8 as f64, mc2: mc2.map(|(ll, t)| mc2_score(ll, t)) }
+    ItemMetrics { pred, pred_norm, acc: (pred == gold) as u8 as f64, acc_norm: (pred_norm == gold) as u8 as f64, mc2: mc2.map(|(ll, t)| mc2_score(ll, t)), pred_bytes: None, acc_bytes: None }
+}
+
+/// [`item_metrics`] plus harness v0.4's `acc_bytes` (TruthfulQA has none: its 0.4 tasks list
+/// only `acc`).
+pub fn item_metrics_v04(logliks: &[f64], choices: &[String], gold: usize, mc2: Option<(&[f64], &[bool])>) -> ItemMetrics {
+    let mut m = item_metrics(logliks, choices, gold, mc2);
+    if mc2.is_none() {
+        let per_byte: Vec<f64> = logliks.iter().zip(choices).map(|(&ll, c)| ll / c.len() as f64).collect();
+        let pred = argmax(&per_byte);
+        m.pred_bytes = Some(pred);
+        m.acc_bytes = Some((pred == gold) as u8 as f64);
+    }
+    m
 }
 
 /// TruthfulQA mc2: the normalized probability mass of the true answers.
@@ -101,6 +121,8 @@ pub struct LangRow {
     pub acc: Stat,
     pub acc_norm: Option<Stat>,
     pub mc2: Option<Stat>,
+    /// harness v0.4's byte-normalised accuracy (None under v0.3 and for TruthfulQA)
+    pub acc_bytes: Option<Stat>,
 }
 
 /// Aggregates items (non-empty) into a row.
@@ -112,6 +134,7 @@ pub fn aggregate(lang: &str, items: &[&ItemMetrics], truthfulqa: bool) -> LangRo
         acc: Stat::of(&col(&|m| m.acc)),
         acc_norm: (!truthfulqa).then(|| Stat::of(&col(&|m| m.acc_norm))),
         mc2: truthfulqa.then(|| Stat::of(&col(&|m| m.mc2.unwrap_or(f64::NAN)))),
+        acc_bytes: items.iter().map(|m| m.acc_bytes).collect::<Option<Vec<f64>>>().filter(|v| !v.is_empty()).map(|v| Stat::of(&v)),
     }
 }
 

@@ -1,5 +1,18 @@
 //! Okapi's multilingual benchmarks — m_arc, m_hellaswag, m_mmlu, TruthfulQA mc — scored as
-//! lm-evaluation-harness (the v0.3-era fork Okapi used) scores them.
+//! lm-evaluation-harness (the v0.3-era fork Okapi used) scores them, or, with
+//! [`EvalConfig::harness`] = [`Harness::V04`] (`--harness v0.4`), as lm-evaluation-harness
+//! 0.4.x's `HFLM` and its Okapi task definitions do. The differences (docs/eval-harness-versions.md
+//! has each with the harness source it was read from):
+//! - tokenization: v0.3 encodes context and continuation separately without special tokens;
+//!   v0.4 encodes context + continuation together and splits at the context's length, with the
+//!   tokenizer's special tokens (BOS for LLaMA-style tokenizers), the context's trailing
+//!   whitespace moved to the continuation, and the tokenizer's BOS (else EOS) as the context of
+//!   an empty one ([`harness`]);
+//! - metrics: v0.4 adds `acc_bytes` (loglik per UTF-8 byte of the choice) beside `acc` and
+//!   `acc_norm` (per character); TruthfulQA's mc1 answer is the first choice ([`metrics`]);
+//! - prompts and shots: v0.4 draws shots with `random.Random(1234)` by default (v0.3: 42), uses
+//!   Okapi's v0.4 m_mmlu template (letters, the first k shots) by default, and preprocesses
+//!   TruthfulQA's question like HellaSwag's text ([`prompts`]).
 //!
 //! - [`formats`]: the eval files, record by record (bad records skipped with a message);
 //! - [`prompts`]: each task's template, few-shot contexts, HellaSwag's preprocessing;
@@ -14,6 +27,7 @@
 //! [`EvalReport`]: per-item results, the per-language table, the overall row.
 
 pub mod formats;
+pub mod harness;
 pub mod metrics;
 pub mod prompts;
 pub mod pyrandom;
@@ -23,9 +37,10 @@ pub mod scoring;
 pub mod suite;
 
 pub use formats::{lang_from_name, parse_records, Doc, Record, Task};
+pub use harness::{Harness, PairEncoder};
 pub use metrics::{ItemMetrics, LangRow, Stat};
 pub use prompts::{MmluPrompt, Prompted};
-pub use scoring::{score_items, ItemRequest, ItemScore, ScoreOptions, ScoreStats};
+pub use scoring::{score_items, score_items_with, ItemRequest, ItemScore, ScoreOptions, ScoreStats};
 
 use crate::loglik::ScoreError;
 use okapi_data::Tokenizer;
@@ -80,11 +95,18 @@ pub struct EvalConfig {
     /// share each context's forward across its choices (the fast path)
     pub cache: bool,
     pub mmlu_prompt: MmluPrompt,
+    /// whose semantics: the v0.3 fork's (default) or lm-evaluation-harness 0.4.x's
+    pub harness: Harness,
 }
 
 impl EvalConfig {
     pub fn new(task: Task) -> EvalConfig {
-        EvalConfig { task, num_fewshot: None, limit: None, seed: 42, batch_size: 8, cache: true, mmlu_prompt: MmluPrompt::default() }
+        EvalConfig { task, num_fewshot: None, limit: None, seed: 42, batch_size: 8, cache: true, mmlu_prompt: MmluPrompt::default(), harness: Harness::V03 }
+    }
+
+    /// [`EvalConfig::new`] with `harness`'s defaults: its seed and MMLU template.
+    pub fn with_harness(task: Task, harness: Harness) -> EvalConfig {
+        EvalConfig { seed: harness.default_seed(), mmlu_prompt: harness.default_mmlu_prompt(), harness, ..EvalConfig::new(task) }
     }
 
     pub fn shots(&self) -> usize {
@@ -108,6 +130,8 @@ pub struct PreparedItem {
     pub source: String,
     pub prompted: Prompted,
     pub context: String,
+    /// decides the item's metrics (v0.4 adds acc_bytes)
+    pub harness: Harness,
 }
 
 /// One scored item.
@@ -138,6 +162,11 @@ impl ItemResult {
             v["mc1"] = json!(self.metrics.acc);
             v["mc2"] = json!(mc2);
         }
+        // harness v0.4 only: v0.3's lines stay as they were
+        if let (Some(p), Some(a)) = (self.metrics.pred_bytes, self.metrics.acc_bytes) {
+            v["pred_bytes"] = json!(p);
+            v["acc_bytes"] = json!(a);
+        }
         v
     }
 }
@@ -146,6 +175,7 @@ impl ItemResult {
 #[derive(Clone, Debug)]
 pub struct EvalReport {
     pub task: Task,
+    pub harness: Harness,
     pub model: String,
     pub num_fewshot: usize,
     pub items: Vec<ItemResult>,
@@ -192,7 +222,7 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
     if k > 0 {
         for src in fewshot {
             let (lang, recs) = load(src, &mut messages)?;
-            pools.push((src.name.clone(), lang, recs.iter().map(|r| prompts::process(&r.doc, cfg.mmlu_prompt)).collect()));
+            pools.push((src.name.clone(), lang, recs.iter().map(|r| prompts::process_for(&r.doc, cfg.mmlu_prompt, cfg.harness)).collect()));
         }
     }
     let rule = prompts::shot_rule(cfg.task, cfg.mmlu_prompt);
@@ -203,7 +233,7 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
             messages.push(format!("{}: no valid {} items", src.name, cfg.task));
             continue;
         }
-        let docs: Vec<Prompted> = recs.iter().map(|r| prompts::process(&r.doc, cfg.mmlu_prompt)).collect();
+        let docs: Vec<Prompted> = recs.iter().map(|r| prompts::process_for(&r.doc, cfg.mmlu_prompt, cfg.harness)).collect();
         // the shots' pool: the --fewshot-data file of this language (or the only one), else this file
         let pool = match pools.len() {
             0 => None,
@@ -228,7 +258,7 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
             let shots = prompts::draw_shots(&mut rng, rule, pool_docs.len(), k, same_file.then_some(i));
             let shot_docs: Vec<&Prompted> = shots.iter().map(|&j| &pool_docs[j]).collect();
             let context = prompts::fewshot_context(&doc.query, &shot_docs);
-            items.push(PreparedItem { id: rec.id.clone(), lang: lang.clone(), source: src.name.clone(), prompted: doc.clone(), context });
+            items.push(PreparedItem { id: rec.id.clone(), lang: lang.clone(), source: src.name.clone(), prompted: doc.clone(), context, harness: cfg.harness });
         }
     }
     Ok((items, messages, skipped))
@@ -238,7 +268,8 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
 /// prefix) and computes each item's metrics; an item the scorer refuses is `Err(message)`.
 pub fn score_prepared<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem]) -> Result<(Vec<Result<ItemResult, String>>, ScoreStats), EvalError> {
     let reqs: Vec<ItemRequest> = items.iter().map(|it| ItemRequest { context: it.context.clone(), continuations: prompts::continuations(&it.prompted) }).collect();
-    let (scores, stats) = score_items(model, tok, &reqs, ScoreOptions { batch_size: cfg.batch_size, cache: cfg.cache, chunk: 0 })?;
+    let enc = PairEncoder::new(cfg.harness, &model.cfg, tok)?;
+    let (scores, stats) = score_items_with(model, tok, &reqs, ScoreOptions { batch_size: cfg.batch_size, cache: cfg.cache, chunk: 0 }, &enc)?;
     let results = items
         .iter()
         .zip(scores)
@@ -257,7 +288,10 @@ impl ItemResult {
         let n1 = it.prompted.choices.len();
         let (ll1, ll2) = (logliks[..n1].to_vec(), logliks[n1..].to_vec());
         let mc2 = it.prompted.mc2.as_ref().map(|(_, t)| (&ll2[..], &t[..]));
-        let metrics = metrics::item_metrics(&ll1, &it.prompted.choices, it.prompted.gold, mc2);
+        let metrics = match it.harness {
+            Harness::V03 => metrics::item_metrics(&ll1, &it.prompted.choices, it.prompted.gold, mc2),
+            Harness::V04 => metrics::item_metrics_v04(&ll1, &it.prompted.choices, it.prompted.gold, mc2),
+        };
         let mc2_logliks = it.prompted.mc2.is_some().then_some(ll2);
         ItemResult { id: it.id.clone(), lang: it.lang.clone(), source: it.source.clone(), logliks: ll1, mc2_logliks, gold: it.prompted.gold, metrics, truncated }
     }
@@ -313,7 +347,7 @@ pub fn run_eval<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig,
     let (langs, overall, macro_avg) = language_rows(&results, cfg.task == Task::TruthfulQa);
     let p = &model.cfg.path;
     let model_name = if p.file_name().is_some_and(|f| f == "config.json") { p.parent().unwrap_or(p) } else { p.as_path() }.display().to_string();
-    Ok(EvalReport { task: cfg.task, model: model_name, num_fewshot: cfg.shots(), items: results, langs, overall, macro_avg, skipped, truncated, messages, stats, seconds: t0.elapsed().as_secs_f64() })
+    Ok(EvalReport { task: cfg.task, harness: cfg.harness, model: model_name, num_fewshot: cfg.shots(), items: results, langs, overall, macro_avg, skipped, truncated, messages, stats, seconds: t0.elapsed().as_secs_f64() })
 }
 
 fn fmt_se(s: Option<f64>) -> String {
@@ -321,17 +355,25 @@ fn fmt_se(s: Option<f64>) -> String {
 }
 
 impl EvalReport {
-    /// The per-language table (n, metrics with standard errors), an `all` row, the mean over
-    /// languages, and the skipped / truncated counts.
+    /// The per-language table (n, metrics with standard errors; harness v0.4 adds acc_bytes),
+    /// an `all` row, the mean over languages, and the skipped / truncated counts.
     pub fn table(&self) -> String {
         let tqa = self.task == Task::TruthfulQa;
         let (m1, m2) = if tqa { ("mc1", "mc2") } else { ("acc", "acc_norm") };
-        let mut s = format!("{} · {}-shot · {}\n", self.task, self.num_fewshot, self.model);
-        s += &format!("{:<8} {:>6} {:>8} {:>8} {:>9} {:>8}\n", "lang", "n", m1, "±stderr", m2, "±stderr");
+        let bytes = self.overall.acc_bytes.is_some();
+        let harness = if self.harness == Harness::V03 { String::new() } else { format!(" · harness {}", self.harness.name()) };
+        let mut s = format!("{} · {}-shot · {}{harness}\n", self.task, self.num_fewshot, self.model);
+        s += &format!("{:<8} {:>6} {:>8} {:>8} {:>9} {:>8}", "lang", "n", m1, "±stderr", m2, "±stderr");
+        s += &if bytes { format!(" {:>9} {:>8}\n", "acc_bytes", "±stderr") } else { "\n".into() };
+        let stat = |x: Option<Stat>| x.map(|x| (format!("{:.4}", x.mean), fmt_se(x.stderr))).unwrap_or(("n/a".into(), "n/a".into()));
         let line = |r: &LangRow| {
-            let second = if tqa { r.mc2 } else { r.acc_norm };
-            let (v2, se2) = second.map(|x| (format!("{:.4}", x.mean), fmt_se(x.stderr))).unwrap_or(("n/a".into(), "n/a".into()));
-            format!("{:<8} {:>6} {:>8.4} {:>8} {:>9} {:>8}\n", r.lang, r.n, r.acc.mean, fmt_se(r.acc.stderr), v2, se2)
+            let (v2, se2) = stat(if tqa { r.mc2 } else { r.acc_norm });
+            let mut l = format!("{:<8} {:>6} {:>8.4} {:>8} {:>9} {:>8}", r.lang, r.n, r.acc.mean, fmt_se(r.acc.stderr), v2, se2);
+            if bytes {
+                let (v3, se3) = stat(r.acc_bytes);
+                l += &format!(" {v3:>9} {se3:>8}");
+            }
+            l + "\n"
         };
         for r in &self.langs {
             s += &line(r);
@@ -339,10 +381,17 @@ impl EvalReport {
         s += &line(&self.overall);
         if self.langs.len() > 1 {
             let second = if tqa { self.macro_avg.2 } else { self.macro_avg.1 };
-            s += &format!("mean over {} languages: {m1} {:.4}, {m2} {}\n", self.langs.len(), self.macro_avg.0, second.map(|x| format!("{x:.4}")).unwrap_or("n/a".into()));
+            s += &format!("mean over {} languages: {m1} {:.4}, {m2} {}", self.langs.len(), self.macro_avg.0, second.map(|x| format!("{x:.4}")).unwrap_or("n/a".into()));
+            s += &self.bytes_macro().map(|x| format!(", acc_bytes {x:.4}\n")).unwrap_or("\n".into());
         }
         s += &format!("skipped {} items; {} truncated to the model's window", self.skipped, self.truncated);
         s
+    }
+
+    /// The unweighted mean of acc_bytes over languages (harness v0.4).
+    fn bytes_macro(&self) -> Option<f64> {
+        let v: Vec<f64> = self.langs.iter().filter_map(|r| r.acc_bytes.map(|s| s.mean)).collect();
+        (!v.is_empty()).then(|| metrics::mean(&v))
     }
 
     /// The summary JSON: overall metrics, the per-language ones, counts.
@@ -356,6 +405,10 @@ impl EvalReport {
                 v["mc2"] = json!(r.mc2.map(|s| s.mean));
                 v["mc2_stderr"] = json!(r.mc2.and_then(|s| s.stderr));
             }
+            if let Some(b) = r.acc_bytes {
+                v["acc_bytes"] = json!(b.mean);
+                v["acc_bytes_stderr"] = json!(b.stderr);
+            }
             v
         };
         let mut v = json!({"task": self.task.name(), "model": self.model, "num_fewshot": self.num_fewshot});
@@ -366,6 +419,12 @@ impl EvalReport {
         v["acc_norm_macro"] = json!(self.macro_avg.1);
         if tqa {
             v["mc2_macro"] = json!(self.macro_avg.2);
+        }
+        if let Some(b) = self.bytes_macro() {
+            v["acc_bytes_macro"] = json!(b);
+        }
+        if self.harness != Harness::V03 {
+            v["harness"] = json!(self.harness.name());
         }
         v["langs"] = Value::Object(self.langs.iter().map(|r| (r.lang.clone(), row(r))).collect());
         v["skipped"] = json!(self.skipped);

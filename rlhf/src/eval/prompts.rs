@@ -22,7 +22,9 @@
 //! - TruthfulQA mc — the fork's `lm_eval/tasks/multilingual_truthfulqa.py` (= harness v0.3
 //!   `truthfulqa.py` `TruthfulQAMultipleChoice`): context `QA_PROMPT + "\n\nQ: " + question +
 //!   "\nA:"` (the English QA_PROMPT for every language), continuations `" " + t` for the mc1
-//!   then the mc2 targets; zero-shot only.
+//!   then the mc2 targets; zero-shot only. Under `--harness v0.4` ([`process_for`]) the
+//!   harness 0.4 port (`lm_eval/tasks/okapi/truthfulqa_multilingual/utils.py`): the question
+//!   through HellaSwag's `preprocess`, mc1's answer the first choice.
 //!
 //! Few-shot (harness v0.3 `lm_eval/base.py` `Task.fewshot_context`): `description` (none for
 //! these tasks) + `"\n\n".join(doc_to_text(d) + doc_to_target(d) for d in shots) + "\n\n"` +
@@ -31,9 +33,11 @@
 //! file itself (`rnd.sample(docs, k + 1)`, the evaluated doc removed, the first k kept), with
 //! `rnd` Python's `random.Random(seed)` shared by the items of a file in order ([`PyRandom`]).
 //! Every request is `loglikelihood(context, " " + choice)` (`MultipleChoiceTask.
-//! construct_requests`).
+//! construct_requests`). Harness 0.4 builds the same text and draws the same way
+//! (`lm_eval/api/samplers.py` `ContextSampler.sample`), with `random.Random(1234)` by default.
 
 use super::formats::{Doc, Task};
+use super::harness::Harness;
 use super::pyrandom::PyRandom;
 
 /// The harness's `_process_doc` output for one document.
@@ -89,7 +93,23 @@ A: The 1992 Olympics were held in Barcelona, Spain.";
 
 const LETTERS: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
-/// The harness's `_process_doc` / `doc_to_text` for one document.
+/// The harness's `_process_doc` / `doc_to_text` for one document under `harness`: v0.3's
+/// ([`process`]), except TruthfulQA under v0.4 (lm_eval/tasks/okapi/truthfulqa_multilingual/
+/// utils.py `process_docs`): the question goes through HellaSwag's `preprocess`, and mc1's
+/// answer is the first choice (`doc_to_target: 0`) whatever the labels say.
+pub fn process_for(doc: &Doc, mmlu: MmluPrompt, harness: Harness) -> Prompted {
+    match (doc, harness) {
+        (Doc::TruthfulQa { question, .. }, Harness::V04) => {
+            let mut p = process(doc, mmlu);
+            p.query = format!("{QA_PROMPT}\n\nQ: {}\nA:", hellaswag_preprocess(question));
+            p.gold = 0;
+            p
+        }
+        _ => process(doc, mmlu),
+    }
+}
+
+/// The harness's `_process_doc` / `doc_to_text` for one document (v0.3).
 pub fn process(doc: &Doc, mmlu: MmluPrompt) -> Prompted {
     match doc {
         Doc::Arc { question, options, gold } => Prompted { query: format!("Question: {question}\nAnswer:"), choices: options.clone(), gold: *gold, mc2: None },
@@ -179,6 +199,11 @@ fn py_space(c: char) -> bool {
 /// Python's `str.strip()`.
 pub fn py_strip(s: &str) -> &str {
     s.trim_matches(py_space)
+}
+
+/// Python's `str.rstrip()`.
+pub fn py_rstrip(s: &str) -> &str {
+    s.trim_end_matches(py_space)
 }
 
 /// Title case of a character where it differs from its uppercase (Python's `capitalize` uses

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! { "<model>": {
-//!     "results":  { "arc_vi": {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "shots", "model"},
+//!     "results":  { "arc_vi": {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", ["acc_bytes",
+//!                              "acc_bytes_stderr": --harness v0.4], "n", "shots", "model"},
 //!                   "truthfulqa_vi": {"mc1", "mc1_stderr", "mc2", "mc2_stderr", "n", "shots", "model"}, … },
 //!     "versions": { "arc_vi": 0, "hellaswag_vi": 1, "mmlu_vi": 0, "truthfulqa_vi": 1, … },
 //!     "config":   { "model", "model_args": "pretrained=DIR[,peft=ADAPTER]", "num_fewshot": {task: k},
@@ -67,6 +68,10 @@ impl Cell {
         } else {
             put("acc", Some(self.row.acc));
             put("acc_norm", self.row.acc_norm);
+            // harness v0.4's byte-normalised accuracy, a metric of its own
+            if self.row.acc_bytes.is_some() {
+                put("acc_bytes", self.row.acc_bytes);
+            }
         }
         o.insert("n".into(), json!(self.row.n));
         o.insert("shots".into(), json!(self.shots));
@@ -173,7 +178,7 @@ mod tests {
     fn cell(model: &str, task: Task, lang: &str, acc: f64, second: f64) -> Cell {
         let s = |m| Some(Stat { mean: m, stderr: Some(0.1) });
         let (acc_norm, mc2) = if task == Task::TruthfulQa { (None, s(second)) } else { (s(second), None) };
-        Cell { model: model.into(), task, lang: lang.into(), row: LangRow { lang: lang.into(), n: 4, acc: Stat { mean: acc, stderr: Some(0.2) }, acc_norm, mc2 }, shots: task.default_fewshot() }
+        Cell { model: model.into(), task, lang: lang.into(), row: LangRow { lang: lang.into(), n: 4, acc: Stat { mean: acc, stderr: Some(0.2) }, acc_norm, mc2, acc_bytes: None }, shots: task.default_fewshot() }
     }
 
     #[test]

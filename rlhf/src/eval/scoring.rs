@@ -1,7 +1,9 @@
 //! Scoring the continuations of multiple-choice items with the harness's `loglikelihood`
-//! semantics (those of [`crate::score_loglik`]: context and continuation tokenized separately
-//! without special tokens, an empty context becomes `[eos]`, the window is
-//! `(ctx + cont)[-(max_len+1):][:-1]`, loglik = Σ log p(continuation tokens)) — fast.
+//! semantics — fast. [`score_items`]: harness v0.3's (those of [`crate::score_loglik`]: context
+//! and continuation tokenized separately without special tokens, an empty context becomes
+//! `[eos]`); [`score_items_with`]: any [`PairEncoder`]'s pairing (v0.4: joint tokenization,
+//! the tokenizer's BOS, the prefix token for an empty context). Either way the window is
+//! `(ctx + cont)[-(max_len+1):][:-1]` and loglik = Σ log p(continuation tokens).
 //!
 //! Fast path (`cache: true`): all choices of an item share its context, so the context runs
 //! through the model once and its KV cache serves every choice. B items are scored side by
@@ -19,11 +21,17 @@
 //! Positions are those of the harness's input, so the results equal [`crate::score_loglik`]'s
 //! up to float rounding (tests/eval.rs checks ≤ 1e-4). An item whose context + some choice
 //! exceeds the window is truncated from the left per request, i.e. differently per choice: it
-//! is scored by [`crate::score_loglik`] (counted as truncated). `cache: false` scores every
-//! (context, continuation) pair from scratch with [`crate::score_loglik`] (the baseline).
+//! is scored from scratch (counted as truncated). `cache: false` scores every (context,
+//! continuation) pair from scratch (the baseline). From scratch is
+//! [`crate::loglik::score_encoded`] on the pairs' tokens.
+//!
+//! Under v0.4 the context's tokens are the same for every choice too (its trailing whitespace
+//! moves to each continuation alike; only the continuations are cut from the joint encoding),
+//! so the cache serves both.
 
-use crate::loglik::{score_loglik, ScoreError};
-use okapi_data::{LoglikRequest, Tokenizer};
+use super::harness::{ItemTokens as Enc, PairEncoder};
+use crate::loglik::{score_encoded, ScoreError};
+use okapi_data::Tokenizer;
 use okapi_model::{KvCache, Model};
 use okapi_runtime::{Backend, IGNORE_INDEX};
 
@@ -63,51 +71,58 @@ pub struct ScoreStats {
     pub tokens: usize,
 }
 
-struct Enc {
-    ctx: Vec<u32>,
-    conts: Vec<Vec<u32>>,
+/// An item's tokens under `enc`, or why it cannot be scored.
+fn encode_item(tok: &Tokenizer, enc: &PairEncoder, it: &ItemRequest) -> Result<Result<Enc, String>, ScoreError> {
+    let e = enc.item(tok, &it.context, &it.continuations)?;
+    let max_len = enc.max_length;
+    if e.ctx.is_empty() {
+        return Ok(Err("the context encodes to no tokens".into()));
+    }
+    if let Some(j) = e.conts.iter().position(|c| c.is_empty()) {
+        return Ok(Err(format!("continuation {j} ({:?}) encodes to no tokens", it.continuations[j])));
+    }
+    if let Some(j) = e.conts.iter().position(|c| c.len() > max_len) {
+        return Ok(Err(format!("continuation {j} has {} tokens, more than the model's window of {max_len}", e.conts[j].len())));
+    }
+    Ok(Ok(e))
 }
 
-/// Scores every item; results in item order.
+/// Scores every item as harness v0.3 does; results in item order.
 pub fn score_items<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions) -> Result<(Vec<ItemScore>, ScoreStats), ScoreError> {
-    let eos = model.cfg.eos_token_id.ok_or_else(|| ScoreError::Other(format!("{}: `eos_token_id` is needed to score an empty context", model.cfg.path.display())))?;
-    let max_len = model.cfg.max_length();
+    score_items_with(model, tok, items, opts, &PairEncoder::v03(&model.cfg)?)
+}
+
+/// Scores every item with `enc`'s pairing and window; results in item order.
+pub fn score_items_with<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions, enc: &PairEncoder) -> Result<(Vec<ItemScore>, ScoreStats), ScoreError> {
+    let max_len = enc.max_length;
     let mut stats = ScoreStats::default();
     let mut out: Vec<Option<ItemScore>> = vec![None; items.len()];
     let mut fast = Vec::new();
     let mut slow = Vec::new();
     let mut encs: Vec<Option<Enc>> = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
-        let ctx = if it.context.is_empty() { vec![eos] } else { tok.encode(&it.context, false)? };
-        let conts = it.continuations.iter().map(|c| tok.encode(c, false)).collect::<Result<Vec<_>, _>>()?;
-        if ctx.is_empty() {
-            out[i] = Some(ItemScore::Invalid("the context encodes to no tokens".into()));
-        } else if let Some(j) = conts.iter().position(|c| c.is_empty()) {
-            out[i] = Some(ItemScore::Invalid(format!("continuation {j} ({:?}) encodes to no tokens", it.continuations[j])));
-        } else if let Some(j) = conts.iter().position(|c| c.len() > max_len) {
-            out[i] = Some(ItemScore::Invalid(format!("continuation {j} has {} tokens, more than the model's window of {max_len}", conts[j].len())));
-        } else if opts.cache && conts.iter().all(|c| ctx.len() + c.len() <= max_len + 1) {
-            fast.push(i);
-        } else {
-            slow.push(i);
+        match encode_item(tok, enc, it)? {
+            Err(msg) => {
+                out[i] = Some(ItemScore::Invalid(msg));
+                encs.push(None);
+            }
+            Ok(e) => {
+                if opts.cache && !e.over(max_len) {
+                    fast.push(i);
+                } else {
+                    slow.push(i);
+                }
+                encs.push(Some(e));
+            }
         }
-        encs.push(Some(Enc { ctx, conts }));
     }
     let batch = opts.batch_size.max(1);
     // from scratch: the baseline, and the items truncated to the window
     if !slow.is_empty() {
-        let reqs: Vec<LoglikRequest> = slow.iter().flat_map(|&i| items[i].continuations.iter().map(move |c| LoglikRequest { context: items[i].context.clone(), continuation: c.clone() })).collect();
-        let res = score_loglik(model, tok, &reqs, batch)?;
-        let mut k = 0;
-        for &i in &slow {
-            let enc = encs[i].as_ref().unwrap();
-            let n = enc.conts.len();
-            let truncated = enc.conts.iter().any(|c| enc.ctx.len() + c.len() > max_len + 1);
-            out[i] = Some(ItemScore::Scored { logliks: res[k..k + n].iter().map(|r| r.loglik).collect(), truncated });
-            k += n;
-            stats.tokens += enc.conts.iter().map(|c| (enc.ctx.len() + c.len() - 1).min(max_len)).sum::<usize>();
+        let slow_encs: Vec<&Enc> = slow.iter().map(|&i| encs[i].as_ref().unwrap()).collect();
+        for (&i, logliks) in slow.iter().zip(score_from_scratch(model, &slow_encs, max_len, batch, &mut stats)?) {
+            out[i] = Some(ItemScore::Scored { logliks, truncated: encs[i].as_ref().unwrap().over(max_len) });
         }
-        stats.forwards += reqs.len().div_ceil(batch);
         stats.items_fallback = slow.len();
     }
     if !fast.is_empty() {
@@ -119,6 +134,24 @@ pub fn score_items<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemR
         stats.items_cached = fast.len();
     }
     Ok((out.into_iter().map(|o| o.expect("every item is scored or invalid")).collect(), stats))
+}
+
+/// Every (context, continuation) of `encs` from scratch, `batch` requests per forward; the
+/// logliks per item.
+fn score_from_scratch<B: Backend>(model: &Model<B>, encs: &[&Enc], max_len: usize, batch: usize, stats: &mut ScoreStats) -> Result<Vec<Vec<f64>>, ScoreError> {
+    let pairs: Vec<(&[u32], &[u32])> = encs.iter().flat_map(|e| e.conts.iter().map(move |c| (&e.ctx[..], &c[..]))).collect();
+    let res = score_encoded(model, &pairs, max_len, batch)?;
+    stats.tokens += pairs.iter().map(|(c, x)| (c.len() + x.len() - 1).min(max_len)).sum::<usize>();
+    stats.forwards += pairs.len().div_ceil(batch);
+    let mut k = 0;
+    Ok(encs
+        .iter()
+        .map(|e| {
+            let n = e.conts.len();
+            k += n;
+            res[k - n..k].iter().map(|r| r.loglik).collect()
+        })
+        .collect())
 }
 
 /// Longest common prefix of all contexts, leaving every context at least one token.

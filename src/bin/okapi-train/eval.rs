@@ -9,9 +9,14 @@
 //! "pred_norm","gold","task","model","truncated"}` (TruthfulQA adds mc2_logliks, mc1, mc2).
 //!
 //! `--suite okapi --data-dir DIR --out OUT`: Okapi's whole benchmark, resumable (`eval_suite`).
+//!
+//! `--harness v0.4` scores as lm-evaluation-harness 0.4.x instead of the v0.3 fork Okapi used
+//! (joint tokenization with the tokenizer's BOS, acc_bytes, seed 1234, Okapi's v0.4 m_mmlu
+//! template; `okapi_rlhf::eval::harness`, docs/eval-harness-versions.md); items then carry
+//! `pred_bytes` and `acc_bytes`, and the table an acc_bytes column.
 
 use okapi_data::Tokenizer;
-use okapi_rlhf::eval::{prepare_items, run_eval, EvalConfig, EvalReport, EvalSource, MmluPrompt, Task};
+use okapi_rlhf::eval::{prepare_items, run_eval, EvalConfig, EvalReport, EvalSource, Harness, MmluPrompt, Task};
 use okapi_runtime::{Backend, BackendKind};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -45,8 +50,9 @@ pub struct EvalArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Seed of the random.Random that draws the shots (Python's generator, one per file)
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    /// [default: 42; 1234 with --harness v0.4]
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Language code of every data file (instead of the file names')
     #[arg(long)]
     pub lang: Option<String>,
@@ -67,9 +73,16 @@ pub struct EvalArgs {
     #[arg(long)]
     pub no_cache: bool,
     /// MMLU template: v0.3 (harness v0.3 hendrycksTest: "Question: …\nChoices:\nA. …\nAnswer:"
-    /// + " {choice text}") or okapi-v0.4 (harness v0.4's Okapi m_mmlu: letters as continuations)
+    /// then " {choice text}") or okapi-v0.4 (harness v0.4's Okapi m_mmlu: letters as
+    /// continuations, the first k shots) [default: v0.3; okapi-v0.4 with --harness v0.4]
+    #[arg(long)]
+    pub mmlu_prompt: Option<String>,
+    /// Whose semantics: v0.3 (the lm-evaluation-harness fork Okapi used: context and
+    /// continuation tokenized separately, no BOS, acc_norm by characters) or v0.4
+    /// (lm-evaluation-harness 0.4.x: joint tokenization with the tokenizer's BOS, the BOS as an
+    /// empty context, acc_bytes beside acc_norm, shots seeded 1234)
     #[arg(long, default_value = "v0.3")]
-    pub mmlu_prompt: String,
+    pub harness: String,
     /// Run a whole benchmark: `okapi` = ARC (25-shot), HellaSwag (0-shot), MMLU (25-shot) and
     /// TruthfulQA (mc1/mc2) in every language of --data-dir, with Okapi's splits; writes
     /// results.json, results.md and the per-item files into --out, and resumes there
@@ -90,6 +103,27 @@ pub struct EvalArgs {
     /// before the next: a kill loses at most one group
     #[arg(long, requires = "suite", default_value_t = 64)]
     pub save_every: usize,
+}
+
+impl EvalArgs {
+    pub fn harness(&self) -> Result<Harness, String> {
+        Harness::parse(&self.harness).map_err(|e| format!("--harness: {e}"))
+    }
+
+    /// --seed, or the harness's default.
+    pub fn seed(&self) -> Result<u64, String> {
+        Ok(self.seed.unwrap_or(self.harness()?.default_seed()))
+    }
+
+    /// --mmlu-prompt as given (or the harness's default's name) and parsed.
+    pub fn mmlu_prompt(&self) -> Result<(String, MmluPrompt), String> {
+        let given = match &self.mmlu_prompt {
+            Some(s) => s.clone(),
+            None => self.harness()?.default_mmlu_prompt().name().to_string(),
+        };
+        let parsed = MmluPrompt::parse(&given).map_err(|e| format!("--mmlu-prompt: {e}"))?;
+        Ok((given, parsed))
+    }
 }
 
 pub fn run(a: EvalArgs) -> Result<(), String> {
@@ -202,7 +236,7 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
-    let mmlu_prompt = MmluPrompt::parse(&a.mmlu_prompt).map_err(|e| format!("--mmlu-prompt: {e}"))?;
+    let (harness, seed, (_, mmlu_prompt)) = (a.harness()?, a.seed()?, a.mmlu_prompt()?);
     let (tasks, data, fewshot) = tasks_and_sources(a)?;
     if let Some(out) = &a.output {
         let files: Vec<PathBuf> = a.data.iter().chain(&a.fewshot_data).map(|s| PathBuf::from(s.split_once('=').filter(|(t, _)| Task::parse(t).is_ok()).map_or(s.as_str(), |(_, f)| f))).collect();
@@ -210,7 +244,7 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         super::outdir::check_output_file("--output", out, &files.iter().map(PathBuf::as_path).collect::<Vec<_>>(), &dirs)?;
     }
     let of_task = |set: &Sources, task: Task| -> Vec<EvalSource> { set.iter().filter(|(t, _)| *t == task).map(|(_, s)| s.clone()).collect() };
-    let config = |task: Task| EvalConfig { task, num_fewshot: a.num_fewshot, limit: a.limit, seed: a.seed, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt };
+    let config = |task: Task| EvalConfig { task, num_fewshot: a.num_fewshot, limit: a.limit, seed, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt, harness };
     // every file parsed and every setting checked before a model is loaded
     for &task in &tasks {
         prepare_items(&config(task), &of_task(&data, task), &of_task(&fewshot, task)).map_err(|e| e.to_string())?;

@@ -14,7 +14,7 @@ use super::eval::{check_model, load_model, models_and_adapters, EvalArgs};
 use okapi_rlhf::eval::results::{results_json, results_markdown, Cell};
 use okapi_rlhf::eval::resume::{fnv64, model_names, run_file, FileEntry, ItemsLog, LineKey, ModelEntry, RunRecord, Settings};
 use okapi_rlhf::eval::suite::{discover, DataDir, SuiteFile};
-use okapi_rlhf::eval::{language_rows, prepare_items, EvalConfig, MmluPrompt, PreparedItem, Task};
+use okapi_rlhf::eval::{language_rows, prepare_items, EvalConfig, PreparedItem, Task};
 use okapi_rlhf::rundir;
 use okapi_runtime::Backend;
 use serde_json::json;
@@ -44,8 +44,8 @@ pub fn run<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
     let inputs = found.inputs();
     let files = prepare(found.files, &base)?;
     let models = checked_models(a)?;
-    let record = claim_out(a, &be, &models, &files, &inputs)?;
-    let mut logs = open_logs(out, &record, &files, a.seed)?;
+    let record = claim_out(a, &be, &base, &models, &files, &inputs)?;
+    let mut logs = open_logs(out, &record, &files, base.seed)?;
     let scored = score_all(&be, a, &models, &record, &files, &mut logs)?;
     let cells = write_results(out, &record, &files, &logs)?;
     record_invocation(out, scored, t0.elapsed().as_secs_f64())?;
@@ -85,7 +85,7 @@ fn score_all<B: Backend + Clone>(be: &B, a: &EvalArgs, models: &[(PathBuf, Optio
         let (model, tok) = load_model(be.clone(), dir, adapter.as_deref())?;
         eprintln!("okapi-train eval: {} ({} params) on {}", entry.name, model.n_params(), be.name());
         for (p, log) in files.iter().zip(logs.iter_mut()) {
-            let key = line_key(&entry.name, p, a.seed);
+            let key = line_key(&entry.name, p, p.cfg.seed);
             let mut file_progress = progress.file(&format!("{} · {} {}", entry.name, p.file.task, p.file.lang), p.items.len(), p.items.len() - left(log, p));
             run_file(&model, &tok, &p.cfg, &p.items, log, &key, a.save_every, &mut |n| {
                 scored += n;
@@ -113,8 +113,8 @@ fn base_config(a: &EvalArgs) -> Result<EvalConfig, String> {
     if a.limit == Some(0) {
         return Err("--limit must be at least 1".into());
     }
-    let mmlu_prompt = MmluPrompt::parse(&a.mmlu_prompt).map_err(|e| format!("--mmlu-prompt: {e}"))?;
-    Ok(EvalConfig { num_fewshot: None, limit: a.limit, seed: a.seed, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt, ..EvalConfig::new(Task::Arc) })
+    let (_, mmlu_prompt) = a.mmlu_prompt()?;
+    Ok(EvalConfig { num_fewshot: None, limit: a.limit, seed: a.seed()?, batch_size: a.batch_size, cache: !a.no_cache, mmlu_prompt, harness: a.harness()?, ..EvalConfig::new(Task::Arc) })
 }
 
 /// `--tasks` (all four when not given), in Okapi's order.
@@ -161,14 +161,17 @@ fn prepare(files: Vec<SuiteFile>, base: &EvalConfig) -> Result<Vec<Prepared>, St
     Ok(out)
 }
 
-/// What decides the numbers (resume::RunRecord), by flag.
-fn settings<B: Backend>(a: &EvalArgs, be: &B) -> Settings {
+/// What decides the numbers (resume::RunRecord), by flag: the harness version among them, so
+/// a results dir of the other version is refused. `base` holds the resolved seed.
+fn settings<B: Backend>(a: &EvalArgs, be: &B, base: &EvalConfig) -> Settings {
     let backend = be.name().split([' ', ':']).next().unwrap_or_default().to_string();
+    // as given (or the harness's default): the record of a v0.3 run is what it always was
+    let mmlu = a.mmlu_prompt.clone().unwrap_or_else(|| base.harness.default_mmlu_prompt().name().to_string());
     let pairs = [
-        ("--harness", json!("v0.3")),
-        ("--seed", json!(a.seed)),
+        ("--harness", json!(base.harness.name())),
+        ("--seed", json!(base.seed)),
         ("--limit", json!(a.limit)),
-        ("--mmlu-prompt", json!(a.mmlu_prompt)),
+        ("--mmlu-prompt", json!(mmlu)),
         ("--batch-size", json!(a.batch_size)),
         ("--save-every", json!(a.save_every)),
         ("--no-cache", json!(a.no_cache)),
@@ -180,7 +183,7 @@ fn settings<B: Backend>(a: &EvalArgs, be: &B) -> Settings {
 
 /// Checks OUT (never an input, never another command's folder, the same run's settings) and
 /// writes its run.json: this run's record merged into the stored one.
-fn claim_out<B: Backend>(a: &EvalArgs, be: &B, models: &[(PathBuf, Option<PathBuf>)], files: &[Prepared], data: &[PathBuf]) -> Result<RunRecord, String> {
+fn claim_out<B: Backend>(a: &EvalArgs, be: &B, base: &EvalConfig, models: &[(PathBuf, Option<PathBuf>)], files: &[Prepared], data: &[PathBuf]) -> Result<RunRecord, String> {
     let out = a.out.as_deref().expect("clap requires --out with --suite");
     let mut inputs: Vec<(&'static str, &Path)> = models.iter().map(|(m, _)| ("--model", m.as_path())).collect();
     inputs.extend(models.iter().filter_map(|(_, ad)| ad.as_deref().map(|p| ("--adapter", p))));
@@ -198,7 +201,7 @@ fn claim_out<B: Backend>(a: &EvalArgs, be: &B, models: &[(PathBuf, Option<PathBu
     let names = model_names(models);
     let entries = models.iter().zip(names).map(|((m, ad), name)| ModelEntry { name, path: resolved(m), adapter: ad.as_deref().map(resolved), items: String::new() }).collect();
     let file_entries = files.iter().map(|p| (p.file.key(), file_entry(p))).collect();
-    let record = RunRecord { suite: "okapi".into(), settings: settings(a, be), models: entries, files: file_entries }.reconcile(stored, out)?;
+    let record = RunRecord { suite: "okapi".into(), settings: settings(a, be, base), models: entries, files: file_entries }.reconcile(stored, out)?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     super::outdir::write_json(&out.join("run.json"), &serde_json::to_value(&record).expect("a record serialises"))?;
     Ok(record)
