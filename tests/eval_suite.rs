@@ -341,3 +341,46 @@ fn bad_input_is_one_line_and_good_files_are_still_evaluated() {
     let o = okapi(&["eval", "--suite", "nope", "--data-dir", "bundled", "--model", p(&fixture("llama_gqa")), "--out", p(&bundled)], &[]);
     assert!(text(&o).1.contains("--suite nope: unknown suite (expected okapi)"), "{}", text(&o).1);
 }
+
+#[test]
+fn a_results_folder_of_the_other_harness_is_refused() {
+    let s = Scratch::new("harness");
+    let data = s.root.join("data");
+    okapi_layout(&data);
+    let small = ["--tasks", "arc,truthfulqa", "--limit", "2"];
+    let v04 = [&small[..], &["--harness", "v0.4"]].concat();
+    // a v0.3 folder (the default) refuses a v0.4 run, and the other way round
+    let out3 = s.root.join("v03");
+    let o = suite(&data, &out3, &["llama_gqa"], &small, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let before = snapshot(&out3);
+    refused(&suite(&data, &out3, &["llama_gqa"], &v04, &[]), "with --harness v0.3 (run.json); this command has --harness v0.4", &out3, &before);
+    let out4 = s.root.join("v04");
+    let o = suite(&data, &out4, &["llama_gqa"], &v04, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let before = snapshot(&out4);
+    refused(&suite(&data, &out4, &["llama_gqa"], &small, &[]), "with --harness v0.4 (run.json); this command has --harness v0.3", &out4, &before);
+    // the v0.4 run records its version and the defaults it took, and reports acc_bytes
+    let settings = &json_file(&out4.join("run.json"))["settings"];
+    assert_eq!((&settings["--harness"], &settings["--seed"], &settings["--mmlu-prompt"]), (&json!("v0.4"), &json!(1234), &json!("okapi-v0.4")));
+    let block = &json_file(&out4.join("results.json"))["llama_gqa"];
+    assert_eq!(block["config"]["harness"], "v0.4");
+    for lang in LANGS {
+        let arc = &block["results"][format!("arc_{lang}")];
+        assert!(arc["acc_bytes"].is_number() && arc.get("acc_bytes_stderr").is_some(), "{arc}");
+        assert!(block["results"][format!("truthfulqa_{lang}")].get("acc_bytes").is_none());
+        // its items are the single-task eval's under v0.4 (shots from the train split)
+        let items = s.root.join(format!("single_arc_{lang}.jsonl"));
+        let (test, train) = (data.join(format!("m_arc/{lang}_test.json")), data.join(format!("m_arc/{lang}_train.json")));
+        let m = fixture("llama_gqa");
+        let o = okapi(&["eval", "--model", p(&m), "--task", "arc", "--data", p(&test), "--fewshot-data", p(&train), "--limit", "2", "--harness", "v0.4", "--output", p(&items)], &[]);
+        assert!(o.status.success(), "{}", text(&o).1);
+        for (a, b) in lines(&out4.join(format!("items/llama_gqa/arc_{lang}.jsonl"))).iter().zip(lines(&items)) {
+            assert_eq!((&a["logliks"], &a["acc_bytes"], &a["seed"]), (&b["logliks"], &b["acc_bytes"], &json!(1234)));
+        }
+    }
+    // and a rerun continues it: nothing to score, the same results.json
+    let o = suite(&data, &out4, &["llama_gqa"], &v04, &[]);
+    assert!(o.status.success() && text(&o).1.contains("0 items scored"), "{}", text(&o).1);
+    assert_eq!(std::fs::read(out4.join("results.json")).unwrap(), before[&out4.join("results.json")]);
+}
