@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, Scratch};
+use common::{fixture, one_error_line, Scratch};
 use okapi::data::{collate, load_sft_records, ChatTemplate, RecordFormat, SftEncoding, Tokenizer};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -58,18 +58,6 @@ fn ok(o: &Output) -> String {
     err(o)
 }
 
-/// The one `error:` line of a failed run, which must contain every needle.
-fn one_error(o: &Output, needles: &[&str]) -> String {
-    let e = err(o);
-    assert!(!o.status.success(), "expected a failure: {e}");
-    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{e}");
-    assert!(!e.contains("panicked"), "{e}");
-    for n in needles {
-        assert!(lines[0].contains(n), "`{n}` not in {}", lines[0]);
-    }
-    lines[0].to_string()
-}
 
 const TRAIN: &[&str] = &["--max-steps", "1", "--lr", "1e-3", "--no-shuffle", "--val-fraction", "0", "--log-every", "1"];
 
@@ -156,22 +144,22 @@ fn reward_and_dpo_on_trl_preference_records() {
 }
 
 #[test]
-fn conversations_without_a_chat_template_are_one_error() {
+fn conversations_without_a_chat_template_are_one_error_line() {
     let s = Scratch::new("no-chat");
     let data = s.root.join("chat.jsonl");
     std::fs::write(&data, MESSAGES).unwrap();
     let out = s.root.join("out");
     // --template okapi refuses conversations: file, line, field
     let o = run(&["sft", "--model", p(chat_model()), "--data", p(&data), "--out", p(&out), "--template", "okapi"]);
-    one_error(&o, &[&format!("{}:1", data.display()), "field `messages`", "--template chat"]);
+    one_error_line(&o, &[&format!("{}:1", data.display()), "field `messages`", "--template chat"]);
     assert!(!out.exists(), "nothing written");
     // a model without a chat template: for its conversations, and for --template chat
     let o = run(&["sft", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&out)]);
-    one_error(&o, &[&format!("{}:1", data.display()), "field `messages`", "has none"]);
+    one_error_line(&o, &[&format!("{}:1", data.display()), "field `messages`", "has none"]);
     let o = run(&["dpo", "--model", p(&fixture("llama_gqa")), "--data", p(&fixture("ranking_data.json")), "--out", p(&out), "--template", "chat"]);
-    one_error(&o, &["--template chat", "has no chat template"]);
+    one_error_line(&o, &["--template chat", "has no chat template"]);
     let o = run(&["generate", "--model", p(&fixture("llama_gqa")), "--instruction", "Hi", "--template", "chat"]);
-    one_error(&o, &["--template chat", "has no chat template"]);
+    one_error_line(&o, &["--template chat", "has no chat template"]);
     assert!(!out.exists(), "nothing written");
 }
 
@@ -190,20 +178,20 @@ fn bad_records_name_file_record_and_field() {
     for (i, (cmd, text, needles)) in cases.iter().enumerate() {
         let data = s.root.join(format!("bad{i}.jsonl"));
         std::fs::write(&data, text).unwrap();
-        let line = one_error(&run(&[cmd, "--model", p(chat_model()), "--data", p(&data), "--out", p(&out)]), needles);
+        let line = one_error_line(&run(&[cmd, "--model", p(chat_model()), "--data", p(&data), "--out", p(&out)]), needles);
         assert!(line.contains(&data.display().to_string()), "{line}");
         assert!(!out.exists(), "case {i}: nothing written");
     }
 }
 
 #[test]
-fn a_template_that_raises_is_one_error() {
+fn a_template_that_raises_is_one_error_line() {
     let s = Scratch::new("raises");
     let model = mistral_model(&s);
     let data = s.root.join("chat.jsonl");
     std::fs::write(&data, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"assistant\", \"content\": \"b\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}, {\"role\": \"assistant\", \"content\": \"c\"}]}\n").unwrap();
     let out = s.root.join("out");
-    one_error(&run(&["sft", "--model", p(&model), "--data", p(&data), "--out", p(&out)]), &[&format!("{}:2", data.display()), "the chat template refused the conversation: After the optional system message, conversation roles must alternate"]);
+    one_error_line(&run(&["sft", "--model", p(&model), "--data", p(&data), "--out", p(&out)]), &[&format!("{}:2", data.display()), "the chat template refused the conversation: After the optional system message, conversation roles must alternate"]);
     assert!(!out.exists());
 }
 
@@ -231,7 +219,7 @@ fn bad_data_paths_fail_before_anything_is_loaded() {
         if *cmd == "ppo" {
             args = vec!["ppo", "--policy", "/nonexistent-okapi-model", "--reward", "/nonexistent-okapi-model", "--prompts", p(arg), "--out", p(&out), "--overwrite"];
         }
-        one_error(&run(&args), &[want]);
+        one_error_line(&run(&args), &[want]);
         let files: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(files, vec![std::ffi::OsString::from("args.json")], "{cmd}: the run directory is untouched");
         assert_eq!(std::fs::read_to_string(out.join("args.json")).unwrap(), "{}");

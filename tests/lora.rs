@@ -153,15 +153,6 @@ fn sft(out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(BIN).args(["sft", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", "1"]).args(extra).output().unwrap()
 }
 
-fn one_error(o: &std::process::Output, needles: &[&str]) {
-    let e = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!o.status.success(), "expected a failure: {e}");
-    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{e}");
-    for n in needles {
-        assert!(lines[0].contains(n), "`{n}` not in {}", lines[0]);
-    }
-}
 
 /// A fresh adapter: A drawn, B zero (so the first forward is the base's), only the adapter
 /// trains, the saved adapter names the targets; bad flags and adapters are one error line.
@@ -177,16 +168,16 @@ fn lora_flags_and_bad_adapters() {
     assert_eq!(t.len(), 2 * 2 * 2, "A and B of q_proj and down_proj in both layers");
     assert!(t.iter().filter(|(k, _)| k.contains("lora_B")).all(|(_, v)| v.iter().any(|&x| x != 0.0)), "one step moved every B off zero");
     let bad = tmp("bad");
-    one_error(&sft(&bad, &["--lora-r", "2", "--lora-targets", "query_key_value"]), &["--lora-targets", "`query_key_value` matches no module", "q_proj"]);
-    one_error(&sft(&bad, &["--lora-r", "0"]), &["--lora-r 0"]);
-    one_error(&sft(&bad, &["--lora-alpha", "4"]), &["need --lora-r"]);
-    one_error(&sft(&bad, &["--adapter", fixture("lora_bloom_6h/adapter_init").to_str().unwrap()]), &["adapter_config.json: target_modules", "transformer.h.", "matches no module of this llama model"]);
-    one_error(&sft(&bad, &["--adapter", fixture("llama_gqa").to_str().unwrap()]), &["adapter_config.json"]);
+    one_error_line(&sft(&bad, &["--lora-r", "2", "--lora-targets", "query_key_value"]), &["--lora-targets", "`query_key_value` matches no module", "q_proj"]);
+    one_error_line(&sft(&bad, &["--lora-r", "0"]), &["--lora-r 0"]);
+    one_error_line(&sft(&bad, &["--lora-alpha", "4"]), &["need --lora-r"]);
+    one_error_line(&sft(&bad, &["--adapter", fixture("lora_bloom_6h/adapter_init").to_str().unwrap()]), &["adapter_config.json: target_modules", "transformer.h.", "matches no module of this llama model"]);
+    one_error_line(&sft(&bad, &["--adapter", fixture("llama_gqa").to_str().unwrap()]), &["adapter_config.json"]);
     let ia3 = tmp("ia3");
     std::fs::create_dir_all(&ia3).unwrap();
     std::fs::write(ia3.join("adapter_config.json"), r#"{"peft_type": "IA3", "target_modules": ["k_proj"]}"#).unwrap();
-    one_error(&sft(&bad, &["--adapter", ia3.to_str().unwrap()]), &["IA3 adapter", "LoRA"]);
-    one_error(&sft(&bad, &["--adapter", fixture("lora_llama_gqa/adapter_init").to_str().unwrap(), "--lora-r", "8"]), &["--adapter", "drop the --lora-* flags"]);
+    one_error_line(&sft(&bad, &["--adapter", ia3.to_str().unwrap()]), &["IA3 adapter", "LoRA"]);
+    one_error_line(&sft(&bad, &["--adapter", fixture("lora_llama_gqa/adapter_init").to_str().unwrap(), "--lora-r", "8"]), &["--adapter", "drop the --lora-* flags"]);
     assert!(!bad.join("adapter_model.safetensors").exists() && !bad.join("metrics.jsonl").exists(), "nothing written");
     for d in [out, bad, ia3] {
         let _ = std::fs::remove_dir_all(d);
@@ -214,7 +205,7 @@ fn merge_gives_the_logits_of_base_plus_adapter() {
         let _ = std::fs::remove_dir_all(&out);
     }
     let o = Command::new(BIN).args(["merge", "--model", fixture("llama_gqa").to_str().unwrap(), "--adapter", fixture("lora_llama_gqa/adapter_after").to_str().unwrap(), "--out", fixture("llama_gqa").to_str().unwrap()]).output().unwrap();
-    one_error(&o, &["--out", "is the --model directory"]);
+    one_error_line(&o, &["--out", "is the --model directory"]);
 }
 
 /// An adapter whose tensors do not have the shapes its config and the base imply.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, one_error_line};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,16 +24,6 @@ fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-fn one_line_error(o: &Output, needles: &[&str]) {
-    let e = err(o);
-    assert!(!o.status.success(), "expected a failure: {e}");
-    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{e}");
-    assert!(!e.contains("panicked"), "{e}");
-    for n in needles {
-        assert!(lines[0].contains(n), "`{n}` not in {}", lines[0]);
-    }
-}
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
@@ -80,14 +70,14 @@ fn bad_ranking_input_is_one_clear_error() {
     let dir = tmp("rm-bad");
     let only_bad = dir.join("bad.json");
     std::fs::write(&only_bad, r#"[{"instruction": "Same", "input": "", "chosen": "A", "rejected": "A"}]"#).unwrap();
-    one_line_error(&run(&["reward", "--model", p(&fixture("llama_gqa")), "--data", p(&only_bad), "--out", p(&dir.join("o"))]), &["no ranking data after filtering", "identical"]);
+    one_error_line(&run(&["reward", "--model", p(&fixture("llama_gqa")), "--data", p(&only_bad), "--out", p(&dir.join("o"))]), &["no ranking data after filtering", "identical"]);
     let shapeless = dir.join("shape.json");
     std::fs::write(&shapeless, r#"[{"instruction": "x", "input": "", "output": "y"}]"#).unwrap();
-    one_line_error(&run(&["dpo", "--model", p(&fixture("llama_gqa")), "--data", p(&shapeless), "--out", p(&dir.join("o"))]), &["shape.json", "#1", "prefered_output"]);
+    one_error_line(&run(&["dpo", "--model", p(&fixture("llama_gqa")), "--data", p(&shapeless), "--out", p(&dir.join("o"))]), &["shape.json", "#1", "prefered_output"]);
     let data = messy_rankings(&dir);
-    one_line_error(&run(&["dpo", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&dir.join("o")), "--beta", "0"]), &["--beta"]);
-    one_line_error(&run(&["reward", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&dir.join("o")), "--unfrozen-layers", "9"]), &["--unfrozen-layers 9", "2 layers"]);
-    one_line_error(&run(&["score", "--model", p(&fixture("llama_gqa")), "--data", p(&data)]), &["not a reward model"]);
+    one_error_line(&run(&["dpo", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&dir.join("o")), "--beta", "0"]), &["--beta"]);
+    one_error_line(&run(&["reward", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--out", p(&dir.join("o")), "--unfrozen-layers", "9"]), &["--unfrozen-layers 9", "2 layers"]);
+    one_error_line(&run(&["score", "--model", p(&fixture("llama_gqa")), "--data", p(&data)]), &["not a reward model"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -121,7 +111,7 @@ fn ppo_refuses_a_reward_model_with_another_tokenizer_unless_retokenize() {
     let (policy, rm, prompts) = policy_and_foreign_rm(&dir);
     let out = dir.join("ppo");
     let base = ["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "6"];
-    one_line_error(&run(&base), &["tokenizer differs", "--retokenize"]);
+    one_error_line(&run(&base), &["tokenizer differs", "--retokenize"]);
     let mut args = base.to_vec();
     args.push("--retokenize");
     let o = run(&args);
@@ -144,7 +134,7 @@ fn ppo_divergence_stops_with_a_clear_message() {
     let (policy, rm, prompts) = policy_and_own_rm(&dir);
     let out = dir.join("ppo");
     let o = run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "3", "--rollouts", "4", "--chunk-size", "4", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--lr", "1e30", "--max-grad-norm", "0"]);
-    one_line_error(&o, &["iteration", "stopping"]);
+    one_error_line(&o, &["iteration", "stopping"]);
     assert!(!out.join("model.safetensors").exists(), "no model from a diverged run");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -216,7 +206,7 @@ fn ppo_resume_is_bit_identical_to_an_uninterrupted_run() {
             .args(["--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--critic", critic, "--resume", p(&part)])
             .output()
             .unwrap();
-        one_line_error(&o, &["--resume", "--rollouts 4", "--rollouts 8", "keeps every setting"]);
+        one_error_line(&o, &["--resume", "--rollouts 4", "--rollouts 8", "keeps every setting"]);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -421,7 +411,7 @@ fn ppo_recipe_okapi_runs_trlxs_choices_and_resumes_exactly() {
     assert_eq!(same_files(&part, &full, &["model.safetensors", "value_head.safetensors", "samples.jsonl"], "after a resume"), 3);
     // a resume keeps every trlx choice
     let o = ppo(&dir.join("x"), &["--resume", p(&part), "--whiten", "batch"], &[]);
-    one_line_error(&o, &["--resume", "--whiten"]);
+    one_error_line(&o, &["--resume", "--whiten"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -457,9 +447,9 @@ fn ppo_choice_flags_are_checked() {
     let base = ["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "1"];
     for (flag, value, expected) in [("--whiten", "rollout", "batch or minibatch"), ("--loss-norm", "mean", "token or sequence"), ("--kl-control", "k2", "response-k1 or trlx"), ("--value-head", "deep", "mlp or linear"), ("--prompt-encoding", "bos", "bos-skip or trlx")] {
         let o = run(&[&base[..], &[flag, value]].concat());
-        one_line_error(&o, &[flag, value, expected]);
+        one_error_line(&o, &[flag, value, expected]);
     }
-    one_line_error(&run(&[&base[..], &["--value-head", "mlp", "--critic", "separate"]].concat()), &["--value-head mlp", "--critic shared"]);
+    one_error_line(&run(&[&base[..], &["--value-head", "mlp", "--critic", "separate"]].concat()), &["--value-head mlp", "--critic shared"]);
     assert!(!out.join("metrics.jsonl").exists(), "nothing ran");
     let _ = std::fs::remove_dir_all(&dir);
 }

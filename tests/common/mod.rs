@@ -294,3 +294,18 @@ pub fn cuda_or_skip(precision: okapi::runtime::Precision, what: &str) -> Option<
         }
     }
 }
+
+/// The one `error:` line of a failed run of the binary, which must contain every needle (and
+/// no panic anywhere on stderr).
+#[track_caller]
+pub fn one_error_line(o: &std::process::Output, needles: &[&str]) -> String {
+    let e = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "expected a failure: {e}");
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    for n in needles {
+        assert!(lines[0].contains(n), "`{n}` not in {}", lines[0]);
+    }
+    lines[0].to_string()
+}
