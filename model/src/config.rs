@@ -563,7 +563,7 @@ fn layer_windows(f: &Fields, arch: Arch, layers: usize) -> Result<Vec<usize>> {
         Ok(match arch {
             Arch::Qwen2 | Arch::Qwen3 => l >= f.opt_usize("max_window_layers")?.unwrap_or(28),
             // Gemma 2 alternates: local (sliding) layers first, then global
-            Arch::Gemma2 => l % 2 == 0,
+            Arch::Gemma2 => l.is_multiple_of(2),
             _ => true,
         })
     };

@@ -201,7 +201,7 @@ mod tests {
                     assert_eq!((cfg.n_kv_heads, cfg.head_dim, cfg.intermediate_size), (p.kv_heads, p.head_dim.unwrap_or(p.hidden / p.heads), p.ffn), "{}", p.name);
                     assert_eq!((cfg.tie_word_embeddings, cfg.rope_theta), (p.tied, p.rope_theta), "{}", p.name);
                     // presets have no sliding window, but Gemma 2's local layers
-                    let local = |l: usize| if arch == Arch::Gemma2 && l % 2 == 0 { 4096 } else { 0 };
+                    let local = |l: usize| if arch == Arch::Gemma2 && l.is_multiple_of(2) { 4096 } else { 0 };
                     assert!(cfg.features.layer_windows.iter().enumerate().all(|(l, &w)| w == local(l)), "{}: {:?}", p.name, cfg.features.layer_windows);
                 }
             }
