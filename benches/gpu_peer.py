@@ -93,7 +93,8 @@ def read_presets():
             src = f.read()
     except OSError:
         return dict(PRESETS_COPY), "copy in gpu_peer.py"
-    rows = re.findall(r'\("([\w.-]+)",\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\)', src)
+    # `preset("tiny", Arch::Llama, [hidden, layers, heads, kv heads, ffn, vocab])`
+    rows = re.findall(r'preset\("([\w.-]+)",\s*Arch::\w+,\s*\[(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\]\)', src)
     presets = {name: tuple(int(x) for x in rest) for name, *rest in rows}
     if not presets:
         return dict(PRESETS_COPY), "copy in gpu_peer.py (model/src/init.rs unparsed)"
