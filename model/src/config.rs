@@ -574,6 +574,40 @@ fn layer_windows(f: &Fields, arch: Arch, layers: usize) -> Result<Vec<usize>> {
     (0..layers_ok).map(|l| Ok(if sliding(l)? { window.unwrap_or(0) } else { 0 })).collect()
 }
 
+/// Gemma 2 (its config class's defaults when a key is missing): GeGLU, RMSNorms scaling by
+/// (1 + w) before and after each sublayer, the embedding scaled by √hidden, scores scaled by
+/// query_pre_attn_scalar^-½ and soft-capped, the logits soft-capped, local and global layers
+/// alternating, the head tied.
+fn gemma2_shape(f: &Fields) -> Result<Shape> {
+    // transformers' Gemma 2 reads `hidden_activation` only (files often carry `hidden_act` too)
+    let mut shape = rope_family_shape_with(f, Arch::Gemma2, &["hidden_activation"], "gelu_pytorch_tanh")?;
+    if f.bool_or("use_bidirectional_attention", false)? {
+        return Err(f.err("use_bidirectional_attention", "true is not supported (okapi's models are causal)"));
+    }
+
+    let cap = |key: &str, default: f64| -> Result<Option<f32>> {
+        match f.v.get(key) {
+            None => Ok(Some(default as f32)),
+            Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().filter(|x| x.is_finite() && *x > 0.0).map(|x| Some(x as f32)).ok_or_else(|| f.err(key, format!("{v}: expected a finite positive number or null"))),
+        }
+    };
+    let scalar = f.f64_or("query_pre_attn_scalar", 256.0)?;
+    if !(scalar.is_finite() && scalar > 0.0) {
+        return Err(f.err("query_pre_attn_scalar", format!("{scalar}: expected a finite positive number")));
+    }
+    shape.max_positions = Some(f.opt_usize("max_position_embeddings")?.unwrap_or(8192));
+    let ft = &mut shape.features;
+    ft.mlp = MlpKind::GeGlu;
+    ft.norm_plus_one = true;
+    ft.sandwich_norms = true;
+    ft.embed_scale = true;
+    ft.attn_scale = (1.0 / scalar.sqrt()) as f32;
+    ft.attn_softcap = cap("attn_logit_softcapping", 50.0)?;
+    ft.final_softcap = cap("final_logit_softcapping", 30.0)?;
+    Ok(shape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,38 +715,4 @@ mod tests {
         let rm = cfg("mistral", json!({"architectures": ["MistralForSequenceClassification"], "num_labels": 1})).unwrap();
         assert_eq!(rm.head, Head::Score);
     }
-}
-
-/// Gemma 2 (its config class's defaults when a key is missing): GeGLU, RMSNorms scaling by
-/// (1 + w) before and after each sublayer, the embedding scaled by √hidden, scores scaled by
-/// query_pre_attn_scalar^-½ and soft-capped, the logits soft-capped, local and global layers
-/// alternating, the head tied.
-fn gemma2_shape(f: &Fields) -> Result<Shape> {
-    // transformers' Gemma 2 reads `hidden_activation` only (files often carry `hidden_act` too)
-    let mut shape = rope_family_shape_with(f, Arch::Gemma2, &["hidden_activation"], "gelu_pytorch_tanh")?;
-    if f.bool_or("use_bidirectional_attention", false)? {
-        return Err(f.err("use_bidirectional_attention", "true is not supported (okapi's models are causal)"));
-    }
-
-    let cap = |key: &str, default: f64| -> Result<Option<f32>> {
-        match f.v.get(key) {
-            None => Ok(Some(default as f32)),
-            Some(Value::Null) => Ok(None),
-            Some(v) => v.as_f64().filter(|x| x.is_finite() && *x > 0.0).map(|x| Some(x as f32)).ok_or_else(|| f.err(key, format!("{v}: expected a finite positive number or null"))),
-        }
-    };
-    let scalar = f.f64_or("query_pre_attn_scalar", 256.0)?;
-    if !(scalar.is_finite() && scalar > 0.0) {
-        return Err(f.err("query_pre_attn_scalar", format!("{scalar}: expected a finite positive number")));
-    }
-    shape.max_positions = Some(f.opt_usize("max_position_embeddings")?.unwrap_or(8192));
-    let ft = &mut shape.features;
-    ft.mlp = MlpKind::GeGlu;
-    ft.norm_plus_one = true;
-    ft.sandwich_norms = true;
-    ft.embed_scale = true;
-    ft.attn_scale = (1.0 / scalar.sqrt()) as f32;
-    ft.attn_softcap = cap("attn_logit_softcapping", 50.0)?;
-    ft.final_softcap = cap("final_logit_softcapping", 30.0)?;
-    Ok(shape)
 }

@@ -145,9 +145,7 @@ impl<B: Backend> Model<B> {
         } else {
             be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
         }
-        if let Some(cap) = cfg.features.final_softcap {
-            be.softcap_fwd(logits, if last_only { b } else { n } * cfg.vocab_size, cap);
-        }
+        self.softcap_fwd(logits, if last_only { b } else { n } * cfg.vocab_size);
         for (len, &nn) in cache.lens.iter_mut().zip(n_new) {
             *len += nn;
         }

@@ -32,13 +32,20 @@ impl<B: Backend> Model<B> {
             self.be.copy_range(&mut acts.lnf_chunk, 0, &acts.lnf, r0 * c, rows * c);
             self.be.matmul(&mut acts.logits, &acts.lnf_chunk, w, &Gemm::new(rows, v, c).trans_b());
         }
-        if let Some(cap) = self.cfg.features.final_softcap {
+        if self.softcap_fwd(&mut acts.logits, rows * v) {
             // the capped logits are what every consumer reads; a copy serves the cap's backward
-            self.be.softcap_fwd(&mut acts.logits, rows * v, cap);
             self.be.copy(&mut acts.logits_capped, &acts.logits, rows * v);
         }
         acts.logits_valid = Some((r0, r1));
         Ok(())
+    }
+
+    /// Gemma 2's final-logit soft cap on `len` logits in place (training head and decoding);
+    /// whether the model has one.
+    pub(crate) fn softcap_fwd(&self, logits: &mut B::Buf, len: usize) -> bool {
+        let Some(cap) = self.cfg.features.final_softcap else { return false };
+        self.be.softcap_fwd(logits, len, cap);
+        true
     }
 
     /// Soft-capped logits: the gradient in `acts.logits` (rows of the last head forward) taken
