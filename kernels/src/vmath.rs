@@ -258,6 +258,26 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// acc\[i\] ← max(acc\[i\], x\[i\]) — column maxima of a row-major tile, one row at a time.
+    pub fn max_into(acc: &mut [f32], x: &[f32]) -> () {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a = a.max(v);
+        }
+    }
+}
+
+multiversion! {
+    /// x\[i\] ← e^(x\[i\] − shift\[i\]); acc\[i\] += x\[i\] in f64 — one row of a tile whose
+    /// columns are softmax rows (attention's transposed score tile).
+    pub fn exp_shift_acc(x: &mut [f32], shift: &[f32], acc: &mut [f64]) -> () {
+        for ((v, &b), a) in x.iter_mut().zip(shift).zip(acc.iter_mut()) {
+            *v = exp(*v - b);
+            *a += *v as f64;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

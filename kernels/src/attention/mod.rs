@@ -383,56 +383,113 @@ fn score_tile(s: &mut [f32], dcap: Option<&mut [f32]>, q: &[f32], k: &[f32], sh:
 }
 
 /// out = softmax(scores)·v (`=`), lse saved (`=`). Rows with no visible key give 0 and -inf.
-/// Tasks are (sequence, query head, tile of QT query rows); each computes its score tile with
-/// one GEMM, the softmax in place, and its output rows with a second GEMM.
+/// Tasks are (sequence, query head, tile of QT query rows); each computes its score tile
+/// transposed, Sᵀ (keys × rows) = K·Qᵀ, with one GEMM, the softmax down its columns, and its
+/// output rows with a second GEMM (Pᵀ read column-major), normalised afterwards. The transposed
+/// tile is what the `gemm` crate runs fast here: Q·Kᵀ written row-major packs Kᵀ from columns
+/// and ran at 40 % of the rate of K·Qᵀ (64 query rows against 1 300 keys, one thread).
 pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32], [u32]>, sh: &AttnShape) {
     x.check("attention_fwd", sh);
     check_attn_outputs("attention_fwd", sh, out, lse, None);
-    let AttnInputs { q, k, v, q_pos0, kv_len, alibi } = *x;
     let (hq, d) = (sh.n_heads, sh.head_dim);
-    let kw = sh.n_kv_heads * d;
     let tiles = sh.tq.div_ceil(QT);
     let (pout, plse) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
-    (0..sh.batch * hq * tiles).into_par_iter().for_each_init(Vec::new, |s: &mut Vec<f32>, task| {
+    (0..sh.batch * hq * tiles).into_par_iter().for_each_init(FwdScratch::default, |scratch, task| {
         let (pout, plse) = (pout, plse);
         let (b, h, tile) = (task / (hq * tiles), task / tiles % hq, task % tiles);
         let i0 = tile * QT;
         let rows = QT.min(sh.tq - i0);
-        let row_out = |r: usize| ((b * sh.tq + i0 + r) * hq + h) * d;
-        let row_lse = |r: usize| (b * sh.tq + i0 + r) * hq + h;
-        let seq = (q_pos0[b], kv_len[b]);
+        let seq = (x.q_pos0[b], x.kv_len[b]);
+        // SAFETY: rows (b, i0.., h) of out and lse belong to this task alone; each is d apart
+        // in out (stride hq·d) and one apart in lse (stride hq).
+        let out_row = |r: usize| unsafe { pout.0.add(((b * sh.tq + i0 + r) * hq + h) * d) };
+        let lse_row = |r: usize| unsafe { &mut *plse.0.add((b * sh.tq + i0 + r) * hq + h) };
         let Some(t) = Tile::new(sh, seq, (b, h), (i0, rows)) else {
             for r in 0..rows {
-                // SAFETY: rows (b, i0+r, h) of out and lse belong to this task alone.
-                unsafe {
-                    std::ptr::write_bytes(pout.0.add(row_out(r)), 0, d);
-                    *plse.0.add(row_lse(r)) = f32::NEG_INFINITY;
-                }
+                // SAFETY: as above.
+                unsafe { std::ptr::write_bytes(out_row(r), 0, d) };
+                *lse_row(r) = f32::NEG_INFINITY;
             }
             return;
         };
-        let nk = t.nk;
-        if s.len() < rows * nk {
-            s.resize(rows * nk, 0.0);
-        }
-        score_tile(s, None, q, k, sh, t, alibi.map_or(0.0, |a| a[h]));
-        for r in 0..rows {
-            let vis = visible_part(&mut s[r * nk..(r + 1) * nk], t.cols(sh, seq, r));
-            // SAFETY: as above.
-            let l = unsafe { &mut *plse.0.add(row_lse(r)) };
-            if vis.is_empty() {
-                *l = f32::NEG_INFINITY;
-                continue;
-            }
-            let max = vmath::max(vis);
-            let sum = vmath::exp_affine_sum(vis, 1.0, max);
-            *l = max + sum.ln() as f32;
-            vmath::scale(vis, (1.0 / sum) as f32);
-        }
-        // out rows (rows, d) = P (rows, nk) · V (nk, d)
+        softmax_tile_t(scratch, x, sh, t, seq);
+        // out rows (rows, d) = P (rows, nk) · V (nk, d), P stored transposed
+        let kw = sh.n_kv_heads * d;
         // SAFETY: the out rows of this task are disjoint from every other task's; v rows j0..j0+nk exist.
-        unsafe { gemm_st(StGemm { m: rows, n: d, k: nk, alpha: 1.0, accumulate: false }, Mat { ptr: pout.0.add(row_out(0)), rs: hq * d, cs: 1 }, Mat { ptr: s.as_ptr(), rs: nk, cs: 1 }, Mat { ptr: v[t.kv0(sh)..].as_ptr(), rs: kw, cs: 1 }) };
+        unsafe { gemm_st(StGemm { m: rows, n: d, k: t.nk, alpha: 1.0, accumulate: false }, Mat { ptr: out_row(0), rs: hq * d, cs: 1 }, Mat { ptr: scratch.st.as_ptr(), rs: 1, cs: rows }, Mat { ptr: x.v[t.kv0(sh)..].as_ptr(), rs: kw, cs: 1 }) };
+        for (r, (&sum, &mx)) in scratch.sum.iter().zip(&scratch.max).enumerate() {
+            // SAFETY: as above.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_row(r), d) };
+            if sum > 0.0 {
+                vmath::scale(o, (1.0 / sum) as f32);
+                *lse_row(r) = mx + sum.ln() as f32;
+            } else {
+                o.fill(0.0);
+                *lse_row(r) = f32::NEG_INFINITY;
+            }
+        }
     });
+}
+
+/// A forward task's buffers, reused across its tiles: the transposed scores (keys × rows), and
+/// per row its visible key columns, max and sum.
+#[derive(Default)]
+struct FwdScratch {
+    st: Vec<f32>,
+    cols: Vec<Range<usize>>,
+    max: Vec<f32>,
+    sum: Vec<f64>,
+}
+
+/// Fills `scratch.st` with the tile's probabilities, unnormalised: Pᵀ\[j\]\[r\] = e^(s − max_r)
+/// where key j is visible to row r, else 0; each row's Σ (0: no visible key) in `scratch.sum`,
+/// its max in `scratch.max`.
+fn softmax_tile_t(scratch: &mut FwdScratch, x: &AttnInputs<'_, [f32], [u32]>, sh: &AttnShape, t: Tile, seq: (u32, u32)) {
+    let (rows, nk, d) = (t.rows, t.nk, sh.head_dim);
+    let FwdScratch { st, cols, max, sum } = scratch;
+    if st.len() < rows * nk {
+        st.resize(rows * nk, 0.0);
+    }
+    let st = &mut st[..rows * nk];
+    let q0 = ((t.b * sh.tq + t.i0) * sh.n_heads + t.h) * d;
+    // SAFETY: q rows i0..i0+rows and k rows j0..j0+nk of this (b, head) lie inside the checked buffers.
+    unsafe { gemm_st(StGemm { m: nk, n: rows, k: d, alpha: sh.scale, accumulate: false }, Mat { ptr: st.as_mut_ptr(), rs: rows, cs: 1 }, Mat { ptr: x.k[t.kv0(sh)..].as_ptr(), rs: sh.n_kv_heads * d, cs: 1 }, Mat { ptr: x.q[q0..].as_ptr(), rs: 1, cs: sh.n_heads * d }) };
+    if sh.softcap > 0.0 {
+        crate::activation::softcap_chunk(st, sh.softcap);
+    }
+    let slope = x.alibi.map_or(0.0, |a| a[t.h]);
+    cols.clear();
+    cols.extend((0..rows).map(|r| t.cols(sh, seq, r)));
+    // keys outside some row's columns: those before the largest start or from the smallest end
+    let masked_below = cols.iter().map(|c| c.start).max().unwrap_or(0);
+    let masked_from = cols.iter().map(|c| c.end).min().unwrap_or(nk);
+    max.clear();
+    max.resize(rows, f32::NEG_INFINITY);
+    for (j, srow) in st.chunks_exact_mut(rows).enumerate() {
+        if slope != 0.0 {
+            let bias = slope * (t.j0 + j) as f32;
+            srow.iter_mut().for_each(|s| *s += bias);
+        }
+        if j < masked_below || j >= masked_from {
+            for (s, c) in srow.iter_mut().zip(cols.iter()) {
+                if !c.contains(&j) {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
+        vmath::max_into(max, srow);
+    }
+    // a row with no visible key keeps −inf everywhere: shift by 0 so that e^(−inf) = 0
+    for (m, c) in max.iter_mut().zip(cols.iter()) {
+        if c.is_empty() {
+            *m = 0.0;
+        }
+    }
+    sum.clear();
+    sum.resize(rows, 0.0);
+    for srow in st.chunks_exact_mut(rows) {
+        vmath::exp_shift_acc(srow, max, sum);
+    }
 }
 
 /// What the backward reads besides q, k, v: the upstream gradient, the forward's out and lse.
