@@ -2,7 +2,7 @@
 //! shared-context KV cache.
 //!
 //!     cargo bench --bench eval_items -- [--items N] [--batch B] [--shots K] [--repeats R]
-//!                                       [--baseline-items M] [--out DIR]
+//!                                       [--baseline-items M] [--chunk T] [--out DIR]
 //!
 //! Data: the bundled m_arc sets (`okapi::data::assets::EVAL_ARC`, 8 languages × 12 items); the
 //! evaluated items are the first N (default 24) in language order, each with K (default 25)
@@ -37,11 +37,12 @@ struct Args {
     shots: usize,
     repeats: usize,
     baseline_items: Option<usize>,
+    chunk: usize,
     out: PathBuf,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { items: 24, batch: 8, shots: 25, repeats: 3, baseline_items: None, out: PathBuf::from("target/bench-eval") };
+    let mut a = Args { items: 24, batch: 8, shots: 25, repeats: 3, baseline_items: None, chunk: 0, out: PathBuf::from("target/bench-eval") };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().unwrap_or_else(|| panic!("{name} needs a value"));
@@ -51,9 +52,10 @@ fn parse_args() -> Args {
             "--shots" => a.shots = val("--shots").parse().expect("--shots: integer"),
             "--repeats" => a.repeats = val("--repeats").parse().expect("--repeats: integer"),
             "--baseline-items" => a.baseline_items = Some(val("--baseline-items").parse().expect("--baseline-items: integer")),
+            "--chunk" => a.chunk = val("--chunk").parse().expect("--chunk: integer"),
             "--out" => a.out = PathBuf::from(val("--out")),
             "--bench" => {}
-            other => panic!("unknown argument `{other}` (expected --items N --batch B --shots K --repeats R --baseline-items M --out DIR)"),
+            other => panic!("unknown argument `{other}` (expected --items N --batch B --shots K --repeats R --baseline-items M --chunk T --out DIR)"),
         }
     }
     a
@@ -137,7 +139,7 @@ fn bench_main() {
 
     let run = |items: &[ItemRequest], cache: bool| {
         let t = Instant::now();
-        let (s, st) = score_items(&model, &tok, items, ScoreOptions { batch_size: a.batch, cache, chunk: 0 }).unwrap();
+        let (s, st) = score_items(&model, &tok, items, ScoreOptions { batch_size: a.batch, cache, chunk: a.chunk }).unwrap();
         (t.elapsed().as_secs_f64(), s, st)
     };
     let warm = &items[..a.batch.min(n)];

@@ -99,13 +99,19 @@ fn bloom_cached_scoring_equals_per_request_scoring() {
 #[test]
 fn shared_prefix_is_computed_once_and_changes_nothing() {
     let (model, tok) = load("bloom_6h");
-    let items: Vec<ItemRequest> = ["What happens if you crack your knuckles?", "Tôi yêu ai?", "Почему небо голубое?"]
-        .iter()
-        .map(|q| ItemRequest { context: format!("{QA_PROMPT}\n\nQ: {q}\nA:"), continuations: vec![" Nothing.".into(), " Arthritis in old age.".into(), " Не знаю.".into()] })
-        .collect();
+    let questions = ["What happens if you crack your knuckles?", "Tôi yêu ai?", "Почему небо голубое?"];
+    let mut items: Vec<ItemRequest> = questions.iter().map(|q| ItemRequest { context: format!("{QA_PROMPT}\n\nQ: {q}\nA:"), continuations: vec![" Nothing.".into(), " Arthritis in old age.".into(), " Не знаю.".into()] }).collect();
+    // a second group (a fixed few-shot block) and items sharing nothing, interleaved
+    let shots = "Question: Which gas do plants take in?\nAnswer: carbon dioxide\n\nQuestion: What is the boiling point of water at sea level?\nAnswer: 100 °C\n\n";
+    for (k, q) in questions.iter().enumerate() {
+        items.insert(2 * k, ItemRequest { context: format!("{shots}Question: {q}\nAnswer:"), continuations: vec![" yes".into(), " no, never".into()] });
+    }
+    items.extend(mixed_items().into_iter().take(2));
     let (cached, stats) = score_items(&model, &tok, &items, ScoreOptions { batch_size: 2, cache: true, chunk: 16 }).unwrap();
     let (plain, _) = score_items(&model, &tok, &items, ScoreOptions { batch_size: 2, cache: false, chunk: 0 }).unwrap();
     assert!(stats.shared_prefix > 100, "the QA prompt is shared: {} tokens", stats.shared_prefix);
+    let contexts: usize = items.iter().map(|it| tok.encode(&it.context, false).unwrap().len()).sum();
+    assert!(stats.tokens + 2 * 100 < contexts, "each shared prefix went through the model once: {} tokens for contexts of {contexts}", stats.tokens);
     for (c, p) in cached.iter().zip(&plain) {
         let (ItemScore::Scored { logliks: a, .. }, ItemScore::Scored { logliks: b, .. }) = (c, p) else { panic!() };
         for (x, y) in a.iter().zip(b) {

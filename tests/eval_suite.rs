@@ -153,7 +153,8 @@ fn suite_equals_single_task_eval_and_writes_the_harness_layout() {
                 assert_eq!(got.as_object().unwrap().len(), 7, "{got}");
                 assert_eq!(block["versions"][&key], if task == "arc" || task == "mmlu" { 0 } else { 1 });
                 // every item has a line (those the window cannot hold say why); the scored
-                // ones are the single-task eval's, bit for bit
+                // ones are the single-task eval's, the logliks to float rounding (the suite
+                // batches items of several files together)
                 let suite_items = lines(&out.join(format!("items/{model}/{key}.jsonl")));
                 for (i, a) in suite_items.iter().enumerate() {
                     assert_eq!((a["index"].clone(), a["shots"].clone(), a["seed"].clone()), (json!(i), want["num_fewshot"].clone(), json!(42)));
@@ -161,14 +162,27 @@ fn suite_equals_single_task_eval_and_writes_the_harness_layout() {
                 let scored: Vec<&Value> = suite_items.iter().filter(|l| l.get("invalid").is_none()).collect();
                 assert_eq!((scored.len(), suite_items.len() - scored.len()), (want_items.len(), want["skipped"].as_u64().unwrap() as usize), "{model} {key}");
                 for (i, (a, b)) in scored.iter().zip(&want_items).enumerate() {
-                    for k in ["id", "lang", "logliks", "mc2_logliks", "pred", "pred_norm", "gold", "truncated"] {
+                    for k in ["id", "lang", "pred", "pred_norm", "gold", "truncated"] {
                         assert_eq!(a.get(k), b.get(k), "{model} {key} item {i} {k}");
+                    }
+                    for k in ["logliks", "mc2_logliks"] {
+                        assert_close(a.get(k), b.get(k), &format!("{model} {key} item {i} {k}"));
                     }
                 }
             }
         }
     }
     check_table(&stdout, &std::fs::read_to_string(out.join("results.md")).unwrap(), &res);
+}
+
+/// Two optional arrays of logliks, equal to float rounding (1e-5 relative).
+fn assert_close(a: Option<&Value>, b: Option<&Value>, what: &str) {
+    let nums = |v: Option<&Value>| v.map(|v| v.as_array().unwrap_or_else(|| panic!("{what}: {v}")).iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>());
+    let (a, b) = (nums(a), nums(b));
+    assert_eq!(a.as_ref().map(Vec::len), b.as_ref().map(Vec::len), "{what}");
+    for (x, y) in a.unwrap_or_default().iter().zip(b.unwrap_or_default()) {
+        assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{what}: {x} vs {y}");
+    }
 }
 
 /// results.md: a row per language, ARC/HellaSwag/MMLU/TruthfulQA × the two models, the
@@ -238,6 +252,33 @@ fn a_killed_run_resumes_to_the_identical_results() {
     assert!(o.status.success(), "{}", text(&o).1);
     assert_eq!(lines(&cut.join("runs.jsonl"))[1]["items_scored"], 0);
     assert_eq!(std::fs::read(cut.join("results.json")).unwrap(), std::fs::read(whole.join("results.json")).unwrap());
+}
+
+#[test]
+fn a_kill_loses_at_most_the_batch_in_flight() {
+    let s = Scratch::new("resume-batches");
+    let data = s.root.join("data");
+    okapi_layout(&data);
+    let (whole, cut) = (s.root.join("whole"), s.root.join("cut"));
+    // one group holds every item of the suite (26 per model), scored in batches of 2 across
+    // the task-languages
+    let flags = ["--save-every", "64", "--batch-size", "2"];
+    let o = suite(&data, &whole, &MODELS, &flags, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = suite(&data, &cut, &MODELS, &flags, &[("OKAPI_TEST_EVAL_EXIT_AFTER_ITEMS", "5")]);
+    assert!(!o.status.success());
+    let saved: usize = std::fs::read_dir(cut.join("items/llama_gqa")).unwrap().map(|e| lines(&e.unwrap().path()).len()).sum();
+    assert!((5..=6).contains(&saved), "appended batch by batch, not at the end of the group: {saved} lines");
+    let o = suite(&data, &cut, &MODELS, &flags, &[]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for f in ["results.json", "results.md"] {
+        assert_eq!(std::fs::read(cut.join(f)).unwrap(), std::fs::read(whole.join(f)).unwrap(), "{f}");
+    }
+    // the per-item files end in item order, as an uninterrupted run's
+    for e in std::fs::read_dir(whole.join("items/llama_gqa")).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(std::fs::read(e.path()).unwrap(), std::fs::read(cut.join("items/llama_gqa").join(e.file_name())).unwrap(), "{:?}", e.file_name());
+    }
 }
 
 /// A failing command: exit status 1, its last stderr line `error: …` containing `needle`, and

@@ -91,7 +91,7 @@ impl<B: Backend> Model<B> {
     /// first `n_new[b]` entries real (the rest padding, ignored). Fills `cache.logits` with the
     /// logits of all (batch, t) positions; those of real tokens equal a full forward's.
     pub fn forward_cached(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize]) -> Result<()> {
-        self.forward_cached_rows(cache, tokens, t, n_new, false)
+        self.forward_cached_rows(cache, tokens, t, n_new, HeadRows::All)
     }
 
     /// As `forward_cached`, but the LM head runs only on each sequence's last new token:
@@ -99,10 +99,33 @@ impl<B: Backend> Model<B> {
     /// prompt of T tokens then costs one (B,V) head instead of (B·T,V)). A sequence with no new
     /// token gets the row of its slot 0 (meaningless; callers skip it).
     pub fn forward_cached_last(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize]) -> Result<()> {
-        self.forward_cached_rows(cache, tokens, t, n_new, true)
+        self.forward_cached_rows(cache, tokens, t, n_new, HeadRows::Last)
     }
 
-    fn forward_cached_rows(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize], last_only: bool) -> Result<()> {
+    /// As `forward_cached`, without the final norm and LM head: only the cache advances
+    /// (`cache.logits` is left as it was) — a context whose next-token predictions nobody reads
+    /// (scoring's contexts) skips its (B·t, V) head.
+    pub fn prefill_cached(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize]) -> Result<()> {
+        self.forward_cached_rows(cache, tokens, t, n_new, HeadRows::None)
+    }
+
+    /// Makes sequence `to` of `dst` hold the first `len` positions of sequence `from` of `src`
+    /// (keys and values of every layer copied; `dst` may be `src`'s twin of another batch
+    /// size): a prefix computed once serves several sequences. Positions past `len` in `to` are
+    /// forgotten.
+    pub fn cache_copy_prefix(&self, dst: &mut KvCache<B>, to: usize, src: &KvCache<B>, from: usize, len: usize) -> Result<()> {
+        if len > src.lens[from] || len > dst.cap || to >= dst.batch {
+            return Err(ModelError::Other(format!("cache_copy_prefix: {len} positions of sequence {from} (holding {}) into sequence {to} of a cache of {} × {}", src.lens[from], dst.batch, dst.cap)));
+        }
+        let kw = self.cfg.n_kv_heads * self.cfg.head_dim;
+        for (d, s) in dst.k.iter_mut().zip(&src.k).chain(dst.v.iter_mut().zip(&src.v)) {
+            self.be.copy_range(d, to * dst.cap * kw, s, from * src.cap * kw, len * kw);
+        }
+        dst.lens[to] = len;
+        Ok(())
+    }
+
+    fn forward_cached_rows(&self, cache: &mut KvCache<B>, tokens: &[u32], t: usize, n_new: &[usize], head_rows: HeadRows) -> Result<()> {
         let be = &self.be;
         let cfg = &self.cfg;
         let b = cache.batch;
@@ -135,21 +158,37 @@ impl<B: Backend> Model<B> {
             self.block_fwd(blk, la, x_in, x_out, &ctx, Some(slot));
         }
         let x_last = if cfg.n_layers.is_multiple_of(2) { &*x0 } else { &*x1 };
-        self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);
-        if last_only {
-            // gather each sequence's last new row (an embedding lookup with lnf as the table)
-            let rows: Vec<u32> = n_new.iter().enumerate().map(|(s, &nn)| (s * t + nn.max(1) - 1) as u32).collect();
-            be.write_ids(last_rows, &rows);
-            be.embedding_fwd(lnf_last, lnf, last_rows, okapi_runtime::Rows::new(b, c));
-            be.matmul(logits, lnf_last, &self.values[head], &Gemm::new(b, cfg.vocab_size, c).trans_b());
-        } else {
-            be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
+        match head_rows {
+            HeadRows::None => {}
+            HeadRows::Last => {
+                self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);
+                // gather each sequence's last new row (an embedding lookup with lnf as the table)
+                let rows: Vec<u32> = n_new.iter().enumerate().map(|(s, &nn)| (s * t + nn.max(1) - 1) as u32).collect();
+                be.write_ids(last_rows, &rows);
+                be.embedding_fwd(lnf_last, lnf, last_rows, okapi_runtime::Rows::new(b, c));
+                be.matmul(logits, lnf_last, &self.values[head], &Gemm::new(b, cfg.vocab_size, c).trans_b());
+                self.softcap_fwd(logits, b * cfg.vocab_size);
+            }
+            HeadRows::All => {
+                self.norm_fwd(&self.ln_f, lnf, lnf_mean, lnf_rstd, x_last, n);
+                be.matmul(logits, lnf, &self.values[head], &Gemm::new(n, cfg.vocab_size, c).trans_b());
+                self.softcap_fwd(logits, n * cfg.vocab_size);
+            }
         }
-        self.softcap_fwd(logits, if last_only { b } else { n } * cfg.vocab_size);
         for (len, &nn) in cache.lens.iter_mut().zip(n_new) {
             *len += nn;
         }
-        cache.last_t = t;
+        if head_rows != HeadRows::None {
+            cache.last_t = t;
+        }
         Ok(())
     }
+}
+
+/// Which rows of a cached forward go through the final norm and the LM head.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadRows {
+    All,
+    Last,
+    None,
 }

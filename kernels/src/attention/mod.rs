@@ -394,7 +394,7 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
     let (hq, d) = (sh.n_heads, sh.head_dim);
     let tiles = sh.tq.div_ceil(QT);
     let (pout, plse) = (SharedMut(out.as_mut_ptr()), SharedMut(lse.as_mut_ptr()));
-    (0..sh.batch * hq * tiles).into_par_iter().for_each_init(FwdScratch::default, |scratch, task| {
+    (0..sh.batch * hq * tiles).into_par_iter().for_each(|task| FWD_SCRATCH.with_borrow_mut(|scratch| {
         let (pout, plse) = (pout, plse);
         let (b, h, tile) = (task / (hq * tiles), task / tiles % hq, task % tiles);
         let i0 = tile * QT;
@@ -428,7 +428,13 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
                 *lse_row(r) = f32::NEG_INFINITY;
             }
         }
-    });
+    }));
+}
+
+thread_local! {
+    /// Each pool thread's forward scratch: kept between calls (rayon calls `for_each_init`'s
+    /// init per split, and a fresh tile of > 128 KiB is a fresh mmap, page-faulted in each time).
+    static FWD_SCRATCH: std::cell::RefCell<FwdScratch> = std::cell::RefCell::new(FwdScratch::default());
 }
 
 /// A forward task's buffers, reused across its tiles: the transposed scores (keys × rows), and

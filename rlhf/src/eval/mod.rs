@@ -40,7 +40,7 @@ pub use formats::{lang_from_name, parse_records, Doc, Record, Task};
 pub use harness::{Harness, PairEncoder};
 pub use metrics::{ItemMetrics, LangRow, Stat};
 pub use prompts::{MmluPrompt, Prompted};
-pub use scoring::{score_items, score_items_with, ItemRequest, ItemScore, ScoreOptions, ScoreStats};
+pub use scoring::{score_items, score_items_streaming, score_items_with, ItemRequest, ItemScore, ScoreOptions, ScoreStats};
 
 use crate::loglik::ScoreError;
 use okapi_data::Tokenizer;
@@ -267,18 +267,27 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
 /// Scores prepared items (one [`score_items`] call: they share its batches and its common
 /// prefix) and computes each item's metrics; an item the scorer refuses is `Err(message)`.
 pub fn score_prepared<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem]) -> Result<(Vec<Result<ItemResult, String>>, ScoreStats), EvalError> {
-    let reqs: Vec<ItemRequest> = items.iter().map(|it| ItemRequest { context: it.context.clone(), continuations: prompts::continuations(&it.prompted) }).collect();
     let enc = PairEncoder::new(cfg.harness, &model.cfg, tok)?;
-    let (scores, stats) = score_items_with(model, tok, &reqs, ScoreOptions { batch_size: cfg.batch_size, cache: cfg.cache, chunk: 0 }, &enc)?;
-    let results = items
-        .iter()
-        .zip(scores)
-        .map(|(it, sc)| match sc {
-            ItemScore::Scored { logliks, truncated } => Ok(ItemResult::new(it, logliks, truncated)),
-            ItemScore::Invalid(msg) => Err(format!("{}: id {}: {msg} — skipped", it.source, it.id)),
-        })
-        .collect();
-    Ok((results, stats))
+    let (scores, stats) = score_items_with(model, tok, &item_requests(items.iter()), score_options(cfg), &enc)?;
+    Ok((items.iter().zip(scores).map(|(it, sc)| item_result(it, sc)).collect(), stats))
+}
+
+/// The scorer's requests of `items`: each context with its continuations.
+pub fn item_requests<'a>(items: impl Iterator<Item = &'a PreparedItem>) -> Vec<ItemRequest> {
+    items.map(|it| ItemRequest { context: it.context.clone(), continuations: prompts::continuations(&it.prompted) }).collect()
+}
+
+/// The scorer's options under `cfg`.
+pub fn score_options(cfg: &EvalConfig) -> ScoreOptions {
+    ScoreOptions { batch_size: cfg.batch_size, cache: cfg.cache, chunk: 0 }
+}
+
+/// An item's result from its score, or why it was skipped.
+pub fn item_result(it: &PreparedItem, sc: ItemScore) -> Result<ItemResult, String> {
+    match sc {
+        ItemScore::Scored { logliks, truncated } => Ok(ItemResult::new(it, logliks, truncated)),
+        ItemScore::Invalid(msg) => Err(format!("{}: id {}: {msg} — skipped", it.source, it.id)),
+    }
 }
 
 impl ItemResult {

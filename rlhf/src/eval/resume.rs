@@ -9,16 +9,17 @@
 //!   refused in one line naming the difference ([`RunRecord::reconcile`]); new models and new
 //!   task-languages are added.
 //! - `OUT/items/<model>/<task>_<lang>.jsonl` ([`ItemsLog`]): one line per item, appended and
-//!   synced after each group of `--save-every` items, keyed by model, task, language, the
+//!   synced as each batch of a group of `--save-every` items is done, keyed by model, task, language, the
 //!   item's index and id, shots and seed. A rerun skips the items there; a line cut by a kill
 //!   is dropped.
-//! - Groups are fixed slices of a file's items (`[0, n)`, `[n, 2n)`, …), scored by one call
-//!   each whatever is already done ([`run_file`]): a group a kill interrupted is scored again
-//!   whole, with the same batches and shared prefix, so every item's logliks are the bits an
-//!   uninterrupted run computes, and `results.json` (computed from these lines) is
-//!   byte-identical.
+//! - Groups are fixed slices of the suite's items (all task-languages in order, `[0, n)`,
+//!   `[n, 2n)`, …), scored by one call each whatever is already done ([`run_suite`]): a group
+//!   a kill interrupted is scored again whole, with the same batches and shared prefixes, so
+//!   every item's logliks are the bits an uninterrupted run computes, and `results.json`
+//!   (computed from these lines) is byte-identical.
 
-use super::{score_prepared, EvalConfig, EvalError, ItemResult, PreparedItem, Task};
+use super::{item_requests, item_result, score_items_streaming, score_options, EvalConfig, EvalError, ItemResult, PairEncoder, PreparedItem, Task};
+use crate::loglik::ScoreError;
 use okapi_data::Tokenizer;
 use okapi_model::Model;
 use okapi_runtime::Backend;
@@ -253,6 +254,23 @@ impl ItemsLog {
         Ok(())
     }
 
+    /// Rewrites the file with its lines in item order (batches append them in the order they
+    /// finish): a new file synced, then renamed over the old one, so a kill leaves either.
+    pub fn rewrite_in_order(&mut self) -> Result<(), String> {
+        let err = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        let mut text = String::new();
+        for v in self.done.values() {
+            text.push_str(&serde_json::to_string(v).expect("JSON values serialise"));
+            text.push('\n');
+        }
+        let tmp = self.path.with_extension("jsonl.partial");
+        let mut f = File::create(&tmp).map_err(err)?;
+        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        self.file = OpenOptions::new().append(true).open(&self.path).map_err(err)?;
+        Ok(())
+    }
+
     /// The items' results in item order (from the lines, so a resumed run and an uninterrupted
     /// one aggregate the same numbers), the messages of the items that could not be scored,
     /// and how many items have no line yet.
@@ -282,23 +300,52 @@ impl ItemsLog {
     }
 }
 
-/// Scores the items of one task-language that `log` lacks, in fixed groups of `group` items
-/// (module docs), appending each group's lines before the next; `on_group(n)` after each
-/// group of which `n` items were scored.
-#[allow(clippy::too_many_arguments)]
-pub fn run_file<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem], log: &mut ItemsLog, key: &LineKey, group: usize, on_group: &mut dyn FnMut(usize)) -> Result<(), EvalError> {
-    let group = group.max(1);
-    for (g, chunk) in items.chunks(group).enumerate() {
-        let start = g * group;
-        if (start..start + chunk.len()).all(|i| log.done.contains_key(&i)) {
+/// One task-language of a suite run for one model: its settings, items, per-item file and key.
+pub struct FileJob<'a> {
+    pub cfg: &'a EvalConfig,
+    pub items: &'a [PreparedItem],
+    pub log: &'a mut ItemsLog,
+    pub key: LineKey,
+}
+
+/// Scores what the jobs' files lack, all task-languages together (one harness, batch size and
+/// cache setting: the suite's). The items of all jobs, in job order, are cut into fixed groups
+/// of `group`; a group with an item lacking its line is scored whole — batched and
+/// length-bucketed across its files, shared prefixes computed once — and each item's line is
+/// appended to its file as soon as its batch is done (a kill loses at most the batch in
+/// flight). `on_appended(job, n)` follows each append; at the end each file written to is
+/// rewritten in item order.
+pub fn run_suite<B: Backend>(model: &Model<B>, tok: &Tokenizer, jobs: &mut [FileJob<'_>], group: usize, on_appended: &mut dyn FnMut(usize, usize)) -> Result<(), EvalError> {
+    let Some(first) = jobs.first() else { return Ok(()) };
+    let (enc, opts) = (PairEncoder::new(first.cfg.harness, &model.cfg, tok)?, score_options(first.cfg));
+    let mut appended = vec![false; jobs.len()];
+    let all: Vec<(usize, usize)> = jobs.iter().enumerate().flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i))).collect();
+    for window in all.chunks(group.max(1)) {
+        if window.iter().all(|&(j, i)| jobs[j].log.done.contains_key(&i)) {
             continue;
         }
-        let (results, _) = score_prepared(model, tok, cfg, chunk)?;
-        let lines: Vec<(usize, Value)> = results.into_iter().enumerate().map(|(j, r)| (start + j, r)).filter(|(i, _)| !log.done.contains_key(i)).map(|(i, r)| (i, key.line(i, &items[i], r))).collect();
-        let n = lines.len();
-        log.append(lines).map_err(EvalError::Input)?;
-        crate::hooks::eval_items_appended(n);
-        on_group(n);
+        let reqs = item_requests(window.iter().map(|&(j, i)| &jobs[j].items[i]));
+        score_items_streaming(model, tok, &reqs, opts, &enc, &mut |done| {
+            let mut lines: BTreeMap<usize, Vec<(usize, Value)>> = BTreeMap::new();
+            for (k, sc) in done {
+                let (j, i) = window[k];
+                let job = &jobs[j];
+                if !job.log.done.contains_key(&i) {
+                    lines.entry(j).or_default().push((i, job.key.line(i, &job.items[i], item_result(&job.items[i], sc))));
+                }
+            }
+            for (j, lines) in lines {
+                let n = lines.len();
+                jobs[j].log.append(lines).map_err(ScoreError::Other)?;
+                appended[j] = true;
+                crate::hooks::eval_items_appended(n);
+                on_appended(j, n);
+            }
+            Ok(())
+        })?;
+    }
+    for (job, _) in jobs.iter_mut().zip(appended).filter(|(_, a)| *a) {
+        job.log.rewrite_in_order().map_err(EvalError::Input)?;
     }
     Ok(())
 }

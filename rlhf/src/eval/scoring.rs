@@ -7,16 +7,22 @@
 //!
 //! Fast path (`cache: true`): all choices of an item share its context, so the context runs
 //! through the model once and its KV cache serves every choice. B items are scored side by
-//! side in the B sequences of one [`KvCache`]:
-//! 1. every sequence holds the prefix P shared by all items' contexts (token-level longest
-//!    common prefix; e.g. TruthfulQA's QA prompt or a fixed few-shot block), prefilled once;
-//! 2. each sequence appends its item's context minus P and minus its last token (in chunks
-//!    of at most `t_max` tokens per forward);
-//! 3. for choice j = 0, 1, …: each sequence appends `[last context token] + choice_j[:-1]` —
+//! side in the B sequences of one [`KvCache`], in rounds of B:
+//! 1. items are ordered so that those sharing a long prefix of context tokens (a fixed
+//!    few-shot block — Okapi's v0.4 MMLU —, TruthfulQA's QA prompt) are consecutive, each such
+//!    group longest first, then the rest longest first (rounds of similar lengths pad little);
+//! 2. a group's shared prefix is computed once, in a one-sequence cache, and its keys and
+//!    values copied into each sequence that takes an item of the group ([`Model::cache_copy_prefix`]);
+//!    a sequence also keeps whatever prefix its previous item shares with the next one;
+//! 3. each sequence appends the rest of its item's context minus the last token (in chunks of
+//!    at most `t_max` tokens per forward, without the LM head: nothing reads those logits);
+//! 4. for choice j = 0, 1, …: each sequence appends `[last context token] + choice_j[:-1]` —
 //!    row i of that block predicts `choice_j[i]`, so its log-prob comes out of
 //!    `token_logprobs` on the device — then rewinds to its context length − 1
-//!    ([`KvCache::rewind`]); items with fewer choices pass `n_new = 0`;
-//! 4. after its last choice a sequence rewinds to |P| and takes the next item.
+//!    ([`KvCache::rewind`]); items with fewer choices pass `n_new = 0`.
+//!
+//! Results are handed out round by round ([`score_items_streaming`]), so a caller can save
+//! them as they come.
 //!
 //! Positions are those of the harness's input, so the results equal [`crate::score_loglik`]'s
 //! up to float rounding (tests/eval.rs checks ≤ 1e-4). An item whose context + some choice
@@ -33,6 +39,7 @@ use super::harness::{ItemTokens as Enc, PairEncoder};
 use crate::loglik::{score_encoded, ScoreError};
 use okapi_data::Tokenizer;
 use okapi_model::{KvCache, Model};
+use std::collections::BTreeMap;
 use okapi_runtime::{Backend, IGNORE_INDEX};
 
 /// One item's requests: a context and its continuations.
@@ -94,46 +101,57 @@ pub fn score_items<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemR
 
 /// Scores every item with `enc`'s pairing and window; results in item order.
 pub fn score_items_with<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions, enc: &PairEncoder) -> Result<(Vec<ItemScore>, ScoreStats), ScoreError> {
+    let mut out: Vec<Option<ItemScore>> = vec![None; items.len()];
+    let stats = score_items_streaming(model, tok, items, opts, enc, &mut |done| {
+        for (i, sc) in done {
+            out[i] = Some(sc);
+        }
+        Ok(())
+    })?;
+    Ok((out.into_iter().map(|o| o.expect("every item is scored or invalid")).collect(), stats))
+}
+
+/// What [`score_items_streaming`] hands its caller: (item index, result) of the items just
+/// finished. An error returned stops the scoring.
+pub type OnScored<'a> = dyn FnMut(Vec<(usize, ItemScore)>) -> Result<(), ScoreError> + 'a;
+
+/// Scores every item with `enc`'s pairing and window, handing results to `on_done` as they are
+/// finished (the invalid ones first, then those scored from scratch, then round by round —
+/// not in item order).
+pub fn score_items_streaming<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions, enc: &PairEncoder, on_done: &mut OnScored<'_>) -> Result<ScoreStats, ScoreError> {
     let max_len = enc.max_length;
     let mut stats = ScoreStats::default();
-    let mut out: Vec<Option<ItemScore>> = vec![None; items.len()];
-    let mut fast = Vec::new();
-    let mut slow = Vec::new();
+    let (mut fast, mut slow, mut invalid) = (Vec::new(), Vec::new(), Vec::new());
     let mut encs: Vec<Option<Enc>> = Vec::with_capacity(items.len());
     for (i, it) in items.iter().enumerate() {
         match encode_item(tok, enc, it)? {
             Err(msg) => {
-                out[i] = Some(ItemScore::Invalid(msg));
+                invalid.push((i, ItemScore::Invalid(msg)));
                 encs.push(None);
             }
             Ok(e) => {
-                if opts.cache && !e.over(max_len) {
-                    fast.push(i);
-                } else {
-                    slow.push(i);
-                }
+                if opts.cache && !e.over(max_len) { &mut fast } else { &mut slow }.push(i);
                 encs.push(Some(e));
             }
         }
     }
+    if !invalid.is_empty() {
+        on_done(invalid)?;
+    }
     let batch = opts.batch_size.max(1);
     // from scratch: the baseline, and the items truncated to the window
-    if !slow.is_empty() {
-        let slow_encs: Vec<&Enc> = slow.iter().map(|&i| encs[i].as_ref().unwrap()).collect();
-        for (&i, logliks) in slow.iter().zip(score_from_scratch(model, &slow_encs, max_len, batch, &mut stats)?) {
-            out[i] = Some(ItemScore::Scored { logliks, truncated: encs[i].as_ref().unwrap().over(max_len) });
-        }
-        stats.items_fallback = slow.len();
+    for group in slow.chunks(batch) {
+        let slow_encs: Vec<&Enc> = group.iter().map(|&i| encs[i].as_ref().unwrap()).collect();
+        let logliks = score_from_scratch(model, &slow_encs, max_len, batch, &mut stats)?;
+        on_done(group.iter().zip(logliks).map(|(&i, logliks)| (i, ItemScore::Scored { logliks, truncated: encs[i].as_ref().unwrap().over(max_len) })).collect())?;
     }
+    stats.items_fallback = slow.len();
     if !fast.is_empty() {
         let fast_encs: Vec<&Enc> = fast.iter().map(|&i| encs[i].as_ref().unwrap()).collect();
-        let logliks = score_cached(model, &fast_encs, batch, opts.chunk, &mut stats)?;
-        for (&i, ll) in fast.iter().zip(logliks) {
-            out[i] = Some(ItemScore::Scored { logliks: ll, truncated: false });
-        }
+        score_cached(model, &fast_encs, batch, opts.chunk, &mut stats, &mut |done| on_done(done.into_iter().map(|(k, logliks)| (fast[k], ItemScore::Scored { logliks, truncated: false })).collect()))?;
         stats.items_cached = fast.len();
     }
-    Ok((out.into_iter().map(|o| o.expect("every item is scored or invalid")).collect(), stats))
+    Ok(stats)
 }
 
 /// Every (context, continuation) of `encs` from scratch, `batch` requests per forward; the
@@ -154,14 +172,91 @@ fn score_from_scratch<B: Backend>(model: &Model<B>, encs: &[&Enc], max_len: usiz
         .collect())
 }
 
-/// Longest common prefix of all contexts, leaving every context at least one token.
-fn shared_prefix(encs: &[&Enc]) -> usize {
-    let first = &encs[0].ctx;
-    let mut p = first.len();
-    for e in &encs[1..] {
-        p = p.min(first.iter().zip(&e.ctx).take_while(|(a, b)| a == b).count());
+/// Shortest shared prefix worth computing once for a group of items (tokens).
+const MIN_SHARED: usize = 32;
+
+/// Tokens `a` and `b` share at their start.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The context part of an item that goes into the cache before its choices: all but the last
+/// token (which starts every choice's block).
+fn target<'e>(e: &'e Enc) -> &'e [u32] {
+    &e.ctx[..e.ctx.len() - 1]
+}
+
+/// The fast path's order (module docs, step 1): at least a round's worth of items (`b`, and
+/// two) sharing at least [`MIN_SHARED`] leading tokens form a group whose shared prefix is
+/// computed once; groups come first, each longest first, then the ungrouped items longest
+/// first. (Smaller groups — ARC items whose random draws happen to start with the same shot —
+/// save less than reordering them costs in padding.)
+struct Schedule {
+    order: Vec<usize>,
+    /// the shared prefix length of each item's group (0: none)
+    shared: Vec<usize>,
+}
+
+impl Schedule {
+    fn new(encs: &[&Enc], b: usize) -> Schedule {
+        let n = encs.len();
+        let mut lex: Vec<usize> = (0..n).collect();
+        lex.sort_by(|&a, &b| target(encs[a]).cmp(target(encs[b])));
+        // neighbours in lexicographic order share the longest prefixes; a run whose neighbours
+        // all share ≥ MIN_SHARED shares their minimum
+        let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
+        let mut loose = Vec::new();
+        let mut k = 0;
+        while k < n {
+            let (mut e, mut p) = (k, usize::MAX);
+            while e + 1 < n {
+                let c = common_prefix(target(encs[lex[e]]), target(encs[lex[e + 1]]));
+                if c < MIN_SHARED {
+                    break;
+                }
+                p = p.min(c);
+                e += 1;
+            }
+            if e + 1 - k >= b.max(2) {
+                groups.push((lex[k..=e].to_vec(), p));
+            } else {
+                loose.extend(&lex[k..=e]);
+            }
+            k = e + 1;
+        }
+        let by_length = |v: &mut Vec<usize>| v.sort_by_key(|&i| (std::cmp::Reverse(encs[i].ctx.len()), i));
+        let mut shared = vec![0; n];
+        let mut order = Vec::with_capacity(n);
+        for (mut members, p) in groups {
+            by_length(&mut members);
+            members.iter().for_each(|&i| shared[i] = p);
+            order.extend(members);
+        }
+        by_length(&mut loose);
+        order.extend(loose);
+        Schedule { order, shared }
     }
-    p.min(encs.iter().map(|e| e.ctx.len() - 1).min().unwrap())
+}
+
+/// The one-sequence cache that computes a group's shared prefix once, and the tokens it holds.
+struct PrefixCache<B: Backend> {
+    cache: KvCache<B>,
+    held: Vec<u32>,
+}
+
+impl<B: Backend> PrefixCache<B> {
+    /// Makes the cache hold `prefix` (keeping what it already shares with it).
+    fn hold(&mut self, model: &Model<B>, prefix: &[u32], t_max: usize, stats: &mut ScoreStats) -> Result<(), ScoreError> {
+        let keep = common_prefix(&self.held, prefix);
+        self.cache.rewind(0, keep);
+        for piece in prefix[keep..].chunks(t_max) {
+            model.prefill_cached(&mut self.cache, piece, piece.len(), &[piece.len()])?;
+            stats.forwards += 1;
+            stats.tokens += piece.len();
+        }
+        self.held = prefix.to_vec();
+        Ok(())
+    }
 }
 
 /// Per-forward scratch: tokens, targets and n_new of the B sequences, and the device buffers
@@ -197,12 +292,14 @@ impl<B: Backend> Feed<B> {
                 any_target = true;
             }
         }
-        model.forward_cached(cache, &tokens, t, &n_new)?;
         stats.forwards += 1;
         stats.tokens += n_new.iter().sum::<usize>();
         if !any_target {
+            // a context: only its keys and values are needed
+            model.prefill_cached(cache, &tokens, t, &n_new)?;
             return Ok(None);
         }
+        model.forward_cached(cache, &tokens, t, &n_new)?;
         let be = &model.be;
         be.write_ids(&mut self.targets, &targets);
         be.token_logprobs(&mut self.logp, &mut self.greedy, &cache.logits, &self.targets, okapi_runtime::Rows::new(self.b * t, self.v));
@@ -210,12 +307,13 @@ impl<B: Backend> Feed<B> {
     }
 }
 
-/// The fast path (module docs): logliks of every choice of every item, in order.
-fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats) -> Result<Vec<Vec<f64>>, ScoreError> {
+/// The fast path (module docs): the logliks of every choice of each item, handed to `on_done`
+/// round by round as (index into `encs`, logliks).
+fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats, on_done: &mut dyn FnMut(Vec<(usize, Vec<f64>)>) -> Result<(), ScoreError>) -> Result<(), ScoreError> {
     let v = model.cfg.vocab_size;
-    let p = shared_prefix(encs);
-    stats.shared_prefix = p;
     let b = batch.min(encs.len());
+    let plan = Schedule::new(encs, b);
+    stats.shared_prefix = stats.shared_prefix.max(plan.shared.iter().copied().max().unwrap_or(0));
     // sequence capacity: the longest context − 1 + its longest choice (≤ the window)
     let cap = encs.iter().map(|e| e.ctx.len() - 1 + e.conts.iter().map(Vec::len).max().unwrap_or(0)).max().unwrap_or(1);
     // tokens per sequence per forward: bounded so that the (B·t, V) logits stay ≤ 2^26 floats
@@ -223,40 +321,51 @@ fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk
     let auto = ((1usize << 26) / (b * v).max(1)).clamp(1, 256);
     let t_max = if chunk > 0 { chunk } else { auto }.min(cap);
     let mut cache = model.new_cache(b, cap, t_max)?;
+    let longest_shared = plan.shared.iter().copied().max().unwrap_or(0);
+    let mut prefix = match longest_shared {
+        0 => None,
+        p => Some(PrefixCache { cache: model.new_cache(1, p, t_max.min(p))?, held: Vec::new() }),
+    };
     let eos = model.cfg.eos_token_id.unwrap_or(0);
     let be = &model.be;
     let mut feed = Feed::<B> { b, t_max, pad: model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1), v, targets: be.upload_ids(&vec![IGNORE_INDEX; b * t_max]), logp: be.zeros(b * t_max), greedy: be.zeros(b * t_max) };
-    let mut results: Vec<Vec<f64>> = encs.iter().map(|e| vec![0.0; e.conts.len()]).collect();
-    // 1. the shared prefix, once per sequence
-    for chunk in encs[0].ctx[..p].chunks(t_max) {
-        let pieces: Vec<(&[u32], Option<&[u32]>)> = vec![(chunk, None); b];
-        feed.run(model, &mut cache, &pieces, stats)?;
-    }
-    // items longest first: rounds of B with little padding
-    let mut order: Vec<usize> = (0..encs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(encs[i].ctx.len()));
-    for round in order.chunks(b) {
-        for s in 0..b {
-            cache.rewind(s, p);
+    // the tokens each sequence holds in its cache
+    let mut held: Vec<Vec<u32>> = vec![Vec::new(); b];
+    for round in plan.order.chunks(b) {
+        let mut start = vec![0; b];
+        for (s, &i) in round.iter().enumerate() {
+            let want = target(encs[i]);
+            let mut keep = common_prefix(&held[s], want);
+            let p = plan.shared[i];
+            if let Some(pc) = prefix.as_mut().filter(|_| p > keep) {
+                pc.hold(model, &want[..p], t_max.min(p), stats)?;
+                model.cache_copy_prefix(&mut cache, s, &pc.cache, 0, p)?;
+                keep = p;
+            }
+            cache.rewind(s, keep);
+            start[s] = keep;
+            held[s] = want.to_vec();
         }
-        feed_contexts(model, &mut cache, &mut feed, encs, round, p, stats)?;
+        feed_contexts(model, &mut cache, &mut feed, encs, round, &start, stats)?;
+        let mut results: BTreeMap<usize, Vec<f64>> = round.iter().map(|&i| (i, vec![0.0; encs[i].conts.len()])).collect();
         score_choices(model, &mut cache, &mut feed, encs, round, &mut results, stats)?;
+        on_done(results.into_iter().collect())?;
     }
-    Ok(results)
+    Ok(())
 }
 
-/// Step 2 of the fast path: the contexts of a round minus the shared prefix `p` and their last
-/// token, `t_max` tokens per sequence per forward.
-fn feed_contexts<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], p: usize, stats: &mut ScoreStats) -> Result<(), ScoreError> {
+/// Step 3 of the fast path: the contexts of a round from each sequence's `start` to their
+/// last token (excluded), `t_max` tokens per sequence per forward.
+fn feed_contexts<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], start: &[usize], stats: &mut ScoreStats) -> Result<(), ScoreError> {
     let b = feed.b;
-    let mut off = vec![p; b];
+    let mut off = start.to_vec();
     loop {
         let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
             .map(|s| match round.get(s) {
                 Some(&i) => {
-                    let ctx = &encs[i].ctx;
-                    let end = (off[s] + feed.t_max).min(ctx.len() - 1);
-                    (&ctx[off[s]..end], None)
+                    let want = target(encs[i]);
+                    let end = (off[s] + feed.t_max).min(want.len());
+                    (&want[off[s]..end], None)
                 }
                 None => (&[][..], None),
             })
@@ -271,11 +380,11 @@ fn feed_contexts<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mu
     }
 }
 
-/// Step 3 of the fast path: the choices of a round, one at a time: \[last context token\] +
+/// Step 4 of the fast path: the choices of a round, one at a time: \[last context token\] +
 /// choice\[:-1\], predicting choice\[..\]; each sequence's cache is rewound to its context after
 /// each choice.
 #[allow(clippy::needless_range_loop)]
-fn score_choices<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], results: &mut [Vec<f64>], stats: &mut ScoreStats) -> Result<(), ScoreError> {
+fn score_choices<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], results: &mut BTreeMap<usize, Vec<f64>>, stats: &mut ScoreStats) -> Result<(), ScoreError> {
     let b = feed.b;
     let n_choices = round.iter().map(|&i| encs[i].conts.len()).max().unwrap_or(0);
     let fed: Vec<Vec<Vec<u32>>> = round
@@ -300,7 +409,7 @@ fn score_choices<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mu
                 .collect();
             let Some((lp, t)) = feed.run(model, cache, &pieces, stats)? else { break };
             for (s, pc) in pieces.iter().enumerate().filter(|(_, pc)| !pc.0.is_empty()) {
-                results[round[s]][j] += lp[s * t..s * t + pc.0.len()].iter().map(|&x| x as f64).sum::<f64>();
+                results.get_mut(&round[s]).expect("a result per item of the round")[j] += lp[s * t..s * t + pc.0.len()].iter().map(|&x| x as f64).sum::<f64>();
                 done[s] += pc.0.len();
             }
         }

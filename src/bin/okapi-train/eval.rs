@@ -99,9 +99,10 @@ pub struct EvalArgs {
     /// same command there continues it
     #[arg(long, requires = "suite")]
     pub out: Option<PathBuf>,
-    /// The suite scores the items of a file in groups of N and appends each group's results
-    /// before the next: a kill loses at most one group
-    #[arg(long, requires = "suite", default_value_t = 64)]
+    /// The suite scores its items (all task-languages together) in groups of N, batched and
+    /// length-bucketed within a group, and appends each batch's results as it is done: a kill
+    /// loses at most one batch; a rerun scores the group it interrupted again, whole
+    #[arg(long, requires = "suite", default_value_t = 256)]
     pub save_every: usize,
 }
 

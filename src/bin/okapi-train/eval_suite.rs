@@ -5,14 +5,14 @@
 //!
 //! Every file is read, every item prepared and OUT checked before a model is loaded; nothing is
 //! written when a check fails. stderr: the notes on the files (skipped languages, records),
-//! progress per task-language with items/s and ETA (one line per group of `--save-every`
-//! items, or one line updated in place on a terminal), a summary of skipped and truncated items
+//! progress per task-language with items/s and ETA (one line per batch appended, or one line
+//! updated in place on a terminal), a summary of skipped and truncated items
 //! per file. stdout: the Markdown table. OUT/runs.jsonl gets one line per invocation (command
 //! line, time, items scored, seconds): what changes between runs stays out of results.json.
 
 use super::eval::{check_model, load_model, models_and_adapters, EvalArgs};
 use okapi_rlhf::eval::results::{results_json, results_markdown, Cell};
-use okapi_rlhf::eval::resume::{fnv64, model_names, run_file, FileEntry, ItemsLog, LineKey, ModelEntry, RunRecord, Settings};
+use okapi_rlhf::eval::resume::{fnv64, model_names, run_suite, FileEntry, FileJob, ItemsLog, LineKey, ModelEntry, RunRecord, Settings};
 use okapi_rlhf::eval::suite::{discover, DataDir, SuiteFile};
 use okapi_rlhf::eval::{language_rows, prepare_items, EvalConfig, PreparedItem, Task};
 use okapi_rlhf::rundir;
@@ -74,7 +74,7 @@ fn left(log: &ItemsLog, p: &Prepared) -> usize {
 }
 
 /// Scores what the items files lack, model by model (a model with nothing left is not
-/// loaded); returns how many items were scored.
+/// loaded), all task-languages of a model batched together; returns how many items were scored.
 fn score_all<B: Backend + Clone>(be: &B, a: &EvalArgs, models: &[(PathBuf, Option<PathBuf>)], record: &RunRecord, files: &[Prepared], logs: &mut [Vec<ItemsLog>]) -> Result<usize, String> {
     let mut progress = Progress::new(logs.iter().map(|ls| ls.iter().zip(files).map(|(log, p)| left(log, p)).sum::<usize>()).sum());
     let mut scored = 0;
@@ -84,16 +84,14 @@ fn score_all<B: Backend + Clone>(be: &B, a: &EvalArgs, models: &[(PathBuf, Optio
         }
         let (model, tok) = load_model(be.clone(), dir, adapter.as_deref())?;
         eprintln!("okapi-train eval: {} ({} params) on {}", entry.name, model.n_params(), be.name());
-        for (p, log) in files.iter().zip(logs.iter_mut()) {
-            let key = line_key(&entry.name, p, p.cfg.seed);
-            let mut file_progress = progress.file(&format!("{} · {} {}", entry.name, p.file.task, p.file.lang), p.items.len(), p.items.len() - left(log, p));
-            run_file(&model, &tok, &p.cfg, &p.items, log, &key, a.save_every, &mut |n| {
-                scored += n;
-                file_progress.advance(&mut progress, n);
-            })
-            .map_err(|e| e.to_string())?;
-            file_progress.finish();
-        }
+        let mut file_progress: Vec<FileProgress> = files.iter().zip(logs.iter()).map(|(p, log)| progress.file(&format!("{} · {} {}", entry.name, p.file.task, p.file.lang), p.items.len(), p.items.len() - left(log, p))).collect();
+        let mut jobs: Vec<FileJob> = files.iter().zip(logs.iter_mut()).map(|(p, log)| FileJob { cfg: &p.cfg, items: &p.items, log, key: line_key(&entry.name, p, p.cfg.seed) }).collect();
+        run_suite(&model, &tok, &mut jobs, a.save_every, &mut |j, n| {
+            scored += n;
+            file_progress[j].advance(&mut progress, n);
+        })
+        .map_err(|e| e.to_string())?;
+        progress.finish();
     }
     Ok(scored)
 }
@@ -268,6 +266,8 @@ struct Progress {
     scored: usize,
     t0: Instant,
     terminal: bool,
+    /// a line is being updated in place
+    shown: bool,
 }
 
 /// Progress of one task-language.
@@ -278,7 +278,6 @@ struct FileProgress {
     scored: usize,
     t0: Instant,
     terminal: bool,
-    shown: bool,
 }
 
 fn eta(seconds: f64) -> String {
@@ -295,11 +294,19 @@ fn eta(seconds: f64) -> String {
 
 impl Progress {
     fn new(left: usize) -> Progress {
-        Progress { left, scored: 0, t0: Instant::now(), terminal: std::io::stderr().is_terminal() }
+        Progress { left, scored: 0, t0: Instant::now(), terminal: std::io::stderr().is_terminal(), shown: false }
+    }
+
+    /// Ends the line updated in place (on a terminal).
+    fn finish(&mut self) {
+        if self.terminal && self.shown {
+            eprintln!();
+        }
+        self.shown = false;
     }
 
     fn file(&self, label: &str, total: usize, done: usize) -> FileProgress {
-        FileProgress { label: label.to_string(), total, done, scored: 0, t0: Instant::now(), terminal: self.terminal, shown: false }
+        FileProgress { label: label.to_string(), total, done, scored: 0, t0: Instant::now(), terminal: self.terminal }
     }
 }
 
@@ -326,12 +333,6 @@ impl FileProgress {
         } else {
             eprintln!("{line}");
         }
-        self.shown = true;
-    }
-
-    fn finish(&self) {
-        if self.terminal && self.shown {
-            eprintln!();
-        }
+        suite.shown = true;
     }
 }
