@@ -156,12 +156,14 @@ fn bench_main() {
     let st = stats.unwrap();
     let t_cached = median(&times);
     println!(
-        "okapi cached:       {:>7.3} items/s  ({:.1}s median of {} runs, {:.0} tokens/s through the model, {} forwards, {} items cached, {} from scratch)",
+        "okapi cached:       {:>7.3} items/s  ({:.1}s median of {} runs, {:.0} tokens/s through the model, {} forwards of {} rows for {} tokens, {} items cached, {} from scratch)",
         n as f64 / t_cached,
         t_cached,
         a.repeats,
         st.tokens as f64 / t_cached,
         st.forwards,
+        st.rows,
+        st.tokens,
         st.items_cached,
         st.items_fallback
     );

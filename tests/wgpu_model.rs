@@ -280,23 +280,31 @@ fn generate_score_and_eval_on_wgpu_equal_the_cpu() {
     for (a, b) in g.iter().zip(&c) {
         assert!((a - b).abs() <= 1e-4 + 1e-5 * b.abs(), "score: wgpu {a} vs cpu {b}");
     }
-    // eval: every item's log-likelihoods and the metrics line
+    // eval: every item's log-likelihoods and the metrics line — ARC, and v0.4's MMLU, whose
+    // items share their shots: the prefix is computed once and its keys and values copied
     let dir = Scratch::new("wgpu-eval");
     let arc = fixture("eval").join("arc_vi.json");
-    let mut logliks = vec![];
-    let mut summary = vec![];
-    for backend in ["cpu", "wgpu"] {
-        let items = dir.root.join(format!("{backend}.jsonl"));
-        let args = ["eval", "--model", p(&bloom), "--task", "arc", "--data", p(&arc), "--num-fewshot", "2", "--output", p(&items)];
-        let out = stdout(&args, backend);
-        let mut line: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-        line.as_object_mut().unwrap().remove("model");
-        summary.push(line);
-        logliks.push(std::fs::read_to_string(&items).unwrap().lines().flat_map(|l| serde_json::from_str::<Value>(l).unwrap()["logliks"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).collect::<Vec<_>>());
+    let mmlu = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/assets/eval/m_mmlu/vi_validation.json");
+    for args in [&["--task", "arc", "--data", p(&arc), "--num-fewshot", "2"][..], &["--task", "mmlu", "--data", p(&mmlu), "--num-fewshot", "3", "--harness", "v0.4", "--batch-size", "3"][..]] {
+        let mut logliks = vec![];
+        let mut summary = vec![];
+        for backend in ["cpu", "wgpu"] {
+            let items = dir.root.join(format!("{backend}.jsonl"));
+            let args = [&["eval", "--model", p(&bloom), "--output", p(&items)][..], args].concat();
+            let o = ok(okapi_train(&[&args[..], &["--backend", backend]].concat()), "eval");
+            let (out, err) = (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap());
+            if args.contains(&"mmlu") {
+                assert!(!err.contains("(0 prefix tokens shared)"), "v0.4 MMLU shares its shots: {err}");
+            }
+            let mut line: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+            line.as_object_mut().unwrap().remove("model");
+            summary.push(line);
+            logliks.push(std::fs::read_to_string(&items).unwrap().lines().flat_map(|l| serde_json::from_str::<Value>(l).unwrap()["logliks"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).collect::<Vec<_>>());
+        }
+        assert_eq!(summary[1], summary[0], "eval metrics on wgpu and cpu ({args:?})");
+        assert!(logliks[0].len() >= 10);
+        follows("eval loglik", &logliks[1], &logliks[0], 1e-5);
     }
-    assert_eq!(summary[1], summary[0], "eval metrics on wgpu and cpu");
-    assert!(logliks[0].len() >= 10);
-    follows("eval loglik", &logliks[1], &logliks[0], 1e-5);
 }
 
 #[test]

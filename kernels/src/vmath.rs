@@ -268,12 +268,13 @@ multiversion! {
 }
 
 multiversion! {
-    /// x\[i\] ← e^(x\[i\] − shift\[i\]); acc\[i\] += x\[i\] in f64 — one row of a tile whose
-    /// columns are softmax rows (attention's transposed score tile).
-    pub fn exp_shift_acc(x: &mut [f32], shift: &[f32], acc: &mut [f64]) -> () {
+    /// x\[i\] ← e^(x\[i\] − shift\[i\]); acc\[i\] += x\[i\] — one row of a tile whose columns are
+    /// softmax rows (attention's transposed score tile); the caller flushes `acc` into f64
+    /// every few rows, so each f32 partial sum stays short.
+    pub fn exp_shift_acc(x: &mut [f32], shift: &[f32], acc: &mut [f32]) -> () {
         for ((v, &b), a) in x.iter_mut().zip(shift).zip(acc.iter_mut()) {
             *v = exp(*v - b);
-            *a += *v as f64;
+            *a += *v;
         }
     }
 }

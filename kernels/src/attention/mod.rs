@@ -445,6 +445,7 @@ struct FwdScratch {
     cols: Vec<Range<usize>>,
     max: Vec<f32>,
     sum: Vec<f64>,
+    part: Vec<f32>,
 }
 
 /// Fills `scratch.st` with the tile's probabilities, unnormalised: Pᵀ\[j\]\[r\] = e^(s − max_r)
@@ -452,7 +453,7 @@ struct FwdScratch {
 /// its max in `scratch.max`.
 fn softmax_tile_t(scratch: &mut FwdScratch, x: &AttnInputs<'_, [f32], [u32]>, sh: &AttnShape, t: Tile, seq: (u32, u32)) {
     let (rows, nk, d) = (t.rows, t.nk, sh.head_dim);
-    let FwdScratch { st, cols, max, sum } = scratch;
+    let FwdScratch { st, cols, max, sum, part } = scratch;
     if st.len() < rows * nk {
         st.resize(rows * nk, 0.0);
     }
@@ -493,10 +494,23 @@ fn softmax_tile_t(scratch: &mut FwdScratch, x: &AttnInputs<'_, [f32], [u32]>, sh
     }
     sum.clear();
     sum.resize(rows, 0.0);
-    for srow in st.chunks_exact_mut(rows) {
-        vmath::exp_shift_acc(srow, max, sum);
+    part.clear();
+    part.resize(rows, 0.0);
+    // f32 partial sums over blocks of keys, flushed into f64
+    for block in st.chunks_mut(rows * SUM_BLOCK) {
+        for srow in block.chunks_exact_mut(rows) {
+            vmath::exp_shift_acc(srow, max, part);
+        }
+        for (s, p) in sum.iter_mut().zip(part.iter_mut()) {
+            *s += *p as f64;
+            *p = 0.0;
+        }
     }
 }
+
+/// Keys per f32 partial sum of the forward's softmax (as short as the 16-lane sums of
+/// `vmath::exp_affine_sum` over a thousand keys).
+const SUM_BLOCK: usize = 64;
 
 /// What the backward reads besides q, k, v: the upstream gradient, the forward's out and lse.
 #[derive(Clone, Copy)]

@@ -76,6 +76,8 @@ pub struct ScoreStats {
     pub forwards: usize,
     /// tokens that went through the model (real, without padding)
     pub tokens: usize,
+    /// rows the cached forwards computed, padding included (≥ their real tokens)
+    pub rows: usize,
 }
 
 /// An item's tokens under `enc`, or why it cannot be scored.
@@ -294,6 +296,7 @@ impl<B: Backend> Feed<B> {
         }
         stats.forwards += 1;
         stats.tokens += n_new.iter().sum::<usize>();
+        stats.rows += self.b * t;
         if !any_target {
             // a context: only its keys and values are needed
             model.prefill_cached(cache, &tokens, t, &n_new)?;
@@ -380,10 +383,9 @@ fn feed_contexts<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mu
     }
 }
 
-/// Step 4 of the fast path: the choices of a round, one at a time: \[last context token\] +
-/// choice\[:-1\], predicting choice\[..\]; each sequence's cache is rewound to its context after
-/// each choice.
-#[allow(clippy::needless_range_loop)]
+/// Step 4 of the fast path: the choices of a round, one per sequence per step: \[last context
+/// token\] + choice\[:-1\], predicting choice\[..\]; each sequence's cache is rewound to its
+/// context after each choice.
 fn score_choices<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mut Feed<B>, encs: &[&Enc], round: &[usize], results: &mut BTreeMap<usize, Vec<f64>>, stats: &mut ScoreStats) -> Result<(), ScoreError> {
     let b = feed.b;
     let n_choices = round.iter().map(|&i| encs[i].conts.len()).max().unwrap_or(0);
@@ -395,26 +397,39 @@ fn score_choices<B: Backend>(model: &Model<B>, cache: &mut KvCache<B>, feed: &mu
             e.conts.iter().map(|c| std::iter::once(last).chain(c[..c.len() - 1].iter().copied()).collect()).collect()
         })
         .collect();
+    // step j feeds each sequence's j-th longest choice: the blocks of one forward have similar
+    // lengths, so little of it is padding
+    let ranked: Vec<Vec<usize>> = round
+        .iter()
+        .map(|&i| {
+            let mut r: Vec<usize> = (0..encs[i].conts.len()).collect();
+            r.sort_by_key(|&c| std::cmp::Reverse(encs[i].conts[c].len()));
+            r
+        })
+        .collect();
     for j in 0..n_choices {
         let mut done = vec![0usize; b];
+        let choice = |s: usize| ranked.get(s).and_then(|r| r.get(j)).copied();
         loop {
             let pieces: Vec<(&[u32], Option<&[u32]>)> = (0..b)
-                .map(|s| match (round.get(s), fed.get(s).and_then(|f| f.get(j))) {
-                    (Some(&i), Some(f)) => {
+                .map(|s| match (round.get(s), choice(s)) {
+                    (Some(&i), Some(c)) => {
+                        let f = &fed[s][c];
                         let end = (done[s] + feed.t_max).min(f.len());
-                        (&f[done[s]..end], Some(&encs[i].conts[j][done[s]..end]))
+                        (&f[done[s]..end], Some(&encs[i].conts[c][done[s]..end]))
                     }
                     _ => (&[][..], None),
                 })
                 .collect();
             let Some((lp, t)) = feed.run(model, cache, &pieces, stats)? else { break };
             for (s, pc) in pieces.iter().enumerate().filter(|(_, pc)| !pc.0.is_empty()) {
-                results.get_mut(&round[s]).expect("a result per item of the round")[j] += lp[s * t..s * t + pc.0.len()].iter().map(|&x| x as f64).sum::<f64>();
+                let c = choice(s).expect("a sequence with a piece has a choice");
+                results.get_mut(&round[s]).expect("a result per item of the round")[c] += lp[s * t..s * t + pc.0.len()].iter().map(|&x| x as f64).sum::<f64>();
                 done[s] += pc.0.len();
             }
         }
         for (s, &i) in round.iter().enumerate() {
-            if j < encs[i].conts.len() {
+            if choice(s).is_some() {
                 cache.rewind(s, encs[i].ctx.len() - 1);
             }
         }
