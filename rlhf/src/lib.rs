@@ -44,6 +44,7 @@ pub mod rundir;
 pub mod schedule;
 pub mod sft;
 pub mod stop;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use dpo::DpoObjective;

@@ -33,9 +33,11 @@
 //! draws them for a task whose only split is validation (and as `okapi-train eval` does without
 //! `--fewshot-data`); one line says so per task. Other file names are ignored.
 //!
-//! The items, prompts and metrics are [`super::prepare_items`] and [`super::score_prepared`]'s,
+//! The items, prompts and metrics are [`super::prepare_items`]'s and [`super::item_result`]'s,
 //! i.e. exactly the single-task `okapi-train eval` on the same files (`--fewshot-data` the shot
-//! split). Resuming and the outputs: [`super::resume`] and [`super::results`].
+//! split); the suite scores the items of all its files together ([`super::resume::run_suite`]),
+//! so the logliks agree with the single-task run's to float rounding. Resuming and the outputs:
+//! [`super::resume`] and [`super::results`].
 
 use super::formats::EVAL_LANGS;
 use super::{bundled_sources, EvalSource, Task};

@@ -157,6 +157,8 @@ pub struct PpoIo<'a> {
     pub rm_pad: u32,
     /// a tokenizer.json copied beside every saved model
     pub tokenizer: Option<&'a Path>,
+    /// `--tensorboard DIR`: each iteration's metrics as scalars, its samples as text
+    pub tensorboard: Option<&'a Path>,
 }
 
 /// What a PPO run did, per iteration.

@@ -10,6 +10,7 @@ use crate::generate::{generate, Sampling};
 use crate::optim::{clip_coef, Optimizer};
 use crate::reward::RewardBufs;
 use crate::rundir;
+use crate::tensorboard::EventWriter;
 use crate::trainer::{ensure_finite, EpochOrder};
 use crate::TrainError;
 use okapi_data::{Example, PromptGroup};
@@ -39,6 +40,11 @@ struct Times {
     score: f64,
     update: f64,
     tokens: usize,
+}
+
+/// A TensorBoard write that failed, named by its flag.
+fn tb_err(problem: String) -> TrainError {
+    TrainError::Setting { setting: "--tensorboard", problem }
 }
 
 /// One PPO run (see [`run_ppo`]).
@@ -206,6 +212,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             Some(dir) => Some((rundir::reopen_log(&dir.join("metrics.jsonl"), keep, "iteration")?, rundir::reopen_log(&dir.join("samples.jsonl"), keep, "iteration")?)),
             None => None,
         };
+        let mut tb = self.io.tensorboard.map(|d| EventWriter::create(d, keep)).transpose().map_err(tb_err)?;
         for it in self.done + 1..=self.cfg.iterations {
             if crate::stop::requested() {
                 return Err(self.interrupted(it - 1));
@@ -216,10 +223,26 @@ impl<'a, B: Backend> Ppo<'a, B> {
             let mean_kl = self.score(&mut rollouts, &mut times)?;
             let stats = self.update(it, &rollouts, &mut times)?;
             self.log(it, &rollouts, mean_kl, &stats, &times, logs.as_mut())?;
+            if let Some(tb) = tb.as_mut() {
+                self.log_tensorboard(tb, it, &rollouts).map_err(tb_err)?;
+            }
             self.checkpoint(it)?;
             self.done = it;
         }
         self.finish()
+    }
+
+    /// The iteration's metrics line as TensorBoard scalars, and its samples (when samples.jsonl
+    /// gets them) as one Markdown text.
+    fn log_tensorboard(&self, tb: &mut EventWriter, it: u64, rollouts: &[Rollout]) -> Result<(), String> {
+        if let Some(line) = self.summary.history.last() {
+            tb.metrics_line(line, "iteration")?;
+        }
+        if self.cfg.samples_every > 0 && it.is_multiple_of(self.cfg.samples_every) {
+            let text: Vec<String> = rollouts.iter().take(4).map(|r| format!("**prompt** {}\n\n**response** {}\n\n**score** {:.4}", (self.io.decode)(&r.prompt), (self.io.decode)(&r.response), r.score)).collect();
+            tb.text(it, "samples", &text.join("\n\n---\n\n"))?;
+        }
+        tb.flush()
     }
 
     /// Samples this iteration's rollouts from the policy, `chunk_size` prompts at a time.

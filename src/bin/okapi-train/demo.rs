@@ -206,7 +206,7 @@ impl<B: Backend> Demo<'_, B> {
         super::outdir::write_json(&sft_dir.join("args.json"), &args_json("demo sft", &cfg, extra))?;
         let ln_v = (self.tok.vocab_size() as f64).ln();
         println!("sft: {} examples, {} epochs, batch 8, lr 3e-3 cosine; loss starts near ln V = {ln_v:.2}", examples.len(), self.a.epochs);
-        let (_, summary) = run_sft(model, examples, vec![], &cfg, Some(RunDir { dir: &sft_dir, tokenizer: Some(&self.tok_path) })).map_err(err)?;
+        let (_, summary) = run_sft(model, examples, vec![], &cfg, Some(RunDir { dir: &sft_dir, tokenizer: Some(&self.tok_path), tensorboard: None })).map_err(err)?;
         let (l0, l1) = first_last_mean(&summary.history, "loss", 10);
         println!("sft: {} steps in {:.0} s; loss {:.3} → {:.3} (mean of the first and last 10 steps: {l0:.3} → {l1:.3})", summary.steps, t0.elapsed().as_secs_f64(), summary.first_loss.unwrap_or(f64::NAN), summary.last_loss.unwrap_or(f64::NAN));
         self.report.push(format!("SFT      loss {l0:.2} → {l1:.2} (ln V = {ln_v:.2})"));
@@ -253,7 +253,7 @@ impl<B: Backend> Demo<'_, B> {
         let cfg = TrainConfig { warmup_steps: 2, ..demo_train_cfg(self.a, 2, 8, 1e-3, 2, Some(8)) };
         let mut obj = okapi_rlhf::RewardObjective::new(&rm0, train_g, val_g, cfg.batch_size, self.pad, 0.0);
         let rm_dir = self.a.out.join("rm");
-        let (rm, s) = train(rm0, &mut obj, &cfg, Some(RunDir { dir: &rm_dir, tokenizer: Some(&self.tok_path) })).map_err(err)?;
+        let (rm, s) = train(rm0, &mut obj, &cfg, Some(RunDir { dir: &rm_dir, tokenizer: Some(&self.tok_path), tensorboard: None })).map_err(err)?;
         let val_acc = obj.validate(&rm).map_err(err)?.and_then(|m| m.get("val_accuracy").and_then(|v| v.as_f64())).unwrap_or(f64::NAN);
         println!("reward model: {} steps in {:.0} s, train accuracy {}, held-out pairwise accuracy {val_acc:.3} (chance 0.5)", s.steps, t.elapsed().as_secs_f64(), s.last_extra.get("accuracy").map(|v| v.to_string()).unwrap_or_default());
         self.report.push(format!("RM       held-out pairwise accuracy {val_acc:.3} (chance 0.500)"));
@@ -283,7 +283,7 @@ impl<B: Backend> Demo<'_, B> {
         println!("\nppo: {} prompts in 27 languages, {} iterations of {} rollouts (≤ {} new tokens), 4 PPO epochs, adaptive KL (β₀ 0.1, target 6)", prompts.len(), cfg.iterations, cfg.rollouts, cfg.sampling.max_new_tokens);
         let decode = |ids: &[u32]| self.tok.decode(ids, true).unwrap_or_default();
         let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
-        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path) };
+        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None };
         let out = self.a.out.join("ppo");
         let (_, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: rm, critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
         let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
@@ -302,7 +302,7 @@ impl<B: Backend> Demo<'_, B> {
         println!("\ndpo: {} training / {} held-out prompts, β 0.1", train_g.len(), val_g.len());
         let mut obj = okapi_rlhf::DpoObjective::new(&policy, train_g, val_g, cfg.batch_size, self.pad, 0.1).map_err(err)?;
         let out = self.a.out.join("dpo");
-        let (_, s) = train(policy, &mut obj, &cfg, Some(RunDir { dir: &out, tokenizer: Some(&self.tok_path) })).map_err(err)?;
+        let (_, s) = train(policy, &mut obj, &cfg, Some(RunDir { dir: &out, tokenizer: Some(&self.tok_path), tensorboard: None })).map_err(err)?;
         let va = s.val.as_ref().and_then(|v| v.get("val_reward_accuracy")).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         let (l0, l1) = (s.first_loss.unwrap_or(f64::NAN), s.last_loss.unwrap_or(f64::NAN));
         println!("dpo: {} steps in {:.0} s, loss {l0:.3} → {l1:.3}, held-out reward accuracy {va:.3}", s.steps, t.elapsed().as_secs_f64());

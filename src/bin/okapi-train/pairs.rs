@@ -138,9 +138,9 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
         }
     }
     let pad = r.announce(Stage::Reward, &model)?;
-    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json() })))?;
+    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard })))?;
     let mut obj = RewardObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.margin);
-    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
+    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path), tensorboard: a.train.tensorboard.as_deref() })).map_err(|e| e.to_string())?;
     outdir::copy_tokenizer_config(&a.model, &a.out)?;
     eprintln!(
         "reward: {}, accuracy {}{}; reward model saved in {}",
@@ -168,10 +168,10 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     model.lm_head().map_err(|e| e.to_string())?;
     let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
-    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json() })))?;
+    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard })))?;
     // the reference is the initial policy; with LoRA, the base with the adapters off (as TRL)
     let mut obj = model.with_adapters_off(|base| DpoObjective::new(base, r.train, r.val, r.cfg.batch_size, pad, a.beta)).map_err(|e| e.to_string())?;
-    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path) })).map_err(|e| e.to_string())?;
+    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path), tensorboard: a.train.tensorboard.as_deref() })).map_err(|e| e.to_string())?;
     outdir::copy_tokenizer_config(&a.model, &a.out)?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());
     Ok(())

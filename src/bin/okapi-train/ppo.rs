@@ -178,6 +178,9 @@ pub struct PpoArgs {
     /// Print a progress line every N iterations
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// Also write each iteration's metrics (TensorBoard scalars) and samples (text) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
 }
 
 fn err(e: impl ToString) -> String {
@@ -551,7 +554,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
         }
         Ok(ids)
     };
-    let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: Some(&tok.path) };
+    let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: Some(&tok.path), tensorboard: a.tensorboard.as_deref() };
     let models = PpoModels { policy, reference: reference.as_ref(), reward: &rm, critic };
     let (_, s) = run_ppo(models, &prompts, &cfg, &io, Some(&a.out)).map_err(err)?;
     let (first, last) = (|v: &[f64]| v.first().copied(), |v: &[f64]| v.last().copied());
@@ -578,5 +581,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
     });
     // beside the macro: one more key would pass serde_json's recursion limit
     v["template"] = serde_json::json!(a.template);
+    v["tensorboard"] = serde_json::json!(a.tensorboard);
     v
 }

@@ -51,9 +51,9 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     a.train.lora.apply(&mut model, cfg.seed)?;
     a.train.memory.apply_to(&mut model, cfg.unfrozen_layers)?;
     eprintln!("sft: {} ({} params) on {device}: {} train / {} validation examples", a.model.display(), model.n_params(), train.len(), val.len());
-    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "recipe": format!("{:?}", a.train.recipe).to_lowercase(), "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json() });
+    let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "recipe": format!("{:?}", a.train.recipe).to_lowercase(), "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard });
     out.write_args(args_json("sft", &cfg, extra))?;
-    let run_dir = RunDir { dir: &a.out, tokenizer: Some(&tok.path) };
+    let run_dir = RunDir { dir: &a.out, tokenizer: Some(&tok.path), tensorboard: a.train.tensorboard.as_deref() };
     let (_, summary) = run_sft(model, train, val, &cfg, Some(run_dir)).map_err(|e| e.to_string())?;
     outdir::copy_tokenizer_config(&a.model, &a.out)?;
     eprintln!("sft: {}{}; model saved in {}", losses(&summary), summary.val.as_ref().and_then(|v| v.get("val_loss")).and_then(|v| v.as_f64()).map(|v| format!(", val_loss {v:.4}")).unwrap_or_default(), a.out.display());

@@ -147,6 +147,9 @@ pub struct TrainFlags {
     /// Without a terminal, print a progress line every N steps
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// Also write each step's metrics as TensorBoard scalars (event files) into DIR
+    #[arg(long, value_name = "DIR")]
+    pub tensorboard: Option<PathBuf>,
 }
 
 /// `--adam-betas B1,B2`, each in [0, 1).
