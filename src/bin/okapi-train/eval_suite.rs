@@ -84,6 +84,7 @@ fn score_all<B: Backend + Clone>(be: &B, a: &EvalArgs, models: &[(PathBuf, Optio
         }
         let (model, tok) = load_model(be.clone(), dir, adapter.as_deref())?;
         eprintln!("okapi-train eval: {} ({} params) on {}", entry.name, model.n_params(), be.name());
+        progress.last_append = Instant::now();
         let mut file_progress: Vec<FileProgress> = files.iter().zip(logs.iter()).map(|(p, log)| progress.file(&format!("{} · {} {}", entry.name, p.file.task, p.file.lang), p.items.len(), p.items.len() - left(log, p))).collect();
         let mut jobs: Vec<FileJob> = files.iter().zip(logs.iter_mut()).map(|(p, log)| FileJob { cfg: &p.cfg, items: &p.items, log, key: line_key(&entry.name, p, p.cfg.seed) }).collect();
         run_suite(&model, &tok, &mut jobs, a.save_every, &mut |j, n| {
@@ -268,6 +269,8 @@ struct Progress {
     terminal: bool,
     /// a line is being updated in place
     shown: bool,
+    /// when the last batch was appended: the next batch started then
+    last_append: Instant,
 }
 
 /// Progress of one task-language.
@@ -276,7 +279,8 @@ struct FileProgress {
     total: usize,
     done: usize,
     scored: usize,
-    t0: Instant,
+    /// when the batch that brought this file's first items began
+    t0: Option<Instant>,
     terminal: bool,
 }
 
@@ -294,7 +298,7 @@ fn eta(seconds: f64) -> String {
 
 impl Progress {
     fn new(left: usize) -> Progress {
-        Progress { left, scored: 0, t0: Instant::now(), terminal: std::io::stderr().is_terminal(), shown: false }
+        Progress { left, scored: 0, t0: Instant::now(), terminal: std::io::stderr().is_terminal(), shown: false, last_append: Instant::now() }
     }
 
     /// Ends the line updated in place (on a terminal).
@@ -306,7 +310,7 @@ impl Progress {
     }
 
     fn file(&self, label: &str, total: usize, done: usize) -> FileProgress {
-        FileProgress { label: label.to_string(), total, done, scored: 0, t0: Instant::now(), terminal: self.terminal }
+        FileProgress { label: label.to_string(), total, done, scored: 0, t0: None, terminal: self.terminal }
     }
 }
 
@@ -317,7 +321,9 @@ impl FileProgress {
         self.scored += n;
         suite.scored += n;
         suite.left = suite.left.saturating_sub(n);
-        let rate = self.scored as f64 / self.t0.elapsed().as_secs_f64().max(1e-9);
+        // the file's rate since the batch that brought its first items began (files share batches)
+        let rate = self.scored as f64 / self.t0.get_or_insert(suite.last_append).elapsed().as_secs_f64().max(1e-9);
+        suite.last_append = Instant::now();
         let suite_rate = suite.scored as f64 / suite.t0.elapsed().as_secs_f64().max(1e-9);
         let line = format!(
             "okapi-train eval: {}: {}/{} items, {rate:.2} items/s, ETA {} (suite: {} items left, ETA {})",
