@@ -41,7 +41,7 @@ fn crc32c(data: &[u8]) -> u32 {
 
 fn masked_crc(data: &[u8]) -> u32 {
     let c = crc32c(data);
-    ((c >> 15) | (c << 17)).wrapping_add(0xa282_ead8)
+    c.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// Protobuf encoding: a message as a byte buffer with field writers.
@@ -182,8 +182,11 @@ pub enum Event {
     SessionStart { step: u64 },
 }
 
-/// A protobuf message's fields: (number, wire type, varint value or bytes).
-fn fields(mut b: &[u8]) -> Result<Vec<(u32, u8, u64, &[u8])>, String> {
+/// A protobuf field read back: (number, wire type, varint value, bytes).
+type Field<'b> = (u32, u8, u64, &'b [u8]);
+
+/// A protobuf message's fields.
+fn fields(mut b: &[u8]) -> Result<Vec<Field<'_>>, String> {
     fn varint(b: &mut &[u8]) -> Result<u64, String> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {

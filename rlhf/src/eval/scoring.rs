@@ -184,7 +184,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 /// The context part of an item that goes into the cache before its choices: all but the last
 /// token (which starts every choice's block).
-fn target<'e>(e: &'e Enc) -> &'e [u32] {
+fn target(e: &Enc) -> &[u32] {
     &e.ctx[..e.ctx.len() - 1]
 }
 
@@ -310,9 +310,12 @@ impl<B: Backend> Feed<B> {
     }
 }
 
+/// What the fast path hands out after each round: (index into its items, logliks).
+type OnRound<'a> = dyn FnMut(Vec<(usize, Vec<f64>)>) -> Result<(), ScoreError> + 'a;
+
 /// The fast path (module docs): the logliks of every choice of each item, handed to `on_done`
 /// round by round as (index into `encs`, logliks).
-fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats, on_done: &mut dyn FnMut(Vec<(usize, Vec<f64>)>) -> Result<(), ScoreError>) -> Result<(), ScoreError> {
+fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats, on_done: &mut OnRound<'_>) -> Result<(), ScoreError> {
     let v = model.cfg.vocab_size;
     let b = batch.min(encs.len());
     let plan = Schedule::new(encs, b);

@@ -77,7 +77,7 @@ struct Demo<'a, B: Backend> {
 }
 
 /// What the demo writes in its directory, and the file that marks it as the demo's.
-const DEMO_ENTRIES: [&str; 7] = ["data", "tokenizer.json", "init", "sft", "rm", "ppo", "dpo"];
+const DEMO_ENTRIES: [&str; 8] = ["data", "tokenizer.json", "init", "sft", "rm", "ppo", "dpo", "report.html"];
 const DEMO_MARKER: &str = ".okapi-demo";
 
 /// The demo's directory: new, empty, or a previous demo's (whose contents it replaces); any
@@ -131,7 +131,9 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     for line in &demo.report {
         println!("{line}");
     }
-    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/)", t0.elapsed().as_secs_f64(), a.out.display());
+    let report = a.out.join("report.html");
+    super::report::write_report(std::slice::from_ref(&a.out), &report, 0.6)?;
+    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/); curves and samples: {}", t0.elapsed().as_secs_f64(), a.out.display(), report.display());
     Ok(())
 }
 

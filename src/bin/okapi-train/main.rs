@@ -56,8 +56,10 @@ mod outdir;
 mod pairs;
 mod plan;
 mod ppo;
+mod report;
 mod sft;
 mod signals;
+mod svg;
 mod tokenizer;
 mod train_flags;
 
@@ -101,6 +103,10 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Time a training step or generation on a randomly initialised preset model (JSON line on stdout).
     Bench(bench::BenchArgs),
+    /// One self-contained HTML page of runs: every metric's curve, eval tables and charts, samples, settings.
+    Report(report::ReportArgs),
+    /// One figure (SVG) of some metrics of some runs.
+    Plot(report::PlotArgs),
 }
 
 /// The most worker threads `--threads` may ask for (far above any machine's cores; a typo
@@ -139,6 +145,8 @@ fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Bench(a) => bench::run(a),
         Command::Plan(a) => plan::run(a),
         Command::Merge(a) => merge::run(a),
+        Command::Report(a) => report::run(a),
+        Command::Plot(a) => report::plot(a),
     }
 }
 

@@ -1,0 +1,140 @@
+//! `okapi-train report` through the binary: a curve for every metric of each run (overlaid
+//! where runs share one), the eval tables and bar charts of a suite's results.json, samples in
+//! their scripts, the settings; a run with NaN, missing and out-of-order steps and a broken line
+//! is drawn without failing; bad input is one line and writes nothing.
+
+mod common;
+
+use common::{fixture, one_error_line};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("okapi-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// The numeric metric names of a metrics.jsonl (what the report must draw).
+fn metric_names(dir: &Path) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for l in std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        for (k, x) in v.as_object().unwrap() {
+            if x.is_number() && !["step", "iteration", "epoch"].contains(&k.as_str()) {
+                names.insert(k.clone());
+            }
+        }
+    }
+    names
+}
+
+/// The metrics the page draws curves of.
+fn curves(html: &str) -> BTreeSet<String> {
+    html.split("data-metric=\"").skip(1).map(|s| s[..s.find('"').unwrap()].to_string()).collect()
+}
+
+#[test]
+fn report_of_training_ppo_and_eval_runs() {
+    let dir = tmp("runs");
+    let policy = dir.join("policy");
+    ok(&["init", "--arch", "llama", "--preset", "tiny", "--tokenizer", p(&fixture("llama_gqa").join("tokenizer.json")), "--out", p(&policy), "--seed", "3"]);
+    let rm = dir.join("rm");
+    ok(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "3", "--val-fraction", "0.25", "--eval-every", "1"]);
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"instruction\": \"مرحبا، عد إلى ثلاثة\", \"input\": \"\"}\n{\"instruction\": \"नमस्ते, तीन तक गिनो\", \"input\": \"\"}\n").unwrap();
+    let ppo = dir.join("ppo");
+    ok(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&ppo), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--samples-every", "1"]);
+    // an eval suite's results (two models, two tasks)
+    let suite = dir.join("suite");
+    std::fs::create_dir_all(&suite).unwrap();
+    let block = |a: f64| json!({"results": {"arc_vi": {"acc": a, "acc_norm": a + 0.1}, "arc_ar": {"acc": a / 2.0, "acc_norm": a}, "truthfulqa_vi": {"mc1": 0.2, "mc2": 0.35}}});
+    std::fs::write(suite.join("results.json"), json!({"sft": block(0.3), "ppo": block(0.4)}).to_string()).unwrap();
+
+    let out = dir.join("report.html");
+    let o = ok(&["report", p(&rm), p(&ppo), p(&suite), "--out", p(&out)]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), p(&out));
+    let html = std::fs::read_to_string(&out).unwrap();
+    let drawn = curves(&html);
+    let mut want = metric_names(&rm);
+    want.extend(metric_names(&ppo));
+    assert_eq!(drawn, want, "one curve per metric");
+    assert!(want.contains("val_loss") && want.contains("time_generate_s") && want.contains("kl"));
+    // the two runs share "loss" and "lr": one chart, two legends
+    let loss = html.split("data-metric=\"loss\"").nth(1).unwrap().split("</svg>").next().unwrap();
+    assert!(loss.contains(">rm<") && loss.contains(">ppo<"), "{loss}");
+    // eval: a table per task with both models, the headline metric as bars
+    for needle in ["<h3>arc</h3>", "<th>sft acc_norm</th>", "<th>ppo acc</th>", "<td class=\"num\">50.0</td>", "<h3>truthfulqa</h3>", "arc acc_norm by language", "truthfulqa mc2 by language"] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    // samples: in their own direction, control characters never reach the page
+    let samples: Vec<Value> = std::fs::read_to_string(ppo.join("samples.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(html.contains("<div class=\"label\">prompt</div><div dir=\"auto\">") && html.contains("مرحبا، عد إلى ثلاثة"), "samples shown, each text in its own direction");
+    assert!(samples.len() >= 4);
+    assert!(!html.chars().any(|c| c.is_control() && !"\n\t\r".contains(c)));
+    assert!(html.contains("<h2>Settings (args.json)</h2>") && html.contains("<th>lr</th>"));
+    assert!(!html.contains("<script"), "no script");
+    assert_eq!(html.matches("http").count(), html.matches("http://www.w3.org/2000/svg").count(), "no link but the SVG namespace");
+}
+
+#[test]
+fn broken_metrics_are_drawn_without_failing() {
+    let dir = tmp("broken");
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // steps out of order, a repeated step, a null (NaN as serde_json writes it), a metric that
+    // appears late, a line without a step, and a line cut by a kill
+    let lines = ["{\"step\": 3, \"loss\": 2.0}", "{\"step\": 1, \"loss\": 3.0, \"lr\": 0.1}", "{\"step\": 2, \"loss\": null, \"lr\": 0.2}", "{\"step\": 3, \"loss\": 1.5, \"grad_norm\": 4}", "{\"loss\": 9}", "{\"step\": 4, \"lo"];
+    std::fs::write(run_dir.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    let o = ok(&["report", p(&run_dir)]);
+    let out = run_dir.join("report.html");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), p(&out));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(curves(&html), ["grad_norm", "loss", "lr"].iter().map(|s| s.to_string()).collect());
+    assert!(html.contains("2 line(s) of metrics.jsonl without a readable step were skipped"));
+    assert!(!html.contains("NaN") && !html.contains("inf"));
+    // the loss curve: steps 1 and 3 (the repeated step keeps its last value, the null is left out)
+    let loss = html.split("data-metric=\"loss\"").nth(1).unwrap().split("</svg>").next().unwrap();
+    let pts = loss.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+    assert_eq!(pts.split(' ').count(), 2, "{pts}");
+    // a demo-style directory stands for its run sub-directories
+    let o = ok(&["report", p(&dir), "--out", p(&dir.join("r.html"))]);
+    assert!(o.status.success());
+    assert!(std::fs::read_to_string(dir.join("r.html")).unwrap().contains("broken/run"));
+}
+
+#[test]
+fn bad_input_is_one_line_and_writes_nothing() {
+    let dir = tmp("bad");
+    let out = dir.join("report.html");
+    let (missing, here, dest) = (p(&dir.join("missing")).to_string(), p(&dir).to_string(), p(&out).to_string());
+    for (args, needle) in [
+        (vec!["report", &missing, "--out", &dest], "not a directory"),
+        (vec!["report", &here, "--out", &dest], "no metrics.jsonl or results.json"),
+        (vec!["report", &here, "--smoothing", "1.5"], "--smoothing 1.5: expected a weight in [0, 1)"),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        one_error_line(&o, &[needle]);
+        assert!(!out.exists());
+    }
+}
