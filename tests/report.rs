@@ -138,3 +138,24 @@ fn bad_input_is_one_line_and_writes_nothing() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn the_demo_writes_its_report_with_every_curve_and_the_eval_table() {
+    let dir = tmp("demo");
+    let out = dir.join("demo");
+    let o = ok(&["demo", "--out", p(&out), "--epochs", "1"]);
+    let report = out.join("report.html");
+    assert!(String::from_utf8_lossy(&o.stdout).contains(p(&report)), "the demo prints the report's path");
+    let html = std::fs::read_to_string(&report).unwrap();
+    let mut want = BTreeSet::new();
+    for stage in ["sft", "rm", "ppo"] {
+        want.extend(metric_names(&out.join(stage)));
+    }
+    assert_eq!(curves(&html), want);
+    // ARC after SFT next to ARC after PPO, per language, from the demo's results.json
+    let res: Value = serde_json::from_str(&std::fs::read_to_string(out.join("eval/results.json")).unwrap()).unwrap();
+    let vi = res["ppo"]["results"]["arc_vi"]["acc_norm"].as_f64().unwrap();
+    for needle in ["<h3>arc</h3>", "<th>sft acc_norm</th>", "<th>ppo acc_norm</th>", &format!("<td class=\"num\">{:.1}</td>", 100.0 * vi), "arc acc_norm by language"] {
+        assert!(html.contains(needle), "{needle}");
+    }
+}

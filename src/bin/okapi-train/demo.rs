@@ -9,6 +9,7 @@ use okapi_data::bpe::{save_tokenizer, train_bpe};
 use okapi_data::template::{OKAPI_PROMPT_INPUT, OKAPI_PROMPT_NO_INPUT};
 use okapi_data::{encode_example, load_instructions, Example, InstructRecord, PromptTemplate, SftEncoding, Tokenizer};
 use okapi_model::{preset_config, Arch, DType, Model};
+use okapi_rlhf::eval::results::{results_json, results_markdown, Cell};
 use okapi_rlhf::ppo::{add_value_head, PpoIo};
 use okapi_rlhf::trainer::Objective;
 use okapi_rlhf::{generate, run_ppo, run_sft, train, AdamWConfig, PpoConfig, PpoModels, RunDir, Sampling, TrainConfig};
@@ -77,7 +78,7 @@ struct Demo<'a, B: Backend> {
 }
 
 /// What the demo writes in its directory, and the file that marks it as the demo's.
-const DEMO_ENTRIES: [&str; 8] = ["data", "tokenizer.json", "init", "sft", "rm", "ppo", "dpo", "report.html"];
+const DEMO_ENTRIES: [&str; 9] = ["data", "tokenizer.json", "init", "sft", "rm", "ppo", "dpo", "eval", "report.html"];
 const DEMO_MARKER: &str = ".okapi-demo";
 
 /// The demo's directory: new, empty, or a previous demo's (whose contents it replaces); any
@@ -115,25 +116,29 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     let sft_dir = demo.sft(model, &records, &files, &init_dir, t0)?;
     let tuned = Model::load(demo.be.clone(), &sft_dir).map_err(err)?;
     demo.showcase(&tuned, &held_out)?;
-    let arc_before = eval_arc(&tuned, &demo.tok, "after SFT")?;
+    let mut cells = Vec::new();
+    let arc_before = eval_arc(&tuned, &demo.tok, "sft", &mut cells)?;
     demo.report.push(format!("ARC      0-shot acc after SFT: {arc_before:.3} (chance ≈ 0.26; a 1.6M-parameter model is not expected to beat it)"));
     let tuned_dir = match a.method.as_str() {
         "ppo" => Some(demo.rlhf_ppo(&sft_dir)?),
         "dpo" => Some(demo.rlhf_dpo(&sft_dir)?),
         _ => None,
     };
+    let mut models = vec![(String::from("sft"), sft_dir.clone())];
     if let Some(dir) = tuned_dir {
         let rl = Model::load(demo.be.clone(), &dir).map_err(err)?;
-        let after = eval_arc(&rl, &demo.tok, &format!("after {}", a.method.to_uppercase()))?;
+        let after = eval_arc(&rl, &demo.tok, &a.method, &mut cells)?;
         demo.report.push(format!("ARC      0-shot acc after {}: {after:.3}", a.method.to_uppercase()));
+        models.push((a.method.clone(), dir));
     }
+    write_eval_results(&a.out.join("eval"), &models, &cells)?;
     println!("\n== okapi demo summary ==");
     for line in &demo.report {
         println!("{line}");
     }
     let report = a.out.join("report.html");
     super::report::write_report(std::slice::from_ref(&a.out), &report, 0.6)?;
-    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/); curves and samples: {}", t0.elapsed().as_secs_f64(), a.out.display(), report.display());
+    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/, eval/); curves and samples: {}", t0.elapsed().as_secs_f64(), a.out.display(), report.display());
     Ok(())
 }
 
@@ -333,13 +338,27 @@ fn first_last_mean(history: &[serde_json::Value], key: &str, k: usize) -> (f64, 
     (mean(&vals[..k.min(vals.len())]), mean(&vals[vals.len().saturating_sub(k)..]))
 }
 
-/// Zero-shot m_arc on the bundled sets of 8 languages: prints the per-language table, returns
-/// the overall accuracy.
-fn eval_arc<B: Backend>(model: &Model<B>, tok: &Tokenizer, when: &str) -> Result<f64, String> {
+/// Zero-shot m_arc on the bundled sets of 8 languages: prints the per-language table, adds
+/// each language's row to `cells` under `model`, returns the overall accuracy.
+fn eval_arc<B: Backend>(model: &Model<B>, tok: &Tokenizer, name: &str, cells: &mut Vec<Cell>) -> Result<f64, String> {
     use okapi_rlhf::eval::{bundled_sources, formats::Task, run_eval, EvalConfig};
     let cfg = EvalConfig { num_fewshot: Some(0), ..EvalConfig::new(Task::Arc) };
     let r = run_eval(model, tok, &cfg, &bundled_sources(Task::Arc), &[]).map_err(err)?;
-    println!("\nm_arc, 0-shot, {when} ({} items in {:.1} s):", r.items.len(), r.seconds);
+    println!("\nm_arc, 0-shot, after {} ({} items in {:.1} s):", name.to_uppercase(), r.items.len(), r.seconds);
     println!("{}", r.table());
+    cells.extend(r.langs.iter().map(|row| Cell { model: name.to_string(), task: Task::Arc, lang: row.lang.clone(), row: row.clone(), shots: 0 }));
     Ok(r.overall.acc.mean)
+}
+
+/// The demo's ARC tables as an eval suite writes them (`results.json` in the harness's layout,
+/// `results.md`), so that `report` shows SFT next to RLHF.
+fn write_eval_results(dir: &Path, models: &[(String, PathBuf)], cells: &[Cell]) -> Result<(), String> {
+    use okapi_rlhf::eval::resume::{ModelEntry, Settings};
+    let entries: Vec<ModelEntry> = models.iter().map(|(name, path)| ModelEntry { name: name.clone(), path: path.display().to_string(), adapter: None, items: name.clone() }).collect();
+    let settings: Settings = [("--seed".to_string(), serde_json::json!(42)), ("--harness".to_string(), serde_json::json!("v0.3"))].into_iter().collect();
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let json = serde_json::to_string_pretty(&results_json(&entries, &settings, cells)).expect("JSON values serialise");
+    std::fs::write(dir.join("results.json"), json + "\n").map_err(|e| format!("{}: {e}", dir.display()))?;
+    let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
+    std::fs::write(dir.join("results.md"), results_markdown(&names, cells)).map_err(|e| format!("{}: {e}", dir.display()))
 }
