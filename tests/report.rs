@@ -5,20 +5,14 @@
 
 mod common;
 
-use common::{fixture, one_error_line};
+use common::{fixture, one_error_line, Scratch};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("okapi-report-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -55,15 +49,19 @@ fn curves(html: &str) -> BTreeSet<String> {
 
 #[test]
 fn report_of_training_ppo_and_eval_runs() {
-    let dir = tmp("runs");
+    let scratch = Scratch::new("runs");
+    let dir = scratch.root.clone();
     let policy = dir.join("policy");
     ok(&["init", "--arch", "llama", "--preset", "tiny", "--tokenizer", p(&fixture("llama_gqa").join("tokenizer.json")), "--out", p(&policy), "--seed", "3"]);
     let rm = dir.join("rm");
-    ok(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "3", "--val-fraction", "0.25", "--eval-every", "1"]);
+    let o = ok(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "3", "--val-fraction", "0.25", "--eval-every", "1"]);
+    // without a terminal: plain progress lines with the rate and the ETA
+    assert!(String::from_utf8_lossy(&o.stderr).lines().any(|l| l.starts_with("step 1/3: ") && l.contains("steps/s, ETA 0:00:")), "{}", String::from_utf8_lossy(&o.stderr));
     let prompts = dir.join("prompts.jsonl");
     std::fs::write(&prompts, "{\"instruction\": \"مرحبا، عد إلى ثلاثة\", \"input\": \"\"}\n{\"instruction\": \"नमस्ते, तीन तक गिनो\", \"input\": \"\"}\n").unwrap();
     let ppo = dir.join("ppo");
-    ok(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&ppo), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--samples-every", "1"]);
+    let o = ok(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&ppo), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--samples-every", "1"]);
+    assert!(String::from_utf8_lossy(&o.stderr).lines().any(|l| l.starts_with("ppo iteration 1/2: ") && l.contains(", ETA 0:00:")), "{}", String::from_utf8_lossy(&o.stderr));
     // an eval suite's results (two models, two tasks)
     let suite = dir.join("suite");
     std::fs::create_dir_all(&suite).unwrap();
@@ -98,7 +96,8 @@ fn report_of_training_ppo_and_eval_runs() {
 
 #[test]
 fn broken_metrics_are_drawn_without_failing() {
-    let dir = tmp("broken");
+    let scratch = Scratch::new("broken");
+    let dir = scratch.root.clone();
     let run_dir = dir.join("run");
     std::fs::create_dir_all(&run_dir).unwrap();
     // steps out of order, a repeated step, a null (NaN as serde_json writes it), a metric that
@@ -124,7 +123,8 @@ fn broken_metrics_are_drawn_without_failing() {
 
 #[test]
 fn bad_input_is_one_line_and_writes_nothing() {
-    let dir = tmp("bad");
+    let scratch = Scratch::new("bad");
+    let dir = scratch.root.clone();
     let out = dir.join("report.html");
     let (missing, here, dest) = (p(&dir.join("missing")).to_string(), p(&dir).to_string(), p(&out).to_string());
     for (args, needle) in [
@@ -141,7 +141,8 @@ fn bad_input_is_one_line_and_writes_nothing() {
 
 #[test]
 fn the_demo_writes_its_report_with_every_curve_and_the_eval_table() {
-    let dir = tmp("demo");
+    let scratch = Scratch::new("demo");
+    let dir = scratch.root.clone();
     let out = dir.join("demo");
     let o = ok(&["demo", "--out", p(&out), "--epochs", "1"]);
     let report = out.join("report.html");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, Scratch};
 use okapi::rlhf::tensorboard::{read_events, Event};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -15,12 +15,6 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("okapi-tb-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn run(args: &[&str]) -> Output {
     let o = Command::new(BIN).args(args).output().unwrap();
@@ -62,7 +56,8 @@ fn expected(out: &Path, step_key: &str) -> BTreeMap<(String, u64), f32> {
 
 #[test]
 fn training_metrics_parse_back_from_the_event_files() {
-    let dir = tmp("reward");
+    let scratch = Scratch::new("reward");
+    let dir = scratch.root.clone();
     let (out, tb) = (dir.join("rm"), dir.join("tb"));
     let (model, data) = (fixture("bloom_6h"), fixture("ranking_data.json"));
     let args = ["reward", "--model", p(&model), "--data", p(&data), "--out", p(&out), "--max-steps", "4", "--save-every", "2", "--val-fraction", "0.25", "--eval-every", "2", "--tensorboard", p(&tb)];
@@ -101,7 +96,8 @@ fn training_metrics_parse_back_from_the_event_files() {
 
 #[test]
 fn ppo_metrics_and_samples_parse_back() {
-    let dir = tmp("ppo");
+    let scratch = Scratch::new("ppo");
+    let dir = scratch.root.clone();
     let policy = dir.join("policy");
     run(&["init", "--arch", "llama", "--preset", "tiny", "--tokenizer", p(&fixture("llama_gqa").join("tokenizer.json")), "--out", p(&policy), "--seed", "3"]);
     let rm = dir.join("rm");

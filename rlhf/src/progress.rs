@@ -1,5 +1,5 @@
-//! Training progress: an indicatif bar (loss, lr, tok/s, ETA) on a terminal, a plain line every
-//! `log_every` steps otherwise (logs, CI).
+//! Training progress: an indicatif bar (loss, lr, tok/s, ETA) on a terminal, a plain line with
+//! the rate and ETA every `log_every` steps otherwise (logs, CI).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -8,6 +8,24 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     log_every: u64,
     total: u64,
+    /// the step this process started from, and when
+    start_step: u64,
+    t0: std::time::Instant,
+}
+
+/// `h:mm:ss` of `seconds` (`?` when unknown).
+pub fn hms(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "?".into();
+    }
+    let s = seconds.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Steps per second since `start` and the time left for `total`, from `t0`, after `step`.
+pub fn rate_eta(t0: std::time::Instant, start: u64, step: u64, total: u64) -> (f64, f64) {
+    let rate = step.saturating_sub(start) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+    (rate, total.saturating_sub(step) as f64 / rate)
 }
 
 impl Progress {
@@ -18,7 +36,7 @@ impl Progress {
             bar.set_position(start_step);
             bar
         });
-        Progress { bar, log_every: log_every.max(1), total }
+        Progress { bar, log_every: log_every.max(1), total, start_step, t0: std::time::Instant::now() }
     }
 
     pub fn step(&self, step: u64, loss: f64, lr: f64, tokens_per_s: f64) {
@@ -30,7 +48,8 @@ impl Progress {
             }
             None => {
                 if step.is_multiple_of(self.log_every) || step == self.total || step == 1 {
-                    eprintln!("step {step}/{}: {msg}", self.total);
+                    let (rate, eta) = rate_eta(self.t0, self.start_step, step, self.total);
+                    eprintln!("step {step}/{}: {msg}, {rate:.2} steps/s, ETA {}", self.total, hms(eta));
                 }
             }
         }

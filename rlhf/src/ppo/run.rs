@@ -71,6 +71,8 @@ pub struct Ppo<'a, B: Backend> {
     data_fp: String,
     elapsed0: f64,
     started: Instant,
+    /// the iteration this process started from (for the rate and ETA)
+    started_at: u64,
     summary: PpoSummary,
     /// the last checkpoint of this run on disk and its iteration
     last_checkpoint: Option<(std::path::PathBuf, u64)>,
@@ -148,6 +150,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             data_fp: data_fingerprint(prompts, cfg),
             elapsed0: 0.0,
             started: Instant::now(),
+            started_at: 0,
             summary: PpoSummary::default(),
             last_checkpoint: None,
         })
@@ -208,6 +211,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
     /// The remaining iterations, then [`Ppo::finish`].
     pub fn run(mut self) -> Result<(Model<B>, PpoSummary), TrainError> {
         let keep = self.cfg.resume.as_ref().map(|_| self.done);
+        self.started_at = self.done;
         let mut logs = match self.out {
             Some(dir) => Some((rundir::reopen_log(&dir.join("metrics.jsonl"), keep, "iteration")?, rundir::reopen_log(&dir.join("samples.jsonl"), keep, "iteration")?)),
             None => None,
@@ -384,7 +388,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
             }
         }
         if self.cfg.log_every > 0 && (it.is_multiple_of(self.cfg.log_every) || it == 1 || it == self.cfg.iterations) {
-            eprintln!("ppo iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}, {tok_s:.0} tok/s", self.cfg.iterations, st.pg_loss, st.vf_loss);
+            let (_, eta) = crate::progress::rate_eta(self.started, self.started_at, it, self.cfg.iterations);
+            eprintln!("ppo iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}, {tok_s:.0} tok/s, ETA {}", self.cfg.iterations, st.pg_loss, st.vf_loss, crate::progress::hms(eta));
         }
         self.summary.scores.push(score_mean);
         self.summary.kls.push(mean_kl);
