@@ -669,7 +669,8 @@ where
     }
 
     // ---- activations ---------------------------------------------------------------------
-    if bn.wants_any(&["swiglu"]) {
+    // a gated MLP's operands (N, F): gate, up and the product's gradient, for SwiGLU and GeGLU
+    if bn.wants_any(&["swiglu", "geglu"]) {
         let len = n * f;
         let shape = format!("{n}x{f}");
         let gate = up(&data.normal(len, 1.0));
@@ -677,46 +678,41 @@ where
         let dout = up(&data.normal(len, 1.0));
         let mut out = be.zeros(len);
         let (mut dgate, mut dup) = (be.zeros(len), be.zeros(len));
-        let work = bytes(12 * len);
-        bn.time("swiglu_fwd", "fused", shape.clone(), work, &mut || {
-            be.swiglu_fwd(&mut out, &gate, &upb, len);
-            fence(be);
-        });
-        if host && bn.wants("swiglu_fwd", "unfused") {
-            let ones = up(&vec![1.0; len]);
-            let mut tmp = be.zeros(len);
-            bn.time("swiglu_fwd", "unfused", shape.clone(), work, &mut || {
-                be.swiglu_fwd(&mut tmp, &gate, &ones, len);
-                let (o, s, u) = (host_mut(&mut out).unwrap(), host_ref(&tmp).unwrap(), host_ref(&upb).unwrap());
-                o[..len].par_chunks_mut(4096).zip(s.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, s), u)| {
-                    for ((o, s), u) in o.iter_mut().zip(s).zip(u) {
-                        *o = s * u;
-                    }
+        if bn.wants_any(&["swiglu"]) {
+            let work = bytes(12 * len);
+            bn.time("swiglu_fwd", "fused", shape.clone(), work, &mut || {
+                be.swiglu_fwd(&mut out, &gate, &upb, len);
+                fence(be);
+            });
+            if host && bn.wants("swiglu_fwd", "unfused") {
+                let ones = up(&vec![1.0; len]);
+                let mut tmp = be.zeros(len);
+                bn.time("swiglu_fwd", "unfused", shape.clone(), work, &mut || {
+                    be.swiglu_fwd(&mut tmp, &gate, &ones, len);
+                    let (o, s, u) = (host_mut(&mut out).unwrap(), host_ref(&tmp).unwrap(), host_ref(&upb).unwrap());
+                    o[..len].par_chunks_mut(4096).zip(s.par_chunks(4096)).zip(u.par_chunks(4096)).for_each(|((o, s), u)| {
+                        for ((o, s), u) in o.iter_mut().zip(s).zip(u) {
+                            *o = s * u;
+                        }
+                    });
+                    fence(be);
                 });
+            }
+            bn.time("swiglu_bwd", "-", shape.clone(), bytes(20 * len), &mut || {
+                be.swiglu_bwd(&mut dgate, &mut dup, &dout, &gate, &upb, len);
                 fence(be);
             });
         }
-        bn.time("swiglu_bwd", "-", shape, bytes(20 * len), &mut || {
-            be.swiglu_bwd(&mut dgate, &mut dup, &dout, &gate, &upb, len);
-            fence(be);
-        });
-    }
-    if bn.wants_any(&["geglu"]) {
-        let len = n * f;
-        let shape = format!("{n}x{f}");
-        let gate = up(&data.normal(len, 1.0));
-        let upb = up(&data.normal(len, 1.0));
-        let dout = up(&data.normal(len, 1.0));
-        let mut out = be.zeros(len);
-        let (mut dgate, mut dup) = (be.zeros(len), be.zeros(len));
-        bn.time("geglu_fwd", "-", shape.clone(), bytes(12 * len), &mut || {
-            be.geglu_fwd(&mut out, &gate, &upb, len);
-            fence(be);
-        });
-        bn.time("geglu_bwd", "-", shape, bytes(20 * len), &mut || {
-            be.geglu_bwd(&mut dgate, &mut dup, &dout, &gate, &upb, len);
-            fence(be);
-        });
+        if bn.wants_any(&["geglu"]) {
+            bn.time("geglu_fwd", "-", shape.clone(), bytes(12 * len), &mut || {
+                be.geglu_fwd(&mut out, &gate, &upb, len);
+                fence(be);
+            });
+            bn.time("geglu_bwd", "-", shape, bytes(20 * len), &mut || {
+                be.geglu_bwd(&mut dgate, &mut dup, &dout, &gate, &upb, len);
+                fence(be);
+            });
+        }
     }
     if bn.wants_any(&["gelu"]) {
         let len = n * 4 * c;

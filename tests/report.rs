@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixture, one_error_line, Scratch};
+use common::{metrics, one_error_line, tiny_ppo_inputs, Scratch};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,8 +31,7 @@ fn p(path: &Path) -> &str {
 /// The numeric metric names of a metrics.jsonl (what the report must draw).
 fn metric_names(dir: &Path) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for l in std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines() {
-        let v: Value = serde_json::from_str(l).unwrap();
+    for v in metrics(dir) {
         for (k, x) in v.as_object().unwrap() {
             if x.is_number() && !["step", "iteration", "epoch"].contains(&k.as_str()) {
                 names.insert(k.clone());
@@ -51,17 +50,12 @@ fn curves(html: &str) -> BTreeSet<String> {
 fn report_of_training_ppo_and_eval_runs() {
     let scratch = Scratch::new("runs");
     let dir = scratch.root.clone();
-    let policy = dir.join("policy");
-    ok(&["init", "--arch", "llama", "--preset", "tiny", "--tokenizer", p(&fixture("llama_gqa").join("tokenizer.json")), "--out", p(&policy), "--seed", "3"]);
-    let rm = dir.join("rm");
-    let o = ok(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "3", "--val-fraction", "0.25", "--eval-every", "1"]);
+    let (policy, rm, prompts, o) = tiny_ppo_inputs(&dir, &["--max-steps", "3", "--val-fraction", "0.25", "--eval-every", "1"], &["مرحبا، عد إلى ثلاثة", "नमस्ते, तीन तक गिनो"]);
     // without a terminal: plain progress lines with the rate and the ETA
-    assert!(String::from_utf8_lossy(&o.stderr).lines().any(|l| l.starts_with("step 1/3: ") && l.contains("steps/s, ETA 0:00:")), "{}", String::from_utf8_lossy(&o.stderr));
-    let prompts = dir.join("prompts.jsonl");
-    std::fs::write(&prompts, "{\"instruction\": \"مرحبا، عد إلى ثلاثة\", \"input\": \"\"}\n{\"instruction\": \"नमस्ते, तीन तक गिनो\", \"input\": \"\"}\n").unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).lines().any(|l| l.starts_with("step 1/3: ") && l.contains("steps/s, ETA 0m")), "{}", String::from_utf8_lossy(&o.stderr));
     let ppo = dir.join("ppo");
     let o = ok(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&ppo), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "4", "--samples-every", "1"]);
-    assert!(String::from_utf8_lossy(&o.stderr).lines().any(|l| l.starts_with("ppo iteration 1/2: ") && l.contains(", ETA 0:00:")), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).lines().any(|l| l.starts_with("ppo iteration 1/2: ") && l.contains(", ETA 0m")), "{}", String::from_utf8_lossy(&o.stderr));
     // an eval suite's results (two models, two tasks)
     let suite = dir.join("suite");
     std::fs::create_dir_all(&suite).unwrap();

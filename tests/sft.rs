@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, one_error_line};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -174,39 +174,28 @@ fn filtering_and_skips_are_counted_in_one_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn assert_one_line_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "`{n}` not in: {}", lines[0]);
-    }
-}
-
 #[test]
 fn bad_sft_input_is_one_clear_error() {
     let dir = tmp("bad");
     let data = data_file(&dir);
     let out = dir.join("out");
     // unknown language code
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &data, &out, &["--langs", "vi,xx"], &[]), &["--langs", "`xx`"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &data, &out, &["--langs", "vi,xx"], &[]), &["--langs", "`xx`"]);
     // nothing left after filtering by language
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &data, &out, &["--langs", "de"], &[]), &["no training examples", "other languages"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &data, &out, &["--langs", "de"], &[]), &["no training examples", "other languages"]);
     // every prompt longer than --max-len
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &data, &out, &["--max-len", "8"], &[]), &["no training examples", "--max-len 8"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &data, &out, &["--max-len", "8"], &[]), &["no training examples", "--max-len 8"]);
     // a malformed line names file and line
     let bad = dir.join("bad.jsonl");
     std::fs::write(&bad, "{\"instruction\": \"a\", \"input\": \"\", \"output\": \"b\"}\n{\"instruction\": oops}\n").unwrap();
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &bad, &out, &[], &[]), &["bad.jsonl:2:"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &bad, &out, &[], &[]), &["bad.jsonl:2:"]);
     // a record that is not an object
     std::fs::write(&bad, "[{\"instruction\": \"a\", \"input\": \"\", \"output\": \"b\"}, 17]").unwrap();
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &bad, &out, &[], &[]), &["bad.jsonl", "#2", "expected a JSON object"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &bad, &out, &[], &[]), &["bad.jsonl", "#2", "expected a JSON object"]);
     // flags
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &data, &out, &["--adam-betas", "0.9"], &[]), &["--adam-betas"]);
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &data, &out, &["--precision", "bf16"], &[]), &["--precision bf16"]);
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &data, &out, &["--resume", dir.to_str().unwrap()], &[]), &["--resume", "no checkpoint"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &data, &out, &["--adam-betas", "0.9"], &[]), &["--adam-betas"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &data, &out, &["--precision", "bf16"], &[]), &["--precision bf16"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &data, &out, &["--resume", dir.to_str().unwrap()], &[]), &["--resume", "no checkpoint"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -217,10 +206,10 @@ fn resume_refuses_another_model_or_another_data_set() {
     let out = dir.join("out");
     assert_ok(&sft(&fixture("llama_gqa"), &data, &out, &["--max-steps", "2", "--save-every", "1"], &[]));
     let r = ["--max-steps", "2", "--resume", out.to_str().unwrap()];
-    assert_one_line_error(&sft(&fixture("bloom_6h"), &data, &dir.join("o2"), &r, &[]), &["another model"]);
+    one_error_line(&sft(&fixture("bloom_6h"), &data, &dir.join("o2"), &r, &[]), &["another model"]);
     let other = dir.join("other.jsonl");
     std::fs::write(&other, "{\"instruction\": \"Another task\", \"input\": \"\", \"output\": \"Another answer\"}\n").unwrap();
-    assert_one_line_error(&sft(&fixture("llama_gqa"), &other, &dir.join("o3"), &r, &[]), &["another data set"]);
+    one_error_line(&sft(&fixture("llama_gqa"), &other, &dir.join("o3"), &r, &[]), &["another data set"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fixture, Scratch};
+use common::{fixture, metrics, tiny_ppo_inputs, Scratch};
 use okapi::rlhf::tensorboard::{read_events, Event};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -42,8 +42,7 @@ fn scalars(events: &[Event]) -> BTreeMap<(String, u64), f32> {
 /// Every numeric field of every metrics line but the step keys, as TensorBoard holds it (f32).
 fn expected(out: &Path, step_key: &str) -> BTreeMap<(String, u64), f32> {
     let mut want = BTreeMap::new();
-    for line in std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
+    for v in metrics(out) {
         let step = v[step_key].as_u64().unwrap();
         for (k, x) in v.as_object().unwrap() {
             if let (Some(x), false) = (x.as_f64(), k == step_key || k == "step") {
@@ -98,12 +97,7 @@ fn training_metrics_parse_back_from_the_event_files() {
 fn ppo_metrics_and_samples_parse_back() {
     let scratch = Scratch::new("ppo");
     let dir = scratch.root.clone();
-    let policy = dir.join("policy");
-    run(&["init", "--arch", "llama", "--preset", "tiny", "--tokenizer", p(&fixture("llama_gqa").join("tokenizer.json")), "--out", p(&policy), "--seed", "3"]);
-    let rm = dir.join("rm");
-    run(&["reward", "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--out", p(&rm), "--max-steps", "1"]);
-    let prompts = dir.join("prompts.jsonl");
-    std::fs::write(&prompts, "{\"instruction\": \"Say hi\", \"input\": \"\"}\n{\"instruction\": \"Đếm đến ba\", \"input\": \"\"}\n").unwrap();
+    let (policy, rm, prompts, _) = tiny_ppo_inputs(&dir, &["--max-steps", "1"], &["Say hi", "Đếm đến ba"]);
     let (out, tb) = (dir.join("ppo"), dir.join("tb"));
     run(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&out), "--iterations", "2", "--rollouts", "4", "--chunk-size", "2", "--ppo-batch-size", "2", "--max-new-tokens", "5", "--samples-every", "1", "--tensorboard", p(&tb)]);
     let files = event_files(&tb);

@@ -13,13 +13,17 @@ pub struct Progress {
     t0: std::time::Instant,
 }
 
-/// `h:mm:ss` of `seconds` (`?` when unknown).
-pub fn hms(seconds: f64) -> String {
+/// A time left, short: `4m05s`, `2h13m` (`?` when unknown).
+pub fn eta(seconds: f64) -> String {
     if !seconds.is_finite() || seconds < 0.0 {
         return "?".into();
     }
     let s = seconds.round() as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
 }
 
 /// Steps per second since `start` and the time left for `total`, from `t0`, after `step`.
@@ -48,8 +52,8 @@ impl Progress {
             }
             None => {
                 if step.is_multiple_of(self.log_every) || step == self.total || step == 1 {
-                    let (rate, eta) = rate_eta(self.t0, self.start_step, step, self.total);
-                    eprintln!("step {step}/{}: {msg}, {rate:.2} steps/s, ETA {}", self.total, hms(eta));
+                    let (rate, left) = rate_eta(self.t0, self.start_step, step, self.total);
+                    eprintln!("step {step}/{}: {msg}, {rate:.2} steps/s, ETA {}", self.total, eta(left));
                 }
             }
         }

@@ -85,6 +85,11 @@ impl Pb {
     }
 }
 
+/// A failed TensorBoard write of a training run, named by its flag.
+pub(crate) fn flag_error(problem: String) -> crate::TrainError {
+    crate::TrainError::Setting { setting: "--tensorboard", problem }
+}
+
 /// Appends TensorBoard events to one file of a log directory. Errors name the file.
 pub struct EventWriter {
     path: PathBuf,

@@ -8,7 +8,7 @@ use crate::error::{io, ResumeMismatch};
 use crate::optim::{clip_coef, AdamWConfig, Optimizer};
 use crate::progress::Progress;
 use crate::rundir;
-use crate::tensorboard::EventWriter;
+use crate::tensorboard::{self, EventWriter};
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::TrainError;
 use okapi_model::{DType, Grads, Model, Rng};
@@ -393,8 +393,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         let keep = self.cfg.resume.as_ref().map(|_| self.state.step);
         let metrics_path = self.out.map(|o| o.dir.join("metrics.jsonl"));
         let mut metrics = metrics_path.as_deref().map(|p| rundir::reopen_log(p, keep, "step")).transpose()?;
-        let tb_err = |problem| TrainError::Setting { setting: "--tensorboard", problem };
-        let mut tb = self.out.and_then(|o| o.tensorboard).map(|d| EventWriter::create(d, keep)).transpose().map_err(tb_err)?;
+        let mut tb = self.out.and_then(|o| o.tensorboard).map(|d| EventWriter::create(d, keep)).transpose().map_err(tensorboard::flag_error)?;
         let progress = Progress::new(self.state.total_steps, self.state.step, self.cfg.log_every);
         while self.state.step < self.state.total_steps {
             if crate::stop::requested() {
@@ -406,7 +405,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
                 writeln!(f, "{line}").and_then(|_| f.flush()).map_err(io(p))?;
             }
             if let Some(tb) = tb.as_mut() {
-                tb.metrics_line(&line, "step").and_then(|_| tb.flush()).map_err(tb_err)?;
+                tb.metrics_line(&line, "step").and_then(|_| tb.flush()).map_err(tensorboard::flag_error)?;
             }
             progress.step(self.state.step, loss, lr, tokens_per_s);
             self.summary.history.push(line);

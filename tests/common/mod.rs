@@ -35,6 +35,25 @@ pub fn short_sft(dir: &Path, model: &str, out: &Path, args: &[&str], env: &[(&st
     c.output().unwrap()
 }
 
+/// What a PPO run through the CLI needs, written into `dir`: `policy/` (the `tiny` LLaMA, seed
+/// 3, on llama_gqa's tokenizer), `rm/` (a reward model trained from the policy on the ranking
+/// fixture with `rm_args`) and `prompts.jsonl` (one record per instruction). Returns the three
+/// paths and the reward run's output; both commands must succeed.
+pub fn tiny_ppo_inputs(dir: &Path, rm_args: &[&str], instructions: &[&str]) -> (PathBuf, PathBuf, PathBuf, std::process::Output) {
+    let bin = env!("CARGO_BIN_EXE_okapi-train");
+    let check = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let policy = dir.join("policy");
+    check(std::process::Command::new(bin).args(["init", "--arch", "llama", "--preset", "tiny", "--seed", "3", "--tokenizer"]).arg(fixture("llama_gqa").join("tokenizer.json")).arg("--out").arg(&policy).output().unwrap());
+    let rm = dir.join("rm");
+    let o = check(std::process::Command::new(bin).arg("reward").arg("--model").arg(&policy).arg("--data").arg(fixture("ranking_data.json")).arg("--out").arg(&rm).args(rm_args).output().unwrap());
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, instructions.iter().map(|i| format!("{}\n", serde_json::json!({"instruction": i, "input": ""}))).collect::<String>()).unwrap();
+    (policy, rm, prompts, o)
+}
+
 pub const SHORT_TEMPLATE: &str = r#"{"prompt_input": "{instruction} {input}", "prompt_no_input": "{instruction}"}"#;
 
 /// Sends SIGINT (`"INT"`) or SIGTERM (`"TERM"`) to a child process.

@@ -319,7 +319,8 @@ fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk
     let v = model.cfg.vocab_size;
     let b = batch.min(encs.len());
     let plan = Schedule::new(encs, b);
-    stats.shared_prefix = stats.shared_prefix.max(plan.shared.iter().copied().max().unwrap_or(0));
+    let longest_shared = plan.shared.iter().copied().max().unwrap_or(0);
+    stats.shared_prefix = stats.shared_prefix.max(longest_shared);
     // sequence capacity: the longest context − 1 + its longest choice (≤ the window)
     let cap = encs.iter().map(|e| e.ctx.len() - 1 + e.conts.iter().map(Vec::len).max().unwrap_or(0)).max().unwrap_or(1);
     // tokens per sequence per forward: bounded so that the (B·t, V) logits stay ≤ 2^26 floats
@@ -327,7 +328,6 @@ fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk
     let auto = ((1usize << 26) / (b * v).max(1)).clamp(1, 256);
     let t_max = if chunk > 0 { chunk } else { auto }.min(cap);
     let mut cache = model.new_cache(b, cap, t_max)?;
-    let longest_shared = plan.shared.iter().copied().max().unwrap_or(0);
     let mut prefix = match longest_shared {
         0 => None,
         p => Some(PrefixCache { cache: model.new_cache(1, p, t_max.min(p))?, held: Vec::new() }),

@@ -10,7 +10,7 @@ use crate::generate::{generate, Sampling};
 use crate::optim::{clip_coef, Optimizer};
 use crate::reward::RewardBufs;
 use crate::rundir;
-use crate::tensorboard::EventWriter;
+use crate::tensorboard::{self, EventWriter};
 use crate::trainer::{ensure_finite, EpochOrder};
 use crate::TrainError;
 use okapi_data::{Example, PromptGroup};
@@ -40,11 +40,6 @@ struct Times {
     score: f64,
     update: f64,
     tokens: usize,
-}
-
-/// A TensorBoard write that failed, named by its flag.
-fn tb_err(problem: String) -> TrainError {
-    TrainError::Setting { setting: "--tensorboard", problem }
 }
 
 /// One PPO run (see [`run_ppo`]).
@@ -216,7 +211,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             Some(dir) => Some((rundir::reopen_log(&dir.join("metrics.jsonl"), keep, "iteration")?, rundir::reopen_log(&dir.join("samples.jsonl"), keep, "iteration")?)),
             None => None,
         };
-        let mut tb = self.io.tensorboard.map(|d| EventWriter::create(d, keep)).transpose().map_err(tb_err)?;
+        let mut tb = self.io.tensorboard.map(|d| EventWriter::create(d, keep)).transpose().map_err(tensorboard::flag_error)?;
         for it in self.done + 1..=self.cfg.iterations {
             if crate::stop::requested() {
                 return Err(self.interrupted(it - 1));
@@ -228,7 +223,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             let stats = self.update(it, &rollouts, &mut times)?;
             self.log(it, &rollouts, mean_kl, &stats, &times, logs.as_mut())?;
             if let Some(tb) = tb.as_mut() {
-                self.log_tensorboard(tb, it, &rollouts).map_err(tb_err)?;
+                self.log_tensorboard(tb, it, &rollouts).map_err(tensorboard::flag_error)?;
             }
             self.checkpoint(it)?;
             self.done = it;
@@ -388,8 +383,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
             }
         }
         if self.cfg.log_every > 0 && (it.is_multiple_of(self.cfg.log_every) || it == 1 || it == self.cfg.iterations) {
-            let (_, eta) = crate::progress::rate_eta(self.started, self.started_at, it, self.cfg.iterations);
-            eprintln!("ppo iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}, {tok_s:.0} tok/s, ETA {}", self.cfg.iterations, st.pg_loss, st.vf_loss, crate::progress::hms(eta));
+            let (_, left) = crate::progress::rate_eta(self.started, self.started_at, it, self.cfg.iterations);
+            eprintln!("ppo iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}, {tok_s:.0} tok/s, ETA {}", self.cfg.iterations, st.pg_loss, st.vf_loss, crate::progress::eta(left));
         }
         self.summary.scores.push(score_mean);
         self.summary.kls.push(mean_kl);

@@ -15,6 +15,7 @@ use okapi_rlhf::eval::results::{results_json, results_markdown, Cell};
 use okapi_rlhf::eval::resume::{fnv64, model_names, run_suite, FileEntry, FileJob, ItemsLog, LineKey, ModelEntry, RunRecord, Settings};
 use okapi_rlhf::eval::suite::{discover, DataDir, SuiteFile};
 use okapi_rlhf::eval::{language_rows, prepare_items, EvalConfig, PreparedItem, Task};
+use okapi_rlhf::progress::eta;
 use okapi_rlhf::rundir;
 use okapi_runtime::Backend;
 use serde_json::json;
@@ -282,18 +283,6 @@ struct FileProgress {
     /// when the batch that brought this file's first items began
     t0: Option<Instant>,
     terminal: bool,
-}
-
-fn eta(seconds: f64) -> String {
-    if !seconds.is_finite() {
-        return "?".into();
-    }
-    let s = seconds.round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
 }
 
 impl Progress {

@@ -44,9 +44,7 @@ struct Run {
 }
 
 pub fn run(a: ReportArgs) -> Result<(), String> {
-    if !(0.0..1.0).contains(&a.smoothing) {
-        return Err(format!("--smoothing {}: expected a weight in [0, 1)", a.smoothing));
-    }
+    check_smoothing(a.smoothing)?;
     let out = a.out.clone().unwrap_or_else(|| a.runs[0].join("report.html"));
     write_report(&a.runs, &out, a.smoothing)?;
     println!("{}", out.display());
@@ -71,16 +69,11 @@ pub struct PlotArgs {
 
 /// `okapi-train plot`: one figure of some metrics of some runs, as an SVG file.
 pub fn plot(a: PlotArgs) -> Result<(), String> {
-    if !(0.0..1.0).contains(&a.smoothing) {
-        return Err(format!("--smoothing {}: expected a weight in [0, 1)", a.smoothing));
-    }
+    check_smoothing(a.smoothing)?;
     if a.out.extension().and_then(|e| e.to_str()) != Some("svg") {
         return Err(format!("--out {}: expected a .svg file (PNG output is not built yet)", a.out.display()));
     }
-    let mut runs = Vec::new();
-    for dir in &a.runs {
-        runs.extend(load_dir(dir)?);
-    }
+    let runs = load_runs(&a.runs)?;
     let mut series = Vec::new();
     for m in &a.metric {
         let found: Vec<Series> = runs.iter().filter_map(|r| r.metrics.get(m).map(|p| Series { label: if a.metric.len() > 1 { format!("{} {m}", r.label) } else { r.label.clone() }, color: series.len(), points: p.clone() })).collect();
@@ -93,10 +86,7 @@ pub fn plot(a: PlotArgs) -> Result<(), String> {
             series.push(s);
         }
     }
-    let mut x: Vec<&str> = runs.iter().map(|r| r.x_key.as_str()).collect();
-    x.sort();
-    x.dedup();
-    let svg = line_chart(&a.metric.join(", "), &x.join(" / "), &series, a.smoothing);
+    let svg = line_chart(&a.metric.join(", "), &x_label(runs.iter()), &series, a.smoothing);
     std::fs::write(&a.out, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{svg}\n")).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
     println!("{}", a.out.display());
     Ok(())
@@ -104,11 +94,33 @@ pub fn plot(a: PlotArgs) -> Result<(), String> {
 
 /// Writes the report of `dirs` to `out`.
 pub fn write_report(dirs: &[PathBuf], out: &Path, smoothing: f64) -> Result<(), String> {
+    let runs = load_runs(dirs)?;
+    std::fs::write(out, page(&runs, smoothing)).map_err(|e| format!("--out {}: {e}", out.display()))
+}
+
+fn check_smoothing(w: f64) -> Result<(), String> {
+    if (0.0..1.0).contains(&w) {
+        Ok(())
+    } else {
+        Err(format!("--smoothing {w}: expected a weight in [0, 1)"))
+    }
+}
+
+/// The runs of every directory given, in order.
+fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Run>, String> {
     let mut runs = Vec::new();
     for dir in dirs {
         runs.extend(load_dir(dir)?);
     }
-    std::fs::write(out, page(&runs, smoothing)).map_err(|e| format!("--out {}: {e}", out.display()))
+    Ok(runs)
+}
+
+/// The x axis of a chart of `runs`: their step keys (`step`, `iteration`, or both).
+fn x_label<'r>(runs: impl Iterator<Item = &'r Run>) -> String {
+    let mut x: Vec<&str> = runs.map(|r| r.x_key.as_str()).collect();
+    x.sort();
+    x.dedup();
+    x.join(" / ")
 }
 
 /// The runs of `dir`: itself, or its sub-directories that hold runs (one level).
@@ -202,10 +214,8 @@ fn curves(runs: &[Run], title: &str, keep: fn(&str) -> bool, smoothing: f64) -> 
     let mut h = format!("<h2>{}</h2>\n<div class=\"charts\">\n", esc(title));
     for name in names {
         let series: Vec<Series> = runs.iter().enumerate().filter_map(|(k, r)| r.metrics.get(name).map(|p| Series { label: r.label.clone(), color: k, points: p.clone() })).collect();
-        let mut x: Vec<&str> = runs.iter().filter(|r| r.metrics.contains_key(name)).map(|r| r.x_key.as_str()).collect();
-        x.sort();
-        x.dedup();
-        h.push_str(&format!("<div class=\"curve\" data-metric=\"{}\">{}</div>\n", esc(name), line_chart(name, &x.join(" / "), &series, smoothing)));
+        let x = x_label(runs.iter().filter(|r| r.metrics.contains_key(name)));
+        h.push_str(&format!("<div class=\"curve\" data-metric=\"{}\">{}</div>\n", esc(name), line_chart(name, &x, &series, smoothing)));
     }
     h.push_str("</div>\n");
     h
