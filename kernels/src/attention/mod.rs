@@ -432,9 +432,10 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], x: &AttnInputs<'_, [f32],
 }
 
 thread_local! {
-    /// Each pool thread's forward scratch: kept between calls (rayon calls `for_each_init`'s
-    /// init per split, and a fresh tile of > 128 KiB is a fresh mmap, page-faulted in each time).
+    /// Each pool thread's tile buffers, kept between calls (rayon calls `for_each_init`'s init
+    /// per split, and a fresh tile of > 128 KiB is a fresh mmap, page-faulted in each time).
     static FWD_SCRATCH: std::cell::RefCell<FwdScratch> = std::cell::RefCell::new(FwdScratch::default());
+    static BWD_SCRATCH: std::cell::RefCell<BwdScratch> = std::cell::RefCell::new(BwdScratch::default());
 }
 
 /// A forward task's buffers, reused across its tiles: the transposed scores (keys × rows), and
@@ -612,7 +613,7 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
     let (hq, d, rep) = (sh.n_heads, sh.head_dim, sh.group());
     let kw = sh.n_kv_heads * d;
     let shared = GradPtrs { dq: SharedMut(dq.as_mut_ptr()), dk: SharedMut(dk.as_mut_ptr()), dv: SharedMut(dv.as_mut_ptr()) };
-    (0..sh.batch * sh.n_kv_heads).into_par_iter().for_each_init(BwdScratch::default, |sc, task| {
+    (0..sh.batch * sh.n_kv_heads).into_par_iter().for_each(|task| BWD_SCRATCH.with_borrow_mut(|sc| {
         let (b, g) = (task / sh.n_kv_heads, task % sh.n_kv_heads);
         // the whole struct moves in (a closure naming only its fields would capture the raw
         // pointers, which are not Send)
@@ -642,7 +643,7 @@ pub fn attention_bwd(grads: AttnGrads<'_, [f32]>, dout: &[f32], out: &[f32], lse
                 }
             }
         }
-    });
+    }));
 }
 
 /// Writes new keys or values into a cache: cache[b, pos\[b\]+i, :] = new[b, i, :] for i < Tn
