@@ -44,6 +44,7 @@ macro_rules! on_backend {
 pub(crate) use on_backend;
 
 mod bench;
+mod config;
 mod demo;
 mod eval;
 mod eval_suite;
@@ -150,23 +151,42 @@ fn dispatch(cli: Cli) -> Result<(), String> {
     }
 }
 
-/// A command-line error in one line (clap's message without its usage block), or clap's own
-/// output for --help and --version.
+/// The command line parsed, with `--config FILE`'s flags under the typed ones; a command-line
+/// error in one line (clap's message without its usage block), or clap's own output for --help
+/// and --version.
 fn parse_args() -> Cli {
-    let mut cmd = train_flags::annotate(<Cli as clap::CommandFactory>::command());
-    // `--weight-decay -1` is a value (refused by the setting's own check), not an unknown flag
-    let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
-    for name in names {
-        cmd = cmd.mut_subcommand(name, |c| c.allow_negative_numbers(true));
-    }
-    let matches = match cmd.try_get_matches() {
-        Ok(m) => m,
-        Err(e) => exit_with_clap_error(e),
+    let cmd = command_definition();
+    let split = config::split(std::env::args_os().collect()).unwrap_or_else(|e| exit_with_line(&format!("error: {e}")));
+    let sub_name = split.argv.get(1).map(|s| s.to_string_lossy().into_owned());
+    let sub = sub_name.as_deref().and_then(|n| cmd.find_subcommand(n)).cloned();
+    let (argv, from_file) = match (&split.file, &sub) {
+        (Some(file), Some(sub)) => config::merge(sub, split.argv, file).unwrap_or_else(|e| exit_with_line(&format!("error: {e}"))),
+        _ => (split.argv, vec![]),
     };
-    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e))
+    let blame = |e: &clap::Error| split.file.as_deref().and_then(|f| config::blame(e, &from_file, f));
+    let matches = match cmd.try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) => exit_with_clap_error(e, blame),
+    };
+    if let (Some(sub), Some((_, m))) = (&sub, matches.subcommand()) {
+        config::record(sub, m, split.file.clone());
+    }
+    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e, blame))
 }
 
-fn exit_with_clap_error(e: clap::Error) -> ! {
+/// The command-line definition: `--help` shows each training flag's default (and Okapi's), every
+/// subcommand takes `--config`, and `--weight-decay -1` is a value (refused by the setting's own
+/// check), not an unknown flag.
+fn command_definition() -> clap::Command {
+    let mut cmd = train_flags::annotate(<Cli as clap::CommandFactory>::command());
+    let names: Vec<String> = cmd.get_subcommands().map(|c| c.get_name().to_string()).collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(name, |c| config::add_flag(c.allow_negative_numbers(true)));
+    }
+    cmd
+}
+
+fn exit_with_clap_error(e: clap::Error, blame: impl Fn(&clap::Error) -> Option<String>) -> ! {
     use clap::error::ErrorKind;
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
         e.exit();
@@ -175,8 +195,19 @@ fn exit_with_clap_error(e: clap::Error) -> ! {
     // the message is what precedes the usage block; its lines joined into one
     let message: Vec<&str> = text.lines().take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information")).map(str::trim).filter(|l| !l.is_empty()).collect();
     let line = message.join(" ");
-    eprintln!("{}", if line.starts_with("error:") { line } else { format!("error: {line}") });
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    // a value that came from the config file names the file and its key
+    let line = match blame(&e) {
+        Some(origin) => format!("error: {origin}: {line}"),
+        None => format!("error: {line}"),
+    };
+    eprintln!("{line}");
     std::process::exit(e.exit_code());
+}
+
+fn exit_with_line(line: &str) -> ! {
+    eprintln!("{line}");
+    std::process::exit(2);
 }
 
 fn main() -> ExitCode {

@@ -565,7 +565,7 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// `args.json`: the command line and the resolved settings.
+/// `args.json`: the command line, the resolved settings, and every flag's value (`flags`).
 fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
     let mut v = serde_json::json!({
         "command": "ppo", "argv": std::env::args().collect::<Vec<_>>(), "recipe": format!("{:?}", a.recipe).to_lowercase(),
@@ -582,5 +582,6 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
     // beside the macro: one more key would pass serde_json's recursion limit
     v["template"] = serde_json::json!(a.template);
     v["tensorboard"] = serde_json::json!(a.tensorboard);
+    super::config::add_to_args_json(&mut v);
     v
 }

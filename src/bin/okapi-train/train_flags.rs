@@ -366,7 +366,8 @@ pub fn eos_of(model: &okapi_model::ModelConfig) -> Result<u32, String> {
     model.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed to end responses", model.path.display()))
 }
 
-/// `args.json`: the command line and every resolved setting.
+/// `args.json`: the command line, every resolved setting, and every flag's value (`flags`: a
+/// config that repeats the run).
 pub fn args_json(command: &str, cfg: &TrainConfig, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::json!({
         "command": command,
@@ -382,6 +383,7 @@ pub fn args_json(command: &str, cfg: &TrainConfig, extra: serde_json::Value) -> 
     if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
         o.extend(e);
     }
+    super::config::add_to_args_json(&mut v);
     v
 }
 
