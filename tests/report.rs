@@ -115,6 +115,87 @@ fn broken_metrics_are_drawn_without_failing() {
     assert!(std::fs::read_to_string(dir.join("r.html")).unwrap().contains("broken/run"));
 }
 
+/// `plot`: one figure of several metrics of several runs, as SVG and as PNG (text drawn with the
+/// system's fonts); every series has its own colour.
+#[test]
+fn plot_writes_one_figure_as_svg_and_png() {
+    let scratch = Scratch::new("plot");
+    let dir = scratch.root.clone();
+    for (name, scale) in [("a", 1.0), ("b", 2.0)] {
+        let run = dir.join(name);
+        std::fs::create_dir_all(&run).unwrap();
+        let lines: Vec<String> = (1..=6).map(|s| json!({"step": s, "loss": scale * 3.0 / s as f64, "grad_norm": scale + s as f64}).to_string()).collect();
+        std::fs::write(run.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    }
+    let (a, b) = (p(&dir.join("a")).to_string(), p(&dir.join("b")).to_string());
+    let svg_out = dir.join("fig.svg");
+    ok(&["plot", &a, &b, "--metric", "loss", "grad_norm", "--out", p(&svg_out)]);
+    let svg = std::fs::read_to_string(&svg_out).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 8, "four series, raw and smoothed");
+    let strokes: BTreeSet<String> = svg.split("<polyline fill=\"none\" stroke=\"").skip(1).map(|s| s[..7].to_string()).collect();
+    assert_eq!(strokes.len(), 4, "one colour per series: {strokes:?}");
+    for label in ["a loss", "b loss", "a grad_norm", "b grad_norm"] {
+        assert!(svg.contains(&format!(">{label}</text>")), "{label}");
+    }
+
+    let png_out = dir.join("fig.png");
+    ok(&["plot", &a, &b, "--metric", "loss", "grad_norm", "--out", p(&png_out)]);
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_out).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!((info.width, info.height, info.color_type), (1120, 600, png::ColorType::Rgba), "twice the SVG's 560 × 300");
+    let rgb = |x: u32, y: u32| {
+        let i = 4 * (y * info.width + x) as usize;
+        (pixels[i], pixels[i + 1], pixels[i + 2])
+    };
+    // each series' colour is drawn (its smoothed line, opaque)
+    for hex in &strokes {
+        let want = (u8::from_str_radix(&hex[1..3], 16).unwrap(), u8::from_str_radix(&hex[3..5], 16).unwrap(), u8::from_str_radix(&hex[5..7], 16).unwrap());
+        let n = (0..info.height).flat_map(|y| (0..info.width).map(move |x| (x, y))).filter(|&(x, y)| rgb(x, y) == want).count();
+        assert!(n > 50, "{hex}: {n} pixels");
+    }
+    // the title's glyphs: dark pixels in the band above the plot area, none elsewhere in that band's right half
+    let dark = |x0: u32, x1: u32| (0..48).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| rgb(x, y).0 < 80).count();
+    assert!(dark(120, 400) > 300, "the title is drawn: {} dark pixels", dark(120, 400));
+    assert_eq!(dark(800, 1120), 0);
+
+    let bad = dir.join("fig.gif");
+    one_error_line(&run(&["plot", &a, "--metric", "loss", "--out", p(&bad)]), &["fig.gif", "expected a .svg or .png file"]);
+    one_error_line(&run(&["plot", &a, "--metric", "kl", "--out", p(&png_out)]), &["--metric kl: no run has it", "grad_norm, loss"]);
+    assert!(!bad.exists());
+}
+
+/// Scoring, eval, loglik and PPO's rollouts and scoring report their rate and ETA on stderr
+/// (plain lines; `OKAPI_PROGRESS_EVERY_S=0` prints one per batch instead of one per 10 s).
+#[test]
+fn progress_lines_for_scoring_eval_loglik_and_rollouts() {
+    let scratch = Scratch::new("progress");
+    let dir = scratch.root.clone();
+    let quick = |args: &[&str]| -> String {
+        let o = Command::new(BIN).args(args).env("OKAPI_PROGRESS_EVERY_S", "0").output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let has = |err: &str, prefix: &str, unit: &str, total: usize| {
+        let want = format!("/{total} {unit}, ");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(prefix) && l.contains(&want) && l.contains(&format!(" {unit}/s, ETA "))).collect();
+        assert!(!lines.is_empty(), "no `{prefix} …{want}… {unit}/s, ETA` line in:\n{err}");
+        assert!(lines.last().unwrap().starts_with(&format!("{prefix} {total}/{total} ")), "the last line counts all {total}: {lines:?}");
+    };
+    let model = common::fixture("llama_gqa");
+    let ll = dir.join("ll.jsonl");
+    has(&quick(&["loglik", "--model", p(&model), "--data", p(&model.join("loglik.jsonl")), "--output", p(&ll), "--batch-size", "3"]), "loglik:", "requests", 10);
+    let arc = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/assets/eval/m_arc/vi_validation.json");
+    has(&quick(&["eval", "--model", p(&model), "--task", "arc", "--data", p(&arc), "--num-fewshot", "0", "--batch-size", "4"]), "eval arc:", "items", 12);
+
+    let (policy, rm, prompts, _) = tiny_ppo_inputs(&dir, &["--max-steps", "1"], &["Name a colour.", "Đếm đến ba.", "Say hi.", "Count to two."]);
+    has(&quick(&["score", "--model", p(&rm), "--data", p(&common::fixture("ranking_data.json")), "--batch-size", "2"]), "score:", "records", 3);
+    let err = quick(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--out", p(&dir.join("ppo")), "--iterations", "1", "--rollouts", "4", "--chunk-size", "2", "--max-new-tokens", "3"]);
+    has(&err, "ppo iteration 1/1: rollouts:", "prompts", 4);
+    has(&err, "ppo iteration 1/1: scoring:", "rollouts", 4);
+}
+
 #[test]
 fn bad_input_is_one_line_and_writes_nothing() {
     let scratch = Scratch::new("bad");

@@ -5,6 +5,7 @@
 //! continuation token is the argmax. [`score_encoded`] scores pairs already tokenized (harness
 //! v0.4's pairing: `eval::harness::PairEncoder`) the same way.
 
+use crate::progress::Meter;
 use okapi_data::{DataError, LoglikRequest, Tokenizer};
 use okapi_model::{Model, ModelError};
 use okapi_runtime::{Backend, IGNORE_INDEX};
@@ -52,20 +53,25 @@ fn window(ctx: &[u32], cont: &[u32], max_length: usize) -> Encoded {
 /// Scores requests in batches of `batch_size`, longest first (less padding); results come back
 /// in request order. Right padding cannot change a result: positions only see their past.
 pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[LoglikRequest], batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
+    score_loglik_metered(model, tok, reqs, batch_size, &mut Meter::silent())
+}
+
+/// [`score_loglik`], counting the requests on `meter` as their batches finish.
+pub fn score_loglik_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[LoglikRequest], batch_size: usize, meter: &mut Meter) -> Result<Vec<LoglikResult>, ScoreError> {
     let eos = model.cfg.eos_token_id.ok_or_else(|| ScoreError::Other(format!("{}: `eos_token_id` is needed to score an empty context", model.cfg.path.display())))?;
     let max_length = model.cfg.max_length();
     let enc: Vec<Encoded> = reqs.iter().map(|r| encode(tok, r, eos, max_length)).collect::<Result<_, _>>()?;
-    score_windows(model, &enc, batch_size)
+    score_windows(model, &enc, batch_size, meter)
 }
 
 /// Scores (context, continuation) token pairs (each continuation non-empty) with the window
 /// `max_length`, as [`score_loglik`] scores its requests once encoded.
 pub fn score_encoded<B: Backend>(model: &Model<B>, pairs: &[(&[u32], &[u32])], max_length: usize, batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
     let enc: Vec<Encoded> = pairs.iter().map(|(c, x)| window(c, x, max_length)).collect();
-    score_windows(model, &enc, batch_size)
+    score_windows(model, &enc, batch_size, &mut Meter::silent())
 }
 
-fn score_windows<B: Backend>(model: &Model<B>, enc: &[Encoded], batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
+fn score_windows<B: Backend>(model: &Model<B>, enc: &[Encoded], batch_size: usize, meter: &mut Meter) -> Result<Vec<LoglikResult>, ScoreError> {
     let mut order: Vec<usize> = (0..enc.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(enc[i].input.len()));
     let batch_size = batch_size.max(1);
@@ -100,6 +106,8 @@ fn score_windows<B: Backend>(model: &Model<B>, enc: &[Encoded], batch_size: usiz
             let span = row * t + len - e.n_cont..row * t + len;
             results[i] = LoglikResult { loglik: lp[span.clone()].iter().map(|&x| x as f64).sum(), is_greedy: gr[span].iter().all(|&g| g == 1.0) };
         }
+        meter.advance(chunk.len() as u64);
     }
+    meter.finish();
     Ok(results)
 }

@@ -4,6 +4,7 @@
 
 use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_weight};
 use crate::trainer::{Objective, StepOut};
+use crate::progress::Meter;
 use crate::TrainError;
 use okapi_data::{encode_group, PromptGroup, PromptTemplate, RankRecord, SftEncoding, Tokenizer};
 use okapi_model::{Acts, Grads, Model, ScoreBufs, Scratch};
@@ -52,6 +53,11 @@ impl<B: Backend> RewardBufs<B> {
 
     /// Rewards of every response of `groups` (no gradient), in order.
     pub fn rewards(&mut self, model: &Model<B>, groups: &[PromptGroup], batch_size: usize) -> Result<Vec<Vec<f32>>, TrainError> {
+        self.rewards_metered(model, groups, batch_size, &mut Meter::silent())
+    }
+
+    /// [`RewardBufs::rewards`], counting the groups on `meter` as their batches finish.
+    pub fn rewards_metered(&mut self, model: &Model<B>, groups: &[PromptGroup], batch_size: usize, meter: &mut Meter) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut out = Vec::new();
         for chunk in groups.chunks(batch_size) {
             let refs: Vec<&PromptGroup> = chunk.iter().collect();
@@ -64,7 +70,9 @@ impl<B: Backend> RewardBufs<B> {
             for (g, off) in chunk.iter().zip(gb_offsets) {
                 out.push(r[off..off + g.responses.len()].to_vec());
             }
+            meter.advance(chunk.len() as u64);
         }
+        meter.finish();
         Ok(out)
     }
 
@@ -147,6 +155,11 @@ impl<B: Backend> Objective<B> for RewardObjective<B> {
 /// EOS after the response) and scored at its last token, `batch_size` prompts at a time. A
 /// record whose prompt alone exceeds `max_len` is an error naming it.
 pub fn score_records<B: Backend>(model: &Model<B>, tok: &Tokenizer, records: &[RankRecord], max_len: usize, batch_size: usize) -> Result<Vec<Vec<f32>>, TrainError> {
+    score_records_metered(model, tok, records, max_len, batch_size, &mut Meter::silent())
+}
+
+/// [`score_records`], counting the records on `meter` as their batches finish.
+pub fn score_records_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, records: &[RankRecord], max_len: usize, batch_size: usize, meter: &mut Meter) -> Result<Vec<Vec<f32>>, TrainError> {
     if model.score.is_none() {
         return Err(TrainError::Setting { setting: "--model", problem: format!("{}: not a reward model (expected LlamaForSequenceClassification or BloomForSequenceClassification in config.json)", model.cfg.path.display()) });
     }
@@ -160,5 +173,5 @@ pub fn score_records<B: Backend>(model: &Model<B>, tok: &Tokenizer, records: &[R
         groups.push(g.ok_or_else(|| TrainError::Setting { setting: "--max-len", problem: format!("{}: the prompt does not fit {max_len} tokens", r.origin) })?);
     }
     let batch = batch_size.max(1);
-    RewardBufs::new(model, &groups, batch, pad, 0.0).rewards(model, &groups, batch)
+    RewardBufs::new(model, &groups, batch, pad, 0.0).rewards_metered(model, &groups, batch, meter)
 }

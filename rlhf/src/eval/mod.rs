@@ -43,6 +43,7 @@ pub use prompts::{MmluPrompt, Prompted};
 pub use scoring::{score_items, score_items_streaming, score_items_with, ItemRequest, ItemScore, ScoreOptions, ScoreStats};
 
 use crate::loglik::ScoreError;
+use crate::progress::Meter;
 use okapi_data::Tokenizer;
 use okapi_model::Model;
 use okapi_runtime::Backend;
@@ -266,10 +267,19 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
 
 /// Scores prepared items (one [`score_items`] call: they share its batches and its common
 /// prefix) and computes each item's metrics; an item the scorer refuses is `Err(message)`.
-pub fn score_prepared<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem]) -> Result<(Vec<Result<ItemResult, String>>, ScoreStats), EvalError> {
+/// `meter` counts the items as they finish.
+pub fn score_prepared<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem], meter: &mut Meter) -> Result<(Vec<Result<ItemResult, String>>, ScoreStats), EvalError> {
     let enc = PairEncoder::new(cfg.harness, &model.cfg, tok)?;
-    let (scores, stats) = score_items_with(model, tok, &item_requests(items.iter()), score_options(cfg), &enc)?;
-    Ok((items.iter().zip(scores).map(|(it, sc)| item_result(it, sc)).collect(), stats))
+    let mut scores: Vec<Option<ItemScore>> = vec![None; items.len()];
+    let stats = score_items_streaming(model, tok, &item_requests(items.iter()), score_options(cfg), &enc, &mut |done| {
+        meter.advance(done.len() as u64);
+        for (i, sc) in done {
+            scores[i] = Some(sc);
+        }
+        Ok(())
+    })?;
+    meter.finish();
+    Ok((items.iter().zip(scores).map(|(it, sc)| item_result(it, sc.expect("every item is scored or invalid"))).collect(), stats))
 }
 
 /// The scorer's requests of `items`: each context with its continuations.
@@ -333,12 +343,17 @@ pub fn language_rows(results: &[ItemResult], tqa: bool) -> (Vec<LangRow>, LangRo
 
 /// Runs one task over `data` (shots from `fewshot`, matched by language, or from each file).
 pub fn run_eval<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSource]) -> Result<EvalReport, EvalError> {
+    run_eval_metered(model, tok, cfg, data, fewshot, |_| Meter::silent())
+}
+
+/// [`run_eval`] with progress: `meter(n_items)` makes the meter the items are counted on.
+pub fn run_eval_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSource], meter: impl FnOnce(u64) -> Meter) -> Result<EvalReport, EvalError> {
     let t0 = Instant::now();
     let (items, mut messages, mut skipped) = prepare_items(cfg, data, fewshot)?;
     if items.is_empty() {
         return Err(EvalError::Input(format!("no valid {} items in {}", cfg.task, data.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "))));
     }
-    let (scored, stats) = score_prepared(model, tok, cfg, &items)?;
+    let (scored, stats) = score_prepared(model, tok, cfg, &items, &mut meter(items.len() as u64))?;
     let mut results = Vec::new();
     for r in scored {
         match r {

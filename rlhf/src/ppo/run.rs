@@ -8,6 +8,7 @@ use crate::checkpoint::{self, TrainerState};
 use crate::error::{self, ResumeMismatch};
 use crate::generate::{generate, Sampling};
 use crate::optim::{clip_coef, Optimizer};
+use crate::progress::Meter;
 use crate::reward::RewardBufs;
 use crate::rundir;
 use crate::tensorboard::{self, EventWriter};
@@ -251,6 +252,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let picked: Vec<usize> = (0..self.cfg.rollouts).map(|k| self.prompt_pos + k).map(|pos| self.order.order((pos / n) as u64)[pos % n]).collect();
         self.prompt_pos += self.cfg.rollouts;
         let mut rollouts: Vec<Rollout> = Vec::with_capacity(self.cfg.rollouts);
+        let mut meter = Meter::new(&format!("ppo iteration {it}/{}: rollouts", self.cfg.iterations), "prompts", picked.len() as u64);
         for (c, chunk) in picked.chunks(self.cfg.chunk_size).enumerate() {
             let ps: Vec<Vec<u32>> = chunk.iter().map(|&i| self.prompts[i].clone()).collect();
             let s = Sampling { seed: self.cfg.seed ^ (it << 20) ^ c as u64, ..self.cfg.sampling.clone() };
@@ -259,7 +261,9 @@ impl<'a, B: Backend> Ppo<'a, B> {
                 let response = if g.tokens.is_empty() { vec![self.io.eos] } else { g.tokens };
                 rollouts.push(Rollout { prompt: p, response, ..Default::default() });
             }
+            meter.advance(chunk.len() as u64);
         }
+        meter.finish();
         times.generate = t.elapsed().as_secs_f64();
         times.tokens = rollouts.iter().map(|r| r.response.len()).sum();
         Ok(rollouts)
@@ -274,7 +278,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
             .map(|r| Ok(PromptGroup { responses: vec![Example { labels: vec![], prompt_len: 0, ids: (self.io.rm_ids)(&r.prompt, &r.response)? }], pairs: vec![] }))
             .collect::<Result<_, TrainError>>()?;
         let chunk = self.cfg.chunk_size;
-        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards(self.reward, &groups, chunk)?;
+        let mut meter = Meter::new(&format!("ppo iteration {}/{}: scoring", self.done + 1, self.cfg.iterations), "rollouts", groups.len() as u64);
+        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards_metered(self.reward, &groups, chunk, &mut meter)?;
         for (r, s) in rollouts.iter_mut().zip(&scores) {
             r.score = s[0];
         }

@@ -16,7 +16,7 @@
 //! `pred_bytes` and `acc_bytes`, and the table an acc_bytes column.
 
 use okapi_data::Tokenizer;
-use okapi_rlhf::eval::{prepare_items, run_eval, EvalConfig, EvalReport, EvalSource, Harness, MmluPrompt, Task};
+use okapi_rlhf::eval::{prepare_items, run_eval_metered, EvalConfig, EvalReport, EvalSource, Harness, MmluPrompt, Task};
 use okapi_runtime::{Backend, BackendKind};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -260,7 +260,8 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
         for &task in &tasks {
             let (srcs, shots, cfg) = (of_task(&data, task), of_task(&fewshot, task), config(task));
             eprintln!("okapi-train eval: {task}, {}-shot, {} file(s), {} ({} params) on {}", cfg.shots(), srcs.len(), dir.display(), model.n_params(), be.name());
-            let report = run_eval(&model, &tok, &cfg, &srcs, &shots).map_err(|e| e.to_string())?;
+            let meter = |n| okapi_rlhf::progress::Meter::new(&format!("eval {task}"), "items", n);
+            let report = run_eval_metered(&model, &tok, &cfg, &srcs, &shots, meter).map_err(|e| e.to_string())?;
             print_report(&report);
             for it in &report.items {
                 out_lines.push_str(&serde_json::to_string(&it.to_json(task, &model_name)).expect("JSON values serialise"));

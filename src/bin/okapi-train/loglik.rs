@@ -1,5 +1,5 @@
 use okapi_data::{read_records, LoglikRequest, Tokenizer};
-use okapi_rlhf::score_loglik;
+use okapi_rlhf::loglik::score_loglik_metered;
 use okapi_runtime::{Backend, BackendKind};
 use std::path::PathBuf;
 
@@ -52,7 +52,8 @@ fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {
     let mut model = super::lora_flags::load_with_adapter(be, &a.model, a.adapter.as_deref())?;
     model.head_chunk = a.lm_head_chunk;
     eprintln!("okapi-train loglik: {} requests, {} ({} params) on {device}", reqs.len(), a.model.display(), model.n_params());
-    let results = score_loglik(&model, &tok, &reqs, a.batch_size).map_err(|e| e.to_string())?;
+    let mut meter = okapi_rlhf::progress::Meter::new("loglik", "requests", reqs.len() as u64);
+    let results = score_loglik_metered(&model, &tok, &reqs, a.batch_size, &mut meter).map_err(|e| e.to_string())?;
     let mut out = String::new();
     for r in &results {
         out.push_str(&serde_json::to_string(r).unwrap());

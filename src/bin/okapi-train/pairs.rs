@@ -7,7 +7,7 @@ use okapi_data::{load_preferences, PromptGroup, SftEncoding, Tokenizer};
 use okapi_model::{Model, ModelConfig};
 use okapi_rlhf::pairwise::{capacity, groups_fingerprint};
 use okapi_rlhf::trainer::check_resume;
-use okapi_rlhf::reward::score_records;
+use okapi_rlhf::reward::score_records_metered;
 use okapi_rlhf::{split_val, train, DpoObjective, RewardObjective, RunDir, TrainConfig};
 use okapi_runtime::Backend;
 use std::path::{Path, PathBuf};
@@ -218,7 +218,8 @@ fn run_score_on<B: Backend>(be: B, a: &ScoreArgs) -> Result<(), String> {
     let model_cfg = ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let model = super::lora_flags::load_with_adapter(be, &a.model, a.adapter.as_deref())?;
-    let rewards = score_records(&model, &tok, &records, a.max_len, a.batch_size).map_err(|e| e.to_string())?;
+    let mut meter = okapi_rlhf::progress::Meter::new("score", "records", records.len() as u64);
+    let rewards = score_records_metered(&model, &tok, &records, a.max_len, a.batch_size, &mut meter).map_err(|e| e.to_string())?;
     let lines: String = rewards.iter().map(|r| format!("{}\n", serde_json::json!({ "rewards": r }))).collect();
     match &a.output {
         Some(p) => outdir::write_output(p, &lines),

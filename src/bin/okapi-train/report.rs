@@ -59,7 +59,7 @@ pub struct PlotArgs {
     /// Metrics of metrics.jsonl to draw (several: one figure, a line per run and metric)
     #[arg(long, required = true, num_args = 1..)]
     pub metric: Vec<String>,
-    /// The figure to write: FILE.svg
+    /// The figure to write: FILE.svg, or FILE.png (rasterised at twice the size, text in the system's fonts)
     #[arg(long)]
     pub out: PathBuf,
     /// Weight of the exponential moving average drawn over each curve (0: raw only)
@@ -67,27 +67,31 @@ pub struct PlotArgs {
     pub smoothing: f64,
 }
 
-/// `okapi-train plot`: one figure of some metrics of some runs, as an SVG file.
+/// `okapi-train plot`: one figure of some metrics of some runs, as an SVG or PNG file.
 pub fn plot(a: PlotArgs) -> Result<(), String> {
     check_smoothing(a.smoothing)?;
-    if a.out.extension().and_then(|e| e.to_str()) != Some("svg") {
-        return Err(format!("--out {}: expected a .svg file (PNG output is not built yet)", a.out.display()));
-    }
+    let png = match a.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => false,
+        Some("png") => true,
+        _ => return Err(format!("--out {}: expected a .svg or .png file", a.out.display())),
+    };
     let runs = load_runs(&a.runs)?;
     let mut series = Vec::new();
     for m in &a.metric {
-        let found: Vec<Series> = runs.iter().filter_map(|r| r.metrics.get(m).map(|p| Series { label: if a.metric.len() > 1 { format!("{} {m}", r.label) } else { r.label.clone() }, color: series.len(), points: p.clone() })).collect();
+        let found: Vec<Series> = runs.iter().filter_map(|r| r.metrics.get(m).map(|p| Series { label: if a.metric.len() > 1 { format!("{} {m}", r.label) } else { r.label.clone() }, color: 0, points: p.clone() })).collect();
         if found.is_empty() {
             let known: std::collections::BTreeSet<&String> = runs.iter().flat_map(|r| r.metrics.keys()).collect();
             return Err(format!("--metric {m}: no run has it (metrics: {})", known.into_iter().cloned().collect::<Vec<_>>().join(", ")));
         }
-        for (k, mut s) in found.into_iter().enumerate() {
-            s.color = series.len() + k;
+        for mut s in found {
+            s.color = series.len();
             series.push(s);
         }
     }
     let svg = line_chart(&a.metric.join(", "), &x_label(runs.iter()), &series, a.smoothing);
-    std::fs::write(&a.out, format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{svg}\n")).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
+    // PNG at twice the SVG's size: sharp in papers and issue threads
+    let bytes = if png { super::svg::to_png(&svg, 2.0).map_err(|e| format!("--out {}: {e}", a.out.display()))? } else { format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{svg}\n").into_bytes() };
+    std::fs::write(&a.out, bytes).map_err(|e| format!("--out {}: {e}", a.out.display()))?;
     println!("{}", a.out.display());
     Ok(())
 }
@@ -331,9 +335,12 @@ fn args_section(runs: &[Run]) -> String {
         let Some(args) = r.args.as_ref().and_then(Value::as_object) else { continue };
         h.push_str(&format!("<h3>{}</h3>\n<table>", esc(&r.label)));
         for (k, v) in args {
+            let plain = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
             let shown = match v {
                 Value::String(s) => s.clone(),
                 Value::Array(a) if k == "argv" => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
+                // `flags`, `memory`, `lora`: one `key = value` per setting
+                Value::Object(o) => o.iter().map(|(k, v)| format!("{k} = {}", plain(v))).collect::<Vec<_>>().join("; "),
                 other => other.to_string(),
             };
             h.push_str(&format!("<tr><th>{}</th><td dir=\"auto\">{}</td></tr>", esc(k), esc(&shown)));
