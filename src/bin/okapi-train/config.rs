@@ -78,9 +78,16 @@ pub fn split(argv: Vec<OsString>) -> Result<Split, String> {
     Ok(Split { argv: out, file })
 }
 
+/// A command line with a config file's flags added.
+pub struct Merged {
+    pub argv: Vec<OsString>,
+    /// (`--flag`, the file's key) of each flag the file gave
+    pub from_file: Vec<(String, String)>,
+}
+
 /// The command line with the config file's flags added for every flag the command line does not
 /// set; `sub` is the subcommand's definition.
-pub fn merge(sub: &Command, argv: Vec<OsString>, file: &Path) -> Result<(Vec<OsString>, Vec<(String, String)>), String> {
+pub fn merge(sub: &Command, argv: Vec<OsString>, file: &Path) -> Result<Merged, String> {
     let table = read_table(file, sub.get_name())?;
     let given = given_on_command_line(sub, &argv);
     let mut extra = Vec::new();
@@ -110,7 +117,7 @@ pub fn merge(sub: &Command, argv: Vec<OsString>, file: &Path) -> Result<(Vec<OsS
     let at = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
     let mut merged = argv;
     merged.splice(at..at, extra);
-    Ok((merged, from_file))
+    Ok(Merged { argv: merged, from_file })
 }
 
 /// The flags the command line sets (a lenient parse: required flags may still come from the file).

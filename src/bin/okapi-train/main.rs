@@ -159,9 +159,9 @@ fn parse_args() -> Cli {
     let split = config::split(std::env::args_os().collect()).unwrap_or_else(|e| exit_with_line(&format!("error: {e}")));
     let sub_name = split.argv.get(1).map(|s| s.to_string_lossy().into_owned());
     let sub = sub_name.as_deref().and_then(|n| cmd.find_subcommand(n)).cloned();
-    let (argv, from_file) = match (&split.file, &sub) {
+    let config::Merged { argv, from_file } = match (&split.file, &sub) {
         (Some(file), Some(sub)) => config::merge(sub, split.argv, file).unwrap_or_else(|e| exit_with_line(&format!("error: {e}"))),
-        _ => (split.argv, vec![]),
+        _ => config::Merged { argv: split.argv, from_file: vec![] },
     };
     let blame = |e: &clap::Error| split.file.as_deref().and_then(|f| config::blame(e, &from_file, f));
     let matches = match cmd.try_get_matches_from(argv) {

@@ -175,6 +175,31 @@ pub fn bar_chart(title: &str, categories: &[String], series: &[(String, Vec<Opti
     svg
 }
 
+/// The families tried for a PNG's text, in order; any installed face is the last resort.
+const PNG_FONTS: [&str; 5] = ["DejaVu Sans", "Noto Sans", "Liberation Sans", "Arial", "Helvetica"];
+
+/// An SVG figure rasterised to PNG bytes at `scale`× its size (resvg), its text drawn with the
+/// system's fonts: a sans-serif family from [`PNG_FONTS`] (other scripts fall back to any
+/// installed face that has their glyphs). No font at all is an error, not a figure without labels.
+pub fn to_png(svg: &str, scale: f32) -> Result<Vec<u8>, String> {
+    let mut fonts = resvg::usvg::fontdb::Database::new();
+    fonts.load_system_fonts();
+    let installed: Vec<String> = fonts.faces().flat_map(|f| f.families.iter().map(|(name, _)| name.clone())).collect();
+    let family = PNG_FONTS.iter().map(|f| f.to_string()).find(|f| installed.contains(f)).or_else(|| installed.first().cloned());
+    let Some(family) = family else {
+        return Err("no fonts installed for the figure's labels (install e.g. Debian's fonts-dejavu-core, or write an .svg)".into());
+    };
+    fonts.set_sans_serif_family(family.clone());
+    fonts.set_serif_family(family.clone());
+    let opt = resvg::usvg::Options { font_family: family, fontdb: std::sync::Arc::new(fonts), ..Default::default() };
+    let tree = resvg::usvg::Tree::from_str(svg, &opt).map_err(|e| format!("the figure's SVG does not parse: {e}"))?;
+    let size = tree.size().to_int_size().scale_by(scale).ok_or("the figure has no size")?;
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("the figure has no size")?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(&tree, resvg::tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());
+    pixmap.encode_png().map_err(|e| format!("PNG encoding: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,27 +232,3 @@ mod tests {
     }
 }
 
-/// The families tried for a PNG's text, in order; any installed face is the last resort.
-const PNG_FONTS: [&str; 5] = ["DejaVu Sans", "Noto Sans", "Liberation Sans", "Arial", "Helvetica"];
-
-/// An SVG figure rasterised to PNG bytes at `scale`× its size (resvg), its text drawn with the
-/// system's fonts: a sans-serif family from [`PNG_FONTS`] (other scripts fall back to any
-/// installed face that has their glyphs). No font at all is an error, not a figure without labels.
-pub fn to_png(svg: &str, scale: f32) -> Result<Vec<u8>, String> {
-    let mut fonts = resvg::usvg::fontdb::Database::new();
-    fonts.load_system_fonts();
-    let installed: Vec<String> = fonts.faces().flat_map(|f| f.families.iter().map(|(name, _)| name.clone())).collect();
-    let family = PNG_FONTS.iter().map(|f| f.to_string()).find(|f| installed.contains(f)).or_else(|| installed.first().cloned());
-    let Some(family) = family else {
-        return Err("no fonts installed for the figure's labels (install e.g. Debian's fonts-dejavu-core, or write an .svg)".into());
-    };
-    fonts.set_sans_serif_family(family.clone());
-    fonts.set_serif_family(family.clone());
-    let opt = resvg::usvg::Options { font_family: family, fontdb: std::sync::Arc::new(fonts), ..Default::default() };
-    let tree = resvg::usvg::Tree::from_str(svg, &opt).map_err(|e| format!("the figure's SVG does not parse: {e}"))?;
-    let size = tree.size().to_int_size().scale_by(scale).ok_or("the figure has no size")?;
-    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("the figure has no size")?;
-    pixmap.fill(resvg::tiny_skia::Color::WHITE);
-    resvg::render(&tree, resvg::tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());
-    pixmap.encode_png().map_err(|e| format!("PNG encoding: {e}"))
-}
