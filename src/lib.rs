@@ -16,3 +16,7 @@ pub use okapi_kernels as kernels;
 pub use okapi_model as model;
 pub use okapi_rlhf as rlhf;
 pub use okapi_runtime as runtime;
+
+/// The MPI engine of the runtime's `Collective` (feature `mpi`).
+#[cfg(feature = "mpi")]
+pub mod mpi_world;

@@ -67,7 +67,7 @@ fn reward_model_rewards_loss_and_every_gradient_match_pytorch() {
     assert_close("rewards", &rewards, &f32s(&r, "rewards"), &Tol { name: "rewards", max_abs: 1e-4, rel_norm: 1e-5 });
     // loss and gradients of the batch
     let mut grads = model.new_grads(|_| true);
-    let out = obj.step(&model, &[vec![0, 1, 2]], &mut grads).unwrap();
+    let out = obj.step(&model, &[vec![0, 1, 2]], obj.normaliser(&[vec![0, 1, 2]]), &mut grads).unwrap();
     close("rm loss", out.loss, f32s(&r, "loss")[0] as f64, 1e-5);
     assert_eq!(out.extra["accuracy"].as_f64().unwrap(), f32s(&r, "accuracy")[0] as f64);
     let named = okapi::model::model::to_hf(&model.hf, &|i| grads.bufs[i].clone().unwrap());
@@ -79,7 +79,7 @@ fn reward_model_rewards_loss_and_every_gradient_match_pytorch() {
     let frozen = json(&dir.join("frozen.json"));
     let mask = model.trainable_mask(Some(1)).unwrap();
     let mut grads = model.new_grads(|i| mask[i]);
-    obj.step(&model, &[vec![0, 1, 2]], &mut grads).unwrap();
+    obj.step(&model, &[vec![0, 1, 2]], obj.normaliser(&[vec![0, 1, 2]]), &mut grads).unwrap();
     let trainable: Vec<String> = model.info.iter().zip(&mask).filter(|(_, m)| **m).map(|(p, _)| p.name.clone()).collect();
     let want_trainable: Vec<String> = frozen["trainable_names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     assert_eq!(trainable.len(), want_trainable.len());
@@ -129,7 +129,7 @@ fn dpo_two_steps_match_pytorch() {
     let gs = groups(&fixture("llama_gqa"));
     let mut obj = okapi::rlhf::DpoObjective::new(&model, gs, vec![], 3, 3, 0.1).unwrap();
     let mut grads = model.new_grads(|_| true);
-    let out = obj.step(&model, &[vec![0, 1, 2]], &mut grads).unwrap();
+    let out = obj.step(&model, &[vec![0, 1, 2]], obj.normaliser(&[vec![0, 1, 2]]), &mut grads).unwrap();
     close("dpo step-1 loss", out.loss, traj["steps"][0]["loss"].as_f64().unwrap(), 1e-6);
     for (name, _, g) in okapi::model::model::to_hf(&model.hf, &|i| grads.bufs[i].clone().unwrap()) {
         assert_close(&format!("dpo grad {name}"), &g, &f32s(&r, &format!("grad.{name}")), &GRAD_F32);

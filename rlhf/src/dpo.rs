@@ -4,7 +4,7 @@
 //! computed once, before training.
 
 use crate::lm_loss::{head_logprobs, head_xent, shift_labels, LossBufs};
-use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_weight};
+use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_count};
 use crate::trainer::{Objective, StepOut};
 use crate::TrainError;
 use okapi_data::PromptGroup;
@@ -119,8 +119,9 @@ impl<B: Backend> DpoObjective<B> {
     }
 }
 
-fn stats_map(st: &DpoStats, prefix: &str) -> Map<String, Value> {
-    let n = st.pairs.max(1) as f64;
+/// The statistics as means over `n` pairs (the step's normaliser in training: additive over
+/// data-parallel shards).
+fn stats_map(st: &DpoStats, prefix: &str, n: f64) -> Map<String, Value> {
     Map::from_iter([
         (format!("{prefix}rewards_chosen"), Value::from(st.chosen / n)),
         (format!("{prefix}rewards_rejected"), Value::from(st.rejected / n)),
@@ -142,16 +143,21 @@ impl<B: Backend> Objective<B> for DpoObjective<B> {
     fn settings(&self) -> crate::checkpoint::Settings {
         [("--beta".to_string(), serde_json::Value::from(self.beta))].into()
     }
-    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
-        let w = pair_weight(&self.train, micro);
+    /// The step's pairs.
+    fn normaliser(&self, micro: &[Vec<usize>]) -> f64 {
+        pair_count(&self.train, micro)
+    }
+    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], norm: f64, grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
+        let w = 1.0 / norm.max(1.0);
         let mut st = DpoStats::default();
         let mut tokens = 0;
         for idx in micro {
             tokens += self.run(model, idx, true, Some(w), Some(&mut *grads), &mut st)?;
         }
-        let mut extra = stats_map(&st, "");
+        let n = norm.max(1.0);
+        let mut extra = stats_map(&st, "", n);
         extra.insert("pairs".into(), st.pairs.into());
-        Ok(StepOut { loss: st.loss_sum / st.pairs.max(1) as f64, tokens, extra })
+        Ok(StepOut { loss: st.loss_sum / n, tokens, extra })
     }
     fn validate(&mut self, model: &Model<B>) -> Result<Option<Map<String, Value>>, TrainError> {
         if self.val.is_empty() {
@@ -162,8 +168,9 @@ impl<B: Backend> Objective<B> for DpoObjective<B> {
         for idx in all.chunks(self.batch_size) {
             self.run(model, idx, false, None, None, &mut st)?;
         }
-        let mut m = stats_map(&st, "val_");
-        m.insert("val_loss".into(), (st.loss_sum / st.pairs.max(1) as f64).into());
+        let n = st.pairs.max(1) as f64;
+        let mut m = stats_map(&st, "val_", n);
+        m.insert("val_loss".into(), (st.loss_sum / n).into());
         Ok(Some(m))
     }
 }

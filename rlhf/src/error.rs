@@ -43,6 +43,9 @@ pub enum TrainError {
     /// The test hook `stop_after_step` stopped the run (feature `test-hooks`).
     #[error("stopped after step {step} (test hook)")]
     Stopped { step: u64 },
+    /// A collective of data-parallel training failed (another rank failed or never came).
+    #[error(transparent)]
+    Comm(#[from] okapi_runtime::CommError),
 }
 
 /// Why a checkpoint cannot be resumed by this run.

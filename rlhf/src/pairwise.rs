@@ -53,9 +53,9 @@ pub fn groups_fingerprint(train: &[PromptGroup], val: &[PromptGroup]) -> String 
     h.hex()
 }
 
-/// The per-pair weight of a step: 1 / (pairs in all its micro-batches).
-pub fn pair_weight(train: &[PromptGroup], micro: &[Vec<usize>]) -> f64 {
-    1.0 / micro.iter().flatten().map(|&i| train[i].pairs.len()).sum::<usize>().max(1) as f64
+/// The pairs of a step (all its micro-batches): its loss normaliser.
+pub fn pair_count(train: &[PromptGroup], micro: &[Vec<usize>]) -> f64 {
+    micro.iter().flatten().map(|&i| train[i].pairs.len()).sum::<usize>() as f64
 }
 
 /// Largest number of sequences and longest sequence over micro-batches of `batch_size` groups.

@@ -13,6 +13,7 @@ pub struct Progress {
     /// the step this process started from, and when
     start_step: u64,
     t0: std::time::Instant,
+    quiet: bool,
 }
 
 /// A time left, short: `4m05s`, `2h13m` (`?` when unknown).
@@ -42,10 +43,18 @@ impl Progress {
             bar.set_position(start_step);
             bar
         });
-        Progress { bar, log_every: log_every.max(1), total, start_step, t0: std::time::Instant::now() }
+        Progress { bar, log_every: log_every.max(1), total, start_step, t0: std::time::Instant::now(), quiet: false }
+    }
+
+    /// Progress that shows nothing (data-parallel ranks other than 0).
+    pub fn silent() -> Progress {
+        Progress { bar: None, log_every: u64::MAX, total: 0, start_step: 0, t0: std::time::Instant::now(), quiet: true }
     }
 
     pub fn step(&self, step: u64, loss: f64, lr: f64, tokens_per_s: f64) {
+        if self.quiet {
+            return;
+        }
         let msg = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s");
         match &self.bar {
             Some(bar) => {
@@ -63,6 +72,9 @@ impl Progress {
 
     /// A line that must show whatever the mode (validation, checkpoints).
     pub fn println(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),

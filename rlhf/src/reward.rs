@@ -2,7 +2,7 @@
 //! token (its EOS); loss `−log σ(r_chosen − r_rejected − margin)` averaged over every pair of
 //! the step; pairwise accuracy. Batches count prompts; a prompt's responses are encoded once.
 
-use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_weight};
+use crate::pairwise::{capacity, collate_groups, groups_fingerprint, neg_log_sigmoid, neg_log_sigmoid_grad, pair_count};
 use crate::trainer::{Objective, StepOut};
 use crate::progress::Meter;
 use crate::TrainError;
@@ -120,15 +120,19 @@ impl<B: Backend> Objective<B> for RewardObjective<B> {
     fn settings(&self) -> crate::checkpoint::Settings {
         [("--margin".to_string(), Value::from(self.bufs.margin))].into()
     }
-    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
-        let w = pair_weight(&self.train, micro);
+    /// The step's pairs.
+    fn normaliser(&self, micro: &[Vec<usize>]) -> f64 {
+        pair_count(&self.train, micro)
+    }
+    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], norm: f64, grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
+        let w = 1.0 / norm.max(1.0);
         let mut st = PairStats::default();
         let mut tokens = 0;
         for idx in micro {
             let refs: Vec<&PromptGroup> = idx.iter().map(|&i| &self.train[i]).collect();
             tokens += self.bufs.run(model, &refs, Some(w), Some(&mut *grads), &mut st)?.0;
         }
-        let n = st.pairs.max(1) as f64;
+        let n = norm.max(1.0);
         let extra = Map::from_iter([
             ("accuracy".to_string(), Value::from(st.correct as f64 / n)),
             ("reward_margin".to_string(), Value::from(st.margin_sum / n)),

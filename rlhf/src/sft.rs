@@ -6,7 +6,7 @@ use crate::checkpoint::Fnv;
 use crate::lm_loss::{lm_loss_blocks, shift_labels, LossBufs};
 use crate::trainer::{self, Objective, RunDir, StepOut, TrainConfig, TrainSummary};
 use crate::TrainError;
-use okapi_data::{collate, load_sft_records, Example, PromptTemplate, RecordFormat, SftEncoding, Tokenizer};
+use okapi_data::{collate, load_sft_records, Example, PromptTemplate, RecordFormat, SftEncoding, Tokenizer, IGNORE_LABEL};
 use okapi_model::{Acts, Grads, Model, Scratch};
 use okapi_runtime::Backend;
 use serde_json::{Map, Value};
@@ -121,11 +121,16 @@ impl<B: Backend> Objective<B> for SftObjective<B> {
     fn data_fingerprint(&self) -> String {
         data_fingerprint(&self.train, &self.val)
     }
-    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
+    /// The step's target tokens (the labels after the shift, as the collated batch counts them).
+    fn normaliser(&self, micro: &[Vec<usize>]) -> f64 {
+        micro.iter().flatten().map(|&i| self.train[i].labels.iter().skip(1).filter(|&&l| l != IGNORE_LABEL).count()).sum::<usize>() as f64
+    }
+    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], norm: f64, grads: &mut Grads<B>) -> Result<StepOut, TrainError> {
         let batches: Vec<_> = micro.iter().map(|idx| collate(&idx.iter().map(|&i| &self.train[i]).collect::<Vec<_>>(), self.pad)).collect();
         let n_targets: usize = batches.iter().map(|b| b.n_targets()).sum();
         let tokens: usize = batches.iter().map(|b| b.ids.iter().filter(|&&x| x != self.pad).count()).sum();
-        let weight = if n_targets > 0 { 1.0 / n_targets as f32 } else { 0.0 };
+        // norm is a whole number of targets: 1/norm in f32 as 1/n_targets always was
+        let weight = if norm > 0.0 { 1.0 / norm as f32 } else { 0.0 };
         let mut loss_sum = 0f64;
         for batch in &batches {
             model.forward_hidden(&mut self.acts, &batch.ids, batch.b, batch.t)?;
@@ -135,7 +140,7 @@ impl<B: Backend> Objective<B> for SftObjective<B> {
         }
         let mut extra = Map::new();
         extra.insert("targets".into(), n_targets.into());
-        Ok(StepOut { loss: if n_targets > 0 { loss_sum / n_targets as f64 } else { 0.0 }, tokens, extra })
+        Ok(StepOut { loss: if norm > 0.0 { loss_sum / norm } else { 0.0 }, tokens, extra })
     }
     fn validate(&mut self, model: &Model<B>) -> Result<Option<Map<String, Value>>, TrainError> {
         if self.val.is_empty() {
@@ -150,7 +155,12 @@ impl<B: Backend> Objective<B> for SftObjective<B> {
 /// summary of the run. With `out`, writes the model, `metrics.jsonl` and checkpoints there
 /// (see [`trainer::train`]).
 pub fn run_sft<B: Backend>(model: Model<B>, train: Vec<Example>, val: Vec<Example>, cfg: &TrainConfig, out: Option<RunDir<'_>>) -> Result<(Model<B>, TrainSummary), TrainError> {
+    run_sft_data_parallel(model, train, val, cfg, out, &okapi_runtime::SingleProcess)
+}
+
+/// [`run_sft`] as one rank of a data-parallel run (see [`trainer::train_data_parallel`]).
+pub fn run_sft_data_parallel<B: Backend>(model: Model<B>, train: Vec<Example>, val: Vec<Example>, cfg: &TrainConfig, out: Option<RunDir<'_>>, comm: &dyn okapi_runtime::Collective) -> Result<(Model<B>, TrainSummary), TrainError> {
     let pad = pad_id(&model)?;
     let mut obj = SftObjective::new(&model, train, val, cfg.batch_size, pad);
-    trainer::train(model, &mut obj, cfg, out)
+    trainer::train_data_parallel(model, &mut obj, cfg, out, comm)
 }

@@ -12,6 +12,7 @@ use crate::tensorboard::{self, EventWriter};
 use crate::schedule::{LrSchedule, ScheduleKind};
 use crate::TrainError;
 use okapi_model::{DType, Grads, Model, Rng};
+use okapi_runtime::collective::{all_reduce_bufs, shard, Collective, SingleProcess};
 use okapi_runtime::Backend;
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -176,12 +177,14 @@ pub fn split_val<T>(items: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>)
 }
 
 /// What one optimizer step's loss computation reports.
+#[derive(Clone, Debug, Default)]
 pub struct StepOut {
-    /// the step's loss (mean over its targets / pairs)
+    /// the step's loss: the summed loss of its items over the step's normaliser
     pub loss: f64,
     /// real (non-pad) tokens processed
     pub tokens: usize,
-    /// objective-specific metrics (targets, accuracy, margins, …)
+    /// objective-specific metrics (targets, accuracy, margins, …), each a number additive over a
+    /// split of the step's items: a count, or a sum over the step's normaliser
     pub extra: Map<String, Value>,
 }
 
@@ -197,9 +200,14 @@ pub trait Objective<B: Backend> {
     fn settings(&self) -> checkpoint::Settings {
         checkpoint::Settings::new()
     }
-    /// Accumulates into `grads` the gradient of the step's loss over `micro` (each a list of
-    /// training-item indices; the loss is the mean over all of them together).
-    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], grads: &mut Grads<B>) -> Result<StepOut, TrainError>;
+    /// The loss normaliser of a step over `micro` (SFT: its target tokens; the pairwise
+    /// objectives: its pairs): the step's loss is its items' summed loss over it.
+    fn normaliser(&self, micro: &[Vec<usize>]) -> f64;
+    /// Accumulates into `grads` the gradient of (the summed loss of `micro`'s items) / `norm`
+    /// (`micro`: micro-batches of training-item indices, possibly none). With `norm` the whole
+    /// step's normaliser, data-parallel ranks that each take a share of the step's items add up
+    /// to the step: gradients, loss and every metric of [`StepOut`].
+    fn step(&mut self, model: &Model<B>, micro: &[Vec<usize>], norm: f64, grads: &mut Grads<B>) -> Result<StepOut, TrainError>;
     /// Validation metrics (`val_loss`, …), `None` without validation data.
     fn validate(&mut self, model: &Model<B>) -> Result<Option<Map<String, Value>>, TrainError>;
 }
@@ -285,9 +293,29 @@ pub fn ensure_finite<B: Backend>(model: &Model<B>, step: u64) -> Result<(), Trai
 /// `out`, writes `metrics.jsonl`, checkpoints every `cfg.save_every` steps and, at the end, the
 /// model (HF layout, `cfg.save_dtype` or the input's dtype); without, writes nothing.
 pub fn train<B: Backend, O: Objective<B>>(model: Model<B>, obj: &mut O, cfg: &TrainConfig, out: Option<RunDir<'_>>) -> Result<(Model<B>, TrainSummary), TrainError> {
-    let mut t = Trainer::new(model, obj, cfg, out)?;
-    t.resume()?;
-    t.run()
+    train_data_parallel(model, obj, cfg, out, &SingleProcess)
+}
+
+/// [`train`] as one rank of `comm`: every rank holds the model, the data and the optimizer
+/// state; each takes its contiguous share of every micro-batch of the same global step, and the
+/// gradients, the loss and the metrics are summed over the ranks before the (identical) AdamW
+/// step, so the run is the single-process run up to the order of the sums. Only the rank given
+/// `out` (rank 0) writes; a rank that fails tells the others, which fail naming it.
+pub fn train_data_parallel<B: Backend, O: Objective<B>>(model: Model<B>, obj: &mut O, cfg: &TrainConfig, out: Option<RunDir<'_>>, comm: &dyn Collective) -> Result<(Model<B>, TrainSummary), TrainError> {
+    if out.is_some() && comm.rank() != 0 {
+        return Err(TrainError::Setting { setting: "out", problem: format!("rank {} of {}: only rank 0 writes the run", comm.rank(), comm.world()) });
+    }
+    let result = Trainer::new(model, obj, cfg, out, comm).and_then(|mut t| {
+        t.resume()?;
+        t.run()
+    });
+    if let Err(e) = &result {
+        // the others are waiting in a collective: they fail naming this rank
+        if !matches!(e, TrainError::Comm(_)) {
+            comm.abort(&e.to_string());
+        }
+    }
+    result
 }
 
 /// One run of [`train`]: its state between the phases.
@@ -309,15 +337,17 @@ struct Trainer<'a, B: Backend, O: Objective<B>> {
     /// the last checkpoint of this run on disk and its step (the message of a failed step
     /// names it; a stop right after it writes no other)
     last_checkpoint: Option<(PathBuf, u64)>,
+    comm: &'a dyn Collective,
 }
 
 impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
-    fn new(model: Model<B>, obj: &'a mut O, cfg: &'a TrainConfig, out: Option<RunDir<'a>>) -> Result<Self, TrainError> {
+    fn new(model: Model<B>, obj: &'a mut O, cfg: &'a TrainConfig, out: Option<RunDir<'a>>, comm: &'a dyn Collective) -> Result<Self, TrainError> {
         if obj.n_train() == 0 {
             return Err(TrainError::NoData { what: "training data", detail: None });
         }
         cfg.validate()?;
-        if out.is_none() && cfg.save_every.is_some() {
+        // rank 0 writes the checkpoints of a data-parallel run; the other ranks have no directory
+        if out.is_none() && cfg.save_every.is_some() && comm.rank() == 0 {
             return Err(TrainError::Setting { setting: "--save-every", problem: "checkpoints need an output directory".into() });
         }
         if let Some(o) = &out {
@@ -345,7 +375,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             settings: cfg.trajectory_settings().into_iter().chain(obj.settings()).collect(),
         };
         let epoch_order = order.order(0);
-        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, last_checkpoint: None })
+        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, last_checkpoint: None, comm })
     }
 
     /// With `cfg.resume`: the checkpoint's weights, optimizer state and position.
@@ -363,10 +393,11 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         self.epoch_order = self.order.order(self.state.epoch);
         self.summary.steps = self.state.step;
         self.last_checkpoint = Some((ckpt.clone(), self.state.step));
-        if self.state.step >= self.state.total_steps {
-            eprintln!("{}: the run had finished (step {} of {}): nothing left to train; saving its final model again", ckpt.display(), self.state.step, self.state.total_steps);
-        } else {
-            eprintln!("resuming from {} at step {}/{}", ckpt.display(), self.state.step, self.state.total_steps);
+        let finished = self.state.step >= self.state.total_steps;
+        match self.comm.rank() {
+            0 if finished => eprintln!("{}: the run had finished (step {} of {}): nothing left to train; saving its final model again", ckpt.display(), self.state.step, self.state.total_steps),
+            0 => eprintln!("resuming from {} at step {}/{}", ckpt.display(), self.state.step, self.state.total_steps),
+            _ => {}
         }
         Ok(())
     }
@@ -394,9 +425,9 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         let metrics_path = self.out.map(|o| o.dir.join("metrics.jsonl"));
         let mut metrics = metrics_path.as_deref().map(|p| rundir::reopen_log(p, keep, "step")).transpose()?;
         let mut tb = self.out.and_then(|o| o.tensorboard).map(|d| EventWriter::create(d, keep)).transpose().map_err(tensorboard::flag_error)?;
-        let progress = Progress::new(self.state.total_steps, self.state.step, self.cfg.log_every);
+        let progress = if self.comm.rank() == 0 { Progress::new(self.state.total_steps, self.state.step, self.cfg.log_every) } else { Progress::silent() };
         while self.state.step < self.state.total_steps {
-            if crate::stop::requested() {
+            if self.stop_requested()? {
                 progress.finish();
                 return Err(self.interrupted());
             }
@@ -439,12 +470,18 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         let step_start = Instant::now();
         crate::hooks::step_delay();
         let micro = self.next_micro();
+        let norm = self.obj.normaliser(&micro);
+        let (rank, world) = (self.comm.rank(), self.comm.world());
+        // this rank's contiguous share of each micro-batch
+        let mine: Vec<Vec<usize>> = micro.iter().map(|m| m[shard(m.len(), rank, world)].to_vec()).filter(|m| !m.is_empty()).collect();
         self.model.zero_grads(&mut self.grads);
         // training mode (LoRA's dropout) for this step's forward and backward only
         (self.model.training, self.model.dropout_step) = (true, self.state.step);
-        let so = self.obj.step(&self.model, &micro, &mut self.grads);
+        let so = self.obj.step(&self.model, &mine, norm, &mut self.grads);
         self.model.training = false;
-        let so = so?;
+        let reduce_start = Instant::now();
+        let so = self.sum_over_ranks(so?)?;
+        let reduce_s = reduce_start.elapsed().as_secs_f64();
         let grad_norm = self.opt.grad_norm(&self.model, &self.grads);
         let step_no = self.state.step + 1;
         if !so.loss.is_finite() || !grad_norm.is_finite() {
@@ -465,6 +502,10 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         });
         let fields = line.as_object_mut().expect("a JSON object");
         fields.extend(so.extra.clone());
+        if self.comm.world() > 1 {
+            // this rank's wait for the others and the exchange of the step's gradients and metrics
+            fields.insert("time_allreduce_s".into(), reduce_s.into());
+        }
         if self.cfg.eval_every.is_some_and(|e| self.state.step.is_multiple_of(e)) {
             if let Some(v) = self.obj.validate(&self.model)? {
                 progress.println(&format!("step {}: {}", self.state.step, v.iter().map(|(k, x)| format!("{k} {}", fmt_num(x))).collect::<Vec<_>>().join(", ")));
@@ -477,6 +518,33 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         self.summary.last_extra = so.extra;
         self.summary.steps = self.state.step;
         Ok((line, so.loss, lr, tokens_per_s))
+    }
+
+    /// The step summed over the ranks: gradients (one message), loss, tokens and metrics.
+    fn sum_over_ranks(&mut self, so: StepOut) -> Result<StepOut, TrainError> {
+        if self.comm.world() == 1 {
+            return Ok(so);
+        }
+        let info = &self.model.info;
+        let mut bufs: Vec<(&mut B::Buf, usize)> = self.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))).collect();
+        all_reduce_bufs(self.comm, &self.model.be, &mut bufs)?;
+        let keys: Vec<String> = so.extra.keys().cloned().collect();
+        let mut numbers: Vec<f64> = [so.loss, so.tokens as f64].into_iter().chain(so.extra.values().map(|v| v.as_f64().unwrap_or(f64::NAN))).collect();
+        self.comm.all_reduce_sum_f64(&mut numbers)?;
+        let extra = keys.into_iter().zip(&numbers[2..]).map(|(k, &x)| {
+            // counts stay integers in metrics.jsonl
+            let v = if so.extra[&k].is_u64() { Value::from(x.round() as u64) } else { Value::from(x) };
+            (k, v)
+        });
+        Ok(StepOut { loss: numbers[0], tokens: numbers[1].round() as usize, extra: extra.collect() })
+    }
+
+    /// Whether to stop before the next step: Ctrl-C / SIGTERM on any rank stops every rank at
+    /// the same step.
+    fn stop_requested(&self) -> Result<bool, TrainError> {
+        let mut flag = [if crate::stop::requested() { 1.0 } else { 0.0 }];
+        self.comm.all_reduce_sum_f64(&mut flag)?;
+        Ok(flag[0] > 0.0)
     }
 
     /// A checkpoint every `save_every` steps.

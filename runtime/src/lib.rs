@@ -21,6 +21,7 @@
 //! ```
 
 pub mod check;
+pub mod collective;
 pub mod cpu;
 pub mod memory;
 #[cfg(feature = "cuda")]
@@ -28,6 +29,7 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+pub use collective::{Collective, CommError, SingleProcess, ThreadGroup};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaBuf, CudaIds, CudaOptions};

@@ -50,6 +50,7 @@ mod eval;
 mod eval_suite;
 mod generate;
 mod init;
+mod launch;
 mod loglik;
 mod lora_flags;
 mod merge;
@@ -57,6 +58,7 @@ mod outdir;
 mod pairs;
 mod plan;
 mod ppo;
+mod ranks;
 mod report;
 mod sft;
 mod signals;
@@ -106,8 +108,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// One self-contained HTML page of runs: every metric's curve, eval tables and charts, samples, settings.
     Report(report::ReportArgs),
-    /// One figure (SVG) of some metrics of some runs.
+    /// One figure (SVG or PNG) of some metrics of some runs.
     Plot(report::PlotArgs),
+    /// A data-parallel run of N ranks on this machine through mpirun (sft, reward, dpo).
+    Launch(launch::LaunchArgs),
 }
 
 /// The most worker threads `--threads` may ask for (far above any machine's cores; a typo
@@ -148,13 +152,14 @@ fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Merge(a) => merge::run(a),
         Command::Report(a) => report::run(a),
         Command::Plot(a) => report::plot(a),
+        Command::Launch(a) => launch::run(a),
     }
 }
 
 /// The command line parsed, with `--config FILE`'s flags under the typed ones; a command-line
 /// error in one line (clap's message without its usage block), or clap's own output for --help
 /// and --version.
-fn parse_args() -> Cli {
+fn parse_args() -> (Cli, String) {
     let cmd = command_definition();
     let split = config::split(std::env::args_os().collect()).unwrap_or_else(|e| exit_with_line(&format!("error: {e}")));
     let sub_name = split.argv.get(1).map(|s| s.to_string_lossy().into_owned());
@@ -171,7 +176,8 @@ fn parse_args() -> Cli {
     if let (Some(sub), Some((_, m))) = (&sub, matches.subcommand()) {
         config::record(sub, m, split.file.clone());
     }
-    <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e, blame))
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| exit_with_clap_error(e, blame));
+    (cli, sub_name.unwrap_or_default())
 }
 
 /// The command-line definition: `--help` shows each training flag's default (and Okapi's), every
@@ -224,17 +230,23 @@ fn main() -> ExitCode {
         }));
     }
     // --help shows each training flag's default and, where it differs, Okapi's value
-    let cli = parse_args();
+    let (cli, command) = parse_args();
     signals::install(matches!(cli.command, Command::Sft(_) | Command::Reward(_) | Command::Dpo(_) | Command::Ppo(_)));
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            if signals::interrupted() {
-                ExitCode::from(signals::EXIT_INTERRUPTED)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+    // under an MPI launcher: this process becomes one rank of the run
+    if let Err(e) = ranks::init(&command) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
+    let code = match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // every rank stops at the same step: a normal end, status 130
+        Err(e) if signals::interrupted() => {
+            eprintln!("error: {e}");
+            ExitCode::from(signals::EXIT_INTERRUPTED)
+        }
+        // with other ranks: this one's line, then the end of the whole job
+        Err(e) => ranks::fail(&e),
+    };
+    ranks::finish();
+    code
 }

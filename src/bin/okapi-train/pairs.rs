@@ -6,9 +6,9 @@ use super::train_flags::{args_json, check_flags_and_data, check_training_memory,
 use okapi_data::{load_preferences, PromptGroup, SftEncoding, Tokenizer};
 use okapi_model::{Model, ModelConfig};
 use okapi_rlhf::pairwise::{capacity, groups_fingerprint};
-use okapi_rlhf::trainer::check_resume;
+use okapi_rlhf::trainer::{check_resume, train_data_parallel};
 use okapi_rlhf::reward::score_records_metered;
-use okapi_rlhf::{split_val, train, DpoObjective, RewardObjective, RunDir, TrainConfig};
+use okapi_rlhf::{split_val, DpoObjective, RewardObjective, RunDir, TrainConfig, TrainSummary};
 use okapi_runtime::Backend;
 use std::path::{Path, PathBuf};
 
@@ -75,7 +75,8 @@ pub fn load_groups(files: &[PathBuf], flags: &TrainFlags, cfg: &TrainConfig, tok
 /// settings, output directory, tokenizer, config, data split, the memory check.
 struct PairRun<'a> {
     cfg: TrainConfig,
-    out: outdir::OutDir<'a>,
+    /// the output directory (rank 0 of a data-parallel run, or the only process)
+    out: Option<outdir::OutDir<'a>>,
     tok: Tokenizer,
     eos: u32,
     train: Vec<PromptGroup>,
@@ -85,7 +86,7 @@ struct PairRun<'a> {
 /// Reads and checks a pair run's inputs. `objective`: the stage's own settings by flag.
 fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Path, data: &[PathBuf], out: &'a Path, objective: &[(&str, serde_json::Value)]) -> Result<PairRun<'a>, String> {
     let cfg = flags.resolve(stage)?;
-    let out = outdir::claim(out, &[("--model", model)], cfg.resume.as_deref(), flags.overwrite)?;
+    let out = if super::ranks::writes() { Some(outdir::claim(out, &[("--model", model)], cfg.resume.as_deref(), flags.overwrite)?) } else { None };
     precheck_resume(&cfg, stage.name(), objective)?;
     let tok = Tokenizer::load(model).map_err(|e| e.to_string())?;
     let model_cfg = ModelConfig::load(model).map_err(|e| e.to_string())?;
@@ -107,7 +108,25 @@ fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Pat
     Ok(PairRun { cfg, out, tok, eos, train, val })
 }
 
-impl PairRun<'_> {
+impl<'a> PairRun<'a> {
+    /// Trains `obj` as this process's rank: rank 0 writes `args` into args.json first, then the
+    /// run into `dir`, and copies the tokenizer's config from `model` at the end.
+    fn train<B: Backend, O: okapi_rlhf::trainer::Objective<B>>(&self, model: Model<B>, obj: &mut O, args: serde_json::Value, paths: (&Path, &'a Path), tensorboard: Option<&Path>) -> Result<TrainSummary, String> {
+        let (model_dir, dir) = paths;
+        let run_dir = match &self.out {
+            Some(out) => {
+                out.write_args(args)?;
+                Some(RunDir { dir, tokenizer: Some(&self.tok.path), tensorboard })
+            }
+            None => None,
+        };
+        let (_, s) = train_data_parallel(model, obj, &self.cfg, run_dir, super::ranks::comm()).map_err(|e| e.to_string())?;
+        if self.out.is_some() {
+            outdir::copy_tokenizer_config(model_dir, dir)?;
+        }
+        Ok(s)
+    }
+
     /// One line on what trains on what; the pad id of the batches.
     fn announce<B: Backend>(&self, stage: Stage, model: &Model<B>) -> Result<u32, String> {
         let mask = model.trainable_mask(self.cfg.unfrozen_layers).map_err(|e| e.to_string())?;
@@ -126,7 +145,7 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
     if !a.margin.is_finite() {
         return Err(format!("--margin {}: expected a finite number", a.margin));
     }
-    let r = prepare(&be, Stage::Reward, &a.train, &a.model, &a.data, &a.out, &[("--margin", a.margin.into())])?;
+    let mut r = prepare(&be, Stage::Reward, &a.train, &a.model, &a.data, &a.out, &[("--margin", a.margin.into())])?;
     let mut model = Model::load_reward(be, &a.model, r.cfg.seed).map_err(|e| e.to_string())?;
     a.train.lora.apply(&mut model, r.cfg.seed)?;
     a.train.memory.apply_to(&mut model, r.cfg.unfrozen_layers)?;
@@ -138,10 +157,10 @@ fn run_reward_on<B: Backend>(be: B, a: &RewardArgs) -> Result<(), String> {
         }
     }
     let pad = r.announce(Stage::Reward, &model)?;
-    r.out.write_args(args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard })))?;
-    let mut obj = RewardObjective::new(&model, r.train, r.val, r.cfg.batch_size, pad, a.margin);
-    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path), tensorboard: a.train.tensorboard.as_deref() })).map_err(|e| e.to_string())?;
-    outdir::copy_tokenizer_config(&a.model, &a.out)?;
+    let args = args_json("reward", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "margin": a.margin, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard }));
+    let (train, val) = (std::mem::take(&mut r.train), std::mem::take(&mut r.val));
+    let mut obj = RewardObjective::new(&model, train, val, r.cfg.batch_size, pad, a.margin);
+    let s = r.train(model, &mut obj, args, (&a.model, &a.out), a.train.tensorboard.as_deref())?;
     eprintln!(
         "reward: {}, accuracy {}{}; reward model saved in {}",
         losses(&s),
@@ -161,18 +180,18 @@ fn run_dpo_on<B: Backend>(be: B, a: &DpoArgs) -> Result<(), String> {
     if !(a.beta.is_finite() && a.beta > 0.0) {
         return Err(format!("--beta {}: expected a positive number", a.beta));
     }
-    let r = prepare(&be, Stage::Dpo, &a.train, &a.model, &a.data, &a.out, &[("--beta", a.beta.into())])?;
+    let mut r = prepare(&be, Stage::Dpo, &a.train, &a.model, &a.data, &a.out, &[("--beta", a.beta.into())])?;
     let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;
     a.train.lora.apply(&mut model, r.cfg.seed)?;
     a.train.memory.apply_to(&mut model, r.cfg.unfrozen_layers)?;
     model.lm_head().map_err(|e| e.to_string())?;
     let pad = r.announce(Stage::Dpo, &model)?;
     eprintln!("dpo: β {}", a.beta);
-    r.out.write_args(args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard })))?;
+    let args = args_json("dpo", &r.cfg, serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "beta": a.beta, "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard }));
     // the reference is the initial policy; with LoRA, the base with the adapters off (as TRL)
-    let mut obj = model.with_adapters_off(|base| DpoObjective::new(base, r.train, r.val, r.cfg.batch_size, pad, a.beta)).map_err(|e| e.to_string())?;
-    let (_, s) = train(model, &mut obj, &r.cfg, Some(RunDir { dir: &a.out, tokenizer: Some(&r.tok.path), tensorboard: a.train.tensorboard.as_deref() })).map_err(|e| e.to_string())?;
-    outdir::copy_tokenizer_config(&a.model, &a.out)?;
+    let (train, val) = (std::mem::take(&mut r.train), std::mem::take(&mut r.val));
+    let mut obj = model.with_adapters_off(|base| DpoObjective::new(base, train, val, r.cfg.batch_size, pad, a.beta)).map_err(|e| e.to_string())?;
+    let s = r.train(model, &mut obj, args, (&a.model, &a.out), a.train.tensorboard.as_deref())?;
     eprintln!("dpo: {}, reward accuracy {}; policy saved in {}", losses(&s), s.last_extra.get("reward_accuracy").map(|v| v.to_string()).unwrap_or_default(), a.out.display());
     Ok(())
 }

@@ -5,7 +5,8 @@ use super::train_flags::{args_json, check_flags_and_data, check_training_memory,
 use okapi_data::Tokenizer;
 use okapi_model::{Model, ModelConfig};
 use okapi_rlhf::trainer::check_resume;
-use okapi_rlhf::{load_sft_examples, run_sft, split_val, RunDir, TrainSummary};
+use okapi_rlhf::sft::run_sft_data_parallel;
+use okapi_rlhf::{load_sft_examples, split_val, RunDir, TrainSummary};
 use okapi_runtime::Backend;
 use std::path::PathBuf;
 
@@ -32,7 +33,8 @@ pub fn run(mut a: SftArgs) -> Result<(), String> {
 
 fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     let cfg = a.train.resolve(Stage::Sft)?;
-    let out = outdir::claim(&a.out, &[("--model", &a.model)], cfg.resume.as_deref(), a.train.overwrite)?;
+    // rank 0 writes the run (the only rank of a single process)
+    let out = if super::ranks::writes() { Some(outdir::claim(&a.out, &[("--model", &a.model)], cfg.resume.as_deref(), a.train.overwrite)?) } else { None };
     precheck_resume(&cfg, "sft", &[])?;
     let tok = Tokenizer::load(&a.model).map_err(|e| e.to_string())?;
     let model_cfg = ModelConfig::load(&a.model).map_err(|e| e.to_string())?;
@@ -52,10 +54,17 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     a.train.memory.apply_to(&mut model, cfg.unfrozen_layers)?;
     eprintln!("sft: {} ({} params) on {device}: {} train / {} validation examples", a.model.display(), model.n_params(), train.len(), val.len());
     let extra = serde_json::json!({ "model": a.model, "data": a.data, "out": a.out, "recipe": format!("{:?}", a.train.recipe).to_lowercase(), "langs": a.train.langs, "template": a.train.template, "memory": a.train.memory.json(), "lora": a.train.lora.json(), "tensorboard": a.train.tensorboard });
-    out.write_args(args_json("sft", &cfg, extra))?;
-    let run_dir = RunDir { dir: &a.out, tokenizer: Some(&tok.path), tensorboard: a.train.tensorboard.as_deref() };
-    let (_, summary) = run_sft(model, train, val, &cfg, Some(run_dir)).map_err(|e| e.to_string())?;
-    outdir::copy_tokenizer_config(&a.model, &a.out)?;
+    let run_dir = match &out {
+        Some(out) => {
+            out.write_args(args_json("sft", &cfg, extra))?;
+            Some(RunDir { dir: &a.out, tokenizer: Some(&tok.path), tensorboard: a.train.tensorboard.as_deref() })
+        }
+        None => None,
+    };
+    let (_, summary) = run_sft_data_parallel(model, train, val, &cfg, run_dir, super::ranks::comm()).map_err(|e| e.to_string())?;
+    if out.is_some() {
+        outdir::copy_tokenizer_config(&a.model, &a.out)?;
+    }
     eprintln!("sft: {}{}; model saved in {}", losses(&summary), summary.val.as_ref().and_then(|v| v.get("val_loss")).and_then(|v| v.as_f64()).map(|v| format!(", val_loss {v:.4}")).unwrap_or_default(), a.out.display());
     Ok(())
 }

@@ -1,0 +1,229 @@
+//! Data parallelism above the transport: SFT, reward and DPO trained by 2 and 3 ranks (threads of
+//! this process, `ThreadGroup`) equal the single-process run with the same global batch — losses,
+//! gradient norms and metrics per step within 1e-6 relative, parameters after the AdamW steps
+//! within 5e-5 of each tensor's scale (the order of the sums is the only difference; see
+//! [`param_tol`]) — and a failing rank fails the others naming it. The MPI engine runs the
+//! same code (`tests/mpi.rs`, with `--features mpi`).
+
+mod common;
+
+use common::fixture;
+use okapi::data::{encode_group, load_rankings, PromptGroup, PromptTemplate, RecordFormat, SftEncoding, Tokenizer};
+use okapi::model::Model;
+use okapi::rlhf::trainer::train_data_parallel;
+use okapi::rlhf::sft::SftObjective;
+use okapi::rlhf::{load_sft_examples, DpoObjective, RewardObjective, TrainConfig, TrainSummary};
+use okapi::runtime::{Collective, CpuBackend, SingleProcess, ThreadGroup};
+use std::time::Duration;
+
+/// Training on `world` ranks, each a thread running `run(rank's collective)`; the runs' results in
+/// rank order.
+fn on_ranks<T: Send + 'static>(world: usize, run: fn(&dyn Collective) -> T) -> Vec<T> {
+    let handles: Vec<_> = ThreadGroup::new(world, Duration::from_secs(120)).into_iter().map(|g| std::thread::spawn(move || run(&g))).collect();
+    handles.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+}
+
+/// The per-step losses and the parameters after the run.
+struct Outcome {
+    losses: Vec<f64>,
+    grad_norms: Vec<f64>,
+    extras: Vec<serde_json::Map<String, serde_json::Value>>,
+    params: Vec<Vec<f32>>,
+}
+
+fn outcome(model: Model<CpuBackend>, s: TrainSummary) -> Outcome {
+    let losses = s.history.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
+    let grad_norms = s.history.iter().map(|l| l["grad_norm"].as_f64().unwrap()).collect();
+    let extras = s.history.iter().map(|l| l.as_object().unwrap().iter().filter(|(k, _)| !k.starts_with("time_") && !matches!(k.as_str(), "elapsed_s" | "tokens_per_s" | "loss" | "grad_norm" | "lr")).map(|(k, v)| (k.clone(), v.clone())).collect()).collect();
+    let params = (0..model.info.len()).map(|i| model.host_value(i)).collect();
+    Outcome { losses, grad_norms, extras, params }
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+/// The largest parameter difference between two runs, relative to each tensor's largest value.
+fn worst_param_diff(a: &Outcome, b: &Outcome) -> f32 {
+    a.params.iter().zip(&b.params).map(|(p, q)| {
+        let scale = q.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        p.iter().zip(q).map(|(x, y)| (x - y).abs() / scale).fold(0f32, f32::max)
+    }).fold(0f32, f32::max)
+}
+
+/// The data-parallel runs equal the single one: losses and gradient norms ≤ 1e-6 relative per
+/// step, metrics to 1e-6 (relative, or absolute below 1: margins are differences), every rank the
+/// same model bit for bit, and its parameters as close to the single run's as `param_tol`.
+fn assert_same(what: &str, single: &Outcome, ranks: &[Outcome], param_tol: f32) {
+    for (r, o) in ranks.iter().enumerate() {
+        assert_eq!(o.losses.len(), single.losses.len(), "{what} rank {r}: steps");
+        for (k, (a, b)) in o.losses.iter().zip(&single.losses).enumerate() {
+            assert!(rel(*a, *b) <= 1e-6, "{what} rank {r} step {}: loss {a} vs {b}", k + 1);
+        }
+        for (k, (a, b)) in o.grad_norms.iter().zip(&single.grad_norms).enumerate() {
+            assert!(rel(*a, *b) <= 1e-6, "{what} rank {r} step {}: gradient norm {a} vs {b}", k + 1);
+        }
+        for (k, (a, b)) in o.extras.iter().zip(&single.extras).enumerate() {
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what} step {}", k + 1);
+            for (key, x) in a {
+                let (x, y) = (x.as_f64().unwrap(), b[key].as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{what} rank {r} step {} {key}: {x} vs {y}", k + 1);
+            }
+        }
+        let worst = worst_param_diff(o, single);
+        eprintln!("{what} rank {r}: parameters within {worst:.2e} of one process (bound {param_tol:.2e})");
+        assert!(worst <= param_tol, "{what} rank {r}: parameters {worst:e} from one process's (bound {param_tol:e})");
+    }
+    for o in &ranks[1..] {
+        assert_eq!(o.params, ranks[0].params, "{what}: the ranks' models differ");
+    }
+}
+
+/// The parameter tolerance of a data-parallel run, relative to each tensor's largest value:
+/// AdamW divides each gradient by its own running magnitude, so an element whose gradient nearly
+/// cancels moves by more than 1e-6 under any change of summation order — reordering the same sums
+/// in one process (`reordered`: the same global batches in micro-batches of one item) moves the
+/// parameters by 1e-6 to 1e-5 here, printed for the record. A rank that trained on its share only,
+/// or a tensor left out of the all-reduce, moves them by ~lr = 1e-3.
+fn param_tol(what: &str, single: &Outcome, reordered: &Outcome) -> f32 {
+    eprintln!("{what}: reordering the sums in one process moves the parameters by {:.2e}", worst_param_diff(reordered, single));
+    5e-5
+}
+
+// ---- SFT: 7 examples, micro-batches of 3 (odd shares), two accumulated per step ------------------
+
+fn sft_cfg() -> TrainConfig {
+    TrainConfig { max_steps: Some(3), batch_size: 3, grad_accum: 2, lr: 1e-3, warmup_steps: 0, max_len: 60, val_fraction: 0.0, seed: 5, ..TrainConfig::sft() }
+}
+
+fn sft_run(comm: &dyn Collective) -> Outcome {
+    sft_run_with(comm, sft_cfg())
+}
+
+fn sft_run_with(comm: &dyn Collective, cfg: TrainConfig) -> Outcome {
+    let dir = fixture("llama_gqa");
+    let tok = Tokenizer::load(&dir).unwrap();
+    let model = Model::load(CpuBackend, &dir).unwrap();
+    let tmp = std::env::temp_dir().join(format!("okapi-dp-sft-{}-{}", std::process::id(), comm.rank()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let data = tmp.join("sft.jsonl");
+    let extra = "{\"instruction\": \"Đếm đến năm.\", \"input\": \"\", \"output\": \"một hai ba bốn năm\"}\n{\"instruction\": \"Скажи привет\", \"input\": \"\", \"output\": \"Привет!\"}\n";
+    std::fs::write(&data, format!("{}{extra}", common::SHORT_SFT_RECORDS)).unwrap();
+    let tpl = tmp.join("template.json");
+    std::fs::write(&tpl, common::SHORT_TEMPLATE).unwrap();
+    let format = RecordFormat::prompt_only(PromptTemplate::load(&tpl).unwrap());
+    let loaded = load_sft_examples(&[data], None, &format, &tok, 2, &cfg).unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert_eq!(loaded.examples.len(), 7);
+    let pad = model.cfg.pad_token_id.unwrap_or(2);
+    let mut obj = SftObjective::new(&model, loaded.examples, vec![], cfg.batch_size, pad);
+    let (model, s) = train_data_parallel(model, &mut obj, &cfg, None, comm).unwrap();
+    outcome(model, s)
+}
+
+#[test]
+fn sft_on_two_and_three_ranks_equals_one_process() {
+    let single = sft_run(&SingleProcess);
+    let tol = param_tol("sft", &single, &sft_run_with(&SingleProcess, TrainConfig { batch_size: 1, grad_accum: 6, ..sft_cfg() }));
+    assert_same("sft 2 ranks", &single, &on_ranks(2, sft_run), tol);
+    assert_same("sft 3 ranks", &single, &on_ranks(3, sft_run), tol);
+}
+
+// ---- reward and DPO: the ranking fixture's groups, micro-batches of 2 ---------------------------
+
+fn groups() -> Vec<PromptGroup> {
+    let tok = Tokenizer::load(&fixture("llama_gqa")).unwrap();
+    let (recs, _) = load_rankings(&[fixture("ranking_data.json")], None).unwrap();
+    let enc = SftEncoding { max_len: 768, mask_prompt: true, eos: 2 };
+    let gs: Vec<PromptGroup> = recs.iter().map(|r| encode_group(&tok, &PromptTemplate::okapi(), r, &enc).unwrap().unwrap()).collect();
+    // twice over, so steps have shares of 1 and 2 groups with different pair counts
+    gs.iter().chain(&gs).cloned().collect()
+}
+
+fn pair_cfg() -> TrainConfig {
+    TrainConfig { max_steps: Some(3), batch_size: 2, grad_accum: 2, lr: 1e-3, warmup_steps: 0, val_fraction: 0.0, seed: 9, ..TrainConfig::sft() }
+}
+
+fn reward_run(comm: &dyn Collective) -> Outcome {
+    reward_run_with(comm, pair_cfg())
+}
+
+fn reward_run_with(comm: &dyn Collective, cfg: TrainConfig) -> Outcome {
+    let model = Model::load_reward(CpuBackend, &fixture("llama_gqa"), 0).unwrap();
+    let mut obj = RewardObjective::new(&model, groups(), vec![], cfg.batch_size, 3, 0.0);
+    let (model, s) = train_data_parallel(model, &mut obj, &cfg, None, comm).unwrap();
+    outcome(model, s)
+}
+
+fn dpo_run(comm: &dyn Collective) -> Outcome {
+    dpo_run_with(comm, pair_cfg())
+}
+
+fn dpo_run_with(comm: &dyn Collective, cfg: TrainConfig) -> Outcome {
+    let model = Model::load(CpuBackend, &fixture("llama_gqa")).unwrap();
+    let mut obj = DpoObjective::new(&model, groups(), vec![], cfg.batch_size, 3, 0.1).unwrap();
+    let (model, s) = train_data_parallel(model, &mut obj, &cfg, None, comm).unwrap();
+    outcome(model, s)
+}
+
+#[test]
+fn reward_and_dpo_on_two_and_three_ranks_equal_one_process() {
+    let one_item = || TrainConfig { batch_size: 1, grad_accum: 4, ..pair_cfg() };
+    let single = reward_run(&SingleProcess);
+    assert!(single.extras[0]["pairs"].as_u64().unwrap() > 0);
+    let tol = param_tol("reward", &single, &reward_run_with(&SingleProcess, one_item()));
+    assert_same("reward 2 ranks", &single, &on_ranks(2, reward_run), tol);
+    assert_same("reward 3 ranks", &single, &on_ranks(3, reward_run), tol);
+    let single = dpo_run(&SingleProcess);
+    let tol = param_tol("dpo", &single, &dpo_run_with(&SingleProcess, one_item()));
+    assert_same("dpo 2 ranks", &single, &on_ranks(2, dpo_run), tol);
+    assert_same("dpo 3 ranks", &single, &on_ranks(3, dpo_run), tol);
+}
+
+/// A rank whose training fails (here: its data cannot train) makes the others fail at their
+/// next collective naming it, instead of waiting forever.
+#[test]
+fn a_failing_rank_fails_the_others_naming_it() {
+    let errors = on_ranks(2, |comm| {
+        let model = Model::load_reward(CpuBackend, &fixture("llama_gqa"), 0).unwrap();
+        let cfg = pair_cfg();
+        // rank 1 has no data: its trainer refuses to start
+        let train = if comm.rank() == 1 { vec![] } else { groups() };
+        let mut obj = RewardObjective::new(&model, train, vec![], cfg.batch_size, 3, 0.0);
+        train_data_parallel(model, &mut obj, &cfg, None, comm).err().map(|e| e.to_string())
+    });
+    let rank1 = errors[1].as_deref().unwrap();
+    assert!(rank1.contains("no training data"), "{rank1}");
+    let rank0 = errors[0].as_deref().unwrap();
+    assert!(rank0.starts_with("rank 1 of 2 failed: ") && rank0.contains("no training data"), "{rank0}");
+}
+
+
+// ---- the command line without MPI ----------------------------------------------------------------
+
+fn okapi(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_okapi-train")).args(args).envs(env.iter().copied()).output().unwrap()
+}
+
+/// Commands that do not run data-parallel refuse to start as one of several ranks; `launch`
+/// checks its rank count.
+#[test]
+fn only_sft_reward_and_dpo_run_as_ranks() {
+    let o = okapi(&["ppo", "--policy", "p", "--reward", "r", "--prompts", "x.json", "--out", "o"], &[("OMPI_COMM_WORLD_SIZE", "2")]);
+    common::one_error_line(&o, &["okapi-train ppo was started as one of 2 ranks", "data-parallel runs are built for sft, reward, dpo"]);
+    let o = okapi(&["eval", "--model", "m", "--task", "arc", "--data", "x.json"], &[("PMI_SIZE", "3")]);
+    common::one_error_line(&o, &["okapi-train eval was started as one of 3 ranks"]);
+    common::one_error_line(&okapi(&["launch", "--nproc", "0", "--", "sft"], &[]), &["--nproc 0: expected at least 1 rank"]);
+}
+
+/// A build without the `mpi` feature says how to get one when it is started by an MPI launcher
+/// or asked to launch ranks, instead of training N copies of the same run.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_refuses_ranks_in_one_line() {
+    let o = okapi(&["sft", "--model", "m", "--data", "x.json", "--out", "o"], &[("OMPI_COMM_WORLD_SIZE", "2")]);
+    common::one_error_line(&o, &["one of 2 ranks", "built without MPI", "--features mpi"]);
+    let o = okapi(&["launch", "--nproc", "2", "--", "sft", "--model", "m"], &[]);
+    common::one_error_line(&o, &["built without MPI", "--features mpi"]);
+    assert!(!std::path::Path::new("o").exists());
+}

@@ -1,0 +1,171 @@
+//! Data-parallel runs through MPI (`cargo test --features mpi --test mpi`; needs Open MPI's
+//! `mpirun`, which `.ci/run` installs): `okapi-train launch --nproc 2` and `mpirun -np 2` train
+//! sft, reward and dpo to the single process's losses and gradient norms (≤ 1e-6 relative per
+//! step) and parameters (≤ 5e-5 of each tensor's scale: see tests/data_parallel.rs for why AdamW
+//! lets the order of the sums move them more than 1e-6), rank 0 writes the run, and a killed rank
+//! ends the job with one line naming it.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use common::{fixture, metrics, one_error_line, tiny_ppo_inputs, Scratch, SHORT_SFT_RECORDS, SHORT_TEMPLATE};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
+
+/// Parameters after the steps, relative to each tensor's largest value (a rank training on its
+/// own share only, or a tensor left out of the all-reduce, moves them by ~lr = 1e-3).
+const PARAM_TOL: f32 = 5e-5;
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn ok(o: Output, what: &str) -> Output {
+    assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+fn single(args: &[String]) -> Output {
+    ok(Command::new(BIN).args(args).output().unwrap(), "one process")
+}
+
+fn launch(n: usize, args: &[String]) -> Output {
+    ok(Command::new(BIN).args(["launch", "--nproc", &n.to_string(), "--"]).args(args).output().unwrap(), "launch")
+}
+
+fn mpirun(n: usize, args: &[String]) -> Output {
+    let mut c = Command::new("mpirun");
+    c.args(["-np", &n.to_string(), "--oversubscribe"]);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        c.arg("--allow-run-as-root");
+    }
+    ok(c.arg(BIN).args(args).output().unwrap(), "mpirun")
+}
+
+/// Every tensor of a run's model.safetensors by name.
+fn params(out: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names.into_iter().map(|n| (n.clone(), common::f32s(&st, &n))).collect()
+}
+
+fn worst_param_diff(a: &Path, b: &Path) -> f32 {
+    params(a).iter().zip(params(b)).map(|((na, x), (nb, y))| {
+        assert_eq!(na, &nb);
+        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        x.iter().zip(&y).map(|(u, v)| (u - v).abs() / scale).fold(0f32, f32::max)
+    }).fold(0f32, f32::max)
+}
+
+/// Runs `args` (with `--out OUT` appended) as one process, as one process in micro-batches of one
+/// item, and as `ways` of 2 ranks; checks each data-parallel run against the single one.
+fn check_command(dir: &Path, name: &str, args: &[String], batch: usize) {
+    let with_out = |out: &PathBuf, one_item: bool| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().cloned().chain(["--out".into(), p(out).into()]).collect();
+        if one_item {
+            let at = v.iter().position(|a| a == "--batch-size").unwrap();
+            v[at + 1] = "1".into();
+            v.extend(["--grad-accum".into(), batch.to_string()]);
+        }
+        v
+    };
+    let one = dir.join(format!("{name}-1"));
+    single(&with_out(&one, false));
+    let reordered = dir.join(format!("{name}-reordered"));
+    single(&with_out(&reordered, true));
+    eprintln!("{name}: reordering the sums in one process moves the parameters by {:.2e}", worst_param_diff(&reordered, &one));
+    let (l, m) = (dir.join(format!("{name}-launch")), dir.join(format!("{name}-mpirun")));
+    launch(2, &with_out(&l, false));
+    mpirun(2, &with_out(&m, false));
+    let want = metrics(&one);
+    for out in [&l, &m] {
+        let got = metrics(out);
+        assert_eq!(got.len(), want.len(), "{}: steps", out.display());
+        for (g, w) in got.iter().zip(&want) {
+            for key in ["loss", "grad_norm"] {
+                let (a, b) = (g[key].as_f64().unwrap(), w[key].as_f64().unwrap());
+                assert!((a - b).abs() <= 1e-6 * b.abs(), "{} step {}: {key} {a} vs {b}", out.display(), w["step"]);
+            }
+            assert_eq!(g["tokens"], w["tokens"]);
+        }
+        let worst = worst_param_diff(out, &one);
+        eprintln!("{name}: 2 ranks within {worst:.2e} of one process");
+        assert!(worst <= PARAM_TOL, "{}: parameters {worst:e} from one process", out.display());
+        assert!(out.join("args.json").exists() && out.join("tokenizer.json").exists(), "rank 0 writes the run");
+    }
+}
+
+fn sft_args(dir: &Path) -> Vec<String> {
+    let (data, tpl) = (dir.join("sft.jsonl"), dir.join("template.json"));
+    let more = "{\"instruction\": \"Đếm đến năm.\", \"input\": \"\", \"output\": \"một hai ba bốn năm\"}\n{\"instruction\": \"Скажи привет\", \"input\": \"\", \"output\": \"Привет!\"}\n";
+    std::fs::write(&data, format!("{SHORT_SFT_RECORDS}{more}")).unwrap();
+    std::fs::write(&tpl, SHORT_TEMPLATE).unwrap();
+    ["sft", "--model", p(&fixture("llama_gqa")), "--data", p(&data), "--template", p(&tpl), "--max-len", "60", "--max-steps", "3", "--batch-size", "3", "--lr", "1e-3", "--warmup-steps", "0", "--no-shuffle"].iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn sft_reward_and_dpo_on_two_ranks_equal_one_process() {
+    let scratch = Scratch::new("mpi");
+    let dir = &scratch.root;
+    check_command(dir, "sft", &sft_args(dir), 3);
+    let (policy, _, _, _) = tiny_ppo_inputs(dir, &["--max-steps", "1"], &["Hi."]);
+    let pairs = |cmd: &str| -> Vec<String> { [cmd, "--model", p(&policy), "--data", p(&fixture("ranking_data.json")), "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "--warmup-steps", "0", "--seed", "4"].iter().map(|s| s.to_string()).collect() };
+    check_command(dir, "reward", &pairs("reward"), 2);
+    check_command(dir, "dpo", &pairs("dpo"), 2);
+}
+
+/// The pids of the processes whose command line holds `needle` (from /proc).
+fn pids_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.starts_with(BIN) && text.contains(needle) && !text.contains(" launch ") {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A rank killed mid-run: launch ends within seconds (no hang), non-zero, with one line naming
+/// the rank; the run's last checkpoint is whole.
+#[test]
+fn a_killed_rank_ends_the_job_with_one_line() {
+    let scratch = Scratch::new("mpi-kill");
+    let dir = &scratch.root;
+    let out = dir.join("killed-run");
+    let mut args = sft_args(dir);
+    let at = args.iter().position(|a| a == "--max-steps").unwrap();
+    args[at + 1] = "100000".into();
+    args.extend(["--out".into(), p(&out).into(), "--save-every".into(), "20".into()]);
+    let child = Command::new(BIN).args(["launch", "--nproc", "2", "--"]).args(&args).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    // wait for both ranks and a checkpoint
+    let t0 = Instant::now();
+    let ranks = loop {
+        let pids = pids_with(p(&out));
+        if pids.len() == 2 && out.join("checkpoint").exists() {
+            break pids;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the ranks did not start: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: kill(2) on a rank this test started (through launch and mpirun).
+    assert_eq!(unsafe { libc::kill(ranks[1] as libc::pid_t, libc::SIGKILL) }, 0);
+    let killed_at = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(killed_at.elapsed() < Duration::from_secs(30), "the job took {:?} to end", killed_at.elapsed());
+    let line = one_error_line(&o, &["of 2 died (exited on signal 9 (Killed)); mpirun stopped the other ranks"]);
+    assert!(line.starts_with("error: rank 0 of 2") || line.starts_with("error: rank 1 of 2"), "{line}");
+    assert!(pids_with(p(&out)).is_empty(), "every rank ended");
+    // the checkpoint on disk is a whole one (the swap is atomic): it resumes
+    let ckpt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    assert!(ckpt["step"].as_u64().unwrap() >= 20);
+}
