@@ -135,28 +135,39 @@ fn pids_with(needle: &str) -> Vec<u32> {
     out
 }
 
+/// A 2-rank SFT of 100 000 steps (20 ms each) under `launch` into `out`, once both ranks run and
+/// `ready(out, lines of metrics.jsonl)`: the launch process and the ranks' pids.
+// the caller waits for the returned child
+#[allow(clippy::zombie_processes)]
+fn long_job(dir: &Path, out: &Path, extra: &[&str], ready: impl Fn(&Path, usize) -> bool) -> (std::process::Child, Vec<u32>) {
+    let mut args = sft_args(dir);
+    let at = args.iter().position(|a| a == "--max-steps").unwrap();
+    args[at + 1] = "100000".into();
+    args.extend(["--out", p(out)].iter().chain(extra).map(|s| s.to_string()));
+    let mut child = Command::new(BIN).args(["launch", "--nproc", "2", "--"]).args(&args).env("OKAPI_TEST_STEP_DELAY_MS", "20").stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let pids = pids_with(p(out));
+        let steps = std::fs::read_to_string(out.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if pids.len() == 2 && ready(out, steps) {
+            return (child, pids);
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("the ranks did not start: {pids:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A rank killed mid-run: launch ends within seconds (no hang), non-zero, with one line naming
 /// the rank; the run's last checkpoint is whole.
 #[test]
 fn a_killed_rank_ends_the_job_with_one_line() {
     let scratch = Scratch::new("mpi-kill");
-    let dir = &scratch.root;
-    let out = dir.join("killed-run");
-    let mut args = sft_args(dir);
-    let at = args.iter().position(|a| a == "--max-steps").unwrap();
-    args[at + 1] = "100000".into();
-    args.extend(["--out".into(), p(&out).into(), "--save-every".into(), "20".into()]);
-    let child = Command::new(BIN).args(["launch", "--nproc", "2", "--"]).args(&args).stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
-    // wait for both ranks and a checkpoint
-    let t0 = Instant::now();
-    let ranks = loop {
-        let pids = pids_with(p(&out));
-        if pids.len() == 2 && out.join("checkpoint").exists() {
-            break pids;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(60), "the ranks did not start: {pids:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let out = scratch.root.join("killed-run");
+    let (child, ranks) = long_job(&scratch.root, &out, &["--save-every", "20"], |out, _| out.join("checkpoint").exists());
     // SAFETY: kill(2) on a rank this test started (through launch and mpirun).
     assert_eq!(unsafe { libc::kill(ranks[1] as libc::pid_t, libc::SIGKILL) }, 0);
     let killed_at = Instant::now();
@@ -165,7 +176,66 @@ fn a_killed_rank_ends_the_job_with_one_line() {
     let line = one_error_line(&o, &["of 2 died (exited on signal 9 (Killed)); mpirun stopped the other ranks"]);
     assert!(line.starts_with("error: rank 0 of 2") || line.starts_with("error: rank 1 of 2"), "{line}");
     assert!(pids_with(p(&out)).is_empty(), "every rank ended");
-    // the checkpoint on disk is a whole one (the swap is atomic): it resumes
+    // the checkpoint on disk is a whole one (written last: its trainer_state.json)
     let ckpt: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
     assert!(ckpt["step"].as_u64().unwrap() >= 20);
+}
+
+/// A 2-rank run stopped after a checkpoint resumes on 2 ranks to the uninterrupted run's model,
+/// bit for bit, and on one process (the state is replicated: any world size continues it) to the
+/// same losses and, up to the order of the sums, the same parameters.
+#[test]
+fn a_two_rank_run_resumes_bit_for_bit_and_on_one_process() {
+    let scratch = Scratch::new("mpi-resume");
+    let dir = &scratch.root;
+    let mut args = sft_args(dir);
+    let at = args.iter().position(|a| a == "--max-steps").unwrap();
+    args[at + 1] = "4".into();
+    args.extend(["--save-every".into(), "2".into()]);
+    let with = |out: &Path, more: &[&str]| -> Vec<String> { args.iter().cloned().chain(["--out".into(), p(out).into()]).chain(more.iter().map(|s| s.to_string())).collect() };
+    let full = dir.join("full");
+    launch(2, &with(&full, &[]));
+    let part = dir.join("part");
+    let stopped = Command::new(BIN).args(["launch", "--nproc", "2", "--"]).args(with(&part, &[])).env("OKAPI_TEST_EXIT_AFTER_STEP", "2").output().unwrap();
+    assert!(!stopped.status.success() && part.join("checkpoint").exists(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    let part1 = dir.join("part-one-process");
+    copy_dir(&part, &part1);
+    launch(2, &with(&part, &["--resume", p(&part)]));
+    assert_eq!(std::fs::read(part.join("model.safetensors")).unwrap(), std::fs::read(full.join("model.safetensors")).unwrap(), "resumed on 2 ranks: the same model");
+    single(&with(&part1, &["--resume", p(&part1)]));
+    let (got, want) = (metrics(&part1), metrics(&full));
+    assert_eq!(got.len(), 4);
+    for (g, w) in got.iter().zip(&want) {
+        let (a, b) = (g["loss"].as_f64().unwrap(), w["loss"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "step {}: {a} vs {b}", w["step"]);
+    }
+    assert!(worst_param_diff(&part1, &full) <= PARAM_TOL);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+/// Ctrl-C reaching one rank only (SIGINT to rank 1) stops every rank at the same step: rank 0
+/// writes a checkpoint of the steps done and says where, status 130.
+#[test]
+fn an_interrupt_to_one_rank_stops_all_at_a_checkpoint() {
+    let scratch = Scratch::new("mpi-int");
+    let out = scratch.root.join("interrupted-run");
+    let (child, ranks) = long_job(&scratch.root, &out, &[], |_, steps| steps >= 3);
+    // SAFETY: kill(2) on a rank this test started (through launch and mpirun).
+    assert_eq!(unsafe { libc::kill(ranks[1] as libc::pid_t, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    one_error_line(&o, &["interrupted after step", "checkpoint saved in", "continue with --resume"]);
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["step"].as_u64().unwrap() as usize, metrics(&out).len(), "the checkpoint holds every step of metrics.jsonl");
 }

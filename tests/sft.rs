@@ -235,7 +235,7 @@ fn recipe_okapi_applies_okapis_settings_under_explicit_flags() {
     assert_eq!(args["recipe"], "okapi");
     assert_eq!((args["batch_size"].as_u64(), args["max_steps"].as_u64(), args["max_len"].as_u64()), (Some(2), Some(2), Some(512)), "explicit flags win: {args}");
     assert_eq!((args["mask_prompt"].as_bool(), args["val_fraction"].as_f64(), args["seed"].as_u64()), (Some(false), Some(0.1), Some(0)), "{args}");
-    assert_eq!((args["lr"].as_f64(), args["weight_decay"].as_f64(), args["eval_every"].as_u64()), (Some(1e-5), Some(0.05f32 as f64), Some(200)), "{args}");
+    assert_eq!((args["lr"].as_f64(), args["weight_decay"].as_f64(), args["eval_every"].as_u64()), (Some(1e-5), Some(0.05), Some(200)), "{args}");
     assert!(stderr(&o).contains("1 validation examples"), "a 10 % split of 6 examples holds one: {}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -309,9 +309,10 @@ pub fn train_data_parallel<B: Backend, O: Objective<B>>(model: Model<B>, obj: &m
         t.resume()?;
         t.run()
     });
+    // the others are waiting in a collective: they fail naming this rank (an agreed stop, or a
+    // collective that already failed, ends every rank by itself)
     if let Err(e) = &result {
-        // the others are waiting in a collective: they fail naming this rank
-        if !matches!(e, TrainError::Comm(_)) {
+        if !matches!(e, TrainError::Comm(_) | TrainError::Interrupted { .. }) {
             comm.abort(&e.to_string());
         }
     }
@@ -544,6 +545,10 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     fn stop_requested(&self) -> Result<bool, TrainError> {
         let mut flag = [if crate::stop::requested() { 1.0 } else { 0.0 }];
         self.comm.all_reduce_sum_f64(&mut flag)?;
+        if flag[0] > 0.0 {
+            // a rank the signal did not reach stops as the others do (and says so to its caller)
+            crate::stop::request();
+        }
         Ok(flag[0] > 0.0)
     }
 

@@ -97,14 +97,17 @@ pub fn merge(sub: &Command, argv: Vec<OsString>, file: &Path) -> Result<Merged, 
         if value.is_object() {
             return Err(format!("--config {}: key `{key}`: a table; flags are flat keys (e.g. lora_r = 8, not [lora] r = 8)", file.display()));
         }
-        let arg = sub.get_arguments().find(|a| a.get_id().as_str() == id && !NOT_RECORDED.contains(&a.get_id().as_str()));
+        // the flag's id, or one of its long names (`tasks` for eval's `--task`)
+        let dashed = id.replace('_', "-");
+        let named = |a: &&clap::Arg| a.get_id().as_str() == id || a.get_long_and_visible_aliases().is_some_and(|names| names.contains(&dashed.as_str())) || a.get_all_aliases().is_some_and(|names| names.contains(&dashed.as_str()));
+        let arg = sub.get_arguments().find(|a| named(a) && !NOT_RECORDED.contains(&a.get_id().as_str()));
         let Some(arg) = arg else {
             return Err(format!("--config {}: key `{key}`: not a flag of `okapi-train {}` (see `okapi-train {} --help`)", file.display(), sub.get_name(), sub.get_name()));
         };
         let Some(long) = arg.get_long() else {
             return Err(format!("--config {}: key `{key}`: a positional argument; give it on the command line", file.display()));
         };
-        if given.contains(id.as_str()) {
+        if given.contains(arg.get_id().as_str()) {
             continue;
         }
         let tokens = tokens(arg, long, &value).map_err(|why| format!("--config {}: key `{key}`: {why}", file.display()))?;

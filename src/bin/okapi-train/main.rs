@@ -239,8 +239,8 @@ fn main() -> ExitCode {
     }
     let code = match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        // every rank stops at the same step: a normal end, status 130
-        Err(e) if signals::interrupted() => {
+        // every rank stops at the same step (a signal to any rank stops all): a normal end, status 130
+        Err(e) if signals::interrupted() || okapi_rlhf::stop::requested() => {
             eprintln!("error: {e}");
             ExitCode::from(signals::EXIT_INTERRUPTED)
         }

@@ -3,7 +3,7 @@
 //! (okapi-rlhf's `PpoConfig::defaults` / `PpoConfig::okapi`).
 
 use super::outdir;
-use super::train_flags::{annotate_arg, parse_betas, MemoryFlags, Recipe};
+use super::train_flags::{annotate_arg, f32_value, parse_betas, MemoryFlags, Recipe};
 use okapi_data::{load_instructions, okapi_user_message, Message, Tokenizer};
 use okapi_model::memory::Need;
 use okapi_model::{DType, Model, ModelConfig};
@@ -571,10 +571,10 @@ fn args_json(a: &PpoArgs, c: &PpoConfig) -> serde_json::Value {
         "command": "ppo", "argv": std::env::args().collect::<Vec<_>>(), "recipe": format!("{:?}", a.recipe).to_lowercase(),
         "policy": a.policy, "reward": a.reward, "prompts": a.prompts, "critic": a.critic,
         "iterations": c.iterations, "rollouts": c.rollouts, "chunk_size": c.chunk_size, "ppo_epochs": c.ppo_epochs, "ppo_batch_size": c.minibatch,
-        "temperature": c.sampling.temperature, "top_p": c.sampling.top_p, "top_k": c.sampling.top_k, "max_new_tokens": c.sampling.max_new_tokens,
+        "temperature": f32_value(c.sampling.temperature), "top_p": f32_value(c.sampling.top_p), "top_k": c.sampling.top_k, "max_new_tokens": c.sampling.max_new_tokens,
         "init_kl_coef": c.kl.beta, "kl_target": c.kl.target, "kl_horizon": c.kl.horizon, "gamma": c.gamma, "lam": c.lam,
-        "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": c.reward_clip,
-        "lr": c.lr, "adam_betas": [c.adam.beta1, c.adam.beta2], "weight_decay": c.adam.weight_decay, "max_grad_norm": c.max_grad_norm,
+        "cliprange": c.loss.cliprange, "cliprange_value": c.loss.cliprange_value, "vf_coef": c.loss.vf_coef, "reward_clip": f32_value(c.reward_clip),
+        "lr": c.lr, "adam_betas": [f32_value(c.adam.beta1), f32_value(c.adam.beta2)], "weight_decay": f32_value(c.adam.weight_decay), "max_grad_norm": c.max_grad_norm,
         "unfrozen_layers": c.unfrozen_layers, "seed": c.seed, "lora": a.lora.json(),
         "prompt_encoding": c.prompt_encoding.as_str(), "max_prompt_len": c.max_prompt_len, "value_head": c.value_head.as_str(), "whiten": c.whiten.as_str(),
         "loss_norm": c.loss.norm.as_str(), "kl_control": c.kl_control.as_str(), "train_embedding_norm": c.train_embedding_norm, "reference": a.reference, "memory": a.memory.json(),

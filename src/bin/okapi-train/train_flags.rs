@@ -366,6 +366,11 @@ pub fn eos_of(model: &okapi_model::ModelConfig) -> Result<u32, String> {
     model.eos_token_id.ok_or_else(|| format!("{}: field `eos_token_id` is needed to end responses", model.path.display()))
 }
 
+/// An f32 setting as the number it was written as (0.95, not 0.949999988079071).
+pub fn f32_value(x: f32) -> serde_json::Value {
+    x.to_string().parse::<f64>().ok().and_then(serde_json::Number::from_f64).map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
 /// `args.json`: the command line, every resolved setting, and every flag's value (`flags`: a
 /// config that repeats the run).
 pub fn args_json(command: &str, cfg: &TrainConfig, extra: serde_json::Value) -> serde_json::Value {
@@ -374,7 +379,7 @@ pub fn args_json(command: &str, cfg: &TrainConfig, extra: serde_json::Value) -> 
         "argv": std::env::args().collect::<Vec<_>>(),
         "epochs": cfg.epochs, "max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
         "lr": cfg.lr, "lr_schedule": cfg.schedule, "warmup_steps": cfg.warmup_steps,
-        "adam_betas": [cfg.adam.beta1, cfg.adam.beta2], "adam_eps": cfg.adam.eps, "weight_decay": cfg.adam.weight_decay,
+        "adam_betas": [f32_value(cfg.adam.beta1), f32_value(cfg.adam.beta2)], "adam_eps": f32_value(cfg.adam.eps), "weight_decay": f32_value(cfg.adam.weight_decay),
         "max_grad_norm": cfg.max_grad_norm, "max_len": cfg.max_len, "mask_prompt": cfg.mask_prompt, "val_fraction": cfg.val_fraction,
         "unfrozen_layers": cfg.unfrozen_layers, "seed": cfg.seed, "shuffle": cfg.shuffle,
         "eval_every": cfg.eval_every, "save_every": cfg.save_every, "save_dtype": cfg.save_dtype.map(|d| d.hf_name()),
