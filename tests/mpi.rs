@@ -239,3 +239,23 @@ fn an_interrupt_to_one_rank_stops_all_at_a_checkpoint() {
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
     assert_eq!(state["step"].as_u64().unwrap() as usize, metrics(&out).len(), "the checkpoint holds every step of metrics.jsonl");
 }
+
+/// `--zero 1` on 2 ranks: the same model and the same (gathered) checkpoint, bytes for bytes, as
+/// `--zero 0`; the ZeRO-1 checkpoint resumes on one process.
+#[test]
+fn zero_1_on_two_ranks_is_zero_0_bit_for_bit() {
+    let scratch = Scratch::new("mpi-zero");
+    let dir = &scratch.root;
+    let mut args = sft_args(dir);
+    args.extend(["--save-every".into(), "3".into()]);
+    let with = |out: &Path, more: &[&str]| -> Vec<String> { args.iter().cloned().chain(["--out".into(), p(out).into()]).chain(more.iter().map(|s| s.to_string())).collect() };
+    let (z0, z1) = (dir.join("zero0"), dir.join("zero1"));
+    launch(2, &with(&z0, &[]));
+    launch(2, &with(&z1, &["--zero", "1"]));
+    for f in ["model.safetensors", "checkpoint/optimizer.safetensors", "checkpoint/model/model.safetensors"] {
+        assert_eq!(std::fs::read(z1.join(f)).unwrap(), std::fs::read(z0.join(f)).unwrap(), "{f}");
+    }
+    // one process continues the ZeRO-1 run's checkpoint (a finished run: its model again)
+    let o = single(&with(&z1, &["--resume", p(&z1)]));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the run had finished"));
+}

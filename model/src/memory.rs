@@ -84,6 +84,10 @@ pub struct Techniques {
     /// LoRA: parameters trained beside the base (adapters), counted in `trainable` but not
     /// among the base's weights
     pub adapters: u128,
+    /// `--zero 1` over this many data-parallel ranks (0 or 1: the whole AdamW state on every
+    /// rank): each rank holds its share of the moments, and gathers the whole state on the
+    /// host for a checkpoint
+    pub zero_ranks: usize,
 }
 
 /// The linear weights of one block (what `--frozen-bf16` stores in bf16).
@@ -334,6 +338,10 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
     let moments = f32s(trainable.saturating_mul(2));
     need = if t.offload {
         need.host("AdamW moments (offloaded)", moments).host("master weights (offloaded)", f32s(trainable))
+    } else if t.zero_ranks > 1 {
+        // tensors are owned whole: a share is about 1/N (the plan rounds up)
+        need.device_lowered_by(format!("AdamW moments (ZeRO-1, 1/{})", t.zero_ranks), moments.div_ceil(t.zero_ranks as u64), format!("use more ranks, or {LAYERS}"))
+            .host("checkpoint gather (ZeRO-1)", moments.saturating_mul(2))
     } else {
         need.device_lowered_by("AdamW moments", moments, format!("use --offload-optimizer, or {LAYERS}"))
     };

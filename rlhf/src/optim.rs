@@ -46,6 +46,12 @@ pub struct Optimizer<B: Backend> {
     norms: B::Buf,
     /// `Model::offload_optimizer`: the state in host memory, stepped on the CPU
     pub offload: Option<Offload>,
+    /// the tensors whose moments this optimizer holds and steps (all trainable ones, or with
+    /// ZeRO-1 this rank's share)
+    pub owned: Vec<bool>,
+    /// the whole moments of every trainable tensor, gathered from the ranks for a checkpoint
+    /// (ZeRO-1), read instead of `m`/`v` while set
+    pub gathered: Option<Vec<Option<[Vec<f32>; 2]>>>,
 }
 
 /// Optimizer state offloaded to the host (ZeRO-Offload's split): fp32 master weights and both
@@ -62,9 +68,15 @@ impl<B: Backend> Optimizer<B> {
     /// Zero moments for every trainable parameter (those with a gradient buffer): on the
     /// device, or on the host with fp32 master weights when `model.offload_optimizer`.
     pub fn new(model: &Model<B>, grads: &Grads<B>, cfg: AdamWConfig) -> Self {
+        Self::new_owned(model, grads, cfg, &vec![true; model.info.len()])
+    }
+
+    /// An optimizer of the trainable tensors `owned` marks (ZeRO-1: this rank's share): the
+    /// others get no moments, and [`Optimizer::step`] leaves them as they are.
+    pub fn new_owned(model: &Model<B>, grads: &Grads<B>, cfg: AdamWConfig, owned: &[bool]) -> Self {
         let be = &model.be;
         let n = model.info.len();
-        let trains = |i: usize| grads.bufs[i].is_some();
+        let trains = |i: usize| grads.bufs[i].is_some() && owned[i];
         let none = || (0..n).map(|_| None).collect::<Vec<_>>();
         let on_device = || (0..n).map(|i| trains(i).then(|| be.zeros(model.info[i].numel()))).collect::<Vec<_>>();
         let on_host = || (0..n).map(|i| trains(i).then(|| vec![0f32; model.info[i].numel()])).collect::<Vec<_>>();
@@ -74,7 +86,7 @@ impl<B: Backend> Optimizer<B> {
         } else {
             (on_device(), on_device(), None)
         };
-        Optimizer { cfg, m, v, step: 0, norms: be.zeros(n.max(1)), offload }
+        Optimizer { cfg, m, v, step: 0, norms: be.zeros(n.max(1)), offload, owned: owned.to_vec(), gathered: None }
     }
 
     /// With the state offloaded: the master weights copied again from the model (after a resume
@@ -91,6 +103,9 @@ impl<B: Backend> Optimizer<B> {
 
     /// Moment `which` (0: m, 1: v) of parameter `i` on the host, wherever it lives.
     pub fn moment_host(&self, model: &Model<B>, i: usize, which: usize) -> Option<Vec<f32>> {
+        if let Some(all) = &self.gathered {
+            return all[i].as_ref().map(|mv| mv[which].clone());
+        }
         match &self.offload {
             Some(off) => [&off.m, &off.v][which][i].clone(),
             None => [&self.m, &self.v][which][i].as_ref().map(|b| model.be.read(b, model.info[i].numel())),
@@ -168,6 +183,75 @@ impl<B: Backend> Optimizer<B> {
                 }
             }
         }
+    }
+}
+
+/// ZeRO-1 over `comm`: which rank owns each trainable tensor's AdamW state, and the exchanges
+/// that keep every rank's model whole.
+pub mod zero {
+    use super::Optimizer;
+    use okapi_model::{Grads, Model};
+    use okapi_runtime::{Backend, Collective, CommError};
+
+    /// The owner of each tensor (`None`: frozen): trainable tensors in order, each to the rank
+    /// holding the fewest elements so far (ties to the lowest rank) — the same on every rank.
+    pub fn owners<B: Backend>(model: &Model<B>, grads: &Grads<B>, world: usize) -> Vec<Option<usize>> {
+        let mut load = vec![0usize; world];
+        (0..model.info.len())
+            .map(|i| {
+                grads.bufs[i].as_ref()?;
+                let r = (0..world).min_by_key(|&r| (load[r], r)).expect("a world has a rank");
+                load[r] += model.info[i].numel();
+                Some(r)
+            })
+            .collect()
+    }
+
+    /// The trainable tensors' values (`which`: None) or moments (0: m, 1: v) summed over the
+    /// ranks, each rank giving its own tensors and −0.0 for the others: every rank gets the
+    /// owners' values exactly (x + −0 = x for every x, −0 included).
+    fn exchange<B: Backend>(opt: &Optimizer<B>, model: &Model<B>, comm: &dyn Collective, trainable: &[bool], which: Option<usize>) -> Result<Vec<f32>, CommError> {
+        let mut host = Vec::new();
+        for i in (0..model.info.len()).filter(|&i| trainable[i]) {
+            let n = model.info[i].numel();
+            match (opt.owned[i], which) {
+                (true, None) => host.extend(model.be.read(&model.values[i], n)),
+                (true, Some(w)) => host.extend(opt.moment_host(model, i, w).expect("an owned tensor has moments")),
+                (false, _) => host.extend(std::iter::repeat_n(-0.0f32, n)),
+            }
+        }
+        comm.all_reduce_sum(&mut host)?;
+        Ok(host)
+    }
+
+    /// After a step: every rank's trainable tensors take their owners' new values.
+    pub fn share_params<B: Backend>(opt: &Optimizer<B>, model: &mut Model<B>, comm: &dyn Collective, trainable: &[bool]) -> Result<(), CommError> {
+        let host = exchange(opt, model, comm, trainable, None)?;
+        let mut at = 0;
+        for i in (0..model.info.len()).filter(|&i| trainable[i]) {
+            let n = model.info[i].numel();
+            if !opt.owned[i] {
+                let Model { be, values, .. } = &mut *model;
+                be.write(&mut values[i], &host[at..at + n]);
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Gathers the whole AdamW state on every rank into `opt.gathered` (for a checkpoint: the
+    /// same optimizer file as without ZeRO, which any world size resumes).
+    pub fn gather_moments<B: Backend>(opt: &mut Optimizer<B>, model: &Model<B>, comm: &dyn Collective, trainable: &[bool]) -> Result<(), CommError> {
+        let (m, v) = (exchange(opt, model, comm, trainable, Some(0))?, exchange(opt, model, comm, trainable, Some(1))?);
+        let mut all: Vec<Option<[Vec<f32>; 2]>> = (0..model.info.len()).map(|_| None).collect();
+        let mut at = 0;
+        for i in (0..model.info.len()).filter(|&i| trainable[i]) {
+            let n = model.info[i].numel();
+            all[i] = Some([m[at..at + n].to_vec(), v[at..at + n].to_vec()]);
+            at += n;
+        }
+        opt.gathered = Some(all);
+        Ok(())
     }
 }
 

@@ -45,6 +45,7 @@ impl TrainConfig {
             save_dtype: None,
             log_every: 10,
             resume: None,
+            zero: 0,
         }
     }
 

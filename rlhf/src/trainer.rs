@@ -5,7 +5,7 @@
 
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{io, ResumeMismatch};
-use crate::optim::{clip_coef, AdamWConfig, Optimizer};
+use crate::optim::{clip_coef, zero, AdamWConfig, Optimizer};
 use crate::progress::Progress;
 use crate::rundir;
 use crate::tensorboard::{self, EventWriter};
@@ -55,6 +55,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// continue from this output directory's (or this) checkpoint, bit-identically
     pub resume: Option<PathBuf>,
+    /// ZeRO stage of a data-parallel run: 0, every rank holds the whole AdamW state; 1, each
+    /// rank holds the moments of its share of the tensors and steps them, then the new values
+    /// are exchanged (the same numbers, bit for bit)
+    pub zero: u8,
 }
 
 impl TrainConfig {
@@ -83,6 +87,9 @@ impl TrainConfig {
         }
         if self.max_len < 2 {
             return bad("--max-len", format!("{}: must be at least 2", self.max_len));
+        }
+        if self.zero > 1 {
+            return bad("--zero", format!("{}: expected 0 or 1 (stage 2, gradients sharded as the backward runs, is not built yet)", self.zero));
         }
         Ok(())
     }
@@ -339,6 +346,9 @@ struct Trainer<'a, B: Backend, O: Objective<B>> {
     /// names it; a stop right after it writes no other)
     last_checkpoint: Option<(PathBuf, u64)>,
     comm: &'a dyn Collective,
+    /// with ZeRO-1 (`cfg.zero` 1, several ranks): the trainable tensors, whose new values the
+    /// ranks exchange after each step
+    zero_trainable: Option<Vec<bool>>,
 }
 
 impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
@@ -357,7 +367,13 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         }
         let mask = model.trainable_mask(cfg.unfrozen_layers)?;
         let grads = model.new_grads(|i| mask[i]);
-        let opt = Optimizer::new(&model, &grads, cfg.adam);
+        let (opt, zero_trainable) = if cfg.zero == 1 && comm.world() > 1 {
+            // ZeRO-1: this rank keeps and steps the moments of its share of the tensors
+            let owned: Vec<bool> = zero::owners(&model, &grads, comm.world()).iter().map(|o| *o == Some(comm.rank())).collect();
+            (Optimizer::new_owned(&model, &grads, cfg.adam, &owned), Some(grads.bufs.iter().map(Option::is_some).collect()))
+        } else {
+            (Optimizer::new(&model, &grads, cfg.adam), None)
+        };
         let order = EpochOrder { n: obj.n_train(), batch_size: cfg.batch_size, shuffle: cfg.shuffle, seed: cfg.seed };
         let total_steps = cfg.total_steps(obj.n_train());
         let sched = LrSchedule { kind: cfg.schedule, base_lr: cfg.lr, warmup: cfg.warmup_steps, total: total_steps };
@@ -376,7 +392,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             settings: cfg.trajectory_settings().into_iter().chain(obj.settings()).collect(),
         };
         let epoch_order = order.order(0);
-        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, last_checkpoint: None, comm })
+        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, last_checkpoint: None, comm, zero_trainable })
     }
 
     /// With `cfg.resume`: the checkpoint's weights, optimizer state and position.
@@ -491,6 +507,9 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         }
         let lr = self.sched.lr(self.state.step);
         self.opt.step(&mut self.model, &self.grads, lr as f32, clip_coef(grad_norm, self.cfg.max_grad_norm));
+        if let Some(trainable) = &self.zero_trainable {
+            zero::share_params(&self.opt, &mut self.model, self.comm, trainable)?;
+        }
         self.state.step = step_no;
         self.state.tokens_seen += so.tokens as u64;
         let dt = step_start.elapsed().as_secs_f64();
@@ -552,30 +571,47 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         Ok(flag[0] > 0.0)
     }
 
-    /// A checkpoint every `save_every` steps.
+    /// A checkpoint every `save_every` steps (written by rank 0; with ZeRO-1 every rank first
+    /// hands in its share of the AdamW state).
     fn checkpoint(&mut self) -> Result<(), TrainError> {
-        let (Some(out), Some(every)) = (self.out, self.cfg.save_every) else { return Ok(()) };
+        let Some(every) = self.cfg.save_every else { return Ok(()) };
         if !self.state.step.is_multiple_of(every) {
             return Ok(());
         }
-        ensure_finite(&self.model, self.state.step)?;
-        checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)?;
-        self.last_checkpoint = Some((out.dir.join("checkpoint"), self.state.step));
+        self.save_checkpoint()?;
+        self.last_checkpoint = self.out.map(|out| (out.dir.join("checkpoint"), self.state.step));
         Ok(())
+    }
+
+    /// Saves a checkpoint of the steps done into the output directory (rank 0), the AdamW state
+    /// gathered from the ranks first under ZeRO-1 (every rank takes part).
+    fn save_checkpoint(&mut self) -> Result<(), TrainError> {
+        if let Some(trainable) = &self.zero_trainable {
+            zero::gather_moments(&mut self.opt, &self.model, self.comm, trainable)?;
+        }
+        let saved = match self.out {
+            Some(out) => ensure_finite(&self.model, self.state.step).and_then(|_| checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)),
+            None => Ok(()),
+        };
+        self.opt.gathered = None;
+        saved
     }
 
     /// A requested stop: a checkpoint of the steps done (unless the last one holds them), then
     /// the error that says where it is.
     fn interrupted(&mut self) -> TrainError {
-        let checkpoint = match (&self.last_checkpoint, self.out) {
-            (Some((path, step)), _) if *step == self.state.step => Some(path.clone()),
-            (_, Some(out)) if self.state.step > 0 => {
-                if let Err(e) = ensure_finite(&self.model, self.state.step).and_then(|_| checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)) {
-                    return e;
-                }
-                Some(out.dir.join("checkpoint"))
+        let step = self.state.step;
+        let held = self.last_checkpoint.as_ref().filter(|(_, s)| *s == step).map(|(p, _)| p.clone());
+        // the same answer on every rank: this step's checkpoint exists (its save_every, or the
+        // one the run resumed from), or every rank takes part in saving it (ZeRO-1 gathers)
+        let saved_already = held.is_some() || self.cfg.save_every.is_some_and(|e| step.is_multiple_of(e));
+        let checkpoint = if step == 0 || saved_already {
+            held
+        } else {
+            if let Err(e) = self.save_checkpoint() {
+                return e;
             }
-            _ => None,
+            self.out.map(|o| o.dir.join("checkpoint"))
         };
         TrainError::Interrupted { unit: "step", done: self.state.step, total: self.state.total_steps, checkpoint }
     }

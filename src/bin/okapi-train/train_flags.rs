@@ -150,6 +150,10 @@ pub struct TrainFlags {
     /// Also write each step's metrics as TensorBoard scalars (event files) into DIR
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
+    /// Data-parallel runs: 1 shards the AdamW moments over the ranks (each steps its share of
+    /// the tensors; the same numbers as 0, every rank holding the whole state)
+    #[arg(long, default_value_t = 0)]
+    pub zero: u8,
 }
 
 /// `--adam-betas B1,B2`, each in [0, 1).
@@ -208,8 +212,12 @@ impl TrainFlags {
             save_dtype,
             log_every: self.log_every.unwrap_or(r.log_every),
             resume: self.resume.clone(),
+            zero: self.zero,
         };
         validate(&cfg)?;
+        if cfg.zero > 0 && self.memory.offload_optimizer {
+            return Err(format!("--zero {} with --offload-optimizer: choose one (the offload keeps the whole AdamW state in host memory)", cfg.zero));
+        }
         Ok(cfg)
     }
 }
@@ -253,7 +261,7 @@ impl MemoryFlags {
     /// The memory techniques these flags ask for, on `model` with `unfrozen` top layers training.
     pub fn techniques(&self, model: &okapi_model::ModelConfig, unfrozen: Option<usize>) -> okapi_model::memory::Techniques {
         let bf16_blocks = if self.frozen_bf16 { model.n_layers - unfrozen.unwrap_or(model.n_layers).min(model.n_layers) } else { 0 };
-        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer, adapters: 0 }
+        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer, adapters: 0, zero_ranks: 0 }
     }
 
     /// The model settings these flags choose: checkpointing, the chunked head, the offload.
@@ -331,7 +339,10 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 /// batch of tokens it will see. A run that fits prints its memory plan; one that does not is
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
-    let (trainable, techniques) = trained_params(model, cfg.unfrozen_layers, &flags.memory, &flags.lora)?;
+    let (trainable, mut techniques) = trained_params(model, cfg.unfrozen_layers, &flags.memory, &flags.lora)?;
+    if cfg.zero == 1 {
+        techniques.zero_ranks = super::ranks::comm().world();
+    }
     let need = okapi_model::memory::training_run_need(model, trainable, rows, techniques, "lower --batch-size or --max-len");
     let force = flags.force;
     need.check_or_force(be, force).map_err(|e| e.to_string())?;
