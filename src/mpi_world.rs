@@ -11,6 +11,7 @@
 use mpi::collective::SystemOperation;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Root};
+use okapi_runtime::collective::check_parts;
 use okapi_runtime::{Collective, CommError};
 use std::sync::Mutex;
 
@@ -22,12 +23,6 @@ pub struct MpiWorld {
     lock: Mutex<()>,
     /// finalises MPI when dropped (after `world`)
     _universe: mpi::environment::Universe,
-}
-
-/// Whether this process was started by an MPI launcher (Open MPI's `mpirun`, or a PMI one such as
-/// MPICH's Hydra or Slurm's `srun --mpi`), and the world size it says.
-pub fn launched_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"].iter().find_map(|k| std::env::var(k).ok()).and_then(|v| v.trim().parse().ok())
 }
 
 /// The standard error of this process before [`MpiWorld::quiet_other_ranks`] muted it (ranks
@@ -77,14 +72,6 @@ impl MpiWorld {
     fn serial<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
         let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         f(&self.world)
-    }
-}
-
-fn check_parts(whole: usize, part: usize, world: usize, what: &str) -> Result<(), CommError> {
-    if whole == part * world {
-        Ok(())
-    } else {
-        Err(CommError::Shape(format!("{what}: {whole} values for {world} ranks of {part}")))
     }
 }
 

@@ -56,8 +56,9 @@ pub trait Collective {
     fn finish(&self) {}
 }
 
-/// Checks `recv.len() == world × send.len()` (all-gather) or the reverse (reduce-scatter).
-fn check_parts(whole: usize, part: usize, world: usize, what: &str) -> Result<(), CommError> {
+/// Checks `recv.len() == world × send.len()` (all-gather) or the reverse (reduce-scatter): the
+/// shape check every engine makes before its transport.
+pub fn check_parts(whole: usize, part: usize, world: usize, what: &str) -> Result<(), CommError> {
     if whole == part * world {
         Ok(())
     } else {
