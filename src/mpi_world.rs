@@ -38,9 +38,10 @@ pub fn say(line: &str) {
 }
 
 impl MpiWorld {
-    /// Mutes the standard error of every rank but 0: the ranks run the same checks on the same
-    /// data, so rank 0's messages and progress stand for all; a failing rank still prints its
-    /// error line through [`say`].
+    /// Mutes the standard output and error of every rank but 0: the ranks run the same checks
+    /// on the same data and end with the same results, so rank 0's messages, progress and
+    /// printed results stand for all; a failing rank still prints its error line through
+    /// [`say`].
     pub fn quiet_other_ranks(&self) {
         if self.rank == 0 {
             return;
@@ -52,6 +53,7 @@ impl MpiWorld {
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
             if saved >= 0 && null >= 0 {
                 ERROR_FD.store(saved, std::sync::atomic::Ordering::SeqCst);
+                libc::dup2(null, 1);
                 libc::dup2(null, 2);
                 libc::close(null);
             }

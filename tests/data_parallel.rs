@@ -2,13 +2,18 @@
 //! this process, `ThreadGroup`) equal the single-process run with the same global batch — losses,
 //! gradient norms and metrics per step within 1e-6 relative, parameters after the AdamW steps
 //! within 5e-5 of each tensor's scale (the order of the sums is the only difference; see
-//! [`param_tol`]) — and a failing rank fails the others naming it. The MPI engine runs the
-//! same code (`tests/mpi.rs`, with `--features mpi`).
+//! [`param_tol`]) — and a failing rank fails the others naming it; eval items, `loglik`
+//! requests and reward scores split across ranks give every rank every result, bit for bit the
+//! single process's. The MPI engine runs the same code (`tests/mpi.rs`, with `--features mpi`).
 
 mod common;
 
 use common::fixture;
-use okapi::data::{encode_group, load_rankings, PromptGroup, PromptTemplate, RecordFormat, SftEncoding, Tokenizer};
+use okapi::data::{encode_group, load_rankings, LoglikRequest, PromptGroup, PromptTemplate, RecordFormat, SftEncoding, Tokenizer};
+use okapi::rlhf::eval::harness::PairEncoder;
+use okapi::rlhf::eval::prompts::QA_PROMPT;
+use okapi::rlhf::eval::{score_items_streaming, ItemRequest, ItemScore, ScoreOptions};
+use okapi::rlhf::loglik::score_loglik_metered;
 use okapi::model::Model;
 use okapi::rlhf::trainer::train_data_parallel;
 use okapi::rlhf::sft::SftObjective;
@@ -208,11 +213,11 @@ fn okapi(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 /// Commands that do not run data-parallel refuse to start as one of several ranks; `launch`
 /// checks its rank count.
 #[test]
-fn only_sft_reward_and_dpo_run_as_ranks() {
+fn only_training_and_scoring_commands_run_as_ranks() {
     let o = okapi(&["ppo", "--policy", "p", "--reward", "r", "--prompts", "x.json", "--out", "o"], &[("OMPI_COMM_WORLD_SIZE", "2")]);
-    common::one_error_line(&o, &["okapi-train ppo was started as one of 2 ranks", "data-parallel runs are built for sft, reward, dpo"]);
-    let o = okapi(&["eval", "--model", "m", "--task", "arc", "--data", "x.json"], &[("PMI_SIZE", "3")]);
-    common::one_error_line(&o, &["okapi-train eval was started as one of 3 ranks"]);
+    common::one_error_line(&o, &["okapi-train ppo was started as one of 2 ranks", "data-parallel runs are built for sft, reward, dpo, eval, loglik, score"]);
+    let o = okapi(&["generate", "--model", "m", "--instruction", "hi"], &[("PMI_SIZE", "3")]);
+    common::one_error_line(&o, &["okapi-train generate was started as one of 3 ranks"]);
     common::one_error_line(&okapi(&["launch", "--nproc", "0", "--", "sft"], &[]), &["--nproc 0: expected at least 1 rank"]);
 }
 
@@ -297,5 +302,129 @@ fn zero_1_owners_split_the_moments() {
             held += mine;
         }
         assert_eq!(held, total, "{world} ranks: every element's moments on exactly one rank");
+    }
+}
+
+// ---- eval, loglik and score: the items split across ranks, every result on every rank ----------
+
+/// Items for the scorer on bloom_6h: two groups sharing a long prefix (TruthfulQA's QA prompt, a
+/// few-shot block), loose items in several scripts, and one item that cannot be scored (an empty
+/// continuation).
+fn eval_items() -> Vec<ItemRequest> {
+    let it = |c: String, conts: &[&str]| ItemRequest { context: c, continuations: conts.iter().map(|s| s.to_string()).collect() };
+    let shots = "Question: Which gas do plants take in?\nAnswer: carbon dioxide\n\nQuestion: What is the boiling point of water at sea level?\nAnswer: 100 °C\n\n";
+    let mut items = Vec::new();
+    for q in ["What happens if you crack your knuckles?", "Tôi yêu ai?", "Почему небо голубое?", "¿Dónde está Lima?", "Kya baat hai?"] {
+        items.push(it(format!("{QA_PROMPT}\n\nQ: {q}\nA:"), &[" Nothing.", " Arthritis in old age.", " Не знаю."]));
+        items.push(it(format!("{shots}Question: {q}\nAnswer:"), &[" yes", " no, never", " 42"]));
+    }
+    items.push(it("Question: Nước đóng băng ở nhiệt độ nào?\nAnswer:".into(), &[" 0 độ C", " 100 độ C", " 50 độ C"]));
+    items.push(it("Question: Сколько ног у паука?\nAnswer:".into(), &[" Шесть", " Восемь", " Десять", " Четыре"]));
+    items.push(it(String::new(), &[" The weather is nice today.", " x"]));
+    items.push(it("北京是中国的".into(), &["首都。", ""]));
+    items.push(it("Question: القاهرة هي عاصمة؟\nAnswer:".into(), &[" مصر", " فرنسا"]));
+    items
+}
+
+fn score_eval_items(comm: &dyn Collective, model: &str, items: &[ItemRequest], opts: ScoreOptions) -> Vec<(usize, ItemScore)> {
+    let dir = fixture(model);
+    let (model, tok) = (Model::load(CpuBackend, &dir).unwrap(), Tokenizer::load(&dir).unwrap());
+    let enc = PairEncoder::v03(&model.cfg).unwrap();
+    let mut seen = Vec::new();
+    score_items_streaming(&model, &tok, items, opts, &enc, comm, &mut |done| {
+        seen.extend(done);
+        Ok(())
+    })
+    .unwrap();
+    seen
+}
+
+/// Every item's score, by index (each exactly once).
+fn by_index(seen: Vec<(usize, ItemScore)>, n: usize) -> Vec<ItemScore> {
+    let mut out: Vec<Option<ItemScore>> = vec![None; n];
+    for (i, sc) in seen {
+        assert!(out[i].replace(sc).is_none(), "item {i} handed out twice");
+    }
+    out.into_iter().enumerate().map(|(i, s)| s.unwrap_or_else(|| panic!("item {i} never handed out"))).collect()
+}
+
+fn eval_cached(comm: &dyn Collective) -> Vec<(usize, ItemScore)> {
+    score_eval_items(comm, "bloom_6h", &eval_items(), ScoreOptions { batch_size: 2, cache: true, chunk: 16 })
+}
+
+fn eval_from_scratch(comm: &dyn Collective) -> Vec<(usize, ItemScore)> {
+    score_eval_items(comm, "bloom_6h", &eval_items(), ScoreOptions { batch_size: 3, cache: false, chunk: 0 })
+}
+
+/// llama_gqa's 64-token window: the long item is scored from scratch beside the fast path.
+fn eval_mixed_paths(comm: &dyn Collective) -> Vec<(usize, ItemScore)> {
+    let long = "Once upon a time, in a small village near the sea, there lived an old fisherman. Ngày xưa, có một ông lão đánh cá. Каждое утро он выходил в море.";
+    let mut items = eval_items().split_off(10);
+    items.push(ItemRequest { context: long.into(), continuations: vec![" и возвращался вечером.".into(), " 好".into()] });
+    score_eval_items(comm, "llama_gqa", &items, ScoreOptions { batch_size: 2, cache: true, chunk: 5 })
+}
+
+/// The scorer on 2 and 3 ranks hands every rank every item's result, bit for bit the single
+/// process's: the groups, the loose items, the items from scratch and the invalid one.
+#[test]
+fn eval_items_on_two_and_three_ranks_equal_one_process_bit_for_bit() {
+    let cases: [(&str, fn(&dyn Collective) -> Vec<(usize, ItemScore)>); 3] = [("fast path", eval_cached), ("from scratch", eval_from_scratch), ("both paths", eval_mixed_paths)];
+    for (what, run) in cases {
+        let single = run(&SingleProcess);
+        let n = single.len();
+        let single = by_index(single, n);
+        assert!(single.iter().any(|s| matches!(s, ItemScore::Invalid(_))), "{what}: the invalid item");
+        assert!(single.iter().filter(|s| matches!(s, ItemScore::Scored { .. })).count() >= 5, "{what}: items scored");
+        if what == "both paths" {
+            assert!(single.iter().any(|s| matches!(s, ItemScore::Scored { truncated: true, .. })), "{what}: the long item is truncated");
+        }
+        for world in [2, 3] {
+            for (rank, got) in on_ranks(world, run).into_iter().enumerate() {
+                let got = by_index(got, n);
+                for (i, (g, w)) in got.iter().zip(&single).enumerate() {
+                    let bits = |s: &ItemScore| match s {
+                        ItemScore::Scored { logliks, truncated } => (logliks.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), *truncated, String::new()),
+                        ItemScore::Invalid(m) => (Vec::new(), false, m.clone()),
+                    };
+                    assert_eq!(bits(g), bits(w), "{what}, {world} ranks, rank {rank}, item {i}: {g:?} vs {w:?}");
+                }
+            }
+        }
+    }
+}
+
+fn loglik_requests() -> Vec<LoglikRequest> {
+    eval_items().into_iter().flat_map(|it| it.continuations.into_iter().filter(|c| !c.is_empty()).map(move |c| LoglikRequest { context: it.context.clone(), continuation: c })).collect()
+}
+
+fn loglik_run(comm: &dyn Collective) -> Vec<(u64, bool)> {
+    let dir = fixture("llama_gqa");
+    let (model, tok) = (Model::load(CpuBackend, &dir).unwrap(), Tokenizer::load(&dir).unwrap());
+    let mut meter = okapi::rlhf::progress::Meter::silent();
+    score_loglik_metered(&model, &tok, &loglik_requests(), 4, comm, &mut meter).unwrap().into_iter().map(|r| (r.loglik.to_bits(), r.is_greedy)).collect()
+}
+
+fn rewards_run(comm: &dyn Collective) -> Vec<Vec<u32>> {
+    let model = Model::load_reward(CpuBackend, &fixture("llama_gqa"), 0).unwrap();
+    let gs = groups();
+    let mut bufs = okapi::rlhf::reward::RewardBufs::new(&model, &gs, 3, 0, 0.0);
+    let mut meter = okapi::rlhf::progress::Meter::silent();
+    bufs.rewards_metered(&model, &gs, 3, comm, &mut meter).unwrap().into_iter().map(|r| r.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+/// `loglik` requests and reward-model scores on 2 and 3 ranks: every rank returns every result,
+/// in order, bit for bit the single process's.
+#[test]
+fn loglik_and_rewards_on_two_and_three_ranks_equal_one_process_bit_for_bit() {
+    let (want_ll, want_rw) = (loglik_run(&SingleProcess), rewards_run(&SingleProcess));
+    assert_eq!(want_ll.len(), loglik_requests().len());
+    assert_eq!(want_rw.len(), groups().len());
+    for world in [2, 3] {
+        for got in on_ranks(world, loglik_run) {
+            assert_eq!(got, want_ll, "loglik on {world} ranks");
+        }
+        for got in on_ranks(world, rewards_run) {
+            assert_eq!(got, want_rw, "rewards on {world} ranks");
+        }
     }
 }

@@ -259,3 +259,60 @@ fn zero_1_on_two_ranks_is_zero_0_bit_for_bit() {
     let o = single(&with(&z1, &["--resume", p(&z1)]));
     assert!(String::from_utf8_lossy(&o.stderr).contains("the run had finished"));
 }
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// The per-item files of a suite run (name → bytes).
+fn items_files(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for model in std::fs::read_dir(out.join("items")).unwrap() {
+        let model = model.unwrap().path();
+        for f in std::fs::read_dir(&model).unwrap() {
+            let f = f.unwrap().path();
+            files.push((format!("{}/{}", model.file_name().unwrap().to_str().unwrap(), f.file_name().unwrap().to_str().unwrap()), std::fs::read(&f).unwrap()));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// eval (one task, and the suite), loglik and score split their items across 2 ranks and write
+/// the single process's files byte for byte; rank 0 alone prints the results.
+#[test]
+fn eval_loglik_and_score_on_two_ranks_write_the_single_process_files() {
+    let scratch = Scratch::new("mpi-eval");
+    let dir = &scratch.root;
+    let llama = fixture("llama_gqa");
+    let with = |args: &[&str], flag: &str, out: &Path| -> Vec<String> { strings(args).into_iter().chain([flag.to_string(), p(out).to_string()]).collect() };
+    // (what, command line without its output, output flag)
+    let (arc, requests, rankings) = (fixture("eval/arc_vi.json"), llama.join("loglik.jsonl"), fixture("ranking_data.json"));
+    let eval = ["eval", "--model", p(&llama), "--task", "arc", "--data", p(&arc), "--batch-size", "2"];
+    let loglik = ["loglik", "--model", p(&llama), "--data", p(&requests), "--batch-size", "3"];
+    let (_, rm, _, _) = tiny_ppo_inputs(dir, &["--max-steps", "1"], &["Hi."]);
+    let score = ["score", "--model", p(&rm), "--data", p(&rankings), "--batch-size", "1"];
+    for (what, args) in [("eval", &eval[..]), ("loglik", &loglik[..]), ("score", &score[..])] {
+        let (one, two) = (dir.join(format!("{what}-1.jsonl")), dir.join(format!("{what}-2.jsonl")));
+        let o1 = single(&with(args, "--output", &one));
+        let o2 = mpirun(2, &with(args, "--output", &two));
+        let (a, b) = (std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+        assert!(!a.is_empty() && a == b, "{what}: 2 ranks wrote\n{}\none process wrote\n{}", String::from_utf8_lossy(&b), String::from_utf8_lossy(&a));
+        let json_lines = |o: &Output| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('{')).count();
+        assert_eq!(json_lines(&o2), json_lines(&o1), "{what}: rank 0 alone prints:\n{}", String::from_utf8_lossy(&o2.stdout));
+    }
+    // the suite: 6 ARC and 6 HellaSwag items in Vietnamese, groups of 4, batches of 2
+    let suite = |out: &Path| -> Vec<String> { strings(&["eval", "--suite", "okapi", "--data-dir", "bundled", "--model", p(&llama), "--langs", "vi", "--tasks", "arc,hellaswag", "--limit", "6", "--batch-size", "2", "--save-every", "4", "--out", p(out)]) };
+    let (one, two) = (dir.join("suite-1"), dir.join("suite-2"));
+    single(&suite(&one));
+    let o = launch(2, &suite(&two));
+    let files = items_files(&one);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(items_files(&two), files, "the suite's per-item files");
+    assert_eq!(std::fs::read(two.join("results.json")).unwrap(), std::fs::read(one.join("results.json")).unwrap());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("| ARC · llama_gqa |").count(), 1, "rank 0 alone prints the table: {}", String::from_utf8_lossy(&o.stdout));
+    // a second run on 2 ranks finds every item done and scores nothing
+    let again = launch(2, &suite(&two));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("0 items scored"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(items_files(&two), files);
+}

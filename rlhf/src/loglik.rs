@@ -8,7 +8,8 @@
 use crate::progress::Meter;
 use okapi_data::{DataError, LoglikRequest, Tokenizer};
 use okapi_model::{Model, ModelError};
-use okapi_runtime::{Backend, IGNORE_INDEX};
+use okapi_runtime::collective::{all_gather_varlen_f64, dealt_steps};
+use okapi_runtime::{Backend, Collective, SingleProcess, IGNORE_INDEX};
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct LoglikResult {
@@ -22,6 +23,8 @@ pub enum ScoreError {
     Data(#[from] DataError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Comm(#[from] okapi_runtime::CommError),
     #[error("{0}")]
     Other(String),
 }
@@ -53,61 +56,85 @@ fn window(ctx: &[u32], cont: &[u32], max_length: usize) -> Encoded {
 /// Scores requests in batches of `batch_size`, longest first (less padding); results come back
 /// in request order. Right padding cannot change a result: positions only see their past.
 pub fn score_loglik<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[LoglikRequest], batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
-    score_loglik_metered(model, tok, reqs, batch_size, &mut Meter::silent())
+    score_loglik_metered(model, tok, reqs, batch_size, &SingleProcess, &mut Meter::silent())
 }
 
 /// [`score_loglik`], counting the requests on `meter` as their batches finish.
-pub fn score_loglik_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[LoglikRequest], batch_size: usize, meter: &mut Meter) -> Result<Vec<LoglikResult>, ScoreError> {
+pub fn score_loglik_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, reqs: &[LoglikRequest], batch_size: usize, comm: &dyn Collective, meter: &mut Meter) -> Result<Vec<LoglikResult>, ScoreError> {
     let eos = model.cfg.eos_token_id.ok_or_else(|| ScoreError::Other(format!("{}: `eos_token_id` is needed to score an empty context", model.cfg.path.display())))?;
     let max_length = model.cfg.max_length();
     let enc: Vec<Encoded> = reqs.iter().map(|r| encode(tok, r, eos, max_length)).collect::<Result<_, _>>()?;
-    score_windows(model, &enc, batch_size, meter)
+    score_windows(model, &enc, batch_size, comm, meter)
 }
 
 /// Scores (context, continuation) token pairs (each continuation non-empty) with the window
 /// `max_length`, as [`score_loglik`] scores its requests once encoded.
 pub fn score_encoded<B: Backend>(model: &Model<B>, pairs: &[(&[u32], &[u32])], max_length: usize, batch_size: usize) -> Result<Vec<LoglikResult>, ScoreError> {
     let enc: Vec<Encoded> = pairs.iter().map(|(c, x)| window(c, x, max_length)).collect();
-    score_windows(model, &enc, batch_size, &mut Meter::silent())
+    score_windows(model, &enc, batch_size, &SingleProcess, &mut Meter::silent())
 }
 
-fn score_windows<B: Backend>(model: &Model<B>, enc: &[Encoded], batch_size: usize, meter: &mut Meter) -> Result<Vec<LoglikResult>, ScoreError> {
+/// The requests in batches of `batch_size`, longest first. With several ranks (`comm`) the
+/// batches are dealt to the ranks in steps and every step's results gathered, so every rank
+/// returns every result — those of one process bit for bit (a batch is the same whichever rank
+/// computes it).
+fn score_windows<B: Backend>(model: &Model<B>, enc: &[Encoded], batch_size: usize, comm: &dyn Collective, meter: &mut Meter) -> Result<Vec<LoglikResult>, ScoreError> {
     let mut order: Vec<usize> = (0..enc.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(enc[i].input.len()));
     let batch_size = batch_size.max(1);
     let cap_t = enc.iter().map(|e| e.input.len()).max().unwrap_or(1).max(1);
     let cap_b = batch_size.min(enc.len()).max(1);
     let mut acts = model.new_acts(cap_b, cap_t);
-    let be = &model.be;
-    let v = model.cfg.vocab_size;
-    let mut bufs = crate::lm_loss::LossBufs::new(be, cap_b * cap_t);
+    let mut bufs = crate::lm_loss::LossBufs::new(&model.be, cap_b * cap_t);
     let mut results = vec![LoglikResult { loglik: 0.0, is_greedy: true }; enc.len()];
-    for chunk in order.chunks(batch_size) {
-        let t = chunk.iter().map(|&i| enc[i].input.len()).max().unwrap().max(1);
-        let b = chunk.len();
-        // right padding never reaches a result (positions see only their past)
-        let pad = model.cfg.pad_token_id.or(model.cfg.eos_token_id).unwrap_or(0).min(v as u32 - 1);
-        let mut tokens = vec![pad; b * t];
-        let mut targets = vec![IGNORE_INDEX; b * t];
-        for (row, &i) in chunk.iter().enumerate() {
-            let e = &enc[i];
-            let len = e.input.len();
-            tokens[row * t..row * t + len].copy_from_slice(&e.input);
-            for p in len - e.n_cont..len {
-                targets[row * t + p] = e.targets[p];
-            }
+    let batches: Vec<&[usize]> = order.chunks(batch_size).collect();
+    for unit in dealt_steps(batches.len(), comm.rank(), comm.world()) {
+        let mut done = match unit {
+            Some(k) => score_batch(model, enc, batches[k], &mut acts, &mut bufs)?,
+            None => Vec::new(),
+        };
+        if comm.world() > 1 {
+            let mine: Vec<f64> = done.iter().flat_map(|(i, r)| [*i as f64, r.loglik, f64::from(u8::from(r.is_greedy))]).collect();
+            let all = all_gather_varlen_f64(comm, &mine)?;
+            done = all.iter().flat_map(|part| part.chunks_exact(3).map(|x| (x[0] as usize, LoglikResult { loglik: x[1], is_greedy: x[2] != 0.0 }))).collect();
         }
-        model.forward_hidden(&mut acts, &tokens, b, t)?;
-        let tl = crate::lm_loss::head_logprobs(model, &mut acts, &mut bufs, &targets, None)?;
-        let (lp, gr) = (tl.logp, tl.greedy);
-        for (row, &i) in chunk.iter().enumerate() {
-            let e = &enc[i];
-            let len = e.input.len();
-            let span = row * t + len - e.n_cont..row * t + len;
-            results[i] = LoglikResult { loglik: lp[span.clone()].iter().map(|&x| x as f64).sum(), is_greedy: gr[span].iter().all(|&g| g == 1.0) };
+        meter.advance(done.len() as u64);
+        for (i, r) in done {
+            results[i] = r;
         }
-        meter.advance(chunk.len() as u64);
     }
     meter.finish();
     Ok(results)
+}
+
+/// One batch of requests (indices into `enc`), right-padded to its longest: (index, result).
+fn score_batch<B: Backend>(model: &Model<B>, enc: &[Encoded], chunk: &[usize], acts: &mut okapi_model::Acts<B>, bufs: &mut crate::lm_loss::LossBufs<B>) -> Result<Vec<(usize, LoglikResult)>, ScoreError> {
+    let v = model.cfg.vocab_size;
+    let t = chunk.iter().map(|&i| enc[i].input.len()).max().unwrap_or(1).max(1);
+    let b = chunk.len();
+    // right padding never reaches a result (positions see only their past)
+    let pad = model.cfg.pad_token_id.or(model.cfg.eos_token_id).unwrap_or(0).min(v as u32 - 1);
+    let mut tokens = vec![pad; b * t];
+    let mut targets = vec![IGNORE_INDEX; b * t];
+    for (row, &i) in chunk.iter().enumerate() {
+        let e = &enc[i];
+        let len = e.input.len();
+        tokens[row * t..row * t + len].copy_from_slice(&e.input);
+        for p in len - e.n_cont..len {
+            targets[row * t + p] = e.targets[p];
+        }
+    }
+    model.forward_hidden(acts, &tokens, b, t)?;
+    let tl = crate::lm_loss::head_logprobs(model, acts, bufs, &targets, None)?;
+    let (lp, gr) = (tl.logp, tl.greedy);
+    Ok(chunk
+        .iter()
+        .enumerate()
+        .map(|(row, &i)| {
+            let e = &enc[i];
+            let len = e.input.len();
+            let span = row * t + len - e.n_cont..row * t + len;
+            (i, LoglikResult { loglik: lp[span.clone()].iter().map(|&x| x as f64).sum(), is_greedy: gr[span].iter().all(|&g| g == 1.0) })
+        })
+        .collect())
 }

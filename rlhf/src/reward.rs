@@ -8,7 +8,8 @@ use crate::progress::Meter;
 use crate::TrainError;
 use okapi_data::{encode_group, PromptGroup, PromptTemplate, RankRecord, SftEncoding, Tokenizer};
 use okapi_model::{Acts, Grads, Model, ScoreBufs, Scratch};
-use okapi_runtime::Backend;
+use okapi_runtime::collective::{all_gather_varlen_f64, dealt_steps};
+use okapi_runtime::{Backend, Collective, SingleProcess};
 use serde_json::{Map, Value};
 
 pub struct RewardObjective<B: Backend> {
@@ -53,24 +54,35 @@ impl<B: Backend> RewardBufs<B> {
 
     /// Rewards of every response of `groups` (no gradient), in order.
     pub fn rewards(&mut self, model: &Model<B>, groups: &[PromptGroup], batch_size: usize) -> Result<Vec<Vec<f32>>, TrainError> {
-        self.rewards_metered(model, groups, batch_size, &mut Meter::silent())
+        self.rewards_metered(model, groups, batch_size, &SingleProcess, &mut Meter::silent())
     }
 
-    /// [`RewardBufs::rewards`], counting the groups on `meter` as their batches finish.
-    pub fn rewards_metered(&mut self, model: &Model<B>, groups: &[PromptGroup], batch_size: usize, meter: &mut Meter) -> Result<Vec<Vec<f32>>, TrainError> {
-        let mut out = Vec::new();
-        for chunk in groups.chunks(batch_size) {
-            let refs: Vec<&PromptGroup> = chunk.iter().collect();
-            let r = self.run(model, &refs, None, None, &mut PairStats::default())?.1;
-            let gb_offsets = chunk.iter().scan(0, |o, g| {
-                let at = *o;
-                *o += g.responses.len();
-                Some(at)
-            });
-            for (g, off) in chunk.iter().zip(gb_offsets) {
-                out.push(r[off..off + g.responses.len()].to_vec());
+    /// [`RewardBufs::rewards`] on the ranks of `comm`, counting the groups on `meter` as their
+    /// batches finish: the batches are dealt to the ranks in steps and each step's rewards
+    /// gathered, so every rank returns every group's rewards, those of one process bit for bit.
+    pub fn rewards_metered(&mut self, model: &Model<B>, groups: &[PromptGroup], batch_size: usize, comm: &dyn Collective, meter: &mut Meter) -> Result<Vec<Vec<f32>>, TrainError> {
+        let batches: Vec<&[PromptGroup]> = groups.chunks(batch_size.max(1)).collect();
+        let (n, world) = (batches.len(), comm.world());
+        let mut out = Vec::with_capacity(groups.len());
+        for (s, unit) in dealt_steps(n, comm.rank(), world).enumerate() {
+            let mut rewards = Vec::new();
+            if let Some(k) = unit {
+                let refs: Vec<&PromptGroup> = batches[k].iter().collect();
+                rewards = self.run(model, &refs, None, None, &mut PairStats::default())?.1;
             }
-            meter.advance(chunk.len() as u64);
+            if world > 1 {
+                // rank order is batch order: step s holds batches s·world.. (f32 → f64 → f32 is exact)
+                let mine: Vec<f64> = rewards.iter().map(|&r| f64::from(r)).collect();
+                rewards = all_gather_varlen_f64(comm, &mine)?.concat().into_iter().map(|r| r as f32).collect();
+            }
+            let mut at = 0;
+            for batch in &batches[s * world..((s + 1) * world).min(n)] {
+                for g in batch.iter() {
+                    out.push(rewards[at..at + g.responses.len()].to_vec());
+                    at += g.responses.len();
+                }
+                meter.advance(batch.len() as u64);
+            }
         }
         meter.finish();
         Ok(out)
@@ -159,11 +171,12 @@ impl<B: Backend> Objective<B> for RewardObjective<B> {
 /// EOS after the response) and scored at its last token, `batch_size` prompts at a time. A
 /// record whose prompt alone exceeds `max_len` is an error naming it.
 pub fn score_records<B: Backend>(model: &Model<B>, tok: &Tokenizer, records: &[RankRecord], max_len: usize, batch_size: usize) -> Result<Vec<Vec<f32>>, TrainError> {
-    score_records_metered(model, tok, records, max_len, batch_size, &mut Meter::silent())
+    score_records_metered(model, tok, records, max_len, batch_size, &SingleProcess, &mut Meter::silent())
 }
 
-/// [`score_records`], counting the records on `meter` as their batches finish.
-pub fn score_records_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, records: &[RankRecord], max_len: usize, batch_size: usize, meter: &mut Meter) -> Result<Vec<Vec<f32>>, TrainError> {
+/// [`score_records`] on the ranks of `comm` (batches split across them; every rank returns
+/// every record's rewards), counting the records on `meter` as their batches finish.
+pub fn score_records_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, records: &[RankRecord], max_len: usize, batch_size: usize, comm: &dyn Collective, meter: &mut Meter) -> Result<Vec<Vec<f32>>, TrainError> {
     if model.score.is_none() {
         return Err(TrainError::Setting { setting: "--model", problem: format!("{}: not a reward model (expected LlamaForSequenceClassification or BloomForSequenceClassification in config.json)", model.cfg.path.display()) });
     }
@@ -177,5 +190,5 @@ pub fn score_records_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, reco
         groups.push(g.ok_or_else(|| TrainError::Setting { setting: "--max-len", problem: format!("{}: the prompt does not fit {max_len} tokens", r.origin) })?);
     }
     let batch = batch_size.max(1);
-    RewardBufs::new(model, &groups, batch, pad, 0.0).rewards_metered(model, &groups, batch, meter)
+    RewardBufs::new(model, &groups, batch, pad, 0.0).rewards_metered(model, &groups, batch, comm, meter)
 }

@@ -290,6 +290,41 @@ pub fn all_reduce_bufs<B: Backend>(comm: &dyn Collective, be: &B, bufs: &mut [(&
     Ok(())
 }
 
+/// Every rank's `mine` (of any length), on every rank in rank order: the lengths first, then
+/// the values through one sum in which each rank fills its own stretch and the others give
+/// −0.0 (x + −0.0 = x for every x, so the values arrive bit for bit). World size 1: `[mine]`.
+pub fn all_gather_varlen_f64(comm: &dyn Collective, mine: &[f64]) -> Result<Vec<Vec<f64>>, CommError> {
+    let (rank, world) = (comm.rank(), comm.world());
+    if world == 1 {
+        return Ok(vec![mine.to_vec()]);
+    }
+    let mut lens = vec![0.0f64; world];
+    lens[rank] = mine.len() as f64;
+    comm.all_reduce_sum_f64(&mut lens)?;
+    let lens: Vec<usize> = lens.iter().map(|&n| n as usize).collect();
+    let start: usize = lens[..rank].iter().sum();
+    let mut all = vec![-0.0f64; lens.iter().sum()];
+    all[start..start + mine.len()].copy_from_slice(mine);
+    comm.all_reduce_sum_f64(&mut all)?;
+    let mut at = 0;
+    Ok(lens
+        .iter()
+        .map(|&n| {
+            at += n;
+            all[at - n..at].to_vec()
+        })
+        .collect())
+}
+
+/// Work dealt in steps: of `units` numbered pieces of work, step s holds units
+/// `s·world .. (s+1)·world` and `rank` takes the one at its place (if any). Every rank has the
+/// same number of steps, so a collective after each step (gathering its results) is met by
+/// all; unit k is always worked on with the same inputs, so results do not depend on the world
+/// size.
+pub fn dealt_steps(units: usize, rank: usize, world: usize) -> impl Iterator<Item = Option<usize>> {
+    (0..units.div_ceil(world)).map(move |s| Some(s * world + rank).filter(|&k| k < units))
+}
+
 /// The contiguous share of `n` items that `rank` of `world` takes (the first `n % world` ranks
 /// one more), as a range.
 pub fn shard(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
@@ -363,6 +398,39 @@ mod tests {
         let lone = groups.remove(0);
         let e = lone.barrier().unwrap_err();
         assert_eq!(e, CommError::Timeout { rank: 1, world: 2, seconds: 0 });
+    }
+
+    #[test]
+    fn varlen_gather_is_exact_and_in_rank_order() {
+        let out = on_threads(3, |g| {
+            // rank 1 sends nothing; the values include −0.0, a NaN payload and a subnormal
+            let mine: Vec<f64> = match g.rank() {
+                0 => vec![-0.0, 1.0 / 3.0],
+                1 => vec![],
+                _ => vec![f64::from_bits(0x7ff8_0000_0000_0123), 5e-324, -7.25],
+            };
+            all_gather_varlen_f64(&g, &mine).unwrap()
+        });
+        for got in out {
+            let bits = |v: &Vec<f64>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(got.len(), 3);
+            assert_eq!(bits(&got[0]), bits(&vec![-0.0, 1.0 / 3.0]));
+            assert!(got[1].is_empty());
+            assert_eq!(bits(&got[2]), bits(&vec![f64::from_bits(0x7ff8_0000_0000_0123), 5e-324, -7.25]));
+        }
+        assert_eq!(all_gather_varlen_f64(&SingleProcess, &[2.0]).unwrap(), vec![vec![2.0]]);
+    }
+
+    #[test]
+    fn dealt_steps_cover_every_unit_once_in_equal_steps() {
+        for (units, world) in [(7, 3), (2, 4), (0, 2), (6, 1)] {
+            let per_rank: Vec<Vec<Option<usize>>> = (0..world).map(|r| dealt_steps(units, r, world).collect()).collect();
+            assert!(per_rank.iter().all(|s| s.len() == units.div_ceil(world)), "{units} units on {world}");
+            let mut all: Vec<usize> = per_rank.iter().flatten().flatten().copied().collect();
+            all.sort();
+            assert_eq!(all, (0..units).collect::<Vec<_>>());
+        }
+        assert_eq!(dealt_steps(7, 2, 3).collect::<Vec<_>>(), vec![Some(2), Some(5), None]);
     }
 
     #[test]

@@ -46,7 +46,7 @@ use crate::loglik::ScoreError;
 use crate::progress::Meter;
 use okapi_data::Tokenizer;
 use okapi_model::Model;
-use okapi_runtime::Backend;
+use okapi_runtime::{Backend, Collective, SingleProcess};
 use pyrandom::PyRandom;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -267,11 +267,12 @@ pub fn prepare_items(cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSourc
 
 /// Scores prepared items (one [`score_items`] call: they share its batches and its common
 /// prefix) and computes each item's metrics; an item the scorer refuses is `Err(message)`.
-/// `meter` counts the items as they finish.
-pub fn score_prepared<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem], meter: &mut Meter) -> Result<(Vec<Result<ItemResult, String>>, ScoreStats), EvalError> {
+/// `meter` counts the items as they finish. With several ranks (`comm`) the items are split
+/// across them and every rank gets every result ([`score_items_streaming`]).
+pub fn score_prepared<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, items: &[PreparedItem], comm: &dyn Collective, meter: &mut Meter) -> Result<(Vec<Result<ItemResult, String>>, ScoreStats), EvalError> {
     let enc = PairEncoder::new(cfg.harness, &model.cfg, tok)?;
     let mut scores: Vec<Option<ItemScore>> = vec![None; items.len()];
-    let stats = score_items_streaming(model, tok, &item_requests(items.iter()), score_options(cfg), &enc, &mut |done| {
+    let stats = score_items_streaming(model, tok, &item_requests(items.iter()), score_options(cfg), &enc, comm, &mut |done| {
         meter.advance(done.len() as u64);
         for (i, sc) in done {
             scores[i] = Some(sc);
@@ -343,17 +344,18 @@ pub fn language_rows(results: &[ItemResult], tqa: bool) -> (Vec<LangRow>, LangRo
 
 /// Runs one task over `data` (shots from `fewshot`, matched by language, or from each file).
 pub fn run_eval<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSource]) -> Result<EvalReport, EvalError> {
-    run_eval_metered(model, tok, cfg, data, fewshot, |_| Meter::silent())
+    run_eval_metered(model, tok, cfg, data, fewshot, &SingleProcess, |_| Meter::silent())
 }
 
-/// [`run_eval`] with progress: `meter(n_items)` makes the meter the items are counted on.
-pub fn run_eval_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSource], meter: impl FnOnce(u64) -> Meter) -> Result<EvalReport, EvalError> {
+/// [`run_eval`] on the ranks of `comm` (items split across them, every rank gets the whole
+/// report), with progress: `meter(n_items)` makes the meter the items are counted on.
+pub fn run_eval_metered<B: Backend>(model: &Model<B>, tok: &Tokenizer, cfg: &EvalConfig, data: &[EvalSource], fewshot: &[EvalSource], comm: &dyn Collective, meter: impl FnOnce(u64) -> Meter) -> Result<EvalReport, EvalError> {
     let t0 = Instant::now();
     let (items, mut messages, mut skipped) = prepare_items(cfg, data, fewshot)?;
     if items.is_empty() {
         return Err(EvalError::Input(format!("no valid {} items in {}", cfg.task, data.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", "))));
     }
-    let (scored, stats) = score_prepared(model, tok, cfg, &items, &mut meter(items.len() as u64))?;
+    let (scored, stats) = score_prepared(model, tok, cfg, &items, comm, &mut meter(items.len() as u64))?;
     let mut results = Vec::new();
     for r in scored {
         match r {

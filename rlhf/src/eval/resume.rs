@@ -22,7 +22,7 @@ use super::{item_requests, item_result, score_items_streaming, score_options, Ev
 use crate::loglik::ScoreError;
 use okapi_data::Tokenizer;
 use okapi_model::Model;
-use okapi_runtime::Backend;
+use okapi_runtime::{Backend, Collective};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -209,10 +209,12 @@ impl LineKey {
     }
 }
 
-/// A per-item JSONL file: the items done (by index) and the file, open for appending.
+/// A per-item JSONL file: the items done (by index) and the file, open for appending — or,
+/// on a rank of a data-parallel run that does not write ([`ItemsLog::unwritten`]), the lines in
+/// memory only.
 pub struct ItemsLog {
     path: PathBuf,
-    file: File,
+    file: Option<File>,
     pub done: BTreeMap<usize, Value>,
 }
 
@@ -238,7 +240,12 @@ impl ItemsLog {
             let v: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
             done.entry(key.check(&v).map_err(bad)?).or_insert(v);
         }
-        Ok(ItemsLog { path: path.to_path_buf(), file, done })
+        Ok(ItemsLog { path: path.to_path_buf(), file: Some(file), done })
+    }
+
+    /// A log that keeps its lines in memory and writes nothing (a rank other than 0).
+    pub fn unwritten() -> ItemsLog {
+        ItemsLog { path: PathBuf::new(), file: None, done: BTreeMap::new() }
     }
 
     /// Appends lines in one write and syncs them: a kill loses at most the lines of the write
@@ -249,7 +256,9 @@ impl ItemsLog {
             buf.push_str(&serde_json::to_string(v).expect("JSON values serialise"));
             buf.push('\n');
         }
-        self.file.write_all(buf.as_bytes()).and_then(|_| self.file.sync_data()).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(buf.as_bytes()).and_then(|_| file.sync_data()).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        }
         self.done.extend(lines);
         Ok(())
     }
@@ -257,6 +266,9 @@ impl ItemsLog {
     /// Rewrites the file with its lines in item order (batches append them in the order they
     /// finish): a new file synced, then renamed over the old one, so a kill leaves either.
     pub fn rewrite_in_order(&mut self) -> Result<(), String> {
+        if self.file.is_none() {
+            return Ok(());
+        }
         let err = |e: std::io::Error| format!("{}: {e}", self.path.display());
         let mut text = String::new();
         for v in self.done.values() {
@@ -267,7 +279,7 @@ impl ItemsLog {
         let mut f = File::create(&tmp).map_err(err)?;
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(err)?;
         std::fs::rename(&tmp, &self.path).map_err(err)?;
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(err)?;
+        self.file = Some(OpenOptions::new().append(true).open(&self.path).map_err(err)?);
         Ok(())
     }
 
@@ -314,18 +326,22 @@ pub struct FileJob<'a> {
 /// length-bucketed across its files, shared prefixes computed once — and each item's line is
 /// appended to its file as soon as its batch is done (a kill loses at most the batch in
 /// flight). `on_appended(job, n)` follows each append; at the end each file written to is
-/// rewritten in item order.
-pub fn run_suite<B: Backend>(model: &Model<B>, tok: &Tokenizer, jobs: &mut [FileJob<'_>], group: usize, on_appended: &mut dyn FnMut(usize, usize)) -> Result<(), EvalError> {
+/// rewritten in item order. With several ranks (`comm`) each group is split across them
+/// ([`score_items_streaming`]); rank 0's files decide which groups are left.
+pub fn run_suite<B: Backend>(model: &Model<B>, tok: &Tokenizer, jobs: &mut [FileJob<'_>], group: usize, comm: &dyn Collective, on_appended: &mut dyn FnMut(usize, usize)) -> Result<(), EvalError> {
     let Some(first) = jobs.first() else { return Ok(()) };
     let (enc, opts) = (PairEncoder::new(first.cfg.harness, &model.cfg, tok)?, score_options(first.cfg));
     let mut appended = vec![false; jobs.len()];
     let all: Vec<(usize, usize)> = jobs.iter().enumerate().flat_map(|(j, job)| (0..job.items.len()).map(move |i| (j, i))).collect();
     for window in all.chunks(group.max(1)) {
-        if window.iter().all(|&(j, i)| jobs[j].log.done.contains_key(&i)) {
+        // rank 0's files decide (the other ranks' logs are unwritten)
+        let mut whole = [f32::from(u8::from(window.iter().all(|&(j, i)| jobs[j].log.done.contains_key(&i))))];
+        comm.broadcast(&mut whole, 0).map_err(ScoreError::from)?;
+        if whole[0] != 0.0 {
             continue;
         }
         let reqs = item_requests(window.iter().map(|&(j, i)| &jobs[j].items[i]));
-        score_items_streaming(model, tok, &reqs, opts, &enc, &mut |done| {
+        score_items_streaming(model, tok, &reqs, opts, &enc, comm, &mut |done| {
             let mut lines: BTreeMap<usize, Vec<(usize, Value)>> = BTreeMap::new();
             for (k, sc) in done {
                 let (j, i) = window[k];

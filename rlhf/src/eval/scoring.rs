@@ -13,7 +13,8 @@
 //!    group longest first, then the rest longest first (rounds of similar lengths pad little);
 //! 2. a group's shared prefix is computed once, in a one-sequence cache, and its keys and
 //!    values copied into each sequence that takes an item of the group ([`Model::cache_copy_prefix`]);
-//!    a sequence also keeps whatever prefix its previous item shares with the next one;
+//!    other sequences start empty (a round never reuses what the previous round left, so each
+//!    round computes the same numbers on whichever rank of a data-parallel run takes it);
 //! 3. each sequence appends the rest of its item's context minus the last token (in chunks of
 //!    at most `t_max` tokens per forward, without the LM head: nothing reads those logits);
 //! 4. for choice j = 0, 1, …: each sequence appends `[last context token] + choice_j[:-1]` —
@@ -40,7 +41,8 @@ use crate::loglik::{score_encoded, ScoreError};
 use okapi_data::Tokenizer;
 use okapi_model::{KvCache, Model};
 use std::collections::BTreeMap;
-use okapi_runtime::{Backend, IGNORE_INDEX};
+use okapi_runtime::collective::{all_gather_varlen_f64, dealt_steps};
+use okapi_runtime::{Backend, Collective, SingleProcess, IGNORE_INDEX};
 
 /// One item's requests: a context and its continuations.
 #[derive(Clone, Debug)]
@@ -104,7 +106,7 @@ pub fn score_items<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemR
 /// Scores every item with `enc`'s pairing and window; results in item order.
 pub fn score_items_with<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions, enc: &PairEncoder) -> Result<(Vec<ItemScore>, ScoreStats), ScoreError> {
     let mut out: Vec<Option<ItemScore>> = vec![None; items.len()];
-    let stats = score_items_streaming(model, tok, items, opts, enc, &mut |done| {
+    let stats = score_items_streaming(model, tok, items, opts, enc, &SingleProcess, &mut |done| {
         for (i, sc) in done {
             out[i] = Some(sc);
         }
@@ -120,7 +122,13 @@ pub type OnScored<'a> = dyn FnMut(Vec<(usize, ItemScore)>) -> Result<(), ScoreEr
 /// Scores every item with `enc`'s pairing and window, handing results to `on_done` as they are
 /// finished (the invalid ones first, then those scored from scratch, then round by round —
 /// not in item order).
-pub fn score_items_streaming<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions, enc: &PairEncoder, on_done: &mut OnScored<'_>) -> Result<ScoreStats, ScoreError> {
+///
+/// With several ranks (`comm`), every rank encodes every item; the units of work (a batch from
+/// scratch, a round of the fast path) are dealt to the ranks in steps
+/// ([`okapi_runtime::collective::dealt_steps`]), and after each step the results are gathered, so
+/// every rank's `on_done` sees every item's result — bit for bit those of one process: a unit is
+/// computed the same whichever rank takes it. The stats count this rank's work.
+pub fn score_items_streaming<B: Backend>(model: &Model<B>, tok: &Tokenizer, items: &[ItemRequest], opts: ScoreOptions, enc: &PairEncoder, comm: &dyn Collective, on_done: &mut OnScored<'_>) -> Result<ScoreStats, ScoreError> {
     let max_len = enc.max_length;
     let mut stats = ScoreStats::default();
     let (mut fast, mut slow, mut invalid) = (Vec::new(), Vec::new(), Vec::new());
@@ -141,19 +149,54 @@ pub fn score_items_streaming<B: Backend>(model: &Model<B>, tok: &Tokenizer, item
         on_done(invalid)?;
     }
     let batch = opts.batch_size.max(1);
+    let enc_of = |i: usize| encs[i].as_ref().expect("valid items are encoded");
     // from scratch: the baseline, and the items truncated to the window
-    for group in slow.chunks(batch) {
-        let slow_encs: Vec<&Enc> = group.iter().map(|&i| encs[i].as_ref().unwrap()).collect();
-        let logliks = score_from_scratch(model, &slow_encs, max_len, batch, &mut stats)?;
-        on_done(group.iter().zip(logliks).map(|(&i, logliks)| (i, ItemScore::Scored { logliks, truncated: encs[i].as_ref().unwrap().over(max_len) })).collect())?;
+    let slow_groups: Vec<&[usize]> = slow.chunks(batch).collect();
+    let fast_encs: Vec<&Enc> = fast.iter().map(|&i| enc_of(i)).collect();
+    let mut fast_path = if fast.is_empty() { None } else { Some(FastPath::new(model, fast_encs, batch, opts.chunk, &mut stats)?) };
+    let units = slow_groups.len() + fast_path.as_ref().map_or(0, FastPath::rounds);
+    for unit in dealt_steps(units, comm.rank(), comm.world()) {
+        let done = match unit {
+            None => Vec::new(),
+            Some(k) if k < slow_groups.len() => {
+                let group = slow_groups[k];
+                let logliks = score_from_scratch(model, &group.iter().map(|&i| enc_of(i)).collect::<Vec<_>>(), max_len, batch, &mut stats)?;
+                group.iter().zip(logliks).map(|(&i, logliks)| (i, ItemScore::Scored { logliks, truncated: enc_of(i).over(max_len) })).collect()
+            }
+            Some(k) => {
+                let path = fast_path.as_mut().expect("fast rounds come from the fast path");
+                path.round(model, k - slow_groups.len(), &mut stats)?.into_iter().map(|(f, logliks)| (fast[f], ItemScore::Scored { logliks, truncated: false })).collect()
+            }
+        };
+        let done = if comm.world() > 1 { gather_scores(comm, &done)? } else { done };
+        if !done.is_empty() {
+            on_done(done)?;
+        }
     }
     stats.items_fallback = slow.len();
-    if !fast.is_empty() {
-        let fast_encs: Vec<&Enc> = fast.iter().map(|&i| encs[i].as_ref().unwrap()).collect();
-        score_cached(model, &fast_encs, batch, opts.chunk, &mut stats, &mut |done| on_done(done.into_iter().map(|(k, logliks)| (fast[k], ItemScore::Scored { logliks, truncated: false })).collect()))?;
-        stats.items_cached = fast.len();
-    }
+    stats.items_cached = fast.len();
     Ok(stats)
+}
+
+/// Every rank's scored items of one step, on every rank (rank order): each item goes as
+/// `[index, truncated, n, logliks…]`.
+fn gather_scores(comm: &dyn Collective, done: &[(usize, ItemScore)]) -> Result<Vec<(usize, ItemScore)>, ScoreError> {
+    let mut mine = Vec::new();
+    for (i, sc) in done {
+        let ItemScore::Scored { logliks, truncated } = sc else { unreachable!("invalid items are known to every rank and never gathered") };
+        mine.extend([*i as f64, f64::from(u8::from(*truncated)), logliks.len() as f64]);
+        mine.extend(logliks);
+    }
+    let mut out = Vec::new();
+    for part in all_gather_varlen_f64(comm, &mine)? {
+        let mut at = 0;
+        while at < part.len() {
+            let (i, truncated, n) = (part[at] as usize, part[at + 1] != 0.0, part[at + 2] as usize);
+            out.push((i, ItemScore::Scored { logliks: part[at + 3..at + 3 + n].to_vec(), truncated }));
+            at += 3 + n;
+        }
+    }
+    Ok(out)
 }
 
 /// Every (context, continuation) of `encs` from scratch, `batch` requests per forward; the
@@ -247,11 +290,14 @@ struct PrefixCache<B: Backend> {
 }
 
 impl<B: Backend> PrefixCache<B> {
-    /// Makes the cache hold `prefix` (keeping what it already shares with it).
+    /// Makes the cache hold `prefix`, computed from its first token (a group's keys and values
+    /// are then the same whichever groups this cache held before, i.e. on any rank).
     fn hold(&mut self, model: &Model<B>, prefix: &[u32], t_max: usize, stats: &mut ScoreStats) -> Result<(), ScoreError> {
-        let keep = common_prefix(&self.held, prefix);
-        self.cache.rewind(0, keep);
-        for piece in prefix[keep..].chunks(t_max) {
+        if self.held == prefix {
+            return Ok(());
+        }
+        self.cache.rewind(0, 0);
+        for piece in prefix.chunks(t_max) {
             model.prefill_cached(&mut self.cache, piece, piece.len(), &[piece.len()])?;
             stats.forwards += 1;
             stats.tokens += piece.len();
@@ -310,54 +356,72 @@ impl<B: Backend> Feed<B> {
     }
 }
 
-/// What the fast path hands out after each round: (index into its items, logliks).
-type OnRound<'a> = dyn FnMut(Vec<(usize, Vec<f64>)>) -> Result<(), ScoreError> + 'a;
+/// The fast path (module docs) over `encs`: its schedule, caches and scratch; [`FastPath::round`]
+/// scores one round.
+struct FastPath<'e, B: Backend> {
+    encs: Vec<&'e Enc>,
+    plan: Schedule,
+    /// sequences per round
+    b: usize,
+    cache: KvCache<B>,
+    prefix: Option<PrefixCache<B>>,
+    feed: Feed<B>,
+}
 
-/// The fast path (module docs): the logliks of every choice of each item, handed to `on_done`
-/// round by round as (index into `encs`, logliks).
-fn score_cached<B: Backend>(model: &Model<B>, encs: &[&Enc], batch: usize, chunk: usize, stats: &mut ScoreStats, on_done: &mut OnRound<'_>) -> Result<(), ScoreError> {
-    let v = model.cfg.vocab_size;
-    let b = batch.min(encs.len());
-    let plan = Schedule::new(encs, b);
-    let longest_shared = plan.shared.iter().copied().max().unwrap_or(0);
-    stats.shared_prefix = stats.shared_prefix.max(longest_shared);
-    // sequence capacity: the longest context − 1 + its longest choice (≤ the window)
-    let cap = encs.iter().map(|e| e.ctx.len() - 1 + e.conts.iter().map(Vec::len).max().unwrap_or(0)).max().unwrap_or(1);
-    // tokens per sequence per forward: bounded so that the (B·t, V) logits stay ≤ 2^26 floats
-    // (longer pieces, choices included, go through in several forwards)
-    let auto = ((1usize << 26) / (b * v).max(1)).clamp(1, 256);
-    let t_max = if chunk > 0 { chunk } else { auto }.min(cap);
-    let mut cache = model.new_cache(b, cap, t_max)?;
-    let mut prefix = match longest_shared {
-        0 => None,
-        p => Some(PrefixCache { cache: model.new_cache(1, p, t_max.min(p))?, held: Vec::new() }),
-    };
-    let eos = model.cfg.eos_token_id.unwrap_or(0);
-    let be = &model.be;
-    let mut feed = Feed::<B> { b, t_max, pad: model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1), v, targets: be.upload_ids(&vec![IGNORE_INDEX; b * t_max]), logp: be.zeros(b * t_max), greedy: be.zeros(b * t_max) };
-    // the tokens each sequence holds in its cache
-    let mut held: Vec<Vec<u32>> = vec![Vec::new(); b];
-    for round in plan.order.chunks(b) {
-        let mut start = vec![0; b];
-        for (s, &i) in round.iter().enumerate() {
-            let want = target(encs[i]);
-            let mut keep = common_prefix(&held[s], want);
-            let p = plan.shared[i];
-            if let Some(pc) = prefix.as_mut().filter(|_| p > keep) {
-                pc.hold(model, &want[..p], t_max.min(p), stats)?;
-                model.cache_copy_prefix(&mut cache, s, &pc.cache, 0, p)?;
-                keep = p;
-            }
-            cache.rewind(s, keep);
-            start[s] = keep;
-            held[s] = want.to_vec();
-        }
-        feed_contexts(model, &mut cache, &mut feed, encs, round, &start, stats)?;
-        let mut results: BTreeMap<usize, Vec<f64>> = round.iter().map(|&i| (i, vec![0.0; encs[i].conts.len()])).collect();
-        score_choices(model, &mut cache, &mut feed, encs, round, &mut results, stats)?;
-        on_done(results.into_iter().collect())?;
+impl<'e, B: Backend> FastPath<'e, B> {
+    fn new(model: &Model<B>, encs: Vec<&'e Enc>, batch: usize, chunk: usize, stats: &mut ScoreStats) -> Result<Self, ScoreError> {
+        let v = model.cfg.vocab_size;
+        let b = batch.min(encs.len());
+        let plan = Schedule::new(&encs, b);
+        let longest_shared = plan.shared.iter().copied().max().unwrap_or(0);
+        stats.shared_prefix = stats.shared_prefix.max(longest_shared);
+        // sequence capacity: the longest context − 1 + its longest choice (≤ the window)
+        let cap = encs.iter().map(|e| e.ctx.len() - 1 + e.conts.iter().map(Vec::len).max().unwrap_or(0)).max().unwrap_or(1);
+        // tokens per sequence per forward: bounded so that the (B·t, V) logits stay ≤ 2^26 floats
+        // (longer pieces, choices included, go through in several forwards)
+        let auto = ((1usize << 26) / (b * v).max(1)).clamp(1, 256);
+        let t_max = if chunk > 0 { chunk } else { auto }.min(cap);
+        let cache = model.new_cache(b, cap, t_max)?;
+        let prefix = match longest_shared {
+            0 => None,
+            p => Some(PrefixCache { cache: model.new_cache(1, p, t_max.min(p))?, held: Vec::new() }),
+        };
+        let eos = model.cfg.eos_token_id.unwrap_or(0);
+        let be = &model.be;
+        let feed = Feed::<B> { b, t_max, pad: model.cfg.pad_token_id.unwrap_or(eos).min(v as u32 - 1), v, targets: be.upload_ids(&vec![IGNORE_INDEX; b * t_max]), logp: be.zeros(b * t_max), greedy: be.zeros(b * t_max) };
+        Ok(FastPath { encs, plan, b, cache, prefix, feed })
     }
-    Ok(())
+
+    fn rounds(&self) -> usize {
+        self.plan.order.len().div_ceil(self.b)
+    }
+
+    /// Round `k`: the logliks of every choice of its items, as (index into `encs`, logliks).
+    /// Each sequence starts empty — or from its group's shared prefix, copied — rather than
+    /// from what the previous round left in it, so a round's numbers do not depend on which
+    /// rounds ran before it on this rank.
+    fn round(&mut self, model: &Model<B>, k: usize, stats: &mut ScoreStats) -> Result<Vec<(usize, Vec<f64>)>, ScoreError> {
+        let round = &self.plan.order[k * self.b..((k + 1) * self.b).min(self.plan.order.len())];
+        let t_max = self.feed.t_max;
+        let mut start = vec![0; self.b];
+        for (s, &i) in round.iter().enumerate() {
+            let p = self.plan.shared[i];
+            let keep = match self.prefix.as_mut().filter(|_| p > 0) {
+                Some(pc) => {
+                    pc.hold(model, &target(self.encs[i])[..p], t_max.min(p), stats)?;
+                    model.cache_copy_prefix(&mut self.cache, s, &pc.cache, 0, p)?;
+                    p
+                }
+                None => 0,
+            };
+            self.cache.rewind(s, keep);
+            start[s] = keep;
+        }
+        feed_contexts(model, &mut self.cache, &mut self.feed, &self.encs, round, &start, stats)?;
+        let mut results: BTreeMap<usize, Vec<f64>> = round.iter().map(|&i| (i, vec![0.0; self.encs[i].conts.len()])).collect();
+        score_choices(model, &mut self.cache, &mut self.feed, &self.encs, round, &mut results, stats)?;
+        Ok(results.into_iter().collect())
+    }
 }
 
 /// Step 3 of the fast path: the contexts of a round from each sequence's `start` to their

@@ -279,7 +279,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             .collect::<Result<_, TrainError>>()?;
         let chunk = self.cfg.chunk_size;
         let mut meter = Meter::new(&format!("ppo iteration {}/{}: scoring", self.done + 1, self.cfg.iterations), "rollouts", groups.len() as u64);
-        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards_metered(self.reward, &groups, chunk, &mut meter)?;
+        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards_metered(self.reward, &groups, chunk, &okapi_runtime::SingleProcess, &mut meter)?;
         for (r, s) in rollouts.iter_mut().zip(&scores) {
             r.score = s[0];
         }

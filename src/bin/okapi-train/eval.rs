@@ -261,7 +261,7 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
             let (srcs, shots, cfg) = (of_task(&data, task), of_task(&fewshot, task), config(task));
             eprintln!("okapi-train eval: {task}, {}-shot, {} file(s), {} ({} params) on {}", cfg.shots(), srcs.len(), dir.display(), model.n_params(), be.name());
             let meter = |n| okapi_rlhf::progress::Meter::new(&format!("eval {task}"), "items", n);
-            let report = run_eval_metered(&model, &tok, &cfg, &srcs, &shots, meter).map_err(|e| e.to_string())?;
+            let report = run_eval_metered(&model, &tok, &cfg, &srcs, &shots, super::ranks::comm(), meter).map_err(|e| e.to_string())?;
             print_report(&report);
             for it in &report.items {
                 out_lines.push_str(&serde_json::to_string(&it.to_json(task, &model_name)).expect("JSON values serialise"));
@@ -272,7 +272,8 @@ fn run_on<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
             summaries.push(s);
         }
     }
-    if let Some(out) = &a.output {
+    // every rank has every result; rank 0 writes them
+    if let Some(out) = a.output.as_ref().filter(|_| super::ranks::writes()) {
         super::outdir::write_output(out, &out_lines)?;
     }
     let last = if summaries.len() == 1 { summaries.pop().expect("one summary") } else { json!({ "results": summaries }) };

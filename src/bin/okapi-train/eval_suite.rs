@@ -45,9 +45,14 @@ pub fn run<B: Backend + Clone>(be: B, a: &EvalArgs) -> Result<(), String> {
     let inputs = found.inputs();
     let files = prepare(found.files, &base)?;
     let models = checked_models(a)?;
-    let record = claim_out(a, &be, &base, &models, &files, &inputs)?;
-    let mut logs = open_logs(out, &record, &files, base.seed)?;
+    // with several ranks, rank 0 reads and writes OUT; the others score their share in memory
+    let writes = super::ranks::writes();
+    let record = if writes { claim_out(a, &be, &base, &models, &files, &inputs)? } else { fresh_record(a, &be, &base, &models, &files).reconcile(None, out)? };
+    let mut logs = if writes { open_logs(out, &record, &files, base.seed)? } else { record.models.iter().map(|_| files.iter().map(|_| ItemsLog::unwritten()).collect()).collect() };
     let scored = score_all(&be, a, &models, &record, &files, &mut logs)?;
+    if !writes {
+        return Ok(());
+    }
     let cells = write_results(out, &record, &files, &logs)?;
     record_invocation(out, scored, t0.elapsed().as_secs_f64())?;
     eprintln!("okapi-train eval: {scored} items scored in {:.1}s; results in {}", t0.elapsed().as_secs_f64(), out.display());
@@ -80,7 +85,8 @@ fn score_all<B: Backend + Clone>(be: &B, a: &EvalArgs, models: &[(PathBuf, Optio
     let mut progress = Progress::new(logs.iter().map(|ls| ls.iter().zip(files).map(|(log, p)| left(log, p)).sum::<usize>()).sum());
     let mut scored = 0;
     for (((dir, adapter), entry), logs) in models.iter().zip(&record.models).zip(logs) {
-        if logs.iter().zip(files).all(|(log, p)| left(log, p) == 0) {
+        // rank 0's files decide
+        if super::ranks::agree(logs.iter().zip(files).all(|(log, p)| left(log, p) == 0))? {
             continue;
         }
         let (model, tok) = load_model(be.clone(), dir, adapter.as_deref())?;
@@ -88,7 +94,7 @@ fn score_all<B: Backend + Clone>(be: &B, a: &EvalArgs, models: &[(PathBuf, Optio
         progress.last_append = Instant::now();
         let mut file_progress: Vec<FileProgress> = files.iter().zip(logs.iter()).map(|(p, log)| progress.file(&format!("{} · {} {}", entry.name, p.file.task, p.file.lang), p.items.len(), p.items.len() - left(log, p))).collect();
         let mut jobs: Vec<FileJob> = files.iter().zip(logs.iter_mut()).map(|(p, log)| FileJob { cfg: &p.cfg, items: &p.items, log, key: line_key(&entry.name, p, p.cfg.seed) }).collect();
-        run_suite(&model, &tok, &mut jobs, a.save_every, &mut |j, n| {
+        run_suite(&model, &tok, &mut jobs, a.save_every, super::ranks::comm(), &mut |j, n| {
             scored += n;
             file_progress[j].advance(&mut progress, n);
         })
@@ -197,14 +203,19 @@ fn claim_out<B: Backend>(a: &EvalArgs, be: &B, base: &EvalConfig, models: &[(Pat
     if stored.is_none() && (out.join("results.json").exists() || out.join("items").exists()) {
         return Err(format!("--out {} holds results.json or items/ but no run.json: not a suite run that can be continued; choose another --out", out.display()));
     }
+    let record = fresh_record(a, be, base, models, files).reconcile(stored, out)?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    super::outdir::write_json(&out.join("run.json"), &serde_json::to_value(&record).expect("a record serialises"))?;
+    Ok(record)
+}
+
+/// This command's record of the run (before it is merged with OUT's).
+fn fresh_record<B: Backend>(a: &EvalArgs, be: &B, base: &EvalConfig, models: &[(PathBuf, Option<PathBuf>)], files: &[Prepared]) -> RunRecord {
     let resolved = |p: &Path| rundir::resolved(p).display().to_string();
     let names = model_names(models);
     let entries = models.iter().zip(names).map(|((m, ad), name)| ModelEntry { name, path: resolved(m), adapter: ad.as_deref().map(resolved), items: String::new() }).collect();
     let file_entries = files.iter().map(|p| (p.file.key(), file_entry(p))).collect();
-    let record = RunRecord { suite: "okapi".into(), settings: settings(a, be, base), models: entries, files: file_entries }.reconcile(stored, out)?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    super::outdir::write_json(&out.join("run.json"), &serde_json::to_value(&record).expect("a record serialises"))?;
-    Ok(record)
+    RunRecord { suite: "okapi".into(), settings: settings(a, be, base), models: entries, files: file_entries }
 }
 
 fn file_entry(p: &Prepared) -> FileEntry {

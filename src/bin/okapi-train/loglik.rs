@@ -53,11 +53,15 @@ fn run_on<B: Backend>(be: B, a: &LoglikArgs) -> Result<(), String> {
     model.head_chunk = a.lm_head_chunk;
     eprintln!("okapi-train loglik: {} requests, {} ({} params) on {device}", reqs.len(), a.model.display(), model.n_params());
     let mut meter = okapi_rlhf::progress::Meter::new("loglik", "requests", reqs.len() as u64);
-    let results = score_loglik_metered(&model, &tok, &reqs, a.batch_size, &mut meter).map_err(|e| e.to_string())?;
+    let results = score_loglik_metered(&model, &tok, &reqs, a.batch_size, super::ranks::comm(), &mut meter).map_err(|e| e.to_string())?;
     let mut out = String::new();
     for r in &results {
         out.push_str(&serde_json::to_string(r).unwrap());
         out.push('\n');
+    }
+    // every rank has every result; rank 0 writes them
+    if !super::ranks::writes() {
+        return Ok(());
     }
     super::outdir::write_output(&a.output, &out)
 }

@@ -238,9 +238,11 @@ fn run_score_on<B: Backend>(be: B, a: &ScoreArgs) -> Result<(), String> {
     tok.check_fits(model_cfg.vocab_size, &model_cfg.path).map_err(|e| e.to_string())?;
     let model = super::lora_flags::load_with_adapter(be, &a.model, a.adapter.as_deref())?;
     let mut meter = okapi_rlhf::progress::Meter::new("score", "records", records.len() as u64);
-    let rewards = score_records_metered(&model, &tok, &records, a.max_len, a.batch_size, &mut meter).map_err(|e| e.to_string())?;
+    let rewards = score_records_metered(&model, &tok, &records, a.max_len, a.batch_size, super::ranks::comm(), &mut meter).map_err(|e| e.to_string())?;
     let lines: String = rewards.iter().map(|r| format!("{}\n", serde_json::json!({ "rewards": r }))).collect();
+    // every rank has every record's rewards; rank 0 writes them
     match &a.output {
+        Some(_) if !super::ranks::writes() => Ok(()),
         Some(p) => outdir::write_output(p, &lines),
         None => {
             print!("{lines}");

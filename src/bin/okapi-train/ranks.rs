@@ -1,13 +1,14 @@
 //! The ranks of a data-parallel run. Under an MPI launcher (`mpirun -np N okapi-train …`, or
 //! `okapi-train launch`) this process is one rank of N: sft, reward and dpo train data-parallel
 //! (every rank loads the model and the data and takes its share of each batch; rank 0 writes the
-//! run). Otherwise it is the only rank and nothing changes.
+//! run); eval, loglik and score split their items across the ranks (every rank gets every
+//! result; rank 0 writes them). Otherwise it is the only rank and nothing changes.
 
 use okapi_runtime::{Collective, SingleProcess};
 use std::sync::OnceLock;
 
 /// The commands that run data-parallel.
-const DATA_PARALLEL: [&str; 3] = ["sft", "reward", "dpo"];
+const DATA_PARALLEL: [&str; 6] = ["sft", "reward", "dpo", "eval", "loglik", "score"];
 
 static COMM: OnceLock<Box<dyn Collective + Send + Sync>> = OnceLock::new();
 
@@ -52,6 +53,14 @@ pub fn comm() -> &'static dyn Collective {
 /// Whether this rank writes the run (rank 0, or the only process).
 pub fn writes() -> bool {
     comm().rank() == 0
+}
+
+/// Rank 0's `flag`, on every rank (a decision only rank 0 can make: it alone reads the run's
+/// files).
+pub fn agree(flag: bool) -> Result<bool, String> {
+    let mut v = [f32::from(u8::from(flag))];
+    comm().broadcast(&mut v, 0).map_err(|e| e.to_string())?;
+    Ok(v[0] != 0.0)
 }
 
 /// Leaves the world (MPI: `MPI_Finalize`) at the end of a run that did not fail.
