@@ -214,8 +214,8 @@ fn okapi(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 /// checks its rank count.
 #[test]
 fn only_training_and_scoring_commands_run_as_ranks() {
-    let o = okapi(&["ppo", "--policy", "p", "--reward", "r", "--prompts", "x.json", "--out", "o"], &[("OMPI_COMM_WORLD_SIZE", "2")]);
-    common::one_error_line(&o, &["okapi-train ppo was started as one of 2 ranks", "data-parallel runs are built for sft, reward, dpo, eval, loglik, score"]);
+    let o = okapi(&["merge", "--model", "m", "--adapter", "a", "--out", "o"], &[("OMPI_COMM_WORLD_SIZE", "2")]);
+    common::one_error_line(&o, &["okapi-train merge was started as one of 2 ranks", "data-parallel runs are built for sft, reward, dpo, ppo, eval, loglik, score"]);
     let o = okapi(&["generate", "--model", "m", "--instruction", "hi"], &[("PMI_SIZE", "3")]);
     common::one_error_line(&o, &["okapi-train generate was started as one of 3 ranks"]);
     common::one_error_line(&okapi(&["launch", "--nproc", "0", "--", "sft"], &[]), &["--nproc 0: expected at least 1 rank"]);
@@ -348,6 +348,9 @@ fn by_index(seen: Vec<(usize, ItemScore)>, n: usize) -> Vec<ItemScore> {
     out.into_iter().enumerate().map(|(i, s)| s.unwrap_or_else(|| panic!("item {i} never handed out"))).collect()
 }
 
+/// One rank's scoring: (item index, score) as handed out.
+type ScoringRun = fn(&dyn Collective) -> Vec<(usize, ItemScore)>;
+
 fn eval_cached(comm: &dyn Collective) -> Vec<(usize, ItemScore)> {
     score_eval_items(comm, "bloom_6h", &eval_items(), ScoreOptions { batch_size: 2, cache: true, chunk: 16 })
 }
@@ -368,7 +371,7 @@ fn eval_mixed_paths(comm: &dyn Collective) -> Vec<(usize, ItemScore)> {
 /// process's: the groups, the loose items, the items from scratch and the invalid one.
 #[test]
 fn eval_items_on_two_and_three_ranks_equal_one_process_bit_for_bit() {
-    let cases: [(&str, fn(&dyn Collective) -> Vec<(usize, ItemScore)>); 3] = [("fast path", eval_cached), ("from scratch", eval_from_scratch), ("both paths", eval_mixed_paths)];
+    let cases: [(&str, ScoringRun); 3] = [("fast path", eval_cached), ("from scratch", eval_from_scratch), ("both paths", eval_mixed_paths)];
     for (what, run) in cases {
         let single = run(&SingleProcess);
         let n = single.len();

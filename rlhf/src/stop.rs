@@ -18,6 +18,18 @@ pub fn requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
 
+/// Whether to stop at this step boundary, agreed by every rank of `comm`: a request reaching
+/// any rank stops them all at the same step (and a rank the signal did not reach records it,
+/// so its caller sees the same stop).
+pub fn agreed(comm: &dyn okapi_runtime::Collective) -> Result<bool, okapi_runtime::CommError> {
+    let mut flag = [if requested() { 1.0 } else { 0.0 }];
+    comm.all_reduce_sum_f64(&mut flag)?;
+    if flag[0] > 0.0 {
+        request();
+    }
+    Ok(flag[0] > 0.0)
+}
+
 /// Forgets a request (before starting another run in the same process).
 pub fn clear() {
     STOP.store(false, Ordering::SeqCst);

@@ -562,13 +562,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     /// Whether to stop before the next step: Ctrl-C / SIGTERM on any rank stops every rank at
     /// the same step.
     fn stop_requested(&self) -> Result<bool, TrainError> {
-        let mut flag = [if crate::stop::requested() { 1.0 } else { 0.0 }];
-        self.comm.all_reduce_sum_f64(&mut flag)?;
-        if flag[0] > 0.0 {
-            // a rank the signal did not reach stops as the others do (and says so to its caller)
-            crate::stop::request();
-        }
-        Ok(flag[0] > 0.0)
+        Ok(crate::stop::agreed(self.comm)?)
     }
 
     /// A checkpoint every `save_every` steps (written by rank 0; with ZeRO-1 every rank first

@@ -159,6 +159,9 @@ pub struct PpoIo<'a> {
     pub tokenizer: Option<&'a Path>,
     /// `--tensorboard DIR`: each iteration's metrics as scalars, its samples as text
     pub tensorboard: Option<&'a Path>,
+    /// the ranks of a data-parallel run (one process: `&SingleProcess`): rollouts, scoring and
+    /// each minibatch's share split across them, every rank holding every rollout
+    pub comm: &'a dyn okapi_runtime::Collective,
 }
 
 /// What a PPO run did, per iteration.

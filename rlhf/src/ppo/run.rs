@@ -16,7 +16,8 @@ use crate::trainer::{ensure_finite, EpochOrder};
 use crate::TrainError;
 use okapi_data::{Example, PromptGroup};
 use okapi_model::{Grads, Model};
-use okapi_runtime::Backend;
+use okapi_runtime::collective::{all_gather_varlen_f64, all_reduce_bufs, dealt_steps, shard};
+use okapi_runtime::{Backend, Collective};
 use serde_json::json;
 use std::fs::File;
 use std::io::Write;
@@ -24,6 +25,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::kl::KlController;
+use super::update::MinibatchSize;
 use super::PpoBufs;
 
 /// A separate critic with its training state.
@@ -91,7 +93,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
             return Err(TrainError::NoData { what: "prompts", detail: None });
         }
         cfg.validate()?;
-        if out.is_none() && cfg.save_every.is_some() {
+        // (a rank of a data-parallel run other than 0 writes nothing: rank 0 saves)
+        if out.is_none() && cfg.save_every.is_some() && io.comm.rank() == 0 {
             return Err(TrainError::Setting { setting: "--save-every", problem: "checkpoints need an output directory".into() });
         }
         if let Some(dir) = out {
@@ -214,7 +217,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         };
         let mut tb = self.io.tensorboard.map(|d| EventWriter::create(d, keep)).transpose().map_err(tensorboard::flag_error)?;
         for it in self.done + 1..=self.cfg.iterations {
-            if crate::stop::requested() {
+            if crate::stop::agreed(self.io.comm)? {
                 return Err(self.interrupted(it - 1));
             }
             crate::hooks::step_delay();
@@ -253,15 +256,23 @@ impl<'a, B: Backend> Ppo<'a, B> {
         self.prompt_pos += self.cfg.rollouts;
         let mut rollouts: Vec<Rollout> = Vec::with_capacity(self.cfg.rollouts);
         let mut meter = Meter::new(&format!("ppo iteration {it}/{}: rollouts", self.cfg.iterations), "prompts", picked.len() as u64);
-        for (c, chunk) in picked.chunks(self.cfg.chunk_size).enumerate() {
-            let ps: Vec<Vec<u32>> = chunk.iter().map(|&i| self.prompts[i].clone()).collect();
-            let s = Sampling { seed: self.cfg.seed ^ (it << 20) ^ c as u64, ..self.cfg.sampling.clone() };
-            let gens = generate(&self.policy, &ps, &s, Some(self.io.eos))?;
-            for (p, g) in ps.into_iter().zip(gens) {
-                let response = if g.tokens.is_empty() { vec![self.io.eos] } else { g.tokens };
-                rollouts.push(Rollout { prompt: p, response, ..Default::default() });
+        // chunk c is sampled with its own seed, so it is the same on whichever rank takes it
+        let chunks: Vec<&[usize]> = picked.chunks(self.cfg.chunk_size).collect();
+        let (comm, eos) = (self.io.comm, self.io.eos);
+        for (s, unit) in dealt_steps(chunks.len(), comm.rank(), comm.world()).enumerate() {
+            let mut responses = Vec::new();
+            if let Some(c) = unit {
+                let ps: Vec<Vec<u32>> = chunks[c].iter().map(|&i| self.prompts[i].clone()).collect();
+                let sampling = Sampling { seed: self.cfg.seed ^ (it << 20) ^ c as u64, ..self.cfg.sampling.clone() };
+                let gens = generate(&self.policy, &ps, &sampling, Some(eos))?;
+                responses = gens.into_iter().map(|g| if g.tokens.is_empty() { vec![eos] } else { g.tokens }).collect();
             }
-            meter.advance(chunk.len() as u64);
+            let responses = gather_lists(comm, responses, |&t| f64::from(t), |x| x as u32)?;
+            let step = step_units(&chunks, s, comm.world());
+            for (&i, response) in step.iter().flat_map(|c| c.iter()).zip(responses) {
+                rollouts.push(Rollout { prompt: self.prompts[i].clone(), response, ..Default::default() });
+            }
+            meter.advance(step.iter().map(|c| c.len() as u64).sum());
         }
         meter.finish();
         times.generate = t.elapsed().as_secs_f64();
@@ -279,41 +290,63 @@ impl<'a, B: Backend> Ppo<'a, B> {
             .collect::<Result<_, TrainError>>()?;
         let chunk = self.cfg.chunk_size;
         let mut meter = Meter::new(&format!("ppo iteration {}/{}: scoring", self.done + 1, self.cfg.iterations), "rollouts", groups.len() as u64);
-        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards_metered(self.reward, &groups, chunk, &okapi_runtime::SingleProcess, &mut meter)?;
+        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards_metered(self.reward, &groups, chunk, self.io.comm, &mut meter)?;
         for (r, s) in rollouts.iter_mut().zip(&scores) {
             r.score = s[0];
         }
-        for idx in (0..rollouts.len()).collect::<Vec<_>>().chunks(chunk) {
-            let refs: Vec<&Rollout> = idx.iter().map(|&i| &rollouts[i]).collect();
-            let k3 = self.cfg.kl_control == KlControl::Trlx;
-            let (mut pe, _, _) = self.pol_bufs.eval_from(&self.policy, &refs, false, k3, None)?;
-            let re = match self.reference {
-                Some(reference) => {
-                    // a hydra reference starts from the policy's frozen trunk, computed once above
-                    let from = match reference.first_block() {
-                        0 => None,
-                        start => Some((start, &self.pol_bufs.acts.x[start])),
-                    };
-                    self.ref_bufs.eval_from(reference, &refs, false, k3, from)?.0
-                }
-                // LoRA: the policy's base is the reference, no second copy of the weights
-                None => self.policy.with_adapters_off(|base| self.ref_bufs.eval_from(base, &refs, false, k3, None))?.0,
+        let k3 = self.cfg.kl_control == KlControl::Trlx;
+        let all: Vec<usize> = (0..rollouts.len()).collect();
+        let chunks: Vec<&[usize]> = all.chunks(chunk).collect();
+        let comm = self.io.comm;
+        for (s, unit) in dealt_steps(chunks.len(), comm.rank(), comm.world()).enumerate() {
+            let mine = match unit {
+                Some(c) => self.evaluate_chunk(rollouts, chunks[c], k3)?,
+                None => Vec::new(),
             };
-            if let Some(c) = self.critic.as_mut() {
-                pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
-            }
-            for (k, &i) in idx.iter().enumerate() {
-                rollouts[i].old_logprobs = pe.logprobs[k].clone();
-                rollouts[i].old_values = pe.values[k].clone();
-                rollouts[i].ref_logprobs = re.logprobs[k].clone();
-                if k3 {
-                    rollouts[i].kl_k3 = super::k3_sum(&pe, &re, k);
-                }
+            // per rollout: old log-probs, old values, reference log-probs (a response's length
+            // each), then Σ k3
+            let evaluated = gather_lists(comm, mine, |&x| x, |x| x)?;
+            for (&i, v) in step_units(&chunks, s, comm.world()).iter().flat_map(|c| c.iter()).zip(evaluated) {
+                let r = &mut rollouts[i];
+                let n = r.response.len();
+                r.old_logprobs = v[..n].iter().map(|&x| x as f32).collect();
+                r.old_values = v[n..2 * n].iter().map(|&x| x as f32).collect();
+                r.ref_logprobs = v[2 * n..3 * n].iter().map(|&x| x as f32).collect();
+                r.kl_k3 = v[3 * n];
             }
         }
         let mean_kl = compute_advantages(rollouts, self.kl.beta, self.cfg.gamma, self.cfg.lam, self.cfg.reward_clip, self.cfg.whiten);
         times.score = t.elapsed().as_secs_f64();
         Ok(mean_kl)
+    }
+
+    /// The policy's log-probs and values and the reference's log-probs of the rollouts `idx`,
+    /// each as `[old log-probs, old values, reference log-probs, Σ k3]`.
+    fn evaluate_chunk(&mut self, rollouts: &[Rollout], idx: &[usize], k3: bool) -> Result<Vec<Vec<f64>>, TrainError> {
+        let refs: Vec<&Rollout> = idx.iter().map(|&i| &rollouts[i]).collect();
+        let (mut pe, _, _) = self.pol_bufs.eval_from(&self.policy, &refs, false, k3, None)?;
+        let re = match self.reference {
+            Some(reference) => {
+                // a hydra reference starts from the policy's frozen trunk, computed once above
+                let from = match reference.first_block() {
+                    0 => None,
+                    start => Some((start, &self.pol_bufs.acts.x[start])),
+                };
+                self.ref_bufs.eval_from(reference, &refs, false, k3, from)?.0
+            }
+            // LoRA: the policy's base is the reference, no second copy of the weights
+            None => self.policy.with_adapters_off(|base| self.ref_bufs.eval_from(base, &refs, false, k3, None))?.0,
+        };
+        if let Some(c) = self.critic.as_mut() {
+            pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
+        }
+        Ok((0..idx.len())
+            .map(|k| {
+                let k3_sum = if k3 { super::k3_sum(&pe, &re, k) } else { 0.0 };
+                let as_f64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+                [as_f64(&pe.logprobs[k]), as_f64(&pe.values[k]), as_f64(&re.logprobs[k]), vec![k3_sum]].concat()
+            })
+            .collect())
     }
 
     /// `ppo_epochs` passes over seeded minibatches: an optimizer step of the critic (when
@@ -325,7 +358,10 @@ impl<'a, B: Backend> Ppo<'a, B> {
         for epoch in 0..self.cfg.ppo_epochs {
             for mb in mb_order.order(epoch as u64).chunks(self.cfg.minibatch) {
                 let mb = minibatch_rollouts(&mb.iter().map(|&i| &rollouts[i]).collect::<Vec<_>>(), self.cfg.whiten);
-                let st = self.minibatch_step(it, &mb.iter().collect::<Vec<_>>())?;
+                let whole = MinibatchSize::of(&mb.iter().collect::<Vec<_>>());
+                // this rank's share (one process: all of it)
+                let share = &mb[shard(mb.len(), self.io.comm.rank(), self.io.comm.world())];
+                let st = self.minibatch_step(it, &share.iter().collect::<Vec<_>>(), whole)?;
                 for (a, b) in [(&mut agg.pg_loss, st.pg_loss), (&mut agg.vf_loss, st.vf_loss), (&mut agg.loss, st.loss), (&mut agg.approx_kl, st.approx_kl), (&mut agg.clipfrac, st.clipfrac), (&mut agg.entropy, st.entropy)] {
                     *a += b;
                 }
@@ -340,22 +376,25 @@ impl<'a, B: Backend> Ppo<'a, B> {
         Ok(agg)
     }
 
-    /// One minibatch: gradients of the policy (and critic), their clipped AdamW steps.
-    fn minibatch_step(&mut self, it: u64, refs: &[&Rollout]) -> Result<PpoStats, TrainError> {
+    /// One minibatch (this rank's share `refs` of a minibatch of size `whole`): gradients of
+    /// the policy (and critic), summed over the ranks, and their clipped AdamW steps.
+    fn minibatch_step(&mut self, it: u64, refs: &[&Rollout], whole: MinibatchSize) -> Result<PpoStats, TrainError> {
         let (cfg, policy) = (self.cfg, &mut self.policy);
         policy.zero_grads(&mut self.grads);
-        let st = match self.critic.as_mut() {
-            Some(c) => {
-                c.model.zero_grads(&mut c.grads);
-                let st = self.pol_bufs.minibatch_with(policy, refs, &cfg.loss, &mut self.grads, Some((&c.model, &mut c.bufs, &mut c.grads)))?;
-                let cnorm = c.opt.grad_norm(&c.model, &c.grads);
-                if cnorm.is_finite() {
-                    c.opt.step(&mut c.model, &c.grads, cfg.lr as f32, clip_coef(cnorm, cfg.max_grad_norm));
-                }
-                st
+        let critic = self.critic.as_mut().map(|c| {
+            c.model.zero_grads(&mut c.grads);
+            (&c.model, &mut c.bufs, &mut c.grads)
+        });
+        // a rank whose share is empty (a minibatch smaller than the world) adds zeros
+        let st = if refs.is_empty() { PpoStats::default() } else { self.pol_bufs.minibatch_share(policy, refs, whole, &cfg.loss, &mut self.grads, critic)? };
+        let st = self.sum_over_ranks(st)?;
+        let policy = &mut self.policy;
+        if let Some(c) = self.critic.as_mut() {
+            let cnorm = c.opt.grad_norm(&c.model, &c.grads);
+            if cnorm.is_finite() {
+                c.opt.step(&mut c.model, &c.grads, cfg.lr as f32, clip_coef(cnorm, cfg.max_grad_norm));
             }
-            None => self.pol_bufs.minibatch(policy, refs, &cfg.loss, &mut self.grads)?,
-        };
+        }
         let norm = self.opt.grad_norm(policy, &self.grads);
         if !st.loss.is_finite() || !norm.is_finite() {
             let checkpoint = self.last_checkpoint.as_ref().map(|(p, _)| p.clone());
@@ -363,6 +402,25 @@ impl<'a, B: Backend> Ppo<'a, B> {
         }
         self.opt.step(policy, &self.grads, cfg.lr as f32, clip_coef(norm, cfg.max_grad_norm));
         Ok(st)
+    }
+
+    /// A minibatch's shares summed over the ranks: the policy's and the critic's gradients (one
+    /// message) and the statistics.
+    fn sum_over_ranks(&mut self, st: PpoStats) -> Result<PpoStats, TrainError> {
+        let comm = self.io.comm;
+        if comm.world() == 1 {
+            return Ok(st);
+        }
+        let info = &self.policy.info;
+        let mut bufs: Vec<(&mut B::Buf, usize)> = self.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))).collect();
+        if let Some(c) = self.critic.as_mut() {
+            let info = &c.model.info;
+            bufs.extend(c.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))));
+        }
+        all_reduce_bufs(comm, &self.policy.be, &mut bufs)?;
+        let mut n = [st.pg_loss, st.vf_loss, st.loss, st.approx_kl, st.clipfrac, st.entropy, st.tokens as f64];
+        comm.all_reduce_sum_f64(&mut n)?;
+        Ok(PpoStats { pg_loss: n[0], vf_loss: n[1], loss: n[2], approx_kl: n[3], clipfrac: n[4], entropy: n[5], tokens: n[6].round() as usize })
     }
 
     /// Adapts β, writes the iteration's metrics line and samples, prints progress.
@@ -513,4 +571,32 @@ fn mean_std(x: &[f64]) -> (f64, f64) {
     let n = x.len().max(1) as f64;
     let m = x.iter().sum::<f64>() / n;
     (m, (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / n).sqrt())
+}
+
+/// The units of step `s` of [`dealt_steps`] over `world` ranks: every rank's, in rank order.
+fn step_units<T>(units: &[T], s: usize, world: usize) -> &[T] {
+    &units[s * world..((s + 1) * world).min(units.len())]
+}
+
+/// Every rank's lists on every rank (each rank's in order, the ranks in rank order), through
+/// f64 — exact for u32 and f32 values. One process: `mine`.
+fn gather_lists<T>(comm: &dyn Collective, mine: Vec<Vec<T>>, to: impl Fn(&T) -> f64, from: impl Fn(f64) -> T) -> Result<Vec<Vec<T>>, TrainError> {
+    if comm.world() == 1 {
+        return Ok(mine);
+    }
+    let mut flat = Vec::new();
+    for list in &mine {
+        flat.push(list.len() as f64);
+        flat.extend(list.iter().map(&to));
+    }
+    let mut out = Vec::new();
+    for part in all_gather_varlen_f64(comm, &flat)? {
+        let mut at = 0;
+        while at < part.len() {
+            let n = part[at] as usize;
+            out.push(part[at + 1..at + 1 + n].iter().map(|&x| from(x)).collect());
+            at += 1 + n;
+        }
+    }
+    Ok(out)
 }

@@ -49,6 +49,20 @@ pub struct PpoStats {
     pub tokens: usize,
 }
 
+/// The size of a whole minibatch (of which a rank of a data-parallel run takes a share).
+#[derive(Clone, Copy, Debug)]
+pub struct MinibatchSize {
+    pub rollouts: usize,
+    /// response tokens
+    pub tokens: usize,
+}
+
+impl MinibatchSize {
+    pub fn of(rollouts: &[&Rollout]) -> MinibatchSize {
+        MinibatchSize { rollouts: rollouts.len(), tokens: rollouts.iter().map(|r| r.response.len()).sum() }
+    }
+}
+
 /// Device buffers of policy evaluation and PPO updates for up to (cap_b, cap_t).
 pub struct PpoBufs<B: Backend> {
     pub acts: Acts<B>,
@@ -172,6 +186,13 @@ impl<B: Backend> PpoBufs<B> {
     }
 
     pub fn minibatch_with(&mut self, model: &Model<B>, rollouts: &[&Rollout], cfg: &PpoLossCfg, grads: &mut Grads<B>, critic: Option<(&Model<B>, &mut PpoBufs<B>, &mut Grads<B>)>) -> Result<PpoStats, ModelError> {
+        self.minibatch_share(model, rollouts, MinibatchSize::of(rollouts), cfg, grads, critic)
+    }
+
+    /// [`PpoBufs::minibatch_with`] on a rank's share of a minibatch of size `whole`: every mean is
+    /// taken over the whole minibatch, so the shares' losses, statistics and gradients add up
+    /// over the ranks to the whole minibatch's.
+    pub fn minibatch_share(&mut self, model: &Model<B>, rollouts: &[&Rollout], whole: MinibatchSize, cfg: &PpoLossCfg, grads: &mut Grads<B>, critic: Option<(&Model<B>, &mut PpoBufs<B>, &mut Grads<B>)>) -> Result<PpoStats, ModelError> {
         let (mut ev, targets, t) = self.eval(model, rollouts, true)?;
         let mut critic = critic;
         if let Some((cm, cb, _)) = critic.as_mut() {
@@ -185,8 +206,8 @@ impl<B: Backend> PpoBufs<B> {
         for (i, r) in rollouts.iter().enumerate() {
             // each token's weight in the minibatch's mean
             let inv = match cfg.norm {
-                LossNorm::Token => 1.0 / n_tok.max(1) as f64,
-                LossNorm::Sequence => 1.0 / (b * r.response.len().max(1)) as f64,
+                LossNorm::Token => 1.0 / whole.tokens.max(1) as f64,
+                LossNorm::Sequence => 1.0 / (whole.rollouts * r.response.len().max(1)) as f64,
             };
             for k in 0..r.response.len() {
                 let (lp, old, a) = (ev.logprobs[i][k] as f64, r.old_logprobs[k] as f64, r.advantages[k]);

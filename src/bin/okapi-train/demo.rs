@@ -290,7 +290,7 @@ impl<B: Backend> Demo<'_, B> {
         println!("\nppo: {} prompts in 27 languages, {} iterations of {} rollouts (≤ {} new tokens), 4 PPO epochs, adaptive KL (β₀ 0.1, target 6)", prompts.len(), cfg.iterations, cfg.rollouts, cfg.sampling.max_new_tokens);
         let decode = |ids: &[u32]| self.tok.decode(ids, true).unwrap_or_default();
         let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
-        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None };
+        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None, comm: &okapi_runtime::SingleProcess };
         let out = self.a.out.join("ppo");
         let (_, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: rm, critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
         let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));

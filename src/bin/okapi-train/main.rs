@@ -110,7 +110,7 @@ pub enum Command {
     Report(report::ReportArgs),
     /// One figure (SVG or PNG) of some metrics of some runs.
     Plot(report::PlotArgs),
-    /// A data-parallel run of N ranks on this machine through mpirun (sft, reward, dpo).
+    /// A data-parallel run of N ranks on this machine through mpirun (sft, reward, dpo, ppo; eval, loglik, score).
     Launch(launch::LaunchArgs),
 }
 

@@ -516,7 +516,9 @@ fn load_models<B: Backend>(be: &B, a: &PpoArgs, cfg: &PpoConfig) -> Result<Trio<
 fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     check_choices(a)?;
     let cfg = a.resolve()?;
-    let out = outdir::claim(&a.out, &[("--policy", &a.policy), ("--reward", &a.reward)], cfg.resume.as_deref(), a.overwrite)?;
+    // rank 0 writes the run (the only rank of a single process)
+    let writes = super::ranks::writes();
+    let out = if writes { Some(outdir::claim(&a.out, &[("--policy", &a.policy), ("--reward", &a.reward)], cfg.resume.as_deref(), a.overwrite)?) } else { None };
     if let Some(dir) = &cfg.resume {
         okapi_rlhf::checkpoint::precheck_resume(dir, "ppo", &cfg.trajectory_settings()).map_err(err)?;
     }
@@ -540,7 +542,9 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
             None
         }
     };
-    out.write_args(args_json(a, &cfg))?;
+    if let Some(out) = &out {
+        out.write_args(args_json(a, &cfg))?;
+    }
     let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
     let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, TrainError> {
         if same_tokenizer {
@@ -554,9 +558,9 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
         }
         Ok(ids)
     };
-    let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: Some(&tok.path), tensorboard: a.tensorboard.as_deref() };
+    let io = PpoIo { rm_ids: &rm_ids, decode: &decode, eos, pad, rm_pad, tokenizer: Some(&tok.path), tensorboard: a.tensorboard.as_deref().filter(|_| writes), comm: super::ranks::comm() };
     let models = PpoModels { policy, reference: reference.as_ref(), reward: &rm, critic };
-    let (_, s) = run_ppo(models, &prompts, &cfg, &io, Some(&a.out)).map_err(err)?;
+    let (_, s) = run_ppo(models, &prompts, &cfg, &io, writes.then_some(a.out.as_path())).map_err(err)?;
     let (first, last) = (|v: &[f64]| v.first().copied(), |v: &[f64]| v.last().copied());
     match (first(&s.scores), last(&s.scores), first(&s.kls), last(&s.kls)) {
         (Some(s0), Some(s1), Some(k0), Some(k1)) => eprintln!("ppo: {} iterations, mean score {s0:.3} → {s1:.3}, KL {k0:.3} → {k1:.3}; policy and value_head.safetensors saved in {}", s.iterations, a.out.display()),
