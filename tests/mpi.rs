@@ -326,14 +326,14 @@ fn eval_loglik_and_score_on_two_ranks_write_the_single_process_files() {
 /// PPO on 2 ranks (mpirun and launch): the same rollouts and samples (each chunk is sampled
 /// with its own seed on whichever rank takes it), the metrics of one process (≤ 1e-6 relative in
 /// the first iteration, 1e-5 after: the minibatch's shares are summed over the ranks) and its
-/// parameters; with
-/// the value head on the policy, and with a separate critic on a hydra reference.
+/// parameters; with the value head on the policy, and with a separate critic on a hydra
+/// reference; `--zero 1` gives the `--zero 0` run and checkpoint bit for bit.
 #[test]
 fn ppo_on_two_ranks_equals_one_process() {
     let scratch = Scratch::new("mpi-ppo");
     let dir = &scratch.root;
     let (policy, rm, prompts, _) = tiny_ppo_inputs(dir, &["--max-steps", "1"], &["Hi.", "Đếm đến ba.", "Скажи привет", "Name a colour.", "数到三", "Say yes."]);
-    let base = strings(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--iterations", "2", "--rollouts", "6", "--chunk-size", "2", "--ppo-batch-size", "3", "--ppo-epochs", "2", "--max-new-tokens", "5", "--temperature", "0.9", "--seed", "5", "--lr", "1e-3"]);
+    let base = strings(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--iterations", "2", "--rollouts", "6", "--chunk-size", "2", "--ppo-batch-size", "3", "--ppo-epochs", "2", "--max-new-tokens", "5", "--temperature", "0.9", "--seed", "5", "--lr", "1e-3", "--save-every", "2"]);
     for (name, extra) in [("value-head", vec![]), ("critic", strings(&["--critic", "separate", "--unfrozen-layers", "1", "--reference", "hydra"]))] {
         let run = |out: &Path| -> Vec<String> { base.iter().cloned().chain(extra.iter().cloned()).chain(["--out".to_string(), p(out).to_string()]).collect() };
         let one = dir.join(format!("ppo-{name}-1"));
@@ -363,6 +363,24 @@ fn ppo_on_two_ranks_equals_one_process() {
             eprintln!("ppo {name}: 2 ranks within {worst:.2e} of one process");
             assert!(worst <= PPO_PARAM_TOL, "{name} {}: parameters {worst:e} from one process", out.display());
             assert!(out.join("args.json").exists() && out.join("value_head.safetensors").exists() == (name == "value-head"), "rank 0 writes the run");
+        }
+        // --zero 1: the policy's (and critic's) AdamW state sharded, the same run bit for bit and
+        // the same checkpoint (the whole state gathered into the usual files)
+        let z = dir.join(format!("ppo-{name}-zero1"));
+        mpirun(2, &run(&z).into_iter().chain(["--zero".to_string(), "1".to_string()]).collect::<Vec<_>>());
+        let timeless = |out: &Path| -> Vec<serde_json::Value> {
+            metrics(out).into_iter().map(|mut v| {
+                v.as_object_mut().unwrap().retain(|k, _| !(k.starts_with("time_") || k == "elapsed_s" || k == "rollout_tokens_per_s"));
+                v
+            }).collect()
+        };
+        assert_eq!(timeless(&z), timeless(&m), "{name}: --zero 1 metrics");
+        let mut files = vec!["model.safetensors", "checkpoint/optimizer.safetensors"];
+        if name == "critic" {
+            files.extend(["critic/model.safetensors", "checkpoint/critic_optimizer.safetensors"]);
+        }
+        for f in files {
+            assert!(std::fs::read(z.join(f)).unwrap() == std::fs::read(m.join(f)).unwrap(), "{name}: --zero 1 {f} differs from --zero 0's");
         }
     }
 }

@@ -105,6 +105,7 @@ impl PpoConfig {
     /// norm frozen with the embeddings (trlx: trained).
     pub fn defaults() -> PpoConfig {
         PpoConfig {
+            zero: 0,
             iterations: 100,
             rollouts: 128,
             chunk_size: 16,

@@ -64,6 +64,10 @@ pub struct PpoConfig {
     pub samples_every: u64,
     pub save_dtype: Option<DType>,
     pub log_every: u64,
+    /// ZeRO stage of a data-parallel run: 0, every rank holds the whole AdamW state; 1, each
+    /// rank holds and steps the moments of its share of the tensors (policy and critic), then
+    /// the new values are exchanged (the same numbers, bit for bit)
+    pub zero: u8,
 }
 
 impl PpoConfig {
@@ -84,6 +88,9 @@ impl PpoConfig {
         ];
         if let Some((flag, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return bad(flag, "must be at least 1".into());
+        }
+        if self.zero > 1 {
+            return bad("--zero", format!("{}: expected 0 or 1 (stage 2, gradients sharded as the backward runs, is not built yet)", self.zero));
         }
         if let Err(e) = self.sampling.validate() {
             let flag = if e.starts_with("--temperature") { "--temperature" } else { "--top-p" };

@@ -7,7 +7,7 @@ use super::{compute_advantages, controller_kl, minibatch_rollouts, update_kl_con
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{self, ResumeMismatch};
 use crate::generate::{generate, Sampling};
-use crate::optim::{clip_coef, Optimizer};
+use crate::optim::{clip_coef, zero, Optimizer};
 use crate::progress::Meter;
 use crate::reward::RewardBufs;
 use crate::rundir;
@@ -34,6 +34,19 @@ struct CriticState<B: Backend> {
     bufs: PpoBufs<B>,
     grads: Grads<B>,
     opt: Optimizer<B>,
+    /// with ZeRO-1: the critic's trainable tensors, whose new values the ranks exchange
+    zero_trainable: Option<Vec<bool>>,
+}
+
+/// An optimizer for `model`'s trainable tensors (`grads`): with ZeRO-1 on several ranks, of
+/// this rank's share only, with the trainable mask the exchange after each step reads.
+fn optimizer_on<B: Backend>(model: &Model<B>, grads: &Grads<B>, cfg: &PpoConfig, comm: &dyn Collective) -> (Optimizer<B>, Option<Vec<bool>>) {
+    if cfg.zero == 1 && comm.world() > 1 {
+        let owned: Vec<bool> = zero::owners(model, grads, comm.world()).iter().map(|o| *o == Some(comm.rank())).collect();
+        (Optimizer::new_owned(model, grads, cfg.adam, &owned), Some(grads.bufs.iter().map(Option::is_some).collect()))
+    } else {
+        (Optimizer::new(model, grads, cfg.adam), None)
+    }
 }
 
 /// Seconds each phase of an iteration took, and the tokens it generated.
@@ -58,6 +71,8 @@ pub struct Ppo<'a, B: Backend> {
     out: Option<&'a Path>,
     grads: Grads<B>,
     opt: Optimizer<B>,
+    /// with ZeRO-1: the policy's trainable tensors, whose new values the ranks exchange
+    zero_trainable: Option<Vec<bool>>,
     pol_bufs: PpoBufs<B>,
     ref_bufs: PpoBufs<B>,
     order: EpochOrder,
@@ -74,6 +89,8 @@ pub struct Ppo<'a, B: Backend> {
     summary: PpoSummary,
     /// the last checkpoint of this run on disk and its iteration
     last_checkpoint: Option<(std::path::PathBuf, u64)>,
+    /// the iteration of the last checkpoint, on every rank (only rank 0 writes)
+    saved_at: Option<u64>,
 }
 
 /// Runs PPO on `prompts` (token ids of the templated prompts) and returns the trained policy
@@ -119,15 +136,15 @@ impl<'a, B: Backend> Ppo<'a, B> {
             _ => {}
         }
         let grads = policy.new_grads(|i| mask[i]);
-        let opt = Optimizer::new(&policy, &grads, cfg.adam);
+        let (opt, zero_trainable) = optimizer_on(&policy, &grads, cfg, io.comm);
         let cap_t = prompts.iter().map(Vec::len).max().unwrap_or(1) + cfg.sampling.max_new_tokens;
         // a chunk or minibatch larger than an iteration's rollouts holds them all
         let chunk = cfg.chunk_size.min(cfg.rollouts);
         let cap_b = chunk.max(cfg.minibatch.min(cfg.rollouts));
         let critic = critic.map(|Critic { model, mask }| {
             let grads = model.new_grads(|i| mask[i]);
-            let opt = Optimizer::new(&model, &grads, cfg.adam);
-            CriticState { bufs: PpoBufs::new(&model, cap_b, cap_t, io.pad), model, grads, opt }
+            let (opt, zero_trainable) = optimizer_on(&model, &grads, cfg, io.comm);
+            CriticState { bufs: PpoBufs::new(&model, cap_b, cap_t, io.pad), model, grads, opt, zero_trainable }
         });
         Ok(Ppo {
             pol_bufs: PpoBufs::new(&policy, cap_b, cap_t, io.pad),
@@ -142,6 +159,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             out,
             grads,
             opt,
+            zero_trainable,
             order: EpochOrder { n: prompts.len(), batch_size: 1, shuffle: true, seed: cfg.seed },
             kl: cfg.kl.clone(),
             prompt_pos: 0,
@@ -152,6 +170,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             started_at: 0,
             summary: PpoSummary::default(),
             last_checkpoint: None,
+            saved_at: None,
         })
     }
 
@@ -182,6 +201,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         self.elapsed0 = saved.elapsed_s;
         self.summary.iterations = saved.step;
         self.last_checkpoint = Some((ckpt.clone(), saved.step));
+        self.saved_at = Some(saved.step);
         if self.done >= self.cfg.iterations {
             eprintln!("{}: the run had finished (iteration {} of {}): nothing left to train; saving its final policy again", ckpt.display(), self.done, self.cfg.iterations);
         } else {
@@ -393,6 +413,9 @@ impl<'a, B: Backend> Ppo<'a, B> {
             let cnorm = c.opt.grad_norm(&c.model, &c.grads);
             if cnorm.is_finite() {
                 c.opt.step(&mut c.model, &c.grads, cfg.lr as f32, clip_coef(cnorm, cfg.max_grad_norm));
+                if let Some(trainable) = &c.zero_trainable {
+                    zero::share_params(&c.opt, &mut c.model, self.io.comm, trainable)?;
+                }
             }
         }
         let norm = self.opt.grad_norm(policy, &self.grads);
@@ -401,6 +424,9 @@ impl<'a, B: Backend> Ppo<'a, B> {
             return Err(TrainError::NotFinite { at: format!("iteration {it}"), what: format!("the PPO loss is {} and the gradient norm {norm}", st.loss), checkpoint });
         }
         self.opt.step(policy, &self.grads, cfg.lr as f32, clip_coef(norm, cfg.max_grad_norm));
+        if let Some(trainable) = &self.zero_trainable {
+            zero::share_params(&self.opt, policy, self.io.comm, trainable)?;
+        }
         Ok(st)
     }
 
@@ -456,12 +482,34 @@ impl<'a, B: Backend> Ppo<'a, B> {
         Ok(())
     }
 
-    /// A checkpoint every `save_every` iterations.
+    /// A checkpoint every `save_every` iterations (written by rank 0; with ZeRO-1 every rank
+    /// first hands in its share of the AdamW state).
     fn checkpoint(&mut self, it: u64) -> Result<(), TrainError> {
-        match (self.out, self.cfg.save_every) {
-            (Some(out), Some(every)) if it.is_multiple_of(every) => self.save_checkpoint(out, it),
+        match self.cfg.save_every {
+            Some(every) if it.is_multiple_of(every) => {
+                self.gather_moments()?;
+                self.saved_at = Some(it);
+                match self.out {
+                    Some(out) => self.save_checkpoint(out, it),
+                    None => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
+    }
+
+    /// With ZeRO-1: the whole AdamW state of the policy (and critic) gathered on every rank, for
+    /// a checkpoint written as without ZeRO (any world size resumes it).
+    fn gather_moments(&mut self) -> Result<(), TrainError> {
+        if let Some(trainable) = &self.zero_trainable {
+            zero::gather_moments(&mut self.opt, &self.policy, self.io.comm, trainable)?;
+        }
+        if let Some(c) = self.critic.as_mut() {
+            if let Some(trainable) = &c.zero_trainable {
+                zero::gather_moments(&mut c.opt, &c.model, self.io.comm, trainable)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the checkpoint of iteration `it` into `out`: the policy, its optimizer, β, the
@@ -498,6 +546,13 @@ impl<'a, B: Backend> Ppo<'a, B> {
     /// A requested stop after iteration `done`: a checkpoint of it (unless the last one is),
     /// then the error that says where it is.
     fn interrupted(&mut self, done: u64) -> TrainError {
+        // the stop is agreed: every rank is here, and hands in its ZeRO-1 share when rank 0 is
+        // about to write a checkpoint (`saved_at` is the same on every rank)
+        if self.saved_at != Some(done) && done > 0 {
+            if let Err(e) = self.gather_moments() {
+                return e;
+            }
+        }
         let checkpoint = match (&self.last_checkpoint, self.out) {
             (Some((path, it)), _) if *it == done => Some(path.clone()),
             (_, Some(out)) if done > 0 => match self.save_checkpoint(out, done) {

@@ -181,6 +181,10 @@ pub struct PpoArgs {
     /// Also write each iteration's metrics (TensorBoard scalars) and samples (text) into DIR
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
+    /// Data-parallel runs: 1 shards the AdamW moments of the policy (and of a separate critic)
+    /// over the ranks (each steps its share of the tensors; the same numbers as 0)
+    #[arg(long, default_value_t = 0)]
+    pub zero: u8,
 }
 
 fn err(e: impl ToString) -> String {
@@ -218,6 +222,7 @@ impl PpoArgs {
             samples_every: self.samples_every.unwrap_or(r.samples_every),
             save_dtype: self.save_dtype.as_deref().map(|s| DType::parse(s).ok_or_else(|| format!("--save-dtype {s}: expected f32, bf16 or f16"))).transpose()?,
             log_every: self.log_every.unwrap_or(r.log_every),
+            zero: self.zero,
             ..r.clone()
         };
         let s = &mut c.sampling;
@@ -462,6 +467,9 @@ fn check_choices(a: &PpoArgs) -> Result<(), String> {
     }
     if !matches!(a.critic.as_str(), "shared" | "separate") {
         return Err(format!("--critic {}: expected shared (a value head on the policy's trunk) or separate (a critic initialised from the reward model)", a.critic));
+    }
+    if a.zero > 0 && a.memory.offload_optimizer {
+        return Err(format!("--zero {} with --offload-optimizer: choose one (the offload keeps the whole AdamW state in host memory)", a.zero));
     }
     Ok(())
 }
