@@ -50,10 +50,7 @@ fn rel(a: f64, b: f64) -> f64 {
 
 /// The largest parameter difference between two runs, relative to each tensor's largest value.
 fn worst_param_diff(a: &Outcome, b: &Outcome) -> f32 {
-    a.params.iter().zip(&b.params).map(|(p, q)| {
-        let scale = q.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-        p.iter().zip(q).map(|(x, y)| (x - y).abs() / scale).fold(0f32, f32::max)
-    }).fold(0f32, f32::max)
+    common::worst_rel_diff(a.params.iter().map(Vec::as_slice), b.params.iter().map(Vec::as_slice))
 }
 
 /// The data-parallel runs equal the single one: losses and gradient norms ≤ 1e-6 relative per

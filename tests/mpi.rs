@@ -62,11 +62,9 @@ fn params(out: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn worst_param_diff(a: &Path, b: &Path) -> f32 {
-    params(a).iter().zip(params(b)).map(|((na, x), (nb, y))| {
-        assert_eq!(na, &nb);
-        let scale = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        x.iter().zip(&y).map(|(u, v)| (u - v).abs() / scale).fold(0f32, f32::max)
-    }).fold(0f32, f32::max)
+    let (pa, pb) = (params(a), params(b));
+    assert_eq!(pa.iter().map(|(n, _)| n).collect::<Vec<_>>(), pb.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    common::worst_rel_diff(pa.iter().map(|(_, v)| v.as_slice()), pb.iter().map(|(_, v)| v.as_slice()))
 }
 
 /// Runs `args` (with `--out OUT` appended) as one process, as one process in micro-batches of one

@@ -367,13 +367,8 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         }
         let mask = model.trainable_mask(cfg.unfrozen_layers)?;
         let grads = model.new_grads(|i| mask[i]);
-        let (opt, zero_trainable) = if cfg.zero == 1 && comm.world() > 1 {
-            // ZeRO-1: this rank keeps and steps the moments of its share of the tensors
-            let owned: Vec<bool> = zero::owners(&model, &grads, comm.world()).iter().map(|o| *o == Some(comm.rank())).collect();
-            (Optimizer::new_owned(&model, &grads, cfg.adam, &owned), Some(grads.bufs.iter().map(Option::is_some).collect()))
-        } else {
-            (Optimizer::new(&model, &grads, cfg.adam), None)
-        };
+        // ZeRO-1: this rank keeps and steps the moments of its share of the tensors
+        let (opt, zero_trainable) = zero::optimizer(&model, &grads, cfg.adam, cfg.zero, comm);
         let order = EpochOrder { n: obj.n_train(), batch_size: cfg.batch_size, shuffle: cfg.shuffle, seed: cfg.seed };
         let total_steps = cfg.total_steps(obj.n_train());
         let sched = LrSchedule { kind: cfg.schedule, base_lr: cfg.lr, warmup: cfg.warmup_steps, total: total_steps };

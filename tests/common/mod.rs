@@ -317,6 +317,19 @@ pub fn cuda_or_skip(precision: okapi::runtime::Precision, what: &str) -> Option<
 /// The one `error:` line of a failed run of the binary, which must contain every needle (and
 /// no panic anywhere on stderr).
 #[track_caller]
+/// The largest difference between two sets of tensors (in the same order), relative to each
+/// tensor's largest value in `b`.
+pub fn worst_rel_diff<'t>(a: impl IntoIterator<Item = &'t [f32]>, b: impl IntoIterator<Item = &'t [f32]>) -> f32 {
+    a.into_iter()
+        .zip(b)
+        .map(|(p, q)| {
+            assert_eq!(p.len(), q.len(), "tensors of different sizes");
+            let scale = q.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+            p.iter().zip(q).map(|(x, y)| (x - y).abs() / scale).fold(0f32, f32::max)
+        })
+        .fold(0f32, f32::max)
+}
+
 pub fn one_error_line(o: &std::process::Output, needles: &[&str]) -> String {
     let e = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success(), "expected a failure: {e}");

@@ -38,16 +38,6 @@ struct CriticState<B: Backend> {
     zero_trainable: Option<Vec<bool>>,
 }
 
-/// An optimizer for `model`'s trainable tensors (`grads`): with ZeRO-1 on several ranks, of
-/// this rank's share only, with the trainable mask the exchange after each step reads.
-fn optimizer_on<B: Backend>(model: &Model<B>, grads: &Grads<B>, cfg: &PpoConfig, comm: &dyn Collective) -> (Optimizer<B>, Option<Vec<bool>>) {
-    if cfg.zero == 1 && comm.world() > 1 {
-        let owned: Vec<bool> = zero::owners(model, grads, comm.world()).iter().map(|o| *o == Some(comm.rank())).collect();
-        (Optimizer::new_owned(model, grads, cfg.adam, &owned), Some(grads.bufs.iter().map(Option::is_some).collect()))
-    } else {
-        (Optimizer::new(model, grads, cfg.adam), None)
-    }
-}
 
 /// Seconds each phase of an iteration took, and the tokens it generated.
 #[derive(Default)]
@@ -136,14 +126,14 @@ impl<'a, B: Backend> Ppo<'a, B> {
             _ => {}
         }
         let grads = policy.new_grads(|i| mask[i]);
-        let (opt, zero_trainable) = optimizer_on(&policy, &grads, cfg, io.comm);
+        let (opt, zero_trainable) = zero::optimizer(&policy, &grads, cfg.adam, cfg.zero, io.comm);
         let cap_t = prompts.iter().map(Vec::len).max().unwrap_or(1) + cfg.sampling.max_new_tokens;
         // a chunk or minibatch larger than an iteration's rollouts holds them all
         let chunk = cfg.chunk_size.min(cfg.rollouts);
         let cap_b = chunk.max(cfg.minibatch.min(cfg.rollouts));
         let critic = critic.map(|Critic { model, mask }| {
             let grads = model.new_grads(|i| mask[i]);
-            let (opt, zero_trainable) = optimizer_on(&model, &grads, cfg, io.comm);
+            let (opt, zero_trainable) = zero::optimizer(&model, &grads, cfg.adam, cfg.zero, io.comm);
             CriticState { bufs: PpoBufs::new(&model, cap_b, cap_t, io.pad), model, grads, opt, zero_trainable }
         });
         Ok(Ppo {
