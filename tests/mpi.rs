@@ -331,7 +331,7 @@ fn ppo_on_two_ranks_equals_one_process() {
     let scratch = Scratch::new("mpi-ppo");
     let dir = &scratch.root;
     let (policy, rm, prompts, _) = tiny_ppo_inputs(dir, &["--max-steps", "1"], &["Hi.", "Đếm đến ba.", "Скажи привет", "Name a colour.", "数到三", "Say yes."]);
-    let base = strings(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--iterations", "2", "--rollouts", "6", "--chunk-size", "2", "--ppo-batch-size", "3", "--ppo-epochs", "2", "--max-new-tokens", "5", "--temperature", "0.9", "--seed", "5", "--lr", "1e-3", "--save-every", "2"]);
+    let base = strings(&["ppo", "--policy", p(&policy), "--reward", p(&rm), "--prompts", p(&prompts), "--iterations", "2", "--rollouts", "6", "--chunk-size", "2", "--ppo-batch-size", "3", "--ppo-epochs", "2", "--max-new-tokens", "5", "--temperature", "0.9", "--seed", "5", "--lr", "1e-3", "--save-every", "1"]);
     for (name, extra) in [("value-head", vec![]), ("critic", strings(&["--critic", "separate", "--unfrozen-layers", "1", "--reference", "hydra"]))] {
         let run = |out: &Path| -> Vec<String> { base.iter().cloned().chain(extra.iter().cloned()).chain(["--out".to_string(), p(out).to_string()]).collect() };
         let one = dir.join(format!("ppo-{name}-1"));

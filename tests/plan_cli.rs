@@ -120,3 +120,33 @@ fn a_training_run_prints_its_plan_and_force_runs_past_a_refusal() {
     assert!(stderr.contains("warning: not enough memory for loading"), "{stderr}");
     assert!(out2.join("model.safetensors").exists() || out2.join("model.safetensors.index.json").exists());
 }
+
+/// `--ranks N --zero 1`: the plan of one rank, holding about 1/N of the AdamW moments (tensors
+/// are owned whole: the plan rounds up), and rank 0 the whole state while it writes a
+/// checkpoint; PPO's policy and critic alike. Bad combinations are one line each.
+#[test]
+fn plan_shows_one_ranks_share_under_zero_1() {
+    let base = ["plan", "--command", "sft", "--preset", "llama-7b"];
+    let whole = last_json(&okapi(&base, &[("OKAPI_MEMORY_LIMIT", "4T")]));
+    let moments = whole["adamw_moments"].as_u64().unwrap();
+    let sharded = last_json(&okapi(&[&base[..], &["--ranks", "4", "--zero", "1"]].concat(), &[("OKAPI_MEMORY_LIMIT", "4T")]));
+    assert_eq!(sharded["adamw_moments_zero_1_1_4"].as_u64(), Some(moments.div_ceil(4)), "{sharded}");
+    assert_eq!(sharded["checkpoint_gather_zero_1_rank_0"].as_u64(), Some(moments));
+    assert!(sharded.get("adamw_moments").is_none());
+    // one rank, or --zero 0: the whole state, no gather
+    let one = last_json(&okapi(&[&base[..], &["--ranks", "1", "--zero", "1"]].concat(), &[("OKAPI_MEMORY_LIMIT", "4T")]));
+    assert_eq!(one["adamw_moments"].as_u64(), Some(moments));
+    let ppo = ["plan", "--command", "ppo", "--preset", "llama-7b", "--recipe", "okapi", "--critic", "separate", "--ranks", "2", "--zero", "1"];
+    let p = last_json(&okapi(&ppo, &[("OKAPI_MEMORY_LIMIT", "4T")]));
+    assert!(p["adamw_moments_zero_1_1_2"].as_u64().is_some_and(|b| b > 0), "{p}");
+    for (args, needle) in [
+        (vec!["--ranks", "2", "--zero", "2"], "--zero 2: expected 0 or 1"),
+        (vec!["--ranks", "0"], "--ranks 0: expected at least 1 rank"),
+        (vec!["--ranks", "2", "--zero", "1", "--offload-optimizer"], "--zero 1 with --offload-optimizer"),
+    ] {
+        let o = okapi(&[&base[..], &args[..]].concat(), &[]);
+        common::one_error_line(&o, &[needle]);
+    }
+    let o = okapi(&["plan", "--command", "eval", "--preset", "llama-7b", "--ranks", "2", "--zero", "1"], &[]);
+    common::one_error_line(&o, &["--zero 1 (2 ranks): eval holds no optimizer state"]);
+}

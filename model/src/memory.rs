@@ -341,7 +341,8 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
     } else if t.zero_ranks > 1 {
         // tensors are owned whole: a share is about 1/N (the plan rounds up)
         need.device_lowered_by(format!("AdamW moments (ZeRO-1, 1/{})", t.zero_ranks), moments.div_ceil(t.zero_ranks as u64), format!("use more ranks, or {LAYERS}"))
-            .host("checkpoint gather (ZeRO-1)", moments.saturating_mul(2))
+            // rank 0 holds the whole state it writes while it writes a checkpoint
+            .host("checkpoint gather (ZeRO-1, rank 0)", moments)
     } else {
         need.device_lowered_by("AdamW moments", moments, format!("use --offload-optimizer, or {LAYERS}"))
     };

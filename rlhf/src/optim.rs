@@ -220,17 +220,17 @@ pub mod zero {
         }
     }
 
-    /// The trainable tensors' values (`which`: None) or moments (0: m, 1: v) summed over the
-    /// ranks, each rank giving its own tensors and −0.0 for the others: every rank gets the
-    /// owners' values exactly (x + −0 = x for every x, −0 included).
-    fn exchange<B: Backend>(opt: &Optimizer<B>, model: &Model<B>, comm: &dyn Collective, trainable: &[bool], which: Option<usize>) -> Result<Vec<f32>, CommError> {
+    /// The trainable tensors' values summed over the ranks, each rank giving its own tensors
+    /// and −0.0 for the others: every rank gets the owners' values exactly (x + −0 = x for
+    /// every x, −0 included).
+    fn exchange<B: Backend>(opt: &Optimizer<B>, model: &Model<B>, comm: &dyn Collective, trainable: &[bool]) -> Result<Vec<f32>, CommError> {
         let mut host = Vec::new();
         for i in (0..model.info.len()).filter(|&i| trainable[i]) {
             let n = model.info[i].numel();
-            match (opt.owned[i], which) {
-                (true, None) => host.extend(model.be.read(&model.values[i], n)),
-                (true, Some(w)) => host.extend(opt.moment_host(model, i, w).expect("an owned tensor has moments")),
-                (false, _) => host.extend(std::iter::repeat_n(-0.0f32, n)),
+            if opt.owned[i] {
+                host.extend(model.be.read(&model.values[i], n));
+            } else {
+                host.extend(std::iter::repeat_n(-0.0f32, n));
             }
         }
         comm.all_reduce_sum(&mut host)?;
@@ -239,7 +239,7 @@ pub mod zero {
 
     /// After a step: every rank's trainable tensors take their owners' new values.
     pub fn share_params<B: Backend>(opt: &Optimizer<B>, model: &mut Model<B>, comm: &dyn Collective, trainable: &[bool]) -> Result<(), CommError> {
-        let host = exchange(opt, model, comm, trainable, None)?;
+        let host = exchange(opt, model, comm, trainable)?;
         let mut at = 0;
         for i in (0..model.info.len()).filter(|&i| trainable[i]) {
             let n = model.info[i].numel();
@@ -252,19 +252,33 @@ pub mod zero {
         Ok(())
     }
 
-    /// Gathers the whole AdamW state on every rank into `opt.gathered` (for a checkpoint: the
-    /// same optimizer file as without ZeRO, which any world size resumes).
+    /// Gathers the whole AdamW state into rank 0's `opt.gathered` (for a checkpoint: the same
+    /// optimizer file as without ZeRO, which any world size resumes); every rank takes part.
+    /// One tensor's moment at a time, so a rank other than 0 holds one tensor more, and rank 0
+    /// the state it writes. [`release`] it after the checkpoint is written: until then the
+    /// moments read back are the gathered ones.
     pub fn gather_moments<B: Backend>(opt: &mut Optimizer<B>, model: &Model<B>, comm: &dyn Collective, trainable: &[bool]) -> Result<(), CommError> {
-        let (m, v) = (exchange(opt, model, comm, trainable, Some(0))?, exchange(opt, model, comm, trainable, Some(1))?);
+        let keep = comm.rank() == 0;
         let mut all: Vec<Option<[Vec<f32>; 2]>> = (0..model.info.len()).map(|_| None).collect();
-        let mut at = 0;
         for i in (0..model.info.len()).filter(|&i| trainable[i]) {
             let n = model.info[i].numel();
-            all[i] = Some([m[at..at + n].to_vec(), v[at..at + n].to_vec()]);
-            at += n;
+            let mut pair: [Vec<f32>; 2] = Default::default();
+            for (which, moment) in pair.iter_mut().enumerate() {
+                // the owner gives its moment, the others −0.0 (exact, as in `exchange`)
+                *moment = if opt.owned[i] { opt.moment_host(model, i, which).expect("an owned tensor has moments") } else { vec![-0.0f32; n] };
+                comm.all_reduce_sum(moment)?;
+            }
+            if keep {
+                all[i] = Some(pair);
+            }
         }
-        opt.gathered = Some(all);
+        opt.gathered = keep.then_some(all);
         Ok(())
+    }
+
+    /// Drops the state [`gather_moments`] gathered.
+    pub fn release<B: Backend>(opt: &mut Optimizer<B>) {
+        opt.gathered = None;
     }
 }
 

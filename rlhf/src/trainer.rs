@@ -582,7 +582,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             Some(out) => ensure_finite(&self.model, self.state.step).and_then(|_| checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)),
             None => Ok(()),
         };
-        self.opt.gathered = None;
+        zero::release(&mut self.opt);
         saved
     }
 

@@ -479,16 +479,22 @@ impl<'a, B: Backend> Ppo<'a, B> {
             Some(every) if it.is_multiple_of(every) => {
                 self.gather_moments()?;
                 self.saved_at = Some(it);
-                match self.out {
+                let saved = match self.out {
                     Some(out) => self.save_checkpoint(out, it),
                     None => Ok(()),
+                };
+                // the moments read back from now on are each rank's own again
+                zero::release(&mut self.opt);
+                if let Some(c) = self.critic.as_mut() {
+                    zero::release(&mut c.opt);
                 }
+                saved
             }
             _ => Ok(()),
         }
     }
 
-    /// With ZeRO-1: the whole AdamW state of the policy (and critic) gathered on every rank, for
+    /// With ZeRO-1: the whole AdamW state of the policy (and critic) gathered on rank 0, for
     /// a checkpoint written as without ZeRO (any world size resumes it).
     fn gather_moments(&mut self) -> Result<(), TrainError> {
         if let Some(trainable) = &self.zero_trainable {

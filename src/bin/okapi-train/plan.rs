@@ -80,10 +80,17 @@ pub struct PlanArgs {
     /// f32 or bf16 (GPU backends)
     #[arg(long, default_value = "f32")]
     pub precision: okapi_runtime::Precision,
+    /// Ranks of a data-parallel run (with --zero 1: the plan of one rank)
+    #[arg(long, default_value_t = 1)]
+    pub ranks: usize,
+    /// ZeRO stage of the run (1: each rank holds about 1/--ranks of the AdamW moments)
+    #[arg(long, default_value_t = 0)]
+    pub zero: u8,
 }
 
 pub fn run(a: PlanArgs) -> Result<(), String> {
     a.memory.validate()?;
+    zero_ranks(&a)?;
     match (a.memory.lm_head_chunk, a.command) {
         (Some(n), c) if !matches!(c, PlanCommand::Sft | PlanCommand::Dpo | PlanCommand::Ppo) => return Err(format!("--lm-head-chunk {n}: only sft, dpo and ppo chunk their LM head")),
         _ => {}
@@ -150,6 +157,20 @@ fn ppo_defaults(a: &PlanArgs) -> PpoConfig {
     cfg
 }
 
+/// `--zero 1` over `--ranks N`: N (the plan of one rank, holding about 1/N of the AdamW
+/// moments); otherwise 0.
+fn zero_ranks(a: &PlanArgs) -> Result<usize, String> {
+    match (a.zero, a.ranks) {
+        (_, 0) => Err("--ranks 0: expected at least 1 rank".into()),
+        (0, _) => Ok(0),
+        (1, n) if a.memory.offload_optimizer => Err(format!("--zero 1 with --offload-optimizer ({n} ranks): choose one (the offload keeps the whole AdamW state in host memory)")),
+        (1, n) if matches!(a.command, PlanCommand::Eval | PlanCommand::Generate) => Err(format!("--zero 1 ({n} ranks): {} holds no optimizer state", format!("{:?}", a.command).to_lowercase())),
+        (1, 1) => Ok(0),
+        (1, n) => Ok(n),
+        (z, _) => Err(format!("--zero {z}: expected 0 or 1 (stage 2, gradients sharded as the backward runs, is not built yet)")),
+    }
+}
+
 /// The need the command itself would check, from the flags (or the recipe's defaults) as upper
 /// bounds: every batch full, every sequence at the longest length.
 fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
@@ -161,7 +182,8 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             if a.command == PlanCommand::Reward {
                 model.head = okapi_model::Head::Score;
             }
-            let (trainable, t) = super::train_flags::trained_params(&model, cfg.unfrozen_layers, &a.memory, &a.lora)?;
+            let (trainable, mut t) = super::train_flags::trained_params(&model, cfg.unfrozen_layers, &a.memory, &a.lora)?;
+            t.zero_ranks = zero_ranks(a)?;
             // DPO holds a chosen and a rejected sequence per pair
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
             let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");
@@ -170,7 +192,7 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory, lora: &a.lora })?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory, lora: &a.lora, zero_ranks: zero_ranks(a)? })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

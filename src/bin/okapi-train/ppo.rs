@@ -374,6 +374,8 @@ pub struct PpoMemory<'a> {
     /// LoRA on the policy: the adapters and the value head train, and with `hydra` the
     /// reference is the policy's base (no weights of its own)
     pub lora: &'a super::lora_flags::LoraFlags,
+    /// with ZeRO-1 on N > 1 ranks: N (each rank holds about 1/N of the AdamW moments); else 0
+    pub zero_ranks: usize,
 }
 
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
@@ -384,6 +386,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     let l = policy.n_layers;
     let top = cfg.unfrozen_layers.unwrap_or(l).min(l);
     let (policy_trained, t) = super::train_flags::trained_params(policy, cfg.unfrozen_layers, o.flags, o.lora)?;
+    let t = Techniques { zero_ranks: o.zero_ranks, ..t };
     let lora = t.adapters > 0;
     let frozen_bf16 = o.flags.frozen_bf16;
     let all_bf16 = |m: &ModelConfig| if frozen_bf16 { m.n_layers } else { 0 };
@@ -449,7 +452,8 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
 
 impl PpoArgs {
     fn memory(&self) -> PpoMemory<'_> {
-        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", flags: &self.memory, lora: &self.lora }
+        let zero_ranks = if self.zero == 1 { super::ranks::comm().world() } else { 0 };
+        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", flags: &self.memory, lora: &self.lora, zero_ranks }
     }
 }
 
