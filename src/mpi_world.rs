@@ -104,6 +104,18 @@ impl Collective for MpiWorld {
         self.serial(|w| w.process_at_rank(root as i32).broadcast_into(data));
         Ok(())
     }
+    fn reduce_sum(&self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        if root >= self.size {
+            return Err(CommError::Shape(format!("reduce to rank {root} of {}", self.size)));
+        }
+        if root == self.rank {
+            let send = data.to_vec();
+            self.serial(|w| w.process_at_rank(root as i32).reduce_into_root(&send[..], data, SystemOperation::sum()));
+        } else {
+            self.serial(|w| w.process_at_rank(root as i32).reduce_into(&data[..], SystemOperation::sum()));
+        }
+        Ok(())
+    }
     fn reduce_scatter_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
         check_parts(send.len(), recv.len(), self.size, "reduce-scatter")?;
         self.serial(|w| w.reduce_scatter_block_into(send, recv, SystemOperation::sum()));

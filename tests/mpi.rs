@@ -264,6 +264,31 @@ fn zero_1_on_two_ranks_is_zero_0_bit_for_bit() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("the run had finished"));
 }
 
+/// `--zero 2` on 2 ranks (launch and mpirun): the blocks' gradients reduced to their owners as
+/// the backward runs, the run equal to one process's as `--zero 0` is (losses 1e-6, parameters
+/// `PARAM_TOL`); its checkpoint resumes on one process; a micro-batch that would leave a rank
+/// without items is refused in one line.
+#[test]
+fn zero_2_on_two_ranks_equals_one_process() {
+    let scratch = Scratch::new("mpi-zero2");
+    let dir = &scratch.root;
+    let mut args = sft_args(dir);
+    // 7 examples in micro-batches of 4: shares of 2 + 2 and 2 + 1
+    let at = args.iter().position(|a| a == "--batch-size").unwrap();
+    args[at + 1] = "4".into();
+    args.extend(["--zero".into(), "2".into(), "--save-every".into(), "3".into()]);
+    check_command(dir, "sft-zero2", &args, 4);
+    let o = single(&args.iter().cloned().chain(["--out".into(), p(&dir.join("sft-zero2-mpirun")).into(), "--resume".into(), p(&dir.join("sft-zero2-mpirun")).into()]).collect::<Vec<_>>());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the run had finished"));
+    args[at + 1] = "3".into();
+    let out = dir.join("refused");
+    let o = Command::new(BIN).args(["launch", "--nproc", "2", "--"]).args(&args).args(["--out", p(&out)]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--zero: 2 on 2 ranks needs every micro-batch to give each rank an item: the last micro-batch of an epoch has 1 of the 7 training items"), "{err}");
+    assert!(!out.join("args.json").exists(), "nothing written");
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }

@@ -136,11 +136,20 @@ fn plan_shows_one_ranks_share_under_zero_1() {
     // one rank, or --zero 0: the whole state, no gather
     let one = last_json(&okapi(&[&base[..], &["--ranks", "1", "--zero", "1"]].concat(), &[("OKAPI_MEMORY_LIMIT", "4T")]));
     assert_eq!(one["adamw_moments"].as_u64(), Some(moments));
+    // --zero 2: the gradients too — a share of the blocks', the embedding and head whole, one
+    // block lent — and the moments as with 1
+    let z2 = last_json(&okapi(&[&base[..], &["--ranks", "4", "--zero", "2"]].concat(), &[("OKAPI_MEMORY_LIMIT", "4T")]));
+    let grads = whole["gradients"].as_u64().unwrap();
+    let sharded_grads = z2["gradients_zero_2_1_4_of_the_blocks_one_lent"].as_u64().unwrap_or_else(|| panic!("{z2}"));
+    assert!(sharded_grads < grads / 3 && sharded_grads > grads / 4, "{sharded_grads} of {grads}");
+    assert_eq!(z2["adamw_moments_zero_2_1_4"].as_u64(), Some(moments.div_ceil(4)));
+    let o = okapi(&["plan", "--command", "ppo", "--preset", "llama-7b", "--ranks", "2", "--zero", "2"], &[]);
+    common::one_error_line(&o, &["--zero 2: ppo takes 0 or 1"]);
     let ppo = ["plan", "--command", "ppo", "--preset", "llama-7b", "--recipe", "okapi", "--critic", "separate", "--ranks", "2", "--zero", "1"];
     let p = last_json(&okapi(&ppo, &[("OKAPI_MEMORY_LIMIT", "4T")]));
     assert!(p["adamw_moments_zero_1_1_2"].as_u64().is_some_and(|b| b > 0), "{p}");
     for (args, needle) in [
-        (vec!["--ranks", "2", "--zero", "2"], "--zero 2: expected 0 or 1"),
+        (vec!["--ranks", "2", "--zero", "3"], "--zero 3: expected 0, 1 or 2"),
         (vec!["--ranks", "0"], "--ranks 0: expected at least 1 rank"),
         (vec!["--ranks", "2", "--zero", "1", "--offload-optimizer"], "--zero 1 with --offload-optimizer"),
     ] {

@@ -247,9 +247,28 @@ impl<B: Backend> Scratch<B> {
 }
 
 /// Parameter gradients, one buffer per parameter; `None` for frozen parameters, which get
-/// neither gradients nor their weight-gradient matmuls.
+/// neither gradients nor their weight-gradient matmuls — and, with a [`GradHook`] (ZeRO-2),
+/// for a block's parameters outside that block's backward.
 pub struct Grads<B: Backend> {
     pub bufs: Vec<Option<B::Buf>>,
+    /// which parameters train (what the backward decides by; under a hook a trainable
+    /// parameter's buffer may be lent only while its block's backward runs)
+    pub trainable: Vec<bool>,
+    pub hook: Option<Box<dyn GradHook<B>>>,
+}
+
+/// Called by [`crate::Model::backward_hidden`] around each block's backward (top block first)
+/// and at its end: ZeRO-2 lends a block's gradient buffers before the block and hands the
+/// block's gradients to their owner ranks after it, so no rank holds every gradient at once.
+pub trait GradHook<B: Backend> {
+    /// Before block `l`'s backward: every trainable parameter of the block must have its
+    /// buffer in `bufs` (zeroed if lent).
+    fn before_block(&mut self, be: &B, bufs: &mut [Option<B::Buf>], l: usize);
+    /// After block `l`'s backward: its gradients of this backward are complete.
+    fn after_block(&mut self, be: &B, bufs: &mut [Option<B::Buf>], l: usize);
+    /// At the end of the backward (the embedding's, the norms' and the heads' gradients are
+    /// complete too).
+    fn after_backward(&mut self, be: &B, bufs: &mut [Option<B::Buf>]);
 }
 
 impl<B: Backend> Grads<B> {

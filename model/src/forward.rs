@@ -57,7 +57,8 @@ impl<B: Backend> Model<B> {
 
     /// Zeroed gradients for every parameter (`trainable(i)` false → frozen, no buffer).
     pub fn new_grads(&self, trainable: impl Fn(usize) -> bool) -> Grads<B> {
-        Grads { bufs: self.info.iter().enumerate().map(|(i, p)| trainable(i).then(|| self.be.zeros(p.numel()))).collect() }
+        let trainable: Vec<bool> = (0..self.info.len()).map(trainable).collect();
+        Grads { bufs: self.info.iter().zip(&trainable).map(|(p, &t)| t.then(|| self.be.zeros(p.numel()))).collect(), trainable, hook: None }
     }
 
     pub fn zero_grads(&self, g: &mut Grads<B>) {
@@ -489,6 +490,14 @@ impl<B: Backend> Model<B> {
     /// Backward of the trunk from `s.dln` = ∂L/∂lnf: every trunk parameter's gradient (+=).
     /// `acts` is mutable for checkpointing's recomputation only.
     pub fn backward_hidden(&self, acts: &mut Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
+        self.backward_blocks_and_embedding(acts, s, grads);
+        if let Some(hook) = grads.hook.as_mut() {
+            hook.after_backward(&self.be, &mut grads.bufs);
+        }
+    }
+
+    /// [`Model::backward_hidden`] without its end hook.
+    fn backward_blocks_and_embedding(&self, acts: &mut Acts<B>, s: &mut Scratch<B>, grads: &mut Grads<B>) {
         let be = &self.be;
         let (b, t) = (acts.b, acts.t);
         let n = b * t;
@@ -505,7 +514,13 @@ impl<B: Backend> Model<B> {
             }
             self.recompute_block(acts, l);
             let ctx = AttnCtx { positions: &acts.positions, q_pos0: &acts.q_pos0, kv_len: &acts.kv_len, b, t, stage: None };
+            if let Some(hook) = grads.hook.as_mut() {
+                hook.before_block(be, &mut grads.bufs, l);
+            }
             self.block_bwd(blk, &acts.layers[acts.layer_slot(l)], &acts.x[l], s, &ctx, grads);
+            if let Some(hook) = grads.hook.as_mut() {
+                hook.after_block(be, &mut grads.bufs, l);
+            }
         }
         if self.cfg.features.embed_scale {
             be.scale(&mut s.dres, self.embed_scale(), n * c);
@@ -517,7 +532,7 @@ impl<B: Backend> Model<B> {
                 }
             }
             Some(ln) => {
-                if grads.bufs[ln.w].is_none() && grads.bufs[self.embed].is_none() {
+                if !grads.trainable[ln.w] && !grads.trainable[self.embed] {
                     return;
                 }
                 be.fill(&mut s.dln, 0.0, n * c);
@@ -538,10 +553,10 @@ impl<B: Backend> Model<B> {
 
     /// The lowest block that has a trainable parameter; `Some(0)` also when the embedding trains.
     fn lowest_trainable_block(&self, grads: &Grads<B>) -> Option<usize> {
-        let below_trains = grads.bufs[self.embed].is_some() || self.emb_ln.is_some_and(|ln| grads.bufs[ln.w].is_some());
+        let below_trains = grads.trainable[self.embed] || self.emb_ln.is_some_and(|ln| grads.trainable[ln.w]);
         if below_trains {
             return Some(0);
         }
-        self.blocks.iter().position(|blk| blk.params().any(|i| grads.bufs[i].is_some()))
+        self.blocks.iter().position(|blk| blk.params().any(|i| grads.trainable[i]))
     }
 }

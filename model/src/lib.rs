@@ -30,7 +30,7 @@ pub mod model;
 pub mod rng;
 pub mod weights;
 
-pub use acts::{Acts, Grads, Scratch};
+pub use acts::{Acts, GradHook, Grads, Scratch};
 pub use arch::{Features, MlpKind, NormKind, Positions};
 pub use config::{Arch, DType, Head, ModelConfig};
 pub use decode::KvCache;

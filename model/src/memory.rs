@@ -84,10 +84,23 @@ pub struct Techniques {
     /// LoRA: parameters trained beside the base (adapters), counted in `trainable` but not
     /// among the base's weights
     pub adapters: u128,
-    /// `--zero 1` over this many data-parallel ranks (0 or 1: the whole AdamW state on every
-    /// rank): each rank holds its share of the moments, and gathers the whole state on the
-    /// host for a checkpoint
+    /// `--zero 1` or `2` over this many data-parallel ranks (0 or 1: the whole AdamW state on
+    /// every rank): each rank holds its share of the moments, and rank 0 gathers the whole
+    /// state on the host for a checkpoint
     pub zero_ranks: usize,
+    /// `--zero 2`: also the blocks' gradients sharded (a rank holds its share, the tensors
+    /// outside the blocks whole, and one block's worth lent during the backward)
+    pub zero_grads: bool,
+}
+
+/// The gradients a ZeRO-2 rank of `ranks` holds for `trainable` parameters: its share of the
+/// blocks', the tensors outside the blocks whole (at most the embedding, an untied head and
+/// the final norm), one block's lent buffers.
+fn zero2_gradient_params(cfg: &ModelConfig, trainable: u128, ranks: usize) -> u128 {
+    let [v, c] = [cfg.vocab_size, cfg.hidden_size].map(|x| x as u128);
+    let outside = (v * c * if cfg.tie_word_embeddings { 1 } else { 2 } + 2 * c).min(trainable);
+    let blocks = trainable - outside;
+    blocks.div_ceil(ranks as u128) + outside + block_linear_params(cfg).min(blocks)
 }
 
 /// The linear weights of one block (what `--frozen-bf16` stores in bf16).
@@ -334,15 +347,22 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
         .device_lowered_by("frozen weights (f32)", f32s(frozen - packed), if packed == 0 { "use --frozen-bf16, or a smaller model" } else { "use a smaller model" })
         .device_lowered_by("frozen weights (bf16)", f32s(packed) / 2, "use a smaller model")
         .device_lowered_by("bf16 staging (one block, f32)", if packed > 0 { f32s(block_linear_params(cfg)) } else { 0 }, "")
-        .device_lowered_by("gradients", f32s(trainable), LAYERS);
+        ;
+    need = if t.zero_grads && t.zero_ranks > 1 {
+        let held = zero2_gradient_params(cfg, trainable, t.zero_ranks);
+        need.device_lowered_by(format!("gradients (ZeRO-2, 1/{} of the blocks', one lent)", t.zero_ranks), f32s(held), format!("use more ranks, or {LAYERS}"))
+    } else {
+        need.device_lowered_by("gradients", f32s(trainable), LAYERS)
+    };
     let moments = f32s(trainable.saturating_mul(2));
     need = if t.offload {
         need.host("AdamW moments (offloaded)", moments).host("master weights (offloaded)", f32s(trainable))
     } else if t.zero_ranks > 1 {
         // tensors are owned whole: a share is about 1/N (the plan rounds up)
-        need.device_lowered_by(format!("AdamW moments (ZeRO-1, 1/{})", t.zero_ranks), moments.div_ceil(t.zero_ranks as u64), format!("use more ranks, or {LAYERS}"))
+        let stage = if t.zero_grads { 2 } else { 1 };
+        need.device_lowered_by(format!("AdamW moments (ZeRO-{stage}, 1/{})", t.zero_ranks), moments.div_ceil(t.zero_ranks as u64), format!("use more ranks, or {LAYERS}"))
             // rank 0 holds the whole state it writes while it writes a checkpoint
-            .host("checkpoint gather (ZeRO-1, rank 0)", moments)
+            .host(format!("checkpoint gather (ZeRO-{stage}, rank 0)"), moments)
     } else {
         need.device_lowered_by("AdamW moments", moments, format!("use --offload-optimizer, or {LAYERS}"))
     };

@@ -31,6 +31,7 @@ pub mod dpo;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod grad_shards;
 mod hooks;
 pub mod lm_loss;
 pub mod loglik;

@@ -208,11 +208,11 @@ pub mod zero {
     }
 
     /// An optimizer for `model`'s trainable tensors (those `grads` holds) under ZeRO stage
-    /// `stage`: with stage 1 on several ranks, of this rank's share of the tensors only, with
+    /// `stage`: with stage 1 or 2 on several ranks, of this rank's share of the tensors only, with
     /// the trainable mask that [`share_params`] and [`gather_moments`] read; otherwise the
     /// whole state (and no mask).
     pub fn optimizer<B: Backend>(model: &Model<B>, grads: &Grads<B>, adam: super::AdamWConfig, stage: u8, comm: &dyn Collective) -> (Optimizer<B>, Option<Vec<bool>>) {
-        if stage == 1 && comm.world() > 1 {
+        if stage >= 1 && comm.world() > 1 {
             let owned: Vec<bool> = owners(model, grads, comm.world()).iter().map(|o| *o == Some(comm.rank())).collect();
             (Optimizer::new_owned(model, grads, adam, &owned), Some(grads.bufs.iter().map(Option::is_some).collect()))
         } else {

@@ -159,7 +159,7 @@ pub fn run_sft<B: Backend>(model: Model<B>, train: Vec<Example>, val: Vec<Exampl
 }
 
 /// [`run_sft`] as one rank of a data-parallel run (see [`trainer::train_data_parallel`]).
-pub fn run_sft_data_parallel<B: Backend>(model: Model<B>, train: Vec<Example>, val: Vec<Example>, cfg: &TrainConfig, out: Option<RunDir<'_>>, comm: &dyn okapi_runtime::Collective) -> Result<(Model<B>, TrainSummary), TrainError> {
+pub fn run_sft_data_parallel<B: Backend>(model: Model<B>, train: Vec<Example>, val: Vec<Example>, cfg: &TrainConfig, out: Option<RunDir<'_>>, comm: &'static dyn okapi_runtime::Collective) -> Result<(Model<B>, TrainSummary), TrainError> {
     let pad = pad_id(&model)?;
     let mut obj = SftObjective::new(&model, train, val, cfg.batch_size, pad);
     trainer::train_data_parallel(model, &mut obj, cfg, out, comm)

@@ -57,7 +57,9 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// ZeRO stage of a data-parallel run: 0, every rank holds the whole AdamW state; 1, each
     /// rank holds the moments of its share of the tensors and steps them, then the new values
-    /// are exchanged (the same numbers, bit for bit)
+    /// are exchanged (the same numbers, bit for bit); 2, also the blocks' gradients, reduced to
+    /// their owners as the backward runs (`grad_shards`; the same numbers up to the order of
+    /// the sums)
     pub zero: u8,
 }
 
@@ -88,8 +90,8 @@ impl TrainConfig {
         if self.max_len < 2 {
             return bad("--max-len", format!("{}: must be at least 2", self.max_len));
         }
-        if self.zero > 1 {
-            return bad("--zero", format!("{}: expected 0 or 1 (stage 2, gradients sharded as the backward runs, is not built yet)", self.zero));
+        if self.zero > 2 {
+            return bad("--zero", format!("{}: expected 0, 1 or 2", self.zero));
         }
         Ok(())
     }
@@ -307,8 +309,9 @@ pub fn train<B: Backend, O: Objective<B>>(model: Model<B>, obj: &mut O, cfg: &Tr
 /// state; each takes its contiguous share of every micro-batch of the same global step, and the
 /// gradients, the loss and the metrics are summed over the ranks before the (identical) AdamW
 /// step, so the run is the single-process run up to the order of the sums. Only the rank given
-/// `out` (rank 0) writes; a rank that fails tells the others, which fail naming it.
-pub fn train_data_parallel<B: Backend, O: Objective<B>>(model: Model<B>, obj: &mut O, cfg: &TrainConfig, out: Option<RunDir<'_>>, comm: &dyn Collective) -> Result<(Model<B>, TrainSummary), TrainError> {
+/// `out` (rank 0) writes; a rank that fails tells the others, which fail naming it. (`comm`
+/// lives as long as the process: ZeRO-2's gradient hook keeps it.)
+pub fn train_data_parallel<B: Backend, O: Objective<B>>(model: Model<B>, obj: &mut O, cfg: &TrainConfig, out: Option<RunDir<'_>>, comm: &'static dyn Collective) -> Result<(Model<B>, TrainSummary), TrainError> {
     if out.is_some() && comm.rank() != 0 {
         return Err(TrainError::Setting { setting: "out", problem: format!("rank {} of {}: only rank 0 writes the run", comm.rank(), comm.world()) });
     }
@@ -324,6 +327,23 @@ pub fn train_data_parallel<B: Backend, O: Objective<B>>(model: Model<B>, obj: &m
         }
     }
     result
+}
+
+/// ZeRO-2 reduces each backward's gradients as it runs, so every rank must run a backward for
+/// every micro-batch: each must give every rank at least one item (`n_train` items in
+/// micro-batches of `batch_size` on `world` ranks). Checked by the trainer; a command checks it
+/// before it writes anything.
+pub fn check_shares(n_train: usize, batch_size: usize, world: usize) -> Result<(), TrainError> {
+    let last = n_train % batch_size.max(1);
+    if batch_size >= world && (last == 0 || last >= world) {
+        return Ok(());
+    }
+    let problem = if batch_size < world {
+        format!("2 on {world} ranks needs every micro-batch to give each rank an item: --batch-size {batch_size} is smaller than {world}")
+    } else {
+        format!("2 on {world} ranks needs every micro-batch to give each rank an item: the last micro-batch of an epoch has {last} of the {n_train} training items; choose --batch-size so that it has none or at least {world}, or use --zero 1")
+    };
+    Err(TrainError::Setting { setting: "--zero", problem })
 }
 
 /// One run of [`train`]: its state between the phases.
@@ -346,13 +366,15 @@ struct Trainer<'a, B: Backend, O: Objective<B>> {
     /// names it; a stop right after it writes no other)
     last_checkpoint: Option<(PathBuf, u64)>,
     comm: &'a dyn Collective,
-    /// with ZeRO-1 (`cfg.zero` 1, several ranks): the trainable tensors, whose new values the
-    /// ranks exchange after each step
+    /// with ZeRO-1 or 2 (`cfg.zero`, several ranks): the trainable tensors, whose new values
+    /// the ranks exchange after each step
     zero_trainable: Option<Vec<bool>>,
+    /// with ZeRO-2: where the gradient hook reports a failed reduce
+    shard_error: Option<crate::grad_shards::ShardError>,
 }
 
 impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
-    fn new(model: Model<B>, obj: &'a mut O, cfg: &'a TrainConfig, out: Option<RunDir<'a>>, comm: &'a dyn Collective) -> Result<Self, TrainError> {
+    fn new(model: Model<B>, obj: &'a mut O, cfg: &'a TrainConfig, out: Option<RunDir<'a>>, comm: &'static dyn Collective) -> Result<Self, TrainError> {
         if obj.n_train() == 0 {
             return Err(TrainError::NoData { what: "training data", detail: None });
         }
@@ -366,9 +388,17 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             std::fs::create_dir_all(o.dir).map_err(io(o.dir))?;
         }
         let mask = model.trainable_mask(cfg.unfrozen_layers)?;
-        let grads = model.new_grads(|i| mask[i]);
-        // ZeRO-1: this rank keeps and steps the moments of its share of the tensors
+        let mut grads = model.new_grads(|i| mask[i]);
+        // ZeRO-1 and 2: this rank keeps and steps the moments of its share of the tensors
         let (opt, zero_trainable) = zero::optimizer(&model, &grads, cfg.adam, cfg.zero, comm);
+        let shard_error = match (cfg.zero, comm.world()) {
+            (2, world) if world > 1 => {
+                check_shares(obj.n_train(), cfg.batch_size, world)?;
+                let owners = zero::owners(&model, &grads, world);
+                Some(crate::grad_shards::install(&model, &mut grads, owners, comm))
+            }
+            _ => None,
+        };
         let order = EpochOrder { n: obj.n_train(), batch_size: cfg.batch_size, shuffle: cfg.shuffle, seed: cfg.seed };
         let total_steps = cfg.total_steps(obj.n_train());
         let sched = LrSchedule { kind: cfg.schedule, base_lr: cfg.lr, warmup: cfg.warmup_steps, total: total_steps };
@@ -387,7 +417,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
             settings: cfg.trajectory_settings().into_iter().chain(obj.settings()).collect(),
         };
         let epoch_order = order.order(0);
-        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, last_checkpoint: None, comm, zero_trainable })
+        Ok(Trainer { model, obj, cfg, out, grads, opt, state, order, epoch_order, sched, summary: TrainSummary::default(), started: Instant::now(), elapsed0: 0.0, last_checkpoint: None, comm, zero_trainable, shard_error })
     }
 
     /// With `cfg.resume`: the checkpoint's weights, optimizer state and position.
@@ -491,10 +521,13 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         (self.model.training, self.model.dropout_step) = (true, self.state.step);
         let so = self.obj.step(&self.model, &mine, norm, &mut self.grads);
         self.model.training = false;
+        if let Some(e) = self.shard_error.as_ref().and_then(|e| e.borrow_mut().take()) {
+            return Err(e.into());
+        }
         let reduce_start = Instant::now();
         let so = self.sum_over_ranks(so?)?;
         let reduce_s = reduce_start.elapsed().as_secs_f64();
-        let grad_norm = self.opt.grad_norm(&self.model, &self.grads);
+        let grad_norm = self.grad_norm()?;
         let step_no = self.state.step + 1;
         if !so.loss.is_finite() || !grad_norm.is_finite() {
             let checkpoint = self.last_checkpoint.as_ref().map(|(p, _)| p.clone());
@@ -535,14 +568,29 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         Ok((line, so.loss, lr, tokens_per_s))
     }
 
-    /// The step summed over the ranks: gradients (one message), loss, tokens and metrics.
+    /// The global gradient norm (with ZeRO-2 each rank holds its owned tensors' gradients: the
+    /// squares are summed over the ranks).
+    fn grad_norm(&mut self) -> Result<f64, TrainError> {
+        let local = self.opt.grad_norm(&self.model, &self.grads);
+        if self.shard_error.is_none() {
+            return Ok(local);
+        }
+        let mut sq = [local * local];
+        self.comm.all_reduce_sum_f64(&mut sq)?;
+        Ok(sq[0].sqrt())
+    }
+
+    /// The step summed over the ranks: gradients (one message; ZeRO-2 reduced them to their
+    /// owners during the backward), loss, tokens and metrics.
     fn sum_over_ranks(&mut self, so: StepOut) -> Result<StepOut, TrainError> {
         if self.comm.world() == 1 {
             return Ok(so);
         }
-        let info = &self.model.info;
-        let mut bufs: Vec<(&mut B::Buf, usize)> = self.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))).collect();
-        all_reduce_bufs(self.comm, &self.model.be, &mut bufs)?;
+        if self.shard_error.is_none() {
+            let info = &self.model.info;
+            let mut bufs: Vec<(&mut B::Buf, usize)> = self.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))).collect();
+            all_reduce_bufs(self.comm, &self.model.be, &mut bufs)?;
+        }
         let keys: Vec<String> = so.extra.keys().cloned().collect();
         let mut numbers: Vec<f64> = [so.loss, so.tokens as f64].into_iter().chain(so.extra.values().map(|v| v.as_f64().unwrap_or(f64::NAN))).collect();
         self.comm.all_reduce_sum_f64(&mut numbers)?;

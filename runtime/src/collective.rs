@@ -44,6 +44,9 @@ pub trait Collective {
     fn all_reduce_sum_f64(&self, data: &mut [f64]) -> Result<(), CommError>;
     /// `root`'s `data` copied to every rank.
     fn broadcast(&self, data: &mut [f32], root: usize) -> Result<(), CommError>;
+    /// Element-wise sum over the ranks into `root`'s `data` (the others' `data` is left as
+    /// it was).
+    fn reduce_sum(&self, data: &mut [f32], root: usize) -> Result<(), CommError>;
     /// `send` (world × n) summed over the ranks; rank r keeps part r (n values) in `recv`.
     fn reduce_scatter_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError>;
     /// Every rank's `send` (n values) concatenated in rank order into `recv` (world × n).
@@ -89,6 +92,9 @@ impl Collective for SingleProcess {
         Ok(())
     }
     fn broadcast(&self, _: &mut [f32], _: usize) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn reduce_sum(&self, _: &mut [f32], _: usize) -> Result<(), CommError> {
         Ok(())
     }
     fn reduce_scatter_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
@@ -236,6 +242,13 @@ impl Collective for ThreadGroup {
         data.iter_mut().zip(out).for_each(|(d, x)| *d = x as f32);
         Ok(())
     }
+    fn reduce_sum(&self, data: &mut [f32], root: usize) -> Result<(), CommError> {
+        let out = self.round(data.iter().map(|&x| x as f64).collect(), |p| sum_in_rank_order(p, true))?;
+        if self.rank == root {
+            data.iter_mut().zip(out).for_each(|(d, x)| *d = x as f32);
+        }
+        Ok(())
+    }
     fn reduce_scatter_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
         check_parts(send.len(), recv.len(), self.world(), "reduce-scatter")?;
         let mut whole = send.to_vec();
@@ -364,6 +377,9 @@ mod tests {
             g.all_gather(&[r, -r], &mut all).unwrap();
             let mut f = vec![0.5f64 * r as f64];
             g.all_reduce_sum_f64(&mut f).unwrap();
+            let mut to_one = vec![r, 1.0];
+            g.reduce_sum(&mut to_one, 1).unwrap();
+            assert_eq!(to_one, if g.rank() == 1 { vec![3.0, 3.0] } else { vec![r, 1.0] });
             g.barrier().unwrap();
             (a, b, part, all, f)
         });

@@ -90,7 +90,7 @@ impl PpoConfig {
             return bad(flag, "must be at least 1".into());
         }
         if self.zero > 1 {
-            return bad("--zero", format!("{}: expected 0 or 1 (stage 2, gradients sharded as the backward runs, is not built yet)", self.zero));
+            return bad("--zero", format!("{}: ppo takes 0 or 1 (stage 2, its gradients sharded as the backward runs, is built for sft, reward and dpo)", self.zero));
         }
         if let Err(e) = self.sampling.validate() {
             let flag = if e.starts_with("--temperature") { "--temperature" } else { "--top-p" };

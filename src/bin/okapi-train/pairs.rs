@@ -103,6 +103,7 @@ fn prepare<'a, B: Backend>(be: &B, stage: Stage, flags: &TrainFlags, model: &Pat
     }
     check_training_memory(be, &planned, &cfg, cap_b.saturating_mul(cap_t), flags)?;
     let (train, val) = split_val(groups, cfg.val_fraction, cfg.seed);
+    super::train_flags::check_zero_shares(&cfg, train.len())?;
     let settings = objective.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     check_resume(&cfg, stage.name(), &model_cfg, groups_fingerprint(&train, &val), train.len(), settings).map_err(|e| e.to_string())?;
     Ok(PairRun { cfg, out, tok, eos, train, val })

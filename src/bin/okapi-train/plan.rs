@@ -157,17 +157,19 @@ fn ppo_defaults(a: &PlanArgs) -> PpoConfig {
     cfg
 }
 
-/// `--zero 1` over `--ranks N`: N (the plan of one rank, holding about 1/N of the AdamW
-/// moments); otherwise 0.
+/// `--zero 1` or `2` over `--ranks N`: N (the plan of one rank, holding about 1/N of the
+/// AdamW moments, and with 2 of the blocks' gradients); otherwise 0.
 fn zero_ranks(a: &PlanArgs) -> Result<usize, String> {
+    let command = format!("{:?}", a.command).to_lowercase();
     match (a.zero, a.ranks) {
         (_, 0) => Err("--ranks 0: expected at least 1 rank".into()),
         (0, _) => Ok(0),
-        (1, n) if a.memory.offload_optimizer => Err(format!("--zero 1 with --offload-optimizer ({n} ranks): choose one (the offload keeps the whole AdamW state in host memory)")),
-        (1, n) if matches!(a.command, PlanCommand::Eval | PlanCommand::Generate) => Err(format!("--zero 1 ({n} ranks): {} holds no optimizer state", format!("{:?}", a.command).to_lowercase())),
-        (1, 1) => Ok(0),
-        (1, n) => Ok(n),
-        (z, _) => Err(format!("--zero {z}: expected 0 or 1 (stage 2, gradients sharded as the backward runs, is not built yet)")),
+        (z, _) if z > 2 => Err(format!("--zero {z}: expected 0, 1 or 2")),
+        (z, n) if a.memory.offload_optimizer => Err(format!("--zero {z} with --offload-optimizer ({n} ranks): choose one (the offload keeps the whole AdamW state in host memory)")),
+        (z, n) if matches!(a.command, PlanCommand::Eval | PlanCommand::Generate) => Err(format!("--zero {z} ({n} ranks): {command} holds no optimizer state")),
+        (2, _) if a.command == PlanCommand::Ppo => Err("--zero 2: ppo takes 0 or 1 (its gradients are not sharded)".into()),
+        (_, 1) => Ok(0),
+        (_, n) => Ok(n),
     }
 }
 
@@ -184,6 +186,7 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             }
             let (trainable, mut t) = super::train_flags::trained_params(&model, cfg.unfrozen_layers, &a.memory, &a.lora)?;
             t.zero_ranks = zero_ranks(a)?;
+            t.zero_grads = a.zero == 2;
             // DPO holds a chosen and a rejected sequence per pair
             let per_pair = if a.command == PlanCommand::Dpo { 2 } else { 1 };
             let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");

@@ -47,6 +47,7 @@ fn run_on<B: Backend>(be: B, a: &SftArgs) -> Result<(), String> {
     // as the objective sizes its buffers: a batch holds at most every example
     check_training_memory(&be, &model_cfg, &cfg, cfg.batch_size.min(data.examples.len()).saturating_mul(longest), &a.train)?;
     let (train, val) = split_val(data.examples, cfg.val_fraction, cfg.seed);
+    super::train_flags::check_zero_shares(&cfg, train.len())?;
     check_resume(&cfg, "sft", &model_cfg, okapi_rlhf::sft::data_fingerprint(&train, &val), train.len(), Default::default()).map_err(|e| e.to_string())?;
     let device = be.name();
     let mut model = Model::load(be, &a.model).map_err(|e| e.to_string())?;

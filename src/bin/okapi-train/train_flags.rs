@@ -151,7 +151,9 @@ pub struct TrainFlags {
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
     /// Data-parallel runs: 1 shards the AdamW moments over the ranks (each steps its share of
-    /// the tensors; the same numbers as 0, every rank holding the whole state)
+    /// the tensors; the same numbers as 0, every rank holding the whole state); 2 also shards
+    /// the blocks' gradients, reduced to their owners as the backward runs (every micro-batch
+    /// must give each rank an item)
     #[arg(long, default_value_t = 0)]
     pub zero: u8,
 }
@@ -261,7 +263,7 @@ impl MemoryFlags {
     /// The memory techniques these flags ask for, on `model` with `unfrozen` top layers training.
     pub fn techniques(&self, model: &okapi_model::ModelConfig, unfrozen: Option<usize>) -> okapi_model::memory::Techniques {
         let bf16_blocks = if self.frozen_bf16 { model.n_layers - unfrozen.unwrap_or(model.n_layers).min(model.n_layers) } else { 0 };
-        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer, adapters: 0, zero_ranks: 0 }
+        okapi_model::memory::Techniques { checkpointed: self.grad_checkpointing, head_chunk: self.lm_head_chunk, bf16_blocks, offload: self.offload_optimizer, adapters: 0, zero_ranks: 0, zero_grads: false }
     }
 
     /// The model settings these flags choose: checkpointing, the chunked head, the offload.
@@ -335,13 +337,24 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
     c.validate().map_err(|e| e.to_string())
 }
 
+/// `--zero 2` on several ranks: every micro-batch of the `n_train` items must give each rank an
+/// item (checked before the run writes anything).
+pub fn check_zero_shares(cfg: &TrainConfig, n_train: usize) -> Result<(), String> {
+    let world = super::ranks::comm().world();
+    if cfg.zero == 2 && world > 1 {
+        okapi_rlhf::trainer::check_shares(n_train, cfg.batch_size, world).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The memory check of a training run before its model is loaded: `rows` (B·T) is the largest
 /// batch of tokens it will see. A run that fits prints its memory plan; one that does not is
 /// refused in one line (run anyway with `force`).
 pub fn check_training_memory<B: okapi_runtime::Backend>(be: &B, model: &okapi_model::ModelConfig, cfg: &TrainConfig, rows: usize, flags: &TrainFlags) -> Result<(), String> {
     let (trainable, mut techniques) = trained_params(model, cfg.unfrozen_layers, &flags.memory, &flags.lora)?;
-    if cfg.zero == 1 {
+    if cfg.zero >= 1 {
         techniques.zero_ranks = super::ranks::comm().world();
+        techniques.zero_grads = cfg.zero == 2;
     }
     let need = okapi_model::memory::training_run_need(model, trainable, rows, techniques, "lower --batch-size or --max-len");
     let force = flags.force;
