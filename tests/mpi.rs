@@ -350,7 +350,8 @@ fn eval_loglik_and_score_on_two_ranks_write_the_single_process_files() {
 /// with its own seed on whichever rank takes it), the metrics of one process (≤ 1e-6 relative in
 /// the first iteration, 1e-5 after: the minibatch's shares are summed over the ranks) and its
 /// parameters; with the value head on the policy, and with a separate critic on a hydra
-/// reference; `--zero 1` gives the `--zero 0` run and checkpoint bit for bit.
+/// reference; `--zero 1` gives the `--zero 0` run and checkpoint bit for bit, `--zero 2` the
+/// one-process run as `--zero 0` does.
 #[test]
 fn ppo_on_two_ranks_equals_one_process() {
     let scratch = Scratch::new("mpi-ppo");
@@ -381,7 +382,7 @@ fn ppo_on_two_ranks_equals_one_process() {
                     assert!((a - b).abs() <= tol * a.abs().max(b.abs()) + 1e-12, "{name} {} iteration {}: {key} {a} vs {b}", out.display(), w["iteration"]);
                 }
             }
-            assert_eq!(std::fs::read(out.join("samples.jsonl")).unwrap(), std::fs::read(one.join("samples.jsonl")).unwrap(), "{name}: the same samples");
+            assert!(std::fs::read(out.join("samples.jsonl")).unwrap() == std::fs::read(one.join("samples.jsonl")).unwrap(), "{name}: samples differ from one process's");
             let worst = worst_param_diff(out, &one);
             eprintln!("ppo {name}: 2 ranks within {worst:.2e} of one process");
             assert!(worst <= PPO_PARAM_TOL, "{name} {}: parameters {worst:e} from one process", out.display());
@@ -405,5 +406,26 @@ fn ppo_on_two_ranks_equals_one_process() {
         for f in files {
             assert!(std::fs::read(z.join(f)).unwrap() == std::fs::read(m.join(f)).unwrap(), "{name}: --zero 1 {f} differs from --zero 0's");
         }
+        // --zero 2: the blocks' gradients reduced to their owners during the backward — the
+        // same samples, and one process's metrics and parameters as --zero 0 gives them
+        let z2 = dir.join(format!("ppo-{name}-zero2"));
+        mpirun(2, &run(&z2).into_iter().chain(["--zero".to_string(), "2".to_string()]).collect::<Vec<_>>());
+        assert!(std::fs::read(z2.join("samples.jsonl")).unwrap() == std::fs::read(one.join("samples.jsonl")).unwrap(), "{name} --zero 2: samples differ from one process's");
+        for (g, w) in timeless(&z2).iter().zip(&timeless(&one)) {
+            for (key, value) in w.as_object().unwrap() {
+                let tol = if w["iteration"] == 1 { 1e-6 } else { 1e-5 };
+                let (a, b) = (g[key].as_f64().unwrap(), value.as_f64().unwrap());
+                assert!((a - b).abs() <= tol * a.abs().max(b.abs()) + 1e-12, "{name} --zero 2 iteration {}: {key} {a} vs {b}", w["iteration"]);
+            }
+        }
+        let worst = worst_param_diff(&z2, &one);
+        eprintln!("ppo {name} --zero 2: 2 ranks within {worst:.2e} of one process");
+        assert!(worst <= PPO_PARAM_TOL, "{name} --zero 2: parameters {worst:e} from one process");
     }
+    // a minibatch that would leave a rank without rollouts is refused before anything is written
+    let out = dir.join("ppo-refused");
+    let o = Command::new(BIN).args(["launch", "--nproc", "2", "--"]).args(base.iter().map(|a| if a == "3" { "5" } else { a.as_str() })).args(["--zero", "2", "--out", p(&out)]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--zero: 2 on 2 ranks needs every micro-batch to give each rank an item: the last micro-batch of an epoch has 1 of the 6 rollouts of an iteration"), "{err}");
+    assert!(!out.exists(), "nothing written");
 }

@@ -37,6 +37,39 @@ struct GradShards<B: Backend> {
     error: ShardError,
 }
 
+/// With ZeRO stage `stage` 2 on several ranks: checks that each of the micro-batches (`n`
+/// `items` in batches of `batch_size`, set by `batch_flag`) gives every rank an item, then
+/// [`install`]s the hook with the ZeRO owners; otherwise nothing.
+pub fn install_for_stage<B: Backend>(model: &Model<B>, grads: &mut Grads<B>, stage: u8, comm: &'static dyn Collective, batches: (usize, &str, usize, &str)) -> Result<Option<ShardError>, crate::TrainError> {
+    let world = comm.world();
+    if stage != 2 || world == 1 {
+        return Ok(None);
+    }
+    let (n, items, batch_size, batch_flag) = batches;
+    crate::trainer::check_shares(n, items, batch_size, batch_flag, world)?;
+    let owners = crate::optim::zero::owners(model, grads, world);
+    Ok(Some(install(model, grads, owners, comm)))
+}
+
+/// The first error a sharded backward met, if any (taken: reported once).
+pub fn take_error(errors: &[&ShardError]) -> Result<(), CommError> {
+    match errors.iter().find_map(|e| e.borrow_mut().take()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The global gradient norm from this rank's `local` norm: under ZeRO-2 (`sharded`) each rank
+/// holds its own tensors' gradients, so the squares are summed over the ranks.
+pub fn global_norm(local: f64, sharded: bool, comm: &dyn Collective) -> Result<f64, CommError> {
+    if !sharded {
+        return Ok(local);
+    }
+    let mut sq = [local * local];
+    comm.all_reduce_sum_f64(&mut sq)?;
+    Ok(sq[0].sqrt())
+}
+
 /// Shards `grads` over the ranks of `comm` by `owner` (per tensor; `None`: frozen): drops
 /// this rank's buffers of the blocks' tensors it does not own and installs the hook that lends
 /// and reduces them during each backward. Returns where a failed reduce is reported.

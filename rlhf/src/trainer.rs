@@ -330,18 +330,18 @@ pub fn train_data_parallel<B: Backend, O: Objective<B>>(model: Model<B>, obj: &m
 }
 
 /// ZeRO-2 reduces each backward's gradients as it runs, so every rank must run a backward for
-/// every micro-batch: each must give every rank at least one item (`n_train` items in
-/// micro-batches of `batch_size` on `world` ranks). Checked by the trainer; a command checks it
-/// before it writes anything.
-pub fn check_shares(n_train: usize, batch_size: usize, world: usize) -> Result<(), TrainError> {
-    let last = n_train % batch_size.max(1);
+/// every micro-batch: each must give every rank at least one item (`n` items — `items` names
+/// them — in micro-batches of `batch_size`, set by `batch_flag`, on `world` ranks). Checked by
+/// the trainer and PPO; a command checks it before it writes anything.
+pub fn check_shares(n: usize, items: &str, batch_size: usize, batch_flag: &str, world: usize) -> Result<(), TrainError> {
+    let last = n % batch_size.max(1);
     if batch_size >= world && (last == 0 || last >= world) {
         return Ok(());
     }
     let problem = if batch_size < world {
-        format!("2 on {world} ranks needs every micro-batch to give each rank an item: --batch-size {batch_size} is smaller than {world}")
+        format!("2 on {world} ranks needs every micro-batch to give each rank an item: {batch_flag} {batch_size} is smaller than {world}")
     } else {
-        format!("2 on {world} ranks needs every micro-batch to give each rank an item: the last micro-batch of an epoch has {last} of the {n_train} training items; choose --batch-size so that it has none or at least {world}, or use --zero 1")
+        format!("2 on {world} ranks needs every micro-batch to give each rank an item: the last micro-batch of an epoch has {last} of the {n} {items}; choose {batch_flag} so that it has none or at least {world}, or use --zero 1")
     };
     Err(TrainError::Setting { setting: "--zero", problem })
 }
@@ -391,14 +391,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         let mut grads = model.new_grads(|i| mask[i]);
         // ZeRO-1 and 2: this rank keeps and steps the moments of its share of the tensors
         let (opt, zero_trainable) = zero::optimizer(&model, &grads, cfg.adam, cfg.zero, comm);
-        let shard_error = match (cfg.zero, comm.world()) {
-            (2, world) if world > 1 => {
-                check_shares(obj.n_train(), cfg.batch_size, world)?;
-                let owners = zero::owners(&model, &grads, world);
-                Some(crate::grad_shards::install(&model, &mut grads, owners, comm))
-            }
-            _ => None,
-        };
+        let shard_error = crate::grad_shards::install_for_stage(&model, &mut grads, cfg.zero, comm, (obj.n_train(), "training items", cfg.batch_size, "--batch-size"))?;
         let order = EpochOrder { n: obj.n_train(), batch_size: cfg.batch_size, shuffle: cfg.shuffle, seed: cfg.seed };
         let total_steps = cfg.total_steps(obj.n_train());
         let sched = LrSchedule { kind: cfg.schedule, base_lr: cfg.lr, warmup: cfg.warmup_steps, total: total_steps };
@@ -521,9 +514,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
         (self.model.training, self.model.dropout_step) = (true, self.state.step);
         let so = self.obj.step(&self.model, &mine, norm, &mut self.grads);
         self.model.training = false;
-        if let Some(e) = self.shard_error.as_ref().and_then(|e| e.borrow_mut().take()) {
-            return Err(e.into());
-        }
+        crate::grad_shards::take_error(&self.shard_error.iter().collect::<Vec<_>>())?;
         let reduce_start = Instant::now();
         let so = self.sum_over_ranks(so?)?;
         let reduce_s = reduce_start.elapsed().as_secs_f64();
@@ -572,12 +563,7 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     /// squares are summed over the ranks).
     fn grad_norm(&mut self) -> Result<f64, TrainError> {
         let local = self.opt.grad_norm(&self.model, &self.grads);
-        if self.shard_error.is_none() {
-            return Ok(local);
-        }
-        let mut sq = [local * local];
-        self.comm.all_reduce_sum_f64(&mut sq)?;
-        Ok(sq[0].sqrt())
+        Ok(crate::grad_shards::global_norm(local, self.shard_error.is_some(), self.comm)?)
     }
 
     /// The step summed over the ranks: gradients (one message; ZeRO-2 reduced them to their

@@ -66,7 +66,8 @@ pub struct PpoConfig {
     pub log_every: u64,
     /// ZeRO stage of a data-parallel run: 0, every rank holds the whole AdamW state; 1, each
     /// rank holds and steps the moments of its share of the tensors (policy and critic), then
-    /// the new values are exchanged (the same numbers, bit for bit)
+    /// the new values are exchanged (the same numbers, bit for bit); 2, also the blocks'
+    /// gradients, reduced to their owners as the backward runs
     pub zero: u8,
 }
 
@@ -89,8 +90,8 @@ impl PpoConfig {
         if let Some((flag, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return bad(flag, "must be at least 1".into());
         }
-        if self.zero > 1 {
-            return bad("--zero", format!("{}: ppo takes 0 or 1 (stage 2, its gradients sharded as the backward runs, is built for sft, reward and dpo)", self.zero));
+        if self.zero > 2 {
+            return bad("--zero", format!("{}: expected 0, 1 or 2", self.zero));
         }
         if let Err(e) = self.sampling.validate() {
             let flag = if e.starts_with("--temperature") { "--temperature" } else { "--top-p" };
@@ -167,8 +168,9 @@ pub struct PpoIo<'a> {
     /// `--tensorboard DIR`: each iteration's metrics as scalars, its samples as text
     pub tensorboard: Option<&'a Path>,
     /// the ranks of a data-parallel run (one process: `&SingleProcess`): rollouts, scoring and
-    /// each minibatch's share split across them, every rank holding every rollout
-    pub comm: &'a dyn okapi_runtime::Collective,
+    /// each minibatch's share split across them, every rank holding every rollout (it lives as
+    /// long as the process: ZeRO-2's gradient hook keeps it)
+    pub comm: &'static dyn okapi_runtime::Collective,
 }
 
 /// What a PPO run did, per iteration.

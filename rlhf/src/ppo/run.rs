@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use super::kl::KlController;
 use super::update::MinibatchSize;
+use crate::grad_shards::{global_norm, install_for_stage, take_error, ShardError};
 use super::PpoBufs;
 
 /// A separate critic with its training state.
@@ -34,8 +35,10 @@ struct CriticState<B: Backend> {
     bufs: PpoBufs<B>,
     grads: Grads<B>,
     opt: Optimizer<B>,
-    /// with ZeRO-1: the critic's trainable tensors, whose new values the ranks exchange
+    /// with ZeRO-1 or 2: the critic's trainable tensors, whose new values the ranks exchange
     zero_trainable: Option<Vec<bool>>,
+    /// with ZeRO-2: where the critic's gradient hook reports a failed reduce
+    shard_error: Option<ShardError>,
 }
 
 
@@ -61,8 +64,10 @@ pub struct Ppo<'a, B: Backend> {
     out: Option<&'a Path>,
     grads: Grads<B>,
     opt: Optimizer<B>,
-    /// with ZeRO-1: the policy's trainable tensors, whose new values the ranks exchange
+    /// with ZeRO-1 or 2: the policy's trainable tensors, whose new values the ranks exchange
     zero_trainable: Option<Vec<bool>>,
+    /// with ZeRO-2: where the policy's gradient hook reports a failed reduce
+    shard_error: Option<ShardError>,
     pol_bufs: PpoBufs<B>,
     ref_bufs: PpoBufs<B>,
     order: EpochOrder,
@@ -125,17 +130,23 @@ impl<'a, B: Backend> Ppo<'a, B> {
             None if policy.adapters.is_none() => return Err(TrainError::Setting { setting: "reference", problem: "only a LoRA policy can be its own reference (its adapters off)".into() }),
             _ => {}
         }
-        let grads = policy.new_grads(|i| mask[i]);
+        let mut grads = policy.new_grads(|i| mask[i]);
         let (opt, zero_trainable) = zero::optimizer(&policy, &grads, cfg.adam, cfg.zero, io.comm);
+        // ZeRO-2: every minibatch must give each rank rollouts
+        let minibatches = (cfg.rollouts, "rollouts of an iteration", cfg.minibatch, "--ppo-batch-size");
+        let shard_error = install_for_stage(&policy, &mut grads, cfg.zero, io.comm, minibatches)?;
         let cap_t = prompts.iter().map(Vec::len).max().unwrap_or(1) + cfg.sampling.max_new_tokens;
         // a chunk or minibatch larger than an iteration's rollouts holds them all
         let chunk = cfg.chunk_size.min(cfg.rollouts);
         let cap_b = chunk.max(cfg.minibatch.min(cfg.rollouts));
-        let critic = critic.map(|Critic { model, mask }| {
-            let grads = model.new_grads(|i| mask[i]);
-            let (opt, zero_trainable) = zero::optimizer(&model, &grads, cfg.adam, cfg.zero, io.comm);
-            CriticState { bufs: PpoBufs::new(&model, cap_b, cap_t, io.pad), model, grads, opt, zero_trainable }
-        });
+        let critic = critic
+            .map(|Critic { model, mask }| {
+                let mut grads = model.new_grads(|i| mask[i]);
+                let (opt, zero_trainable) = zero::optimizer(&model, &grads, cfg.adam, cfg.zero, io.comm);
+                let shard_error = install_for_stage(&model, &mut grads, cfg.zero, io.comm, minibatches)?;
+                Ok::<_, TrainError>(CriticState { bufs: PpoBufs::new(&model, cap_b, cap_t, io.pad), model, grads, opt, zero_trainable, shard_error })
+            })
+            .transpose()?;
         Ok(Ppo {
             pol_bufs: PpoBufs::new(&policy, cap_b, cap_t, io.pad),
             ref_bufs: PpoBufs::new(reference.unwrap_or(&policy), chunk, cap_t, io.pad),
@@ -150,6 +161,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             grads,
             opt,
             zero_trainable,
+            shard_error,
             order: EpochOrder { n: prompts.len(), batch_size: 1, shuffle: true, seed: cfg.seed },
             kl: cfg.kl.clone(),
             prompt_pos: 0,
@@ -395,12 +407,16 @@ impl<'a, B: Backend> Ppo<'a, B> {
             c.model.zero_grads(&mut c.grads);
             (&c.model, &mut c.bufs, &mut c.grads)
         });
-        // a rank whose share is empty (a minibatch smaller than the world) adds zeros
+        // a rank whose share is empty (a minibatch smaller than the world) adds zeros (not under
+        // ZeRO-2, which gives every rank rollouts)
         let st = if refs.is_empty() { PpoStats::default() } else { self.pol_bufs.minibatch_share(policy, refs, whole, &cfg.loss, &mut self.grads, critic)? };
+        let critic_error = self.critic.as_ref().and_then(|c| c.shard_error.as_ref());
+        take_error(&[self.shard_error.as_ref(), critic_error].into_iter().flatten().collect::<Vec<_>>())?;
         let st = self.sum_over_ranks(st)?;
+        let (comm, sharded) = (self.io.comm, self.shard_error.is_some());
         let policy = &mut self.policy;
         if let Some(c) = self.critic.as_mut() {
-            let cnorm = c.opt.grad_norm(&c.model, &c.grads);
+            let cnorm = global_norm(c.opt.grad_norm(&c.model, &c.grads), sharded, comm)?;
             if cnorm.is_finite() {
                 c.opt.step(&mut c.model, &c.grads, cfg.lr as f32, clip_coef(cnorm, cfg.max_grad_norm));
                 if let Some(trainable) = &c.zero_trainable {
@@ -408,7 +424,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
                 }
             }
         }
-        let norm = self.opt.grad_norm(policy, &self.grads);
+        let norm = global_norm(self.opt.grad_norm(policy, &self.grads), sharded, comm)?;
         if !st.loss.is_finite() || !norm.is_finite() {
             let checkpoint = self.last_checkpoint.as_ref().map(|(p, _)| p.clone());
             return Err(TrainError::NotFinite { at: format!("iteration {it}"), what: format!("the PPO loss is {} and the gradient norm {norm}", st.loss), checkpoint });
@@ -421,19 +437,21 @@ impl<'a, B: Backend> Ppo<'a, B> {
     }
 
     /// A minibatch's shares summed over the ranks: the policy's and the critic's gradients (one
-    /// message) and the statistics.
+    /// message; ZeRO-2 reduced them to their owners during the backward) and the statistics.
     fn sum_over_ranks(&mut self, st: PpoStats) -> Result<PpoStats, TrainError> {
         let comm = self.io.comm;
         if comm.world() == 1 {
             return Ok(st);
         }
-        let info = &self.policy.info;
-        let mut bufs: Vec<(&mut B::Buf, usize)> = self.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))).collect();
-        if let Some(c) = self.critic.as_mut() {
-            let info = &c.model.info;
-            bufs.extend(c.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))));
+        if self.shard_error.is_none() {
+            let info = &self.policy.info;
+            let mut bufs: Vec<(&mut B::Buf, usize)> = self.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))).collect();
+            if let Some(c) = self.critic.as_mut() {
+                let info = &c.model.info;
+                bufs.extend(c.grads.bufs.iter_mut().enumerate().filter_map(|(i, g)| g.as_mut().map(|g| (g, info[i].numel()))));
+            }
+            all_reduce_bufs(comm, &self.policy.be, &mut bufs)?;
         }
-        all_reduce_bufs(comm, &self.policy.be, &mut bufs)?;
         let mut n = [st.pg_loss, st.vf_loss, st.loss, st.approx_kl, st.clipfrac, st.entropy, st.tokens as f64];
         comm.all_reduce_sum_f64(&mut n)?;
         Ok(PpoStats { pg_loss: n[0], vf_loss: n[1], loss: n[2], approx_kl: n[3], clipfrac: n[4], entropy: n[5], tokens: n[6].round() as usize })

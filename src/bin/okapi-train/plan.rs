@@ -167,7 +167,6 @@ fn zero_ranks(a: &PlanArgs) -> Result<usize, String> {
         (z, _) if z > 2 => Err(format!("--zero {z}: expected 0, 1 or 2")),
         (z, n) if a.memory.offload_optimizer => Err(format!("--zero {z} with --offload-optimizer ({n} ranks): choose one (the offload keeps the whole AdamW state in host memory)")),
         (z, n) if matches!(a.command, PlanCommand::Eval | PlanCommand::Generate) => Err(format!("--zero {z} ({n} ranks): {command} holds no optimizer state")),
-        (2, _) if a.command == PlanCommand::Ppo => Err("--zero 2: ppo takes 0 or 1 (its gradients are not sharded)".into()),
         (_, 1) => Ok(0),
         (_, n) => Ok(n),
     }
@@ -195,7 +194,7 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
         PlanCommand::Ppo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory, lora: &a.lora, zero_ranks: zero_ranks(a)? })?
+            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory, lora: &a.lora, zero_ranks: zero_ranks(a)?, zero_grads: a.zero == 2 })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

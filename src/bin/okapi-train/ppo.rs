@@ -182,7 +182,9 @@ pub struct PpoArgs {
     #[arg(long, value_name = "DIR")]
     pub tensorboard: Option<PathBuf>,
     /// Data-parallel runs: 1 shards the AdamW moments of the policy (and of a separate critic)
-    /// over the ranks (each steps its share of the tensors; the same numbers as 0)
+    /// over the ranks (each steps its share of the tensors; the same numbers as 0); 2 also their
+    /// blocks' gradients, reduced to their owners as the backward runs (every minibatch must
+    /// give each rank rollouts)
     #[arg(long, default_value_t = 0)]
     pub zero: u8,
 }
@@ -374,8 +376,10 @@ pub struct PpoMemory<'a> {
     /// LoRA on the policy: the adapters and the value head train, and with `hydra` the
     /// reference is the policy's base (no weights of its own)
     pub lora: &'a super::lora_flags::LoraFlags,
-    /// with ZeRO-1 on N > 1 ranks: N (each rank holds about 1/N of the AdamW moments); else 0
+    /// with ZeRO-1 or 2 on N > 1 ranks: N (each rank holds about 1/N of the AdamW moments); else 0
     pub zero_ranks: usize,
+    /// ZeRO-2: the blocks' gradients sharded too
+    pub zero_grads: bool,
 }
 
 /// The memory of a PPO run: the policy (trained), its reference, the reward model (and a
@@ -386,7 +390,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
     let l = policy.n_layers;
     let top = cfg.unfrozen_layers.unwrap_or(l).min(l);
     let (policy_trained, t) = super::train_flags::trained_params(policy, cfg.unfrozen_layers, o.flags, o.lora)?;
-    let t = Techniques { zero_ranks: o.zero_ranks, ..t };
+    let t = Techniques { zero_ranks: o.zero_ranks, zero_grads: o.zero_grads, ..t };
     let lora = t.adapters > 0;
     let frozen_bf16 = o.flags.frozen_bf16;
     let all_bf16 = |m: &ModelConfig| if frozen_bf16 { m.n_layers } else { 0 };
@@ -452,8 +456,8 @@ pub fn ppo_need(policy: &ModelConfig, rm: &ModelConfig, cfg: &PpoConfig, longest
 
 impl PpoArgs {
     fn memory(&self) -> PpoMemory<'_> {
-        let zero_ranks = if self.zero == 1 { super::ranks::comm().world() } else { 0 };
-        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", flags: &self.memory, lora: &self.lora, zero_ranks }
+        let zero_ranks = if self.zero >= 1 { super::ranks::comm().world() } else { 0 };
+        PpoMemory { separate_critic: self.critic == "separate", hydra: self.reference == "hydra", flags: &self.memory, lora: &self.lora, zero_ranks, zero_grads: self.zero == 2 }
     }
 }
 
@@ -530,6 +534,10 @@ fn run_on<B: Backend>(be: B, a: &PpoArgs) -> Result<(), String> {
     let cfg = a.resolve()?;
     // rank 0 writes the run (the only rank of a single process)
     let writes = super::ranks::writes();
+    let world = super::ranks::comm().world();
+    if cfg.zero == 2 && world > 1 {
+        okapi_rlhf::trainer::check_shares(cfg.rollouts, "rollouts of an iteration", cfg.minibatch, "--ppo-batch-size", world).map_err(err)?;
+    }
     let out = if writes { Some(outdir::claim(&a.out, &[("--policy", &a.policy), ("--reward", &a.reward)], cfg.resume.as_deref(), a.overwrite)?) } else { None };
     if let Some(dir) = &cfg.resume {
         okapi_rlhf::checkpoint::precheck_resume(dir, "ppo", &cfg.trajectory_settings()).map_err(err)?;

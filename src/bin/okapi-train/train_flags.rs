@@ -342,7 +342,7 @@ fn validate(c: &TrainConfig) -> Result<(), String> {
 pub fn check_zero_shares(cfg: &TrainConfig, n_train: usize) -> Result<(), String> {
     let world = super::ranks::comm().world();
     if cfg.zero == 2 && world > 1 {
-        okapi_rlhf::trainer::check_shares(n_train, cfg.batch_size, world).map_err(|e| e.to_string())?;
+        okapi_rlhf::trainer::check_shares(n_train, "training items", cfg.batch_size, "--batch-size", world).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
