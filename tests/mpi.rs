@@ -1,9 +1,10 @@
 //! Data-parallel runs through MPI (`cargo test --features mpi --test mpi`; needs Open MPI's
 //! `mpirun`, which `.ci/run` installs): `okapi-train launch --nproc 2` and `mpirun -np 2` train
-//! sft, reward and dpo to the single process's losses and gradient norms (≤ 1e-6 relative per
-//! step) and parameters (≤ 5e-5 of each tensor's scale: see tests/data_parallel.rs for why AdamW
-//! lets the order of the sums move them more than 1e-6), rank 0 writes the run, and a killed rank
-//! ends the job with one line naming it.
+//! sft, reward and dpo (`--zero 0`, `1` and `2`) to the single process's losses and gradient norms
+//! (≤ 1e-6 relative per step) and parameters (≤ 5e-5 of each tensor's scale: see
+//! tests/data_parallel.rs for why AdamW lets the order of the sums move them more than 1e-6), and
+//! ppo to its samples, metrics and parameters; eval, loglik and score write the single process's
+//! files; rank 0 writes the run, and a killed rank ends the job with one line naming it.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -287,6 +288,22 @@ fn zero_2_on_two_ranks_equals_one_process() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--zero: 2 on 2 ranks needs every micro-batch to give each rank an item: the last micro-batch of an epoch has 1 of the 7 training items"), "{err}");
     assert!(!out.join("args.json").exists(), "nothing written");
+}
+
+/// Reward and DPO with `--zero 1` and `--zero 2` on 2 ranks equal one process as `--zero 0`
+/// does (the 3 ranked prompts in one micro-batch of 3: shares of 2 and 1).
+#[test]
+fn reward_and_dpo_with_zero_1_and_2_on_two_ranks_equal_one_process() {
+    let scratch = Scratch::new("mpi-pairs-zero");
+    let dir = &scratch.root;
+    let (policy, _, _, _) = tiny_ppo_inputs(dir, &["--max-steps", "1"], &["Hi."]);
+    let rankings = fixture("ranking_data.json");
+    for cmd in ["reward", "dpo"] {
+        for zero in ["1", "2"] {
+            let args = strings(&[cmd, "--model", p(&policy), "--data", p(&rankings), "--max-steps", "2", "--batch-size", "3", "--lr", "1e-3", "--warmup-steps", "0", "--seed", "4", "--zero", zero]);
+            check_command(dir, &format!("{cmd}-zero{zero}"), &args, 3);
+        }
+    }
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
