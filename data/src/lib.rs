@@ -16,6 +16,7 @@ pub mod chat;
 pub mod convo;
 pub mod instruct;
 mod jinja;
+pub mod langid;
 pub mod paths;
 pub mod ranking;
 pub mod records;
