@@ -1,10 +1,11 @@
 //! okapi-rlhf: what runs on top of a model, usable as a library without the CLI — supervised
-//! fine-tuning, the reward model, PPO and DPO on one shared trainer (AdamW, schedules,
+//! fine-tuning, the reward model, PPO (and GRPO / RLOO) and DPO on one shared trainer (AdamW, schedules,
 //! clipping, accumulation, checkpoints with exact resume), generation with the KV cache,
 //! log-likelihood scoring and the multilingual benchmarks as lm-evaluation-harness scores them.
 //!
 //! Settings come as named recipes: okapi-train's defaults ([`TrainConfig::sft`],
-//! [`TrainConfig::reward`], [`TrainConfig::dpo`], [`PpoConfig::defaults`]) and Okapi's published
+//! [`TrainConfig::reward`], [`TrainConfig::dpo`], [`PpoConfig::defaults`], [`PpoConfig::grpo`],
+//! [`PpoConfig::rloo`]) and Okapi's published
 //! ones ([`TrainConfig::okapi_sft`], [`TrainConfig::okapi_reward`], [`PpoConfig::okapi`]).
 //! Every run returns its model and a summary; an output directory is optional.
 //!
@@ -38,6 +39,7 @@ pub mod loglik;
 pub mod optim;
 pub mod pairwise;
 pub mod ppo;
+pub mod rewards;
 pub mod progress;
 mod recipes;
 pub mod reward;

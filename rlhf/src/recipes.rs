@@ -12,6 +12,7 @@
 use crate::optim::AdamWConfig;
 use crate::ppo::kl::KlController;
 use crate::ppo::{KlControl, LossNorm, PpoConfig, PpoLossCfg, PromptEncoding, ValueHeadKind, WhitenScope};
+use crate::ppo::group::{Algo, GroupCfg, GroupLossCfg, LossType, ScaleRewards};
 use crate::schedule::ScheduleKind;
 use crate::trainer::TrainConfig;
 use crate::Sampling;
@@ -133,7 +134,42 @@ impl PpoConfig {
             samples_every: 1,
             save_dtype: None,
             log_every: 1,
+            rewards: crate::rewards::RewardSpec::rm(),
+            group: None,
         }
+    }
+
+    /// `okapi-train grpo`'s defaults, TRL's `GRPOConfig` where it has one: 8 completions per
+    /// prompt, 64 per iteration in chunks of 16, 16 per optimizer step (4 steps), one pass
+    /// (`num_iterations` 1), ε 0.2, advantages scaled by the group's std, the token mean of each
+    /// optimizer step (`bnpo`), temperature 1, at most 256 new tokens, AdamW lr 1e-6 (β 0.9,
+    /// 0.999, no weight decay), clip 1.0. β = 0.04 (TRL's default is now 0, made for verifiable
+    /// rewards): against a learned reward model the KL keeps the policy near its SFT start.
+    pub fn grpo() -> PpoConfig {
+        let base = PpoConfig::defaults();
+        PpoConfig {
+            rollouts: 64,
+            chunk_size: 16,
+            ppo_epochs: 1,
+            minibatch: 16,
+            lr: 1e-6,
+            adam: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+            group: Some(GroupCfg {
+                algo: Algo::Grpo,
+                num_generations: 8,
+                scale_rewards: ScaleRewards::Group,
+                loss: GroupLossCfg { epsilon: 0.2, beta: 0.04, loss_type: LossType::Bnpo, max_completion_len: base.sampling.max_new_tokens },
+            }),
+            ..base
+        }
+    }
+
+    /// `okapi-train rloo`'s defaults: [`PpoConfig::grpo`]'s, with 4 completions per prompt (so
+    /// 16 prompts per iteration) and β 0.05 (TRL's RLOO KL coefficient).
+    pub fn rloo() -> PpoConfig {
+        let base = PpoConfig::grpo();
+        let g = base.group.expect("grpo() sets it");
+        PpoConfig { group: Some(GroupCfg { algo: Algo::Rloo, num_generations: 4, loss: GroupLossCfg { beta: 0.05, ..g.loss }, ..g }), ..base }
     }
 
     /// Okapi's PPO (rl_training.py with trlx, per process): 128 rollouts in chunks of 16, 4 PPO

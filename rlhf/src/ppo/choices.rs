@@ -91,6 +91,30 @@ choice! {
     }
 }
 
+choice! {
+    /// What GRPO divides the centred rewards by (TRL's `scale_rewards`).
+    ScaleRewards, "--scale-rewards" {
+        /// nothing (Dr. GRPO's unscaled advantages)
+        None = "none",
+        /// the group's standard deviation (with Bessel's correction) + 1e-4
+        Group = "group",
+        /// the whole batch's standard deviation (with Bessel's correction) + 1e-4
+        Batch = "batch",
+    }
+}
+
+choice! {
+    /// How an optimizer step's per-token losses are aggregated (TRL's `loss_type`).
+    LossType, "--loss-type" {
+        /// each completion's token mean, averaged over the completions (DeepSeekMath's GRPO)
+        Grpo = "grpo",
+        /// the token mean over the step's completions
+        Bnpo = "bnpo",
+        /// the token sum over the step's completions / (completions × --max-new-tokens)
+        DrGrpo = "dr_grpo",
+    }
+}
+
 /// A prompt's ids under `enc`, or `None` when `bos-skip` skips it for being longer than
 /// `limit` tokens. Also says whether `trlx` truncated it.
 pub fn encode_prompt(tok: &okapi_data::Tokenizer, text: &str, enc: PromptEncoding, limit: usize) -> Result<(Option<Vec<u32>>, bool), TrainError> {

@@ -4,19 +4,24 @@
 //! The value head sits on the policy's trunk (or a separate critic) and is saved beside the HF
 //! weights.
 //!
+//! The same loop runs GRPO and RLOO (`PpoConfig::group`, [`group`]): G completions per prompt,
+//! a group baseline instead of the critic, the k3 KL in the loss. Rewards of all three come
+//! from [`crate::rewards`] (`--reward rm=1,lang=0.5,length=-0.001`).
+//!
 //! [`Ppo`] runs one phase per method — rollouts, scoring, update, logging, checkpoint — and
 //! [`run_ppo`] strings them together; `checkpoint.rs` holds the resume check it shares with the
 //! trainer.
 
 pub mod choices;
 pub mod gae;
+pub mod group;
 pub mod kl;
 mod run;
 pub mod update;
 
 use crate::optim::AdamWConfig;
 use crate::{Sampling, TrainError};
-pub use choices::{encode_prompt, fit_prompt, KlControl, LossNorm, PromptEncoding, ValueHeadKind, WhitenScope};
+pub use choices::{encode_prompt, fit_prompt, KlControl, LossNorm, LossType, PromptEncoding, ScaleRewards, ValueHeadKind, WhitenScope};
 use gae::{gae, token_rewards, whiten};
 use kl::KlController;
 use okapi_model::{DType, Model, Rng};
@@ -69,18 +74,24 @@ pub struct PpoConfig {
     /// the new values are exchanged (the same numbers, bit for bit); 2, also the blocks'
     /// gradients, reduced to their owners as the backward runs
     pub zero: u8,
+    /// what a completion's reward is made of (PPO as Okapi ran it: the reward model alone)
+    pub rewards: crate::rewards::RewardSpec,
+    /// GRPO or RLOO instead of PPO: completions in groups, no critic, the group baseline
+    pub group: Option<group::GroupCfg>,
 }
 
 impl PpoConfig {
     /// Refuses settings that cannot run, naming the flag that sets each (one line).
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |setting: &'static str, problem: String| Err(TrainError::Setting { setting, problem });
+        // (a group method names PPO's epochs and minibatches as TRL does)
+        let (epochs, batch) = if self.group.is_some() { ("--num-iterations", "--batch-size") } else { ("--ppo-epochs", "--ppo-batch-size") };
         let counts = [
             ("--iterations", self.iterations),
             ("--rollouts", self.rollouts as u64),
             ("--chunk-size", self.chunk_size as u64),
-            ("--ppo-epochs", self.ppo_epochs as u64),
-            ("--ppo-batch-size", self.minibatch as u64),
+            (epochs, self.ppo_epochs as u64),
+            (batch, self.minibatch as u64),
             ("--max-new-tokens", self.sampling.max_new_tokens as u64),
             ("--max-prompt-len", self.max_prompt_len as u64),
             ("--samples-every", self.samples_every),
@@ -109,7 +120,33 @@ impl PpoConfig {
         finite("--reward-clip", self.reward_clip as f64, self.reward_clip > 0.0, "a positive number")?;
         finite("--lr", self.lr, self.lr >= 0.0, "a finite number ≥ 0")?;
         finite("--max-grad-norm", self.max_grad_norm, self.max_grad_norm >= 0.0, "a finite number ≥ 0 (0: no clipping)")?;
+        if let Some(g) = &self.group {
+            if g.num_generations < 2 {
+                return bad("--num-generations", format!("{}: expected at least 2 (the baseline is the group's other completions)", g.num_generations));
+            }
+            if !self.rollouts.is_multiple_of(g.num_generations) {
+                return bad("--rollouts", format!("{}: expected a multiple of --num-generations {} (whole groups)", self.rollouts, g.num_generations));
+            }
+            g.loss.validate()?;
+        }
         self.adam.validate()
+    }
+
+    /// The command that runs these settings: ppo, grpo or rloo.
+    pub fn command(&self) -> &'static str {
+        self.group.map_or("ppo", |g| g.algo.as_str())
+    }
+
+    /// Whether the run needs the frozen reference: PPO's KL penalty, or β > 0.
+    pub fn needs_reference(&self) -> bool {
+        self.group.is_none_or(|g| g.loss.beta != 0.0)
+    }
+
+    /// Whether the update reads log-probs of the sampling policy computed apart: not when every
+    /// iteration takes one optimizer step (the policy that sampled is the one updated, ρ = 1,
+    /// as TRL leaves `old_per_token_logps` out).
+    pub fn needs_old_logprobs(&self) -> bool {
+        self.group.is_none() || self.ppo_epochs > 1 || self.minibatch < self.rollouts
     }
 
     /// The settings that decide the run's course, by flag: a resume must keep each.
@@ -147,8 +184,28 @@ impl PpoConfig {
         ]
         .into_iter()
         .chain(self.adam.settings())
+        .chain(self.group_settings())
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+    }
+
+    /// The settings only a group method or a composed reward has (none for PPO on a reward
+    /// model, so its older checkpoints resume).
+    fn group_settings(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let mut v = Vec::new();
+        if self.rewards != crate::rewards::RewardSpec::rm() {
+            v.push(("--reward", serde_json::json!(self.rewards.to_flag())));
+        }
+        if let Some(g) = &self.group {
+            v.extend([
+                ("--num-generations", serde_json::json!(g.num_generations)),
+                (ScaleRewards::FLAG, serde_json::json!(g.scale_rewards.as_str())),
+                (LossType::FLAG, serde_json::json!(g.loss.loss_type.as_str())),
+                ("--beta", serde_json::json!(g.loss.beta)),
+                ("--epsilon", serde_json::json!(g.loss.epsilon)),
+            ]);
+        }
+        v
     }
 }
 
@@ -171,6 +228,8 @@ pub struct PpoIo<'a> {
     /// each minibatch's share split across them, every rank holding every rollout (it lives as
     /// long as the process: ZeRO-2's gradient hook keeps it)
     pub comm: &'static dyn okapi_runtime::Collective,
+    /// each prompt's language (`None`: unknown), for the `lang` reward
+    pub prompt_langs: &'a [Option<&'static str>],
 }
 
 /// What a PPO run did, per iteration.
@@ -211,7 +270,8 @@ pub struct PpoModels<'a, B: Backend> {
     pub policy: Model<B>,
     /// the frozen reference; `None` with a LoRA policy: its base, the adapters switched off
     pub reference: Option<&'a Model<B>>,
-    pub reward: &'a Model<B>,
+    /// `None` when no reward is the reward model's (`--reward lang=1`, say)
+    pub reward: Option<&'a Model<B>>,
     pub critic: Option<Critic<B>>,
 }
 

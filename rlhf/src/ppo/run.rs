@@ -1,6 +1,7 @@
-//! The PPO loop, one method per phase: [`Ppo::resume`], then per iteration
-//! [`Ppo::rollouts`] (sample), [`Ppo::score`] (reward model, log-probs, values, advantages),
-//! [`Ppo::update`] (PPO epochs over minibatches), [`Ppo::log`] and [`Ppo::checkpoint`]; and
+//! The PPO loop (GRPO's and RLOO's too), one method per phase: [`Ppo::resume`], then per
+//! iteration [`Ppo::rollouts`] (sample; a group method G completions per prompt), [`Ppo::score`]
+//! (the `--reward` terms, log-probs, values, advantages: GAE or the group baseline),
+//! [`Ppo::update`] (epochs over minibatches), [`Ppo::log`] and [`Ppo::checkpoint`]; and
 //! [`Ppo::finish`], which saves the policy and its value head (or the critic).
 
 use super::{compute_advantages, controller_kl, minibatch_rollouts, update_kl_controller, value_head_bytes, Critic, KlControl, PpoConfig, PpoIo, PpoModels, PpoStats, PpoSummary, Rollout};
@@ -28,6 +29,8 @@ use super::kl::KlController;
 use super::update::MinibatchSize;
 use crate::grad_shards::{global_norm, install_for_stage, take_error, ShardError};
 use super::PpoBufs;
+use super::update::PolicyEval;
+use crate::rewards::RewardFn;
 
 /// A separate critic with its training state.
 struct CriticState<B: Backend> {
@@ -56,7 +59,7 @@ pub struct Ppo<'a, B: Backend> {
     policy: Model<B>,
     /// `None`: the policy's base with its LoRA adapters off
     reference: Option<&'a Model<B>>,
-    reward: &'a Model<B>,
+    reward: Option<&'a Model<B>>,
     critic: Option<CriticState<B>>,
     prompts: &'a [Vec<u32>],
     cfg: &'a PpoConfig,
@@ -69,7 +72,8 @@ pub struct Ppo<'a, B: Backend> {
     /// with ZeRO-2: where the policy's gradient hook reports a failed reduce
     shard_error: Option<ShardError>,
     pol_bufs: PpoBufs<B>,
-    ref_bufs: PpoBufs<B>,
+    /// `None` when the run needs no reference (a group method with β = 0)
+    ref_bufs: Option<PpoBufs<B>>,
     order: EpochOrder,
     kl: KlController,
     /// prompts drawn so far (the data position)
@@ -114,6 +118,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             std::fs::create_dir_all(dir).map_err(error::io(dir))?;
         }
         let PpoModels { policy, reference, reward, critic } = models;
+        check_models(cfg, &policy, reward, critic.is_some())?;
         let mask = policy.trainable_mask_with(cfg.unfrozen_layers, cfg.train_embedding_norm)?;
         // a trained embedding norm (trlx's BLOOM) feeds the hydra reference the policy's current
         // trunk, as trlx's hydra heads read it
@@ -121,6 +126,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         policy.emb_ln.iter().flat_map(okapi_model::model::Norm::params).for_each(|i| trunk_mask[i] = false);
         let shared = policy.frozen_trunk_depth(&trunk_mask);
         match reference {
+            _ if !cfg.needs_reference() => {}
             Some(r) if r.first_block() > shared => {
                 return Err(TrainError::Setting {
                     setting: "--unfrozen-layers",
@@ -149,7 +155,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             .transpose()?;
         Ok(Ppo {
             pol_bufs: PpoBufs::new(&policy, cap_b, cap_t, io.pad),
-            ref_bufs: PpoBufs::new(reference.unwrap_or(&policy), chunk, cap_t, io.pad),
+            ref_bufs: cfg.needs_reference().then(|| PpoBufs::new(reference.unwrap_or(&policy), chunk, cap_t, io.pad)),
             policy,
             reference,
             reward,
@@ -193,7 +199,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
                 checkpoint::load_params(&ckpt.join("critic.safetensors"), &mut c.model, true)?;
                 checkpoint::load_optimizer_file(&ckpt.join("critic_optimizer.safetensors"), &c.model, &mut c.opt)?;
             }
-            None => checkpoint::load_params(&ckpt.join("value_head.safetensors"), &mut self.policy, false)?,
+            None if self.policy.value_head.is_some() => checkpoint::load_params(&ckpt.join("value_head.safetensors"), &mut self.policy, false)?,
+            None => {}
         }
         checkpoint::load_optimizer(&ckpt, &self.policy, &mut self.opt)?;
         let beta = saved.extra.get("beta").and_then(|b| b.as_f64());
@@ -274,10 +281,13 @@ impl<'a, B: Backend> Ppo<'a, B> {
     fn rollouts(&mut self, it: u64, times: &mut Times) -> Result<Vec<Rollout>, TrainError> {
         let t = Instant::now();
         let n = self.prompts.len();
-        let picked: Vec<usize> = (0..self.cfg.rollouts).map(|k| self.prompt_pos + k).map(|pos| self.order.order((pos / n) as u64)[pos % n]).collect();
-        self.prompt_pos += self.cfg.rollouts;
+        // a group method draws rollouts / G prompts and samples each G times, side by side
+        let g = self.cfg.group.map_or(1, |g| g.num_generations);
+        let draws = self.cfg.rollouts / g;
+        let picked: Vec<usize> = (0..draws).map(|k| self.prompt_pos + k).flat_map(|pos| std::iter::repeat_n(self.order.order((pos / n) as u64)[pos % n], g)).collect();
+        self.prompt_pos += draws;
         let mut rollouts: Vec<Rollout> = Vec::with_capacity(self.cfg.rollouts);
-        let mut meter = Meter::new(&format!("ppo iteration {it}/{}: rollouts", self.cfg.iterations), "prompts", picked.len() as u64);
+        let mut meter = Meter::new(&format!("{} iteration {it}/{}: rollouts", self.cfg.command(), self.cfg.iterations), "prompts", picked.len() as u64);
         // chunk c is sampled with its own seed, so it is the same on whichever rank takes it
         let chunks: Vec<&[usize]> = picked.chunks(self.cfg.chunk_size).collect();
         let (comm, eos) = (self.io.comm, self.io.eos);
@@ -292,7 +302,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             let responses = gather_lists(comm, responses, |&t| f64::from(t), |x| x as u32)?;
             let step = step_units(&chunks, s, comm.world());
             for (&i, response) in step.iter().flat_map(|c| c.iter()).zip(responses) {
-                rollouts.push(Rollout { prompt: self.prompts[i].clone(), response, ..Default::default() });
+                rollouts.push(Rollout { prompt: self.prompts[i].clone(), response, prompt_index: i, ..Default::default() });
             }
             meter.advance(step.iter().map(|c| c.len() as u64).sum());
         }
@@ -302,73 +312,104 @@ impl<'a, B: Backend> Ppo<'a, B> {
         Ok(rollouts)
     }
 
-    /// Scores, log-probs under the policy and the reference, values, then rewards, advantages
-    /// and returns; returns the mean KL.
+    /// Rewards, log-probs under the policy and the reference, values, then advantages and
+    /// returns (PPO's GAE, or the group baseline); returns the mean KL.
     fn score(&mut self, rollouts: &mut [Rollout], times: &mut Times) -> Result<f64, TrainError> {
         let t = Instant::now();
-        let groups: Vec<PromptGroup> = rollouts
-            .iter()
-            .map(|r| Ok(PromptGroup { responses: vec![Example { labels: vec![], prompt_len: 0, ids: (self.io.rm_ids)(&r.prompt, &r.response)? }], pairs: vec![] }))
-            .collect::<Result<_, TrainError>>()?;
-        let chunk = self.cfg.chunk_size;
-        let mut meter = Meter::new(&format!("ppo iteration {}/{}: scoring", self.done + 1, self.cfg.iterations), "rollouts", groups.len() as u64);
-        let scores = RewardBufs::new(self.reward, &groups, chunk, self.io.rm_pad, 0.0).rewards_metered(self.reward, &groups, chunk, self.io.comm, &mut meter)?;
-        for (r, s) in rollouts.iter_mut().zip(&scores) {
-            r.score = s[0];
-        }
-        let k3 = self.cfg.kl_control == KlControl::Trlx;
+        self.rewards(rollouts)?;
+        let k3 = self.cfg.kl_control == KlControl::Trlx && self.cfg.group.is_none();
+        let layout = self.eval_layout(k3);
         let all: Vec<usize> = (0..rollouts.len()).collect();
-        let chunks: Vec<&[usize]> = all.chunks(chunk).collect();
+        let chunks: Vec<&[usize]> = all.chunks(self.cfg.chunk_size).collect();
         let comm = self.io.comm;
         for (s, unit) in dealt_steps(chunks.len(), comm.rank(), comm.world()).enumerate() {
             let mine = match unit {
-                Some(c) => self.evaluate_chunk(rollouts, chunks[c], k3)?,
+                Some(c) => self.evaluate_chunk(rollouts, chunks[c], layout)?,
                 None => Vec::new(),
             };
-            // per rollout: old log-probs, old values, reference log-probs (a response's length
-            // each), then Σ k3
             let evaluated = gather_lists(comm, mine, |&x| x, |x| x)?;
             for (&i, v) in step_units(&chunks, s, comm.world()).iter().flat_map(|c| c.iter()).zip(evaluated) {
-                let r = &mut rollouts[i];
-                let n = r.response.len();
-                r.old_logprobs = v[..n].iter().map(|&x| x as f32).collect();
-                r.old_values = v[n..2 * n].iter().map(|&x| x as f32).collect();
-                r.ref_logprobs = v[2 * n..3 * n].iter().map(|&x| x as f32).collect();
-                r.kl_k3 = v[3 * n];
+                layout.unpack(&mut rollouts[i], &v);
             }
         }
-        let mean_kl = compute_advantages(rollouts, self.kl.beta, self.cfg.gamma, self.cfg.lam, self.cfg.reward_clip, self.cfg.whiten);
+        let mean_kl = match self.cfg.group {
+            None => compute_advantages(rollouts, self.kl.beta, self.cfg.gamma, self.cfg.lam, self.cfg.reward_clip, self.cfg.whiten),
+            Some(g) => {
+                super::group::set_group_advantages(rollouts, g.num_generations, g.algo, g.scale_rewards);
+                let with_both = rollouts.iter().filter(|r| !r.old_logprobs.is_empty() && !r.ref_logprobs.is_empty());
+                with_both.map(super::response_kl).fold(0.0, |a, b| a + b) / rollouts.len().max(1) as f64
+            }
+        };
         times.score = t.elapsed().as_secs_f64();
         Ok(mean_kl)
     }
 
+    /// Each rollout's reward: the `--reward` terms (the reward model's scores computed in chunks
+    /// across the ranks), weighted and summed into `score`.
+    fn rewards(&mut self, rollouts: &mut [Rollout]) -> Result<(), TrainError> {
+        let spec = &self.cfg.rewards;
+        let rm_scores = match self.reward.filter(|_| spec.needs_rm()) {
+            Some(rm) => {
+                let groups: Vec<PromptGroup> = rollouts
+                    .iter()
+                    .map(|r| Ok(PromptGroup { responses: vec![Example { labels: vec![], prompt_len: 0, ids: (self.io.rm_ids)(&r.prompt, &r.response)? }], pairs: vec![] }))
+                    .collect::<Result<_, TrainError>>()?;
+                let chunk = self.cfg.chunk_size;
+                let mut meter = Meter::new(&format!("{} iteration {}/{}: scoring", self.cfg.command(), self.done + 1, self.cfg.iterations), "rollouts", groups.len() as u64);
+                let scores = RewardBufs::new(rm, &groups, chunk, self.io.rm_pad, 0.0).rewards_metered(rm, &groups, chunk, self.io.comm, &mut meter)?;
+                scores.into_iter().map(|s| s[0]).collect()
+            }
+            None => Vec::new(),
+        };
+        for (k, r) in rollouts.iter_mut().enumerate() {
+            r.reward_terms = spec.terms.iter().map(|(f, _)| self.reward_term(*f, r, rm_scores.get(k).copied())).collect::<Result<_, _>>()?;
+            // (the reward model's score alone stays the f32 it was: 1.0 · s is exact)
+            r.score = spec.total(&r.reward_terms) as f32;
+        }
+        Ok(())
+    }
+
+    /// One reward function's value for rollout `r` (`rm`: its reward-model score).
+    fn reward_term(&self, f: RewardFn, r: &Rollout, rm: Option<f32>) -> Result<f64, TrainError> {
+        Ok(match f {
+            RewardFn::Rm => f64::from(rm.expect("scored above when the spec has rm")),
+            RewardFn::Length => r.response.iter().filter(|&&t| t != self.io.eos).count() as f64,
+            RewardFn::Lang => {
+                let lang = self.io.prompt_langs.get(r.prompt_index).copied().flatten().ok_or_else(|| TrainError::Setting { setting: "--reward", problem: format!("lang: the language of prompt {} is unknown (no `lang` field or language file name, and none detected)", r.prompt_index) })?;
+                crate::rewards::lang_consistency(lang, &(self.io.decode)(&r.response))
+            }
+        })
+    }
+
+    /// What a chunk's evaluation computes under these settings.
+    fn eval_layout(&self, k3: bool) -> EvalLayout {
+        EvalLayout { old: self.cfg.needs_old_logprobs(), values: self.cfg.group.is_none(), reference: self.cfg.needs_reference(), k3 }
+    }
+
     /// The policy's log-probs and values and the reference's log-probs of the rollouts `idx`,
-    /// each as `[old log-probs, old values, reference log-probs, Σ k3]`.
-    fn evaluate_chunk(&mut self, rollouts: &[Rollout], idx: &[usize], k3: bool) -> Result<Vec<Vec<f64>>, TrainError> {
+    /// each packed as `layout` says.
+    fn evaluate_chunk(&mut self, rollouts: &[Rollout], idx: &[usize], layout: EvalLayout) -> Result<Vec<Vec<f64>>, TrainError> {
         let refs: Vec<&Rollout> = idx.iter().map(|&i| &rollouts[i]).collect();
-        let (mut pe, _, _) = self.pol_bufs.eval_from(&self.policy, &refs, false, k3, None)?;
-        let re = match self.reference {
-            Some(reference) => {
+        // the policy's forward also gives the hydra reference its frozen trunk
+        let hydra = self.reference.is_some_and(|r| r.first_block() > 0);
+        let mut pe = if layout.old || layout.values || (layout.reference && hydra) { Some(self.pol_bufs.eval_from(&self.policy, &refs, false, layout.k3, None)?.0) } else { None };
+        let re = match (self.ref_bufs.as_mut(), self.reference) {
+            (None, _) => None,
+            (Some(bufs), Some(reference)) => {
                 // a hydra reference starts from the policy's frozen trunk, computed once above
                 let from = match reference.first_block() {
                     0 => None,
                     start => Some((start, &self.pol_bufs.acts.x[start])),
                 };
-                self.ref_bufs.eval_from(reference, &refs, false, k3, from)?.0
+                Some(bufs.eval_from(reference, &refs, false, layout.k3, from)?.0)
             }
             // LoRA: the policy's base is the reference, no second copy of the weights
-            None => self.policy.with_adapters_off(|base| self.ref_bufs.eval_from(base, &refs, false, k3, None))?.0,
+            (Some(bufs), None) => Some(self.policy.with_adapters_off(|base| bufs.eval_from(base, &refs, false, layout.k3, None))?.0),
         };
-        if let Some(c) = self.critic.as_mut() {
+        if let (Some(c), Some(pe)) = (self.critic.as_mut(), pe.as_mut()) {
             pe.values = c.bufs.critic_values(&c.model, &refs)?.0;
         }
-        Ok((0..idx.len())
-            .map(|k| {
-                let k3_sum = if k3 { super::k3_sum(&pe, &re, k) } else { 0.0 };
-                let as_f64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
-                [as_f64(&pe.logprobs[k]), as_f64(&pe.values[k]), as_f64(&re.logprobs[k]), vec![k3_sum]].concat()
-            })
-            .collect())
+        Ok((0..idx.len()).map(|k| layout.pack(pe.as_ref(), re.as_ref(), k)).collect())
     }
 
     /// `ppo_epochs` passes over seeded minibatches: an optimizer step of the critic (when
@@ -379,21 +420,18 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let mb_order = EpochOrder { n: rollouts.len(), batch_size: self.cfg.minibatch, shuffle: true, seed: self.cfg.seed ^ it };
         for epoch in 0..self.cfg.ppo_epochs {
             for mb in mb_order.order(epoch as u64).chunks(self.cfg.minibatch) {
-                let mb = minibatch_rollouts(&mb.iter().map(|&i| &rollouts[i]).collect::<Vec<_>>(), self.cfg.whiten);
+                // (a group method's advantages are final: nothing is whitened)
+                let scope = if self.cfg.group.is_some() { super::WhitenScope::Batch } else { self.cfg.whiten };
+                let mb = minibatch_rollouts(&mb.iter().map(|&i| &rollouts[i]).collect::<Vec<_>>(), scope);
                 let whole = MinibatchSize::of(&mb.iter().collect::<Vec<_>>());
                 // this rank's share (one process: all of it)
                 let share = &mb[shard(mb.len(), self.io.comm.rank(), self.io.comm.world())];
                 let st = self.minibatch_step(it, &share.iter().collect::<Vec<_>>(), whole)?;
-                for (a, b) in [(&mut agg.pg_loss, st.pg_loss), (&mut agg.vf_loss, st.vf_loss), (&mut agg.loss, st.loss), (&mut agg.approx_kl, st.approx_kl), (&mut agg.clipfrac, st.clipfrac), (&mut agg.entropy, st.entropy)] {
-                    *a += b;
-                }
+                agg.add(&st);
                 n_mb += 1;
             }
         }
-        let k = n_mb.max(1) as f64;
-        for a in [&mut agg.pg_loss, &mut agg.vf_loss, &mut agg.loss, &mut agg.approx_kl, &mut agg.clipfrac, &mut agg.entropy] {
-            *a /= k;
-        }
+        agg.scale(1.0 / n_mb.max(1) as f64);
         times.update = t.elapsed().as_secs_f64();
         Ok(agg)
     }
@@ -409,7 +447,11 @@ impl<'a, B: Backend> Ppo<'a, B> {
         });
         // a rank whose share is empty (a minibatch smaller than the world) adds zeros (not under
         // ZeRO-2, which gives every rank rollouts)
-        let st = if refs.is_empty() { PpoStats::default() } else { self.pol_bufs.minibatch_share(policy, refs, whole, &cfg.loss, &mut self.grads, critic)? };
+        let st = match (refs.is_empty(), &cfg.group) {
+            (true, _) => PpoStats::default(),
+            (false, None) => self.pol_bufs.minibatch_share(policy, refs, whole, &cfg.loss, &mut self.grads, critic)?,
+            (false, Some(g)) => self.pol_bufs.group_minibatch_share(policy, refs, whole, &g.loss, &mut self.grads)?.0.into(),
+        };
         let critic_error = self.critic.as_ref().and_then(|c| c.shard_error.as_ref());
         take_error(&[self.shard_error.as_ref(), critic_error].into_iter().flatten().collect::<Vec<_>>())?;
         let st = self.sum_over_ranks(st)?;
@@ -427,7 +469,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
         let norm = global_norm(self.opt.grad_norm(policy, &self.grads), sharded, comm)?;
         if !st.loss.is_finite() || !norm.is_finite() {
             let checkpoint = self.last_checkpoint.as_ref().map(|(p, _)| p.clone());
-            return Err(TrainError::NotFinite { at: format!("iteration {it}"), what: format!("the PPO loss is {} and the gradient norm {norm}", st.loss), checkpoint });
+            return Err(TrainError::NotFinite { at: format!("iteration {it}"), what: format!("the {} loss is {} and the gradient norm {norm}", self.cfg.command().to_uppercase(), st.loss), checkpoint });
         }
         self.opt.step(policy, &self.grads, cfg.lr as f32, clip_coef(norm, cfg.max_grad_norm));
         if let Some(trainable) = &self.zero_trainable {
@@ -452,42 +494,73 @@ impl<'a, B: Backend> Ppo<'a, B> {
             }
             all_reduce_bufs(comm, &self.policy.be, &mut bufs)?;
         }
-        let mut n = [st.pg_loss, st.vf_loss, st.loss, st.approx_kl, st.clipfrac, st.entropy, st.tokens as f64];
+        let mut n = st.values();
         comm.all_reduce_sum_f64(&mut n)?;
-        Ok(PpoStats { pg_loss: n[0], vf_loss: n[1], loss: n[2], approx_kl: n[3], clipfrac: n[4], entropy: n[5], tokens: n[6].round() as usize })
+        Ok(PpoStats::from_values(&n))
     }
 
     /// Adapts β, writes the iteration's metrics line and samples, prints progress.
     fn log(&mut self, it: u64, rollouts: &[Rollout], mean_kl: f64, st: &PpoStats, times: &Times, logs: Option<&mut (File, File)>) -> Result<(), TrainError> {
-        let beta_used = self.kl.beta;
-        let kl_in = controller_kl(rollouts, self.cfg.chunk_size, self.cfg.kl_control);
-        update_kl_controller(&mut self.kl, kl_in, self.cfg);
         let (score_mean, score_std) = mean_std(&rollouts.iter().map(|r| r.score as f64).collect::<Vec<_>>());
         let tok_s = times.tokens as f64 / times.generate.max(1e-9);
-        let line = json!({
-            "iteration": it, "step": it, "score_mean": score_mean, "score_std": score_std, "kl": mean_kl, "kl_controller_input": kl_in, "beta": beta_used, "beta_next": self.kl.beta,
-            "entropy": st.entropy, "pg_loss": st.pg_loss, "vf_loss": st.vf_loss, "loss": st.loss, "clipfrac": st.clipfrac, "approx_kl": st.approx_kl,
+        let (mut line, progress) = match self.cfg.group {
+            None => self.ppo_line(rollouts, mean_kl, st),
+            Some(g) => group_line(rollouts, g, st, mean_kl, self.io.eos),
+        };
+        let common = json!({
+            "iteration": it, "step": it, "score_mean": score_mean, "score_std": score_std,
             "response_len": times.tokens as f64 / rollouts.len().max(1) as f64, "rollout_tokens_per_s": tok_s,
             "time_generate_s": times.generate, "time_score_s": times.score, "time_update_s": times.update, "elapsed_s": self.elapsed0 + self.started.elapsed().as_secs_f64(),
         });
+        merge_json(&mut line, common);
+        if self.cfg.rewards != crate::rewards::RewardSpec::rm() {
+            merge_json(&mut line, self.term_means(rollouts));
+        }
         if let (Some((metrics, samples)), Some(dir)) = (logs, self.out) {
             writeln!(metrics, "{line}").and_then(|_| metrics.flush()).map_err(error::io(&dir.join("metrics.jsonl")))?;
             if self.cfg.samples_every > 0 && it.is_multiple_of(self.cfg.samples_every) {
                 for r in rollouts.iter().take(4) {
-                    let s = json!({ "iteration": it, "prompt": (self.io.decode)(&r.prompt), "response": (self.io.decode)(&r.response), "score": r.score });
+                    let mut s = json!({ "iteration": it, "prompt": (self.io.decode)(&r.prompt), "response": (self.io.decode)(&r.response), "score": r.score });
+                    if self.cfg.rewards != crate::rewards::RewardSpec::rm() {
+                        s["rewards"] = self.cfg.rewards.terms.iter().zip(&r.reward_terms).map(|((f, _), v)| (f.name().to_string(), json!(v))).collect::<serde_json::Map<_, _>>().into();
+                    }
                     writeln!(samples, "{s}").map_err(error::io(&dir.join("samples.jsonl")))?;
                 }
             }
         }
         if self.cfg.log_every > 0 && (it.is_multiple_of(self.cfg.log_every) || it == 1 || it == self.cfg.iterations) {
             let (_, left) = crate::progress::rate_eta(self.started, self.started_at, it, self.cfg.iterations);
-            eprintln!("ppo iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}, {tok_s:.0} tok/s, ETA {}", self.cfg.iterations, st.pg_loss, st.vf_loss, crate::progress::eta(left));
+            eprintln!("{} iteration {it}/{}: score {score_mean:.3} ± {score_std:.3}, {progress}, {tok_s:.0} tok/s, ETA {}", self.cfg.command(), self.cfg.iterations, crate::progress::eta(left));
         }
         self.summary.scores.push(score_mean);
-        self.summary.kls.push(mean_kl);
+        // (a group method's KL is the one in its loss)
+        self.summary.kls.push(if self.cfg.group.is_some() { st.kl } else { mean_kl });
         self.summary.iterations = it;
         self.summary.history.push(line);
         Ok(())
+    }
+
+    /// PPO's own metrics (it moves β here) and its part of the progress line.
+    fn ppo_line(&mut self, rollouts: &[Rollout], mean_kl: f64, st: &PpoStats) -> (serde_json::Value, String) {
+        let beta_used = self.kl.beta;
+        let kl_in = controller_kl(rollouts, self.cfg.chunk_size, self.cfg.kl_control);
+        update_kl_controller(&mut self.kl, kl_in, self.cfg);
+        let line = json!({
+            "kl": mean_kl, "kl_controller_input": kl_in, "beta": beta_used, "beta_next": self.kl.beta,
+            "entropy": st.entropy, "pg_loss": st.pg_loss, "vf_loss": st.vf_loss, "loss": st.loss, "clipfrac": st.clipfrac, "approx_kl": st.approx_kl,
+        });
+        (line, format!("KL {mean_kl:.3}, β {beta_used:.4}, pg {:.4}, vf {:.4}", st.pg_loss, st.vf_loss))
+    }
+
+    /// Each reward function's mean and standard deviation over the iteration's rollouts.
+    fn term_means(&self, rollouts: &[Rollout]) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, (f, _)) in self.cfg.rewards.terms.iter().enumerate() {
+            let (mean, std) = mean_std(&rollouts.iter().map(|r| r.reward_terms[k]).collect::<Vec<_>>());
+            m.insert(format!("reward_{}_mean", f.name()), json!(mean));
+            m.insert(format!("reward_{}_std", f.name()), json!(std));
+        }
+        m.into()
     }
 
     /// A checkpoint every `save_every` iterations (written by rank 0; with ZeRO-1 every rank
@@ -531,7 +604,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
     fn save_checkpoint(&mut self, out: &Path, it: u64) -> Result<(), TrainError> {
         ensure_finite(&self.policy, it)?;
         let state = TrainerState {
-            command: "ppo".into(),
+            command: self.cfg.command().into(),
             step: it,
             total_steps: self.cfg.iterations,
             epoch: 0,
@@ -550,7 +623,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
                 ("critic.safetensors".into(), checkpoint::params_bytes(&c.model)?),
                 ("critic_optimizer.safetensors".into(), checkpoint::optimizer_bytes(&c.model, &c.opt)?),
             ],
-            None => vec![("value_head.safetensors".into(), value_head_bytes(&self.policy)?)],
+            None if self.policy.value_head.is_some() => vec![("value_head.safetensors".into(), value_head_bytes(&self.policy)?)],
+            None => vec![],
         };
         checkpoint::save_with(out, &self.policy, &self.opt, &state, self.io.tokenizer, &extra)?;
         self.last_checkpoint = Some((out.join("checkpoint"), it));
@@ -596,7 +670,8 @@ impl<'a, B: Backend> Ppo<'a, B> {
                 c.model.save(&dir, dtype, max_shard, self.io.tokenizer)?;
                 okapi_model::weights::write_atomic(&dir.join("value_head.safetensors"), &value_head_bytes(&c.model)?)?;
             }
-            None => okapi_model::weights::write_atomic(&out.join("value_head.safetensors"), &value_head_bytes(&self.policy)?)?,
+            None if self.policy.value_head.is_some() => okapi_model::weights::write_atomic(&out.join("value_head.safetensors"), &value_head_bytes(&self.policy)?)?,
+            None => {}
         }
         Ok((self.policy, self.summary))
     }
@@ -605,7 +680,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
 /// What a resume of a PPO run expects of the checkpoint.
 fn expect<'a>(model_fp: &'a str, data_fp: &'a str, cfg: &PpoConfig, settings: &'a checkpoint::Settings) -> checkpoint::Expect<'a> {
     checkpoint::Expect {
-        command: "ppo",
+        command: cfg.command(),
         model_fingerprint: model_fp,
         data_fingerprint: data_fp,
         data_what: "other prompts or rollout settings",
@@ -633,6 +708,9 @@ fn data_fingerprint(prompts: &[Vec<u32>], cfg: &PpoConfig) -> String {
         p.iter().for_each(|&x| f.add(x as u64));
     }
     [cfg.rollouts, cfg.chunk_size, cfg.ppo_epochs, cfg.minibatch].iter().for_each(|&x| f.add(x as u64));
+    if let Some(g) = &cfg.group {
+        f.add(g.num_generations as u64);
+    }
     f.hex()
 }
 
@@ -668,4 +746,87 @@ fn gather_lists<T>(comm: &dyn Collective, mine: Vec<Vec<T>>, to: impl Fn(&T) -> 
         }
     }
     Ok(out)
+}
+
+/// What the run's settings ask of its models: a reward model for the `rm` reward, no critic
+/// and no value head for a group method.
+fn check_models<B: Backend>(cfg: &PpoConfig, policy: &Model<B>, reward: Option<&Model<B>>, critic: bool) -> Result<(), TrainError> {
+    if cfg.rewards.needs_rm() && reward.is_none() {
+        return Err(TrainError::Setting { setting: "--reward", problem: format!("{}: the `rm` reward needs a reward model", cfg.rewards.to_flag()) });
+    }
+    if cfg.group.is_some() && (critic || policy.value_head.is_some()) {
+        return Err(TrainError::Setting { setting: "critic", problem: format!("{} trains no critic (its baseline is the group's)", cfg.command()) });
+    }
+    if cfg.group.is_none() && !critic && policy.value_head.is_none() {
+        return Err(TrainError::Setting { setting: "critic", problem: "PPO needs a value head on the policy or a separate critic".into() });
+    }
+    Ok(())
+}
+
+/// What the evaluation of a chunk of rollouts holds per rollout, in this order: the policy's
+/// log-probs (`old`), its values, the reference's log-probs (a response's length each), Σ k3.
+/// Every rank knows it from the settings, so the gathered lists unpack alike.
+#[derive(Clone, Copy)]
+struct EvalLayout {
+    old: bool,
+    values: bool,
+    reference: bool,
+    k3: bool,
+}
+
+impl EvalLayout {
+    fn pack(self, policy: Option<&PolicyEval>, reference: Option<&PolicyEval>, k: usize) -> Vec<f64> {
+        let as_f64 = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        let mut out = Vec::new();
+        if let (true, Some(p)) = (self.old, policy) {
+            out.extend(as_f64(&p.logprobs[k]));
+        }
+        if let (true, Some(p)) = (self.values, policy) {
+            out.extend(as_f64(&p.values[k]));
+        }
+        if let (true, Some(r)) = (self.reference, reference) {
+            out.extend(as_f64(&r.logprobs[k]));
+        }
+        if self.k3 {
+            out.push(match (policy, reference) {
+                (Some(p), Some(r)) => super::k3_sum(p, r, k),
+                _ => 0.0,
+            });
+        }
+        out
+    }
+
+    fn unpack(self, r: &mut Rollout, v: &[f64]) {
+        let n = r.response.len();
+        let mut parts = v.chunks(n.max(1));
+        let mut next = |on: bool| if on { parts.next().map(|p| p.iter().map(|&x| x as f32).collect()).unwrap_or_default() } else { Vec::new() };
+        r.old_logprobs = next(self.old);
+        r.old_values = next(self.values);
+        r.ref_logprobs = next(self.reference);
+        r.kl_k3 = if self.k3 { v[v.len() - 1] } else { 0.0 };
+    }
+}
+
+/// A group method's metrics (TRL's names where it has them) and its part of the progress line.
+fn group_line(rollouts: &[Rollout], g: super::group::GroupCfg, st: &PpoStats, mean_kl: f64, eos: u32) -> (serde_json::Value, String) {
+    let scores: Vec<f64> = rollouts.iter().map(|r| r.score as f64).collect();
+    let spread = super::group::group_spread(&scores, g.num_generations);
+    let lens: Vec<usize> = rollouts.iter().map(|r| r.response.len()).collect();
+    let (min, max) = (lens.iter().min().copied().unwrap_or(0), lens.iter().max().copied().unwrap_or(0));
+    // completions cut at --max-new-tokens: no EOS at their end
+    let clipped = rollouts.iter().filter(|r| r.response.last() != Some(&eos)).count() as f64 / rollouts.len().max(1) as f64;
+    let line = json!({
+        "kl": st.kl, "response_kl": mean_kl, "beta": g.loss.beta, "loss": st.loss, "entropy": st.entropy,
+        "clip_ratio_low": st.clip_low, "clip_ratio_high": st.clip_high, "clip_ratio_region": st.clipfrac,
+        "reward_group_std": spread.mean_std, "frac_reward_zero_std": spread.frac_zero_std,
+        "completion_len_min": min, "completion_len_max": max, "completion_clipped_ratio": clipped,
+    });
+    (line, format!("KL {:.4}, loss {:.4}, clipped {:.3}, zero-spread groups {:.2}", st.kl, st.loss, st.clipfrac, spread.frac_zero_std))
+}
+
+/// Adds `extra`'s keys to the object `line`.
+fn merge_json(line: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(l), serde_json::Value::Object(e)) = (line.as_object_mut(), extra) {
+        l.extend(e);
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::lm_loss::{head_logprobs, head_xent, LossBufs};
 use okapi_data::{collate, Example, IGNORE_LABEL};
+use super::group::{token_loss, token_weight, GroupLossCfg, GroupStats};
 use super::LossNorm;
 use okapi_model::{Acts, Grads, Model, ModelError, Scratch, ValueBufs};
 use okapi_runtime::{Backend, IGNORE_INDEX};
@@ -26,6 +27,10 @@ pub struct Rollout {
     /// Σ k3 = (ρ − 1) − log ρ, ρ = π/π_ref, over every real position of prompt and response
     /// (trlx's KL estimate), when the run feeds it to the KL controller
     pub kl_k3: f64,
+    /// which of the run's prompts it answers
+    pub prompt_index: usize,
+    /// the value of each reward function of the run (`--reward`), unweighted, in its order
+    pub reward_terms: Vec<f64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +52,43 @@ pub struct PpoStats {
     pub clipfrac: f64,
     pub entropy: f64,
     pub tokens: usize,
+    /// GRPO / RLOO: the k3 KL to the reference in the loss, token mean
+    pub kl: f64,
+    /// GRPO / RLOO: ratios clipped below with a negative advantage, above with a positive one
+    pub clip_low: f64,
+    pub clip_high: f64,
+}
+
+impl PpoStats {
+    /// The statistics as one list (to sum over ranks), `tokens` last.
+    pub fn values(&self) -> [f64; 10] {
+        [self.pg_loss, self.vf_loss, self.loss, self.approx_kl, self.clipfrac, self.entropy, self.kl, self.clip_low, self.clip_high, self.tokens as f64]
+    }
+
+    pub fn from_values(n: &[f64; 10]) -> PpoStats {
+        PpoStats { pg_loss: n[0], vf_loss: n[1], loss: n[2], approx_kl: n[3], clipfrac: n[4], entropy: n[5], kl: n[6], clip_low: n[7], clip_high: n[8], tokens: n[9].round() as usize }
+    }
+
+    /// Adds another minibatch's means (tokens are not summed: `tokens` is per minibatch).
+    pub fn add(&mut self, o: &PpoStats) {
+        let (mut a, b) = (self.values(), o.values());
+        a.iter_mut().zip(b).take(9).for_each(|(x, y)| *x += y);
+        *self = PpoStats::from_values(&a);
+    }
+
+    /// Every mean times `k` (`tokens` untouched).
+    pub fn scale(&mut self, k: f64) {
+        let mut a = self.values();
+        a.iter_mut().take(9).for_each(|x| *x *= k);
+        *self = PpoStats::from_values(&a);
+    }
+}
+
+impl From<GroupStats> for PpoStats {
+    /// A group method's statistics where PPO's are logged: `clipfrac` is the clipped region.
+    fn from(g: GroupStats) -> PpoStats {
+        PpoStats { loss: g.loss, pg_loss: g.loss, kl: g.kl, clipfrac: g.clip_region, clip_low: g.clip_low, clip_high: g.clip_high, entropy: g.entropy, tokens: g.tokens, ..Default::default() }
+    }
 }
 
 /// The size of a whole minibatch (of which a rank of a data-parallel run takes a share).
@@ -254,5 +296,47 @@ impl<B: Backend> PpoBufs<B> {
         }
         model.backward_hidden(&mut self.acts, &mut self.scratch, grads);
         Ok(st)
+    }
+}
+
+impl<B: Backend> PpoBufs<B> {
+    /// GRPO / RLOO on a rank's share of an optimizer step of size `whole`: the clipped
+    /// surrogate over completion tokens plus β·k3 to the reference, aggregated as
+    /// `cfg.loss_type` says over the whole step (so the shares add up over the ranks), and its
+    /// gradient accumulated into `grads`. Returns the statistics and each completion's
+    /// per-token losses (before aggregation).
+    pub fn group_minibatch_share(&mut self, model: &Model<B>, rollouts: &[&Rollout], whole: MinibatchSize, cfg: &GroupLossCfg, grads: &mut Grads<B>) -> Result<(GroupStats, Vec<Vec<f64>>), ModelError> {
+        let (ev, targets, t) = self.eval(model, rollouts, true)?;
+        let mut st = GroupStats { tokens: rollouts.iter().map(|r| r.response.len()).sum(), ..Default::default() };
+        let mut coef = vec![0f32; rollouts.len() * t];
+        let mut per_token = Vec::with_capacity(rollouts.len());
+        let per_tok = 1.0 / whole.tokens.max(1) as f64;
+        for (i, r) in rollouts.iter().enumerate() {
+            let w = token_weight(cfg.loss_type, r.response.len(), whole.rollouts, whole.tokens, cfg.max_completion_len);
+            let mut losses = Vec::with_capacity(r.response.len());
+            for k in 0..r.response.len() {
+                let reference = r.ref_logprobs.get(k).map(|&x| x as f64);
+                let lp = ev.logprobs[i][k] as f64;
+                // no old log-probs: the policy that sampled is this one (ρ = 1 exactly)
+                let old = r.old_logprobs.get(k).map_or(lp, |&x| x as f64);
+                let tl = token_loss(lp, old, reference, r.advantages[k], cfg);
+                st.loss += tl.loss * w;
+                st.kl += tl.kl * per_tok;
+                // clipped where the clip takes the gradient away (TRL's clip ratios)
+                let low = tl.ratio < 1.0 - cfg.epsilon && r.advantages[k] < 0.0;
+                let high = tl.ratio > 1.0 + cfg.epsilon && r.advantages[k] > 0.0;
+                st.clip_low += low as u8 as f64 * per_tok;
+                st.clip_high += high as u8 as f64 * per_tok;
+                st.clip_region += (low || high) as u8 as f64 * per_tok;
+                st.entropy += ev.entropy[i][k] * per_tok;
+                // the cross-entropy kernel with weight −∂L/∂logπ leaves ∂L/∂logits
+                coef[i * t + r.prompt.len() - 1 + k] = -(tl.dlogp * w) as f32;
+                losses.push(tl.loss);
+            }
+            per_token.push(losses);
+        }
+        head_xent(model, &mut self.acts, &mut self.loss, &targets, &coef, Some((&mut self.scratch, &mut *grads)))?;
+        model.backward_hidden(&mut self.acts, &mut self.scratch, grads);
+        Ok((st, per_token))
     }
 }
