@@ -742,6 +742,7 @@ const fn late(name: &'static str, args: &'static str, needles: &'static [&'stati
 
 const SFT: &str = "sft --model {llama} --data {sft.jsonl} --out {out} --max-len 60 --template {template.json}";
 const PPO: &str = "ppo --policy {llama} --reward {run} --prompts {sft.jsonl} --out {out}";
+const GRPO: &str = "grpo --policy {llama} --reward {run} --prompts {sft.jsonl} --out {out} --rollouts 8";
 
 /// The cases, by the class of problem they belong to.
 fn hostile_cases() -> Vec<Case> {
@@ -804,6 +805,18 @@ fn degenerate_flag_cases() -> Vec<Case> {
         early("ppo-temperature-negative", "{PPO} --temperature -1", &["--temperature", "-1"]),
         early("ppo-top-p-0", "{PPO} --top-p 0", &["--top-p", "(0, 1]"]),
         early("ppo-critic-bogus", "{PPO} --critic both", &["--critic both", "shared", "separate"]),
+        early("ppo-reward-list-bogus", "ppo --policy {llama} --reward rm=one --prompts {sft.jsonl} --out {out}", &["--reward", "rm=one", "finite number"]),
+        early("ppo-separate-critic-no-rm", "ppo --policy {llama} --reward lang=1 --prompts {sft.jsonl} --out {out} --critic separate", &["--critic separate", "no rm term"]),
+        early("grpo-generations-1", "{GRPO} --num-generations 1", &["--num-generations", "at least 2"]),
+        early("grpo-rollouts-not-whole-groups", "{GRPO} --num-generations 3", &["--rollouts", "8", "multiple of --num-generations 3"]),
+        early("grpo-loss-type", "{GRPO} --loss-type mean", &["--loss-type", "mean", "grpo or bnpo or dr_grpo"]),
+        early("grpo-scale-rewards", "{GRPO} --scale-rewards std", &["--scale-rewards", "std", "none or group or batch"]),
+        early("grpo-beta-nan", "{GRPO} --beta NaN", &["--beta", "NaN"]),
+        early("grpo-epsilon-negative", "{GRPO} --epsilon -0.2", &["--epsilon", "positive"]),
+        early("grpo-batch-0", "{GRPO} --batch-size 0", &["--batch-size", "at least 1"]),
+        early("grpo-iterations-0", "{GRPO} --num-iterations 0", &["--num-iterations", "at least 1"]),
+        early("grpo-rm-without-model", "grpo --policy {llama} --reward rm=1,lang=1 --prompts {sft.jsonl} --out {out}", &["--reward rm=1,lang=1", "--reward-model"]),
+        early("rloo-scale-rewards", "rloo --policy {llama} --reward {run} --prompts {sft.jsonl} --out {out} --scale-rewards group", &["--scale-rewards", "RLOO"]),
         early("generate-temperature-nan", "generate --model {llama} --instruction hi --temperature NaN", &["--temperature", "NaN"]),
         early("generate-top-p-1.5", "generate --model {llama} --instruction hi --top-p 1.5", &["--top-p", "1.5"]),
         early("generate-max-new-0", "generate --model {llama} --instruction hi --max-new-tokens 0", &["--max-new-tokens 0", "at least 1"]),
@@ -823,7 +836,7 @@ fn degenerate_flag_cases() -> Vec<Case> {
         early("eval-task", "eval --model {llama} --task winogrande --data {arc_vi.json}", &["--task", "winogrande"]),
         early("eval-mmlu-prompt", "eval --model {llama} --task mmlu --data {arc_vi.json} --mmlu-prompt v9", &["--mmlu-prompt", "v9"]),
         early("score-batch-0", "score --model {run} --data {ranking.json} --batch-size 0", &["--batch-size 0"]),
-        early("demo-method", "demo --out {out} --method sgd", &["--method sgd", "ppo, dpo or none"]),
+        early("demo-method", "demo --out {out} --method sgd", &["--method sgd", "ppo, grpo, dpo or none"]),
     ]
 }
 
@@ -932,7 +945,7 @@ fn late_error_cases() -> Vec<Case> {
 
 /// Runs one case and returns what is wrong with its outcome (`None`: all as required).
 fn check_case(world: &World, c: &Case) -> Option<String> {
-    let args: Vec<String> = c.args.replace("{SFT}", SFT).replace("{PPO}", PPO).split_whitespace().map(|a| world.expand(a)).collect();
+    let args: Vec<String> = c.args.replace("{SFT}", SFT).replace("{PPO}", PPO).replace("{GRPO}", GRPO).split_whitespace().map(|a| world.expand(a)).collect();
     let before = world.snapshot();
     let out = Command::new(env!("CARGO_BIN_EXE_okapi-train")).args(&args).envs(c.env.iter().copied()).env_remove("RUST_BACKTRACE").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

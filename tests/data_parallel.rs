@@ -218,7 +218,7 @@ fn okapi(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
 #[test]
 fn only_training_and_scoring_commands_run_as_ranks() {
     let o = okapi(&["merge", "--model", "m", "--adapter", "a", "--out", "o"], &[("OMPI_COMM_WORLD_SIZE", "2")]);
-    common::one_error_line(&o, &["okapi-train merge was started as one of 2 ranks", "data-parallel runs are built for sft, reward, dpo, ppo, eval, loglik, score"]);
+    common::one_error_line(&o, &["okapi-train merge was started as one of 2 ranks", "data-parallel runs are built for sft, reward, dpo, ppo, grpo, rloo, eval, loglik, score"]);
     let o = okapi(&["generate", "--model", "m", "--instruction", "hi"], &[("PMI_SIZE", "3")]);
     common::one_error_line(&o, &["okapi-train generate was started as one of 3 ranks"]);
     common::one_error_line(&okapi(&["launch", "--nproc", "0", "--", "sft"], &[]), &["--nproc 0: expected at least 1 rank"]);

@@ -3,6 +3,7 @@
 //! loss falling and responses to held-out instructions in three scripts, then a reward model and
 //! PPO (or DPO) and the m_arc table per language before and after.
 
+use super::rl_flags::Prompts;
 use super::train_flags::args_json;
 use okapi_data::assets::{self, Asset};
 use okapi_data::bpe::{save_tokenizer, train_bpe};
@@ -10,7 +11,9 @@ use okapi_data::template::{OKAPI_PROMPT_INPUT, OKAPI_PROMPT_NO_INPUT};
 use okapi_data::{encode_example, load_instructions, Example, InstructRecord, PromptTemplate, SftEncoding, Tokenizer};
 use okapi_model::{preset_config, Arch, DType, Model};
 use okapi_rlhf::eval::results::{results_json, results_markdown, Cell};
+use okapi_rlhf::ppo::group::{GroupCfg, GroupLossCfg};
 use okapi_rlhf::ppo::{add_value_head, PpoIo};
+use okapi_rlhf::rewards::RewardSpec;
 use okapi_rlhf::trainer::Objective;
 use okapi_rlhf::{generate, run_ppo, run_sft, train, AdamWConfig, PpoConfig, PpoModels, RunDir, Sampling, TrainConfig};
 use okapi_runtime::{Backend, BackendKind};
@@ -31,10 +34,11 @@ pub struct DemoArgs {
     /// SFT epochs over the bundled data
     #[arg(long, default_value_t = 8)]
     pub epochs: u64,
-    /// RLHF after SFT: ppo (Okapi: reward model + PPO), dpo, or none
+    /// RLHF after SFT: ppo (Okapi: reward model + PPO), grpo (reward model + language
+    /// consistency, GRPO), dpo, or none
     #[arg(long, default_value = "ppo")]
     pub method: String,
-    /// PPO iterations
+    /// PPO / GRPO iterations
     #[arg(long, default_value_t = 6)]
     pub ppo_iterations: u64,
     #[arg(long, default_value_t = 42)]
@@ -58,8 +62,8 @@ fn err(e: impl ToString) -> String {
 }
 
 pub fn run(a: DemoArgs) -> Result<(), String> {
-    if !matches!(a.method.as_str(), "ppo" | "dpo" | "none") {
-        return Err(format!("--method {}: expected ppo, dpo or none", a.method));
+    if !matches!(a.method.as_str(), "ppo" | "grpo" | "dpo" | "none") {
+        return Err(format!("--method {}: expected ppo, grpo, dpo or none", a.method));
     }
     super::on_backend!(a.backend, a.precision, |be| run_on(be, &a))
 }
@@ -78,7 +82,7 @@ struct Demo<'a, B: Backend> {
 }
 
 /// What the demo writes in its directory, and the file that marks it as the demo's.
-const DEMO_ENTRIES: [&str; 9] = ["data", "tokenizer.json", "init", "sft", "rm", "ppo", "dpo", "eval", "report.html"];
+const DEMO_ENTRIES: [&str; 10] = ["data", "tokenizer.json", "init", "sft", "rm", "ppo", "grpo", "dpo", "eval", "report.html"];
 const DEMO_MARKER: &str = ".okapi-demo";
 
 /// The demo's directory: new, empty, or a previous demo's (whose contents it replaces); any
@@ -120,7 +124,7 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     let arc_before = eval_arc(&tuned, &demo.tok, "sft", &mut cells)?;
     demo.report.push(format!("ARC      0-shot acc after SFT: {arc_before:.3} (chance ≈ 0.26; a 1.6M-parameter model is not expected to beat it)"));
     let tuned_dir = match a.method.as_str() {
-        "ppo" => Some(demo.rlhf_ppo(&sft_dir)?),
+        "ppo" | "grpo" => Some(demo.rlhf_ppo(&sft_dir)?),
         "dpo" => Some(demo.rlhf_dpo(&sft_dir)?),
         _ => None,
     };
@@ -138,7 +142,7 @@ fn run_on<B: Backend>(be: B, a: &DemoArgs) -> Result<(), String> {
     }
     let report = a.out.join("report.html");
     super::report::write_report(std::slice::from_ref(&a.out), &report, 0.6)?;
-    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/ or dpo/, eval/); curves and samples: {}", t0.elapsed().as_secs_f64(), a.out.display(), report.display());
+    println!("demo finished in {:.0} s; everything is in {} (data/, tokenizer.json, init/, sft/, rm/, ppo/, grpo/ or dpo/, eval/); curves and samples: {}", t0.elapsed().as_secs_f64(), a.out.display(), report.display());
     Ok(())
 }
 
@@ -249,8 +253,8 @@ impl<B: Backend> Demo<'_, B> {
         Ok(okapi_rlhf::split_val(groups, 0.15, self.a.seed))
     }
 
-    /// Reward model on the bundled rankings, then PPO on the bundled RL prompts; returns the
-    /// policy's directory.
+    /// Reward model on the bundled rankings, then PPO (or GRPO) on the bundled RL prompts;
+    /// returns the policy's directory.
     fn rlhf_ppo(&mut self, sft_dir: &Path) -> Result<PathBuf, String> {
         let t = Instant::now();
         let (train_g, val_g) = self.ranking_groups()?;
@@ -264,15 +268,16 @@ impl<B: Backend> Demo<'_, B> {
         let val_acc = obj.validate(&rm).map_err(err)?.and_then(|m| m.get("val_accuracy").and_then(|v| v.as_f64())).unwrap_or(f64::NAN);
         println!("reward model: {} steps in {:.0} s, train accuracy {}, held-out pairwise accuracy {val_acc:.3} (chance 0.5)", s.steps, t.elapsed().as_secs_f64(), s.last_extra.get("accuracy").map(|v| v.to_string()).unwrap_or_default());
         self.report.push(format!("RM       held-out pairwise accuracy {val_acc:.3} (chance 0.500)"));
-        self.ppo(sft_dir, &rm)
+        match self.a.method.as_str() {
+            "grpo" => self.grpo(sft_dir, &rm),
+            _ => self.ppo(sft_dir, &rm),
+        }
     }
 
     /// PPO of the SFT model against `rm` on the bundled RL prompts.
     fn ppo(&mut self, sft_dir: &Path, rm: &Model<B>) -> Result<PathBuf, String> {
         let t = Instant::now();
-        let files = write_assets(&self.a.out.join("data/rl"), assets::RL_PROMPTS)?;
-        let (recs, _) = load_instructions(&files, None, false).map_err(err)?;
-        let prompts: Vec<Vec<u32>> = recs.iter().map(|r| self.tok.encode(&self.tpl.prompt(&r.instruction, &r.input), true)).collect::<Result<_, _>>().map_err(err)?;
+        let prompts = self.rl_prompts()?.ids;
         let mut policy = Model::load(self.be.clone(), sft_dir).map_err(err)?;
         let reference = Model::load(self.be.clone(), sft_dir).map_err(err)?;
         let base = PpoConfig::defaults();
@@ -290,13 +295,63 @@ impl<B: Backend> Demo<'_, B> {
         println!("\nppo: {} prompts in 27 languages, {} iterations of {} rollouts (≤ {} new tokens), 4 PPO epochs, adaptive KL (β₀ 0.1, target 6)", prompts.len(), cfg.iterations, cfg.rollouts, cfg.sampling.max_new_tokens);
         let decode = |ids: &[u32]| self.tok.decode(ids, true).unwrap_or_default();
         let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
-        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None, comm: &okapi_runtime::SingleProcess };
+        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None, comm: &okapi_runtime::SingleProcess, prompt_langs: &[] };
         let out = self.a.out.join("ppo");
-        let (_, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: rm, critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
+        let (_, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: Some(rm), critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
         let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
         let kmax = s.kls.iter().cloned().fold(0.0, f64::max);
         println!("ppo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}, KL to the SFT model at most {kmax:.3}", s.iterations, t.elapsed().as_secs_f64());
         self.report.push(format!("PPO      mean reward {s0:.3} → {s1:.3} over {} iterations; KL ≤ {kmax:.3} nats", s.iterations));
+        Ok(out)
+    }
+
+    /// The bundled RL prompts (Okapi's template) and their languages.
+    fn rl_prompts(&self) -> Result<Prompts, String> {
+        let files = write_assets(&self.a.out.join("data/rl"), assets::RL_PROMPTS)?;
+        let (recs, _) = load_instructions(&files, None, false).map_err(err)?;
+        let ids = recs.iter().map(|r| self.tok.encode(&self.tpl.prompt(&r.instruction, &r.input), true)).collect::<Result<_, _>>().map_err(err)?;
+        let langs = recs.iter().map(|r| okapi_rlhf::rewards::prompt_language(r.lang.as_deref(), &r.instruction)).collect();
+        Ok(Prompts { ids, langs })
+    }
+
+    /// GRPO of the SFT model against `rm` plus the language-consistency reward, with the
+    /// consistency rate per language before and after.
+    fn grpo(&mut self, sft_dir: &Path, rm: &Model<B>) -> Result<PathBuf, String> {
+        let t = Instant::now();
+        let Prompts { ids: prompts, langs } = self.rl_prompts()?;
+        let policy = Model::load(self.be.clone(), sft_dir).map_err(err)?;
+        let reference = Model::load(self.be.clone(), sft_dir).map_err(err)?;
+        let before = lang_consistency(&policy, &prompts, &langs, &self.tok, self.eos, self.a.seed)?;
+        let base = PpoConfig::grpo();
+        let group = base.group.map(|g| GroupCfg { num_generations: 4, loss: GroupLossCfg { max_completion_len: 32, ..g.loss }, ..g });
+        let cfg = PpoConfig {
+            iterations: self.a.ppo_iterations,
+            rollouts: 32,
+            sampling: Sampling { max_new_tokens: 32, seed: self.a.seed, ..base.sampling.clone() },
+            lr: 2e-4,
+            seed: self.a.seed,
+            samples_every: 2,
+            save_dtype: Some(DType::F32),
+            rewards: RewardSpec::parse("rm=1.0,lang=1.0").map_err(err)?,
+            group,
+            ..base
+        };
+        println!("
+grpo: {} prompts in 27 languages, {} iterations of 8 prompts × 4 completions (≤ 32 new tokens), reward = reward model + language consistency, β 0.04", prompts.len(), cfg.iterations);
+        let decode = |ids: &[u32]| self.tok.decode(ids, true).unwrap_or_default();
+        let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
+        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None, comm: &okapi_runtime::SingleProcess, prompt_langs: &langs };
+        let out = self.a.out.join("grpo");
+        let (tuned, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: Some(rm), critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
+        let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
+        println!("grpo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}", s.iterations, t.elapsed().as_secs_f64());
+        let after = lang_consistency(&tuned, &prompts, &langs, &self.tok, self.eos, self.a.seed)?;
+        let table = consistency_table(&before, &after);
+        println!("
+language consistency (one sampled answer per RL prompt, in the prompt's language?):\n{table}");
+        std::fs::write(out.join("lang_consistency.md"), &table).map_err(io(&out))?;
+        let rate = |c: &[(String, usize, usize)]| c.iter().map(|x| x.2).sum::<usize>() as f64 / c.iter().map(|x| x.1).sum::<usize>().max(1) as f64;
+        self.report.push(format!("GRPO     mean reward {s0:.3} → {s1:.3}; language consistency {:.3} → {:.3}", rate(&before), rate(&after)));
         Ok(out)
     }
 
@@ -361,4 +416,34 @@ fn write_eval_results(dir: &Path, models: &[(String, PathBuf)], cells: &[Cell]) 
     std::fs::write(dir.join("results.json"), json + "\n").map_err(|e| format!("{}: {e}", dir.display()))?;
     let names: Vec<String> = models.iter().map(|m| m.0.clone()).collect();
     std::fs::write(dir.join("results.md"), results_markdown(&names, cells)).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Per language (in the order first met): prompts, and answers detected in the prompt's
+/// language — one answer each, sampled as the showcase samples.
+fn lang_consistency<B: Backend>(model: &Model<B>, prompts: &[Vec<u32>], langs: &[Option<&'static str>], tok: &Tokenizer, eos: u32, seed: u64) -> Result<Vec<(String, usize, usize)>, String> {
+    let sampling = Sampling { temperature: 0.7, top_p: 0.9, top_k: 40, max_new_tokens: 32, seed };
+    let gens = generate(model, prompts, &sampling, Some(eos)).map_err(err)?;
+    let mut rows: Vec<(String, usize, usize)> = Vec::new();
+    for (g, lang) in gens.iter().zip(langs) {
+        let Some(lang) = lang else { continue };
+        let text = tok.decode(&g.tokens, true).map_err(err)?;
+        let hit = okapi_rlhf::rewards::lang_consistency(lang, &text) > 0.5;
+        match rows.iter_mut().find(|r| r.0 == *lang) {
+            Some(r) => (r.1, r.2) = (r.1 + 1, r.2 + usize::from(hit)),
+            None => rows.push((lang.to_string(), 1, usize::from(hit))),
+        }
+    }
+    Ok(rows)
+}
+
+/// The consistency rates before and after, per language and overall, as a Markdown table.
+fn consistency_table(before: &[(String, usize, usize)], after: &[(String, usize, usize)]) -> String {
+    let mut t = String::from("| lang | prompts | SFT | GRPO |\n|---|---|---|---|\n");
+    for (b, a) in before.iter().zip(after) {
+        t += &format!("| {} | {} | {:.2} | {:.2} |\n", b.0, b.1, b.2 as f64 / b.1.max(1) as f64, a.2 as f64 / a.1.max(1) as f64);
+    }
+    let total = |c: &[(String, usize, usize)]| (c.iter().map(|x| x.2).sum::<usize>(), c.iter().map(|x| x.1).sum::<usize>());
+    let ((hb, n), (ha, _)) = (total(before), total(after));
+    t += &format!("| all | {n} | {:.3} | {:.3} |\n", hb as f64 / n.max(1) as f64, ha as f64 / n.max(1) as f64);
+    t
 }

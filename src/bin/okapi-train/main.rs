@@ -49,6 +49,7 @@ mod demo;
 mod eval;
 mod eval_suite;
 mod generate;
+mod group;
 mod init;
 mod launch;
 mod loglik;
@@ -60,6 +61,7 @@ mod plan;
 mod ppo;
 mod ranks;
 mod report;
+mod rl_flags;
 mod sft;
 mod signals;
 mod svg;
@@ -88,6 +90,10 @@ pub enum Command {
     Score(pairs::ScoreArgs),
     /// PPO against a reward model with an adaptive KL penalty (Okapi's RLHF).
     Ppo(Box<ppo::PpoArgs>),
+    /// GRPO: G completions per prompt, advantages against the group's mean (no critic).
+    Grpo(Box<group::GroupArgs>),
+    /// RLOO: G completions per prompt, each against the mean of the group's others (no critic).
+    Rloo(Box<group::GroupArgs>),
     /// Direct preference optimisation on ranking data.
     Dpo(pairs::DpoArgs),
     /// Train a byte-level BPE tokenizer on Okapi instruction files.
@@ -110,7 +116,7 @@ pub enum Command {
     Report(report::ReportArgs),
     /// One figure (SVG or PNG) of some metrics of some runs.
     Plot(report::PlotArgs),
-    /// A data-parallel run of N ranks on this machine through mpirun (sft, reward, dpo, ppo; eval, loglik, score).
+    /// A data-parallel run of N ranks on this machine through mpirun (sft, reward, dpo, ppo, grpo, rloo; eval, loglik, score).
     Launch(launch::LaunchArgs),
 }
 
@@ -143,6 +149,8 @@ fn dispatch(cli: Cli) -> Result<(), String> {
         Command::Score(a) => pairs::run_score(a),
         Command::Dpo(a) => pairs::run_dpo(a),
         Command::Ppo(a) => ppo::run(*a),
+        Command::Grpo(a) => group::run(*a, okapi_rlhf::ppo::group::Algo::Grpo),
+        Command::Rloo(a) => group::run(*a, okapi_rlhf::ppo::group::Algo::Rloo),
         Command::Init(a) => init::run(a),
         Command::Loglik(a) => loglik::run(a),
         Command::Generate(a) => generate::run(a),
@@ -231,7 +239,7 @@ fn main() -> ExitCode {
     }
     // --help shows each training flag's default and, where it differs, Okapi's value
     let (cli, command) = parse_args();
-    signals::install(matches!(cli.command, Command::Sft(_) | Command::Reward(_) | Command::Dpo(_) | Command::Ppo(_)));
+    signals::install(matches!(cli.command, Command::Sft(_) | Command::Reward(_) | Command::Dpo(_) | Command::Ppo(_) | Command::Grpo(_) | Command::Rloo(_)));
     // under an MPI launcher: this process becomes one rank of the run
     if let Err(e) = ranks::init(&command) {
         eprintln!("error: {e}");

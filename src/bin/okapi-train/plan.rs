@@ -16,6 +16,8 @@ pub enum PlanCommand {
     Reward,
     Dpo,
     Ppo,
+    Grpo,
+    Rloo,
     Eval,
     Generate,
 }
@@ -34,13 +36,13 @@ pub struct PlanArgs {
     /// The preset's architecture: llama, bloom, qwen2, qwen3, mistral or gemma2 (default: the one the preset's shape comes from)
     #[arg(long)]
     pub arch: Option<String>,
-    /// PPO: the reward model's directory or preset (default: the policy's shape)
+    /// PPO / GRPO / RLOO: the reward model's directory or preset (default: the policy's shape)
     #[arg(long)]
     pub reward: Option<String>,
     /// Defaults of this recipe for every flag not given: default or okapi
     #[arg(long, value_enum, default_value_t = Recipe::Default)]
     pub recipe: Recipe,
-    /// Sequences per micro-batch (sft / reward / dpo: --batch-size; eval / generate: sequences at once)
+    /// Sequences per micro-batch (sft / reward / dpo: --batch-size; grpo / rloo: completions per optimizer step; eval / generate: sequences at once)
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Tokens per sequence (training: --max-len; eval: context; generate: prompt)
@@ -49,7 +51,7 @@ pub struct PlanArgs {
     /// Train only the top N blocks (and the head)
     #[arg(long)]
     pub unfrozen_layers: Option<usize>,
-    /// PPO: rollouts per iteration
+    /// PPO / GRPO / RLOO: rollouts (completions) per iteration
     #[arg(long)]
     pub rollouts: Option<usize>,
     /// PPO: rollouts generated and scored at once
@@ -144,13 +146,16 @@ fn train_defaults(a: &PlanArgs) -> Result<TrainConfig, String> {
 }
 
 fn ppo_defaults(a: &PlanArgs) -> PpoConfig {
-    let mut cfg = match a.recipe {
-        Recipe::Default => PpoConfig::defaults(),
-        Recipe::Okapi => PpoConfig::okapi(),
+    let mut cfg = match (a.command, a.recipe) {
+        (PlanCommand::Grpo, _) => PpoConfig::grpo(),
+        (PlanCommand::Rloo, _) => PpoConfig::rloo(),
+        (_, Recipe::Default) => PpoConfig::defaults(),
+        (_, Recipe::Okapi) => PpoConfig::okapi(),
     };
     cfg.rollouts = a.rollouts.unwrap_or(cfg.rollouts);
     cfg.chunk_size = a.chunk_size.unwrap_or(cfg.chunk_size);
-    cfg.minibatch = a.ppo_batch_size.unwrap_or(cfg.minibatch);
+    // a group method's optimizer step is --batch-size completions
+    cfg.minibatch = if cfg.group.is_some() { a.batch_size } else { a.ppo_batch_size }.unwrap_or(cfg.minibatch);
     cfg.sampling.max_new_tokens = a.max_new_tokens.unwrap_or(cfg.sampling.max_new_tokens);
     cfg.max_prompt_len = a.max_prompt_len.unwrap_or(cfg.max_prompt_len);
     cfg.unfrozen_layers = a.unfrozen_layers.or(cfg.unfrozen_layers);
@@ -191,10 +196,10 @@ fn plan_need(a: &PlanArgs, policy: &ModelConfig) -> Result<Need, String> {
             let need = training_run_need(&model, trainable, cfg.batch_size.saturating_mul(per_pair).saturating_mul(cfg.max_len), t, "lower --batch-size or --max-len");
             Need { what: format!("{:?}", a.command).to_lowercase(), ..need }
         }
-        PlanCommand::Ppo => {
+        PlanCommand::Ppo | PlanCommand::Grpo | PlanCommand::Rloo => {
             let cfg = ppo_defaults(a);
             cfg.validate().map_err(|e| e.to_string())?;
-            ppo_need(policy, &reward_config(a, policy)?, &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory, lora: &a.lora, zero_ranks: zero_ranks(a)?, zero_grads: a.zero == 2 })?
+            ppo_need(policy, Some(&reward_config(a, policy)?), &cfg, cfg.max_prompt_len, PpoMemory { separate_critic: a.critic == "separate", hydra: a.reference == "hydra", flags: &a.memory, lora: &a.lora, zero_ranks: zero_ranks(a)?, zero_grads: a.zero == 2 })?
         }
         PlanCommand::Eval | PlanCommand::Generate => {
             let (b, t) = (a.batch_size.unwrap_or(1), a.max_len.unwrap_or(512));

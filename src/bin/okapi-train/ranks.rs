@@ -1,14 +1,14 @@
 //! The ranks of a data-parallel run. Under an MPI launcher (`mpirun -np N okapi-train …`, or
-//! `okapi-train launch`) this process is one rank of N: sft, reward, dpo and ppo train
+//! `okapi-train launch`) this process is one rank of N: sft, reward, dpo, ppo, grpo and rloo train
 //! data-parallel (every rank loads the models and the data and takes its share of each batch —
-//! PPO: of the rollouts, their scoring and each minibatch; rank 0 writes the run); eval, loglik and score split their items across the ranks (every rank gets every
+//! PPO, GRPO, RLOO: of the rollouts, their scoring and each minibatch; rank 0 writes the run); eval, loglik and score split their items across the ranks (every rank gets every
 //! result; rank 0 writes them). Otherwise it is the only rank and nothing changes.
 
 use okapi_runtime::{Collective, SingleProcess};
 use std::sync::OnceLock;
 
 /// The commands that run data-parallel.
-const DATA_PARALLEL: [&str; 7] = ["sft", "reward", "dpo", "ppo", "eval", "loglik", "score"];
+const DATA_PARALLEL: [&str; 9] = ["sft", "reward", "dpo", "ppo", "grpo", "rloo", "eval", "loglik", "score"];
 
 static COMM: OnceLock<Box<dyn Collective + Send + Sync>> = OnceLock::new();
 

@@ -471,5 +471,7 @@ pub fn annotate(cmd: clap::Command) -> clap::Command {
     let cmd = cmd.mut_subcommand("sft", |c| annotate_stage(c, Stage::Sft));
     let cmd = cmd.mut_subcommand("reward", |c| annotate_stage(c, Stage::Reward));
     let cmd = cmd.mut_subcommand("dpo", |c| annotate_stage(c, Stage::Dpo));
+    let cmd = cmd.mut_subcommand("grpo", super::group::annotate(okapi_rlhf::ppo::group::Algo::Grpo));
+    let cmd = cmd.mut_subcommand("rloo", super::group::annotate(okapi_rlhf::ppo::group::Algo::Rloo));
     cmd.mut_subcommand("ppo", super::ppo::annotate)
 }
