@@ -1,6 +1,6 @@
 #!/bin/bash
 # One GRPO / RLOO iteration against one PPO iteration on bench-5m: the same 32 rollouts of exactly
-# 64 new tokens (a random policy never samples EOS), time per phase (median of iterations 2-3) and
+# 64 new tokens (a random policy never samples EOS), time per phase (median of iterations 2-5) and
 # peak resident memory. Needs `cargo build --release` (benches/RESULTS.md, "GRPO and RLOO vs PPO").
 set -e
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ $B tokenizer --data data/assets/sft/*.json --vocab-size 4096 --out $W/tokenizer.
 $B init --arch llama --preset bench-5m --tokenizer $W/tokenizer.json --out $W/policy >/dev/null 2>&1
 $B reward --model $W/policy --data data/assets/ranking/*.json --out $W/rm --max-steps 1 >/dev/null 2>&1
 PEAK='import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); print("peak_rss_mib %.0f" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024), file=sys.stderr); sys.exit(r.returncode)'
-COMMON="--policy $W/policy --prompts data/assets/rl/ --iterations 3 --rollouts 32 --chunk-size 16 --max-new-tokens 64 --seed 1"
+COMMON="--policy $W/policy --prompts data/assets/rl/ --iterations 5 --rollouts 32 --chunk-size 16 --max-new-tokens 64 --seed 1"
 run() {
   local name=$1; shift
   python3 -c "$PEAK" $B "$@" $COMMON --out $W/$name 2>&1 | grep peak_rss | sed "s/^/$name /"
