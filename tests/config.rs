@@ -147,7 +147,7 @@ fn bad_configs_are_one_line_each_and_write_nothing() {
 /// `--config` is on every command's --help.
 #[test]
 fn every_command_takes_config() {
-    for cmd in ["demo", "sft", "reward", "score", "ppo", "dpo", "tokenizer", "init", "loglik", "generate", "eval", "merge", "plan", "bench", "report", "plot", "launch"] {
+    for cmd in ["demo", "sft", "reward", "score", "ppo", "grpo", "rloo", "dpo", "tokenizer", "init", "loglik", "generate", "eval", "merge", "plan", "bench", "report", "plot", "launch"] {
         let help = String::from_utf8_lossy(&ok(&[cmd, "--help"]).stdout).to_string();
         assert!(help.contains("--config <FILE>"), "{cmd} --help: {help}");
     }

@@ -224,3 +224,30 @@ fn bad_group_flags_are_one_clear_line_and_nothing_is_written() {
     assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(), "{}\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn demo_method_grpo_shows_the_language_consistency_before_and_after() {
+    let dir = tmp("demo");
+    let out = dir.join("demo");
+    let o = run(&["demo", "--method", "grpo", "--out", p(&out), "--epochs", "1", "--ppo-iterations", "2"]);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let table = std::fs::read_to_string(out.join("grpo/lang_consistency.md")).unwrap();
+    assert!(stdout.contains(&table), "the demo prints the table it writes");
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(rows.len(), 28, "27 languages and all: {table}");
+    // every rate is a fraction of the language's prompts; `all` counts the 230 bundled prompts
+    for row in &rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        let n: f64 = cells[1].parse().unwrap();
+        for rate in &cells[2..] {
+            let r: f64 = rate.parse().unwrap();
+            assert!((0.0..=1.0).contains(&r) && ((r * n).round() - r * n).abs() < 0.02 * n, "{row}");
+        }
+    }
+    assert!(rows[27].starts_with("| all | 230 |"), "{}", rows[27]);
+    assert!(stdout.contains("GRPO     mean reward") && stdout.contains("language consistency"), "{stdout}");
+    let m = lines(&out.join("grpo/metrics.jsonl"));
+    assert!(m.len() == 2 && m[0]["reward_lang_mean"].is_number() && m[0]["reward_rm_mean"].is_number());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -38,9 +38,10 @@ pub struct DemoArgs {
     /// consistency, GRPO), dpo, or none
     #[arg(long, default_value = "ppo")]
     pub method: String,
-    /// PPO / GRPO iterations
-    #[arg(long, default_value_t = 6)]
-    pub ppo_iterations: u64,
+    /// PPO / GRPO iterations [default: 6 for PPO; 30 for GRPO, whose iterations are cheaper
+    /// and whose language-consistency reward needs more of them to move]
+    #[arg(long)]
+    pub ppo_iterations: Option<u64>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// The tiny model's architecture: llama, bloom, qwen2, qwen3, mistral or gemma2
@@ -283,7 +284,7 @@ impl<B: Backend> Demo<'_, B> {
         let base = PpoConfig::defaults();
         add_value_head(&mut policy, base.value_head, self.a.seed);
         let cfg = PpoConfig {
-            iterations: self.a.ppo_iterations,
+            iterations: self.a.ppo_iterations.unwrap_or(6),
             rollouts: 32,
             sampling: Sampling { max_new_tokens: 32, seed: self.a.seed, ..base.sampling.clone() },
             lr: 2e-4,
@@ -325,7 +326,7 @@ impl<B: Backend> Demo<'_, B> {
         let base = PpoConfig::grpo();
         let group = base.group.map(|g| GroupCfg { num_generations: 4, loss: GroupLossCfg { max_completion_len: 32, ..g.loss }, ..g });
         let cfg = PpoConfig {
-            iterations: self.a.ppo_iterations,
+            iterations: self.a.ppo_iterations.unwrap_or(30),
             rollouts: 32,
             sampling: Sampling { max_new_tokens: 32, seed: self.a.seed, ..base.sampling.clone() },
             lr: 2e-4,
