@@ -278,13 +278,25 @@ impl<B: Backend> Demo<'_, B> {
     /// PPO of the SFT model against `rm` on the bundled RL prompts.
     fn ppo(&mut self, sft_dir: &Path, rm: &Model<B>) -> Result<PathBuf, String> {
         let t = Instant::now();
-        let prompts = self.rl_prompts()?.ids;
+        let prompts = self.rl_prompts()?;
         let mut policy = Model::load(self.be.clone(), sft_dir).map_err(err)?;
-        let reference = Model::load(self.be.clone(), sft_dir).map_err(err)?;
         let base = PpoConfig::defaults();
         add_value_head(&mut policy, base.value_head, self.a.seed);
-        let cfg = PpoConfig {
-            iterations: self.a.ppo_iterations.unwrap_or(6),
+        let cfg = self.rl_cfg(base, 6);
+        println!("\nppo: {} prompts in 27 languages, {} iterations of {} rollouts (≤ {} new tokens), 4 PPO epochs, adaptive KL (β₀ 0.1, target 6)", prompts.ids.len(), cfg.iterations, cfg.rollouts, cfg.sampling.max_new_tokens);
+        let (out, _, s) = self.run_rl(sft_dir, policy, rm, &prompts, &cfg)?;
+        let (s0, s1) = first_last(&s.scores);
+        let kmax = s.kls.iter().cloned().fold(0.0, f64::max);
+        println!("ppo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}, KL to the SFT model at most {kmax:.3}", s.iterations, t.elapsed().as_secs_f64());
+        self.report.push(format!("PPO      mean reward {s0:.3} → {s1:.3} over {} iterations; KL ≤ {kmax:.3} nats", s.iterations));
+        Ok(out)
+    }
+
+    /// The demo's RL settings over `base`: 32 rollouts of ≤ 32 tokens, lr 2e-4, samples every 2
+    /// iterations, `--ppo-iterations` (else `iterations`).
+    fn rl_cfg(&self, base: PpoConfig, iterations: u64) -> PpoConfig {
+        PpoConfig {
+            iterations: self.a.ppo_iterations.unwrap_or(iterations),
             rollouts: 32,
             sampling: Sampling { max_new_tokens: 32, seed: self.a.seed, ..base.sampling.clone() },
             lr: 2e-4,
@@ -292,18 +304,19 @@ impl<B: Backend> Demo<'_, B> {
             samples_every: 2,
             save_dtype: Some(DType::F32),
             ..base
-        };
-        println!("\nppo: {} prompts in 27 languages, {} iterations of {} rollouts (≤ {} new tokens), 4 PPO epochs, adaptive KL (β₀ 0.1, target 6)", prompts.len(), cfg.iterations, cfg.rollouts, cfg.sampling.max_new_tokens);
+        }
+    }
+
+    /// `cfg` (PPO or GRPO) from the SFT model against `rm` on `prompts`, into `ppo/` or
+    /// `grpo/`; returns that directory, the tuned policy and the summary.
+    fn run_rl(&self, sft_dir: &Path, policy: Model<B>, rm: &Model<B>, prompts: &Prompts, cfg: &PpoConfig) -> Result<(PathBuf, Model<B>, okapi_rlhf::ppo::PpoSummary), String> {
+        let reference = Model::load(self.be.clone(), sft_dir).map_err(err)?;
         let decode = |ids: &[u32]| self.tok.decode(ids, true).unwrap_or_default();
         let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
-        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None, comm: &okapi_runtime::SingleProcess, prompt_langs: &[] };
-        let out = self.a.out.join("ppo");
-        let (_, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: Some(rm), critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
-        let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
-        let kmax = s.kls.iter().cloned().fold(0.0, f64::max);
-        println!("ppo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}, KL to the SFT model at most {kmax:.3}", s.iterations, t.elapsed().as_secs_f64());
-        self.report.push(format!("PPO      mean reward {s0:.3} → {s1:.3} over {} iterations; KL ≤ {kmax:.3} nats", s.iterations));
-        Ok(out)
+        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None, comm: &okapi_runtime::SingleProcess, prompt_langs: &prompts.langs };
+        let out = self.a.out.join(cfg.command());
+        let (tuned, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: Some(rm), critic: None }, &prompts.ids, cfg, &io_, Some(&out)).map_err(err)?;
+        Ok((out, tuned, s))
     }
 
     /// The bundled RL prompts (Okapi's template) and their languages.
@@ -319,37 +332,19 @@ impl<B: Backend> Demo<'_, B> {
     /// consistency rate per language before and after.
     fn grpo(&mut self, sft_dir: &Path, rm: &Model<B>) -> Result<PathBuf, String> {
         let t = Instant::now();
-        let Prompts { ids: prompts, langs } = self.rl_prompts()?;
+        let prompts = self.rl_prompts()?;
         let policy = Model::load(self.be.clone(), sft_dir).map_err(err)?;
-        let reference = Model::load(self.be.clone(), sft_dir).map_err(err)?;
-        let before = lang_consistency(&policy, &prompts, &langs, &self.tok, self.eos, self.a.seed)?;
+        let before = lang_consistency(&policy, &prompts, &self.tok, self.eos, self.a.seed)?;
         let base = PpoConfig::grpo();
         let group = base.group.map(|g| GroupCfg { num_generations: 4, loss: GroupLossCfg { max_completion_len: 32, ..g.loss }, ..g });
-        let cfg = PpoConfig {
-            iterations: self.a.ppo_iterations.unwrap_or(30),
-            rollouts: 32,
-            sampling: Sampling { max_new_tokens: 32, seed: self.a.seed, ..base.sampling.clone() },
-            lr: 2e-4,
-            seed: self.a.seed,
-            samples_every: 2,
-            save_dtype: Some(DType::F32),
-            rewards: RewardSpec::parse("rm=1.0,lang=1.0").map_err(err)?,
-            group,
-            ..base
-        };
-        println!("
-grpo: {} prompts in 27 languages, {} iterations of 8 prompts × 4 completions (≤ 32 new tokens), reward = reward model + language consistency, β 0.04", prompts.len(), cfg.iterations);
-        let decode = |ids: &[u32]| self.tok.decode(ids, true).unwrap_or_default();
-        let rm_ids = |p: &[u32], r: &[u32]| -> Result<Vec<u32>, okapi_rlhf::TrainError> { Ok(p.iter().chain(r).copied().collect()) };
-        let io_ = PpoIo { rm_ids: &rm_ids, decode: &decode, eos: self.eos, pad: self.pad, rm_pad: self.pad, tokenizer: Some(&self.tok_path), tensorboard: None, comm: &okapi_runtime::SingleProcess, prompt_langs: &langs };
-        let out = self.a.out.join("grpo");
-        let (tuned, s) = run_ppo(PpoModels { policy, reference: Some(&reference), reward: Some(rm), critic: None }, &prompts, &cfg, &io_, Some(&out)).map_err(err)?;
-        let (s0, s1) = (s.scores.first().copied().unwrap_or(f64::NAN), s.scores.last().copied().unwrap_or(f64::NAN));
+        let cfg = PpoConfig { rewards: RewardSpec::parse("rm=1.0,lang=1.0").map_err(err)?, group, ..self.rl_cfg(base, 30) };
+        println!("\ngrpo: {} prompts in 27 languages, {} iterations of 8 prompts × 4 completions (≤ 32 new tokens), reward = reward model + language consistency, β 0.04", prompts.ids.len(), cfg.iterations);
+        let (out, tuned, s) = self.run_rl(sft_dir, policy, rm, &prompts, &cfg)?;
+        let (s0, s1) = first_last(&s.scores);
         println!("grpo: {} iterations in {:.0} s; mean reward {s0:.3} → {s1:.3}", s.iterations, t.elapsed().as_secs_f64());
-        let after = lang_consistency(&tuned, &prompts, &langs, &self.tok, self.eos, self.a.seed)?;
+        let after = lang_consistency(&tuned, &prompts, &self.tok, self.eos, self.a.seed)?;
         let table = consistency_table(&before, &after);
-        println!("
-language consistency (one sampled answer per RL prompt, in the prompt's language?):\n{table}");
+        println!("\nlanguage consistency (one sampled answer per RL prompt, in the prompt's language?):\n{table}");
         std::fs::write(out.join("lang_consistency.md"), &table).map_err(io(&out))?;
         let rate = |c: &[(String, usize, usize)]| c.iter().map(|x| x.2).sum::<usize>() as f64 / c.iter().map(|x| x.1).sum::<usize>().max(1) as f64;
         self.report.push(format!("GRPO     mean reward {s0:.3} → {s1:.3}; language consistency {:.3} → {:.3}", rate(&before), rate(&after)));
@@ -384,6 +379,11 @@ fn write_assets(dir: &Path, set: &[Asset]) -> Result<Vec<PathBuf>, String> {
         files.push(p);
     }
     Ok(files)
+}
+
+/// The first and the last value (NaN when none).
+fn first_last(v: &[f64]) -> (f64, f64) {
+    (v.first().copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
 }
 
 /// Mean of the first and of the last `k` values of a metric over a run's metrics lines.
@@ -421,11 +421,11 @@ fn write_eval_results(dir: &Path, models: &[(String, PathBuf)], cells: &[Cell]) 
 
 /// Per language (in the order first met): prompts, and answers detected in the prompt's
 /// language — one answer each, sampled as the showcase samples.
-fn lang_consistency<B: Backend>(model: &Model<B>, prompts: &[Vec<u32>], langs: &[Option<&'static str>], tok: &Tokenizer, eos: u32, seed: u64) -> Result<Vec<(String, usize, usize)>, String> {
+fn lang_consistency<B: Backend>(model: &Model<B>, prompts: &Prompts, tok: &Tokenizer, eos: u32, seed: u64) -> Result<Vec<(String, usize, usize)>, String> {
     let sampling = Sampling { temperature: 0.7, top_p: 0.9, top_k: 40, max_new_tokens: 32, seed };
-    let gens = generate(model, prompts, &sampling, Some(eos)).map_err(err)?;
+    let gens = generate(model, &prompts.ids, &sampling, Some(eos)).map_err(err)?;
     let mut rows: Vec<(String, usize, usize)> = Vec::new();
-    for (g, lang) in gens.iter().zip(langs) {
+    for (g, lang) in gens.iter().zip(&prompts.langs) {
         let Some(lang) = lang else { continue };
         let text = tok.decode(&g.tokens, true).map_err(err)?;
         let hit = okapi_rlhf::rewards::lang_consistency(lang, &text) > 0.5;
