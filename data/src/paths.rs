@@ -78,7 +78,7 @@ mod tests {
         for f in ["vi.json", "ar.jsonl", "notes.txt", ".hidden.json", "sub/zh.json"] {
             std::fs::write(dir.join(f), "[]").unwrap();
         }
-        let got = expand_data_paths("--data", &[dir.clone()]).unwrap();
+        let got = expand_data_paths("--data", std::slice::from_ref(&dir)).unwrap();
         assert_eq!(got, vec![dir.join("ar.jsonl"), dir.join("vi.json")]);
         let pattern = dir.join("*.json*");
         assert_eq!(expand_data_paths("--data", &[pattern, dir.join("sub/zh.json")]).unwrap(), vec![dir.join("ar.jsonl"), dir.join("vi.json"), dir.join("sub/zh.json")]);

@@ -200,7 +200,9 @@ pub fn ppo_need(policy: &ModelConfig, rm: Option<&ModelConfig>, cfg: &PpoConfig,
     let forward_only = Techniques { checkpointed: true, ..t };
     let activation_bytes = |m: &ModelConfig, rows: usize| activation_bytes_with(m, rows, forward_only);
     const CHUNK: &str = "lower --chunk-size, --max-new-tokens or --max-prompt-len";
-    const MINIBATCH: &str = "lower --ppo-batch-size, --chunk-size, --max-new-tokens or --max-prompt-len";
+    let batch_flag = if cfg.group.is_some() { "--batch-size" } else { "--ppo-batch-size" };
+    let minibatch = format!("lower {batch_flag}, --chunk-size, --max-new-tokens or --max-prompt-len");
+    let minibatch = minibatch.as_str();
     let cap_t = longest_prompt.saturating_add(cfg.sampling.max_new_tokens);
     // as the run sizes its buffers: a chunk or minibatch is at most an iteration's rollouts
     let chunk = cfg.chunk_size.min(cfg.rollouts);
@@ -235,7 +237,7 @@ pub fn ppo_need(policy: &ModelConfig, rm: Option<&ModelConfig>, cfg: &PpoConfig,
         (true, true) => "reference model (hydra: top blocks and head)",
         _ => "reference model",
     };
-    let mut need = training_run_need(policy, trainable, rows, t, MINIBATCH)
+    let mut need = training_run_need(policy, trainable, rows, t, minibatch)
         .device_lowered_by(reference_label, reference, "--unfrozen-layers N with --reference hydra")
         .device_lowered_by("reward model", rm.map_or(0, |rm| weights_bytes_with(rm, all_bf16(rm))), if frozen_bf16 || rm.is_none() { "" } else { "--frozen-bf16" })
         .device_lowered_by("reference and reward activations", if cfg.needs_reference() { activation_bytes(policy, chunk_rows) } else { 0 }.saturating_add(rm.map_or(0, |rm| activation_bytes(rm, chunk_rows))), CHUNK)
@@ -243,19 +245,18 @@ pub fn ppo_need(policy: &ModelConfig, rm: Option<&ModelConfig>, cfg: &PpoConfig,
     if value_hidden > 0 {
         // pre-activation, post-ReLU and its gradient, f32
         let bytes = value_hidden.saturating_mul(rows as u128).saturating_mul(12).min(u64::MAX as u128) as u64;
-        need = need.device_lowered_by("value head activations (MLP hidden layer)", bytes, MINIBATCH);
+        need = need.device_lowered_by("value head activations (MLP hidden layer)", bytes, minibatch);
     }
     if let (true, Some(rm)) = (separate_critic, rm) {
         let critic_trainable = rm.trainable_count(cfg.unfrozen_layers).map_err(err)?;
-        let critic = training_run_need(rm, critic_trainable, rows, t, MINIBATCH);
+        let critic = training_run_need(rm, critic_trainable, rows, t, minibatch);
         let bytes = critic.device.iter().fold(0u64, |a, p| a.saturating_add(p.bytes));
         need = need.device_lowered_by("critic (weights, gradients, AdamW, activations)", bytes, "train fewer layers (--unfrozen-layers) or --critic shared");
     }
     // per rollout token: ids, log-probs (policy, reference), values, advantages, returns
     need = need.host("rollouts", (cfg.rollouts as u64).saturating_mul(cap_t as u64).saturating_mul(24));
     need.what = cfg.command().to_uppercase();
-    let batch = if cfg.group.is_some() { "--batch-size" } else { "--ppo-batch-size" };
-    need.hint = format!("lower --rollouts, --chunk-size, {batch}, --max-new-tokens or --max-prompt-len, or train fewer layers (--unfrozen-layers)");
+    need.hint = format!("lower --rollouts, --chunk-size, {batch_flag}, --max-new-tokens or --max-prompt-len, or train fewer layers (--unfrozen-layers)");
     Ok(need)
 }
 
