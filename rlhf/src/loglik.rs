@@ -8,7 +8,7 @@
 use crate::progress::Meter;
 use okapi_data::{DataError, LoglikRequest, Tokenizer};
 use okapi_model::{Model, ModelError};
-use okapi_runtime::collective::{all_gather_varlen_f64, dealt_steps};
+use okapi_runtime::collective::{all_gather_lists_f64, dealt_steps};
 use okapi_runtime::{Backend, Collective, SingleProcess, IGNORE_INDEX};
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
@@ -89,15 +89,13 @@ fn score_windows<B: Backend>(model: &Model<B>, enc: &[Encoded], batch_size: usiz
     let mut results = vec![LoglikResult { loglik: 0.0, is_greedy: true }; enc.len()];
     let batches: Vec<&[usize]> = order.chunks(batch_size).collect();
     for unit in dealt_steps(batches.len(), comm.rank(), comm.world()) {
-        let mut done = match unit {
+        let mine = match unit {
             Some(k) => score_batch(model, enc, batches[k], &mut acts, &mut bufs)?,
             None => Vec::new(),
         };
-        if comm.world() > 1 {
-            let mine: Vec<f64> = done.iter().flat_map(|(i, r)| [*i as f64, r.loglik, f64::from(u8::from(r.is_greedy))]).collect();
-            let all = all_gather_varlen_f64(comm, &mine)?;
-            done = all.iter().flat_map(|part| part.chunks_exact(3).map(|x| (x[0] as usize, LoglikResult { loglik: x[1], is_greedy: x[2] != 0.0 }))).collect();
-        }
+        // every rank's results of the step, on every rank: [index, loglik, greedy] each
+        let lists = mine.iter().map(|(i, r)| vec![*i as f64, r.loglik, f64::from(u8::from(r.is_greedy))]).collect();
+        let done: Vec<(usize, LoglikResult)> = all_gather_lists_f64(comm, lists)?.into_iter().map(|x| (x[0] as usize, LoglikResult { loglik: x[1], is_greedy: x[2] != 0.0 })).collect();
         meter.advance(done.len() as u64);
         for (i, r) in done {
             results[i] = r;

@@ -329,6 +329,30 @@ pub fn all_gather_varlen_f64(comm: &dyn Collective, mine: &[f64]) -> Result<Vec<
         .collect())
 }
 
+/// Every rank's lists (each of any length) on every rank: each rank's lists in their order, the
+/// ranks in rank order, bit for bit (through [`all_gather_varlen_f64`], each list behind its
+/// length). World size 1: `mine`.
+pub fn all_gather_lists_f64(comm: &dyn Collective, mine: Vec<Vec<f64>>) -> Result<Vec<Vec<f64>>, CommError> {
+    if comm.world() == 1 {
+        return Ok(mine);
+    }
+    let mut flat = Vec::new();
+    for list in &mine {
+        flat.push(list.len() as f64);
+        flat.extend_from_slice(list);
+    }
+    let mut out = Vec::new();
+    for part in all_gather_varlen_f64(comm, &flat)? {
+        let mut at = 0;
+        while at < part.len() {
+            let n = part[at] as usize;
+            out.push(part[at + 1..at + 1 + n].to_vec());
+            at += 1 + n;
+        }
+    }
+    Ok(out)
+}
+
 /// Work dealt in steps: of `units` numbered pieces of work, step s holds units
 /// `s·world .. (s+1)·world` and `rank` takes the one at its place (if any). Every rank has the
 /// same number of steps, so a collective after each step (gathering its results) is met by
@@ -435,6 +459,25 @@ mod tests {
             assert_eq!(bits(&got[2]), bits(&vec![f64::from_bits(0x7ff8_0000_0000_0123), 5e-324, -7.25]));
         }
         assert_eq!(all_gather_varlen_f64(&SingleProcess, &[2.0]).unwrap(), vec![vec![2.0]]);
+    }
+
+    #[test]
+    fn list_gather_keeps_each_rank_s_lists_and_their_lengths() {
+        let out = on_threads(3, |g| {
+            // rank 0: two lists (one empty), rank 1: none, rank 2: one
+            let mine: Vec<Vec<f64>> = match g.rank() {
+                0 => vec![vec![1.5, -0.0], vec![]],
+                1 => vec![],
+                _ => vec![vec![3.0, 4.0, 5e-324]],
+            };
+            all_gather_lists_f64(&g, mine).unwrap()
+        });
+        for got in out {
+            let bits: Vec<Vec<u64>> = got.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect();
+            let want: Vec<Vec<u64>> = [vec![1.5, -0.0], vec![], vec![3.0, 4.0, 5e-324]].iter().map(|v: &Vec<f64>| v.iter().map(|x| x.to_bits()).collect()).collect();
+            assert_eq!(bits, want);
+        }
+        assert_eq!(all_gather_lists_f64(&SingleProcess, vec![vec![2.0], vec![]]).unwrap(), vec![vec![2.0], vec![]]);
     }
 
     #[test]

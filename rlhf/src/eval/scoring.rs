@@ -41,7 +41,7 @@ use crate::loglik::{score_encoded, ScoreError};
 use okapi_data::Tokenizer;
 use okapi_model::{KvCache, Model};
 use std::collections::BTreeMap;
-use okapi_runtime::collective::{all_gather_varlen_f64, dealt_steps};
+use okapi_runtime::collective::{all_gather_lists_f64, dealt_steps};
 use okapi_runtime::{Backend, Collective, SingleProcess, IGNORE_INDEX};
 
 /// One item's requests: a context and its continuations.
@@ -168,7 +168,7 @@ pub fn score_items_streaming<B: Backend>(model: &Model<B>, tok: &Tokenizer, item
                 path.round(model, k - slow_groups.len(), &mut stats)?.into_iter().map(|(f, logliks)| (fast[f], ItemScore::Scored { logliks, truncated: false })).collect()
             }
         };
-        let done = if comm.world() > 1 { gather_scores(comm, &done)? } else { done };
+        let done = gather_scores(comm, &done)?;
         if !done.is_empty() {
             on_done(done)?;
         }
@@ -178,25 +178,17 @@ pub fn score_items_streaming<B: Backend>(model: &Model<B>, tok: &Tokenizer, item
     Ok(stats)
 }
 
-/// Every rank's scored items of one step, on every rank (rank order): each item goes as
-/// `[index, truncated, n, logliks…]`.
+/// Every rank's scored items of one step, on every rank (rank order); one process: its own.
 fn gather_scores(comm: &dyn Collective, done: &[(usize, ItemScore)]) -> Result<Vec<(usize, ItemScore)>, ScoreError> {
-    let mut mine = Vec::new();
-    for (i, sc) in done {
-        let ItemScore::Scored { logliks, truncated } = sc else { unreachable!("invalid items are known to every rank and never gathered") };
-        mine.extend([*i as f64, f64::from(u8::from(*truncated)), logliks.len() as f64]);
-        mine.extend(logliks);
-    }
-    let mut out = Vec::new();
-    for part in all_gather_varlen_f64(comm, &mine)? {
-        let mut at = 0;
-        while at < part.len() {
-            let (i, truncated, n) = (part[at] as usize, part[at + 1] != 0.0, part[at + 2] as usize);
-            out.push((i, ItemScore::Scored { logliks: part[at + 3..at + 3 + n].to_vec(), truncated }));
-            at += 3 + n;
-        }
-    }
-    Ok(out)
+    // one list per item: its index, whether it was truncated, its logliks
+    let mine = done
+        .iter()
+        .map(|(i, sc)| {
+            let ItemScore::Scored { logliks, truncated } = sc else { unreachable!("invalid items are known to every rank and never gathered") };
+            [vec![*i as f64, f64::from(u8::from(*truncated))], logliks.clone()].concat()
+        })
+        .collect();
+    Ok(all_gather_lists_f64(comm, mine)?.into_iter().map(|l| (l[0] as usize, ItemScore::Scored { logliks: l[2..].to_vec(), truncated: l[1] != 0.0 })).collect())
 }
 
 /// Every (context, continuation) of `encs` from scratch, `batch` requests per forward; the

@@ -17,7 +17,7 @@ use crate::trainer::{ensure_finite, EpochOrder};
 use crate::TrainError;
 use okapi_data::{Example, PromptGroup};
 use okapi_model::{Grads, Model};
-use okapi_runtime::collective::{all_gather_varlen_f64, all_reduce_bufs, dealt_steps, shard};
+use okapi_runtime::collective::{all_gather_lists_f64, all_reduce_bufs, dealt_steps, shard};
 use okapi_runtime::{Backend, Collective};
 use serde_json::json;
 use std::fs::File;
@@ -726,26 +726,13 @@ fn step_units<T>(units: &[T], s: usize, world: usize) -> &[T] {
 }
 
 /// Every rank's lists on every rank (each rank's in order, the ranks in rank order), through
-/// f64 — exact for u32 and f32 values. One process: `mine`.
+/// f64 — exact for u32 and f32 values. One process: `mine`, unconverted.
 fn gather_lists<T>(comm: &dyn Collective, mine: Vec<Vec<T>>, to: impl Fn(&T) -> f64, from: impl Fn(f64) -> T) -> Result<Vec<Vec<T>>, TrainError> {
     if comm.world() == 1 {
         return Ok(mine);
     }
-    let mut flat = Vec::new();
-    for list in &mine {
-        flat.push(list.len() as f64);
-        flat.extend(list.iter().map(&to));
-    }
-    let mut out = Vec::new();
-    for part in all_gather_varlen_f64(comm, &flat)? {
-        let mut at = 0;
-        while at < part.len() {
-            let n = part[at] as usize;
-            out.push(part[at + 1..at + 1 + n].iter().map(|&x| from(x)).collect());
-            at += 1 + n;
-        }
-    }
-    Ok(out)
+    let lists = mine.iter().map(|l| l.iter().map(&to).collect()).collect();
+    Ok(all_gather_lists_f64(comm, lists)?.into_iter().map(|l| l.into_iter().map(&from).collect()).collect())
 }
 
 /// What the run's settings ask of its models: a reward model for the `rm` reward, no critic
