@@ -10,11 +10,9 @@ pub use super::choices::{LossType, ScaleRewards};
 use super::update::Rollout;
 use crate::TrainError;
 
-/// How rewards become advantages.
+/// The group method: how rewards become advantages (PPO is `PpoConfig::group == None`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
-    /// a critic and GAE (okapi-train ppo)
-    Ppo,
     /// the group mean as baseline, scaled as `--scale-rewards` says
     Grpo,
     /// the mean of the group's other completions as baseline
@@ -22,17 +20,12 @@ pub enum Algo {
 }
 
 impl Algo {
+    /// The command that runs it.
     pub fn as_str(self) -> &'static str {
         match self {
-            Algo::Ppo => "ppo",
             Algo::Grpo => "grpo",
             Algo::Rloo => "rloo",
         }
-    }
-
-    /// A group method (no critic, completions in groups).
-    pub fn grouped(self) -> bool {
-        self != Algo::Ppo
     }
 }
 
@@ -97,7 +90,7 @@ pub fn set_group_advantages(rollouts: &mut [Rollout], g: usize, algo: Algo, scal
     let rewards: Vec<f64> = rollouts.iter().map(|r| r.score as f64).collect();
     let adv = match algo {
         Algo::Rloo => rloo_advantages(&rewards, g),
-        _ => grpo_advantages(&rewards, g, scale),
+        Algo::Grpo => grpo_advantages(&rewards, g, scale),
     };
     for (r, a) in rollouts.iter_mut().zip(adv) {
         r.raw_advantages = vec![a; r.response.len()];
@@ -158,12 +151,6 @@ pub struct GroupStats {
     pub clip_region: f64,
     pub entropy: f64,
     pub tokens: usize,
-}
-
-impl GroupStats {
-    pub fn fields_mut(&mut self) -> [&mut f64; 6] {
-        [&mut self.loss, &mut self.kl, &mut self.clip_low, &mut self.clip_high, &mut self.clip_region, &mut self.entropy]
-    }
 }
 
 /// One completion token's loss and its derivative in log π: −min(ρA, clip(ρ, 1 ± ε)A) + β·k3,

@@ -46,7 +46,7 @@ pub struct GroupArgs {
 fn base(algo: Algo) -> PpoConfig {
     match algo {
         Algo::Rloo => PpoConfig::rloo(),
-        _ => PpoConfig::grpo(),
+        Algo::Grpo => PpoConfig::grpo(),
     }
 }
 
