@@ -2,6 +2,9 @@
 //! one clear error, a reward model with another tokenizer, divergence.
 
 mod common;
+// grpo, rloo and composed rewards through the binary (one test binary with ppo's)
+#[path = "rlhf/grpo_cli.rs"]
+mod grpo_cli;
 
 use common::{fixture, one_error_line};
 use std::path::{Path, PathBuf};

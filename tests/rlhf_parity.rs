@@ -4,6 +4,9 @@
 //! losses, gradients, two optimizer steps), and the adaptive KL controller.
 
 mod common;
+// GRPO and RLOO updates (and a LoRA policy vs PEFT), in this binary to keep CI's links few
+#[path = "rlhf/grpo_parity.rs"]
+mod grpo_parity;
 
 use common::*;
 use okapi::data::{encode_group, load_rankings, PromptTemplate, SftEncoding, Tokenizer};

@@ -2,9 +2,7 @@
 //! through the binary: what a run writes, rewards that add up, resume, LoRA and frozen layers,
 //! and bad flags as one clear line with nothing written.
 
-mod common;
-
-use common::{one_error_line, tiny_ppo_inputs};
+use crate::common::{one_error_line, tiny_ppo_inputs};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -66,7 +64,7 @@ fn grpo_with_composed_rewards_writes_its_run_and_the_rewards_add_up() {
     let o = run(&[&group_args("grpo", &policy, &prompts, &out)[..], &["--reward", "rm=1.0,lang=0.5,length=-0.01", "--reward-model", p(&rm), "--samples-every", "1"]].concat());
     ok(&o);
     assert!(out.join("model.safetensors").exists() && !out.join("value_head.safetensors").exists(), "a policy without a value head");
-    let args = common::json(&out.join("args.json"));
+    let args = crate::common::json(&out.join("args.json"));
     assert_eq!((args["command"].as_str(), args["num_generations"].as_u64(), args["loss_type"].as_str(), args["scale_rewards"].as_str()), (Some("grpo"), Some(3), Some("bnpo"), Some("group")));
     let m = lines(&out.join("metrics.jsonl"));
     assert_eq!(m.len(), 2);

@@ -10,9 +10,7 @@
 //! reference log-probs, losses, metrics, every lora_A / lora_B gradient, grad norm, the adapters
 //! after AdamW, and the frozen base unchanged.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use okapi::model::{Grads, Model};
 use okapi::rlhf::ppo::group::{group_spread, grpo_advantages, rloo_advantages, set_group_advantages, Algo, GroupLossCfg, GroupStats, LossType, ScaleRewards};
 use okapi::rlhf::ppo::update::MinibatchSize;
