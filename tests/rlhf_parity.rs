@@ -163,6 +163,12 @@ fn rows(st: &safetensors::SafeTensors, name: &str, lens: &[usize]) -> Vec<Vec<f3
     lens.iter().enumerate().map(|(i, &l)| v[i * w..i * w + l].to_vec()).collect()
 }
 
+/// A fixture's rollouts (prompt and response ids) with their reward under `score_key`.
+fn fixed_rollouts(path: &std::path::Path, score_key: &str) -> Vec<Rollout> {
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    json(path).as_array().unwrap().iter().map(|x| Rollout { prompt: ids(&x["prompt"]), response: ids(&x["response"]), score: x[score_key].as_f64().unwrap() as f32, ..Default::default() }).collect()
+}
+
 #[test]
 fn ppo_update_on_fixed_rollouts_matches_pytorch() {
     let dir = fixture("ppo_llama_gqa");
@@ -175,17 +181,7 @@ fn ppo_update_on_fixed_rollouts_matches_pytorch() {
     let vh = safetensors::SafeTensors::deserialize(&vh_bytes).unwrap();
     policy.add_value_head(&f32s(&vh, "v_head.weight"), f32s(&vh, "v_head.bias")[0]);
     let reference = Model::load(CpuBackend, &dir.join("reference")).unwrap();
-    let mut rollouts: Vec<Rollout> = json(&dir.join("rollouts.json"))
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| Rollout {
-            prompt: x["prompt"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
-            response: x["response"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
-            score: x["score"].as_f64().unwrap() as f32,
-            ..Default::default()
-        })
-        .collect();
+    let mut rollouts = fixed_rollouts(&dir.join("rollouts.json"), "score");
     let lens: Vec<usize> = rollouts.iter().map(|r| r.response.len()).collect();
     let refs: Vec<&Rollout> = rollouts.iter().collect();
     let cap_t = rollouts.iter().map(|r| r.prompt.len() + r.response.len()).max().unwrap();

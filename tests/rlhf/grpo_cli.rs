@@ -2,30 +2,15 @@
 //! through the binary: what a run writes, rewards that add up, resume, LoRA and frozen layers,
 //! and bad flags as one clear line with nothing written.
 
+// (the binary's helpers: rlhf_cli.rs)
+use super::{p, run, tmp, BIN};
 use crate::common::{one_error_line, tiny_ppo_inputs};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_okapi-train");
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("okapi-grpocli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
 fn ok(o: &Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// The tiny policy, a reward model trained from it, and prompts in three languages (with

@@ -97,17 +97,7 @@ fn setup_with(lora: bool) -> Setup {
     if lora {
         policy.load_adapter(&dir().join(traj["cases"][LORA_CASE]["adapter_init"].as_str().unwrap())).unwrap();
     }
-    let mut rollouts: Vec<Rollout> = json(&dir().join("completions.json"))
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| Rollout {
-            prompt: x["prompt"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
-            response: x["response"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
-            score: x["reward"].as_f64().unwrap() as f32,
-            ..Default::default()
-        })
-        .collect();
+    let mut rollouts = super::fixed_rollouts(&dir().join("completions.json"), "reward");
     let lens: Vec<usize> = rollouts.iter().map(|r| r.response.len()).collect();
     assert_eq!(lens.iter().map(|&l| l as u64).collect::<Vec<_>>(), traj["completion_lens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect::<Vec<_>>());
     let cap_t = rollouts.iter().map(|r| r.prompt.len() + r.response.len()).max().unwrap();
