@@ -2,8 +2,8 @@
 """Issue 16's verification: the memory plan against the measured peak memory (CPU: VmHWM).
 
 Runs `okapi-train sft / reward / ppo` on the bench-33m and gpt2-124m-llama LLaMA presets, with and
-without each memory technique (--grad-checkpointing, --lm-head-chunk, PPO's --reference hydra vs
-full), each as a subprocess whose /proc/PID/status VmHWM is polled every 20 ms (and cross-checked
+without each memory technique (--grad-checkpointing, --lm-head-chunk, --offload-optimizer, the
+reward model's --frozen-bf16, PPO's --reference hydra vs full), each as a subprocess whose /proc/PID/status VmHWM is polled every 20 ms (and cross-checked
 with the ru_maxrss that wait4 reports when it exits). For each run it takes:
 
   * the plan the command itself prints on stderr (its `total` line, human units), and the exact
@@ -288,7 +288,8 @@ def configs(work, models, lp):
         m, rm = p("models", preset), p("models", preset + "-rm")
         b, t = SIZES[preset]["sft"]
         for name, flags in [("none", []), ("ckpt", ["--grad-checkpointing"]), ("chunk256", ["--lm-head-chunk", "256"]),
-                            ("ckpt+chunk256", ["--grad-checkpointing", "--lm-head-chunk", "256"])]:
+                            ("ckpt+chunk256", ["--grad-checkpointing", "--lm-head-chunk", "256"]),
+                            ("offload", ["--offload-optimizer"])]:
             out.append({
                 "name": f"{preset} sft {b}×{t} {name}", "kind": "sft",
                 "cmd": ["sft", "--model", m, "--data", p("sft.json"), "--max-steps", "3", "--batch-size", str(b), "--max-len", str(t),
@@ -296,7 +297,7 @@ def configs(work, models, lp):
                 "plan": ["--command", "sft", "--model", m, "--batch-size", str(b), "--max-len", str(t)] + flags,
             })
         k, t = SIZES[preset]["reward"]
-        for name, flags in [("none", []), ("ckpt", ["--grad-checkpointing"])]:
+        for name, flags in [("none", []), ("ckpt", ["--grad-checkpointing"]), ("bf16", ["--frozen-bf16"])]:
             out.append({
                 "name": f"{preset} reward {k}×4×{t} top-2 {name}", "kind": "reward",
                 "cmd": ["reward", "--model", m, "--data", p("ranking.json"), "--max-steps", "3", "--batch-size", str(k), "--max-len", str(t),

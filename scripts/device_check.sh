@@ -10,7 +10,8 @@
 #        run(command="scripts/device_check.sh run", carry=["target/device"], timeout_s=540)
 #      It runs the NVRTC compile test, the CUDA conformance suite (every op vs the CPU backend,
 #      f32 tight and bf16 loose), whole-model parity (logits, loss, every gradient), the SFT
-#      run against the CPU losses — all `#[ignore]`d tests, run with --ignored and
+#      run against the CPU losses, LoRA against PEFT, the offloaded AdamW step through page-locked
+#      stages — all `#[ignore]`d tests, run with --ignored and
 #      OKAPI_REQUIRE_CUDA=1 so a missing driver fails instead of skipping — then the wgpu
 #      conformance suite and whole-model/command tests on the GPU through Vulkan
 #      (OKAPI_REQUIRE_WGPU=1, WGPU_BACKEND=vulkan; the Vulkan loader is carried as a .deb in
@@ -52,11 +53,11 @@ build() {
   set -e
   cargo build --release --bin okapi-train
   local json
-  json=$(cargo test --release --no-run --message-format=json --test cuda_conformance --test conformance --test wgpu_model --test lora -p okapi 2>/dev/null; \
+  json=$(cargo test --release --no-run --message-format=json --test cuda_conformance --test conformance --test wgpu_model --test lora --test offload -p okapi 2>/dev/null; \
          cargo test --release --no-run --message-format=json --test cuda_compile -p okapi-runtime --features cuda 2>/dev/null; \
          cargo bench --no-run --message-format=json --bench kernels -p okapi 2>/dev/null)
   rm -rf "$DEV" && mkdir -p "$DEV/gl"
-  for t in cuda_conformance cuda_compile conformance wgpu_model lora kernels; do
+  for t in cuda_conformance cuda_compile conformance wgpu_model lora offload kernels; do
     local exe
     exe=$(printf '%s\n' "$json" | grep "\"name\":\"$t\"" | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
     [ -n "$exe" ] || { echo "no executable for test $t" >&2; exit 1; }
@@ -134,6 +135,10 @@ print(libs[0] if libs else "")' 2>/dev/null)
   # LoRA on CUDA against PEFT's logits and adapter gradients (tests/lora.rs)
   part lora 30 "$DEV/lora" lora_on_cuda --ignored --test-threads=1 > "$work/lora.log" 2>&1; status[lora]=$?
   grep -E "^test |panicked" "$work/lora.log" | tail -5
+  # the offloaded AdamW step through page-locked stages and queued copies vs the CPU, bit for bit
+  # (tests/offload.rs)
+  part offload 30 "$DEV/offload" on_cuda --ignored --test-threads=1 > "$work/offload.log" 2>&1; status[offload]=$?
+  grep -E "^test |panicked" "$work/offload.log" | tail -5
   # wgpu on the GPU through Vulkan: the loader when missing, NVIDIA's ICD when not registered
   if ! ldconfig -p | grep -q libvulkan.so.1; then
     for f in "$DEV"/gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done
@@ -191,7 +196,7 @@ print(libs[0] if libs else "")' 2>/dev/null)
   echo
   python3 scripts/device_table.py "$work" --sft "$SFT" | tee "$work/table.md"
   [ -n "${OUT:-}" ] && cp "$work/table.md" "$OUT/"
-  [ "${status[compile]}" = 0 ] && [ "${status[ops]}" = 0 ] && [ "${status[conformance]}" = 0 ] && [ "${status[lora]}" = 0 ] && [ "${status[wgpu]}" = 0 ] && [ "${status[wgpu_model]}" = 0 ]
+  [ "${status[compile]}" = 0 ] && [ "${status[ops]}" = 0 ] && [ "${status[conformance]}" = 0 ] && [ "${status[lora]}" = 0 ] && [ "${status[offload]}" = 0 ] && [ "${status[wgpu]}" = 0 ] && [ "${status[wgpu_model]}" = 0 ]
 }
 
 case "${1:-}" in

@@ -10,7 +10,8 @@ Reads, from OUT_DIR (what device_check.sh writes there):
   kernels-cuda-f32.log   the kernels bench's `RESULT kernel=.. variant=.. preset=.. shape=..` lines,
   kernels-cuda-bf16.log  per backend and precision
   kernels-wgpu.log
-  cuda_compile.log, cuda_ops.log, cuda_conformance.log, wgpu_conformance.log, wgpu_model.log
+  cuda_compile.log, cuda_ops.log, cuda_conformance.log, lora.log, offload.log, wgpu_conformance.log,
+  wgpu_model.log
                          the test binaries' output ("test result: ok. N passed; M failed; ...")
   status.txt             "PART EXIT_CODE SECONDS" per part of the run ("skipped" for a part that
                          would have started past the deadline)
@@ -66,6 +67,8 @@ SUITES = [
     ("NVRTC compile (cuda_compile)", "cuda_compile.log", "compile", []),
     ("cuda ops conformance (every op)", "cuda_ops.log", "ops", [("f32", "cuda::"), ("bf16", "cuda_bf16::")]),
     ("cuda_conformance (models, SFT)", "cuda_conformance.log", "conformance", []),
+    ("LoRA on CUDA vs PEFT (lora)", "lora.log", "lora", []),
+    ("offloaded AdamW step, pinned (offload)", "offload.log", "offload", []),
     ("wgpu conformance (Vulkan)", "wgpu_conformance.log", "wgpu", []),
     ("wgpu model + commands (Vulkan)", "wgpu_model.log", "wgpu_model", []),
 ]

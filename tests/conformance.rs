@@ -271,6 +271,39 @@ fn copy_range<B: Backend>(be: &B, t: &Tols) {
     }
 }
 
+/// `read_staged` / `write_staged` at offsets, several copies queued against two stages before
+/// anything waits (as the offloaded optimizer step queues them): exact, the stage's elements past
+/// the copy and the destination's past the range untouched.
+fn staged_copies<B: Backend>(be: &B, t: &Tols) {
+    let p = Pair::new(be);
+    let mut rng = Rng::new(34);
+    for n in SIZES {
+        let src = spread(&mut rng, n + 19, 1.0);
+        let gs = be.upload(&src);
+        let mut stages = [be.host_stage(n + 3), be.host_stage(n + 3)];
+        for s in &mut stages {
+            s.as_mut_slice().fill(SENTINEL);
+        }
+        let (a, b) = (0, 19.min(src.len() - n));
+        let [s0, s1] = &mut stages;
+        be.read_staged(&gs, a, s0, n);
+        be.read_staged(&gs, b, s1, n);
+        for (stage, off) in [(&stages[0], a), (&stages[1], b)] {
+            let mut want = src[off..off + n].to_vec();
+            want.extend([SENTINEL; 3]);
+            check("read_staged", &format!("n={n} src+{off}"), stage.as_slice(), &want, &t.memory);
+        }
+        // back up into a buffer at two offsets, both copies queued before the read
+        let dst = spread(&mut rng, 2 * n + 7, 1.0);
+        let (mut cd, mut gd) = p.out(&dst);
+        be.write_staged(&mut gd, 0, &stages[1], n);
+        be.write_staged(&mut gd, n + 7, &stages[0], n);
+        cd[..n].copy_from_slice(&src[b..b + n]);
+        cd[n + 7..2 * n + 7].copy_from_slice(&src[a..a + n]);
+        p.cmp("write_staged", &format!("n={n} dst+0, dst+{}", n + 7), &cd, &gd, &t.memory);
+    }
+}
+
 fn unpack_bf16<B: Backend>(be: &B, t: &Tols) {
     use okapi::kernels::reduce::{bf16_bits, pack_bf16};
     let p = Pair::new(be);
@@ -1158,7 +1191,7 @@ macro_rules! conformance {
         mod $module {
             use super::*;
             conformance!(@ops $make, $tols, [$(ignore = $why)?];
-                memory, fill, copy, copy_range, unpack_bf16, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
+                memory, fill, copy, copy_range, staged_copies, unpack_bf16, scale, axpy, sum_squares, bias_add, bias_bwd, embedding, kv_write,
                 matmul, matmul_edges, matmul_lora, attention_fwd, attention_bwd, rmsnorm, layernorm, rope, swiglu, gelu, geglu, relu, softcap, dropout,
                 softmax, xent, token_logprobs, token_logprobs_bwd, adamw, deterministic);
         }

@@ -240,6 +240,10 @@ fn a_build_without_mpi_refuses_ranks_in_one_line() {
 
 /// SFT as one rank with `zero`, rank 0 writing into `out` (a checkpoint at the last step).
 fn sft_zero_run(comm: &'static dyn Collective, zero: u8, out: &std::path::Path) -> Outcome {
+    sft_zero_result(comm, zero, out).unwrap()
+}
+
+fn sft_zero_result(comm: &'static dyn Collective, zero: u8, out: &std::path::Path) -> Result<Outcome, okapi::rlhf::TrainError> {
     let dir = fixture("llama_gqa");
     let tok = Tokenizer::load(&dir).unwrap();
     let model = Model::load(CpuBackend, &dir).unwrap();
@@ -253,8 +257,35 @@ fn sft_zero_run(comm: &'static dyn Collective, zero: u8, out: &std::path::Path) 
     let pad = model.cfg.pad_token_id.unwrap_or(2);
     let mut obj = SftObjective::new(&model, loaded.examples, vec![], cfg.batch_size, pad);
     let run_dir = (comm.rank() == 0).then_some(okapi::rlhf::RunDir { dir: out, tokenizer: None, tensorboard: None });
-    let (model, s) = train_data_parallel(model, &mut obj, &cfg, run_dir, comm).unwrap();
-    outcome(model, s)
+    let (model, s) = train_data_parallel(model, &mut obj, &cfg, run_dir, comm)?;
+    Ok(outcome(model, s))
+}
+
+/// The checkpoint's optimizer file is written as the ranks hand in their moments. When rank 0
+/// cannot write the checkpoint at all, the job still ends at once on every rank (rank 1 done,
+/// or with rank 0's line): none waits out the ThreadGroup's 20 s timeout in the gather (rank 0
+/// hands its share through before it fails, and its failure aborts the group).
+#[test]
+fn a_checkpoint_rank_0_cannot_write_strands_no_rank() {
+    let scratch = common::Scratch::new("zero-fail");
+    let out = scratch.root.join("out");
+    // the leftover temporary cannot be trashed: its trash's name is taken by a file
+    std::fs::create_dir_all(out.join("checkpoint.tmp")).unwrap();
+    std::fs::write(out.join("checkpoint.tmp.trash"), b"in the way").unwrap();
+    let started = std::time::Instant::now();
+    let handles: Vec<_> = ThreadGroup::new(2, Duration::from_secs(20)).into_iter().map(|g| {
+        let o = out.clone();
+        std::thread::spawn(move || sft_zero_result(Box::leak(Box::new(g)), 1, &o).map(|_| ()).map_err(|e| e.to_string()))
+    }).collect();
+    let results: Vec<Result<(), String>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let e = results[0].as_ref().expect_err("rank 0 cannot write its checkpoint");
+    assert!(e.contains("checkpoint.tmp.trash"), "rank 0: {e}");
+    // rank 1 finished (the checkpoint is the last step) or heard rank 0's failure first
+    if let Err(e1) = &results[1] {
+        assert!(e1.contains("rank 0 of 2 failed") && e1.contains("checkpoint.tmp.trash"), "rank 1: {e1}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "a rank waited {:?}", started.elapsed());
+    assert!(!out.join("checkpoint").exists(), "a checkpoint appeared");
 }
 
 /// `--zero 1` on 2 and 3 ranks: the parameters after the steps are bit-identical to `--zero 0`

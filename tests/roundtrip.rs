@@ -443,3 +443,42 @@ fn qwen2_qwen3_mistral_gemma2_roundtrip_byte_exact() {
         new_arch_roundtrip(name, dtype);
     }
 }
+
+/// A checkpoint's optimizer file, written one moment at a time, is the file safetensors makes
+/// of the whole state at once, byte for byte (so older checkpoints and other readers see no
+/// change), and loads back into the same moments and step — frozen tensors have none.
+#[test]
+fn the_optimizer_file_streams_the_whole_state_files_bytes() {
+    use okapi::rlhf::checkpoint::{load_optimizer_file, write_optimizer, MomentSource};
+    use okapi::rlhf::{AdamWConfig, Optimizer};
+    let model = load(&fixture("bloom_6h"));
+    let grads = model.new_grads(|i| i % 3 != 1);
+    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = Optimizer::new(&model, &grads, cfg);
+    opt.step = 17;
+    let mut rng = okapi::model::Rng::new(4);
+    let mut moments: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for (i, p) in model.info.iter().enumerate().filter(|(i, _)| i % 3 != 1) {
+        for (which, prefix) in ["m", "v"].into_iter().enumerate() {
+            let values: Vec<f32> = (0..p.numel()).map(|_| (rng.normal() * if which == 0 { 0.01 } else { 1e-4 }) as f32).collect();
+            opt.set_moment(&model, i, which, &values);
+            moments.insert(format!("{prefix}.{}", p.name), values);
+        }
+    }
+    let dir = Scratch::new("optimizer-file");
+    let path = dir.root.join("optimizer.safetensors");
+    write_optimizer(&path, &model, &opt, &MomentSource::Local).unwrap();
+    let bytes: BTreeMap<&String, Vec<u8>> = moments.iter().map(|(k, v)| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(&String, safetensors::tensor::TensorView)> = bytes.iter().map(|(k, b)| (*k, safetensors::tensor::TensorView::new(Dtype::F32, vec![b.len() / 4], b).unwrap())).collect();
+    let whole = safetensors::tensor::serialize(views, Some(HashMap::from([("step".to_string(), "17".to_string())]))).unwrap();
+    assert!(std::fs::read(&path).unwrap() == whole, "the streamed file differs from safetensors' own");
+    let mut back = Optimizer::new(&model, &grads, cfg);
+    load_optimizer_file(&path, &model, &mut back).unwrap();
+    assert_eq!(back.step, 17);
+    for (i, p) in model.info.iter().enumerate() {
+        assert_eq!(back.has_state(i), i % 3 != 1);
+        for (which, prefix) in ["m", "v"].into_iter().enumerate() {
+            assert_eq!(back.moment_host(&model, i, which).as_ref(), moments.get(&format!("{prefix}.{}", p.name)), "{prefix}.{}", p.name);
+        }
+    }
+}

@@ -103,6 +103,14 @@ fn zero2_gradient_params(cfg: &ModelConfig, trainable: u128, ranks: usize) -> u1
     blocks.div_ceil(ranks as u128) + outside + block_linear_params(cfg).min(blocks)
 }
 
+/// Elements of `cfg`'s largest tensor: the embedding (or an untied head), an MLP matrix or the
+/// attention's q/k/v projections (BLOOM's fused one).
+pub fn largest_tensor_params(cfg: &ModelConfig) -> u128 {
+    let [v, c, f] = [cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size].map(|x| x as u128);
+    let (qw, kw) = (cfg.n_heads as u128 * cfg.head_dim as u128, cfg.n_kv_heads as u128 * cfg.head_dim as u128);
+    (v * c).max(c * f).max(c * (qw + 2 * kw))
+}
+
 /// The linear weights of one block (what `--frozen-bf16` stores in bf16).
 pub fn block_linear_params(cfg: &ModelConfig) -> u128 {
     let [c, f] = [cfg.hidden_size, cfg.intermediate_size].map(|x| x as u128);
@@ -336,6 +344,10 @@ pub fn training_run_need(cfg: &ModelConfig, trainable: u128, rows: usize, t: Tec
     need
 }
 
+/// Elements per piece of the offloaded optimizer step's pipeline (okapi-rlhf's `Offload::step`):
+/// the grain at which its copies overlap the CPU's AdamW; two gradient and two weight stages of
+/// one piece each (4 × 16 MiB) are all the staging memory it holds.
+pub const OFFLOAD_PIECE: usize = 1 << 22;
 /// [`training_need`] where `rows_flags` says what lowers the rows (`bench` has `--seq-len`), and
 /// with activation checkpointing or not.
 pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, rows_flags: &str, t: Techniques) -> Need {
@@ -356,13 +368,12 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
     };
     let moments = f32s(trainable.saturating_mul(2));
     need = if t.offload {
-        need.host("AdamW moments (offloaded)", moments).host("master weights (offloaded)", f32s(trainable))
+        let staged = trainable.min(OFFLOAD_PIECE as u128).saturating_mul(4);
+        need.host("AdamW moments (offloaded)", moments).host("master weights (offloaded)", f32s(trainable)).host("offload stages (page-locked on CUDA)", f32s(staged))
     } else if t.zero_ranks > 1 {
         // tensors are owned whole: a share is about 1/N (the plan rounds up)
         let stage = if t.zero_grads { 2 } else { 1 };
         need.device_lowered_by(format!("AdamW moments (ZeRO-{stage}, 1/{})", t.zero_ranks), moments.div_ceil(t.zero_ranks as u64), format!("use more ranks, or {LAYERS}"))
-            // rank 0 holds the whole state it writes while it writes a checkpoint
-            .host(format!("checkpoint gather (ZeRO-{stage}, rank 0)"), moments)
     } else {
         need.device_lowered_by("AdamW moments", moments, format!("use --offload-optimizer, or {LAYERS}"))
     };
@@ -372,6 +383,9 @@ pub fn training_need_rows_by(cfg: &ModelConfig, trainable: u128, rows: usize, ro
         // saving the model (and checkpoints): every tensor read back as f32, then encoded (the
         // file is streamed from the encoded tensors)
         .host("saving (tensor copies, encoded file)", weights_bytes(cfg).saturating_mul(2))
+        // a checkpoint's optimizer file: one moment at a time (gathered from its owner under
+        // ZeRO), as f32 and as the bytes written
+        .host("optimizer file (one moment at a time)", f32s(largest_tensor_params(cfg).min(trainable)).saturating_mul(2))
 }
 
 #[cfg(test)]

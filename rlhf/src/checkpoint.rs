@@ -9,7 +9,7 @@ use crate::rundir;
 use crate::optim::Optimizer;
 use crate::TrainError;
 use okapi_model::{weights, DType, Model};
-use okapi_runtime::Backend;
+use okapi_runtime::{Backend, Collective};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -176,16 +176,22 @@ pub fn parse_state(text: &str, path: &Path) -> Result<TrainerState, TrainError> 
 }
 
 /// Writes a checkpoint of `model`, `opt` and `state` under `out/checkpoint`.
-pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: Option<&Path>) -> Result<(), TrainError> {
-    save_with(out, model, opt, state, tokenizer, &[])
+pub fn save<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, moments: &MomentSource, state: &TrainerState, tokenizer: Option<&Path>) -> Result<(), TrainError> {
+    save_with(out, (model, opt, moments), state, tokenizer, &[], &[])
 }
+
+/// A model's optimizer and where its moments come from, for a checkpoint.
+pub type Optimized<'a, B> = (&'a Model<B>, &'a Optimizer<B>, &'a MomentSource<'a>);
 
 /// Whether `dir` is a whole checkpoint: its `trainer_state.json` is written last.
 fn is_complete(dir: &Path) -> bool {
     dir.join("trainer_state.json").is_file()
 }
 
-/// `save` plus extra files (name, bytes) written inside the checkpoint before it is swapped in.
+/// `save` plus extra files (name, bytes) and extra optimizers' files (name, model, optimizer)
+/// written inside the checkpoint before it is swapped in. The optimizer files are written
+/// first: under ZeRO the other ranks take part in them ([`hand_in_moments`]), and a failure
+/// before them still hands the moments through so that no rank waits for rank 0.
 ///
 /// The swap keeps one complete checkpoint on disk at every moment, however many kills
 /// interrupt consecutive saves: the new one is written whole (synced, `trainer_state.json`
@@ -194,19 +200,35 @@ fn is_complete(dir: &Path) -> bool {
 /// complete copy); `checkpoint.tmp` is renamed to `checkpoint`; then `checkpoint.old` goes.
 /// [`resolve`] reads `checkpoint`, else `checkpoint.old`. The named crash points are the test
 /// hooks' (`OKAPI_TEST_CRASH_AT`).
-pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: Option<&Path>, extra_files: &[(String, Vec<u8>)]) -> Result<(), TrainError> {
+pub fn save_with<B: Backend>(out: &Path, main: Optimized<B>, state: &TrainerState, tokenizer: Option<&Path>, extra_files: &[(String, Vec<u8>)], extra_optimizers: &[(&str, Optimized<B>)]) -> Result<(), TrainError> {
     let (tmp, cur, old) = (out.join("checkpoint.tmp"), out.join("checkpoint"), out.join("checkpoint.old"));
+    let optimizers: Vec<(&str, Optimized<B>)> = std::iter::once(("optimizer.safetensors", main)).chain(extra_optimizers.iter().copied()).collect();
     crate::hooks::save_started();
     // a leftover temporary is never needed: `cur` or `old` is complete
-    rundir::trash_dir(&tmp)?;
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let fresh = rundir::trash_dir(&tmp).and_then(|_| std::fs::create_dir_all(&tmp).map_err(io(&tmp)));
+    if let Err(e) = fresh {
+        for (_, (model, opt, moments)) in &optimizers {
+            hand_in_moments(model, opt, moments)?;
+        }
+        return Err(e);
+    }
+    let mut first_error = None;
+    for (name, (model, opt, moments)) in &optimizers {
+        // every file is attempted: the ranks hand in each one's moments whatever happens here
+        if let Err(e) = write_optimizer(&tmp.join(name), model, opt, moments) {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let (model, _, _) = main;
     match model.adapters {
         // a LoRA run changes only its adapters: the base stays where --model names it
         Some(_) => model.save_adapter(&tmp.join("model"), &model.cfg.path, tokenizer)?,
         None => model.save(&tmp.join("model"), DType::F32, okapi_model::DEFAULT_MAX_SHARD_BYTES, tokenizer)?,
     }
     crate::hooks::crash_point("partial");
-    rundir::write_synced(&tmp.join("optimizer.safetensors"), &optimizer_bytes(model, opt)?)?;
     for (name, bytes) in extra_files {
         rundir::write_synced(&tmp.join(name), bytes)?;
     }
@@ -229,20 +251,119 @@ pub fn save_with<B: Backend>(out: &Path, model: &Model<B>, opt: &Optimizer<B>, s
     rundir::trash_dir(&old)
 }
 
-/// AdamW moments (`m.<param>`, `v.<param>`, f32) and the step count (metadata) as a
-/// safetensors file.
-pub fn optimizer_bytes<B: Backend>(model: &Model<B>, opt: &Optimizer<B>) -> Result<Vec<u8>, TrainError> {
-    let mut tensors: Vec<(String, Vec<u8>, usize)> = Vec::new();
-    for (i, p) in model.info.iter().enumerate() {
-        for (which, prefix) in ["m", "v"].into_iter().enumerate() {
-            if let Some(data) = opt.moment_host(model, i, which) {
-                tensors.push((format!("{prefix}.{}", p.name), data.iter().flat_map(|x| x.to_le_bytes()).collect(), p.numel()));
-            }
+/// Where a checkpoint's AdamW moments come from: this process's optimizer, or (ZeRO) each
+/// tensor's moments gathered from its owner as the file is written, every rank taking part
+/// (`trainable`: the tensors with moments on some rank).
+#[derive(Clone, Copy)]
+pub enum MomentSource<'a> {
+    Local,
+    Ranks { comm: &'a dyn Collective, trainable: &'a [bool] },
+}
+
+impl<'a> MomentSource<'a> {
+    /// The source of an optimizer whose ZeRO trainable mask is `zero_trainable` (`None`: no
+    /// ZeRO, the moments are this process's).
+    pub fn of(comm: &'a dyn Collective, zero_trainable: &'a Option<Vec<bool>>) -> MomentSource<'a> {
+        match zero_trainable {
+            Some(trainable) => MomentSource::Ranks { comm, trainable },
+            None => MomentSource::Local,
         }
     }
-    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, bytes, len)| (n.clone(), TensorView::new(Dtype::F32, vec![*len], bytes).expect("sizes match"))).collect();
+}
+
+/// The moments a file holds, (name, parameter, 0: m / 1: v), in the order the file stores them
+/// (safetensors sorts by name) — the order the ranks gather them in.
+fn moment_list<B: Backend>(model: &Model<B>, opt: &Optimizer<B>, moments: &MomentSource) -> Vec<(String, usize, usize)> {
+    let has = |i: usize| match moments {
+        MomentSource::Local => opt.has_state(i),
+        MomentSource::Ranks { trainable, .. } => trainable[i],
+    };
+    let mut list: Vec<(String, usize, usize)> = (0..model.info.len())
+        .filter(|&i| has(i))
+        .flat_map(|i| ["m", "v"].into_iter().enumerate().map(move |(which, prefix)| (format!("{prefix}.{}", model.info[i].name), i, which)))
+        .collect();
+    list.sort();
+    list
+}
+
+fn moment_values<B: Backend>(model: &Model<B>, opt: &Optimizer<B>, moments: &MomentSource, i: usize, which: usize) -> Result<Vec<f32>, TrainError> {
+    match moments {
+        MomentSource::Local => Ok(opt.moment_host(model, i, which).expect("listed tensors have moments")),
+        MomentSource::Ranks { comm, .. } => Ok(crate::optim::zero::gather_moment(opt, model, *comm, i, which)?),
+    }
+}
+
+/// One moment as a safetensors view whose bytes are fetched when the writer reaches it, so a
+/// checkpoint holds one tensor's moment at a time rather than the whole state (twice, as
+/// bytes and as the serialised file).
+struct LazyMoment<'a, B: Backend> {
+    shape: [usize; 1],
+    fetch: (usize, usize),
+    from: &'a Fetcher<'a, B>,
+}
+
+/// What the lazy views fetch from, how many they fetched, and the first failure (its view
+/// writes zeros, and the file is refused after).
+struct Fetcher<'a, B: Backend> {
+    model: &'a Model<B>,
+    opt: &'a Optimizer<B>,
+    moments: &'a MomentSource<'a>,
+    fetched: std::cell::Cell<usize>,
+    error: std::cell::RefCell<Option<TrainError>>,
+}
+
+impl<B: Backend> safetensors::View for LazyMoment<'_, B> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let f = self.from;
+        f.fetched.set(f.fetched.get() + 1);
+        let values = moment_values(f.model, f.opt, f.moments, self.fetch.0, self.fetch.1).unwrap_or_else(|e| {
+            f.error.borrow_mut().get_or_insert(e);
+            vec![0.0; self.shape[0]]
+        });
+        values.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into()
+    }
+    fn data_len(&self) -> usize {
+        self.shape[0] * 4
+    }
+}
+
+/// Writes the AdamW moments (`m.<param>`, `v.<param>`, f32) and the step count (metadata) to the
+/// safetensors file `path`, one tensor at a time (synced). Under ZeRO every moment is handed
+/// through even when the file fails, so the other ranks never wait.
+pub fn write_optimizer<B: Backend>(path: &Path, model: &Model<B>, opt: &Optimizer<B>, moments: &MomentSource) -> Result<(), TrainError> {
+    let from = Fetcher { model, opt, moments, fetched: 0.into(), error: None.into() };
+    let list = moment_list(model, opt, moments);
+    let views: Vec<(String, LazyMoment<B>)> = list.iter().map(|(name, i, which)| (name.clone(), LazyMoment { shape: [model.info[*i].numel()], fetch: (*i, *which), from: &from })).collect();
     let meta = std::collections::HashMap::from([("step".to_string(), opt.step.to_string())]);
-    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TrainError::Serialize { what: "optimizer state", problem: e.to_string() })
+    // (safetensors writes the views in its own order, by name: the list's)
+    let written = safetensors::tensor::serialize_to_file(views, Some(meta), path);
+    if let MomentSource::Ranks { .. } = moments {
+        for (_, i, which) in &list[from.fetched.get().min(list.len())..] {
+            moment_values(model, opt, moments, *i, *which)?;
+        }
+    }
+    if let Some(e) = from.error.into_inner() {
+        return Err(e);
+    }
+    written.map_err(|e| TrainError::Serialize { what: "optimizer state", problem: format!("{}: {e}", path.display()) })?;
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+}
+
+/// What a rank other than 0 does while rank 0 writes the optimizer file of `moments`: hands in
+/// its share of each tensor's moments in the file's order (nothing for a local source).
+pub fn hand_in_moments<B: Backend>(model: &Model<B>, opt: &Optimizer<B>, moments: &MomentSource) -> Result<(), TrainError> {
+    if let MomentSource::Ranks { .. } = moments {
+        for (_, i, which) in moment_list(model, opt, moments) {
+            moment_values(model, opt, moments, i, which)?;
+        }
+    }
+    Ok(())
 }
 
 /// Every parameter of `model` under its name in `model.info`, f32: the state the HF layout does
@@ -284,7 +405,7 @@ pub fn load_optimizer<B: Backend>(ckpt: &Path, model: &Model<B>, opt: &mut Optim
     load_optimizer_file(&ckpt.join("optimizer.safetensors"), model, opt)
 }
 
-/// As `load_optimizer`, from the file `p` (written by `optimizer_bytes`).
+/// As `load_optimizer`, from the file `p` (written by [`write_optimizer`]).
 pub fn load_optimizer_file<B: Backend>(p: &Path, model: &Model<B>, opt: &mut Optimizer<B>) -> Result<(), TrainError> {
     let bytes = std::fs::read(p).map_err(io(p))?;
     if weights::offsets_overflow(&bytes) {

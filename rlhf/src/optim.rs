@@ -2,7 +2,7 @@
 //! global-norm clipping and the optimizer state that checkpoints carry.
 
 use okapi_model::{Grads, Model};
-use okapi_runtime::{AdamW, Backend};
+use okapi_runtime::{AdamW, Backend, HostStage};
 
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -49,19 +49,72 @@ pub struct Optimizer<B: Backend> {
     /// the tensors whose moments this optimizer holds and steps (all trainable ones, or with
     /// ZeRO-1 this rank's share)
     pub owned: Vec<bool>,
-    /// the whole moments of every trainable tensor, gathered from the ranks for a checkpoint
-    /// (ZeRO-1), read instead of `m`/`v` while set
-    pub gathered: Option<Vec<Option<[Vec<f32>; 2]>>>,
 }
 
 /// Optimizer state offloaded to the host (ZeRO-Offload's split): fp32 master weights and both
-/// AdamW moments per trainable parameter live in host memory; each step reads the gradients
-/// from the device, runs the fused AdamW kernel on the CPU (vectorised, threads) and writes
-/// the updated weights back. The device keeps only weights and gradients.
+/// AdamW moments per trainable parameter live in host memory; each step streams the gradients
+/// down from the device, runs the fused AdamW kernel on the CPU (vectorised, threads) and
+/// streams the updated weights back ([`Offload::step`]). The device keeps only weights and
+/// gradients.
 pub struct Offload {
     pub master: Vec<Option<Vec<f32>>>,
     pub m: Vec<Option<Vec<f32>>>,
     pub v: Vec<Option<Vec<f32>>>,
+    /// elements per piece of [`Offload::step`]'s pipeline: [`OFFLOAD_PIECE`] (tests pick
+    /// small ones to cut tensors into many pieces)
+    pub piece: usize,
+    /// two gradient and two weight stages of one piece (page-locked on CUDA), made at the
+    /// first step
+    stages: Option<[HostStage; 4]>,
+}
+
+pub use okapi_model::memory::OFFLOAD_PIECE;
+
+impl Offload {
+    fn new(master: Vec<Option<Vec<f32>>>) -> Offload {
+        let zeros = || master.iter().map(|w| w.as_ref().map(|w| vec![0f32; w.len()])).collect::<Vec<_>>();
+        Offload { m: zeros(), v: zeros(), master, piece: OFFLOAD_PIECE, stages: None }
+    }
+
+    /// The pieces (tensor, offset, length) of every tensor with state and a gradient, in order.
+    fn pieces<B: Backend>(&self, grads: &Grads<B>) -> Vec<(usize, usize, usize)> {
+        let with_state = |i: usize| grads.bufs[i].is_some().then(|| self.master[i].as_ref().map(Vec::len)).flatten();
+        let piece = self.piece.max(1);
+        (0..grads.bufs.len())
+            .filter_map(|i| with_state(i).map(|n| (i, n)))
+            .flat_map(|(i, n)| (0..n).step_by(piece).map(move |off| (i, off, piece.min(n - off))))
+            .collect()
+    }
+
+    /// One AdamW step of the offloaded state, `hyper(i)` the settings of tensor `i`: a pipeline
+    /// over the pieces. While the CPU steps piece k, piece k+1's gradients are on their way down
+    /// and piece k−1's weights on their way up (on CUDA the copies are queued on the stream
+    /// against page-locked stages; elsewhere they are done at once). AdamW is elementwise, so
+    /// the pieces give the whole tensors' result bit for bit.
+    pub fn step<B: Backend>(&mut self, be: &B, values: &mut [B::Buf], grads: &Grads<B>, hyper: &dyn Fn(usize) -> AdamW) {
+        let pieces = self.pieces(grads);
+        let Some(&(i0, off0, n0)) = pieces.first() else { return };
+        let longest = pieces.iter().map(|p| p.2).max().unwrap_or(0);
+        if self.stages.as_ref().is_none_or(|s| s[0].len() < longest) {
+            self.stages = Some(std::array::from_fn(|_| be.host_stage(longest)));
+        }
+        let Offload { master, m, v, stages, .. } = self;
+        let [g0, g1, w0, w1] = stages.as_mut().expect("made above");
+        let (g, w) = ([g0, g1], [w0, w1]);
+        let grad = |i: usize| grads.bufs[i].as_ref().expect("pieces have gradients");
+        be.read_staged(grad(i0), off0, g[0], n0);
+        for (k, &(i, off, n)) in pieces.iter().enumerate() {
+            if let Some(&(j, next_off, next_n)) = pieces.get(k + 1) {
+                be.read_staged(grad(j), next_off, g[(k + 1) % 2], next_n);
+            }
+            let span = off..off + n;
+            let (Some(p), Some(mi), Some(vi)) = (master[i].as_mut(), m[i].as_mut(), v[i].as_mut()) else { unreachable!("pieces have state") };
+            let p = &mut p[span.clone()];
+            okapi_kernels::adamw::adamw(p, &g[k % 2].as_slice()[..n], &mut mi[span.clone()], &mut vi[span], &hyper(i));
+            okapi_kernels::reduce::copy(&mut w[k % 2].as_mut_slice()[..n], p);
+            be.write_staged(&mut values[i], off, w[k % 2], n);
+        }
+    }
 }
 
 impl<B: Backend> Optimizer<B> {
@@ -79,14 +132,13 @@ impl<B: Backend> Optimizer<B> {
         let trains = |i: usize| grads.bufs[i].is_some() && owned[i];
         let none = || (0..n).map(|_| None).collect::<Vec<_>>();
         let on_device = || (0..n).map(|i| trains(i).then(|| be.zeros(model.info[i].numel()))).collect::<Vec<_>>();
-        let on_host = || (0..n).map(|i| trains(i).then(|| vec![0f32; model.info[i].numel()])).collect::<Vec<_>>();
         let (m, v, offload) = if model.offload_optimizer {
             let master = (0..n).map(|i| trains(i).then(|| model.host_value(i))).collect();
-            (none(), none(), Some(Offload { master, m: on_host(), v: on_host() }))
+            (none(), none(), Some(Offload::new(master)))
         } else {
             (on_device(), on_device(), None)
         };
-        Optimizer { cfg, m, v, step: 0, norms: be.zeros(n.max(1)), offload, owned: owned.to_vec(), gathered: None }
+        Optimizer { cfg, m, v, step: 0, norms: be.zeros(n.max(1)), offload, owned: owned.to_vec() }
     }
 
     /// With the state offloaded: the master weights copied again from the model (after a resume
@@ -103,9 +155,6 @@ impl<B: Backend> Optimizer<B> {
 
     /// Moment `which` (0: m, 1: v) of parameter `i` on the host, wherever it lives.
     pub fn moment_host(&self, model: &Model<B>, i: usize, which: usize) -> Option<Vec<f32>> {
-        if let Some(all) = &self.gathered {
-            return all[i].as_ref().map(|mv| mv[which].clone());
-        }
         match &self.offload {
             Some(off) => [&off.m, &off.v][which][i].clone(),
             None => [&self.m, &self.v][which][i].as_ref().map(|b| model.be.read(b, model.info[i].numel())),
@@ -158,30 +207,22 @@ impl<B: Backend> Optimizer<B> {
     pub fn step(&mut self, model: &mut Model<B>, grads: &Grads<B>, lr: f32, grad_scale: f32) {
         self.step += 1;
         let Model { be, values, info, .. } = model;
+        let (cfg, step) = (self.cfg, self.step);
+        let hyper = |i: usize| AdamW {
+            lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: if info[i].decays() { cfg.weight_decay } else { 0.0 },
+            step,
+            grad_scale,
+        };
+        if let Some(off) = self.offload.as_mut() {
+            return off.step(be, values, grads, &hyper);
+        }
         for (i, g) in grads.bufs.iter().enumerate() {
-            let Some(g) = g else { continue };
-            let h = AdamW {
-                lr,
-                beta1: self.cfg.beta1,
-                beta2: self.cfg.beta2,
-                eps: self.cfg.eps,
-                weight_decay: if info[i].decays() { self.cfg.weight_decay } else { 0.0 },
-                step: self.step,
-                grad_scale,
-            };
-            let n = info[i].numel();
-            match self.offload.as_mut() {
-                Some(off) => {
-                    let (Some(p), Some(m), Some(v)) = (off.master[i].as_mut(), off.m[i].as_mut(), off.v[i].as_mut()) else { continue };
-                    let gh = be.read(g, n);
-                    okapi_kernels::adamw::adamw(p, &gh, m, v, &h);
-                    be.write(&mut values[i], p);
-                }
-                None => {
-                    let (Some(m), Some(v)) = (self.m[i].as_mut(), self.v[i].as_mut()) else { continue };
-                    be.adamw(&mut values[i], g, m, v, &h, n);
-                }
-            }
+            let (Some(g), Some(m), Some(v)) = (g, self.m[i].as_mut(), self.v[i].as_mut()) else { continue };
+            be.adamw(&mut values[i], g, m, v, &hyper(i), info[i].numel());
         }
     }
 }
@@ -209,7 +250,7 @@ pub mod zero {
 
     /// An optimizer for `model`'s trainable tensors (those `grads` holds) under ZeRO stage
     /// `stage`: with stage 1 or 2 on several ranks, of this rank's share of the tensors only, with
-    /// the trainable mask that [`share_params`] and [`gather_moments`] read; otherwise the
+    /// the trainable mask that [`share_params`] and the checkpoint's gather read; otherwise the
     /// whole state (and no mask).
     pub fn optimizer<B: Backend>(model: &Model<B>, grads: &Grads<B>, adam: super::AdamWConfig, stage: u8, comm: &dyn Collective) -> (Optimizer<B>, Option<Vec<bool>>) {
         if stage >= 1 && comm.world() > 1 {
@@ -252,33 +293,14 @@ pub mod zero {
         Ok(())
     }
 
-    /// Gathers the whole AdamW state into rank 0's `opt.gathered` (for a checkpoint: the same
-    /// optimizer file as without ZeRO, which any world size resumes); every rank takes part.
-    /// One tensor's moment at a time, so a rank other than 0 holds one tensor more, and rank 0
-    /// the state it writes. [`release`] it after the checkpoint is written: until then the
-    /// moments read back are the gathered ones.
-    pub fn gather_moments<B: Backend>(opt: &mut Optimizer<B>, model: &Model<B>, comm: &dyn Collective, trainable: &[bool]) -> Result<(), CommError> {
-        let keep = comm.rank() == 0;
-        let mut all: Vec<Option<[Vec<f32>; 2]>> = (0..model.info.len()).map(|_| None).collect();
-        for i in (0..model.info.len()).filter(|&i| trainable[i]) {
-            let n = model.info[i].numel();
-            let mut pair: [Vec<f32>; 2] = Default::default();
-            for (which, moment) in pair.iter_mut().enumerate() {
-                // the owner gives its moment, the others −0.0 (exact, as in `exchange`)
-                *moment = if opt.owned[i] { opt.moment_host(model, i, which).expect("an owned tensor has moments") } else { vec![-0.0f32; n] };
-                comm.all_reduce_sum(moment)?;
-            }
-            if keep {
-                all[i] = Some(pair);
-            }
-        }
-        opt.gathered = keep.then_some(all);
-        Ok(())
-    }
-
-    /// Drops the state [`gather_moments`] gathered.
-    pub fn release<B: Backend>(opt: &mut Optimizer<B>) {
-        opt.gathered = None;
+    /// Moment `which` (0: m, 1: v) of tensor `i` whole, from the rank that owns it: every rank
+    /// takes part and gets it (the checkpoint writer fetches one tensor at a time, so rank 0
+    /// holds one moment more, not the whole state).
+    pub fn gather_moment<B: Backend>(opt: &Optimizer<B>, model: &Model<B>, comm: &dyn Collective, i: usize, which: usize) -> Result<Vec<f32>, CommError> {
+        // the owner gives its moment, the others −0.0 (exact, as in `exchange`)
+        let mut moment = if opt.owned[i] { opt.moment_host(model, i, which).expect("an owned tensor has moments") } else { vec![-0.0f32; model.info[i].numel()] };
+        comm.all_reduce_sum(&mut moment)?;
+        Ok(moment)
     }
 }
 

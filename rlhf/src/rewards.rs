@@ -58,6 +58,12 @@ impl RewardSpec {
         Ok(RewardSpec { terms })
     }
 
+    /// Whether this is the reward model alone at weight 1 (PPO as Okapi ran it: no per-term
+    /// metrics, no `--reward` setting recorded for a resume).
+    pub fn is_rm_only(&self) -> bool {
+        matches!(self.terms.as_slice(), [(RewardFn::Rm, w)] if *w == 1.0)
+    }
+
     pub fn needs_rm(&self) -> bool {
         self.terms.iter().any(|(f, _)| *f == RewardFn::Rm)
     }
@@ -97,7 +103,8 @@ mod tests {
     fn specs_parse_and_refuse_in_one_line() {
         let s = RewardSpec::parse("rm=1.0, lang=0.5,length=-0.001").unwrap();
         assert_eq!(s.terms, vec![(RewardFn::Rm, 1.0), (RewardFn::Lang, 0.5), (RewardFn::Length, -0.001)]);
-        assert!(s.needs_rm());
+        assert!(s.needs_rm() && !s.is_rm_only());
+        assert!(RewardSpec::rm().is_rm_only() && RewardSpec::parse("rm=1").unwrap().is_rm_only() && !RewardSpec::parse("rm=2").unwrap().is_rm_only());
         assert_eq!(s.to_flag(), "rm=1,lang=0.5,length=-0.001");
         assert!((s.total(&[2.0, 1.0, 10.0]) - 2.49).abs() < 1e-12);
         assert!(!RewardSpec::parse("lang=1").unwrap().needs_rm());

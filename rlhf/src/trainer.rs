@@ -609,15 +609,13 @@ impl<'a, B: Backend, O: Objective<B>> Trainer<'a, B, O> {
     /// Saves a checkpoint of the steps done into the output directory (rank 0), the AdamW state
     /// gathered from the ranks first under ZeRO-1 (every rank takes part).
     fn save_checkpoint(&mut self) -> Result<(), TrainError> {
-        if let Some(trainable) = &self.zero_trainable {
-            zero::gather_moments(&mut self.opt, &self.model, self.comm, trainable)?;
+        let moments = checkpoint::MomentSource::of(self.comm, &self.zero_trainable);
+        let Some(out) = self.out else { return checkpoint::hand_in_moments(&self.model, &self.opt, &moments) };
+        if let Err(e) = ensure_finite(&self.model, self.state.step) {
+            checkpoint::hand_in_moments(&self.model, &self.opt, &moments)?;
+            return Err(e);
         }
-        let saved = match self.out {
-            Some(out) => ensure_finite(&self.model, self.state.step).and_then(|_| checkpoint::save(out.dir, &self.model, &self.opt, &self.state, out.tokenizer)),
-            None => Ok(()),
-        };
-        zero::release(&mut self.opt);
-        saved
+        checkpoint::save(out.dir, &self.model, &self.opt, &moments, &self.state, out.tokenizer)
     }
 
     /// A requested stop: a checkpoint of the steps done (unless the last one holds them), then

@@ -24,6 +24,7 @@ pub mod check;
 pub mod collective;
 pub mod cpu;
 pub mod memory;
+pub mod stage;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(feature = "wgpu")]
@@ -31,6 +32,7 @@ pub mod wgpu;
 
 pub use collective::{Collective, CommError, SingleProcess, ThreadGroup};
 pub use cpu::CpuBackend;
+pub use stage::HostStage;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaBuf, CudaIds, CudaOptions};
 #[cfg(feature = "wgpu")]
@@ -69,6 +71,40 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn write_ids(&self, dst: &mut Self::Ids, data: &[u32]);
     /// Device → host, the first `len` elements.
     fn read(&self, src: &Self::Buf, len: usize) -> Vec<f32>;
+    /// A staging buffer of `len` elements for [`Backend::read_staged`] and
+    /// [`Backend::write_staged`]: page-locked memory where the device copies asynchronously
+    /// (CUDA), a plain vector elsewhere.
+    fn host_stage(&self, len: usize) -> HostStage {
+        HostStage::plain(len)
+    }
+    /// stage[..len] = src[off .. off+len]. Queued where the device copies asynchronously (the
+    /// stage's `as_slice` waits for it), done at once elsewhere.
+    fn read_staged(&self, src: &Self::Buf, off: usize, stage: &mut HostStage, len: usize) {
+        check::range("read_staged", "src", src, off, len);
+        assert!(len <= stage.len(), "read_staged: {len} elements into a stage of {}", stage.len());
+        let values = if off == 0 {
+            self.read(src, len)
+        } else {
+            // through a device buffer of the range: `read` copies from the start only
+            let mut part = self.zeros(len);
+            self.copy_range(&mut part, 0, src, off, len);
+            self.read(&part, len)
+        };
+        stage.as_mut_slice()[..len].copy_from_slice(&values);
+    }
+    /// dst[off .. off+len] = stage[..len]. Queued where the device copies asynchronously (the
+    /// stage's `as_mut_slice` waits for it before the stage is refilled), done at once elsewhere.
+    fn write_staged(&self, dst: &mut Self::Buf, off: usize, stage: &HostStage, len: usize) {
+        check::range("write_staged", "dst", &*dst, off, len);
+        assert!(len <= stage.len(), "write_staged: {len} elements from a stage of {}", stage.len());
+        let values = &stage.as_slice()[..len];
+        if off == 0 {
+            self.write(dst, values);
+        } else {
+            let part = self.upload(values);
+            self.copy_range(dst, off, &part, 0, len);
+        }
+    }
     /// Elements `buf` holds.
     fn buf_len(&self, buf: &Self::Buf) -> usize {
         buf.extent()

@@ -193,7 +193,7 @@ impl PpoConfig {
     /// model, so its older checkpoints resume).
     fn group_settings(&self) -> Vec<(&'static str, serde_json::Value)> {
         let mut v = Vec::new();
-        if self.rewards != crate::rewards::RewardSpec::rm() {
+        if !self.rewards.is_rm_only() {
             v.push(("--reward", serde_json::json!(self.rewards.to_flag())));
         }
         if let Some(g) = &self.group {

@@ -5,7 +5,7 @@
 //! [`Ppo::finish`], which saves the policy and its value head (or the critic).
 
 use super::{compute_advantages, controller_kl, minibatch_rollouts, update_kl_controller, value_head_bytes, Critic, KlControl, PpoConfig, PpoIo, PpoModels, PpoStats, PpoSummary, Rollout};
-use crate::checkpoint::{self, TrainerState};
+use crate::checkpoint::{self, MomentSource, TrainerState};
 use crate::error::{self, ResumeMismatch};
 use crate::generate::{generate, Sampling};
 use crate::optim::{clip_coef, zero, Optimizer};
@@ -22,7 +22,7 @@ use okapi_runtime::{Backend, Collective};
 use serde_json::json;
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::kl::KlController;
@@ -513,7 +513,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             "time_generate_s": times.generate, "time_score_s": times.score, "time_update_s": times.update, "elapsed_s": self.elapsed0 + self.started.elapsed().as_secs_f64(),
         });
         merge_json(&mut line, common);
-        if self.cfg.rewards != crate::rewards::RewardSpec::rm() {
+        if !self.cfg.rewards.is_rm_only() {
             merge_json(&mut line, self.term_means(rollouts));
         }
         if let (Some((metrics, samples)), Some(dir)) = (logs, self.out) {
@@ -521,7 +521,7 @@ impl<'a, B: Backend> Ppo<'a, B> {
             if self.cfg.samples_every > 0 && it.is_multiple_of(self.cfg.samples_every) {
                 for r in rollouts.iter().take(4) {
                     let mut s = json!({ "iteration": it, "prompt": (self.io.decode)(&r.prompt), "response": (self.io.decode)(&r.response), "score": r.score });
-                    if self.cfg.rewards != crate::rewards::RewardSpec::rm() {
+                    if !self.cfg.rewards.is_rm_only() {
                         s["rewards"] = self.cfg.rewards.terms.iter().zip(&r.reward_terms).map(|((f, _), v)| (f.name().to_string(), json!(v))).collect::<serde_json::Map<_, _>>().into();
                     }
                     writeln!(samples, "{s}").map_err(error::io(&dir.join("samples.jsonl")))?;
@@ -563,46 +563,42 @@ impl<'a, B: Backend> Ppo<'a, B> {
         m.into()
     }
 
-    /// A checkpoint every `save_every` iterations (written by rank 0; with ZeRO-1 every rank
-    /// first hands in its share of the AdamW state).
+    /// A checkpoint every `save_every` iterations (written by rank 0; with ZeRO every rank
+    /// hands in its share of the AdamW state as it is written).
     fn checkpoint(&mut self, it: u64) -> Result<(), TrainError> {
         match self.cfg.save_every {
             Some(every) if it.is_multiple_of(every) => {
-                self.gather_moments()?;
                 self.saved_at = Some(it);
-                let saved = match self.out {
-                    Some(out) => self.save_checkpoint(out, it),
-                    None => Ok(()),
-                };
-                // the moments read back from now on are each rank's own again
-                zero::release(&mut self.opt);
-                if let Some(c) = self.critic.as_mut() {
-                    zero::release(&mut c.opt);
-                }
-                saved
+                self.save_or_hand_in(it).map(|_| ())
             }
             _ => Ok(()),
         }
     }
 
-    /// With ZeRO-1: the whole AdamW state of the policy (and critic) gathered on rank 0, for
-    /// a checkpoint written as without ZeRO (any world size resumes it).
-    fn gather_moments(&mut self) -> Result<(), TrainError> {
-        if let Some(trainable) = &self.zero_trainable {
-            zero::gather_moments(&mut self.opt, &self.policy, self.io.comm, trainable)?;
+    /// Rank 0 writes the checkpoint of iteration `it` (its path returned); the others hand in
+    /// their ZeRO shares of the policy's (and critic's) moments as it is written.
+    fn save_or_hand_in(&mut self, it: u64) -> Result<Option<PathBuf>, TrainError> {
+        if let Some(out) = self.out {
+            return self.save_checkpoint(out, it).map(|_| Some(out.join("checkpoint")));
         }
-        if let Some(c) = self.critic.as_mut() {
-            if let Some(trainable) = &c.zero_trainable {
-                zero::gather_moments(&mut c.opt, &c.model, self.io.comm, trainable)?;
-            }
+        let (policy, critic) = self.moment_sources();
+        checkpoint::hand_in_moments(&self.policy, &self.opt, &policy)?;
+        if let (Some(c), Some(moments)) = (&self.critic, critic) {
+            checkpoint::hand_in_moments(&c.model, &c.opt, &moments)?;
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// Where the checkpoint's moments of the policy and of a separate critic come from: each
+    /// rank's share under ZeRO, else this process.
+    fn moment_sources(&self) -> (MomentSource<'_>, Option<MomentSource<'_>>) {
+        let comm = self.io.comm;
+        (MomentSource::of(comm, &self.zero_trainable), self.critic.as_ref().map(|c| MomentSource::of(comm, &c.zero_trainable)))
     }
 
     /// Writes the checkpoint of iteration `it` into `out`: the policy, its optimizer, β, the
     /// prompt position and the value head (or the whole critic and its optimizer).
     fn save_checkpoint(&mut self, out: &Path, it: u64) -> Result<(), TrainError> {
-        ensure_finite(&self.policy, it)?;
         let state = TrainerState {
             command: self.cfg.command().into(),
             step: it,
@@ -617,16 +613,24 @@ impl<'a, B: Backend> Ppo<'a, B> {
             extra: json!({ "beta": self.kl.beta }),
             settings: self.cfg.trajectory_settings(),
         };
+        let (policy_moments, critic_moments) = self.moment_sources();
+        if let Err(e) = ensure_finite(&self.policy, it) {
+            checkpoint::hand_in_moments(&self.policy, &self.opt, &policy_moments)?;
+            if let (Some(c), Some(moments)) = (&self.critic, &critic_moments) {
+                checkpoint::hand_in_moments(&c.model, &c.opt, moments)?;
+            }
+            return Err(e);
+        }
         let extra = match &self.critic {
-            Some(c) => vec![
-                ("value_head.safetensors".into(), value_head_bytes(&c.model)?),
-                ("critic.safetensors".into(), checkpoint::params_bytes(&c.model)?),
-                ("critic_optimizer.safetensors".into(), checkpoint::optimizer_bytes(&c.model, &c.opt)?),
-            ],
+            Some(c) => vec![("value_head.safetensors".into(), value_head_bytes(&c.model)?), ("critic.safetensors".into(), checkpoint::params_bytes(&c.model)?)],
             None if self.policy.value_head.is_some() => vec![("value_head.safetensors".into(), value_head_bytes(&self.policy)?)],
             None => vec![],
         };
-        checkpoint::save_with(out, &self.policy, &self.opt, &state, self.io.tokenizer, &extra)?;
+        let critic_optimizer: Vec<(&str, checkpoint::Optimized<B>)> = match (&self.critic, &critic_moments) {
+            (Some(c), Some(moments)) => vec![("critic_optimizer.safetensors", (&c.model, &c.opt, moments))],
+            _ => vec![],
+        };
+        checkpoint::save_with(out, (&self.policy, &self.opt, &policy_moments), &state, self.io.tokenizer, &extra, &critic_optimizer)?;
         self.last_checkpoint = Some((out.join("checkpoint"), it));
         Ok(())
     }
@@ -634,20 +638,17 @@ impl<'a, B: Backend> Ppo<'a, B> {
     /// A requested stop after iteration `done`: a checkpoint of it (unless the last one is),
     /// then the error that says where it is.
     fn interrupted(&mut self, done: u64) -> TrainError {
-        // the stop is agreed: every rank is here, and hands in its ZeRO-1 share when rank 0 is
-        // about to write a checkpoint (`saved_at` is the same on every rank)
-        if self.saved_at != Some(done) && done > 0 {
-            if let Err(e) = self.gather_moments() {
-                return e;
-            }
-        }
-        let checkpoint = match (&self.last_checkpoint, self.out) {
-            (Some((path, it)), _) if *it == done => Some(path.clone()),
-            (_, Some(out)) if done > 0 => match self.save_checkpoint(out, done) {
-                Ok(()) => Some(out.join("checkpoint")),
+        // the stop is agreed: every rank is here, and hands in its ZeRO share while rank 0
+        // writes the checkpoint (`saved_at` is the same on every rank)
+        let checkpoint = if done == 0 {
+            None
+        } else if self.saved_at == Some(done) {
+            self.last_checkpoint.as_ref().filter(|(_, it)| *it == done).map(|(path, _)| path.clone())
+        } else {
+            match self.save_or_hand_in(done) {
+                Ok(path) => path,
                 Err(e) => return e,
-            },
-            _ => None,
+            }
         };
         TrainError::Interrupted { unit: "iteration", done, total: self.cfg.iterations, checkpoint }
     }

@@ -19,6 +19,9 @@
 
 pub mod nvrtc;
 mod ops;
+mod pinned;
+
+pub use pinned::PinnedStage;
 
 use crate::{AdamW, AttnShape, Extent, Precision, RuntimeError};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};

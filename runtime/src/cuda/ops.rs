@@ -49,6 +49,15 @@ impl Backend for CudaBackend {
             self.inner.stream.memcpy_htod(data, &mut dst.0.slice_mut(..data.len())).unwrap_or_else(|e| panic!("cuda: upload ids: {e:?}"));
         }
     }
+    fn host_stage(&self, len: usize) -> crate::HostStage {
+        self.pinned_stage(len)
+    }
+    fn read_staged(&self, src: &CudaBuf, off: usize, stage: &mut crate::HostStage, len: usize) {
+        self.read_staged_impl(src, off, stage, len);
+    }
+    fn write_staged(&self, dst: &mut CudaBuf, off: usize, stage: &crate::HostStage, len: usize) {
+        self.write_staged_impl(dst, off, stage, len);
+    }
     fn read(&self, src: &CudaBuf, len: usize) -> Vec<f32> {
         check::len("read", &[("src", src)], len);
         let mut out = vec![0f32; len];
