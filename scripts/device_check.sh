@@ -4,8 +4,9 @@
 #
 #   1. here (any machine with the Rust toolchain):
 #        scripts/device_check.sh build
-#      builds release test binaries (cargo test --no-run) and okapi-train, and copies them,
-#      stripped, into target/device/ (ignored by git; well under the 64 MiB carry limit).
+#      builds release test binaries (cargo test --no-run) and okapi-train, and packs them,
+#      stripped, into target/device/bins.tar.xz (ignored by git; ~12 MiB: with the working
+#      tree under the tool's 64 MiB carry limit, which the ~62 MiB of plain binaries are not).
 #   2. on the GPU machine, from the repository root, carrying target/device:
 #        run(command="scripts/device_check.sh run", carry=["target/device"], timeout_s=540)
 #      It runs the NVRTC compile test, the CUDA conformance suite (every op vs the CPU backend,
@@ -48,6 +49,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 DEV=target/device
+# the test and bench binaries `build` makes and `run` runs, and with okapi-train all it packs
+TESTS="cuda_conformance cuda_compile conformance wgpu_model lora offload kernels"
+BINS="$TESTS okapi-train"
 
 build() {
   set -e
@@ -57,7 +61,7 @@ build() {
          cargo test --release --no-run --message-format=json --test cuda_compile -p okapi-runtime --features cuda 2>/dev/null; \
          cargo bench --no-run --message-format=json --bench kernels -p okapi 2>/dev/null)
   rm -rf "$DEV" && mkdir -p "$DEV/gl"
-  for t in cuda_conformance cuda_compile conformance wgpu_model lora offload kernels; do
+  for t in $TESTS; do
     local exe
     exe=$(printf '%s\n' "$json" | grep "\"name\":\"$t\"" | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
     [ -n "$exe" ] || { echo "no executable for test $t" >&2; exit 1; }
@@ -71,8 +75,18 @@ build() {
   # shellcheck disable=SC2086
   (apt-get $o update -q >/dev/null && cd "$DEV/gl" && apt-get $o download libvulkan1 >/dev/null) || echo "!! could not download libvulkan1: the wgpu part of the run needs a Vulkan loader on the device"
   echo "$ROOT" > "$DEV/built_at"
+  # packed: the device tool carries at most 64 MiB with the working tree (~18 MiB), and the
+  # stripped binaries are ~62 MiB (xz: ~12 MiB); `run` unpacks them
+  (cd "$DEV" && tar -cJf bins.tar.xz $BINS && rm -f $BINS)
   ls -la "$DEV"
   du -sh "$DEV"
+  echo "with the tracked files: $(( ($(du -sb "$DEV" | cut -f1) + $(git ls-files -z | xargs -0 stat -c %s | awk '{s+=$1} END {print s}')) / 1048576 )) MiB of the 64 MiB the device tool carries"
+}
+
+# unpacks the binaries `build` packed (python's tarfile: the device machine may lack xz)
+unpack() {
+  [ -f "$DEV/bins.tar.xz" ] || return 0
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$DEV/bins.tar.xz" "$DEV" && rm -f "$DEV/bins.tar.xz"
 }
 
 # The training cases, PRESET:BxT, of okapi's bench and of the peer (and of the table's rows).
@@ -106,6 +120,7 @@ run() {
   STATUS="$work/status.txt"
   : > "$STATUS"
   exec 3>&1
+  unpack || { echo "cannot unpack $DEV/bins.tar.xz" >&2; exit 2; }
   [ -x "$DEV/cuda_conformance" ] || { echo "no $DEV/cuda_conformance: run 'scripts/device_check.sh build' first and carry $DEV" >&2; exit 2; }
   local built_at
   built_at=$(cat "$DEV/built_at")
