@@ -185,20 +185,7 @@ fn ppo_resume_is_bit_identical_to_an_uninterrupted_run() {
         let o = ppo(&part, &["--resume", p(&part)], &[]);
         assert!(o.status.success(), "{}", err(&o));
         assert!(err(&o).contains("resuming from") && err(&o).contains("after iteration 2/4"), "{}", err(&o));
-        let untimed = |d: &Path| -> Vec<serde_json::Value> {
-            std::fs::read_to_string(d.join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .map(|l| {
-                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    for k in ["time_generate_s", "time_score_s", "time_update_s", "elapsed_s", "rollout_tokens_per_s"] {
-                        v.as_object_mut().unwrap().remove(k);
-                    }
-                    v
-                })
-                .collect()
-        };
-        assert_eq!(untimed(&part), untimed(&full), "{critic}: metrics.jsonl");
+        assert_eq!(untimed_metrics(&part), untimed_metrics(&full), "{critic}: metrics.jsonl");
         let files: &[&str] = if critic == "shared" { &["model.safetensors", "value_head.safetensors", "samples.jsonl"] } else { &["model.safetensors", "critic/model.safetensors", "critic/value_head.safetensors", "samples.jsonl"] };
         for f in files {
             assert!(std::fs::read(part.join(f)).unwrap() == std::fs::read(full.join(f)).unwrap(), "{critic}: {f} differs from the uninterrupted run");
@@ -281,8 +268,24 @@ fn same_files(a: &Path, b: &Path, files: &[&str], what: &str) -> usize {
 }
 
 /// The lines of a run's metrics.jsonl.
+/// The JSON lines of a file (metrics.jsonl, samples.jsonl).
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 fn metric_lines(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    jsonl(&out.join("metrics.jsonl"))
+}
+
+/// A run's metrics without the timings (what a resumed run must repeat exactly).
+fn untimed_metrics(out: &Path) -> Vec<serde_json::Value> {
+    let mut lines = metric_lines(out);
+    for v in &mut lines {
+        for k in ["time_generate_s", "time_score_s", "time_update_s", "elapsed_s", "rollout_tokens_per_s"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+    }
+    lines
 }
 
 /// `--grad-checkpointing` in PPO (policy with a shared value head, and a separate critic): the

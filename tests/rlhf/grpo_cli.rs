@@ -3,9 +3,8 @@
 //! and bad flags as one clear line with nothing written.
 
 // (the binary's helpers: rlhf_cli.rs)
-use super::{p, run, tmp, BIN};
+use super::{jsonl, p, run, tmp, untimed_metrics, BIN};
 use crate::common::{one_error_line, tiny_ppo_inputs};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -21,10 +20,6 @@ fn inputs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let recs = [("Say hello to a friend.", "en"), ("Hãy chào một người bạn.", "vi"), ("Поздоровайся с другом.", "ru")];
     std::fs::write(&prompts, recs.iter().map(|(i, l)| format!("{}\n", serde_json::json!({"instruction": i, "input": "", "lang": l}))).collect::<String>()).unwrap();
     (policy, rm, prompts)
-}
-
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// A group run's common flags: 2 iterations (unless `iterations`) of 2 prompts × 3 completions
@@ -51,7 +46,7 @@ fn grpo_with_composed_rewards_writes_its_run_and_the_rewards_add_up() {
     assert!(out.join("model.safetensors").exists() && !out.join("value_head.safetensors").exists(), "a policy without a value head");
     let args = crate::common::json(&out.join("args.json"));
     assert_eq!((args["command"].as_str(), args["num_generations"].as_u64(), args["loss_type"].as_str(), args["scale_rewards"].as_str()), (Some("grpo"), Some(3), Some("bnpo"), Some("group")));
-    let m = lines(&out.join("metrics.jsonl"));
+    let m = jsonl(&out.join("metrics.jsonl"));
     assert_eq!(m.len(), 2);
     for line in &m {
         for key in ["reward_rm_mean", "reward_lang_mean", "reward_length_mean", "frac_reward_zero_std", "kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio_region", "completion_len_max", "loss", "entropy"] {
@@ -62,7 +57,7 @@ fn grpo_with_composed_rewards_writes_its_run_and_the_rewards_add_up() {
     }
     // two optimizer steps an iteration: the second minibatch's policy has moved
     assert!(m.iter().all(|l| l["kl"].as_f64().unwrap() > 0.0 && l["response_kl"].is_number()), "{m:?}");
-    for s in lines(&out.join("samples.jsonl")) {
+    for s in jsonl(&out.join("samples.jsonl")) {
         let r = &s["rewards"];
         let len = r["length"].as_f64().unwrap();
         assert!((1.0..=5.0).contains(&len) && [0.0, 1.0].contains(&r["lang"].as_f64().unwrap()), "{s}");
@@ -81,7 +76,7 @@ fn rloo_with_beta_zero_loads_no_reference_and_needs_no_reward_model() {
     ok(&o);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!e.contains("reference model") && !e.contains("reward model") && e.contains("rloo iteration 2/2"), "{e}");
-    let m = lines(&out.join("metrics.jsonl"));
+    let m = jsonl(&out.join("metrics.jsonl"));
     assert_eq!(m[1]["kl"].as_f64(), Some(0.0), "β = 0: no KL term");
     assert!(m[0].get("reward_rm_mean").is_none() && m[0]["reward_length_mean"].is_number());
     let _ = std::fs::remove_dir_all(&dir);
@@ -105,18 +100,7 @@ fn grpo_resume_is_bit_identical_to_an_uninterrupted_run() {
     let o = grpo(&part, &["--resume", p(&part)], &[]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("after iteration 2/4"));
-    let untimed = |d: &Path| -> Vec<Value> {
-        lines(&d.join("metrics.jsonl"))
-            .into_iter()
-            .map(|mut v| {
-                for k in ["time_generate_s", "time_score_s", "time_update_s", "elapsed_s", "rollout_tokens_per_s"] {
-                    v.as_object_mut().unwrap().remove(k);
-                }
-                v
-            })
-            .collect()
-    };
-    assert_eq!(untimed(&part), untimed(&full), "metrics.jsonl");
+    assert_eq!(untimed_metrics(&part), untimed_metrics(&full), "metrics.jsonl");
     for f in ["model.safetensors", "samples.jsonl"] {
         assert_eq!(std::fs::read(part.join(f)).unwrap(), std::fs::read(full.join(f)).unwrap(), "{f}");
     }
@@ -153,14 +137,14 @@ fn ppo_takes_composed_rewards_too() {
     a.extend(["--reward", "rm=1,lang=2", "--reward-model", p(&rm)].map(String::from));
     let o = Command::new(BIN).args(&a).output().unwrap();
     ok(&o);
-    let m = lines(&out.join("metrics.jsonl"));
+    let m = jsonl(&out.join("metrics.jsonl"));
     assert!(m[0]["reward_lang_mean"].is_number() && m[0]["vf_loss"].is_number(), "{}", m[0]);
     // no reward model at all: the rule rewards alone
     let out = dir.join("rules");
     let mut a = base(&out);
     a.extend(["--reward", "lang=1,length=-0.05"].map(String::from));
     ok(&Command::new(BIN).args(&a).output().unwrap());
-    assert_eq!(lines(&out.join("metrics.jsonl")).len(), 2);
+    assert_eq!(jsonl(&out.join("metrics.jsonl")).len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -230,7 +214,7 @@ fn demo_method_grpo_shows_the_language_consistency_before_and_after() {
     }
     assert!(rows[27].starts_with("| all | 230 |"), "{}", rows[27]);
     assert!(stdout.contains("GRPO     mean reward") && stdout.contains("language consistency"), "{stdout}");
-    let m = lines(&out.join("grpo/metrics.jsonl"));
+    let m = jsonl(&out.join("grpo/metrics.jsonl"));
     assert!(m.len() == 2 && m[0]["reward_lang_mean"].is_number() && m[0]["reward_rm_mean"].is_number());
     let _ = std::fs::remove_dir_all(&dir);
 }
