@@ -13,6 +13,14 @@ pub fn len<F: Extent + ?Sized>(op: &str, bufs: &[(&str, &F)], len: usize) {
     }
 }
 
+/// A staged copy (`read_staged` / `write_staged`): `len` elements from `off` inside `buf`, and
+/// no more than the stage's `stage_len`.
+#[track_caller]
+pub fn staged<F: Extent + ?Sized>(op: &str, name: &str, buf: &F, off: usize, len: usize, stage_len: usize) {
+    range(op, name, buf, off, len);
+    assert!(len <= stage_len, "{op}: {len} elements and a stage of {stage_len}");
+}
+
 /// `len` elements from `off` must lie inside `buf` (the sum checked for overflow too).
 #[track_caller]
 pub fn range<F: Extent + ?Sized>(op: &str, name: &str, buf: &F, off: usize, len: usize) {

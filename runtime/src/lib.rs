@@ -80,8 +80,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// stage[..len] = src[off .. off+len]. Queued where the device copies asynchronously (the
     /// stage's `as_slice` waits for it), done at once elsewhere.
     fn read_staged(&self, src: &Self::Buf, off: usize, stage: &mut HostStage, len: usize) {
-        check::range("read_staged", "src", src, off, len);
-        assert!(len <= stage.len(), "read_staged: {len} elements into a stage of {}", stage.len());
+        check::staged("read_staged", "src", src, off, len, stage.len());
         let values = if off == 0 {
             self.read(src, len)
         } else {
@@ -95,8 +94,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// dst[off .. off+len] = stage[..len]. Queued where the device copies asynchronously (the
     /// stage's `as_mut_slice` waits for it before the stage is refilled), done at once elsewhere.
     fn write_staged(&self, dst: &mut Self::Buf, off: usize, stage: &HostStage, len: usize) {
-        check::range("write_staged", "dst", &*dst, off, len);
-        assert!(len <= stage.len(), "write_staged: {len} elements from a stage of {}", stage.len());
+        check::staged("write_staged", "dst", &*dst, off, len, stage.len());
         let values = &stage.as_slice()[..len];
         if off == 0 {
             self.write(dst, values);

@@ -39,13 +39,11 @@ impl Backend for CpuBackend {
         src[..len].to_vec()
     }
     fn read_staged(&self, src: &Vec<f32>, off: usize, stage: &mut crate::HostStage, len: usize) {
-        check::range("read_staged", "src", src, off, len);
-        assert!(len <= stage.len(), "read_staged: {len} elements into a stage of {}", stage.len());
+        check::staged("read_staged", "src", src, off, len, stage.len());
         k::reduce::copy(&mut stage.as_mut_slice()[..len], &src[off..off + len]);
     }
     fn write_staged(&self, dst: &mut Vec<f32>, off: usize, stage: &crate::HostStage, len: usize) {
-        check::range("write_staged", "dst", &*dst, off, len);
-        assert!(len <= stage.len(), "write_staged: {len} elements from a stage of {}", stage.len());
+        check::staged("write_staged", "dst", &*dst, off, len, stage.len());
         k::reduce::copy(&mut dst[off..off + len], &stage.as_slice()[..len]);
     }
     fn fill(&self, x: &mut Vec<f32>, value: f32, len: usize) {

@@ -60,12 +60,7 @@ impl Backend for CudaBackend {
     }
     fn read(&self, src: &CudaBuf, len: usize) -> Vec<f32> {
         check::len("read", &[("src", src)], len);
-        let mut out = vec![0f32; len];
-        if len > 0 {
-            self.inner.stream.memcpy_dtoh(&src.0.slice(..len), &mut out).unwrap_or_else(|e| panic!("cuda: download: {e:?}"));
-        }
-        self.synchronize();
-        out
+        self.read_range(src, 0, len)
     }
     fn fill(&self, x: &mut CudaBuf, value: f32, len: usize) {
         check::len("fill", &[("x", &*x)], len);

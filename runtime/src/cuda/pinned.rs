@@ -85,8 +85,7 @@ impl CudaBackend {
 
     /// Queues stage[..len] = src[off .. off+len] and records the stage's event after it.
     pub(super) fn read_staged_impl(&self, src: &CudaBuf, off: usize, stage: &mut HostStage, len: usize) {
-        check::range("read_staged", "src", src, off, len);
-        assert!(len <= stage.len(), "read_staged: {len} elements into a stage of {}", stage.len());
+        check::staged("read_staged", "src", src, off, len, stage.len());
         let stream = &self.inner.stream;
         let Some(p) = stage.pinned_mut() else {
             let values = self.read_range(src, off, len);
@@ -103,8 +102,7 @@ impl CudaBackend {
 
     /// Queues dst[off .. off+len] = stage[..len] and records the stage's event after it.
     pub(super) fn write_staged_impl(&self, dst: &mut CudaBuf, off: usize, stage: &HostStage, len: usize) {
-        check::range("write_staged", "dst", &*dst, off, len);
-        assert!(len <= stage.len(), "write_staged: {len} elements from a stage of {}", stage.len());
+        check::staged("write_staged", "dst", &*dst, off, len, stage.len());
         let stream = &self.inner.stream;
         let to = self.device_addr(dst, off);
         let src = &stage.as_slice()[..len];
@@ -117,7 +115,7 @@ impl CudaBackend {
     }
 
     /// Elements off .. off+len of `src` on the host (synchronous).
-    fn read_range(&self, src: &CudaBuf, off: usize, len: usize) -> Vec<f32> {
+    pub(super) fn read_range(&self, src: &CudaBuf, off: usize, len: usize) -> Vec<f32> {
         let mut out = vec![0f32; len];
         if len > 0 {
             self.inner.stream.memcpy_dtoh(&src.0.slice(off..off + len), &mut out).unwrap_or_else(|e| panic!("cuda: download: {e:?}"));
